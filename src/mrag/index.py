@@ -1,0 +1,318 @@
+"""The library's front door: `Index.open(path)`, then `.add()`, `.upsert()`, `.delete()`, `.search()`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mrag import retrieve
+from mrag.chunk import chunk_text
+from mrag.embed.base import HeadEmbedder
+from mrag.embed.models import resolve_model
+from mrag.ingest import Document, Skipped, read_paths
+from mrag.store import Store, StoreError, build_rows, chunk_schema, quote
+
+DEFAULT_CHUNK_CHARS = 1000
+DEFAULT_OVERLAP = 1
+WRITE_BATCH = 256  # chunks embedded and written per step
+
+
+@dataclass
+class Hit:
+    id: str
+    score: float
+    text: str
+    source: str
+    title: str
+    doc_id: str
+    position: int
+    metadata: dict[str, Any]
+    votes: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self, explain: bool = False) -> dict[str, Any]:
+        out = asdict(self)
+        if not explain:
+            out.pop("votes")
+        return out
+
+
+@dataclass
+class AddReport:
+    added: list[str] = field(default_factory=list)  # new document ids
+    updated: list[str] = field(default_factory=list)  # changed documents, re-embedded
+    unchanged: list[str] = field(default_factory=list)  # same content: no work done
+    skipped: list[Skipped] = field(default_factory=list)
+    chunks: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "added": len(self.added),
+            "updated": len(self.updated),
+            "unchanged": len(self.unchanged),
+            "chunks": self.chunks,
+            "skipped": [asdict(s) for s in self.skipped],
+        }
+
+
+def _embedder_factory(model: str | None, layer: int | None, **options: Any) -> Callable[[], HeadEmbedder]:
+    def make() -> HeadEmbedder:
+        from mrag.embed.transformer import TransformerEmbedder
+
+        return TransformerEmbedder(model, layer=-1 if layer is None else layer, **options)
+
+    return make
+
+
+class Index:
+    """A multi-head index in a LanceDB folder. The embedder is loaded on first use."""
+
+    def __init__(self, store: Store, make_embedder: Callable[[], HeadEmbedder]) -> None:
+        self.store = store
+        self._make_embedder = make_embedder
+        self._embedder: HeadEmbedder | None = None
+
+    @classmethod
+    def open(
+        cls,
+        path: str | Path,
+        model: str | None = None,
+        layer: int | None = None,
+        embedder: HeadEmbedder | None = None,
+        create: bool = True,
+        chunk_chars: int = DEFAULT_CHUNK_CHARS,
+        overlap: int = DEFAULT_OVERLAP,
+        **embedder_options: Any,
+    ) -> Index:
+        """Open the index at `path`, creating it when `create` (with `model`, default MiniLM).
+
+        An existing index remembers its model, layer, pooling and instructions: a different model or
+        layer is refused. `embedder` passes a ready HeadEmbedder (its `info()` must match).
+        """
+        uri = str(path)
+        if Store.exists(uri):
+            store = Store.open(uri)
+            recorded = store.manifest["embedder"]
+            _check_same(recorded, model, layer, embedder, uri)
+            if embedder is not None:
+                return cls(store, lambda: embedder)
+            options = {k: recorded.get(k) for k in ("pooling", "max_length", "query_instruction", "document_instruction")}
+            options = {k: v for k, v in options.items() if v is not None} | {
+                k: v for k, v in embedder_options.items() if k in ("device", "dtype")
+            }
+            return cls(store, _embedder_factory(recorded["model"], recorded.get("layer"), **options))
+        if not create:
+            raise StoreError(f"no mrag index at {uri}")
+        if chunk_chars <= 0 or overlap < 0:
+            raise ValueError("chunk size must be positive and overlap >= 0")
+        made = embedder or _embedder_factory(model, layer, **embedder_options)()
+        settings = {"chunk_chars": chunk_chars, "overlap": overlap}
+        index = cls(Store.create(uri, made.info(), settings), lambda: made)
+        index._embedder = made
+        return index
+
+    @property
+    def embedder(self) -> HeadEmbedder:
+        if self._embedder is None:
+            self._embedder = self._make_embedder()
+        return self._embedder
+
+    # --- writing -------------------------------------------------------------------------
+
+    def add(self, docs: Iterable[Document | dict[str, Any] | str], show_progress: bool = False) -> AddReport:
+        """Add new documents; unchanged ones are skipped; an existing id with new content is an error."""
+        return self._write(docs, replace=False, show_progress=show_progress)
+
+    def upsert(self, docs: Iterable[Document | dict[str, Any] | str], show_progress: bool = False) -> AddReport:
+        """Add new documents and replace changed ones (same id, other content); unchanged: no work."""
+        return self._write(docs, replace=True, show_progress=show_progress)
+
+    def add_paths(self, paths: Sequence[str | Path], show_progress: bool = False, **fields: str) -> AddReport:
+        """Index files and folders (upsert: re-indexing unchanged files does nothing)."""
+        docs, skipped = read_paths(paths, **fields)
+        report = self.upsert(docs, show_progress=show_progress)
+        report.skipped = skipped
+        return report
+
+    def delete(self, ids: Sequence[str]) -> int:
+        """Delete documents or chunks by id; all ids must exist, else nothing is deleted."""
+        if not ids:
+            raise ValueError("no ids given")
+        where = f"id IN ({quote(list(ids))}) OR doc_id IN ({quote(list(ids))})"
+        found = self.store.rows(where, ["id", "doc_id"])
+        known = set(found["id"].to_pylist()) | set(found["doc_id"].to_pylist())
+        missing = [i for i in ids if i not in known]
+        if missing:
+            raise ValueError(f"unknown id(s), nothing deleted: {', '.join(missing[:5])}")
+        with self.store.writing():
+            return self.store.delete(where)
+
+    def _write(self, docs: Iterable[Document | dict[str, Any] | str], replace: bool, show_progress: bool) -> AddReport:
+        documents = [_as_document(d, i) for i, d in enumerate(docs)]
+        ids = [d.id for d in documents]
+        dupes = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) < len(ids) else []
+        if dupes:
+            raise ValueError(f"duplicate document ids in one batch: {', '.join(dupes[:5])}")
+        existing = self.store.doc_hashes(ids)
+        report = AddReport()
+        todo = []
+        for doc in documents:
+            digest = _digest(doc)
+            if existing.get(doc.id) == digest:
+                report.unchanged.append(doc.id)
+                continue
+            if doc.id in existing and not replace:
+                raise ValueError(f"document {doc.id!r} already exists with other content: use upsert")
+            (report.updated if doc.id in existing else report.added).append(doc.id)
+            todo.append((doc, digest))
+        settings = self.store.manifest["settings"]
+        chunks = [
+            (doc, digest, i, text)
+            for doc, digest in todo
+            for i, text in enumerate(chunk_text(doc.text, settings["chunk_chars"], settings["overlap"]))
+        ]
+        if not chunks:
+            return report
+        schema = chunk_schema(self.store.dim, self.store.n_heads, self.store.head_dim)
+        with self.store.writing():
+            if report.updated:
+                self.store.delete(f"doc_id IN ({quote(report.updated)})")
+            starts = range(0, len(chunks), WRITE_BATCH)
+            if show_progress:
+                from tqdm import tqdm
+
+                starts = tqdm(starts, desc="indexing", unit="batch")  # type: ignore[assignment]
+            for start in starts:
+                batch = chunks[start : start + WRITE_BATCH]
+                emb = self.embedder.embed([c[3] for c in batch], kind="document")
+                self.store.add(
+                    build_rows(
+                        ids=[f"{d.id}#{i}" for d, _, i, _ in batch],
+                        doc_ids=[d.id for d, _, _, _ in batch],
+                        sources=[d.source for d, _, _, _ in batch],
+                        titles=[d.title for d, _, _, _ in batch],
+                        positions=[i for _, _, i, _ in batch],
+                        texts=[t for _, _, _, t in batch],
+                        metadata=[d.metadata for d, _, _, _ in batch],
+                        doc_hashes=[h for _, h, _, _ in batch],
+                        standard=emb.standard,
+                        heads=emb.heads,
+                        schema=schema,
+                    )
+                )
+        report.chunks = len(chunks)
+        return report
+
+    # --- reading -------------------------------------------------------------------------
+
+    def search(
+        self,
+        query: str,
+        k: int = 5,
+        strategy: str = retrieve.DEFAULT_STRATEGY,
+        c: int | None = None,
+    ) -> list[Hit]:
+        """The top k chunks for a query; each hit carries the votes that put it there."""
+        if not query or not query.strip():
+            raise ValueError("the query is empty")
+        if k <= 0:
+            raise ValueError(f"k must be positive, got {k}")
+        retrieve.check_strategy(strategy)
+        texts = [query]
+        if strategy.startswith(retrieve.SEGMENT):
+            texts += retrieve.segment_query(query)
+        emb = self.embedder.embed(texts, kind="query")
+        queries = [
+            retrieve.QueryVectors(retrieve.unit(s), retrieve.unit(h)) for s, h in zip(emb.standard, emb.heads)
+        ]
+        matrix = self.store.matrix()
+        if len(matrix.ids) == 0:
+            return []
+        result = retrieve.run(
+            strategy,
+            matrix.standard,
+            matrix.heads,
+            queries,
+            k=k,
+            c=c or max(k, retrieve.DEFAULT_C),
+            head_scales=self.store.stats.scales(),
+            split_scales=self.store.split_stats.scales(),
+        )
+        chunk_ids = [str(matrix.ids[r]) for r in result.rows]
+        rows = self.store.rows_by_id(chunk_ids, ["text", "source", "title", "doc_id", "position", "metadata"])
+        return [
+            Hit(
+                id=row["id"],
+                score=float(score),
+                text=row["text"],
+                source=row["source"],
+                title=row["title"],
+                doc_id=row["doc_id"],
+                position=row["position"],
+                metadata=json.loads(row["metadata"] or "{}"),
+                votes=votes,
+            )
+            for row, score, votes in zip(rows, result.scores, result.votes)
+        ]
+
+    def head_scales(self) -> list[dict[str, Any]]:
+        scales = self.store.stats.scales()
+        return [{"head": i, "scale": float(s)} for i, s in enumerate(scales)]
+
+    def info(self) -> dict[str, Any]:
+        m = self.store.manifest
+        return {
+            "path": self.store.uri,
+            "chunks": self.store.count(),
+            "documents": len(set(self.store.rows(columns=["doc_id"])["doc_id"].to_pylist())),
+            "embedder": m["embedder"],
+            "settings": m["settings"],
+            "strategies": retrieve.strategy_names(),
+        }
+
+
+def _as_document(doc: Document | dict[str, Any] | str, i: int) -> Document:
+    if isinstance(doc, Document):
+        d = doc
+    elif isinstance(doc, str):
+        d = Document(id=hashlib.sha256(doc.encode()).hexdigest()[:16], text=doc, source="")
+    elif isinstance(doc, dict):
+        if not isinstance(doc.get("text"), str):
+            raise ValueError(f"document {i} has no string 'text'")
+        extra = {k: v for k, v in doc.items() if k not in ("id", "text", "source", "title", "metadata")}
+        d = Document(
+            id=str(doc.get("id") or hashlib.sha256(doc["text"].encode()).hexdigest()[:16]),
+            text=doc["text"],
+            source=str(doc.get("source") or ""),
+            title=str(doc.get("title") or ""),
+            metadata={**doc.get("metadata", {}), **extra},
+        )
+    else:
+        raise TypeError(f"document {i}: expected Document, dict or str, got {type(doc).__name__}")
+    if not d.text.strip():
+        raise ValueError(f"document {d.id!r} is empty")
+    return d
+
+
+def _digest(doc: Document) -> str:
+    payload = json.dumps([doc.text, doc.title, doc.source, doc.metadata], sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _check_same(recorded: dict[str, Any], model: str | None, layer: int | None, embedder: HeadEmbedder | None, uri: str) -> None:
+    if model is not None and resolve_model(model).name != recorded["model"]:
+        raise StoreError(
+            f"the index at {uri} was built with {recorded['model']}, not {model}: use that model or another --db"
+        )
+    if layer is not None and recorded.get("layer") is not None:
+        n_layers = recorded.get("n_layers") or recorded["layer"] + 1
+        if not -n_layers <= layer < n_layers or layer % n_layers != recorded["layer"]:
+            raise StoreError(f"the index at {uri} holds layer {recorded['layer']}, not {layer}")
+    if embedder is not None:
+        info = embedder.info()
+        for key in ("model", "dim", "n_heads", "head_dim"):
+            if info.get(key) != recorded.get(key):
+                raise StoreError(f"the index at {uri} was built with {key}={recorded.get(key)}, not {info.get(key)}")

@@ -1,0 +1,169 @@
+"""Turn files and folders into documents: .txt, .md, .html, .json/.jsonl records, and PDF.
+
+Files named explicitly must be readable, or reading fails with a clear error before anything is
+written. Files found while walking a folder are skipped with a reason when they cannot be read
+(binary, not UTF-8, empty, unsupported), and the reasons are reported.
+"""
+
+from __future__ import annotations
+
+import html.parser
+import json
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst"}
+HTML_SUFFIXES = {".html", ".htm"}
+RECORD_SUFFIXES = {".json", ".jsonl"}
+SUFFIXES = TEXT_SUFFIXES | HTML_SUFFIXES | RECORD_SUFFIXES | {".pdf"}
+
+
+class IngestError(ValueError):
+    """A file that was asked for by name cannot be indexed."""
+
+
+@dataclass
+class Document:
+    id: str
+    text: str
+    source: str
+    title: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Skipped:
+    source: str
+    reason: str
+
+
+def read_paths(
+    paths: Iterable[str | Path], text_field: str = "text", id_field: str = "id", title_field: str = "title"
+) -> tuple[list[Document], list[Skipped]]:
+    """Documents from files and folders (recursively), and the folder files skipped with why."""
+    docs: list[Document] = []
+    skipped: list[Skipped] = []
+    for raw in paths:
+        path = Path(raw).expanduser()
+        if not path.exists():
+            raise IngestError(f"no such file or folder: {raw}")
+        if path.is_file():
+            docs.extend(read_file(path, text_field, id_field, title_field))
+            continue
+        for file in sorted(_walk(path)):
+            try:
+                docs.extend(read_file(file, text_field, id_field, title_field))
+            except IngestError as e:
+                skipped.append(Skipped(str(file), str(e).split(": ", 1)[-1]))
+    return docs, skipped
+
+
+def _walk(folder: Path) -> Iterator[Path]:
+    for file in folder.rglob("*"):
+        hidden = any(part.startswith(".") for part in file.relative_to(folder).parts)
+        if file.is_file() and not hidden and file.suffix.lower() in SUFFIXES:
+            yield file
+
+
+def read_file(path: Path, text_field: str = "text", id_field: str = "id", title_field: str = "title") -> list[Document]:
+    suffix = path.suffix.lower()
+    source = str(path.resolve())
+    if suffix == ".pdf":
+        return [_document(source, _read_pdf(path), path.stem)]
+    text = _read_text(path)
+    if suffix in HTML_SUFFIXES:
+        title, body = html_to_text(text)
+        return [_document(source, body, title or path.stem)]
+    if suffix in RECORD_SUFFIXES:
+        return _records(path, source, text, text_field, id_field, title_field)
+    return [_document(source, text, path.stem)]
+
+
+def _document(source: str, text: str, title: str) -> Document:
+    if not text.strip():
+        raise IngestError(f"{source}: the file is empty")
+    return Document(id=source, text=text, source=source, title=title)
+
+
+def _read_text(path: Path) -> str:
+    data = path.read_bytes()
+    if b"\x00" in data[:8192]:
+        raise IngestError(f"{path}: a binary file, not text")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise IngestError(f"{path}: not UTF-8 text (byte {e.start})") from None
+    if not text.strip():
+        raise IngestError(f"{path}: the file is empty")
+    return text
+
+
+def _records(path: Path, source: str, text: str, text_field: str, id_field: str, title_field: str) -> list[Document]:
+    try:
+        if path.suffix.lower() == ".jsonl":
+            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        else:
+            loaded = json.loads(text)
+            rows = loaded if isinstance(loaded, list) else [loaded]
+    except json.JSONDecodeError as e:
+        raise IngestError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
+    docs = []
+    for i, row in enumerate(rows):
+        if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
+            raise IngestError(f"{path}: record {i} has no string field {text_field!r}")
+        if not row[text_field].strip():
+            raise IngestError(f"{path}: record {i} has an empty {text_field!r}")
+        doc_id = str(row[id_field]) if row.get(id_field) is not None else f"{source}#{i}"
+        metadata = {k: v for k, v in row.items() if k not in (text_field, id_field, title_field)}
+        docs.append(Document(doc_id, row[text_field], source, str(row.get(title_field) or ""), metadata))
+    if not docs:
+        raise IngestError(f"{path}: no records")
+    return docs
+
+
+def _read_pdf(path: Path) -> str:
+    try:
+        from pypdf import PdfReader
+    except ImportError:
+        raise IngestError(f"{path}: PDF support needs the pdf extra: pip install 'mrag[pdf]'") from None
+    try:
+        return "\n\n".join(page.extract_text() or "" for page in PdfReader(path).pages)
+    except Exception as e:  # pypdf raises many types on broken files
+        raise IngestError(f"{path}: unreadable PDF ({e})") from None
+
+
+class _HTMLText(html.parser.HTMLParser):
+    SKIP = {"script", "style", "noscript", "template"}
+    BLOCK = {"p", "div", "br", "li", "h1", "h2", "h3", "h4", "h5", "h6", "tr", "section", "article"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.parts: list[str] = []
+        self.title = ""
+        self._stack: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: Any) -> None:
+        self._stack.append(tag)
+        if tag in self.BLOCK:
+            self.parts.append("\n\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._stack:
+            while self._stack and self._stack.pop() != tag:
+                pass
+
+    def handle_data(self, data: str) -> None:
+        if "title" in self._stack:
+            self.title += data.strip()
+        elif not self.SKIP & set(self._stack):
+            self.parts.append(data)
+
+
+def html_to_text(markup: str) -> tuple[str, str]:
+    """(title, visible text) of an HTML page."""
+    parser = _HTMLText()
+    parser.feed(markup)
+    lines = [" ".join(line.split()) for line in "".join(parser.parts).split("\n\n")]
+    return parser.title, "\n\n".join(line for line in lines if line)

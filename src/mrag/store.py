@@ -1,0 +1,263 @@
+"""LanceDB storage: one `chunks` table (a row per chunk) and a one-row `manifest` table.
+
+Row layout: id, doc_id, source, title, position, text, metadata (JSON), doc_hash, and three vectors:
+`vector` (D, unit standard embedding), `heads` (H*d, every head scaled to unit length, so one
+block-diagonal product scores all heads) and `head_norms` (H, the heads' original lengths, needed to
+take a row back out of the head-scale sums on delete).
+
+The manifest records the embedder (model, revision, layer, pooling, H, d_head, instructions), the
+chunking settings, the running head-scale sums and the `chunks` version they belong to. If a
+write died between the two tables, the versions differ and the sums are rebuilt from the rows.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from mrag.scales import HeadStats, split_unit
+
+CHUNKS = "chunks"
+MANIFEST = "manifest"
+FORMAT_VERSION = 1
+
+
+class StoreError(ValueError):
+    """The store cannot do what was asked (wrong model, missing index, ...)."""
+
+
+def chunk_schema(dim: int, n_heads: int, head_dim: int) -> pa.Schema:
+    return pa.schema(
+        [
+            pa.field("id", pa.string(), nullable=False),
+            pa.field("doc_id", pa.string(), nullable=False),
+            pa.field("source", pa.string()),
+            pa.field("title", pa.string()),
+            pa.field("position", pa.int32()),
+            pa.field("text", pa.string()),
+            pa.field("metadata", pa.string()),
+            pa.field("doc_hash", pa.string()),
+            pa.field("vector", pa.list_(pa.float32(), dim)),
+            pa.field("heads", pa.list_(pa.float32(), n_heads * head_dim)),
+            pa.field("head_norms", pa.list_(pa.float32(), n_heads)),
+        ]
+    )
+
+
+@dataclass
+class Matrix:
+    """The vectors of every row, in memory, for exact search.  ids (N,), standard (N, D), heads (N, H*d)."""
+
+    version: int
+    ids: np.ndarray
+    standard: np.ndarray
+    heads: np.ndarray
+
+
+def quote(values: list[str]) -> str:
+    """A SQL IN-list of string literals."""
+    return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
+
+
+class Store:
+    def __init__(self, uri: str, db: Any, chunks: Any, manifest: dict[str, Any]) -> None:
+        self.uri = uri
+        self.db = db
+        self.chunks = chunks
+        self.manifest = manifest
+        self.n_heads = int(manifest["embedder"]["n_heads"])
+        self.head_dim = int(manifest["embedder"]["head_dim"])
+        self.dim = int(manifest["embedder"]["dim"])
+        self.stats = HeadStats.from_json(manifest["stats"]["heads"])
+        self.split_stats = HeadStats.from_json(manifest["stats"]["split"])
+        self._matrix: Matrix | None = None
+        if manifest["chunks_version"] != self.chunks.version:
+            self._rebuild_stats()
+            self._save_manifest()
+
+    @staticmethod
+    def exists(uri: str) -> bool:
+        import lancedb
+
+        return MANIFEST in lancedb.connect(uri).list_tables().tables
+
+    @classmethod
+    def open(cls, uri: str) -> Store:
+        import lancedb
+
+        db = lancedb.connect(uri, read_consistency_interval=timedelta(0))
+        if MANIFEST not in db.list_tables().tables:
+            raise StoreError(f"no mrag index at {uri}: create one with `mrag index PATH --db {uri}`")
+        rows = db.open_table(MANIFEST).to_arrow().to_pylist()
+        manifest = json.loads(rows[0]["json"])
+        if manifest.get("format") != FORMAT_VERSION:
+            raise StoreError(f"{uri} was written by an incompatible mrag (format {manifest.get('format')})")
+        return cls(uri, db, db.open_table(CHUNKS), manifest)
+
+    @classmethod
+    def create(cls, uri: str, embedder_info: dict[str, Any], settings: dict[str, Any]) -> Store:
+        import lancedb
+
+        db = lancedb.connect(uri, read_consistency_interval=timedelta(0))
+        h, d, dim = embedder_info["n_heads"], embedder_info["head_dim"], embedder_info["dim"]
+        chunks = db.create_table(CHUNKS, schema=chunk_schema(dim, h, d), exist_ok=True)
+        split_dim = dim // h if dim % h == 0 else dim
+        manifest = {
+            "format": FORMAT_VERSION,
+            "embedder": embedder_info,
+            "settings": settings,
+            "chunks_version": -1,  # forces a stats rebuild from the rows on first open
+            "stats": {
+                "heads": HeadStats(h, d).to_json(),
+                "split": HeadStats(dim // split_dim, split_dim).to_json(),
+            },
+        }
+        db.create_table(MANIFEST, data=[{"json": json.dumps(manifest)}], mode="overwrite")
+        return cls(uri, db, chunks, manifest)
+
+    # --- reading -------------------------------------------------------------------------
+
+    def count(self) -> int:
+        return int(self.chunks.count_rows())
+
+    def rows(self, where: str | None = None, columns: list[str] | None = None) -> pa.Table:
+        query = self.chunks.search()
+        if where:
+            query = query.where(where)
+        if columns:
+            query = query.select(columns)
+        return query.limit(None).to_arrow()
+
+    def rows_by_id(self, ids: list[str], columns: list[str]) -> list[dict[str, Any]]:
+        """Rows for the given chunk ids, in the given order."""
+        if not ids:
+            return []
+        table = self.rows(f"id IN ({quote(ids)})", ["id", *columns]).to_pylist()
+        by_id = {r["id"]: r for r in table}
+        return [by_id[i] for i in ids if i in by_id]
+
+    def doc_hashes(self, doc_ids: list[str]) -> dict[str, str]:
+        if not doc_ids:
+            return {}
+        table = self.rows(f"doc_id IN ({quote(doc_ids)})", ["doc_id", "doc_hash"])
+        return dict(zip(table["doc_id"].to_pylist(), table["doc_hash"].to_pylist()))
+
+    def matrix(self) -> Matrix:
+        """Every row's vectors in memory, reloaded only when the table has a new version."""
+        version = self.chunks.version
+        if self._matrix is None or self._matrix.version != version:
+            table = self.rows(columns=["id", "vector", "heads"])
+            n = table.num_rows
+            self._matrix = Matrix(
+                version=version,
+                ids=np.asarray(table["id"].to_pylist(), dtype=object),
+                standard=_fixed(table["vector"], n, self.dim),
+                heads=_fixed(table["heads"], n, self.n_heads * self.head_dim),
+            )
+        return self._matrix
+
+    # --- writing -------------------------------------------------------------------------
+
+    @contextmanager
+    def writing(self) -> Iterator[None]:
+        """All-or-nothing: on any error the chunks table is restored and the sums are untouched."""
+        version = self.chunks.version
+        saved = (self.stats.to_json(), self.split_stats.to_json())
+        try:
+            yield
+        except BaseException:
+            if self.chunks.version != version:
+                self.chunks.restore(version)
+            self.stats = HeadStats.from_json(saved[0])
+            self.split_stats = HeadStats.from_json(saved[1])
+            raise
+        self._save_manifest()
+
+    def add(self, rows: pa.Table) -> None:
+        """Append rows (use inside `writing()`); the head-scale sums follow."""
+        self._fold(rows, sign=1)
+        self.chunks.add(rows)
+
+    def delete(self, where: str) -> int:
+        """Delete the rows matching a filter (inside `writing()`); returns how many."""
+        gone = self.rows(where, ["vector", "heads", "head_norms"])
+        if gone.num_rows:
+            self._fold(gone, sign=-1)
+            self.chunks.delete(where)
+        return gone.num_rows
+
+    def _fold(self, rows: pa.Table, sign: int) -> None:
+        n = rows.num_rows
+        if n == 0:
+            return
+        h, d = self.n_heads, self.head_dim
+        units = _fixed(rows["heads"], n, h * d).reshape(n, h, d)
+        norms = _fixed(rows["head_norms"], n, h)
+        self.stats.add(norms, units, sign)
+        g, sd = self.split_stats.n_heads, self.split_stats.head_dim
+        slice_norms, slice_units = split_unit(_fixed(rows["vector"], n, self.dim).reshape(n, g, sd))
+        self.split_stats.add(slice_norms, slice_units, sign)
+
+    def _rebuild_stats(self) -> None:
+        self.stats = HeadStats(self.n_heads, self.head_dim)
+        self.split_stats = HeadStats(self.split_stats.n_heads, self.split_stats.head_dim)
+        self._fold(self.rows(columns=["vector", "heads", "head_norms"]), sign=1)
+
+    def _save_manifest(self) -> None:
+        self.manifest["chunks_version"] = self.chunks.version
+        self.manifest["stats"] = {"heads": self.stats.to_json(), "split": self.split_stats.to_json()}
+        self.db.create_table(MANIFEST, data=[{"json": json.dumps(self.manifest)}], mode="overwrite")
+
+
+def _fixed(column: pa.ChunkedArray, n: int, width: int) -> np.ndarray:
+    """A fixed-size-list column as a float32 matrix (n, width) without a Python loop."""
+    if n == 0:
+        return np.zeros((0, width), dtype=np.float32)
+    flat = pa.concat_arrays([c.flatten() for c in column.chunks]) if column.num_chunks else pa.array([])
+    return np.asarray(flat.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(n, width)
+
+
+def build_rows(
+    ids: list[str],
+    doc_ids: list[str],
+    sources: list[str],
+    titles: list[str],
+    positions: list[int],
+    texts: list[str],
+    metadata: list[dict[str, Any]],
+    doc_hashes: list[str],
+    standard: np.ndarray,
+    heads: np.ndarray,
+    schema: pa.Schema,
+) -> pa.Table:
+    """Rows for `Store.add`.  standard (N, D) raw, heads (N, H, d) raw; stored as unit vectors."""
+    n, h, d = heads.shape
+    _, std_units = split_unit(standard)
+    head_norms, head_units = split_unit(heads)  # (N, H), (N, H, d)
+
+    def vectors(values: np.ndarray, width: int) -> pa.Array:
+        return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1).astype(np.float32)), width)
+
+    return pa.table(
+        {
+            "id": ids,
+            "doc_id": doc_ids,
+            "source": sources,
+            "title": titles,
+            "position": pa.array(positions, pa.int32()),
+            "text": texts,
+            "metadata": [json.dumps(m, ensure_ascii=False, default=str) for m in metadata],
+            "doc_hash": doc_hashes,
+            "vector": vectors(std_units, standard.shape[1]),
+            "heads": vectors(head_units, h * d),
+            "head_norms": vectors(head_norms, h),
+        },
+        schema=schema,
+    )

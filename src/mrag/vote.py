@@ -1,0 +1,99 @@
+"""Pure voting and fusion over ranked lists, one list per embedding space.
+
+Every retrieval strategy ends here. A *ranking* is an int array of shape (S, c): row s holds the
+item ids that space s returned, best first, padded with -1 when a space has fewer than c items.
+Nothing in this module knows where a space comes from (a head, the standard embedding, a slice of
+it, another model, a query segment): it only sees ids, ranks and weights.
+
+Tie-breaks are deterministic everywhere: higher score first, then the better (lower) best rank,
+then the smaller id.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+RRF_K = 60  # Cormack, Clarke & Buettcher (SIGIR 2009), "Reciprocal rank fusion outperforms ..."
+
+
+@dataclass(frozen=True)
+class Vote:
+    """One space's vote for one item: the space, the 0-based rank it gave, and the weight added."""
+
+    space: int
+    rank: int
+    weight: float
+
+
+@dataclass(frozen=True)
+class Fused:
+    """The fused ranking: item ids best first, their scores, and every vote behind each item."""
+
+    ids: np.ndarray  # (k,) int
+    scores: np.ndarray  # (k,) float
+    votes: list[list[Vote]]  # per returned item
+
+
+def rank_weights(ranking: np.ndarray, space_weights: np.ndarray, base: float = 2.0) -> np.ndarray:
+    """Weight of every vote: w_s * base**-rank; padding (-1) gets 0.  (S, c) -> (S, c)."""
+    s, c = ranking.shape
+    decay = base ** -np.arange(c, dtype=np.float64)  # (c,)
+    weights = np.asarray(space_weights, dtype=np.float64).reshape(s, 1) * decay  # (S, c)
+    return np.where(ranking >= 0, weights, 0.0)
+
+
+def rrf_weights(ranking: np.ndarray, k: int = RRF_K) -> np.ndarray:
+    """Reciprocal rank fusion weight 1 / (k + rank), rank 1-based.  (S, c) -> (S, c)."""
+    if k <= 0:
+        raise ValueError(f"the RRF constant must be positive, got {k}")
+    c = ranking.shape[1]
+    weights = np.broadcast_to(1.0 / (k + 1 + np.arange(c, dtype=np.float64)), ranking.shape)
+    return np.where(ranking >= 0, weights, 0.0)
+
+
+def fuse(ranking: np.ndarray, weights: np.ndarray, k: int) -> Fused:
+    """Sum each item's vote weights over all spaces and return the top k (deterministic ties)."""
+    if k <= 0:
+        raise ValueError(f"k must be positive, got {k}")
+    ranking = np.asarray(ranking)
+    valid = ranking >= 0
+    spaces, ranks = np.nonzero(valid)  # one entry per vote
+    items = ranking[valid]
+    w = np.asarray(weights, dtype=np.float64)[valid]
+    uniq, inverse = np.unique(items, return_inverse=True)
+    totals = np.zeros(len(uniq))
+    np.add.at(totals, inverse, w)
+    best_rank = np.full(len(uniq), np.iinfo(np.int64).max)
+    np.minimum.at(best_rank, inverse, ranks)
+    # lexsort sorts by the last key first: score desc, then best rank asc, then id asc
+    order = np.lexsort((uniq, best_rank, -totals))[:k]
+    votes: list[list[Vote]] = []
+    for pos in order:
+        mask = inverse == pos
+        votes.append(
+            [Vote(int(s), int(r), float(x)) for s, r, x in zip(spaces[mask], ranks[mask], w[mask])]
+        )
+    return Fused(ids=uniq[order], scores=totals[order], votes=votes)
+
+
+def interleave(lists: list[np.ndarray], k: int) -> np.ndarray:
+    """Round-robin merge: each list's best first, then each list's second, ...; duplicates skipped.
+
+    Used to combine per-segment results of a long query, where summing scores would let generic
+    items that appear in many lists push out the one item each segment is about.
+    """
+    if k <= 0:
+        raise ValueError(f"k must be positive, got {k}")
+    out: list[int] = []
+    seen: set[int] = set()
+    depth = max((len(x) for x in lists), default=0)
+    for r in range(depth):
+        for ranked in lists:
+            if r < len(ranked) and ranked[r] >= 0 and int(ranked[r]) not in seen:
+                seen.add(int(ranked[r]))
+                out.append(int(ranked[r]))
+                if len(out) == k:
+                    return np.array(out, dtype=np.int64)
+    return np.array(out, dtype=np.int64)
