@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import re
 
-# A sentence ends at . ! or ? (optionally followed by quotes/brackets) before whitespace and an
-# upper-case letter, digit or quote; or at a blank line. Abbreviations like "e.g. the" stay whole.
-_SENTENCE_END = re.compile(r"(?<=[.!?])[\"')\]]*\s+(?=[\"'(\[]?[A-Z0-9])|\n\s*\n")
+# A sentence ends at . ! or ? (optionally followed by up to two closing quotes/brackets, which stay
+# with it) before whitespace and an upper-case letter, digit or quote; or at a blank line.
+# Abbreviations like "e.g. the" stay whole.
+_SENTENCE_END = re.compile(
+    r"(?:(?<=[.!?])|(?<=[.!?][\"')\]])|(?<=[.!?][\"')\]]{2}))\s+(?=[\"'(\[]?[A-Z0-9])|\n\s*\n"
+)
 
 
 def split_sentences(text: str) -> list[str]:

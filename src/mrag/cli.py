@@ -210,5 +210,46 @@ def demo(db: str | None, k: int, strategy: str, as_json: bool) -> None:
     run_demo(db, k=k, strategy=strategy, as_json=as_json, echo=click.echo)
 
 
+@cli.command("eval", context_settings=CONTEXT)
+@click.option("--corpus", required=True, type=click.Path(exists=True), help="Articles JSON(.bz2), topic folder/tarball, or BEIR folder.")
+@click.option("--queries", type=click.Path(exists=True, dir_okay=False), default=None, help="Queries file.")
+@model_option
+@click.option("--layer", type=int, default=-1, show_default=True, help="Layer whose heads vote.")
+@click.option("--pooling", type=click.Choice(["mean", "cls", "last"]), default=None, help="Token pooling of the heads.")
+@click.option("--strategies", default=None, help="Comma-separated (default: all without an LLM, plus fusion).")
+@click.option("-c", "depth", type=int, default=retrieve.DEFAULT_C, show_default=True, help="Per-space depth.")
+@click.option("--chunk-chars", type=int, default=0, help="Chunk documents (default 0: whole documents, as the paper).")
+@click.option("--cache", envvar="MRAG_CACHE", default=None, help="Embedding cache folder (default ~/.cache/mrag/eval).")
+@click.option("--query-instruction", default="", help="Prefix for queries.")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Write records, table, plots here.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the summary.")
+@user_errors
+def eval_(corpus: str, queries: str | None, model: str | None, layer: int, pooling: str | None, strategies: str | None,
+          depth: int, chunk_chars: int, cache: str | None, query_instruction: str, device: str, dtype: str,
+          out_dir: str | None, as_json: bool) -> None:
+    """Evaluate retrieval strategies on a multi-aspect benchmark (the MRAG paper's format or BEIR).
+
+    Embeds the corpus once (cached), then scores every strategy at every k from 1 to 32.
+
+        mrag eval --corpus wikipedia_articles_v1.json.bz2 --queries wikipedia_queries_v1.json.bz2 -o results/
+    """
+    from mrag.evaluate.run import run_eval
+
+    names = [s.strip() for s in strategies.split(",") if s.strip()] if strategies else None
+    result = run_eval(
+        corpus, queries, model=model, layer=layer, pooling=pooling, strategies=names, c=depth,
+        chunk_chars=chunk_chars, cache=cache, query_instruction=query_instruction, device=device, dtype=dtype,
+        out_dir=out_dir, show_progress=sys.stderr.isatty(),
+    )
+    if as_json:
+        emit({"summary": result["summary"], "skipped": result["skipped"], "files": result["files"]})
+    else:
+        click.echo(result["table"])
+        for line in result["skipped"]:
+            click.echo(f"skipped {line}", err=True)
+
+
 def main() -> None:
     cli()

@@ -214,17 +214,26 @@ class Index:
         k: int = 5,
         strategy: str = retrieve.DEFAULT_STRATEGY,
         c: int | None = None,
+        subqueries: Sequence[str] | None = None,
     ) -> list[Hit]:
-        """The top k chunks for a query; each hit carries the votes that put it there."""
+        """The top k chunks for a query; each hit carries the votes that put it there.
+
+        `segment+...` strategies split a long query into two-sentence segments themselves; the
+        fusion strategies (`fusion`, `mrag-fusion`) need `subqueries` (e.g. written by an LLM).
+        """
         if not query or not query.strip():
             raise ValueError("the query is empty")
         if k <= 0:
             raise ValueError(f"k must be positive, got {k}")
-        retrieve.check_strategy(strategy)
-        texts = [query]
-        if strategy.startswith(retrieve.SEGMENT):
-            texts += retrieve.segment_query(query)
-        emb = self.embedder.embed(texts, kind="query")
+        _, expand = retrieve.parse_strategy(strategy)
+        parts: list[str] = []
+        if expand == "segment":
+            parts = retrieve.segment_query(query)
+        elif expand == "fusion":
+            parts = [q for q in (subqueries or []) if q.strip()]
+            if not parts:
+                raise ValueError(f"strategy {strategy!r} needs sub-queries")
+        emb = self.embedder.embed([query, *parts], kind="query")
         queries = [
             retrieve.QueryVectors(retrieve.unit(s), retrieve.unit(h)) for s, h in zip(emb.standard, emb.heads)
         ]
@@ -235,11 +244,12 @@ class Index:
             strategy,
             matrix.standard,
             matrix.heads,
-            queries,
+            queries[0],
             k=k,
             c=c or max(k, retrieve.DEFAULT_C),
             head_scales=self.store.stats.scales(),
             split_scales=self.store.split_stats.scales(),
+            parts=queries[1:],
         )
         chunk_ids = [str(matrix.ids[r]) for r in result.rows]
         rows = self.store.rows_by_id(chunk_ids, ["text", "source", "title", "doc_id", "position", "metadata"])

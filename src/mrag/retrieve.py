@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mrag.chunk import split_sentences
-from mrag.vote import Fused, Vote, fuse, interleave, rank_weights
+from mrag.vote import Fused, Vote, fuse, interleave, rank_weights, rrf_weights
 
 BASE_STRATEGIES = (
     "standard",
@@ -29,14 +29,15 @@ DEFAULT_STRATEGY = "mrag"
 DEFAULT_C = 32
 
 
+FUSION = {"fusion": "standard", "mrag-fusion": "mrag"}  # RAG-Fusion and MRAG-Fusion over sub-queries
+
+
 def strategy_names() -> list[str]:
-    return [*BASE_STRATEGIES, *(SEGMENT + s for s in BASE_STRATEGIES)]
+    return [*BASE_STRATEGIES, *(SEGMENT + s for s in BASE_STRATEGIES), *FUSION]
 
 
 def check_strategy(name: str) -> str:
-    base = name.removeprefix(SEGMENT)
-    if base not in BASE_STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(strategy_names())}")
+    parse_strategy(name)
     return name
 
 
@@ -121,45 +122,72 @@ def spaces_for(
     return names, ranking, sims, head_scales
 
 
+def parse_strategy(name: str) -> tuple[str, str | None]:
+    """'segment+mrag' -> ('mrag', 'segment'); 'mrag-fusion' -> ('mrag', 'fusion'); 'split' -> ('split', None)."""
+    if name in FUSION:
+        return FUSION[name], "fusion"
+    if name.startswith(SEGMENT):
+        base = name.removeprefix(SEGMENT)
+        if base in BASE_STRATEGIES:
+            return base, "segment"
+    if name in BASE_STRATEGIES:
+        return name, None
+    raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(strategy_names())}")
+
+
 def run(
     strategy: str,
     standard: np.ndarray,
     heads: np.ndarray,
-    queries: list[QueryVectors],
+    query: QueryVectors,
     k: int,
     c: int,
     head_scales: np.ndarray,
     split_scales: np.ndarray,
+    parts: list[QueryVectors] | None = None,
 ) -> Result:
-    """Run a strategy for one query given as one or more segments (queries[0] is the whole query).
+    """Run a strategy for one query. standard (N, D) and heads (N, H*d) hold unit vectors.
 
-    standard (N, D) and heads (N, H*d) hold unit vectors (heads unit per head).
+    `parts` are the query's segments (for `segment+...`) or its sub-queries (for the fusion
+    strategies): the base strategy runs once per part, and the lists are interleaved round-robin
+    (segments) or merged by reciprocal rank fusion (sub-queries). One part or none: plain search.
     """
     if k <= 0:
         raise ValueError(f"k must be positive, got {k}")
     if c <= 0:
         raise ValueError(f"the per-space depth c must be positive, got {c}")
-    check_strategy(strategy)
-    base = strategy.removeprefix(SEGMENT)
-    segments = queries[1:] if strategy.startswith(SEGMENT) and len(queries) > 2 else queries[:1]
-    per_segment = [
-        _run_one(base, standard, heads, q, max(k, c), c, head_scales, split_scales) for q in segments
-    ]
-    if len(per_segment) == 1:
-        only = per_segment[0]
-        return Result(only.rows[:k], only.scores[:k], only.votes[:k])
-    rows = interleave([r.rows for r in per_segment], k)
-    # a row's score and votes come from the segment that ranked it best
-    scores, votes = [], []
+    base, expand = parse_strategy(strategy)
+    if expand == "fusion" and not parts:
+        raise ValueError(f"strategy {strategy!r} needs sub-queries")
+    if expand is None or not parts or (expand == "segment" and len(parts) < 2):
+        return _run_one(base, standard, heads, query, k, c, head_scales, split_scales)
+    depth = max(k, c)
+    lists = [_run_one(base, standard, heads, q, depth, c, head_scales, split_scales) for q in parts]
+    if expand == "segment":
+        rows = interleave([r.rows for r in lists], k)
+        scores = np.array([_best_in(lists, row)[2] for row in rows])
+    else:
+        ranking = np.full((len(lists), depth), -1, dtype=np.int64)
+        for i, r in enumerate(lists):
+            ranking[i, : len(r.rows)] = r.rows
+        fused = fuse(ranking, rrf_weights(ranking), k)
+        rows, scores = fused.ids, fused.scores
+    votes = []
     for row in rows:
-        best = min(
-            (int(np.nonzero(r.rows == row)[0][0]), s) for s, r in enumerate(per_segment) if row in r.rows
-        )
-        seg = per_segment[best[1]]
-        pos = int(np.nonzero(seg.rows == row)[0][0])
-        scores.append(seg.scores[pos])
-        votes.append([v | {"segment": best[1]} for v in seg.votes[pos]])
-    return Result(rows, np.asarray(scores), votes)
+        part, pos, _ = _best_in(lists, row)
+        votes.append([v | {"part": part} for v in lists[part].votes[pos]])
+    return Result(np.asarray(rows, dtype=np.int64), np.asarray(scores, dtype=np.float64), votes)
+
+
+def _best_in(lists: list[Result], row: int) -> tuple[int, int, float]:
+    """(part, position, score) of the part that ranked `row` best (earliest part on ties)."""
+    best = (len(lists), 0, 0.0)
+    best_pos = np.iinfo(np.int64).max
+    for i, r in enumerate(lists):
+        hits = np.nonzero(r.rows == row)[0]
+        if len(hits) and hits[0] < best_pos:
+            best_pos, best = int(hits[0]), (i, int(hits[0]), float(r.scores[hits[0]]))
+    return best
 
 
 def _run_one(
@@ -172,7 +200,8 @@ def _run_one(
     head_scales: np.ndarray,
     split_scales: np.ndarray,
 ) -> Result:
-    names, ranking, sims, weights = spaces_for(strategy, standard, heads, query, c, head_scales, split_scales)
+    depth = max(k, c) if strategy == "standard" else c
+    names, ranking, sims, weights = spaces_for(strategy, standard, heads, query, depth, head_scales, split_scales)
     if strategy == "standard":
         valid = ranking[0] >= 0
         rows, scores = ranking[0][valid][:k], sims[0][valid][:k]

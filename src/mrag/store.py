@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -86,15 +87,17 @@ class Store:
     def exists(uri: str) -> bool:
         import lancedb
 
+        if "://" not in uri and not Path(uri).expanduser().is_dir():
+            return False  # connecting would create the folder
         return MANIFEST in lancedb.connect(uri).list_tables().tables
 
     @classmethod
     def open(cls, uri: str) -> Store:
         import lancedb
 
-        db = lancedb.connect(uri, read_consistency_interval=timedelta(0))
-        if MANIFEST not in db.list_tables().tables:
+        if not cls.exists(uri):
             raise StoreError(f"no mrag index at {uri}: create one with `mrag index PATH --db {uri}`")
+        db = lancedb.connect(uri, read_consistency_interval=timedelta(0))
         rows = db.open_table(MANIFEST).to_arrow().to_pylist()
         manifest = json.loads(rows[0]["json"])
         if manifest.get("format") != FORMAT_VERSION:

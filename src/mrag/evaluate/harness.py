@@ -1,0 +1,138 @@
+"""Run retrieval strategies over a benchmark and score them for every k.
+
+The corpus is embedded once into an mrag index under the cache folder, keyed by (model, layer,
+pooling, chunking, corpus content), and query embeddings are cached beside it: a second run with
+other strategies embeds nothing. Retrieval works on chunks; chunks map to units (documents or
+topics) keeping the first occurrence, so k always counts distinct units.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mrag import retrieve
+from mrag.embed.base import HeadEmbedder
+from mrag.evaluate.datasets import Benchmark
+from mrag.evaluate.metrics import K_MAX, dedupe_units, query_metrics
+from mrag.index import Index
+
+WHOLE_DOCUMENTS = 10**9  # chunk size that keeps every document in one chunk (the paper's setting)
+
+
+@dataclass
+class Corpus:
+    """An embedded benchmark corpus: the index, and the unit of every row of its matrix."""
+
+    index: Index
+    row_units: np.ndarray  # (N,) unit id per matrix row
+
+
+def cache_key(bench: Benchmark, embedder_info: dict[str, Any], chunk_chars: int) -> str:
+    h = hashlib.sha256()
+    settings = {k: embedder_info.get(k) for k in ("model", "revision", "layer", "pooling", "max_length",
+                                                  "query_instruction", "document_instruction")}
+    h.update(json.dumps([settings, chunk_chars], sort_keys=True).encode())
+    for d in bench.docs:
+        h.update(d.id.encode() + b"\0" + d.text.encode() + b"\0")
+    return h.hexdigest()[:20]
+
+
+def embed_corpus(
+    bench: Benchmark,
+    embedder: HeadEmbedder,
+    cache_dir: str | Path,
+    chunk_chars: int = WHOLE_DOCUMENTS,
+    show_progress: bool = False,
+) -> Corpus:
+    """Index the benchmark's documents (once per key) and map matrix rows to units."""
+    folder = Path(cache_dir) / cache_key(bench, embedder.info(), chunk_chars)
+    index = Index.open(folder / "index", embedder=embedder, chunk_chars=chunk_chars, overlap=1)
+    docs = [{"id": d.id, "text": d.text, "title": d.title, "source": bench.name} for d in bench.docs]
+    index.upsert(docs, show_progress=show_progress)
+    unit_of = {d.id: d.unit for d in bench.docs}
+    matrix = index.store.matrix()
+    row_units = np.array([unit_of[str(i).rsplit("#", 1)[0]] for i in matrix.ids], dtype=object)
+    return Corpus(index, row_units)
+
+
+def embed_queries(
+    corpus: Corpus, texts: Sequence[str], show_progress: bool = False
+) -> dict[str, retrieve.QueryVectors]:
+    """Unit query vectors for every distinct text, cached in an .npz beside the index."""
+    unique = sorted(set(texts))
+    digest = hashlib.sha256("\0".join(unique).encode()).hexdigest()[:16]
+    path = Path(corpus.index.store.uri).parent / f"queries-{digest}.npz"
+    if path.exists():
+        data = np.load(path)
+        standard, heads = data["standard"], data["heads"]
+    else:
+        emb = corpus.index.embedder.embed(unique, kind="query", show_progress=show_progress)
+        standard, heads = retrieve.unit(emb.standard), retrieve.unit(emb.heads)
+        np.savez(path, standard=standard, heads=heads)
+    return {t: retrieve.QueryVectors(s, h) for t, s, h in zip(unique, standard, heads)}
+
+
+def query_texts(bench: Benchmark) -> list[str]:
+    texts = []
+    for q in bench.queries:
+        texts += [q.text, *retrieve.segment_query(q.text), *q.fusion]
+    return texts
+
+
+def evaluate(
+    bench: Benchmark,
+    corpus: Corpus,
+    strategies: Sequence[str],
+    c: int = retrieve.DEFAULT_C,
+    k_max: int = K_MAX,
+    show_progress: bool = False,
+) -> list[dict[str, Any]]:
+    """One record per (query, strategy, k): the metrics of the first k distinct units."""
+    for s in strategies:
+        retrieve.check_strategy(s)
+    vectors = embed_queries(corpus, query_texts(bench), show_progress=show_progress)
+    matrix = corpus.index.store.matrix()
+    scales = corpus.index.store.stats.scales()
+    split_scales = corpus.index.store.split_stats.scales()
+    category_of = bench.unit_category()
+    chunks_per_unit = len(corpus.row_units) / max(len(set(corpus.row_units)), 1)
+    depth = min(len(corpus.row_units), math.ceil(k_max * chunks_per_unit * 2))  # enough chunks for k_max units
+    work = [(q, s) for q in bench.queries for s in strategies]
+    if show_progress:
+        from tqdm import tqdm
+
+        work = tqdm(work, desc="evaluating", unit="run")  # type: ignore[assignment]
+    records = []
+    for q, strategy in work:
+        _, expand = retrieve.parse_strategy(strategy)
+        part_texts = retrieve.segment_query(q.text) if expand == "segment" else q.fusion if expand else []
+        if expand == "fusion" and not part_texts:
+            continue  # this query has no sub-queries: fusion does not apply
+        result = retrieve.run(
+            strategy, matrix.standard, matrix.heads, vectors[q.text], k=depth, c=c,
+            head_scales=scales, split_scales=split_scales, parts=[vectors[t] for t in part_texts],
+        )
+        units = dedupe_units(list(corpus.row_units[result.rows]), k_max)
+        for rec in query_metrics(units, q.aspects, category_of, k_max):
+            records.append({"query": q.id, "n": q.n, "strategy": strategy, **rec})
+    return records
+
+
+def summarize(records: list[dict[str, Any]], min_n: int = 2) -> dict[str, dict[str, float]]:
+    """Per strategy: mean over queries with n >= min_n at k = n (doc and category ratio)."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for r in records:
+        if r["n"] >= min_n and r["k"] == r["n"]:
+            s = out.setdefault(r["strategy"], {"doc": [], "category": [], "ndcg": []})
+            s["doc"].append(r["success_ratio"])
+            s["category"].append(r["category_ratio"])
+            s["ndcg"].append(r["ndcg"])
+    return {name: {m: float(np.mean(v)) for m, v in s.items()} | {"queries": len(s["doc"])} for name, s in out.items()}

@@ -1,0 +1,72 @@
+"""Multi-aspect retrieval metrics, per query and per k (k is always the number of units fetched).
+
+For a query with aspects R (n = |R|) and fetched units F_k (the first k):
+    success           = every aspect found in F_k                (1 or 0)
+    success ratio     = |aspects found| / n
+    category success  = every aspect's category among F_k's categories
+    category ratio    = share of aspect categories found among F_k's categories
+    weighted ratio    = (2 * success ratio + category ratio) / 3
+    recall@k          = success ratio;  nDCG@k with the aspects' grades (BEIR)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from mrag.evaluate.datasets import Aspect
+
+K_MAX = 32
+
+
+def query_metrics(
+    fetched: Sequence[str], aspects: Sequence[Aspect], category_of: dict[str, str], k_max: int = K_MAX
+) -> list[dict[str, float | int]]:
+    """One record per k = 1..k_max, each carrying its k."""
+    records = []
+    for k in range(1, k_max + 1):
+        top = fetched[:k]
+        units = set(top)
+        categories = {category_of.get(u, "") for u in top}
+        found = [bool(a.units & units) for a in aspects]
+        cat_found = [bool(a.categories & categories) for a in aspects]
+        ratio = sum(found) / len(aspects)
+        cat_ratio = sum(cat_found) / len(aspects)
+        records.append(
+            {
+                "k": k,
+                "success": int(all(found)),
+                "success_ratio": ratio,
+                "category_success": int(all(cat_found)),
+                "category_ratio": cat_ratio,
+                "weighted_ratio": (2 * ratio + cat_ratio) / 3,
+                "ndcg": ndcg(top, aspects),
+            }
+        )
+    return records
+
+
+def ndcg(fetched: Sequence[str], aspects: Sequence[Aspect]) -> float:
+    """nDCG of a ranked unit list; each aspect counts once (its first hit), gain 2^grade - 1."""
+    k = len(fetched)
+    dcg, credited = 0.0, set()
+    for rank, unit in enumerate(fetched):
+        for j, a in enumerate(aspects):
+            if j not in credited and unit in a.units:
+                credited.add(j)
+                dcg += (2**a.grade - 1) / math.log2(rank + 2)
+                break
+    ideal = sorted((2**a.grade - 1 for a in aspects), reverse=True)[:k]
+    idcg = sum(g / math.log2(r + 2) for r, g in enumerate(ideal))
+    return dcg / idcg if idcg else 0.0
+
+
+def dedupe_units(chunk_units: Sequence[str], k: int) -> list[str]:
+    """Chunk-level ranking -> unit-level ranking (first occurrence wins), the first k."""
+    seen: dict[str, None] = {}
+    for u in chunk_units:
+        if u not in seen:
+            seen[u] = None
+            if len(seen) == k:
+                break
+    return list(seen)
