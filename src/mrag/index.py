@@ -240,6 +240,7 @@ class Index:
         matrix = self.store.matrix()
         if len(matrix.ids) == 0:
             return []
+        head_scales, split_scales = self.store.committed_scales()
         result = retrieve.run(
             strategy,
             matrix.standard,
@@ -247,12 +248,14 @@ class Index:
             queries[0],
             k=k,
             c=c or max(k, retrieve.DEFAULT_C),
-            head_scales=self.store.stats.scales(),
-            split_scales=self.store.split_stats.scales(),
+            head_scales=head_scales,
+            split_scales=split_scales,
             parts=queries[1:],
         )
         chunk_ids = [str(matrix.ids[r]) for r in result.rows]
-        rows = self.store.rows_by_id(chunk_ids, ["text", "source", "title", "doc_id", "position", "metadata"])
+        rows = self.store.rows_by_id(
+            chunk_ids, ["text", "source", "title", "doc_id", "position", "metadata"], table=matrix.table
+        )
         return [
             Hit(
                 id=row["id"],
@@ -269,7 +272,7 @@ class Index:
         ]
 
     def head_scales(self) -> list[dict[str, Any]]:
-        scales = self.store.stats.scales()
+        scales, _ = self.store.committed_scales()
         return [{"head": i, "scale": float(s)} for i, s in enumerate(scales)]
 
     def info(self) -> dict[str, Any]:

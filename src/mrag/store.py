@@ -6,13 +6,15 @@ block-diagonal product scores all heads) and `head_norms` (H, the heads' origina
 take a row back out of the head-scale sums on delete).
 
 The manifest records the embedder (model, revision, layer, pooling, H, d_head, instructions), the
-chunking settings, the running head-scale sums and the `chunks` version they belong to. If a
-write died between the two tables, the versions differ and the sums are rebuilt from the rows.
+chunking settings, the running head-scale sums and the committed `chunks` version they belong to.
+Saving the manifest is the commit point: readers see the table at the committed version only, so
+a search never sees half of a write, and a write that died is rolled back by the next writer.
 """
 
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -57,6 +59,7 @@ class Matrix:
     """The vectors of every row, in memory, for exact search.  ids (N,), standard (N, D), heads (N, H*d)."""
 
     version: int
+    table: Any  # the chunks table checked out at `version`, for reading the hits' text
     ids: np.ndarray
     standard: np.ndarray
     heads: np.ndarray
@@ -72,16 +75,33 @@ class Store:
         self.uri = uri
         self.db = db
         self.chunks = chunks
+        self._load(manifest)
+        self._matrix: Matrix | None = None
+        self._write_lock = threading.Lock()
+
+    def _load(self, manifest: dict[str, Any]) -> None:
         self.manifest = manifest
         self.n_heads = int(manifest["embedder"]["n_heads"])
         self.head_dim = int(manifest["embedder"]["head_dim"])
         self.dim = int(manifest["embedder"]["dim"])
+        # the writer's running sums; readers use the committed ones in the manifest
         self.stats = HeadStats.from_json(manifest["stats"]["heads"])
         self.split_stats = HeadStats.from_json(manifest["stats"]["split"])
-        self._matrix: Matrix | None = None
-        if manifest["chunks_version"] != self.chunks.version:
-            self._rebuild_stats()
-            self._save_manifest()
+
+    def committed_scales(self) -> tuple[np.ndarray, np.ndarray]:
+        """(head scales (H,), split scales (S,)) of the committed rows."""
+        stats = self.manifest["stats"]
+        return HeadStats.from_json(stats["heads"]).scales(), HeadStats.from_json(stats["split"]).scales()
+
+    @property
+    def committed_version(self) -> int:
+        """The chunks version of the last complete write: what readers see."""
+        return int(self.manifest["chunks_version"])
+
+    def refresh(self) -> None:
+        """Pick up writes committed since (by this or another process)."""
+        rows = self.db.open_table(MANIFEST).to_arrow().to_pylist()
+        self.manifest = json.loads(rows[0]["json"])
 
     @staticmethod
     def exists(uri: str) -> bool:
@@ -116,7 +136,7 @@ class Store:
             "format": FORMAT_VERSION,
             "embedder": embedder_info,
             "settings": settings,
-            "chunks_version": -1,  # forces a stats rebuild from the rows on first open
+            "chunks_version": chunks.version,
             "stats": {
                 "heads": HeadStats(h, d).to_json(),
                 "split": HeadStats(dim // split_dim, split_dim).to_json(),
@@ -127,22 +147,29 @@ class Store:
 
     # --- reading -------------------------------------------------------------------------
 
-    def count(self) -> int:
-        return int(self.chunks.count_rows())
+    def snapshot(self) -> Any:
+        """The chunks table as of the last committed write (never a half-written batch)."""
+        table = self.db.open_table(CHUNKS)
+        if table.version != self.committed_version:
+            table.checkout(self.committed_version)
+        return table
 
-    def rows(self, where: str | None = None, columns: list[str] | None = None) -> pa.Table:
-        query = self.chunks.search()
+    def count(self) -> int:
+        return int(self.snapshot().count_rows())
+
+    def rows(self, where: str | None = None, columns: list[str] | None = None, table: Any = None) -> pa.Table:
+        query = (table if table is not None else self.snapshot()).search()
         if where:
             query = query.where(where)
         if columns:
             query = query.select(columns)
         return query.limit(None).to_arrow()
 
-    def rows_by_id(self, ids: list[str], columns: list[str]) -> list[dict[str, Any]]:
-        """Rows for the given chunk ids, in the given order."""
+    def rows_by_id(self, ids: list[str], columns: list[str], table: Any = None) -> list[dict[str, Any]]:
+        """Rows for the given chunk ids, in the given order (from `table`, default the snapshot)."""
         if not ids:
             return []
-        table = self.rows(f"id IN ({quote(ids)})", ["id", *columns]).to_pylist()
+        table = self.rows(f"id IN ({quote(ids)})", ["id", *columns], table).to_pylist()
         by_id = {r["id"]: r for r in table}
         return [by_id[i] for i in ids if i in by_id]
 
@@ -153,35 +180,46 @@ class Store:
         return dict(zip(table["doc_id"].to_pylist(), table["doc_hash"].to_pylist()))
 
     def matrix(self) -> Matrix:
-        """Every row's vectors in memory, reloaded only when the table has a new version."""
-        version = self.chunks.version
-        if self._matrix is None or self._matrix.version != version:
-            table = self.rows(columns=["id", "vector", "heads"])
+        """Every committed row's vectors in memory, reloaded only after a new committed write."""
+        self.refresh()
+        matrix = self._matrix
+        if matrix is None or matrix.version != self.committed_version:
+            snapshot = self.snapshot()
+            table = self.rows(columns=["id", "vector", "heads"], table=snapshot)
             n = table.num_rows
-            self._matrix = Matrix(
-                version=version,
+            matrix = self._matrix = Matrix(
+                version=self.committed_version,
+                table=snapshot,
                 ids=np.asarray(table["id"].to_pylist(), dtype=object),
                 standard=_fixed(table["vector"], n, self.dim),
                 heads=_fixed(table["heads"], n, self.n_heads * self.head_dim),
             )
-        return self._matrix
+        return matrix
 
     # --- writing -------------------------------------------------------------------------
 
     @contextmanager
     def writing(self) -> Iterator[None]:
-        """All-or-nothing: on any error the chunks table is restored and the sums are untouched."""
-        version = self.chunks.version
-        saved = (self.stats.to_json(), self.split_stats.to_json())
-        try:
-            yield
-        except BaseException:
-            if self.chunks.version != version:
-                self.chunks.restore(version)
-            self.stats = HeadStats.from_json(saved[0])
-            self.split_stats = HeadStats.from_json(saved[1])
-            raise
-        self._save_manifest()
+        """All-or-nothing. Rows become visible to readers only when the manifest commits them; on
+        any error the chunks table is restored and the sums are untouched. Rows left behind by a
+        write that died (newer than the committed version) are rolled back first. One writer at a time."""
+        with self._write_lock:
+            self.refresh()
+            self._load(self.manifest)
+            self._restore_committed()
+            try:
+                yield
+            except BaseException:
+                self._load(self.manifest)
+                self._restore_committed()
+                raise
+            self._save_manifest()
+
+    def _restore_committed(self) -> None:
+        self.chunks.checkout_latest()
+        if self.chunks.version != self.committed_version:
+            self.chunks.restore(self.committed_version)
+            self._save_manifest()
 
     def add(self, rows: pa.Table) -> None:
         """Append rows (use inside `writing()`); the head-scale sums follow."""
@@ -190,7 +228,7 @@ class Store:
 
     def delete(self, where: str) -> int:
         """Delete the rows matching a filter (inside `writing()`); returns how many."""
-        gone = self.rows(where, ["vector", "heads", "head_norms"])
+        gone = self.rows(where, ["vector", "heads", "head_norms"], table=self.chunks)
         if gone.num_rows:
             self._fold(gone, sign=-1)
             self.chunks.delete(where)
@@ -208,15 +246,14 @@ class Store:
         slice_norms, slice_units = split_unit(_fixed(rows["vector"], n, self.dim).reshape(n, g, sd))
         self.split_stats.add(slice_norms, slice_units, sign)
 
-    def _rebuild_stats(self) -> None:
-        self.stats = HeadStats(self.n_heads, self.head_dim)
-        self.split_stats = HeadStats(self.split_stats.n_heads, self.split_stats.head_dim)
-        self._fold(self.rows(columns=["vector", "heads", "head_norms"]), sign=1)
-
     def _save_manifest(self) -> None:
-        self.manifest["chunks_version"] = self.chunks.version
-        self.manifest["stats"] = {"heads": self.stats.to_json(), "split": self.split_stats.to_json()}
-        self.db.create_table(MANIFEST, data=[{"json": json.dumps(self.manifest)}], mode="overwrite")
+        """The commit point: record the table version and the sums that belong to it."""
+        manifest = self.manifest | {
+            "chunks_version": self.chunks.version,
+            "stats": {"heads": self.stats.to_json(), "split": self.split_stats.to_json()},
+        }
+        self.db.create_table(MANIFEST, data=[{"json": json.dumps(manifest)}], mode="overwrite")
+        self.manifest = manifest
 
 
 def _fixed(column: pa.ChunkedArray, n: int, width: int) -> np.ndarray:

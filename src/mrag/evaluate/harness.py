@@ -100,8 +100,7 @@ def evaluate(
         retrieve.check_strategy(s)
     vectors = embed_queries(corpus, query_texts(bench), show_progress=show_progress)
     matrix = corpus.index.store.matrix()
-    scales = corpus.index.store.stats.scales()
-    split_scales = corpus.index.store.split_stats.scales()
+    scales, split_scales = corpus.index.store.committed_scales()
     category_of = bench.unit_category()
     chunks_per_unit = len(corpus.row_units) / max(len(set(corpus.row_units)), 1)
     depth = min(len(corpus.row_units), math.ceil(k_max * chunks_per_unit * 2))  # enough chunks for k_max units
