@@ -85,18 +85,26 @@ class Index:
         create: bool = True,
         chunk_chars: int = DEFAULT_CHUNK_CHARS,
         overlap: int = DEFAULT_OVERLAP,
+        storage_options: dict[str, str] | None = None,
         **embedder_options: Any,
     ) -> Index:
         """Open the index at `path`, creating it when `create` (with `model`, default MiniLM).
 
         An existing index remembers its model, layer, pooling and instructions: a different model or
         layer is refused. `embedder` passes a ready HeadEmbedder (its `info()` must match).
+        `path` may be an object-store URI (s3://bucket/prefix, gs://, az://); `storage_options`
+        passes its endpoint and credentials to Lance (or set the AWS_* environment variables).
         """
         uri = str(path)
-        if Store.exists(uri):
-            store = Store.open(uri)
+        if Store.exists(uri, storage_options):
+            store = Store.open(uri, storage_options)
             recorded = store.manifest["embedder"]
             _check_same(recorded, model, layer, embedder, uri)
+            for key in ("pooling", "max_length", "query_instruction", "document_instruction"):
+                if key in embedder_options and embedder_options[key] != recorded.get(key):
+                    raise StoreError(
+                        f"the index at {uri} was built with {key}={recorded.get(key)!r}, not {embedder_options[key]!r}"
+                    )
             if embedder is not None:
                 return cls(store, lambda: embedder)
             options = {k: recorded.get(k) for k in ("pooling", "max_length", "query_instruction", "document_instruction")}
@@ -110,7 +118,7 @@ class Index:
             raise ValueError("chunk size must be positive and overlap >= 0")
         made = embedder or _embedder_factory(model, layer, **embedder_options)()
         settings = {"chunk_chars": chunk_chars, "overlap": overlap}
-        index = cls(Store.create(uri, made.info(), settings), lambda: made)
+        index = cls(Store.create(uri, made.info(), settings, storage_options), lambda: made)
         index._embedder = made
         return index
 
@@ -218,18 +226,15 @@ class Index:
     ) -> list[Hit]:
         """The top k chunks for a query; each hit carries the votes that put it there.
 
-        `segment+...` strategies split a long query into two-sentence segments themselves; the
+        Segmenting strategies (`mrag`, `segment+...`, `interleave+...`) split the query themselves; the
         fusion strategies (`fusion`, `mrag-fusion`) need `subqueries` (e.g. written by an LLM).
         """
         if not query or not query.strip():
             raise ValueError("the query is empty")
         if k <= 0:
             raise ValueError(f"k must be positive, got {k}")
-        _, expand = retrieve.parse_strategy(strategy)
-        parts: list[str] = []
-        if expand == "segment":
-            parts = retrieve.segment_query(query)
-        elif expand == "fusion":
+        parts = retrieve.query_parts(strategy, query)
+        if retrieve.parse_strategy(strategy).expand == "fusion":
             parts = [q for q in (subqueries or []) if q.strip()]
             if not parts:
                 raise ValueError(f"strategy {strategy!r} needs sub-queries")
@@ -240,7 +245,7 @@ class Index:
         matrix = self.store.matrix()
         if len(matrix.ids) == 0:
             return []
-        head_scales, split_scales = self.store.committed_scales()
+        scales = self.store.committed_scales()
         result = retrieve.run(
             strategy,
             matrix.standard,
@@ -248,8 +253,7 @@ class Index:
             queries[0],
             k=k,
             c=c or max(k, retrieve.DEFAULT_C),
-            head_scales=head_scales,
-            split_scales=split_scales,
+            scales=scales,
             parts=queries[1:],
         )
         chunk_ids = [str(matrix.ids[r]) for r in result.rows]
@@ -272,7 +276,7 @@ class Index:
         ]
 
     def head_scales(self) -> list[dict[str, Any]]:
-        scales, _ = self.store.committed_scales()
+        scales = self.store.committed_scales()["heads"]
         return [{"head": i, "scale": float(s)} for i, s in enumerate(scales)]
 
     def info(self) -> dict[str, Any]:

@@ -56,7 +56,10 @@ def read_paths(
             try:
                 docs.extend(read_file(file, text_field, id_field, title_field))
             except IngestError as e:
-                skipped.append(Skipped(str(file), str(e).split(": ", 1)[-1]))
+                reason = str(e)  # "<path>: <reason>", where the path may itself hold ": "
+                for prefix in (f"{file}: ", f"{file.resolve()}: "):
+                    reason = reason.removeprefix(prefix)
+                skipped.append(Skipped(str(file), reason))
     return docs, skipped
 
 

@@ -1,9 +1,22 @@
 """Retrieval strategies: score every space, keep each space's top c, then vote or fuse.
 
 Spaces of one multi-head index: `standard` (the sentence embedding), `head:i` (head i of the hooked
-layer) and `split:i` (slice i of the standard embedding, the paper's control). A strategy picks
-spaces and a vote (`mrag.vote`). The `segment+` modifier runs a strategy once per query segment
-(two sentences each) and interleaves the per-segment lists round-robin.
+layer) and `split:i` (slice i of the standard embedding, the paper's control). A base strategy
+picks spaces and a vote (`mrag.vote`):
+
+    standard        cosine on the standard embedding
+    mrag-paper      heads vote scale_i * 2**-rank (the paper's MRAG)
+    mrag-std        heads and the standard space vote, each with its own scale
+    mrag-decay      heads vote 2**-rank;  mrag-distance: heads vote 1 / cosine distance
+    split           slices of the standard embedding vote 2**-rank;  split-weighted: scale_i * 2**-rank
+
+Modifiers run a base strategy once per query part and merge the lists:
+
+    segment+X       one part per sentence; merged by consensus of the parts' first choices
+    interleave+X    one part per two sentences; merged round-robin
+    fusion, mrag-fusion   RAG-Fusion / MRAG-Fusion: sub-queries merged by reciprocal rank fusion
+
+`mrag`, the default, is `segment+mrag-std`: it measured best on the paper's benchmark (README).
 """
 
 from __future__ import annotations
@@ -13,32 +26,62 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mrag.chunk import split_sentences
-from mrag.vote import Fused, Vote, fuse, interleave, rank_weights, rrf_weights
+from mrag.vote import consensus, fuse, interleave, rank_weights, rrf_weights
 
-BASE_STRATEGIES = (
-    "standard",
-    "mrag",
-    "mrag-paper",
-    "mrag-decay",
-    "mrag-distance",
-    "split",
-    "split-weighted",
-)
-SEGMENT = "segment+"
+BASE_STRATEGIES = ("standard", "mrag-paper", "mrag-std", "mrag-decay", "mrag-distance", "split", "split-weighted")
+MODIFIERS = {"segment+": ("sentences", 1), "interleave+": ("round-robin", 2)}
+FUSION = {"fusion": "standard", "mrag-fusion": "mrag-std"}  # over sub-queries, reciprocal rank fusion
+ALIASES = {"mrag": "segment+mrag-std"}
 DEFAULT_STRATEGY = "mrag"
 DEFAULT_C = 32
 
-
-FUSION = {"fusion": "standard", "mrag-fusion": "mrag"}  # RAG-Fusion and MRAG-Fusion over sub-queries
+Scales = dict[str, np.ndarray]  # "heads" (H,), "split" (S,), "standard" (1,)
 
 
 def strategy_names() -> list[str]:
-    return [*BASE_STRATEGIES, *(SEGMENT + s for s in BASE_STRATEGIES), *FUSION]
+    modified = [m + s for m in MODIFIERS for s in BASE_STRATEGIES]
+    return [*ALIASES, *BASE_STRATEGIES, *modified, *FUSION]
+
+
+@dataclass(frozen=True)
+class Plan:
+    base: str  # a BASE_STRATEGIES name
+    expand: str | None = None  # None, "segment+", "interleave+" or "fusion"
+
+
+def parse_strategy(name: str) -> Plan:
+    """'mrag' -> Plan('mrag-std', 'segment+'); 'fusion' -> Plan('standard', 'fusion'); 'split' -> Plan('split')."""
+    name = ALIASES.get(name, name)
+    if name in FUSION:
+        return Plan(FUSION[name], "fusion")
+    for prefix in MODIFIERS:
+        if name.startswith(prefix) and name.removeprefix(prefix) in BASE_STRATEGIES:
+            return Plan(name.removeprefix(prefix), prefix)
+    if name in BASE_STRATEGIES:
+        return Plan(name)
+    raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(strategy_names())}")
 
 
 def check_strategy(name: str) -> str:
     parse_strategy(name)
     return name
+
+
+def query_parts(strategy: str, text: str) -> list[str]:
+    """The texts a strategy embeds besides the whole query (segments; none for single-sentence queries)."""
+    plan = parse_strategy(strategy)
+    if plan.expand not in MODIFIERS:
+        return []
+    parts = segment_query(text, MODIFIERS[plan.expand][1])
+    return parts if len(parts) > 1 else []
+
+
+def segment_query(text: str, sentences_per_segment: int = 1) -> list[str]:
+    """Consecutive groups of sentences; the whole text when it has no sentence boundary."""
+    sentences = split_sentences(text)
+    return [
+        " ".join(sentences[i : i + sentences_per_segment]) for i in range(0, len(sentences), sentences_per_segment)
+    ] or [text]
 
 
 @dataclass
@@ -51,7 +94,7 @@ class QueryVectors:
 
 @dataclass
 class Result:
-    """Row indices best first, scores, and per row the votes (space name, rank, weight, segment)."""
+    """Row indices best first, scores, and per row the votes (space, rank, weight, and part)."""
 
     rows: np.ndarray
     scores: np.ndarray
@@ -86,9 +129,7 @@ def top_c(similarities: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
     c_eff = min(c, n)
     ranking = np.full((s, c), -1, dtype=np.int64)
     sims = np.full((s, c), -np.inf)
-    if c_eff == 0:
-        return ranking, sims
-    for j in range(s):
+    for j in range(s if c_eff else 0):
         col = similarities[:, j]
         cand = np.argpartition(-col, c_eff - 1)[:c_eff] if c_eff < n else np.arange(n)
         order = cand[np.lexsort((cand, -col[cand]))]
@@ -98,41 +139,27 @@ def top_c(similarities: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def spaces_for(
-    strategy: str,
-    standard: np.ndarray,
-    heads: np.ndarray,
-    query: QueryVectors,
-    c: int,
-    head_scales: np.ndarray,
-    split_scales: np.ndarray,
+    strategy: str, standard: np.ndarray, heads: np.ndarray, query: QueryVectors, c: int, scales: Scales
 ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
     """Names, rankings (S, c), similarities (S, c) and weights (S,) of the spaces a strategy votes with."""
     if strategy == "standard":
         ranking, sims = top_c((standard @ query.standard)[:, None], c)
         return ["standard"], ranking, sims, np.ones(1)
     if strategy.startswith("split"):
-        n_slices = len(split_scales)
+        n_slices = len(scales["split"])
         ranking, sims = top_c(slice_similarities(standard, query.standard, n_slices), c)
-        weights = split_scales if strategy == "split-weighted" else np.ones(n_slices)
+        weights = scales["split"] if strategy == "split-weighted" else np.ones(n_slices)
         return [f"split:{i}" for i in range(n_slices)], ranking, sims, weights
-    ranking, sims = top_c(head_similarities(heads, query.heads), c)
-    names = [f"head:{i}" for i in range(len(head_scales))]
-    if strategy in ("mrag-decay", "mrag-distance"):
-        return names, ranking, sims, np.ones(len(names))
-    return names, ranking, sims, head_scales
-
-
-def parse_strategy(name: str) -> tuple[str, str | None]:
-    """'segment+mrag' -> ('mrag', 'segment'); 'mrag-fusion' -> ('mrag', 'fusion'); 'split' -> ('split', None)."""
-    if name in FUSION:
-        return FUSION[name], "fusion"
-    if name.startswith(SEGMENT):
-        base = name.removeprefix(SEGMENT)
-        if base in BASE_STRATEGIES:
-            return base, "segment"
-    if name in BASE_STRATEGIES:
-        return name, None
-    raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(strategy_names())}")
+    similarities = head_similarities(heads, query.heads)  # (N, H)
+    names = [f"head:{i}" for i in range(similarities.shape[1])]
+    weights = scales["heads"] if strategy in ("mrag-paper", "mrag-std") else np.ones(len(names))
+    if strategy == "mrag-std":
+        # the standard space votes too, with its scale computed like a head's
+        similarities = np.concatenate([similarities, (standard @ query.standard)[:, None]], axis=1)
+        names.append("standard")
+        weights = np.concatenate([weights, scales["standard"]])
+    ranking, sims = top_c(similarities, c)
+    return names, ranking, sims, weights
 
 
 def run(
@@ -142,36 +169,40 @@ def run(
     query: QueryVectors,
     k: int,
     c: int,
-    head_scales: np.ndarray,
-    split_scales: np.ndarray,
+    scales: Scales,
     parts: list[QueryVectors] | None = None,
 ) -> Result:
     """Run a strategy for one query. standard (N, D) and heads (N, H*d) hold unit vectors.
 
-    `parts` are the query's segments (for `segment+...`) or its sub-queries (for the fusion
-    strategies): the base strategy runs once per part, and the lists are interleaved round-robin
-    (segments) or merged by reciprocal rank fusion (sub-queries). One part or none: plain search.
+    `parts` are the query's segments (`segment+`, `interleave+`, see `query_parts`) or its
+    sub-queries (fusion strategies): the base strategy runs once per part and the lists are merged.
+    With fewer than two parts a modifier changes nothing (fusion needs at least one sub-query).
     """
     if k <= 0:
         raise ValueError(f"k must be positive, got {k}")
     if c <= 0:
         raise ValueError(f"the per-space depth c must be positive, got {c}")
-    base, expand = parse_strategy(strategy)
-    if expand == "fusion" and not parts:
+    plan = parse_strategy(strategy)
+    if plan.expand == "fusion" and not parts:
         raise ValueError(f"strategy {strategy!r} needs sub-queries")
-    if expand is None or not parts or (expand == "segment" and len(parts) < 2):
-        return _run_one(base, standard, heads, query, k, c, head_scales, split_scales)
+    if plan.expand is None or not parts or (plan.expand != "fusion" and len(parts) < 2):
+        return _run_one(plan.base, standard, heads, query, k, c, scales)
     depth = max(k, c)
-    lists = [_run_one(base, standard, heads, q, depth, c, head_scales, split_scales) for q in parts]
-    if expand == "segment":
-        rows = interleave([r.rows for r in lists], k)
-        scores = np.array([_best_in(lists, row)[2] for row in rows])
-    else:
+    lists = [_run_one(plan.base, standard, heads, q, depth, c, scales) for q in parts]
+    if plan.expand == "fusion":
         ranking = np.full((len(lists), depth), -1, dtype=np.int64)
         for i, r in enumerate(lists):
             ranking[i, : len(r.rows)] = r.rows
         fused = fuse(ranking, rrf_weights(ranking), k)
         rows, scores = fused.ids, fused.scores
+    else:
+        ranked = [r.rows for r in lists]
+        if plan.expand == "segment+":
+            tops = np.array([r.scores[0] if len(r.scores) else -np.inf for r in lists])
+            rows = consensus(ranked, tops, k)
+        else:
+            rows = interleave(ranked, k)
+        scores = np.array([_best_in(lists, row)[2] for row in rows])
     votes = []
     for row in rows:
         part, pos, _ = _best_in(lists, row)
@@ -181,8 +212,7 @@ def run(
 
 def _best_in(lists: list[Result], row: int) -> tuple[int, int, float]:
     """(part, position, score) of the part that ranked `row` best (earliest part on ties)."""
-    best = (len(lists), 0, 0.0)
-    best_pos = np.iinfo(np.int64).max
+    best, best_pos = (0, 0, 0.0), np.iinfo(np.int64).max
     for i, r in enumerate(lists):
         hits = np.nonzero(r.rows == row)[0]
         if len(hits) and hits[0] < best_pos:
@@ -191,17 +221,10 @@ def _best_in(lists: list[Result], row: int) -> tuple[int, int, float]:
 
 
 def _run_one(
-    strategy: str,
-    standard: np.ndarray,
-    heads: np.ndarray,
-    query: QueryVectors,
-    k: int,
-    c: int,
-    head_scales: np.ndarray,
-    split_scales: np.ndarray,
+    strategy: str, standard: np.ndarray, heads: np.ndarray, query: QueryVectors, k: int, c: int, scales: Scales
 ) -> Result:
     depth = max(k, c) if strategy == "standard" else c
-    names, ranking, sims, weights = spaces_for(strategy, standard, heads, query, depth, head_scales, split_scales)
+    names, ranking, sims, weights = spaces_for(strategy, standard, heads, query, depth, scales)
     if strategy == "standard":
         valid = ranking[0] >= 0
         rows, scores = ranking[0][valid][:k], sims[0][valid][:k]
@@ -211,18 +234,6 @@ def _run_one(
         w = np.where(ranking >= 0, 1.0 / np.maximum(1.0 - sims, 1e-6), 0.0)
     else:
         w = rank_weights(ranking, weights)
-    fused: Fused = fuse(ranking, w, k)
-    return Result(fused.ids, fused.scores, [_named(v, names) for v in fused.votes])
-
-
-def _named(votes: list[Vote], names: list[str]) -> list[dict[str, object]]:
-    return [{"space": names[v.space], "rank": v.rank, "weight": v.weight} for v in votes]
-
-
-def segment_query(text: str, sentences_per_segment: int = 2) -> list[str]:
-    """The segments of a long query: consecutive groups of sentences. One segment for short queries."""
-    sentences = split_sentences(text)
-    return [
-        " ".join(sentences[i : i + sentences_per_segment])
-        for i in range(0, len(sentences), sentences_per_segment)
-    ] or [text]
+    fused = fuse(ranking, w, k)
+    votes = [[{"space": names[v.space], "rank": v.rank, "weight": v.weight} for v in vs] for vs in fused.votes]
+    return Result(fused.ids, fused.scores, votes)

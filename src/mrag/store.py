@@ -87,11 +87,11 @@ class Store:
         # the writer's running sums; readers use the committed ones in the manifest
         self.stats = HeadStats.from_json(manifest["stats"]["heads"])
         self.split_stats = HeadStats.from_json(manifest["stats"]["split"])
+        self.standard_stats = HeadStats.from_json(manifest["stats"]["standard"])
 
-    def committed_scales(self) -> tuple[np.ndarray, np.ndarray]:
-        """(head scales (H,), split scales (S,)) of the committed rows."""
-        stats = self.manifest["stats"]
-        return HeadStats.from_json(stats["heads"]).scales(), HeadStats.from_json(stats["split"]).scales()
+    def committed_scales(self) -> dict[str, np.ndarray]:
+        """Scales of the committed rows: "heads" (H,), "split" (S,) and "standard" (1,)."""
+        return {name: HeadStats.from_json(group).scales() for name, group in self.manifest["stats"].items()}
 
     @property
     def committed_version(self) -> int:
@@ -104,20 +104,22 @@ class Store:
         self.manifest = json.loads(rows[0]["json"])
 
     @staticmethod
-    def exists(uri: str) -> bool:
+    def exists(uri: str, storage_options: dict[str, str] | None = None) -> bool:
+        """Whether an index is at `uri`: a folder, or an object-store URI such as s3://bucket/path
+        (`storage_options`: endpoint, keys, region, ... as Lance names them; or AWS_* variables)."""
         import lancedb
 
         if "://" not in uri and not Path(uri).expanduser().is_dir():
             return False  # connecting would create the folder
-        return MANIFEST in lancedb.connect(uri).list_tables().tables
+        return MANIFEST in lancedb.connect(uri, storage_options=storage_options).list_tables().tables
 
     @classmethod
-    def open(cls, uri: str) -> Store:
+    def open(cls, uri: str, storage_options: dict[str, str] | None = None) -> Store:
         import lancedb
 
-        if not cls.exists(uri):
+        if not cls.exists(uri, storage_options):
             raise StoreError(f"no mrag index at {uri}: create one with `mrag index PATH --db {uri}`")
-        db = lancedb.connect(uri, read_consistency_interval=timedelta(0))
+        db = lancedb.connect(uri, read_consistency_interval=timedelta(0), storage_options=storage_options)
         rows = db.open_table(MANIFEST).to_arrow().to_pylist()
         manifest = json.loads(rows[0]["json"])
         if manifest.get("format") != FORMAT_VERSION:
@@ -125,10 +127,16 @@ class Store:
         return cls(uri, db, db.open_table(CHUNKS), manifest)
 
     @classmethod
-    def create(cls, uri: str, embedder_info: dict[str, Any], settings: dict[str, Any]) -> Store:
+    def create(
+        cls,
+        uri: str,
+        embedder_info: dict[str, Any],
+        settings: dict[str, Any],
+        storage_options: dict[str, str] | None = None,
+    ) -> Store:
         import lancedb
 
-        db = lancedb.connect(uri, read_consistency_interval=timedelta(0))
+        db = lancedb.connect(uri, read_consistency_interval=timedelta(0), storage_options=storage_options)
         h, d, dim = embedder_info["n_heads"], embedder_info["head_dim"], embedder_info["dim"]
         chunks = db.create_table(CHUNKS, schema=chunk_schema(dim, h, d), exist_ok=True)
         split_dim = dim // h if dim % h == 0 else dim
@@ -140,6 +148,7 @@ class Store:
             "stats": {
                 "heads": HeadStats(h, d).to_json(),
                 "split": HeadStats(dim // split_dim, split_dim).to_json(),
+                "standard": HeadStats(1, dim).to_json(),
             },
         }
         db.create_table(MANIFEST, data=[{"json": json.dumps(manifest)}], mode="overwrite")
@@ -245,12 +254,18 @@ class Store:
         g, sd = self.split_stats.n_heads, self.split_stats.head_dim
         slice_norms, slice_units = split_unit(_fixed(rows["vector"], n, self.dim).reshape(n, g, sd))
         self.split_stats.add(slice_norms, slice_units, sign)
+        std_norms, std_units = split_unit(_fixed(rows["vector"], n, self.dim))
+        self.standard_stats.add(std_norms[:, None], std_units[:, None, :], sign)
 
     def _save_manifest(self) -> None:
         """The commit point: record the table version and the sums that belong to it."""
         manifest = self.manifest | {
             "chunks_version": self.chunks.version,
-            "stats": {"heads": self.stats.to_json(), "split": self.split_stats.to_json()},
+            "stats": {
+                "heads": self.stats.to_json(),
+                "split": self.split_stats.to_json(),
+                "standard": self.standard_stats.to_json(),
+            },
         }
         self.db.create_table(MANIFEST, data=[{"json": json.dumps(manifest)}], mode="overwrite")
         self.manifest = manifest

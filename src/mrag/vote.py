@@ -97,3 +97,24 @@ def interleave(lists: list[np.ndarray], k: int) -> np.ndarray:
                 if len(out) == k:
                     return np.array(out, dtype=np.int64)
     return np.array(out, dtype=np.int64)
+
+
+def consensus(lists: list[np.ndarray], top_scores: np.ndarray, k: int) -> np.ndarray:
+    """Merge the ranked lists of a query's parts (e.g. its sentences) by their first choices.
+
+    Each part votes for its best item. Items with votes come first, by vote count, then by the
+    best score among their votes, then by id; the rest is filled round-robin from all lists.
+    lists: P arrays of item ids, best first; top_scores (P,): the score of each list's first item.
+    Example: parts a, b, c pick 7, 7, 3 -> [7, 3, ...]: two parts agree on 7.
+    """
+    if k <= 0:
+        raise ValueError(f"k must be positive, got {k}")
+    firsts: dict[int, list[float]] = {}
+    for ranked, score in zip(lists, top_scores):
+        if len(ranked) and ranked[0] >= 0:
+            firsts.setdefault(int(ranked[0]), []).append(float(score))
+    chosen = sorted(firsts, key=lambda i: (-len(firsts[i]), -max(firsts[i]), i))[:k]
+    if len(chosen) == k:
+        return np.array(chosen, dtype=np.int64)
+    rest = [i for i in interleave(lists, k + len(chosen)) if i not in firsts]
+    return np.array(chosen + rest[: k - len(chosen)], dtype=np.int64)

@@ -83,7 +83,8 @@ def embed_queries(
 def query_texts(bench: Benchmark) -> list[str]:
     texts = []
     for q in bench.queries:
-        texts += [q.text, *retrieve.segment_query(q.text), *q.fusion]
+        texts += [q.text, *q.fusion]
+        texts += [part for m in retrieve.MODIFIERS for part in retrieve.query_parts(m + "standard", q.text)]
     return texts
 
 
@@ -100,7 +101,7 @@ def evaluate(
         retrieve.check_strategy(s)
     vectors = embed_queries(corpus, query_texts(bench), show_progress=show_progress)
     matrix = corpus.index.store.matrix()
-    scales, split_scales = corpus.index.store.committed_scales()
+    scales = corpus.index.store.committed_scales()
     category_of = bench.unit_category()
     chunks_per_unit = len(corpus.row_units) / max(len(set(corpus.row_units)), 1)
     depth = min(len(corpus.row_units), math.ceil(k_max * chunks_per_unit * 2))  # enough chunks for k_max units
@@ -111,13 +112,13 @@ def evaluate(
         work = tqdm(work, desc="evaluating", unit="run")  # type: ignore[assignment]
     records = []
     for q, strategy in work:
-        _, expand = retrieve.parse_strategy(strategy)
-        part_texts = retrieve.segment_query(q.text) if expand == "segment" else q.fusion if expand else []
-        if expand == "fusion" and not part_texts:
+        fusion = retrieve.parse_strategy(strategy).expand == "fusion"
+        part_texts = q.fusion if fusion else retrieve.query_parts(strategy, q.text)
+        if fusion and not part_texts:
             continue  # this query has no sub-queries: fusion does not apply
         result = retrieve.run(
             strategy, matrix.standard, matrix.heads, vectors[q.text], k=depth, c=c,
-            head_scales=scales, split_scales=split_scales, parts=[vectors[t] for t in part_texts],
+            scales=scales, parts=[vectors[t] for t in part_texts],
         )
         units = dedupe_units(list(corpus.row_units[result.rows]), k_max)
         for rec in query_metrics(units, q.aspects, category_of, k_max):

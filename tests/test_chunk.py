@@ -1,0 +1,95 @@
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mrag.chunk import chunk_text, split_sentences
+
+
+def test_split_sentences():
+    assert split_sentences("A b. C d! E?") == ["A b.", "C d!", "E?"]
+    assert split_sentences("Use tools, e.g. the hammer. Then stop.") == ["Use tools, e.g. the hammer.", "Then stop."]
+    assert split_sentences("Title\n\nBody text here.\n\n  \n\nMore.") == ["Title", "Body text here.", "More."]
+    assert split_sentences("In 1912 it sank. 1500 died.") == ["In 1912 it sank.", "1500 died."]
+    assert split_sentences("   ") == []
+
+
+def test_closing_quotes_and_brackets_stay_with_their_sentence():
+    text = 'He said "Stop." Then he left. (See above.) Next one!'
+    assert split_sentences(text) == ['He said "Stop."', "Then he left.", "(See above.)", "Next one!"]
+
+
+def test_chunks_by_hand():
+    text = "One two. Three four. Five six."  # sentences of 8, 11 and 9 characters
+    # max 20: "One two. Three four." is 8 + 1 + 11 = 20, fits; adding "Five six." would make 30.
+    # The carried "Three four." + " Five six." is 21 > 20, so nothing is carried.
+    assert chunk_text(text, max_chars=20, overlap=1) == ["One two. Three four.", "Five six."]
+    # max 21: now the overlap sentence fits in front of the next one
+    assert chunk_text(text, max_chars=21, overlap=1) == ["One two. Three four.", "Three four. Five six."]
+    assert chunk_text(text, max_chars=21, overlap=0) == ["One two. Three four.", "Five six."]
+    # everything fits in one chunk
+    assert chunk_text(text, max_chars=100) == [text]
+    # one sentence per chunk; the overlap never fits with a second sentence
+    assert chunk_text(text, max_chars=11, overlap=1) == ["One two.", "Three four.", "Five six."]
+
+
+def test_overlap_of_two_sentences():
+    text = "Aa. Bb. Cc. Dd."  # 3 characters each
+    assert chunk_text(text, max_chars=11, overlap=2) == ["Aa. Bb. Cc.", "Bb. Cc. Dd."]
+    # only the last sentence that fits is carried
+    assert chunk_text(text, max_chars=8, overlap=2) == ["Aa. Bb.", "Bb. Cc.", "Cc. Dd."]
+
+
+def test_long_sentence_is_cut_at_word_boundaries():
+    sentence = "alpha beta gamma delta epsilon"
+    # alpha beta (10) | + gamma = 16 > 12 | gamma delta (11) | + epsilon = 19 > 12 | epsilon
+    assert chunk_text(sentence, max_chars=12, overlap=0) == ["alpha beta", "gamma delta", "epsilon"]
+    assert chunk_text(sentence, max_chars=12, overlap=1) == ["alpha beta", "gamma delta", "epsilon"]
+
+
+def test_a_giant_word_is_cut_hard():
+    assert chunk_text("x" * 25, max_chars=10) == ["x" * 10, "x" * 10, "x" * 5]
+    assert chunk_text("ab " + "y" * 20 + " cd", max_chars=10, overlap=0) == ["ab", "y" * 10, "y" * 10, "cd"]
+
+
+def test_empty_text_gives_no_chunks():
+    assert chunk_text("") == []
+    assert chunk_text(" \n\n ") == []
+
+
+@pytest.mark.parametrize("max_chars, overlap", [(0, 1), (-5, 1), (100, -1)])
+def test_bad_sizes_are_rejected(max_chars, overlap):
+    with pytest.raises(ValueError):
+        chunk_text("Some text.", max_chars=max_chars, overlap=overlap)
+
+
+words = st.text(alphabet="abcdefgh", min_size=1, max_size=9)
+sentence = st.builds(
+    lambda first, rest, end: " ".join([first.capitalize(), *rest]) + end,
+    words,
+    st.lists(words, max_size=12),
+    st.sampled_from([".", "!", "?", '."', ".)"]),
+)
+
+
+@given(st.lists(sentence, min_size=1, max_size=12), st.integers(1, 80), st.integers(0, 3))
+@settings(max_examples=300, deadline=None)
+def test_chunks_are_bounded_and_lose_nothing(sentences, max_chars, overlap):
+    # number every word so that each chunk can be located in the text without ambiguity
+    tokens = [f"{i}{t}" for i, t in enumerate(" ".join(sentences).split())]
+    text = " ".join(tokens)
+    chunks = chunk_text(text, max_chars=max_chars, overlap=overlap)
+    assert chunks and all(0 < len(c) <= max_chars for c in chunks)
+    if max_chars < 16:  # words (up to 15 chars here) may be cut hard
+        assert "".join(text.split()) == "".join("".join(chunks).split()) or overlap > 0
+        return
+    # every chunk is a run of the text's words; the runs go forward, leave no gap and cover the end
+    previous, end = -1, 0
+    for n, chunk in enumerate(chunks):
+        words = chunk.split()
+        start = tokens.index(words[0])
+        assert tokens[start : start + len(words)] == words
+        assert start == 0 if n == 0 else previous < start <= end
+        if overlap == 0:
+            assert start == end
+        previous, end = start, start + len(words)
+    assert end == len(tokens)

@@ -1,0 +1,243 @@
+"""The `mrag` command through click's CliRunner, with the real packaged MiniLM on tiny files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from mrag.cli import cli
+from mrag.embed.models import DEFAULT_MODEL
+from mrag.scales import brute_force_scales
+
+FILES = {
+    "bees.txt": "Honeybees fan their wings to cool the hive on hot summer days.",
+    "rome.txt": "Roman aqueducts carried water downhill into the city by gravity.",
+    "chess.md": "Deep Blue, an IBM computer, beat Garry Kasparov at chess in 1997.",
+    "tides.txt": "The Moon's gravity pulls the oceans and raises the tides twice a day.",
+}
+HIT_KEYS = {"id", "score", "text", "source", "title", "doc_id", "position", "metadata"}
+
+
+def mrag(*args: str, ok: bool = True, **kwargs):
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False, **kwargs)
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+def lines(result) -> list:
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+@pytest.fixture
+def corpus(tmp_path) -> Path:
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for name, text in FILES.items():
+        (folder / name).write_text(text)
+    return folder
+
+
+@pytest.fixture
+def db(tmp_path, corpus, reuse_minilm) -> Path:
+    """An index of the corpus, built through the CLI."""
+    path = tmp_path / "idx"
+    assert lines(mrag("index", corpus, "--db", path)) == [
+        {"added": 4, "updated": 0, "unchanged": 0, "chunks": 4, "skipped": []}
+    ]
+    # MRAG_MODEL unset: the default model, last layer
+    assert reuse_minilm == [{"model": None, "layer": -1, "device": "auto", "dtype": "float32"}]
+    return path
+
+
+def source(corpus: Path, name: str) -> str:
+    return str((corpus / name).resolve())
+
+
+def test_every_command_has_help_with_an_example():
+    assert "Usage:" in mrag("-h").stdout
+    assert set(cli.commands) >= {"index", "search", "heads", "info", "delete", "demo"}
+    for name, command in cli.commands.items():
+        for flag in ("-h", "--help"):
+            out = mrag(name, flag).stdout
+            assert out.startswith("Usage: ") and name in out.splitlines()[0]
+        assert command.help and f"mrag {name}" in command.help, f"{name} has no example in its docstring"
+
+
+def test_index_and_search_with_the_real_model(tmp_path, corpus):
+    """No shortcuts: the CLI loads MiniLM itself (MRAG_MODEL unset), twice."""
+    path = tmp_path / "idx"
+    assert lines(mrag("index", corpus, "--db", path)) == [
+        {"added": 4, "updated": 0, "unchanged": 0, "chunks": 4, "skipped": []}
+    ]
+    hits = lines(mrag("search", "Why do bees fan their wings?", "--db", path, "-k", "2"))
+    assert len(hits) == 2 and all(set(h) == HIT_KEYS for h in hits)
+    bees = source(corpus, "bees.txt")
+    assert hits[0] == {
+        "id": bees + "#0", "score": hits[0]["score"], "text": FILES["bees.txt"], "source": bees,
+        "title": "bees", "doc_id": bees, "position": 0, "metadata": {},
+    }
+    assert hits[0]["score"] > hits[1]["score"] > 0
+
+
+def test_search_strategies_explain_and_plain(db, corpus):
+    for strategy in ("mrag", "standard", "split"):
+        hits = lines(mrag("search", "How did the Romans bring water to the city?", "--db", db, "-k", "3",
+                          "-s", strategy))
+        assert [h["doc_id"] for h in hits][0] == source(corpus, "rome.txt"), strategy
+        assert len(hits) == 3 and len({h["id"] for h in hits}) == 3
+    (hit,) = lines(mrag("search", "chess computer", "--db", db, "-k", "1", "--explain"))
+    assert set(hit) == HIT_KEYS | {"votes"}
+    # the default strategy: the 12 heads and the standard space vote
+    spaces = {v["space"] for v in hit["votes"]}
+    assert spaces <= {f"head:{i}" for i in range(12)} | {"standard"} and len(spaces - {"standard"}) >= 6
+    assert sum(v["weight"] for v in hit["votes"]) == pytest.approx(hit["score"])
+    plain = mrag("search", "chess computer", "--db", db, "-k", "1", "--plain", "--explain").stdout.splitlines()
+    assert plain[0].startswith("1. [") and plain[0].endswith(f"chess  ({source(corpus, 'chess.md')}#0)")
+    assert plain[1] == "   " + FILES["chess.md"] and plain[2].startswith("   votes: head:")
+
+
+def test_db_from_the_environment(db):
+    hits = lines(mrag("search", "tides and the Moon", "-k", "1", env={"MRAG_DB": str(db)}))
+    assert hits[0]["title"] == "tides"
+
+
+def test_reindexing_unchanged_files_does_nothing(db, corpus):
+    assert lines(mrag("index", corpus, "--db", db)) == [
+        {"added": 0, "updated": 0, "unchanged": 4, "chunks": 0, "skipped": []}
+    ]
+    (corpus / "bees.txt").write_text("Bees dance to show where the flowers are.")
+    assert lines(mrag("index", corpus, "--db", db)) == [
+        {"added": 0, "updated": 1, "unchanged": 3, "chunks": 1, "skipped": []}
+    ]
+    plain = mrag("index", corpus, "--db", db, "--plain").stdout
+    assert plain == "added 0, updated 0, unchanged 4 documents (0 chunks embedded)\n"
+
+
+def test_unreadable_files_in_a_folder_are_listed(tmp_path, corpus, reuse_minilm):
+    (corpus / "image.txt").write_bytes(b"\x89PNG\x00\x00\x00")
+    (corpus / "empty.md").write_text("\n")
+    out = lines(mrag("index", corpus, "--db", tmp_path / "idx"))
+    assert out == [{
+        "added": 4, "updated": 0, "unchanged": 0, "chunks": 4,
+        "skipped": [
+            {"source": str(corpus / "empty.md"), "reason": "the file is empty"},
+            {"source": str(corpus / "image.txt"), "reason": "a binary file, not text"},
+        ],
+    }]
+
+
+def test_heads(db, minilm):
+    scales = lines(mrag("heads", "--db", db))[0]
+    assert [s["head"] for s in scales] == list(range(12))
+    assert all(set(s) == {"head", "scale"} for s in scales)
+    expected = brute_force_scales(minilm.embed(list(FILES.values())).heads.astype(np.float64))
+    np.testing.assert_allclose([s["scale"] for s in scales], expected, rtol=1e-4)
+    plain = mrag("heads", "--db", db, "-p").stdout.splitlines()
+    assert len(plain) == 12 and plain[0] == f"head   0  {scales[0]['scale']:.4f}"
+
+
+def test_info(db, corpus):
+    info = json.loads(mrag("info", "--db", db).stdout)
+    assert (info["chunks"], info["documents"]) == (4, 4)
+    assert {k: info["embedder"][k] for k in ("model", "n_heads", "head_dim", "layer", "pooling")} == {
+        "model": DEFAULT_MODEL, "n_heads": 12, "head_dim": 32, "layer": 5, "pooling": "mean",
+    }
+    assert info["settings"] == {"chunk_chars": 1000, "overlap": 1}
+    assert "mrag" in info["strategies"] and "standard" in info["strategies"]
+
+
+def test_delete(db, corpus):
+    bees = source(corpus, "bees.txt")
+    assert lines(mrag("delete", bees, "--db", db)) == [{"deleted_chunks": 1}]
+    hits = lines(mrag("search", "bees", "--db", db, "-k", "4"))
+    assert len(hits) == 3 and bees not in {h["doc_id"] for h in hits}
+    assert lines(mrag("delete", source(corpus, "rome.txt") + "#0", "--db", db)) == [{"deleted_chunks": 1}]
+    assert json.loads(mrag("info", "--db", db).stdout)["chunks"] == 2
+
+
+def snapshot(db: Path) -> tuple:
+    return (
+        mrag("search", "bees and Roman water", "--db", db, "-k", "4", "--explain").stdout,
+        mrag("heads", "--db", db).stdout,
+        mrag("info", "--db", db).stdout,
+    )
+
+
+BAD = {
+    "missing path": (["index", "{tmp}/nowhere"], "Error: no such file or folder: {tmp}/nowhere"),
+    "binary file": (["index", "{tmp}/blob.txt"], "Error: {tmp}/blob.txt: a binary file, not text"),
+    "non-utf8 file": (["index", "{tmp}/latin.txt"], "Error: {tmp}/latin.txt: not UTF-8 text (byte 0)"),
+    "empty query": (["search", ""], "Error: the query is empty"),
+    "blank query": (["search", "  \n"], "Error: the query is empty"),
+    "k=0": (["search", "bees", "-k", "0"], "Error: k must be positive, got 0"),
+    "unknown strategy": (["search", "bees", "-s", "best"], "Error: unknown strategy 'best'; choose one of"),
+    "unknown id": (["delete", "nope"], "Error: unknown id(s), nothing deleted: nope"),
+    "other model": (["index", "{tmp}/corpus", "-m", "some/other-model"],
+                    f"Error: the index at {{db}} was built with {DEFAULT_MODEL}, not some/other-model"),
+    "other layer": (["index", "{tmp}/corpus", "--layer", "2"], "Error: the index at {db} holds layer 5, not 2"),
+    "other pooling": (["index", "{tmp}/corpus", "--pooling", "cls"],
+                      "Error: the index at {db} was built with pooling='mean', not 'cls'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_input_fails_with_one_line_and_changes_nothing(db, tmp_path, corpus, case):
+    (tmp_path / "blob.txt").write_bytes(b"GIF89a\x00\x01")
+    (tmp_path / "latin.txt").write_bytes("été".encode("latin-1"))
+    (corpus / "new.txt").write_text("A new file that must not be indexed by a refused command.")
+    before = snapshot(db)
+    args, message = BAD[case]
+    result = mrag(*[a.format(tmp=tmp_path) for a in args], "--db", db, ok=False)
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert result.stderr.startswith(message.format(tmp=tmp_path, db=db))
+    assert snapshot(db) == before
+
+
+def test_search_without_an_index(tmp_path):
+    result = mrag("search", "bees", "--db", tmp_path / "typo", ok=False)
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"Error: no mrag index at {tmp_path / 'typo'}")
+    assert not (tmp_path / "typo").exists()
+
+
+def test_missing_arguments_are_usage_errors(db):
+    assert mrag("index", "--db", db, ok=False).exit_code == 2
+    assert mrag("search", "bees", ok=False).exit_code == 2  # no --db and no MRAG_DB
+    assert mrag("delete", "--db", db, ok=False).exit_code == 2
+
+
+@pytest.mark.slow
+def test_demo_json(tmp_path):
+    from mrag.demo import demo_questions
+
+    result = mrag("demo", "--json", "--db", tmp_path / "demo")
+    rows = lines(result)
+    questions = demo_questions()
+    assert len(rows) == len(questions) == 5
+    for row, q in zip(rows, questions):
+        assert set(row) == {"question", "expected", "standard", "mrag"}
+        assert (row["question"], row["expected"]) == (q["question"], q["expected"])
+        for strategy in ("standard", "mrag"):
+            assert len(row[strategy]) == 4 and all(set(h) == HIT_KEYS | {"votes"} for h in row[strategy])
+    # the bundled corpus is easy: standard search finds most expected documents in its top 4
+    found = sum(len(set(r["expected"]) & {h["doc_id"] for h in r["standard"]}) for r in rows)
+    assert found >= 0.5 * sum(len(r["expected"]) for r in rows)
+    # a second run on the same folder re-embeds nothing and answers the same
+    assert lines(mrag("demo", "--json", "--db", tmp_path / "demo")) == rows
+
+
+@pytest.mark.slow
+def test_demo_text_in_a_temporary_folder(reuse_minilm):
+    out = mrag("demo", "-k", "3").stdout
+    assert out.startswith("Indexed 75 chunks from 75 sample documents into ")
+    assert out.count("\nQ: ") == 5 and out.count("(* = a document the question asks about)") == 5
+    assert "Expected documents found in the top 3: standard " in out.splitlines()[-1]
+    folder = out.split(" into ", 1)[1].split(" (", 1)[0]
+    assert not Path(folder).exists()  # the temporary index is removed

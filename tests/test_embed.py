@@ -1,0 +1,334 @@
+"""Embedders: the batching base class, model resolution, the real MiniLM, tiny random decoders/encoders."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import MINILM_DIR, FakeEmbedder
+
+from mrag.embed.base import Embeddings
+from mrag.embed.models import DEFAULT_MODEL, resolve_model
+from mrag.embed.transformer import TransformerEmbedder, pool
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
+VOCAB = 30522  # the MiniLM (BERT uncased) tokenizer that the tiny models borrow
+SHORT = "Bees fan the hive."
+LONG = "Roman aqueducts carried water into the city by gravity over many miles of stone channels."
+
+
+# --- the base class -------------------------------------------------------------------------------
+
+
+class RecordingFake(FakeEmbedder):
+    query_instruction = "query: "
+    document_instruction = "passage: "
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[list[str]] = []
+
+    def embed_batch(self, texts):
+        self.seen.append(list(texts))
+        return super().embed_batch(texts)
+
+
+def test_embed_batches_longest_first_and_restores_order():
+    fake = RecordingFake()
+    texts = ["bb", "a", "dddd", "ccc", "eeeee"]
+    out = fake.embed(texts, kind="document", batch_size=2)
+    assert fake.seen == [["passage: eeeee", "passage: dddd"], ["passage: ccc", "passage: bb"], ["passage: a"]]
+    for i, text in enumerate(texts):
+        standard, heads = fake.vectors("passage: " + text)
+        np.testing.assert_array_equal(out.standard[i], standard)
+        np.testing.assert_array_equal(out.heads[i], heads)
+    assert len(out) == 5 and out.heads.shape == (5, 4, 8)
+
+
+def test_embed_uses_the_kind_instruction():
+    fake = RecordingFake()
+    fake.embed(["x"], kind="query")
+    fake.embed(["x"])
+    assert fake.seen == [["query: x"], ["passage: x"]]
+
+
+def test_embed_nothing_and_bad_batch_size():
+    fake = FakeEmbedder()
+    out = fake.embed([])
+    assert out.standard.shape == (0, 32) and out.heads.shape == (0, 4, 8) and fake.batches == 0
+    with pytest.raises(ValueError, match="batch size must be positive"):
+        fake.embed(["x"], batch_size=0)
+
+
+def test_concat():
+    a = Embeddings(np.ones((1, 2)), np.ones((1, 1, 2)))
+    b = Embeddings(np.zeros((2, 2)), np.zeros((2, 1, 2)))
+    both = Embeddings.concat([a, b], dim=2, n_heads=1, head_dim=2)
+    assert both.standard.tolist() == [[1, 1], [0, 0], [0, 0]] and both.heads.shape == (3, 1, 2)
+
+
+def test_pool_by_hand():
+    x = torch.arange(12, dtype=torch.float32).reshape(2, 3, 2)  # (B=2, T=3, W=2)
+    right = torch.tensor([[1, 1, 0], [1, 1, 1]])
+    left = torch.tensor([[0, 1, 1], [0, 0, 1]])
+    # row 0 tokens: [0, 1], [2, 3], [4, 5]; row 1 tokens: [6, 7], [8, 9], [10, 11]
+    assert pool(x, right, "mean").tolist() == [[1.0, 2.0], [8.0, 9.0]]
+    assert pool(x, right, "last").tolist() == [[2.0, 3.0], [10.0, 11.0]]
+    assert pool(x, left, "last").tolist() == [[4.0, 5.0], [10.0, 11.0]]
+    assert pool(x, left, "mean").tolist() == [[3.0, 4.0], [10.0, 11.0]]
+    assert pool(x, right, "cls").tolist() == [[0.0, 1.0], [6.0, 7.0]]
+    assert pool(x, torch.tensor([[1, 0, 0], [1, 0, 0]]), "last").tolist() == [[0.0, 1.0], [6.0, 7.0]]
+
+
+# --- model resolution ------------------------------------------------------------------------------
+
+
+def test_resolve_model(tmp_path):
+    for alias in (None, "minilm", "all-MiniLM-L6-v2", DEFAULT_MODEL):
+        spec = resolve_model(alias)
+        assert spec.name == DEFAULT_MODEL and Path(spec.path) == MINILM_DIR
+    assert resolve_model("some/hub-model").path == "some/hub-model"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        resolve_model(str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        resolve_model("./no/such/model")
+
+
+# --- the real MiniLM -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def minilm_reference():
+    """A second, hook-free copy of MiniLM with a forward hook on the last layer's self-attention."""
+    from transformers import AutoModel, AutoTokenizer
+
+    model = AutoModel.from_pretrained(MINILM_DIR).eval()
+    captured = []
+    model.encoder.layer[-1].attention.self.register_forward_hook(lambda _m, _a, out: captured.append(out[0]))
+    return AutoTokenizer.from_pretrained(MINILM_DIR), model, captured
+
+
+def test_minilm_sizes_come_from_the_config(minilm):
+    out = minilm.embed([SHORT, LONG, "x"])
+    assert out.standard.shape == (3, 384) and out.heads.shape == (3, 12, 32)
+    assert out.standard.dtype == np.float32 and out.heads.dtype == np.float32
+    info = minilm.info()
+    assert {k: info[k] for k in ("model", "dim", "n_heads", "head_dim", "layer", "n_layers", "pooling")} == {
+        "model": DEFAULT_MODEL, "dim": 384, "n_heads": 12, "head_dim": 32, "layer": 5, "n_layers": 6,
+        "pooling": "mean",
+    }
+    assert info["max_length"] == 256  # from sentence_bert_config.json
+    assert minilm.projection is minilm.model.encoder.layer[5].attention.output.dense
+
+
+def test_minilm_matches_a_manual_forward_pass(minilm, minilm_reference):
+    tokenizer, model, captured = minilm_reference
+    texts = [SHORT, LONG]
+    batch = tokenizer(texts, padding=True, return_tensors="pt")
+    captured.clear()
+    with torch.no_grad():
+        hidden = model(**batch).last_hidden_state  # (B, T, 384)
+    mask = batch["attention_mask"].unsqueeze(-1).float()  # (B, T, 1)
+    mean = (hidden * mask).sum(1) / mask.sum(1)
+    expected_standard = torch.nn.functional.normalize(mean, dim=-1).numpy()
+    expected_heads = ((captured[-1] * mask).sum(1) / mask.sum(1)).reshape(2, 12, 32).numpy()
+
+    out = minilm.embed(texts)
+    np.testing.assert_allclose(np.linalg.norm(out.standard, axis=1), [1.0, 1.0], atol=1e-6)
+    np.testing.assert_allclose(out.standard, expected_standard, atol=1e-5)
+    np.testing.assert_allclose(out.heads, expected_heads, atol=1e-5)
+
+
+def test_minilm_batch_independence(minilm):
+    alone = minilm.embed_batch([SHORT])
+    padded = minilm.embed_batch([LONG, SHORT, "x"])  # SHORT is padded to LONG's length
+    np.testing.assert_allclose(padded.standard[1], alone.standard[0], atol=1e-5)
+    np.testing.assert_allclose(padded.heads[1], alone.heads[0], atol=1e-5)
+    one_by_one = minilm.embed([LONG, SHORT, "x"], batch_size=1)
+    np.testing.assert_allclose(minilm.embed([LONG, SHORT, "x"]).heads, one_by_one.heads, atol=1e-5)
+
+
+def test_minilm_related_texts_are_closer(minilm):
+    out = minilm.embed(["Honeybees cool their hive.", "Bees fan their wings to cool the nest.", "Deep Blue chess."])
+    sims = out.standard @ out.standard.T
+    assert sims[0, 1] > sims[0, 2] and sims[0, 1] > sims[1, 2]
+
+
+# --- tiny random models ---------------------------------------------------------------------------
+
+
+def save_tiny(root: Path, model: torch.nn.Module) -> str:
+    model.save_pretrained(root)
+    for name in TOKENIZER_FILES:
+        shutil.copy(MINILM_DIR / name, root / name)
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory) -> str:
+    from transformers import LlamaConfig, LlamaModel
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, initializer_range=0.2,
+    )
+    return save_tiny(tmp_path_factory.mktemp("llama"), LlamaModel(config))
+
+
+@pytest.fixture(scope="module")
+def llama(tiny_llama) -> TransformerEmbedder:
+    return TransformerEmbedder(tiny_llama, device="cpu")
+
+
+def manual_llama_heads(embedder: TransformerEmbedder, text: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(QK^T/sqrt(d) + causal)V of the embedder's layer, written out: (T, H*d), and the final hidden (T, D)."""
+    from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
+
+    model, config = embedder.model, embedder.model.config
+    ids = embedder.tokenizer([text], return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        out = model(input_ids=ids, output_hidden_states=True)
+        block = model.layers[embedder.layer]
+        x = block.input_layernorm(out.hidden_states[embedder.layer])  # (1, T, D): the layer's input, normed
+        t = x.shape[1]
+        nh, nkv, hd = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+        q = block.self_attn.q_proj(x).view(1, t, nh, hd).transpose(1, 2)  # (1, H, T, d)
+        k = block.self_attn.k_proj(x).view(1, t, nkv, hd).transpose(1, 2)  # (1, KV, T, d)
+        v = block.self_attn.v_proj(x).view(1, t, nkv, hd).transpose(1, 2)
+        cos, sin = model.rotary_emb(v, torch.arange(t)[None])
+        q, k = apply_rotary_pos_emb(q, k, cos, sin)
+        k, v = k.repeat_interleave(nh // nkv, dim=1), v.repeat_interleave(nh // nkv, dim=1)  # GQA
+        scores = q @ k.transpose(-1, -2) / math.sqrt(hd)  # (1, H, T, T)
+        scores = scores.masked_fill(torch.triu(torch.ones(t, t, dtype=torch.bool), 1), float("-inf"))
+        ctx = (scores.softmax(-1) @ v).transpose(1, 2).reshape(t, nh * hd)  # (T, H*d)
+    return ctx, out.last_hidden_state[0]
+
+
+def test_llama_sizes_and_defaults(llama):
+    assert (llama.n_heads, llama.head_dim, llama.dim) == (4, 16, 64)
+    assert llama.is_decoder and llama.pooling == "last"
+    assert (llama.layer, llama.n_layers, llama.max_length) == (1, 2, 128)
+    assert llama.projection is llama.model.layers[1].self_attn.o_proj
+
+
+@pytest.mark.parametrize("layer", [0, -1])
+def test_llama_hook_captures_the_attention_heads(tiny_llama, llama, layer):
+    embedder = llama if layer == -1 else TransformerEmbedder(tiny_llama, layer=layer, device="cpu")
+    ctx, last_hidden = manual_llama_heads(embedder, LONG)
+    out = embedder.embed_batch([LONG])
+    np.testing.assert_allclose(out.heads[0], ctx[-1].reshape(4, 16).numpy(), atol=1e-5)
+    np.testing.assert_allclose(out.standard[0], last_hidden[-1].numpy(), atol=1e-5)  # decoder: last token
+
+
+def test_llama_mean_pooling_of_the_heads(tiny_llama):
+    embedder = TransformerEmbedder(tiny_llama, pooling="mean", device="cpu")
+    ctx, _ = manual_llama_heads(embedder, LONG)
+    np.testing.assert_allclose(embedder.embed_batch([LONG]).heads[0], ctx.mean(0).reshape(4, 16).numpy(), atol=1e-5)
+
+
+def test_llama_layers_give_different_heads(tiny_llama, llama):
+    first = TransformerEmbedder(tiny_llama, layer=0, device="cpu")
+    assert first.projection is first.model.layers[0].self_attn.o_proj
+    assert not np.allclose(first.embed_batch([LONG]).heads, llama.embed_batch([LONG]).heads, atol=1e-3)
+
+
+def test_llama_attention_is_causal(tiny_llama, llama):
+    # position 0 ([CLS]) can only attend to itself: its heads are the same whatever follows
+    first = TransformerEmbedder(tiny_llama, pooling="cls", device="cpu")
+    a, b = first.embed_batch([SHORT]).heads[0], first.embed_batch([LONG]).heads[0]
+    np.testing.assert_allclose(a, b, atol=1e-6)
+    # appending words leaves every earlier position's heads unchanged
+    llama.embed_batch(["bees fan the hive"])
+    prefix = llama._captured[-1][0, :-1]  # without the final [SEP]
+    llama.embed_batch(["bees fan the hive on hot days"])
+    longer = llama._captured[-1][0, : prefix.shape[0]]
+    torch.testing.assert_close(longer, prefix, atol=1e-5, rtol=0)
+
+
+def test_llama_last_token_with_right_padding(llama):
+    assert llama.tokenizer.padding_side == "right"
+    alone = llama.embed_batch([SHORT])
+    batch = llama.embed_batch([LONG, SHORT])
+    np.testing.assert_allclose(batch.heads[1], alone.heads[0], atol=1e-5)
+    np.testing.assert_allclose(batch.standard[1], alone.standard[0], atol=1e-5)
+    np.testing.assert_allclose(batch.heads[0], llama.embed_batch([LONG]).heads[0], atol=1e-5)
+
+
+@pytest.mark.parametrize("layer", [2, 5, -3])
+def test_layer_out_of_range(tiny_llama, layer):
+    with pytest.raises(ValueError, match="out of range: this model has 2 layers"):
+        TransformerEmbedder(tiny_llama, layer=layer, device="cpu")
+
+
+def test_bad_pooling_and_dtype(tiny_llama):
+    with pytest.raises(ValueError, match="unknown pooling"):
+        TransformerEmbedder(tiny_llama, pooling="max", device="cpu")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="unknown dtype"):
+        TransformerEmbedder(tiny_llama, dtype="int8", device="cpu")
+
+
+def test_head_dim_from_the_config(tmp_path):
+    from transformers import LlamaConfig, LlamaModel
+
+    config = LlamaConfig(
+        vocab_size=VOCAB, hidden_size=64, intermediate_size=96, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=8, max_position_embeddings=64,
+    )
+    embedder = TransformerEmbedder(save_tiny(tmp_path, LlamaModel(config)), device="cpu")
+    assert (embedder.n_heads, embedder.head_dim, embedder.dim) == (4, 8, 64)  # 4 x 8 != 64
+    out = embedder.embed([SHORT, LONG])
+    assert out.heads.shape == (2, 4, 8) and out.standard.shape == (2, 64)
+    ctx, _ = manual_llama_heads(embedder, SHORT)
+    np.testing.assert_allclose(out.heads[0], ctx[-1].reshape(4, 8).numpy(), atol=1e-5)
+
+
+def tiny_encoders_and_decoders():
+    from transformers import BertConfig, BertModel, GPT2Config, GPT2Model, MPNetConfig, MPNetModel
+
+    small = {"vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "intermediate_size": 37}
+    return {
+        "gpt2": (lambda: GPT2Model(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64)),
+                 lambda m, i: m.h[i].attn.c_proj, "last"),
+        "bert": (lambda: BertModel(BertConfig(**small)),
+                 lambda m, i: m.encoder.layer[i].attention.output.dense, "mean"),
+        "mpnet": (lambda: MPNetModel(MPNetConfig(**small)), lambda m, i: m.encoder.layer[i].attention.attn.o, "mean"),
+    }
+
+
+@pytest.mark.parametrize("family", ["gpt2", "bert", "mpnet"])
+def test_other_families_find_their_projection(tmp_path, family):
+    build, projection_of, pooling = tiny_encoders_and_decoders()[family]
+    torch.manual_seed(0)
+    embedder = TransformerEmbedder(save_tiny(tmp_path, build()), layer=0, device="cpu")
+    assert (embedder.n_heads, embedder.head_dim, embedder.dim) == (4, 8, 32)
+    assert embedder.pooling == pooling and embedder.is_decoder == (family == "gpt2")
+    projection = projection_of(embedder.model, 0)
+    assert embedder.projection is projection
+
+    seen = []  # an independent hook on the same module: what the embedder must have pooled
+    projection.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    out = embedder.embed_batch([LONG, SHORT])
+    mask = embedder.tokenizer([LONG, SHORT], padding=True, return_tensors="pt")["attention_mask"]
+    expected = pool(seen[-1], mask, pooling).reshape(2, 4, 8).numpy()
+    np.testing.assert_allclose(out.heads, expected, atol=1e-6)
+    alone = embedder.embed_batch([SHORT])  # padding does not leak into the short text
+    np.testing.assert_allclose(out.heads[1], alone.heads[0], atol=1e-5)
+
+
+def test_bidirectional_encoder_first_token_sees_the_rest(tmp_path):
+    # the contrast to test_llama_attention_is_causal: in BERT the [CLS] heads depend on the text
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                        intermediate_size=37)
+    embedder = TransformerEmbedder(save_tiny(tmp_path, BertModel(config)), pooling="cls", device="cpu")
+    a, b = embedder.embed_batch([SHORT]).heads[0], embedder.embed_batch([LONG]).heads[0]
+    assert not np.allclose(a, b, atol=1e-4)

@@ -1,0 +1,374 @@
+"""The library front door on real LanceDB in tmp_path, with the fake embedder."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import FakeEmbedder
+
+import mrag.index
+from mrag.index import Index
+from mrag.ingest import Document
+from mrag.scales import brute_force_scales
+from mrag.store import StoreError
+
+DOCS = [
+    {"id": "rome", "text": "Roman aqueducts carried water downhill into the city by gravity.", "title": "Rome"},
+    {"id": "bees", "text": "Honeybees fan their wings to cool the hive on hot days.", "era": "modern"},
+    {"id": "chess", "text": "Deep Blue beat Kasparov at chess in 1997."},
+    {"id": "tides", "text": "The Moon pulls the oceans and raises the tides twice a day."},
+]
+
+
+def table_rows(index: Index) -> list[dict]:
+    """Every stored row, sorted by id, vectors included: the table's whole content."""
+    rows = index.store.rows().to_pylist()
+    return sorted(rows, key=lambda r: r["id"])
+
+
+def stored_raw_heads(index: Index) -> np.ndarray:
+    """Raw head vectors rebuilt from the table: unit vector x stored norm.  -> (N, H, d)."""
+    table = index.store.rows(columns=["heads", "head_norms"])
+    h, d = index.store.n_heads, index.store.head_dim
+    units = np.array(table["heads"].to_pylist(), dtype=np.float64).reshape(-1, h, d)
+    norms = np.array(table["head_norms"].to_pylist(), dtype=np.float64)
+    return units * norms[..., None]
+
+
+def fake_raw_heads(fake: FakeEmbedder, index: Index) -> np.ndarray:
+    """Raw head vectors recomputed from the stored chunk texts, independently of the table's vectors."""
+    texts = index.store.rows(columns=["text"])["text"].to_pylist()
+    return np.stack([fake.vectors(t)[1] for t in texts]).astype(np.float64)
+
+
+def assert_scales_match_corpus(index: Index, fake: FakeEmbedder) -> None:
+    scales = [s["scale"] for s in index.head_scales()]
+    if index.store.count() == 0:
+        assert scales == [0.0] * fake.n_heads
+        return
+    np.testing.assert_allclose(scales, brute_force_scales(fake_raw_heads(fake, index)), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(scales, brute_force_scales(stored_raw_heads(index)), rtol=1e-5, atol=1e-6)
+
+
+def test_add_then_search_finds_the_document(index, fake):
+    report = index.add(DOCS)
+    assert report.to_dict() == {"added": 4, "updated": 0, "unchanged": 0, "chunks": 4, "skipped": []}
+    assert report.added == ["rome", "bees", "chess", "tides"]
+    for strategy in ("mrag", "standard"):
+        hits = index.search("Honeybees fan their wings to cool the hive", k=2, strategy=strategy)
+        assert hits[0].id == "bees#0" and hits[0].doc_id == "bees"
+        assert len(hits) == 2 and hits[0].score >= hits[1].score
+    top = index.search("aqueducts water gravity Roman", k=1)[0]
+    assert top.to_dict() == {
+        "id": "rome#0",
+        "score": top.score,
+        "text": DOCS[0]["text"],
+        "source": "",
+        "title": "Rome",
+        "doc_id": "rome",
+        "position": 0,
+        "metadata": {},
+    }
+    assert index.search("Honeybees fan their wings", k=1)[0].metadata == {"era": "modern"}
+
+
+def test_search_votes_explain_the_score(index):
+    index.add(DOCS)
+    (hit,) = index.search("Deep Blue beat Kasparov at chess in 1997.", k=1, strategy="mrag-paper")
+    assert hit.id == "chess#0"
+    # the exact text is the nearest chunk in every head space: rank 0 everywhere, weight = head scale
+    scales = [s["scale"] for s in index.head_scales()]
+    assert sorted(v["space"] for v in hit.votes) == [f"head:{i}" for i in range(4)]
+    assert all(v["rank"] == 0 for v in hit.votes)
+    assert sorted(v["weight"] for v in hit.votes) == pytest.approx(sorted(scales))
+    assert hit.score == pytest.approx(sum(scales))
+    assert "votes" in hit.to_dict(explain=True) and "votes" not in hit.to_dict()
+    # the default adds the standard space as a voter, weighted by its own scale
+    (hit,) = index.search("Deep Blue beat Kasparov at chess in 1997.", k=1, strategy="mrag")
+    standard_scale = float(index.store.committed_scales()["standard"][0])
+    assert sorted(v["space"] for v in hit.votes) == [f"head:{i}" for i in range(4)] + ["standard"]
+    assert hit.score == pytest.approx(sum(scales) + standard_scale)
+
+
+def test_search_on_an_empty_index(index):
+    assert index.search("anything", k=3) == []
+
+
+@pytest.mark.parametrize(
+    "query, kwargs, message",
+    [("", {}, "empty"), ("   ", {}, "empty"), ("bees", {"k": 0}, "k must be positive"),
+     ("bees", {"strategy": "nope"}, "unknown strategy")],
+)
+def test_search_rejects_bad_input(index, query, kwargs, message):
+    index.add(DOCS)
+    with pytest.raises(ValueError, match=message):
+        index.search(query, **kwargs)
+
+
+def test_more_rows_than_a_default_query_limit(index):
+    docs = [{"id": f"d{i:02d}", "text": f"document number {i} about subject{i}"} for i in range(40)]
+    assert index.add(docs).chunks == 40
+    assert index.store.count() == 40
+    assert len(index.store.matrix().ids) == 40
+    assert index.search("document number 37 about subject37", k=1)[0].id == "d37#0"
+    assert_scales_match_corpus(index, index.embedder)
+
+
+def test_readding_unchanged_documents_does_no_work(index, fake):
+    index.add(DOCS)
+    version, batches, rows = index.store.chunks.version, fake.batches, table_rows(index)
+    for write in (index.add, index.upsert):
+        report = write(DOCS)
+        assert report.to_dict() == {"added": 0, "updated": 0, "unchanged": 4, "chunks": 0, "skipped": []}
+        assert report.unchanged == ["rome", "bees", "chess", "tides"]
+    assert index.store.chunks.version == version
+    assert fake.batches == batches  # nothing embedded
+    assert table_rows(index) == rows
+
+
+def test_add_refuses_changed_content_upsert_replaces_it(db_path, fake):
+    index = Index.open(db_path, embedder=fake, chunk_chars=45, overlap=0)  # chess fits in one chunk
+    long_text = "Roman roads ran straight. They had layers of stone. Milestones marked each mile."
+    index.add([{"id": "roads", "text": long_text}, DOCS[2]])
+    assert sorted(r["id"] for r in table_rows(index)) == ["chess#0", "roads#0", "roads#1", "roads#2"]
+
+    changed = {"id": "roads", "text": "Roman roads were paved."}
+    with pytest.raises(ValueError, match="already exists with other content: use upsert"):
+        index.add([changed])
+    assert len(table_rows(index)) == 4
+
+    report = index.upsert([changed, DOCS[2]])
+    assert (report.updated, report.unchanged, report.chunks) == (["roads"], ["chess"], 1)
+    rows = table_rows(index)
+    assert [(r["id"], r["text"]) for r in rows] == [
+        ("chess#0", DOCS[2]["text"]),
+        ("roads#0", "Roman roads were paved."),
+    ]
+    assert index.search("Roman roads were paved.", k=1)[0].id == "roads#0"
+    assert_scales_match_corpus(index, fake)
+
+
+def test_metadata_or_title_change_counts_as_a_change(index):
+    index.add([DOCS[0]])
+    report = index.upsert([{**DOCS[0], "title": "Aqueducts"}])
+    assert report.updated == ["rome"]
+    assert index.search("Roman aqueducts", k=1)[0].title == "Aqueducts"
+
+
+def test_documents_as_strings_and_objects(index):
+    report = index.add(["Plain string document about tides.", Document("doc-1", "An object document.", "src.txt")])
+    assert len(report.added) == 2 and report.added[1] == "doc-1"
+    # the same string again has the same content id: unchanged
+    assert index.add(["Plain string document about tides."]).unchanged == report.added[:1]
+
+
+@pytest.mark.parametrize(
+    "docs, error, message",
+    [
+        ([{"id": "a", "text": "x"}, {"id": "a", "text": "y"}], ValueError, "duplicate document ids"),
+        ([{"id": "a", "text": "   "}], ValueError, "is empty"),
+        ([{"id": "a"}], ValueError, "no string 'text'"),
+        ([42], TypeError, "expected Document, dict or str"),
+    ],
+)
+def test_bad_documents_write_nothing(index, docs, error, message):
+    index.add(DOCS[:1])
+    version = index.store.chunks.version
+    with pytest.raises(error, match=message):
+        index.add(docs)
+    assert index.store.chunks.version == version and index.store.count() == 1
+
+
+def test_delete_by_document_id_and_by_chunk_id(db_path, fake):
+    index = Index.open(db_path, embedder=fake, chunk_chars=70, overlap=0)  # DOCS fit in one chunk each
+    long_text = " ".join(f"The {n} part of this long text is here." for n in ("first", "second", "third"))
+    index.add([{"id": "long", "text": long_text}, *DOCS])
+    assert sorted(r["id"] for r in table_rows(index) if r["doc_id"] == "long") == ["long#0", "long#1", "long#2"]
+
+    assert index.delete(["long#1"]) == 1
+    assert sorted(r["id"] for r in table_rows(index) if r["doc_id"] == "long") == ["long#0", "long#2"]
+    assert_scales_match_corpus(index, fake)
+
+    assert index.delete(["long", "bees"]) == 3
+    assert sorted(r["id"] for r in table_rows(index)) == ["chess#0", "rome#0", "tides#0"]
+    assert_scales_match_corpus(index, fake)
+    assert all(h.doc_id != "bees" for h in index.search("Honeybees fan their wings", k=3))
+
+    # reopening reads the same scales back from the manifest
+    again = Index.open(db_path, embedder=fake)
+    assert again.head_scales() == index.head_scales()
+
+
+def test_delete_unknown_ids_deletes_nothing(index):
+    index.add(DOCS)
+    rows, version, scales = table_rows(index), index.store.chunks.version, index.head_scales()
+    for ids in (["nope"], ["bees", "nope"], ["bees#7"]):
+        with pytest.raises(ValueError, match="unknown id"):
+            index.delete(ids)
+    with pytest.raises(ValueError, match="no ids"):
+        index.delete([])
+    assert table_rows(index) == rows
+    assert index.store.chunks.version == version
+    assert index.head_scales() == scales
+
+
+def test_ids_with_quotes_are_safe(index):
+    index.add([{"id": "it's", "text": "An id with a quote."}, {"id": "x') OR ('1'='1", "text": "Injection?"}])
+    assert index.add([{"id": "it's", "text": "An id with a quote."}]).unchanged == ["it's"]
+    assert index.delete(["it's"]) == 1
+    assert [r["id"] for r in table_rows(index)] == ["x') OR ('1'='1#0"]
+
+
+def test_head_scales_follow_adds_and_deletes(index, fake):
+    assert_scales_match_corpus(index, fake)
+    index.add(DOCS[:2])
+    assert_scales_match_corpus(index, fake)
+    index.add(DOCS[2:])
+    assert_scales_match_corpus(index, fake)
+    index.upsert([{"id": "bees", "text": "Bees dance to tell where flowers are."}])
+    assert_scales_match_corpus(index, fake)
+    index.delete(["rome", "tides"])
+    assert_scales_match_corpus(index, fake)
+    index.delete(["bees", "chess"])
+    assert index.store.count() == 0
+    assert_scales_match_corpus(index, fake)
+
+
+def test_manifest_records_the_embedder(index, db_path, fake):
+    index.add(DOCS)
+    embedder = index.store.manifest["embedder"]
+    assert {k: embedder[k] for k in ("model", "dim", "n_heads", "head_dim")} == {
+        "model": "fake-bow", "dim": 32, "n_heads": 4, "head_dim": 8,
+    }
+    assert index.store.manifest["settings"] == {"chunk_chars": 1000, "overlap": 1}
+    info = Index.open(db_path, embedder=fake).info()
+    assert (info["chunks"], info["documents"], info["embedder"]["model"]) == (4, 4, "fake-bow")
+
+
+class OtherFake(FakeEmbedder):
+    n_heads = 2
+    head_dim = 16
+
+
+class LayeredFake(FakeEmbedder):
+    def info(self):
+        return super().info() | {"layer": 1, "n_layers": 3}
+
+
+def test_reopening_with_another_model_is_refused(index, db_path):
+    index.add(DOCS)
+    with pytest.raises(StoreError, match="built with fake-bow, not some/other-model"):
+        Index.open(db_path, model="some/other-model")
+    with pytest.raises(StoreError, match="n_heads=4, not 2"):
+        Index.open(db_path, embedder=OtherFake())
+    assert Index.open(db_path, model="fake-bow").store.count() == 4
+
+
+def test_reopening_with_another_layer_is_refused(db_path):
+    Index.open(db_path, embedder=LayeredFake()).add(DOCS)
+    for layer in (1, -2):  # the recorded layer, counted from either end
+        assert Index.open(db_path, layer=layer, embedder=LayeredFake()).store.count() == 4
+    for layer in (0, 2, -1, 3, -4):
+        with pytest.raises(StoreError, match="holds layer 1"):
+            Index.open(db_path, layer=layer)
+
+
+def test_reopening_with_other_embedder_options_is_refused(index, db_path, fake):
+    index.add(DOCS)
+    for options in ({"pooling": "cls"}, {"query_instruction": "query: "}, {"max_length": 64}):
+        with pytest.raises(StoreError, match=f"built with {next(iter(options))}="):
+            Index.open(db_path, **options)
+    # the recorded values, or options that do not change the vectors, are fine
+    assert Index.open(db_path, embedder=fake, query_instruction="", device="cpu").store.count() == 4
+
+
+def test_open_without_create(tmp_path):
+    with pytest.raises(StoreError, match="no mrag index"):
+        Index.open(tmp_path / "none", create=False)
+
+
+@pytest.mark.parametrize("options", [{"chunk_chars": 0}, {"overlap": -1}])
+def test_bad_chunk_settings(tmp_path, fake, options):
+    with pytest.raises(ValueError, match="chunk size"):
+        Index.open(tmp_path / "db", embedder=fake, **options)
+
+
+class FailingEmbedder(FakeEmbedder):
+    """Raises on the n-th call to `embed` (one call per write batch)."""
+
+    def __init__(self, fail_on: int) -> None:
+        super().__init__()
+        self.fail_on = fail_on
+        self.calls = 0
+        self.before_failing = lambda: None
+
+    def embed(self, texts, kind="document", batch_size=32, show_progress=False):
+        self.calls += 1
+        if self.calls == self.fail_on:
+            self.before_failing()
+            raise RuntimeError("embedder died")
+        return super().embed(texts, kind, batch_size, show_progress)
+
+
+def snapshot(index: Index) -> tuple:
+    return table_rows(index), index.head_scales(), json.dumps(index.store.stats.to_json())
+
+
+@pytest.mark.parametrize("replace", [False, True])
+def test_failure_in_the_middle_of_a_write_changes_nothing(db_path, monkeypatch, replace):
+    monkeypatch.setattr(mrag.index, "WRITE_BATCH", 2)
+    embedder = FailingEmbedder(fail_on=0)
+    index = Index.open(db_path, embedder=embedder)
+    index.add(DOCS[:2])
+    before = snapshot(index)
+
+    # 5 chunks in batches of 2: batch 1 is written, batch 2 fails
+    new = [{"id": f"n{i}", "text": f"new document {i} about planets and moons"} for i in range(4)]
+    if replace:  # an upsert first deletes the changed document's old chunks
+        new.append({"id": "rome", "text": "Rome was not built in a day."})
+    else:
+        new.append({"id": "n4", "text": "new document 4"})
+    seen = []
+
+    def reader_during_the_write():  # batch 1 is in the table now, but not committed
+        assert index.store.chunks.count_rows() == 2 - replace + 2
+        reader = Index.open(db_path, embedder=FakeEmbedder())
+        seen.append(snapshot(reader))
+        seen.append([h.doc_id for h in reader.search("new document 0 about planets and moons", k=5)])
+
+    embedder.calls, embedder.fail_on, embedder.before_failing = 0, 2, reader_during_the_write
+    with pytest.raises(RuntimeError, match="embedder died"):
+        (index.upsert if replace else index.add)(new)
+    assert embedder.calls == 2
+    assert seen[0] == before and sorted(seen[1]) == ["bees", "rome"]  # readers see only committed rows
+
+    assert snapshot(index) == before
+    reopened = Index.open(db_path, embedder=FakeEmbedder())
+    assert snapshot(reopened) == before
+    assert_scales_match_corpus(reopened, embedder)
+
+    # and the index still works
+    embedder.fail_on = 0
+    report = index.upsert(new)
+    assert report.chunks == 5
+    assert index.store.count() == 7 - replace
+    assert index.search("new document 3 about planets and moons", k=1)[0].id == "n3#0"
+    assert_scales_match_corpus(index, embedder)
+    assert snapshot(Index.open(db_path, embedder=FakeEmbedder())) == snapshot(index)
+
+
+def test_add_paths_upserts_files_and_reports_skipped(index, tmp_path):
+    folder = tmp_path / "files"
+    folder.mkdir()
+    (folder / "a.txt").write_text("Glaciers carve valleys.")
+    (folder / "b.bin.txt").write_bytes(b"\x00\x00")
+    report = index.add_paths([folder])
+    assert report.to_dict() == {
+        "added": 1, "updated": 0, "unchanged": 0, "chunks": 1,
+        "skipped": [{"source": str(folder / "b.bin.txt"), "reason": "a binary file, not text"}],
+    }
+    (folder / "a.txt").write_text("Glaciers carve U-shaped valleys.")
+    assert index.add_paths([folder / "a.txt"]).updated == [str((folder / "a.txt").resolve())]
+    assert index.search("glaciers", k=1)[0].text == "Glaciers carve U-shaped valleys."

@@ -1,0 +1,209 @@
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from mrag.ingest import Document, IngestError, Skipped, html_to_text, read_file, read_paths
+
+
+def make_pdf(text: str) -> bytes:
+    """A one-page PDF showing `text` in Helvetica, with a correct cross-reference table."""
+    stream = f"BT /F1 12 Tf 72 720 Td ({text}) Tj ET".encode()
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R"
+        b" /Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length %d >>\nstream\n" % len(stream) + stream + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    out = b"%PDF-1.4\n"
+    offsets = []
+    for i, obj in enumerate(objects, 1):
+        offsets.append(len(out))
+        out += b"%d 0 obj\n" % i + obj + b"\nendobj\n"
+    xref = len(out)
+    out += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    out += b"".join(b"%010d 00000 n \n" % o for o in offsets)
+    out += b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref)
+    return out
+
+
+def write(path: Path, content: str | bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        path.write_text(content, encoding="utf-8")
+    return path
+
+
+def test_txt_and_md(tmp_path):
+    txt = write(tmp_path / "notes.txt", "Bees fan their wings.\n")
+    md = write(tmp_path / "guide.MD", "# Roads\n\nRoman roads were straight.")
+    docs, skipped = read_paths([txt, md])
+    assert skipped == []
+    assert docs == [
+        Document(id=str(txt.resolve()), text="Bees fan their wings.\n", source=str(txt.resolve()), title="notes"),
+        Document(id=str(md.resolve()), text="# Roads\n\nRoman roads were straight.", source=str(md.resolve()),
+                 title="guide"),
+    ]
+
+
+def test_utf8_bom_is_dropped(tmp_path):
+    path = write(tmp_path / "bom.txt", "Café au lait.".encode("utf-8-sig"))
+    assert read_file(path)[0].text == "Café au lait."
+
+
+def test_html_title_and_visible_text(tmp_path):
+    page = """<!doctype html><html><head><title> Hive  heat </title><meta charset="utf-8">
+    <style>body { color: red }</style><script>var secret = "do not index";</script></head>
+    <body><h1>Bees</h1><p>Workers   fan
+    their wings.</p><noscript>enable js</noscript><ul><li>one</li><li>two &amp; three</li></ul></body></html>"""
+    (doc,) = read_file(write(tmp_path / "page.html", page))
+    assert doc.title == "Hive  heat"
+    assert doc.text == "Bees\n\nWorkers fan their wings.\n\none\n\ntwo & three"
+    assert "secret" not in doc.text and "color" not in doc.text and "enable js" not in doc.text
+
+
+def test_html_without_title_uses_the_file_name(tmp_path):
+    (doc,) = read_file(write(tmp_path / "plain.htm", "<p>Just text.</p>"))
+    assert (doc.title, doc.text) == ("plain", "Just text.")
+    assert html_to_text("<div>a<br>b</div><script>x</script>") == ("", "a\n\nb")
+
+
+def test_json_list_of_records(tmp_path):
+    rows = [
+        {"id": 7, "text": "First record.", "title": "One", "year": 1999},
+        {"text": "Second record, no id.", "tags": ["a", "b"]},
+    ]
+    path = write(tmp_path / "records.json", json.dumps(rows))
+    source = str(path.resolve())
+    docs = read_file(path)
+    assert docs == [
+        Document("7", "First record.", source, "One", {"year": 1999}),
+        Document(f"{source}#1", "Second record, no id.", source, "", {"tags": ["a", "b"]}),
+    ]
+    single = write(tmp_path / "one.json", json.dumps({"text": "Only one."}))
+    assert [d.text for d in read_file(single)] == ["Only one."]
+
+
+def test_jsonl_with_custom_fields(tmp_path):
+    lines = [
+        {"doc": "D1", "body": "Aqueducts carried water.", "title": "Rome", "era": "ancient"},
+        {"doc": "D2", "body": "Bees regulate heat.", "lang": "en"},
+    ]
+    path = write(tmp_path / "corpus.jsonl", "\n".join(json.dumps(x) for x in lines) + "\n\n")
+    docs, _ = read_paths([path], text_field="body", id_field="doc")
+    assert [(d.id, d.text, d.title, d.metadata) for d in docs] == [
+        ("D1", "Aqueducts carried water.", "Rome", {"era": "ancient"}),
+        ("D2", "Bees regulate heat.", "", {"lang": "en"}),
+    ]
+    with pytest.raises(IngestError, match="record 0 has no string field 'text'"):
+        read_paths([path])  # default field names do not fit these records
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("bad.json", "{not json", "invalid JSON"),
+        ("empty.jsonl", "\n\n", "the file is empty"),
+        ("blank.json", '[{"text": "  "}]', "record 0 has an empty 'text'"),
+        ("none.json", "[]", "no records"),
+        ("nums.json", "[1, 2]", "record 0 has no string field"),
+    ],
+)
+def test_bad_records(tmp_path, name, content, message):
+    with pytest.raises(IngestError, match=message):
+        read_file(write(tmp_path / name, content))
+
+
+def test_pdf(tmp_path):
+    path = write(tmp_path / "tides.pdf", make_pdf("The Moon raises the tides."))
+    (doc,) = read_file(path)
+    assert (doc.title, doc.text.strip()) == ("tides", "The Moon raises the tides.")
+
+
+def test_broken_and_empty_pdf(tmp_path):
+    with pytest.raises(IngestError, match="unreadable PDF"):
+        read_file(write(tmp_path / "broken.pdf", b"this is not a PDF at all"))
+    from pypdf import PdfWriter
+
+    blank = PdfWriter()
+    blank.add_blank_page(100, 100)
+    blank.write(tmp_path / "blank.pdf")
+    with pytest.raises(IngestError, match="the file is empty"):
+        read_file(tmp_path / "blank.pdf")
+
+
+def test_pdf_without_pypdf_names_the_extra(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "pypdf", None)  # import fails
+    path = write(tmp_path / "tides.pdf", make_pdf("Tides."))
+    with pytest.raises(IngestError, match=r"mrag\[pdf\]"):
+        read_file(path)
+    docs, skipped = read_paths([tmp_path])  # in a folder: skipped with the reason
+    assert docs == []
+    assert skipped == [Skipped(str(path.resolve()), "PDF support needs the pdf extra: pip install 'mrag[pdf]'")]
+
+
+BAD_FILES = {
+    "binary.txt": (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "a binary file, not text"),
+    "latin1.txt": ("café".encode("latin-1"), "not UTF-8 text (byte 3)"),
+    "empty.md": (b"  \n\t\n", "the file is empty"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_bad_file_named_explicitly_is_an_error(tmp_path, name):
+    content, reason = BAD_FILES[name]
+    path = write(tmp_path / name, content)
+    with pytest.raises(IngestError) as info:
+        read_paths([path])
+    assert str(info.value) == f"{path}: {reason}"
+
+
+def test_folder_walk_skips_hidden_and_unsupported_and_reports_unreadable(tmp_path):
+    root = tmp_path / "corpus"
+    good = [
+        write(root / "a.txt", "Alpha."),
+        write(root / "sub" / "b.md", "Beta."),
+        write(root / "sub" / "deeper" / "c.html", "<title>C</title><p>Gamma.</p>"),
+        write(root / "d.pdf", make_pdf("Delta.")),
+    ]
+    write(root / ".hidden.txt", "hidden file")
+    write(root / ".git" / "notes.txt", "inside a hidden folder")
+    write(root / "sub" / ".cache" / "x.md", "inside a hidden subfolder")
+    write(root / "script.py", "print('not a document')")
+    write(root / "image.png", b"\x89PNG\x00\x00")
+    for name, (content, _) in BAD_FILES.items():
+        write(root / "bad" / name, content)
+
+    docs, skipped = read_paths([root])
+    assert [d.source for d in docs] == sorted(str(p.resolve()) for p in good)
+    assert [d.text.strip() for d in docs] == ["Alpha.", "Delta.", "Beta.", "Gamma."]
+    assert skipped == [
+        Skipped(str(root / "bad" / name), reason) for name, (_, reason) in sorted(BAD_FILES.items())
+    ]
+
+
+def test_folder_and_file_together(tmp_path):
+    folder = tmp_path / "f"
+    write(folder / "one.txt", "One.")
+    extra = write(tmp_path / "two.txt", "Two.")
+    docs, skipped = read_paths([folder, str(extra)])
+    assert [d.text for d in docs] == ["One.", "Two."] and skipped == []
+
+
+def test_missing_path_is_an_error(tmp_path):
+    with pytest.raises(IngestError, match="no such file or folder: .*nowhere"):
+        read_paths([tmp_path / "nowhere"])
+
+
+def test_skip_reason_when_the_path_holds_a_colon(tmp_path, monkeypatch):
+    folder = write(tmp_path / "notes: 2024" / "blob.txt", b"\x00\x01").parent
+    write(folder / "empty.txt", " ")
+    expected = ["a binary file, not text", "the file is empty"]  # blob.txt, empty.txt
+    assert [s.reason for s in read_paths([folder])[1]] == expected
+    monkeypatch.chdir(tmp_path)  # a relative folder: the messages name the resolved path
+    assert [s.reason for s in read_paths(["notes: 2024"])[1]] == expected

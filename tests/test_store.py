@@ -1,0 +1,127 @@
+"""The LanceDB layer: row layout, manifest, all-or-nothing writes, repair of a stale manifest."""
+
+from __future__ import annotations
+
+import json
+
+import lancedb
+import numpy as np
+import pyarrow as pa
+import pytest
+from test_index import DOCS, assert_scales_match_corpus, table_rows
+
+from mrag.index import Index
+from mrag.scales import brute_force_scales
+from mrag.store import CHUNKS, MANIFEST, Store, StoreError, build_rows, chunk_schema, quote
+
+
+def test_quote():
+    assert quote(["a", "it's", "x') OR ('1'='1"]) == "'a', 'it''s', 'x'') OR (''1''=''1'"
+
+
+def test_build_rows_stores_unit_vectors_and_norms():
+    heads = np.zeros((2, 2, 3), np.float32)
+    heads[0, 0] = [3, 4, 0]  # norm 5
+    heads[0, 1] = [0, 0, 2]  # norm 2
+    heads[1, 0] = [1, 0, 0]  # row 1 head 1 stays zero
+    standard = np.array([[0, 0, 0, 10], [1, 1, 1, 1]], np.float32)
+    table = build_rows(
+        ids=["a#0", "b#0"], doc_ids=["a", "b"], sources=["s", "s"], titles=["A", ""], positions=[0, 0],
+        texts=["x", "y"], metadata=[{"k": "é"}, {}], doc_hashes=["h1", "h2"],
+        standard=standard, heads=heads, schema=chunk_schema(4, 2, 3),
+    )
+    rows = table.to_pylist()
+    assert rows[0]["metadata"] == '{"k": "é"}'
+    np.testing.assert_allclose(rows[0]["vector"], [0, 0, 0, 1])
+    np.testing.assert_allclose(rows[1]["vector"], [0.5, 0.5, 0.5, 0.5])
+    np.testing.assert_allclose(rows[0]["heads"], [0.6, 0.8, 0, 0, 0, 1])
+    np.testing.assert_allclose(rows[1]["heads"], [1, 0, 0, 0, 0, 0])
+    assert rows[0]["head_norms"] == [5.0, 2.0] and rows[1]["head_norms"] == [1.0, 0.0]
+
+
+def test_split_scales_follow_the_standard_vectors(index):
+    index.add(DOCS)
+    table = index.store.rows(columns=["vector"])
+    standard = np.array(table["vector"].to_pylist(), dtype=np.float64)  # (N, 32) unit
+    stats = index.store.split_stats
+    assert (stats.n_heads, stats.head_dim) == (4, 8)  # as many slices as heads
+    np.testing.assert_allclose(stats.scales(), brute_force_scales(standard.reshape(-1, 4, 8)), rtol=1e-5, atol=1e-6)
+
+
+def test_matrix_is_cached_per_table_version(index):
+    index.add(DOCS[:2])
+    first = index.store.matrix()
+    assert index.store.matrix() is first
+    assert sorted(first.ids.tolist()) == ["bees#0", "rome#0"]
+    assert first.standard.shape == (2, 32) and first.heads.shape == (2, 32)
+    index.add(DOCS[2:])
+    second = index.store.matrix()
+    assert second is not first and len(second.ids) == 4
+
+
+def test_writing_restores_rows_and_sums_on_any_error(index, fake):
+    index.add(DOCS[:2])
+    store = index.store
+    before = (table_rows(index), index.head_scales(), store.stats.count, store.split_stats.count)
+    extra = store.rows(columns=None).slice(0, 1).to_pylist()[0] | {"id": "copy#0", "doc_id": "copy"}
+    with pytest.raises(KeyboardInterrupt):
+        with store.writing():
+            store.delete("doc_id = 'bees'")
+            store.add(pa.Table.from_pylist([extra], schema=store.chunks.schema))
+            assert store.stats.count == 2
+            raise KeyboardInterrupt
+    assert (table_rows(index), index.head_scales(), store.stats.count, store.split_stats.count) == before
+
+
+def test_missing_index_is_not_created(tmp_path):
+    where = tmp_path / "typo"
+    assert not Store.exists(str(where))
+    with pytest.raises(StoreError, match="no mrag index"):
+        Store.open(str(where))
+    with pytest.raises(StoreError, match="no mrag index"):
+        Index.open(where, create=False)
+    assert not where.exists()
+
+
+def test_a_manifest_of_another_format_is_refused(index, db_path):
+    index.add(DOCS)
+    db = lancedb.connect(db_path)
+    manifest = json.loads(db.open_table(MANIFEST).to_arrow().to_pylist()[0]["json"])
+    db.create_table(MANIFEST, data=[{"json": json.dumps(manifest | {"format": 99})}], mode="overwrite")
+    with pytest.raises(StoreError, match="incompatible mrag \\(format 99\\)"):
+        Store.open(str(db_path))
+
+
+def test_manifest_is_saved_after_each_write(index, db_path):
+    index.add(DOCS)
+    on_disk = json.loads(lancedb.connect(db_path).open_table(MANIFEST).to_arrow().to_pylist()[0]["json"])
+    assert on_disk["chunks_version"] == index.store.chunks.version
+    assert on_disk["stats"]["heads"]["count"] == 4
+    assert on_disk["embedder"]["model"] == "fake-bow"
+
+
+def test_changes_behind_mrags_back_are_invisible_then_rolled_back(index, db_path, fake):
+    """The manifest is the commit point: a chunks version it does not name is a dead write."""
+    index.add(DOCS)
+    committed, scales = table_rows(index), index.head_scales()
+    # behind mrag's back: delete two documents and add a renamed copy of another
+    chunks = lancedb.connect(db_path).open_table(CHUNKS)
+    copy = chunks.search().where("doc_id = 'rome'").limit(None).to_arrow().to_pylist()[0]
+    chunks.delete("doc_id IN ('bees', 'tides')")
+    chunks.add([copy | {"id": "rome2#0", "doc_id": "rome2"}])
+    assert chunks.count_rows() == 3
+
+    reopened = Index.open(db_path, embedder=fake)
+    assert table_rows(reopened) == committed and reopened.store.count() == 4
+    assert reopened.head_scales() == scales
+    assert_scales_match_corpus(reopened, fake)
+    assert [h.doc_id for h in reopened.search("Honeybees fan their wings to cool the hive", k=4)][0] == "bees"
+    assert "rome2" not in {h.doc_id for h in reopened.search("Roman aqueducts", k=4)}
+
+    # the next write first rolls the table back to the committed version
+    reopened.add([{"id": "new", "text": "A new document about volcanoes."}])
+    latest = lancedb.connect(db_path).open_table(CHUNKS).to_arrow().to_pylist()
+    assert sorted(r["id"] for r in latest) == sorted([r["id"] for r in committed] + ["new#0"])
+    assert reopened.store.manifest["chunks_version"] == lancedb.connect(db_path).open_table(CHUNKS).version
+    assert_scales_match_corpus(reopened, fake)
+    assert Index.open(db_path, embedder=fake).head_scales() == reopened.head_scales()

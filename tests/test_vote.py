@@ -1,0 +1,140 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mrag.vote import RRF_K, Vote, fuse, interleave, rank_weights, rrf_weights
+
+
+def test_mrag_vote_by_hand():
+    # Three head spaces over four chunks (ids 0..3), c = 3; space 1 found only two chunks.
+    ranking = np.array(
+        [
+            [2, 0, 1],  # head 0, scale 1.0
+            [0, 3, -1],  # head 1, scale 0.5 (padded)
+            [1, 2, 0],  # head 2, scale 2.0
+        ]
+    )
+    scales = np.array([1.0, 0.5, 2.0])
+    # vote weight = scale * 2**-rank:
+    #   head 0: id2 1*1 = 1.0,   id0 1*1/2 = 0.5,   id1 1*1/4 = 0.25
+    #   head 1: id0 .5*1 = 0.5,  id3 .5*1/2 = 0.25
+    #   head 2: id1 2*1 = 2.0,   id2 2*1/2 = 1.0,   id0 2*1/4 = 0.5
+    # sums: id0 = 0.5 + 0.5 + 0.5 = 1.5;  id1 = 0.25 + 2.0 = 2.25;  id2 = 1.0 + 1.0 = 2.0;  id3 = 0.25
+    # ranking: id1 (2.25) > id2 (2.0) > id0 (1.5) > id3 (0.25)
+    weights = rank_weights(ranking, scales)
+    assert weights.tolist() == [[1.0, 0.5, 0.25], [0.5, 0.25, 0.0], [2.0, 1.0, 0.5]]
+
+    fused = fuse(ranking, weights, k=4)
+    assert fused.ids.tolist() == [1, 2, 0, 3]
+    assert fused.scores.tolist() == [2.25, 2.0, 1.5, 0.25]
+    assert fused.votes[0] == [Vote(space=0, rank=2, weight=0.25), Vote(space=2, rank=0, weight=2.0)]
+    assert fused.votes[2] == [Vote(0, 1, 0.5), Vote(1, 0, 0.5), Vote(2, 2, 0.5)]
+    assert fused.votes[3] == [Vote(1, 1, 0.25)]
+
+    top2 = fuse(ranking, weights, k=2)
+    assert top2.ids.tolist() == [1, 2]
+    assert top2.scores.tolist() == [2.25, 2.0]
+
+
+def test_decay_only_vote_ignores_scales():
+    # decay only (all scales 1): id0 = 1/2 + 1 + 1/4 = 1.75; id2 = 1 + 1/2 = 1.5; id1 = 1/4 + 1 = 1.25; id3 = 1/2
+    ranking = np.array([[2, 0, 1], [0, 3, -1], [1, 2, 0]])
+    fused = fuse(ranking, rank_weights(ranking, np.ones(3)), k=10)
+    assert fused.ids.tolist() == [0, 2, 1, 3]
+    assert fused.scores.tolist() == [1.75, 1.5, 1.25, 0.5]
+
+
+def test_rank_weights_other_base():
+    ranking = np.array([[4, 5, 6]])
+    assert rank_weights(ranking, np.array([3.0]), base=3.0).tolist() == [[3.0, 1.0, 1.0 / 3.0]]
+
+
+def test_ties_break_on_best_rank_then_smaller_id():
+    ranking = np.array([[9, 4], [3, 4]])
+    # id9 = 1 (rank 0); id3 = 1 (rank 0); id4 = 1/2 + 1/2 = 1 (best rank 1)
+    # equal scores: best rank 0 beats best rank 1, then the smaller id: 3, 9, 4
+    fused = fuse(ranking, rank_weights(ranking, np.ones(2)), k=3)
+    assert fused.scores.tolist() == [1.0, 1.0, 1.0]
+    assert fused.ids.tolist() == [3, 9, 4]
+    # the order of the input spaces does not matter
+    assert fuse(ranking[::-1], rank_weights(ranking[::-1], np.ones(2)), k=3).ids.tolist() == [3, 9, 4]
+
+
+def test_padding_is_ignored_even_with_weights():
+    ranking = np.array([[7, -1, -1], [-1, -1, -1]])
+    fused = fuse(ranking, np.ones((2, 3)), k=5)  # weights on padding must not count
+    assert fused.ids.tolist() == [7]
+    assert fused.scores.tolist() == [1.0]
+    assert fused.votes == [[Vote(0, 0, 1.0)]]
+    empty = fuse(np.full((2, 3), -1), np.ones((2, 3)), k=5)
+    assert empty.ids.tolist() == [] and empty.votes == []
+
+
+@pytest.mark.parametrize("k", [0, -1])
+def test_fuse_rejects_non_positive_k(k):
+    with pytest.raises(ValueError, match="k must be positive"):
+        fuse(np.array([[0]]), np.ones((1, 1)), k=k)
+
+
+def test_rrf_weights():
+    ranking = np.array([[3, 1, -1], [1, 2, 3]])
+    w = rrf_weights(ranking)
+    assert RRF_K == 60
+    assert w.tolist() == [[1 / 61, 1 / 62, 0.0], [1 / 61, 1 / 62, 1 / 63]]
+    # id1 = 1/62 + 1/61 beats id3 = 1/61 + 1/63, which beats id2 = 1/62
+    assert fuse(ranking, w, k=3).ids.tolist() == [1, 3, 2]
+    assert rrf_weights(np.array([[0, 1]]), k=1).tolist() == [[1 / 2, 1 / 3]]
+
+
+@pytest.mark.parametrize("k", [0, -60])
+def test_rrf_rejects_non_positive_constant(k):
+    with pytest.raises(ValueError, match="positive"):
+        rrf_weights(np.array([[0, 1]]), k=k)
+
+
+def test_interleave_round_robin_skips_duplicates_and_padding():
+    lists = [np.array([1, 2, 3]), np.array([2, 4]), np.array([5, -1, 6])]
+    # round 0: 1, 2, 5; round 1: (2 seen), 4, (pad); round 2: 3, 6
+    assert interleave(lists, k=10).tolist() == [1, 2, 5, 4, 3, 6]
+    assert interleave(lists, k=4).tolist() == [1, 2, 5, 4]
+    assert interleave([], k=3).tolist() == []
+    assert interleave([np.array([], dtype=np.int64)], k=3).tolist() == []
+
+
+@pytest.mark.parametrize("k", [0, -2])
+def test_interleave_rejects_non_positive_k(k):
+    with pytest.raises(ValueError, match="k must be positive"):
+        interleave([np.array([1])], k=k)
+
+
+@st.composite
+def rankings(draw):
+    s = draw(st.integers(1, 4))
+    c = draw(st.integers(1, 5))
+    rows = []
+    for _ in range(s):
+        ids = draw(st.lists(st.integers(0, 7), min_size=0, max_size=c, unique=True))
+        rows.append(ids + [-1] * (c - len(ids)))
+    scales = draw(st.lists(st.sampled_from([0.25, 0.5, 1.0, 2.0, 3.0]), min_size=s, max_size=s))
+    return np.array(rows, dtype=np.int64), np.array(scales)
+
+
+@given(rankings(), st.integers(1, 10))
+@settings(max_examples=200, deadline=None)
+def test_fuse_matches_a_plain_python_vote(data, k):
+    ranking, scales = data
+    totals: dict[int, float] = {}
+    best: dict[int, int] = {}
+    for s, row in enumerate(ranking):
+        for rank, item in enumerate(row):
+            if item >= 0:
+                totals[int(item)] = totals.get(int(item), 0.0) + scales[s] * 2.0**-rank
+                best[int(item)] = min(best.get(int(item), rank), rank)
+    expected = sorted(totals, key=lambda i: (-totals[i], best[i], i))[:k]
+    fused = fuse(ranking, rank_weights(ranking, scales), k)
+    assert fused.ids.tolist() == expected
+    np.testing.assert_allclose(fused.scores, [totals[i] for i in expected])
+    for item, votes in zip(expected, fused.votes):
+        assert sum(v.weight for v in votes) == pytest.approx(totals[item])
+        assert all(ranking[v.space, v.rank] == item for v in votes)
