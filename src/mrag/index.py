@@ -83,8 +83,8 @@ class Index:
         layer: int | None = None,
         embedder: HeadEmbedder | None = None,
         create: bool = True,
-        chunk_chars: int = DEFAULT_CHUNK_CHARS,
-        overlap: int = DEFAULT_OVERLAP,
+        chunk_chars: int | None = None,
+        overlap: int | None = None,
         storage_options: dict[str, str] | None = None,
         **embedder_options: Any,
     ) -> Index:
@@ -100,6 +100,9 @@ class Index:
             store = Store.open(uri, storage_options)
             recorded = store.manifest["embedder"]
             _check_same(recorded, model, layer, embedder, uri)
+            for key, value in (("chunk_chars", chunk_chars), ("overlap", overlap)):
+                if value is not None and value != store.manifest["settings"][key]:
+                    raise StoreError(f"the index at {uri} was built with {key}={store.manifest['settings'][key]}, not {value}")
             for key in ("pooling", "max_length", "query_instruction", "document_instruction"):
                 if key in embedder_options and embedder_options[key] != recorded.get(key):
                     raise StoreError(
@@ -114,6 +117,8 @@ class Index:
             return cls(store, _embedder_factory(recorded["model"], recorded.get("layer"), **options))
         if not create:
             raise StoreError(f"no mrag index at {uri}")
+        chunk_chars = DEFAULT_CHUNK_CHARS if chunk_chars is None else chunk_chars
+        overlap = DEFAULT_OVERLAP if overlap is None else overlap
         if chunk_chars <= 0 or overlap < 0:
             raise ValueError("chunk size must be positive and overlap >= 0")
         made = embedder or _embedder_factory(model, layer, **embedder_options)()
