@@ -31,8 +31,8 @@ class HeadStats:
     n_heads: int
     head_dim: int
     count: int = 0
-    norm_sum: np.ndarray = field(default=None)  # type: ignore[assignment]  # (H,) float64
-    unit_sum: np.ndarray = field(default=None)  # type: ignore[assignment]  # (H, d) float64
+    norm_sum: np.ndarray = field(default=None)  # type: ignore[arg-type]  # (H,) float64
+    unit_sum: np.ndarray = field(default=None)  # type: ignore[arg-type]  # (H, d) float64
 
     def __post_init__(self) -> None:
         if self.norm_sum is None:

@@ -74,7 +74,10 @@ class TransformerEmbedder(HeadEmbedder):
         self.dim = hidden
         layers = _find_layers(self.model, _config_value(config, "num_hidden_layers", "n_layer"))
         if not -len(layers) <= layer < len(layers):
-            raise ValueError(f"layer {layer} is out of range: this model has {len(layers)} layers (0..{len(layers) - 1}, or -1 for the last)")
+            raise ValueError(
+                f"layer {layer} is out of range: this model has {len(layers)} layers "
+                f"(0..{len(layers) - 1}, or -1 for the last)"
+            )
         self.n_layers = len(layers)
         self.layer = layer % len(layers)
         self.projection = _find_projection(layers[self.layer])

@@ -123,17 +123,17 @@ def _topic_files(corpus: Path) -> dict[str, tuple[str, Any]]:
     files: dict[str, tuple[str, Any]] = {}
     if corpus.is_dir():
         for f in sorted(corpus.rglob("*.json")):
-            rel = f.relative_to(corpus)
-            if len(rel.parts) >= 2:
-                files[str(rel)] = (rel.parts[-2], json.loads(f.read_text(encoding="utf-8")))
+            parts = f.relative_to(corpus).parts
+            if len(parts) >= 2:
+                files["/".join(parts)] = (parts[-2], json.loads(f.read_text(encoding="utf-8")))
         return files
     with tarfile.open(corpus) as tar:
         for member in sorted(tar.getmembers(), key=lambda m: m.name):
-            rel = PurePosixPath(member.name)
-            if member.isfile() and rel.suffix == ".json" and len(rel.parts) >= 2:
+            name = PurePosixPath(member.name)
+            if member.isfile() and name.suffix == ".json" and len(name.parts) >= 2:
                 data = tar.extractfile(member)
                 if data is not None:
-                    files[member.name] = (rel.parts[-2], json.load(io.TextIOWrapper(data, encoding="utf-8")))
+                    files[member.name] = (name.parts[-2], json.load(io.TextIOWrapper(data, encoding="utf-8")))
     return files
 
 

@@ -76,7 +76,9 @@ def plot(records: list[dict[str, Any]], out_dir: Path, baseline: str = "standard
         paths.append(out_dir / "gain_over_standard.png")
         fig.savefig(paths[-1], dpi=110)
         plt.close(fig)
-    data = [[r["weighted_ratio"] for r in records if r["strategy"] == name and r["k"] == r["n"] >= 2] for name in strategies]
+    data = [
+        [r["weighted_ratio"] for r in records if r["strategy"] == name and r["k"] == r["n"] >= 2] for name in strategies
+    ]
     if any(data):
         fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(strategies)), 4))
         ax.boxplot(data, tick_labels=strategies)

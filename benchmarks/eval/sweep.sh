@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Layer / pooling / model sweep on the MRAG paper's Wikipedia v1 benchmark (issue 3).
+# Usage: benchmarks/eval/sweep.sh DATASETS_DIR [quick]
+# Writes benchmarks/results/eval/<model>-L<layer>-<pooling>/ (records, table.md, summary.json, plots).
+set -euo pipefail
+data=${1:?path to the folder with wikipedia_articles_v1.json.bz2 and wikipedia_queries_v1.json.bz2}
+out=$(cd "$(dirname "$0")/../results" && pwd)/eval
+strategies=standard,mrag,mrag-paper,mrag-std,mrag-decay,split,interleave+standard,segment+standard,segment+mrag-paper,fusion,mrag-fusion
+run() {  # model layer pooling
+  local dir="$out/$(basename "$1")-L$2-$3"
+  [ -f "$dir/summary.json" ] && return 0
+  echo "== $1 layer $2 $3"
+  mrag eval --corpus "$data/wikipedia_articles_v1.json.bz2" --queries "$data/wikipedia_queries_v1.json.bz2" \
+    --model "$1" --layer "$2" --pooling "$3" --strategies "$strategies" -o "$dir" --json >/dev/null
+  python3 -c "import json,sys; s=json.load(open(sys.argv[1]))['summary']; print({k: (round(v['doc'],3), round(v['category'],3)) for k,v in s.items()})" "$dir/summary.json"
+}
+for layer in 5 4 3 2; do run minilm $layer mean; done
+for layer in 5 4; do run minilm $layer cls; done
+[ "${2:-}" = quick ] && exit 0
+for layer in 29 15; do run smollm2 $layer last; done
