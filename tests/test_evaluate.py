@@ -1,0 +1,197 @@
+"""The evaluation harness: loaders in every format, metrics by hand, k indexing, caching, report."""
+
+from __future__ import annotations
+
+import bz2
+import json
+import math
+import tarfile
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from conftest import FakeEmbedder
+
+from mrag.cli import cli
+from mrag.evaluate import harness
+from mrag.evaluate.datasets import Aspect, clean_fusion, load
+from mrag.evaluate.metrics import dedupe_units, ndcg, query_metrics
+from mrag.evaluate.report import markdown_table, plot
+
+ARTICLES = [
+    {"title": "Aqueduct", "text": "Roman aqueducts carried water with gravity.", "label": "rome"},
+    {"title": "Legion", "text": "Roman legions marched through Gaul.", "label": "rome"},
+    {"title": "Honeybee", "text": "Honeybees fan their wings to cool the hive.", "label": "bees"},
+    {"title": "Mercury", "text": "Mercury is the planet closest to the sun.", "label": "planets"},
+    {"title": "Mercury", "text": "Mercury is a liquid metal used in thermometers.", "label": "metals"},
+    {"title": "Volcano", "text": "Volcanoes erupt molten lava and ash.", "label": "volcanoes"},
+]
+QUERIES = [
+    {"topics": ["Aqueduct", "Honeybee"], "text": "Roman aqueducts carried water. Honeybees cool the hive.",
+     "fusion": ["1. \"roman aqueducts\"", "", "2) honeybee hive cooling"]},
+    {"topics": ["Mercury", "Volcano"], "text": "Mercury in thermometers. Volcanoes erupt lava.", "fusion": []},
+    {"topics": ["Atlantis"], "text": "Where is Atlantis?", "fusion": []},
+]
+
+
+def write_wikipedia(folder: Path, compressed: bool) -> tuple[Path, Path]:
+    suffix = ".json.bz2" if compressed else ".json"
+    opener = bz2.open if compressed else open
+    paths = folder / f"articles{suffix}", folder / f"queries{suffix}"
+    for path, data in zip(paths, (ARTICLES, QUERIES)):
+        with opener(path, "wt", encoding="utf-8") as f:
+            json.dump(data, f)
+    return paths
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_wikipedia_loader_keeps_duplicate_titles_apart(tmp_path, compressed):
+    bench = load(*write_wikipedia(tmp_path, compressed))
+    assert len(bench.docs) == 6 and len({d.unit for d in bench.docs}) == 6
+    assert [q.n for q in bench.queries] == [2, 2]
+    assert bench.skipped == ["query 2: unknown document(s) ['Atlantis']"]
+    mercury = bench.queries[1].aspects[0]
+    # one aspect, two acceptable documents in two categories: never merged into one document
+    assert mercury.units == {"d00003", "d00004"} and mercury.categories == {"planets", "metals"}
+    assert bench.queries[0].fusion == ["roman aqueducts", "honeybee hive cooling"]
+
+
+def test_clean_fusion_strips_numbering_quotes_and_blanks():
+    assert clean_fusion(["1. \"a b\"", " ", "2) c", "- d", "", "e"]) == ["a b", "c", "d", "e"]
+
+
+def write_topics(root: Path) -> None:
+    for category, topic, passages in [
+        ("chemistry", "acids", ["Acids donate protons.", "Vinegar is an acid."]),
+        ("chemistry", "salts", ["Salts form from acids and bases."]),
+        ("law", "contracts", ["A contract needs an offer and acceptance."]),
+    ]:
+        (root / category).mkdir(parents=True, exist_ok=True)
+        data = [{"title": f"{topic} {i}", "text": t} for i, t in enumerate(passages)]
+        (root / category / f"{topic}.json").write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_topic_layout_counts_passages_for_their_topic(tmp_path, packed):
+    root = tmp_path / "topics"
+    write_topics(root)
+    corpus = root
+    if packed:
+        corpus = tmp_path / "topics.tar.bz2"
+        with tarfile.open(corpus, "w:bz2") as tar:
+            tar.add(root, arcname="topics")
+    queries = tmp_path / "queries.json"
+    queries.write_text(json.dumps({"2": [{"related": ["acids", "contracts"], "text": "Vinegar and contracts."},
+                                         {"related": ["acids", "unicorns"], "text": "?"}]}))
+    bench = load(corpus, queries)
+    assert len(bench.docs) == 4
+    acids = [d for d in bench.docs if d.unit.endswith("chemistry/acids")]
+    assert len(acids) == 2 and {d.category for d in acids} == {"chemistry"}
+    (query,) = bench.queries
+    assert [sorted(a.categories) for a in query.aspects] == [["chemistry"], ["law"]]
+    assert len(bench.skipped) == 1 and "unicorns" in bench.skipped[0]
+
+
+def test_beir_loader_reads_graded_qrels(tmp_path):
+    (tmp_path / "qrels").mkdir()
+    (tmp_path / "corpus.jsonl").write_text(
+        "\n".join(json.dumps({"_id": i, "title": "", "text": t}) for i, t in [("a", "alpha"), ("b", "beta")])
+    )
+    (tmp_path / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "alpha?"}) + "\n")
+    (tmp_path / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\ta\t2\nq1\tb\t1\nq9\tz\t1\n")
+    bench = load(tmp_path)
+    (query,) = bench.queries
+    assert [(sorted(a.units), a.grade) for a in query.aspects] == [(["a"], 2), (["b"], 1)]
+    assert not bench.has_categories and bench.skipped == ["query q9: no text or no known relevant document"]
+
+
+def test_loaders_name_missing_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no such corpus"):
+        load(tmp_path / "nope.json", tmp_path / "q.json")
+    articles, _ = write_wikipedia(tmp_path, False)
+    with pytest.raises(ValueError, match="needs --queries"):
+        load(articles)
+
+
+def test_metrics_by_hand():
+    # aspects a (category X) and b (category Y); fetched c(X), a(X), d(Z), b(Y)
+    aspects = [Aspect(frozenset({"a"}), frozenset({"X"})), Aspect(frozenset({"b"}), frozenset({"Y"}))]
+    category = {"a": "X", "b": "Y", "c": "X", "d": "Z"}
+    records = query_metrics(["c", "a", "d", "b"], aspects, category, k_max=4)
+    assert [r["k"] for r in records] == [1, 2, 3, 4]
+    k1, k2, k3, k4 = records
+    # k=1: no document found; category X (of aspect a) already found via c -> 1/2
+    assert (k1["success"], k1["success_ratio"], k1["category_success"], k1["category_ratio"]) == (0, 0.0, 0, 0.5)
+    assert k1["weighted_ratio"] == pytest.approx((2 * 0 + 0.5) / 3)
+    assert (k2["success_ratio"], k2["category_ratio"], k3["success_ratio"]) == (0.5, 0.5, 0.5)
+    assert k2["weighted_ratio"] == pytest.approx((2 * 0.5 + 0.5) / 3)
+    assert (k4["success"], k4["success_ratio"], k4["category_success"], k4["weighted_ratio"]) == (1, 1.0, 1, 1.0)
+    # nDCG@2: a at rank 2 -> (2^1-1)/log2(3); ideal: two hits at ranks 1, 2
+    assert k2["ndcg"] == pytest.approx((1 / math.log2(3)) / (1 + 1 / math.log2(3)))
+
+
+def test_ndcg_uses_grades_and_counts_each_aspect_once():
+    aspects = [Aspect(frozenset({"a", "a2"}), frozenset(), grade=2), Aspect(frozenset({"b"}), frozenset(), grade=1)]
+    # a2 satisfies the grade-2 aspect at rank 1; a at rank 2 earns nothing more; b at rank 3
+    dcg = 3 / math.log2(2) + 1 / math.log2(4)
+    ideal = 3 / math.log2(2) + 1 / math.log2(3)
+    assert ndcg(["a2", "a", "b"], aspects) == pytest.approx(dcg / ideal)
+
+
+def test_k_counts_distinct_units_without_off_by_one():
+    # three chunks of unit u1 first, then the relevant u2: at k = 1 only u1 is fetched
+    units = dedupe_units(["u1", "u1", "u1", "u2", "u3"], k=32)
+    assert units == ["u1", "u2", "u3"]
+    aspects = [Aspect(frozenset({"u2"}), frozenset({"c"}))]
+    records = query_metrics(units, aspects, {"u1": "a", "u2": "c", "u3": "d"}, k_max=3)
+    assert [(r["k"], r["success"]) for r in records] == [(1, 0), (2, 1), (3, 1)]
+
+
+class CountingEmbedder(FakeEmbedder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.texts = 0
+
+    def embed_batch(self, texts):
+        self.texts += len(texts)
+        return super().embed_batch(texts)
+
+
+def test_harness_embeds_once_and_scores_every_strategy(tmp_path):
+    bench = load(*write_wikipedia(tmp_path, True))
+    embedder = CountingEmbedder()
+    corpus = harness.embed_corpus(bench, embedder, tmp_path / "cache")
+    strategies = ["standard", "mrag", "mrag-paper", "segment+standard", "fusion"]
+    records = harness.evaluate(bench, corpus, strategies, k_max=4)
+    first = embedder.texts
+    assert first > len(bench.docs)
+    # a second run (same model, corpus and queries) embeds nothing
+    again = harness.embed_corpus(bench, embedder, tmp_path / "cache")
+    assert harness.evaluate(bench, again, strategies, k_max=4) == records
+    assert embedder.texts == first
+    # fusion applies only to the query that has sub-queries
+    assert {(r["strategy"], r["query"]) for r in records if r["strategy"] == "fusion"} == {("fusion", "q0000")}
+    assert len([r for r in records if r["strategy"] == "standard"]) == 2 * 4
+    summary = harness.summarize(records)
+    at_n = [r["success_ratio"] for r in records if r["strategy"] == "standard" and r["k"] == r["n"]]
+    assert summary["standard"]["doc"] == pytest.approx(sum(at_n) / len(at_n))
+    table = markdown_table(records, summary, "tiny")
+    assert "| n | standard | mrag |" in table and "| mean n>=2 |" in table
+    assert {p.name for p in plot(records, tmp_path)} == {"gain_over_standard.png", "weighted_ratio_box.png"}
+
+
+def test_eval_command_writes_records_table_plots(tmp_path, reuse_minilm):
+    articles, queries = write_wikipedia(tmp_path, False)
+    args = ["eval", "--corpus", str(articles), "--queries", str(queries), "--strategies", "standard,mrag",
+            "--cache", str(tmp_path / "cache"), "-o", str(tmp_path / "out"), "--json"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output.strip().splitlines()[-1])
+    assert set(out["summary"]) == {"standard", "mrag"}
+    assert 0 <= out["summary"]["mrag"]["doc"] <= 1 and out["skipped"] == ["query 2: unknown document(s) ['Atlantis']"]
+    names = {Path(f).name for f in out["files"]}
+    assert {"records.jsonl", "table.md", "summary.json", "gain_over_standard.png"} <= names
+    records = [json.loads(line) for line in (tmp_path / "out" / "records.jsonl").read_text().splitlines()]
+    assert {r["k"] for r in records} == set(range(1, 33))
+    bad = CliRunner().invoke(cli, [*args[:5], "--strategies", "nonsense"])
+    assert bad.exit_code == 1 and "unknown strategy" in bad.output
