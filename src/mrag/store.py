@@ -159,8 +159,7 @@ class Store:
     def snapshot(self) -> Any:
         """The chunks table as of the last committed write (never a half-written batch)."""
         table = self.db.open_table(CHUNKS)
-        if table.version != self.committed_version:
-            table.checkout(self.committed_version)
+        table.checkout(self.committed_version)  # pinned: a table left at "latest" follows later writes
         return table
 
     def count(self) -> int:
@@ -197,7 +196,7 @@ class Store:
             table = self.rows(columns=["id", "vector", "heads"], table=snapshot)
             n = table.num_rows
             matrix = self._matrix = Matrix(
-                version=self.committed_version,
+                version=snapshot.version,  # not committed_version: another thread may have refreshed it
                 table=snapshot,
                 ids=np.asarray(table["id"].to_pylist(), dtype=object),
                 standard=_fixed(table["vector"], n, self.dim),

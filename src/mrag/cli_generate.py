@@ -1,0 +1,130 @@
+"""`mrag ask` and `mrag serve`: answers with citations, and the HTTP API. Registered by mrag.cli."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from mrag import retrieve
+from mrag.cli import CONTEXT, db_option, emit, model_option, user_errors
+from mrag.generate.base import BACKENDS, DEFAULT_MAX_TOKENS
+from mrag.generate.prompt import DEFAULT_MAX_CONTEXT_CHARS
+
+generator_option = click.option(
+    "--generator", "-g", "backend", type=click.Choice(sorted(BACKENDS)), envvar="MRAG_GENERATOR", default="local",
+    show_default=True, help="LLM backend (or MRAG_GENERATOR): local transformers, Ollama, or an OpenAI-compatible API.",
+)
+gen_model_option = click.option(
+    "--gen-model", envvar="MRAG_GEN_MODEL", default=None,
+    help="LLM name or path (or MRAG_GEN_MODEL); default: smollm2 (local), llama3.2 (ollama), gpt-4o-mini (openai).",
+)
+
+
+@click.command(context_settings=CONTEXT)
+@click.argument("question")
+@db_option
+@model_option
+@click.option("-k", type=int, default=5, show_default=True, help="Chunks retrieved for the answer.")
+@click.option("--strategy", "-s", default=retrieve.DEFAULT_STRATEGY, show_default=True,
+              help=f"One of: {', '.join(retrieve.strategy_names())}. fusion/mrag-fusion let the LLM write sub-queries.")
+@generator_option
+@gen_model_option
+@click.option("--max-context-chars", type=int, default=DEFAULT_MAX_CONTEXT_CHARS, show_default=True,
+              help="Budget for the sources in the prompt; the lowest-ranked chunks are dropped first.")
+@click.option("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, show_default=True, help="Longest answer.")
+@click.option("--no-generate", is_flag=True, help="Print the numbered context that would be sent; load no LLM.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object {answer, cited, context, strategy}.")
+@user_errors
+def ask(question: str, db: str, model: str | None, k: int, strategy: str, backend: str, gen_model: str | None,
+        max_context_chars: int, max_tokens: int, no_generate: bool, as_json: bool) -> None:
+    """Answer QUESTION from DB with numbered citations; the answer streams as it is written.
+
+    \b
+        mrag ask "How did Roman aqueducts work, and why do bees fan their hives?" --db idx
+        mrag ask "..." --db idx --generator ollama --gen-model llama3.2 --strategy mrag-fusion
+        mrag ask "..." --db idx --no-generate      # just the numbered sources
+
+    Fusion strategies need the LLM to write sub-queries, so they refuse --no-generate.
+    """
+    from mrag.generate import make_generator, prepare
+    from mrag.generate.fusion import is_fusion
+    from mrag.index import Index
+
+    if not question.strip():
+        raise ValueError("the question is empty")
+    if max_tokens <= 0:
+        raise ValueError(f"--max-tokens must be positive, got {max_tokens}")
+    retrieve.check_strategy(strategy)
+    if no_generate and is_fusion(strategy):
+        raise ValueError(f"strategy {strategy!r} needs the LLM to write sub-queries: drop --no-generate")
+    generator = None if no_generate else make_generator(backend, gen_model)
+    index = Index.open(db, model=model, create=False)
+    prepared = prepare(index, question, k=k, strategy=strategy, generator=generator,
+                       max_context_chars=max_context_chars)
+    if generator is None:
+        if as_json:
+            context = [c.to_dict() for c in prepared.context]
+            emit({"context": context, "strategy": strategy, "messages": prepared.messages})
+        else:
+            click.echo(prepared.context_text().rstrip() or "(no sources found)")
+        return
+    if prepared.subqueries and not as_json:
+        click.echo("sub-queries: " + " | ".join(prepared.subqueries), err=True)
+    pieces: list[str] = []
+    for piece in generator.stream(prepared.messages, max_tokens):
+        pieces.append(piece)
+        if not as_json:
+            click.echo(piece, nl=False)
+            sys.stdout.flush()
+    answer = prepared.answer("".join(pieces))
+    if as_json:
+        emit(answer.to_dict())
+        return
+    click.echo("\n\nSources:")
+    cited = {c.number for c in answer.cited}
+    for c in answer.context:
+        mark = "*" if c.number in cited else " "
+        where = f" ({c.source})" if c.source and c.source != c.title else ""
+        click.echo(f"{mark}[{c.number}] {c.title or c.id}{where}")
+    if answer.context and not answer.cited:
+        click.echo("(the answer cites none of the sources)")
+
+
+@click.command(context_settings=CONTEXT)
+@db_option
+@model_option
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--token", envvar="MRAG_TOKEN", default=None, help="Bearer token required for writes (or MRAG_TOKEN).")
+@generator_option
+@gen_model_option
+@click.option("--max-request-bytes", type=int, default=10 * 1024 * 1024, show_default=True,
+              help="Larger request bodies are refused with 413.")
+@click.option("--create", is_flag=True, help="Create an empty index at DB if there is none (with --model).")
+@user_errors
+def serve(db: str, model: str | None, host: str, port: int, token: str | None, backend: str, gen_model: str | None,
+          max_request_bytes: int, create: bool) -> None:
+    """Serve DB over HTTP: search, ask, add and delete documents (OpenAPI docs at /docs).
+
+    \b
+        MRAG_TOKEN=s3cret mrag serve --db idx --port 8000
+        curl 'localhost:8000/search?query=roman+roads&k=3'
+
+    Reads are open; writes need `Authorization: Bearer <token>` when a token is set.
+    """
+    import uvicorn
+
+    from mrag.server import Settings, create_app
+    from mrag.store import Store, StoreError
+
+    if max_request_bytes <= 0:
+        raise ValueError(f"--max-request-bytes must be positive, got {max_request_bytes}")
+    if not create and not Store.exists(db):
+        raise StoreError(f"no mrag index at {db}: create one with `mrag index PATH --db {db}`, or pass --create")
+    if not token and host not in ("127.0.0.1", "localhost", "::1"):
+        click.echo(f"warning: serving {host} without a token: anyone who can reach it can change the index", err=True)
+    settings = Settings(db=db, token=token or None, max_request_bytes=max_request_bytes, generator=backend,
+                        gen_model=gen_model, model=model, create=create)
+    app = create_app(settings)
+    uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -1,0 +1,338 @@
+"""The HTTP API: `create_app(Settings(db=...))` gives a FastAPI app (OpenAPI docs at /docs).
+
+Reads (search, ask, heads, info) are open; writes (/documents) need `Authorization: Bearer <token>`
+when a token is set, checked before the body is read (401 without it, 403 with a wrong one).
+Bodies over `max_request_bytes` get 413. The index opens in the lifespan, not at import. Endpoints are
+plain functions run in a thread pool: the store shows readers only committed writes, writers take
+turns under one lock, and the embedder (a torch model) is called by one thread at a time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import threading
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib.metadata import version
+from typing import Annotated, Any, Literal
+
+from fastapi import FastAPI, Query, Request, Security
+from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.security import HTTPBearer
+from pydantic import BaseModel, Field
+
+from mrag import retrieve
+from mrag.embed.base import Embeddings, HeadEmbedder, Kind
+from mrag.generate.base import DEFAULT_MAX_TOKENS, Generator, make_generator
+from mrag.generate.prompt import DEFAULT_MAX_CONTEXT_CHARS
+
+MAX_K = 1000
+WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+
+
+@dataclass
+class Settings:
+    db: str
+    token: str | None = None  # None: writes are open
+    max_request_bytes: int = 10 * 1024 * 1024
+    generator: str = "local"  # backend for /ask and fusion strategies
+    gen_model: str | None = None
+    model: str | None = None  # embedding model: checked against the index, or used by `create`
+    create: bool = False  # create an empty index at db if there is none
+    max_context_chars: int = DEFAULT_MAX_CONTEXT_CHARS
+    embedder: HeadEmbedder | None = None  # a ready embedder instead of loading `model`
+    llm: Generator | None = None  # a ready generator instead of building `generator`
+
+
+class LockedEmbedder(HeadEmbedder):
+    """Another embedder, called by one thread at a time (torch modules with hooks are not thread-safe)."""
+
+    def __init__(self, inner: HeadEmbedder) -> None:
+        self.inner = inner
+        self.lock = threading.Lock()
+        self.name, self.dim, self.n_heads, self.head_dim = inner.name, inner.dim, inner.n_heads, inner.head_dim
+        self.query_instruction, self.document_instruction = inner.query_instruction, inner.document_instruction
+
+    def embed_batch(self, texts: list[str]) -> Embeddings:
+        with self.lock:
+            return self.inner.embed_batch(texts)
+
+    def embed(self, texts: Sequence[str], kind: Kind = "document", batch_size: int = 32,
+              show_progress: bool = False) -> Embeddings:
+        with self.lock:
+            return self.inner.embed(texts, kind=kind, batch_size=batch_size, show_progress=show_progress)
+
+    def info(self) -> dict[str, Any]:
+        return self.inner.info()
+
+
+class State:
+    """What the endpoints share: the index, the write lock, the generator (built on first use)."""
+
+    def __init__(self, settings: Settings) -> None:
+        from mrag.index import Index
+
+        self.settings = settings
+        if settings.embedder is not None:
+            self.index = Index.open(settings.db, embedder=LockedEmbedder(settings.embedder), create=settings.create)
+        else:
+            opened = Index.open(settings.db, model=settings.model, create=settings.create)
+            embedder = LockedEmbedder(opened.embedder)  # loads the model now, not in the first request
+            self.index = Index(opened.store, lambda: embedder)
+        self.write_lock = threading.Lock()
+        self._llm = settings.llm
+        self._llm_lock = threading.Lock()
+
+    def llm(self) -> Generator:
+        with self._llm_lock:
+            if self._llm is None:
+                self._llm = make_generator(self.settings.generator, self.settings.gen_model)
+            return self._llm
+
+
+# --- request and response bodies ----------------------------------------------------------------
+
+Strategy = Field(retrieve.DEFAULT_STRATEGY, description=f"One of: {', '.join(retrieve.strategy_names())}.")
+
+
+class SearchRequest(BaseModel):
+    query: str = Field(min_length=1)
+    k: int = Field(5, ge=1, le=MAX_K)
+    strategy: str = Strategy
+    explain: bool = Field(False, description="Include the votes (space, rank, weight) behind each hit.")
+    c: int | None = Field(None, ge=1, le=10_000, description="Per-space depth (default max(k, 32)).")
+    subqueries: list[str] | None = Field(None, description="For fusion strategies; default: the LLM writes them.")
+
+
+class Hit(BaseModel):
+    id: str
+    score: float
+    text: str
+    source: str
+    title: str
+    doc_id: str
+    position: int
+    metadata: dict[str, Any]
+    votes: list[dict[str, Any]] | None = None
+
+
+class SearchResponse(BaseModel):
+    query: str
+    strategy: str
+    subqueries: list[str]
+    hits: list[Hit]
+
+
+class AskRequest(BaseModel):
+    question: str = Field(min_length=1)
+    k: int = Field(5, ge=1, le=MAX_K)
+    strategy: str = Strategy
+    max_context_chars: int | None = Field(None, ge=1)
+    max_tokens: int = Field(DEFAULT_MAX_TOKENS, ge=1, le=8192)
+    stream: bool = Field(False, description="Server-sent events: context, token..., answer.")
+    subqueries: list[str] | None = None
+
+
+class DocumentIn(BaseModel):
+    id: str | None = Field(None, description="Default: a hash of the text.")
+    text: str = Field(min_length=1)
+    title: str = ""
+    source: str = ""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+
+
+class DocumentsRequest(BaseModel):
+    documents: list[DocumentIn] = Field(min_length=1)
+    mode: Literal["upsert", "add"] = Field("upsert", description="add refuses an existing id with other content.")
+
+
+class DeleteRequest(BaseModel):
+    ids: list[str] = Field(min_length=1, description="Document or chunk ids; all must exist.")
+
+
+# --- the app ------------------------------------------------------------------------------------
+
+def create_app(settings: Settings) -> FastAPI:
+    if settings.max_request_bytes <= 0:
+        raise ValueError(f"max_request_bytes must be positive, got {settings.max_request_bytes}")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        from starlette.concurrency import run_in_threadpool
+
+        app.state.mrag = await run_in_threadpool(State, settings)
+        yield
+
+    app = FastAPI(title="mrag", version=version("mrag"), lifespan=lifespan,
+                  description="Multi-Head RAG over a LanceDB index: search, answers with citations, documents.")
+    app.add_middleware(Guard, token=settings.token, max_bytes=settings.max_request_bytes)
+    bearer = [Security(HTTPBearer(auto_error=False, description="Needed for writes when the server has a token."))]
+
+    @app.exception_handler(ValueError)
+    async def bad_input(request: Request, exc: ValueError) -> JSONResponse:
+        return JSONResponse({"detail": _one_line(exc)}, status_code=400)
+
+    @app.exception_handler(ConnectionError)
+    async def unreachable(request: Request, exc: ConnectionError) -> JSONResponse:
+        return JSONResponse({"detail": _one_line(exc)}, status_code=502)
+
+    def state(request: Request) -> State:
+        return request.app.state.mrag
+
+    def run_search(st: State, body: SearchRequest) -> SearchResponse:
+        from mrag.generate.fusion import is_fusion, retrieve_for
+
+        retrieve.check_strategy(body.strategy)
+        llm = st.llm() if is_fusion(body.strategy) and not body.subqueries else None
+        hits, used = retrieve_for(st.index, body.query, body.k, body.strategy, llm, c=body.c,
+                                  subqueries=body.subqueries)
+        return SearchResponse(query=body.query, strategy=body.strategy, subqueries=used,
+                              hits=[Hit(**h.to_dict(explain=body.explain)) for h in hits])
+
+    @app.get("/search", response_model=SearchResponse, response_model_exclude_none=True, tags=["read"])
+    def search_get(request: Request, params: Annotated[SearchRequest, Query()]) -> SearchResponse:
+        """The top k chunks for a query (`subqueries` may repeat)."""
+        return run_search(state(request), params)
+
+    @app.post("/search", response_model=SearchResponse, response_model_exclude_none=True, tags=["read"])
+    def search_post(request: Request, body: SearchRequest) -> SearchResponse:
+        """The top k chunks for a query; each hit can carry the votes that put it there."""
+        return run_search(state(request), body)
+
+    @app.post("/ask", tags=["read"], responses={200: {"content": {"text/event-stream": {}}}})
+    def ask(request: Request, body: AskRequest) -> Any:
+        """An answer citing the retrieved chunks as [1], [2]; `stream` sends server-sent events."""
+        from mrag.generate.ask import prepare
+
+        st = state(request)
+        llm = st.llm()
+        prepared = prepare(st.index, body.question, k=body.k, strategy=body.strategy, generator=llm,
+                           max_context_chars=body.max_context_chars or st.settings.max_context_chars,
+                           subqueries=body.subqueries)
+        if not body.stream:
+            return prepared.answer(llm.generate(prepared.messages, body.max_tokens)).to_dict()
+
+        def events() -> Iterator[str]:
+            yield _sse("context", {"strategy": prepared.strategy, "subqueries": prepared.subqueries,
+                                   "context": [c.to_dict() for c in prepared.context]})
+            pieces: list[str] = []
+            try:
+                for piece in llm.stream(prepared.messages, body.max_tokens):
+                    pieces.append(piece)
+                    yield _sse("token", {"text": piece})
+            except (ValueError, OSError) as e:
+                yield _sse("error", {"detail": _one_line(e)})
+                return
+            yield _sse("answer", prepared.answer("".join(pieces)).to_dict())
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    @app.post("/documents", tags=["write"], dependencies=bearer)
+    def add_documents(request: Request, body: DocumentsRequest) -> dict[str, Any]:
+        """Add or update documents (chunked and embedded); all of a request becomes visible at once."""
+        st = state(request)
+        docs = [d.model_dump() for d in body.documents]
+        with st.write_lock:
+            report = st.index.upsert(docs) if body.mode == "upsert" else st.index.add(docs)
+        return report.to_dict() | {"ids": {"added": report.added, "updated": report.updated,
+                                           "unchanged": report.unchanged}}
+
+    def delete_ids(st: State, ids: list[str]) -> JSONResponse:
+        with st.write_lock:
+            try:
+                n = st.index.delete(ids)
+            except ValueError as e:  # unknown ids: nothing was deleted
+                return JSONResponse({"detail": _one_line(e)}, status_code=404)
+        return JSONResponse({"deleted_chunks": n})
+
+    @app.delete("/documents/{doc_id:path}", tags=["write"], dependencies=bearer)
+    def delete_document(request: Request, doc_id: str) -> JSONResponse:
+        """Delete a document (all its chunks) or one chunk by id."""
+        return delete_ids(state(request), [doc_id])
+
+    @app.post("/documents/delete", tags=["write"], dependencies=bearer)
+    def delete_documents(request: Request, body: DeleteRequest) -> JSONResponse:
+        """Delete documents or chunks by id; if any id is unknown nothing is deleted (404)."""
+        return delete_ids(state(request), body.ids)
+
+    @app.get("/heads", tags=["read"])
+    def heads(request: Request) -> list[dict[str, Any]]:
+        """Head scales: mean norm x mean pairwise cosine distance per head, over the committed chunks."""
+        return state(request).index.head_scales()
+
+    @app.get("/info", tags=["read"])
+    def info(request: Request) -> dict[str, Any]:
+        """What the index holds: counts, model, layer, pooling, heads, settings."""
+        st = state(request)
+        return st.index.info() | {"generator": st.settings.generator, "auth": st.settings.token is not None}
+
+    @app.get("/health", tags=["read"])
+    def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc)
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _sse(event: str, data: Any) -> str:
+    return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+class Guard:
+    """ASGI middleware run before routing and body parsing: the write token, then the body size."""
+
+    def __init__(self, app: Any, token: str | None, max_bytes: int) -> None:
+        self.app, self.token, self.max_bytes = app, token, max_bytes
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if self.token and scope["method"] in WRITE_METHODS and scope["path"].startswith("/documents"):
+            given = headers.get("authorization", "")
+            if not given.lower().startswith("bearer "):
+                return await _reply(send, 401, "a bearer token is needed to change the index",
+                                    [(b"www-authenticate", b"Bearer")])
+            if not hmac.compare_digest(given[7:].strip().encode(), self.token.encode()):
+                return await _reply(send, 403, "wrong token")
+        length = headers.get("content-length")
+        if length is not None:
+            if not length.isdigit():
+                return await _reply(send, 400, "bad Content-Length")
+            if int(length) > self.max_bytes:
+                return await _reply(send, 413, f"request body over {self.max_bytes} bytes")
+            return await self.app(scope, receive, send)
+        if "chunked" not in headers.get("transfer-encoding", ""):
+            return await self.app(scope, receive, send)
+        body, more = b"", True  # no length given: read it all here, counting
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_bytes:
+                return await _reply(send, 413, f"request body over {self.max_bytes} bytes")
+        sent = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        return await self.app(scope, replay, send)
+
+
+async def _reply(send: Any, status: int, detail: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    payload = json.dumps({"detail": detail}).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()), *(extra or [])]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})

