@@ -52,7 +52,7 @@ def read_paths(
         if path.is_file():
             docs.extend(read_file(path, text_field, id_field, title_field))
             continue
-        for file in sorted(_walk(path)):
+        for file in sorted(walk_files(path)):
             try:
                 docs.extend(read_file(file, text_field, id_field, title_field))
             except IngestError as e:
@@ -63,7 +63,7 @@ def read_paths(
     return docs, skipped
 
 
-def _walk(folder: Path) -> Iterator[Path]:
+def walk_files(folder: Path) -> Iterator[Path]:
     for file in folder.rglob("*"):
         hidden = any(part.startswith(".") for part in file.relative_to(folder).parts)
         if file.is_file() and not hidden and file.suffix.lower() in SUFFIXES:

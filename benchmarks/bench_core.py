@@ -1,0 +1,361 @@
+"""Core speed of mrag: what the heads cost at indexing time, and search latency at 10k to 1M chunks.
+
+1. Indexing throughput (chunks/s) with the packaged all-MiniLM-L6-v2 on the same ~800-character texts:
+   `standard only` is a plain transformers forward with mean pooling and no hook (what any
+   sentence-embedding pipeline does); `standard+heads` is `TransformerEmbedder.embed` (pre-hook on the
+   last layer's attention output projection + head pooling). fp32 and bf16. Then end-to-end
+   `Index.add` (embedding + LanceDB write) for the heads path.
+2. Search latency on synthetic unit vectors written straight into a Store (no text embedding): the
+   whole `Index.search` with an embedder that returns random query vectors, and the pure scoring
+   path (`retrieve.run` on the in-memory matrix) for 1 query and 32 queries; p50/p99, RSS, GB/s.
+
+Run: python benchmarks/bench_core.py [--quick] [--sizes 10000,100000,1000000] [--skip-indexing|--skip-search]
+Writes benchmarks/results/core.json and core.md (quick runs: core-quick.*).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import tempfile
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _common import (
+    RESULTS,
+    machine,
+    markdown_table,
+    median,
+    peak_rss_mb,
+    percentiles_ms,
+    rss_mb,
+    sample_texts,
+    time_calls,
+    write_results,
+)
+
+from mrag import retrieve
+from mrag.embed.base import Embeddings, HeadEmbedder
+from mrag.embed.models import DEFAULT_MODEL, resolve_model
+from mrag.index import Index
+from mrag.store import build_rows, chunk_schema
+
+BATCH = 32
+WANTED_STRATEGIES = ("standard", "mrag-paper", "mrag-std", "mrag", "interleave+mrag-std")
+LONG_QUERY = (
+    "A sailor crosses the ocean at night. She steers by the stars and a compass. "
+    "At dawn her boat reaches a harbour with old stone walls. Merchants there trade spices and silk. "
+    "A storm comes in from the west. The harbour master closes the gates."
+)
+
+
+# --- 1. indexing throughput ------------------------------------------------------------------
+
+
+class PlainStandardEmbedder:
+    """all-MiniLM-L6-v2 as a sentence-transformers model would run it: forward, mean pool, normalise.
+    No hook, no heads. Same length sorting and batch size as `HeadEmbedder.embed`, for a fair comparison."""
+
+    def __init__(self, dtype: str, max_length: int) -> None:
+        import torch
+        from transformers import AutoModel, AutoTokenizer
+
+        path = resolve_model(DEFAULT_MODEL).path
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.model = AutoModel.from_pretrained(path, dtype=getattr(torch, dtype)).eval()
+        self.max_length = max_length
+
+    def embed(self, texts: list[str], batch_size: int = BATCH) -> np.ndarray:
+        import torch
+
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        out = np.empty((len(texts), self.model.config.hidden_size), np.float32)
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            batch = self.tokenizer(
+                [texts[i] for i in idx], padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            )
+            with torch.inference_mode():
+                hidden = self.model(**batch).last_hidden_state.float()  # (B, T, D)
+            mask = batch["attention_mask"].unsqueeze(-1).float()  # (B, T, 1)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)  # (B, D)
+            out[idx] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
+        return out
+
+
+def bench_indexing(n_texts: int, repeats: int) -> dict[str, Any]:
+    from mrag.embed.transformer import TransformerEmbedder
+
+    texts = sample_texts(n_texts)
+    embed_rows, add_rows = [], []
+    for dtype in ("float32", "bfloat16"):
+        heads = TransformerEmbedder(device="cpu", dtype=dtype)
+        plain = PlainStandardEmbedder(dtype, heads.max_length)
+        plain.embed(texts[:BATCH])  # warm up both
+        heads.embed(texts[:BATCH])
+        plain_s, heads_s = [], []
+        for _ in range(repeats):  # interleaved, so load from other jobs hits both alike
+            start = time.perf_counter()
+            standard = plain.embed(texts)
+            plain_s.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            emb = heads.embed(texts, kind="document", batch_size=BATCH)
+            heads_s.append(time.perf_counter() - start)
+        diff = float(np.abs(emb.standard - standard).max())
+        plain_rate, heads_rate = n_texts / median(plain_s), n_texts / median(heads_s)
+        embed_rows.append(
+            {
+                "dtype": dtype,
+                "chunks": n_texts,
+                "standard_only_chunks_per_s": round(plain_rate, 1),
+                "standard_heads_chunks_per_s": round(heads_rate, 1),
+                "heads_over_standard": round(heads_rate / plain_rate, 3),
+                "max_abs_diff_standard": diff,
+                "runs": repeats,
+            }
+        )
+        add_s = []
+        for _ in range(repeats):
+            with tempfile.TemporaryDirectory() as tmp:
+                index = Index.open(Path(tmp) / "db", embedder=heads)
+                start = time.perf_counter()
+                report = index.add([{"id": f"d{i}", "text": t} for i, t in enumerate(texts)])
+                add_s.append(time.perf_counter() - start)
+                assert report.chunks == n_texts, report.to_dict()
+        add_rows.append(
+            {
+                "dtype": dtype,
+                "chunks": n_texts,
+                "index_add_chunks_per_s": round(n_texts / median(add_s), 1),
+                "index_add_over_embed": round(median(heads_s) / median(add_s), 3),
+                "runs": repeats,
+            }
+        )
+        print(markdown_table(embed_rows[-1:], list(embed_rows[-1])))
+        print(markdown_table(add_rows[-1:], list(add_rows[-1])))
+        del heads, plain
+        gc.collect()
+    return {"embed": embed_rows, "index_add": add_rows}
+
+
+# --- 2. search latency -----------------------------------------------------------------------
+
+
+class RandomQueryEmbedder(HeadEmbedder):
+    """MiniLM's sizes (D=384, H=12, d=32); each text gets fixed random vectors (seeded by its CRC)."""
+
+    name = DEFAULT_MODEL
+    dim, n_heads, head_dim = 384, 12, 32
+
+    def embed_batch(self, texts: list[str]) -> Embeddings:
+        rngs = [np.random.default_rng(zlib.crc32(t.encode())) for t in texts]
+        return Embeddings(
+            np.stack([r.standard_normal(self.dim, np.float32) for r in rngs]),
+            np.stack([r.standard_normal((self.n_heads, self.head_dim), np.float32) for r in rngs]),
+        )
+
+
+def build_synthetic(path: Path, n: int, batch: int = 50_000, seed: int = 0) -> tuple[Index, float]:
+    """An index of n chunks with random vectors (heads of different mean norms), in batches, one commit."""
+    fake = RandomQueryEmbedder()
+    index = Index.open(path, embedder=fake)
+    store = index.store
+    schema = chunk_schema(fake.dim, fake.n_heads, fake.head_dim)
+    head_size = np.linspace(0.5, 2.0, fake.n_heads, dtype=np.float32)[None, :, None]  # (1, H, 1)
+    rng = np.random.default_rng(seed)
+    start = time.perf_counter()
+    with store.writing():
+        for first in range(0, n, batch):
+            m = min(batch, n - first)
+            ids = [f"c{i}" for i in range(first, first + m)]
+            store.add(
+                build_rows(
+                    ids=ids,
+                    doc_ids=[f"d{i // 4}" for i in range(first, first + m)],
+                    sources=["synthetic"] * m,
+                    titles=[""] * m,
+                    positions=[i % 4 for i in range(first, first + m)],
+                    texts=[f"synthetic chunk {i}" for i in range(first, first + m)],
+                    metadata=[{}] * m,
+                    doc_hashes=["x"] * m,
+                    standard=rng.standard_normal((m, fake.dim), np.float32),
+                    heads=rng.standard_normal((m, fake.n_heads, fake.head_dim), np.float32) * head_size,
+                    schema=schema,
+                )
+            )
+    return index, time.perf_counter() - start
+
+
+def scanned_bytes(strategy: str, n: int, n_parts: int) -> int:
+    """Bytes of the in-memory matrix one query reads: heads (N, H*d) and/or standard (N, D), per part."""
+    base = retrieve.parse_strategy(strategy).base
+    width = {"standard": 384, "split": 384, "split-weighted": 384, "mrag-std": 384 + 12 * 32}.get(base, 12 * 32)
+    return n * width * 4 * max(n_parts, 1)
+
+
+def bench_search(n: int, repeats: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    with tempfile.TemporaryDirectory() as tmp:
+        rss_start = rss_mb()
+        index, build_s = build_synthetic(Path(tmp) / "db", n)
+        gc.collect()
+        start = time.perf_counter()
+        matrix = index.store.matrix()
+        load_s = time.perf_counter() - start
+        memory = {
+            "chunks": n,
+            "build_s": round(build_s, 1),
+            "matrix_load_s": round(load_s, 2),
+            "matrix_mb": round((matrix.standard.nbytes + matrix.heads.nbytes) / 2**20),
+            "rss_mb": round(rss_mb()),
+            "rss_growth_mb": round(rss_mb() - rss_start),
+        }
+        rows = time_index_search(index, matrix, n, repeats) + time_scoring(index, matrix, n, repeats)
+        del index, matrix
+        gc.collect()
+    return rows, memory
+
+
+def strategies() -> list[str]:
+    return [s for s in WANTED_STRATEGIES if s in retrieve.strategy_names()]
+
+
+def time_index_search(index: Index, matrix: Any, n: int, repeats: int) -> list[dict[str, Any]]:
+    """The whole `Index.search` (query embedding is a random-vector fake), and its non-scoring parts."""
+    rows = []
+    for strategy in strategies():
+        times = time_calls(lambda s=strategy: index.search(LONG_QUERY, k=5, strategy=s), repeats)
+        rows.append({"chunks": n, "strategy": strategy, "path": "Index.search", **percentiles_ms(times)})
+    times = time_calls(index.store.matrix, repeats)
+    rows.append({"chunks": n, "strategy": "-", "path": "store.matrix(), cached", **percentiles_ms(times)})
+    some_ids = [str(i) for i in matrix.ids[:: max(1, n // 5)][:5]]
+    times = time_calls(lambda: index.store.rows_by_id(some_ids, ["text"], table=matrix.table), repeats)
+    rows.append({"chunks": n, "strategy": "-", "path": "store.rows_by_id(5 ids)", **percentiles_ms(times)})
+    return rows
+
+
+def _row(n: int, strategy: str, path: str, times: list[float], gigabytes: float) -> dict[str, Any]:
+    stats = percentiles_ms(times)
+    return {"chunks": n, "strategy": strategy, "path": path, **stats,
+            "GB_per_s": round(gigabytes / (stats["p50_ms"] / 1000), 2)}
+
+
+def time_scoring(index: Index, matrix: Any, n: int, repeats: int) -> list[dict[str, Any]]:
+    """`retrieve.run` on the in-memory matrix, 1 query and 32 queries, and the head scan alone."""
+    scales = index.store.committed_scales()
+    fake = index.embedder
+
+    def query_vectors(texts: list[str]) -> list[retrieve.QueryVectors]:
+        emb = fake.embed(texts, kind="query")
+        return [retrieve.QueryVectors(retrieve.unit(s), retrieve.unit(h)) for s, h in zip(emb.standard, emb.heads)]
+
+    query = query_vectors([LONG_QUERY])[0]
+    batch = query_vectors([f"query {i}" for i in range(32)])
+
+    def score(strategy: str, q: retrieve.QueryVectors, parts: list[retrieve.QueryVectors]) -> None:
+        retrieve.run(strategy, matrix.standard, matrix.heads, q, 5, 32, scales, parts=parts)
+
+    rows = []
+    for strategy in strategies():
+        texts = retrieve.query_parts(strategy, LONG_QUERY)
+        parts = query_vectors(texts) if texts else []
+        gb = scanned_bytes(strategy, n, len(parts)) / 1e9
+        times = time_calls(lambda s=strategy, p=parts: score(s, query, p), repeats)
+        rows.append(_row(n, strategy, f"retrieve.run, 1 query ({max(1, len(parts))} part(s))", times, gb))
+        if retrieve.parse_strategy(strategy).expand:
+            continue  # 32 single-sentence queries would not be split: same as the base strategy
+        total = time_calls(lambda s=strategy: [score(s, q, []) for q in batch], max(3, repeats // 8))
+        per_query = [t / len(batch) for t in total]
+        rows.append(_row(n, strategy, "retrieve.run, 32 queries (per query)", per_query, gb))
+    gb = n * 12 * 32 * 4 / 1e9
+    times = time_calls(lambda: retrieve.head_similarities(matrix.heads, query.heads), repeats)
+    rows.append(_row(n, "mrag", "head scan only, 1 query (block matmul, current)", times, gb))
+    per_head = matrix.heads.reshape(n, 12, 32)  # (N, H, d), a view
+    times = time_calls(lambda: np.einsum("nhd,hd->nh", per_head, query.heads), repeats)
+    rows.append(_row(n, "mrag", "head scan only, 1 query (einsum, proposed)", times, gb))
+    blocks = np.concatenate([_block(q.heads) for q in batch], axis=1)  # (H*d, 32*H)
+    times = time_calls(lambda: matrix.heads @ blocks, max(3, repeats // 4))
+    rows.append(_row(n, "mrag", "head scan only, 32 queries in one block matmul (per batch)", times, gb))
+    return rows
+
+
+def _block(query_heads: np.ndarray) -> np.ndarray:
+    h, d = query_heads.shape
+    block = np.zeros((h * d, h), dtype=np.float32)
+    for i in range(h):
+        block[i * d : (i + 1) * d, i] = query_heads[i]
+    return block
+
+
+# --- main ------------------------------------------------------------------------------------
+
+
+def run_section(name: str, work: Any) -> dict[str, Any]:
+    """Run one benchmark section and record the conditions it ran under (shared machine: load varies)."""
+    start_load = os.getloadavg()
+    data = work()
+    blas = os.environ.get("OPENBLAS_NUM_THREADS", "default")
+    return data | {"load_average_start_end": [start_load, os.getloadavg()], "openblas_threads": blas}
+
+
+def render(result: dict[str, Any]) -> str:
+    md = [f"# mrag core benchmark\n\nmachine: {result['machine']}\n"]
+    if "indexing" in result:
+        section = result["indexing"]
+        md += ["## Indexing throughput (all-MiniLM-L6-v2, ~800-char chunks, batch 32, CPU)\n",
+               markdown_table(section["embed"], list(section["embed"][0])), "",
+               markdown_table(section["index_add"], list(section["index_add"][0])), "",
+               f"load average (1/5/15 min) at start and end: {section['load_average_start_end']}\n"]
+    if "search" in result:
+        section = result["search"]
+        md += ["## Search latency (synthetic unit vectors, D=384, H=12 x d=32, k=5, c=32)\n",
+               markdown_table(section["rows"], ["chunks", "strategy", "path", "p50_ms", "p99_ms", "n", "GB_per_s"]),
+               "", "## Memory\n", markdown_table(section["memory"], list(section["memory"][0])), "",
+               f"peak RSS of the benchmark process: {section['peak_rss_mb']} MiB; "
+               f"OPENBLAS_NUM_THREADS: {section['openblas_threads']}; "
+               f"load average at start and end: {section['load_average_start_end']}"]
+    return "\n".join(md)
+
+
+def search_section(sizes: list[int], quick: bool) -> dict[str, Any]:
+    rows, memory = [], []
+    for n in sizes:
+        repeats = 5 if quick else (50 if n <= 10_000 else 20 if n <= 100_000 else 8)
+        print(f"\nsearch benchmark at {n} chunks ...", flush=True)
+        size_rows, size_memory = bench_search(n, repeats)
+        rows += size_rows
+        memory.append(size_memory)
+        print(markdown_table(size_rows, ["chunks", "strategy", "path", "p50_ms", "p99_ms", "n", "GB_per_s"]))
+        print(markdown_table([size_memory], list(size_memory)))
+    return {"rows": rows, "memory": memory, "peak_rss_mb": round(peak_rss_mb())}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="a fast smoke run (small sizes, one repeat)")
+    parser.add_argument("--texts", type=int, default=1000, help="chunks for the indexing benchmark")
+    parser.add_argument("--repeats", type=int, default=3, help="indexing runs per variant (median kept)")
+    parser.add_argument("--sizes", default="10000,100000,1000000", help="index sizes for the search benchmark")
+    parser.add_argument("--skip-indexing", action="store_true", help="keep the indexing section already written")
+    parser.add_argument("--skip-search", action="store_true", help="keep the search section already written")
+    parser.add_argument("--name", default="core", help="results file name (benchmarks/results/NAME.json)")
+    args = parser.parse_args()
+    if args.quick:
+        args.texts, args.repeats, args.sizes, args.name = 64, 1, "2000", args.name + "-quick"
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    previous = RESULTS / f"{args.name}.json"
+    result: dict[str, Any] = json.loads(previous.read_text()) if previous.is_file() else {}
+    result["machine"] = machine()
+    if not args.skip_indexing:
+        result["indexing"] = run_section("indexing", lambda: bench_indexing(args.texts, args.repeats))
+    if not args.skip_search:
+        result["search"] = run_section("search", lambda: search_section(sizes, args.quick))
+    write_results(args.name, result, render(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,156 @@
+"""Indexing on a local Ray cluster gives the same index as one process, commits once, and rolls back on failure.
+
+Ray probes cloud metadata addresses when it starts, so the Ray part runs in a child process inside a
+fresh network namespace that has only loopback (`unshare -n`): there such probes fail at once and
+nothing leaves the machine. The child is this file run as a script; it prints a JSON summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import FakeEmbedder
+
+from mrag.index import Index
+
+pytestmark = pytest.mark.slow
+HERE = Path(__file__).resolve().parent
+POISON = "POISONED"
+
+TOPICS = [
+    "Roman aqueducts carried water downhill into the city by gravity. Arches crossed the valleys.",
+    "Honeybees fan their wings to cool the hive on hot days. Workers bring water in summer.",
+    "Deep Blue beat Kasparov at chess in 1997. The match was played in New York.",
+    "The Moon pulls the oceans and raises the tides twice a day. Spring tides follow the full moon.",
+    "Volcanoes form where plates pull apart or dive under each other. Lava cools into basalt.",
+    "Penicillin was found by accident on a mould-covered dish. It changed medicine.",
+]
+
+
+def make_corpus(root: Path) -> Path:
+    """Text files of several chunks each, a JSONL file of records, and a folder file that is skipped."""
+    corpus = root / "corpus"
+    (corpus / "sub").mkdir(parents=True)
+    for i, text in enumerate(TOPICS):
+        body = " ".join(f"{text} Part {j} of note {i}." for j in range(1 + i % 3))
+        (corpus / ("sub" if i % 2 else ".") / f"note{i}.txt").write_text(body)
+    records = [{"id": f"rec{i}", "text": f"Record {i}: {TOPICS[i % len(TOPICS)]}", "title": f"R{i}"} for i in range(5)]
+    (corpus / "records.jsonl").write_text("\n".join(json.dumps(r) for r in records))
+    (corpus / "sub" / "blob.txt").write_bytes(b"\x00\x01binary")
+    return corpus
+
+
+class PoisonEmbedder(FakeEmbedder):
+    """The fake embedder, failing on any batch that holds POISON (a worker that dies mid-job)."""
+
+    def embed_batch(self, texts: list[str]):
+        if any(POISON in t for t in texts):
+            raise RuntimeError("poisoned chunk")
+        return super().embed_batch(texts)
+
+
+def child(corpus: Path, db: Path) -> dict:
+    """The Ray side: three jobs on one local cluster of 2 CPUs and 3 worker processes."""
+    import ray
+
+    from mrag.distributed import index_with_ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=150 * 2**20)
+    options = {"num_workers": 3, "cpus_per_worker": 0.5, "batch_size": 4}
+    out = {"first": index_with_ray(db, [corpus], make_embedder=FakeEmbedder, **options).to_dict()}
+    (corpus / "note0.txt").write_text(TOPICS[3] + " Rewritten.")
+    out["changed"] = index_with_ray(db, [corpus], make_embedder=FakeEmbedder, **options).to_dict()
+    (corpus / "poison.txt").write_text(f"A {POISON} note. " + TOPICS[1])
+    try:
+        index_with_ray(db, [corpus], make_embedder=PoisonEmbedder, **options)
+        out["poison"] = "no error"
+    except Exception as e:  # Ray wraps the worker's error
+        out["poison"] = str(e)
+    (corpus / "poison.txt").unlink()
+    ray.shutdown()
+    return out
+
+
+def run_child_in_netns(corpus: Path, db: Path) -> dict:
+    pytest.importorskip("ray", reason="needs Ray: pip install 'ray[default]'")
+    if not shutil.which("unshare") or subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode:
+        pytest.skip("needs `unshare -n` (root) to keep Ray's start-up probes on this machine")
+    env = os.environ | {"PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}
+    ray_tmp = tempfile.mkdtemp(prefix="mrag-ray-")  # short: Ray's socket paths must fit in 107 bytes
+    env |= {"RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": ray_tmp}
+    script = 'ip link set lo up 2>/dev/null || true; exec "$@"'
+    command = ["unshare", "-n", "sh", "-c", script, "sh", sys.executable, __file__, str(corpus), str(db)]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def rows_by_id(index: Index) -> dict[str, dict]:
+    return {r["id"]: r for r in index.store.rows().to_pylist()}
+
+
+def test_ray_index_equals_single_process_index(tmp_path):
+    corpus = make_corpus(tmp_path)
+    single = Index.open(tmp_path / "single", embedder=FakeEmbedder())
+    first = single.add_paths([corpus])
+    assert first.chunks > len(TOPICS)  # several chunks per file, so batches span documents
+
+    out = run_child_in_netns(corpus, tmp_path / "ray-db")
+    # the child changed note0.txt after its first job: do the same here
+    (corpus / "note0.txt").write_text(TOPICS[3] + " Rewritten.")
+    single.add_paths([corpus])
+
+    assert out["first"]["added"] == len(first.added) and out["first"]["chunks"] == first.chunks
+    assert [s["source"] for s in out["first"]["skipped"]] == [str(corpus / "sub" / "blob.txt")]
+    assert sum(w["chunks"] for w in out["first"]["workers"]) == first.chunks
+    assert len(out["first"]["workers"]) == 3 and all(w["chunks"] > 0 for w in out["first"]["workers"])
+    changed = out["changed"]  # one file rewritten: only its chunks are embedded again
+    assert changed["updated"] == 1 and changed["unchanged"] == len(first.added) - 1 and changed["added"] == 0
+    assert changed["chunks"] == 1
+    assert "poisoned chunk" in out["poison"]
+
+    distributed = Index.open(tmp_path / "ray-db", embedder=FakeEmbedder(), create=False)
+    mine, theirs = rows_by_id(distributed), rows_by_id(single)
+    assert sorted(mine) == sorted(theirs)  # same chunk ids: none lost, none twice, no poison rows
+    for chunk_id, row in theirs.items():
+        assert mine[chunk_id]["text"] == row["text"] and mine[chunk_id]["doc_hash"] == row["doc_hash"]
+        np.testing.assert_allclose(mine[chunk_id]["heads"], row["heads"], rtol=1e-6)
+    np.testing.assert_allclose(
+        [h["scale"] for h in distributed.head_scales()], [h["scale"] for h in single.head_scales()], rtol=1e-9
+    )
+    committed, expected = distributed.store.committed_scales(), single.store.committed_scales()
+    assert sorted(committed) == sorted(expected)
+    for group in expected:  # heads, split slices, standard: every scale the index keeps
+        np.testing.assert_allclose(committed[group], expected[group], rtol=1e-9)
+    assert distributed.store.stats.count == single.store.stats.count == len(theirs)
+
+
+def test_splitting_files_by_size(tmp_path):
+    from mrag.distributed import list_files, split_by_size
+
+    for i, size in enumerate([50, 10, 40, 30, 20]):
+        (tmp_path / f"f{i}.txt").write_text("x" * size)
+    files = list_files([tmp_path])
+    assert all(not explicit for _, explicit in files) and len(files) == 5
+    groups = split_by_size(files, 2)
+    sizes = sorted(sum(Path(f).stat().st_size for f, _ in g) for g in groups)
+    assert sizes == [70, 80]
+    assert sorted(f for g in groups for f, _ in g) == sorted(f for f, _ in files)
+    assert len(split_by_size(files[:1], 4)) == 1  # never an empty group
+    with pytest.raises(ValueError, match="no files"):
+        list_files([tmp_path / "f0.txt"][:0])
+
+
+if __name__ == "__main__":
+    print(json.dumps(child(Path(sys.argv[1]), Path(sys.argv[2]))))
