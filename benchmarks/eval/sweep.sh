@@ -14,7 +14,11 @@ run() {  # model layer pooling
     --model "$1" --layer "$2" --pooling "$3" --strategies "$strategies" -o "$dir" --json >/dev/null
   python3 -c "import json,sys; s=json.load(open(sys.argv[1]))['summary']; print({k: (round(v['doc'],3), round(v['category'],3)) for k,v in s.items()})" "$dir/summary.json"
 }
-for layer in 5 4 3 2; do run minilm $layer mean; done
-for layer in 5 4; do run minilm $layer cls; done
+run minilm 5 mean
+run minilm 4 mean
+run minilm 5 cls
 [ "${2:-}" = quick ] && exit 0
-for layer in 29 15; do run smollm2 $layer last; done
+run smollm2 29 last
+run smollm2 15 last
+run minilm 3 mean
+run minilm 4 cls

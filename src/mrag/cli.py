@@ -81,11 +81,14 @@ def cli() -> None:
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, mps or auto.")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True,
               help="Weights dtype (bfloat16 is 2-3x faster on CPU).")
+@click.option("--space", "spaces", multiple=True, metavar="[LABEL=]FUNCTION[:key=value,...]",
+              help="Add an embedding space from LanceDB's registry, e.g. "
+                   "'mpnet=sentence-transformers:name=/models/all-mpnet-base-v2' (repeatable; docs/spaces.md).")
 @plain_option
 @user_errors
 def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None, pooling: str | None,
           chunk_chars: int | None, overlap: int | None, text_field: str, id_field: str, query_instruction: str,
-          document_instruction: str, device: str, dtype: str, plain: bool) -> None:
+          document_instruction: str, device: str, dtype: str, spaces: tuple[str, ...], plain: bool) -> None:
     """Index files and folders (.txt .md .html .json .jsonl .pdf) into DB.
 
     Changed files are re-embedded, unchanged ones skipped; files in folders that cannot be read are
@@ -102,7 +105,7 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
         options["pooling"] = pooling
     if query_instruction or document_instruction:
         options |= {"query_instruction": query_instruction, "document_instruction": document_instruction}
-    idx = Index.open(db, model=model, layer=layer, chunk_chars=chunk_chars, overlap=overlap, **options)
+    idx = Index.open(db, model=model, layer=layer, chunk_chars=chunk_chars, overlap=overlap, spaces=spaces, **options)
     report = idx.upsert(docs, show_progress=sys.stderr.isatty())
     report.skipped = skipped
     summary = report.to_dict()
@@ -124,9 +127,12 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
               help=f"One of: {', '.join(retrieve.strategy_names())}.")
 @click.option("-c", "depth", type=int, default=None, help="Per-space depth (default max(k, 32)).")
 @click.option("--explain", is_flag=True, help="Show which spaces voted for each hit.")
+@click.option("--spaces", "selection", default=None,
+              help="Comma-separated voters to keep: standard, heads, head:I, split, or a space label.")
 @plain_option
 @user_errors
-def search(query: str, db: str, model: str | None, k: int, strategy: str, depth: int | None, explain: bool, plain: bool) -> None:
+def search(query: str, db: str, model: str | None, k: int, strategy: str, depth: int | None, explain: bool,
+           selection: str | None, plain: bool) -> None:
     """Search DB; prints one JSON object per hit.
 
         mrag search "How did Roman aqueducts work, and why do bees fan their hives?" --db idx -k 4
@@ -138,7 +144,8 @@ def search(query: str, db: str, model: str | None, k: int, strategy: str, depth:
     if k <= 0:
         raise ValueError(f"k must be positive, got {k}")
     retrieve.check_strategy(strategy)
-    hits = Index.open(db, model=model, create=False).search(query, k=k, strategy=strategy, c=depth)
+    chosen = [s.strip() for s in selection.split(",") if s.strip()] if selection is not None else None
+    hits = Index.open(db, model=model, create=False).search(query, k=k, strategy=strategy, c=depth, spaces=chosen)
     for rank, hit in enumerate(hits, 1):
         if plain:
             click.echo(f"{rank}. [{hit.score:.4f}] {hit.title or hit.doc_id}  ({hit.id})")
@@ -226,10 +233,12 @@ def demo(db: str | None, k: int, strategy: str, as_json: bool) -> None:
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Write records, table, plots here.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the summary.")
+@click.option("--space", "spaces", multiple=True, metavar="[LABEL=]FUNCTION[:key=value,...]",
+              help="Add an embedding space (repeatable); select voters per strategy as STRATEGY@heads+standard+LABEL.")
 @user_errors
 def eval_(corpus: str, queries: str | None, model: str | None, layer: int, pooling: str | None, strategies: str | None,
           depth: int, chunk_chars: int, cache: str | None, query_instruction: str, device: str, dtype: str,
-          out_dir: str | None, as_json: bool) -> None:
+          out_dir: str | None, as_json: bool, spaces: tuple[str, ...]) -> None:
     """Evaluate retrieval strategies on a multi-aspect benchmark (the MRAG paper's format or BEIR).
 
     Embeds the corpus once (cached), then scores every strategy at every k from 1 to 32.
@@ -242,7 +251,7 @@ def eval_(corpus: str, queries: str | None, model: str | None, layer: int, pooli
     result = run_eval(
         corpus, queries, model=model, layer=layer, pooling=pooling, strategies=names, c=depth,
         chunk_chars=chunk_chars, cache=cache, query_instruction=query_instruction, device=device, dtype=dtype,
-        out_dir=out_dir, show_progress=sys.stderr.isatty(),
+        out_dir=out_dir, show_progress=sys.stderr.isatty(), spaces=spaces,
     )
     if as_json:
         emit({"summary": result["summary"], "skipped": result["skipped"], "files": result["files"]})

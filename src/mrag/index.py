@@ -9,12 +9,15 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from mrag import retrieve
 from mrag.chunk import chunk_text
 from mrag.embed.base import HeadEmbedder
 from mrag.embed.models import resolve_model
 from mrag.ingest import Document, Skipped, read_paths
-from mrag.store import Store, StoreError, build_rows, chunk_schema, quote
+from mrag.spaces import Space, SpaceSpec, check_unique, new_specs, open_spaces, parse_space
+from mrag.store import Store, StoreError, build_rows, quote
 
 DEFAULT_CHUNK_CHARS = 1000
 DEFAULT_OVERLAP = 1
@@ -74,6 +77,7 @@ class Index:
         self.store = store
         self._make_embedder = make_embedder
         self._embedder: HeadEmbedder | None = None
+        self._spaces: dict[str, Space] = {}  # external spaces' live functions, created on first use
 
     @classmethod
     def open(
@@ -86,6 +90,7 @@ class Index:
         chunk_chars: int | None = None,
         overlap: int | None = None,
         storage_options: dict[str, str] | None = None,
+        spaces: Sequence[str | SpaceSpec] | None = None,
         **embedder_options: Any,
     ) -> Index:
         """Open the index at `path`, creating it when `create` (with `model`, default MiniLM).
@@ -94,44 +99,101 @@ class Index:
         layer is refused. `embedder` passes a ready HeadEmbedder (its `info()` must match).
         `path` may be an object-store URI (s3://bucket/prefix, gs://, az://); `storage_options`
         passes its endpoint and credentials to Lance (or set the AWS_* environment variables).
+        `spaces` adds external embedding spaces ("LABEL=FUNCTION:key=value,..." or SpaceSpec, see
+        `mrag.spaces`); spaces new to an existing index are computed for all its rows in one write.
         """
         uri = str(path)
+        specs = [s if isinstance(s, SpaceSpec) else parse_space(s) for s in spaces or []]
+        check_unique(specs)
         if Store.exists(uri, storage_options):
-            store = Store.open(uri, storage_options)
-            recorded = store.manifest["embedder"]
-            _check_same(recorded, model, layer, embedder, uri)
-            for key, value in (("chunk_chars", chunk_chars), ("overlap", overlap)):
-                if value is not None and value != store.manifest["settings"][key]:
-                    raise StoreError(f"the index at {uri} was built with {key}={store.manifest['settings'][key]}, not {value}")
-            for key in ("pooling", "max_length", "query_instruction", "document_instruction"):
-                if key in embedder_options and embedder_options[key] != recorded.get(key):
-                    raise StoreError(
-                        f"the index at {uri} was built with {key}={recorded.get(key)!r}, not {embedder_options[key]!r}"
-                    )
-            if embedder is not None:
-                return cls(store, lambda: embedder)
-            options = {k: recorded.get(k) for k in ("pooling", "max_length", "query_instruction", "document_instruction")}
-            options = {k: v for k, v in options.items() if v is not None} | {
-                k: v for k, v in embedder_options.items() if k in ("device", "dtype")
-            }
-            return cls(store, _embedder_factory(recorded["model"], recorded.get("layer"), **options))
+            index = cls._open_existing(
+                uri, model, layer, embedder, chunk_chars, overlap, storage_options, **embedder_options
+            )
+            new = new_specs(index.store.manifest.get("spaces", []), specs, uri)
+            if new:
+                index.add_spaces(new)
+            return index
         if not create:
             raise StoreError(f"no mrag index at {uri}")
         chunk_chars = DEFAULT_CHUNK_CHARS if chunk_chars is None else chunk_chars
         overlap = DEFAULT_OVERLAP if overlap is None else overlap
         if chunk_chars <= 0 or overlap < 0:
             raise ValueError("chunk size must be positive and overlap >= 0")
+        live = open_spaces(specs)  # unknown function, bad options, unreachable model: fail before writing
         made = embedder or _embedder_factory(model, layer, **embedder_options)()
         settings = {"chunk_chars": chunk_chars, "overlap": overlap}
-        index = cls(Store.create(uri, made.info(), settings, storage_options), lambda: made)
+        entries = [s.spec.to_json() | {"dim": s.dim} for s in live]
+        index = cls(Store.create(uri, made.info(), settings, storage_options, spaces=entries), lambda: made)
         index._embedder = made
+        index._spaces = {s.name: s for s in live}
         return index
+
+    @classmethod
+    def _open_existing(
+        cls,
+        uri: str,
+        model: str | None,
+        layer: int | None,
+        embedder: HeadEmbedder | None,
+        chunk_chars: int | None,
+        overlap: int | None,
+        storage_options: dict[str, str] | None,
+        **embedder_options: Any,
+    ) -> Index:
+        store = Store.open(uri, storage_options)
+        recorded = store.manifest["embedder"]
+        _check_same(recorded, model, layer, embedder, uri)
+        for key, value in (("chunk_chars", chunk_chars), ("overlap", overlap)):
+            if value is not None and value != store.manifest["settings"][key]:
+                recorded_value = store.manifest["settings"][key]
+                raise StoreError(f"the index at {uri} was built with {key}={recorded_value}, not {value}")
+        for key in ("pooling", "max_length", "query_instruction", "document_instruction"):
+            if key in embedder_options and embedder_options[key] != recorded.get(key):
+                raise StoreError(
+                    f"the index at {uri} was built with {key}={recorded.get(key)!r}, not {embedder_options[key]!r}"
+                )
+        if embedder is not None:
+            return cls(store, lambda: embedder)
+        options = {k: recorded.get(k) for k in ("pooling", "max_length", "query_instruction", "document_instruction")}
+        options = {k: v for k, v in options.items() if v is not None} | {
+            k: v for k, v in embedder_options.items() if k in ("device", "dtype")
+        }
+        return cls(store, _embedder_factory(recorded["model"], recorded.get("layer"), **options))
 
     @property
     def embedder(self) -> HeadEmbedder:
         if self._embedder is None:
             self._embedder = self._make_embedder()
         return self._embedder
+
+    @property
+    def spaces(self) -> list[Space]:
+        """The index's external spaces, their functions created on first use."""
+        self._spaces = {
+            e["name"]: self._spaces.get(e["name"]) or Space(SpaceSpec.from_json(e), int(e["dim"]))
+            for e in self.store.manifest.get("spaces", [])
+        }
+        return list(self._spaces.values())
+
+    def add_spaces(self, specs: Sequence[str | SpaceSpec]) -> list[str]:
+        """Add external spaces and compute them for every row, in one committed write; returns their names.
+
+        Any failure (unknown function, unreachable model, wrong dimension) writes nothing."""
+        parsed = [s if isinstance(s, SpaceSpec) else parse_space(s) for s in specs]
+        check_unique([*(SpaceSpec.from_json(e) for e in self.store.manifest.get("spaces", [])), *parsed])
+        live = open_spaces(parsed)
+        with self.store.writing():
+            rows = self.store.rows(columns=["id", "text"], table=self.store.chunks)
+            texts = rows["text"].to_pylist()
+            vectors = {}
+            for space in live:
+                vectors[space.name] = np.concatenate(
+                    [space.embed(texts[i : i + WRITE_BATCH]) for i in range(0, len(texts), WRITE_BATCH)]
+                ) if texts else np.zeros((0, space.dim or 0), np.float32)
+            entries = [s.spec.to_json() | {"dim": s.dim} for s in live]
+            self.store.add_spaces(entries, rows["id"].to_pylist(), vectors)
+        self._spaces.update({s.name: s for s in live})
+        return [s.name for s in live]
 
     # --- writing -------------------------------------------------------------------------
 
@@ -189,7 +251,8 @@ class Index:
         ]
         if not chunks:
             return report
-        schema = chunk_schema(self.store.dim, self.store.n_heads, self.store.head_dim)
+        schema = self.store.schema()
+        spaces = self.spaces
         with self.store.writing():
             if report.updated:
                 self.store.delete(f"doc_id IN ({quote(report.updated)})")
@@ -201,6 +264,7 @@ class Index:
             for start in starts:
                 batch = chunks[start : start + WRITE_BATCH]
                 emb = self.embedder.embed([c[3] for c in batch], kind="document")
+                extra = {space.name: space.embed([c[3] for c in batch]) for space in spaces}
                 self.store.add(
                     build_rows(
                         ids=[f"{d.id}#{i}" for d, _, i, _ in batch],
@@ -214,6 +278,7 @@ class Index:
                         standard=emb.standard,
                         heads=emb.heads,
                         schema=schema,
+                        extra=extra,
                     )
                 )
         report.chunks = len(chunks)
@@ -228,8 +293,12 @@ class Index:
         strategy: str = retrieve.DEFAULT_STRATEGY,
         c: int | None = None,
         subqueries: Sequence[str] | None = None,
+        spaces: Sequence[str] | None = None,
     ) -> list[Hit]:
         """The top k chunks for a query; each hit carries the votes that put it there.
+
+        `spaces` selects voters by name: "standard", "heads", "head:3", "split", or an external
+        space's label (default: all of the strategy's spaces).
 
         Segmenting strategies (`mrag`, `segment+...`, `interleave+...`) split the query themselves; the
         fusion strategies (`fusion`, `mrag-fusion`) need `subqueries` (e.g. written by an LLM).
@@ -243,14 +312,21 @@ class Index:
             parts = [q for q in (subqueries or []) if q.strip()]
             if not parts:
                 raise ValueError(f"strategy {strategy!r} needs sub-queries")
-        emb = self.embedder.embed([query, *parts], kind="query")
-        queries = [
-            retrieve.QueryVectors(retrieve.unit(s), retrieve.unit(h)) for s, h in zip(emb.standard, emb.heads)
-        ]
         matrix = self.store.matrix()
+        if spaces is not None:
+            retrieve.check_selection(spaces, self.store.n_heads, len(self.store.committed_scales()["split"]),
+                                     list(matrix.extra))
+        emb = self.embedder.embed([query, *parts], kind="query")
+        votes_extra = retrieve.parse_strategy(strategy).base in retrieve.EXTRA_SPACE_STRATEGIES
+        live = [s for s in self.spaces if votes_extra and s.name in matrix.extra and s.name in (spaces or matrix.extra)]
+        extra = {s.name: retrieve.unit(s.embed([query, *parts], kind="query")) for s in live}
+        queries = [
+            retrieve.QueryVectors(retrieve.unit(s), retrieve.unit(h), {n: v[i] for n, v in extra.items()})
+            for i, (s, h) in enumerate(zip(emb.standard, emb.heads))
+        ]
         if len(matrix.ids) == 0:
             return []
-        scales = self.store.committed_scales()
+        scales = self.space_weights()
         result = retrieve.run(
             strategy,
             matrix.standard,
@@ -260,6 +336,8 @@ class Index:
             c=c or max(k, retrieve.DEFAULT_C),
             scales=scales,
             parts=queries[1:],
+            extra={name: matrix.extra[name] for name in extra},
+            select=spaces,
         )
         chunk_ids = [str(matrix.ids[r]) for r in result.rows]
         rows = self.store.rows_by_id(
@@ -280,6 +358,14 @@ class Index:
             for row, score, votes in zip(rows, result.scores, result.votes)
         ]
 
+    def space_weights(self) -> retrieve.Scales:
+        """Committed scales, with each external space's weight: its own scale ("auto") or the one it was given."""
+        scales = self.store.committed_scales()
+        for entry in self.store.manifest.get("spaces", []):
+            if entry.get("weight", "auto") != "auto":
+                scales[f"space:{entry['name']}"] = np.array([float(entry["weight"])])
+        return scales
+
     def head_scales(self) -> list[dict[str, Any]]:
         scales = self.store.committed_scales()["heads"]
         return [{"head": i, "scale": float(s)} for i, s in enumerate(scales)]
@@ -292,6 +378,9 @@ class Index:
             "documents": len(set(self.store.rows(columns=["doc_id"])["doc_id"].to_pylist())),
             "embedder": m["embedder"],
             "settings": m["settings"],
+            "spaces": [
+                e | {"scale": float(self.space_weights()[f"space:{e['name']}"][0])} for e in m.get("spaces", [])
+            ],
             "strategies": retrieve.strategy_names(),
         }
 
@@ -324,7 +413,9 @@ def _digest(doc: Document) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()
 
 
-def _check_same(recorded: dict[str, Any], model: str | None, layer: int | None, embedder: HeadEmbedder | None, uri: str) -> None:
+def _check_same(
+    recorded: dict[str, Any], model: str | None, layer: int | None, embedder: HeadEmbedder | None, uri: str
+) -> None:
     if model is not None and resolve_model(model).name != recorded["model"]:
         raise StoreError(
             f"the index at {uri} was built with {recorded['model']}, not {model}: use that model or another --db"

@@ -1,12 +1,14 @@
 """Retrieval strategies: score every space, keep each space's top c, then vote or fuse.
 
 Spaces of one multi-head index: `standard` (the sentence embedding), `head:i` (head i of the hooked
-layer) and `split:i` (slice i of the standard embedding, the paper's control). A base strategy
-picks spaces and a vote (`mrag.vote`):
+layer), `split:i` (slice i of the standard embedding, the paper's control) and, when the index holds
+them, external spaces of other embedding models (`mrag.spaces`, named by their label). A base
+strategy picks spaces and a vote (`mrag.vote`):
 
     standard        cosine on the standard embedding
     mrag-paper      heads vote scale_i * 2**-rank (the paper's MRAG)
-    mrag-std        heads and the standard space vote, each with its own scale
+    mrag-std        heads, the standard space and the external spaces vote, each with its own weight
+    spaces          the standard space and the external spaces vote (no heads: LanceDB's multi-model way)
     mrag-decay      heads vote 2**-rank;  mrag-distance: heads vote 1 / cosine distance
     split           slices of the standard embedding vote 2**-rank;  split-weighted: scale_i * 2**-rank
 
@@ -17,10 +19,14 @@ Modifiers run a base strategy once per query part and merge the lists:
     fusion, mrag-fusion   RAG-Fusion / MRAG-Fusion: sub-queries merged by reciprocal rank fusion
 
 `mrag`, the default, is `segment+mrag-std`: it measured best on the paper's benchmark (README).
+A selection of spaces (`select`: names such as "standard", "heads", "head:3", "split", or a label)
+keeps only the strategy's voters it names. Without external spaces or a selection, every strategy
+votes exactly as it did before spaces existed.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -28,14 +34,17 @@ import numpy as np
 from mrag.chunk import split_sentences
 from mrag.vote import consensus, fuse, interleave, rank_weights, rrf_weights
 
-BASE_STRATEGIES = ("standard", "mrag-paper", "mrag-std", "mrag-decay", "mrag-distance", "split", "split-weighted")
+BASE_STRATEGIES = (
+    "standard", "mrag-paper", "mrag-std", "mrag-decay", "mrag-distance", "split", "split-weighted", "spaces"
+)
 MODIFIERS = {"segment+": ("sentences", 1), "interleave+": ("round-robin", 2)}
+EXTRA_SPACE_STRATEGIES = ("mrag-std", "spaces")  # the base strategies where external spaces vote
 FUSION = {"fusion": "standard", "mrag-fusion": "mrag-std"}  # over sub-queries, reciprocal rank fusion
 ALIASES = {"mrag": "segment+mrag-std"}
 DEFAULT_STRATEGY = "mrag"
 DEFAULT_C = 32
 
-Scales = dict[str, np.ndarray]  # "heads" (H,), "split" (S,), "standard" (1,)
+Scales = dict[str, np.ndarray]  # "heads" (H,), "split" (S,), "standard" (1,), "space:NAME" (1,) weights
 
 
 def strategy_names() -> list[str]:
@@ -86,10 +95,11 @@ def segment_query(text: str, sentences_per_segment: int = 1) -> list[str]:
 
 @dataclass
 class QueryVectors:
-    """One query's unit vectors.  standard (D,), heads (H, d)."""
+    """One query's unit vectors.  standard (D,), heads (H, d), extra: external space -> (D_s,)."""
 
     standard: np.ndarray
     heads: np.ndarray
+    extra: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -139,27 +149,65 @@ def top_c(similarities: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def spaces_for(
-    strategy: str, standard: np.ndarray, heads: np.ndarray, query: QueryVectors, c: int, scales: Scales
+    strategy: str,
+    standard: np.ndarray,
+    heads: np.ndarray,
+    query: QueryVectors,
+    c: int,
+    scales: Scales,
+    extra: dict[str, np.ndarray] | None = None,
+    select: Collection[str] | None = None,
 ) -> tuple[list[str], np.ndarray, np.ndarray, np.ndarray]:
-    """Names, rankings (S, c), similarities (S, c) and weights (S,) of the spaces a strategy votes with."""
+    """Names, rankings (S, c), similarities (S, c) and weights (S,) of the spaces a strategy votes with.
+
+    extra: external space -> (N, D_s) unit vectors (their weights are scales["space:NAME"]);
+    select: keep only voters whose name or group ("heads", "split", "standard", a label) is named.
+    """
+    blocks: list[np.ndarray] = []  # (N, s) similarities per group
+    names: list[str] = []
+    weights: list[np.ndarray] = []
+
+    def take(group: str, block_names: list[str], similarities: Callable[[], np.ndarray], w: np.ndarray) -> None:
+        keep = [i for i, n in enumerate(block_names) if select is None or n in select or group in select]
+        if keep:
+            sims = similarities()
+            blocks.append(sims if len(keep) == len(block_names) else sims[:, keep])
+            names.extend(block_names[i] for i in keep)
+            weights.append(np.asarray(w, dtype=np.float64)[keep])
+
     if strategy == "standard":
-        ranking, sims = top_c((standard @ query.standard)[:, None], c)
-        return ["standard"], ranking, sims, np.ones(1)
-    if strategy.startswith("split"):
+        take("standard", ["standard"], lambda: (standard @ query.standard)[:, None], np.ones(1))
+    elif strategy.startswith("split"):
         n_slices = len(scales["split"])
-        ranking, sims = top_c(slice_similarities(standard, query.standard, n_slices), c)
-        weights = scales["split"] if strategy == "split-weighted" else np.ones(n_slices)
-        return [f"split:{i}" for i in range(n_slices)], ranking, sims, weights
-    similarities = head_similarities(heads, query.heads)  # (N, H)
-    names = [f"head:{i}" for i in range(similarities.shape[1])]
-    weights = scales["heads"] if strategy in ("mrag-paper", "mrag-std") else np.ones(len(names))
-    if strategy == "mrag-std":
-        # the standard space votes too, with its scale computed like a head's
-        similarities = np.concatenate([similarities, (standard @ query.standard)[:, None]], axis=1)
-        names.append("standard")
-        weights = np.concatenate([weights, scales["standard"]])
-    ranking, sims = top_c(similarities, c)
-    return names, ranking, sims, weights
+        w = scales["split"] if strategy == "split-weighted" else np.ones(n_slices)
+        take("split", [f"split:{i}" for i in range(n_slices)],
+             lambda: slice_similarities(standard, query.standard, n_slices), w)
+    else:
+        if strategy != "spaces":
+            h = query.heads.shape[0]
+            w = scales["heads"] if strategy in ("mrag-paper", "mrag-std") else np.ones(h)
+            take("heads", [f"head:{i}" for i in range(h)], lambda: head_similarities(heads, query.heads), w)
+        if strategy in EXTRA_SPACE_STRATEGIES:
+            # the standard space votes too, with its scale computed like a head's; so do external spaces
+            take("standard", ["standard"], lambda: (standard @ query.standard)[:, None], scales["standard"])
+            for name, matrix in (extra or {}).items():
+                take(name, [name], lambda m=matrix, q=query.extra[name]: (m @ q)[:, None], scales[f"space:{name}"])
+    if not names:
+        raise ValueError(f"strategy {strategy!r} has no voter among the selected spaces {sorted(select or [])}")
+    ranking, sims = top_c(np.concatenate(blocks, axis=1), c)
+    return names, ranking, sims, np.concatenate(weights)
+
+
+def check_selection(select: Collection[str], n_heads: int, n_slices: int, extra: Collection[str]) -> None:
+    """Refuse space names an index does not have."""
+    known = {"standard", "heads", "split", *extra, *(f"head:{i}" for i in range(n_heads)),
+             *(f"split:{i}" for i in range(n_slices))}
+    unknown = sorted(set(select) - known)
+    if unknown:
+        have = ", ".join(["standard", f"heads (head:0..head:{n_heads - 1})", "split", *sorted(extra)])
+        raise ValueError(f"unknown space {unknown[0]!r}; this index has: {have}")
+    if not select:
+        raise ValueError("the space selection is empty")
 
 
 def run(
@@ -171,8 +219,13 @@ def run(
     c: int,
     scales: Scales,
     parts: list[QueryVectors] | None = None,
+    extra: dict[str, np.ndarray] | None = None,
+    select: Collection[str] | None = None,
 ) -> Result:
     """Run a strategy for one query. standard (N, D) and heads (N, H*d) hold unit vectors.
+
+    `extra` holds the external spaces' unit vectors, name -> (N, D_s) (queries carry theirs in
+    `QueryVectors.extra`); `select` keeps only the named voters (see `spaces_for`).
 
     `parts` are the query's segments (`segment+`, `interleave+`, see `query_parts`) or its
     sub-queries (fusion strategies): the base strategy runs once per part and the lists are merged.
@@ -183,12 +236,14 @@ def run(
     if c <= 0:
         raise ValueError(f"the per-space depth c must be positive, got {c}")
     plan = parse_strategy(strategy)
+    if select is not None:
+        check_selection(select, query.heads.shape[0], len(scales.get("split", [])), list(extra or {}))
     if plan.expand == "fusion" and not parts:
         raise ValueError(f"strategy {strategy!r} needs sub-queries")
     if plan.expand is None or not parts or (plan.expand != "fusion" and len(parts) < 2):
-        return _run_one(plan.base, standard, heads, query, k, c, scales)
+        return _run_one(plan.base, standard, heads, query, k, c, scales, extra, select)
     depth = max(k, c)
-    lists = [_run_one(plan.base, standard, heads, q, depth, c, scales) for q in parts]
+    lists = [_run_one(plan.base, standard, heads, q, depth, c, scales, extra, select) for q in parts]
     if plan.expand == "fusion":
         ranking = np.full((len(lists), depth), -1, dtype=np.int64)
         for i, r in enumerate(lists):
@@ -221,10 +276,18 @@ def _best_in(lists: list[Result], row: int) -> tuple[int, int, float]:
 
 
 def _run_one(
-    strategy: str, standard: np.ndarray, heads: np.ndarray, query: QueryVectors, k: int, c: int, scales: Scales
+    strategy: str,
+    standard: np.ndarray,
+    heads: np.ndarray,
+    query: QueryVectors,
+    k: int,
+    c: int,
+    scales: Scales,
+    extra: dict[str, np.ndarray] | None = None,
+    select: Collection[str] | None = None,
 ) -> Result:
     depth = max(k, c) if strategy == "standard" else c
-    names, ranking, sims, weights = spaces_for(strategy, standard, heads, query, depth, scales)
+    names, ranking, sims, weights = spaces_for(strategy, standard, heads, query, depth, scales, extra, select)
     if strategy == "standard":
         valid = ranking[0] >= 0
         rows, scores = ranking[0][valid][:k], sims[0][valid][:k]

@@ -17,7 +17,7 @@ import json
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -36,7 +36,14 @@ class StoreError(ValueError):
     """The store cannot do what was asked (wrong model, missing index, ...)."""
 
 
-def chunk_schema(dim: int, n_heads: int, head_dim: int) -> pa.Schema:
+def space_column(name: str) -> str:
+    """The column holding an external space's raw vectors (see `mrag.spaces`)."""
+    return f"space_{name}"
+
+
+def chunk_schema(dim: int, n_heads: int, head_dim: int, spaces: dict[str, int] | None = None) -> pa.Schema:
+    """The chunks table's columns; `spaces` maps each external space to its dimension."""
+    extra = [pa.field(space_column(name), pa.list_(pa.float32(), d)) for name, d in (spaces or {}).items()]
     return pa.schema(
         [
             pa.field("id", pa.string(), nullable=False),
@@ -50,6 +57,7 @@ def chunk_schema(dim: int, n_heads: int, head_dim: int) -> pa.Schema:
             pa.field("vector", pa.list_(pa.float32(), dim)),
             pa.field("heads", pa.list_(pa.float32(), n_heads * head_dim)),
             pa.field("head_norms", pa.list_(pa.float32(), n_heads)),
+            *extra,
         ]
     )
 
@@ -63,6 +71,7 @@ class Matrix:
     ids: np.ndarray
     standard: np.ndarray
     heads: np.ndarray
+    extra: dict[str, np.ndarray] = field(default_factory=dict)  # external space -> (N, D_s) unit vectors
 
 
 def quote(values: list[str]) -> str:
@@ -88,9 +97,22 @@ class Store:
         self.stats = HeadStats.from_json(manifest["stats"]["heads"])
         self.split_stats = HeadStats.from_json(manifest["stats"]["split"])
         self.standard_stats = HeadStats.from_json(manifest["stats"]["standard"])
+        # external spaces: manifest entries {name, function, options, dim, weight}, one stats group each
+        self.spaces: list[dict[str, Any]] = list(manifest.get("spaces", []))
+        groups = manifest["stats"]
+        self.space_stats = {
+            s["name"]: HeadStats.from_json(groups.get(f"space:{s['name']}") or HeadStats(1, s["dim"]).to_json())
+            for s in self.spaces
+        }
+
+    def space_dims(self) -> dict[str, int]:
+        return {s["name"]: int(s["dim"]) for s in self.spaces}
+
+    def schema(self) -> pa.Schema:
+        return chunk_schema(self.dim, self.n_heads, self.head_dim, self.space_dims())
 
     def committed_scales(self) -> dict[str, np.ndarray]:
-        """Scales of the committed rows: "heads" (H,), "split" (S,) and "standard" (1,)."""
+        """Scales of the committed rows: "heads" (H,), "split" (S,), "standard" (1,) and "space:NAME" (1,)."""
         return {name: HeadStats.from_json(group).scales() for name, group in self.manifest["stats"].items()}
 
     @property
@@ -133,12 +155,15 @@ class Store:
         embedder_info: dict[str, Any],
         settings: dict[str, Any],
         storage_options: dict[str, str] | None = None,
+        spaces: list[dict[str, Any]] | None = None,
     ) -> Store:
+        """A new, empty index. `spaces`: external space entries {name, function, options, dim, weight}."""
         import lancedb
 
         db = lancedb.connect(uri, read_consistency_interval=timedelta(0), storage_options=storage_options)
         h, d, dim = embedder_info["n_heads"], embedder_info["head_dim"], embedder_info["dim"]
-        chunks = db.create_table(CHUNKS, schema=chunk_schema(dim, h, d), exist_ok=True)
+        space_dims = {s["name"]: int(s["dim"]) for s in spaces or []}
+        chunks = db.create_table(CHUNKS, schema=chunk_schema(dim, h, d, space_dims), exist_ok=True)
         split_dim = dim // h if dim % h == 0 else dim
         manifest = {
             "format": FORMAT_VERSION,
@@ -149,8 +174,9 @@ class Store:
                 "heads": HeadStats(h, d).to_json(),
                 "split": HeadStats(dim // split_dim, split_dim).to_json(),
                 "standard": HeadStats(1, dim).to_json(),
+                **{f"space:{name}": HeadStats(1, sd).to_json() for name, sd in space_dims.items()},
             },
-        }
+        } | ({"spaces": list(spaces)} if spaces else {})
         db.create_table(MANIFEST, data=[{"json": json.dumps(manifest)}], mode="overwrite")
         return cls(uri, db, chunks, manifest)
 
@@ -193,7 +219,8 @@ class Store:
         matrix = self._matrix
         if matrix is None or matrix.version != self.committed_version:
             snapshot = self.snapshot()
-            table = self.rows(columns=["id", "vector", "heads"], table=snapshot)
+            dims = {s["name"]: int(s["dim"]) for s in self.manifest.get("spaces", [])}
+            table = self.rows(columns=["id", "vector", "heads", *map(space_column, dims)], table=snapshot)
             n = table.num_rows
             matrix = self._matrix = Matrix(
                 version=snapshot.version,  # not committed_version: another thread may have refreshed it
@@ -201,6 +228,7 @@ class Store:
                 ids=np.asarray(table["id"].to_pylist(), dtype=object),
                 standard=_fixed(table["vector"], n, self.dim),
                 heads=_fixed(table["heads"], n, self.n_heads * self.head_dim),
+                extra={name: split_unit(_fixed(table[space_column(name)], n, d))[1] for name, d in dims.items()},
             )
         return matrix
 
@@ -236,7 +264,8 @@ class Store:
 
     def delete(self, where: str) -> int:
         """Delete the rows matching a filter (inside `writing()`); returns how many."""
-        gone = self.rows(where, ["vector", "heads", "head_norms"], table=self.chunks)
+        columns = ["vector", "heads", "head_norms", *map(space_column, self.space_stats)]
+        gone = self.rows(where, columns, table=self.chunks)
         if gone.num_rows:
             self._fold(gone, sign=-1)
             self.chunks.delete(where)
@@ -255,6 +284,33 @@ class Store:
         self.split_stats.add(slice_norms, slice_units, sign)
         std_norms, std_units = split_unit(_fixed(rows["vector"], n, self.dim))
         self.standard_stats.add(std_norms[:, None], std_units[:, None, :], sign)
+        for name, stats in self.space_stats.items():
+            norms, units = split_unit(_fixed(rows[space_column(name)], n, stats.head_dim))
+            stats.add(norms[:, None], units[:, None, :], sign)
+
+    def add_spaces(self, entries: list[dict[str, Any]], ids: list[str], vectors: dict[str, np.ndarray]) -> None:
+        """Add external spaces to every row (inside `writing()`): one rewrite of the chunks table.
+
+        entries: manifest entries {name, function, options, dim, weight}; vectors: name -> (N, dim) raw,
+        row i belonging to chunk ids[i]. The rows stay as they are; only the new columns are added.
+        """
+        table = self.chunks.to_arrow()
+        position = {chunk_id: i for i, chunk_id in enumerate(ids)}
+        if len(position) != table.num_rows or set(table["id"].to_pylist()) != set(position):
+            raise StoreError("the rows changed while the new spaces were computed; nothing written")
+        order = np.array([position[i] for i in table["id"].to_pylist()], dtype=np.int64)
+        for entry in entries:
+            name, dim = entry["name"], int(entry["dim"])
+            if name in self.space_stats:
+                raise StoreError(f"the index already holds a space {name!r}")
+            values = np.asarray(vectors[name], dtype=np.float32).reshape(-1, dim)[order]
+            column = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), dim)
+            table = table.append_column(pa.field(space_column(name), pa.list_(pa.float32(), dim)), column)
+            stats = self.space_stats[name] = HeadStats(1, dim)
+            norms, units = split_unit(values)
+            stats.add(norms[:, None], units[:, None, :])
+            self.spaces.append(dict(entry))
+        self.chunks.add(table, mode="overwrite")
 
     def _save_manifest(self) -> None:
         """The commit point: record the table version and the sums that belong to it."""
@@ -264,8 +320,9 @@ class Store:
                 "heads": self.stats.to_json(),
                 "split": self.split_stats.to_json(),
                 "standard": self.standard_stats.to_json(),
+                **{f"space:{name}": stats.to_json() for name, stats in self.space_stats.items()},
             },
-        }
+        } | ({"spaces": self.spaces} if self.spaces else {})
         self.db.create_table(MANIFEST, data=[{"json": json.dumps(manifest)}], mode="overwrite")
         self.manifest = manifest
 
@@ -290,8 +347,10 @@ def build_rows(
     standard: np.ndarray,
     heads: np.ndarray,
     schema: pa.Schema,
+    extra: dict[str, np.ndarray] | None = None,
 ) -> pa.Table:
-    """Rows for `Store.add`.  standard (N, D) raw, heads (N, H, d) raw; stored as unit vectors."""
+    """Rows for `Store.add`.  standard (N, D) raw, heads (N, H, d) raw; stored as unit vectors.
+    extra: external space -> (N, D_s) raw vectors, stored as they are (their norms feed the scales)."""
     n, h, d = heads.shape
     _, std_units = split_unit(standard)
     head_norms, head_units = split_unit(heads)  # (N, H), (N, H, d)
@@ -312,6 +371,7 @@ def build_rows(
             "vector": vectors(std_units, standard.shape[1]),
             "heads": vectors(head_units, h * d),
             "head_norms": vectors(head_norms, h),
+            **{space_column(name): vectors(v, v.shape[1]) for name, v in (extra or {}).items()},
         },
         schema=schema,
     )

@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +23,7 @@ from mrag.embed.base import HeadEmbedder
 from mrag.evaluate.datasets import Benchmark
 from mrag.evaluate.metrics import K_MAX, dedupe_units, query_metrics
 from mrag.index import Index
+from mrag.spaces import SpaceSpec
 
 WHOLE_DOCUMENTS = 10**9  # chunk size that keeps every document in one chunk (the paper's setting)
 
@@ -33,6 +34,7 @@ class Corpus:
 
     index: Index
     row_units: np.ndarray  # (N,) unit id per matrix row
+    spaces: list[str] = field(default_factory=list)  # the external spaces this evaluation uses
 
 
 def cache_key(bench: Benchmark, embedder_info: dict[str, Any], chunk_chars: int) -> str:
@@ -51,16 +53,21 @@ def embed_corpus(
     cache_dir: str | Path,
     chunk_chars: int = WHOLE_DOCUMENTS,
     show_progress: bool = False,
+    spaces: Sequence[SpaceSpec] = (),
 ) -> Corpus:
-    """Index the benchmark's documents (once per key) and map matrix rows to units."""
+    """Index the benchmark's documents (once per key) and map matrix rows to units.
+
+    External `spaces` are added to the cached index (computed once per label); only these vote."""
     folder = Path(cache_dir) / cache_key(bench, embedder.info(), chunk_chars)
     index = Index.open(folder / "index", embedder=embedder, chunk_chars=chunk_chars, overlap=1)
     docs = [{"id": d.id, "text": d.text, "title": d.title, "source": bench.name} for d in bench.docs]
     index.upsert(docs, show_progress=show_progress)
+    if spaces:
+        index = Index.open(folder / "index", embedder=embedder, spaces=list(spaces))
     unit_of = {d.id: d.unit for d in bench.docs}
     matrix = index.store.matrix()
     row_units = np.array([unit_of[str(i).rsplit("#", 1)[0]] for i in matrix.ids], dtype=object)
-    return Corpus(index, row_units)
+    return Corpus(index, row_units, [s.name for s in spaces])
 
 
 def embed_queries(
@@ -77,7 +84,30 @@ def embed_queries(
         emb = corpus.index.embedder.embed(unique, kind="query", show_progress=show_progress)
         standard, heads = retrieve.unit(emb.standard), retrieve.unit(emb.heads)
         np.savez(path, standard=standard, heads=heads)
-    return {t: retrieve.QueryVectors(s, h) for t, s, h in zip(unique, standard, heads)}
+    extra = {}
+    for space in (s for s in corpus.index.spaces if s.name in corpus.spaces):
+        spec = hashlib.sha256(json.dumps(space.spec.to_json(), sort_keys=True).encode()).hexdigest()[:8]
+        space_path = path.with_name(f"{path.stem}-{space.name}-{spec}.npz")
+        if space_path.exists():
+            extra[space.name] = np.load(space_path)["vectors"]
+        else:
+            extra[space.name] = retrieve.unit(space.embed(unique, kind="query"))
+            np.savez(space_path, vectors=extra[space.name])
+    return {
+        t: retrieve.QueryVectors(s, h, {name: v[i] for name, v in extra.items()})
+        for i, (t, s, h) in enumerate(zip(unique, standard, heads))
+    }
+
+
+def split_label(label: str, spaces: Sequence[str] = ()) -> tuple[str, list[str] | None]:
+    """'mrag@heads+standard' -> ('mrag', ['heads', 'standard']); 'mrag' -> ('mrag', None). Checks both."""
+    strategy, at, selection = label.partition("@")
+    retrieve.check_strategy(strategy)
+    if not at:
+        return strategy, None
+    chosen = [s for s in selection.split("+") if s]
+    retrieve.check_selection(chosen, 10**6, 10**6, spaces)
+    return strategy, chosen
 
 
 def query_texts(bench: Benchmark) -> list[str]:
@@ -97,11 +127,11 @@ def evaluate(
     show_progress: bool = False,
 ) -> list[dict[str, Any]]:
     """One record per (query, strategy, k): the metrics of the first k distinct units."""
-    for s in strategies:
-        retrieve.check_strategy(s)
+    plans = {s: split_label(s, corpus.spaces) for s in strategies}
     vectors = embed_queries(corpus, query_texts(bench), show_progress=show_progress)
     matrix = corpus.index.store.matrix()
-    scales = corpus.index.store.committed_scales()
+    extra = {name: matrix.extra[name] for name in corpus.spaces}
+    scales = corpus.index.space_weights()
     category_of = bench.unit_category()
     chunks_per_unit = len(corpus.row_units) / max(len(set(corpus.row_units)), 1)
     depth = min(len(corpus.row_units), math.ceil(k_max * chunks_per_unit * 2))  # enough chunks for k_max units
@@ -111,18 +141,19 @@ def evaluate(
 
         work = tqdm(work, desc="evaluating", unit="run")  # type: ignore[assignment]
     records = []
-    for q, strategy in work:
+    for q, label in work:
+        strategy, select = plans[label]
         fusion = retrieve.parse_strategy(strategy).expand == "fusion"
         part_texts = q.fusion if fusion else retrieve.query_parts(strategy, q.text)
         if fusion and not part_texts:
             continue  # this query has no sub-queries: fusion does not apply
         result = retrieve.run(
             strategy, matrix.standard, matrix.heads, vectors[q.text], k=depth, c=c,
-            scales=scales, parts=[vectors[t] for t in part_texts],
+            scales=scales, parts=[vectors[t] for t in part_texts], extra=extra, select=select,
         )
         units = dedupe_units(list(corpus.row_units[result.rows]), k_max)
         for rec in query_metrics(units, q.aspects, category_of, k_max):
-            records.append({"query": q.id, "n": q.n, "strategy": strategy, **rec})
+            records.append({"query": q.id, "n": q.n, "strategy": label, **rec})
     return records
 
 

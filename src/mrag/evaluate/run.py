@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from mrag.evaluate.datasets import load
-from mrag.evaluate.harness import WHOLE_DOCUMENTS, embed_corpus, evaluate, summarize
+from mrag.evaluate.harness import WHOLE_DOCUMENTS, embed_corpus, evaluate, split_label, summarize
 from mrag.evaluate.report import markdown_table, plot, write_records
+from mrag.spaces import parse_space
 
 DEFAULT_STRATEGIES = (
     "standard",
@@ -48,13 +49,14 @@ def run_eval(
     dtype: str = "float32",
     out_dir: str | None = None,
     show_progress: bool = False,
+    spaces: Sequence[str] = (),
 ) -> dict[str, Any]:
-    from mrag import retrieve
     from mrag.embed.transformer import TransformerEmbedder
 
     names = list(strategies or DEFAULT_STRATEGIES)
+    specs = [parse_space(s) for s in spaces]
     for s in names:
-        retrieve.check_strategy(s)
+        split_label(s, [x.name for x in specs])
     if c <= 0:
         raise ValueError(f"c must be positive, got {c}")
     bench = load(corpus, queries)
@@ -64,11 +66,14 @@ def run_eval(
         model, layer=layer, pooling=pooling, device=device, dtype=dtype,  # type: ignore[arg-type]
         query_instruction=query_instruction,
     )
-    embedded = embed_corpus(bench, embedder, cache or default_cache(), chunk_chars or WHOLE_DOCUMENTS, show_progress)
+    embedded = embed_corpus(bench, embedder, cache or default_cache(), chunk_chars or WHOLE_DOCUMENTS, show_progress,
+                            spaces=specs)
     records = evaluate(bench, embedded, names, c=c, show_progress=show_progress)
     summary = summarize(records)
     info = embedder.info()
     title = f"{bench.name}: {info['model']}, layer {info['layer']}, {info['pooling']} pooling, c = {c}"
+    if specs:
+        title += "; spaces: " + ", ".join(f"{x.name} ({x.function})" for x in specs)
     table = markdown_table(records, summary, title)
     files: list[str] = []
     if out_dir:
@@ -77,6 +82,7 @@ def run_eval(
         write_records(records, out / "records.jsonl")
         (out / "table.md").write_text(table)
         (out / "summary.json").write_text(json.dumps({"title": title, "embedder": info, "summary": summary,
+                                                      "spaces": [x.to_json() for x in specs],
                                                       "skipped": bench.skipped}, indent=2))
         files = [str(out / n) for n in ("records.jsonl", "table.md", "summary.json")]
         files += [str(p) for p in plot(records, out)]

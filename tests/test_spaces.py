@@ -1,0 +1,289 @@
+"""External embedding spaces: spec parsing, storage, voting, selection, bad input, openai/ollama over HTTP."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import numpy as np
+import pytest
+from lancedb.embeddings import TextEmbeddingFunction, register
+
+from mrag import retrieve
+from mrag.index import Index
+from mrag.scales import brute_force_scales
+from mrag.spaces import SpaceError, SpaceSpec, parse_space
+from mrag.store import Store
+
+DOCS = [
+    {"id": "aqueduct", "text": "Roman aqueducts carried water over long distances using gravity."},
+    {"id": "algae", "text": "Algae use light for photosynthesis inside chloroplasts."},
+    {"id": "bees", "text": "Bees fan their wings to cool the hive in summer."},
+    {"id": "volcano", "text": "Volcanoes erupt when magma rises through the crust."},
+]
+OVERRIDE: dict[str, int] = {}  # set "dim" to make the test function change its dimension
+
+
+def words_vector(text: str, dim: int) -> list[float]:
+    """Hashed bag of words (a different hash than the fake head embedder's)."""
+    v = np.zeros(dim)
+    for word in re.findall(r"[a-z]+", text.lower()):
+        v[int(hashlib.sha1(word.encode()).hexdigest(), 16) % dim] += 1.0
+    return (v * 3.0).tolist()  # norm 3 per word: a scale unlike the standard space's
+
+
+@register("test-words")
+class WordsFunction(TextEmbeddingFunction):
+    dim: int = 16
+
+    def ndims(self) -> int:
+        return self.dim
+
+    def generate_embeddings(self, texts, *args, **kwargs):
+        return [words_vector(str(t), OVERRIDE.get("dim", self.dim)) for t in texts]
+
+
+@pytest.fixture(autouse=True)
+def _reset_override():
+    OVERRIDE.clear()
+    yield
+    OVERRIDE.clear()
+
+
+def test_parse_space_labels_options_and_weight():
+    spec = parse_space("mpnet=sentence-transformers:name=/models/all-mpnet-base-v2,device=cpu,normalize=true")
+    assert spec == SpaceSpec("mpnet", "sentence-transformers",
+                             {"name": "/models/all-mpnet-base-v2", "device": "cpu", "normalize": True})
+    assert parse_space("ollama:name=llama3").name == "ollama_llama3"
+    assert parse_space("openai").name == "openai" and parse_space("openai").options == {}
+    assert parse_space("w=test-words:dim=8,weight=0.5") == SpaceSpec("w", "test-words", {"dim": 8}, 0.5)
+    assert SpaceSpec.from_json(parse_space("w=test-words:weight=2").to_json()).weight == 2.0
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [(":name=x", "no embedding function"), ("test-words:dim", "not key=value"), ("standard=test-words", "reserved"),
+     ("Bad Label=test-words", "a-z, 0-9"), ("w=test-words:weight=-1", "weight")],
+)
+def test_parse_space_refuses_bad_specs(text, message):
+    with pytest.raises(SpaceError, match=message):
+        parse_space(text)
+
+
+def test_spaces_for_votes_extra_spaces_with_their_weights():
+    # 3 rows; the standard space prefers row 0, the extra space row 2 with a larger weight
+    standard = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])
+    heads = np.zeros((3, 2))
+    extra = {"other": np.array([[0.0, 1.0], [0.6, 0.8], [1.0, 0.0]])}
+    query = retrieve.QueryVectors(np.array([1.0, 0.0]), np.zeros((1, 2)), {"other": np.array([1.0, 0.0])})
+    scales = {"heads": np.ones(1), "split": np.ones(2), "standard": np.array([1.0]), "space:other": np.array([3.0])}
+    names, ranking, _, weights = retrieve.spaces_for("spaces", standard, heads, query, 3, scales, extra)
+    assert names == ["standard", "other"] and weights.tolist() == [1.0, 3.0]
+    assert ranking.tolist() == [[0, 1, 2], [2, 1, 0]]
+    # row 2: 3*1 + 1*0.25 = 3.25; row 1: 3*0.5 + 0.5 = 2.0; row 0: 3*0.25 + 1 = 1.75
+    result = retrieve.run("spaces", standard, heads, query, 3, 3, scales, extra=extra)
+    assert result.rows.tolist() == [2, 1, 0] and result.scores.tolist() == [3.25, 2.0, 1.75]
+    only = retrieve.run("spaces", standard, heads, query, 3, 3, scales, extra=extra, select=["standard"])
+    assert only.rows.tolist() == [0, 1, 2]
+    with pytest.raises(ValueError, match="unknown space 'nope'"):
+        retrieve.run("spaces", standard, heads, query, 3, 3, scales, extra=extra, select=["nope"])
+    with pytest.raises(ValueError, match="no voter"):
+        retrieve.run("mrag-paper", standard, heads, query, 3, 3, scales, extra=extra, select=["other"])
+
+
+def test_without_extra_spaces_strategies_vote_as_before(db_path, tmp_path, fake):
+    plain = Index.open(db_path, embedder=fake)
+    plain.add(DOCS)
+    spaced = Index.open(tmp_path / "spaced", embedder=fake, spaces=["w=test-words"])
+    spaced.add(DOCS)
+    query = "How did Romans move water? How do bees cool their hive?"
+    for strategy in ("mrag", "mrag-std", "mrag-paper", "standard", "split", "interleave+mrag-paper"):
+        before = [(h.id, h.score) for h in plain.search(query, k=4, strategy=strategy)]
+        selected = [(h.id, h.score) for h in spaced.search(query, k=4, strategy=strategy,
+                                                           spaces=["heads", "standard", "split"])]
+        assert before == selected, strategy
+    voters = {v["space"] for h in spaced.search(query, k=4, strategy="mrag-std") for v in h.votes}
+    assert "w" in voters and "standard" in voters
+
+
+def test_space_is_stored_with_stats_weight_and_selection(db_path, fake):
+    index = Index.open(db_path, embedder=fake, spaces=["w=test-words:dim=8", "fixed=test-words:dim=4,weight=0.25"])
+    index.add(DOCS)
+    info = {s["name"]: s for s in index.info()["spaces"]}
+    assert info["w"]["dim"] == 8 and info["w"]["weight"] == "auto" and info["fixed"]["scale"] == 0.25
+    raw = np.array([words_vector(d["text"], 8) for d in DOCS])
+    assert info["w"]["scale"] == pytest.approx(brute_force_scales(raw[:, None, :])[0])
+    hits = index.search("bees cool the hive", k=2, strategy="spaces", spaces=["w"])
+    assert hits[0].id == "bees#0" and {v["space"] for h in hits for v in h.votes} == {"w"}
+    index.delete(["bees"])
+    left = np.array([words_vector(d["text"], 8) for d in DOCS if d["id"] != "bees"])
+    scale = {s["name"]: s for s in index.info()["spaces"]}["w"]["scale"]
+    assert scale == pytest.approx(brute_force_scales(left[:, None, :])[0])
+    with pytest.raises(ValueError, match="unknown space 'nope'"):
+        index.search("bees", spaces=["nope"])
+
+
+def test_adding_a_space_backfills_every_row_in_one_commit(db_path, fake):
+    index = Index.open(db_path, embedder=fake)
+    index.add(DOCS)
+    version = index.store.committed_version
+    index = Index.open(db_path, embedder=fake, spaces=["w=test-words"])
+    assert index.store.committed_version == version + 1  # one write: the rewritten table
+    assert index.store.count() == len(DOCS)
+    assert index.store.matrix().extra["w"].shape == (len(DOCS), 16)
+    assert Index.open(db_path, embedder=fake, spaces=["w=test-words"]).store.committed_version == version + 1
+    with pytest.raises(SpaceError, match="space 'w'"):
+        Index.open(db_path, embedder=fake, spaces=["w=test-words:dim=8"])
+    index.add([{"id": "new", "text": "Glaciers carve valleys."}])
+    assert index.store.matrix().extra["w"].shape == (len(DOCS) + 1, 16)
+
+
+def test_unknown_function_names_the_space_and_writes_nothing(db_path, tmp_path, fake):
+    with pytest.raises(SpaceError, match="space 'x'.*unknown embedding function 'no-such-fn'"):
+        Index.open(tmp_path / "new", embedder=fake, spaces=["x=no-such-fn"])
+    assert not (tmp_path / "new").exists()
+    index = Index.open(db_path, embedder=fake)
+    index.add(DOCS)
+    manifest = json.dumps(index.store.manifest, sort_keys=True)
+    with pytest.raises(SpaceError, match="space 'x'"):
+        Index.open(db_path, embedder=fake, spaces=["x=no-such-fn"])
+    with pytest.raises(SpaceError, match="space 'y'.*bad options"):
+        Index.open(db_path, embedder=fake, spaces=["y=test-words:dim=notanumber"])
+    assert json.dumps(Store.open(str(db_path)).manifest, sort_keys=True) == manifest
+
+
+def test_a_space_whose_dimension_changes_is_refused_and_nothing_is_written(db_path, fake):
+    index = Index.open(db_path, embedder=fake, spaces=["w=test-words"])
+    index.add(DOCS[:2])
+    version = index.store.committed_version
+    OVERRIDE["dim"] = 12
+    reopened = Index.open(db_path, embedder=fake)
+    with pytest.raises(SpaceError, match="space 'w'.*dimension changed from 16 to 12"):
+        reopened.add(DOCS[2:])
+    with pytest.raises(SpaceError, match="space 'w'"):
+        reopened.search("bees")
+    OVERRIDE.clear()
+    assert reopened.store.committed_version == version and reopened.store.count() == 2
+    reopened.add(DOCS[2:])  # the same index still works once the model is back
+    assert reopened.store.count() == 4
+
+
+class _EmbeddingServer(BaseHTTPRequestHandler):
+    """Speaks OpenAI's POST /v1/embeddings and Ollama's POST /api/embed and /api/embeddings."""
+
+    requests: list[str] = []
+
+    def do_POST(self) -> None:  # noqa: N802
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        type(self).requests.append(self.path)
+        if self.path.endswith("/v1/embeddings"):
+            texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+            out = {"object": "list", "model": body["model"], "usage": {"prompt_tokens": 1, "total_tokens": 1},
+                   "data": [{"object": "embedding", "index": i, "embedding": words_vector(t, 24)}
+                            for i, t in enumerate(texts)]}
+        elif self.path == "/api/embed":
+            texts = body["input"] if isinstance(body["input"], list) else [body["input"]]
+            out = {"model": body["model"], "embeddings": [words_vector(t, 20) for t in texts]}
+        elif self.path == "/api/embeddings":
+            out = {"embedding": words_vector(body["prompt"], 20)}
+        else:
+            self.send_error(404)
+            return
+        data = json.dumps(out).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def server():
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _EmbeddingServer)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def test_openai_and_ollama_spaces_over_their_http_protocols(db_path, fake, server, monkeypatch):
+    pytest.importorskip("openai")
+    pytest.importorskip("ollama")
+    monkeypatch.setenv("OPENAI_API_KEY", "test-key")
+    index = Index.open(db_path, embedder=fake, spaces=[
+        f"oa=openai:name=text-embedding-3-small,base_url={server}/v1",
+        f"ol=ollama:name=nomic-embed-text,host={server}",
+    ])
+    index.add(DOCS)
+    assert {s["name"]: s["dim"] for s in index.info()["spaces"]} == {"oa": 24, "ol": 20}
+    hits = index.search("bees cool the hive", k=1, strategy="spaces", spaces=["oa", "ol"])
+    assert hits[0].id == "bees#0" and {v["space"] for v in hits[0].votes} == {"oa", "ol"}
+    assert "/v1/embeddings" in _EmbeddingServer.requests and "/api/embed" in _EmbeddingServer.requests
+
+
+def test_ollama_down_names_the_space_and_writes_nothing(db_path, tmp_path, fake):
+    down = "ol=ollama:name=llama3,host=http://127.0.0.1:9"  # nothing listens on port 9
+    with pytest.raises(SpaceError, match="space 'ol' \\(ollama\\): cannot compute embeddings"):
+        Index.open(tmp_path / "new", embedder=fake, spaces=[down])
+    assert not (tmp_path / "new").exists()
+    index = Index.open(db_path, embedder=fake)
+    index.add(DOCS)
+    version = index.store.committed_version
+    with pytest.raises(SpaceError, match="space 'ol'"):
+        Index.open(db_path, embedder=fake, spaces=[down])
+    assert Store.open(str(db_path)).committed_version == version
+    assert "spaces" not in Store.open(str(db_path)).manifest
+
+
+def test_sentence_transformers_space_with_the_packaged_minilm(db_path, fake):
+    pytest.importorskip("sentence_transformers")
+    from tests.conftest import MINILM_DIR
+
+    index = Index.open(db_path, embedder=fake, spaces=[f"minilm=sentence-transformers:name={MINILM_DIR}"])
+    index.add(DOCS)
+    assert index.info()["spaces"][0]["dim"] == 384
+    hits = index.search("How do plants turn sunlight into energy?", k=1, strategy="spaces", spaces=["minilm"])
+    assert hits[0].id == "algae#0"
+
+
+def test_cli_index_and_search_with_spaces(tmp_path, reuse_minilm):
+    from click.testing import CliRunner
+
+    from mrag.cli import cli
+
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for d in DOCS:
+        (docs / f"{d['id']}.txt").write_text(d["text"])
+    db = str(tmp_path / "db")
+    runner = CliRunner()
+    bad = runner.invoke(cli, ["index", str(docs), "--db", db, "--space", "x=nope-fn"])
+    assert bad.exit_code == 1 and "space 'x'" in bad.output and not Path(db).exists()
+    ok = runner.invoke(cli, ["index", str(docs), "--db", db, "--space", "w=test-words"])
+    assert ok.exit_code == 0, ok.output
+    out = runner.invoke(cli, ["search", "bees cool the hive", "--db", db, "-k", "1", "--strategy", "spaces",
+                              "--spaces", "w", "--explain"])
+    assert out.exit_code == 0, out.output
+    hit = json.loads(out.output.splitlines()[0])
+    assert hit["id"].endswith("bees.txt#0") and {v["space"] for v in hit["votes"]} == {"w"}
+    unknown = runner.invoke(cli, ["search", "bees", "--db", db, "--spaces", "nope"])
+    assert unknown.exit_code == 1 and "unknown space 'nope'" in unknown.output
+
+
+def test_eval_labels_select_spaces():
+    from mrag.evaluate.harness import split_label
+
+    assert split_label("mrag") == ("mrag", None)
+    assert split_label("mrag@heads+standard+mpnet", ["mpnet"]) == ("mrag", ["heads", "standard", "mpnet"])
+    with pytest.raises(ValueError, match="unknown space 'mpnet'"):
+        split_label("spaces@mpnet", [])
+    with pytest.raises(ValueError, match="unknown strategy"):
+        split_label("nonsense@heads")
