@@ -46,7 +46,9 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 db_option = click.option(
     "--db", envvar="MRAG_DB", required=True, type=click.Path(file_okay=False), help="Index folder (or MRAG_DB)."
 )
-model_option = click.option("--model", "-m", envvar="MRAG_MODEL", default=None, help="Hugging Face id or path (or MRAG_MODEL).")
+model_option = click.option(
+    "--model", "-m", envvar="MRAG_MODEL", default=None, help="Hugging Face id or path (or MRAG_MODEL)."
+)
 plain_option = click.option("--plain", "-p", is_flag=True, help="Readable text instead of JSON.")
 
 
@@ -72,8 +74,8 @@ def cli() -> None:
 @model_option
 @click.option("--layer", type=int, default=None, help="Layer whose heads are kept (default: last; -1 = last).")
 @click.option("--pooling", type=click.Choice(["mean", "cls", "last"]), default=None, help="Token pooling of the heads.")
-@click.option("--chunk-chars", type=int, default=None, help="Maximum chunk size in characters (new index; default 1000).")
-@click.option("--overlap", type=int, default=None, help="Sentences shared by neighbouring chunks (new index; default 1).")
+@click.option("--chunk-chars", type=int, default=None, help="Maximum chunk size in characters (default 1000).")
+@click.option("--overlap", type=int, default=None, help="Sentences shared by neighbouring chunks (default 1).")
 @click.option("--text-field", default="text", show_default=True, help="Text field of .json/.jsonl records.")
 @click.option("--id-field", default="id", show_default=True, help="Id field of .json/.jsonl records.")
 @click.option("--query-instruction", default="", help="Prefix for queries (new index).")
@@ -203,7 +205,7 @@ def delete(ids: tuple[str, ...], db: str) -> None:
 
 
 @cli.command(context_settings=CONTEXT)
-@click.option("--db", envvar="MRAG_DEMO_DB", default=None, help="Where to build the demo index (default: a temp folder).")
+@click.option("--db", envvar="MRAG_DEMO_DB", default=None, help="Where to build the demo index (default: temporary).")
 @click.option("-k", type=int, default=4, show_default=True, help="Results per strategy.")
 @click.option("--strategy", "-s", default=retrieve.DEFAULT_STRATEGY, show_default=True, help="Compared with standard.")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of text.")
@@ -219,7 +221,8 @@ def demo(db: str | None, k: int, strategy: str, as_json: bool) -> None:
 
 
 @cli.command("eval", context_settings=CONTEXT)
-@click.option("--corpus", required=True, type=click.Path(exists=True), help="Articles JSON(.bz2), topic folder/tarball, or BEIR folder.")
+@click.option("--corpus", required=True, type=click.Path(exists=True),
+              help="Articles JSON(.bz2), topic folder/tarball, or BEIR folder.")
 @click.option("--queries", type=click.Path(exists=True, dir_okay=False), default=None, help="Queries file.")
 @model_option
 @click.option("--layer", type=int, default=-1, show_default=True, help="Layer whose heads vote.")
@@ -231,7 +234,8 @@ def demo(db: str | None, k: int, strategy: str, as_json: bool) -> None:
 @click.option("--query-instruction", default="", help="Prefix for queries.")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
-@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), default=None, help="Write records, table, plots here.")
+@click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="Write records, table, plots here.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the summary.")
 @click.option("--space", "spaces", multiple=True, metavar="[LABEL=]FUNCTION[:key=value,...]",
               help="Add an embedding space (repeatable); select voters per strategy as STRATEGY@heads+standard+LABEL.")
