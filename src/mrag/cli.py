@@ -141,11 +141,6 @@ def search(query: str, db: str, model: str | None, k: int, strategy: str, depth:
     """
     from mrag.index import Index
 
-    if not query.strip():
-        raise ValueError("the query is empty")
-    if k <= 0:
-        raise ValueError(f"k must be positive, got {k}")
-    retrieve.check_strategy(strategy)
     chosen = [s.strip() for s in selection.split(",") if s.strip()] if selection is not None else None
     hits = Index.open(db, model=model, create=False).search(query, k=k, strategy=strategy, c=depth, spaces=chosen)
     for rank, hit in enumerate(hits, 1):

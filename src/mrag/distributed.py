@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from mrag.chunk import chunk_text
 from mrag.embed.base import Embeddings, HeadEmbedder
-from mrag.index import AddReport, Index, _digest
+from mrag.index import AddReport, Index, document_digest
 from mrag.ingest import Document, IngestError, Skipped, read_file, walk_files
 from mrag.scales import HeadStats, split_unit
 from mrag.store import Store, build_rows, chunk_schema, quote
@@ -75,7 +75,7 @@ class EmbedWorker:
             for doc in docs:
                 if doc.id in self.docs:
                     raise ValueError(f"duplicate document ids in one batch: {doc.id}")
-                digest = _digest(doc)
+                digest = document_digest(doc)
                 chunks = chunk_text(doc.text, chunk_chars, overlap)
                 self.docs[doc.id] = (doc, digest, chunks)
                 found.append((doc.id, digest, len(chunks)))

@@ -235,7 +235,7 @@ class Index:
         report = AddReport()
         todo = []
         for doc in documents:
-            digest = _digest(doc)
+            digest = document_digest(doc)
             if existing.get(doc.id) == digest:
                 report.unchanged.append(doc.id)
                 continue
@@ -307,8 +307,9 @@ class Index:
             raise ValueError("the query is empty")
         if k <= 0:
             raise ValueError(f"k must be positive, got {k}")
+        plan = retrieve.parse_strategy(strategy)
         parts = retrieve.query_parts(strategy, query)
-        if retrieve.parse_strategy(strategy).expand == "fusion":
+        if plan.expand == "fusion":
             parts = [q for q in (subqueries or []) if q.strip()]
             if not parts:
                 raise ValueError(f"strategy {strategy!r} needs sub-queries")
@@ -316,16 +317,16 @@ class Index:
         if spaces is not None:
             retrieve.check_selection(spaces, self.store.n_heads, len(self.store.committed_scales()["split"]),
                                      list(matrix.extra))
+        if len(matrix.ids) == 0:
+            return []  # nothing to rank: no need to embed the query
         emb = self.embedder.embed([query, *parts], kind="query")
-        votes_extra = retrieve.parse_strategy(strategy).base in retrieve.EXTRA_SPACE_STRATEGIES
+        votes_extra = plan.base in retrieve.EXTRA_SPACE_STRATEGIES
         live = [s for s in self.spaces if votes_extra and s.name in matrix.extra and s.name in (spaces or matrix.extra)]
         extra = {s.name: retrieve.unit(s.embed([query, *parts], kind="query")) for s in live}
         queries = [
             retrieve.QueryVectors(retrieve.unit(s), retrieve.unit(h), {n: v[i] for n, v in extra.items()})
             for i, (s, h) in enumerate(zip(emb.standard, emb.heads))
         ]
-        if len(matrix.ids) == 0:
-            return []
         scales = self.space_weights()
         result = retrieve.run(
             strategy,
@@ -408,7 +409,8 @@ def _as_document(doc: Document | dict[str, Any] | str, i: int) -> Document:
     return d
 
 
-def _digest(doc: Document) -> str:
+def document_digest(doc: Document) -> str:
+    """What decides whether a document changed: its text, title, source and metadata."""
     payload = json.dumps([doc.text, doc.title, doc.source, doc.metadata], sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
 

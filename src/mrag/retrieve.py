@@ -26,6 +26,7 @@ votes exactly as it did before spaces existed.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
@@ -147,6 +148,11 @@ def top_c(similarities: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
     return ranking, sims
 
 
+def _column(matrix: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """Cosine of every row with one query, as a one-column block.  (N, D), (D,) -> (N, 1)."""
+    return (matrix @ query)[:, None]
+
+
 def spaces_for(
     strategy: str,
     standard: np.ndarray,
@@ -190,7 +196,7 @@ def spaces_for(
             # the standard space votes too, with its scale computed like a head's; so do external spaces
             take("standard", ["standard"], lambda: (standard @ query.standard)[:, None], scales["standard"])
             for name, matrix in (extra or {}).items():
-                take(name, [name], lambda m=matrix, q=query.extra[name]: (m @ q)[:, None], scales[f"space:{name}"])
+                take(name, [name], functools.partial(_column, matrix, query.extra[name]), scales[f"space:{name}"])
     if not names:
         raise ValueError(f"strategy {strategy!r} has no voter among the selected spaces {sorted(select or [])}")
     ranking, sims = top_c(np.concatenate(blocks, axis=1), c)
@@ -256,11 +262,11 @@ def run(
             rows = consensus(ranked, tops, k)
         else:
             rows = interleave(ranked, k)
-        scores = np.array([_best_in(lists, row)[2] for row in rows])
-    votes = []
-    for row in rows:
-        part, pos, _ = _best_in(lists, row)
-        votes.append([v | {"part": part} for v in lists[part].votes[pos]])
+        scores = None  # taken from the part that ranked each row best
+    best = [_best_in(lists, row) for row in rows]
+    if scores is None:
+        scores = np.array([score for _, _, score in best])
+    votes = [[v | {"part": part} for v in lists[part].votes[pos]] for part, pos, _ in best]
     return Result(np.asarray(rows, dtype=np.int64), np.asarray(scores, dtype=np.float64), votes)
 
 
