@@ -46,7 +46,7 @@ from mrag.index import Index
 from mrag.store import build_rows, chunk_schema
 
 BATCH = 32
-WANTED_STRATEGIES = ("standard", "mrag-paper", "mrag-std", "mrag", "interleave+mrag-std")
+WANTED_STRATEGIES = ("standard", "segment+standard", "mrag-paper", "mrag-std", "mrag")
 LONG_QUERY = (
     "A sailor crosses the ocean at night. She steers by the stars and a compass. "
     "At dawn her boat reaches a harbour with old stone walls. Merchants there trade spices and silk. "
@@ -191,11 +191,18 @@ def build_synthetic(path: Path, n: int, batch: int = 50_000, seed: int = 0) -> t
     return index, time.perf_counter() - start
 
 
-def scanned_bytes(strategy: str, n: int, n_parts: int) -> int:
-    """Bytes of the in-memory matrix one query reads: heads (N, H*d) and/or standard (N, D), per part."""
+def scanned_bytes(strategy: str, n: int) -> int:
+    """Bytes of the in-memory matrices a search reads: heads (H, N, d) and/or standard (N, D). The
+    fused scan reads them once for all query parts and all queries of a batch."""
     base = retrieve.parse_strategy(strategy).base
     width = {"standard": 384, "split": 384, "split-weighted": 384, "mrag-std": 384 + 12 * 32}.get(base, 12 * 32)
-    return n * width * 4 * max(n_parts, 1)
+    return n * width * 4
+
+
+def long_queries(count: int) -> list[str]:
+    """`count` distinct six-sentence queries (the CRC-seeded fake gives each its own vectors)."""
+    sentences = LONG_QUERY.split(". ")
+    return [". ".join(f"{s} ({i})" for s in sentences) for i in range(count)]
 
 
 def bench_search(n: int, repeats: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -214,7 +221,7 @@ def bench_search(n: int, repeats: int) -> tuple[list[dict[str, Any]], dict[str, 
             "rss_mb": round(rss_mb()),
             "rss_growth_mb": round(rss_mb() - rss_start),
         }
-        rows = time_index_search(index, matrix, n, repeats) + time_scoring(index, matrix, n, repeats)
+        rows = time_search(index, matrix, n, repeats)
         del index, matrix
         gc.collect()
     return rows, memory
@@ -224,71 +231,64 @@ def strategies() -> list[str]:
     return [s for s in WANTED_STRATEGIES if s in retrieve.strategy_names()]
 
 
-def time_index_search(index: Index, matrix: Any, n: int, repeats: int) -> list[dict[str, Any]]:
-    """The whole `Index.search` (query embedding is a random-vector fake), and its non-scoring parts."""
-    rows = []
-    for strategy in strategies():
-        times = time_calls(lambda s=strategy: index.search(LONG_QUERY, k=5, strategy=s), repeats)
-        rows.append({"chunks": n, "strategy": strategy, "path": "Index.search", **percentiles_ms(times)})
-    times = time_calls(index.store.matrix, repeats)
-    rows.append({"chunks": n, "strategy": "-", "path": "store.matrix(), cached", **percentiles_ms(times)})
-    some_ids = [str(i) for i in matrix.ids[:: max(1, n // 5)][:5]]
-    times = time_calls(lambda: index.store.rows_by_id(some_ids, ["text"], table=matrix.table), repeats)
-    rows.append({"chunks": n, "strategy": "-", "path": "store.rows_by_id(5 ids)", **percentiles_ms(times)})
-    return rows
-
-
-def _row(n: int, strategy: str, path: str, times: list[float], gigabytes: float) -> dict[str, Any]:
+def _row(n: int, strategy: str, path: str, batch: int, times: list[float], gigabytes: float) -> dict[str, Any]:
     stats = percentiles_ms(times)
-    return {"chunks": n, "strategy": strategy, "path": path, **stats,
-            "GB_per_s": round(gigabytes / (stats["p50_ms"] / 1000), 2)}
+    return {"chunks": n, "strategy": strategy, "path": path, "batch": batch, **stats,
+            "GB_per_s": round(gigabytes / (stats["p50_ms"] / 1000), 2) if gigabytes else None}
 
 
-def time_scoring(index: Index, matrix: Any, n: int, repeats: int) -> list[dict[str, Any]]:
-    """`retrieve.run` on the in-memory matrix, 1 query and 32 queries, and the head scan alone."""
-    scales = index.store.committed_scales()
+def time_search(index: Index, matrix: Any, n: int, repeats: int) -> list[dict[str, Any]]:
+    """Exact search, batch of 1 and of 32 six-sentence queries: the whole `Index.search_many` (query
+    embedding is a random-vector fake) and the scoring alone (`retrieve.vote_many` on the matrix)."""
+    scales = index.space_weights()
+    ranker = retrieve.Exact(matrix.standard, matrix.heads)
     fake = index.embedder
+    one, many = long_queries(1), long_queries(BATCH)
 
-    def query_vectors(texts: list[str]) -> list[retrieve.QueryVectors]:
+    def vectors(texts: list[str]) -> list[retrieve.QueryVectors]:
         emb = fake.embed(texts, kind="query")
         return [retrieve.QueryVectors(retrieve.unit(s), retrieve.unit(h)) for s, h in zip(emb.standard, emb.heads)]
 
-    query = query_vectors([LONG_QUERY])[0]
-    batch = query_vectors([f"query {i}" for i in range(32)])
-
-    def score(strategy: str, q: retrieve.QueryVectors, parts: list[retrieve.QueryVectors]) -> None:
-        retrieve.run(strategy, matrix.standard, matrix.heads, q, 5, 32, scales, parts=parts)
+    def prepared(strategy: str, texts: list[str]) -> list[tuple[retrieve.QueryVectors, Any]]:
+        out = []
+        for text in texts:
+            parts = retrieve.query_parts(strategy, text)
+            qs = vectors(parts or [text])
+            out.append((qs[0], qs if parts else None))
+        return out
 
     rows = []
     for strategy in strategies():
-        texts = retrieve.query_parts(strategy, LONG_QUERY)
-        parts = query_vectors(texts) if texts else []
-        gb = scanned_bytes(strategy, n, len(parts)) / 1e9
-        times = time_calls(lambda s=strategy, p=parts: score(s, query, p), repeats)
-        rows.append(_row(n, strategy, f"retrieve.run, 1 query ({max(1, len(parts))} part(s))", times, gb))
-        if retrieve.parse_strategy(strategy).expand:
-            continue  # 32 single-sentence queries would not be split: same as the base strategy
-        total = time_calls(lambda s=strategy: [score(s, q, []) for q in batch], max(3, repeats // 8))
-        per_query = [t / len(batch) for t in total]
-        rows.append(_row(n, strategy, "retrieve.run, 32 queries (per query)", per_query, gb))
-    gb = n * 12 * 32 * 4 / 1e9
-    times = time_calls(lambda: retrieve.head_similarities(matrix.heads, query.heads), repeats)
-    rows.append(_row(n, "mrag", "head scan only, 1 query (block matmul, current)", times, gb))
-    per_head = matrix.heads.reshape(n, 12, 32)  # (N, H, d), a view
-    times = time_calls(lambda: np.einsum("nhd,hd->nh", per_head, query.heads), repeats)
-    rows.append(_row(n, "mrag", "head scan only, 1 query (einsum, proposed)", times, gb))
-    blocks = np.concatenate([_block(q.heads) for q in batch], axis=1)  # (H*d, 32*H)
-    times = time_calls(lambda: matrix.heads @ blocks, max(3, repeats // 4))
-    rows.append(_row(n, "mrag", "head scan only, 32 queries in one block matmul (per batch)", times, gb))
+        gb = scanned_bytes(strategy, n) / 1e9
+        for texts in (one, many):
+            b = len(texts)
+            calls = repeats if b == 1 else max(3, repeats // 4)
+            times = time_calls(lambda s=strategy, t=texts: index.search_many(t, k=5, strategy=s, exact=True), calls)
+            rows.append(_row(n, strategy, "Index.search_many", b, [t / b for t in times], 0))
+            batch = prepared(strategy, texts)
+            times = time_calls(
+                lambda s=strategy, q=batch: retrieve.vote_many(s, q, 5, 32, scales, ranker, 12), calls
+            )
+            rows.append(_row(n, strategy, "scoring (vote_many)", b, [t / b for t in times], gb / b))
+    times = time_calls(index.store.matrix, repeats)
+    rows.append(_row(n, "-", "store.matrix(), cached", 1, times, 0))
+    some_ids = [str(i) for i in matrix.ids[:: max(1, n // 5)][:5]]
+    times = time_calls(lambda: index.store.rows_by_id(some_ids, ["text"], table=matrix.table), repeats)
+    rows.append(_row(n, "-", "store.rows_by_id(5 ids)", 1, times, 0))
     return rows
 
 
-def _block(query_heads: np.ndarray) -> np.ndarray:
-    h, d = query_heads.shape
-    block = np.zeros((h * d, h), dtype=np.float32)
-    for i in range(h):
-        block[i * d : (i + 1) * d, i] = query_heads[i]
-    return block
+def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """p50 of each strategy over p50 of `standard`, per size, path and batch."""
+    base = {(r["chunks"], r["path"], r["batch"]): r["p50_ms"] for r in rows if r["strategy"] == "standard"}
+    out = []
+    for r in rows:
+        key = (r["chunks"], r["path"], r["batch"])
+        if r["strategy"] not in ("standard", "-") and key in base:
+            out.append({"chunks": r["chunks"], "path": r["path"], "batch": r["batch"], "strategy": r["strategy"],
+                        "p50_ms": r["p50_ms"], "standard_p50_ms": base[key],
+                        "over_standard": round(r["p50_ms"] / base[key], 2)})
+    return out
 
 
 # --- main ------------------------------------------------------------------------------------
@@ -312,9 +312,13 @@ def render(result: dict[str, Any]) -> str:
                f"load average (1/5/15 min) at start and end: {section['load_average_start_end']}\n"]
     if "search" in result:
         section = result["search"]
-        md += ["## Search latency (synthetic unit vectors, D=384, H=12 x d=32, k=5, c=32)\n",
-               markdown_table(section["rows"], ["chunks", "strategy", "path", "p50_ms", "p99_ms", "n", "GB_per_s"]),
-               "", "## Memory\n", markdown_table(section["memory"], list(section["memory"][0])), "",
+        columns = ["chunks", "strategy", "path", "batch", "p50_ms", "p99_ms", "n", "GB_per_s"]
+        md += ["## Exact search latency (synthetic unit vectors, D=384, H=12 x d=32, k=5, c=32, six-sentence "
+               "queries; batch 32 is per query)\n",
+               markdown_table(section["rows"], columns), "",
+               "## Over standard (p50 ratio, same path and batch)\n",
+               markdown_table(ratios(section["rows"]), list(ratios(section["rows"])[0])), "",
+               "## Memory\n", markdown_table(section["memory"], list(section["memory"][0])), "",
                f"peak RSS of the benchmark process: {section['peak_rss_mb']} MiB; "
                f"OPENBLAS_NUM_THREADS: {section['openblas_threads']}; "
                f"load average at start and end: {section['load_average_start_end']}"]
@@ -329,7 +333,7 @@ def search_section(sizes: list[int], quick: bool) -> dict[str, Any]:
         size_rows, size_memory = bench_search(n, repeats)
         rows += size_rows
         memory.append(size_memory)
-        print(markdown_table(size_rows, ["chunks", "strategy", "path", "p50_ms", "p99_ms", "n", "GB_per_s"]))
+        print(markdown_table(size_rows, ["chunks", "strategy", "path", "batch", "p50_ms", "p99_ms", "n", "GB_per_s"]))
         print(markdown_table([size_memory], list(size_memory)))
     return {"rows": rows, "memory": memory, "peak_rss_mb": round(peak_rss_mb())}
 

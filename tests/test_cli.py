@@ -182,6 +182,7 @@ BAD = {
     "other layer": (["index", "{tmp}/corpus", "--layer", "2"], "Error: the index at {db} holds layer 5, not 2"),
     "other pooling": (["index", "{tmp}/corpus", "--pooling", "cls"],
                       "Error: the index at {db} was built with pooling='mean', not 'cls'"),
+    "ann search without ann": (["search", "bees", "--ann"], "Error: no ANN index covers this search"),
 }
 
 
@@ -198,6 +199,30 @@ def test_bad_input_fails_with_one_line_and_changes_nothing(db, tmp_path, corpus,
     assert len(result.stderr.strip().splitlines()) == 1
     assert result.stderr.startswith(message.format(tmp=tmp_path, db=db))
     assert snapshot(db) == before
+
+
+def test_ann_indexes_from_the_command_line(db):
+    query = ["search", "How do bees cool the hive? Who built aqueducts?", "--db", db, "-s", "mrag-std"]
+    exact = [h["id"] for h in lines(mrag(*query, "--exact"))]
+    built = lines(mrag("index", "--build-ann", "--db", db))[0]["ann"]
+    assert built == {"index_type": "IVF_FLAT", "rows": 4, "nprobes": 20}
+    assert json.loads(mrag("info", "--db", db).stdout)["ann"] == built
+    assert [h["id"] for h in lines(mrag(*query, "--ann"))] == exact  # 2 partitions, both probed
+    assert [h["id"] for h in lines(mrag(*query))] == exact  # ANN is the default once built
+
+
+def test_ann_indexes_built_automatically_past_the_threshold(tmp_path, corpus, reuse_minilm):
+    first = lines(mrag("index", corpus, "--db", tmp_path / "i", "--ann-threshold", "3"))[0]
+    assert first["ann"]["rows"] == 4
+    again = lines(mrag("index", corpus, "--db", tmp_path / "i", "--ann-threshold", "3"))[0]
+    assert "ann" not in again  # nothing new: no rebuild
+    assert "ann" not in lines(mrag("index", corpus, "--db", tmp_path / "j"))[0]  # 4 chunks: below the default
+
+
+def test_build_ann_needs_an_existing_index(tmp_path):
+    result = mrag("index", "--build-ann", "--db", tmp_path / "typo", ok=False)
+    assert result.exit_code == 1 and result.stderr.startswith(f"Error: no mrag index at {tmp_path / 'typo'}")
+    assert not (tmp_path / "typo").exists()
 
 
 def test_search_without_an_index(tmp_path):

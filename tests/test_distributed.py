@@ -17,8 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from click.testing import CliRunner
 from conftest import FakeEmbedder
 
+from mrag.cli import cli
 from mrag.index import Index
 
 pytestmark = pytest.mark.slow
@@ -79,7 +81,20 @@ def child(corpus: Path, db: Path) -> dict:
     return out
 
 
-def run_child_in_netns(corpus: Path, db: Path) -> dict:
+def cli_child(corpus: Path, db: Path) -> dict:
+    """`mrag index --ray` on a local cluster, with the real packaged model on the worker."""
+    import ray
+    from click.testing import CliRunner
+
+    from mrag.cli import cli
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=150 * 2**20)
+    done = CliRunner().invoke(cli, ["index", str(corpus), "--db", str(db), "--ray", "--workers", "1"])
+    ray.shutdown()
+    return {"exit": done.exit_code, "output": done.output[-2000:]}
+
+
+def run_child_in_netns(corpus: Path, db: Path, mode: str = "jobs") -> dict:
     pytest.importorskip("ray", reason="needs Ray: pip install 'ray[default]'")
     if not shutil.which("unshare") or subprocess.run(["unshare", "-n", "true"], capture_output=True).returncode:
         pytest.skip("needs `unshare -n` (root) to keep Ray's start-up probes on this machine")
@@ -87,9 +102,9 @@ def run_child_in_netns(corpus: Path, db: Path) -> dict:
     ray_tmp = tempfile.mkdtemp(prefix="mrag-ray-")  # short: Ray's socket paths must fit in 107 bytes
     env |= {"RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": ray_tmp}
     script = 'ip link set lo up 2>/dev/null || true; exec "$@"'
-    command = ["unshare", "-n", "sh", "-c", script, "sh", sys.executable, __file__, str(corpus), str(db)]
+    command = ["unshare", "-n", "sh", "-c", script, "sh", sys.executable, __file__, str(corpus), str(db), mode]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=240)
+        done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -125,7 +140,8 @@ def test_ray_index_equals_single_process_index(tmp_path):
     assert sorted(mine) == sorted(theirs)  # same chunk ids: none lost, none twice, no poison rows
     for chunk_id, row in theirs.items():
         assert mine[chunk_id]["text"] == row["text"] and mine[chunk_id]["doc_hash"] == row["doc_hash"]
-        np.testing.assert_allclose(mine[chunk_id]["heads"], row["heads"], rtol=1e-6)
+        for column in single.store.head_columns():
+            np.testing.assert_allclose(mine[chunk_id][column], row[column], rtol=1e-6)
     np.testing.assert_allclose(
         [h["scale"] for h in distributed.head_scales()], [h["scale"] for h in single.head_scales()], rtol=1e-9
     )
@@ -134,6 +150,22 @@ def test_ray_index_equals_single_process_index(tmp_path):
     for group in expected:  # heads, split slices, standard: every scale the index keeps
         np.testing.assert_allclose(committed[group], expected[group], rtol=1e-9)
     assert distributed.store.stats.count == single.store.stats.count == len(theirs)
+
+
+
+def test_cli_ray_index_equals_cli_index(tmp_path, reuse_minilm):
+    """`mrag index --ray` against `mrag index` in this process: same chunks, same scales."""
+    corpus = make_corpus(tmp_path)
+    out = run_child_in_netns(corpus, tmp_path / "cli-ray", mode="cli")
+    assert out["exit"] == 0, out["output"]
+    report = json.loads(out["output"].splitlines()[-1])
+    done = CliRunner().invoke(cli, ["index", str(corpus), "--db", str(tmp_path / "cli-single")])
+    assert done.exit_code == 0, done.output
+    by_ray, here = Index.open(tmp_path / "cli-ray", create=False), Index.open(tmp_path / "cli-single", create=False)
+    assert report["chunks"] == len(rows_by_id(here)) and report["workers"][0]["chunks"] == report["chunks"]
+    assert sorted(rows_by_id(by_ray)) == sorted(rows_by_id(here))
+    for group, scales in here.store.committed_scales().items():
+        np.testing.assert_allclose(by_ray.store.committed_scales()[group], scales, rtol=1e-4)
 
 
 def test_splitting_files_by_size(tmp_path):
@@ -153,4 +185,5 @@ def test_splitting_files_by_size(tmp_path):
 
 
 if __name__ == "__main__":
-    print(json.dumps(child(Path(sys.argv[1]), Path(sys.argv[2]))))
+    run = cli_child if sys.argv[3] == "cli" else child
+    print(json.dumps(run(Path(sys.argv[1]), Path(sys.argv[2]))))

@@ -30,9 +30,8 @@ def table_rows(index: Index) -> list[dict]:
 
 def stored_raw_heads(index: Index) -> np.ndarray:
     """Raw head vectors rebuilt from the table: unit vector x stored norm.  -> (N, H, d)."""
-    table = index.store.rows(columns=["heads", "head_norms"])
-    h, d = index.store.n_heads, index.store.head_dim
-    units = np.array(table["heads"].to_pylist(), dtype=np.float64).reshape(-1, h, d)
+    table = index.store.rows(columns=[*index.store.head_columns(), "head_norms"])
+    units = np.stack([np.array(table[c].to_pylist(), dtype=np.float64) for c in index.store.head_columns()], axis=1)
     norms = np.array(table["head_norms"].to_pylist(), dtype=np.float64)
     return units * norms[..., None]
 

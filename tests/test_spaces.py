@@ -74,16 +74,17 @@ def test_parse_space_refuses_bad_specs(text, message):
         parse_space(text)
 
 
-def test_spaces_for_votes_extra_spaces_with_their_weights():
+def test_extra_spaces_vote_with_their_weights():
     # 3 rows; the standard space prefers row 0, the extra space row 2 with a larger weight
     standard = np.array([[1.0, 0.0], [0.8, 0.6], [0.0, 1.0]])
-    heads = np.zeros((3, 2))
+    heads = np.zeros((1, 3, 2))  # (H, N, d)
     extra = {"other": np.array([[0.0, 1.0], [0.6, 0.8], [1.0, 0.0]])}
     query = retrieve.QueryVectors(np.array([1.0, 0.0]), np.zeros((1, 2)), {"other": np.array([1.0, 0.0])})
     scales = {"heads": np.ones(1), "split": np.ones(2), "standard": np.array([1.0]), "space:other": np.array([3.0])}
-    names, ranking, _, weights = retrieve.spaces_for("spaces", standard, heads, query, 3, scales, extra)
-    assert names == ["standard", "other"] and weights.tolist() == [1.0, 3.0]
-    assert ranking.tolist() == [[0, 1, 2], [2, 1, 0]]
+    chosen = retrieve.voters("spaces", 1, scales, ["other"])
+    assert [(v.name, v.weight) for v in chosen] == [("standard", 1.0), ("other", 3.0)]
+    ranking, _ = retrieve.Exact(standard, heads, extra)(chosen, [query], 3)  # (P=1, S=2, c=3)
+    assert ranking.tolist() == [[[0, 1, 2], [2, 1, 0]]]
     # row 2: 3*1 + 1*0.25 = 3.25; row 1: 3*0.5 + 0.5 = 2.0; row 0: 3*0.25 + 1 = 1.75
     result = retrieve.run("spaces", standard, heads, query, 3, 3, scales, extra=extra)
     assert result.rows.tolist() == [2, 1, 0] and result.scores.tolist() == [3.25, 2.0, 1.75]

@@ -34,8 +34,10 @@ def test_build_rows_stores_unit_vectors_and_norms():
     assert rows[0]["metadata"] == '{"k": "é"}'
     np.testing.assert_allclose(rows[0]["vector"], [0, 0, 0, 1])
     np.testing.assert_allclose(rows[1]["vector"], [0.5, 0.5, 0.5, 0.5])
-    np.testing.assert_allclose(rows[0]["heads"], [0.6, 0.8, 0, 0, 0, 1])
-    np.testing.assert_allclose(rows[1]["heads"], [1, 0, 0, 0, 0, 0])
+    np.testing.assert_allclose(rows[0]["head_0"], [0.6, 0.8, 0])
+    np.testing.assert_allclose(rows[0]["head_1"], [0, 0, 1])
+    np.testing.assert_allclose(rows[1]["head_0"], [1, 0, 0])
+    np.testing.assert_allclose(rows[1]["head_1"], [0, 0, 0])
     assert rows[0]["head_norms"] == [5.0, 2.0] and rows[1]["head_norms"] == [1.0, 0.0]
 
 
@@ -53,7 +55,7 @@ def test_matrix_is_cached_per_table_version(index):
     first = index.store.matrix()
     assert index.store.matrix() is first
     assert sorted(first.ids.tolist()) == ["bees#0", "rome#0"]
-    assert first.standard.shape == (2, 32) and first.heads.shape == (2, 32)
+    assert first.standard.shape == (2, 32) and first.heads.shape == (4, 2, 8)  # (H, N, d)
     index.add(DOCS[2:])
     second = index.store.matrix()
     assert second is not first and len(second.ids) == 4

@@ -12,6 +12,9 @@ from typing import Any
 import click
 
 from mrag import retrieve
+from mrag.ann import ANN_THRESHOLD
+from mrag.ann import DEFAULT_INDEX as DEFAULT_ANN_INDEX
+from mrag.ann import INDEX_TYPES as ANN_INDEX_TYPES
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -69,7 +72,7 @@ def cli() -> None:
 
 
 @cli.command(context_settings=CONTEXT)
-@click.argument("paths", nargs=-1, required=True)
+@click.argument("paths", nargs=-1)
 @db_option
 @model_option
 @click.option("--layer", type=int, default=None, help="Layer whose heads are kept (default: last; -1 = last).")
@@ -86,31 +89,59 @@ def cli() -> None:
 @click.option("--space", "spaces", multiple=True, metavar="[LABEL=]FUNCTION[:key=value,...]",
               help="Add an embedding space from LanceDB's registry, e.g. "
                    "'mpnet=sentence-transformers:name=/models/all-mpnet-base-v2' (repeatable; docs/spaces.md).")
+@click.option("--build-ann", is_flag=True, help="Build (or rebuild) the ANN indexes of every space now.")
+@click.option("--ann-index", type=click.Choice(list(ANN_INDEX_TYPES)), default=DEFAULT_ANN_INDEX, show_default=True,
+              help="LanceDB index type for --build-ann and automatic builds.")
+@click.option("--ann-threshold", type=int, default=ANN_THRESHOLD, show_default=True,
+              help="Build the ANN indexes automatically from this many chunks (0 = never).")
+@click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
+              help="Embed on a Ray cluster (ray://host:10001, auto); without ADDRESS a local one.")
+@click.option("--workers", type=int, default=2, show_default=True, help="Ray workers (with --ray).")
 @plain_option
 @user_errors
 def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None, pooling: str | None,
           chunk_chars: int | None, overlap: int | None, text_field: str, id_field: str, query_instruction: str,
-          document_instruction: str, device: str, dtype: str, spaces: tuple[str, ...], plain: bool) -> None:
+          document_instruction: str, device: str, dtype: str, spaces: tuple[str, ...], build_ann: bool,
+          ann_index: str, ann_threshold: int, ray_address: str | None, workers: int, plain: bool) -> None:
     """Index files and folders (.txt .md .html .json .jsonl .pdf) into DB.
 
     Changed files are re-embedded, unchanged ones skipped; files in folders that cannot be read are
-    skipped and listed. Example:
+    skipped and listed. Past --ann-threshold chunks (or with --build-ann) every space gets an ANN
+    index. Example:
 
         mrag index notes/ papers/intro.md --db idx
+        mrag index --build-ann --db idx          # ANN indexes for an existing index
     """
-    from mrag.index import Index
+    from mrag.ann import needs_ann
+    from mrag.index import AddReport, Index
     from mrag.ingest import read_paths
 
-    docs, skipped = read_paths(paths, text_field=text_field, id_field=id_field)  # fails before any write
+    if not paths and not build_ann:
+        raise click.UsageError("give files or folders to index (or --build-ann for an existing index)")
+    docs, skipped = read_paths(paths, text_field=text_field, id_field=id_field) if paths else ([], [])
     options: dict[str, Any] = {"device": device, "dtype": dtype}
     if pooling:
         options["pooling"] = pooling
     if query_instruction or document_instruction:
         options |= {"query_instruction": query_instruction, "document_instruction": document_instruction}
-    idx = Index.open(db, model=model, layer=layer, chunk_chars=chunk_chars, overlap=overlap, spaces=spaces, **options)
-    report = idx.upsert(docs, show_progress=sys.stderr.isatty())
+    report: AddReport
+    if ray_address is not None:
+        from mrag.distributed import index_with_ray
+
+        if not paths:
+            raise click.UsageError("--ray needs files or folders to index")
+        Index.open(db, model=model, layer=layer, chunk_chars=chunk_chars, overlap=overlap, spaces=spaces, **options)
+        report = index_with_ray(db, paths, address=None if ray_address == "local" else ray_address,
+                                num_workers=workers, model=model, layer=layer, **options)
+        idx = Index.open(db, create=False)
+    else:
+        idx = Index.open(db, model=model, layer=layer, chunk_chars=chunk_chars, overlap=overlap, spaces=spaces,
+                         create=bool(paths), **options)
+        report = idx.upsert(docs, show_progress=sys.stderr.isatty())
     report.skipped = skipped
     summary = report.to_dict()
+    if build_ann or needs_ann(idx.store.count(), idx.store.manifest.get("ann"), ann_threshold):
+        summary["ann"] = idx.build_ann(ann_index)
     if plain:
         click.echo(f"added {summary['added']}, updated {summary['updated']}, unchanged {summary['unchanged']} "
                    f"documents ({summary['chunks']} chunks embedded)")
@@ -131,10 +162,12 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
 @click.option("--explain", is_flag=True, help="Show which spaces voted for each hit.")
 @click.option("--spaces", "selection", default=None,
               help="Comma-separated voters to keep: standard, heads, head:I, split, or a space label.")
+@click.option("--exact/--ann", "exact", default=None,
+              help="Exact search in memory, or the ANN indexes (default: ANN when the index has them).")
 @plain_option
 @user_errors
 def search(query: str, db: str, model: str | None, k: int, strategy: str, depth: int | None, explain: bool,
-           selection: str | None, plain: bool) -> None:
+           selection: str | None, exact: bool | None, plain: bool) -> None:
     """Search DB; prints one JSON object per hit.
 
         mrag search "How did Roman aqueducts work, and why do bees fan their hives?" --db idx -k 4
@@ -142,7 +175,9 @@ def search(query: str, db: str, model: str | None, k: int, strategy: str, depth:
     from mrag.index import Index
 
     chosen = [s.strip() for s in selection.split(",") if s.strip()] if selection is not None else None
-    hits = Index.open(db, model=model, create=False).search(query, k=k, strategy=strategy, c=depth, spaces=chosen)
+    hits = Index.open(db, model=model, create=False).search(
+        query, k=k, strategy=strategy, c=depth, spaces=chosen, exact=exact
+    )
     for rank, hit in enumerate(hits, 1):
         if plain:
             click.echo(f"{rank}. [{hit.score:.4f}] {hit.title or hit.doc_id}  ({hit.id})")

@@ -28,8 +28,8 @@ import pyarrow as pa
 
 from mrag.chunk import chunk_text
 from mrag.embed.base import Embeddings, HeadEmbedder
-from mrag.index import AddReport, Index, document_digest
-from mrag.ingest import Document, IngestError, Skipped, read_file, walk_files
+from mrag.index import AddReport, Index
+from mrag.ingest import Document, IngestError, Skipped, document_digest, read_file, walk_files
 from mrag.scales import HeadStats, split_unit
 from mrag.store import Store, build_rows, chunk_schema, quote
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -11,17 +10,18 @@ from typing import Any
 
 import numpy as np
 
-from mrag import retrieve
+from mrag import ann, retrieve
 from mrag.chunk import chunk_text
 from mrag.embed.base import HeadEmbedder
 from mrag.embed.models import resolve_model
-from mrag.ingest import Document, Skipped, read_paths
+from mrag.ingest import Document, Skipped, as_document, document_digest, read_paths
 from mrag.spaces import Space, SpaceSpec, check_unique, new_specs, open_spaces, parse_space
-from mrag.store import Store, StoreError, build_rows, quote
+from mrag.store import Store, StoreError, build_rows, head_column, quote, space_column
 
 DEFAULT_CHUNK_CHARS = 1000
 DEFAULT_OVERLAP = 1
 WRITE_BATCH = 256  # chunks embedded and written per step
+HIT_COLUMNS = ["text", "source", "title", "doc_id", "position", "metadata"]
 
 
 @dataclass
@@ -226,7 +226,7 @@ class Index:
             return self.store.delete(where)
 
     def _write(self, docs: Iterable[Document | dict[str, Any] | str], replace: bool, show_progress: bool) -> AddReport:
-        documents = [_as_document(d, i) for i, d in enumerate(docs)]
+        documents = [as_document(d, i) for i, d in enumerate(docs)]
         ids = [d.id for d in documents]
         dupes = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) < len(ids) else []
         if dupes:
@@ -294,6 +294,7 @@ class Index:
         c: int | None = None,
         subqueries: Sequence[str] | None = None,
         spaces: Sequence[str] | None = None,
+        exact: bool | None = None,
     ) -> list[Hit]:
         """The top k chunks for a query; each hit carries the votes that put it there.
 
@@ -302,62 +303,104 @@ class Index:
 
         Segmenting strategies (`mrag`, `segment+...`, `interleave+...`) split the query themselves; the
         fusion strategies (`fusion`, `mrag-fusion`) need `subqueries` (e.g. written by an LLM).
+
+        `exact`: None searches the ANN indexes when the index has them (`build_ann`), else exactly in
+        memory; True always exactly; False requires the ANN indexes.
         """
-        if not query or not query.strip():
+        return self.search_many([query], k, strategy, c, [subqueries or []], spaces, exact)[0]
+
+    def search_many(
+        self,
+        queries: Sequence[str],
+        k: int = 5,
+        strategy: str = retrieve.DEFAULT_STRATEGY,
+        c: int | None = None,
+        subqueries: Sequence[Sequence[str]] | None = None,
+        spaces: Sequence[str] | None = None,
+        exact: bool | None = None,
+    ) -> list[list[Hit]]:
+        """`search` for a batch of queries: one embedding pass, and every space searched once for all."""
+        if any(not q or not q.strip() for q in queries):
             raise ValueError("the query is empty")
         if k <= 0:
             raise ValueError(f"k must be positive, got {k}")
         plan = retrieve.parse_strategy(strategy)
-        parts = retrieve.query_parts(strategy, query)
         if plan.expand == "fusion":
-            parts = [q for q in (subqueries or []) if q.strip()]
-            if not parts:
+            parts = [[q for q in subs if q.strip()] for subs in subqueries or [[] for _ in queries]]
+            if len(parts) != len(queries) or not all(parts):
                 raise ValueError(f"strategy {strategy!r} needs sub-queries")
-        matrix = self.store.matrix()
+        else:
+            parts = [retrieve.query_parts(strategy, q) for q in queries]
+        labels = [e["name"] for e in self.store.manifest.get("spaces", [])]
         if spaces is not None:
-            retrieve.check_selection(spaces, self.store.n_heads, len(self.store.committed_scales()["split"]),
-                                     list(matrix.extra))
-        if len(matrix.ids) == 0:
-            return []  # nothing to rank: no need to embed the query
-        emb = self.embedder.embed([query, *parts], kind="query")
-        votes_extra = plan.base in retrieve.EXTRA_SPACE_STRATEGIES
-        live = [s for s in self.spaces if votes_extra and s.name in matrix.extra and s.name in (spaces or matrix.extra)]
-        extra = {s.name: retrieve.unit(s.embed([query, *parts], kind="query")) for s in live}
-        queries = [
+            retrieve.check_selection(spaces, self.store.n_heads, len(self.store.committed_scales()["split"]), labels)
+        ranker, fetch, count = self._ranker(plan, exact)
+        if not queries or count == 0:
+            return [[] for _ in queries]  # nothing to rank: no need to embed the queries
+        texts = [t for q, p in zip(queries, parts) for t in (p or [q])]  # a segmented query votes by its parts
+        emb = self.embedder.embed(texts, kind="query")
+        live = [s for s in self.spaces if plan.base in retrieve.EXTRA_SPACE_STRATEGIES and s.name in (spaces or labels)]
+        extra = {s.name: retrieve.unit(s.embed(texts, kind="query")) for s in live}
+        vectors = [
             retrieve.QueryVectors(retrieve.unit(s), retrieve.unit(h), {n: v[i] for n, v in extra.items()})
             for i, (s, h) in enumerate(zip(emb.standard, emb.heads))
         ]
-        scales = self.space_weights()
-        result = retrieve.run(
-            strategy,
-            matrix.standard,
-            matrix.heads,
-            queries[0],
-            k=k,
-            c=c or max(k, retrieve.DEFAULT_C),
-            scales=scales,
-            parts=queries[1:],
-            extra={name: matrix.extra[name] for name in extra},
-            select=spaces,
+        batch, start = [], 0
+        for p in parts:
+            mine = vectors[start : start + max(1, len(p))]
+            batch.append((mine[0], mine if p else None))
+            start += len(mine)
+        results = retrieve.vote_many(
+            strategy, batch, k, c or max(k, retrieve.DEFAULT_C), self.space_weights(), ranker,
+            self.store.n_heads, list(extra), spaces,
         )
-        chunk_ids = [str(matrix.ids[r]) for r in result.rows]
-        rows = self.store.rows_by_id(
-            chunk_ids, ["text", "source", "title", "doc_id", "position", "metadata"], table=matrix.table
-        )
+        rows = fetch(sorted({int(r) for result in results for r in result.rows}))
         return [
-            Hit(
-                id=row["id"],
-                score=float(score),
-                text=row["text"],
-                source=row["source"],
-                title=row["title"],
-                doc_id=row["doc_id"],
-                position=row["position"],
-                metadata=json.loads(row["metadata"] or "{}"),
-                votes=votes,
-            )
-            for row, score, votes in zip(rows, result.scores, result.votes)
+            [_hit(rows[int(r)], score, votes) for r, score, votes in zip(result.rows, result.scores, result.votes)]
+            for result in results
         ]
+
+    def _ranker(
+        self, plan: retrieve.Plan, exact: bool | None
+    ) -> tuple[retrieve.Ranker, Callable[[list[int]], dict[int, dict[str, Any]]], int]:
+        """How to find each space's nearest rows: the ANN indexes or the in-memory matrix.
+        -> (ranker, fetch: the ranker's row numbers -> their stored rows, how many rows there are)."""
+        self.store.refresh()
+        built = self.store.manifest.get("ann")
+        if exact is False and (not built or plan.base.startswith("split")):
+            raise ValueError("no ANN index covers this search: build one with `mrag index --build-ann`, "
+                             "and use a strategy other than split")
+        if built and not exact and not plan.base.startswith("split"):
+            labels = [e["name"] for e in self.store.manifest.get("spaces", [])]
+            refine = ann.DEFAULT_REFINE if built["index_type"] == "IVF_PQ" else None
+            ranker = ann.AnnRanker(self.store.snapshot(), ann.space_columns(self.store.n_heads, labels),
+                                   built.get("nprobes", ann.DEFAULT_NPROBES), refine)
+
+            def by_row_id(rows: list[int]) -> dict[int, dict[str, Any]]:
+                found = self.store.take(ranker.table, HIT_COLUMNS, row_ids=[ranker.row_ids[r] for r in rows])
+                return {r: found[ranker.ids[r]] for r in rows}
+
+            return ranker, by_row_id, ranker.table.count_rows()
+        matrix = self.store.matrix(refresh=False)
+
+        def by_offset(rows: list[int]) -> dict[int, dict[str, Any]]:
+            found = self.store.take(matrix.table, HIT_COLUMNS, offsets=rows)
+            return {r: found[matrix.ids[r]] for r in rows}
+
+        return retrieve.Exact(matrix.standard, matrix.heads, matrix.extra), by_offset, len(matrix.ids)
+
+    def build_ann(self, index_type: str = ann.DEFAULT_INDEX, progress: Callable[[str], None] | None = None) -> dict:
+        """Build (or rebuild) an ANN index on every space's column, in one committed write."""
+        store = self.store
+        columns = {"vector": store.dim, **{head_column(i): store.head_dim for i in range(store.n_heads)},
+                   **{space_column(name): dim for name, dim in store.space_dims().items()}}
+        if store.count() == 0:
+            raise ValueError("the index is empty: add documents before building ANN indexes")
+        with store.writing():
+            ann.build(store.chunks, columns, index_type, progress)
+            built = {"index_type": index_type, "rows": store.chunks.count_rows(), "nprobes": ann.DEFAULT_NPROBES}
+            store.manifest = store.manifest | {"ann": built}
+        return built
 
     def space_weights(self) -> retrieve.Scales:
         """Committed scales, with each external space's weight: its own scale ("auto") or the one it was given."""
@@ -382,37 +425,9 @@ class Index:
             "spaces": [
                 e | {"scale": float(self.space_weights()[f"space:{e['name']}"][0])} for e in m.get("spaces", [])
             ],
+            "ann": m.get("ann"),
             "strategies": retrieve.strategy_names(),
         }
-
-
-def _as_document(doc: Document | dict[str, Any] | str, i: int) -> Document:
-    if isinstance(doc, Document):
-        d = doc
-    elif isinstance(doc, str):
-        d = Document(id=hashlib.sha256(doc.encode()).hexdigest()[:16], text=doc, source="")
-    elif isinstance(doc, dict):
-        if not isinstance(doc.get("text"), str):
-            raise ValueError(f"document {i} has no string 'text'")
-        extra = {k: v for k, v in doc.items() if k not in ("id", "text", "source", "title", "metadata")}
-        d = Document(
-            id=str(doc.get("id") or hashlib.sha256(doc["text"].encode()).hexdigest()[:16]),
-            text=doc["text"],
-            source=str(doc.get("source") or ""),
-            title=str(doc.get("title") or ""),
-            metadata={**doc.get("metadata", {}), **extra},
-        )
-    else:
-        raise TypeError(f"document {i}: expected Document, dict or str, got {type(doc).__name__}")
-    if not d.text.strip():
-        raise ValueError(f"document {d.id!r} is empty")
-    return d
-
-
-def document_digest(doc: Document) -> str:
-    """What decides whether a document changed: its text, title, source and metadata."""
-    payload = json.dumps([doc.text, doc.title, doc.source, doc.metadata], sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()
 
 
 def _check_same(
@@ -431,3 +446,17 @@ def _check_same(
         for key in ("model", "dim", "n_heads", "head_dim"):
             if info.get(key) != recorded.get(key):
                 raise StoreError(f"the index at {uri} was built with {key}={recorded.get(key)}, not {info.get(key)}")
+
+
+def _hit(row: dict[str, Any], score: float, votes: list[dict[str, Any]]) -> Hit:
+    return Hit(
+        id=row["id"],
+        score=float(score),
+        text=row["text"],
+        source=row["source"],
+        title=row["title"],
+        doc_id=row["doc_id"],
+        position=row["position"],
+        metadata=json.loads(row["metadata"] or "{}"),
+        votes=votes,
+    )

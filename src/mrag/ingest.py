@@ -7,6 +7,7 @@ written. Files found while walking a folder are skipped with a reason when they 
 
 from __future__ import annotations
 
+import hashlib
 import html.parser
 import json
 from collections.abc import Iterable, Iterator
@@ -170,3 +171,32 @@ def html_to_text(markup: str) -> tuple[str, str]:
     parser.feed(markup)
     lines = [" ".join(line.split()) for line in "".join(parser.parts).split("\n\n")]
     return parser.title, "\n\n".join(line for line in lines if line)
+
+
+def as_document(doc: Document | dict[str, Any] | str, i: int) -> Document:
+    if isinstance(doc, Document):
+        d = doc
+    elif isinstance(doc, str):
+        d = Document(id=hashlib.sha256(doc.encode()).hexdigest()[:16], text=doc, source="")
+    elif isinstance(doc, dict):
+        if not isinstance(doc.get("text"), str):
+            raise ValueError(f"document {i} has no string 'text'")
+        extra = {k: v for k, v in doc.items() if k not in ("id", "text", "source", "title", "metadata")}
+        d = Document(
+            id=str(doc.get("id") or hashlib.sha256(doc["text"].encode()).hexdigest()[:16]),
+            text=doc["text"],
+            source=str(doc.get("source") or ""),
+            title=str(doc.get("title") or ""),
+            metadata={**doc.get("metadata", {}), **extra},
+        )
+    else:
+        raise TypeError(f"document {i}: expected Document, dict or str, got {type(doc).__name__}")
+    if not d.text.strip():
+        raise ValueError(f"document {d.id!r} is empty")
+    return d
+
+
+def document_digest(doc: Document) -> str:
+    """What decides whether a document changed: its text, title, source and metadata."""
+    payload = json.dumps([doc.text, doc.title, doc.source, doc.metadata], sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()

@@ -1,9 +1,10 @@
 """LanceDB storage: one `chunks` table (a row per chunk) and a one-row `manifest` table.
 
-Row layout: id, doc_id, source, title, position, text, metadata (JSON), doc_hash, and three vectors:
-`vector` (D, unit standard embedding), `heads` (H*d, every head scaled to unit length, so one
-block-diagonal product scores all heads) and `head_norms` (H, the heads' original lengths, needed to
-take a row back out of the head-scale sums on delete).
+Row layout: id, doc_id, source, title, position, text, metadata (JSON), doc_hash, and the vectors:
+`vector` (D, unit standard embedding), one column per head `head_0` ... `head_{H-1}` (d each, scaled
+to unit length; one column per space, so LanceDB can build an ANN index on each) and `head_norms`
+(H, the heads' original lengths, needed to take a row back out of the head-scale sums on delete).
+Format 1 indexes kept all heads in one packed `heads` column: they can be searched, not written.
 
 The manifest records the embedder (model, revision, layer, pooling, H, d_head, instructions), the
 chunking settings, the running head-scale sums and the committed `chunks` version they belong to.
@@ -29,7 +30,8 @@ from mrag.scales import HeadStats, split_unit
 
 CHUNKS = "chunks"
 MANIFEST = "manifest"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_FORMATS = (1, 2)
 
 
 class StoreError(ValueError):
@@ -39,6 +41,11 @@ class StoreError(ValueError):
 def space_column(name: str) -> str:
     """The column holding an external space's raw vectors (see `mrag.spaces`)."""
     return f"space_{name}"
+
+
+def head_column(i: int) -> str:
+    """The column holding head i's unit vectors."""
+    return f"head_{i}"
 
 
 def chunk_schema(dim: int, n_heads: int, head_dim: int, spaces: dict[str, int] | None = None) -> pa.Schema:
@@ -55,7 +62,7 @@ def chunk_schema(dim: int, n_heads: int, head_dim: int, spaces: dict[str, int] |
             pa.field("metadata", pa.string()),
             pa.field("doc_hash", pa.string()),
             pa.field("vector", pa.list_(pa.float32(), dim)),
-            pa.field("heads", pa.list_(pa.float32(), n_heads * head_dim)),
+            *(pa.field(head_column(i), pa.list_(pa.float32(), head_dim)) for i in range(n_heads)),
             pa.field("head_norms", pa.list_(pa.float32(), n_heads)),
             *extra,
         ]
@@ -64,7 +71,8 @@ def chunk_schema(dim: int, n_heads: int, head_dim: int, spaces: dict[str, int] |
 
 @dataclass
 class Matrix:
-    """The vectors of every row, in memory, for exact search.  ids (N,), standard (N, D), heads (N, H*d)."""
+    """The vectors of every row, in memory, for exact search.  ids (N,), standard (N, D), heads (H, N, d):
+    head-major, so each head's vectors are one contiguous matrix."""
 
     version: int
     table: Any  # the chunks table checked out at `version`, for reading the hits' text
@@ -93,6 +101,7 @@ class Store:
         self.n_heads = int(manifest["embedder"]["n_heads"])
         self.head_dim = int(manifest["embedder"]["head_dim"])
         self.dim = int(manifest["embedder"]["dim"])
+        self.packed = manifest.get("format") == 1  # all heads in one `heads` column
         # the writer's running sums; readers use the committed ones in the manifest
         self.stats = HeadStats.from_json(manifest["stats"]["heads"])
         self.split_stats = HeadStats.from_json(manifest["stats"]["split"])
@@ -144,7 +153,7 @@ class Store:
         db = lancedb.connect(uri, read_consistency_interval=timedelta(0), storage_options=storage_options)
         rows = db.open_table(MANIFEST).to_arrow().to_pylist()
         manifest = json.loads(rows[0]["json"])
-        if manifest.get("format") != FORMAT_VERSION:
+        if manifest.get("format") not in READABLE_FORMATS:
             raise StoreError(f"{uri} was written by an incompatible mrag (format {manifest.get('format')})")
         return cls(uri, db, db.open_table(CHUNKS), manifest)
 
@@ -207,30 +216,56 @@ class Store:
         by_id = {r["id"]: r for r in table}
         return [by_id[i] for i in ids if i in by_id]
 
+    def take(
+        self, table: Any, columns: list[str], offsets: list[int] | None = None, row_ids: list[int] | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Rows by position in `table` (as the matrix numbers them) or by Lance row id: id -> row.
+        No filter scan: this is what a search reads besides the vectors."""
+        if not offsets and not row_ids:
+            return {}
+        query = table.take_offsets(offsets) if offsets else table.take_row_ids(row_ids)
+        return {r["id"]: r for r in query.select(["id", *columns]).to_arrow().to_pylist()}
+
     def doc_hashes(self, doc_ids: list[str]) -> dict[str, str]:
         if not doc_ids:
             return {}
         table = self.rows(f"doc_id IN ({quote(doc_ids)})", ["doc_id", "doc_hash"])
         return dict(zip(table["doc_id"].to_pylist(), table["doc_hash"].to_pylist()))
 
-    def matrix(self) -> Matrix:
-        """Every committed row's vectors in memory, reloaded only after a new committed write."""
-        self.refresh()
+    def matrix(self, refresh: bool = True) -> Matrix:
+        """Every committed row's vectors in memory, reloaded only after a new committed write
+        (`refresh=False`: the caller has just refreshed the manifest)."""
+        if refresh:
+            self.refresh()
         matrix = self._matrix
         if matrix is None or matrix.version != self.committed_version:
             snapshot = self.snapshot()
             dims = {s["name"]: int(s["dim"]) for s in self.manifest.get("spaces", [])}
-            table = self.rows(columns=["id", "vector", "heads", *map(space_column, dims)], table=snapshot)
+            table = self.rows(columns=["id", "vector", *self.head_columns(), *map(space_column, dims)],
+                              table=snapshot)
             n = table.num_rows
             matrix = self._matrix = Matrix(
                 version=snapshot.version,  # not committed_version: another thread may have refreshed it
                 table=snapshot,
                 ids=np.asarray(table["id"].to_pylist(), dtype=object),
                 standard=_fixed(table["vector"], n, self.dim),
-                heads=_fixed(table["heads"], n, self.n_heads * self.head_dim),
+                heads=self._head_units(table),
                 extra={name: split_unit(_fixed(table[space_column(name)], n, d))[1] for name, d in dims.items()},
             )
         return matrix
+
+    def head_columns(self) -> list[str]:
+        return ["heads"] if self.packed else [head_column(i) for i in range(self.n_heads)]
+
+    def _head_units(self, rows: pa.Table) -> np.ndarray:
+        """The rows' unit heads, head-major.  -> (H, N, d)"""
+        n, h, d = rows.num_rows, self.n_heads, self.head_dim
+        if self.packed:  # format 1: (N, H*d) in one column
+            return np.ascontiguousarray(_fixed(rows["heads"], n, h * d).reshape(n, h, d).transpose(1, 0, 2))
+        heads = np.empty((h, n, d), dtype=np.float32)
+        for i in range(h):
+            heads[i] = _fixed(rows[head_column(i)], n, d)
+        return heads
 
     # --- writing -------------------------------------------------------------------------
 
@@ -239,6 +274,11 @@ class Store:
         """All-or-nothing. Rows become visible to readers only when the manifest commits them; on
         any error the chunks table is restored and the sums are untouched. Rows left behind by a
         write that died (newer than the committed version) are rolled back first. One writer at a time."""
+        if self.packed:
+            raise StoreError(
+                f"{self.uri} was written by mrag format 1 (all heads in one column): it can be searched "
+                "but not changed; index the files again into a new folder"
+            )
         with self._write_lock:
             self.refresh()
             self._load(self.manifest)
@@ -264,7 +304,7 @@ class Store:
 
     def delete(self, where: str) -> int:
         """Delete the rows matching a filter (inside `writing()`); returns how many."""
-        columns = ["vector", "heads", "head_norms", *map(space_column, self.space_stats)]
+        columns = ["vector", *self.head_columns(), "head_norms", *map(space_column, self.space_stats)]
         gone = self.rows(where, columns, table=self.chunks)
         if gone.num_rows:
             self._fold(gone, sign=-1)
@@ -275,8 +315,8 @@ class Store:
         n = rows.num_rows
         if n == 0:
             return
-        h, d = self.n_heads, self.head_dim
-        units = _fixed(rows["heads"], n, h * d).reshape(n, h, d)
+        h = self.n_heads
+        units = self._head_units(rows).transpose(1, 0, 2)  # (N, H, d)
         norms = _fixed(rows["head_norms"], n, h)
         self.stats.add(norms, units, sign)
         g, sd = self.split_stats.n_heads, self.split_stats.head_dim
@@ -369,7 +409,7 @@ def build_rows(
             "metadata": [json.dumps(m, ensure_ascii=False, default=str) for m in metadata],
             "doc_hash": doc_hashes,
             "vector": vectors(std_units, standard.shape[1]),
-            "heads": vectors(head_units, h * d),
+            **{head_column(i): vectors(head_units[:, i], d) for i in range(h)},
             "head_norms": vectors(head_norms, h),
             **{space_column(name): vectors(v, v.shape[1]) for name, v in (extra or {}).items()},
         },

@@ -1,0 +1,138 @@
+"""Approximate search through LanceDB's vector indexes: one index per space (the standard vector,
+each head column, every external space) and a ranker that asks them instead of scanning memory.
+
+Built by `Index.build_ann` (`mrag index --build-ann`, or by `mrag index` once an index reaches
+`ANN_THRESHOLD` rows). Rows written after a build are still found: LanceDB scans the rows its
+indexes do not cover yet, and deleted rows are never returned. Split-RAG's slices have no column of
+their own, so the `split` strategies always search exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from mrag.retrieve import QueryVectors, Voter
+from mrag.store import head_column, space_column
+
+INDEX_TYPES = ("IVF_FLAT", "IVF_PQ", "IVF_HNSW_SQ")
+DEFAULT_INDEX = "IVF_FLAT"  # measured best for 32-dim heads: fast build, recall 0.998 (benchmarks/results/ann.md)
+ANN_THRESHOLD = 200_000  # rows; below it the in-memory exact scan is fast enough (benchmarks/results/core.md)
+DEFAULT_NPROBES = 20
+DEFAULT_REFINE = 5  # IVF_PQ re-ranks refine x c candidates on the full vectors
+
+
+def space_columns(n_heads: int, spaces: list[str]) -> dict[str, str]:
+    """Voter name -> the chunks column its vectors live in."""
+    return {"standard": "vector", **{f"head:{i}": head_column(i) for i in range(n_heads)},
+            **{name: space_column(name) for name in spaces}}
+
+
+def needs_ann(rows: int, built: dict[str, Any] | None, threshold: int = ANN_THRESHOLD) -> bool:
+    """Whether `mrag index` should (re)build the ANN indexes: from `threshold` rows, and again once a
+    quarter more rows than the last build covered wait in LanceDB's flat-scanned remainder."""
+    if threshold <= 0 or rows < threshold:
+        return False
+    return built is None or rows > 1.25 * int(built.get("rows", 0))
+
+
+def index_config(index_type: str, dim: int, n_rows: int) -> Any:
+    """LanceDB's index settings for one column of `dim` floats (cosine, partitions ~ sqrt(rows))."""
+    from lancedb.index import HnswSq, IvfFlat, IvfPq
+
+    partitions = max(1, int(math.sqrt(n_rows)))
+    if index_type == "IVF_FLAT":
+        return IvfFlat(distance_type="cosine", num_partitions=partitions)
+    if index_type == "IVF_PQ":  # 4 dims per code byte keeps small head vectors accurate
+        sub = next(s for s in (dim // 4, dim // 2, dim, 1) if s >= 1 and dim % s == 0)
+        return IvfPq(distance_type="cosine", num_partitions=partitions, num_sub_vectors=sub)
+    if index_type == "IVF_HNSW_SQ":
+        return HnswSq(distance_type="cosine", num_partitions=max(1, n_rows // 50_000))
+    raise ValueError(f"unknown ANN index type {index_type!r}; choose one of {', '.join(INDEX_TYPES)}")
+
+
+def build(
+    table: Any,
+    columns: dict[str, int],
+    index_type: str = DEFAULT_INDEX,
+    progress: Callable[[str], None] | None = None,
+) -> None:
+    """One vector index per column (name -> dim) of `table`, replacing any earlier one."""
+    n_rows = table.count_rows()
+    configs = {column: index_config(index_type, dim, n_rows) for column, dim in columns.items()}  # checks first
+    for column, config in configs.items():
+        table.create_index(column, config=config, replace=True)
+        if progress:
+            progress(column)
+
+
+class AnnRanker:
+    """A `mrag.retrieve.Ranker` over a table's ANN indexes: each space is asked once for all query
+    parts (LanceDB takes several query vectors at once), spaces in parallel threads.
+
+    Its rankings number rows locally; `ids[i]` is local row i's chunk id."""
+
+    def __init__(
+        self, table: Any, columns: dict[str, str], nprobes: int = DEFAULT_NPROBES, refine: int | None = None
+    ) -> None:
+        self.table, self.columns, self.nprobes, self.refine = table, columns, nprobes, refine
+        self.ids: list[str] = []  # local row number -> chunk id
+        self.row_ids: list[int] = []  # local row number -> Lance row id (to fetch the row)
+
+    def __call__(self, chosen: list[Voter], queries: list[QueryVectors], c: int) -> tuple[np.ndarray, np.ndarray]:
+        missing = [v.name for v in chosen if v.name not in self.columns]
+        if missing:
+            raise ValueError(f"space {missing[0]!r} has no ANN column; search it exactly")
+        with ThreadPoolExecutor(max_workers=min(8, len(chosen))) as pool:
+            found = list(pool.map(lambda v: self._search(v, queries, c), chosen))
+        local: dict[str, int] = {}
+        row_ids: dict[str, int] = {}
+        ranking = np.full((len(queries), len(chosen), c), -1, dtype=np.int64)
+        sims = np.full((len(queries), len(chosen), c), -np.inf)
+        for s, (part, ids, distance, lance_ids) in enumerate(found):
+            row_ids.update(zip(ids, lance_ids))
+            rank = _ranks(part)  # position of each result within its query part
+            keep = rank < c
+            rows = np.array([local.setdefault(i, len(local)) for i in ids], dtype=np.int64)
+            ranking[part[keep], s, rank[keep]] = rows[keep]
+            sims[part[keep], s, rank[keep]] = 1.0 - distance[keep]
+        self.ids = list(local)
+        self.row_ids = [row_ids[i] for i in self.ids]
+        return ranking, sims
+
+    def _search(
+        self, voter: Voter, queries: list[QueryVectors], c: int
+    ) -> tuple[np.ndarray, list[str], np.ndarray, list[int]]:
+        """One space, every part: (part of each result, chunk ids, cosine distances, Lance row ids),
+        best first per part."""
+        vectors = np.stack([_vector(voter, q) for q in queries]).astype(np.float32)  # (P, d)
+        query = (
+            self.table.search(vectors if len(vectors) > 1 else vectors[0], vector_column_name=self.columns[voter.name])
+            .distance_type("cosine")
+            .limit(c)
+            .nprobes(self.nprobes)
+            .select(["id"])
+            .with_row_id(True)
+        )
+        result = (query.refine_factor(self.refine) if self.refine else query).to_arrow()
+        part = result["query_index"].to_numpy() if "query_index" in result.column_names else np.zeros(len(result), int)
+        distance = result["_distance"].to_numpy().astype(np.float64)
+        order = np.lexsort((distance, part))  # by part, then nearest first
+        ids, lance_ids = result["id"].to_pylist(), result["_rowid"].to_pylist()
+        return part[order].astype(np.int64), [ids[i] for i in order], distance[order], [lance_ids[i] for i in order]
+
+
+def _vector(voter: Voter, query: QueryVectors) -> np.ndarray:
+    if voter.group == "heads":
+        return query.heads[voter.index]
+    return query.standard if voter.name == "standard" else query.extra[voter.name]
+
+
+def _ranks(part: np.ndarray) -> np.ndarray:
+    """Rank of each entry within its run of equal `part` values (part sorted).  [0,0,1,1,1] -> [0,1,0,1,2]"""
+    starts = np.searchsorted(part, part, side="left")
+    return np.arange(len(part)) - starts

@@ -1,0 +1,139 @@
+"""ANN indexes per space (mrag.ann) on real LanceDB: same answers as exact search when every
+partition is probed, rows written after a build still found, bad input changes nothing."""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import pytest
+
+from mrag.ann import AnnRanker, _ranks, needs_ann
+from mrag.embed.base import Embeddings, HeadEmbedder
+from mrag.index import Index
+
+STRATEGIES = ["standard", "mrag-paper", "mrag-std", "mrag", "interleave+mrag-std", "spaces"]
+
+
+class SeededEmbedder(HeadEmbedder):
+    """Continuous random vectors seeded by the text: no ties between distances, so exact and
+    ANN rankings can be compared row for row."""
+
+    name = "seeded"
+    dim = 16
+    n_heads = 4
+    head_dim = 8
+
+    def embed_batch(self, texts: list[str]) -> Embeddings:
+        rngs = [np.random.default_rng(int.from_bytes(hashlib.md5(t.encode()).digest()[:8], "little")) for t in texts]
+        standard = np.stack([r.standard_normal(self.dim) for r in rngs]).astype(np.float32)
+        heads = np.stack([r.standard_normal((self.n_heads, self.head_dim)) for r in rngs]).astype(np.float32)
+        return Embeddings(standard, heads)
+
+
+def docs(n: int, start: int = 0) -> list[dict]:
+    return [{"id": f"d{i}", "text": f"Document number {i}. It talks about topic {i % 7}."} for i in range(start, n)]
+
+
+QUERIES = ["Roman roads and bees. Chess engines and tides.", "topic three", "Where do comets come from?"]
+
+
+@pytest.fixture
+def seeded_index(tmp_path) -> Index:
+    index = Index.open(tmp_path / "db", embedder=SeededEmbedder())
+    index.add(docs(150))
+    return index
+
+
+def hits(index: Index, strategy: str, exact: bool | None, k: int = 10) -> list[list[tuple[str, float]]]:
+    return [[(h.id, round(h.score, 5)) for h in index.search(q, k=k, strategy=strategy, exact=exact)]
+            for q in QUERIES]
+
+
+def test_ranks_within_each_part():
+    assert _ranks(np.array([0, 0, 1, 1, 1, 3])).tolist() == [0, 1, 0, 1, 2, 0]
+    assert _ranks(np.array([], dtype=np.int64)).tolist() == []
+
+
+def test_needs_ann():
+    assert not needs_ann(99, None, 100)
+    assert needs_ann(100, None, 100)
+    assert not needs_ann(120, {"rows": 100}, 100)  # the flat-scanned remainder is still small
+    assert needs_ann(126, {"rows": 100}, 100)
+    assert not needs_ann(10**7, None, 0)  # 0 turns automatic builds off
+
+
+def test_ann_probing_every_partition_answers_as_exact_search(seeded_index):
+    exact = {s: hits(seeded_index, s, True) for s in STRATEGIES}
+    built = seeded_index.build_ann("IVF_FLAT")  # sqrt(150) = 12 partitions; 20 probes read them all
+    assert built["rows"] == 150 and seeded_index.info()["ann"] == built
+    for strategy in STRATEGIES:
+        assert hits(seeded_index, strategy, None) == exact[strategy], strategy
+        assert hits(seeded_index, strategy, False) == exact[strategy], strategy
+
+
+def test_ann_results_carry_the_same_votes(seeded_index):
+    before = seeded_index.search(QUERIES[0], k=3, strategy="mrag-std", exact=True)
+    seeded_index.build_ann()
+    after = seeded_index.search(QUERIES[0], k=3, strategy="mrag-std")
+    assert [h.votes for h in after] == [h.votes for h in before]
+    assert {v["space"] for h in after for v in h.votes} <= {"standard", "head:0", "head:1", "head:2", "head:3"}
+
+
+def test_rows_written_after_the_build_are_found_and_deleted_rows_are_not(seeded_index):
+    seeded_index.build_ann()
+    seeded_index.add(docs(160, start=150))
+    text = docs(160, start=150)[3]["text"]
+    assert seeded_index.search(text, k=1, strategy="standard")[0].id == "d153#0"  # its own vector: distance 0
+    assert hits(seeded_index, "mrag", None) == hits(seeded_index, "mrag", True)
+    seeded_index.delete(["d153"])
+    assert all(h.doc_id != "d153" for h in seeded_index.search(text, k=20, strategy="mrag-std"))
+
+
+def test_ivf_pq_recall(tmp_path):
+    index = Index.open(tmp_path / "db", embedder=SeededEmbedder())
+    index.add(docs(400))  # PQ training needs 256 rows
+    exact = hits(index, "mrag", True)
+    index.build_ann("IVF_PQ")
+    approx = hits(index, "mrag", None)
+    overlap = np.mean([len({i for i, _ in a} & {i for i, _ in e}) / len(e) for a, e in zip(approx, exact)])
+    assert overlap >= 0.9
+
+
+def test_split_searches_exactly_and_exact_false_needs_an_index(seeded_index):
+    with pytest.raises(ValueError, match="no ANN index"):
+        seeded_index.search(QUERIES[0], exact=False)
+    expected = hits(seeded_index, "split", True)
+    seeded_index.build_ann()
+    assert hits(seeded_index, "split", None) == expected  # slices have no column: always exact
+    with pytest.raises(ValueError, match="no ANN index"):
+        seeded_index.search(QUERIES[0], strategy="split", exact=False)
+
+
+def test_bad_ann_requests_change_nothing(seeded_index, tmp_path):
+    version, before = seeded_index.store.committed_version, hits(seeded_index, "mrag", None)
+    with pytest.raises(ValueError, match="unknown ANN index type 'HNSW_NOPE'"):
+        seeded_index.build_ann("HNSW_NOPE")
+    assert seeded_index.store.committed_version == version and "ann" not in seeded_index.store.manifest
+    assert hits(seeded_index, "mrag", None) == before
+    empty = Index.open(tmp_path / "empty", embedder=SeededEmbedder())
+    with pytest.raises(ValueError, match="the index is empty"):
+        empty.build_ann()
+
+
+def test_a_space_without_a_column_is_refused(seeded_index):
+    from mrag.retrieve import QueryVectors, Voter
+
+    ranker = AnnRanker(seeded_index.store.snapshot(), {"standard": "vector"})
+    q = QueryVectors(np.ones(16), np.ones((4, 8)))
+    with pytest.raises(ValueError, match="'head:0' has no ANN column"):
+        ranker([Voter("head:0", "heads", 1.0)], [q], 3)
+
+
+def test_search_many_matches_one_by_one(seeded_index):
+    for exact in (True, None):
+        together = seeded_index.search_many(QUERIES, k=4, exact=exact)
+        assert [[h.id for h in hs] for hs in together] == [
+            [h.id for h in seeded_index.search(q, k=4, exact=exact)] for q in QUERIES
+        ]
+        seeded_index.build_ann()

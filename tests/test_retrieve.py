@@ -1,0 +1,63 @@
+"""The exact ranker: one pass over the matrices for all parts, against brute force, ties, and batches
+scored in steps."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mrag import retrieve
+
+
+def test_top_c_best_first_and_ties_to_the_smaller_row():
+    sims = np.array([[0.1, 0.9, 0.5, 0.9, 0.2],  # tie at the top: rows 1 and 3
+                     [0.3, 0.3, 0.3, 0.7, 0.3]])  # tie across the cut: rows 0, 1, 2, 4
+    ranking, values = retrieve.top_c(sims, 2)
+    assert ranking.tolist() == [[1, 3], [3, 0]]
+    assert values.tolist() == [[0.9, 0.9], [0.7, 0.3]]
+    ranking, _ = retrieve.top_c(sims[:, :2], 4)  # fewer rows than c: padded with -1
+    assert ranking.tolist() == [[1, 0, -1, -1], [0, 1, -1, -1]]
+
+
+def random_index(n: int = 300, h: int = 3, d: int = 4, dim: int = 12, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    standard = retrieve.unit(rng.standard_normal((n, dim))).astype(np.float32)
+    heads = retrieve.unit(rng.standard_normal((h, n, d))).astype(np.float32)  # (H, N, d)
+    parts = [retrieve.QueryVectors(retrieve.unit(rng.standard_normal(dim)), retrieve.unit(rng.standard_normal((h, d))))
+             for _ in range(5)]
+    return standard, heads, parts
+
+
+def test_exact_ranks_every_space_and_part_as_brute_force():
+    standard, heads, parts = random_index()
+    scales = {"heads": np.ones(3), "standard": np.ones(1), "split": np.ones(3)}
+    chosen = retrieve.voters("mrag-std", 3, scales)
+    assert [v.name for v in chosen] == ["head:0", "head:1", "head:2", "standard"]
+    ranking, sims = retrieve.Exact(standard, heads)(chosen, parts, 7)  # (P, S, c)
+    assert ranking.shape == (5, 4, 7)
+    for p, q in enumerate(parts):
+        for s in range(3):
+            brute = heads[s] @ q.heads[s]
+            np.testing.assert_array_equal(ranking[p, s], np.argsort(-brute, kind="stable")[:7])
+            np.testing.assert_allclose(sims[p, s], np.sort(brute)[::-1][:7], rtol=1e-5)
+        np.testing.assert_array_equal(ranking[p, 3], np.argsort(-(standard @ q.standard), kind="stable")[:7])
+
+
+def test_large_batches_are_scored_in_steps_with_the_same_result(monkeypatch):
+    standard, heads, parts = random_index()
+    chosen = retrieve.voters("mrag-std", 3, {"heads": np.ones(3), "standard": np.ones(1)})
+    whole = retrieve.Exact(standard, heads)(chosen, parts, 5)
+    monkeypatch.setattr(retrieve, "SCORE_BYTES", 4 * 4 * 300 * 2)  # room for two parts at a time
+    stepped = retrieve.Exact(standard, heads)(chosen, parts, 5)
+    np.testing.assert_array_equal(whole[0], stepped[0])
+    np.testing.assert_allclose(whole[1], stepped[1], rtol=1e-6)  # other GEMM blocking: last-bit differences
+
+
+def test_a_batch_votes_as_its_queries_one_by_one():
+    standard, heads, parts = random_index()
+    scales = {"heads": np.array([1.0, 2.0, 0.5]), "standard": np.ones(1), "split": np.ones(3)}
+    ranker = retrieve.Exact(standard, heads)
+    batch = [(parts[0], None), (parts[1], parts[1:4]), (parts[4], None)]
+    for strategy in ("mrag", "mrag-paper", "standard", "interleave+mrag-std"):
+        together = retrieve.vote_many(strategy, batch, 5, 8, scales, ranker, 3)
+        alone = [retrieve.vote(strategy, q, 5, 8, scales, ranker, 3, p) for q, p in batch]
+        assert [r.rows.tolist() for r in together] == [r.rows.tolist() for r in alone], strategy
