@@ -16,6 +16,7 @@ Writes benchmarks/results/scale.json and scale.md (quick: scale-quick.*).
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import tempfile
 import time
@@ -69,8 +70,7 @@ class ClusteredEmbedder(HeadEmbedder):
         return Embeddings(np.concatenate([s for s, _ in pairs]), np.concatenate([h for _, h in pairs]))
 
 
-def build(path: Path, n: int, batch: int = 50_000) -> tuple[Index, float]:
-    embedder = ClusteredEmbedder()
+def build(path: Path, n: int, embedder: ClusteredEmbedder, batch: int = 50_000) -> tuple[Index, float]:
     index = Index.open(path, embedder=embedder)
     schema = chunk_schema(embedder.dim, embedder.n_heads, embedder.head_dim)
     rng = np.random.default_rng(1)
@@ -92,25 +92,27 @@ def queries(count: int) -> list[str]:
     return [". ".join(f"{s} {i}" for s in SENTENCES) + "." for i in range(count)]
 
 
-def timed(index: Index, strategy: str, texts: list[str], exact: bool, batch: int, repeats: int) -> dict[str, Any]:
+def timed(
+    index: Index, strategy: str, texts: list[str], exact: bool, batch: int, repeats: int, nprobes: int | None = None
+) -> dict[str, Any]:
     """p50/p99 per query of `Index.search_many` over the texts in batches of `batch`."""
     groups = [texts[i : i + batch] for i in range(0, len(texts), batch)][: max(1, repeats // batch) or 1]
     times = []
     for group in groups:
-        times += [t / len(group) for t in time_calls(lambda g=group: index.search_many(g, 10, strategy, exact=exact),
-                                                      1 if batch > 1 else 1, warmup=0)]
+        call = functools.partial(index.search_many, group, 10, strategy, exact=exact, nprobes=nprobes)
+        times += [t / len(group) for t in time_calls(call, 1, warmup=0)]
     return percentiles_ms(times)
 
 
-def top_ids(index: Index, strategy: str, texts: list[str], exact: bool) -> list[list[str]]:
-    return [[h.id for h in hits] for hits in index.search_many(texts, 10, strategy, exact=exact)]
+def top_ids(index: Index, strategy: str, texts: list[str], exact: bool, nprobes: int | None = None) -> list[list[str]]:
+    return [[h.id for h in hits] for hits in index.search_many(texts, 10, strategy, exact=exact, nprobes=nprobes)]
 
 
-def space_recall(index: Index, texts: list[str], c: int = 32) -> dict[str, float]:
+def space_recall(index: Index, texts: list[str], nprobes: int, c: int = 32) -> dict[str, float]:
     """Per space, the share of the exact top c that the ANN index returns (mean over query parts)."""
     matrix = index.store.matrix()
     exact = retrieve.Exact(matrix.standard, matrix.heads)
-    approx = ann.AnnRanker(index.store.snapshot(), ann.space_columns(index.store.n_heads, []))
+    approx = ann.AnnRanker(index.store.snapshot(), ann.space_columns(index.store.n_heads, []), nprobes)
     chosen = retrieve.voters("mrag-std", index.store.n_heads, index.space_weights())
     emb = index.embedder.embed([p for t in texts for p in retrieve.query_parts("mrag", t)], kind="query")
     parts = [retrieve.QueryVectors(retrieve.unit(s), retrieve.unit(h)) for s, h in zip(emb.standard, emb.heads)]
@@ -124,11 +126,11 @@ def space_recall(index: Index, texts: list[str], c: int = 32) -> dict[str, float
     return out
 
 
-def run(n: int, index_type: str, n_queries: int) -> dict[str, Any]:
+def run(n: int, index_type: str, n_queries: int, clusters: int, noise: float, probes: list[int]) -> dict[str, Any]:
     texts = queries(n_queries)
     with tempfile.TemporaryDirectory() as tmp:
         rss_start = rss_mb()
-        index, build_s = build(Path(tmp) / "db", n)
+        index, build_s = build(Path(tmp) / "db", n, ClusteredEmbedder(clusters, noise))
         print(f"built {n} rows in {build_s:.1f} s", flush=True)
         start = time.perf_counter()
         index.store.matrix()
@@ -148,15 +150,17 @@ def run(n: int, index_type: str, n_queries: int) -> dict[str, Any]:
         index.build_ann(index_type)
         ann_build_s = time.perf_counter() - start
         print(f"ANN ({index_type}) built in {ann_build_s:.1f} s", flush=True)
-        for strategy in STRATEGIES:
-            found = top_ids(index, strategy, texts, False)
-            recall = np.mean([len(set(a) & set(e)) / max(1, len(e)) for a, e in zip(found, exact_ids[strategy])])
-            for batch in (1, 32):
-                stats = timed(index, strategy, texts, False, batch, n_queries)
-                rows.append({"chunks": n, "search": f"ANN {index_type}", "strategy": strategy, "batch": batch,
-                             **stats, "recall@10": round(float(recall), 4)})
-                print(rows[-1], flush=True)
-        per_space = space_recall(index, texts[:10])
+        per_space = {}
+        for nprobes in probes:
+            for strategy in STRATEGIES:
+                found = top_ids(index, strategy, texts, False, nprobes)
+                recall = np.mean([len(set(a) & set(e)) / max(1, len(e)) for a, e in zip(found, exact_ids[strategy])])
+                for batch in (1, 32):
+                    stats = timed(index, strategy, texts, False, batch, n_queries, nprobes)
+                    rows.append({"chunks": n, "search": f"ANN {index_type}, nprobes {nprobes}", "strategy": strategy,
+                                 "batch": batch, **stats, "recall@10": round(float(recall), 4)})
+                    print(rows[-1], flush=True)
+            per_space[f"nprobes {nprobes}"] = space_recall(index, texts[:10], nprobes)
         memory |= {"ann_index": index_type, "ann_build_s": round(ann_build_s, 1)}
     return {"rows": rows, "memory": memory, "space_recall@32": per_space, "peak_rss_mb": round(peak_rss_mb())}
 
@@ -166,22 +170,29 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=1_000_000)
     parser.add_argument("--index", default=ann.DEFAULT_INDEX, choices=ann.INDEX_TYPES)
     parser.add_argument("--queries", type=int, default=64, help="queries timed (batch 1) and checked for recall")
+    parser.add_argument("--clusters", type=int, default=2000, help="cluster centres per space")
+    parser.add_argument("--noise", type=float, default=0.35, help="noise per dimension (centres are N(0, 1))")
+    parser.add_argument("--name", default="scale", help="results file name")
+    parser.add_argument("--nprobes", default="20", help="comma-separated IVF probes to measure")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
-    name = "scale"
     if args.quick:
-        args.rows, args.queries, name = 20_000, 32, "scale-quick"
-    result = {"machine": machine(), **run(args.rows, args.index, args.queries)}
+        args.rows, args.queries, args.name = 20_000, 32, args.name + "-quick"
+    result = {"machine": machine(), "clusters": args.clusters, "noise": args.noise,
+              **run(args.rows, args.index, args.queries, args.clusters, args.noise,
+                    [int(p) for p in args.nprobes.split(",")])}
     columns = ["chunks", "search", "strategy", "batch", "p50_ms", "p99_ms", "n", "recall@10"]
     md = "\n".join([
-        f"# mrag search at scale ({args.rows} chunks, clustered synthetic vectors, k=10, c=32)\n",
+        f"# mrag search at scale ({args.rows} chunks, synthetic vectors in {args.clusters} clusters per space, "
+        f"noise {args.noise}, {args.index}, k=10, c=32)\n",
         f"machine: {result['machine']}\n", markdown_table(result["rows"], columns), "",
         "## Build and memory\n", markdown_table([result["memory"]], list(result["memory"])), "",
         "## Per-space recall@32 of the ANN indexes (query parts of 10 queries)\n",
-        markdown_table([result["space_recall@32"]], list(result["space_recall@32"])), "",
+        markdown_table([{"nprobes": k, **v} for k, v in result["space_recall@32"].items()],
+                       ["nprobes", *next(iter(result["space_recall@32"].values()))]), "",
         f"peak RSS: {result['peak_rss_mb']} MiB",
     ])
-    write_results(name, result, md)
+    write_results(args.name, result, md)
 
 
 if __name__ == "__main__":

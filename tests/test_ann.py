@@ -137,3 +137,18 @@ def test_search_many_matches_one_by_one(seeded_index):
             [h.id for h in seeded_index.search(q, k=4, exact=exact)] for q in QUERIES
         ]
         seeded_index.build_ann()
+
+
+def test_nprobes_trades_recall_for_speed_and_bad_values_are_refused(seeded_index):
+    exact = hits(seeded_index, "mrag-std", True)
+    assert seeded_index.build_ann(nprobes=1)["nprobes"] == 1  # 1 of 12 partitions by default
+    one = [[h.id for h in seeded_index.search(q, k=10, strategy="mrag-std")] for q in QUERIES]
+    assert one != [[i for i, _ in e] for e in exact]
+    assert hits(seeded_index, "mrag-std", None) != exact
+    everything = [[(h.id, round(h.score, 5)) for h in seeded_index.search(q, k=10, strategy="mrag-std", nprobes=12)]
+                  for q in QUERIES]
+    assert everything == exact
+    with pytest.raises(ValueError, match="nprobes must be positive, got 0"):
+        seeded_index.search(QUERIES[0], nprobes=0)
+    with pytest.raises(ValueError, match="nprobes must be positive, got -1"):
+        seeded_index.build_ann(nprobes=-1)

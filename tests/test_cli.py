@@ -183,6 +183,7 @@ BAD = {
     "other pooling": (["index", "{tmp}/corpus", "--pooling", "cls"],
                       "Error: the index at {db} was built with pooling='mean', not 'cls'"),
     "ann search without ann": (["search", "bees", "--ann"], "Error: no ANN index covers this search"),
+    "nprobes=0": (["search", "bees", "--nprobes", "0"], "Error: nprobes must be positive, got 0"),
 }
 
 

@@ -272,6 +272,10 @@ def test_reopening_with_another_layer_is_refused(db_path):
     for layer in (0, 2, -1, 3, -4):
         with pytest.raises(StoreError, match="holds layer 1"):
             Index.open(db_path, layer=layer)
+    other = LayeredFake()
+    other.info = lambda: LayeredFake.info(other) | {"layer": 2}  # a ready embedder hooked elsewhere
+    with pytest.raises(StoreError, match="built with layer=1, not 2"):
+        Index.open(db_path, embedder=other)
 
 
 def test_reopening_with_other_embedder_options_is_refused(index, db_path, fake):

@@ -94,6 +94,31 @@ def test_a_manifest_of_another_format_is_refused(index, db_path):
         Store.open(str(db_path))
 
 
+def test_a_format_1_index_is_searched_but_never_changed(index, db_path, fake):
+    """Format 1 kept all heads packed in one `heads` column: rewrite this index that way."""
+    index.add(DOCS)
+    expected = [(h.id, h.score) for h in index.search("Roman water and bees", k=4, strategy="mrag-std")]
+    db = lancedb.connect(db_path)
+    table = db.open_table(CHUNKS).to_arrow()
+    columns = index.store.head_columns()
+    packed = np.concatenate([np.array(table[c].to_pylist(), np.float32) for c in columns], axis=1)  # (N, H*d)
+    table = table.drop_columns(columns)
+    table = table.append_column("heads", pa.FixedSizeListArray.from_arrays(pa.array(packed.ravel()), packed.shape[1]))
+    chunks = db.create_table(CHUNKS, data=table, mode="overwrite")
+    manifest = json.loads(db.open_table(MANIFEST).to_arrow().to_pylist()[0]["json"])
+    manifest |= {"format": 1, "chunks_version": chunks.version}
+    db.create_table(MANIFEST, data=[{"json": json.dumps(manifest)}], mode="overwrite")
+
+    old = Index.open(db_path, embedder=fake)
+    assert old.store.matrix().heads.shape == (4, 4, 8)  # (H, N, d), unpacked
+    assert [(h.id, h.score) for h in old.search("Roman water and bees", k=4, strategy="mrag-std")] == expected
+    with pytest.raises(StoreError, match="written by mrag format 1 .* index the files again"):
+        old.add([{"id": "new", "text": "a new document"}])
+    with pytest.raises(StoreError, match="format 1"):
+        old.delete(["rome"])
+    assert old.store.count() == 4 and old.store.committed_version == chunks.version
+
+
 def test_manifest_is_saved_after_each_write(index, db_path):
     index.add(DOCS)
     on_disk = json.loads(lancedb.connect(db_path).open_table(MANIFEST).to_arrow().to_pylist()[0]["json"])

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from mrag import retrieve
-from mrag.ann import ANN_THRESHOLD
+from mrag.ann import ANN_THRESHOLD, DEFAULT_NPROBES
 from mrag.ann import DEFAULT_INDEX as DEFAULT_ANN_INDEX
 from mrag.ann import INDEX_TYPES as ANN_INDEX_TYPES
 
@@ -92,6 +92,8 @@ def cli() -> None:
 @click.option("--build-ann", is_flag=True, help="Build (or rebuild) the ANN indexes of every space now.")
 @click.option("--ann-index", type=click.Choice(list(ANN_INDEX_TYPES)), default=DEFAULT_ANN_INDEX, show_default=True,
               help="LanceDB index type for --build-ann and automatic builds.")
+@click.option("--ann-nprobes", type=int, default=DEFAULT_NPROBES, show_default=True,
+              help="IVF partitions each ANN search reads by default (more: slower, closer to exact).")
 @click.option("--ann-threshold", type=int, default=ANN_THRESHOLD, show_default=True,
               help="Build the ANN indexes automatically from this many chunks (0 = never).")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
@@ -102,7 +104,8 @@ def cli() -> None:
 def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None, pooling: str | None,
           chunk_chars: int | None, overlap: int | None, text_field: str, id_field: str, query_instruction: str,
           document_instruction: str, device: str, dtype: str, spaces: tuple[str, ...], build_ann: bool,
-          ann_index: str, ann_threshold: int, ray_address: str | None, workers: int, plain: bool) -> None:
+          ann_index: str, ann_nprobes: int, ann_threshold: int, ray_address: str | None, workers: int,
+          plain: bool) -> None:
     """Index files and folders (.txt .md .html .json .jsonl .pdf) into DB.
 
     Changed files are re-embedded, unchanged ones skipped; files in folders that cannot be read are
@@ -141,7 +144,7 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
     report.skipped = skipped
     summary = report.to_dict()
     if build_ann or needs_ann(idx.store.count(), idx.store.manifest.get("ann"), ann_threshold):
-        summary["ann"] = idx.build_ann(ann_index)
+        summary["ann"] = idx.build_ann(ann_index, ann_nprobes)
     if plain:
         click.echo(f"added {summary['added']}, updated {summary['updated']}, unchanged {summary['unchanged']} "
                    f"documents ({summary['chunks']} chunks embedded)")
@@ -164,10 +167,11 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
               help="Comma-separated voters to keep: standard, heads, head:I, split, or a space label.")
 @click.option("--exact/--ann", "exact", default=None,
               help="Exact search in memory, or the ANN indexes (default: ANN when the index has them).")
+@click.option("--nprobes", type=int, default=None, help="IVF partitions per ANN search (default: the index's).")
 @plain_option
 @user_errors
 def search(query: str, db: str, model: str | None, k: int, strategy: str, depth: int | None, explain: bool,
-           selection: str | None, exact: bool | None, plain: bool) -> None:
+           selection: str | None, exact: bool | None, nprobes: int | None, plain: bool) -> None:
     """Search DB; prints one JSON object per hit.
 
         mrag search "How did Roman aqueducts work, and why do bees fan their hives?" --db idx -k 4
@@ -176,7 +180,7 @@ def search(query: str, db: str, model: str | None, k: int, strategy: str, depth:
 
     chosen = [s.strip() for s in selection.split(",") if s.strip()] if selection is not None else None
     hits = Index.open(db, model=model, create=False).search(
-        query, k=k, strategy=strategy, c=depth, spaces=chosen, exact=exact
+        query, k=k, strategy=strategy, c=depth, spaces=chosen, exact=exact, nprobes=nprobes
     )
     for rank, hit in enumerate(hits, 1):
         if plain:

@@ -295,6 +295,7 @@ class Index:
         subqueries: Sequence[str] | None = None,
         spaces: Sequence[str] | None = None,
         exact: bool | None = None,
+        nprobes: int | None = None,
     ) -> list[Hit]:
         """The top k chunks for a query; each hit carries the votes that put it there.
 
@@ -305,9 +306,10 @@ class Index:
         fusion strategies (`fusion`, `mrag-fusion`) need `subqueries` (e.g. written by an LLM).
 
         `exact`: None searches the ANN indexes when the index has them (`build_ann`), else exactly in
-        memory; True always exactly; False requires the ANN indexes.
+        memory; True always exactly; False requires the ANN indexes. `nprobes`: IVF partitions each
+        ANN search reads (default: what `build_ann` recorded); more is slower and closer to exact.
         """
-        return self.search_many([query], k, strategy, c, [subqueries or []], spaces, exact)[0]
+        return self.search_many([query], k, strategy, c, [subqueries or []], spaces, exact, nprobes)[0]
 
     def search_many(
         self,
@@ -318,12 +320,15 @@ class Index:
         subqueries: Sequence[Sequence[str]] | None = None,
         spaces: Sequence[str] | None = None,
         exact: bool | None = None,
+        nprobes: int | None = None,
     ) -> list[list[Hit]]:
         """`search` for a batch of queries: one embedding pass, and every space searched once for all."""
         if any(not q or not q.strip() for q in queries):
             raise ValueError("the query is empty")
         if k <= 0:
             raise ValueError(f"k must be positive, got {k}")
+        if nprobes is not None and nprobes <= 0:
+            raise ValueError(f"nprobes must be positive, got {nprobes}")
         plan = retrieve.parse_strategy(strategy)
         if plan.expand == "fusion":
             parts = [[q for q in subs if q.strip()] for subs in subqueries or [[] for _ in queries]]
@@ -334,7 +339,7 @@ class Index:
         labels = [e["name"] for e in self.store.manifest.get("spaces", [])]
         if spaces is not None:
             retrieve.check_selection(spaces, self.store.n_heads, len(self.store.committed_scales()["split"]), labels)
-        ranker, fetch, count = self._ranker(plan, exact)
+        ranker, fetch, count = self._ranker(plan, exact, nprobes)
         if not queries or count == 0:
             return [[] for _ in queries]  # nothing to rank: no need to embed the queries
         texts = [t for q, p in zip(queries, parts) for t in (p or [q])]  # a segmented query votes by its parts
@@ -361,7 +366,7 @@ class Index:
         ]
 
     def _ranker(
-        self, plan: retrieve.Plan, exact: bool | None
+        self, plan: retrieve.Plan, exact: bool | None, nprobes: int | None = None
     ) -> tuple[retrieve.Ranker, Callable[[list[int]], dict[int, dict[str, Any]]], int]:
         """How to find each space's nearest rows: the ANN indexes or the in-memory matrix.
         -> (ranker, fetch: the ranker's row numbers -> their stored rows, how many rows there are)."""
@@ -374,7 +379,7 @@ class Index:
             labels = [e["name"] for e in self.store.manifest.get("spaces", [])]
             refine = ann.DEFAULT_REFINE if built["index_type"] == "IVF_PQ" else None
             ranker = ann.AnnRanker(self.store.snapshot(), ann.space_columns(self.store.n_heads, labels),
-                                   built.get("nprobes", ann.DEFAULT_NPROBES), refine)
+                                   nprobes or built.get("nprobes", ann.DEFAULT_NPROBES), refine)
 
             def by_row_id(rows: list[int]) -> dict[int, dict[str, Any]]:
                 found = self.store.take(ranker.table, HIT_COLUMNS, row_ids=[ranker.row_ids[r] for r in rows])
@@ -389,8 +394,14 @@ class Index:
 
         return retrieve.Exact(matrix.standard, matrix.heads, matrix.extra), by_offset, len(matrix.ids)
 
-    def build_ann(self, index_type: str = ann.DEFAULT_INDEX, progress: Callable[[str], None] | None = None) -> dict:
-        """Build (or rebuild) an ANN index on every space's column, in one committed write."""
+    def build_ann(
+        self, index_type: str = ann.DEFAULT_INDEX, nprobes: int = ann.DEFAULT_NPROBES,
+        progress: Callable[[str], None] | None = None,
+    ) -> dict:
+        """Build (or rebuild) an ANN index on every space's column, in one committed write;
+        `nprobes` is recorded as the searches' default."""
+        if nprobes <= 0:
+            raise ValueError(f"nprobes must be positive, got {nprobes}")
         store = self.store
         columns = {"vector": store.dim, **{head_column(i): store.head_dim for i in range(store.n_heads)},
                    **{space_column(name): dim for name, dim in store.space_dims().items()}}
@@ -398,7 +409,7 @@ class Index:
             raise ValueError("the index is empty: add documents before building ANN indexes")
         with store.writing():
             ann.build(store.chunks, columns, index_type, progress)
-            built = {"index_type": index_type, "rows": store.chunks.count_rows(), "nprobes": ann.DEFAULT_NPROBES}
+            built = {"index_type": index_type, "rows": store.chunks.count_rows(), "nprobes": nprobes}
             store.manifest = store.manifest | {"ann": built}
         return built
 
@@ -443,7 +454,8 @@ def _check_same(
             raise StoreError(f"the index at {uri} holds layer {recorded['layer']}, not {layer}")
     if embedder is not None:
         info = embedder.info()
-        for key in ("model", "dim", "n_heads", "head_dim"):
+        hooked = tuple(key for key in ("layer", "pooling") if key in info)  # when the embedder reports them
+        for key in ("model", "dim", "n_heads", "head_dim", *hooked):
             if info.get(key) != recorded.get(key):
                 raise StoreError(f"the index at {uri} was built with {key}={recorded.get(key)}, not {info.get(key)}")
 

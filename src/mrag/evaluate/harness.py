@@ -24,6 +24,7 @@ from mrag.evaluate.datasets import Benchmark
 from mrag.evaluate.metrics import K_MAX, dedupe_units, query_metrics
 from mrag.index import Index
 from mrag.spaces import SpaceSpec
+from mrag.store import FORMAT_VERSION
 
 WHOLE_DOCUMENTS = 10**9  # chunk size that keeps every document in one chunk (the paper's setting)
 
@@ -41,7 +42,7 @@ def cache_key(bench: Benchmark, embedder_info: dict[str, Any], chunk_chars: int)
     h = hashlib.sha256()
     settings = {k: embedder_info.get(k) for k in ("model", "revision", "layer", "pooling", "max_length",
                                                   "query_instruction", "document_instruction")}
-    h.update(json.dumps([settings, chunk_chars], sort_keys=True).encode())
+    h.update(json.dumps([settings, chunk_chars, FORMAT_VERSION], sort_keys=True).encode())
     for d in bench.docs:
         h.update(d.id.encode() + b"\0" + d.text.encode() + b"\0")
     return h.hexdigest()[:20]
