@@ -65,7 +65,7 @@ def test_needs_ann():
 
 def test_ann_probing_every_partition_answers_as_exact_search(seeded_index):
     exact = {s: hits(seeded_index, s, True) for s in STRATEGIES}
-    built = seeded_index.build_ann("IVF_FLAT")  # sqrt(150) = 12 partitions; 20 probes read them all
+    built = seeded_index.build_ann("IVF_FLAT")  # sqrt(150) = 12 partitions; 60 probes read them all
     assert built["rows"] == 150 and seeded_index.info()["ann"] == built
     for strategy in STRATEGIES:
         assert hits(seeded_index, strategy, None) == exact[strategy], strategy

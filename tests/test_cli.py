@@ -206,7 +206,7 @@ def test_ann_indexes_from_the_command_line(db):
     query = ["search", "How do bees cool the hive? Who built aqueducts?", "--db", db, "-s", "mrag-std"]
     exact = [h["id"] for h in lines(mrag(*query, "--exact"))]
     built = lines(mrag("index", "--build-ann", "--db", db))[0]["ann"]
-    assert built == {"index_type": "IVF_FLAT", "rows": 4, "nprobes": 20}
+    assert built == {"index_type": "IVF_FLAT", "rows": 4, "nprobes": 60}
     assert json.loads(mrag("info", "--db", db).stdout)["ann"] == built
     assert [h["id"] for h in lines(mrag(*query, "--ann"))] == exact  # 2 partitions, both probed
     assert [h["id"] for h in lines(mrag(*query))] == exact  # ANN is the default once built

@@ -16,7 +16,7 @@ from mrag.ann import ANN_THRESHOLD, DEFAULT_NPROBES
 from mrag.ann import DEFAULT_INDEX as DEFAULT_ANN_INDEX
 from mrag.ann import INDEX_TYPES as ANN_INDEX_TYPES
 
-CONTEXT = {"help_option_names": ["-h", "--help"]}
+CONTEXT: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
 
 
 def _quiet_libraries() -> None:
@@ -46,10 +46,10 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-db_option = click.option(
+db_option: Callable[..., Any] = click.option(
     "--db", envvar="MRAG_DB", required=True, type=click.Path(file_okay=False), help="Index folder (or MRAG_DB)."
 )
-model_option = click.option(
+model_option: Callable[..., Any] = click.option(
     "--model", "-m", envvar="MRAG_MODEL", default=None, help="Hugging Face id or path (or MRAG_MODEL)."
 )
 plain_option = click.option("--plain", "-p", is_flag=True, help="Readable text instead of JSON.")

@@ -114,10 +114,12 @@ class MultiHeadEmbeddings(TextEmbeddingFunction):
             out = emb.heads[:, self._head_index(), :]  # (N, d), raw: its norms give the head's scale
         return list(np.asarray(out, dtype=np.float32))
 
-    def compute_query_embeddings(self, query: str, *args: Any, **kwargs: Any) -> list[np.ndarray]:
+    def compute_query_embeddings(  # type: ignore[override]  # LanceDB's stubs say np.array, not np.ndarray
+        self, query: str, *args: Any, **kwargs: Any
+    ) -> list[np.ndarray]:
         return self._embed(list(self.sanitize_input(query)), "query")
 
-    def generate_embeddings(self, texts: Any, *args: Any, **kwargs: Any) -> list[np.ndarray]:
+    def generate_embeddings(self, texts: Any, *args: Any, **kwargs: Any) -> list[np.ndarray]:  # type: ignore[override]
         return self._embed([str(t) for t in texts], "document")
 
 

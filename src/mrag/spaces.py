@@ -177,7 +177,7 @@ class Space:
         from lancedb.embeddings import TextEmbeddingFunction
 
         if isinstance(self.function, TextEmbeddingFunction):
-            out = list(self.function.compute_query_embeddings(texts))
+            out = list(self.function.compute_query_embeddings(texts))  # type: ignore[arg-type]  # takes a list too
             if len(out) == len(texts):
                 return out
         return [v for t in texts for v in self.function.compute_query_embeddings(t)]

@@ -1,0 +1,136 @@
+"""Reading an index: embed the queries once, rank every space (exactly in memory or through the
+ANN indexes), vote (`mrag.retrieve`), and fetch the hits' rows. `Index.search` and
+`Index.search_many` are the front door; this module is what they run."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from mrag import ann, retrieve
+from mrag.store import Store
+
+if TYPE_CHECKING:
+    from mrag.index import Index
+
+HIT_COLUMNS = ["text", "source", "title", "doc_id", "position", "metadata"]
+
+
+@dataclass
+class Hit:
+    id: str
+    score: float
+    text: str
+    source: str
+    title: str
+    doc_id: str
+    position: int
+    metadata: dict[str, Any]
+    votes: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self, explain: bool = False) -> dict[str, Any]:
+        out = asdict(self)
+        if not explain:
+            out.pop("votes")
+        return out
+
+
+def search_many(
+    index: Index,
+    queries: Sequence[str],
+    k: int = 5,
+    strategy: str = retrieve.DEFAULT_STRATEGY,
+    c: int | None = None,
+    subqueries: Sequence[Sequence[str]] | None = None,
+    spaces: Sequence[str] | None = None,
+    exact: bool | None = None,
+    nprobes: int | None = None,
+) -> list[list[Hit]]:
+    """The top k hits of each query (see `Index.search`)."""
+    if any(not q or not q.strip() for q in queries):
+        raise ValueError("the query is empty")
+    if k <= 0:
+        raise ValueError(f"k must be positive, got {k}")
+    if nprobes is not None and nprobes <= 0:
+        raise ValueError(f"nprobes must be positive, got {nprobes}")
+    plan = retrieve.parse_strategy(strategy)
+    if plan.expand == "fusion":
+        parts = [[q for q in subs if q.strip()] for subs in subqueries or [[] for _ in queries]]
+        if len(parts) != len(queries) or not all(parts):
+            raise ValueError(f"strategy {strategy!r} needs sub-queries")
+    else:
+        parts = [retrieve.query_parts(strategy, q) for q in queries]
+    labels = [e["name"] for e in index.store.manifest.get("spaces", [])]
+    if spaces is not None:
+        retrieve.check_selection(spaces, index.store.n_heads, len(index.store.committed_scales()["split"]), labels)
+    ranker, fetch, count = ranker_for(index.store, plan, exact, nprobes)
+    if not queries or count == 0:
+        return [[] for _ in queries]  # nothing to rank: no need to embed the queries
+    texts = [t for q, p in zip(queries, parts) for t in (p or [q])]  # a segmented query votes by its parts
+    emb = index.embedder.embed(texts, kind="query")
+    live = [s for s in index.spaces if plan.base in retrieve.EXTRA_SPACE_STRATEGIES and s.name in (spaces or labels)]
+    extra = {s.name: retrieve.unit(s.embed(texts, kind="query")) for s in live}
+    vectors = [
+        retrieve.QueryVectors(retrieve.unit(s), retrieve.unit(h), {n: v[i] for n, v in extra.items()})
+        for i, (s, h) in enumerate(zip(emb.standard, emb.heads))
+    ]
+    batch, start = [], 0
+    for p in parts:
+        mine = vectors[start : start + max(1, len(p))]
+        batch.append((mine[0], mine if p else None))
+        start += len(mine)
+    results = retrieve.vote_many(
+        strategy, batch, k, c or max(k, retrieve.DEFAULT_C), index.space_weights(), ranker,
+        index.store.n_heads, list(extra), spaces,
+    )
+    rows = fetch(sorted({int(r) for result in results for r in result.rows}))
+    return [
+        [_hit(rows[int(r)], score, votes) for r, score, votes in zip(result.rows, result.scores, result.votes)]
+        for result in results
+    ]
+
+
+def ranker_for(
+    store: Store, plan: retrieve.Plan, exact: bool | None, nprobes: int | None = None
+) -> tuple[retrieve.Ranker, Callable[[list[int]], dict[int, dict[str, Any]]], int]:
+    """How to find each space's nearest rows: the ANN indexes or the in-memory matrix.
+    -> (ranker, fetch: the ranker's row numbers -> their stored rows, how many rows there are)."""
+    store.refresh()
+    built = store.manifest.get("ann")
+    if exact is False and (not built or plan.base.startswith("split")):
+        raise ValueError("no ANN index covers this search: build one with `mrag index --build-ann`, "
+                         "and use a strategy other than split")
+    if built and not exact and not plan.base.startswith("split"):
+        labels = [e["name"] for e in store.manifest.get("spaces", [])]
+        refine = ann.DEFAULT_REFINE if built["index_type"] == "IVF_PQ" else None
+        ranker = ann.AnnRanker(store.snapshot(), ann.space_columns(store.n_heads, labels),
+                               nprobes or built.get("nprobes", ann.DEFAULT_NPROBES), refine)
+
+        def by_row_id(rows: list[int]) -> dict[int, dict[str, Any]]:
+            found = store.take(ranker.table, HIT_COLUMNS, row_ids=[ranker.row_ids[r] for r in rows])
+            return {r: found[ranker.ids[r]] for r in rows}
+
+        return ranker, by_row_id, ranker.table.count_rows()
+    matrix = store.matrix(refresh=False)
+
+    def by_offset(rows: list[int]) -> dict[int, dict[str, Any]]:
+        found = store.take(matrix.table, HIT_COLUMNS, offsets=rows)
+        return {r: found[matrix.ids[r]] for r in rows}
+
+    return retrieve.Exact(matrix.standard, matrix.heads, matrix.extra), by_offset, len(matrix.ids)
+
+
+def _hit(row: dict[str, Any], score: float, votes: list[dict[str, Any]]) -> Hit:
+    return Hit(
+        id=row["id"],
+        score=float(score),
+        text=row["text"],
+        source=row["source"],
+        title=row["title"],
+        doc_id=row["doc_id"],
+        position=row["position"],
+        metadata=json.loads(row["metadata"] or "{}"),
+        votes=votes,
+    )
