@@ -117,6 +117,17 @@ def test_search_get_and_post(client):
     assert all(h["votes"] and {"space", "rank", "weight"} <= h["votes"][0].keys() for h in hits)
 
 
+def test_search_exact_or_through_the_ann_indexes(client, tmp_path):
+    query = {"query": "honeybees hive and Roman water", "k": 3, "strategy": "mrag-std"}
+    exact = client.post("/search", json=query | {"exact": True}).json()["hits"]
+    r = client.post("/search", json=query | {"exact": False})
+    assert r.status_code == 400 and "no ANN index" in r.json()["detail"]
+    Index.open(tmp_path / "db", embedder=FakeEmbedder()).build_ann()  # the server sees the new commit
+    approx = client.post("/search", json=query | {"exact": False, "nprobes": 4}).json()["hits"]
+    assert [h["id"] for h in approx] == [h["id"] for h in exact]  # a handful of rows: one partition each
+    assert client.post("/search", json=query | {"nprobes": 0}).status_code == 422
+
+
 def test_fusion_search_with_given_or_written_subqueries(client):
     r = client.post("/search", json={"query": "nature", "k": 2, "strategy": "fusion", "subqueries": ["moon tides"]})
     assert r.status_code == 200 and r.json()["subqueries"] == ["moon tides"]

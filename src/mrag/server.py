@@ -104,6 +104,8 @@ class SearchRequest(BaseModel):
     explain: bool = Field(False, description="Include the votes (space, rank, weight) behind each hit.")
     c: int | None = Field(None, ge=1, le=10_000, description="Per-space depth (default max(k, 32)).")
     subqueries: list[str] | None = Field(None, description="For fusion strategies; default: the LLM writes them.")
+    exact: bool | None = Field(None, description="true: exact search; false: the ANN indexes; default: ANN if built.")
+    nprobes: int | None = Field(None, ge=1, le=100_000, description="IVF partitions per ANN search.")
 
 
 class Hit(BaseModel):
@@ -187,7 +189,7 @@ def create_app(settings: Settings) -> FastAPI:
         retrieve.check_strategy(body.strategy)
         llm = st.llm() if is_fusion(body.strategy) and not body.subqueries else None
         hits, used = retrieve_for(st.index, body.query, body.k, body.strategy, llm, c=body.c,
-                                  subqueries=body.subqueries)
+                                  subqueries=body.subqueries, exact=body.exact, nprobes=body.nprobes)
         return SearchResponse(query=body.query, strategy=body.strategy, subqueries=used,
                               hits=[Hit(**h.to_dict(explain=body.explain)) for h in hits])
 

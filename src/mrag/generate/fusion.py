@@ -79,14 +79,16 @@ def fusion_search(
     strategy: str = "mrag-fusion",
     n: int = DEFAULT_SUBQUERIES,
     c: int | None = None,
+    **search_options: Any,
 ) -> tuple[list[Any], list[str]]:
-    """(hits, sub-queries) of a fusion search whose sub-queries the generator writes."""
+    """(hits, sub-queries) of a fusion search whose sub-queries the generator writes;
+    `search_options` (exact, nprobes, spaces) go to `Index.search`."""
     if not is_fusion(strategy):
         raise ValueError(f"{strategy!r} is not a fusion strategy; use one of {', '.join(retrieve.FUSION)}")
     if not question.strip():
         raise ValueError("the question is empty")
     subqueries = write_subqueries(generator, question, n)
-    return index.search(question, k=k, strategy=strategy, c=c or k, subqueries=subqueries), subqueries
+    return index.search(question, k=k, strategy=strategy, c=c or k, subqueries=subqueries, **search_options), subqueries
 
 
 def retrieve_for(
@@ -97,13 +99,14 @@ def retrieve_for(
     generator: Generator | None = None,
     c: int | None = None,
     subqueries: Sequence[str] | None = None,
+    **search_options: Any,
 ) -> tuple[list[Any], list[str]]:
     """(hits, sub-queries) for any strategy; fusion ones use `subqueries` if given, else the generator's."""
     if not is_fusion(strategy):
-        return index.search(question, k=k, strategy=strategy, c=c), []
+        return index.search(question, k=k, strategy=strategy, c=c, **search_options), []
     if subqueries:
         given = [q for q in subqueries if q.strip()]
-        return index.search(question, k=k, strategy=strategy, c=c or k, subqueries=given), given
+        return index.search(question, k=k, strategy=strategy, c=c or k, subqueries=given, **search_options), given
     if generator is None:
         raise ValueError(f"strategy {strategy!r} needs an LLM to write sub-queries (or pass sub-queries)")
-    return fusion_search(index, question, generator, k=k, strategy=strategy, c=c)
+    return fusion_search(index, question, generator, k=k, strategy=strategy, c=c, **search_options)
