@@ -61,3 +61,15 @@ def test_a_batch_votes_as_its_queries_one_by_one():
         together = retrieve.vote_many(strategy, batch, 5, 8, scales, ranker, 3)
         alone = [retrieve.vote(strategy, q, 5, 8, scales, ranker, 3, p) for q, p in batch]
         assert [r.rows.tolist() for r in together] == [r.rows.tolist() for r in alone], strategy
+
+
+def test_a_question_sentence_splits_into_its_questions():
+    assert retrieve.split_questions("What is sourdough, how did Jenner use cowpox, and why do bees fan?") == [
+        "What is sourdough", "how did Jenner use cowpox", "why do bees fan?"]
+    assert retrieve.split_questions("Is it red, blue, or green?") == ["Is it red, blue, or green?"]
+    assert retrieve.split_questions("Ann met Bob, who was a baker.") == ["Ann met Bob, who was a baker."]  # no question
+    assert retrieve.segment_query("Bees fan. How do tides work, and what is a neap tide?") == [
+        "Bees fan.", "How do tides work", "what is a neap tide?"]
+    assert retrieve.segment_query("A. B. C.", 2) == ["A. B.", "C."]
+    # one question about two things stays whole: nothing tells where one aspect ends
+    assert retrieve.query_parts("mrag", "How did Roman legions and irrigation shape cities?") == []

@@ -14,7 +14,8 @@ strategy picks spaces and a vote (`mrag.vote`):
 
 Modifiers run a base strategy once per query part and merge the lists:
 
-    segment+X       one part per sentence; merged by consensus of the parts' first choices
+    segment+X       one part per sentence (per question in a sentence asking several); merged by
+                    consensus of the parts' first choices
     interleave+X    one part per two sentences; merged round-robin
     fusion, mrag-fusion   RAG-Fusion / MRAG-Fusion: sub-queries merged by reciprocal rank fusion
 
@@ -26,6 +27,7 @@ votes exactly as it did before spaces existed.
 
 from __future__ import annotations
 
+import re
 import warnings
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -88,9 +90,26 @@ def query_parts(strategy: str, text: str) -> list[str]:
     return parts if len(parts) > 1 else []
 
 
+# a question that asks several things: "What is X, and how did Y?" splits before "how"
+_NEXT_QUESTION = re.compile(
+    r",\s+(?:(?:and|or|but)\s+)?(?=(?:how|what|why|when|where|who|which|whose|whom|is|are|was|were|do|does|did|"
+    r"can|could|should|would|will|has|have|had)\b)",
+    re.IGNORECASE,
+)
+
+
+def split_questions(sentence: str) -> list[str]:
+    """A question sentence's questions; any other sentence as it is.
+    'What is X, and how did Y?' -> ['What is X', 'how did Y?'];  'Ann, who sang, left.' -> unchanged."""
+    if not sentence.rstrip().endswith("?"):
+        return [sentence]
+    return [q.strip() for q in _NEXT_QUESTION.split(sentence) if q.strip()]
+
+
 def segment_query(text: str, sentences_per_segment: int = 1) -> list[str]:
-    """Consecutive groups of sentences; the whole text when it has no sentence boundary."""
-    sentences = split_sentences(text)
+    """Consecutive groups of sentences (a question sentence counts as its questions); the whole
+    text when it has no boundary."""
+    sentences = [q for s in split_sentences(text) for q in split_questions(s)]
     return [
         " ".join(sentences[i : i + sentences_per_segment]) for i in range(0, len(sentences), sentences_per_segment)
     ] or [text]
