@@ -5,9 +5,10 @@
    sentence-embedding pipeline does); `standard+heads` is `TransformerEmbedder.embed` (pre-hook on the
    last layer's attention output projection + head pooling). fp32 and bf16. Then end-to-end
    `Index.add` (embedding + LanceDB write) for the heads path.
-2. Search latency on synthetic unit vectors written straight into a Store (no text embedding): the
-   whole `Index.search` with an embedder that returns random query vectors, and the pure scoring
-   path (`retrieve.run` on the in-memory matrix) for 1 query and 32 queries; p50/p99, RSS, GB/s.
+2. Exact search latency on synthetic unit vectors written straight into a Store (no text
+   embedding), six-sentence queries, batches of 1 and 32: the whole `Index.search_many` with an
+   embedder that returns random query vectors, and the scoring alone (`retrieve.vote_many` with the
+   in-memory `retrieve.Exact` ranker); p50/p99, ratios to `standard`, RSS, GB/s.
 
 Run: python benchmarks/bench_core.py [--quick] [--sizes 10000,100000,1000000] [--skip-indexing|--skip-search]
 Writes benchmarks/results/core.json and core.md (quick runs: core-quick.*).
