@@ -8,7 +8,7 @@
 2. Exact search latency on synthetic unit vectors written straight into a Store (no text
    embedding), six-sentence queries, batches of 1 and 32: the whole `Index.search_many` with an
    embedder that returns random query vectors, and the scoring alone (`retrieve.vote_many` with the
-   in-memory `retrieve.Exact` ranker); p50/p99, ratios to `standard`, RSS, GB/s.
+   in-memory `exact.Exact` ranker); p50/p99, ratios to `standard`, RSS, GB/s.
 
 Run: python benchmarks/bench_core.py [--quick] [--sizes 10000,100000,1000000] [--skip-indexing|--skip-search]
 Writes benchmarks/results/core.json and core.md (quick runs: core-quick.*).
@@ -40,7 +40,7 @@ from _common import (
     write_results,
 )
 
-from mrag import retrieve
+from mrag import exact, retrieve
 from mrag.embed.base import Embeddings, HeadEmbedder
 from mrag.embed.models import DEFAULT_MODEL, resolve_model
 from mrag.index import Index
@@ -242,7 +242,7 @@ def time_search(index: Index, matrix: Any, n: int, repeats: int) -> list[dict[st
     """Exact search, batch of 1 and of 32 six-sentence queries: the whole `Index.search_many` (query
     embedding is a random-vector fake) and the scoring alone (`retrieve.vote_many` on the matrix)."""
     scales = index.space_weights()
-    ranker = retrieve.Exact(matrix.standard, matrix.heads)
+    ranker = exact.Exact(matrix.standard, matrix.heads)
     fake = index.embedder
     one, many = long_queries(1), long_queries(BATCH)
 

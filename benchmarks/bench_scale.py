@@ -30,6 +30,7 @@ from _common import machine, markdown_table, peak_rss_mb, percentiles_ms, rss_mb
 from mrag import ann, retrieve
 from mrag.embed.base import Embeddings, HeadEmbedder
 from mrag.embed.models import DEFAULT_MODEL
+from mrag.exact import Exact
 from mrag.index import Index
 from mrag.store import build_rows, chunk_schema
 
@@ -111,7 +112,7 @@ def top_ids(index: Index, strategy: str, texts: list[str], exact: bool, nprobes:
 def space_recall(index: Index, texts: list[str], nprobes: int, c: int = 32) -> dict[str, float]:
     """Per space, the share of the exact top c that the ANN index returns (mean over query parts)."""
     matrix = index.store.matrix()
-    exact = retrieve.Exact(matrix.standard, matrix.heads)
+    exact = Exact(matrix.standard, matrix.heads)
     approx = ann.AnnRanker(index.store.snapshot(), ann.space_columns(index.store.n_heads, []), nprobes)
     chosen = retrieve.voters("mrag-std", index.store.n_heads, index.space_weights())
     emb = index.embedder.embed([p for t in texts for p in retrieve.query_parts("mrag", t)], kind="query")

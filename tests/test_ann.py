@@ -12,7 +12,7 @@ from mrag.ann import AnnRanker, _ranks, needs_ann
 from mrag.embed.base import Embeddings, HeadEmbedder
 from mrag.index import Index
 
-STRATEGIES = ["standard", "mrag-paper", "mrag-std", "mrag", "interleave+mrag-std", "spaces"]
+STRATEGIES = ["standard", "mrag-paper", "mrag-std", "mrag", "interleave+mrag-std", "mrag-decay", "segment+mrag-decay"]
 
 
 class SeededEmbedder(HeadEmbedder):
@@ -152,3 +152,16 @@ def test_nprobes_trades_recall_for_speed_and_bad_values_are_refused(seeded_index
         seeded_index.search(QUERIES[0], nprobes=0)
     with pytest.raises(ValueError, match="nprobes must be positive, got -1"):
         seeded_index.build_ann(nprobes=-1)
+
+
+def test_adding_a_space_drops_the_ann_record_with_the_indexes(seeded_index):
+    from conftest import MINILM_DIR
+
+    seeded_index.build_ann()
+    spaced = Index.open(seeded_index.store.uri, embedder=SeededEmbedder(),
+                        spaces=[f"minilm=sentence-transformers:name={MINILM_DIR}"])
+    assert "ann" not in spaced.store.manifest and spaced.info()["ann"] is None  # the table was rewritten
+    exact = hits(spaced, "mrag-std", True)
+    spaced.build_ann()  # now one index per space, the new one included
+    assert len(spaced.store.chunks.list_indices()) == 1 + 4 + 1
+    assert hits(spaced, "mrag-std", None) == exact

@@ -183,7 +183,6 @@ BAD = {
     "other pooling": (["index", "{tmp}/corpus", "--pooling", "cls"],
                       "Error: the index at {db} was built with pooling='mean', not 'cls'"),
     "ann search without ann": (["search", "bees", "--ann"], "Error: no ANN index covers this search"),
-    "nprobes=0": (["search", "bees", "--nprobes", "0"], "Error: nprobes must be positive, got 0"),
 }
 
 
@@ -218,6 +217,14 @@ def test_ann_indexes_built_automatically_past_the_threshold(tmp_path, corpus, re
     again = lines(mrag("index", corpus, "--db", tmp_path / "i", "--ann-threshold", "3"))[0]
     assert "ann" not in again  # nothing new: no rebuild
     assert "ann" not in lines(mrag("index", corpus, "--db", tmp_path / "j"))[0]  # 4 chunks: below the default
+
+
+def test_bad_ann_options_are_refused_before_anything_is_written(tmp_path, corpus):
+    for option in (["--ann-nprobes", "0"], ["--ann-threshold", "-1"]):
+        result = mrag("index", corpus, "--db", tmp_path / "i", "--build-ann", *option, ok=False)
+        assert result.exit_code == 2 and "Invalid value" in result.stderr
+    assert not (tmp_path / "i").exists()
+    assert mrag("search", "bees", "--db", tmp_path / "i", "--nprobes", "0", ok=False).exit_code == 2
 
 
 def test_build_ann_needs_an_existing_index(tmp_path):

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import numpy as np
 
-from mrag import retrieve
+from mrag import exact, retrieve
 
 
 def test_top_c_best_first_and_ties_to_the_smaller_row():
     sims = np.array([[0.1, 0.9, 0.5, 0.9, 0.2],  # tie at the top: rows 1 and 3
                      [0.3, 0.3, 0.3, 0.7, 0.3]])  # tie across the cut: rows 0, 1, 2, 4
-    ranking, values = retrieve.top_c(sims, 2)
+    ranking, values = exact.top_c(sims, 2)
     assert ranking.tolist() == [[1, 3], [3, 0]]
     assert values.tolist() == [[0.9, 0.9], [0.7, 0.3]]
-    ranking, _ = retrieve.top_c(sims[:, :2], 4)  # fewer rows than c: padded with -1
+    ranking, _ = exact.top_c(sims[:, :2], 4)  # fewer rows than c: padded with -1
     assert ranking.tolist() == [[1, 0, -1, -1], [0, 1, -1, -1]]
 
 
@@ -32,7 +32,7 @@ def test_exact_ranks_every_space_and_part_as_brute_force():
     scales = {"heads": np.ones(3), "standard": np.ones(1), "split": np.ones(3)}
     chosen = retrieve.voters("mrag-std", 3, scales)
     assert [v.name for v in chosen] == ["head:0", "head:1", "head:2", "standard"]
-    ranking, sims = retrieve.Exact(standard, heads)(chosen, parts, 7)  # (P, S, c)
+    ranking, sims = exact.Exact(standard, heads)(chosen, parts, 7)  # (P, S, c)
     assert ranking.shape == (5, 4, 7)
     for p, q in enumerate(parts):
         for s in range(3):
@@ -45,9 +45,9 @@ def test_exact_ranks_every_space_and_part_as_brute_force():
 def test_large_batches_are_scored_in_steps_with_the_same_result(monkeypatch):
     standard, heads, parts = random_index()
     chosen = retrieve.voters("mrag-std", 3, {"heads": np.ones(3), "standard": np.ones(1)})
-    whole = retrieve.Exact(standard, heads)(chosen, parts, 5)
-    monkeypatch.setattr(retrieve, "SCORE_BYTES", 4 * 4 * 300 * 2)  # room for two parts at a time
-    stepped = retrieve.Exact(standard, heads)(chosen, parts, 5)
+    whole = exact.Exact(standard, heads)(chosen, parts, 5)
+    monkeypatch.setattr(exact, "SCORE_BYTES", 4 * 4 * 300 * 2)  # room for two parts at a time
+    stepped = exact.Exact(standard, heads)(chosen, parts, 5)
     np.testing.assert_array_equal(whole[0], stepped[0])
     np.testing.assert_allclose(whole[1], stepped[1], rtol=1e-6)  # other GEMM blocking: last-bit differences
 
@@ -55,7 +55,7 @@ def test_large_batches_are_scored_in_steps_with_the_same_result(monkeypatch):
 def test_a_batch_votes_as_its_queries_one_by_one():
     standard, heads, parts = random_index()
     scales = {"heads": np.array([1.0, 2.0, 0.5]), "standard": np.ones(1), "split": np.ones(3)}
-    ranker = retrieve.Exact(standard, heads)
+    ranker = exact.Exact(standard, heads)
     batch = [(parts[0], None), (parts[1], parts[1:4]), (parts[4], None)]
     for strategy in ("mrag", "mrag-paper", "standard", "interleave+mrag-std"):
         together = retrieve.vote_many(strategy, batch, 5, 8, scales, ranker, 3)
@@ -71,5 +71,17 @@ def test_a_question_sentence_splits_into_its_questions():
     assert retrieve.segment_query("Bees fan. How do tides work, and what is a neap tide?") == [
         "Bees fan.", "How do tides work", "what is a neap tide?"]
     assert retrieve.segment_query("A. B. C.", 2) == ["A. B.", "C."]
+    for one_question in ("Is it true that cats, which are mammals, purr?", "How do I, as a new user, do X?",
+                         "What happened in 1989, when the Berlin Wall fell?", "When, where and how did it happen?"):
+        assert retrieve.split_questions(one_question) == [one_question]
     # one question about two things stays whole: nothing tells where one aspect ends
     assert retrieve.query_parts("mrag", "How did Roman legions and irrigation shape cities?") == []
+
+
+def test_nothing_to_rank():
+    standard, heads, parts = random_index()
+    scales = {"heads": np.ones(3), "standard": np.ones(1), "split": np.ones(3)}
+    ranker = exact.Exact(standard[:0], heads[:, :0])
+    assert retrieve.vote_many("mrag", [], 5, 8, scales, ranker, 3) == []
+    result = retrieve.vote("mrag-std", parts[0], 5, 8, scales, ranker, 3)
+    assert result.rows.tolist() == []

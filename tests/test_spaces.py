@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from lancedb.embeddings import TextEmbeddingFunction, register
 
-from mrag import retrieve
+from mrag import exact, retrieve
 from mrag.index import Index
 from mrag.scales import brute_force_scales
 from mrag.spaces import SpaceError, SpaceSpec, parse_space
@@ -83,7 +83,7 @@ def test_extra_spaces_vote_with_their_weights():
     scales = {"heads": np.ones(1), "split": np.ones(2), "standard": np.array([1.0]), "space:other": np.array([3.0])}
     chosen = retrieve.voters("spaces", 1, scales, ["other"])
     assert [(v.name, v.weight) for v in chosen] == [("standard", 1.0), ("other", 3.0)]
-    ranking, _ = retrieve.Exact(standard, heads, extra)(chosen, [query], 3)  # (P=1, S=2, c=3)
+    ranking, _ = exact.Exact(standard, heads, extra)(chosen, [query], 3)  # (P=1, S=2, c=3)
     assert ranking.tolist() == [[[0, 1, 2], [2, 1, 0]]]
     # row 2: 3*1 + 1*0.25 = 3.25; row 1: 3*0.5 + 0.5 = 2.0; row 0: 3*0.25 + 1 = 1.75
     result = retrieve.run("spaces", standard, heads, query, 3, 3, scales, extra=extra)

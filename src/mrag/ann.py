@@ -89,19 +89,20 @@ class AnnRanker:
             raise ValueError(f"space {missing[0]!r} has no ANN column; search it exactly")
         with ThreadPoolExecutor(max_workers=min(8, len(chosen))) as pool:
             found = list(pool.map(lambda v: self._search(v, queries, c), chosen))
-        local: dict[str, int] = {}
-        row_ids: dict[str, int] = {}
+        # number the rows found in Lance row-id order, which is the table's order: votes that tie
+        # then break as on the exact path, whose row numbers are table offsets
+        chunk_of = {r: i for _, ids, _, lance_ids in found for i, r in zip(ids, lance_ids)}
+        self.row_ids = sorted(chunk_of)
+        self.ids = [chunk_of[r] for r in self.row_ids]
+        local = {r: n for n, r in enumerate(self.row_ids)}
         ranking = np.full((len(queries), len(chosen), c), -1, dtype=np.int64)
         sims = np.full((len(queries), len(chosen), c), -np.inf)
-        for s, (part, ids, distance, lance_ids) in enumerate(found):
-            row_ids.update(zip(ids, lance_ids))
+        for s, (part, _, distance, lance_ids) in enumerate(found):
             rank = _ranks(part)  # position of each result within its query part
             keep = rank < c
-            rows = np.array([local.setdefault(i, len(local)) for i in ids], dtype=np.int64)
+            rows = np.array([local[r] for r in lance_ids], dtype=np.int64)
             ranking[part[keep], s, rank[keep]] = rows[keep]
             sims[part[keep], s, rank[keep]] = 1.0 - distance[keep]
-        self.ids = list(local)
-        self.row_ids = [row_ids[i] for i in self.ids]
         return ranking, sims
 
     def _search(
@@ -121,8 +122,8 @@ class AnnRanker:
         result = (query.refine_factor(self.refine) if self.refine else query).to_arrow()
         part = result["query_index"].to_numpy() if "query_index" in result.column_names else np.zeros(len(result), int)
         distance = result["_distance"].to_numpy().astype(np.float64)
-        order = np.lexsort((distance, part))  # by part, then nearest first
         ids, lance_ids = result["id"].to_pylist(), result["_rowid"].to_pylist()
+        order = np.lexsort((np.array(lance_ids, dtype=np.uint64), distance, part))  # by part, nearest, row
         return part[order].astype(np.int64), [ids[i] for i in order], distance[order], [lance_ids[i] for i in order]
 
 

@@ -92,9 +92,9 @@ def cli() -> None:
 @click.option("--build-ann", is_flag=True, help="Build (or rebuild) the ANN indexes of every space now.")
 @click.option("--ann-index", type=click.Choice(list(ANN_INDEX_TYPES)), default=DEFAULT_ANN_INDEX, show_default=True,
               help="LanceDB index type for --build-ann and automatic builds.")
-@click.option("--ann-nprobes", type=int, default=DEFAULT_NPROBES, show_default=True,
+@click.option("--ann-nprobes", type=click.IntRange(min=1), default=DEFAULT_NPROBES, show_default=True,
               help="IVF partitions each ANN search reads by default (more: slower, closer to exact).")
-@click.option("--ann-threshold", type=int, default=ANN_THRESHOLD, show_default=True,
+@click.option("--ann-threshold", type=click.IntRange(min=0), default=ANN_THRESHOLD, show_default=True,
               help="Build the ANN indexes automatically from this many chunks (0 = never).")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               help="Embed on a Ray cluster (ray://host:10001, auto); without ADDRESS a local one.")
@@ -167,7 +167,8 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
               help="Comma-separated voters to keep: standard, heads, head:I, split, or a space label.")
 @click.option("--exact/--ann", "exact", default=None,
               help="Exact search in memory, or the ANN indexes (default: ANN when the index has them).")
-@click.option("--nprobes", type=int, default=None, help="IVF partitions per ANN search (default: the index's).")
+@click.option("--nprobes", type=click.IntRange(min=1), default=None,
+              help="IVF partitions per ANN search (default: the index's).")
 @plain_option
 @user_errors
 def search(query: str, db: str, model: str | None, k: int, strategy: str, depth: int | None, explain: bool,

@@ -28,12 +28,10 @@ votes exactly as it did before spaces existed.
 from __future__ import annotations
 
 import re
-import warnings
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from mrag.chunk import split_sentences
 from mrag.vote import consensus, fuse, interleave, rank_weights, rrf_weights
@@ -47,7 +45,6 @@ FUSION = {"fusion": "standard", "mrag-fusion": "mrag-std"}  # over sub-queries, 
 ALIASES = {"mrag": "segment+mrag-std"}
 DEFAULT_STRATEGY = "mrag"
 DEFAULT_C = 32
-SCORE_BYTES = 512 * 2**20  # the most memory one exact scan's similarities may take
 
 Scales = dict[str, np.ndarray]  # "heads" (H,), "split" (S,), "standard" (1,), "space:NAME" (1,) weights
 
@@ -90,20 +87,23 @@ def query_parts(strategy: str, text: str) -> list[str]:
     return parts if len(parts) > 1 else []
 
 
-# a question that asks several things: "What is X, and how did Y?" splits before "how"
+# a question that asks several things: "What is X, and how did Y?" splits before "how"; a relative
+# clause ("cats, which are mammals, purr?") does not: after a bare comma only how/what/why + a verb
+_QUESTION_WORD = r"(?:how|what|why|when|where|who|which|whose|is|are|was|were|do|does|did|can|could|should|would|will)"
 _NEXT_QUESTION = re.compile(
-    r",\s+(?:(?:and|or|but)\s+)?(?=(?:how|what|why|when|where|who|which|whose|whom|is|are|was|were|do|does|did|"
-    r"can|could|should|would|will|has|have|had)\b)",
+    rf",\s+(?:(?:and|or|but)\s+(?={_QUESTION_WORD}\b)|(?=(?:how|what|why)\s+(?:is|are|was|were|do|does|did|can|"
+    r"could|should|would|will|has|have|had|makes?|gives?|causes?)\b))",
     re.IGNORECASE,
 )
 
 
 def split_questions(sentence: str) -> list[str]:
-    """A question sentence's questions; any other sentence as it is.
+    """A question sentence's questions, each of three words or more; any other sentence as it is.
     'What is X, and how did Y?' -> ['What is X', 'how did Y?'];  'Ann, who sang, left.' -> unchanged."""
     if not sentence.rstrip().endswith("?"):
         return [sentence]
-    return [q.strip() for q in _NEXT_QUESTION.split(sentence) if q.strip()]
+    pieces = [q.strip() for q in _NEXT_QUESTION.split(sentence) if q.strip()]
+    return pieces if all(len(q.split()) >= 3 for q in pieces) else [sentence]
 
 
 def segment_query(text: str, sentences_per_segment: int = 1) -> list[str]:
@@ -193,101 +193,6 @@ def voters(
     return found
 
 
-def top_c(similarities: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's c best columns, best first, ties to the smaller column.  (R, N) -> (R, c) ids, sims.
-
-    torch.topk does the selection (multi-threaded); a row whose c-th and (c+1)-th values tie is
-    redone with a stable sort, so the result never depends on the selection's order."""
-    r, n = similarities.shape
-    c_eff = min(c, n)
-    ranking = np.full((r, c), -1, dtype=np.int64)
-    sims = np.full((r, c), -np.inf)
-    if c_eff == 0 or r == 0:
-        return ranking, sims
-    scores = _tensor(np.ascontiguousarray(similarities))
-    top = torch.topk(scores, min(c_eff + 1, n), dim=1)  # sorted, descending
-    values, found = top.values.numpy(), top.indices.numpy()
-    for j in range(r):
-        if c_eff < n and values[j, c_eff - 1] == values[j, c_eff]:
-            row = similarities[j]
-            order = np.lexsort((np.arange(n), -row))[:c_eff]  # a tie at the cut: stable full sort
-        else:
-            cand = found[j, :c_eff]
-            order = cand[np.lexsort((cand, -values[j, :c_eff]))]
-        ranking[j, :c_eff] = order
-        sims[j, :c_eff] = similarities[j, order]
-    return ranking, sims
-
-
-class Exact:
-    """Exact search on vectors in memory: one pass over each matrix for all query parts at once.
-
-    standard (N, D) and heads (H, N, d) unit vectors, head-major so each head is one contiguous
-    matrix; extra: external space -> (N, D_s) unit vectors."""
-
-    def __init__(self, standard: np.ndarray, heads: np.ndarray, extra: dict[str, np.ndarray] | None = None):
-        self.standard, self.heads, self.extra = standard, heads, extra or {}
-
-    def __call__(self, chosen: list[Voter], queries: list[QueryVectors], c: int) -> tuple[np.ndarray, np.ndarray]:
-        # the similarities of a batch are S x P x N floats: score at most ~SCORE_BYTES of them at a time
-        step = max(1, SCORE_BYTES // (4 * len(chosen) * max(1, self.heads.shape[1])))
-        if len(queries) > step:
-            done = [self(chosen, queries[i : i + step], c) for i in range(0, len(queries), step)]
-            return np.concatenate([r for r, _ in done]), np.concatenate([s for _, s in done])
-        blocks: dict[str, np.ndarray] = {}  # group -> (S_g, P, N) similarities
-        by_group: dict[str, list[Voter]] = {}
-        for v in chosen:
-            by_group.setdefault(v.group, []).append(v)
-        for group, members in by_group.items():
-            if group == "heads":
-                blocks[group] = self.head_similarities([v.index for v in members], queries)
-            elif group == "split":
-                blocks[group] = self.slice_similarities([v.index for v in members], queries)
-            else:
-                matrix = self.standard if group == "standard" else self.extra[group]
-                q = np.stack([p.standard if group == "standard" else p.extra[group] for p in queries])
-                blocks[group] = _matmul(q, matrix)[None]  # (1, P, N)
-        # `voters` lists each group's members together, so the groups' blocks line up with `chosen`
-        p, n = len(queries), self.heads.shape[1]
-        ranked = [top_c(blocks[g].reshape(-1, n), c) for g in by_group]  # (S_g * P, c) each
-        ranking = np.concatenate([r.reshape(-1, p, c) for r, _ in ranked]).transpose(1, 0, 2)
-        sims = np.concatenate([s.reshape(-1, p, c) for _, s in ranked]).transpose(1, 0, 2)
-        return ranking, sims
-
-    def head_similarities(self, heads: list[int], queries: list[QueryVectors]) -> np.ndarray:
-        """Cosine per head and part for every row: one batched matmul.  -> (len(heads), P, N)."""
-        matrix = self.heads if heads == list(range(len(self.heads))) else self.heads[heads]
-        q = np.stack([p.heads[heads] for p in queries], axis=1).astype(matrix.dtype)  # (h, P, d)
-        return torch.bmm(_tensor(q), _tensor(matrix).transpose(1, 2)).numpy()
-
-    def slice_similarities(self, slices: list[int], queries: list[QueryVectors]) -> np.ndarray:
-        """Cosine per slice of the standard embedding (the paper's Split-RAG).  -> (len(slices), P, N)."""
-        n_heads, dim = len(self.heads), self.standard.shape[1]
-        width = dim // n_heads if dim % n_heads == 0 else dim  # as the store's split statistics
-        out = []
-        for s in slices:
-            rows = unit(self.standard[:, s * width : (s + 1) * width])  # (N, w)
-            q = unit(np.stack([p.standard[s * width : (s + 1) * width] for p in queries]))  # (P, w)
-            out.append(_matmul(q, rows))
-        return np.stack(out)
-
-
-def _matmul(queries: np.ndarray, rows: np.ndarray) -> np.ndarray:
-    """queries @ rows.T through torch.  (P, D), (N, D) -> (P, N)
-
-    Computed as rows @ queries.T, which streams the rows once (3x faster than the other order at
-    200k rows, 6 parts). All products of a search go through torch: mixing numpy's BLAS threads
-    with torch's made each pool spin while the other worked (8 ms instead of 0.1 ms at 2k rows)."""
-    return (_tensor(rows) @ _tensor(queries.astype(rows.dtype)).T).T.contiguous().numpy()
-
-
-def _tensor(array: np.ndarray) -> torch.Tensor:
-    """A tensor sharing the array's memory; read-only arrays (LanceDB's) are fine: nothing writes."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(array)
-
-
 def check_selection(select: Collection[str], n_heads: int, n_slices: int, extra: Collection[str]) -> None:
     """Refuse space names an index does not have."""
     known = {"standard", "heads", "split", *extra, *(f"head:{i}" for i in range(n_heads)),
@@ -314,6 +219,8 @@ def run(
 ) -> Result:
     """Exact search for one query.  standard (N, D) and heads (H, N, d) hold unit vectors; `extra`
     the external spaces' unit vectors, name -> (N, D_s).  See `vote` for the rest."""
+    from mrag.exact import Exact  # exact.py builds on this module's types
+
     ranker = Exact(standard, heads, extra)
     return vote(strategy, query, k, c, scales, ranker, len(heads), parts, list(extra or {}), select)
 
@@ -361,6 +268,8 @@ def vote_many(
     plan = parse_strategy(strategy)
     if select is not None:
         check_selection(select, n_heads, len(scales.get("split", [])), list(extra))
+    if not batch:
+        return []
     chosen = voters(plan.base, n_heads, scales, extra, select)
     searched: list[list[QueryVectors]] = []  # per query, the vectors that vote
     for query, parts in batch:

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from mrag import ann, retrieve
+from mrag.exact import Exact
 from mrag.store import Store
 
 if TYPE_CHECKING:
@@ -49,8 +50,12 @@ def search_many(
     nprobes: int | None = None,
 ) -> list[list[Hit]]:
     """The top k hits of each query (see `Index.search`)."""
+    if isinstance(queries, str):
+        raise TypeError("queries must be a list of strings, not one string (use Index.search)")
     if any(not q or not q.strip() for q in queries):
         raise ValueError("the query is empty")
+    if c is not None and c <= 0:
+        raise ValueError(f"the per-space depth c must be positive, got {c}")
     if k <= 0:
         raise ValueError(f"k must be positive, got {k}")
     if nprobes is not None and nprobes <= 0:
@@ -81,9 +86,9 @@ def search_many(
         mine = vectors[start : start + max(1, len(p))]
         batch.append((mine[0], mine if p else None))
         start += len(mine)
+    depth = min(c or max(k, retrieve.DEFAULT_C), count)  # never deeper than the index has rows
     results = retrieve.vote_many(
-        strategy, batch, k, c or max(k, retrieve.DEFAULT_C), index.space_weights(), ranker,
-        index.store.n_heads, list(extra), spaces,
+        strategy, batch, min(k, count), depth, index.space_weights(), ranker, index.store.n_heads, list(extra), spaces
     )
     rows = fetch(sorted({int(r) for result in results for r in result.rows}))
     return [
@@ -119,7 +124,7 @@ def ranker_for(
         found = store.take(matrix.table, HIT_COLUMNS, offsets=rows)
         return {r: found[matrix.ids[r]] for r in rows}
 
-    return retrieve.Exact(matrix.standard, matrix.heads, matrix.extra), by_offset, len(matrix.ids)
+    return Exact(matrix.standard, matrix.heads, matrix.extra), by_offset, len(matrix.ids)
 
 
 def _hit(row: dict[str, Any], score: float, votes: list[dict[str, Any]]) -> Hit:

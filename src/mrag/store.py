@@ -350,7 +350,8 @@ class Store:
             norms, units = split_unit(values)
             stats.add(norms[:, None], units[:, None, :])
             self.spaces.append(dict(entry))
-        self.chunks.add(table, mode="overwrite")
+        self.chunks.add(table, mode="overwrite")  # a rewrite: LanceDB's vector indexes are gone with it
+        self.manifest = {key: value for key, value in self.manifest.items() if key != "ann"}
 
     def _save_manifest(self) -> None:
         """The commit point: record the table version and the sums that belong to it."""
