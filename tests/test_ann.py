@@ -60,7 +60,21 @@ def test_needs_ann():
     assert needs_ann(100, None, 100)
     assert not needs_ann(120, {"rows": 100}, 100)  # the flat-scanned remainder is still small
     assert needs_ann(126, {"rows": 100}, 100)
+    assert needs_ann(100, {"rows": 100}, 100, unindexed=40)  # as many rows, 40 of them replaced
+    assert not needs_ann(100, {"rows": 100}, 100, unindexed=10)
     assert not needs_ann(10**7, None, 0)  # 0 turns automatic builds off
+
+
+def test_replaced_rows_count_as_unindexed(seeded_index):
+    from mrag.ann import unindexed_rows
+
+    assert unindexed_rows(seeded_index.store.snapshot()) is None
+    seeded_index.build_ann()
+    assert unindexed_rows(seeded_index.store.snapshot()) == 0
+    seeded_index.upsert([{"id": f"d{n}", "text": f"changed {n}"} for n in range(40)])  # same row count
+    snapshot = seeded_index.store.snapshot()
+    assert snapshot.count_rows() == 150 and unindexed_rows(snapshot) == 40
+    assert needs_ann(150, seeded_index.store.manifest["ann"], 100, unindexed_rows(snapshot))
 
 
 def test_ann_probing_every_partition_answers_as_exact_search(seeded_index):

@@ -32,12 +32,26 @@ def space_columns(n_heads: int, spaces: list[str]) -> dict[str, str]:
             **{name: space_column(name) for name in spaces}}
 
 
-def needs_ann(rows: int, built: dict[str, Any] | None, threshold: int = ANN_THRESHOLD) -> bool:
-    """Whether `mrag index` should (re)build the ANN indexes: from `threshold` rows, and again once a
-    quarter more rows than the last build covered wait in LanceDB's flat-scanned remainder."""
+def needs_ann(
+    rows: int, built: dict[str, Any] | None, threshold: int = ANN_THRESHOLD, unindexed: int | None = None
+) -> bool:
+    """Whether `mrag index` should (re)build the ANN indexes: from `threshold` rows, and again once
+    the rows the indexes do not cover (new or replaced since the build; LanceDB scans them flat)
+    are more than a quarter of those they do. `unindexed` defaults to the growth since the build."""
     if threshold <= 0 or rows < threshold:
         return False
-    return built is None or rows > 1.25 * int(built.get("rows", 0))
+    if built is None:
+        return True
+    waiting = rows - int(built.get("rows", 0)) if unindexed is None else unindexed
+    return waiting > 0.25 * max(1, rows - waiting)
+
+
+def unindexed_rows(table: Any) -> int | None:
+    """Rows of `table` that the standard vector's ANN index does not cover (None: no index)."""
+    for index in table.list_indices():
+        if list(index.columns) == ["vector"]:
+            return int(table.index_stats(index.name).num_unindexed_rows)
+    return None
 
 
 def index_config(index_type: str, dim: int, n_rows: int) -> Any:

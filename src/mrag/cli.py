@@ -115,7 +115,7 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
         mrag index notes/ papers/intro.md --db idx
         mrag index --build-ann --db idx          # ANN indexes for an existing index
     """
-    from mrag.ann import needs_ann
+    from mrag.ann import needs_ann, unindexed_rows
     from mrag.index import AddReport, Index
     from mrag.ingest import read_paths
 
@@ -143,7 +143,9 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
         report = idx.upsert(docs, show_progress=sys.stderr.isatty())
     report.skipped = skipped
     summary = report.to_dict()
-    if build_ann or needs_ann(idx.store.count(), idx.store.manifest.get("ann"), ann_threshold):
+    snapshot = idx.store.snapshot()
+    if build_ann or needs_ann(snapshot.count_rows(), idx.store.manifest.get("ann"), ann_threshold,
+                              unindexed_rows(snapshot)):
         summary["ann"] = idx.build_ann(ann_index, ann_nprobes)
     if plain:
         click.echo(f"added {summary['added']}, updated {summary['updated']}, unchanged {summary['unchanged']} "
