@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from mrag.retrieve import QueryVectors, Voter, unit
+from mrag.scales import split_width
 
 SCORE_BYTES = 512 * 2**20  # the most memory one exact scan's similarities may take
 
@@ -90,8 +91,7 @@ class Exact:
 
     def slice_similarities(self, slices: list[int], queries: list[QueryVectors]) -> np.ndarray:
         """Cosine per slice of the standard embedding (the paper's Split-RAG).  -> (len(slices), P, N)."""
-        n_heads, dim = len(self.heads), self.standard.shape[1]
-        width = dim // n_heads if dim % n_heads == 0 else dim  # as the store's split statistics
+        width = split_width(self.standard.shape[1], len(self.heads))  # as the store's split statistics
         out = []
         for s in slices:
             rows = unit(self.standard[:, s * width : (s + 1) * width])  # (N, w)

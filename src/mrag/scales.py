@@ -16,6 +16,11 @@ from typing import Any
 import numpy as np
 
 
+def split_width(dim: int, n_heads: int) -> int:
+    """Width of the Split-RAG slices of a D-dim standard vector: D / H when H divides D, else D."""
+    return dim // n_heads if dim % n_heads == 0 else dim
+
+
 def split_unit(vectors: np.ndarray, eps: float = 1e-12) -> tuple[np.ndarray, np.ndarray]:
     """Norms and unit vectors along the last axis.  (..., d) -> (...,), (..., d)."""
     v = np.asarray(vectors, dtype=np.float32)

@@ -67,9 +67,10 @@ def search_many(
             raise ValueError(f"strategy {strategy!r} needs sub-queries")
     else:
         parts = [retrieve.query_parts(strategy, q) for q in queries]
-    labels = [e["name"] for e in index.store.manifest.get("spaces", [])]
+    labels = list(index.store.committed_space_dims())
+    scales = index.space_weights()
     if spaces is not None:
-        retrieve.check_selection(spaces, index.store.n_heads, len(index.store.committed_scales()["split"]), labels)
+        retrieve.check_selection(spaces, index.store.n_heads, len(scales["split"]), labels)
     ranker, fetch, count = ranker_for(index.store, plan, exact, nprobes)
     if not queries or count == 0:
         return [[] for _ in queries]  # nothing to rank: no need to embed the queries
@@ -88,7 +89,7 @@ def search_many(
         start += len(mine)
     depth = min(c or max(k, retrieve.DEFAULT_C), count)  # never deeper than the index has rows
     results = retrieve.vote_many(
-        strategy, batch, min(k, count), depth, index.space_weights(), ranker, index.store.n_heads, list(extra), spaces
+        strategy, batch, min(k, count), depth, scales, ranker, index.store.n_heads, list(extra), spaces
     )
     rows = fetch(sorted({int(r) for result in results for r in result.rows}))
     return [
@@ -103,14 +104,15 @@ def ranker_for(
     """How to find each space's nearest rows: the ANN indexes or the in-memory matrix.
     -> (ranker, fetch: the ranker's row numbers -> their stored rows, how many rows there are)."""
     store.refresh()
-    built = store.manifest.get("ann")
-    if exact is False and (not built or plan.base.startswith("split")):
+    built: dict[str, Any] = store.manifest.get("ann") or {}
+    covered = bool(built) and not plan.base.startswith("split")  # split slices have no ANN column
+    if exact is False and not covered:
         raise ValueError("no ANN index covers this search: build one with `mrag index --build-ann`, "
                          "and use a strategy other than split")
-    if built and not exact and not plan.base.startswith("split"):
-        labels = [e["name"] for e in store.manifest.get("spaces", [])]
+    if covered and not exact:
         refine = ann.DEFAULT_REFINE if built["index_type"] == "IVF_PQ" else None
-        ranker = ann.AnnRanker(store.snapshot(), ann.space_columns(store.n_heads, labels),
+        columns = ann.space_columns(store.n_heads, list(store.committed_space_dims()))
+        ranker = ann.AnnRanker(store.snapshot(), columns,
                                nprobes or built.get("nprobes", ann.DEFAULT_NPROBES), refine)
 
         def by_row_id(rows: list[int]) -> dict[int, dict[str, Any]]:

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from mrag.scales import HeadStats, split_unit
+from mrag.scales import HeadStats, split_unit, split_width
 
 CHUNKS = "chunks"
 MANIFEST = "manifest"
@@ -117,6 +117,10 @@ class Store:
     def space_dims(self) -> dict[str, int]:
         return {s["name"]: int(s["dim"]) for s in self.spaces}
 
+    def committed_space_dims(self) -> dict[str, int]:
+        """External space -> dimension, as the committed manifest (what readers see) records them."""
+        return {s["name"]: int(s["dim"]) for s in self.manifest.get("spaces", [])}
+
     def schema(self) -> pa.Schema:
         return chunk_schema(self.dim, self.n_heads, self.head_dim, self.space_dims())
 
@@ -173,7 +177,7 @@ class Store:
         h, d, dim = embedder_info["n_heads"], embedder_info["head_dim"], embedder_info["dim"]
         space_dims = {s["name"]: int(s["dim"]) for s in spaces or []}
         chunks = db.create_table(CHUNKS, schema=chunk_schema(dim, h, d, space_dims), exist_ok=True)
-        split_dim = dim // h if dim % h == 0 else dim
+        split_dim = split_width(dim, h)
         manifest = {
             "format": FORMAT_VERSION,
             "embedder": embedder_info,
@@ -240,7 +244,7 @@ class Store:
         matrix = self._matrix
         if matrix is None or matrix.version != self.committed_version:
             snapshot = self.snapshot()
-            dims = {s["name"]: int(s["dim"]) for s in self.manifest.get("spaces", [])}
+            dims = self.committed_space_dims()
             table = self.rows(columns=["id", "vector", *self.head_columns(), *map(space_column, dims)],
                               table=snapshot)
             n = table.num_rows
