@@ -84,7 +84,22 @@ def machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "processor": platform.processor() or platform.machine(),
-    }
+    } | ({"gpu": torch.cuda.get_device_name(0)} if torch.cuda.is_available() else {})
+
+
+def embed_stage_without_lancedb() -> None:
+    """Let `import mrag.embed...` work where LanceDB is not installed (the GPU machine has torch,
+    transformers and sentence-transformers only): a bare `mrag` package over src/mrag, without the
+    `mrag/__init__` that registers the LanceDB extension. Does nothing where LanceDB is installed."""
+    import importlib.util
+    import sys
+    import types
+
+    if importlib.util.find_spec("lancedb") is not None or "mrag" in sys.modules:
+        return
+    package = types.ModuleType("mrag")
+    package.__path__ = [str(Path(__file__).resolve().parents[1] / "src" / "mrag")]
+    sys.modules["mrag"] = package
 
 
 def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[str]) -> str:
