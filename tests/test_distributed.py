@@ -74,8 +74,8 @@ def child(corpus: Path, db: Path) -> dict:
     try:
         index_with_ray(db, [corpus], make_embedder=PoisonEmbedder, **options)
         out["poison"] = "no error"
-    except Exception as e:  # Ray wraps the worker's error
-        out["poison"] = str(e)
+    except Exception as e:  # the worker's error, unwrapped from Ray's
+        out["poison"] = f"{type(e).__name__}: {e}"
     (corpus / "poison.txt").unlink()
     ray.shutdown()
     return out
@@ -90,8 +90,12 @@ def cli_child(corpus: Path, db: Path) -> dict:
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=150 * 2**20)
     done = CliRunner().invoke(cli, ["index", str(corpus), "--db", str(db), "--ray", "--workers", "1"])
+    out = {"exit": done.exit_code, "output": done.output[-2000:]}
+    blob = corpus / "sub" / "blob.txt"  # an unreadable file named explicitly: exit 1, nothing written
+    bad = CliRunner().invoke(cli, ["index", str(corpus / "note0.txt"), str(blob), "--db", str(db), "--ray"])
+    out["bad"] = {"exit": bad.exit_code, "output": bad.output}
     ray.shutdown()
-    return {"exit": done.exit_code, "output": done.output[-2000:]}
+    return out
 
 
 def run_child_in_netns(corpus: Path, db: Path, mode: str = "jobs") -> dict:
@@ -128,12 +132,13 @@ def test_ray_index_equals_single_process_index(tmp_path):
 
     assert out["first"]["added"] == len(first.added) and out["first"]["chunks"] == first.chunks
     assert [s["source"] for s in out["first"]["skipped"]] == [str(corpus / "sub" / "blob.txt")]
-    assert sum(w["chunks"] for w in out["first"]["workers"]) == first.chunks
-    assert len(out["first"]["workers"]) == 3 and all(w["chunks"] > 0 for w in out["first"]["workers"])
+    workers = out["first"]["workers"]  # the actors of Ray Data's pool that embedded something
+    assert sum(w["chunks"] for w in workers) == first.chunks
+    assert 2 <= len(workers) <= 3 and all(w["chunks"] > 0 for w in workers)
     changed = out["changed"]  # one file rewritten: only its chunks are embedded again
     assert changed["updated"] == 1 and changed["unchanged"] == len(first.added) - 1 and changed["added"] == 0
     assert changed["chunks"] == 1
-    assert "poisoned chunk" in out["poison"]
+    assert out["poison"] == "RayJobError: the Ray job failed, nothing was written: RuntimeError: poisoned chunk"
 
     distributed = Index.open(tmp_path / "ray-db", embedder=FakeEmbedder(), create=False)
     mine, theirs = rows_by_id(distributed), rows_by_id(single)
@@ -152,7 +157,6 @@ def test_ray_index_equals_single_process_index(tmp_path):
     assert distributed.store.stats.count == single.store.stats.count == len(theirs)
 
 
-
 def test_cli_ray_index_equals_cli_index(tmp_path, reuse_minilm):
     """`mrag index --ray` against `mrag index` in this process: same chunks, same scales."""
     corpus = make_corpus(tmp_path)
@@ -161,6 +165,10 @@ def test_cli_ray_index_equals_cli_index(tmp_path, reuse_minilm):
     report = json.loads(out["output"].splitlines()[-1])
     done = CliRunner().invoke(cli, ["index", str(corpus), "--db", str(tmp_path / "cli-single")])
     assert done.exit_code == 0, done.output
+    assert (
+        out["bad"]["exit"] == 1
+        and out["bad"]["output"] == f"Error: {corpus / 'sub' / 'blob.txt'}: a binary file, not text\n"
+    )
     by_ray, here = Index.open(tmp_path / "cli-ray", create=False), Index.open(tmp_path / "cli-single", create=False)
     assert report["chunks"] == len(rows_by_id(here)) and report["workers"][0]["chunks"] == report["chunks"]
     assert sorted(rows_by_id(by_ray)) == sorted(rows_by_id(here))
@@ -168,20 +176,47 @@ def test_cli_ray_index_equals_cli_index(tmp_path, reuse_minilm):
         np.testing.assert_allclose(by_ray.store.committed_scales()[group], scales, rtol=1e-4)
 
 
-def test_splitting_files_by_size(tmp_path):
-    from mrag.distributed import list_files, split_by_size
+def test_listing_and_reading_files_without_ray(tmp_path):
+    """The read stage and the plan are plain functions: files -> document rows -> what to embed."""
+    from mrag.distributed import _plan, list_files, read_documents
+    from mrag.ingest import IngestError
 
-    for i, size in enumerate([50, 10, 40, 30, 20]):
-        (tmp_path / f"f{i}.txt").write_text("x" * size)
-    files = list_files([tmp_path])
-    assert all(not explicit for _, explicit in files) and len(files) == 5
-    groups = split_by_size(files, 2)
-    sizes = sorted(sum(Path(f).stat().st_size for f, _ in g) for g in groups)
-    assert sizes == [70, 80]
-    assert sorted(f for g in groups for f, _ in g) == sorted(f for f, _ in files)
-    assert len(split_by_size(files[:1], 4)) == 1  # never an empty group
+    corpus = make_corpus(tmp_path)
+    files = list_files([corpus])
+    assert all(not explicit for _, explicit in files) and len(files) == len(TOPICS) + 2
+    rows = [r for path, explicit in files for r in read_documents({"path": path, "explicit": explicit}, 120, 1, {})]
+    blob = [r for r in rows if r["problem"]]
+    assert [r["path"] for r in blob] == [str(corpus / "sub" / "blob.txt")] and blob[0]["n_chunks"] == 0
+    assert {r["doc_id"] for r in rows if r["doc_id"].startswith("rec")} == {f"rec{i}" for i in range(5)}
+    assert all(r["n_chunks"] == len(r["chunks"]) >= 1 for r in rows if not r["problem"])
+    assert len({tuple(sorted(r)) for r in rows}) == 1  # one schema for every row, problem rows too
+
+    index = Index.open(tmp_path / "db", embedder=FakeEmbedder())
+    index.add_paths([corpus / "note0.txt"])
+    report, todo = _plan(index.store, rows)
+    note0 = next(r["doc_id"] for r in rows if r["path"] == str(corpus / "note0.txt"))
+    assert report.unchanged == [note0] and note0 not in todo and len(todo) == len(rows) - 2
+    assert [s.source for s in report.skipped] == [str(corpus / "sub" / "blob.txt")]
+    assert todo == {r["doc_id"]: r["n_chunks"] for r in rows if not r["problem"] and r["doc_id"] != note0}
+
+    named = [dict(r, explicit=True) if r["problem"] else r for r in rows]  # a bad file named explicitly
+    with pytest.raises(IngestError, match="blob.txt"):
+        _plan(index.store, named)
+    with pytest.raises(ValueError, match="duplicate document ids"):
+        _plan(index.store, rows + [rows[0]])
     with pytest.raises(ValueError, match="no files"):
-        list_files([tmp_path / "f0.txt"][:0])
+        list_files([])
+    (tmp_path / "custom.jsonl").write_text('{"key": "k1", "body": "A record with its own field names."}')
+    custom = {"path": str(tmp_path / "custom.jsonl"), "explicit": True}
+    [row] = read_documents(custom, 120, 1, {"text_field": "body", "id_field": "key"})
+    assert row["doc_id"] == "k1" and row["chunks"] == ["A record with its own field names."]
+
+
+def test_cli_ray_refuses_extra_spaces(tmp_path):
+    corpus = make_corpus(tmp_path)
+    done = CliRunner().invoke(cli, ["index", str(corpus), "--db", str(tmp_path / "db"), "--ray", "--space", "x=fake"])
+    assert done.exit_code == 2 and "--ray does not embed extra spaces" in done.output
+    assert not (tmp_path / "db").exists()
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable
@@ -121,7 +122,6 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
 
     if not paths and not build_ann:
         raise click.UsageError("give files or folders to index (or --build-ann for an existing index)")
-    docs, skipped = read_paths(paths, text_field=text_field, id_field=id_field) if paths else ([], [])
     options: dict[str, Any] = {"device": device, "dtype": dtype}
     if pooling:
         options["pooling"] = pooling
@@ -129,19 +129,28 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
         options |= {"query_instruction": query_instruction, "document_instruction": document_instruction}
     report: AddReport
     if ray_address is not None:
-        from mrag.distributed import index_with_ray
+        from mrag.distributed import RayJobError, index_with_ray
 
         if not paths:
             raise click.UsageError("--ray needs files or folders to index")
-        Index.open(db, model=model, layer=layer, chunk_chars=chunk_chars, overlap=overlap, spaces=spaces, **options)
-        report = index_with_ray(db, paths, address=None if ray_address == "local" else ray_address,
-                                num_workers=workers, model=model, layer=layer, **options)
+        if spaces:
+            raise click.UsageError("--ray does not embed extra spaces (--space): index without --ray")
+        Index.open(db, model=model, layer=layer, chunk_chars=chunk_chars, overlap=overlap, **options)
+        progress = sys.stderr.isatty()
+        logging.getLogger("ray.data").setLevel(logging.INFO if progress else logging.ERROR)
+        try:
+            report = index_with_ray(db, paths, address=None if ray_address == "local" else ray_address,
+                                    num_workers=workers, model=model, layer=layer, show_progress=progress,
+                                    fields={"text_field": text_field, "id_field": id_field}, **options)
+        except RayJobError as e:
+            raise click.ClickException(str(e).splitlines()[0]) from e
         idx = Index.open(db, create=False)
     else:
+        docs, skipped = read_paths(paths, text_field=text_field, id_field=id_field) if paths else ([], [])
         idx = Index.open(db, model=model, layer=layer, chunk_chars=chunk_chars, overlap=overlap, spaces=spaces,
                          create=bool(paths), **options)
         report = idx.upsert(docs, show_progress=sys.stderr.isatty())
-    report.skipped = skipped
+        report.skipped = skipped
     summary = report.to_dict()
     snapshot = idx.store.snapshot()
     if build_ann or needs_ann(snapshot.count_rows(), idx.store.manifest.get("ann"), ann_threshold,
@@ -150,7 +159,7 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
     if plain:
         click.echo(f"added {summary['added']}, updated {summary['updated']}, unchanged {summary['unchanged']} "
                    f"documents ({summary['chunks']} chunks embedded)")
-        for s in skipped:
+        for s in report.skipped:
             click.echo(f"skipped {s.source}: {s.reason}")
     else:
         emit(summary)

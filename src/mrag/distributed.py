@@ -1,23 +1,30 @@
-"""Indexing on a Ray cluster: embedding spread over worker processes (GPUs when the cluster has them), one commit.
+"""Indexing on a Ray cluster with Ray Data: files read and embedded on workers (GPUs when the cluster has
+them), rows committed once by the driver.
 
-The driver lists the input files and splits them over `num_workers` Ray actors, balanced by size.
-Each actor loads the embedder once, reads and chunks its files, and reports the documents it found
-(id, content digest, chunk count). The driver drops the documents already indexed with the same
-content, exactly as `Index.add_paths` does; then every actor embeds its remaining chunks in batches
-and streams the rows back as Arrow tables, keeping running head-statistic sums (`HeadStats`) of what
-it embedded. The driver writes the batches inside one `Store.writing()`, so readers see nothing until
-the manifest commits and any failure (a worker dying, a bad file) rolls the whole job back. Before the
-commit it checks that the chunk ids written are exactly the ones the workers announced (none lost,
-none twice) and that the workers' head sums add up to what the store folded in.
+1. Read: a Ray Data `flat_map` over the input files reads and chunks each file on the cluster into one
+   row per document (id, content digest, chunk texts); the result is materialised, so every file is
+   read once and later stages see one snapshot.
+2. Plan: the driver drops the documents already indexed with the same content, exactly as
+   `Index.add_paths` does, and lists the chunk ids it expects.
+3. Embed: `map_batches` runs `EmbedDocuments` on a pool of `num_workers` actors (`ActorPoolStrategy`),
+   each loading the embedder once; it chunks the documents to embed and yields store rows in tables
+   of `batch_size` chunks, each table tagged with the running head sums (`HeadStats`) of its rows.
+4. Write: the driver streams the tables into one `Store.writing()`, so readers see nothing until the
+   manifest commits, and any failure (a worker's error, a bad file) rolls the whole job back. Before
+   the commit it checks that the chunk ids written are exactly those expected (none lost, none twice)
+   and that the workers' head sums add up to what the store folded in.
 
-Left out: workers writing Lance fragments straight to object storage (here every row passes through
-the driver; docs/scaling.md describes that next step), and retrying a lost worker (the job fails and
-rolls back; run it again: unchanged documents are skipped only once committed).
+Left out: workers writing Lance fragments straight to object storage (every row passes through the
+driver; docs/scaling.md describes that next step) and indexes with extra embedding spaces (refused).
 """
 
 from __future__ import annotations
 
 import functools
+import json
+import os
+import socket
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,11 +36,18 @@ import pyarrow as pa
 from mrag.chunk import chunk_text
 from mrag.embed.base import Embeddings, HeadEmbedder
 from mrag.index import AddReport, Index
-from mrag.ingest import Document, IngestError, Skipped, document_digest, read_file, walk_files
+from mrag.ingest import IngestError, Skipped, document_digest, read_file, walk_files
 from mrag.scales import HeadStats, split_unit
 from mrag.store import Store, build_rows, chunk_schema, quote
 
 EmbedderFactory = Callable[[], HeadEmbedder]
+# Ray starts its processes with fork + exec, so no LanceDB code runs in a forked child
+warnings.filterwarnings("ignore", message="lancedb fork support is experimental", category=RuntimeWarning)
+STATS_COLUMN = "_embedded"  # JSON of one output table's worker and head sums, on its first row only
+
+
+class RayJobError(RuntimeError):
+    """A Ray task or actor of the job failed; the index is as it was before the job."""
 
 
 @dataclass
@@ -46,68 +60,88 @@ class RayIndexReport(AddReport):
         return super().to_dict() | {"workers": self.workers}
 
 
-class EmbedWorker:
-    """One Ray actor: loads the embedder once, reads and chunks its files, embeds the chunks it is told to."""
+def read_documents(
+    item: dict[str, Any], chunk_chars: int, overlap: int, fields: dict[str, str]
+) -> list[dict[str, Any]]:
+    """The read stage (a Ray Data `flat_map`): one input file -> one row per document, with its chunks.
 
-    def __init__(self, make_embedder: EmbedderFactory) -> None:
+    A file that cannot be read gives one row with `problem` set and no document; the driver raises
+    for a file named explicitly and skips one found in a folder."""
+    name = item["path"]
+    try:
+        docs = read_file(Path(name), **fields)
+    except IngestError as e:
+        reason = str(e).removeprefix(f"{name}: ").removeprefix(f"{Path(name).resolve()}: ")
+        return [_document_row(name, item["explicit"], problem=reason)]
+    return [
+        _document_row(
+            name,
+            item["explicit"],
+            doc_id=doc.id,
+            source=doc.source,
+            title=doc.title,
+            metadata=json.dumps(doc.metadata, ensure_ascii=False, default=str),
+            digest=document_digest(doc),
+            chunks=chunk_text(doc.text, chunk_chars, overlap),
+        )
+        for doc in docs
+    ]
+
+
+def _document_row(path: str, explicit: bool, **values: Any) -> dict[str, Any]:
+    """Every column filled (no nulls), so all blocks of the read stage share one schema."""
+    row: dict[str, Any] = {
+        "path": path,
+        "explicit": explicit,
+        "problem": "",
+        "doc_id": "",
+        "source": "",
+        "title": "",
+        "metadata": "{}",
+        "digest": "",
+        "chunks": [],
+    } | values
+    row["n_chunks"] = len(row["chunks"])
+    return row
+
+
+class EmbedDocuments:
+    """The embed stage (a Ray Data `map_batches` callable class): one instance per actor of the pool,
+    loading the embedder once. Document rows in, store rows out, `batch_size` chunks per table."""
+
+    def __init__(self, make_embedder: EmbedderFactory, wanted: frozenset[str], batch_size: int) -> None:
         self.embedder = make_embedder()
-        self.stats = HeadStats(self.embedder.n_heads, self.embedder.head_dim)
-        self.docs: dict[str, tuple[Document, str, list[str]]] = {}  # id -> (document, digest, chunk texts)
+        self.wanted, self.batch_size = wanted, batch_size
+        self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
-    def info(self) -> dict[str, Any]:
-        return self.embedder.info()
+    def __call__(self, docs: pa.Table) -> Iterator[pa.Table]:
+        chunks = [
+            (d, i, text) for d in docs.to_pylist() if d["doc_id"] in self.wanted for i, text in enumerate(d["chunks"])
+        ]
+        for start in range(0, len(chunks), self.batch_size):
+            yield self.rows(chunks[start : start + self.batch_size])
 
-    def load(
-        self, files: list[tuple[str, bool]], chunk_chars: int, overlap: int, fields: dict[str, str]
-    ) -> tuple[list[tuple[str, str, int]], list[Skipped]]:
-        """Read and chunk files -> ((doc id, digest, chunks) per document, files skipped). A file named
-        explicitly must be readable (IngestError); one found in a folder is skipped with the reason."""
-        found, skipped = [], []
-        for name, explicit in files:
-            try:
-                docs = read_file(Path(name), **fields)
-            except IngestError as e:
-                if explicit:
-                    raise
-                reason = str(e).removeprefix(f"{name}: ").removeprefix(f"{Path(name).resolve()}: ")
-                skipped.append(Skipped(name, reason))
-                continue
-            for doc in docs:
-                if doc.id in self.docs:
-                    raise ValueError(f"duplicate document ids in one batch: {doc.id}")
-                digest = document_digest(doc)
-                chunks = chunk_text(doc.text, chunk_chars, overlap)
-                self.docs[doc.id] = (doc, digest, chunks)
-                found.append((doc.id, digest, len(chunks)))
-        return found, skipped
-
-    def embed(self, doc_ids: list[str], batch_size: int) -> Iterator[pa.Table]:
-        """Rows for the chunks of these documents, `batch_size` chunks per table (a Ray streaming generator)."""
+    def rows(self, batch: list[tuple[dict[str, Any], int, str]]) -> pa.Table:
         e = self.embedder
-        schema = chunk_schema(e.dim, e.n_heads, e.head_dim)
-        chunks = [(self.docs[d], i, text) for d in doc_ids for i, text in enumerate(self.docs[d][2])]
-        for start in range(0, len(chunks), batch_size):
-            batch = chunks[start : start + batch_size]
-            emb: Embeddings = e.embed([text for _, _, text in batch], kind="document")
-            norms, units = split_unit(emb.heads)  # (B, H), (B, H, d): what the store will fold in
-            self.stats.add(norms, units)
-            yield build_rows(
-                ids=[f"{doc.id}#{i}" for (doc, _, _), i, _ in batch],
-                doc_ids=[doc.id for (doc, _, _), _, _ in batch],
-                sources=[doc.source for (doc, _, _), _, _ in batch],
-                titles=[doc.title for (doc, _, _), _, _ in batch],
-                positions=[i for _, i, _ in batch],
-                texts=[text for _, _, text in batch],
-                metadata=[doc.metadata for (doc, _, _), _, _ in batch],
-                doc_hashes=[digest for (_, digest, _), _, _ in batch],
-                standard=emb.standard,
-                heads=emb.heads,
-                schema=schema,
-            )
-
-    def head_stats(self) -> dict[str, Any]:
-        """The running head sums of every chunk this worker embedded."""
-        return self.stats.to_json()
+        emb: Embeddings = e.embed([text for _, _, text in batch], kind="document")
+        stats = HeadStats(e.n_heads, e.head_dim)
+        stats.add(*split_unit(emb.heads))  # (B, H) norms, (B, H, d) units: what the store will fold in
+        table = build_rows(
+            ids=[f"{d['doc_id']}#{i}" for d, i, _ in batch],
+            doc_ids=[d["doc_id"] for d, _, _ in batch],
+            sources=[d["source"] for d, _, _ in batch],
+            titles=[d["title"] for d, _, _ in batch],
+            positions=[i for _, i, _ in batch],
+            texts=[text for _, _, text in batch],
+            metadata=[json.loads(d["metadata"]) for d, _, _ in batch],
+            doc_hashes=[d["digest"] for d, _, _ in batch],
+            standard=emb.standard,
+            heads=emb.heads,
+            schema=chunk_schema(e.dim, e.n_heads, e.head_dim),
+        )
+        tag = json.dumps({"worker": self.worker, **stats.to_json()})
+        # on the first row only: however Ray Data re-blocks the tables, each tag reaches the driver once
+        return table.append_column(STATS_COLUMN, pa.array([tag] + [None] * (len(batch) - 1), pa.string()))
 
 
 class _RecordedEmbedder(HeadEmbedder):
@@ -138,6 +172,7 @@ def index_with_ray(
     gpus_per_worker: float | None = None,
     storage_options: dict[str, str] | None = None,
     fields: dict[str, str] | None = None,
+    show_progress: bool = False,
     **embedder_options: Any,
 ) -> RayIndexReport:
     """Index files and folders into the index at `index_path` (a folder or s3://...) on a Ray cluster.
@@ -145,8 +180,9 @@ def index_with_ray(
     `address`: the cluster (`ray://host:10001`, `auto`); None starts a local one (or uses the one this
     process is connected to). `make_embedder`: a picklable function building the embedder on each worker;
     by default a TransformerEmbedder of `model`/`layer` (or of what the existing index records) with
-    `embedder_options` (device, dtype, pooling, ...). `gpus_per_worker`: None gives each worker one GPU
-    when the cluster has GPUs. `fields`: text_field / id_field / title_field for JSON records.
+    `embedder_options` (device, dtype, pooling, ...). `num_workers`: the embedding actors;
+    `gpus_per_worker`: None gives each one GPU when the cluster has GPUs. `fields`: text_field /
+    id_field / title_field for JSON records. `show_progress`: Ray Data's progress bars.
     Same semantics as `Index.add_paths`: unchanged documents are skipped, changed ones replaced.
     """
     ray = _import_ray()
@@ -160,42 +196,88 @@ def index_with_ray(
         ray.init(address=address)
     elif started:
         ray.init(include_dashboard=False, log_to_driver=False)
-    workers: list[Any] = []
     try:
+        context = ray.data.DataContext.get_current()
+        context.enable_progress_bars = show_progress
         gpus = gpus_per_worker if gpus_per_worker is not None else float(ray.cluster_resources().get("GPU", 0) >= 1)
-        groups = split_by_size(files, num_workers)
-        actor = ray.remote(EmbedWorker).options(num_cpus=cpus_per_worker, num_gpus=gpus)
-        workers = [actor.remote(make) for _ in groups]
-        info = ray.get(workers[0].info.remote())
+        # the embedder's description, from a worker (the driver may have no GPU, nor the model's files)
+        info = ray.get(ray.remote(_embedder_info).options(num_cpus=cpus_per_worker, num_gpus=gpus).remote(make))
         store = Index.open(uri, embedder=_RecordedEmbedder(info), storage_options=storage_options).store
-        chunking = store.manifest["settings"]["chunk_chars"], store.manifest["settings"]["overlap"]
-        found = ray.get([w.load.remote(g, *chunking, fields or {}) for w, g in zip(workers, groups)])
-        report, todo = _plan(store, found)
-        expected = {f"{doc_id}#{i}" for docs in todo for doc_id, n in docs for i in range(n)}
+        if store.spaces:
+            raise ValueError("this index has extra embedding spaces, which --ray does not embed: index without --ray")
+        settings = store.manifest["settings"]
+        documents = (
+            ray.data.from_items(
+                [{"path": f, "explicit": e} for f, e in files], override_num_blocks=min(len(files), 4 * num_workers)
+            )
+            .flat_map(
+                read_documents,
+                fn_kwargs={
+                    "chunk_chars": settings["chunk_chars"],
+                    "overlap": settings["overlap"],
+                    "fields": fields or {},
+                },
+            )
+            .materialize()
+        )
+        listing = documents.select_columns(["path", "explicit", "problem", "doc_id", "digest", "n_chunks"]).take_all()
+        report, todo = _plan(store, listing)
+        expected = {f"{doc_id}#{i}" for doc_id, n in todo.items() for i in range(n)}
         with store.writing():
             if report.updated:
                 store.delete(f"doc_id IN ({quote(report.updated)})")
             before = HeadStats.from_json(store.stats.to_json())
-            streams = [
-                w.embed.options(num_returns="streaming").remote([d for d, _ in docs], batch_size)
-                for w, docs in zip(workers, todo)
-            ]
             written: list[str] = []
-            for table in _stream(ray, streams):
-                store.add(table)
-                written.extend(table["id"].to_pylist())
-            sums = [HeadStats.from_json(s) for s in ray.get([w.head_stats.remote() for w in workers])]
-            _check_complete(expected, written, before, store.stats, sums)
+            tags: list[dict[str, Any]] = []
+            if todo:
+                embedded = documents.map_batches(
+                    EmbedDocuments,
+                    fn_constructor_args=(make, frozenset(todo), batch_size),
+                    batch_size=None,  # a block of documents per call; the class yields batch_size-chunk tables
+                    batch_format="pyarrow",
+                    compute=ray.data.ActorPoolStrategy(size=min(num_workers, documents.num_blocks())),
+                    num_cpus=cpus_per_worker,
+                    num_gpus=gpus,
+                )
+                for table in embedded.iter_batches(batch_size=None, batch_format="pyarrow"):
+                    tags += [json.loads(t) for t in table[STATS_COLUMN].drop_null().to_pylist()]
+                    rows = table.drop_columns([STATS_COLUMN]).cast(store.chunks.schema)
+                    store.add(rows)
+                    written.extend(rows["id"].to_pylist())
+            _check_complete(expected, written, before, store.stats, [HeadStats.from_json(t) for t in tags])
         report.chunks = len(written)
-        report.workers = [
-            {"worker": i, "files": len(g), "chunks": s.count} for i, (g, s) in enumerate(zip(groups, sums))
-        ]
+        report.workers = _per_worker(tags)
         return report
+    except Exception as e:
+        if not type(e).__module__.startswith("ray."):
+            raise
+        cause = _root_cause(e)  # Ray wraps a worker's exception, with its traceback, in its own
+        message = str(cause).splitlines()[0] if str(cause) else ""  # Ray appends hints on retrying
+        raise RayJobError(f"the Ray job failed, nothing was written: {type(cause).__name__}: {message}") from e
     finally:
-        for w in workers:
-            ray.kill(w)
         if started:
             ray.shutdown()
+
+
+def _root_cause(error: BaseException) -> BaseException:
+    """The innermost exception behind Ray's wrappers (`RayTaskError.cause`, `__cause__`)."""
+    seen = {id(error)}
+    while (inner := getattr(error, "cause", None) or error.__cause__) is not None and id(inner) not in seen:
+        seen.add(id(inner))
+        error = inner
+    return error
+
+
+def _embedder_info(make: EmbedderFactory) -> dict[str, Any]:
+    return make().info()
+
+
+def _per_worker(tags: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Chunks embedded by each worker process (host:pid), from the tables' tags."""
+    counts: dict[str, int] = {}
+    for t in tags:
+        counts[t["worker"]] = counts.get(t["worker"], 0) + t["count"]
+    return [{"worker": w, "chunks": n} for w, n in sorted(counts.items())]
 
 
 def list_files(paths: Sequence[str | Path]) -> list[tuple[str, bool]]:
@@ -214,49 +296,31 @@ def list_files(paths: Sequence[str | Path]) -> list[tuple[str, bool]]:
     return out
 
 
-def split_by_size(files: list[tuple[str, bool]], n_groups: int) -> list[list[tuple[str, bool]]]:
-    """At most n_groups non-empty groups of about equal total size (largest file to the lightest group)."""
-    groups: list[list[tuple[str, bool]]] = [[] for _ in range(min(n_groups, len(files)))]
-    load = np.zeros(len(groups))
-    for item in sorted(files, key=lambda f: -Path(f[0]).stat().st_size):
-        lightest = int(load.argmin())
-        groups[lightest].append(item)
-        load[lightest] += Path(item[0]).stat().st_size + 1
-    return groups
-
-
-def _plan(
-    store: Store, found: list[tuple[list[tuple[str, str, int]], list[Skipped]]]
-) -> tuple[RayIndexReport, list[list[tuple[str, int]]]]:
-    """The report and, per worker, the (doc id, chunk count) to embed: new and changed documents."""
-    ids = [doc_id for docs, _ in found for doc_id, _, _ in docs]
+def _plan(store: Store, listing: list[dict[str, Any]]) -> tuple[RayIndexReport, dict[str, int]]:
+    """The report and the documents to embed (doc id -> chunk count): new and changed ones.
+    An unreadable file named explicitly stops the job; one found in a folder is skipped."""
+    report = RayIndexReport()
+    for row in listing:
+        if row["problem"] and row["explicit"]:
+            raise IngestError(f"{row['path']}: {row['problem']}")
+        if row["problem"]:
+            report.skipped.append(Skipped(row["path"], row["problem"]))
+    report.skipped.sort(key=lambda s: s.source)
+    docs = [row for row in listing if not row["problem"]]
+    ids = [row["doc_id"] for row in docs]
     if len(set(ids)) < len(ids):
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         raise ValueError(f"duplicate document ids in one batch: {', '.join(dupes[:5])}")
     existing = store.doc_hashes(ids)
-    report = RayIndexReport(skipped=[s for _, skipped in found for s in skipped])
-    todo = []
-    for docs, _ in found:
-        mine = []
-        for doc_id, digest, n_chunks in docs:
-            if existing.get(doc_id) == digest:
-                report.unchanged.append(doc_id)
-                continue
-            (report.updated if doc_id in existing else report.added).append(doc_id)
-            mine.append((doc_id, n_chunks))
-        todo.append(mine)
+    todo = {}
+    for row in sorted(docs, key=lambda r: r["doc_id"]):
+        doc_id = row["doc_id"]
+        if existing.get(doc_id) == row["digest"]:
+            report.unchanged.append(doc_id)
+            continue
+        (report.updated if doc_id in existing else report.added).append(doc_id)
+        todo[doc_id] = row["n_chunks"]
     return report, todo
-
-
-def _stream(ray: Any, streams: list[Any]) -> Iterator[pa.Table]:
-    """Tables from several streaming generators, in the order they become ready."""
-    pending = list(streams)
-    while pending:
-        ready, _ = ray.wait(pending, num_returns=1)
-        try:
-            yield ray.get(next(ready[0]))
-        except StopIteration:
-            pending.remove(ready[0])
 
 
 def _check_complete(
@@ -286,8 +350,11 @@ def _transformer_factory(
     if Store.exists(uri, storage_options):
         index = Index.open(uri, model=model, layer=layer, storage_options=storage_options, create=False)
         recorded = index.store.manifest["embedder"]
-        kept = {k: recorded[k] for k in ("pooling", "max_length", "query_instruction", "document_instruction")
-                if recorded.get(k) is not None}
+        kept = {
+            k: recorded[k]
+            for k in ("pooling", "max_length", "query_instruction", "document_instruction")
+            if recorded.get(k) is not None
+        }
         model, layer = recorded["model"], recorded.get("layer")
         options = kept | {k: v for k, v in options.items() if k in ("device", "dtype")}
     return functools.partial(_load_transformer, model, -1 if layer is None else layer, options)
@@ -302,6 +369,7 @@ def _load_transformer(model: str | None, layer: int, options: dict[str, Any]) ->
 def _import_ray() -> Any:
     try:
         import ray
+        import ray.data
     except ImportError:
-        raise ImportError("distributed indexing needs Ray: pip install 'ray[default]'") from None
+        raise ImportError("distributed indexing needs Ray Data: pip install 'ray[data]'") from None
     return ray
