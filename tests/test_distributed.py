@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -59,8 +60,20 @@ class PoisonEmbedder(FakeEmbedder):
         return super().embed_batch(texts)
 
 
+class SlowEmbedder(FakeEmbedder):
+    """The fake embedder taking 0.2 s a batch, as a model would: the pool's actors all start meanwhile."""
+
+    def embed_batch(self, texts: list[str]):
+        time.sleep(0.2)
+        return super().embed_batch(texts)
+
+
+def manifest_versions(db: Path) -> int:
+    return len(list((db / "manifest.lance" / "_versions").iterdir()))
+
+
 def child(corpus: Path, db: Path) -> dict:
-    """The Ray side: three jobs on one local cluster of 2 CPUs and 3 worker processes."""
+    """The Ray side: jobs on a local cluster of 2 CPUs and a pool of 3 actors."""
     import ray
 
     from mrag.distributed import index_with_ray
@@ -68,6 +81,10 @@ def child(corpus: Path, db: Path) -> dict:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=150 * 2**20)
     options = {"num_workers": 3, "cpus_per_worker": 0.5, "batch_size": 4}
     out = {"first": index_with_ray(db, [corpus], make_embedder=FakeEmbedder, **options).to_dict()}
+    versions = manifest_versions(db)
+    os.chdir(corpus.parent)  # the same files by a relative path: the same documents, nothing to do
+    out["again"] = index_with_ray(db, [corpus.name], make_embedder=FakeEmbedder, **options).to_dict()
+    out["again_commits"] = manifest_versions(db) - versions
     (corpus / "note0.txt").write_text(TOPICS[3] + " Rewritten.")
     out["changed"] = index_with_ray(db, [corpus], make_embedder=FakeEmbedder, **options).to_dict()
     (corpus / "poison.txt").write_text(f"A {POISON} note. " + TOPICS[1])
@@ -77,24 +94,43 @@ def child(corpus: Path, db: Path) -> dict:
     except Exception as e:  # the worker's error, unwrapped from Ray's
         out["poison"] = f"{type(e).__name__}: {e}"
     (corpus / "poison.txt").unlink()
+    big = corpus.parent / "big.jsonl"  # one file of many records: still spread over the pool
+    big.write_text("\n".join(json.dumps({"id": f"big{i}", "text": TOPICS[i % len(TOPICS)]}) for i in range(60)))
+    out["one_file"] = index_with_ray(corpus.parent / "big-db", [big], make_embedder=SlowEmbedder, **options).to_dict()
+    (corpus.parent / "empty").mkdir()
+    out["empty"] = index_with_ray(corpus.parent / "empty-db", [corpus.parent / "empty"], **options).to_dict()
+    out["empty_created"] = (corpus.parent / "empty-db").exists()
+    ray.shutdown()
+    # a cluster with a GPU: one worker per GPU, each asking for one (the fake embedder ignores it)
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, object_store_memory=150 * 2**20)
+    out["gpu"] = index_with_ray(corpus.parent / "gpu-db", [corpus], make_embedder=FakeEmbedder, num_workers=3).to_dict()
     ray.shutdown()
     return out
 
 
 def cli_child(corpus: Path, db: Path) -> dict:
-    """`mrag index --ray` on a local cluster, with the real packaged model on the worker."""
-    import ray
-    from click.testing import CliRunner
-
-    from mrag.cli import cli
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=150 * 2**20)
-    done = CliRunner().invoke(cli, ["index", str(corpus), "--db", str(db), "--ray", "--workers", "1"])
-    out = {"exit": done.exit_code, "output": done.output[-2000:]}
-    blob = corpus / "sub" / "blob.txt"  # an unreadable file named explicitly: exit 1, nothing written
-    bad = CliRunner().invoke(cli, ["index", str(corpus / "note0.txt"), str(blob), "--db", str(db), "--ray"])
-    out["bad"] = {"exit": bad.exit_code, "output": bad.output}
-    ray.shutdown()
+    """`mrag index --ray` as a user runs it (a process of its own, starting a local cluster), with the
+    real packaged model on the worker; then an unreadable file named explicitly, for a new index."""
+    mrag = [sys.executable, "-c", "from mrag.cli import main; main()"]
+    done = subprocess.run(
+        [*mrag, "index", str(corpus), "--db", str(db), "--ray", "--workers", "1"],
+        capture_output=True,
+        text=True,
+        timeout=500,
+    )
+    out = {"exit": done.returncode, "output": done.stdout, "stderr": done.stderr[-3000:]}
+    blob, fresh = corpus / "sub" / "blob.txt", db.parent / "fresh-db"
+    bad = subprocess.run(
+        [*mrag, "index", str(corpus / "note0.txt"), str(blob), "--db", str(fresh), "--ray"],
+        capture_output=True,
+        text=True,
+        timeout=500,
+    )
+    out["bad"] = {
+        "exit": bad.returncode,
+        "stderr_last": bad.stderr.strip().splitlines()[-1:],
+        "created": fresh.exists(),
+    }
     return out
 
 
@@ -133,8 +169,13 @@ def test_ray_index_equals_single_process_index(tmp_path):
     assert out["first"]["added"] == len(first.added) and out["first"]["chunks"] == first.chunks
     assert [s["source"] for s in out["first"]["skipped"]] == [str(corpus / "sub" / "blob.txt")]
     workers = out["first"]["workers"]  # the actors of Ray Data's pool that embedded something
-    assert sum(w["chunks"] for w in workers) == first.chunks
-    assert 2 <= len(workers) <= 3 and all(w["chunks"] > 0 for w in workers)
+    assert sum(w["chunks"] for w in workers) == first.chunks and 1 <= len(workers) <= 3
+    again = out["again"]  # nothing changed, named by a relative path: no model, no commit
+    assert again["unchanged"] == len(first.added) and again["chunks"] == 0 and out["again_commits"] == 0
+    spread = out["one_file"]["workers"]  # one file of 60 records, 15 batches: several actors share them
+    assert out["one_file"]["chunks"] == 60 and len(spread) >= 2 and all(w["chunks"] > 0 for w in spread)
+    assert out["empty"]["added"] == 0 and not out["empty_created"]
+    assert out["gpu"]["chunks"] == first.chunks and len(out["gpu"]["workers"]) == 1  # one GPU: one worker
     changed = out["changed"]  # one file rewritten: only its chunks are embedded again
     assert changed["updated"] == 1 and changed["unchanged"] == len(first.added) - 1 and changed["added"] == 0
     assert changed["chunks"] == 1
@@ -161,14 +202,16 @@ def test_cli_ray_index_equals_cli_index(tmp_path, reuse_minilm):
     """`mrag index --ray` against `mrag index` in this process: same chunks, same scales."""
     corpus = make_corpus(tmp_path)
     out = run_child_in_netns(corpus, tmp_path / "cli-ray", mode="cli")
-    assert out["exit"] == 0, out["output"]
-    report = json.loads(out["output"].splitlines()[-1])
+    assert out["exit"] == 0, out["stderr"]
+    report = json.loads(out["output"])
+    assert "Dataset" not in out["stderr"] and "Progress bars" not in out["stderr"]  # Ray Data kept quiet
     done = CliRunner().invoke(cli, ["index", str(corpus), "--db", str(tmp_path / "cli-single")])
     assert done.exit_code == 0, done.output
-    assert (
-        out["bad"]["exit"] == 1
-        and out["bad"]["output"] == f"Error: {corpus / 'sub' / 'blob.txt'}: a binary file, not text\n"
-    )
+    assert out["bad"] == {
+        "exit": 1,
+        "stderr_last": [f"Error: {corpus / 'sub' / 'blob.txt'}: a binary file, not text"],
+        "created": False,  # the new index is not even created
+    }
     by_ray, here = Index.open(tmp_path / "cli-ray", create=False), Index.open(tmp_path / "cli-single", create=False)
     assert report["chunks"] == len(rows_by_id(here)) and report["workers"][0]["chunks"] == report["chunks"]
     assert sorted(rows_by_id(by_ray)) == sorted(rows_by_id(here))
@@ -176,40 +219,99 @@ def test_cli_ray_index_equals_cli_index(tmp_path, reuse_minilm):
         np.testing.assert_allclose(by_ray.store.committed_scales()[group], scales, rtol=1e-4)
 
 
-def test_listing_and_reading_files_without_ray(tmp_path):
-    """The read stage and the plan are plain functions: files -> document rows -> what to embed."""
-    from mrag.distributed import _plan, list_files, read_documents
+def test_listing_reading_and_planning_without_ray(tmp_path):
+    """The read stage, the plan and the chunk rows are plain functions: files -> documents -> work."""
+    from mrag.distributed import chunk_rows, list_files, plan, read_documents
     from mrag.ingest import IngestError
 
     corpus = make_corpus(tmp_path)
     files = list_files([corpus])
     assert all(not explicit for _, explicit in files) and len(files) == len(TOPICS) + 2
-    rows = [r for path, explicit in files for r in read_documents({"path": path, "explicit": explicit}, 120, 1, {})]
+    assert list_files([]) == [] and list_files([corpus / "note0.txt"]) == [(str(corpus / "note0.txt"), True)]
+    items = [{"path": f, "shown": f, "explicit": e, "order": i} for i, (f, e) in enumerate(files)]
+    rows = [r for item in items for r in read_documents(item, 120, 1, {})]
     blob = [r for r in rows if r["problem"]]
-    assert [r["path"] for r in blob] == [str(corpus / "sub" / "blob.txt")] and blob[0]["n_chunks"] == 0
-    assert {r["doc_id"] for r in rows if r["doc_id"].startswith("rec")} == {f"rec{i}" for i in range(5)}
+    assert [r["shown"] for r in blob] == [str(corpus / "sub" / "blob.txt")] and blob[0]["n_chunks"] == 0
+    assert [r["doc_id"] for r in rows if r["doc_id"].startswith("rec")] == [f"rec{i}" for i in range(5)]
+    assert [r["position"] for r in rows if r["doc_id"].startswith("rec")] == list(range(5))
     assert all(r["n_chunks"] == len(r["chunks"]) >= 1 for r in rows if not r["problem"])
     assert len({tuple(sorted(r)) for r in rows}) == 1  # one schema for every row, problem rows too
 
     index = Index.open(tmp_path / "db", embedder=FakeEmbedder())
     index.add_paths([corpus / "note0.txt"])
-    report, todo = _plan(index.store, rows)
-    note0 = next(r["doc_id"] for r in rows if r["path"] == str(corpus / "note0.txt"))
-    assert report.unchanged == [note0] and note0 not in todo and len(todo) == len(rows) - 2
+    ids = [r["doc_id"] for r in rows if not r["problem"]]
+    report, todo = plan(rows, index.store.doc_hashes(ids))
+    note0 = next(r["doc_id"] for r in rows if r["shown"] == str(corpus / "note0.txt"))
+    assert report.unchanged == [note0] and report.added == [i for i in ids if i != note0]  # input order
     assert [s.source for s in report.skipped] == [str(corpus / "sub" / "blob.txt")]
     assert todo == {r["doc_id"]: r["n_chunks"] for r in rows if not r["problem"] and r["doc_id"] != note0}
+    changed = {note0: "another digest"}
+    report, todo = plan(rows, changed)
+    assert report.updated == [note0] and note0 in todo
 
     named = [dict(r, explicit=True) if r["problem"] else r for r in rows]  # a bad file named explicitly
-    with pytest.raises(IngestError, match="blob.txt"):
-        _plan(index.store, named)
+    with pytest.raises(IngestError, match="blob.txt: a binary file"):
+        plan(named, {})
     with pytest.raises(ValueError, match="duplicate document ids"):
-        _plan(index.store, rows + [rows[0]])
-    with pytest.raises(ValueError, match="no files"):
-        list_files([])
-    (tmp_path / "custom.jsonl").write_text('{"key": "k1", "body": "A record with its own field names."}')
-    custom = {"path": str(tmp_path / "custom.jsonl"), "explicit": True}
+        plan(rows + [rows[0]], {})
+
+    (tmp_path / "custom.jsonl").write_text('{"key": "k1", "body": "A record.", "lang": "en"}')
+    custom = {"path": str(tmp_path / "custom.jsonl"), "shown": "custom.jsonl", "explicit": True, "order": 0}
     [row] = read_documents(custom, 120, 1, {"text_field": "body", "id_field": "key"})
-    assert row["doc_id"] == "k1" and row["chunks"] == ["A record with its own field names."]
+    assert row["doc_id"] == "k1" and row["chunks"] == ["A record."] and json.loads(row["metadata"]) == {"lang": "en"}
+    assert chunk_rows(dict(row, chunks=["one", "two"])) == [
+        {
+            "doc_id": "k1",
+            "source": row["source"],
+            "title": row["title"],
+            "metadata": row["metadata"],
+            "digest": row["digest"],
+            "id": f"k1#{i}",
+            "position": i,
+            "text": text,
+        }
+        for i, text in enumerate(["one", "two"])
+    ]
+    assert chunk_rows(row, frozenset({"k1"})) == chunk_rows(row) and chunk_rows(row, frozenset({"other"})) == []
+
+
+def test_root_cause_unwraps_ray_style_wrappers():
+    from mrag.distributed import _root_cause
+
+    class Wrapper(Exception):
+        def __init__(self, cause: object) -> None:
+            super().__init__("wrapped")
+            self.cause = cause
+
+    inner = KeyError("the worker's error")
+    assert _root_cause(Wrapper(inner)) is inner
+    chained = RuntimeError("outer")
+    chained.__cause__ = Wrapper(inner)
+    assert _root_cause(chained) is inner
+    assert type(_root_cause(Wrapper("not an exception"))) is Wrapper  # a `cause` that is no exception
+    from mrag.distributed import _worker_failure
+
+    class RayTaskError(Exception):  # the shape of what Ray raises when the worker's exception stayed remote
+        pass
+
+    RayTaskError.__module__ = "ray.exceptions"
+    text = "\n".join(
+        [
+            "Traceback (most recent call last):",
+            '  File "embed.py", line 58, in embed_batch',
+            '    raise RuntimeError("poisoned chunk")',
+            "RuntimeError: poisoned chunk",
+            "",
+            "The above exception was the direct cause of the following exception:",
+            "",
+            "ray.exceptions.UserCodeException: UDF failed to process a data block.",
+        ]
+    )
+    assert _worker_failure(RayTaskError(text)) == "RuntimeError: poisoned chunk"
+    assert _worker_failure(Wrapper(inner)) == 'KeyError: "the worker\'s error"'
+    looped = Wrapper(None)
+    looped.cause = looped
+    assert _root_cause(looped) is looped
 
 
 def test_cli_ray_refuses_extra_spaces(tmp_path):

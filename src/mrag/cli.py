@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable
@@ -130,20 +129,23 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
     report: AddReport
     if ray_address is not None:
         from mrag.distributed import RayJobError, index_with_ray
+        from mrag.store import Store
 
         if not paths:
             raise click.UsageError("--ray needs files or folders to index")
         if spaces:
             raise click.UsageError("--ray does not embed extra spaces (--space): index without --ray")
-        Index.open(db, model=model, layer=layer, chunk_chars=chunk_chars, overlap=overlap, **options)
         progress = sys.stderr.isatty()
-        logging.getLogger("ray.data").setLevel(logging.INFO if progress else logging.ERROR)
         try:
             report = index_with_ray(db, paths, address=None if ray_address == "local" else ray_address,
-                                    num_workers=workers, model=model, layer=layer, show_progress=progress,
+                                    num_workers=workers, model=model, layer=layer, chunk_chars=chunk_chars,
+                                    overlap=overlap, show_progress=progress,
                                     fields={"text_field": text_field, "id_field": id_field}, **options)
         except RayJobError as e:
             raise click.ClickException(str(e).splitlines()[0]) from e
+        if not Store.exists(db):  # nothing to index in a new index: none is created
+            emit(report.to_dict())
+            return
         idx = Index.open(db, create=False)
     else:
         docs, skipped = read_paths(paths, text_field=text_field, id_field=id_field) if paths else ([], [])

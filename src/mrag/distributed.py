@@ -5,10 +5,12 @@ them), rows committed once by the driver.
    row per document (id, content digest, chunk texts); the result is materialised, so every file is
    read once and later stages see one snapshot.
 2. Plan: the driver drops the documents already indexed with the same content, exactly as
-   `Index.add_paths` does, and lists the chunk ids it expects.
-3. Embed: `map_batches` runs `EmbedDocuments` on a pool of `num_workers` actors (`ActorPoolStrategy`),
-   each loading the embedder once; it chunks the documents to embed and yields store rows in tables
-   of `batch_size` chunks, each table tagged with the running head sums (`HeadStats`) of its rows.
+   `Index.add_paths` does, and lists the chunk ids it expects. Nothing is written, and no model is
+   loaded, before the input is known to be good.
+3. Embed: the documents to embed become one row per chunk, repartitioned into blocks of about
+   `batch_size` chunks so that every worker gets a share even of one large file; `map_batches` runs
+   `EmbedChunks` on a pool of `num_workers` actors (`ActorPoolStrategy`), each loading the embedder
+   once, and every output table is tagged with the running head sums (`HeadStats`) of its rows.
 4. Write: the driver streams the tables into one `Store.writing()`, so readers see nothing until the
    manifest commits, and any failure (a worker's error, a bad file) rolls the whole job back. Before
    the commit it checks that the chunk ids written are exactly those expected (none lost, none twice)
@@ -20,8 +22,10 @@ driver; docs/scaling.md describes that next step) and indexes with extra embeddi
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import logging
 import os
 import socket
 import warnings
@@ -35,14 +39,13 @@ import pyarrow as pa
 
 from mrag.chunk import chunk_text
 from mrag.embed.base import Embeddings, HeadEmbedder
-from mrag.index import AddReport, Index
+from mrag.index import DEFAULT_CHUNK_CHARS, DEFAULT_OVERLAP, AddReport, Index
 from mrag.ingest import IngestError, Skipped, document_digest, read_file, walk_files
 from mrag.scales import HeadStats, split_unit
-from mrag.store import Store, build_rows, chunk_schema, quote
+from mrag.store import Store, StoreError, build_rows, chunk_schema, quote
 
 EmbedderFactory = Callable[[], HeadEmbedder]
-# Ray starts its processes with fork + exec, so no LanceDB code runs in a forked child
-warnings.filterwarnings("ignore", message="lancedb fork support is experimental", category=RuntimeWarning)
+RECORDED_OPTIONS = ("pooling", "max_length", "query_instruction", "document_instruction")
 STATS_COLUMN = "_embedded"  # JSON of one output table's worker and head sums, on its first row only
 
 
@@ -65,18 +68,19 @@ def read_documents(
 ) -> list[dict[str, Any]]:
     """The read stage (a Ray Data `flat_map`): one input file -> one row per document, with its chunks.
 
-    A file that cannot be read gives one row with `problem` set and no document; the driver raises
-    for a file named explicitly and skips one found in a folder."""
+    `item`: path (absolute), shown (the path as the user gave it), explicit (named, not found in a
+    folder), order (its place in the input). A file that cannot be read gives one row with `problem`
+    set and no document; the driver raises for a file named explicitly and skips one found in a folder."""
     name = item["path"]
     try:
         docs = read_file(Path(name), **fields)
     except IngestError as e:
-        reason = str(e).removeprefix(f"{name}: ").removeprefix(f"{Path(name).resolve()}: ")
-        return [_document_row(name, item["explicit"], problem=reason)]
+        reason = str(e).removeprefix(f"{name}: ").removeprefix(f"{item['shown']}: ")
+        return [_document_row(item, 0, problem=reason)]
     return [
         _document_row(
-            name,
-            item["explicit"],
+            item,
+            position,
             doc_id=doc.id,
             source=doc.source,
             title=doc.title,
@@ -84,15 +88,17 @@ def read_documents(
             digest=document_digest(doc),
             chunks=chunk_text(doc.text, chunk_chars, overlap),
         )
-        for doc in docs
+        for position, doc in enumerate(docs)
     ]
 
 
-def _document_row(path: str, explicit: bool, **values: Any) -> dict[str, Any]:
-    """Every column filled (no nulls), so all blocks of the read stage share one schema."""
+def _document_row(item: dict[str, Any], position: int, **values: Any) -> dict[str, Any]:
+    """Every column given a value of its type, so all blocks of the read stage share one schema."""
     row: dict[str, Any] = {
-        "path": path,
-        "explicit": explicit,
+        "shown": item["shown"],
+        "explicit": item["explicit"],
+        "order": item["order"],
+        "position": position,
         "problem": "",
         "doc_id": "",
         "source": "",
@@ -105,43 +111,44 @@ def _document_row(path: str, explicit: bool, **values: Any) -> dict[str, Any]:
     return row
 
 
-class EmbedDocuments:
-    """The embed stage (a Ray Data `map_batches` callable class): one instance per actor of the pool,
-    loading the embedder once. Document rows in, store rows out, `batch_size` chunks per table."""
+def chunk_rows(doc: dict[str, Any], wanted: frozenset[str] | None = None) -> list[dict[str, Any]]:
+    """A document row -> one row per chunk, with what the store keeps of its document; none for a
+    document not in `wanted` (when given)."""
+    if wanted is not None and doc["doc_id"] not in wanted:
+        return []
+    keep = {k: doc[k] for k in ("doc_id", "source", "title", "metadata", "digest")}
+    return [keep | {"id": f"{doc['doc_id']}#{i}", "position": i, "text": text} for i, text in enumerate(doc["chunks"])]
 
-    def __init__(self, make_embedder: EmbedderFactory, wanted: frozenset[str], batch_size: int) -> None:
+
+class EmbedChunks:
+    """The embed stage (a Ray Data `map_batches` callable class): one instance per actor of the pool,
+    loading the embedder once. A batch of chunk rows in, the store's rows out, tagged."""
+
+    def __init__(self, make_embedder: EmbedderFactory) -> None:
         self.embedder = make_embedder()
-        self.wanted, self.batch_size = wanted, batch_size
         self.worker = f"{socket.gethostname()}:{os.getpid()}"
 
-    def __call__(self, docs: pa.Table) -> Iterator[pa.Table]:
-        chunks = [
-            (d, i, text) for d in docs.to_pylist() if d["doc_id"] in self.wanted for i, text in enumerate(d["chunks"])
-        ]
-        for start in range(0, len(chunks), self.batch_size):
-            yield self.rows(chunks[start : start + self.batch_size])
-
-    def rows(self, batch: list[tuple[dict[str, Any], int, str]]) -> pa.Table:
-        e = self.embedder
-        emb: Embeddings = e.embed([text for _, _, text in batch], kind="document")
+    def __call__(self, chunks: pa.Table) -> pa.Table:
+        e, rows = self.embedder, chunks.to_pydict()
+        emb: Embeddings = e.embed(rows["text"], kind="document")
         stats = HeadStats(e.n_heads, e.head_dim)
         stats.add(*split_unit(emb.heads))  # (B, H) norms, (B, H, d) units: what the store will fold in
         table = build_rows(
-            ids=[f"{d['doc_id']}#{i}" for d, i, _ in batch],
-            doc_ids=[d["doc_id"] for d, _, _ in batch],
-            sources=[d["source"] for d, _, _ in batch],
-            titles=[d["title"] for d, _, _ in batch],
-            positions=[i for _, i, _ in batch],
-            texts=[text for _, _, text in batch],
-            metadata=[json.loads(d["metadata"]) for d, _, _ in batch],
-            doc_hashes=[d["digest"] for d, _, _ in batch],
+            ids=rows["id"],
+            doc_ids=rows["doc_id"],
+            sources=rows["source"],
+            titles=rows["title"],
+            positions=rows["position"],
+            texts=rows["text"],
+            metadata=[json.loads(m) for m in rows["metadata"]],
+            doc_hashes=rows["digest"],
             standard=emb.standard,
             heads=emb.heads,
             schema=chunk_schema(e.dim, e.n_heads, e.head_dim),
         )
         tag = json.dumps({"worker": self.worker, **stats.to_json()})
         # on the first row only: however Ray Data re-blocks the tables, each tag reaches the driver once
-        return table.append_column(STATS_COLUMN, pa.array([tag] + [None] * (len(batch) - 1), pa.string()))
+        return table.append_column(STATS_COLUMN, pa.array([tag] + [None] * (len(table) - 1), pa.string()))
 
 
 class _RecordedEmbedder(HeadEmbedder):
@@ -172,6 +179,8 @@ def index_with_ray(
     gpus_per_worker: float | None = None,
     storage_options: dict[str, str] | None = None,
     fields: dict[str, str] | None = None,
+    chunk_chars: int | None = None,
+    overlap: int | None = None,
     show_progress: bool = False,
     **embedder_options: Any,
 ) -> RayIndexReport:
@@ -180,92 +189,188 @@ def index_with_ray(
     `address`: the cluster (`ray://host:10001`, `auto`); None starts a local one (or uses the one this
     process is connected to). `make_embedder`: a picklable function building the embedder on each worker;
     by default a TransformerEmbedder of `model`/`layer` (or of what the existing index records) with
-    `embedder_options` (device, dtype, pooling, ...). `num_workers`: the embedding actors;
-    `gpus_per_worker`: None gives each one GPU when the cluster has GPUs. `fields`: text_field /
-    id_field / title_field for JSON records. `show_progress`: Ray Data's progress bars.
+    `embedder_options` (device, dtype, pooling, ...). `num_workers`: the embedding actors, `batch_size`
+    chunks per embedding call; `gpus_per_worker`: None gives each worker one GPU when the cluster has
+    GPUs (and `device` is not "cpu"), the pool shrinking to the GPUs there are. `fields`: text_field /
+    id_field / title_field for JSON records. `chunk_chars` / `overlap`: for a new index. `show_progress`:
+    Ray Data's progress bars and messages (otherwise silenced during the job).
     Same semantics as `Index.add_paths`: unchanged documents are skipped, changed ones replaced.
     """
     ray = _import_ray()
     if num_workers <= 0 or batch_size <= 0:
         raise ValueError("num_workers and batch_size must be positive")
     uri = str(index_path)
+    existing = Store.open(uri, storage_options) if Store.exists(uri, storage_options) else None
+    chunking = _chunking(uri, existing, chunk_chars, overlap)
     files = list_files(paths)
+    if not files:
+        return RayIndexReport()
     make = make_embedder or _transformer_factory(uri, model, layer, storage_options, embedder_options)
     started = not ray.is_initialized()
-    if started and address:
-        ray.init(address=address)
-    elif started:
-        ray.init(include_dashboard=False, log_to_driver=False)
+    if started:
+        with warnings.catch_warnings():  # Ray starts its processes with fork + exec: no LanceDB code runs in them
+            warnings.filterwarnings("ignore", "lancedb fork support is experimental", RuntimeWarning)
+            ray.init(address=address, **({} if address else {"include_dashboard": False, "log_to_driver": False}))
     try:
-        context = ray.data.DataContext.get_current()
-        context.enable_progress_bars = show_progress
-        gpus = gpus_per_worker if gpus_per_worker is not None else float(ray.cluster_resources().get("GPU", 0) >= 1)
-        # the embedder's description, from a worker (the driver may have no GPU, nor the model's files)
-        info = ray.get(ray.remote(_embedder_info).options(num_cpus=cpus_per_worker, num_gpus=gpus).remote(make))
-        store = Index.open(uri, embedder=_RecordedEmbedder(info), storage_options=storage_options).store
-        if store.spaces:
-            raise ValueError("this index has extra embedding spaces, which --ray does not embed: index without --ray")
-        settings = store.manifest["settings"]
-        documents = (
-            ray.data.from_items(
-                [{"path": f, "explicit": e} for f, e in files], override_num_blocks=min(len(files), 4 * num_workers)
+        with _ray_data_quiet(ray, not show_progress):
+            return _run_job(
+                ray,
+                uri,
+                files,
+                existing,
+                chunking,
+                make,
+                num_workers,
+                batch_size,
+                cpus_per_worker,
+                _gpus(ray, gpus_per_worker, embedder_options),
+                storage_options,
+                fields or {},
             )
-            .flat_map(
-                read_documents,
-                fn_kwargs={
-                    "chunk_chars": settings["chunk_chars"],
-                    "overlap": settings["overlap"],
-                    "fields": fields or {},
-                },
-            )
-            .materialize()
-        )
-        listing = documents.select_columns(["path", "explicit", "problem", "doc_id", "digest", "n_chunks"]).take_all()
-        report, todo = _plan(store, listing)
-        expected = {f"{doc_id}#{i}" for doc_id, n in todo.items() for i in range(n)}
-        with store.writing():
-            if report.updated:
-                store.delete(f"doc_id IN ({quote(report.updated)})")
-            before = HeadStats.from_json(store.stats.to_json())
-            written: list[str] = []
-            tags: list[dict[str, Any]] = []
-            if todo:
-                embedded = documents.map_batches(
-                    EmbedDocuments,
-                    fn_constructor_args=(make, frozenset(todo), batch_size),
-                    batch_size=None,  # a block of documents per call; the class yields batch_size-chunk tables
-                    batch_format="pyarrow",
-                    compute=ray.data.ActorPoolStrategy(size=min(num_workers, documents.num_blocks())),
-                    num_cpus=cpus_per_worker,
-                    num_gpus=gpus,
-                )
-                for table in embedded.iter_batches(batch_size=None, batch_format="pyarrow"):
-                    tags += [json.loads(t) for t in table[STATS_COLUMN].drop_null().to_pylist()]
-                    rows = table.drop_columns([STATS_COLUMN]).cast(store.chunks.schema)
-                    store.add(rows)
-                    written.extend(rows["id"].to_pylist())
-            _check_complete(expected, written, before, store.stats, [HeadStats.from_json(t) for t in tags])
-        report.chunks = len(written)
-        report.workers = _per_worker(tags)
-        return report
     except Exception as e:
         if not type(e).__module__.startswith("ray."):
             raise
-        cause = _root_cause(e)  # Ray wraps a worker's exception, with its traceback, in its own
-        message = str(cause).splitlines()[0] if str(cause) else ""  # Ray appends hints on retrying
-        raise RayJobError(f"the Ray job failed, nothing was written: {type(cause).__name__}: {message}") from e
+        raise RayJobError(f"the Ray job failed, nothing was written: {_worker_failure(e)}") from e
     finally:
         if started:
             ray.shutdown()
 
 
+def _run_job(
+    ray: Any,
+    uri: str,
+    files: list[tuple[str, bool]],
+    existing: Store | None,
+    chunking: dict[str, int],
+    make: EmbedderFactory,
+    num_workers: int,
+    batch_size: int,
+    cpus: float,
+    gpus: float,
+    storage_options: dict[str, str] | None,
+    fields: dict[str, str],
+) -> RayIndexReport:
+    items = [{"path": str(Path(f).resolve()), "shown": f, "explicit": e, "order": i} for i, (f, e) in enumerate(files)]
+    documents = (
+        ray.data.from_items(items, override_num_blocks=min(len(items), 4 * num_workers))
+        .flat_map(read_documents, fn_kwargs={**chunking, "fields": fields})
+        .materialize()
+    )
+    columns = ["shown", "explicit", "order", "position", "problem", "doc_id", "digest", "n_chunks"]
+    listing = sorted(documents.select_columns(columns).take_all(), key=lambda r: (r["order"], r["position"]))
+    hashes = existing.doc_hashes([r["doc_id"] for r in listing if not r["problem"]]) if existing else {}
+    report, todo = plan(listing, hashes)
+    if not todo:  # nothing new or changed: no model, no commit
+        return report
+    # the embedder's description, from a worker (the driver may have no GPU, nor the model's files)
+    info = ray.get(ray.remote(_embedder_info).options(num_cpus=cpus, num_gpus=gpus).remote(make))
+    store = Index.open(
+        uri,
+        embedder=_RecordedEmbedder(info),
+        storage_options=storage_options,
+        chunk_chars=chunking["chunk_chars"],
+        overlap=chunking["overlap"],
+    ).store
+    if store.spaces:
+        raise ValueError("this index has extra embedding spaces, which --ray does not embed: index without --ray")
+    n_chunks = sum(todo.values())
+    chunks = (
+        documents.flat_map(chunk_rows, fn_kwargs={"wanted": frozenset(todo)})
+        .repartition(max(1, -(-n_chunks // batch_size)))  # ~batch_size chunks a block: work for every actor
+        .materialize()
+    )
+    pool = num_workers if gpus == 0 else min(num_workers, max(1, int(ray.cluster_resources().get("GPU", 0) // gpus)))
+    embedded = chunks.map_batches(
+        EmbedChunks,
+        fn_constructor_args=(make,),
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=pool, max_tasks_in_flight_per_actor=1),  # spread blocks
+        num_cpus=cpus,
+        num_gpus=gpus,
+    )
+    expected = {f"{doc_id}#{i}" for doc_id, n in todo.items() for i in range(n)}
+    written: list[str] = []
+    tags: list[dict[str, Any]] = []
+    with store.writing():
+        if report.updated:
+            store.delete(f"doc_id IN ({quote(report.updated)})")
+        before = HeadStats.from_json(store.stats.to_json())
+        for table in embedded.iter_batches(batch_size=None, batch_format="pyarrow"):
+            tags += [json.loads(t) for t in table[STATS_COLUMN].drop_null().to_pylist()]
+            rows = table.drop_columns([STATS_COLUMN]).cast(store.chunks.schema)
+            store.add(rows)
+            written.extend(rows["id"].to_pylist())
+        _check_complete(expected, written, before, store.stats, [HeadStats.from_json(t) for t in tags])
+    report.chunks = len(written)
+    report.workers = _per_worker(tags)
+    return report
+
+
+def _chunking(uri: str, existing: Store | None, chunk_chars: int | None, overlap: int | None) -> dict[str, int]:
+    """The chunk settings: an existing index's (others are refused), else the given ones or the defaults."""
+    asked = {"chunk_chars": chunk_chars, "overlap": overlap}
+    if existing is None:
+        return {"chunk_chars": DEFAULT_CHUNK_CHARS, "overlap": DEFAULT_OVERLAP} | {
+            k: v for k, v in asked.items() if v is not None
+        }
+    recorded = {k: int(existing.manifest["settings"][k]) for k in asked}
+    for key, value in asked.items():
+        if value is not None and value != recorded[key]:
+            raise StoreError(f"the index at {uri} was built with {key}={recorded[key]}, not {value}")
+    return recorded
+
+
+def _gpus(ray: Any, gpus_per_worker: float | None, embedder_options: dict[str, Any]) -> float:
+    """GPUs per worker: as asked, else one where the cluster has GPUs and the device is not the CPU."""
+    if gpus_per_worker is not None:
+        return gpus_per_worker
+    if embedder_options.get("device") == "cpu":
+        return 0.0
+    return float(ray.cluster_resources().get("GPU", 0) >= 1)
+
+
+@contextlib.contextmanager
+def _ray_data_quiet(ray: Any, quiet: bool) -> Iterator[None]:
+    """Ray Data's progress bars and console messages off for the job (restored after) when `quiet`."""
+    context = ray.data.DataContext.get_current()
+    logger = logging.getLogger("ray.data")  # configured by Ray Data when imported: set after that
+    saved = context.enable_progress_bars, context.print_on_execution_start, logger.level
+    if quiet:
+        context.enable_progress_bars = context.print_on_execution_start = False
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        context.enable_progress_bars, context.print_on_execution_start = saved[:2]
+        logger.setLevel(saved[2])
+
+
+def _worker_failure(error: BaseException) -> str:
+    """'Type: message' of the exception behind Ray's wrappers. A worker's own exception may reach the
+    driver only as text, in the traceback Ray prints: then its line before "The above exception..."."""
+    cause = _root_cause(error)
+    if type(cause).__module__.startswith("ray."):
+        lines = str(error).splitlines()
+        for i, line in enumerate(lines):
+            if line.startswith("The above exception was the direct cause"):
+                raised = [x for x in lines[:i] if x.strip() and not x[0].isspace()]
+                if raised:
+                    return raised[-1]
+    message = str(cause).splitlines()[0] if str(cause) else ""  # Ray appends hints on retrying
+    return f"{type(cause).__name__}: {message}"
+
+
 def _root_cause(error: BaseException) -> BaseException:
     """The innermost exception behind Ray's wrappers (`RayTaskError.cause`, `__cause__`)."""
     seen = {id(error)}
-    while (inner := getattr(error, "cause", None) or error.__cause__) is not None and id(inner) not in seen:
+    while True:
+        inner = getattr(error, "cause", None)
+        inner = inner if isinstance(inner, BaseException) else error.__cause__
+        if inner is None or id(inner) in seen:
+            return error
         seen.add(id(inner))
         error = inner
-    return error
 
 
 def _embedder_info(make: EmbedderFactory) -> dict[str, Any]:
@@ -291,29 +396,26 @@ def list_files(paths: Sequence[str | Path]) -> list[tuple[str, bool]]:
             out.append((str(path), True))
         else:
             out.extend((str(f), False) for f in sorted(walk_files(path)))
-    if not out:
-        raise ValueError("no files to index")
     return out
 
 
-def _plan(store: Store, listing: list[dict[str, Any]]) -> tuple[RayIndexReport, dict[str, int]]:
-    """The report and the documents to embed (doc id -> chunk count): new and changed ones.
-    An unreadable file named explicitly stops the job; one found in a folder is skipped."""
+def plan(listing: list[dict[str, Any]], existing: dict[str, str]) -> tuple[RayIndexReport, dict[str, int]]:
+    """Document rows in input order and the indexed digests (doc id -> digest) -> the report and the
+    documents to embed (doc id -> chunk count): new and changed ones. An unreadable file named
+    explicitly stops the job; one found in a folder is skipped."""
     report = RayIndexReport()
     for row in listing:
         if row["problem"] and row["explicit"]:
-            raise IngestError(f"{row['path']}: {row['problem']}")
+            raise IngestError(f"{row['shown']}: {row['problem']}")
         if row["problem"]:
-            report.skipped.append(Skipped(row["path"], row["problem"]))
-    report.skipped.sort(key=lambda s: s.source)
+            report.skipped.append(Skipped(row["shown"], row["problem"]))
     docs = [row for row in listing if not row["problem"]]
     ids = [row["doc_id"] for row in docs]
     if len(set(ids)) < len(ids):
         dupes = sorted({i for i in ids if ids.count(i) > 1})
         raise ValueError(f"duplicate document ids in one batch: {', '.join(dupes[:5])}")
-    existing = store.doc_hashes(ids)
     todo = {}
-    for row in sorted(docs, key=lambda r: r["doc_id"]):
+    for row in docs:
         doc_id = row["doc_id"]
         if existing.get(doc_id) == row["digest"]:
             report.unchanged.append(doc_id)
@@ -350,11 +452,10 @@ def _transformer_factory(
     if Store.exists(uri, storage_options):
         index = Index.open(uri, model=model, layer=layer, storage_options=storage_options, create=False)
         recorded = index.store.manifest["embedder"]
-        kept = {
-            k: recorded[k]
-            for k in ("pooling", "max_length", "query_instruction", "document_instruction")
-            if recorded.get(k) is not None
-        }
+        kept = {k: recorded[k] for k in RECORDED_OPTIONS if recorded.get(k) is not None}
+        for key in RECORDED_OPTIONS:  # as Index.open: an existing index keeps its settings
+            if key in options and options[key] != recorded.get(key):
+                raise StoreError(f"the index at {uri} was built with {key}={recorded.get(key)!r}, not {options[key]!r}")
         model, layer = recorded["model"], recorded.get("layer")
         options = kept | {k: v for k, v in options.items() if k in ("device", "dtype")}
     return functools.partial(_load_transformer, model, -1 if layer is None else layer, options)
