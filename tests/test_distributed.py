@@ -276,7 +276,7 @@ def test_listing_reading_and_planning_without_ray(tmp_path):
 
 
 def test_root_cause_unwraps_ray_style_wrappers():
-    from mrag.distributed import _root_cause
+    from mrag.distributed.job import _root_cause
 
     class Wrapper(Exception):
         def __init__(self, cause: object) -> None:
@@ -289,7 +289,7 @@ def test_root_cause_unwraps_ray_style_wrappers():
     chained.__cause__ = Wrapper(inner)
     assert _root_cause(chained) is inner
     assert type(_root_cause(Wrapper("not an exception"))) is Wrapper  # a `cause` that is no exception
-    from mrag.distributed import _worker_failure
+    from mrag.distributed.job import _worker_failure
 
     class RayTaskError(Exception):  # the shape of what Ray raises when the worker's exception stayed remote
         pass

@@ -8,14 +8,25 @@ import numpy as np
 from mrag import exact, retrieve
 
 
-def test_top_c_best_first_and_ties_to_the_smaller_row():
-    sims = np.array([[0.1, 0.9, 0.5, 0.9, 0.2],  # tie at the top: rows 1 and 3
-                     [0.3, 0.3, 0.3, 0.7, 0.3]])  # tie across the cut: rows 0, 1, 2, 4
-    ranking, values = exact.top_c(sims, 2)
-    assert ranking.tolist() == [[1, 3], [3, 0]]
-    assert values.tolist() == [[0.9, 0.9], [0.7, 0.3]]
-    ranking, _ = exact.top_c(sims[:, :2], 4)  # fewer rows than c: padded with -1
-    assert ranking.tolist() == [[1, 0, -1, -1], [0, 1, -1, -1]]
+def test_best_of_candidates_best_first_and_ties_to_the_smaller_row():
+    # two lines, candidates from two blocks of rows (0-4 and 5-9), each block's best 3 (c = 2)
+    values = np.array([[0.9, 0.5, 0.2, 0.9, 0.4, 0.1],  # tie at the top: rows 6 and 1, both candidates
+                       [0.7, 0.3, 0.3, 0.3, 0.3, 0.3]])  # tie at the cut: rows 5, 0, 1 (and 2, 7 unseen)
+    rows = np.array([[6, 8, 9, 1, 0, 3],
+                     [3, 5, 7, 0, 1, 4]])
+    full = np.array([[0.4, 0.9, 0.0, 0.1, 0.0, 0.0, 0.9, 0.0, 0.5, 0.2],
+                     [0.3, 0.3, 0.3, 0.7, 0.3, 0.3, 0.0, 0.3, 0.0, 0.0]])
+    asked = []
+
+    def full_row(j):
+        asked.append(j)
+        return full[j]
+
+    ranking, sims = exact.best_of(values, rows, 2, full_row)
+    assert ranking.tolist() == [[1, 6], [3, 0]]  # line 1 re-ranked from its full row: row 0 wins the tie
+    assert sims.tolist() == [[0.9, 0.9], [0.7, 0.3]] and asked == [1]
+    ranking, sims = exact.best_of(values[:, :2], rows[:, :2], 4, full_row)  # fewer candidates than c: padded
+    assert ranking.tolist() == [[6, 8, -1, -1], [3, 5, -1, -1]] and sims[0, 2] == -np.inf
 
 
 def random_index(n: int = 300, h: int = 3, d: int = 4, dim: int = 12, seed: int = 0):
@@ -40,6 +51,21 @@ def test_exact_ranks_every_space_and_part_as_brute_force():
             np.testing.assert_array_equal(ranking[p, s], np.argsort(-brute, kind="stable")[:7])
             np.testing.assert_allclose(sims[p, s], np.sort(brute)[::-1][:7], rtol=1e-5)
         np.testing.assert_array_equal(ranking[p, 3], np.argsort(-(standard @ q.standard), kind="stable")[:7])
+
+
+def test_blocks_of_rows_give_the_whole_scan_result_ties_included(monkeypatch):
+    standard, heads, parts = random_index()
+    standard[[10, 40, 41, 299]] = standard[7]  # duplicate chunks: ties across blocks and at the cut
+    heads[:, [10, 40, 41, 299]] = heads[:, [7]]
+    parts[0] = retrieve.QueryVectors(standard[7], heads[:, 7])  # they are its nearest: a 5-way tie
+    chosen = retrieve.voters("mrag-std", 3, {"heads": np.ones(3), "standard": np.ones(1)})
+    whole = exact.Exact(standard, heads)(chosen, parts, 3)  # c = 3 cuts the tie
+    monkeypatch.setattr(exact, "BLOCK_ROWS", 16)
+    blocked = exact.Exact(standard, heads)(chosen, parts, 3)
+    np.testing.assert_array_equal(whole[0], blocked[0])
+    assert whole[0][0, :, :].tolist() == [[7, 10, 40]] * 4  # every space: the tied rows, smaller first
+    for p, q in enumerate(parts):  # and brute force, stable
+        np.testing.assert_array_equal(blocked[0][p, 3], np.argsort(-(standard @ q.standard), kind="stable")[:3])
 
 
 def test_large_batches_are_scored_in_steps_with_the_same_result(monkeypatch):

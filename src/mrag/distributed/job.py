@@ -1,24 +1,5 @@
-"""Indexing on a Ray cluster with Ray Data: files read and embedded on workers (GPUs when the cluster has
-them), rows committed once by the driver.
-
-1. Read: a Ray Data `flat_map` over the input files reads and chunks each file on the cluster into one
-   row per document (id, content digest, chunk texts); the result is materialised, so every file is
-   read once and later stages see one snapshot.
-2. Plan: the driver drops the documents already indexed with the same content, exactly as
-   `Index.add_paths` does, and lists the chunk ids it expects. Nothing is written, and no model is
-   loaded, before the input is known to be good.
-3. Embed: the documents to embed become one row per chunk, repartitioned into blocks of about
-   `batch_size` chunks so that every worker gets a share even of one large file; `map_batches` runs
-   `EmbedChunks` on a pool of `num_workers` actors (`ActorPoolStrategy`), each loading the embedder
-   once, and every output table is tagged with the running head sums (`HeadStats`) of its rows.
-4. Write: the driver streams the tables into one `Store.writing()`, so readers see nothing until the
-   manifest commits, and any failure (a worker's error, a bad file) rolls the whole job back. Before
-   the commit it checks that the chunk ids written are exactly those expected (none lost, none twice)
-   and that the workers' head sums add up to what the store folded in.
-
-Left out: workers writing Lance fragments straight to object storage (every row passes through the
-driver; docs/scaling.md describes that next step) and indexes with extra embedding spaces (refused).
-"""
+"""The Ray ingestion job: `index_with_ray` runs the stages of `mrag.distributed.stages` with Ray Data
+and commits once (the design: `mrag.distributed`)."""
 
 from __future__ import annotations
 
@@ -26,129 +7,33 @@ import contextlib
 import functools
 import json
 import logging
-import os
-import socket
 import warnings
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import pyarrow as pa
-
-from mrag.chunk import chunk_text
+from mrag.distributed.stages import (
+    STATS_COLUMN,
+    EmbedChunks,
+    EmbedderFactory,
+    RayIndexReport,
+    check_complete,
+    chunk_rows,
+    list_files,
+    per_worker,
+    plan,
+    read_documents,
+)
 from mrag.embed.base import Embeddings, HeadEmbedder
-from mrag.index import DEFAULT_CHUNK_CHARS, DEFAULT_OVERLAP, AddReport, Index
-from mrag.ingest import IngestError, Skipped, document_digest, read_file, walk_files
-from mrag.scales import HeadStats, split_unit
-from mrag.store import Store, StoreError, build_rows, chunk_schema, quote
+from mrag.index import DEFAULT_CHUNK_CHARS, DEFAULT_OVERLAP, Index
+from mrag.scales import HeadStats
+from mrag.store import Store, StoreError, quote
 
-EmbedderFactory = Callable[[], HeadEmbedder]
 RECORDED_OPTIONS = ("pooling", "max_length", "query_instruction", "document_instruction")
-STATS_COLUMN = "_embedded"  # JSON of one output table's worker and head sums, on its first row only
 
 
 class RayJobError(RuntimeError):
     """A Ray task or actor of the job failed; the index is as it was before the job."""
-
-
-@dataclass
-class RayIndexReport(AddReport):
-    """What `index_with_ray` did: the `AddReport` counts plus the chunks each worker embedded."""
-
-    workers: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return super().to_dict() | {"workers": self.workers}
-
-
-def read_documents(
-    item: dict[str, Any], chunk_chars: int, overlap: int, fields: dict[str, str]
-) -> list[dict[str, Any]]:
-    """The read stage (a Ray Data `flat_map`): one input file -> one row per document, with its chunks.
-
-    `item`: path (absolute), shown (the path as the user gave it), explicit (named, not found in a
-    folder), order (its place in the input). A file that cannot be read gives one row with `problem`
-    set and no document; the driver raises for a file named explicitly and skips one found in a folder."""
-    name = item["path"]
-    try:
-        docs = read_file(Path(name), **fields)
-    except IngestError as e:
-        reason = str(e).removeprefix(f"{name}: ").removeprefix(f"{item['shown']}: ")
-        return [_document_row(item, 0, problem=reason)]
-    return [
-        _document_row(
-            item,
-            position,
-            doc_id=doc.id,
-            source=doc.source,
-            title=doc.title,
-            metadata=json.dumps(doc.metadata, ensure_ascii=False, default=str),
-            digest=document_digest(doc),
-            chunks=chunk_text(doc.text, chunk_chars, overlap),
-        )
-        for position, doc in enumerate(docs)
-    ]
-
-
-def _document_row(item: dict[str, Any], position: int, **values: Any) -> dict[str, Any]:
-    """Every column given a value of its type, so all blocks of the read stage share one schema."""
-    row: dict[str, Any] = {
-        "shown": item["shown"],
-        "explicit": item["explicit"],
-        "order": item["order"],
-        "position": position,
-        "problem": "",
-        "doc_id": "",
-        "source": "",
-        "title": "",
-        "metadata": "{}",
-        "digest": "",
-        "chunks": [],
-    } | values
-    row["n_chunks"] = len(row["chunks"])
-    return row
-
-
-def chunk_rows(doc: dict[str, Any], wanted: frozenset[str] | None = None) -> list[dict[str, Any]]:
-    """A document row -> one row per chunk, with what the store keeps of its document; none for a
-    document not in `wanted` (when given)."""
-    if wanted is not None and doc["doc_id"] not in wanted:
-        return []
-    keep = {k: doc[k] for k in ("doc_id", "source", "title", "metadata", "digest")}
-    return [keep | {"id": f"{doc['doc_id']}#{i}", "position": i, "text": text} for i, text in enumerate(doc["chunks"])]
-
-
-class EmbedChunks:
-    """The embed stage (a Ray Data `map_batches` callable class): one instance per actor of the pool,
-    loading the embedder once. A batch of chunk rows in, the store's rows out, tagged."""
-
-    def __init__(self, make_embedder: EmbedderFactory) -> None:
-        self.embedder = make_embedder()
-        self.worker = f"{socket.gethostname()}:{os.getpid()}"
-
-    def __call__(self, chunks: pa.Table) -> pa.Table:
-        e, rows = self.embedder, chunks.to_pydict()
-        emb: Embeddings = e.embed(rows["text"], kind="document")
-        stats = HeadStats(e.n_heads, e.head_dim)
-        stats.add(*split_unit(emb.heads))  # (B, H) norms, (B, H, d) units: what the store will fold in
-        table = build_rows(
-            ids=rows["id"],
-            doc_ids=rows["doc_id"],
-            sources=rows["source"],
-            titles=rows["title"],
-            positions=rows["position"],
-            texts=rows["text"],
-            metadata=[json.loads(m) for m in rows["metadata"]],
-            doc_hashes=rows["digest"],
-            standard=emb.standard,
-            heads=emb.heads,
-            schema=chunk_schema(e.dim, e.n_heads, e.head_dim),
-        )
-        tag = json.dumps({"worker": self.worker, **stats.to_json()})
-        # on the first row only: however Ray Data re-blocks the tables, each tag reaches the driver once
-        return table.append_column(STATS_COLUMN, pa.array([tag] + [None] * (len(table) - 1), pa.string()))
 
 
 class _RecordedEmbedder(HeadEmbedder):
@@ -301,9 +186,9 @@ def _run_job(
             rows = table.drop_columns([STATS_COLUMN]).cast(store.chunks.schema)
             store.add(rows)
             written.extend(rows["id"].to_pylist())
-        _check_complete(expected, written, before, store.stats, [HeadStats.from_json(t) for t in tags])
+        check_complete(expected, written, before, store.stats, [HeadStats.from_json(t) for t in tags])
     report.chunks = len(written)
-    report.workers = _per_worker(tags)
+    report.workers = per_worker(tags)
     return report
 
 
@@ -375,74 +260,6 @@ def _root_cause(error: BaseException) -> BaseException:
 
 def _embedder_info(make: EmbedderFactory) -> dict[str, Any]:
     return make().info()
-
-
-def _per_worker(tags: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Chunks embedded by each worker process (host:pid), from the tables' tags."""
-    counts: dict[str, int] = {}
-    for t in tags:
-        counts[t["worker"]] = counts.get(t["worker"], 0) + t["count"]
-    return [{"worker": w, "chunks": n} for w, n in sorted(counts.items())]
-
-
-def list_files(paths: Sequence[str | Path]) -> list[tuple[str, bool]]:
-    """(file, named explicitly) for every input file; folders are walked like `read_paths` does."""
-    out: list[tuple[str, bool]] = []
-    for raw in paths:
-        path = Path(raw).expanduser()
-        if not path.exists():
-            raise IngestError(f"no such file or folder: {raw}")
-        if path.is_file():
-            out.append((str(path), True))
-        else:
-            out.extend((str(f), False) for f in sorted(walk_files(path)))
-    return out
-
-
-def plan(listing: list[dict[str, Any]], existing: dict[str, str]) -> tuple[RayIndexReport, dict[str, int]]:
-    """Document rows in input order and the indexed digests (doc id -> digest) -> the report and the
-    documents to embed (doc id -> chunk count): new and changed ones. An unreadable file named
-    explicitly stops the job; one found in a folder is skipped."""
-    report = RayIndexReport()
-    for row in listing:
-        if row["problem"] and row["explicit"]:
-            raise IngestError(f"{row['shown']}: {row['problem']}")
-        if row["problem"]:
-            report.skipped.append(Skipped(row["shown"], row["problem"]))
-    docs = [row for row in listing if not row["problem"]]
-    ids = [row["doc_id"] for row in docs]
-    if len(set(ids)) < len(ids):
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
-        raise ValueError(f"duplicate document ids in one batch: {', '.join(dupes[:5])}")
-    todo = {}
-    for row in docs:
-        doc_id = row["doc_id"]
-        if existing.get(doc_id) == row["digest"]:
-            report.unchanged.append(doc_id)
-            continue
-        (report.updated if doc_id in existing else report.added).append(doc_id)
-        todo[doc_id] = row["n_chunks"]
-    return report, todo
-
-
-def _check_complete(
-    expected: set[str], written: list[str], before: HeadStats, after: HeadStats, worker_sums: list[HeadStats]
-) -> None:
-    """No chunk lost or written twice, and the workers' head sums equal what the store folded in."""
-    if len(written) != len(set(written)) or set(written) != expected:
-        twice = len(written) - len(set(written))
-        raise RuntimeError(
-            f"distributed write incomplete: {len(expected - set(written))} chunk(s) lost, {twice} written twice"
-        )
-    count = sum(s.count for s in worker_sums)
-    norm_sum = sum((s.norm_sum for s in worker_sums), np.zeros_like(before.norm_sum))
-    unit_sum = sum((s.unit_sum for s in worker_sums), np.zeros_like(before.unit_sum))
-    if (
-        after.count - before.count != count
-        or not np.allclose(after.norm_sum - before.norm_sum, norm_sum, rtol=1e-6, atol=1e-6)
-        or not np.allclose(after.unit_sum - before.unit_sum, unit_sum, rtol=1e-6, atol=1e-6)
-    ):
-        raise RuntimeError("the workers' head statistics do not match the rows written")
 
 
 def _transformer_factory(
