@@ -23,15 +23,6 @@ SCORE_BYTES = 512 * 2**20  # the most memory one block's similarities may take
 BLOCK_ROWS = 32_768  # rows scored and ranked at a time
 
 
-def top_c(similarities: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
-    """Each row's c best columns, best first, ties to the smaller column.  (R, N) -> (R, c) ids, sims."""
-    r, n = similarities.shape
-    top = torch.topk(_tensor(np.ascontiguousarray(similarities)), min(c + 1, n), dim=1) if r and n else None
-    if top is None:
-        return np.full((r, c), -1, dtype=np.int64), np.full((r, c), -np.inf)
-    return best_of(top.values.numpy(), top.indices.numpy(), c, lambda j: similarities[j])
-
-
 def best_of(
     values: np.ndarray, rows: np.ndarray, c: int, full_row: Callable[[int], np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -42,17 +33,22 @@ def best_of(
     lost tied rows in a block: it is ranked again from `full_row(line)`, all N similarities, with a
     stable sort, so the result never depends on the blocks or on the selection's order."""
     r, k = values.shape
+    c_eff = min(c, k)
     ranking = np.full((r, c), -1, dtype=np.int64)
     sims = np.full((r, c), -np.inf)
-    for j in range(r):
-        order = np.lexsort((rows[j], -values[j]))  # best first, then smaller row
-        c_eff = min(c, k)
-        if c_eff < k and values[j, order[c_eff - 1]] == values[j, order[c_eff]]:
-            row = full_row(j)
-            picked = np.lexsort((np.arange(len(row)), -row))[:c]  # a tie at the cut: stable full sort
-            ranking[j, : len(picked)], sims[j, : len(picked)] = picked, row[picked]
-        else:
-            ranking[j, :c_eff], sims[j, :c_eff] = rows[j, order[:c_eff]], values[j, order[:c_eff]]
+    if r == 0 or c_eff == 0:
+        return ranking, sims
+    top = torch.topk(_tensor(np.ascontiguousarray(values)), min(c + 1, k), dim=1)  # sorted, descending
+    best, at = top.values.numpy(), np.take_along_axis(rows, top.indices.numpy(), axis=1)
+    order = np.lexsort((at[:, :c_eff], -best[:, :c_eff]), axis=1)  # each line: best first, then smaller row
+    ranking[:, :c_eff] = np.take_along_axis(at[:, :c_eff], order, axis=1)
+    sims[:, :c_eff] = np.take_along_axis(best[:, :c_eff], order, axis=1)
+    tied = np.flatnonzero(best[:, c_eff - 1] == best[:, c_eff]) if c_eff < k else np.zeros(0, np.int64)
+    for j in tied:  # a tie at the cut: the stable order of the full row decides
+        row = full_row(int(j))
+        picked = np.lexsort((np.arange(len(row)), -row))[:c]
+        ranking[j], sims[j] = -1, -np.inf
+        ranking[j, : len(picked)], sims[j, : len(picked)] = picked, row[picked]
     return ranking, sims
 
 
@@ -81,12 +77,13 @@ class Exact:
             groups.setdefault(v.group, []).append(v)
         q = {g: self.query_matrix(g, members, queries) for g, members in groups.items()}
         values, rows = [], []
+        buffers: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}  # reused by every block: no fresh pages
         for start in range(0, n, BLOCK_ROWS):
             stop = min(n, start + BLOCK_ROWS)
-            block = torch.cat([self.block_similarities(g, members, q[g], start, stop) for g, members in groups.items()])
-            top = torch.topk(block, min(c + 1, stop - start), dim=1)  # (S * P, c + 1), sorted
-            values.append(top.values)
-            rows.append(top.indices + start)
+            # per group (S_g * P, c + 1): only the candidates are concatenated, not the similarities
+            tops = [self.block_top(g, members, q[g], start, stop, c + 1, buffers) for g, members in groups.items()]
+            values.append(torch.cat([v for v, _ in tops]))
+            rows.append(torch.cat([r for _, r in tops]) + start)
         p = len(queries)
         lines = [(v, part) for members in groups.values() for v in members for part in queries]
         ranking, sims = best_of(
@@ -104,46 +101,80 @@ class Exact:
             return _tensor(np.stack([unit(np.stack(parts)) for parts in cut]))
         return _tensor(np.stack([p.standard if group == "standard" else p.extra[group] for p in queries]))
 
-    def block_similarities(
-        self, group: str, members: list[Voter], q: torch.Tensor, start: int, stop: int
-    ) -> torch.Tensor:
+    def block_top(
+        self,
+        group: str,
+        members: list[Voter],
+        q: torch.Tensor,
+        start: int,
+        stop: int,
+        k: int,
+        buffers: dict[tuple[str, tuple[int, ...]], torch.Tensor],
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each line's best k rows of start..stop for one group's voters and every part, as
+        (len(members) * P, k) similarities and block rows. Products are written into `buffers`, kept
+        for the next block: fresh memory for each block's similarities cost more than the product."""
+        k = min(k, stop - start)
+        if group == "heads":
+            x = _tensor(self.head_rows(members, start, stop))  # (h, B, d)
+            out = _buffer(buffers, group, (len(x), q.shape[1], stop - start), x.dtype)
+            top = torch.topk(torch.bmm(q.to(x.dtype), x.transpose(1, 2), out=out), k, dim=2)  # of (h, P, B)
+            return top.values.flatten(0, 1), top.indices.flatten(0, 1)
+        if group == "split":
+            top = torch.topk(self.similarities(group, members, q, start, stop), k, dim=1)
+            return top.values, top.indices
+        rows = _tensor((self.standard if group == "standard" else self.extra[group])[start:stop])
+        padded = _two_columns(q.to(rows.dtype))
+        out = _buffer(buffers, group, (stop - start, len(padded)), rows.dtype)
+        top = torch.topk(torch.mm(rows, padded.T, out=out)[:, : len(q)], k, dim=0)  # of (B, P): rows stream once
+        return top.values.T, top.indices.T
+
+    def head_rows(self, members: list[Voter], start: int, stop: int) -> np.ndarray:
+        indices = [v.index for v in members]
+        every = indices == list(range(len(self.heads)))
+        return self.heads[:, start:stop] if every else self.heads[indices, start:stop]
+
+    def similarities(self, group: str, members: list[Voter], q: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         """Cosines of rows start..stop for one group's voters and every part.  -> (len(members) * P, B)."""
         if group == "heads":
-            indices = [v.index for v in members]
-            heads = (
-                self.heads[:, start:stop]
-                if indices == list(range(len(self.heads)))
-                else self.heads[indices, start:stop]
-            )
-            return torch.bmm(q.to(_tensor(heads).dtype), _tensor(heads).transpose(1, 2)).flatten(0, 1)
+            x = _tensor(self.head_rows(members, start, stop))
+            return torch.bmm(q.to(x.dtype), x.transpose(1, 2)).flatten(0, 1)
         if group == "split":
             width = q.shape[2]
-            return torch.cat(
-                [
-                    _matmul(q[i], _tensor(unit(self.standard[start:stop, v.index * width : (v.index + 1) * width])))
-                    for i, v in enumerate(members)
-                ]
-            )
+            cut = [unit(self.standard[start:stop, v.index * width : (v.index + 1) * width]) for v in members]
+            return torch.cat([_matmul(q[i], _tensor(rows)) for i, rows in enumerate(cut)])
         matrix = self.standard if group == "standard" else self.extra[group]
         return _matmul(q, _tensor(matrix[start:stop]))
 
     def full_row(self, voter: Voter, query: QueryVectors) -> np.ndarray:
         """All N similarities of one voter for one part (ranking a tie at the cut)."""
         q = self.query_matrix(voter.group, [voter], [query])
-        return self.block_similarities(voter.group, [voter], q, 0, self.heads.shape[1])[0].numpy()
+        return self.similarities(voter.group, [voter], q, 0, self.heads.shape[1])[0].numpy()
 
 
 def _matmul(queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """queries @ rows.T.  (P, D), (N, D) -> (P, N)
 
     Computed as rows @ queries.T, which streams the rows once (3x faster than the other order at
-    200k rows, 6 parts); one query is doubled, as torch's matrix-vector path was 3x slower than a
-    two-column product at 1M rows. All products go through torch: numpy's BLAS threads and torch's
-    spun against each other (8 ms instead of 0.1 ms at 2k rows)."""
-    padded = queries.to(rows.dtype)
-    if len(padded) == 1:
-        padded = torch.cat([padded, padded])
+    200k rows, 6 parts). All products go through torch: numpy's BLAS threads and torch's spun
+    against each other (8 ms instead of 0.1 ms at 2k rows)."""
+    padded = _two_columns(queries.to(rows.dtype))
     return (rows @ padded.T).T[: len(queries)].contiguous()
+
+
+def _two_columns(queries: torch.Tensor) -> torch.Tensor:
+    """One query doubled: torch's matrix-vector path was 3x slower than a two-column product (1M rows)."""
+    return torch.cat([queries, queries]) if len(queries) == 1 else queries
+
+
+def _buffer(
+    buffers: dict[tuple[str, tuple[int, ...]], torch.Tensor], group: str, shape: tuple[int, ...], dtype: torch.dtype
+) -> torch.Tensor:
+    """The group's product buffer of this shape, made on first use."""
+    key = (group, shape)
+    if key not in buffers or buffers[key].dtype != dtype:
+        buffers[key] = torch.empty(shape, dtype=dtype)
+    return buffers[key]
 
 
 def _tensor(array: np.ndarray) -> torch.Tensor:
