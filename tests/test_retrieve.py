@@ -4,6 +4,7 @@ scored in steps."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from mrag import exact, retrieve
 
@@ -53,19 +54,71 @@ def test_exact_ranks_every_space_and_part_as_brute_force():
         np.testing.assert_array_equal(ranking[p, 3], np.argsort(-(standard @ q.standard), kind="stable")[:7])
 
 
-def test_blocks_of_rows_give_the_whole_scan_result_ties_included(monkeypatch):
+def tied_index():
+    """300 rows with ties: 8 copies of row 7 inside one block of 16 rows (more than c + 1), 4 more in
+    other blocks; an external space; a query on those rows and one that is zero everywhere.
+
+    All values are small multiples of 1/8 and the standard vector's split slices (width 4) are +-0.5,
+    already of norm 1: every product is exact in float32 whatever order BLAS sums it in, so copies tie
+    exactly (with general floats the same row can come out an ulp apart at another position)."""
+    rng = np.random.default_rng(0)
+
+    def dyadic(*shape):
+        return (rng.integers(-4, 5, shape) / 8).astype(np.float32)
+
+    standard = (rng.choice([-0.5, 0.5], (300, 12))).astype(np.float32)
+    heads, extra = dyadic(3, 300, 4), {"other": dyadic(300, 6)}
+    copies = [8, 9, 10, 11, 12, 13, 14, 40, 41, 150, 299]
+    standard[copies], heads[:, copies], extra["other"][copies] = standard[7], heads[:, [7]], extra["other"][7]
+    parts = [retrieve.QueryVectors(standard[7], heads[:, 7], {"other": extra["other"][7]})]
+    parts.append(retrieve.QueryVectors(np.zeros(12), np.zeros((3, 4)), {"other": np.zeros(6)}))  # all tie
+    parts += [retrieve.QueryVectors(standard[i] * 0.5, dyadic(3, 4), {"other": dyadic(6)}) for i in (3, 60, 200)]
+    return standard, heads, extra, parts
+
+
+@pytest.mark.parametrize("strategy", ["mrag-std", "split", "spaces"])
+@pytest.mark.parametrize("c", [3, 5, 13, 20, 40, 400])  # below, at and past the 12 tied rows, past a block, past N
+@pytest.mark.parametrize("n_parts", [1, 5])
+def test_blocks_of_rows_give_the_whole_scan_result_ties_included(monkeypatch, strategy, c, n_parts):
+    standard, heads, extra, parts = tied_index()
+    scales = {"heads": np.ones(3), "standard": np.ones(1), "split": np.ones(3), "space:other": np.ones(1)}
+    chosen = retrieve.voters(strategy, 3, scales, ["other"])
+    queries = parts[:n_parts]
+    whole = exact.Exact(standard, heads, extra)(chosen, queries, c)
+    for rows_per_block in (16, 299):  # 19 blocks; a last block of one row
+        monkeypatch.setattr(exact, "BLOCK_ROWS", rows_per_block)
+        blocked = exact.Exact(standard, heads, extra)(chosen, queries, c)
+        np.testing.assert_array_equal(whole[0], blocked[0])
+        np.testing.assert_allclose(whole[1], blocked[1], rtol=1e-6)
+    tied = [7, 8, 9, 10, 11, 12, 13, 14, 40, 41, 150, 299]
+    for s, voter in enumerate(chosen):
+        if voter.group == "standard":  # the copies are the query's own row, its best: smaller rows first
+            assert whole[0][0, s, : min(c, 12)].tolist() == tied[:c]
+        if n_parts > 1:  # a zero query ties every row: rows in order
+            assert whole[0][1, s, : min(c, 300)].tolist() == list(range(min(c, 300)))
+    if c >= 300:
+        assert (whole[0][..., 300:] == -1).all() and (whole[1][..., 300:] == -np.inf).all()
+
+
+def test_the_whole_scan_matches_a_stable_brute_force_in_every_space():
+    standard, heads, extra, parts = tied_index()
+    scales = {"heads": np.ones(3), "standard": np.ones(1), "split": np.ones(3), "space:other": np.ones(1)}
+    chosen = retrieve.voters("mrag-std", 3, scales) + retrieve.voters("spaces", 3, scales, ["other"])[1:]
+    ranking, _ = exact.Exact(standard, heads, extra)(chosen, parts, 20)
+    for p, q in enumerate(parts):
+        for s, voter in enumerate(chosen):
+            if voter.group == "heads":
+                brute = heads[voter.index] @ q.heads[voter.index]
+            else:
+                brute = (standard @ q.standard) if voter.group == "standard" else extra["other"] @ q.extra["other"]
+            np.testing.assert_array_equal(ranking[p, s], np.argsort(-brute, kind="stable")[:20])
+
+
+def test_voters_of_a_group_must_be_listed_together():
     standard, heads, parts = random_index()
-    standard[[10, 40, 41, 299]] = standard[7]  # duplicate chunks: ties across blocks and at the cut
-    heads[:, [10, 40, 41, 299]] = heads[:, [7]]
-    parts[0] = retrieve.QueryVectors(standard[7], heads[:, 7])  # they are its nearest: a 5-way tie
     chosen = retrieve.voters("mrag-std", 3, {"heads": np.ones(3), "standard": np.ones(1)})
-    whole = exact.Exact(standard, heads)(chosen, parts, 3)  # c = 3 cuts the tie
-    monkeypatch.setattr(exact, "BLOCK_ROWS", 16)
-    blocked = exact.Exact(standard, heads)(chosen, parts, 3)
-    np.testing.assert_array_equal(whole[0], blocked[0])
-    assert whole[0][0, :, :].tolist() == [[7, 10, 40]] * 4  # every space: the tied rows, smaller first
-    for p, q in enumerate(parts):  # and brute force, stable
-        np.testing.assert_array_equal(blocked[0][p, 3], np.argsort(-(standard @ q.standard), kind="stable")[:3])
+    with pytest.raises(ValueError, match="listed together"):
+        exact.Exact(standard, heads)([chosen[0], chosen[3], chosen[1]], parts, 5)
 
 
 def test_large_batches_are_scored_in_steps_with_the_same_result(monkeypatch):

@@ -31,7 +31,9 @@ def best_of(
 
     Candidates are each block's best c + 1, so a line whose c-th and (c+1)-th candidates tie may have
     lost tied rows in a block: it is ranked again from `full_row(line)`, all N similarities, with a
-    stable sort, so the result never depends on the blocks or on the selection's order."""
+    stable sort, so the result never depends on the blocks or on the selection's order. (Up to the
+    products' last bit: BLAS may round the same dot product an ulp apart at another row position, so
+    two copies of a chunk can come out an ulp apart, with any block size.)"""
     r, k = values.shape
     c_eff = min(c, k)
     ranking = np.full((r, c), -1, dtype=np.int64)
@@ -66,8 +68,10 @@ class Exact:
         if not queries or n == 0:  # nothing to rank
             shape = (len(queries), len(chosen), c)
             return np.full(shape, -1, dtype=np.int64), np.full(shape, -np.inf)
-        # one block's similarities are S x P x BLOCK_ROWS floats: score at most ~SCORE_BYTES at a time
-        step = max(1, SCORE_BYTES // (4 * len(chosen) * min(n, BLOCK_ROWS)))
+        # per part and voter: a block's similarities (4 B each) and the candidates of every block (a
+        # float and a row, 12 B, about twice with the copies): score at most ~SCORE_BYTES at a time
+        per_line = 4 * min(n, BLOCK_ROWS) + 24 * min(c + 1, BLOCK_ROWS) * -(-n // BLOCK_ROWS)
+        step = max(1, SCORE_BYTES // (len(chosen) * per_line))
         if len(queries) > step:
             done = [self(chosen, queries[i : i + step], c) for i in range(0, len(queries), step)]
             return np.concatenate([r for r, _ in done]), np.concatenate([s for _, s in done])
@@ -75,6 +79,8 @@ class Exact:
         groups: dict[str, list[Voter]] = {}
         for v in chosen:
             groups.setdefault(v.group, []).append(v)
+        if [v for members in groups.values() for v in members] != chosen:
+            raise ValueError("the voters of a group must be listed together (as retrieve.voters lists them)")
         q = {g: self.query_matrix(g, members, queries) for g, members in groups.items()}
         values, rows = [], []
         buffers: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}  # reused by every block: no fresh pages
@@ -112,39 +118,39 @@ class Exact:
         buffers: dict[tuple[str, tuple[int, ...]], torch.Tensor],
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Each line's best k rows of start..stop for one group's voters and every part, as
-        (len(members) * P, k) similarities and block rows. Products are written into `buffers`, kept
-        for the next block: fresh memory for each block's similarities cost more than the product."""
-        k = min(k, stop - start)
+        (len(members) * P, k) similarities and block rows."""
+        top = torch.topk(self.similarities(group, members, q, start, stop, buffers), min(k, stop - start), dim=1)
+        return top.values, top.indices
+
+    def head_rows(self, members: list[Voter], start: int, stop: int) -> np.ndarray:
+        """The voters' heads, rows start..stop: (h, B, d), a view when the heads are consecutive."""
+        first, last = members[0].index, members[-1].index
+        if [v.index for v in members] == list(range(first, last + 1)):
+            return self.heads[first : last + 1, start:stop]
+        return self.heads[[v.index for v in members], start:stop]
+
+    def similarities(
+        self,
+        group: str,
+        members: list[Voter],
+        q: torch.Tensor,
+        start: int,
+        stop: int,
+        buffers: dict[tuple[str, tuple[int, ...]], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Cosines of rows start..stop for one group's voters and every part: (len(members) * P, B),
+        written into the group's buffer in `buffers` when given, kept for the next block (fresh memory
+        for every block's similarities cost more than the products)."""
         if group == "heads":
             x = _tensor(self.head_rows(members, start, stop))  # (h, B, d)
             out = _buffer(buffers, group, (len(x), q.shape[1], stop - start), x.dtype)
-            top = torch.topk(torch.bmm(q.to(x.dtype), x.transpose(1, 2), out=out), k, dim=2)  # of (h, P, B)
-            return top.values.flatten(0, 1), top.indices.flatten(0, 1)
-        if group == "split":
-            top = torch.topk(self.similarities(group, members, q, start, stop), k, dim=1)
-            return top.values, top.indices
-        rows = _tensor((self.standard if group == "standard" else self.extra[group])[start:stop])
-        padded = _two_columns(q.to(rows.dtype))
-        out = _buffer(buffers, group, (stop - start, len(padded)), rows.dtype)
-        top = torch.topk(torch.mm(rows, padded.T, out=out)[:, : len(q)], k, dim=0)  # of (B, P): rows stream once
-        return top.values.T, top.indices.T
-
-    def head_rows(self, members: list[Voter], start: int, stop: int) -> np.ndarray:
-        indices = [v.index for v in members]
-        every = indices == list(range(len(self.heads)))
-        return self.heads[:, start:stop] if every else self.heads[indices, start:stop]
-
-    def similarities(self, group: str, members: list[Voter], q: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        """Cosines of rows start..stop for one group's voters and every part.  -> (len(members) * P, B)."""
-        if group == "heads":
-            x = _tensor(self.head_rows(members, start, stop))
-            return torch.bmm(q.to(x.dtype), x.transpose(1, 2)).flatten(0, 1)
+            return torch.bmm(q.to(x.dtype), x.transpose(1, 2), out=out).flatten(0, 1)  # (h, P, B)
         if group == "split":
             width = q.shape[2]
             cut = [unit(self.standard[start:stop, v.index * width : (v.index + 1) * width]) for v in members]
-            return torch.cat([_matmul(q[i], _tensor(rows)) for i, rows in enumerate(cut)])
-        matrix = self.standard if group == "standard" else self.extra[group]
-        return _matmul(q, _tensor(matrix[start:stop]))
+            return torch.cat([_times_rows(q[i], _tensor(rows)) for i, rows in enumerate(cut)])
+        rows = _tensor((self.standard if group == "standard" else self.extra[group])[start:stop])
+        return _times_rows(q, rows, _buffer(buffers, group, (len(rows), max(len(q), 2)), rows.dtype))
 
     def full_row(self, voter: Voter, query: QueryVectors) -> np.ndarray:
         """All N similarities of one voter for one part (ranking a tie at the cut)."""
@@ -152,25 +158,29 @@ class Exact:
         return self.similarities(voter.group, [voter], q, 0, self.heads.shape[1])[0].numpy()
 
 
-def _matmul(queries: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """queries @ rows.T.  (P, D), (N, D) -> (P, N)
+def _times_rows(queries: torch.Tensor, rows: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """queries @ rows.T, as a (P, N) view of rows @ queries.T, which streams the rows once (3x faster
+    than the other order at 200k rows, 6 parts); `out` is used when it fits (N, max(P, 2)).
 
-    Computed as rows @ queries.T, which streams the rows once (3x faster than the other order at
-    200k rows, 6 parts). All products go through torch: numpy's BLAS threads and torch's spun
-    against each other (8 ms instead of 0.1 ms at 2k rows)."""
-    padded = _two_columns(queries.to(rows.dtype))
-    return (rows @ padded.T).T[: len(queries)].contiguous()
-
-
-def _two_columns(queries: torch.Tensor) -> torch.Tensor:
-    """One query doubled: torch's matrix-vector path was 3x slower than a two-column product (1M rows)."""
-    return torch.cat([queries, queries]) if len(queries) == 1 else queries
+    One query is doubled: torch's matrix-vector path was 3x slower than a two-column product at 1M
+    rows. All products go through torch: numpy's BLAS threads and torch's spun against each other
+    (8 ms instead of 0.1 ms at 2k rows)."""
+    padded = queries.to(rows.dtype)
+    padded = torch.cat([padded, padded]) if len(padded) == 1 else padded
+    if out is None or out.shape != (len(rows), len(padded)):
+        out = torch.empty(len(rows), len(padded), dtype=rows.dtype)
+    return torch.mm(rows, padded.T, out=out)[:, : len(queries)].T
 
 
 def _buffer(
-    buffers: dict[tuple[str, tuple[int, ...]], torch.Tensor], group: str, shape: tuple[int, ...], dtype: torch.dtype
-) -> torch.Tensor:
-    """The group's product buffer of this shape, made on first use."""
+    buffers: dict[tuple[str, tuple[int, ...]], torch.Tensor] | None,
+    group: str,
+    shape: tuple[int, ...],
+    dtype: torch.dtype,
+) -> torch.Tensor | None:
+    """The group's product buffer of this shape and dtype, made on first use; None without `buffers`."""
+    if buffers is None:
+        return None
     key = (group, shape)
     if key not in buffers or buffers[key].dtype != dtype:
         buffers[key] = torch.empty(shape, dtype=dtype)
