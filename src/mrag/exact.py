@@ -48,7 +48,9 @@ def best_of(
     tied = np.flatnonzero(best[:, c_eff - 1] == best[:, c_eff]) if c_eff < k else np.zeros(0, np.int64)
     for j in tied:  # a tie at the cut: the stable order of the full row decides
         row = full_row(int(j))
-        picked = np.lexsort((np.arange(len(row)), -row))[:c]
+        cut = best[j, c_eff - 1]  # the c-th value; rows below it (less an ulp's margin) cannot place
+        near = np.flatnonzero(row >= cut - 1e-6 * max(1.0, abs(float(cut))))
+        picked = near[np.lexsort((near, -row[near]))][:c]
         ranking[j], sims[j] = -1, -np.inf
         ranking[j, : len(picked)], sims[j, : len(picked)] = picked, row[picked]
     return ranking, sims
