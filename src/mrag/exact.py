@@ -19,7 +19,7 @@ import torch
 from mrag.retrieve import QueryVectors, Voter, unit
 from mrag.scales import split_width
 
-SCORE_BYTES = 512 * 2**20  # the most memory one block's similarities may take
+SCORE_BYTES = 512 * 2**20  # the most memory a scan's block similarities and candidates may take
 BLOCK_ROWS = 32_768  # rows scored and ranked at a time
 
 
@@ -88,10 +88,13 @@ class Exact:
         buffers: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}  # reused by every block: no fresh pages
         for start in range(0, n, BLOCK_ROWS):
             stop = min(n, start + BLOCK_ROWS)
-            # per group (S_g * P, c + 1): only the candidates are concatenated, not the similarities
-            tops = [self.block_top(g, members, q[g], start, stop, c + 1, buffers) for g, members in groups.items()]
-            values.append(torch.cat([v for v, _ in tops]))
-            rows.append(torch.cat([r for _, r in tops]) + start)
+            # per group, each line's best c + 1 of the block: only these candidates are concatenated
+            tops = [
+                torch.topk(self.similarities(g, members, q[g], start, stop, buffers), min(c + 1, stop - start), dim=1)
+                for g, members in groups.items()
+            ]
+            values.append(torch.cat([t.values for t in tops]))
+            rows.append(torch.cat([t.indices for t in tops]) + start)
         p = len(queries)
         lines = [(v, part) for members in groups.values() for v in members for part in queries]
         ranking, sims = best_of(
@@ -108,21 +111,6 @@ class Exact:
             cut = [[p.standard[v.index * width : (v.index + 1) * width] for p in queries] for v in members]
             return _tensor(np.stack([unit(np.stack(parts)) for parts in cut]))
         return _tensor(np.stack([p.standard if group == "standard" else p.extra[group] for p in queries]))
-
-    def block_top(
-        self,
-        group: str,
-        members: list[Voter],
-        q: torch.Tensor,
-        start: int,
-        stop: int,
-        k: int,
-        buffers: dict[tuple[str, tuple[int, ...]], torch.Tensor],
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each line's best k rows of start..stop for one group's voters and every part, as
-        (len(members) * P, k) similarities and block rows."""
-        top = torch.topk(self.similarities(group, members, q, start, stop, buffers), min(k, stop - start), dim=1)
-        return top.values, top.indices
 
     def head_rows(self, members: list[Voter], start: int, stop: int) -> np.ndarray:
         """The voters' heads, rows start..stop: (h, B, d), a view when the heads are consecutive."""
