@@ -314,6 +314,21 @@ def test_root_cause_unwraps_ray_style_wrappers():
     assert _root_cause(looped) is looped
 
 
+def test_ray_refuses_an_index_with_extra_spaces_before_any_work(tmp_path):
+    pytest.importorskip("ray", reason="needs Ray: pip install 'ray[data]'")
+    import test_spaces  # noqa: F401  (registers the "test-words" embedding function)
+
+    from mrag.distributed import index_with_ray
+
+    corpus = make_corpus(tmp_path)
+    index = Index.open(tmp_path / "db", embedder=FakeEmbedder(), spaces=["w=test-words"])
+    index.add_paths([corpus / "note0.txt"])
+    before = rows_by_id(index)
+    with pytest.raises(ValueError, match="extra embedding spaces"):  # raised before Ray starts
+        index_with_ray(tmp_path / "db", [corpus], make_embedder=FakeEmbedder)
+    assert rows_by_id(Index.open(tmp_path / "db", embedder=FakeEmbedder(), create=False)).keys() == before.keys()
+
+
 def test_cli_ray_refuses_extra_spaces(tmp_path):
     corpus = make_corpus(tmp_path)
     done = CliRunner().invoke(cli, ["index", str(corpus), "--db", str(tmp_path / "db"), "--ray", "--space", "x=fake"])

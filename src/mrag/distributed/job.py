@@ -86,6 +86,8 @@ def index_with_ray(
         raise ValueError("num_workers and batch_size must be positive")
     uri = str(index_path)
     existing = Store.open(uri, storage_options) if Store.exists(uri, storage_options) else None
+    if existing is not None and existing.spaces:
+        raise ValueError("this index has extra embedding spaces, which --ray does not embed: index without --ray")
     chunking = _chunking(uri, existing, chunk_chars, overlap)
     files = list_files(paths)
     if not files:
@@ -156,8 +158,6 @@ def _run_job(
         chunk_chars=chunking["chunk_chars"],
         overlap=chunking["overlap"],
     ).store
-    if store.spaces:
-        raise ValueError("this index has extra embedding spaces, which --ray does not embed: index without --ray")
     n_chunks = sum(todo.values())
     chunks = (
         documents.flat_map(chunk_rows, fn_kwargs={"wanted": frozenset(todo)})
