@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,13 +42,54 @@ class AddReport:
         }
 
 
-def _embedder_factory(model: str | None, layer: int | None, **options: Any) -> Callable[[], HeadEmbedder]:
-    def make() -> HeadEmbedder:
-        from mrag.embed.transformer import TransformerEmbedder
+def embedder_factory(model: str | None, layer: int | None, **options: Any) -> Callable[[], HeadEmbedder]:
+    """A TransformerEmbedder builder, picklable (Ray ships it to its workers)."""
+    return functools.partial(_load_transformer, model, -1 if layer is None else layer, options)
 
-        return TransformerEmbedder(model, layer=-1 if layer is None else layer, **options)
 
-    return make
+def _load_transformer(model: str | None, layer: int, options: dict[str, Any]) -> HeadEmbedder:
+    from mrag.embed.transformer import TransformerEmbedder
+
+    return TransformerEmbedder(model, layer=layer, **options)
+
+
+def chunk_settings(uri: str, store: Store | None, chunk_chars: int | None, overlap: int | None) -> dict[str, int]:
+    """The chunk settings: an existing index's (others are refused), else the given ones or the defaults."""
+    if store is not None:
+        recorded = {k: int(store.manifest["settings"][k]) for k in ("chunk_chars", "overlap")}
+        for key, value in (("chunk_chars", chunk_chars), ("overlap", overlap)):
+            if value is not None and value != recorded[key]:
+                raise StoreError(f"the index at {uri} was built with {key}={recorded[key]}, not {value}")
+        return recorded
+    chunk_chars = DEFAULT_CHUNK_CHARS if chunk_chars is None else chunk_chars
+    overlap = DEFAULT_OVERLAP if overlap is None else overlap
+    if chunk_chars <= 0 or overlap < 0:
+        raise ValueError("chunk size must be positive and overlap >= 0")
+    return {"chunk_chars": chunk_chars, "overlap": overlap}
+
+
+def check_unique_ids(ids: Sequence[str]) -> None:
+    dupes = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) < len(ids) else []
+    if dupes:
+        raise ValueError(f"duplicate document ids in one batch: {', '.join(dupes[:5])}")
+
+
+def triage(
+    docs: Sequence[tuple[str, str]], existing: dict[str, str], report: AddReport, replace: bool = True
+) -> list[int]:
+    """Documents as (id, content digest) against the indexed digests (id -> digest): fills the report's
+    added / updated / unchanged and returns the positions of the documents to embed. A changed
+    document is an error unless `replace`."""
+    todo = []
+    for position, (doc_id, digest) in enumerate(docs):
+        if existing.get(doc_id) == digest:
+            report.unchanged.append(doc_id)
+            continue
+        if doc_id in existing and not replace:
+            raise ValueError(f"document {doc_id!r} already exists with other content: use upsert")
+        (report.updated if doc_id in existing else report.added).append(doc_id)
+        todo.append(position)
+    return todo
 
 
 class Index:
@@ -95,13 +137,9 @@ class Index:
             return index
         if not create:
             raise StoreError(f"no mrag index at {uri}")
-        chunk_chars = DEFAULT_CHUNK_CHARS if chunk_chars is None else chunk_chars
-        overlap = DEFAULT_OVERLAP if overlap is None else overlap
-        if chunk_chars <= 0 or overlap < 0:
-            raise ValueError("chunk size must be positive and overlap >= 0")
+        settings = chunk_settings(uri, None, chunk_chars, overlap)
         live = open_spaces(specs)  # unknown function, bad options, unreachable model: fail before writing
-        made = embedder or _embedder_factory(model, layer, **embedder_options)()
-        settings = {"chunk_chars": chunk_chars, "overlap": overlap}
+        made = embedder or embedder_factory(model, layer, **embedder_options)()
         entries = [s.spec.to_json() | {"dim": s.dim} for s in live]
         index = cls(Store.create(uri, made.info(), settings, storage_options, spaces=entries), lambda: made)
         index._embedder = made
@@ -123,10 +161,7 @@ class Index:
         store = Store.open(uri, storage_options)
         recorded = store.manifest["embedder"]
         _check_same(recorded, model, layer, embedder, uri)
-        for key, value in (("chunk_chars", chunk_chars), ("overlap", overlap)):
-            if value is not None and value != store.manifest["settings"][key]:
-                recorded_value = store.manifest["settings"][key]
-                raise StoreError(f"the index at {uri} was built with {key}={recorded_value}, not {value}")
+        chunk_settings(uri, store, chunk_chars, overlap)  # refuses other settings
         for key in ("pooling", "max_length", "query_instruction", "document_instruction"):
             if key in embedder_options and embedder_options[key] != recorded.get(key):
                 raise StoreError(
@@ -138,7 +173,7 @@ class Index:
         options = {k: v for k, v in options.items() if v is not None} | {
             k: v for k, v in embedder_options.items() if k in ("device", "dtype")
         }
-        return cls(store, _embedder_factory(recorded["model"], recorded.get("layer"), **options))
+        return cls(store, embedder_factory(recorded["model"], recorded.get("layer"), **options))
 
     @property
     def embedder(self) -> HeadEmbedder:
@@ -208,21 +243,11 @@ class Index:
     def _write(self, docs: Iterable[Document | dict[str, Any] | str], replace: bool, show_progress: bool) -> AddReport:
         documents = [as_document(d, i) for i, d in enumerate(docs)]
         ids = [d.id for d in documents]
-        dupes = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) < len(ids) else []
-        if dupes:
-            raise ValueError(f"duplicate document ids in one batch: {', '.join(dupes[:5])}")
-        existing = self.store.doc_hashes(ids)
+        check_unique_ids(ids)
+        digests = [document_digest(d) for d in documents]
         report = AddReport()
-        todo = []
-        for doc in documents:
-            digest = document_digest(doc)
-            if existing.get(doc.id) == digest:
-                report.unchanged.append(doc.id)
-                continue
-            if doc.id in existing and not replace:
-                raise ValueError(f"document {doc.id!r} already exists with other content: use upsert")
-            (report.updated if doc.id in existing else report.added).append(doc.id)
-            todo.append((doc, digest))
+        chosen = triage(list(zip(ids, digests)), self.store.doc_hashes(ids), report, replace)
+        todo = [(documents[i], digests[i]) for i in chosen]
         settings = self.store.manifest["settings"]
         chunks = [
             (doc, digest, i, text)

@@ -46,22 +46,38 @@ def read_paths(
     """Documents from files and folders (recursively), and the folder files skipped with why."""
     docs: list[Document] = []
     skipped: list[Skipped] = []
+    for file, explicit in list_files(paths):
+        try:
+            docs.extend(read_file(Path(file), text_field, id_field, title_field))
+        except IngestError as e:
+            if explicit:
+                raise
+            skipped.append(Skipped(file, unreadable_reason(e, Path(file))))
+    return docs, skipped
+
+
+def list_files(paths: Iterable[str | Path]) -> list[tuple[str, bool]]:
+    """(file, named explicitly) for every input file: the files named, and the readable kinds of file
+    in the folders named (recursively, sorted, hidden ones left out)."""
+    out: list[tuple[str, bool]] = []
     for raw in paths:
         path = Path(raw).expanduser()
         if not path.exists():
             raise IngestError(f"no such file or folder: {raw}")
         if path.is_file():
-            docs.extend(read_file(path, text_field, id_field, title_field))
-            continue
-        for file in sorted(walk_files(path)):
-            try:
-                docs.extend(read_file(file, text_field, id_field, title_field))
-            except IngestError as e:
-                reason = str(e)  # "<path>: <reason>", where the path may itself hold ": "
-                for prefix in (f"{file}: ", f"{file.resolve()}: "):
-                    reason = reason.removeprefix(prefix)
-                skipped.append(Skipped(str(file), reason))
-    return docs, skipped
+            out.append((str(path), True))
+        else:
+            out.extend((str(f), False) for f in sorted(walk_files(path)))
+    return out
+
+
+def unreadable_reason(error: IngestError, path: Path) -> str:
+    """Why a file could not be read, without the "<path>: " its message starts with (the path may itself
+    hold ": ")."""
+    reason = str(error)
+    for prefix in (f"{path}: ", f"{path.resolve()}: "):
+        reason = reason.removeprefix(prefix)
+    return reason
 
 
 def walk_files(folder: Path) -> Iterator[Path]:

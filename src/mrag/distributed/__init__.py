@@ -21,7 +21,8 @@ driver; docs/scaling.md describes that next step) and indexes with extra embeddi
 """
 
 from mrag.distributed.job import RayJobError, index_with_ray
-from mrag.distributed.stages import EmbedChunks, RayIndexReport, chunk_rows, list_files, plan, read_documents
+from mrag.distributed.stages import EmbedChunks, RayIndexReport, chunk_rows, plan, read_documents
+from mrag.ingest import list_files
 
 __all__ = [
     "EmbedChunks",

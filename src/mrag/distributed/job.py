@@ -4,7 +4,6 @@ and commits once (the design: `mrag.distributed`)."""
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import logging
 import warnings
@@ -19,17 +18,15 @@ from mrag.distributed.stages import (
     RayIndexReport,
     check_complete,
     chunk_rows,
-    list_files,
     per_worker,
     plan,
     read_documents,
 )
 from mrag.embed.base import Embeddings, HeadEmbedder
-from mrag.index import DEFAULT_CHUNK_CHARS, DEFAULT_OVERLAP, Index
+from mrag.index import Index, chunk_settings, embedder_factory
+from mrag.ingest import list_files
 from mrag.scales import HeadStats
-from mrag.store import Store, StoreError, quote
-
-RECORDED_OPTIONS = ("pooling", "max_length", "query_instruction", "document_instruction")
+from mrag.store import Store, quote
 
 
 class RayJobError(RuntimeError):
@@ -88,7 +85,7 @@ def index_with_ray(
     existing = Store.open(uri, storage_options) if Store.exists(uri, storage_options) else None
     if existing is not None and existing.spaces:
         raise ValueError("this index has extra embedding spaces, which --ray does not embed: index without --ray")
-    chunking = _chunking(uri, existing, chunk_chars, overlap)
+    chunking = chunk_settings(uri, existing, chunk_chars, overlap)
     files = list_files(paths)
     if not files:
         return RayIndexReport()
@@ -192,20 +189,6 @@ def _run_job(
     return report
 
 
-def _chunking(uri: str, existing: Store | None, chunk_chars: int | None, overlap: int | None) -> dict[str, int]:
-    """The chunk settings: an existing index's (others are refused), else the given ones or the defaults."""
-    asked = {"chunk_chars": chunk_chars, "overlap": overlap}
-    if existing is None:
-        return {"chunk_chars": DEFAULT_CHUNK_CHARS, "overlap": DEFAULT_OVERLAP} | {
-            k: v for k, v in asked.items() if v is not None
-        }
-    recorded = {k: int(existing.manifest["settings"][k]) for k in asked}
-    for key, value in asked.items():
-        if value is not None and value != recorded[key]:
-            raise StoreError(f"the index at {uri} was built with {key}={recorded[key]}, not {value}")
-    return recorded
-
-
 def _gpus(ray: Any, gpus_per_worker: float | None, embedder_options: dict[str, Any]) -> float:
     """GPUs per worker: as asked, else one where the cluster has GPUs and the device is not the CPU."""
     if gpus_per_worker is not None:
@@ -265,23 +248,12 @@ def _embedder_info(make: EmbedderFactory) -> dict[str, Any]:
 def _transformer_factory(
     uri: str, model: str | None, layer: int | None, storage_options: dict[str, str] | None, options: dict[str, Any]
 ) -> EmbedderFactory:
-    """A picklable TransformerEmbedder builder: the existing index's recorded settings, else the arguments."""
+    """The workers' TransformerEmbedder builder: the one the existing index records (other settings are
+    refused, as by `Index.open`), else one of the arguments."""
     if Store.exists(uri, storage_options):
-        index = Index.open(uri, model=model, layer=layer, storage_options=storage_options, create=False)
-        recorded = index.store.manifest["embedder"]
-        kept = {k: recorded[k] for k in RECORDED_OPTIONS if recorded.get(k) is not None}
-        for key in RECORDED_OPTIONS:  # as Index.open: an existing index keeps its settings
-            if key in options and options[key] != recorded.get(key):
-                raise StoreError(f"the index at {uri} was built with {key}={recorded.get(key)!r}, not {options[key]!r}")
-        model, layer = recorded["model"], recorded.get("layer")
-        options = kept | {k: v for k, v in options.items() if k in ("device", "dtype")}
-    return functools.partial(_load_transformer, model, -1 if layer is None else layer, options)
-
-
-def _load_transformer(model: str | None, layer: int, options: dict[str, Any]) -> HeadEmbedder:
-    from mrag.embed.transformer import TransformerEmbedder
-
-    return TransformerEmbedder(model, layer=layer, **options)
+        index = Index.open(uri, model=model, layer=layer, storage_options=storage_options, create=False, **options)
+        return index._make_embedder  # the recorded model, layer and settings; picklable
+    return embedder_factory(model, layer, **options)
 
 
 def _import_ray() -> Any:

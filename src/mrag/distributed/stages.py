@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,8 +17,8 @@ import pyarrow as pa
 
 from mrag.chunk import chunk_text
 from mrag.embed.base import Embeddings, HeadEmbedder
-from mrag.index import AddReport
-from mrag.ingest import IngestError, Skipped, document_digest, read_file, walk_files
+from mrag.index import AddReport, check_unique_ids, triage
+from mrag.ingest import IngestError, Skipped, document_digest, read_file, unreadable_reason
 from mrag.scales import HeadStats, split_unit
 from mrag.store import build_rows, chunk_schema
 
@@ -48,8 +48,7 @@ def read_documents(
     try:
         docs = read_file(Path(name), **fields)
     except IngestError as e:
-        reason = str(e).removeprefix(f"{name}: ").removeprefix(f"{item['shown']}: ")
-        return [_document_row(item, 0, problem=reason)]
+        return [_document_row(item, 0, problem=unreadable_reason(e, Path(name)))]
     return [
         _document_row(
             item,
@@ -132,20 +131,6 @@ def per_worker(tags: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"worker": w, "chunks": n} for w, n in sorted(counts.items())]
 
 
-def list_files(paths: Sequence[str | Path]) -> list[tuple[str, bool]]:
-    """(file, named explicitly) for every input file; folders are walked like `read_paths` does."""
-    out: list[tuple[str, bool]] = []
-    for raw in paths:
-        path = Path(raw).expanduser()
-        if not path.exists():
-            raise IngestError(f"no such file or folder: {raw}")
-        if path.is_file():
-            out.append((str(path), True))
-        else:
-            out.extend((str(f), False) for f in sorted(walk_files(path)))
-    return out
-
-
 def plan(listing: list[dict[str, Any]], existing: dict[str, str]) -> tuple[RayIndexReport, dict[str, int]]:
     """Document rows in input order and the indexed digests (doc id -> digest) -> the report and the
     documents to embed (doc id -> chunk count): new and changed ones. An unreadable file named
@@ -157,18 +142,9 @@ def plan(listing: list[dict[str, Any]], existing: dict[str, str]) -> tuple[RayIn
         if row["problem"]:
             report.skipped.append(Skipped(row["shown"], row["problem"]))
     docs = [row for row in listing if not row["problem"]]
-    ids = [row["doc_id"] for row in docs]
-    if len(set(ids)) < len(ids):
-        dupes = sorted({i for i in ids if ids.count(i) > 1})
-        raise ValueError(f"duplicate document ids in one batch: {', '.join(dupes[:5])}")
-    todo = {}
-    for row in docs:
-        doc_id = row["doc_id"]
-        if existing.get(doc_id) == row["digest"]:
-            report.unchanged.append(doc_id)
-            continue
-        (report.updated if doc_id in existing else report.added).append(doc_id)
-        todo[doc_id] = row["n_chunks"]
+    check_unique_ids([row["doc_id"] for row in docs])
+    chosen = triage([(row["doc_id"], row["digest"]) for row in docs], existing, report)
+    todo = {docs[i]["doc_id"]: docs[i]["n_chunks"] for i in chosen}
     return report, todo
 
 
