@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from mrag import exact, retrieve
 
@@ -28,6 +29,30 @@ def test_best_of_candidates_best_first_and_ties_to_the_smaller_row():
     assert sims.tolist() == [[0.9, 0.9], [0.7, 0.3]] and asked == [1]
     ranking, sims = exact.best_of(values[:, :2], rows[:, :2], 4, full_row)  # fewer candidates than c: padded
     assert ranking.tolist() == [[6, 8, -1, -1], [3, 5, -1, -1]] and sims[0, 2] == -np.inf
+
+
+def test_candidates_keep_only_segments_that_can_place(monkeypatch):
+    # keep 2 rows, segments of 2 rows, blocks of 4 rows: worked by hand
+    monkeypatch.setattr(exact, "SEGMENT_ROWS", 2)
+    found = exact.Candidates(keep=2, n=8)
+    found.offer(torch.tensor([[0.1, 0.5, 0.2, 0.3],    # peaks 0.5, 0.3: the 2nd best is 0.3, both kept
+                              [0.6, 0.6, 0.0, 0.1]]), start=0)  # peaks 0.6, 0.1: 2 segments seen, both kept
+    found.offer(torch.tensor([[0.0, 0.9, 0.4, 0.1],    # peaks 0.9, 0.4: the 2nd best is now 0.5: rows 4-5 only
+                              [0.2, 0.3, 0.6, 0.0]]), start=4)  # peaks 0.3, 0.6: floor 0.6: rows 6-7 only
+    assert [line.tolist() for line, _, _ in found.found] == [[0, 0, 1, 1], [0, 1]]
+    assert [first.tolist() for _, _, first in found.found] == [[0, 2, 0, 2], [4, 6]]
+    values, rows = found.best()  # the final floors (0.5, 0.6) drop line 0's rows 2-3 and line 1's 2-3
+    assert rows[0].tolist() == [5, 1]
+    assert len(set(rows[1].tolist())) == 2 and set(rows[1].tolist()) <= {0, 1, 6}  # 0.6 three times: any two
+    np.testing.assert_allclose(values, [[0.9, 0.5], [0.6, 0.6]])
+
+
+def test_one_block_is_ranked_directly():
+    found = exact.Candidates(keep=2, n=3)
+    found.offer(torch.tensor([[0.1, 0.5, 0.2]]), start=0)
+    values, rows = found.best()
+    assert rows.tolist() == [[1, 2]] and not found.found
+    np.testing.assert_allclose(values, [[0.5, 0.2]])
 
 
 def random_index(n: int = 300, h: int = 3, d: int = 4, dim: int = 12, seed: int = 0):
@@ -85,8 +110,10 @@ def test_blocks_of_rows_give_the_whole_scan_result_ties_included(monkeypatch, st
     chosen = retrieve.voters(strategy, 3, scales, ["other"])
     queries = parts[:n_parts]
     whole = exact.Exact(standard, heads, extra)(chosen, queries, c)
-    for rows_per_block in (16, 299):  # 19 blocks; a last block of one row
+    # 19 blocks of whole segments; segments of 5 (a ragged last one); 2 blocks, the last of 6 rows
+    for rows_per_block, segment in ((16, 4), (16, 5), (16, 64), (299, 7)):
         monkeypatch.setattr(exact, "BLOCK_ROWS", rows_per_block)
+        monkeypatch.setattr(exact, "SEGMENT_ROWS", segment)
         blocked = exact.Exact(standard, heads, extra)(chosen, queries, c)
         np.testing.assert_array_equal(whole[0], blocked[0])
         np.testing.assert_allclose(whole[1], blocked[1], rtol=1e-6)

@@ -1,10 +1,13 @@
 """Exact search in memory: every space's c nearest rows for all query parts at once.
 
 The vectors live head-major, (H, N, d), so each head is one contiguous matrix. The rows are scanned
-in blocks of BLOCK_ROWS: per block, one batched GEMM scores all heads of all parts (and of every
-query of a batch), one GEMM the standard vectors, and one `torch.topk` keeps each space's best c + 1;
-the candidates of all blocks are then ranked once. A block's similarities are ranked while they are
-still in cache, instead of writing and re-reading spaces x parts x N floats (1.6x faster at 1M rows).
+in blocks sized to stay in cache: per block, one batched GEMM scores all heads of all parts (and of
+every query of a batch) and one GEMM the standard vectors. A block is not ranked row by row: each
+line (voter x part) takes the best similarity of every segment of SEGMENT_ROWS rows, and only the
+segments whose peak reaches the line's (c+1)-th best peak so far are kept (`Candidates`): c + 1
+segments hold a row at least that good, so no row of another segment can place. The few kept rows
+are ranked once at the end (`best_of`). A block thus costs its products and one max pass; a top-k
+over every row cost more than the products for the heads' 384 lines of a batch of 32 queries.
 `Exact` is a `mrag.retrieve.Ranker`; `mrag.ann` is the approximate one.
 """
 
@@ -19,8 +22,10 @@ import torch
 from mrag.retrieve import QueryVectors, Voter, unit
 from mrag.scales import split_width
 
-SCORE_BYTES = 512 * 2**20  # the most memory a scan's block similarities and candidates may take
-BLOCK_ROWS = 32_768  # rows scored and ranked at a time
+SCORE_BYTES = 512 * 2**20  # the most memory a scan's block similarities may take
+BLOCK_ROWS = 65_536  # the most rows scored at a time
+BLOCK_BYTES = 12 * 2**20  # a block's similarities, all lines: about what the L3 cache holds
+SEGMENT_ROWS = 32  # rows per segment: a block's rows are kept or skipped a segment at a time
 
 
 def best_of(
@@ -29,8 +34,8 @@ def best_of(
     """Each line's c best rows among its candidates, best first, ties to the smaller row.
     (R, K) candidate similarities and rows -> (R, c) rows, sims; -1 / -inf pad lines with fewer.
 
-    Candidates are each block's best c + 1, so a line whose c-th and (c+1)-th candidates tie may have
-    lost tied rows in a block: it is ranked again from `full_row(line)`, all N similarities, with a
+    Candidates are c + 1 best rows, so a line whose c-th and (c+1)-th candidates tie may have lost
+    tied rows: it is ranked again from `full_row(line)`, all N similarities, with a
     stable sort, so the result never depends on the blocks or on the selection's order. (Up to the
     products' last bit: BLAS may round the same dot product an ulp apart at another row position, so
     two copies of a chunk can come out an ulp apart, with any block size.)"""
@@ -70,10 +75,8 @@ class Exact:
         if not queries or n == 0:  # nothing to rank
             shape = (len(queries), len(chosen), c)
             return np.full(shape, -1, dtype=np.int64), np.full(shape, -np.inf)
-        # per part and voter: a block's similarities (4 B each) and the candidates of every block (a
-        # float and a row, 12 B, about twice with the copies): score at most ~SCORE_BYTES at a time
-        per_line = 4 * min(n, BLOCK_ROWS) + 24 * min(c + 1, BLOCK_ROWS) * -(-n // BLOCK_ROWS)
-        step = max(1, SCORE_BYTES // (len(chosen) * per_line))
+        # per part and voter, a block's similarities (4 B each): score at most ~SCORE_BYTES at a time
+        step = max(1, SCORE_BYTES // (len(chosen) * 4 * min(n, BLOCK_ROWS)))
         if len(queries) > step:
             done = [self(chosen, queries[i : i + step], c) for i in range(0, len(queries), step)]
             return np.concatenate([r for r, _ in done]), np.concatenate([s for _, s in done])
@@ -84,21 +87,21 @@ class Exact:
         if [v for members in groups.values() for v in members] != chosen:
             raise ValueError("the voters of a group must be listed together (as retrieve.voters lists them)")
         q = {g: self.query_matrix(g, members, queries) for g, members in groups.items()}
-        values, rows = [], []
+        found = {g: Candidates(c + 1, n) for g in groups}
         buffers: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}  # reused by every block: no fresh pages
-        for start in range(0, n, BLOCK_ROWS):
-            stop = min(n, start + BLOCK_ROWS)
-            # per group, each line's best c + 1 of the block: only these candidates are concatenated
-            tops = [
-                torch.topk(self.similarities(g, members, q[g], start, stop, buffers), min(c + 1, stop - start), dim=1)
-                for g, members in groups.items()
-            ]
-            values.append(torch.cat([t.values for t in tops]))
-            rows.append(torch.cat([t.indices for t in tops]) + start)
+        block = block_rows(len(chosen) * len(queries))
+        for start in range(0, n, block):
+            stop = min(n, start + block)
+            for g, members in groups.items():
+                found[g].offer(self.similarities(g, members, q[g], start, stop, buffers), start)
+        best = [f.best() for f in found.values()]
         p = len(queries)
         lines = [(v, part) for members in groups.values() for v in members for part in queries]
         ranking, sims = best_of(
-            torch.cat(values, 1).numpy(), torch.cat(rows, 1).numpy(), c, lambda j: self.full_row(*lines[j])
+            torch.cat([v for v, _ in best]).numpy(),
+            torch.cat([r for _, r in best]).numpy(),
+            c,
+            lambda j: self.full_row(*lines[j]),
         )
         return ranking.reshape(-1, p, c).transpose(1, 0, 2), sims.reshape(-1, p, c).transpose(1, 0, 2)
 
@@ -146,6 +149,93 @@ class Exact:
         """All N similarities of one voter for one part (ranking a tie at the cut)."""
         q = self.query_matrix(voter.group, [voter], [query])
         return self.similarities(voter.group, [voter], q, 0, self.heads.shape[1])[0].numpy()
+
+
+def block_rows(lines: int) -> int:
+    """Rows per block for this many lines: their similarities fill about BLOCK_BYTES, at most
+    BLOCK_ROWS, in whole segments (at least one): segments never straddle blocks."""
+    fit = min(BLOCK_BYTES // (4 * max(lines, 1)), BLOCK_ROWS)
+    return max(fit // SEGMENT_ROWS, 1) * SEGMENT_ROWS
+
+
+class Candidates:
+    """One group's candidate rows, offered block by block. For each line, the segments whose peak
+    reaches the line's keep-th best peak so far: `keep` segments hold a row at least that good, so
+    every row of the final top `keep` (ties at the last place included) lies in a kept segment."""
+
+    def __init__(self, keep: int, n: int):
+        self.keep, self.n, self.seen, self.blocks = keep, n, 0, 0
+        self.whole: tuple[torch.Tensor, torch.Tensor] | None = None  # a one-block scan, ranked directly
+        self.peaks = torch.empty(0, 0)  # (R, <= keep): each line's best segment peaks, as of the last update
+        self.pending: list[torch.Tensor] = []  # the peaks of the blocks since
+        self.found: list[tuple[torch.Tensor, ...]] = []  # line, sims (M, seg), first row
+
+    def offer(self, sims: torch.Tensor, start: int) -> None:
+        """A block's similarities (R, B), rows start..start + B; B is whole segments but for the last block."""
+        r, b = sims.shape
+        if b == self.n:  # all rows in one block: a top-k is cheaper than segments
+            top = torch.topk(sims, min(self.keep, b), dim=1)
+            self.whole = top.values, top.indices
+            return
+        peaks = segment_peaks(sims, SEGMENT_ROWS)  # (R, S)
+        self.pending.append(peaks)
+        self.blocks += 1
+        if self.blocks & (self.blocks - 1) == 0:  # the floor is raised after blocks 1, 2, 4, 8...: few top-ks
+            self.update()
+        line, segment = (peaks >= self.floor()).nonzero().unbind(1)  # (M,) each
+        rows = segment[:, None] * SEGMENT_ROWS + torch.arange(SEGMENT_ROWS)  # (M, seg); may overrun the block
+        values = sims[line[:, None], rows.clamp(max=b - 1)].masked_fill(rows >= b, -torch.inf)
+        self.found.append((line, values, segment * SEGMENT_ROWS + start))
+        self.seen += b
+
+    def update(self) -> None:
+        """Fold the pending peaks into each line's best `keep`."""
+        both = torch.cat([self.peaks, *self.pending], 1) if self.peaks.shape[1] else torch.cat(self.pending, 1)
+        self.peaks, self.pending = torch.topk(both, min(self.keep, both.shape[1]), dim=1).values, []
+
+    def floor(self) -> torch.Tensor:
+        """Each line's keep-th best peak as of the last update (R, 1); -inf while fewer than `keep`
+        segments were seen. It only rises."""
+        if self.peaks.shape[1] < self.keep:
+            return torch.full((len(self.peaks), 1), -torch.inf)
+        return self.peaks[:, -1:]
+
+    def best(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each line's best `keep` rows: similarities and rows (R, K), K = min(keep, rows seen), best
+        first; of rows tied at the last place, any may be kept."""
+        if self.whole is not None:
+            return self.whole
+        if self.pending:
+            self.update()
+        line, values, first = (torch.cat(parts) for parts in zip(*self.found))
+        kept = torch.nonzero(values.amax(1) >= self.floor()[line, 0])[:, 0]  # drop those below the final floor
+        kept = kept[torch.argsort(line[kept], stable=True)]  # line-major, as the slots below assume
+        line, values, first = line[kept], values[kept], first[kept]
+        # lay each line's segments side by side: (R, most segments of a line, seg), -inf where none
+        r, seg = len(self.peaks), SEGMENT_ROWS
+        count = torch.bincount(line, minlength=r)
+        slot = torch.arange(len(line)) - (torch.cumsum(count, 0) - count)[line]
+        laid = torch.full((r, int(count.max()), seg), -torch.inf, dtype=values.dtype)
+        laid[line, slot] = values
+        laid_first = torch.zeros((r, int(count.max())), dtype=torch.long)
+        laid_first[line, slot] = first
+        # a line keeps >= keep segments (or all), each with a real row: -inf fillers are never picked
+        top = torch.topk(laid.flatten(1), min(self.keep, self.seen), dim=1)
+        return top.values, torch.gather(laid_first, 1, top.indices // seg) + top.indices % seg
+
+
+def segment_peaks(sims: torch.Tensor, seg: int) -> torch.Tensor:
+    """Each line's best similarity in every segment of `seg` rows: (R, B) -> (R, ceil(B / seg)).
+    Reduced along the memory order: a (P, B) view of a row-major (B, P) product is read as such."""
+    r, b = sims.shape
+    whole = b // seg * seg
+    if sims.stride(1) == 1:
+        peaks = sims[:, :whole].unflatten(1, (-1, seg)).amax(2)
+    else:
+        peaks = sims.T[:whole].unflatten(0, (-1, seg)).amax(1).T
+    if whole < b:
+        peaks = torch.cat([peaks, sims[:, whole:].amax(1, keepdim=True)], 1)
+    return peaks
 
 
 def _times_rows(queries: torch.Tensor, rows: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
