@@ -375,3 +375,33 @@ def test_add_paths_upserts_files_and_reports_skipped(index, tmp_path):
     (folder / "a.txt").write_text("Glaciers carve U-shaped valleys.")
     assert index.add_paths([folder / "a.txt"]).updated == [str((folder / "a.txt").resolve())]
     assert index.search("glaciers", k=1)[0].text == "Glaciers carve U-shaped valleys."
+
+
+class NanEmbedder(FakeEmbedder):
+    """Returns NaN in one head of every text that mentions `word`."""
+
+    def __init__(self, word: str) -> None:
+        super().__init__()
+        self.word = word
+
+    def vectors(self, text):
+        standard, heads = super().vectors(text)
+        if self.word in text:
+            heads[2, 0] = np.nan
+        return standard, heads
+
+
+def test_nan_vectors_are_refused_and_nothing_is_written(db_path, monkeypatch):
+    monkeypatch.setattr(mrag.index, "WRITE_BATCH", 2)
+    index = Index.open(db_path, embedder=NanEmbedder("broken"))
+    index.add(DOCS[:2])
+    before = snapshot(index)
+    new = [{"id": "ok", "text": "a fine note about rivers"}, {"id": "ok2", "text": "another fine note"},
+           {"id": "bad", "text": "a broken note about rivers"}]  # the 2nd write batch holds the NaN
+    refused = r"NaN or infinite values for 1 chunk\(s\), first 'bad#0'; nothing was written"
+    with pytest.raises(StoreError, match=refused):
+        index.add(new)
+    assert snapshot(Index.open(db_path, embedder=FakeEmbedder())) == before
+    with pytest.raises(ValueError, match="NaN or infinite values for the query text 'broken rivers'"):
+        index.search("broken rivers")
+    assert index.search("Roman aqueducts carried water", k=1)[0].doc_id == "rome"  # the index still works

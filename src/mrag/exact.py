@@ -177,15 +177,16 @@ class Candidates:
             top = torch.topk(sims, min(self.keep, b), dim=1)
             self.whole = top.values, top.indices
             return
-        peaks = segment_peaks(sims, SEGMENT_ROWS)  # (R, S)
+        if b % SEGMENT_ROWS:  # a last block that ends inside a segment: -inf fills it (one copy)
+            sims = torch.nn.functional.pad(sims, (0, SEGMENT_ROWS - b % SEGMENT_ROWS), value=-torch.inf)
+        segments = sims.unflatten(1, (-1, SEGMENT_ROWS))  # (R, S, seg), a view
+        peaks = segment_peaks(segments)  # (R, S)
         self.pending.append(peaks)
         self.blocks += 1
         if self.blocks & (self.blocks - 1) == 0:  # the floor is raised after blocks 1, 2, 4, 8...: few top-ks
             self.update()
-        line, segment = (peaks >= self.floor()).nonzero().unbind(1)  # (M,) each
-        rows = segment[:, None] * SEGMENT_ROWS + torch.arange(SEGMENT_ROWS)  # (M, seg); may overrun the block
-        values = sims[line[:, None], rows.clamp(max=b - 1)].masked_fill(rows >= b, -torch.inf)
-        self.found.append((line, values, segment * SEGMENT_ROWS + start))
+        kept = (peaks >= self.floor()).nonzero()  # (M, 2): line, segment
+        self.found.append((kept[:, 0], segments[kept[:, 0], kept[:, 1]], kept[:, 1] * SEGMENT_ROWS + start))
         self.seen += b
 
     def update(self) -> None:
@@ -224,18 +225,12 @@ class Candidates:
         return top.values, torch.gather(laid_first, 1, top.indices // seg) + top.indices % seg
 
 
-def segment_peaks(sims: torch.Tensor, seg: int) -> torch.Tensor:
-    """Each line's best similarity in every segment of `seg` rows: (R, B) -> (R, ceil(B / seg)).
-    Reduced along the memory order: a (P, B) view of a row-major (B, P) product is read as such."""
-    r, b = sims.shape
-    whole = b // seg * seg
-    if sims.stride(1) == 1:
-        peaks = sims[:, :whole].unflatten(1, (-1, seg)).amax(2)
-    else:
-        peaks = sims.T[:whole].unflatten(0, (-1, seg)).amax(1).T
-    if whole < b:
-        peaks = torch.cat([peaks, sims[:, whole:].amax(1, keepdim=True)], 1)
-    return peaks
+def segment_peaks(segments: torch.Tensor) -> torch.Tensor:
+    """Each line's best similarity per segment: (R, S, seg) -> (R, S). Reduced along the memory
+    order: segments of a (P, B) view of a row-major (B, P) product are read as (S, seg, P)."""
+    if segments.stride(2) == 1:
+        return segments.amax(2)
+    return segments.permute(1, 2, 0).amax(1).T
 
 
 def _times_rows(queries: torch.Tensor, rows: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:

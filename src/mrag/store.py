@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from mrag.embed.base import Embeddings
 from mrag.scales import HeadStats, split_unit, split_width
 
 CHUNKS = "chunks"
@@ -397,6 +398,12 @@ def build_rows(
     """Rows for `Store.add`.  standard (N, D) raw, heads (N, H, d) raw; stored as unit vectors.
     extra: external space -> (N, D_s) raw vectors, stored as they are (their norms feed the scales)."""
     n, h, d = heads.shape
+    bad = Embeddings(standard, heads).non_finite()
+    if len(bad):  # a NaN would rank anywhere and poison the head scales: refuse the batch
+        raise StoreError(
+            f"the embedder returned NaN or infinite values for {len(bad)} chunk(s), first {ids[bad[0]]!r}; "
+            "nothing was written"
+        )
     _, std_units = split_unit(standard)
     head_norms, head_units = split_unit(heads)  # (N, H), (N, H, d)
 

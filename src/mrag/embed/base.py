@@ -22,6 +22,11 @@ class Embeddings:
     def __len__(self) -> int:
         return len(self.standard)
 
+    def non_finite(self) -> np.ndarray:
+        """Positions of the texts whose standard vector or heads hold a NaN or an infinity."""
+        finite = np.isfinite(self.standard).all(axis=1) & np.isfinite(self.heads).all(axis=(1, 2))
+        return np.flatnonzero(~finite)
+
     @classmethod
     def concat(cls, parts: Sequence[Embeddings], dim: int, n_heads: int, head_dim: int) -> Embeddings:
         if not parts:
