@@ -31,28 +31,62 @@ def test_best_of_candidates_best_first_and_ties_to_the_smaller_row():
     assert ranking.tolist() == [[6, 8, -1, -1], [3, 5, -1, -1]] and sims[0, 2] == -np.inf
 
 
-def test_candidates_keep_only_segments_that_can_place(monkeypatch):
+def test_candidates_keep_each_lines_best_segments(monkeypatch):
     # keep 2 rows, segments of 2 rows, blocks of 4 rows: worked by hand
     monkeypatch.setattr(exact, "SEGMENT_ROWS", 2)
     found = exact.Candidates(keep=2, n=8)
-    found.offer(torch.tensor([[0.1, 0.5, 0.2, 0.3],    # peaks 0.5, 0.3: the 2nd best is 0.3, both kept
-                              [0.6, 0.6, 0.0, 0.1]]), start=0)  # peaks 0.6, 0.1: 2 segments seen, both kept
-    found.offer(torch.tensor([[0.0, 0.9, 0.4, 0.1],    # peaks 0.9, 0.4: the 2nd best is now 0.5: rows 4-5 only
+    found.offer(torch.tensor([[0.1, 0.5, 0.2, 0.3],    # peaks 0.5, 0.3: floor 0.3, both segments wait
+                              [0.6, 0.6, 0.0, 0.1]]), start=0)  # peaks 0.6, 0.1: floor 0.1, both wait
+    assert found.kept is None and found.waiting.tolist() == [2, 2]
+    found.offer(torch.tensor([[0.0, 0.9, 0.4, 0.1],    # peaks 0.9, 0.4: floor now 0.5: rows 4-5 only
                               [0.2, 0.3, 0.6, 0.0]]), start=4)  # peaks 0.3, 0.6: floor 0.6: rows 6-7 only
-    assert [line.tolist() for line, _, _ in found.found] == [[0, 0, 1, 1], [0, 1]]
-    assert [first.tolist() for _, _, first in found.found] == [[0, 2, 0, 2], [4, 6]]
-    values, rows = found.best()  # the final floors (0.5, 0.6) drop line 0's rows 2-3 and line 1's 2-3
+    # line 0 and line 1 each have 3 segments waiting, more than keep 2: merged into their best 2 by peak
+    assert found.pending == [] and found.kept is not None
+    assert found.kept[1][0].tolist() == [4, 0] and sorted(found.kept[1][1].tolist()) == [0, 6]
+    values, rows = found.best()
     assert rows[0].tolist() == [5, 1]
     assert len(set(rows[1].tolist())) == 2 and set(rows[1].tolist()) <= {0, 1, 6}  # 0.6 three times: any two
     np.testing.assert_allclose(values, [[0.9, 0.5], [0.6, 0.6]])
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_candidates_match_a_top_k_of_every_row(monkeypatch, transposed):
+    """Random lines with ties, a zero line (every row ties) and a NaN row, in blocks of whole
+    segments and a ragged last one; the (P, B) view of a (B, P + 1) product as the standard group."""
+    monkeypatch.setattr(exact, "SEGMENT_ROWS", 8)
+    rng = np.random.default_rng(1)
+    for n, keep, block in ((1000, 5, 64), (1000, 40, 96), (203, 11, 16), (30, 50, 8)):
+        sims = torch.from_numpy(rng.integers(-50, 50, (4, n)).astype(np.float32) / 7)
+        sims[1] = 0  # a zero query: every row ties
+        sims[2, 17 % n] = float("nan")  # a NaN row (an index written before NaNs were refused) never ranks
+        found = exact.Candidates(keep, n)
+        for start in range(0, n, block):
+            part = sims[:, start : start + block]
+            if transposed:
+                buffer = torch.zeros(part.shape[1], 5)
+                buffer[:, :4] = part.T
+                part = buffer[:, :4].T
+            found.offer(part, start)
+            # bounded, though line 1 ties everywhere: at most keep segments kept and keep waiting per line
+            assert int(found.waiting.max()) <= keep and (found.kept is None or found.kept[0].shape[1] <= keep)
+        values, rows = found.best()
+        expected = torch.topk(sims.nan_to_num(nan=-torch.inf), min(keep, n), dim=1).values
+        assert torch.equal(values, expected)
+        real = rows >= 0  # -1 only for the NaN row, where nothing else is left (keep >= n)
+        assert torch.equal(real, values > -torch.inf) and real.sum() >= real.numel() - 1
+        assert torch.equal(sims.gather(1, rows.clamp(min=0))[real], values[real])  # each row holds its value
+        assert all(len(set(line[line >= 0].tolist())) == int((line >= 0).sum()) for line in rows)  # no row twice
 
 
 def test_one_block_is_ranked_directly():
     found = exact.Candidates(keep=2, n=3)
     found.offer(torch.tensor([[0.1, 0.5, 0.2]]), start=0)
     values, rows = found.best()
-    assert rows.tolist() == [[1, 2]] and not found.found
+    assert rows.tolist() == [[1, 2]] and found.kept is None and not found.pending
     np.testing.assert_allclose(values, [[0.5, 0.2]])
+    found = exact.Candidates(keep=2, n=3)
+    found.offer(torch.tensor([[float("nan"), 0.5, 0.2]]), start=0)  # torch would rank NaN first
+    assert found.best()[1].tolist() == [[1, 2]]
 
 
 def random_index(n: int = 300, h: int = 3, d: int = 4, dim: int = 12, seed: int = 0):
@@ -64,7 +98,11 @@ def random_index(n: int = 300, h: int = 3, d: int = 4, dim: int = 12, seed: int 
     return standard, heads, parts
 
 
-def test_exact_ranks_every_space_and_part_as_brute_force():
+@pytest.mark.parametrize("rows_per_block", [None, 64])  # one block (a top-k), or 5 blocks of 8 segments
+def test_exact_ranks_every_space_and_part_as_brute_force(monkeypatch, rows_per_block):
+    if rows_per_block:
+        monkeypatch.setattr(exact, "BLOCK_ROWS", rows_per_block)
+        monkeypatch.setattr(exact, "SEGMENT_ROWS", 8)
     standard, heads, parts = random_index()
     scales = {"heads": np.ones(3), "standard": np.ones(1), "split": np.ones(3)}
     chosen = retrieve.voters("mrag-std", 3, scales)
@@ -110,7 +148,8 @@ def test_blocks_of_rows_give_the_whole_scan_result_ties_included(monkeypatch, st
     chosen = retrieve.voters(strategy, 3, scales, ["other"])
     queries = parts[:n_parts]
     whole = exact.Exact(standard, heads, extra)(chosen, queries, c)
-    # 19 blocks of whole segments; segments of 5 (a ragged last one); 2 blocks, the last of 6 rows
+    # 19 blocks of whole segments, the last of 12 rows; blocks of 15; blocks rounded up to one 64-row
+    # segment, the last of 44 rows; blocks of 294 rows, the last of 6: the last two pad a ragged segment
     for rows_per_block, segment in ((16, 4), (16, 5), (16, 64), (299, 7)):
         monkeypatch.setattr(exact, "BLOCK_ROWS", rows_per_block)
         monkeypatch.setattr(exact, "SEGMENT_ROWS", segment)
@@ -152,7 +191,7 @@ def test_large_batches_are_scored_in_steps_with_the_same_result(monkeypatch):
     standard, heads, parts = random_index()
     chosen = retrieve.voters("mrag-std", 3, {"heads": np.ones(3), "standard": np.ones(1)})
     whole = exact.Exact(standard, heads)(chosen, parts, 5)
-    monkeypatch.setattr(exact, "SCORE_BYTES", 4 * 4 * 300 * 2)  # room for two parts at a time
+    monkeypatch.setattr(exact, "SCORE_BYTES", 2 * 4 * 16 * (5 + 1) * exact.SEGMENT_ROWS)  # 2 parts of 4 voters
     stepped = exact.Exact(standard, heads)(chosen, parts, 5)
     np.testing.assert_array_equal(whole[0], stepped[0])
     np.testing.assert_allclose(whole[1], stepped[1], rtol=1e-6)  # other GEMM blocking: last-bit differences

@@ -22,7 +22,7 @@ import torch
 from mrag.retrieve import QueryVectors, Voter, unit
 from mrag.scales import split_width
 
-SCORE_BYTES = 512 * 2**20  # the most memory a scan's block similarities may take
+SCORE_BYTES = 512 * 2**20  # the most memory a scan's candidates may take
 BLOCK_ROWS = 65_536  # the most rows scored at a time
 BLOCK_BYTES = 12 * 2**20  # a block's similarities, all lines: about what the L3 cache holds
 SEGMENT_ROWS = 32  # rows per segment: a block's rows are kept or skipped a segment at a time
@@ -75,8 +75,9 @@ class Exact:
         if not queries or n == 0:  # nothing to rank
             shape = (len(queries), len(chosen), c)
             return np.full(shape, -1, dtype=np.int64), np.full(shape, -np.inf)
-        # per part and voter, a block's similarities (4 B each): score at most ~SCORE_BYTES at a time
-        step = max(1, SCORE_BYTES // (len(chosen) * 4 * min(n, BLOCK_ROWS)))
+        # per part and voter, its candidates (kept, waiting and their merge: ~16 B for each row of
+        # c + 1 segments) take at most ~SCORE_BYTES at a time; a block's similarities ~BLOCK_BYTES
+        step = max(1, SCORE_BYTES // (len(chosen) * 16 * (c + 1) * SEGMENT_ROWS))
         if len(queries) > step:
             done = [self(chosen, queries[i : i + step], c) for i in range(0, len(queries), step)]
             return np.concatenate([r for r, _ in done]), np.concatenate([s for _, s in done])
@@ -159,70 +160,92 @@ def block_rows(lines: int) -> int:
 
 
 class Candidates:
-    """One group's candidate rows, offered block by block. For each line, the segments whose peak
-    reaches the line's keep-th best peak so far: `keep` segments hold a row at least that good, so
-    every row of the final top `keep` (ties at the last place included) lies in a kept segment."""
+    """One group's candidate rows, offered block by block: for each line, its best `keep` segments
+    by peak. A row of the final top `keep` lies in a segment whose peak is at least that row's value,
+    and fewer than `keep` segments hold a row above the keep-th best value: so the best `keep`
+    segments hold every row above it and at least `keep` rows at or above it (ties at the last place
+    are settled by `best_of`). A block's segments below the keep-th best peak seen so far are skipped
+    without being copied; the others wait in `pending` until the next merge."""
 
     def __init__(self, keep: int, n: int):
-        self.keep, self.n, self.seen, self.blocks = keep, n, 0, 0
+        self.keep, self.n, self.blocks = keep, n, 0
         self.whole: tuple[torch.Tensor, torch.Tensor] | None = None  # a one-block scan, ranked directly
-        self.peaks = torch.empty(0, 0)  # (R, <= keep): each line's best segment peaks, as of the last update
-        self.pending: list[torch.Tensor] = []  # the peaks of the blocks since
-        self.found: list[tuple[torch.Tensor, ...]] = []  # line, sims (M, seg), first row
+        self.floors = torch.empty(0, 0)  # (R, <= keep): each line's best peaks, as of the last raise
+        self.peaks_since: list[torch.Tensor] = []  # the peaks of the blocks since
+        self.kept: tuple[torch.Tensor, ...] | None = None  # (R, <= keep): peaks, first rows; (R, <= keep, seg) sims
+        self.pending: list[tuple[torch.Tensor, ...]] = []  # per block: line, peak, sims (M, seg), first row
+        self.waiting = torch.zeros(1, dtype=torch.long)  # (R,) each line's segments in `pending`
 
     def offer(self, sims: torch.Tensor, start: int) -> None:
         """A block's similarities (R, B), rows start..start + B; B is whole segments but for the last block."""
         r, b = sims.shape
         if b == self.n:  # all rows in one block: a top-k is cheaper than segments
             top = torch.topk(sims, min(self.keep, b), dim=1)
+            if top.values.isnan().any():  # torch ranks NaN first: rank again without them (older indexes)
+                top = torch.topk(_no_nan(sims.clone()), min(self.keep, b), dim=1)
             self.whole = top.values, top.indices
             return
         if b % SEGMENT_ROWS:  # a last block that ends inside a segment: -inf fills it (one copy)
             sims = torch.nn.functional.pad(sims, (0, SEGMENT_ROWS - b % SEGMENT_ROWS), value=-torch.inf)
         segments = sims.unflatten(1, (-1, SEGMENT_ROWS))  # (R, S, seg), a view
-        peaks = segment_peaks(segments)  # (R, S)
-        self.pending.append(peaks)
+        peaks = _no_nan(segment_peaks(segments))  # a NaN row (older indexes) never ranks
+        self.peaks_since.append(peaks)
         self.blocks += 1
         if self.blocks & (self.blocks - 1) == 0:  # the floor is raised after blocks 1, 2, 4, 8...: few top-ks
-            self.update()
-        kept = (peaks >= self.floor()).nonzero()  # (M, 2): line, segment
-        self.found.append((kept[:, 0], segments[kept[:, 0], kept[:, 1]], kept[:, 1] * SEGMENT_ROWS + start))
-        self.seen += b
+            self.raise_floor()
+        line, segment = (peaks >= self.floor()).nonzero().unbind(1)  # (M,) each
+        values = _no_nan(segments[line, segment])  # a copy: the buffer is reused
+        self.pending.append((line, peaks[line, segment], values, segment * SEGMENT_ROWS + start))
+        self.waiting = self.waiting + torch.bincount(line, minlength=r)
+        if int(self.waiting.max()) > self.keep:  # bounded memory, even where every segment ties at the floor
+            self.merge(r)
 
-    def update(self) -> None:
-        """Fold the pending peaks into each line's best `keep`."""
-        both = torch.cat([self.peaks, *self.pending], 1) if self.peaks.shape[1] else torch.cat(self.pending, 1)
-        self.peaks, self.pending = torch.topk(both, min(self.keep, both.shape[1]), dim=1).values, []
+    def raise_floor(self) -> None:
+        """Fold the peaks seen since into each line's best `keep` peaks."""
+        both = torch.cat([self.floors, *self.peaks_since], 1) if self.floors.numel() else torch.cat(self.peaks_since, 1)
+        self.floors, self.peaks_since = torch.topk(both, min(self.keep, both.shape[1]), dim=1).values, []
 
     def floor(self) -> torch.Tensor:
-        """Each line's keep-th best peak as of the last update (R, 1); -inf while fewer than `keep`
+        """Each line's keep-th best peak as of the last raise (R, 1); -inf while fewer than `keep`
         segments were seen. It only rises."""
-        if self.peaks.shape[1] < self.keep:
-            return torch.full((len(self.peaks), 1), -torch.inf)
-        return self.peaks[:, -1:]
+        if self.floors.shape[1] < self.keep:
+            return torch.full((len(self.floors), 1), -torch.inf)
+        return self.floors[:, -1:]
+
+    def merge(self, r: int) -> None:
+        """Keep each line's best `keep` segments by peak of the kept and the pending ones."""
+        line, peak, values, first = (torch.cat(part) for part in zip(*self.pending))
+        order = torch.argsort(line, stable=True)  # line-major, as the slots below assume
+        line, peak, values, first = line[order], peak[order], values[order], first[order]
+        # lay each line's pending segments side by side after its kept ones: -inf where none
+        count = torch.bincount(line, minlength=r)
+        slot = torch.arange(len(line)) - (torch.cumsum(count, 0) - count)[line]
+        held = 0 if self.kept is None else self.kept[0].shape[1]
+        width = held + int(count.max())
+        peaks = torch.full((r, width), -torch.inf, dtype=peak.dtype)
+        sims = torch.full((r, width, SEGMENT_ROWS), -torch.inf, dtype=values.dtype)
+        firsts = torch.zeros((r, width), dtype=torch.long)
+        if self.kept is not None:
+            peaks[:, :held], firsts[:, :held], sims[:, :held] = self.kept
+        peaks[line, held + slot], sims[line, held + slot], firsts[line, held + slot] = peak, values, first
+        top = torch.topk(peaks, min(self.keep, width), dim=1)
+        at = top.indices
+        self.kept = top.values, torch.gather(firsts, 1, at), sims[torch.arange(r)[:, None], at]
+        self.pending, self.waiting = [], torch.zeros(r, dtype=torch.long)
 
     def best(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each line's best `keep` rows: similarities and rows (R, K), K = min(keep, rows seen), best
-        first; of rows tied at the last place, any may be kept."""
+        """Each line's best `keep` rows: similarities and rows (R, K), K = min(keep, N), best first;
+        of rows tied at the last place, any may be kept. A line comes short of K rows (-1 rows, -inf
+        values) only where its similarities are NaN."""
         if self.whole is not None:
             return self.whole
         if self.pending:
-            self.update()
-        line, values, first = (torch.cat(parts) for parts in zip(*self.found))
-        kept = torch.nonzero(values.amax(1) >= self.floor()[line, 0])[:, 0]  # drop those below the final floor
-        kept = kept[torch.argsort(line[kept], stable=True)]  # line-major, as the slots below assume
-        line, values, first = line[kept], values[kept], first[kept]
-        # lay each line's segments side by side: (R, most segments of a line, seg), -inf where none
-        r, seg = len(self.peaks), SEGMENT_ROWS
-        count = torch.bincount(line, minlength=r)
-        slot = torch.arange(len(line)) - (torch.cumsum(count, 0) - count)[line]
-        laid = torch.full((r, int(count.max()), seg), -torch.inf, dtype=values.dtype)
-        laid[line, slot] = values
-        laid_first = torch.zeros((r, int(count.max())), dtype=torch.long)
-        laid_first[line, slot] = first
-        # a line keeps >= keep segments (or all), each with a real row: -inf fillers are never picked
-        top = torch.topk(laid.flatten(1), min(self.keep, self.seen), dim=1)
-        return top.values, torch.gather(laid_first, 1, top.indices // seg) + top.indices % seg
+            self.merge(len(self.floors))
+        assert self.kept is not None  # every block leaves a segment per line or a merge
+        _, first, sims = self.kept
+        top = torch.topk(sims.flatten(1), min(self.keep, self.n), dim=1)
+        rows = torch.gather(first, 1, top.indices // SEGMENT_ROWS) + top.indices % SEGMENT_ROWS
+        return top.values, rows.masked_fill_(top.values == -torch.inf, -1)
 
 
 def segment_peaks(segments: torch.Tensor) -> torch.Tensor:
@@ -231,6 +254,11 @@ def segment_peaks(segments: torch.Tensor) -> torch.Tensor:
     if segments.stride(2) == 1:
         return segments.amax(2)
     return segments.permute(1, 2, 0).amax(1).T
+
+
+def _no_nan(x: torch.Tensor) -> torch.Tensor:
+    """NaN -> -inf, in place (torch.topk ranks NaN above everything)."""
+    return x.masked_fill_(x.isnan(), -torch.inf)
 
 
 def _times_rows(queries: torch.Tensor, rows: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
