@@ -34,19 +34,24 @@ def test_best_of_candidates_best_first_and_ties_to_the_smaller_row():
 def test_candidates_keep_each_lines_best_segments(monkeypatch):
     # keep 2 rows, segments of 2 rows, blocks of 4 rows: worked by hand
     monkeypatch.setattr(exact, "SEGMENT_ROWS", 2)
-    found = exact.Candidates(keep=2, n=8)
-    found.offer(torch.tensor([[0.1, 0.5, 0.2, 0.3],    # peaks 0.5, 0.3: floor 0.3, both segments wait
-                              [0.6, 0.6, 0.0, 0.1]]), start=0)  # peaks 0.6, 0.1: floor 0.1, both wait
+    found = exact.Candidates(keep=2, n=12)
+    found.offer(torch.tensor([[0.1, 0.5, 0.2, 0.3],    # no floor yet: both segments of both lines wait
+                              [0.6, 0.6, 0.0, 0.1]]), start=0)
     assert found.kept is None and found.waiting.tolist() == [2, 2]
-    found.offer(torch.tensor([[0.0, 0.9, 0.4, 0.1],    # peaks 0.9, 0.4: floor now 0.5: rows 4-5 only
-                              [0.2, 0.3, 0.6, 0.0]]), start=4)  # peaks 0.3, 0.6: floor 0.6: rows 6-7 only
-    # line 0 and line 1 each have 3 segments waiting, more than keep 2: merged into their best 2 by peak
+    found.offer(torch.tensor([[0.0, 0.9, 0.4, 0.1],
+                              [0.2, 0.3, 0.6, 0.0]]), start=4)
+    # 4 segments wait per line, more than keep: merged into each line's best 2 by peak
+    # line 0: peaks 0.5, 0.3, 0.9, 0.4 -> segments at rows 4, 0 (floor 0.5); line 1: 0.6, 0.1, 0.3, 0.6 -> 0, 6
     assert found.pending == [] and found.kept is not None
     assert found.kept[1][0].tolist() == [4, 0] and sorted(found.kept[1][1].tolist()) == [0, 6]
+    assert found.floor(2).flatten().tolist() == pytest.approx([0.5, 0.6])
+    found.offer(torch.tensor([[0.2, 0.45, 0.7, 0.1],   # peaks 0.45, 0.7: only rows 10-11 reach 0.5
+                              [0.6, 0.0, 0.3, 0.2]]), start=8)  # peaks 0.6, 0.3: rows 8-9 tie the floor
+    assert found.waiting.tolist() == [1, 1] and found.pending[0][3].tolist() == [10, 8]
     values, rows = found.best()
-    assert rows[0].tolist() == [5, 1]
-    assert len(set(rows[1].tolist())) == 2 and set(rows[1].tolist()) <= {0, 1, 6}  # 0.6 three times: any two
-    np.testing.assert_allclose(values, [[0.9, 0.5], [0.6, 0.6]])
+    assert rows[0].tolist() == [5, 10]
+    assert len(set(rows[1].tolist())) == 2 and set(rows[1].tolist()) <= {0, 1, 6, 8}  # 0.6 four times: any two
+    np.testing.assert_allclose(values, [[0.9, 0.7], [0.6, 0.6]])
 
 
 @pytest.mark.parametrize("transposed", [False, True])
@@ -59,6 +64,7 @@ def test_candidates_match_a_top_k_of_every_row(monkeypatch, transposed):
         sims = torch.from_numpy(rng.integers(-50, 50, (4, n)).astype(np.float32) / 7)
         sims[1] = 0  # a zero query: every row ties
         sims[2, 17 % n] = float("nan")  # a NaN row (an index written before NaNs were refused) never ranks
+        sims[3, 0], sims[3, 1] = float("nan"), 99.0  # and does not hide the best row beside it
         found = exact.Candidates(keep, n)
         for start in range(0, n, block):
             part = sims[:, start : start + block]
@@ -72,8 +78,9 @@ def test_candidates_match_a_top_k_of_every_row(monkeypatch, transposed):
         values, rows = found.best()
         expected = torch.topk(sims.nan_to_num(nan=-torch.inf), min(keep, n), dim=1).values
         assert torch.equal(values, expected)
-        real = rows >= 0  # -1 only for the NaN row, where nothing else is left (keep >= n)
-        assert torch.equal(real, values > -torch.inf) and real.sum() >= real.numel() - 1
+        real = rows >= 0  # -1 only for the NaN rows, where nothing else is left (keep >= n)
+        assert torch.equal(real, values > -torch.inf) and real.sum() >= real.numel() - 2
+        assert rows[3, 0] == 1
         assert torch.equal(sims.gather(1, rows.clamp(min=0))[real], values[real])  # each row holds its value
         assert all(len(set(line[line >= 0].tolist())) == int((line >= 0).sum()) for line in rows)  # no row twice
 
@@ -87,6 +94,9 @@ def test_one_block_is_ranked_directly():
     found = exact.Candidates(keep=2, n=3)
     found.offer(torch.tensor([[float("nan"), 0.5, 0.2]]), start=0)  # torch would rank NaN first
     assert found.best()[1].tolist() == [[1, 2]]
+    found = exact.Candidates(keep=3, n=2)
+    found.offer(torch.tensor([[float("nan"), 0.5]]), start=0)  # no row to take the NaN's place: -1
+    assert found.best()[1].tolist() == [[1, -1]]
 
 
 def random_index(n: int = 300, h: int = 3, d: int = 4, dim: int = 12, seed: int = 0):

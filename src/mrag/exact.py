@@ -164,17 +164,16 @@ class Candidates:
     by peak. A row of the final top `keep` lies in a segment whose peak is at least that row's value,
     and fewer than `keep` segments hold a row above the keep-th best value: so the best `keep`
     segments hold every row above it and at least `keep` rows at or above it (ties at the last place
-    are settled by `best_of`). A block's segments below the keep-th best peak seen so far are skipped
-    without being copied; the others wait in `pending` until the next merge."""
+    are settled by `best_of`). A block's segments below the keep-th best peak kept so far are skipped
+    without being copied; the others wait in `pending` until a line has more than `keep` waiting."""
 
     def __init__(self, keep: int, n: int):
-        self.keep, self.n, self.blocks = keep, n, 0
+        self.keep, self.n = keep, n
         self.whole: tuple[torch.Tensor, torch.Tensor] | None = None  # a one-block scan, ranked directly
-        self.floors = torch.empty(0, 0)  # (R, <= keep): each line's best peaks, as of the last raise
-        self.peaks_since: list[torch.Tensor] = []  # the peaks of the blocks since
         self.kept: tuple[torch.Tensor, ...] | None = None  # (R, <= keep): peaks, first rows; (R, <= keep, seg) sims
         self.pending: list[tuple[torch.Tensor, ...]] = []  # per block: line, peak, sims (M, seg), first row
         self.waiting = torch.zeros(1, dtype=torch.long)  # (R,) each line's segments in `pending`
+        self.start: torch.Tensor | None = None  # (R, 1) the first block's keep-th best peak
 
     def offer(self, sims: torch.Tensor, start: int) -> None:
         """A block's similarities (R, B), rows start..start + B; B is whole segments but for the last block."""
@@ -183,34 +182,30 @@ class Candidates:
             top = torch.topk(sims, min(self.keep, b), dim=1)
             if top.values.isnan().any():  # torch ranks NaN first: rank again without them (older indexes)
                 top = torch.topk(_no_nan(sims.clone()), min(self.keep, b), dim=1)
-            self.whole = top.values, top.indices
+            self.whole = top.values, top.indices.masked_fill(top.values == -torch.inf, -1)
             return
         if b % SEGMENT_ROWS:  # a last block that ends inside a segment: -inf fills it (one copy)
             sims = torch.nn.functional.pad(sims, (0, SEGMENT_ROWS - b % SEGMENT_ROWS), value=-torch.inf)
         segments = sims.unflatten(1, (-1, SEGMENT_ROWS))  # (R, S, seg), a view
-        peaks = _no_nan(segment_peaks(segments))  # a NaN row (older indexes) never ranks
-        self.peaks_since.append(peaks)
-        self.blocks += 1
-        if self.blocks & (self.blocks - 1) == 0:  # the floor is raised after blocks 1, 2, 4, 8...: few top-ks
-            self.raise_floor()
-        line, segment = (peaks >= self.floor()).nonzero().unbind(1)  # (M,) each
+        peaks = segment_peaks(segments)  # (R, S)
+        nan = peaks.isnan()
+        if nan.any():  # a NaN row (older indexes) never ranks, and must not hide the rest of its segment
+            peaks[nan] = _no_nan(segments[nan]).amax(1)
+        if self.start is None and peaks.shape[1] >= self.keep:  # the first block: its own keep-th best peak
+            self.start = torch.topk(peaks, self.keep, dim=1).values[:, -1:]
+        line, segment = (peaks >= self.floor(r)).nonzero().unbind(1)  # (M,) each
         values = _no_nan(segments[line, segment])  # a copy: the buffer is reused
         self.pending.append((line, peaks[line, segment], values, segment * SEGMENT_ROWS + start))
         self.waiting = self.waiting + torch.bincount(line, minlength=r)
         if int(self.waiting.max()) > self.keep:  # bounded memory, even where every segment ties at the floor
             self.merge(r)
 
-    def raise_floor(self) -> None:
-        """Fold the peaks seen since into each line's best `keep` peaks."""
-        both = torch.cat([self.floors, *self.peaks_since], 1) if self.floors.numel() else torch.cat(self.peaks_since, 1)
-        self.floors, self.peaks_since = torch.topk(both, min(self.keep, both.shape[1]), dim=1).values, []
-
-    def floor(self) -> torch.Tensor:
-        """Each line's keep-th best peak as of the last raise (R, 1); -inf while fewer than `keep`
-        segments were seen. It only rises."""
-        if self.floors.shape[1] < self.keep:
-            return torch.full((len(self.floors), 1), -torch.inf)
-        return self.floors[:, -1:]
+    def floor(self, r: int) -> torch.Tensor:
+        """Each line's keep-th best peak as of the last merge, or of the first block before (R, 1):
+        every segment skipped or dropped so far is below it; -inf before `keep` segments were seen."""
+        if self.kept is not None and self.kept[0].shape[1] == self.keep:
+            return self.kept[0][:, -1:]
+        return torch.full((r, 1), -torch.inf) if self.start is None else self.start
 
     def merge(self, r: int) -> None:
         """Keep each line's best `keep` segments by peak of the kept and the pending ones."""
@@ -240,7 +235,7 @@ class Candidates:
         if self.whole is not None:
             return self.whole
         if self.pending:
-            self.merge(len(self.floors))
+            self.merge(len(self.waiting))
         assert self.kept is not None  # every block leaves a segment per line or a merge
         _, first, sims = self.kept
         top = torch.topk(sims.flatten(1), min(self.keep, self.n), dim=1)
