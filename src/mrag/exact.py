@@ -173,7 +173,7 @@ class Candidates:
         self.kept: tuple[torch.Tensor, ...] | None = None  # (R, <= keep): peaks, first rows; (R, <= keep, seg) sims
         self.pending: list[tuple[torch.Tensor, ...]] = []  # per block: line, peak, sims (M, seg), first row
         self.waiting = torch.zeros(1, dtype=torch.long)  # (R,) each line's segments in `pending`
-        self.start: torch.Tensor | None = None  # (R, 1) the first block's keep-th best peak
+        self.first_floor: torch.Tensor | None = None  # (R, 1) the first block's keep-th best peak
 
     def offer(self, sims: torch.Tensor, start: int) -> None:
         """A block's similarities (R, B), rows start..start + B; B is whole segments but for the last block."""
@@ -191,8 +191,8 @@ class Candidates:
         nan = peaks.isnan()
         if nan.any():  # a NaN row (older indexes) never ranks, and must not hide the rest of its segment
             peaks[nan] = _no_nan(segments[nan]).amax(1)
-        if self.start is None and peaks.shape[1] >= self.keep:  # the first block: its own keep-th best peak
-            self.start = torch.topk(peaks, self.keep, dim=1).values[:, -1:]
+        if self.first_floor is None and peaks.shape[1] >= self.keep:  # the first block: its keep-th best peak
+            self.first_floor = torch.topk(peaks, self.keep, dim=1).values[:, -1:]
         line, segment = (peaks >= self.floor(r)).nonzero().unbind(1)  # (M,) each
         values = _no_nan(segments[line, segment])  # a copy: the buffer is reused
         self.pending.append((line, peaks[line, segment], values, segment * SEGMENT_ROWS + start))
@@ -205,7 +205,7 @@ class Candidates:
         every segment skipped or dropped so far is below it; -inf before `keep` segments were seen."""
         if self.kept is not None and self.kept[0].shape[1] == self.keep:
             return self.kept[0][:, -1:]
-        return torch.full((r, 1), -torch.inf) if self.start is None else self.start
+        return torch.full((r, 1), -torch.inf) if self.first_floor is None else self.first_floor
 
     def merge(self, r: int) -> None:
         """Keep each line's best `keep` segments by peak of the kept and the pending ones."""

@@ -76,8 +76,7 @@ def search_many(
         return [[] for _ in queries]  # nothing to rank: no need to embed the queries
     texts = [t for q, p in zip(queries, parts) for t in (p or [q])]  # a segmented query votes by its parts
     emb = index.embedder.embed(texts, kind="query")
-    if len(bad := emb.non_finite()):
-        raise ValueError(f"the embedder returned NaN or infinite values for the query text {texts[bad[0]]!r}")
+    emb.check_queries(texts)
     live = [s for s in index.spaces if plan.base in retrieve.EXTRA_SPACE_STRATEGIES and s.name in (spaces or labels)]
     extra = {s.name: retrieve.unit(s.embed(texts, kind="query")) for s in live}
     vectors = [

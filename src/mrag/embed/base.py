@@ -27,6 +27,11 @@ class Embeddings:
         finite = np.isfinite(self.standard).all(axis=1) & np.isfinite(self.heads).all(axis=(1, 2))
         return np.flatnonzero(~finite)
 
+    def check_queries(self, texts: Sequence[str]) -> None:
+        """Refuse query embeddings that hold a NaN or an infinity, naming the first such text."""
+        if len(bad := self.non_finite()):
+            raise ValueError(f"the embedder returned NaN or infinite values for the query text {texts[bad[0]]!r}")
+
     @classmethod
     def concat(cls, parts: Sequence[Embeddings], dim: int, n_heads: int, head_dim: int) -> Embeddings:
         if not parts:

@@ -83,8 +83,7 @@ def embed_queries(
         standard, heads = data["standard"], data["heads"]
     else:
         emb = corpus.index.embedder.embed(unique, kind="query", show_progress=show_progress)
-        if len(bad := emb.non_finite()):
-            raise ValueError(f"the embedder returned NaN or infinite values for the query {unique[bad[0]]!r}")
+        emb.check_queries(unique)
         standard, heads = retrieve.unit(emb.standard), retrieve.unit(emb.heads)
         np.savez(path, standard=standard, heads=heads)
     extra = {}
