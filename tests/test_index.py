@@ -319,9 +319,13 @@ def snapshot(index: Index) -> tuple:
     return table_rows(index), index.head_scales(), json.dumps(index.store.stats.to_json())
 
 
+@pytest.mark.parametrize("staged", [False, True])
 @pytest.mark.parametrize("replace", [False, True])
-def test_failure_in_the_middle_of_a_write_changes_nothing(db_path, monkeypatch, replace):
+def test_failure_in_the_middle_of_a_write_changes_nothing(db_path, monkeypatch, replace, staged):
     monkeypatch.setattr(mrag.index, "WRITE_BATCH", 2)
+    # staged: rows wait in memory until the whole write is embedded; else (a write past STAGE_BYTES)
+    # each batch goes into the table under the lock as soon as it is embedded
+    monkeypatch.setattr(mrag.index, "STAGE_BYTES", 2**30 if staged else 1)
     embedder = FailingEmbedder(fail_on=0)
     index = Index.open(db_path, embedder=embedder)
     index.add(DOCS[:2])
@@ -335,8 +339,8 @@ def test_failure_in_the_middle_of_a_write_changes_nothing(db_path, monkeypatch, 
         new.append({"id": "n4", "text": "new document 4"})
     seen = []
 
-    def reader_during_the_write():  # batch 1 is in the table now, but not committed
-        assert index.store.chunks.count_rows() == 2 - replace + 2
+    def reader_during_the_write():  # unless staged, batch 1 is in the table now, but not committed
+        assert index.store.chunks.count_rows() == (2 if staged else 2 - replace + 2)
         reader = Index.open(db_path, embedder=FakeEmbedder())
         seen.append(snapshot(reader))
         seen.append([h.doc_id for h in reader.search("new document 0 about planets and moons", k=5)])

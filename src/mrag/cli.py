@@ -253,6 +253,41 @@ def delete(ids: tuple[str, ...], db: str) -> None:
 
 
 @cli.command(context_settings=CONTEXT)
+@db_option
+@click.option("--keep-versions", type=click.FloatRange(min=0), default=None,
+              help="Keep old versions younger than this many seconds (default 120): readers may still use them.")
+@user_errors
+def optimize(db: str, keep_versions: float | None) -> None:
+    """Compact DB's small fragments and prune old versions; safe beside searches and other writers.
+
+    Writes do it by themselves every 32 commits; run it after many small writes, or from cron.
+
+        mrag optimize --db idx
+    """
+    from mrag.index import Index
+
+    emit(Index.open(db, create=False).optimize(keep_versions))
+
+
+@cli.command(context_settings=CONTEXT)
+@db_option
+@user_errors
+def verify(db: str) -> None:
+    """Check DB: unique chunk ids, and head-scale sums equal to a recomputation from the rows.
+
+    Exits 1 when either fails.
+
+        mrag verify --db idx
+    """
+    from mrag.index import Index
+
+    report = Index.open(db, create=False).verify()
+    emit(report)
+    if report["duplicate_ids"] or report["sums_drift"] > 1e-6:
+        raise click.ClickException(f"{db} fails the check: {report}")
+
+
+@cli.command(context_settings=CONTEXT)
 @click.option("--db", envvar="MRAG_DEMO_DB", default=None, help="Where to build the demo index (default: temporary).")
 @click.option("-k", type=int, default=4, show_default=True, help="Results per strategy.")
 @click.option("--strategy", "-s", default=retrieve.DEFAULT_STRATEGY, show_default=True, help="Compared with standard.")

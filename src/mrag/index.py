@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from mrag import ann, retrieve
 from mrag.chunk import chunk_text
@@ -21,7 +24,8 @@ from mrag.store import Store, StoreError, build_rows, head_column, quote, space_
 
 DEFAULT_CHUNK_CHARS = 1000
 DEFAULT_OVERLAP = 1
-WRITE_BATCH = 256  # chunks embedded and written per step
+WRITE_BATCH = 256  # chunks embedded per step
+STAGE_BYTES = 256 * 2**20  # embedded rows held outside the write lock; a larger write takes it early
 
 
 @dataclass
@@ -232,15 +236,18 @@ class Index:
         if not ids:
             raise ValueError("no ids given")
         where = f"id IN ({quote(list(ids))}) OR doc_id IN ({quote(list(ids))})"
-        found = self.store.rows(where, ["id", "doc_id"])
-        known = set(found["id"].to_pylist()) | set(found["doc_id"].to_pylist())
-        missing = [i for i in ids if i not in known]
-        if missing:
-            raise ValueError(f"unknown id(s), nothing deleted: {', '.join(missing[:5])}")
-        with self.store.writing():
+        with self.store.writing():  # checked under the lock: another process may have deleted some
+            found = self.store.rows(where, ["id", "doc_id"], table=self.store.chunks)
+            known = set(found["id"].to_pylist()) | set(found["doc_id"].to_pylist())
+            missing = [i for i in ids if i not in known]
+            if missing:
+                raise ValueError(f"unknown id(s), nothing deleted: {', '.join(missing[:5])}")
             return self.store.delete(where)
 
     def _write(self, docs: Iterable[Document | dict[str, Any] | str], replace: bool, show_progress: bool) -> AddReport:
+        """Embed outside the write lock (other writers go on meanwhile), then, under it, triage again
+        against what is committed now and write. Past `STAGE_BYTES` of embedded rows the lock is taken
+        early and the rest is written as it is embedded, so memory stays bounded."""
         documents = [as_document(d, i) for i, d in enumerate(docs)]
         ids = [d.id for d in documents]
         check_unique_ids(ids)
@@ -256,38 +263,73 @@ class Index:
         ]
         if not chunks:
             return report
+        staged: list[pa.Table] = []
+        with ExitStack() as held:
+            wanted: set[str] | None = None  # documents still to write, once under the lock
+            for rows in self._embedded(chunks, show_progress):
+                staged.append(rows)
+                if sum(t.nbytes for t in staged) < STAGE_BYTES:
+                    continue
+                if wanted is None:
+                    held.enter_context(self.store.writing())
+                    wanted = self._retriage(todo, replace, report)
+                self._append(staged, wanted, report)
+                staged = []
+            if wanted is None:
+                held.enter_context(self.store.writing())
+                wanted = self._retriage(todo, replace, report)
+            self._append(staged, wanted, report)
+        return report
+
+    def _embedded(self, chunks: list[tuple[Document, str, int, str]], show_progress: bool) -> Iterator[pa.Table]:
+        """Rows for the chunks, `WRITE_BATCH` at a time: one forward pass each (and each external space)."""
         schema = self.store.schema()
         spaces = self.spaces
-        with self.store.writing():
-            if report.updated:
-                self.store.delete(f"doc_id IN ({quote(report.updated)})")
-            starts = range(0, len(chunks), WRITE_BATCH)
-            if show_progress:
-                from tqdm import tqdm
+        starts = range(0, len(chunks), WRITE_BATCH)
+        if show_progress:
+            from tqdm import tqdm
 
-                starts = tqdm(starts, desc="indexing", unit="batch")  # type: ignore[assignment]
-            for start in starts:
-                batch = chunks[start : start + WRITE_BATCH]
-                emb = self.embedder.embed([c[3] for c in batch], kind="document")
-                extra = {space.name: space.embed([c[3] for c in batch]) for space in spaces}
-                self.store.add(
-                    build_rows(
-                        ids=[f"{d.id}#{i}" for d, _, i, _ in batch],
-                        doc_ids=[d.id for d, _, _, _ in batch],
-                        sources=[d.source for d, _, _, _ in batch],
-                        titles=[d.title for d, _, _, _ in batch],
-                        positions=[i for _, _, i, _ in batch],
-                        texts=[t for _, _, _, t in batch],
-                        metadata=[d.metadata for d, _, _, _ in batch],
-                        doc_hashes=[h for _, h, _, _ in batch],
-                        standard=emb.standard,
-                        heads=emb.heads,
-                        schema=schema,
-                        extra=extra,
-                    )
-                )
-        report.chunks = len(chunks)
-        return report
+            starts = tqdm(starts, desc="indexing", unit="batch")  # type: ignore[assignment]
+        for start in starts:
+            batch = chunks[start : start + WRITE_BATCH]
+            texts = [c[3] for c in batch]
+            emb = self.embedder.embed(texts, kind="document")
+            yield build_rows(
+                ids=[f"{d.id}#{i}" for d, _, i, _ in batch],
+                doc_ids=[d.id for d, _, _, _ in batch],
+                sources=[d.source for d, _, _, _ in batch],
+                titles=[d.title for d, _, _, _ in batch],
+                positions=[i for _, _, i, _ in batch],
+                texts=texts,
+                metadata=[d.metadata for d, _, _, _ in batch],
+                doc_hashes=[h for _, h, _, _ in batch],
+                standard=emb.standard,
+                heads=emb.heads,
+                schema=schema,
+                extra={space.name: space.embed(texts) for space in spaces},
+            )
+
+    def _retriage(self, todo: list[tuple[Document, str]], replace: bool, report: AddReport) -> set[str]:
+        """Under the write lock: the embedded documents against what is committed now (another process
+        may have written some since). Deletes the old rows of changed ones; -> the ids to write."""
+        fresh = AddReport()
+        ids = [d.id for d, _ in todo]
+        chosen = triage([(d.id, h) for d, h in todo], self.store.doc_hashes(ids), fresh, replace)
+        if fresh.updated:
+            self.store.delete(f"doc_id IN ({quote(fresh.updated)})")
+        report.added, report.updated = fresh.added, fresh.updated
+        report.unchanged += fresh.unchanged
+        return {ids[i] for i in chosen}
+
+    def _append(self, staged: list[pa.Table], wanted: set[str], report: AddReport) -> None:
+        """Write the staged rows of the wanted documents, as one fragment."""
+        if not staged:
+            return
+        rows = pa.concat_tables(staged)
+        if not set(rows["doc_id"].to_pylist()) <= wanted:
+            rows = rows.filter(pc.is_in(rows["doc_id"], pa.array(sorted(wanted), pa.string())))
+        self.store.add(rows)
+        report.chunks += rows.num_rows
 
     # --- reading -------------------------------------------------------------------------
 
@@ -351,6 +393,7 @@ class Index:
 
     def space_weights(self) -> retrieve.Scales:
         """Committed scales, with each external space's weight: its own scale ("auto") or the one it was given."""
+        self.store.refresh()
         scales = self.store.committed_scales()
         for entry in self.store.manifest.get("spaces", []):
             if entry.get("weight", "auto") != "auto":
@@ -358,10 +401,25 @@ class Index:
         return scales
 
     def head_scales(self) -> list[dict[str, Any]]:
+        self.store.refresh()
         scales = self.store.committed_scales()["heads"]
         return [{"head": i, "scale": float(s)} for i, s in enumerate(scales)]
 
+    def optimize(self, keep_versions: float | None = None) -> dict[str, Any]:
+        """Compact the index and prune versions older than `keep_versions` seconds (default: two minutes;
+        readers in other processes may still be reading those). Writes run it every 32 commits."""
+        from datetime import timedelta
+
+        keep = None if keep_versions is None else timedelta(seconds=keep_versions)
+        return self.store.optimize(keep)
+
+    def verify(self) -> dict[str, Any]:
+        """Check the committed index: {"chunks", "duplicate_ids", "sums_drift"}; the head-scale sums
+        are recomputed from the rows (`sums_drift` is their largest relative error, ~1e-12 when sound)."""
+        return self.store.verify()
+
     def info(self) -> dict[str, Any]:
+        self.store.refresh()
         m = self.store.manifest
         return {
             "path": self.store.uri,

@@ -88,6 +88,17 @@ class HeadStats:
         )
 
 
+def drift(kept: HeadStats, fresh: HeadStats) -> float:
+    """How far running sums are from sums recomputed from the rows: the largest relative error of the
+    count, the norm sums and the unit sums (0.0 when they agree)."""
+
+    def rel(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.linalg.norm(a - b) / max(float(np.linalg.norm(b)), 1e-12)) if np.any(a != b) else 0.0
+
+    return max(rel(np.array([kept.count]), np.array([fresh.count])),
+               rel(kept.norm_sum, fresh.norm_sum), rel(kept.unit_sum, fresh.unit_sum))
+
+
 def brute_force_scales(heads: np.ndarray) -> np.ndarray:
     """The O(N^2) definition, for tests and as documentation.  (N, H, d) -> (H,)."""
     norms, units = split_unit(np.asarray(heads, dtype=np.float64))

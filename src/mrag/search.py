@@ -67,6 +67,7 @@ def search_many(
             raise ValueError(f"strategy {strategy!r} needs sub-queries")
     else:
         parts = [retrieve.query_parts(strategy, q) for q in queries]
+    index.store.refresh()  # follow other processes' commits; scales and rows below belong together
     labels = list(index.store.committed_space_dims())
     scales = index.space_weights()
     if spaces is not None:
@@ -102,9 +103,8 @@ def search_many(
 def ranker_for(
     store: Store, plan: retrieve.Plan, exact: bool | None, nprobes: int | None = None
 ) -> tuple[retrieve.Ranker, Callable[[list[int]], dict[int, dict[str, Any]]], int]:
-    """How to find each space's nearest rows: the ANN indexes or the in-memory matrix.
-    -> (ranker, fetch: the ranker's row numbers -> their stored rows, how many rows there are)."""
-    store.refresh()
+    """How to find each space's nearest rows: the ANN indexes or the in-memory matrix, as the
+    manifest last read records them. -> (ranker, fetch: row numbers -> stored rows, how many rows)."""
     built: dict[str, Any] = store.manifest.get("ann") or {}
     covered = bool(built) and not plan.base.startswith("split")  # split slices have no ANN column
     if exact is False and not covered:

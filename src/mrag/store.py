@@ -10,12 +10,19 @@ The manifest records the embedder (model, revision, layer, pooling, H, d_head, i
 chunking settings, the running head-scale sums and the committed `chunks` version they belong to.
 Saving the manifest is the commit point: readers see the table at the committed version only, so
 a search never sees half of a write, and a write that died is rolled back by the next writer.
+
+Writers in several processes take turns under the index's file lock (`mrag.locking`): each re-reads
+the manifest under it and folds its rows onto the latest committed sums, so no write is lost and no
+live writer's rows are mistaken for a dead write. Readers re-read the manifest when its version moves
+(a cheap check), so every open index follows other processes' commits. Every `MAINTAIN_EVERY`
+commits, the writer compacts small fragments and prunes versions older than `keep_versions`.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -27,12 +34,18 @@ import numpy as np
 import pyarrow as pa
 
 from mrag.embed.base import Embeddings
-from mrag.scales import HeadStats, split_unit, split_width
+from mrag.locking import is_local, local_path, write_lock
+from mrag.scales import HeadStats, drift, split_unit, split_width
 
 CHUNKS = "chunks"
 MANIFEST = "manifest"
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)
+MAINTAIN_EVERY = 32  # commits between automatic maintenance passes (LanceDB's advice: about every 20 writes)
+MAINTAIN_SHARE = 8  # ... which compact once the rows changed since the last compaction are 1/8 of the table,
+MAINTAIN_MAX = 1024  # or after this many commits: each compaction rewrites the fragments under 1M rows
+KEEP_VERSIONS = timedelta(minutes=1)  # old versions younger than this survive a prune: readers may still use them
+NEVER = timedelta(days=36500)  # "prune nothing" for LanceDB's optimize, which always prunes
 
 
 class StoreError(ValueError):
@@ -93,9 +106,13 @@ class Store:
         self.uri = uri
         self.db = db
         self.chunks = chunks
+        self._manifest_table = db.open_table(MANIFEST)
+        self._manifest_version = -1  # the manifest table version `self.manifest` was read at
         self._load(manifest)
         self._matrix: Matrix | None = None
         self._write_lock = threading.Lock()
+        self._changed = 0
+        self.keep_versions = KEEP_VERSIONS
 
     def _load(self, manifest: dict[str, Any]) -> None:
         self.manifest = manifest
@@ -135,9 +152,12 @@ class Store:
         return int(self.manifest["chunks_version"])
 
     def refresh(self) -> None:
-        """Pick up writes committed since (by this or another process)."""
-        rows = self.db.open_table(MANIFEST).to_arrow().to_pylist()
-        self.manifest = json.loads(rows[0]["json"])
+        """Pick up writes committed since (by this or another process): a version check, and a
+        read of the manifest only when it moved."""
+        version = self._manifest_table.version  # read_consistency_interval=0: the latest version
+        if version != self._manifest_version:
+            rows = self._manifest_table.to_arrow().to_pylist()
+            self.manifest, self._manifest_version = json.loads(rows[0]["json"]), version
 
     @staticmethod
     def exists(uri: str, storage_options: dict[str, str] | None = None) -> bool:
@@ -171,7 +191,24 @@ class Store:
         storage_options: dict[str, str] | None = None,
         spaces: list[dict[str, Any]] | None = None,
     ) -> Store:
-        """A new, empty index. `spaces`: external space entries {name, function, options, dim, weight}."""
+        """A new, empty index (or the one another process has just created there).
+        `spaces`: external space entries {name, function, options, dim, weight}."""
+        if is_local(uri):
+            local_path(uri).mkdir(parents=True, exist_ok=True)  # the lock file lives in the folder
+        with write_lock(uri):
+            if cls.exists(uri, storage_options):  # another process created it first
+                return cls.open(uri, storage_options)
+            return cls._create(uri, embedder_info, settings, storage_options, spaces)
+
+    @classmethod
+    def _create(
+        cls,
+        uri: str,
+        embedder_info: dict[str, Any],
+        settings: dict[str, Any],
+        storage_options: dict[str, str] | None,
+        spaces: list[dict[str, Any]] | None,
+    ) -> Store:
         import lancedb
 
         db = lancedb.connect(uri, read_consistency_interval=timedelta(0), storage_options=storage_options)
@@ -191,7 +228,7 @@ class Store:
                 **{f"space:{name}": HeadStats(1, sd).to_json() for name, sd in space_dims.items()},
             },
         } | ({"spaces": list(spaces)} if spaces else {})
-        db.create_table(MANIFEST, data=[{"json": json.dumps(manifest)}], mode="overwrite")
+        db.create_table(MANIFEST, data=[{"json": json.dumps(manifest)}])  # new: the folder had no manifest
         return cls(uri, db, chunks, manifest)
 
     # --- reading -------------------------------------------------------------------------
@@ -275,26 +312,85 @@ class Store:
     # --- writing -------------------------------------------------------------------------
 
     @contextmanager
-    def writing(self) -> Iterator[None]:
+    def writing(self, maintain: bool = True) -> Iterator[None]:
         """All-or-nothing. Rows become visible to readers only when the manifest commits them; on
-        any error the chunks table is restored and the sums are untouched. Rows left behind by a
-        write that died (newer than the committed version) are rolled back first. One writer at a time."""
+        any error the chunks table is restored and the sums are untouched. One writer at a time, across
+        threads and processes: under the lock the manifest is read again, so the sums fold onto the
+        latest committed ones, and rows newer than the committed version can only be a dead write's,
+        rolled back first. Every `MAINTAIN_EVERY` commits, the table is compacted (`maintain`)."""
         if self.packed:
             raise StoreError(
                 f"{self.uri} was written by mrag format 1 (all heads in one column): it can be searched "
                 "but not changed; index the files again into a new folder"
             )
-        with self._write_lock:
-            self.refresh()
-            self._load(self.manifest)
-            self._restore_committed()
+        with self._locked():
             try:
                 yield
             except BaseException:
+                self._manifest_version = -1  # drop anything the failed write set on the manifest
+                self.refresh()
                 self._load(self.manifest)
                 self._restore_committed()
                 raise
+            since = self.manifest.get("maintenance", {"writes": 0, "rows": 0})
+            since = {"writes": since["writes"] + 1, "rows": since["rows"] + self._changed}
+            self.manifest = self.manifest | {"maintenance": since}
             self._save_manifest()
+            if maintain and since["writes"] % MAINTAIN_EVERY == 0:
+                self._maintain(since)
+
+    def _maintain(self, since: dict[str, int]) -> None:
+        """The automatic pass after a commit: compaction when enough has changed since the last one
+        (its cost is the table's size, so it waits for 1/8 of the table or `MAINTAIN_MAX` commits),
+        else only the manifest's old versions pruned (one small file per commit)."""
+        try:
+            if since["rows"] * MAINTAIN_SHARE >= self.stats.count or since["writes"] >= MAINTAIN_MAX:
+                self._optimize(self.keep_versions)
+            else:
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=".*cleanup_older_than=0.*")
+                    self._manifest_table.optimize(cleanup_older_than=self.keep_versions)
+        except Exception as exc:  # the write is committed; a compaction cut short is undone by the next writer
+            warnings.warn(f"maintenance of {self.uri} failed (the write itself is committed): {exc}", stacklevel=4)
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """The write lock, the latest committed manifest and sums, and a dead write rolled back."""
+        with self._write_lock, write_lock(self.uri):
+            self.refresh()
+            self._load(self.manifest)
+            self._restore_committed()
+            self._changed = 0  # rows added or deleted by this write
+            yield
+
+    def optimize(self, keep_versions: timedelta | None = None) -> dict[str, Any]:
+        """Compact small fragments, fold new rows into the ANN and full-text indexes, and prune versions
+        older than `keep_versions` (default `self.keep_versions`), beside readers and other writers."""
+        before = self.disk_bytes()
+        with self._locked():
+            self._optimize(self.keep_versions if keep_versions is None else keep_versions)
+        return {"version": self.committed_version, "bytes_before": before, "bytes_after": self.disk_bytes()}
+
+    def _optimize(self, keep: timedelta) -> None:
+        """Under the write lock, after a commit. Compaction comes first and is committed before any
+        prune, so the committed version survives a crash at any point; then old versions go (the
+        committed version is the latest and is never pruned)."""
+        self.chunks.checkout_latest()
+        self.chunks.optimize(cleanup_older_than=NEVER)
+        self.manifest = self.manifest | {"maintenance": {"writes": 0, "rows": 0}}
+        self._save_manifest()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*cleanup_older_than=0.*")
+            self.chunks.optimize(cleanup_older_than=keep)
+            if self.chunks.version != self.committed_version:  # pruning wrote a version of its own
+                self._save_manifest()
+            self._manifest_table.optimize(cleanup_older_than=keep)
+
+    def disk_bytes(self) -> int | None:
+        """The index folder's size on disk (None for object storage)."""
+        if not is_local(self.uri):
+            return None
+        return sum(p.stat().st_size for p in local_path(self.uri).rglob("*") if p.is_file())
 
     def _restore_committed(self) -> None:
         self.chunks.checkout_latest()
@@ -306,6 +402,7 @@ class Store:
         """Append rows (use inside `writing()`); the head-scale sums follow."""
         self._fold(rows, sign=1)
         self.chunks.add(rows)
+        self._changed += rows.num_rows
 
     def delete(self, where: str) -> int:
         """Delete the rows matching a filter (inside `writing()`); returns how many."""
@@ -314,24 +411,45 @@ class Store:
         if gone.num_rows:
             self._fold(gone, sign=-1)
             self.chunks.delete(where)
+            self._changed += gone.num_rows
         return gone.num_rows
 
-    def _fold(self, rows: pa.Table, sign: int) -> None:
+    def groups(self) -> dict[str, HeadStats]:
+        """The running sums this store keeps, by manifest name."""
+        return {"heads": self.stats, "split": self.split_stats, "standard": self.standard_stats,
+                **{f"space:{name}": stats for name, stats in self.space_stats.items()}}
+
+    def _fold(self, rows: pa.Table, sign: int, groups: dict[str, HeadStats] | None = None) -> None:
+        """Fold rows into (sign=1) or out of (sign=-1) the sums (default: the writer's running ones)."""
         n = rows.num_rows
         if n == 0:
             return
-        h = self.n_heads
+        groups = self.groups() if groups is None else groups
         units = self._head_units(rows).transpose(1, 0, 2)  # (N, H, d)
-        norms = _fixed(rows["head_norms"], n, h)
-        self.stats.add(norms, units, sign)
-        g, sd = self.split_stats.n_heads, self.split_stats.head_dim
-        slice_norms, slice_units = split_unit(_fixed(rows["vector"], n, self.dim).reshape(n, g, sd))
-        self.split_stats.add(slice_norms, slice_units, sign)
+        groups["heads"].add(_fixed(rows["head_norms"], n, self.n_heads), units, sign)
+        split = groups["split"]
+        slice_norms, slice_units = split_unit(_fixed(rows["vector"], n, self.dim).reshape(n, split.n_heads, -1))
+        split.add(slice_norms, slice_units, sign)
         std_norms, std_units = split_unit(_fixed(rows["vector"], n, self.dim))
-        self.standard_stats.add(std_norms[:, None], std_units[:, None, :], sign)
-        for name, stats in self.space_stats.items():
-            norms, units = split_unit(_fixed(rows[space_column(name)], n, stats.head_dim))
-            stats.add(norms[:, None], units[:, None, :], sign)
+        groups["standard"].add(std_norms[:, None], std_units[:, None, :], sign)
+        for group, stats in groups.items():
+            if group.startswith("space:"):
+                norms, units = split_unit(_fixed(rows[space_column(group[6:])], n, stats.head_dim))
+                stats.add(norms[:, None], units[:, None, :], sign)
+
+    def verify(self) -> dict[str, Any]:
+        """Check the committed index: chunk ids unique, and the committed sums equal to sums recomputed
+        from the committed rows (`sums_drift`: the largest relative error, about 1e-12 when sound)."""
+        self.refresh()
+        committed = {name: HeadStats.from_json(group) for name, group in self.manifest["stats"].items()}
+        spaces = [space_column(name[6:]) for name in committed if name.startswith("space:")]
+        rows = self.rows(columns=["id", "vector", *self.head_columns(), "head_norms", *spaces])
+        ids = rows["id"].to_pylist()
+        fresh = {name: HeadStats(g.n_heads, g.head_dim) for name, g in committed.items()}
+        for batch in rows.to_batches(max_chunksize=65536):
+            self._fold(pa.Table.from_batches([batch]), 1, fresh)
+        return {"chunks": len(ids), "duplicate_ids": len(ids) - len(set(ids)),
+                "sums_drift": max(drift(committed[name], fresh[name]) for name in committed)}
 
     def add_spaces(self, entries: list[dict[str, Any]], ids: list[str], vectors: dict[str, np.ndarray]) -> None:
         """Add external spaces to every row (inside `writing()`): one rewrite of the chunks table.
@@ -362,15 +480,10 @@ class Store:
         """The commit point: record the table version and the sums that belong to it."""
         manifest = self.manifest | {
             "chunks_version": self.chunks.version,
-            "stats": {
-                "heads": self.stats.to_json(),
-                "split": self.split_stats.to_json(),
-                "standard": self.standard_stats.to_json(),
-                **{f"space:{name}": stats.to_json() for name, stats in self.space_stats.items()},
-            },
+            "stats": {name: stats.to_json() for name, stats in self.groups().items()},
         } | ({"spaces": self.spaces} if self.spaces else {})
-        self.db.create_table(MANIFEST, data=[{"json": json.dumps(manifest)}], mode="overwrite")
-        self.manifest = manifest
+        self._manifest_table.add([{"json": json.dumps(manifest)}], mode="overwrite")
+        self.manifest, self._manifest_version = manifest, self._manifest_table.version
 
 
 def _fixed(column: pa.ChunkedArray, n: int, width: int) -> np.ndarray:
