@@ -77,7 +77,8 @@ def soak(work: Path, seconds: float, writers: int, searchers: int, kills: int) -
     return {
         "seconds": seconds, "writers": writers, "searchers": searchers, "kills": kills + writers,
         "acknowledged_writes": acked, "documents": counts["documents"], "chunks": counts["chunks"],
-        "in_flight_at_a_kill": counts["in_flight"], "lost": 0, "duplicates": counts["duplicate_ids"],
+        "in_flight_at_a_kill": counts["in_flight"], "lost": counts["lost"], "resurrected": counts["resurrected"],
+        "duplicates": counts["duplicate_ids"],
         "sums_drift": counts["sums_drift"],
         "searches": sum(d.get("searches", 0) for d in done), "search_errors": sum(d.get("errors", 0) for d in done),
     }
@@ -149,10 +150,13 @@ def small_writes(work: Path, n: int) -> dict[str, Any]:
     row = {"writes": n, "writes_per_s": n / write_s, "fragments_after": fragments,
            "search_p50_ms_single": p50(many), "search_p50_ms_batch": p50(one),
            "bytes_single": many.store.disk_bytes(), "bytes_batch": one.store.disk_bytes()}
-    row["bytes_single_after_optimize"] = many.optimize()["bytes_after"]  # the default 2-minute grace
+    row["bytes_single_after_optimize"] = many.optimize()["bytes_after"]  # versions of the last minute kept
+    time.sleep(many.store.keep_versions.total_seconds() + 1)
+    row["bytes_single_idle_optimize"] = many.optimize()["bytes_after"]  # a minute without writes, e.g. from cron
     row["bytes_full_compaction"] = many.optimize(keep_versions=0)["bytes_after"]
     row["search_ratio"] = row["search_p50_ms_single"] / row["search_p50_ms_batch"]
     row["size_ratio"] = row["bytes_single"] / row["bytes_full_compaction"]
+    row["size_ratio_idle"] = row["bytes_single_idle_optimize"] / row["bytes_full_compaction"]
     return row
 
 

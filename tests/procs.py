@@ -34,12 +34,14 @@ def text(rng: random.Random, n: int) -> str:
 
 
 def open_index(db: str) -> Any:
+    """The index at db (a folder, or s3:// with PROCS_STORAGE_OPTIONS as JSON) with the fake embedder."""
     sys.path.insert(0, str(HERE))
     from conftest import FakeEmbedder
 
     from mrag.index import Index
 
-    return Index.open(db, embedder=FakeEmbedder())
+    options = json.loads(os.environ.get("PROCS_STORAGE_OPTIONS") or "null")
+    return Index.open(db, embedder=FakeEmbedder(), storage_options=options)
 
 
 def writer(db: str, log: str, name: str, ops: int, seed: int) -> None:
@@ -90,7 +92,8 @@ def searcher(db: str, log: str, seconds: float, seed: int) -> None:
 def hold(db: str, seconds: float) -> None:
     from mrag.locking import write_lock
 
-    with write_lock(db, timeout=30):
+    options = json.loads(os.environ.get("PROCS_STORAGE_OPTIONS") or "null")
+    with write_lock(db, timeout=30, storage_options=options):
         print("held", flush=True)
         time.sleep(seconds)
 
@@ -126,17 +129,18 @@ def check_index(db: str, logs: list[Path]) -> dict[str, Any]:
         by_doc.setdefault(row["doc_id"], []).append(row)
     missing = sorted(set(expected) - set(by_doc))
     extra = sorted(set(by_doc) - set(expected) - uncertain)
+    broken = [doc for doc, chunks in by_doc.items()
+              if sorted(r["position"] for r in chunks) != list(range(len(chunks)))]
+    stale = [doc for doc, chunks in by_doc.items() if doc in expected and set(
+        " ".join(r["text"] for r in sorted(chunks, key=lambda r: r["position"])).split()) != set(expected[doc].split())]
     assert not missing, f"{len(missing)} acknowledged documents lost, e.g. {missing[:3]}"
     assert not extra, f"{len(extra)} documents present that should not be, e.g. {extra[:3]}"
-    for doc, chunks in by_doc.items():
-        positions = sorted(r["position"] for r in chunks)
-        assert positions == list(range(len(chunks))), f"{doc}: chunk positions {positions}"
-        if doc in expected:
-            stored = " ".join(r["text"] for r in sorted(chunks, key=lambda r: r["position"]))
-            assert set(stored.split()) == set(expected[doc].split()), f"{doc}: not the last acknowledged text"
+    assert not broken, f"{len(broken)} documents with missing or repeated chunks, e.g. {broken[:3]}"
+    assert not stale, f"{len(stale)} documents not holding their last acknowledged text, e.g. {stale[:3]}"
     assert report["duplicate_ids"] == 0, report
     assert report["sums_drift"] < 1e-6, report
-    return {"documents": len(by_doc), "acknowledged": len(expected), "in_flight": len(uncertain), **report}
+    return {"documents": len(by_doc), "acknowledged": len(expected), "in_flight": len(uncertain),
+            "lost": len(missing), "resurrected": len(extra), **report}
 
 
 if __name__ == "__main__":

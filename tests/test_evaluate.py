@@ -92,6 +92,37 @@ def test_topic_layout_counts_passages_for_their_topic(tmp_path, packed):
     assert len(bench.skipped) == 1 and "unicorns" in bench.skipped[0]
 
 
+def test_topic_files_named_category_underscore_topic_as_the_paper_releases_them(tmp_path):
+    """The legal and chemical releases: "tax laws/tax laws_Self-Employment Contributions Act.json",
+    queries naming "Self-Employment Contributions Act"; one topic name in two categories; a file
+    whose name merely starts like its folder keeps its name."""
+    root = tmp_path / "legal_documents_v1"
+    for category, stem, text in [
+        ("tax laws", "tax laws_Self-Employment Contributions Act", "Self-employed people pay their own tax."),
+        ("tax laws", "tax laws_Privacy", "Tax records are private."),
+        ("privacy laws", "privacy laws_Privacy", "Personal data may not be sold."),
+        ("privacy laws", "privacy lawsuits", "A suit over leaked records."),
+    ]:
+        (root / category).mkdir(parents=True, exist_ok=True)
+        (root / category / f"{stem}.json").write_text(json.dumps([{"title": stem, "text": text}]))
+    corpus = tmp_path / "legal_documents_v1.tar.bz2"
+    with tarfile.open(corpus, "w:bz2") as tar:
+        tar.add(root, arcname="legal_documents_v1")
+    queries = tmp_path / "generated_random.json"
+    queries.write_text(json.dumps({"2": [
+        {"related": ["Self-Employment Contributions Act", "Privacy"], "text": "Who pays tax and who sees it?"},
+        {"related": ["privacy lawsuits", "Gone Act"], "text": "A topic missing from the release."},
+    ]}))
+    bench = load(corpus, queries)
+    (query,) = bench.queries
+    act, privacy = query.aspects
+    assert act.categories == {"tax laws"} and len(act.units) == 1
+    assert privacy.categories == {"tax laws", "privacy laws"} and len(privacy.units) == 2  # either counts
+    assert bench.skipped == ["query 2/1: unknown topic(s) ['Gone Act']"]
+    assert sorted({d.unit.rsplit("/", 1)[-1] for d in bench.docs}) == [
+        "privacy laws_Privacy", "privacy lawsuits", "tax laws_Privacy", "tax laws_Self-Employment Contributions Act"]
+
+
 def test_beir_loader_reads_graded_qrels(tmp_path):
     (tmp_path / "qrels").mkdir()
     (tmp_path / "corpus.jsonl").write_text(

@@ -2,18 +2,29 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import subprocess
+import sys
+import time
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import FakeEmbedder
 
 from mrag.index import Index
+from mrag.locking import LOCK_FILE, LockTimeout, s3_client
 from mrag.store import Store, StoreError
 
 moto_server = pytest.importorskip("moto.server", reason="needs moto[server]: pip install 'moto[server]'")
 boto3 = pytest.importorskip("boto3")
+from botocore.exceptions import ClientError  # noqa: E402
+from procs import check_index  # noqa: E402
+
+PROCS = str(Path(__file__).with_name("procs.py"))
 
 BUCKET = "mrag-test"
 KEY, SECRET, REGION = "testing-key", "testing-secret", "us-east-1"
@@ -122,6 +133,89 @@ def test_aws_environment_variables_work_without_storage_options(s3_uri, storage_
     index.add(DOCS[:1])
     assert Store.exists(s3_uri)
     assert Index.open(s3_uri, embedder=FakeEmbedder(), create=False).store.count() == 1
+
+
+def run_procs(storage_options: dict[str, str], *commands: list[str]) -> None:
+    """tests/procs.py roles, each in a process of its own, all at once, against the moto server."""
+    env = os.environ | {"PROCS_STORAGE_OPTIONS": json.dumps(storage_options)}
+    procs = [subprocess.Popen([sys.executable, PROCS, *c], env=env, stderr=subprocess.PIPE, text=True)
+             for c in commands]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err[-2000:]
+
+
+def test_writers_in_several_processes_on_s3_take_turns(s3_uri, storage_options, fake, tmp_path, monkeypatch):
+    """Two processes write one s3:// index at once: the lease lock serialises their commits."""
+    Index.open(s3_uri, embedder=fake, storage_options=storage_options)
+    logs = [tmp_path / "a.log", tmp_path / "b.log"]
+    run_procs(storage_options, *(["writer", s3_uri, str(log), log.stem, "8", str(i)] for i, log in enumerate(logs)))
+    monkeypatch.setenv("PROCS_STORAGE_OPTIONS", json.dumps(storage_options))
+    counts = check_index(s3_uri, logs)
+    assert counts["acknowledged"] >= 10 and counts["sums_drift"] < 1e-6
+
+
+def test_a_dead_writers_lease_is_taken_over_and_a_live_one_waited_for(s3_uri, storage_options, fake, monkeypatch):
+    index = Index.open(s3_uri, embedder=fake, storage_options=storage_options)
+    client = s3_client(storage_options)
+    bucket, _, prefix = s3_uri.removeprefix("s3://").partition("/")
+    key = f"{prefix}/{LOCK_FILE}"
+    dead = {"pid": 1, "host": "gone", "command": "mrag index", "since": "earlier", "expires": time.time() - 1}
+    client.put_object(Bucket=bucket, Key=key, Body=json.dumps(dead).encode())
+    index.add(DOCS[:1])  # the expired lease is taken over
+    with pytest.raises(ClientError):  # and released when the write is done
+        client.head_object(Bucket=bucket, Key=key)
+
+    live = dead | {"pid": 4242, "host": "busy", "expires": time.time() + 60}
+    client.put_object(Bucket=bucket, Key=key, Body=json.dumps(live).encode())
+    monkeypatch.setenv("MRAG_LOCK_TIMEOUT", "1")
+    with pytest.raises(LockTimeout, match="pid 4242 on busy"):
+        index.add(DOCS[1:2])
+    client.delete_object(Bucket=bucket, Key=key)
+    assert Index.open(s3_uri, embedder=FakeEmbedder(), storage_options=storage_options).store.count() == 1
+
+
+def test_a_held_lease_is_renewed_and_a_taken_one_is_lost(s3_uri, storage_options, monkeypatch):
+    import mrag.locking
+
+    monkeypatch.setattr(mrag.locking, "LEASE", 0.9)  # renewed every 0.3 s
+    client = s3_client(storage_options)
+    bucket, _, prefix = s3_uri.removeprefix("s3://").partition("/")
+    key = f"{prefix}/{LOCK_FILE}"
+    with mrag.locking.write_lock(s3_uri, storage_options=storage_options) as lease:
+        time.sleep(2)  # longer than the lease: alive only through renewals
+        note = json.loads(client.get_object(Bucket=bucket, Key=key)["Body"].read())
+        assert note["expires"] > time.time() and note["pid"] == os.getpid() and not lease.lost
+        client.put_object(Bucket=bucket, Key=key, Body=b"{}")  # someone else's now
+        time.sleep(0.7)
+        assert lease.lost  # the next renewal found another ETag
+    assert client.get_object(Bucket=bucket, Key=key)["Body"].read() == b"{}"  # not deleted: not ours
+
+
+def test_a_write_that_lost_its_lease_commits_nothing(s3_uri, storage_options, fake, monkeypatch):
+    import mrag.locking
+
+    index = Index.open(s3_uri, embedder=fake, storage_options=storage_options)
+    index.add(DOCS[:1])
+    monkeypatch.setattr(mrag.locking, "LEASE", 0.9)
+    monkeypatch.setattr("mrag.index.STAGE_BYTES", 1)  # the lock is taken after the first batch
+    monkeypatch.setattr("mrag.index.WRITE_BATCH", 1)
+    client = s3_client(storage_options)
+    bucket, _, prefix = s3_uri.removeprefix("s3://").partition("/")
+    real, calls = fake.embed_batch, []
+
+    def stalls_under_the_lock(texts: list[str]):
+        calls.append(texts)
+        if len(calls) == 2:  # the second batch is embedded under the lock: it is taken over meanwhile
+            client.put_object(Bucket=bucket, Key=f"{prefix}/{LOCK_FILE}", Body=b"{}")
+            time.sleep(0.7)
+        return real(texts)
+
+    monkeypatch.setattr(fake, "embed_batch", stalls_under_the_lock)
+    with pytest.raises(StoreError, match="expired before the commit"):
+        index.add(DOCS[1:3])
+    reopened = Index.open(s3_uri, embedder=FakeEmbedder(), storage_options=storage_options, create=False)
+    assert reopened.store.count() == 1 and reopened.store.committed_scales()["heads"].shape == (4,)
 
 
 def test_missing_index_on_s3_is_a_clear_error(s3_uri, storage_options):

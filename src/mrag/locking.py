@@ -1,9 +1,16 @@
-"""One writer at a time across processes: an exclusive `flock` on a file in the index folder.
+"""One writer at a time across processes and machines.
 
-The kernel drops the lock when its holder exits, `kill -9` included, so a crashed writer never leaves
-the index locked. While held, the file names the holder (pid, host, command, since when), so a
-writer that times out can say who it waited for. Object-store indexes (s3://...) have no such file:
-`write_lock` is then a no-op and the caller must ensure a single writer (see docs/scaling.md).
+Local folders: an exclusive `flock` on a file in the index folder. The kernel drops it when its holder
+exits, `kill -9` included, so a crashed writer never leaves the index locked.
+
+S3 (s3://bucket/prefix): a lease object `prefix/.mrag-write.lock`, created with a conditional PUT
+(If-None-Match: *), so exactly one writer creates it. Its holder renews the lease every third of
+`LEASE` seconds (a conditional PUT on its own ETag) and deletes it when done; a lease that expired
+(its holder died) is taken over by a conditional PUT on the dead holder's ETag, which only one
+waiter can win. A holder whose renewal fails has lost the lock and refuses to commit.
+
+Either way the lock names its holder (pid, host, command, since when), so a writer that times out
+can say who it waited for. Other object stores (gs://, az://) get no lock: one writer at a time.
 """
 
 from __future__ import annotations
@@ -12,14 +19,17 @@ import json
 import os
 import socket
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 LOCK_FILE = ".mrag-write.lock"
 DEFAULT_TIMEOUT = 600.0  # seconds a writer waits for another one
 POLL = 0.05
+LEASE = 60.0  # seconds an object-store lock lives without renewal
 
 
 class LockTimeout(TimeoutError):
@@ -43,16 +53,31 @@ def local_path(uri: str) -> Path:
     return Path(uri.removeprefix("file://")).expanduser()
 
 
+def holder_note() -> dict[str, Any]:
+    return {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv)[:200],
+            "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
 @contextmanager
-def write_lock(uri: str, timeout: float | None = None) -> Iterator[None]:
-    """Hold the index's write lock (blocking up to `timeout` seconds; None: `lock_timeout()`)."""
-    if not is_local(uri) or sys.platform == "win32":
-        yield
+def write_lock(uri: str, timeout: float | None = None, storage_options: dict[str, str] | None = None
+               ) -> Iterator[Lease | None]:
+    """Hold the index's write lock (blocking up to `timeout` seconds; None: `lock_timeout()`).
+    Yields the S3 lease (check `lease.lost` before committing), else None."""
+    timeout = lock_timeout() if timeout is None else timeout
+    if uri.startswith("s3://"):
+        with s3_lock(uri, timeout, storage_options or {}) as lease:
+            yield lease
         return
+    if not is_local(uri) or sys.platform == "win32":
+        yield None
+        return
+    yield from _flock(uri, timeout)
+
+
+def _flock(uri: str, timeout: float) -> Iterator[None]:
     import fcntl
 
     path = local_path(uri) / LOCK_FILE
-    timeout = lock_timeout() if timeout is None else timeout
     deadline = time.monotonic() + timeout
     with open(path, "a+") as handle:  # never truncated on open: the holder's note stays readable
         while True:
@@ -69,9 +94,7 @@ def write_lock(uri: str, timeout: float | None = None) -> Iterator[None]:
         try:
             handle.seek(0)
             handle.truncate()
-            note = {"pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(sys.argv)[:200],
-                    "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
-            handle.write(json.dumps(note))
+            handle.write(json.dumps(holder_note()))
             handle.flush()
             yield
         finally:
@@ -84,9 +107,95 @@ def write_lock(uri: str, timeout: float | None = None) -> Iterator[None]:
 def holder(path: Path) -> str:
     """Who holds the lock, as its holder wrote it."""
     try:
-        note = json.loads(path.read_text() or "{}")
+        return describe(json.loads(path.read_text() or "{}"))
     except (OSError, ValueError):
         return "holder unknown"
+
+
+def describe(note: dict[str, Any]) -> str:
     if not note:
         return "holder unknown"
     return f"pid {note.get('pid')} on {note.get('host')}, since {note.get('since')}: {note.get('command')}"
+
+
+class Lease:
+    """A held S3 lock: its ETag, renewed by a background thread until `release`."""
+
+    def __init__(self, client: Any, bucket: str, key: str, etag: str, note: dict[str, Any]) -> None:
+        self.client, self.bucket, self.key, self.etag, self.note = client, bucket, key, etag, note
+        self.lost = False
+        self._stop = threading.Event()
+        self._renewer = threading.Thread(target=self._renew_until_released, daemon=True)
+        self._renewer.start()
+
+    def _renew_until_released(self) -> None:
+        while not self._stop.wait(LEASE / 3):
+            try:
+                self.etag = _put(self.client, self.bucket, self.key, self.note, IfMatch=self.etag)
+            except Exception:  # taken over (412) or unreachable: either way, no longer ours to commit
+                self.lost = True
+                return
+
+    def release(self) -> None:
+        self._stop.set()
+        self._renewer.join()
+        if not self.lost:
+            try:
+                self.client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=self.etag)
+            except Exception:
+                pass  # expired and taken over meanwhile: the lease is the taker's now
+
+
+def _put(client: Any, bucket: str, key: str, note: dict[str, Any], **condition: str) -> str:
+    body = json.dumps(note | {"expires": time.time() + LEASE}).encode()
+    return str(client.put_object(Bucket=bucket, Key=key, Body=body, **condition)["ETag"])
+
+
+def s3_client(storage_options: dict[str, str]) -> Any:
+    """A boto3 S3 client from Lance-style storage options (else the AWS_* environment)."""
+    try:
+        import boto3
+    except ImportError:
+        raise RuntimeError("writing to an s3:// index takes a lock through boto3: pip install 'mrag[s3]'") from None
+    get = storage_options.get
+    return boto3.client(
+        "s3",
+        endpoint_url=get("aws_endpoint") or get("endpoint") or os.environ.get("AWS_ENDPOINT"),
+        aws_access_key_id=get("aws_access_key_id") or get("access_key_id"),
+        aws_secret_access_key=get("aws_secret_access_key") or get("secret_access_key"),
+        aws_session_token=get("aws_session_token") or get("session_token"),
+        region_name=get("aws_region") or get("region") or os.environ.get("AWS_REGION"),
+    )
+
+
+@contextmanager
+def s3_lock(uri: str, timeout: float, storage_options: dict[str, str]) -> Iterator[Lease]:
+    from botocore.exceptions import ClientError
+
+    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
+    key = f"{prefix.rstrip('/')}/{LOCK_FILE}".lstrip("/")
+    client, note = s3_client(storage_options), holder_note()
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            lease = Lease(client, bucket, key, _put(client, bucket, key, note, IfNoneMatch="*"), note)
+            break
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise
+        try:
+            held = client.get_object(Bucket=bucket, Key=key)
+            current = json.loads(held["Body"].read() or b"{}")
+            if current.get("expires", 0) < time.time():  # its holder died: take it over, one taker wins
+                lease = Lease(client, bucket, key, _put(client, bucket, key, note, IfMatch=held["ETag"]), note)
+                break
+        except ClientError:
+            current = {}  # released or taken meanwhile: try again
+        if time.monotonic() >= deadline:
+            raise LockTimeout(f"another writer holds {uri} ({describe(current)}); waited {timeout:g} s "
+                              "(MRAG_LOCK_TIMEOUT sets the wait)")
+        time.sleep(POLL * 4)
+    try:
+        yield lease
+    finally:
+        lease.release()

@@ -34,7 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 from mrag.embed.base import Embeddings
-from mrag.locking import is_local, local_path, write_lock
+from mrag.locking import Lease, is_local, local_path, write_lock
 from mrag.scales import HeadStats, drift, split_unit, split_width
 
 CHUNKS = "chunks"
@@ -102,8 +102,10 @@ def quote(values: list[str]) -> str:
 
 
 class Store:
-    def __init__(self, uri: str, db: Any, chunks: Any, manifest: dict[str, Any]) -> None:
+    def __init__(self, uri: str, db: Any, chunks: Any, manifest: dict[str, Any],
+                 storage_options: dict[str, str] | None = None) -> None:
         self.uri = uri
+        self.storage_options = storage_options
         self.db = db
         self.chunks = chunks
         self._manifest_table = db.open_table(MANIFEST)
@@ -180,7 +182,7 @@ class Store:
         manifest = json.loads(rows[0]["json"])
         if manifest.get("format") not in READABLE_FORMATS:
             raise StoreError(f"{uri} was written by an incompatible mrag (format {manifest.get('format')})")
-        return cls(uri, db, db.open_table(CHUNKS), manifest)
+        return cls(uri, db, db.open_table(CHUNKS), manifest, storage_options)
 
     @classmethod
     def create(
@@ -195,7 +197,7 @@ class Store:
         `spaces`: external space entries {name, function, options, dim, weight}."""
         if is_local(uri):
             local_path(uri).mkdir(parents=True, exist_ok=True)  # the lock file lives in the folder
-        with write_lock(uri):
+        with write_lock(uri, storage_options=storage_options):
             if cls.exists(uri, storage_options):  # another process created it first
                 return cls.open(uri, storage_options)
             return cls._create(uri, embedder_info, settings, storage_options, spaces)
@@ -229,7 +231,7 @@ class Store:
             },
         } | ({"spaces": list(spaces)} if spaces else {})
         db.create_table(MANIFEST, data=[{"json": json.dumps(manifest)}])  # new: the folder had no manifest
-        return cls(uri, db, chunks, manifest)
+        return cls(uri, db, chunks, manifest, storage_options)
 
     # --- reading -------------------------------------------------------------------------
 
@@ -323,14 +325,18 @@ class Store:
                 f"{self.uri} was written by mrag format 1 (all heads in one column): it can be searched "
                 "but not changed; index the files again into a new folder"
             )
-        with self._locked():
+        with self._locked() as lease:
             try:
                 yield
+                if lease is not None and lease.lost:
+                    raise StoreError(f"the write lock on {self.uri} expired before the commit (a stall of over "
+                                     "a minute?) and another writer may hold it now; nothing was committed")
             except BaseException:
                 self._manifest_version = -1  # drop anything the failed write set on the manifest
                 self.refresh()
                 self._load(self.manifest)
-                self._restore_committed()
+                if lease is None or not lease.lost:  # else the rows past the commit may be the new holder's
+                    self._restore_committed()
                 raise
             since = self.manifest.get("maintenance", {"writes": 0, "rows": 0})
             since = {"writes": since["writes"] + 1, "rows": since["rows"] + self._changed}
@@ -354,14 +360,14 @@ class Store:
             warnings.warn(f"maintenance of {self.uri} failed (the write itself is committed): {exc}", stacklevel=4)
 
     @contextmanager
-    def _locked(self) -> Iterator[None]:
+    def _locked(self) -> Iterator[Lease | None]:
         """The write lock, the latest committed manifest and sums, and a dead write rolled back."""
-        with self._write_lock, write_lock(self.uri):
+        with self._write_lock, write_lock(self.uri, storage_options=self.storage_options) as lease:
             self.refresh()
             self._load(self.manifest)
             self._restore_committed()
             self._changed = 0  # rows added or deleted by this write
-            yield
+            yield lease
 
     def optimize(self, keep_versions: timedelta | None = None) -> dict[str, Any]:
         """Compact small fragments, fold new rows into the ANN and full-text indexes, and prune versions

@@ -175,8 +175,9 @@ def _run_job(
     written: list[str] = []
     tags: list[dict[str, Any]] = []
     with store.writing():
-        if report.updated:
-            store.delete(f"doc_id IN ({quote(report.updated)})")
+        # under the lock: any rows of these documents now (changed ones, or ones another process wrote
+        # since the plan) are replaced, so a document never has two copies
+        store.delete(f"doc_id IN ({quote(list(todo))})")
         before = HeadStats.from_json(store.stats.to_json())
         for table in embedded.iter_batches(batch_size=None, batch_format="pyarrow"):
             tags += [json.loads(t) for t in table[STATS_COLUMN].drop_null().to_pylist()]

@@ -137,13 +137,20 @@ def _topic_files(corpus: Path) -> dict[str, tuple[str, Any]]:
     return files
 
 
+def topic_name(stem: str, category: str) -> str:
+    """The topic a file holds: its name, less a "<category>_" prefix (the legal and chemical releases
+    name files "tax laws/tax laws_Self-Employment Contributions Act.json"; queries say the topic alone)."""
+    prefix = f"{category}_"
+    return stem[len(prefix):] if stem.startswith(prefix) and len(stem) > len(prefix) else stem
+
+
 def load_topics(corpus: Path, queries: Path) -> Benchmark:
     """One folder per category, one JSON file per topic ([{"title","text"}]); queries
     {"<n>": [{"related": [topic names], "text"}]}. A retrieved passage counts for its topic."""
     docs: list[BenchDoc] = []
     by_topic: dict[str, list[str]] = defaultdict(list)  # topic name -> units (names may repeat)
     for path, (category, passages) in _topic_files(corpus).items():
-        topic = PurePosixPath(path).stem
+        topic = topic_name(PurePosixPath(path).stem, category)
         unit = str(PurePosixPath(path).with_suffix(""))
         by_topic[topic].append(unit)
         for j, p in enumerate(passages if isinstance(passages, list) else [passages]):
