@@ -9,7 +9,7 @@ import pytest
 from lancedb.embeddings import get_registry
 from lancedb.pydantic import LanceModel, Vector
 
-import mrag  # noqa: F401  (registers "multi-head")
+import mrag.lancedb_ext  # noqa: F401  (registers "multi-head")
 from mrag import lancedb_ext
 from mrag.lancedb_ext import MRAGReranker, column_scale, multi_head_table, vector_columns, vote_search
 from mrag.scales import brute_force_scales

@@ -86,14 +86,14 @@ def test_extra_spaces_vote_with_their_weights():
     ranking, _ = exact.Exact(standard, heads, extra)(chosen, [query], 3)  # (P=1, S=2, c=3)
     assert ranking.tolist() == [[[0, 1, 2], [2, 1, 0]]]
     # row 2: 3*1 + 1*0.25 = 3.25; row 1: 3*0.5 + 0.5 = 2.0; row 0: 3*0.25 + 1 = 1.75
-    result = retrieve.run("spaces", standard, heads, query, 3, 3, scales, extra=extra)
+    result = exact.run("spaces", standard, heads, query, 3, 3, scales, extra=extra)
     assert result.rows.tolist() == [2, 1, 0] and result.scores.tolist() == [3.25, 2.0, 1.75]
-    only = retrieve.run("spaces", standard, heads, query, 3, 3, scales, extra=extra, select=["standard"])
+    only = exact.run("spaces", standard, heads, query, 3, 3, scales, extra=extra, select=["standard"])
     assert only.rows.tolist() == [0, 1, 2]
     with pytest.raises(ValueError, match="unknown space 'nope'"):
-        retrieve.run("spaces", standard, heads, query, 3, 3, scales, extra=extra, select=["nope"])
+        exact.run("spaces", standard, heads, query, 3, 3, scales, extra=extra, select=["nope"])
     with pytest.raises(ValueError, match="no voter"):
-        retrieve.run("mrag-paper", standard, heads, query, 3, 3, scales, extra=extra, select=["other"])
+        exact.run("mrag-paper", standard, heads, query, 3, 3, scales, extra=extra, select=["other"])
 
 
 def test_without_extra_spaces_strategies_vote_as_before(db_path, tmp_path, fake):

@@ -17,12 +17,9 @@ from typing import Any
 import numpy as np
 
 from mrag.retrieve import QueryVectors, Voter
+from mrag.settings import ANN_THRESHOLD, DEFAULT_INDEX, DEFAULT_NPROBES, INDEX_TYPES  # noqa: F401  (re-exported)
 from mrag.store import head_column, space_column
 
-INDEX_TYPES = ("IVF_FLAT", "IVF_PQ", "IVF_HNSW_SQ")
-DEFAULT_INDEX = "IVF_FLAT"  # measured best for 32-dim heads: fast build, recall 0.998 (benchmarks/results/ann.md)
-ANN_THRESHOLD = 200_000  # rows; below it the in-memory exact scan is fast enough (benchmarks/results/core.md)
-DEFAULT_NPROBES = 60  # recall of the final mrag top 10 >= 0.96 at 1M even with overlapping clusters (scale-hard.md)
 DEFAULT_REFINE = 5  # IVF_PQ re-ranks refine x c candidates on the full vectors
 
 

@@ -1,4 +1,5 @@
-"""Sentence splitting and size-bounded chunking with overlap."""
+"""Sentence splitting, size-bounded chunking with overlap, and query segmentation (sentences, and the
+questions of a sentence that asks several)."""
 
 from __future__ import annotations
 
@@ -60,3 +61,31 @@ def _cut_long(sentence: str, max_chars: int) -> list[str]:
     if current:
         pieces.append(current)
     return pieces
+
+
+# a question that asks several things: "What is X, and how did Y?" splits before "how"; a relative
+# clause ("cats, which are mammals, purr?") does not: after a bare comma only how/what/why + a verb
+_QUESTION_WORD = r"(?:how|what|why|when|where|who|which|whose|is|are|was|were|do|does|did|can|could|should|would|will)"
+_NEXT_QUESTION = re.compile(
+    rf",\s+(?:(?:and|or|but)\s+(?={_QUESTION_WORD}\b)|(?=(?:how|what|why)\s+(?:is|are|was|were|do|does|did|can|"
+    r"could|should|would|will|has|have|had|makes?|gives?|causes?)\b))",
+    re.IGNORECASE,
+)
+
+
+def split_questions(sentence: str) -> list[str]:
+    """A question sentence's questions, each of three words or more; any other sentence as it is.
+    'What is X, and how did Y?' -> ['What is X', 'how did Y?'];  'Ann, who sang, left.' -> unchanged."""
+    if not sentence.rstrip().endswith("?"):
+        return [sentence]
+    pieces = [q.strip() for q in _NEXT_QUESTION.split(sentence) if q.strip()]
+    return pieces if all(len(q.split()) >= 3 for q in pieces) else [sentence]
+
+
+def segment_query(text: str, sentences_per_segment: int = 1) -> list[str]:
+    """Consecutive groups of sentences (a question sentence counts as its questions); the whole
+    text when it has no boundary."""
+    sentences = [q for s in split_sentences(text) for q in split_questions(s)]
+    return [
+        " ".join(sentences[i : i + sentences_per_segment]) for i in range(0, len(sentences), sentences_per_segment)
+    ] or [text]

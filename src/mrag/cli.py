@@ -2,61 +2,17 @@
 
 from __future__ import annotations
 
-import functools
 import json
-import os
 import sys
-from collections.abc import Callable
 from typing import Any
 
 import click
 
-from mrag import retrieve
-from mrag.ann import ANN_THRESHOLD, DEFAULT_NPROBES
-from mrag.ann import DEFAULT_INDEX as DEFAULT_ANN_INDEX
-from mrag.ann import INDEX_TYPES as ANN_INDEX_TYPES
-
-CONTEXT: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
-
-
-def _quiet_libraries() -> None:
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("LANCE_LOG", "error")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        import transformers
-
-        transformers.utils.logging.set_verbosity_error()
-        transformers.utils.logging.disable_progress_bar()
-    except ImportError:
-        pass
-
-
-def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the library's errors on bad input into one-line messages and exit status 1."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        _quiet_libraries()
-        try:
-            return fn(*args, **kwargs)
-        except (ValueError, FileNotFoundError, TypeError, OSError) as e:
-            raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
-
-    return wrapper
-
-
-db_option: Callable[..., Any] = click.option(
-    "--db", envvar="MRAG_DB", required=True, type=click.Path(file_okay=False), help="Index folder (or MRAG_DB)."
-)
-model_option: Callable[..., Any] = click.option(
-    "--model", "-m", envvar="MRAG_MODEL", default=None, help="Hugging Face id or path (or MRAG_MODEL)."
-)
-plain_option = click.option("--plain", "-p", is_flag=True, help="Readable text instead of JSON.")
-
-
-def emit(obj: Any) -> None:
-    click.echo(json.dumps(obj, ensure_ascii=False))
+from mrag import settings
+from mrag.cli_common import CONTEXT, db_option, emit, model_option, plain_option, user_errors
+from mrag.settings import ANN_THRESHOLD, DEFAULT_NPROBES
+from mrag.settings import DEFAULT_INDEX as DEFAULT_ANN_INDEX
+from mrag.settings import INDEX_TYPES as ANN_INDEX_TYPES
 
 
 @click.group(context_settings=CONTEXT)
@@ -172,8 +128,8 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
 @db_option
 @model_option
 @click.option("-k", type=int, default=5, show_default=True, help="Number of results.")
-@click.option("--strategy", "-s", default=retrieve.DEFAULT_STRATEGY, show_default=True,
-              help=f"One of: {', '.join(retrieve.strategy_names())}.")
+@click.option("--strategy", "-s", default=settings.DEFAULT_STRATEGY, show_default=True,
+              help=f"One of: {', '.join(settings.strategy_names())}.")
 @click.option("-c", "depth", type=int, default=None, help="Per-space depth (default max(k, 32)).")
 @click.option("--explain", is_flag=True, help="Show which spaces voted for each hit.")
 @click.option("--spaces", "selection", default=None,
@@ -290,7 +246,7 @@ def verify(db: str) -> None:
 @cli.command(context_settings=CONTEXT)
 @click.option("--db", envvar="MRAG_DEMO_DB", default=None, help="Where to build the demo index (default: temporary).")
 @click.option("-k", type=int, default=4, show_default=True, help="Results per strategy.")
-@click.option("--strategy", "-s", default=retrieve.DEFAULT_STRATEGY, show_default=True, help="Compared with standard.")
+@click.option("--strategy", "-s", default=settings.DEFAULT_STRATEGY, show_default=True, help="Compared with standard.")
 @click.option("--json", "as_json", is_flag=True, help="JSON lines instead of text.")
 @user_errors
 def demo(db: str | None, k: int, strategy: str, as_json: bool) -> None:
@@ -311,7 +267,7 @@ def demo(db: str | None, k: int, strategy: str, as_json: bool) -> None:
 @click.option("--layer", type=int, default=-1, show_default=True, help="Layer whose heads vote.")
 @click.option("--pooling", type=click.Choice(["mean", "cls", "last"]), default=None, help="Token pooling of the heads.")
 @click.option("--strategies", default=None, help="Comma-separated (default: all without an LLM, plus fusion).")
-@click.option("-c", "depth", type=int, default=retrieve.DEFAULT_C, show_default=True, help="Per-space depth.")
+@click.option("-c", "depth", type=int, default=settings.DEFAULT_C, show_default=True, help="Per-space depth.")
 @click.option("--chunk-chars", type=int, default=0, help="Chunk documents (default 0: whole documents, as the paper).")
 @click.option("--cache", envvar="MRAG_CACHE", default=None, help="Embedding cache folder (default ~/.cache/mrag/eval).")
 @click.option("--query-instruction", default="", help="Prefix for queries.")

@@ -6,9 +6,10 @@ import sys
 
 import click
 
-from mrag import retrieve
-from mrag.cli import CONTEXT, db_option, emit, model_option, user_errors
-from mrag.generate.base import BACKENDS, DEFAULT_MAX_TOKENS
+from mrag import settings
+from mrag.cli_common import CONTEXT, db_option, emit, model_option, user_errors
+from mrag.generate.backends import BACKENDS
+from mrag.generate.base import DEFAULT_MAX_TOKENS
 from mrag.generate.prompt import DEFAULT_MAX_CONTEXT_CHARS
 
 generator_option = click.option(
@@ -26,8 +27,8 @@ gen_model_option = click.option(
 @db_option
 @model_option
 @click.option("-k", type=int, default=5, show_default=True, help="Chunks retrieved for the answer.")
-@click.option("--strategy", "-s", default=retrieve.DEFAULT_STRATEGY, show_default=True,
-              help=f"One of: {', '.join(retrieve.strategy_names())}. fusion/mrag-fusion let the LLM write sub-queries.")
+@click.option("--strategy", "-s", default=settings.DEFAULT_STRATEGY, show_default=True,
+              help=f"One of: {', '.join(settings.strategy_names())}. fusion/mrag-fusion let the LLM write sub-queries.")
 @generator_option
 @gen_model_option
 @click.option("--max-context-chars", type=int, default=DEFAULT_MAX_CONTEXT_CHARS, show_default=True,
@@ -55,7 +56,7 @@ def ask(question: str, db: str, model: str | None, k: int, strategy: str, backen
         raise ValueError("the question is empty")
     if max_tokens <= 0:
         raise ValueError(f"--max-tokens must be positive, got {max_tokens}")
-    retrieve.check_strategy(strategy)
+    settings.check_strategy(strategy)
     if no_generate and is_fusion(strategy):
         raise ValueError(f"strategy {strategy!r} needs the LLM to write sub-queries: drop --no-generate")
     generator = None if no_generate else make_generator(backend, gen_model)

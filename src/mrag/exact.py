@@ -14,12 +14,13 @@ over every row cost more than the products for the heads' 384 lines of a batch o
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 import numpy as np
 import torch
 
-from mrag.retrieve import QueryVectors, Voter, unit
+from mrag.retrieve import QueryVectors, Result, Scales, Voter, unit
+from mrag.retrieve import vote as retrieve_vote
 from mrag.scales import split_width
 
 SCORE_BYTES = 512 * 2**20  # the most memory a scan's candidates may take
@@ -292,3 +293,21 @@ def _tensor(array: np.ndarray) -> torch.Tensor:
 
 # torch warns once about read-only arrays; a module-level filter is thread-safe, catch_warnings is not
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+
+
+def run(
+    strategy: str,
+    standard: np.ndarray,
+    heads: np.ndarray,
+    query: QueryVectors,
+    k: int,
+    c: int,
+    scales: Scales,
+    parts: list[QueryVectors] | None = None,
+    extra: dict[str, np.ndarray] | None = None,
+    select: Collection[str] | None = None,
+) -> Result:
+    """Exact search for one query.  standard (N, D) and heads (H, N, d) hold unit vectors; `extra`
+    the external spaces' unit vectors, name -> (N, D_s).  See `vote` for the rest."""
+    ranker = Exact(standard, heads, extra)
+    return retrieve_vote(strategy, query, k, c, scales, ranker, len(heads), parts, list(extra or {}), select)

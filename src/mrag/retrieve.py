@@ -27,55 +27,28 @@ votes exactly as it did before spaces existed.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from mrag.chunk import split_sentences
+from mrag.chunk import segment_query, split_questions  # noqa: F401  (split_questions re-exported)
+from mrag.settings import (  # noqa: F401  (re-exported: retrieve is where callers look for them)
+    ALIASES,
+    BASE_STRATEGIES,
+    DEFAULT_C,
+    DEFAULT_STRATEGY,
+    EXTRA_SPACE_STRATEGIES,
+    FUSION,
+    MODIFIERS,
+    Plan,
+    check_strategy,
+    parse_strategy,
+    strategy_names,
+)
 from mrag.vote import consensus, fuse, interleave, rank_weights, rrf_weights
 
-BASE_STRATEGIES = (
-    "standard", "mrag-paper", "mrag-std", "mrag-decay", "mrag-distance", "split", "split-weighted", "spaces"
-)
-MODIFIERS = {"segment+": ("sentences", 1), "interleave+": ("round-robin", 2)}
-EXTRA_SPACE_STRATEGIES = ("mrag-std", "spaces")  # the base strategies where external spaces vote
-FUSION = {"fusion": "standard", "mrag-fusion": "mrag-std"}  # over sub-queries, reciprocal rank fusion
-ALIASES = {"mrag": "segment+mrag-std"}
-DEFAULT_STRATEGY = "mrag"
-DEFAULT_C = 32
-
 Scales = dict[str, np.ndarray]  # "heads" (H,), "split" (S,), "standard" (1,), "space:NAME" (1,) weights
-
-
-def strategy_names() -> list[str]:
-    modified = [m + s for m in MODIFIERS for s in BASE_STRATEGIES]
-    return [*ALIASES, *BASE_STRATEGIES, *modified, *FUSION]
-
-
-@dataclass(frozen=True)
-class Plan:
-    base: str  # a BASE_STRATEGIES name
-    expand: str | None = None  # None, "segment+", "interleave+" or "fusion"
-
-
-def parse_strategy(name: str) -> Plan:
-    """'mrag' -> Plan('mrag-std', 'segment+'); 'fusion' -> Plan('standard', 'fusion'); 'split' -> Plan('split')."""
-    name = ALIASES.get(name, name)
-    if name in FUSION:
-        return Plan(FUSION[name], "fusion")
-    for prefix in MODIFIERS:
-        if name.startswith(prefix) and name.removeprefix(prefix) in BASE_STRATEGIES:
-            return Plan(name.removeprefix(prefix), prefix)
-    if name in BASE_STRATEGIES:
-        return Plan(name)
-    raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(strategy_names())}")
-
-
-def check_strategy(name: str) -> str:
-    parse_strategy(name)
-    return name
 
 
 def query_parts(strategy: str, text: str) -> list[str]:
@@ -85,34 +58,6 @@ def query_parts(strategy: str, text: str) -> list[str]:
         return []
     parts = segment_query(text, MODIFIERS[plan.expand][1])
     return parts if len(parts) > 1 else []
-
-
-# a question that asks several things: "What is X, and how did Y?" splits before "how"; a relative
-# clause ("cats, which are mammals, purr?") does not: after a bare comma only how/what/why + a verb
-_QUESTION_WORD = r"(?:how|what|why|when|where|who|which|whose|is|are|was|were|do|does|did|can|could|should|would|will)"
-_NEXT_QUESTION = re.compile(
-    rf",\s+(?:(?:and|or|but)\s+(?={_QUESTION_WORD}\b)|(?=(?:how|what|why)\s+(?:is|are|was|were|do|does|did|can|"
-    r"could|should|would|will|has|have|had|makes?|gives?|causes?)\b))",
-    re.IGNORECASE,
-)
-
-
-def split_questions(sentence: str) -> list[str]:
-    """A question sentence's questions, each of three words or more; any other sentence as it is.
-    'What is X, and how did Y?' -> ['What is X', 'how did Y?'];  'Ann, who sang, left.' -> unchanged."""
-    if not sentence.rstrip().endswith("?"):
-        return [sentence]
-    pieces = [q.strip() for q in _NEXT_QUESTION.split(sentence) if q.strip()]
-    return pieces if all(len(q.split()) >= 3 for q in pieces) else [sentence]
-
-
-def segment_query(text: str, sentences_per_segment: int = 1) -> list[str]:
-    """Consecutive groups of sentences (a question sentence counts as its questions); the whole
-    text when it has no boundary."""
-    sentences = [q for s in split_sentences(text) for q in split_questions(s)]
-    return [
-        " ".join(sentences[i : i + sentences_per_segment]) for i in range(0, len(sentences), sentences_per_segment)
-    ] or [text]
 
 
 @dataclass
@@ -203,26 +148,6 @@ def check_selection(select: Collection[str], n_heads: int, n_slices: int, extra:
         raise ValueError(f"unknown space {unknown[0]!r}; this index has: {have}")
     if not select:
         raise ValueError("the space selection is empty")
-
-
-def run(
-    strategy: str,
-    standard: np.ndarray,
-    heads: np.ndarray,
-    query: QueryVectors,
-    k: int,
-    c: int,
-    scales: Scales,
-    parts: list[QueryVectors] | None = None,
-    extra: dict[str, np.ndarray] | None = None,
-    select: Collection[str] | None = None,
-) -> Result:
-    """Exact search for one query.  standard (N, D) and heads (H, N, d) hold unit vectors; `extra`
-    the external spaces' unit vectors, name -> (N, D_s).  See `vote` for the rest."""
-    from mrag.exact import Exact  # exact.py builds on this module's types
-
-    ranker = Exact(standard, heads, extra)
-    return vote(strategy, query, k, c, scales, ranker, len(heads), parts, list(extra or {}), select)
 
 
 def vote(

@@ -7,14 +7,27 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from mrag import ann, retrieve
+from mrag.embed.base import HeadEmbedder
 from mrag.exact import Exact
+from mrag.spaces import Space
 from mrag.store import Store
 
-if TYPE_CHECKING:
-    from mrag.index import Index
+
+class Searchable(Protocol):
+    """What a search reads from an index (`mrag.index.Index` is one)."""
+
+    store: Store
+
+    @property
+    def embedder(self) -> HeadEmbedder: ...
+
+    @property
+    def spaces(self) -> list[Space]: ...
+
+    def space_weights(self) -> retrieve.Scales: ...
 
 HIT_COLUMNS = ["text", "source", "title", "doc_id", "position", "metadata"]
 
@@ -39,7 +52,7 @@ class Hit:
 
 
 def search_many(
-    index: Index,
+    index: Searchable,
     queries: Sequence[str],
     k: int = 5,
     strategy: str = retrieve.DEFAULT_STRATEGY,

@@ -25,7 +25,8 @@ from pydantic import BaseModel, Field
 
 from mrag import retrieve
 from mrag.embed.base import Embeddings, HeadEmbedder, Kind
-from mrag.generate.base import DEFAULT_MAX_TOKENS, Generator, make_generator
+from mrag.generate.backends import make_generator
+from mrag.generate.base import DEFAULT_MAX_TOKENS, Generator
 from mrag.generate.prompt import DEFAULT_MAX_CONTEXT_CHARS
 
 MAX_K = 1000

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from mrag import retrieve
+from mrag import exact, retrieve
 from mrag.embed.base import HeadEmbedder
 from mrag.evaluate.datasets import Benchmark
 from mrag.evaluate.metrics import K_MAX, dedupe_units, query_metrics
@@ -149,7 +149,7 @@ def evaluate(
         part_texts = q.fusion if fusion else retrieve.query_parts(strategy, q.text)
         if fusion and not part_texts:
             continue  # this query has no sub-queries: fusion does not apply
-        result = retrieve.run(
+        result = exact.run(
             strategy, matrix.standard, matrix.heads, vectors[q.text], k=depth, c=c,
             scales=scales, parts=[vectors[t] for t in part_texts], extra=extra, select=select,
         )

@@ -1,13 +1,12 @@
 """The generator interface: chat messages in, a stream of text pieces out.
 
-A backend implements `stream`; `generate` joins it. Backends are looked up by name in `BACKENDS`
-(`local`, `ollama`, `openai`), each built with an optional model name.
+A backend implements `stream`; `generate` joins it. `mrag.generate.backends` builds one by name.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from typing import TypedDict
 
 
@@ -52,33 +51,3 @@ def check_max_tokens(max_tokens: int) -> int:
     if max_tokens <= 0:
         raise ValueError(f"max_tokens must be positive, got {max_tokens}")
     return max_tokens
-
-
-def _local(model: str | None) -> Generator:
-    from mrag.generate.local import LocalGenerator
-
-    return LocalGenerator(model)
-
-
-def _ollama(model: str | None) -> Generator:
-    from mrag.generate.remote import OllamaGenerator
-
-    return OllamaGenerator(model)
-
-
-def _openai(model: str | None) -> Generator:
-    from mrag.generate.remote import OpenAIGenerator
-
-    return OpenAIGenerator(model)
-
-
-BACKENDS: dict[str, Callable[[str | None], Generator]] = {"local": _local, "ollama": _ollama, "openai": _openai}
-
-
-def make_generator(backend: str = "local", model: str | None = None) -> Generator:
-    """A generator by backend name (`local`, `ollama`, `openai`) and model (None: the backend's default)."""
-    try:
-        make = BACKENDS[backend]
-    except KeyError:
-        raise ValueError(f"unknown generator {backend!r}; choose one of {', '.join(BACKENDS)}") from None
-    return make(model or None)

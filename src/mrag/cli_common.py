@@ -1,0 +1,53 @@
+"""What every `mrag` command shares: context settings, the error decorator, common options, JSON output."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+CONTEXT: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("LANCE_LOG", "error")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        import transformers
+
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+    except ImportError:
+        pass
+
+
+def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the library's errors on bad input into one-line messages and exit status 1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        _quiet_libraries()
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, FileNotFoundError, TypeError, OSError) as e:
+            raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
+
+    return wrapper
+
+
+db_option: Callable[..., Any] = click.option(
+    "--db", envvar="MRAG_DB", required=True, type=click.Path(file_okay=False), help="Index folder (or MRAG_DB)."
+)
+model_option: Callable[..., Any] = click.option(
+    "--model", "-m", envvar="MRAG_MODEL", default=None, help="Hugging Face id or path (or MRAG_MODEL)."
+)
+plain_option = click.option("--plain", "-p", is_flag=True, help="Readable text instead of JSON.")
+
+
+def emit(obj: Any) -> None:
+    click.echo(json.dumps(obj, ensure_ascii=False))

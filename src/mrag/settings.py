@@ -1,0 +1,52 @@
+"""Search settings and their defaults: strategy names and how they parse, the ANN index types and
+thresholds. Plain Python, so the CLI builds its help from them without loading numpy, LanceDB or torch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+BASE_STRATEGIES = (
+    "standard", "mrag-paper", "mrag-std", "mrag-decay", "mrag-distance", "split", "split-weighted", "spaces"
+)
+MODIFIERS = {"segment+": ("sentences", 1), "interleave+": ("round-robin", 2)}
+EXTRA_SPACE_STRATEGIES = ("mrag-std", "spaces")  # the base strategies where external spaces vote
+FUSION = {"fusion": "standard", "mrag-fusion": "mrag-std"}  # over sub-queries, reciprocal rank fusion
+ALIASES = {"mrag": "segment+mrag-std"}
+DEFAULT_STRATEGY = "mrag"
+DEFAULT_C = 32
+
+
+
+def strategy_names() -> list[str]:
+    modified = [m + s for m in MODIFIERS for s in BASE_STRATEGIES]
+    return [*ALIASES, *BASE_STRATEGIES, *modified, *FUSION]
+
+
+@dataclass(frozen=True)
+class Plan:
+    base: str  # a BASE_STRATEGIES name
+    expand: str | None = None  # None, "segment+", "interleave+" or "fusion"
+
+
+def parse_strategy(name: str) -> Plan:
+    """'mrag' -> Plan('mrag-std', 'segment+'); 'fusion' -> Plan('standard', 'fusion'); 'split' -> Plan('split')."""
+    name = ALIASES.get(name, name)
+    if name in FUSION:
+        return Plan(FUSION[name], "fusion")
+    for prefix in MODIFIERS:
+        if name.startswith(prefix) and name.removeprefix(prefix) in BASE_STRATEGIES:
+            return Plan(name.removeprefix(prefix), prefix)
+    if name in BASE_STRATEGIES:
+        return Plan(name)
+    raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(strategy_names())}")
+
+
+def check_strategy(name: str) -> str:
+    parse_strategy(name)
+    return name
+
+
+INDEX_TYPES = ("IVF_FLAT", "IVF_PQ", "IVF_HNSW_SQ")
+DEFAULT_INDEX = "IVF_FLAT"  # measured best for 32-dim heads: fast build, recall 0.998 (benchmarks/results/ann.md)
+ANN_THRESHOLD = 200_000  # rows; below it the in-memory exact scan is fast enough (benchmarks/results/core.md)
+DEFAULT_NPROBES = 60  # recall of the final mrag top 10 >= 0.96 at 1M even with overlapping clusters (scale-hard.md)
