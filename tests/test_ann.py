@@ -179,3 +179,19 @@ def test_adding_a_space_drops_the_ann_record_with_the_indexes(seeded_index):
     spaced.build_ann()  # now one index per space, the new one included
     assert len(spaced.store.chunks.list_indices()) == 1 + 4 + 1
     assert hits(spaced, "mrag-std", None) == exact
+
+
+def test_library_writes_keep_the_ann_indexes_by_policy(tmp_path):
+    """The policy lives in the library: Python, CLI and HTTP writes all go through `Index._write`."""
+    from mrag.settings import AnnPolicy
+
+    index = Index.open(tmp_path / "db", embedder=SeededEmbedder())
+    index.ann_policy = AnnPolicy(threshold=100, index_type="IVF_FLAT", nprobes=8)
+    assert index.add(docs(90)).ann is None and index.store.manifest.get("ann") is None  # below the threshold
+    report = index.add(docs(110, 90))
+    assert report.ann == {"index_type": "IVF_FLAT", "rows": 110, "nprobes": 8} == index.store.manifest["ann"]
+    assert report.to_dict()["ann"] == report.ann
+    assert index.add(docs(120, 110)).ann is None  # 10 unindexed rows: not yet a quarter
+    assert index.add(docs(140, 120)).ann["rows"] == 140  # 30 of 110: rebuilt
+    assert len(index.search("topic three", k=3, exact=False)) == 3  # exact=False needs the indexes
+    assert "ann" not in index.add(docs(141, 140)).to_dict()

@@ -71,9 +71,9 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
         mrag index notes/ papers/intro.md --db idx
         mrag index --build-ann --db idx          # ANN indexes for an existing index
     """
-    from mrag.ann import needs_ann, unindexed_rows
     from mrag.index import AddReport, Index
     from mrag.ingest import read_paths
+    from mrag.settings import AnnPolicy
 
     if not paths and not build_ann:
         raise click.UsageError("give files or folders to index (or --build-ann for an existing index)")
@@ -83,6 +83,7 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
     if query_instruction or document_instruction:
         options |= {"query_instruction": query_instruction, "document_instruction": document_instruction}
     report: AddReport
+    policy = AnnPolicy(ann_threshold, ann_index, ann_nprobes)
     if ray_address is not None:
         from mrag.distributed import RayJobError, index_with_ray
         from mrag.store import Store
@@ -103,17 +104,18 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
             emit(report.to_dict())
             return
         idx = Index.open(db, create=False)
+        idx.ann_policy = policy
+        report.ann = idx.maintain_ann()
     else:
         docs, skipped = read_paths(paths, text_field=text_field, id_field=id_field) if paths else ([], [])
         idx = Index.open(db, model=model, layer=layer, chunk_chars=chunk_chars, overlap=overlap, spaces=spaces,
                          create=bool(paths), **options)
+        idx.ann_policy = policy  # upsert builds the ANN indexes past the threshold
         report = idx.upsert(docs, show_progress=sys.stderr.isatty())
         report.skipped = skipped
+    if build_ann and not report.ann:
+        report.ann = idx.maintain_ann(force=True)
     summary = report.to_dict()
-    snapshot = idx.store.snapshot()
-    if build_ann or needs_ann(snapshot.count_rows(), idx.store.manifest.get("ann"), ann_threshold,
-                              unindexed_rows(snapshot)):
-        summary["ann"] = idx.build_ann(ann_index, ann_nprobes)
     if plain:
         click.echo(f"added {summary['added']}, updated {summary['updated']}, unchanged {summary['unchanged']} "
                    f"documents ({summary['chunks']} chunks embedded)")

@@ -19,6 +19,7 @@ from mrag.embed.base import HeadEmbedder
 from mrag.embed.models import resolve_model
 from mrag.ingest import Document, Skipped, as_document, document_digest, read_paths
 from mrag.search import Hit, search_many
+from mrag.settings import AnnPolicy
 from mrag.spaces import Space, SpaceSpec, check_unique, new_specs, open_spaces, parse_space
 from mrag.store import Store, StoreError, build_rows, head_column, quote, space_column
 
@@ -35,6 +36,7 @@ class AddReport:
     unchanged: list[str] = field(default_factory=list)  # same content: no work done
     skipped: list[Skipped] = field(default_factory=list)
     chunks: int = 0
+    ann: dict[str, Any] | None = None  # the ANN indexes this write (re)built, by policy
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -43,7 +45,7 @@ class AddReport:
             "unchanged": len(self.unchanged),
             "chunks": self.chunks,
             "skipped": [asdict(s) for s in self.skipped],
-        }
+        } | ({"ann": self.ann} if self.ann else {})
 
 
 def embedder_factory(model: str | None, layer: int | None, **options: Any) -> Callable[[], HeadEmbedder]:
@@ -104,6 +106,7 @@ class Index:
         self._make_embedder = make_embedder
         self._embedder: HeadEmbedder | None = None
         self._spaces: dict[str, Space] = {}  # external spaces' live functions, created on first use
+        self.ann_policy = AnnPolicy()  # when writes (re)build the ANN indexes
 
     @classmethod
     def open(
@@ -279,6 +282,7 @@ class Index:
                 held.enter_context(self.store.writing())
                 wanted = self._retriage(todo, replace, report)
             self._append(staged, wanted, report)
+        report.ann = self.maintain_ann()
         return report
 
     def _embedded(self, chunks: list[tuple[Document, str, int, str]], show_progress: bool) -> Iterator[pa.Table]:
@@ -371,6 +375,20 @@ class Index:
     ) -> list[list[Hit]]:
         """`search` for a batch of queries: one embedding pass, and every space searched once for all."""
         return search_many(self, queries, k, strategy, c, subqueries, spaces, exact, nprobes)
+
+    def maintain_ann(self, force: bool = False) -> dict[str, Any] | None:
+        """(Re)build the ANN indexes when `ann_policy` says so (`ann.needs_ann`: past its threshold, or
+        once a quarter of the rows are not indexed), or now (`force`); -> what was built, else None.
+        Every write through this index runs it, so CLI, Python and HTTP writes alike keep them up."""
+        policy, built = self.ann_policy, self.store.manifest.get("ann")
+        if not force:
+            rows = self.store.count()
+            if rows < policy.threshold:
+                return None
+            if not ann.needs_ann(rows, built, policy.threshold, ann.unindexed_rows(self.store.snapshot())):
+                return None
+        return self.build_ann(policy.index_type or (built or {}).get("index_type", ann.DEFAULT_INDEX),
+                              policy.nprobes or (built or {}).get("nprobes", ann.DEFAULT_NPROBES))
 
     def build_ann(
         self, index_type: str = ann.DEFAULT_INDEX, nprobes: int = ann.DEFAULT_NPROBES,

@@ -50,3 +50,13 @@ INDEX_TYPES = ("IVF_FLAT", "IVF_PQ", "IVF_HNSW_SQ")
 DEFAULT_INDEX = "IVF_FLAT"  # measured best for 32-dim heads: fast build, recall 0.998 (benchmarks/results/ann.md)
 ANN_THRESHOLD = 200_000  # rows; below it the in-memory exact scan is fast enough (benchmarks/results/core.md)
 DEFAULT_NPROBES = 60  # recall of the final mrag top 10 >= 0.96 at 1M even with overlapping clusters (scale-hard.md)
+
+
+@dataclass
+class AnnPolicy:
+    """When writes (re)build the ANN indexes: from `threshold` rows (see `mrag.ann.needs_ann`), with
+    this index type and default nprobes (None: what the index recorded, else the defaults)."""
+
+    threshold: int = ANN_THRESHOLD
+    index_type: str | None = None
+    nprobes: int | None = None
