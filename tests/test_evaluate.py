@@ -226,3 +226,19 @@ def test_eval_command_writes_records_table_plots(tmp_path, reuse_minilm):
     assert {r["k"] for r in records} == set(range(1, 33))
     bad = CliRunner().invoke(cli, [*args[:5], "--strategies", "nonsense"])
     assert bad.exit_code == 1 and "unknown strategy" in bad.output
+
+
+def test_ranking_metrics_by_hand():
+    """q1 (n = 1) finds its document at rank 3, q2 (n = 1) at rank 1, q3 (n = 2) is not single-aspect."""
+    from mrag.evaluate.metrics import ranking_metrics
+
+    def rows(query, n, first, ndcg10):
+        return [{"strategy": "s", "query": query, "n": n, "k": k, "success_ratio": float(k >= first),
+                 "ndcg": ndcg10 if k == 10 else -1.0} for k in range(1, 13)]
+
+    records = rows("q1", 1, 3, 0.5) + rows("q2", 1, 1, 1.0) + rows("q3", 2, 20, 0.0)
+    single = ranking_metrics(records, only_n=1)["s"]
+    assert single == {"hit@1": 0.5, "hit@5": 1.0, "mrr@10": pytest.approx((1 / 3 + 1) / 2), "ndcg@10": 0.75,
+                      "recall@32": 1.0, "queries": 2}
+    every = ranking_metrics(records)["s"]  # BEIR: all queries; q3 found nothing within 12
+    assert every["queries"] == 3 and every["hit@5"] == pytest.approx(2 / 3) and every["mrr@10"] == pytest.approx(4 / 9)

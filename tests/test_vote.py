@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mrag.vote import RRF_K, Vote, fuse, interleave, rank_weights, rrf_weights
+from mrag.vote import RRF_K, Vote, consensus, fuse, interleave, rank_weights, rrf_weights
 
 
 def test_mrag_vote_by_hand():
@@ -138,3 +138,18 @@ def test_fuse_matches_a_plain_python_vote(data, k):
     for item, votes in zip(expected, fused.votes):
         assert sum(v.weight for v in votes) == pytest.approx(totals[item])
         assert all(ranking[v.space, v.rank] == item for v in votes)
+
+
+def test_consensus_by_hand():
+    """Four query parts. First choices: 7 (parts 0 and 1, scores 0.9 and 0.8), 3 (0.95), 4 (0.7).
+    7 has two votes and leads; 3 beats 4 on its best score. The rest comes round-robin from every
+    list, skipping the chosen: round 1 gives 2 (then 4, 2, 7 again), round 2 gives 5, 1, 9, 8."""
+    lists = [np.array(x) for x in ([7, 2, 5], [7, 4, 1], [3, 2, 9], [4, 7, 8])]
+    scores = np.array([0.9, 0.8, 0.95, 0.7])
+    assert consensus(lists, scores, 5).tolist() == [7, 3, 4, 2, 5]
+    assert consensus(lists, scores, 2).tolist() == [7, 3]  # only first choices
+    assert consensus(lists, scores, 9).tolist() == [7, 3, 4, 2, 5, 1, 9, 8]  # all there is
+    assert consensus([np.array([5]), np.array([3])], np.array([0.5, 0.5]), 2).tolist() == [3, 5]  # tie: by id
+    assert consensus([np.array([-1, 6]), np.array([6])], np.array([1.0, 0.2]), 2).tolist() == [6]  # -1: no item
+    with pytest.raises(ValueError):
+        consensus(lists, scores, 0)

@@ -299,7 +299,8 @@ def eval_(corpus: str, queries: str | None, model: str | None, layer: int, pooli
         out_dir=out_dir, show_progress=sys.stderr.isatty(), spaces=spaces,
     )
     if as_json:
-        emit({"summary": result["summary"], "skipped": result["skipped"], "files": result["files"]})
+        emit({"summary": result["summary"], "single_aspect": result["single_aspect"], "skipped": result["skipped"],
+              "files": result["files"]})
     else:
         click.echo(result["table"])
         for line in result["skipped"]:

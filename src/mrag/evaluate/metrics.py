@@ -70,3 +70,25 @@ def dedupe_units(chunk_units: Sequence[str], k: int) -> list[str]:
             if len(seen) == k:
                 break
     return list(seen)
+
+
+def ranking_metrics(records: Sequence[dict], only_n: int | None = None) -> dict[str, dict[str, float]]:
+    """Per strategy, from the per-k records of each query: hit@1 and hit@5 (a relevant unit among the
+    first 1 / 5), MRR@10 (1 / rank of the first relevant unit, 0 past 10), nDCG@10 and recall@K_MAX
+    (the share of relevant units among the first K_MAX); `only_n`: queries with that many aspects only
+    (1: the single-aspect rows)."""
+    per_query: dict[tuple[str, str], dict[int, dict]] = {}
+    for r in records:
+        if only_n is None or r["n"] == only_n:
+            per_query.setdefault((r["strategy"], r["query"]), {})[r["k"]] = r
+    out: dict[str, dict[str, list[float]]] = {}
+    for (strategy, _), by_k in per_query.items():
+        first = next((k for k in sorted(by_k) if by_k[k]["success_ratio"] > 0), None)
+        deepest = by_k[max(by_k)]
+        m = out.setdefault(strategy, {"hit@1": [], "hit@5": [], "mrr@10": [], "ndcg@10": [], f"recall@{K_MAX}": []})
+        m["hit@1"].append(float(first == 1))
+        m["hit@5"].append(float(first is not None and first <= 5))
+        m["mrr@10"].append(1.0 / first if first is not None and first <= 10 else 0.0)
+        m["ndcg@10"].append(float(by_k.get(10, deepest)["ndcg"]))
+        m[f"recall@{K_MAX}"].append(float(deepest["success_ratio"]))
+    return {name: {k: sum(v) / len(v) for k, v in m.items()} | {"queries": len(m["hit@1"])} for name, m in out.items()}

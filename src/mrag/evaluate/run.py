@@ -9,6 +9,7 @@ from typing import Any
 
 from mrag.evaluate.datasets import load
 from mrag.evaluate.harness import WHOLE_DOCUMENTS, embed_corpus, evaluate, split_label, summarize
+from mrag.evaluate.metrics import ranking_metrics
 from mrag.evaluate.report import markdown_table, plot, write_records
 from mrag.spaces import parse_space
 
@@ -70,11 +71,14 @@ def run_eval(
                             spaces=specs)
     records = evaluate(bench, embedded, names, c=c, show_progress=show_progress)
     summary = summarize(records)
+    # one-aspect questions (n = 1), and for BEIR (no categories) the standard ranking metrics of all
+    single = ranking_metrics(records, only_n=None if not bench.has_categories else 1)
     info = embedder.info()
     title = f"{bench.name}: {info['model']}, layer {info['layer']}, {info['pooling']} pooling, c = {c}"
     if specs:
         title += "; spaces: " + ", ".join(f"{x.name} ({x.function})" for x in specs)
-    table = markdown_table(records, summary, title)
+    table = markdown_table(records, summary, title) + single_table(
+        single, "Single-aspect queries (n = 1)" if bench.has_categories else "All queries (BEIR)")
     files: list[str] = []
     if out_dir:
         out = Path(out_dir)
@@ -82,8 +86,21 @@ def run_eval(
         write_records(records, out / "records.jsonl")
         (out / "table.md").write_text(table)
         (out / "summary.json").write_text(json.dumps({"title": title, "embedder": info, "summary": summary,
+                                                      "single_aspect": single,
                                                       "spaces": [x.to_json() for x in specs],
                                                       "skipped": bench.skipped}, indent=2))
         files = [str(out / n) for n in ("records.jsonl", "table.md", "summary.json")]
         files += [str(p) for p in plot(records, out)]
-    return {"summary": summary, "table": table, "skipped": bench.skipped, "files": files, "records": records}
+    return {"summary": summary, "single_aspect": single, "table": table, "skipped": bench.skipped, "files": files,
+            "records": records}
+
+
+def single_table(single: dict[str, dict[str, float]], which: str) -> str:
+    """The single-aspect (or BEIR) ranking metrics: one line per strategy."""
+    if not single:
+        return ""
+    metrics = [m for m in next(iter(single.values())) if m != "queries"]
+    lines = ["", f"{which}, {next(iter(single.values()))['queries']} queries: ranking metrics.", "",
+             "| strategy | " + " | ".join(metrics) + " |", "|---|" + "---|" * len(metrics)]
+    lines += [f"| {name} | " + " | ".join(f"{m[x]:.3f}" for x in metrics) + " |" for name, m in single.items()]
+    return "\n".join(lines) + "\n"
