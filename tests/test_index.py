@@ -322,10 +322,10 @@ def snapshot(index: Index) -> tuple:
 @pytest.mark.parametrize("staged", [False, True])
 @pytest.mark.parametrize("replace", [False, True])
 def test_failure_in_the_middle_of_a_write_changes_nothing(db_path, monkeypatch, replace, staged):
-    monkeypatch.setattr(mrag.index, "WRITE_BATCH", 2)
+    monkeypatch.setattr(mrag.writing, "WRITE_BATCH", 2)
     # staged: rows wait in memory until the whole write is embedded; else (a write past STAGE_BYTES)
     # each batch goes into the table under the lock as soon as it is embedded
-    monkeypatch.setattr(mrag.index, "STAGE_BYTES", 2**30 if staged else 1)
+    monkeypatch.setattr(mrag.writing, "STAGE_BYTES", 2**30 if staged else 1)
     embedder = FailingEmbedder(fail_on=0)
     index = Index.open(db_path, embedder=embedder)
     index.add(DOCS[:2])
@@ -396,7 +396,7 @@ class NanEmbedder(FakeEmbedder):
 
 
 def test_nan_vectors_are_refused_and_nothing_is_written(db_path, monkeypatch):
-    monkeypatch.setattr(mrag.index, "WRITE_BATCH", 2)
+    monkeypatch.setattr(mrag.writing, "WRITE_BATCH", 2)
     index = Index.open(db_path, embedder=NanEmbedder("broken"))
     index.add(DOCS[:2])
     before = snapshot(index)

@@ -13,7 +13,7 @@ from conftest import FakeEmbedder
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-import mrag.index
+import mrag.writing
 from mrag.index import Index
 from mrag.scales import brute_force_scales
 
@@ -79,8 +79,8 @@ class IndexMachine(RuleBasedStateMachine):
         each batch goes into the table as it is embedded (a write past STAGE_BYTES), else all at the end."""
         todo = [{"id": f"new{i}", "text": " ".join(words)} for i in range(3) if f"new{i}" not in self.docs]
         self.embedder.fail_after = batches
-        saved = mrag.index.WRITE_BATCH, mrag.index.STAGE_BYTES
-        mrag.index.WRITE_BATCH, mrag.index.STAGE_BYTES = 1, 1 if early_lock else 2**30
+        saved = mrag.writing.WRITE_BATCH, mrag.writing.STAGE_BYTES
+        mrag.writing.WRITE_BATCH, mrag.writing.STAGE_BYTES = 1, 1 if early_lock else 2**30
         try:
             self.index.upsert(todo)
         except RuntimeError:
@@ -89,7 +89,7 @@ class IndexMachine(RuleBasedStateMachine):
             self.docs.update({d["id"]: d["text"] for d in todo})
         finally:
             self.embedder.fail_after = None
-            mrag.index.WRITE_BATCH, mrag.index.STAGE_BYTES = saved
+            mrag.writing.WRITE_BATCH, mrag.writing.STAGE_BYTES = saved
 
     @rule()
     def reopen(self) -> None:

@@ -118,7 +118,7 @@ def test_failed_write_on_s3_leaves_the_committed_index(s3_uri, storage_options, 
         return real(texts)
 
     monkeypatch.setattr(fake, "embed_batch", dies_on_second_batch)
-    monkeypatch.setattr("mrag.index.WRITE_BATCH", 1)  # one chunk per write step: the first step lands
+    monkeypatch.setattr("mrag.writing.WRITE_BATCH", 1)  # one chunk per write step: the first step lands
     with pytest.raises(RuntimeError, match="worker lost"):
         index.add(DOCS[2:])
     reopened = Index.open(s3_uri, embedder=FakeEmbedder(), storage_options=storage_options, create=False)
@@ -198,8 +198,8 @@ def test_a_write_that_lost_its_lease_commits_nothing(s3_uri, storage_options, fa
     index = Index.open(s3_uri, embedder=fake, storage_options=storage_options)
     index.add(DOCS[:1])
     monkeypatch.setattr(mrag.locking, "LEASE", 0.9)
-    monkeypatch.setattr("mrag.index.STAGE_BYTES", 1)  # the lock is taken after the first batch
-    monkeypatch.setattr("mrag.index.WRITE_BATCH", 1)
+    monkeypatch.setattr("mrag.writing.STAGE_BYTES", 1)  # the lock is taken after the first batch
+    monkeypatch.setattr("mrag.writing.WRITE_BATCH", 1)
     client = s3_client(storage_options)
     bucket, _, prefix = s3_uri.removeprefix("s3://").partition("/")
     real, calls = fake.embed_batch, []

@@ -3,49 +3,23 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import ExitStack
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.compute as pc
 
-from mrag import ann, retrieve
-from mrag.chunk import chunk_text
+from mrag import ann, retrieve, writing
 from mrag.embed.base import HeadEmbedder
 from mrag.embed.models import resolve_model
-from mrag.ingest import Document, Skipped, as_document, document_digest, read_paths
+from mrag.ingest import Document, read_paths
 from mrag.search import Hit, search_many
 from mrag.settings import AnnPolicy
 from mrag.spaces import Space, SpaceSpec, check_unique, new_specs, open_spaces, parse_space
-from mrag.store import Store, StoreError, build_rows, head_column, quote, space_column
+from mrag.store import Store, StoreError, head_column, quote, space_column
+from mrag.writing import WRITE_BATCH, AddReport, chunk_settings
 
-DEFAULT_CHUNK_CHARS = 1000
-DEFAULT_OVERLAP = 1
-WRITE_BATCH = 256  # chunks embedded per step
-STAGE_BYTES = 256 * 2**20  # embedded rows held outside the write lock; a larger write takes it early
-
-
-@dataclass
-class AddReport:
-    added: list[str] = field(default_factory=list)  # new document ids
-    updated: list[str] = field(default_factory=list)  # changed documents, re-embedded
-    unchanged: list[str] = field(default_factory=list)  # same content: no work done
-    skipped: list[Skipped] = field(default_factory=list)
-    chunks: int = 0
-    ann: dict[str, Any] | None = None  # the ANN indexes this write (re)built, by policy
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "added": len(self.added),
-            "updated": len(self.updated),
-            "unchanged": len(self.unchanged),
-            "chunks": self.chunks,
-            "skipped": [asdict(s) for s in self.skipped],
-        } | ({"ann": self.ann} if self.ann else {})
+__all__ = ["AddReport", "Hit", "Index", "embedder_factory"]
 
 
 def embedder_factory(model: str | None, layer: int | None, **options: Any) -> Callable[[], HeadEmbedder]:
@@ -57,45 +31,6 @@ def _load_transformer(model: str | None, layer: int, options: dict[str, Any]) ->
     from mrag.embed.transformer import TransformerEmbedder
 
     return TransformerEmbedder(model, layer=layer, **options)
-
-
-def chunk_settings(uri: str, store: Store | None, chunk_chars: int | None, overlap: int | None) -> dict[str, int]:
-    """The chunk settings: an existing index's (others are refused), else the given ones or the defaults."""
-    if store is not None:
-        recorded = {k: int(store.manifest["settings"][k]) for k in ("chunk_chars", "overlap")}
-        for key, value in (("chunk_chars", chunk_chars), ("overlap", overlap)):
-            if value is not None and value != recorded[key]:
-                raise StoreError(f"the index at {uri} was built with {key}={recorded[key]}, not {value}")
-        return recorded
-    chunk_chars = DEFAULT_CHUNK_CHARS if chunk_chars is None else chunk_chars
-    overlap = DEFAULT_OVERLAP if overlap is None else overlap
-    if chunk_chars <= 0 or overlap < 0:
-        raise ValueError("chunk size must be positive and overlap >= 0")
-    return {"chunk_chars": chunk_chars, "overlap": overlap}
-
-
-def check_unique_ids(ids: Sequence[str]) -> None:
-    dupes = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) < len(ids) else []
-    if dupes:
-        raise ValueError(f"duplicate document ids in one batch: {', '.join(dupes[:5])}")
-
-
-def triage(
-    docs: Sequence[tuple[str, str]], existing: dict[str, str], report: AddReport, replace: bool = True
-) -> list[int]:
-    """Documents as (id, content digest) against the indexed digests (id -> digest): fills the report's
-    added / updated / unchanged and returns the positions of the documents to embed. A changed
-    document is an error unless `replace`."""
-    todo = []
-    for position, (doc_id, digest) in enumerate(docs):
-        if existing.get(doc_id) == digest:
-            report.unchanged.append(doc_id)
-            continue
-        if doc_id in existing and not replace:
-            raise ValueError(f"document {doc_id!r} already exists with other content: use upsert")
-        (report.updated if doc_id in existing else report.added).append(doc_id)
-        todo.append(position)
-    return todo
 
 
 class Index:
@@ -227,6 +162,11 @@ class Index:
         """Add new documents and replace changed ones (same id, other content); unchanged: no work."""
         return self._write(docs, replace=True, show_progress=show_progress)
 
+    def _write(self, docs: Iterable[Document | dict[str, Any] | str], replace: bool, show_progress: bool) -> AddReport:
+        report = writing.write(self.store, lambda: self.embedder, self.spaces, docs, replace, show_progress)
+        report.ann = self.maintain_ann() if report.chunks else None
+        return report
+
     def add_paths(self, paths: Sequence[str | Path], show_progress: bool = False, **fields: str) -> AddReport:
         """Index files and folders (upsert: re-indexing unchanged files does nothing)."""
         docs, skipped = read_paths(paths, **fields)
@@ -246,94 +186,6 @@ class Index:
             if missing:
                 raise ValueError(f"unknown id(s), nothing deleted: {', '.join(missing[:5])}")
             return self.store.delete(where)
-
-    def _write(self, docs: Iterable[Document | dict[str, Any] | str], replace: bool, show_progress: bool) -> AddReport:
-        """Embed outside the write lock (other writers go on meanwhile), then, under it, triage again
-        against what is committed now and write. Past `STAGE_BYTES` of embedded rows the lock is taken
-        early and the rest is written as it is embedded, so memory stays bounded."""
-        documents = [as_document(d, i) for i, d in enumerate(docs)]
-        ids = [d.id for d in documents]
-        check_unique_ids(ids)
-        digests = [document_digest(d) for d in documents]
-        report = AddReport()
-        chosen = triage(list(zip(ids, digests)), self.store.doc_hashes(ids), report, replace)
-        todo = [(documents[i], digests[i]) for i in chosen]
-        settings = self.store.manifest["settings"]
-        chunks = [
-            (doc, digest, i, text)
-            for doc, digest in todo
-            for i, text in enumerate(chunk_text(doc.text, settings["chunk_chars"], settings["overlap"]))
-        ]
-        if not chunks:
-            return report
-        staged: list[pa.Table] = []
-        with ExitStack() as held:
-            wanted: set[str] | None = None  # documents still to write, once under the lock
-            for rows in self._embedded(chunks, show_progress):
-                staged.append(rows)
-                if sum(t.nbytes for t in staged) < STAGE_BYTES:
-                    continue
-                if wanted is None:
-                    held.enter_context(self.store.writing())
-                    wanted = self._retriage(todo, replace, report)
-                self._append(staged, wanted, report)
-                staged = []
-            if wanted is None:
-                held.enter_context(self.store.writing())
-                wanted = self._retriage(todo, replace, report)
-            self._append(staged, wanted, report)
-        report.ann = self.maintain_ann()
-        return report
-
-    def _embedded(self, chunks: list[tuple[Document, str, int, str]], show_progress: bool) -> Iterator[pa.Table]:
-        """Rows for the chunks, `WRITE_BATCH` at a time: one forward pass each (and each external space)."""
-        schema = self.store.schema()
-        spaces = self.spaces
-        starts = range(0, len(chunks), WRITE_BATCH)
-        if show_progress:
-            from tqdm import tqdm
-
-            starts = tqdm(starts, desc="indexing", unit="batch")  # type: ignore[assignment]
-        for start in starts:
-            batch = chunks[start : start + WRITE_BATCH]
-            texts = [c[3] for c in batch]
-            emb = self.embedder.embed(texts, kind="document")
-            yield build_rows(
-                ids=[f"{d.id}#{i}" for d, _, i, _ in batch],
-                doc_ids=[d.id for d, _, _, _ in batch],
-                sources=[d.source for d, _, _, _ in batch],
-                titles=[d.title for d, _, _, _ in batch],
-                positions=[i for _, _, i, _ in batch],
-                texts=texts,
-                metadata=[d.metadata for d, _, _, _ in batch],
-                doc_hashes=[h for _, h, _, _ in batch],
-                standard=emb.standard,
-                heads=emb.heads,
-                schema=schema,
-                extra={space.name: space.embed(texts) for space in spaces},
-            )
-
-    def _retriage(self, todo: list[tuple[Document, str]], replace: bool, report: AddReport) -> set[str]:
-        """Under the write lock: the embedded documents against what is committed now (another process
-        may have written some since). Deletes the old rows of changed ones; -> the ids to write."""
-        fresh = AddReport()
-        ids = [d.id for d, _ in todo]
-        chosen = triage([(d.id, h) for d, h in todo], self.store.doc_hashes(ids), fresh, replace)
-        if fresh.updated:
-            self.store.delete(f"doc_id IN ({quote(fresh.updated)})")
-        report.added, report.updated = fresh.added, fresh.updated
-        report.unchanged += fresh.unchanged
-        return {ids[i] for i in chosen}
-
-    def _append(self, staged: list[pa.Table], wanted: set[str], report: AddReport) -> None:
-        """Write the staged rows of the wanted documents, as one fragment."""
-        if not staged:
-            return
-        rows = pa.concat_tables(staged)
-        if not set(rows["doc_id"].to_pylist()) <= wanted:
-            rows = rows.filter(pc.is_in(rows["doc_id"], pa.array(sorted(wanted), pa.string())))
-        self.store.add(rows)
-        report.chunks += rows.num_rows
 
     # --- reading -------------------------------------------------------------------------
 

@@ -15,7 +15,8 @@ Writers in several processes take turns under the index's file lock (`mrag.locki
 the manifest under it and folds its rows onto the latest committed sums, so no write is lost and no
 live writer's rows are mistaken for a dead write. Readers re-read the manifest when its version moves
 (a cheap check), so every open index follows other processes' commits. Every `MAINTAIN_EVERY`
-commits, the writer compacts small fragments and prunes versions older than `keep_versions`.
+commits the writer prunes versions older than `keep_versions`, and compacts small fragments once
+enough of the table has changed (`_maintain`); `optimize` does both at once.
 """
 
 from __future__ import annotations
@@ -319,7 +320,7 @@ class Store:
         any error the chunks table is restored and the sums are untouched. One writer at a time, across
         threads and processes: under the lock the manifest is read again, so the sums fold onto the
         latest committed ones, and rows newer than the committed version can only be a dead write's,
-        rolled back first. Every `MAINTAIN_EVERY` commits, the table is compacted (`maintain`)."""
+        rolled back first. After the commit, maintenance by policy (`_maintain`; `maintain=False`: none)."""
         if self.packed:
             raise StoreError(
                 f"{self.uri} was written by mrag format 1 (all heads in one column): it can be searched "

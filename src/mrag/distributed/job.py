@@ -23,10 +23,11 @@ from mrag.distributed.stages import (
     read_documents,
 )
 from mrag.embed.base import Embeddings, HeadEmbedder
-from mrag.index import Index, chunk_settings, embedder_factory
+from mrag.index import Index, embedder_factory
 from mrag.ingest import list_files
 from mrag.scales import HeadStats
 from mrag.store import Store, quote
+from mrag.writing import chunk_settings
 
 
 class RayJobError(RuntimeError):
