@@ -90,13 +90,18 @@ def test_search_strategies_explain_and_plain(db, corpus):
                           "-s", strategy))
         assert [h["doc_id"] for h in hits][0] == source(corpus, "rome.txt"), strategy
         assert len(hits) == 3 and len({h["id"] for h in hits}) == 3
-    (hit,) = lines(mrag("search", "chess computer", "--db", db, "-k", "1", "--explain"))
+    two_questions = "Who built the chess computer, and how do bees cool the hive?"
+    (hit,) = lines(mrag("search", two_questions, "--db", db, "-k", "1", "--explain"))
     assert set(hit) == HIT_KEYS | {"votes"}
-    # the default strategy: the 12 heads and the standard space vote
+    # the default strategy on two questions: per question, the 12 heads and the standard space vote
     spaces = {v["space"] for v in hit["votes"]}
     assert spaces <= {f"head:{i}" for i in range(12)} | {"standard"} and len(spaces - {"standard"}) >= 6
     assert sum(v["weight"] for v in hit["votes"]) == pytest.approx(hit["score"])
-    plain = mrag("search", "chess computer", "--db", db, "-k", "1", "--plain", "--explain").stdout.splitlines()
+    # on one short query, the standard vector alone
+    (hit,) = lines(mrag("search", "chess computer", "--db", db, "-k", "1", "--explain"))
+    assert [v["space"] for v in hit["votes"]] == ["standard"] and hit["doc_id"] == source(corpus, "chess.md")
+    plain = mrag("search", "chess computer", "--db", db, "-k", "1", "--plain", "--explain",
+                 "-s", "segment+mrag-std").stdout.splitlines()
     assert plain[0].startswith("1. [") and plain[0].endswith(f"chess  ({source(corpus, 'chess.md')}#0)")
     assert plain[1] == "   " + FILES["chess.md"] and plain[2].startswith("   votes: head:")
 

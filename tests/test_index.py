@@ -84,11 +84,14 @@ def test_search_votes_explain_the_score(index):
     assert sorted(v["weight"] for v in hit.votes) == pytest.approx(sorted(scales))
     assert hit.score == pytest.approx(sum(scales))
     assert "votes" in hit.to_dict(explain=True) and "votes" not in hit.to_dict()
-    # the default adds the standard space as a voter, weighted by its own scale
-    (hit,) = index.search("Deep Blue beat Kasparov at chess in 1997.", k=1, strategy="mrag")
+    # mrag-std adds the standard space as a voter, weighted by its own scale
+    (hit,) = index.search("Deep Blue beat Kasparov at chess in 1997.", k=1, strategy="segment+mrag-std")
     standard_scale = float(index.store.committed_scales()["standard"][0])
     assert sorted(v["space"] for v in hit.votes) == [f"head:{i}" for i in range(4)] + ["standard"]
     assert hit.score == pytest.approx(sum(scales) + standard_scale)
+    # the default ranks this one-sentence query by the standard vector alone: cosine 1 for the same text
+    (hit,) = index.search("Deep Blue beat Kasparov at chess in 1997.", k=1, strategy="mrag")
+    assert [v["space"] for v in hit.votes] == ["standard"] and hit.score == pytest.approx(1.0)
 
 
 def test_search_on_an_empty_index(index):

@@ -240,3 +240,25 @@ def test_nothing_to_rank():
     assert retrieve.vote_many("mrag", [], 5, 8, scales, ranker, 3) == []
     result = retrieve.vote("mrag-std", parts[0], 5, 8, scales, ranker, 3)
     assert result.rows.tolist() == []
+
+
+def test_the_default_ranks_a_one_part_query_by_the_standard_vector():
+    """`mrag`: a query of one part (one sentence, one question) is ranked as `standard` ranks it; a
+    query of several parts as `segment+mrag-std` does."""
+    rng = np.random.default_rng(4)
+    n, h, d, dim = 40, 3, 4, 6
+    standard = retrieve.unit(rng.standard_normal((n, dim)))
+    heads = retrieve.unit(rng.standard_normal((h, n, d)))
+    scales = {"heads": np.array([1.0, 2.0, 0.5]), "standard": np.array([0.7]), "split": np.ones(3)}
+
+    def query() -> retrieve.QueryVectors:
+        standard_q, heads_q = rng.standard_normal(dim), rng.standard_normal((h, d))
+        return retrieve.QueryVectors(retrieve.unit(standard_q), retrieve.unit(heads_q))
+
+    one, parts = query(), [query(), query()]
+    for name, q, p, same_as in [("mrag", one, None, "standard"), ("mrag", one, parts, "segment+mrag-std")]:
+        got = exact.run(name, standard, heads, q, 5, 8, scales, parts=p)
+        want = exact.run(same_as, standard, heads, q, 5, 8, scales, parts=p)
+        assert got.rows.tolist() == want.rows.tolist() and np.allclose(got.scores, want.scores)
+    assert exact.run("segment+mrag-std", standard, heads, one, 5, 8, scales).rows.tolist() == \
+        exact.run("mrag-std", standard, heads, one, 5, 8, scales).rows.tolist()  # the named one keeps the heads

@@ -202,12 +202,17 @@ def vote_many(
             raise ValueError(f"strategy {strategy!r} needs sub-queries")
         expand = plan.expand is not None and parts and (plan.expand == "fusion" or len(parts) >= 2)
         searched.append(list(parts) if expand and parts else [query])
-    depth = max(k, c) if plan.base == "standard" else c  # each space's list
+    # a query of one part may be ranked by one voter alone (the default's standard vector)
+    lone = next((i for i, v in enumerate(chosen) if v.name == plan.one_part), None)
+    depth = max(k, c) if plan.base == "standard" or lone is not None else c  # each space's list
     ranking, sims = ranker(chosen, [q for qs in searched for q in qs], depth)  # (P_total, S, depth)
     weights = np.array([v.weight for v in chosen])
     results, start = [], 0
     for qs in searched:
-        if len(qs) == 1 and plan.expand != "fusion":
+        if len(qs) == 1 and plan.expand != "fusion" and lone is not None:
+            one = slice(lone, lone + 1)
+            results.append(_tally("standard", chosen[one], weights[one], ranking[start][one], sims[start][one], k))
+        elif len(qs) == 1 and plan.expand != "fusion":
             results.append(_tally(plan.base, chosen, weights, ranking[start], sims[start], k))
         else:
             lists = [_tally(plan.base, chosen, weights, ranking[i], sims[i], max(k, c))

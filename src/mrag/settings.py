@@ -11,10 +11,21 @@ BASE_STRATEGIES = (
 MODIFIERS = {"segment+": ("sentences", 1), "interleave+": ("round-robin", 2)}
 EXTRA_SPACE_STRATEGIES = ("mrag-std", "spaces")  # the base strategies where external spaces vote
 FUSION = {"fusion": "standard", "mrag-fusion": "mrag-std"}  # over sub-queries, reciprocal rank fusion
-ALIASES = {"mrag": "segment+mrag-std"}
 DEFAULT_STRATEGY = "mrag"
 DEFAULT_C = 32
 
+
+@dataclass(frozen=True)
+class Plan:
+    base: str  # a BASE_STRATEGIES name
+    expand: str | None = None  # None, "segment+", "interleave+" or "fusion"
+    one_part: str | None = None  # the voter that alone ranks a query of one part (None: the base's voters)
+
+
+# the default: a query of several parts (sentences, questions) votes per part with the heads and the
+# standard vector; a query of one part is ranked by the standard vector alone, which ranks one-topic
+# queries better than the heads' vote (benchmarks/results/eval/single-aspect.md)
+ALIASES = {"mrag": Plan("mrag-std", "segment+", one_part="standard")}
 
 
 def strategy_names() -> list[str]:
@@ -22,15 +33,11 @@ def strategy_names() -> list[str]:
     return [*ALIASES, *BASE_STRATEGIES, *modified, *FUSION]
 
 
-@dataclass(frozen=True)
-class Plan:
-    base: str  # a BASE_STRATEGIES name
-    expand: str | None = None  # None, "segment+", "interleave+" or "fusion"
-
-
 def parse_strategy(name: str) -> Plan:
-    """'mrag' -> Plan('mrag-std', 'segment+'); 'fusion' -> Plan('standard', 'fusion'); 'split' -> Plan('split')."""
-    name = ALIASES.get(name, name)
+    """'mrag' -> Plan('mrag-std', 'segment+', one_part='standard'); 'fusion' -> Plan('standard', 'fusion');
+    'segment+standard' -> Plan('standard', 'segment+'); 'split' -> Plan('split')."""
+    if name in ALIASES:
+        return ALIASES[name]
     if name in FUSION:
         return Plan(FUSION[name], "fusion")
     for prefix in MODIFIERS:
