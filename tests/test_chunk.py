@@ -11,6 +11,10 @@ def test_split_sentences():
     assert split_sentences("Title\n\nBody text here.\n\n  \n\nMore.") == ["Title", "Body text here.", "More."]
     assert split_sentences("In 1912 it sank. 1500 died.") == ["In 1912 it sank.", "1500 died."]
     assert split_sentences("   ") == []
+    # initials and titles end no sentence; a capital word before a period does
+    assert split_sentences("John F. Kennedy met Mr. Krabs. Vol. 53 sold. It was A. Then B.") == [
+        "John F. Kennedy met Mr. Krabs.", "Vol. 53 sold.", "It was A. Then B."]
+    assert split_sentences("Federal Center No. 1 opened. Ants work.") == ["Federal Center No. 1 opened.", "Ants work."]
 
 
 def test_closing_quotes_and_brackets_stay_with_their_sentence():

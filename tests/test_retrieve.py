@@ -225,7 +225,8 @@ def test_a_question_sentence_splits_into_its_questions():
     assert retrieve.split_questions("Ann met Bob, who was a baker.") == ["Ann met Bob, who was a baker."]  # no question
     assert retrieve.segment_query("Bees fan. How do tides work, and what is a neap tide?") == [
         "Bees fan.", "How do tides work", "what is a neap tide?"]
-    assert retrieve.segment_query("A. B. C.", 2) == ["A. B.", "C."]
+    assert retrieve.segment_query("Ann sang. Bob ran. Cy hid.", 2) == ["Ann sang. Bob ran.", "Cy hid."]
+    assert retrieve.segment_query("How did John F. Kennedy die?") == ["How did John F. Kennedy die?"]
     for one_question in ("Is it true that cats, which are mammals, purr?", "How do I, as a new user, do X?",
                          "What happened in 1989, when the Berlin Wall fell?", "When, where and how did it happen?"):
         assert retrieve.split_questions(one_question) == [one_question]

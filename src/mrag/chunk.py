@@ -13,9 +13,22 @@ _SENTENCE_END = re.compile(
 )
 
 
+# A piece ending in an initial or a title is no sentence end: "John F. Kennedy", "Mr. Krabs", "Vol. 53".
+_NOT_AN_END = re.compile(
+    r"(?:^|[\s(])(?:[A-Z]|Mr|Mrs|Ms|Dr|Prof|St|Jr|Sr|Gen|Col|Lt|Capt|Mt|Ft|No|Nos|Vol|Fig|vs|Inc|Ltd|Co)\.$"
+)
+
+
 def split_sentences(text: str) -> list[str]:
-    """'A b. C d! E?' -> ['A b.', 'C d!', 'E?']; whitespace-only pieces dropped."""
-    return [s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()]
+    """'A b. C d! E?' -> ['A b.', 'C d!', 'E?']; whitespace-only pieces dropped; no split after an
+    initial or a title ('Dr. J. Smith came.' is one sentence)."""
+    sentences: list[str] = []
+    for piece in (s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()):
+        if sentences and _NOT_AN_END.search(sentences[-1]):
+            sentences[-1] += " " + piece
+        else:
+            sentences.append(piece)
+    return sentences
 
 
 def chunk_text(text: str, max_chars: int = 1000, overlap: int = 1) -> list[str]:
