@@ -201,38 +201,27 @@ class Store:
         with write_lock(uri, storage_options=storage_options):
             if cls.exists(uri, storage_options):  # another process created it first
                 return cls.open(uri, storage_options)
-            return cls._create(uri, embedder_info, settings, storage_options, spaces)
+            import lancedb
 
-    @classmethod
-    def _create(
-        cls,
-        uri: str,
-        embedder_info: dict[str, Any],
-        settings: dict[str, Any],
-        storage_options: dict[str, str] | None,
-        spaces: list[dict[str, Any]] | None,
-    ) -> Store:
-        import lancedb
-
-        db = lancedb.connect(uri, read_consistency_interval=timedelta(0), storage_options=storage_options)
-        h, d, dim = embedder_info["n_heads"], embedder_info["head_dim"], embedder_info["dim"]
-        space_dims = {s["name"]: int(s["dim"]) for s in spaces or []}
-        chunks = db.create_table(CHUNKS, schema=chunk_schema(dim, h, d, space_dims), exist_ok=True)
-        split_dim = split_width(dim, h)
-        manifest = {
-            "format": FORMAT_VERSION,
-            "embedder": embedder_info,
-            "settings": settings,
-            "chunks_version": chunks.version,
-            "stats": {
-                "heads": HeadStats(h, d).to_json(),
-                "split": HeadStats(dim // split_dim, split_dim).to_json(),
-                "standard": HeadStats(1, dim).to_json(),
-                **{f"space:{name}": HeadStats(1, sd).to_json() for name, sd in space_dims.items()},
-            },
-        } | ({"spaces": list(spaces)} if spaces else {})
-        db.create_table(MANIFEST, data=[{"json": json.dumps(manifest)}])  # new: the folder had no manifest
-        return cls(uri, db, chunks, manifest, storage_options)
+            db = lancedb.connect(uri, read_consistency_interval=timedelta(0), storage_options=storage_options)
+            h, d, dim = embedder_info["n_heads"], embedder_info["head_dim"], embedder_info["dim"]
+            space_dims = {s["name"]: int(s["dim"]) for s in spaces or []}
+            chunks = db.create_table(CHUNKS, schema=chunk_schema(dim, h, d, space_dims), exist_ok=True)
+            split_dim = split_width(dim, h)
+            manifest = {
+                "format": FORMAT_VERSION,
+                "embedder": embedder_info,
+                "settings": settings,
+                "chunks_version": chunks.version,
+                "stats": {
+                    "heads": HeadStats(h, d).to_json(),
+                    "split": HeadStats(dim // split_dim, split_dim).to_json(),
+                    "standard": HeadStats(1, dim).to_json(),
+                    **{f"space:{name}": HeadStats(1, sd).to_json() for name, sd in space_dims.items()},
+                },
+            } | ({"spaces": list(spaces)} if spaces else {})
+            db.create_table(MANIFEST, data=[{"json": json.dumps(manifest)}])  # new: the folder had no manifest
+            return cls(uri, db, chunks, manifest, storage_options)
 
     # --- reading -------------------------------------------------------------------------
 
