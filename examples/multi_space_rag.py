@@ -29,7 +29,7 @@ import pyarrow as pa
 from lancedb.embeddings import get_registry
 from lancedb.pydantic import LanceModel, Vector
 
-import mrag.lancedb_ext  # noqa: F401  (registers "multi-head" in LanceDB's registry)
+import mrag  # noqa: F401  (registers "multi-head" in LanceDB's registry)
 from mrag.embed.models import resolve_model
 from mrag.lancedb_ext import MRAGReranker, column_scale, multi_head_table, vector_columns
 

@@ -90,3 +90,13 @@ def test_no_tracked_file_over_one_megabyte():
     big = [f.decode() for f in files if f and (ROOT / f.decode()).is_file() and (ROOT / f.decode()).stat().st_size
            > 2**20]
     assert not big, big
+
+
+def test_import_mrag_registers_multi_head_once_lancedb_loads():
+    code = ("import sys, mrag; assert 'lancedb' not in sys.modules; "
+            "from lancedb.embeddings import get_registry; print(get_registry().get('multi-head').__name__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "MultiHeadEmbeddings"
+    # LanceDB imported first: registered at `import mrag`
+    code = "import lancedb, mrag; from lancedb.embeddings import get_registry; get_registry().get('multi-head')"
+    subprocess.run([sys.executable, "-c", code], check=True)
