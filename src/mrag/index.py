@@ -289,7 +289,7 @@ class Index:
         return self.store.verify()
 
     def info(self) -> dict[str, Any]:
-        self.store.refresh()
+        weights = self.space_weights()  # follows other processes' commits
         m = self.store.manifest
         return {
             "path": self.store.uri,
@@ -298,7 +298,7 @@ class Index:
             "embedder": m["embedder"],
             "settings": m["settings"],
             "spaces": [
-                e | {"scale": float(self.space_weights()[f"space:{e['name']}"][0])} for e in m.get("spaces", [])
+                e | {"scale": float(weights[f"space:{e['name']}"][0])} for e in m.get("spaces", [])
             ],
             "ann": m.get("ann"),
             "strategies": retrieve.strategy_names(),

@@ -80,9 +80,8 @@ def search_many(
             raise ValueError(f"strategy {strategy!r} needs sub-queries")
     else:
         parts = [retrieve.query_parts(strategy, q) for q in queries]
-    index.store.refresh()  # follow other processes' commits; scales and rows below belong together
+    scales = index.space_weights()  # first: it follows other processes' commits, which all below then reads
     labels = list(index.store.committed_space_dims())
-    scales = index.space_weights()
     if spaces is not None:
         retrieve.check_selection(spaces, index.store.n_heads, len(scales["split"]), labels)
     ranker, fetch, count = ranker_for(index.store, plan, exact, nprobes)

@@ -343,9 +343,7 @@ class Store:
             if since["rows"] * MAINTAIN_SHARE >= self.stats.count or since["writes"] >= MAINTAIN_MAX:
                 self._optimize(self.keep_versions)
             else:
-                with warnings.catch_warnings():
-                    warnings.filterwarnings("ignore", message=".*cleanup_older_than=0.*")
-                    self._manifest_table.optimize(cleanup_older_than=self.keep_versions)
+                _prune(self._manifest_table, self.keep_versions)
         except Exception as exc:  # the write is committed; a compaction cut short is undone by the next writer
             warnings.warn(f"maintenance of {self.uri} failed (the write itself is committed): {exc}", stacklevel=4)
 
@@ -375,12 +373,10 @@ class Store:
         self.chunks.optimize(cleanup_older_than=NEVER)
         self.manifest = self.manifest | {"maintenance": {"writes": 0, "rows": 0}}
         self._save_manifest()
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*cleanup_older_than=0.*")
-            self.chunks.optimize(cleanup_older_than=keep)
-            if self.chunks.version != self.committed_version:  # pruning wrote a version of its own
-                self._save_manifest()
-            self._manifest_table.optimize(cleanup_older_than=keep)
+        _prune(self.chunks, keep)
+        if self.chunks.version != self.committed_version:  # pruning wrote a version of its own
+            self._save_manifest()
+        _prune(self._manifest_table, keep)
 
     def disk_bytes(self) -> int | None:
         """The index folder's size on disk (None for object storage)."""
@@ -480,6 +476,13 @@ class Store:
         } | ({"spaces": self.spaces} if self.spaces else {})
         self._manifest_table.add([{"json": json.dumps(manifest)}], mode="overwrite")
         self.manifest, self._manifest_version = manifest, self._manifest_table.version
+
+
+def _prune(table: Any, keep: timedelta) -> None:
+    """LanceDB's optimize with versions older than `keep` pruned (its warning for keep = 0 is ours to give)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*cleanup_older_than=0.*")
+        table.optimize(cleanup_older_than=keep)
 
 
 def _fixed(column: pa.ChunkedArray, n: int, width: int) -> np.ndarray:

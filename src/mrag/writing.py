@@ -109,17 +109,19 @@ def write(
     if not chunks:
         return report
     staged: list[pa.Table] = []
+    staged_bytes = 0
     with ExitStack() as held:
         wanted: set[str] | None = None  # documents still to write, once under the lock
         for rows in _embedded(store, embedder(), spaces, chunks, show_progress):
             staged.append(rows)
-            if sum(t.nbytes for t in staged) < STAGE_BYTES:
+            staged_bytes += rows.nbytes
+            if staged_bytes < STAGE_BYTES:
                 continue
             if wanted is None:
                 held.enter_context(store.writing())
                 wanted = _retriage(store, todo, replace, report)
             _append(store, staged, wanted, report)
-            staged = []
+            staged, staged_bytes = [], 0
         if wanted is None:
             held.enter_context(store.writing())
             wanted = _retriage(store, todo, replace, report)
