@@ -117,6 +117,16 @@ def test_search_get_and_post(client):
     assert all(h["votes"] and {"space", "rank", "weight"} <= h["votes"][0].keys() for h in hits)
 
 
+def test_search_uses_the_index_default_strategy(client, tmp_path):
+    assert client.post("/search", json={"query": "honeybees hive"}).json()["strategy"] == "mrag"
+    assert client.get("/info").json()["default_strategy"] == {"strategy": "mrag", "source": "built-in"}
+    Index.open(tmp_path / "db", embedder=FakeEmbedder()).set_default_strategy({"strategy": "split", "score": 0.5})
+    assert client.post("/search", json={"query": "honeybees hive"}).json()["strategy"] == "split"
+    assert client.get("/info").json()["default_strategy"]["strategy"] == "split"
+    asked = client.post("/search", json={"query": "honeybees hive", "strategy": "standard"}).json()
+    assert asked["strategy"] == "standard"  # a named strategy still wins
+
+
 def test_search_exact_or_through_the_ann_indexes(client, tmp_path):
     query = {"query": "honeybees hive and Roman water", "k": 3, "strategy": "mrag-std"}
     exact = client.post("/search", json=query | {"exact": True}).json()["hits"]

@@ -130,8 +130,9 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
 @db_option
 @model_option
 @click.option("-k", type=int, default=5, show_default=True, help="Number of results.")
-@click.option("--strategy", "-s", default=settings.DEFAULT_STRATEGY, show_default=True,
-              help=f"One of: {', '.join(settings.strategy_names())}.")
+@click.option("--strategy", "-s", default=None,
+              help=f"One of: {', '.join(settings.strategy_names())} (default: the index's, see mrag tune; else "
+                   f"{settings.DEFAULT_STRATEGY}).")
 @click.option("-c", "depth", type=int, default=None, help="Per-space depth (default max(k, 32)).")
 @click.option("--explain", is_flag=True, help="Show which spaces voted for each hit.")
 @click.option("--spaces", "selection", default=None,
@@ -142,7 +143,7 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
               help="IVF partitions per ANN search (default: the index's).")
 @plain_option
 @user_errors
-def search(query: str, db: str, model: str | None, k: int, strategy: str, depth: int | None, explain: bool,
+def search(query: str, db: str, model: str | None, k: int, strategy: str | None, depth: int | None, explain: bool,
            selection: str | None, exact: bool | None, nprobes: int | None, plain: bool) -> None:
     """Search DB; prints one JSON object per hit.
 
@@ -311,7 +312,10 @@ def main() -> None:
     cli()
 
 
+from mrag.cli_bench import bench, tune  # noqa: E402
 from mrag.cli_generate import ask, serve  # noqa: E402
 
 cli.add_command(ask)
 cli.add_command(serve)
+cli.add_command(bench)
+cli.add_command(tune)

@@ -27,8 +27,9 @@ gen_model_option = click.option(
 @db_option
 @model_option
 @click.option("-k", type=int, default=5, show_default=True, help="Chunks retrieved for the answer.")
-@click.option("--strategy", "-s", default=settings.DEFAULT_STRATEGY, show_default=True,
-              help=f"One of: {', '.join(settings.strategy_names())}. fusion/mrag-fusion let the LLM write sub-queries.")
+@click.option("--strategy", "-s", default=None,
+              help=f"One of: {', '.join(settings.strategy_names())} (default: the index's, see mrag tune; else "
+                   f"{settings.DEFAULT_STRATEGY}). fusion/mrag-fusion let the LLM write sub-queries.")
 @generator_option
 @gen_model_option
 @click.option("--max-context-chars", type=int, default=DEFAULT_MAX_CONTEXT_CHARS, show_default=True,
@@ -37,7 +38,7 @@ gen_model_option = click.option(
 @click.option("--no-generate", is_flag=True, help="Print the numbered context that would be sent; load no LLM.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object {answer, cited, context, strategy}.")
 @user_errors
-def ask(question: str, db: str, model: str | None, k: int, strategy: str, backend: str, gen_model: str | None,
+def ask(question: str, db: str, model: str | None, k: int, strategy: str | None, backend: str, gen_model: str | None,
         max_context_chars: int, max_tokens: int, no_generate: bool, as_json: bool) -> None:
     """Answer QUESTION from DB with numbered citations; the answer streams as it is written.
 
@@ -56,11 +57,13 @@ def ask(question: str, db: str, model: str | None, k: int, strategy: str, backen
         raise ValueError("the question is empty")
     if max_tokens <= 0:
         raise ValueError(f"--max-tokens must be positive, got {max_tokens}")
-    settings.check_strategy(strategy)
+    if strategy is not None:
+        settings.check_strategy(strategy)
+    index = Index.open(db, model=model, create=False)
+    strategy = strategy or index.default_strategy
     if no_generate and is_fusion(strategy):
         raise ValueError(f"strategy {strategy!r} needs the LLM to write sub-queries: drop --no-generate")
     generator = None if no_generate else make_generator(backend, gen_model)
-    index = Index.open(db, model=model, create=False)
     prepared = prepare(index, question, k=k, strategy=strategy, generator=generator,
                        max_context_chars=max_context_chars)
     if generator is None:

@@ -193,14 +193,15 @@ class Index:
         self,
         query: str,
         k: int = 5,
-        strategy: str = retrieve.DEFAULT_STRATEGY,
+        strategy: str | None = None,
         c: int | None = None,
         subqueries: Sequence[str] | None = None,
         spaces: Sequence[str] | None = None,
         exact: bool | None = None,
         nprobes: int | None = None,
     ) -> list[Hit]:
-        """The top k chunks for a query; each hit carries the votes that put it there.
+        """The top k chunks for a query; each hit carries the votes that put it there. `strategy`: None
+        is the index's default (`default_strategy`: what `mrag tune` recorded, else "mrag").
 
         `spaces` selects voters by name: "standard", "heads", "head:3", "split", or an external
         space's label (default: all of the strategy's spaces).
@@ -218,7 +219,7 @@ class Index:
         self,
         queries: Sequence[str],
         k: int = 5,
-        strategy: str = retrieve.DEFAULT_STRATEGY,
+        strategy: str | None = None,
         c: int | None = None,
         subqueries: Sequence[Sequence[str]] | None = None,
         spaces: Sequence[str] | None = None,
@@ -226,7 +227,21 @@ class Index:
         nprobes: int | None = None,
     ) -> list[list[Hit]]:
         """`search` for a batch of queries: one embedding pass, and every space searched once for all."""
-        return search_many(self, queries, k, strategy, c, subqueries, spaces, exact, nprobes)
+        return search_many(self, queries, k, strategy or self.default_strategy, c, subqueries, spaces, exact, nprobes)
+
+    @property
+    def default_strategy(self) -> str:
+        """The strategy used when none is named: the one `mrag tune` recorded here, else the built-in one."""
+        self.store.refresh()
+        return str((self.store.manifest.get("default_strategy") or {}).get("strategy", retrieve.DEFAULT_STRATEGY))
+
+    def set_default_strategy(self, record: dict[str, Any] | None) -> None:
+        """Record the default strategy ({"strategy": name, ...why it won}) in one committed write;
+        None goes back to the built-in default."""
+        if record is not None:
+            retrieve.check_strategy(record["strategy"])
+        with self.store.writing(maintain=False):
+            self.store.manifest = self.store.manifest | {"default_strategy": record}
 
     def maintain_ann(self, force: bool = False) -> dict[str, Any] | None:
         """(Re)build the ANN indexes when `ann_policy` says so (`ann.needs_ann`: past its threshold, or
@@ -301,6 +316,8 @@ class Index:
                 e | {"scale": float(weights[f"space:{e['name']}"][0])} for e in m.get("spaces", [])
             ],
             "ann": m.get("ann"),
+            "default_strategy": m.get("default_strategy") or {"strategy": retrieve.DEFAULT_STRATEGY,
+                                                              "source": "built-in"},
             "strategies": retrieve.strategy_names(),
         }
 

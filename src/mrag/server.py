@@ -95,13 +95,14 @@ class State:
 
 # --- request and response bodies ----------------------------------------------------------------
 
-Strategy = Field(retrieve.DEFAULT_STRATEGY, description=f"One of: {', '.join(retrieve.strategy_names())}.")
+Strategy = Field(None, description=f"One of: {', '.join(retrieve.strategy_names())}; default: the index's "
+                                   f"(recorded by mrag tune), else {retrieve.DEFAULT_STRATEGY}.")
 
 
 class SearchRequest(BaseModel):
     query: str = Field(min_length=1)
     k: int = Field(5, ge=1, le=MAX_K)
-    strategy: str = Strategy
+    strategy: str | None = Strategy
     explain: bool = Field(False, description="Include the votes (space, rank, weight) behind each hit.")
     c: int | None = Field(None, ge=1, le=10_000, description="Per-space depth (default max(k, 32)).")
     subqueries: list[str] | None = Field(None, description="For fusion strategies; default: the LLM writes them.")
@@ -131,7 +132,7 @@ class SearchResponse(BaseModel):
 class AskRequest(BaseModel):
     question: str = Field(min_length=1)
     k: int = Field(5, ge=1, le=MAX_K)
-    strategy: str = Strategy
+    strategy: str | None = Strategy
     max_context_chars: int | None = Field(None, ge=1)
     max_tokens: int = Field(DEFAULT_MAX_TOKENS, ge=1, le=8192)
     stream: bool = Field(False, description="Server-sent events: context, token..., answer.")
@@ -187,11 +188,11 @@ def create_app(settings: Settings) -> FastAPI:
     def run_search(st: State, body: SearchRequest) -> SearchResponse:
         from mrag.generate.fusion import is_fusion, retrieve_for
 
-        retrieve.check_strategy(body.strategy)
-        llm = st.llm() if is_fusion(body.strategy) and not body.subqueries else None
-        hits, used = retrieve_for(st.index, body.query, body.k, body.strategy, llm, c=body.c,
+        strategy = retrieve.check_strategy(body.strategy or st.index.default_strategy)
+        llm = st.llm() if is_fusion(strategy) and not body.subqueries else None
+        hits, used = retrieve_for(st.index, body.query, body.k, strategy, llm, c=body.c,
                                   subqueries=body.subqueries, exact=body.exact, nprobes=body.nprobes)
-        return SearchResponse(query=body.query, strategy=body.strategy, subqueries=used,
+        return SearchResponse(query=body.query, strategy=strategy, subqueries=used,
                               hits=[Hit(**h.to_dict(explain=body.explain)) for h in hits])
 
     @app.get("/search", response_model=SearchResponse, response_model_exclude_none=True, tags=["read"])

@@ -175,12 +175,15 @@ def load_topics(corpus: Path, queries: Path) -> Benchmark:
 
 
 def load_beir(folder: Path, split: str = "test") -> Benchmark:
-    """BEIR: corpus.jsonl {_id,title,text}, queries.jsonl {_id,text}, qrels/<split>.tsv."""
+    """BEIR: corpus.jsonl {_id,title,text}, queries.jsonl {_id,text}, qrels/<split>.tsv. When every document
+    has a "category" (as `mrag bench` writes), it is the document's group and the category metric applies."""
     docs = []
     for line in open_text(folder / "corpus.jsonl").splitlines():
         if line.strip():
             r = json.loads(line)
-            docs.append(BenchDoc(str(r["_id"]), r["text"], r.get("title", ""), str(r["_id"]), ""))
+            category = str(r.get("category", ""))
+            docs.append(BenchDoc(str(r["_id"]), r["text"], r.get("title", ""), str(r["_id"]), category))
+    grouped = bool(docs) and all(d.category for d in docs)  # `mrag bench` folders record each document's group
     texts = {}
     for line in open_text(folder / "queries.jsonl").splitlines():
         if line.strip():
@@ -194,11 +197,13 @@ def load_beir(folder: Path, split: str = "test") -> Benchmark:
         if len(parts) >= 3 and int(parts[-1]) > 0:
             qrels[parts[0]][parts[1]] = int(parts[-1])
     known = {d.unit for d in docs}
+    category_of = {d.unit: d.category for d in docs}
     out, skipped = [], []
     for qid, rel in qrels.items():
         if qid not in texts or not set(rel) & known:
             skipped.append(f"query {qid}: no text or no known relevant document")
             continue
-        aspects = [Aspect(frozenset([u]), frozenset(), g) for u, g in sorted(rel.items()) if u in known]
+        aspects = [Aspect(frozenset([u]), frozenset([category_of[u]] if grouped else []), g)
+                   for u, g in sorted(rel.items()) if u in known]
         out.append(BenchQuery(qid, texts[qid], aspects))
-    return Benchmark(folder.name, docs, out, skipped, has_categories=False)
+    return Benchmark(folder.name, docs, out, skipped, has_categories=grouped)

@@ -36,6 +36,7 @@ class Corpus:
     index: Index
     row_units: np.ndarray  # (N,) unit id per matrix row
     spaces: list[str] = field(default_factory=list)  # the external spaces this evaluation uses
+    query_cache: Path | None = None  # folder for query embeddings (None: not cached)
 
 
 def cache_key(bench: Benchmark, embedder_info: dict[str, Any], chunk_chars: int) -> str:
@@ -68,33 +69,35 @@ def embed_corpus(
     unit_of = {d.id: d.unit for d in bench.docs}
     matrix = index.store.matrix()
     row_units = np.array([unit_of[str(i).rsplit("#", 1)[0]] for i in matrix.ids], dtype=object)
-    return Corpus(index, row_units, [s.name for s in spaces])
+    return Corpus(index, row_units, [s.name for s in spaces], query_cache=folder)
 
 
 def embed_queries(
     corpus: Corpus, texts: Sequence[str], show_progress: bool = False
 ) -> dict[str, retrieve.QueryVectors]:
-    """Unit query vectors for every distinct text, cached in an .npz beside the index."""
+    """Unit query vectors for every distinct text, cached in an .npz in `corpus.query_cache`."""
     unique = sorted(set(texts))
     digest = hashlib.sha256("\0".join(unique).encode()).hexdigest()[:16]
-    path = Path(corpus.index.store.uri).parent / f"queries-{digest}.npz"
-    if path.exists():
+    path = (corpus.query_cache or Path()) / f"queries-{digest}.npz"
+    if corpus.query_cache is not None and path.exists():
         data = np.load(path)
         standard, heads = data["standard"], data["heads"]
     else:
         emb = corpus.index.embedder.embed(unique, kind="query", show_progress=show_progress)
         emb.check_queries(unique)
         standard, heads = retrieve.unit(emb.standard), retrieve.unit(emb.heads)
-        np.savez(path, standard=standard, heads=heads)
+        if corpus.query_cache is not None:
+            np.savez(path, standard=standard, heads=heads)
     extra = {}
     for space in (s for s in corpus.index.spaces if s.name in corpus.spaces):
         spec = hashlib.sha256(json.dumps(space.spec.to_json(), sort_keys=True).encode()).hexdigest()[:8]
         space_path = path.with_name(f"{path.stem}-{space.name}-{spec}.npz")
-        if space_path.exists():
+        if corpus.query_cache is not None and space_path.exists():
             extra[space.name] = np.load(space_path)["vectors"]
         else:
             extra[space.name] = retrieve.unit(space.embed(unique, kind="query"))
-            np.savez(space_path, vectors=extra[space.name])
+            if corpus.query_cache is not None:
+                np.savez(space_path, vectors=extra[space.name])
     return {
         t: retrieve.QueryVectors(s, h, {name: v[i] for name, v in extra.items()})
         for i, (t, s, h) in enumerate(zip(unique, standard, heads))

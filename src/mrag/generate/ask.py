@@ -44,20 +44,21 @@ def prepare(
     index: Any,
     question: str,
     k: int = 5,
-    strategy: str = retrieve.DEFAULT_STRATEGY,
+    strategy: str | None = None,
     generator: Generator | None = None,
     max_context_chars: int = DEFAULT_MAX_CONTEXT_CHARS,
     c: int | None = None,
     subqueries: Sequence[str] | None = None,
 ) -> Prepared:
-    """Retrieve and build the prompt. Fusion strategies ask `generator` for sub-queries unless given."""
+    """Retrieve and build the prompt. Fusion strategies ask `generator` for sub-queries unless given;
+    `strategy` None is the index's default."""
     if not question or not question.strip():
         raise ValueError("the question is empty")
     if k <= 0:
         raise ValueError(f"k must be positive, got {k}")
     if max_context_chars <= 0:
         raise ValueError(f"the context budget must be positive, got {max_context_chars}")
-    retrieve.check_strategy(strategy)
+    strategy = retrieve.check_strategy(strategy or index.default_strategy)
     hits, used = retrieve_for(index, question, k, strategy, generator, c=c, subqueries=subqueries)
     context = build_context(hits, max_context_chars)
     return Prepared(question, strategy, context, used, build_messages(question, context))
@@ -68,7 +69,7 @@ def ask(
     question: str,
     generator: Generator,
     k: int = 5,
-    strategy: str = retrieve.DEFAULT_STRATEGY,
+    strategy: str | None = None,
     max_context_chars: int = DEFAULT_MAX_CONTEXT_CHARS,
     max_tokens: int = DEFAULT_MAX_TOKENS,
     c: int | None = None,

@@ -95,13 +95,15 @@ def retrieve_for(
     index: Any,
     question: str,
     k: int,
-    strategy: str,
+    strategy: str | None,
     generator: Generator | None = None,
     c: int | None = None,
     subqueries: Sequence[str] | None = None,
     **search_options: Any,
 ) -> tuple[list[Any], list[str]]:
-    """(hits, sub-queries) for any strategy; fusion ones use `subqueries` if given, else the generator's."""
+    """(hits, sub-queries) for any strategy (None: the index's default); fusion ones use `subqueries` if
+    given, else the generator's."""
+    strategy = strategy or index.default_strategy
     if not is_fusion(strategy):
         return index.search(question, k=k, strategy=strategy, c=c, **search_options), []
     if subqueries:
