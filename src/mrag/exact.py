@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Collection
+from typing import Any
 
 import numpy as np
 import torch
 
+from mrag import lowprec
 from mrag.retrieve import QueryVectors, Result, Scales, Voter, unit
 from mrag.retrieve import vote as retrieve_vote
 from mrag.scales import split_width
@@ -27,6 +29,8 @@ SCORE_BYTES = 512 * 2**20  # the most memory a scan's candidates may take
 BLOCK_ROWS = 65_536  # the most rows scored at a time
 BLOCK_BYTES = 12 * 2**20  # a block's similarities, all lines: about what the L3 cache holds
 SEGMENT_ROWS = 32  # rows per segment: a block's rows are kept or skipped a segment at a time
+PRECISIONS = ("bf16", "fp32")  # the heads' scan: a bf16 pass re-scored in fp32 (`mrag.lowprec`), or fp32
+DEFAULT_PRECISION = "bf16"  # same rows and scores as fp32 (tested), faster (benchmarks/results/core-lowprec.md)
 
 
 def best_of(
@@ -66,10 +70,20 @@ class Exact:
     """Exact search on vectors in memory: one pass over each matrix for all query parts at once.
 
     standard (N, D) and heads (H, N, d) unit vectors, head-major so each head is one contiguous
-    matrix; extra: external space -> (N, D_s) unit vectors."""
+    matrix; extra: external space -> (N, D_s) unit vectors. `precision` "bf16" scans the heads in bf16
+    and re-scores the rows that could place in fp32 (`mrag.lowprec`: same result as "fp32"); heads with
+    NaN or infinite values, and rows that tie near the top beyond `lowprec.KEPT_BYTES`, scan in fp32."""
 
-    def __init__(self, standard: np.ndarray, heads: np.ndarray, extra: dict[str, np.ndarray] | None = None):
-        self.standard, self.heads, self.extra = standard, heads, extra or {}
+    def __init__(
+        self,
+        standard: np.ndarray,
+        heads: np.ndarray,
+        extra: dict[str, np.ndarray] | None = None,
+        precision: str = DEFAULT_PRECISION,
+    ):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        self.standard, self.heads, self.extra, self.precision = standard, heads, extra or {}, precision
 
     def __call__(self, chosen: list[Voter], queries: list[QueryVectors], c: int) -> tuple[np.ndarray, np.ndarray]:
         n = self.heads.shape[1]
@@ -90,13 +104,20 @@ class Exact:
             raise ValueError("the voters of a group must be listed together (as retrieve.voters lists them)")
         q = {g: self.query_matrix(g, members, queries) for g, members in groups.items()}
         found = {g: Candidates(c + 1, n) for g in groups}
+        apart: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # groups ranked apart: the heads in bf16
+        if "heads" in groups and self.precision == "bf16":
+            heads_best = self.heads_bf16(groups["heads"], q["heads"], c + 1)
+            apart = {} if heads_best is None else {"heads": heads_best}
+        scanned = {g: members for g, members in groups.items() if g not in apart}
         buffers: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}  # reused by every block: no fresh pages
-        block = block_rows(len(chosen) * len(queries))
-        for start in range(0, n, block):
-            stop = min(n, start + block)
-            for g, members in groups.items():
+        block = block_rows(sum(map(len, scanned.values())) * len(queries))
+        starts = list(range(0, n if scanned else 0, block))
+        if len(starts) > 1 and n - starts[-1] < lowprec.SMALL_ROWS:  # the last block joins the one before
+            starts.pop()
+        for start, stop in zip(starts, [*starts[1:], n]):
+            for g, members in scanned.items():
                 found[g].offer(self.similarities(g, members, q[g], start, stop, buffers), start)
-        best = [f.best() for f in found.values()]
+        best = [apart[g] if g in apart else found[g].best() for g in groups]
         p = len(queries)
         lines = [(v, part) for members in groups.values() for v in members for part in queries]
         ranking, sims = best_of(
@@ -119,10 +140,38 @@ class Exact:
 
     def head_rows(self, members: list[Voter], start: int, stop: int) -> np.ndarray:
         """The voters' heads, rows start..stop: (h, B, d), a view when the heads are consecutive."""
-        first, last = members[0].index, members[-1].index
-        if [v.index for v in members] == list(range(first, last + 1)):
-            return self.heads[first : last + 1, start:stop]
-        return self.heads[[v.index for v in members], start:stop]
+        return _head_rows(self.heads, [v.index for v in members], start, stop)
+
+    def heads_bf16(self, members: list[Voter], q: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Each line's best `keep` rows by fp32 score, from a bf16 scan and an fp32 re-score of the rows
+        that could place: scores and rows (h * P, min(keep, N)), best first. q (h, P, d). None where
+        the bf16 scan cannot be trusted or kept too many rows: the caller scans in fp32."""
+        n = self.heads.shape[1]
+        if n < lowprec.SMALL_ROWS or not lowprec.worth_it(n, q.shape[0] * q.shape[1]):
+            return None  # nothing to gain (and below SMALL_ROWS, BLAS's small kernels would differ)
+        copy = lowprec.bf16_heads(self.heads)
+        if not copy.finite or not bool(torch.isfinite(q).all()):
+            return None
+        h, p, _ = q.shape
+        index = [v.index for v in members]
+        norms = torch.linalg.vector_norm(q, dim=2).flatten()  # (h * P,) voter-major, as the lines
+        scan = lowprec.HeadScan(keep, n, lowprec.error_bound(norms, copy.row_norm[index].repeat_interleave(p)))
+        chunks, chunk_rows = len(copy.copy), copy.copy.shape[2]
+        block = min(lowprec.block_chunks(h * p), chunks)  # chunks per block
+        queries = q.to(torch.bfloat16).transpose(1, 2).repeat(block, 1, 1)  # (block * h, d, P)
+        out = torch.empty((block * h, chunk_rows, p), dtype=torch.bfloat16)  # reused: the scan copies what it keeps
+        try:
+            for first in range(0, chunks, block):
+                x = copy.copy[first : first + block]  # (k, H, R, d)
+                x = (x if index == list(range(x.shape[1])) else x[:, index]).flatten(0, 1)  # (k * h, R, d), contiguous
+                k = len(x) // h
+                products = torch.bmm(x, queries[: len(x)], out=out[: len(x)])  # (k * h, R, P)
+                scan.offer(products.unflatten(0, (k, h)), first * chunk_rows)
+        except lowprec.TooManyKept:
+            return None
+        lines, rows = scan.candidates()
+        scores = lowprec.rescore(q, _tensor(self.heads), index, lines, rows)
+        return lowprec.best_rows(lines, rows, scores, h * p, min(keep, n))
 
     def similarities(
         self,
@@ -136,10 +185,11 @@ class Exact:
         """Cosines of rows start..stop for one group's voters and every part: (len(members) * P, B),
         written into the group's buffer in `buffers` when given, kept for the next block (fresh memory
         for every block's similarities cost more than the products)."""
-        if group == "heads":
+        if group == "heads":  # one part is doubled: two take BLAS's GEMM kernel, as `lowprec.rescore` does
             x = _tensor(self.head_rows(members, start, stop))  # (h, B, d)
-            out = _buffer(buffers, group, (len(x), q.shape[1], stop - start), x.dtype)
-            return torch.bmm(q.to(x.dtype), x.transpose(1, 2), out=out).flatten(0, 1)  # (h, P, B)
+            parts = q.to(x.dtype) if q.shape[1] > 1 else q.to(x.dtype).expand(-1, 2, -1)
+            out = _buffer(buffers, group, (len(x), parts.shape[1], stop - start), x.dtype)
+            return torch.bmm(parts, x.transpose(1, 2), out=out)[:, : q.shape[1]].flatten(0, 1)  # (h, P, B)
         if group == "split":
             width = q.shape[2]
             cut = [unit(self.standard[start:stop, v.index * width : (v.index + 1) * width]) for v in members]
@@ -252,6 +302,13 @@ def segment_peaks(segments: torch.Tensor) -> torch.Tensor:
     return segments.permute(1, 2, 0).amax(1).T
 
 
+def _head_rows(heads: Any, index: list[int], start: int, stop: int) -> Any:
+    """Heads `index` of (H, N, d) (numpy or torch), rows start..stop: (h, B, d), a view when consecutive."""
+    if index == list(range(index[0], index[-1] + 1)):
+        return heads[index[0] : index[-1] + 1, start:stop]
+    return heads[index, start:stop]
+
+
 def _no_nan(x: torch.Tensor) -> torch.Tensor:
     """NaN -> -inf, in place (torch.topk ranks NaN above everything)."""
     return x.masked_fill_(x.isnan(), -torch.inf)
@@ -306,8 +363,9 @@ def run(
     parts: list[QueryVectors] | None = None,
     extra: dict[str, np.ndarray] | None = None,
     select: Collection[str] | None = None,
+    precision: str = DEFAULT_PRECISION,
 ) -> Result:
     """Exact search for one query.  standard (N, D) and heads (H, N, d) hold unit vectors; `extra`
     the external spaces' unit vectors, name -> (N, D_s).  See `vote` for the rest."""
-    ranker = Exact(standard, heads, extra)
+    ranker = Exact(standard, heads, extra, precision)
     return retrieve_vote(strategy, query, k, c, scales, ranker, len(heads), parts, list(extra or {}), select)

@@ -1,0 +1,200 @@
+"""The bf16 scan of the heads (`mrag.lowprec`) returns exactly what the fp32 scan returns."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mrag import exact, lowprec, retrieve
+
+SCALES = {"heads": np.linspace(0.5, 2, 3), "standard": np.ones(1), "split": np.ones(3)}
+
+
+@pytest.fixture(autouse=True)
+def _always_bf16(monkeypatch):
+    """Small test indexes take the bf16 pass too (it is skipped where it would not pay)."""
+    monkeypatch.setattr(lowprec, "MIN_ROWS", 0)
+
+
+def unit(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    return retrieve.unit(rng.standard_normal(shape)).astype(np.float32)
+
+
+def hard_index(n: int, h: int = 3, d: int = 8, dim: int = 24, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Unit vectors with exact duplicates, rows equal in bf16 but not in fp32, and rows a bf16 step apart."""
+    rng = np.random.default_rng(seed)
+    standard, heads = unit(rng, (n, dim)), unit(rng, (h, n, d))
+    copies = rng.choice(n, size=(3, n // 10), replace=False)  # (from, to, near)
+    heads[:, copies[1]] = heads[:, copies[0]]  # ties: the same vector twice
+    nudge = rng.standard_normal((h, n // 10, d)).astype(np.float32) * 1e-5  # below bf16's resolution
+    heads[:, copies[2]] = retrieve.unit(heads[:, copies[0]] + nudge).astype(np.float32)
+    standard[copies[1]] = standard[copies[0]]
+    return standard, heads
+
+
+def queries_near(rng: np.random.Generator, heads: np.ndarray, dim: int, count: int) -> list[retrieve.QueryVectors]:
+    """Queries that point at a row (many near-ties at the top) or anywhere."""
+    out = []
+    for i in range(count):
+        near = heads[:, rng.integers(heads.shape[1])] if i % 2 else unit(rng, heads[:, 0].shape)
+        out.append(retrieve.QueryVectors(unit(rng, (dim,)), retrieve.unit(near + 0.05 * unit(rng, near.shape))))
+    return out
+
+
+def both(standard: np.ndarray, heads: np.ndarray, chosen: list, parts: list, c: int) -> None:
+    fp32 = exact.Exact(standard, heads, precision="fp32")(chosen, parts, c)
+    bf16 = exact.Exact(standard, heads, precision="bf16")(chosen, parts, c)
+    np.testing.assert_array_equal(bf16[0], fp32[0])
+    np.testing.assert_array_equal(bf16[1], fp32[1])  # bit for bit
+
+
+@pytest.mark.parametrize("strategy", ["mrag-paper", "mrag-std", "mrag"])
+@pytest.mark.parametrize("n_parts, c", [(1, 5), (6, 20), (40, 33)])
+def test_bf16_scan_returns_the_fp32_ranking_and_scores(monkeypatch, strategy, n_parts, c):
+    monkeypatch.setattr(lowprec, "CHUNK_ROWS", 64)  # many chunks, blocks and floor raises
+    monkeypatch.setattr(lowprec, "BLOCK_BYTES", 64 * 2 * 8 * 3)
+    raised = []
+    real = lowprec.HeadScan.raise_floor
+    monkeypatch.setattr(lowprec.HeadScan, "raise_floor", lambda self: (raised.append(1), real(self))[1])
+    standard, heads = hard_index(3000)
+    rng = np.random.default_rng(1)
+    chosen = retrieve.voters(retrieve.parse_strategy(strategy).base, 3, SCALES)
+    both(standard, heads, chosen, queries_near(rng, heads, 24, n_parts), c)
+    assert len(raised) > 1  # raised while scanning, not only at the end
+
+
+@pytest.mark.parametrize("spread", [0.02, 0.05, 0.1])
+def test_a_cluster_finer_than_bf16_ranks_as_in_fp32(monkeypatch, spread):
+    """300 rows around the query score 0.99-1.0: bf16 (steps of 2^-8 there) reorders them, so rows of
+    the fp32 top c score below the bf16 c-th best: only the error margin keeps them."""
+    monkeypatch.setattr(lowprec, "CHUNK_ROWS", 128)
+    rng = np.random.default_rng(11)
+    standard, heads = hard_index(4000)
+    centre = unit(rng, (3, 8))
+    rows = rng.choice(4000, 300, replace=False)
+    heads[:, rows] = retrieve.unit(centre[:, None] + spread * rng.standard_normal((3, 300, 8))).astype(np.float32)
+    q = retrieve.QueryVectors(unit(rng, (24,)), centre)
+    both(standard, heads, retrieve.voters("mrag-paper", 3, SCALES), [q, q], 33)
+
+
+def test_a_query_equal_to_duplicated_rows_ties_at_the_cut():
+    standard, heads = hard_index(700, seed=3)
+    heads[:, 100:140] = heads[:, 7:8]  # 41 copies of row 7: the tie runs past c
+    q = retrieve.QueryVectors(unit(np.random.default_rng(2), (24,)), heads[:, 7].copy())
+    chosen = retrieve.voters("mrag-paper", 3, SCALES)
+    both(standard, heads, chosen, [q, q], 33)
+
+
+def test_a_selection_of_heads_and_a_last_chunk_that_ends_inside_a_segment(monkeypatch):
+    monkeypatch.setattr(lowprec, "CHUNK_ROWS", 64)
+    standard, heads = hard_index(1001, h=4)
+    rng = np.random.default_rng(4)
+    scales = {"heads": np.ones(4), "standard": np.ones(1), "split": np.ones(4)}
+    chosen = retrieve.voters("mrag-std", 4, scales, select=["head:1", "head:3", "standard"])
+    both(standard, heads, chosen, queries_near(rng, heads, 24, 3), 10)
+
+
+def test_fewer_rows_than_c_and_negative_scores():
+    rng = np.random.default_rng(5)
+    standard, heads = unit(rng, (20, 24)), unit(rng, (3, 20, 8))
+    chosen = retrieve.voters("mrag-paper", 3, SCALES)
+    q = retrieve.QueryVectors(unit(rng, (24,)), -heads[:, 3])  # every score of row 3 is -1: most are < 0
+    both(standard, heads, chosen, [q], 30)
+
+
+def test_too_many_ties_fall_back_to_the_fp32_scan(monkeypatch):
+    monkeypatch.setattr(lowprec, "KEPT_BYTES", 1)
+    standard, heads = hard_index(2000)
+    chosen = retrieve.voters("mrag-paper", 3, SCALES)
+    ranker = exact.Exact(standard, heads, precision="bf16")
+    assert ranker.heads_bf16(chosen, ranker.query_matrix("heads", chosen, queries_near(np.random.default_rng(6), heads,
+                                                                                       24, 2)), 6) is None
+    both(standard, heads, chosen, queries_near(np.random.default_rng(6), heads, 24, 2), 5)
+
+
+def test_heads_with_nan_scan_in_fp32():
+    standard, heads = hard_index(500)
+    heads[1, 17] = np.nan
+    chosen = retrieve.voters("mrag-paper", 3, SCALES)
+    ranker = exact.Exact(standard, heads, precision="bf16")
+    parts = queries_near(np.random.default_rng(7), heads, 24, 2)
+    assert ranker.heads_bf16(chosen, ranker.query_matrix("heads", chosen, parts), 6) is None
+    both(standard, heads, chosen, parts, 5)
+
+
+def test_the_bf16_pass_is_skipped_where_it_would_not_pay(monkeypatch):
+    monkeypatch.setattr(lowprec, "MIN_ROWS", 20_000)
+    assert lowprec.worth_it(20_000, 1) and lowprec.worth_it(10_000, 2304) and not lowprec.worth_it(10_000, 72)
+    standard, heads = hard_index(500)
+    ranker = exact.Exact(standard, heads, precision="bf16")
+    chosen = retrieve.voters("mrag-paper", 3, SCALES)
+    parts = queries_near(np.random.default_rng(12), heads, 24, 2)
+    assert ranker.heads_bf16(chosen, ranker.query_matrix("heads", chosen, parts), 6) is None
+
+
+def test_unknown_precision():
+    with pytest.raises(ValueError, match="precision"):
+        exact.Exact(np.zeros((1, 2), np.float32), np.zeros((1, 1, 2), np.float32), precision="int4")
+
+
+def test_the_error_bound_worked_by_hand():
+    """q = x = [1 + 2^-8 + 2^-20]: bf16 rounds each up to 1 + 2^-7 (just above the half step), the
+    product (1 + 2^-7)^2 = 1 + 2^-6 + 2^-14 is summed in fp32 and rounded to bf16, 1 + 2^-6 = 1.015625,
+    while q.x = 1.0078297...: off by 0.00778 = 1.99u (u = 2^-8). The bound, 4u |q||x| = 0.01575, covers it."""
+    v = 1 + 2**-8 + 2**-20
+    q = torch.tensor([[[v]]], dtype=torch.float32)
+    approx = torch.bmm(q.to(torch.bfloat16), q.to(torch.bfloat16).transpose(1, 2)).float().item()
+    assert approx == 1.015625
+    exact_value = v * v
+    assert exact_value == pytest.approx(1.0078297, abs=1e-7)
+    bound = lowprec.error_bound(torch.tensor([v]), torch.tensor([v])).item()
+    assert bound == pytest.approx(4 * 2**-8 * v * v)
+    assert 1.9 * lowprec.BF16_UNIT < approx - exact_value <= bound
+
+
+def test_the_error_bound_holds_on_random_vectors():
+    rng = np.random.default_rng(8)
+    x = torch.from_numpy(unit(rng, (1, 20000, 32)))
+    q = torch.from_numpy(unit(rng, (1, 64, 32)))
+    approx = torch.bmm(x.to(torch.bfloat16), q.to(torch.bfloat16).transpose(1, 2)).double()
+    truth = torch.bmm(x.double(), q.double().transpose(1, 2))
+    assert float((approx - truth).abs().max()) <= lowprec.error_bound(torch.ones(1), torch.ones(1)).item()
+
+
+def test_peaks_on_int16_bits_never_skip_a_segment_that_may_reach_the_threshold():
+    rng = np.random.default_rng(9)
+    values = torch.from_numpy(rng.standard_normal((1, 1, 64 * lowprec.SEGMENT_ROWS, 1)).astype(np.float32))
+    values[0, 0, : lowprec.SEGMENT_ROWS, 0] = -torch.rand(lowprec.SEGMENT_ROWS)  # a segment below 0
+    values[0, 0, lowprec.SEGMENT_ROWS, 0] = 0.0
+    products = values.to(torch.bfloat16)
+    peaks = lowprec.segment_peaks(products).flatten()  # (S,) int16
+    true_peaks = products.float().unflatten(2, (-1, lowprec.SEGMENT_ROWS)).amax(3).flatten()
+    for threshold in [-1.0, -0.01, 0.0, 1e-30, 0.3, 0.5000001, 1.2, float(true_peaks.max())]:
+        kept = peaks >= lowprec.bits_at_least(torch.tensor([threshold]))
+        assert bool(kept[true_peaks >= threshold].all()), threshold  # never skips one that reaches it
+        assert bool((~kept[(true_peaks < threshold) & (true_peaks >= 0)]).all()), threshold  # exact above 0
+    lower = lowprec.bits_value(peaks)
+    assert bool((lower <= true_peaks).all()) and bool((lower[true_peaks >= 0] == true_peaks[true_peaks >= 0]).all())
+
+
+def test_the_bf16_copy_is_made_once_per_array_and_chunk_major():
+    rng = np.random.default_rng(10)
+    heads = unit(rng, (2, 2500, 4))
+    copy = lowprec.bf16_heads(heads)
+    assert lowprec.bf16_heads(heads) is copy
+    assert copy.copy.shape == (-(-2500 // lowprec.CHUNK_ROWS), 2, lowprec.CHUNK_ROWS, 4)
+    flat = copy.copy.transpose(0, 1).flatten(1, 2)  # (H, C * R, d)
+    np.testing.assert_array_equal(flat[:, :2500].float().numpy(), torch.from_numpy(heads).to(torch.bfloat16).float())
+    assert not flat[:, 2500:].any()
+
+
+def test_a_small_real_index_ranks_the_same_in_bf16(index):
+    texts = [f"Chunk {i} about topic {i % 7}: sailors, spices and storms, part {i}." for i in range(300)]
+    index.add([{"id": f"d{i}", "text": t} for i, t in enumerate(texts)])
+    matrix = index.store.matrix()
+    emb = index.embedder.embed(["storms at sea", "spices and silk", "topic 3"], kind="query")
+    parts = [retrieve.QueryVectors(retrieve.unit(s), retrieve.unit(h)) for s, h in zip(emb.standard, emb.heads)]
+    n_heads = matrix.heads.shape[0]
+    scales = {"heads": np.ones(n_heads), "standard": np.ones(1), "split": np.ones(n_heads)}
+    both(matrix.standard, matrix.heads, retrieve.voters("mrag-std", n_heads, scales), parts, 10)
