@@ -9,10 +9,12 @@ commit, and what thousands of single-document writes cost after automatic mainte
 2. visibility: `mrag serve` (all-MiniLM-L6-v2) on an index while `mrag index` in another process
    adds files; after each `mrag index` returns, the time until the server's /info counts the rows.
 3. small writes: N single-document writes (MiniLM, sample-corpus texts) against the same rows written in
-   one batch: search p50 and the folder size, right after and after `mrag optimize`.
+   one batch: search p50 and the folder size right after the burst (and its largest along the burst,
+   from the 1,000th write, per row) against the size after a full compaction.
 
 Run: python benchmarks/bench_writers.py [--seconds 600] [--writers 4] [--searchers 8] [--kills 50] [--small 5000]
-Writes benchmarks/results/writers.json and writers.md.
+     [--parts soak,visibility,small]
+Writes benchmarks/results/writers.json and writers.md; the parts not run keep their last numbers there.
 """
 
 from __future__ import annotations
@@ -36,6 +38,9 @@ from _common import machine, markdown_table, median, sample_texts, time_calls, w
 TESTS = Path(__file__).resolve().parents[1] / "tests"
 sys.path.insert(0, str(TESTS))
 PROCS = str(TESTS / "procs.py")
+RESULTS = Path(__file__).resolve().parent / "results"
+TITLES = {"soak": "Soak: writers, searchers and kill -9", "visibility": "A server seeing another process's commit",
+          "small_writes": "Single-document writes against one batch"}
 
 
 def soak(work: Path, seconds: float, writers: int, searchers: int, kills: int) -> dict[str, Any]:
@@ -136,10 +141,14 @@ def small_writes(work: Path, n: int) -> dict[str, Any]:
     one = Index.open(work / "batch", embedder=embedder)
     one.add(docs)
     many = Index.open(work / "single", embedder=embedder)
-    started = time.perf_counter()
-    for doc in docs:
+    write_s = 0.0
+    sizes = []  # (rows, folder bytes per row) along the burst, from the 1,000th write
+    for i, doc in enumerate(docs, 1):
+        started = time.perf_counter()
         many.add([doc])
-    write_s = time.perf_counter() - started
+        write_s += time.perf_counter() - started
+        if i >= min(1000, n) and i % 50 == 0:  # not timed: the folder's size
+            sizes.append((i, (many.store.disk_bytes() or 0) / i))
     queries = sample_texts(30, target_chars=200, seed=9)
 
     def p50(index: Any) -> float:
@@ -150,13 +159,10 @@ def small_writes(work: Path, n: int) -> dict[str, Any]:
     row = {"writes": n, "writes_per_s": n / write_s, "fragments_after": fragments,
            "search_p50_ms_single": p50(many), "search_p50_ms_batch": p50(one),
            "bytes_single": many.store.disk_bytes(), "bytes_batch": one.store.disk_bytes()}
-    row["bytes_single_after_optimize"] = many.optimize()["bytes_after"]  # versions of the last minute kept
-    time.sleep(many.store.keep_versions.total_seconds() + 1)
-    row["bytes_single_idle_optimize"] = many.optimize()["bytes_after"]  # a minute without writes, e.g. from cron
     row["bytes_full_compaction"] = many.optimize(keep_versions=0)["bytes_after"]
     row["search_ratio"] = row["search_p50_ms_single"] / row["search_p50_ms_batch"]
     row["size_ratio"] = row["bytes_single"] / row["bytes_full_compaction"]
-    row["size_ratio_idle"] = row["bytes_single_idle_optimize"] / row["bytes_full_compaction"]
+    row["size_ratio_max"] = max(size for _, size in sizes) * n / row["bytes_full_compaction"]
     return row
 
 
@@ -172,26 +178,24 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="mrag-writers-"))
     parts = args.parts.split(",")
-    result: dict[str, Any] = {"machine": machine()}
-    md = []
+    runs = {
+        "soak": lambda: soak(work, args.seconds, args.writers, args.searchers, args.kills),
+        "visibility": lambda: visibility(work, args.rounds),
+        "small_writes": lambda: small_writes(work, args.small),
+    }
+    saved = RESULTS / "writers.json"
+    # the parts not run this time keep their last measured numbers
+    result: dict[str, Any] = json.loads(saved.read_text()) if saved.exists() else {}
+    result["machine"] = machine()
     try:
-        if "soak" in parts:
-            result["soak"] = soak(work, args.seconds, args.writers, args.searchers, args.kills)
-            md += ["## Soak: writers, searchers and kill -9", "",
-                   markdown_table([result["soak"]], list(result["soak"]))]
-        if "visibility" in parts:
-            result["visibility"] = visibility(work, args.rounds)
-            md += ["", "## A server seeing another process's commit", "",
-                   markdown_table([result["visibility"]], list(result["visibility"]))]
-        if "small" in parts:
-            result["small_writes"] = small_writes(work, args.small)
-            md += ["", "## Single-document writes against one batch", "",
-                   markdown_table([result["small_writes"]], list(result["small_writes"]))]
+        for key, run in runs.items():
+            if key.split("_")[0] in parts:
+                result[key] = run()
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print("\n".join(md))
-    write_results("writers", result, "# Several writers on one index\n\n" + "\n".join(md) + "\n")
-
+    md = [f"## {TITLES[key]}\n\n{markdown_table([result[key]], list(result[key]))}" for key in runs if key in result]
+    print("\n\n".join(md))
+    write_results("writers", result, "# Several writers on one index\n\n" + "\n\n".join(md) + "\n")
 
 if __name__ == "__main__":
     main()

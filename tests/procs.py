@@ -16,6 +16,7 @@ import os
 import random
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +35,21 @@ def text(rng: random.Random, n: int) -> str:
 
 
 def open_index(db: str) -> Any:
-    """The index at db (a folder, or s3:// with PROCS_STORAGE_OPTIONS as JSON) with the fake embedder."""
+    """The index at db (a folder, or s3:// with PROCS_STORAGE_OPTIONS as JSON) with the fake embedder.
+    PROCS_PRUNE_EVERY_COMMIT=1: every commit compacts and prunes all but the committed version."""
     sys.path.insert(0, str(HERE))
     from conftest import FakeEmbedder
 
+    import mrag.maintenance
     from mrag.index import Index
+
+    if os.environ.get("PROCS_PRUNE_EVERY_COMMIT"):
+        mrag.maintenance.MAINTAIN_EVERY, mrag.maintenance.MAINTAIN_SHARE = 1, 10**9
+    if os.environ.get("PROCS_READ_TRIES"):  # 1: no retry, to see what readers would meet without it
+        import mrag.search
+        import mrag.store
+
+        mrag.store.READ_TRIES = mrag.search.READ_TRIES = int(os.environ["PROCS_READ_TRIES"])
 
     options = json.loads(os.environ.get("PROCS_STORAGE_OPTIONS") or "null")
     return Index.open(db, embedder=FakeEmbedder(), storage_options=options)
@@ -82,10 +93,12 @@ def searcher(db: str, log: str, seconds: float, seed: int) -> None:
                 ids = [h.id for h in hits]
                 if len(ids) != len(set(ids)):
                     raise AssertionError(f"duplicate hits {ids}")
+                if done % 5 == 0:
+                    index.info()  # the other read paths: row counts and a scan
                 done += 1
             except Exception as exc:  # counted, not fatal: the check reports it
                 errors += 1
-                log_line(handle, error=f"{type(exc).__name__}: {exc}")
+                log_line(handle, error=f"{type(exc).__name__}: {exc}", where=traceback.format_exc()[-1500:])
         log_line(handle, searches=done, errors=errors)
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from procs import check_index, expected_documents
 
+import mrag.maintenance
+import mrag.search
 import mrag.store
 from mrag.index import Index
 from mrag.locking import LockTimeout
@@ -127,7 +129,7 @@ def test_two_processes_creating_one_index_agree(tmp_path):
 
 
 def test_small_writes_are_compacted_and_old_versions_pruned(tmp_path, fake, monkeypatch):
-    monkeypatch.setattr(mrag.store, "MAINTAIN_EVERY", 8)
+    monkeypatch.setattr(mrag.maintenance, "MAINTAIN_EVERY", 8)
     db = tmp_path / "db"
     index = Index.open(db, embedder=fake)
     for i in range(7):
@@ -135,7 +137,10 @@ def test_small_writes_are_compacted_and_old_versions_pruned(tmp_path, fake, monk
     assert index.store.chunks.stats()["fragment_stats"]["num_fragments"] == 7
     index.add([{"id": "d7", "text": "document 7 about rivers"}])  # the 8th commit compacts
     assert index.store.chunks.stats()["fragment_stats"]["num_fragments"] == 1
-    assert index.store.manifest["maintenance"] == {"writes": 0, "rows": 0}
+    assert index.store.manifest["maintenance"] | {"bytes": 0} == {"writes": 0, "rows": 0, "count": 8, "bytes": 0}
+    assert 0 < index.store.manifest["maintenance"]["bytes"] <= index.store.disk_bytes()  # the compacted size
+    # pruned by count: only the committed version is left
+    assert [v["version"] for v in index.store.chunks.list_versions()] == [index.store.committed_version]
     for i in range(8, 12):
         index.add([{"id": f"d{i}", "text": f"document {i} about rivers"}])
     index.delete(["d3"])
@@ -166,3 +171,108 @@ def test_a_reader_keeps_working_while_another_process_optimizes(tmp_path, fake):
     subprocess.run([sys.executable, "-c", code], check=True, env=os.environ.copy())
     assert reader.search("document 2 about glaciers", k=1)[0].doc_id == "d2"  # follows to the new version
     assert reader.info()["chunks"] == 5
+
+
+def test_searchers_never_fail_while_a_writer_prunes_at_every_commit(tmp_path, fake, monkeypatch):
+    """The writer compacts and keeps only the committed version after every commit, so the readers'
+    versions vanish under them all the time; they read again at the latest one and never fail."""
+    db = tmp_path / "db"
+    Index.open(db, embedder=fake).add([{"id": "seed", "text": "river mountain castle"}])
+    monkeypatch.setenv("PROCS_PRUNE_EVERY_COMMIT", "1")
+    writer = start("writer", db, tmp_path / "w.log", "w", 40, 5)
+    readers = [start("searcher", db, tmp_path / f"s{i}.log", 10, 20 + i) for i in range(2)]
+    for proc in [writer, *readers]:
+        finish(proc)
+    assert sum(searches(tmp_path / f"s{i}.log")["searches"] for i in range(2)) > 0  # and no errors
+    index = Index.open(db, embedder=fake)
+    assert len(index.store.chunks.list_versions()) <= 2  # pruned as it went (one more: the last commit's)
+    seed = tmp_path / "seed.log"
+    seed.write_text('{"op": "add", "id": "seed", "text": "river mountain castle", "state": "ok"}\n')
+    check_index(str(db), [tmp_path / "w.log", seed])
+
+
+class RefreshSkippedOnce:
+    """A store's `refresh` that does nothing the first time: as if a writer committed and pruned
+    right after the reader's version check."""
+
+    def __init__(self, refresh):
+        self.refresh, self.calls = refresh, 0
+
+    def __call__(self) -> None:
+        self.calls += 1
+        if self.calls > 1:
+            self.refresh()
+
+
+def pruned_under(reader: Index, fake) -> None:
+    """Another writer adds a document and prunes every version but its commit."""
+    writer = Index.open(reader.store.uri, embedder=fake)
+    writer.add([{"id": "late", "text": "a late document about comets"}])
+    writer.optimize(keep_versions=0)
+
+
+@pytest.mark.parametrize("tries", [1, mrag.store.READ_TRIES])
+def test_a_search_on_a_pruned_version_goes_again_at_the_latest(tmp_path, fake, monkeypatch, tries):
+    """tries=1 shows what a reader meets without the retry: its version is gone."""
+    reader = Index.open(tmp_path / "db", embedder=fake)
+    for i in range(3):
+        reader.add([{"id": f"d{i}", "text": f"document {i} about glaciers"}])
+    assert reader.search("document 1 about glaciers", k=1)[0].doc_id == "d1"  # its matrix: this version
+    pruned_under(reader, fake)
+    monkeypatch.setattr(reader.store, "refresh", RefreshSkippedOnce(reader.store.refresh))
+    monkeypatch.setattr(mrag.search, "READ_TRIES", tries)
+    if tries == 1:
+        with pytest.raises(Exception):  # noqa: B017  (Lance's error for a missing file)
+            reader.search("comets", k=1, strategy="mrag")  # a given strategy: no refresh to choose it
+        return
+    assert reader.search("comets", k=1, strategy="mrag")[0].doc_id == "late"
+    assert reader.store.committed_version == reader.store.chunks.version
+
+
+@pytest.mark.parametrize("tries", [1, mrag.store.READ_TRIES])
+def test_rows_of_a_pruned_version_are_read_again_at_the_latest(tmp_path, fake, monkeypatch, tries):
+    reader = Index.open(tmp_path / "db", embedder=fake)
+    reader.add([{"id": "d0", "text": "document about glaciers"}])
+    pruned_under(reader, fake)  # the reader's manifest still names its own, pruned, version
+    monkeypatch.setattr(mrag.store, "READ_TRIES", tries)
+    if tries == 1:
+        with pytest.raises(Exception):  # noqa: B017
+            reader.store.rows(columns=["id"])
+        return
+    assert sorted(r["id"] for r in reader.store.rows(columns=["id"]).to_pylist()) == ["d0#0", "late#0"]
+    assert reader.store.count() == 2
+
+
+def test_compaction_is_due_by_share_by_commits_or_by_the_folder_outgrowing_its_compacted_size():
+    due = mrag.maintenance.compaction_due
+    assert due({"writes": 32, "rows": 130}, 1000, None)  # 1/8 of the table changed
+    assert not due({"writes": 32, "rows": 100}, 1000, None)
+    assert due({"writes": mrag.maintenance.MAINTAIN_MAX, "rows": 1}, 10**6, None)
+    compacted = {"writes": 32, "rows": 32, "count": 1000, "bytes": 10**7}  # 10 MB after the last compaction
+    floor, growth = mrag.maintenance.MAINTAIN_FLOOR, mrag.maintenance.MAINTAIN_GROWTH
+    assert not due(compacted, 1000, int(growth * 10**7 + floor))
+    assert due(compacted, 1000, int(growth * 10**7 + floor) + 1)
+    assert not due(compacted, 2000, int(growth * 2 * 10**7 + floor))  # the allowance grows with the rows
+    assert not due(compacted, 1000, None)  # object storage: the counters alone
+    assert not due({"writes": 32, "rows": 32}, 1000, 10**9)  # written before the size was recorded
+
+
+def test_a_pass_keeps_only_the_committed_manifest_and_a_compaction_only_the_committed_chunks(
+    tmp_path, fake, monkeypatch
+):
+    monkeypatch.setattr(mrag.maintenance, "MAINTAIN_EVERY", 4)
+    monkeypatch.setattr(mrag.maintenance, "MAINTAIN_SHARE", 0)  # no compaction by share
+    monkeypatch.setattr(mrag.maintenance, "MAINTAIN_GROWTH", 10.0**6)  # nor by size
+    index = Index.open(tmp_path / "db", embedder=fake)
+    store = index.store
+    for i in range(4):
+        index.add([{"id": f"d{i}", "text": f"document {i} about tides"}])
+    assert len(store._manifest_table.list_versions()) == 1  # the committed manifest alone
+    chunk_versions = [v["version"] for v in store.chunks.list_versions()]
+    assert len(chunk_versions) == 5 and chunk_versions[-1] == store.committed_version  # not compacted: kept
+    monkeypatch.setattr(mrag.maintenance, "MAINTAIN_SHARE", 8)  # the 8 rows changed are the whole table
+    for i in range(4, 8):
+        index.add([{"id": f"d{i}", "text": f"document {i} about tides"}])
+    assert [v["version"] for v in store.chunks.list_versions()] == [store.committed_version]
+    assert store.chunks.stats()["fragment_stats"]["num_fragments"] == 1
+    assert Index.open(tmp_path / "db", embedder=fake).info()["chunks"] == 8

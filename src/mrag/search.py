@@ -13,7 +13,7 @@ from mrag import ann, retrieve
 from mrag.embed.base import HeadEmbedder
 from mrag.exact import Exact
 from mrag.spaces import Space
-from mrag.store import Store
+from mrag.store import READ_TRIES, Store
 
 
 class Searchable(Protocol):
@@ -73,6 +73,30 @@ def search_many(
         raise ValueError(f"k must be positive, got {k}")
     if nprobes is not None and nprobes <= 0:
         raise ValueError(f"nprobes must be positive, got {nprobes}")
+    for attempt in range(READ_TRIES):
+        seen = index.store.committed_version
+        try:
+            return _search_many(index, queries, k, strategy, c, subqueries, spaces, exact, nprobes)
+        except Exception:
+            index.store.refresh()
+            if index.store.committed_version == seen or attempt == READ_TRIES - 1:
+                raise  # not a version pruned by another process's commit: the same search would fail again
+    raise AssertionError("unreachable")
+
+
+def _search_many(
+    index: Searchable,
+    queries: Sequence[str],
+    k: int,
+    strategy: str,
+    c: int | None,
+    subqueries: Sequence[Sequence[str]] | None,
+    spaces: Sequence[str] | None,
+    exact: bool | None,
+    nprobes: int | None,
+) -> list[list[Hit]]:
+    """One try of `search_many` at the committed version it reads first; it fails when that version is
+    pruned meanwhile (another process's maintenance), and `search_many` tries the latest one."""
     plan = retrieve.parse_strategy(strategy)
     if plan.expand == "fusion":
         parts = [[q for q in subs if q.strip()] for subs in subqueries or [[] for _ in queries]]

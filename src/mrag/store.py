@@ -15,25 +15,26 @@ Writers in several processes take turns under the index's file lock (`mrag.locki
 the manifest under it and folds its rows onto the latest committed sums, so no write is lost and no
 live writer's rows are mistaken for a dead write. Readers re-read the manifest when its version moves
 (a cheap check), so every open index follows other processes' commits. Every `MAINTAIN_EVERY`
-commits the writer prunes versions older than `keep_versions`, and compacts small fragments once
-enough of the table has changed (`_maintain`); `optimize` does both at once.
+commits the writer prunes old versions, keeping only the committed one, and compacts small fragments
+when due (`mrag.maintenance`); `optimize` does both at once. A reader whose version was pruned
+meanwhile reads again at the latest committed one (`reading`).
 """
 
 from __future__ import annotations
 
 import json
 import threading
-import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pyarrow as pa
 
+from mrag import maintenance
 from mrag.embed.base import Embeddings
 from mrag.locking import Lease, is_local, local_path, write_lock
 from mrag.scales import HeadStats, drift, split_unit, split_width
@@ -42,11 +43,8 @@ CHUNKS = "chunks"
 MANIFEST = "manifest"
 FORMAT_VERSION = 2
 READABLE_FORMATS = (1, 2)
-MAINTAIN_EVERY = 32  # commits between automatic maintenance passes (LanceDB's advice: about every 20 writes)
-MAINTAIN_SHARE = 8  # ... which compact once the rows changed since the last compaction are 1/8 of the table,
-MAINTAIN_MAX = 1024  # or after this many commits: each compaction rewrites the fragments under 1M rows
-KEEP_VERSIONS = timedelta(minutes=1)  # old versions younger than this survive a prune: readers may still use them
-NEVER = timedelta(days=36500)  # "prune nothing" for LanceDB's optimize, which always prunes
+READ_TRIES = 5  # a read whose version was pruned meanwhile goes again at the latest committed one
+T = TypeVar("T")
 
 
 class StoreError(ValueError):
@@ -115,7 +113,6 @@ class Store:
         self._matrix: Matrix | None = None
         self._write_lock = threading.Lock()
         self._changed = 0
-        self.keep_versions = KEEP_VERSIONS
 
     def _load(self, manifest: dict[str, Any]) -> None:
         self.manifest = manifest
@@ -157,10 +154,29 @@ class Store:
     def refresh(self) -> None:
         """Pick up writes committed since (by this or another process): a version check, and a
         read of the manifest only when it moved."""
-        version = self._manifest_table.version  # read_consistency_interval=0: the latest version
-        if version != self._manifest_version:
-            rows = self._manifest_table.to_arrow().to_pylist()
-            self.manifest, self._manifest_version = json.loads(rows[0]["json"]), version
+        for attempt in range(READ_TRIES):
+            try:
+                version = self._manifest_table.version  # read_consistency_interval=0: the latest version
+                if version != self._manifest_version:
+                    rows = self._manifest_table.to_arrow().to_pylist()
+                    self.manifest, self._manifest_version = json.loads(rows[0]["json"]), version
+                return
+            except Exception:  # a writer committed and pruned the version between the check and the read
+                if attempt == READ_TRIES - 1:
+                    raise
+
+    def reading(self, read: Callable[[Any], T]) -> T:
+        """`read(snapshot)` at the committed version. When it fails and a newer commit exists (whose
+        maintenance may have pruned the version being read), again at the latest committed one."""
+        for attempt in range(READ_TRIES):
+            seen = self.committed_version
+            try:
+                return read(self.snapshot())
+            except Exception:
+                self.refresh()
+                if self.committed_version == seen or attempt == READ_TRIES - 1:
+                    raise  # not a pruned version: the same read would fail again
+        raise AssertionError("unreachable")
 
     @staticmethod
     def exists(uri: str, storage_options: dict[str, str] | None = None) -> bool:
@@ -232,15 +248,21 @@ class Store:
         return table
 
     def count(self) -> int:
-        return int(self.snapshot().count_rows())
+        return self.reading(lambda table: int(table.count_rows()))
 
     def rows(self, where: str | None = None, columns: list[str] | None = None, table: Any = None) -> pa.Table:
-        query = (table if table is not None else self.snapshot()).search()
-        if where:
-            query = query.where(where)
-        if columns:
-            query = query.select(columns)
-        return query.limit(None).to_arrow()
+        """Rows matching `where` from `table` (default: the committed snapshot, read again at the
+        latest commit if its version is pruned meanwhile)."""
+
+        def read(source: Any) -> pa.Table:
+            query = source.search()
+            if where:
+                query = query.where(where)
+            if columns:
+                query = query.select(columns)
+            return query.limit(None).to_arrow()
+
+        return read(table) if table is not None else self.reading(read)
 
     def rows_by_id(self, ids: list[str], columns: list[str], table: Any = None) -> list[dict[str, Any]]:
         """Rows for the given chunk ids, in the given order (from `table`, default the snapshot)."""
@@ -329,23 +351,15 @@ class Store:
                     self._restore_committed()
                 raise
             since = self.manifest.get("maintenance", {"writes": 0, "rows": 0})
-            since = {"writes": since["writes"] + 1, "rows": since["rows"] + self._changed}
+            since = since | {"writes": since["writes"] + 1, "rows": since["rows"] + self._changed}
             self.manifest = self.manifest | {"maintenance": since}
             self._save_manifest()
-            if maintain and since["writes"] % MAINTAIN_EVERY == 0:
+            if maintain and since["writes"] % maintenance.MAINTAIN_EVERY == 0:
                 self._maintain(since)
 
     def _maintain(self, since: dict[str, int]) -> None:
-        """The automatic pass after a commit: compaction when enough has changed since the last one
-        (its cost is the table's size, so it waits for 1/8 of the table or `MAINTAIN_MAX` commits),
-        else only the manifest's old versions pruned (one small file per commit)."""
-        try:
-            if since["rows"] * MAINTAIN_SHARE >= self.stats.count or since["writes"] >= MAINTAIN_MAX:
-                self._optimize(self.keep_versions)
-            else:
-                _prune(self._manifest_table, self.keep_versions)
-        except Exception as exc:  # the write is committed; a compaction cut short is undone by the next writer
-            warnings.warn(f"maintenance of {self.uri} failed (the write itself is committed): {exc}", stacklevel=4)
+        """The automatic pass after a commit (`mrag.maintenance.maintain`)."""
+        maintenance.maintain(self, since)
 
     @contextmanager
     def _locked(self) -> Iterator[Lease | None]:
@@ -358,25 +372,17 @@ class Store:
             yield lease
 
     def optimize(self, keep_versions: timedelta | None = None) -> dict[str, Any]:
-        """Compact small fragments, fold new rows into the ANN and full-text indexes, and prune versions
-        older than `keep_versions` (default `self.keep_versions`), beside readers and other writers."""
+        """Compact small fragments, fold new rows into the ANN and full-text indexes, and prune old
+        versions (those older than `keep_versions`; default: all but the committed one), beside
+        readers and other writers."""
         before = self.disk_bytes()
         with self._locked():
-            self._optimize(self.keep_versions if keep_versions is None else keep_versions)
+            self._optimize(keep_versions)
         return {"version": self.committed_version, "bytes_before": before, "bytes_after": self.disk_bytes()}
 
-    def _optimize(self, keep: timedelta) -> None:
-        """Under the write lock, after a commit. Compaction comes first and is committed before any
-        prune, so the committed version survives a crash at any point; then old versions go (the
-        committed version is the latest and is never pruned)."""
-        self.chunks.checkout_latest()
-        self.chunks.optimize(cleanup_older_than=NEVER)
-        self.manifest = self.manifest | {"maintenance": {"writes": 0, "rows": 0}}
-        self._save_manifest()
-        _prune(self.chunks, keep)
-        if self.chunks.version != self.committed_version:  # pruning wrote a version of its own
-            self._save_manifest()
-        _prune(self._manifest_table, keep)
+    def _optimize(self, keep: timedelta | None) -> None:
+        """Under the write lock (`mrag.maintenance.compact_and_prune`)."""
+        maintenance.compact_and_prune(self, keep)
 
     def disk_bytes(self) -> int | None:
         """The index folder's size on disk (None for object storage)."""
@@ -476,13 +482,6 @@ class Store:
         } | ({"spaces": self.spaces} if self.spaces else {})
         self._manifest_table.add([{"json": json.dumps(manifest)}], mode="overwrite")
         self.manifest, self._manifest_version = manifest, self._manifest_table.version
-
-
-def _prune(table: Any, keep: timedelta) -> None:
-    """LanceDB's optimize with versions older than `keep` pruned (its warning for keep = 0 is ours to give)."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*cleanup_older_than=0.*")
-        table.optimize(cleanup_older_than=keep)
 
 
 def _fixed(column: pa.ChunkedArray, n: int, width: int) -> np.ndarray:
