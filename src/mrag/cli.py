@@ -214,7 +214,7 @@ def delete(ids: tuple[str, ...], db: str) -> None:
 @cli.command(context_settings=CONTEXT)
 @db_option
 @click.option("--keep-versions", type=click.FloatRange(min=0), default=None,
-              help="Keep old versions younger than this many seconds (default 120): readers may still use them.")
+              help="Keep old versions younger than this many seconds (default: only the committed one).")
 @user_errors
 def optimize(db: str, keep_versions: float | None) -> None:
     """Compact DB's small fragments and prune old versions; safe beside searches and other writers.

@@ -291,8 +291,8 @@ class Index:
         return [{"head": i, "scale": float(s)} for i, s in enumerate(scales)]
 
     def optimize(self, keep_versions: float | None = None) -> dict[str, Any]:
-        """Compact the index and prune versions older than `keep_versions` seconds (default: two minutes;
-        readers in other processes may still be reading those). Writes run it every 32 commits."""
+        """Compact the index and prune versions older than `keep_versions` seconds (default: all but the
+        committed one; readers still on a pruned one read again at the latest). Writes run it every 32 commits."""
         from datetime import timedelta
 
         keep = None if keep_versions is None else timedelta(seconds=keep_versions)
