@@ -34,22 +34,26 @@ def text(rng: random.Random, n: int) -> str:
     return " ".join(rng.choice(WORDS) for _ in range(n))
 
 
-def open_index(db: str) -> Any:
-    """The index at db (a folder, or s3:// with PROCS_STORAGE_OPTIONS as JSON) with the fake embedder.
-    PROCS_PRUNE_EVERY_COMMIT=1: every commit compacts and prunes all but the committed version."""
-    sys.path.insert(0, str(HERE))
-    from conftest import FakeEmbedder
-
+def process_settings() -> None:
+    """For a process of its own (never the test's): PROCS_PRUNE_EVERY_COMMIT=1: every commit compacts
+    and prunes all but the committed version; PROCS_READ_TRIES=1: no read retry, to see what readers
+    would meet without it."""
     import mrag.maintenance
-    from mrag.index import Index
+    import mrag.search
+    import mrag.store
 
     if os.environ.get("PROCS_PRUNE_EVERY_COMMIT"):
         mrag.maintenance.MAINTAIN_EVERY, mrag.maintenance.MAINTAIN_SHARE = 1, 10**9
-    if os.environ.get("PROCS_READ_TRIES"):  # 1: no retry, to see what readers would meet without it
-        import mrag.search
-        import mrag.store
-
+    if os.environ.get("PROCS_READ_TRIES"):
         mrag.store.READ_TRIES = mrag.search.READ_TRIES = int(os.environ["PROCS_READ_TRIES"])
+
+
+def open_index(db: str) -> Any:
+    """The index at db (a folder, or s3:// with PROCS_STORAGE_OPTIONS as JSON) with the fake embedder."""
+    sys.path.insert(0, str(HERE))
+    from conftest import FakeEmbedder
+
+    from mrag.index import Index
 
     options = json.loads(os.environ.get("PROCS_STORAGE_OPTIONS") or "null")
     return Index.open(db, embedder=FakeEmbedder(), storage_options=options)
@@ -159,6 +163,7 @@ def check_index(db: str, logs: list[Path]) -> dict[str, Any]:
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     role, args = sys.argv[1], sys.argv[2:]
+    process_settings()
     if role == "writer":
         writer(args[0], args[1], args[2], int(args[3]), int(args[4]))
     elif role == "searcher":

@@ -4,8 +4,9 @@ Every single-document write is a commit: a new version of the chunks table (a ma
 fragment, and a fragment of its own) and of the one-row manifest table. Old versions are pruned by
 count, not by age: a pass keeps only the committed version (the latest, under the write lock), so
 the folder stays near its compacted size however fast writes come. Readers in other processes that
-were still on a pruned version retry once at the latest committed one (`Store.reading`,
-`mrag.search.search_many`), so they never fail because of it.
+were still on a pruned version read again at the latest committed one (`Store.reading`,
+`mrag.search.search_many`; up to `READ_TRIES` tries, enough for a writer pruning at every commit
+in `tests/test_writers.py`, where 3 were not always).
 
 LanceDB prunes the chunks table only inside `optimize`, which compacts it too (rewriting every
 fragment under 1M rows), so the chunks table is pruned when it is compacted, and compacted when
