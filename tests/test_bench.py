@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from mrag.cli import cli
 from mrag.evaluate import bench as bench_mod
-from mrag.evaluate.bench import build, cluster_count, folder_groups, kmeans, plan, read_jsonl
+from mrag.evaluate.bench import build, cluster_count, folder_groups, kmeans, plan, read_jsonl, touched
 from mrag.evaluate.datasets import load
 from mrag.evaluate.querygen import (
     Extractive,
@@ -179,9 +179,8 @@ def test_extractive_benchmark_reads_back_in_eval(docs, tmp_path):
 
 
 def test_llm_queries_are_checked_and_the_run_resumes(docs, tmp_path):
-    doc = DOCS["animals/bees.md"].lower().rstrip(".")
-    replies = [f"Question: what links {i} and something else?" for i in range(6)]
-    replies[1] = "Tell me: " + doc  # quotes the whole bees document
+    replies = [f"Question: what links {i}: honeybees, owls, aqueducts, the Nile, the Moon and Mars?" for i in range(6)]
+    replies[1] = "Which one is the nicest of them all?"  # touches no document
     replies[2] = "\n"  # nothing written
     whole = tmp_path / "whole"
     build([docs], whole, Written(Scripted(replies)), ns=[1, 2], per_n=3, seed=0)
@@ -195,8 +194,18 @@ def test_llm_queries_are_checked_and_the_run_resumes(docs, tmp_path):
     assert len(rest.prompts) == 2  # only what was missing
     for name in ("queries.jsonl", "dropped.jsonl", "corpus.jsonl", "qrels/test.tsv"):
         assert (part / name).read_text() == (whole / name).read_text(), name
-    assert info["dropped_by_reason"] == {"no query written": 1} | (
-        {"quotes a document": 1} if any(q["_id"] == "n1-001" for q in read_jsonl(part / "dropped.jsonl")) else {})
+    assert info["dropped_by_reason"] == {"no query written": 1, "touches no document": 1}
+    kept = read_jsonl(part / "queries.jsonl")
+    assert [q["_id"] for q in kept] == ["n1-000", "n2-000", "n2-001", "n2-002"]
+    assert kept[0]["text"] == "what links 0: honeybees, owls, aqueducts, the Nile, the Moon and Mars?"
+    assert all(q["touches"] == q["n"] for q in kept) and info["touching_every_document"] == 4
+
+
+def test_touched_counts_documents_sharing_a_content_word():
+    relevant = ["Honeybees fan their wings.", "Owls hunt at night.", "The Moon raises tides."]
+    assert touched("Why do owls and honeybees differ?", relevant) == 2
+    assert touched("What is the one in the night?", relevant) == 1  # "night"; "the" and "one" are stopwords
+    assert touched("", relevant) == 0
 
 
 class Echo(Generator):

@@ -3,7 +3,8 @@
 The folder it writes is a BEIR folder that `mrag eval --corpus DIR` reads as it is:
     corpus.jsonl   {"_id", "title", "text", "category", "doc_id"}   category = the document's group,
                    doc_id = the id `mrag index` gives it (what `mrag tune` matches on)
-    queries.jsonl  {"_id", "text", "n", "form"}                     appended one by one (resumable)
+    queries.jsonl  {"_id", "text", "n", "relevant", "touches", "form"}  appended one by one (resumable);
+                   touches = how many relevant documents share a content word with the query
     dropped.jsonl  {"_id", "text", "n", "reason"}                   queries the checks refused
     qrels/test.tsv query-id, corpus-id, score                       written at the end
     bench.json     the settings, how the groups were found, counts
@@ -26,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from mrag.evaluate.querygen import QueryWriter, quoted_words
+from mrag.evaluate.querygen import QueryWriter, content_words, quoted_words
 from mrag.ingest import Document, read_paths
 
 DEFAULT_NS = (1, 2, 3, 4, 6)
@@ -189,7 +190,8 @@ def build(
         refusal = check(text, [docs[i].text for i in p.docs], max_quote)
         if refusal is None and vectors is not None and embed is not None:
             refusal = near_copy(embed([text])[0], vectors[p.docs], max_similarity)
-        row = {"_id": p.id, "text": text, "n": p.n, "relevant": [ids[i] for i in p.docs]}
+        row = {"_id": p.id, "text": text, "n": p.n, "relevant": [ids[i] for i in p.docs],
+               "touches": touched(text, [docs[i].text for i in p.docs])}
         if refusal:
             append_jsonl(folder / "dropped.jsonl", row | {"reason": refusal[0], "detail": refusal[1]})
         else:
@@ -220,10 +222,18 @@ def find_groups(
     return [f"cluster-{label:02d}" for label in labels], f"{k} k-means clusters of the standard embeddings"
 
 
+def touched(text: str, relevant: Sequence[str]) -> int:
+    """How many of the relevant documents share a content word with the query."""
+    query = set(content_words(text))
+    return sum(1 for d in relevant if query & set(content_words(d)))
+
+
 def check(text: str, relevant: Sequence[str], max_quote: int) -> tuple[str, str] | None:
     """(why, detail) when a written query is refused, else None."""
     if not text.strip():
         return "no query written", "the writer gave no usable text"
+    if touched(text, relevant) == 0:
+        return "touches no document", "no content word in common with any relevant document"
     quoted = max(quoted_words(text, d) for d in relevant)
     if quoted >= max_quote:
         return "quotes a document", f"{quoted} consecutive words of a relevant document"
@@ -270,7 +280,9 @@ def finish(folder: Path, planned: list[Planned], settings: dict[str, Any]) -> di
         per_n.setdefault(str(p.n), {"planned": 0, "kept": 0})["planned"] += 1
     for q in kept:
         per_n[str(q["n"])]["kept"] += 1
+    full = sum(1 for q in kept if q.get("touches", q["n"]) == q["n"])
     info = settings | {"complete": True, "queries": len(kept), "dropped": len(dropped),
+                       "touching_every_document": full,
                        "dropped_by_reason": dict(reasons), "per_n": per_n,
                        "groups_found": len({d["category"] for d in read_jsonl(folder / "corpus.jsonl")})}
     (folder / "bench.json").write_text(json.dumps(info, indent=2), encoding="utf-8")
