@@ -1,7 +1,7 @@
-"""A/B of the exact ranker: another version of `mrag/exact.py` against the installed one, on the same
+"""A/B of the exact ranker: another version of `mrag/retrieve/exact.py` against the installed one, on the same
 random unit vectors (D = 384, H = 12 x d = 32, six-part queries, k = 5, c = 32), interleaved rounds.
 
-Run: git show REV:src/mrag/exact.py > /tmp/exact_old.py
+Run: git show REV:src/mrag/retrieve/exact.py > /tmp/exact_old.py   (src/mrag/exact.py before the retrieve/ package)
      python benchmarks/ab_exact.py /tmp/exact_old.py [--rows 1000000] [--rounds 3]
 Both versions must return the same rows for every query (checked). Prints a table and writes
 benchmarks/results/ab-exact.json and .md: p50 ms per query of the scoring (`retrieve.vote_many`).
@@ -16,7 +16,8 @@ import time
 import numpy as np
 from _common import machine, markdown_table, write_results
 
-from mrag import exact, retrieve
+from mrag.retrieve import exact
+from mrag.retrieve import strategies as retrieve
 
 H, D_HEAD, D, PARTS = 12, 32, 384, 6
 

@@ -40,10 +40,11 @@ from _common import (
     write_results,
 )
 
-from mrag import exact, retrieve
 from mrag.embed.base import Embeddings, HeadEmbedder
 from mrag.embed.models import DEFAULT_MODEL, resolve_model
 from mrag.index import Index
+from mrag.retrieve import exact
+from mrag.retrieve import strategies as retrieve
 from mrag.store import build_rows, chunk_schema
 
 BATCH = 32

@@ -28,7 +28,8 @@ import numpy as np
 from _common import machine, markdown_table, peak_rss_mb, rss_mb, write_results
 from bench_core import build_synthetic, long_queries
 
-from mrag import exact, retrieve, search
+from mrag.retrieve import exact, search
+from mrag.retrieve import strategies as retrieve
 
 H = 12  # heads of the synthetic index
 PAIRS = {"mrag": "segment+standard", "mrag-paper": "standard"}  # strategy -> the same work without heads

@@ -27,11 +27,12 @@ from typing import Any
 import numpy as np
 from _common import machine, markdown_table, peak_rss_mb, percentiles_ms, rss_mb, time_calls, write_results
 
-from mrag import ann, retrieve
 from mrag.embed.base import Embeddings, HeadEmbedder
 from mrag.embed.models import DEFAULT_MODEL
-from mrag.exact import Exact
 from mrag.index import Index
+from mrag.retrieve import ann
+from mrag.retrieve import strategies as retrieve
+from mrag.retrieve.exact import Exact
 from mrag.store import build_rows, chunk_schema
 
 STRATEGIES = ("standard", "mrag-std", "mrag")

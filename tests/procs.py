@@ -39,13 +39,13 @@ def process_settings() -> None:
     and prunes all but the committed version; PROCS_READ_TRIES=1: no read retry, to see what readers
     would meet without it."""
     import mrag.maintenance
-    import mrag.search
+    import mrag.retrieve.search
     import mrag.store
 
     if os.environ.get("PROCS_PRUNE_EVERY_COMMIT"):
         mrag.maintenance.MAINTAIN_EVERY, mrag.maintenance.MAINTAIN_SHARE = 1, 10**9
     if os.environ.get("PROCS_READ_TRIES"):
-        mrag.store.READ_TRIES = mrag.search.READ_TRIES = int(os.environ["PROCS_READ_TRIES"])
+        mrag.store.READ_TRIES = mrag.retrieve.search.READ_TRIES = int(os.environ["PROCS_READ_TRIES"])
 
 
 def open_index(db: str) -> Any:

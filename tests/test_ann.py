@@ -1,4 +1,4 @@
-"""ANN indexes per space (mrag.ann) on real LanceDB: same answers as exact search when every
+"""ANN indexes per space (mrag.retrieve.ann) on real LanceDB: same answers as exact search when every
 partition is probed, rows written after a build still found, bad input changes nothing."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ import hashlib
 import numpy as np
 import pytest
 
-from mrag.ann import AnnRanker, _ranks, needs_ann
 from mrag.embed.base import Embeddings, HeadEmbedder
 from mrag.index import Index
+from mrag.retrieve.ann import AnnRanker, _ranks, needs_ann
 
 STRATEGIES = ["standard", "mrag-paper", "mrag-std", "mrag", "interleave+mrag-std", "mrag-decay", "segment+mrag-decay"]
 
@@ -66,7 +66,7 @@ def test_needs_ann():
 
 
 def test_replaced_rows_count_as_unindexed(seeded_index):
-    from mrag.ann import unindexed_rows
+    from mrag.retrieve.ann import unindexed_rows
 
     assert unindexed_rows(seeded_index.store.snapshot()) is None
     seeded_index.build_ann()
@@ -136,7 +136,7 @@ def test_bad_ann_requests_change_nothing(seeded_index, tmp_path):
 
 
 def test_a_space_without_a_column_is_refused(seeded_index):
-    from mrag.retrieve import QueryVectors, Voter
+    from mrag.retrieve.types import QueryVectors, Voter
 
     ranker = AnnRanker(seeded_index.store.snapshot(), {"standard": "vector"})
     q = QueryVectors(np.ones(16), np.ones((4, 8)))

@@ -1,4 +1,4 @@
-"""The bf16 scan of the heads (`mrag.lowprec`) returns exactly what the fp32 scan returns."""
+"""The bf16 scan of the heads (`mrag.retrieve.lowprec`) returns exactly what the fp32 scan returns."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from mrag import exact, lowprec, retrieve
+from mrag.retrieve import exact, lowprec
+from mrag.retrieve import strategies as retrieve
 
 SCALES = {"heads": np.linspace(0.5, 2, 3), "standard": np.ones(1), "split": np.ones(3)}
 

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from mrag import exact, retrieve
+from mrag.retrieve import exact
+from mrag.retrieve import strategies as retrieve
 
 
 def test_best_of_candidates_best_first_and_ties_to_the_smaller_row():

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from lancedb.embeddings import TextEmbeddingFunction, register
 
-from mrag import exact, retrieve
 from mrag.index import Index
+from mrag.retrieve import exact
+from mrag.retrieve import strategies as retrieve
 from mrag.scales import brute_force_scales
 from mrag.spaces import SpaceError, SpaceSpec, parse_space
 from mrag.store import Store

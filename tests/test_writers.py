@@ -18,7 +18,7 @@ import pytest
 from procs import check_index, expected_documents
 
 import mrag.maintenance
-import mrag.search
+import mrag.retrieve.search
 import mrag.store
 from mrag.index import Index
 from mrag.locking import LockTimeout
@@ -220,7 +220,7 @@ def test_a_search_on_a_pruned_version_goes_again_at_the_latest(tmp_path, fake, m
     assert reader.search("document 1 about glaciers", k=1)[0].doc_id == "d1"  # its matrix: this version
     pruned_under(reader, fake)
     monkeypatch.setattr(reader.store, "refresh", RefreshSkippedOnce(reader.store.refresh))
-    monkeypatch.setattr(mrag.search, "READ_TRIES", tries)
+    monkeypatch.setattr(mrag.retrieve.search, "READ_TRIES", tries)
     if tries == 1:
         with pytest.raises(Exception):  # noqa: B017  (Lance's error for a missing file)
             reader.search("comets", k=1, strategy="mrag")  # a given strategy: no refresh to choose it

@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mrag.embed.base import Embeddings, HeadEmbedder
-    from mrag.index import AddReport, Hit, Index
+    from mrag.index import AddReport, Index
     from mrag.ingest import Document
+    from mrag.retrieve.types import Hit
     from mrag.store import StoreError
 
 _WHERE = {
-    "AddReport": "mrag.index", "Hit": "mrag.index", "Index": "mrag.index", "Document": "mrag.ingest",
+    "AddReport": "mrag.index", "Hit": "mrag.retrieve.types", "Index": "mrag.index", "Document": "mrag.ingest",
     "Embeddings": "mrag.embed.base", "HeadEmbedder": "mrag.embed.base", "StoreError": "mrag.store",
 }
 __all__ = ["AddReport", "Document", "Embeddings", "HeadEmbedder", "Hit", "Index", "StoreError"]

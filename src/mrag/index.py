@@ -9,11 +9,14 @@ from typing import Any
 
 import numpy as np
 
-from mrag import ann, retrieve, writing
+from mrag import writing
 from mrag.embed.base import HeadEmbedder
 from mrag.embed.models import resolve_model
 from mrag.ingest import Document, read_paths
-from mrag.search import Hit, search_many
+from mrag.retrieve import ann
+from mrag.retrieve import strategies as retrieve
+from mrag.retrieve.search import search_many
+from mrag.retrieve.types import Hit
 from mrag.settings import AnnPolicy
 from mrag.spaces import Space, SpaceSpec, check_unique, new_specs, open_spaces, parse_space
 from mrag.store import Store, StoreError, head_column, quote, space_column

@@ -5,7 +5,7 @@ fragment, and a fragment of its own) and of the one-row manifest table. Old vers
 count, not by age: a pass keeps only the committed version (the latest, under the write lock), so
 the folder stays near its compacted size however fast writes come. Readers in other processes that
 were still on a pruned version read again at the latest committed one (`Store.reading`,
-`mrag.search.search_many`; up to `READ_TRIES` tries, enough for a writer pruning at every commit
+`mrag.retrieve.search.search_many`; up to `READ_TRIES` tries, enough for a writer pruning at every commit
 in `tests/test_writers.py`, where 3 were not always).
 
 LanceDB prunes the chunks table only inside `optimize`, which compacts it too (rewriting every

@@ -23,11 +23,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, Field
 
-from mrag import retrieve
 from mrag.embed.base import Embeddings, HeadEmbedder, Kind
 from mrag.generate.backends import make_generator
 from mrag.generate.base import DEFAULT_MAX_TOKENS, Generator
 from mrag.generate.prompt import DEFAULT_MAX_CONTEXT_CHARS
+from mrag.retrieve import strategies as retrieve
 
 MAX_K = 1000
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}

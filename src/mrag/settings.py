@@ -61,7 +61,7 @@ DEFAULT_NPROBES = 60  # recall of the final mrag top 10 >= 0.96 at 1M even with 
 
 @dataclass
 class AnnPolicy:
-    """When writes (re)build the ANN indexes: from `threshold` rows (see `mrag.ann.needs_ann`), with
+    """When writes (re)build the ANN indexes: from `threshold` rows (see `mrag.retrieve.ann.needs_ann`), with
     this index type and default nprobes (None: what the index recorded, else the defaults)."""
 
     threshold: int = ANN_THRESHOLD

@@ -18,11 +18,12 @@ from typing import Any
 
 import numpy as np
 
-from mrag import exact, retrieve
 from mrag.embed.base import HeadEmbedder
 from mrag.evaluate.datasets import Benchmark
 from mrag.evaluate.metrics import K_MAX, dedupe_units, query_metrics
 from mrag.index import Index
+from mrag.retrieve import exact
+from mrag.retrieve import strategies as retrieve
 from mrag.spaces import SpaceSpec
 from mrag.store import FORMAT_VERSION
 

@@ -10,7 +10,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mrag import retrieve
 from mrag.generate.base import DEFAULT_MAX_TOKENS, Generator, Message
 from mrag.generate.fusion import retrieve_for
 from mrag.generate.prompt import (
@@ -22,6 +21,7 @@ from mrag.generate.prompt import (
     format_context,
     parse_citations,
 )
+from mrag.retrieve import strategies as retrieve
 
 
 @dataclass

@@ -18,8 +18,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from mrag import retrieve
 from mrag.generate.base import Generator, Message
+from mrag.retrieve import strategies as retrieve
 
 DEFAULT_SUBQUERIES = 4
 SUBQUERY_MAX_TOKENS = 160

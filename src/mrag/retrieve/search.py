@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-from mrag import ann, retrieve
 from mrag.embed.base import HeadEmbedder
-from mrag.exact import Exact
+from mrag.retrieve import ann
+from mrag.retrieve import strategies as retrieve
+from mrag.retrieve.exact import Exact
+from mrag.retrieve.types import Hit
 from mrag.spaces import Space
 from mrag.store import READ_TRIES, Store
 
@@ -30,25 +31,6 @@ class Searchable(Protocol):
     def space_weights(self) -> retrieve.Scales: ...
 
 HIT_COLUMNS = ["text", "source", "title", "doc_id", "position", "metadata"]
-
-
-@dataclass
-class Hit:
-    id: str
-    score: float
-    text: str
-    source: str
-    title: str
-    doc_id: str
-    position: int
-    metadata: dict[str, Any]
-    votes: list[dict[str, Any]] = field(default_factory=list)
-
-    def to_dict(self, explain: bool = False) -> dict[str, Any]:
-        out = asdict(self)
-        if not explain:
-            out.pop("votes")
-        return out
 
 
 def search_many(

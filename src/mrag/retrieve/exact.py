@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from mrag import lowprec
-from mrag.retrieve import QueryVectors, Result, Scales, Voter, unit
-from mrag.retrieve import vote as retrieve_vote
+from mrag.retrieve import lowprec
+from mrag.retrieve.strategies import unit
+from mrag.retrieve.strategies import vote as retrieve_vote
+from mrag.retrieve.types import QueryVectors, Result, Scales, Voter
 from mrag.scales import split_width
 
 SCORE_BYTES = 512 * 2**20  # the most memory a scan's candidates may take

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from mrag.retrieve import QueryVectors, Voter
+from mrag.retrieve.types import QueryVectors, Voter
 from mrag.settings import ANN_THRESHOLD, DEFAULT_INDEX, DEFAULT_NPROBES, INDEX_TYPES  # noqa: F401  (re-exported)
 from mrag.store import head_column, space_column
 

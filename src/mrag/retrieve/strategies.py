@@ -27,12 +27,12 @@ votes exactly as it did before spaces existed.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection
-from dataclasses import dataclass, field
+from collections.abc import Collection
 
 import numpy as np
 
 from mrag.chunk import segment_query, split_questions  # noqa: F401  (split_questions re-exported)
+from mrag.retrieve.types import QueryVectors, Ranker, Result, Scales, Voter  # noqa: F401  (re-exported)
 from mrag.settings import (  # noqa: F401  (re-exported: retrieve is where callers look for them)
     ALIASES,
     BASE_STRATEGIES,
@@ -48,8 +48,6 @@ from mrag.settings import (  # noqa: F401  (re-exported: retrieve is where calle
 )
 from mrag.vote import consensus, fuse, interleave, rank_weights, rrf_weights
 
-Scales = dict[str, np.ndarray]  # "heads" (H,), "split" (S,), "standard" (1,), "space:NAME" (1,) weights
-
 
 def query_parts(strategy: str, text: str) -> list[str]:
     """The texts a strategy embeds besides the whole query (segments; none for single-sentence queries)."""
@@ -58,42 +56,6 @@ def query_parts(strategy: str, text: str) -> list[str]:
         return []
     parts = segment_query(text, MODIFIERS[plan.expand][1])
     return parts if len(parts) > 1 else []
-
-
-@dataclass
-class QueryVectors:
-    """One query's unit vectors.  standard (D,), heads (H, d), extra: external space -> (D_s,)."""
-
-    standard: np.ndarray
-    heads: np.ndarray
-    extra: dict[str, np.ndarray] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
-class Voter:
-    """One space that votes: its name ("standard", "head:3", "split:1", a label), group and weight."""
-
-    name: str
-    group: str  # "standard", "heads", "split" or an external space's label
-    weight: float
-
-    @property
-    def index(self) -> int:
-        """The head or slice number of a "head:i" / "split:i" voter."""
-        return int(self.name.split(":")[1])
-
-
-@dataclass
-class Result:
-    """Row indices best first, scores, and per row the votes (space, rank, weight, and part)."""
-
-    rows: np.ndarray
-    scores: np.ndarray
-    votes: list[list[dict[str, object]]] = field(default_factory=list)
-
-
-# ranker(voters, queries, c) -> rankings (P, S, c) row ids best first (-1 = none), similarities (P, S, c)
-Ranker = Callable[[list[Voter], list[QueryVectors], int], tuple[np.ndarray, np.ndarray]]
 
 
 def unit(x: np.ndarray) -> np.ndarray:
