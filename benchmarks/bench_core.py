@@ -45,7 +45,7 @@ from mrag.embed.models import DEFAULT_MODEL, resolve_model
 from mrag.index import Index
 from mrag.retrieve import exact
 from mrag.retrieve import strategies as retrieve
-from mrag.store import build_rows, chunk_schema
+from mrag.rows import build_rows, chunk_schema
 
 BATCH = 32
 WANTED_STRATEGIES = ("standard", "segment+standard", "mrag-paper", "mrag-std", "mrag")

@@ -33,7 +33,7 @@ from mrag.index import Index
 from mrag.retrieve import ann
 from mrag.retrieve import strategies as retrieve
 from mrag.retrieve.exact import Exact
-from mrag.store import build_rows, chunk_schema
+from mrag.rows import build_rows, chunk_schema
 
 STRATEGIES = ("standard", "mrag-std", "mrag")
 SENTENCES = [
@@ -114,7 +114,8 @@ def space_recall(index: Index, texts: list[str], nprobes: int, c: int = 32) -> d
     """Per space, the share of the exact top c that the ANN index returns (mean over query parts)."""
     matrix = index.store.matrix()
     exact = Exact(matrix.standard, matrix.heads)
-    approx = ann.AnnRanker(index.store.snapshot(), ann.space_columns(index.store.n_heads, []), nprobes)
+    columns = {c.space: c.column for c in index.store.vector_columns(committed=True)}
+    approx = ann.AnnRanker(index.store.snapshot(), columns, nprobes)
     chosen = retrieve.voters("mrag-std", index.store.n_heads, index.space_weights())
     emb = index.embedder.embed([p for t in texts for p in retrieve.query_parts("mrag", t)], kind="query")
     parts = [retrieve.QueryVectors(retrieve.unit(s), retrieve.unit(h)) for s, h in zip(emb.standard, emb.heads)]

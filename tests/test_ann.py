@@ -74,7 +74,7 @@ def test_replaced_rows_count_as_unindexed(seeded_index):
     seeded_index.upsert([{"id": f"d{n}", "text": f"changed {n}"} for n in range(40)])  # same row count
     snapshot = seeded_index.store.snapshot()
     assert snapshot.count_rows() == 150 and unindexed_rows(snapshot) == 40
-    assert needs_ann(150, seeded_index.store.manifest["ann"], 100, unindexed_rows(snapshot))
+    assert needs_ann(150, seeded_index.store.manifest.ann, 100, unindexed_rows(snapshot))
 
 
 def test_ann_probing_every_partition_answers_as_exact_search(seeded_index):
@@ -128,7 +128,7 @@ def test_bad_ann_requests_change_nothing(seeded_index, tmp_path):
     version, before = seeded_index.store.committed_version, hits(seeded_index, "mrag", None)
     with pytest.raises(ValueError, match="unknown ANN index type 'HNSW_NOPE'"):
         seeded_index.build_ann("HNSW_NOPE")
-    assert seeded_index.store.committed_version == version and "ann" not in seeded_index.store.manifest
+    assert seeded_index.store.committed_version == version and seeded_index.store.manifest.ann is None
     assert hits(seeded_index, "mrag", None) == before
     empty = Index.open(tmp_path / "empty", embedder=SeededEmbedder())
     with pytest.raises(ValueError, match="the index is empty"):
@@ -174,7 +174,7 @@ def test_adding_a_space_drops_the_ann_record_with_the_indexes(seeded_index):
     seeded_index.build_ann()
     spaced = Index.open(seeded_index.store.uri, embedder=SeededEmbedder(),
                         spaces=[f"minilm=sentence-transformers:name={MINILM_DIR}"])
-    assert "ann" not in spaced.store.manifest and spaced.info()["ann"] is None  # the table was rewritten
+    assert spaced.store.manifest.ann is None and spaced.info()["ann"] is None  # the table was rewritten
     exact = hits(spaced, "mrag-std", True)
     spaced.build_ann()  # now one index per space, the new one included
     assert len(spaced.store.chunks.list_indices()) == 1 + 4 + 1
@@ -187,9 +187,9 @@ def test_library_writes_keep_the_ann_indexes_by_policy(tmp_path):
 
     index = Index.open(tmp_path / "db", embedder=SeededEmbedder())
     index.ann_policy = AnnPolicy(threshold=100, index_type="IVF_FLAT", nprobes=8)
-    assert index.add(docs(90)).ann is None and index.store.manifest.get("ann") is None  # below the threshold
+    assert index.add(docs(90)).ann is None and index.store.manifest.ann is None  # below the threshold
     report = index.add(docs(110, 90))
-    assert report.ann == {"index_type": "IVF_FLAT", "rows": 110, "nprobes": 8} == index.store.manifest["ann"]
+    assert report.ann == {"index_type": "IVF_FLAT", "rows": 110, "nprobes": 8} == index.store.manifest.ann
     assert report.to_dict()["ann"] == report.ann
     assert index.add(docs(120, 110)).ann is None  # 10 unindexed rows: not yet a quarter
     assert index.add(docs(140, 120)).ann["rows"] == 140  # 30 of 110: rebuilt

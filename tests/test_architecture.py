@@ -78,7 +78,7 @@ def test_importing_mrag_and_its_cli_loads_no_heavy_library(module):
 def test_the_lazy_names_of_mrag_resolve():
     import mrag
 
-    assert mrag.Index.__module__ == "mrag.index" and mrag.StoreError.__module__ == "mrag.store"
+    assert mrag.Index.__module__ == "mrag.index" and mrag.StoreError.__module__ == "mrag.errors"
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
         mrag.Nope  # noqa: B018
 

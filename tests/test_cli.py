@@ -181,7 +181,7 @@ def test_verify_fails_on_sums_that_drifted(db):
 
     store = Store.open(str(db))
     with store.writing():
-        store.stats.norm_sum = store.stats.norm_sum * 1.01  # a lost update would leave sums like these
+        store.sums.heads.norm_sum = store.sums.heads.norm_sum * 1.01  # a lost update would leave sums like these
     result = mrag("verify", "--db", db, ok=False)
     assert result.exit_code == 1 and "fails the check" in result.output
 

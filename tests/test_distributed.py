@@ -195,7 +195,7 @@ def test_ray_index_equals_single_process_index(tmp_path):
     assert sorted(committed) == sorted(expected)
     for group in expected:  # heads, split slices, standard: every scale the index keeps
         np.testing.assert_allclose(committed[group], expected[group], rtol=1e-9)
-    assert distributed.store.stats.count == single.store.stats.count == len(theirs)
+    assert distributed.store.sums.heads.count == single.store.sums.heads.count == len(theirs)
 
 
 def test_cli_ray_index_equals_cli_index(tmp_path, reuse_minilm):

@@ -9,10 +9,10 @@ import pytest
 from conftest import FakeEmbedder
 
 import mrag.index
+from mrag.errors import StoreError
 from mrag.index import Index
 from mrag.ingest import Document
 from mrag.scales import brute_force_scales
-from mrag.store import StoreError
 
 DOCS = [
     {"id": "rome", "text": "Roman aqueducts carried water downhill into the city by gravity.", "title": "Rome"},
@@ -240,11 +240,11 @@ def test_head_scales_follow_adds_and_deletes(index, fake):
 
 def test_manifest_records_the_embedder(index, db_path, fake):
     index.add(DOCS)
-    embedder = index.store.manifest["embedder"]
+    embedder = index.store.manifest.embedder
     assert {k: embedder[k] for k in ("model", "dim", "n_heads", "head_dim")} == {
         "model": "fake-bow", "dim": 32, "n_heads": 4, "head_dim": 8,
     }
-    assert index.store.manifest["settings"] == {"chunk_chars": 1000, "overlap": 1}
+    assert index.store.manifest.settings == {"chunk_chars": 1000, "overlap": 1}
     info = Index.open(db_path, embedder=fake).info()
     assert (info["chunks"], info["documents"], info["embedder"]["model"]) == (4, 4, "fake-bow")
 
@@ -319,7 +319,7 @@ class FailingEmbedder(FakeEmbedder):
 
 
 def snapshot(index: Index) -> tuple:
-    return table_rows(index), index.head_scales(), json.dumps(index.store.stats.to_json())
+    return table_rows(index), index.head_scales(), json.dumps(index.store.sums.heads.to_json())
 
 
 @pytest.mark.parametrize("staged", [False, True])

@@ -15,9 +15,10 @@ import numpy as np
 import pytest
 from conftest import FakeEmbedder
 
+from mrag.errors import StoreError
 from mrag.index import Index
 from mrag.locking import LOCK_FILE, LockTimeout, s3_client
-from mrag.store import Store, StoreError
+from mrag.store import Store
 
 moto_server = pytest.importorskip("moto.server", reason="needs moto[server]: pip install 'moto[server]'")
 boto3 = pytest.importorskip("boto3")
@@ -123,7 +124,7 @@ def test_failed_write_on_s3_leaves_the_committed_index(s3_uri, storage_options, 
         index.add(DOCS[2:])
     reopened = Index.open(s3_uri, embedder=FakeEmbedder(), storage_options=storage_options, create=False)
     assert sorted(reopened.store.rows(columns=["doc_id"])["doc_id"].to_pylist()) == ["bees", "rome"]
-    assert reopened.store.stats.count == 2
+    assert reopened.store.sums.heads.count == 2
 
 
 def test_aws_environment_variables_work_without_storage_options(s3_uri, storage_options, fake, monkeypatch):

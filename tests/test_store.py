@@ -10,9 +10,11 @@ import pyarrow as pa
 import pytest
 from test_index import DOCS, assert_scales_match_corpus, table_rows
 
+from mrag.errors import StoreError
 from mrag.index import Index
+from mrag.rows import build_rows, chunk_schema, quote
 from mrag.scales import brute_force_scales
-from mrag.store import CHUNKS, MANIFEST, Store, StoreError, build_rows, chunk_schema, quote
+from mrag.store import CHUNKS, MANIFEST, Store
 
 
 def test_quote():
@@ -45,7 +47,7 @@ def test_split_scales_follow_the_standard_vectors(index):
     index.add(DOCS)
     table = index.store.rows(columns=["vector"])
     standard = np.array(table["vector"].to_pylist(), dtype=np.float64)  # (N, 32) unit
-    stats = index.store.split_stats
+    stats = index.store.sums.split
     assert (stats.n_heads, stats.head_dim) == (4, 8)  # as many slices as heads
     np.testing.assert_allclose(stats.scales(), brute_force_scales(standard.reshape(-1, 4, 8)), rtol=1e-5, atol=1e-6)
 
@@ -64,15 +66,15 @@ def test_matrix_is_cached_per_table_version(index):
 def test_writing_restores_rows_and_sums_on_any_error(index, fake):
     index.add(DOCS[:2])
     store = index.store
-    before = (table_rows(index), index.head_scales(), store.stats.count, store.split_stats.count)
+    before = (table_rows(index), index.head_scales(), store.sums.heads.count, store.sums.split.count)
     extra = store.rows(columns=None).slice(0, 1).to_pylist()[0] | {"id": "copy#0", "doc_id": "copy"}
     with pytest.raises(KeyboardInterrupt):
         with store.writing():
             store.delete("doc_id = 'bees'")
             store.add(pa.Table.from_pylist([extra], schema=store.chunks.schema))
-            assert store.stats.count == 2
+            assert store.sums.heads.count == 2
             raise KeyboardInterrupt
-    assert (table_rows(index), index.head_scales(), store.stats.count, store.split_stats.count) == before
+    assert (table_rows(index), index.head_scales(), store.sums.heads.count, store.sums.split.count) == before
 
 
 def test_missing_index_is_not_created(tmp_path):
@@ -149,6 +151,6 @@ def test_changes_behind_mrags_back_are_invisible_then_rolled_back(index, db_path
     reopened.add([{"id": "new", "text": "A new document about volcanoes."}])
     latest = lancedb.connect(db_path).open_table(CHUNKS).to_arrow().to_pylist()
     assert sorted(r["id"] for r in latest) == sorted([r["id"] for r in committed] + ["new#0"])
-    assert reopened.store.manifest["chunks_version"] == lancedb.connect(db_path).open_table(CHUNKS).version
+    assert reopened.store.manifest.chunks_version == lancedb.connect(db_path).open_table(CHUNKS).version
     assert_scales_match_corpus(reopened, fake)
     assert Index.open(db_path, embedder=fake).head_scales() == reopened.head_scales()

@@ -137,8 +137,8 @@ def test_small_writes_are_compacted_and_old_versions_pruned(tmp_path, fake, monk
     assert index.store.chunks.stats()["fragment_stats"]["num_fragments"] == 7
     index.add([{"id": "d7", "text": "document 7 about rivers"}])  # the 8th commit compacts
     assert index.store.chunks.stats()["fragment_stats"]["num_fragments"] == 1
-    assert index.store.manifest["maintenance"] | {"bytes": 0} == {"writes": 0, "rows": 0, "count": 8, "bytes": 0}
-    assert 0 < index.store.manifest["maintenance"]["bytes"] <= index.store.disk_bytes()  # the compacted size
+    assert index.store.manifest.maintenance | {"bytes": 0} == {"writes": 0, "rows": 0, "count": 8, "bytes": 0}
+    assert 0 < index.store.manifest.maintenance["bytes"] <= index.store.disk_bytes()  # the compacted size
     # pruned by count: only the committed version is left
     assert [v["version"] for v in index.store.chunks.list_versions()] == [index.store.committed_version]
     for i in range(8, 12):

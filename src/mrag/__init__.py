@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from mrag.embed.base import Embeddings, HeadEmbedder
+    from mrag.errors import StoreError
     from mrag.index import AddReport, Index
     from mrag.ingest import Document
     from mrag.retrieve.types import Hit
-    from mrag.store import StoreError
 
 _WHERE = {
     "AddReport": "mrag.index", "Hit": "mrag.retrieve.types", "Index": "mrag.index", "Document": "mrag.ingest",
-    "Embeddings": "mrag.embed.base", "HeadEmbedder": "mrag.embed.base", "StoreError": "mrag.store",
+    "Embeddings": "mrag.embed.base", "HeadEmbedder": "mrag.embed.base", "StoreError": "mrag.errors",
 }
 __all__ = ["AddReport", "Document", "Embeddings", "HeadEmbedder", "Hit", "Index", "StoreError"]
 

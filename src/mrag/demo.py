@@ -34,7 +34,7 @@ def run_demo(db: str | None, k: int, strategy: str, as_json: bool, echo: Callabl
         report = index.upsert(docs)
         if not as_json:
             echo(f"Indexed {report.chunks} chunks from {len(docs)} sample documents into {db} "
-                 f"({index.embedder.name}, layer {index.store.manifest['embedder'].get('layer')}, "
+                 f"({index.embedder.name}, layer {index.store.manifest.embedder.get('layer')}, "
                  f"{index.store.n_heads} heads x {index.store.head_dim}).\n")
         found = {"standard": 0, strategy: 0, "expected": 0}
         for q in demo_questions():

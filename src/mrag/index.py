@@ -12,14 +12,16 @@ import numpy as np
 from mrag import writing
 from mrag.embed.base import HeadEmbedder
 from mrag.embed.models import resolve_model
+from mrag.errors import StoreError
 from mrag.ingest import Document, read_paths
 from mrag.retrieve import ann
 from mrag.retrieve import strategies as retrieve
 from mrag.retrieve.search import search_many
 from mrag.retrieve.types import Hit
+from mrag.rows import quote
 from mrag.settings import AnnPolicy
 from mrag.spaces import Space, SpaceSpec, check_unique, new_specs, open_spaces, parse_space
-from mrag.store import Store, StoreError, head_column, quote, space_column
+from mrag.store import Store
 from mrag.writing import WRITE_BATCH, AddReport, chunk_settings
 
 __all__ = ["AddReport", "Hit", "Index", "embedder_factory"]
@@ -76,7 +78,7 @@ class Index:
             index = cls._open_existing(
                 uri, model, layer, embedder, chunk_chars, overlap, storage_options, **embedder_options
             )
-            new = new_specs(index.store.manifest.get("spaces", []), specs, uri)
+            new = new_specs(index.store.manifest.spaces, specs, uri)
             if new:
                 index.add_spaces(new)
             return index
@@ -104,7 +106,7 @@ class Index:
         **embedder_options: Any,
     ) -> Index:
         store = Store.open(uri, storage_options)
-        recorded = store.manifest["embedder"]
+        recorded = store.manifest.embedder
         _check_same(recorded, model, layer, embedder, uri)
         chunk_settings(uri, store, chunk_chars, overlap)  # refuses other settings
         for key in ("pooling", "max_length", "query_instruction", "document_instruction"):
@@ -131,7 +133,7 @@ class Index:
         """The index's external spaces, their functions created on first use."""
         self._spaces = {
             e["name"]: self._spaces.get(e["name"]) or Space(SpaceSpec.from_json(e), int(e["dim"]))
-            for e in self.store.manifest.get("spaces", [])
+            for e in self.store.manifest.spaces
         }
         return list(self._spaces.values())
 
@@ -140,7 +142,7 @@ class Index:
 
         Any failure (unknown function, unreachable model, wrong dimension) writes nothing."""
         parsed = [s if isinstance(s, SpaceSpec) else parse_space(s) for s in specs]
-        check_unique([*(SpaceSpec.from_json(e) for e in self.store.manifest.get("spaces", [])), *parsed])
+        check_unique([*(SpaceSpec.from_json(e) for e in self.store.manifest.spaces), *parsed])
         live = open_spaces(parsed)
         with self.store.writing():
             rows = self.store.rows(columns=["id", "text"], table=self.store.chunks)
@@ -236,7 +238,7 @@ class Index:
     def default_strategy(self) -> str:
         """The strategy used when none is named: the one `mrag tune` recorded here, else the built-in one."""
         self.store.refresh()
-        return str((self.store.manifest.get("default_strategy") or {}).get("strategy", retrieve.DEFAULT_STRATEGY))
+        return str((self.store.manifest.default_strategy or {}).get("strategy", retrieve.DEFAULT_STRATEGY))
 
     def set_default_strategy(self, record: dict[str, Any] | None) -> None:
         """Record the default strategy ({"strategy": name, ...why it won}) in one committed write;
@@ -244,13 +246,13 @@ class Index:
         if record is not None:
             retrieve.check_strategy(record["strategy"])
         with self.store.writing(maintain=False):
-            self.store.manifest = self.store.manifest | {"default_strategy": record}
+            self.store.manifest = self.store.manifest.replace(default_strategy=record)
 
     def maintain_ann(self, force: bool = False) -> dict[str, Any] | None:
         """(Re)build the ANN indexes when `ann_policy` says so (`ann.needs_ann`: past its threshold, or
         once a quarter of the rows are not indexed), or now (`force`); -> what was built, else None.
         Every write through this index runs it, so CLI, Python and HTTP writes alike keep them up."""
-        policy, built = self.ann_policy, self.store.manifest.get("ann")
+        policy, built = self.ann_policy, self.store.manifest.ann
         if not force:
             rows = self.store.count()
             if rows < policy.threshold:
@@ -269,21 +271,20 @@ class Index:
         if nprobes <= 0:
             raise ValueError(f"nprobes must be positive, got {nprobes}")
         store = self.store
-        columns = {"vector": store.dim, **{head_column(i): store.head_dim for i in range(store.n_heads)},
-                   **{space_column(name): dim for name, dim in store.space_dims().items()}}
+        columns = {c.column: c.width for c in store.vector_columns()}
         if store.count() == 0:
             raise ValueError("the index is empty: add documents before building ANN indexes")
         with store.writing():
             ann.build(store.chunks, columns, index_type, progress)
             built = {"index_type": index_type, "rows": store.chunks.count_rows(), "nprobes": nprobes}
-            store.manifest = store.manifest | {"ann": built}
+            store.manifest = store.manifest.replace(ann=built)
         return built
 
     def space_weights(self) -> retrieve.Scales:
         """Committed scales, with each external space's weight: its own scale ("auto") or the one it was given."""
         self.store.refresh()
         scales = self.store.committed_scales()
-        for entry in self.store.manifest.get("spaces", []):
+        for entry in self.store.manifest.spaces:
             if entry.get("weight", "auto") != "auto":
                 scales[f"space:{entry['name']}"] = np.array([float(entry["weight"])])
         return scales
@@ -313,13 +314,13 @@ class Index:
             "path": self.store.uri,
             "chunks": self.store.count(),
             "documents": len(set(self.store.rows(columns=["doc_id"])["doc_id"].to_pylist())),
-            "embedder": m["embedder"],
-            "settings": m["settings"],
+            "embedder": m.embedder,
+            "settings": m.settings,
             "spaces": [
-                e | {"scale": float(weights[f"space:{e['name']}"][0])} for e in m.get("spaces", [])
+                e | {"scale": float(weights[f"space:{e['name']}"][0])} for e in m.spaces
             ],
-            "ann": m.get("ann"),
-            "default_strategy": m.get("default_strategy") or {"strategy": retrieve.DEFAULT_STRATEGY,
+            "ann": m.ann,
+            "default_strategy": m.default_strategy or {"strategy": retrieve.DEFAULT_STRATEGY,
                                                               "source": "built-in"},
             "strategies": retrieve.strategy_names(),
         }

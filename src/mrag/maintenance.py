@@ -20,7 +20,8 @@ import warnings
 from datetime import timedelta
 from typing import Any, Protocol
 
-from mrag.scales import HeadStats
+from mrag.manifest import Manifest
+from mrag.scales import ScaleSums
 
 MAINTAIN_EVERY = 32  # commits between automatic maintenance passes (LanceDB's advice: about every 20 writes)
 MAINTAIN_SHARE = 8  # ... which compact once the rows changed since the last compaction are 1/8 of the table,
@@ -37,8 +38,8 @@ class Store(Protocol):
     uri: str
     chunks: Any  # the chunks table, at the latest version
     _manifest_table: Any
-    manifest: dict[str, Any]
-    stats: HeadStats  # the committed rows' head sums (their count is the rows')
+    manifest: Manifest
+    sums: ScaleSums  # the committed rows' sums (their heads' count is the rows')
 
     def disk_bytes(self) -> int | None: ...
 
@@ -63,7 +64,7 @@ def maintain(store: Store, since: dict[str, int]) -> None:
     else only the manifest table's old versions pruned. A failure only warns: the write is committed,
     and a compaction cut short is rolled back by the next writer."""
     try:
-        if compaction_due(since, store.stats.count, store.disk_bytes()):
+        if compaction_due(since, store.sums.heads.count, store.disk_bytes()):
             compact_and_prune(store, None)
         else:
             prune(store._manifest_table, None)
@@ -77,13 +78,13 @@ def compact_and_prune(store: Store, keep: timedelta | None) -> None:
     `keep`: prune versions older than this; None: all but the committed one."""
     store.chunks.checkout_latest()
     store.chunks.optimize(cleanup_older_than=NEVER)
-    store.manifest = store.manifest | {"maintenance": {"writes": 0, "rows": 0}}
+    store.manifest = store.manifest.replace(maintenance={"writes": 0, "rows": 0})
     store._save_manifest()
     prune(store.chunks, keep)
     prune(store._manifest_table, keep)
     # the commit again (pruning may write a version of its own), with the compacted size for `compaction_due`
-    since = {"writes": 0, "rows": 0, "count": store.stats.count, "bytes": store.disk_bytes() or 0}
-    store.manifest = store.manifest | {"maintenance": since}
+    since = {"writes": 0, "rows": 0, "count": store.sums.heads.count, "bytes": store.disk_bytes() or 0}
+    store.manifest = store.manifest.replace(maintenance=since)
     store._save_manifest()
 
 

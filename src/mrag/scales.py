@@ -88,6 +88,69 @@ class HeadStats:
         )
 
 
+@dataclass
+class ScaleSums:
+    """The running sums of every group of spaces that votes with a scale, by name: "heads" (H heads),
+    "split" (S slices of the standard vector), "standard" (1) and "space:NAME" (1 per external space).
+    The manifest stores them as JSON; the scales follow from them in O(H*d) (`HeadStats`)."""
+
+    groups: dict[str, HeadStats]
+
+    @classmethod
+    def empty(cls, dim: int, n_heads: int, head_dim: int, spaces: dict[str, int] | None = None) -> ScaleSums:
+        """Zero sums for an index of D-dim standard vectors, H heads of d, and external spaces (name -> dim)."""
+        split_dim = split_width(dim, n_heads)
+        return cls({"heads": HeadStats(n_heads, head_dim), "split": HeadStats(dim // split_dim, split_dim),
+                    "standard": HeadStats(1, dim),
+                    **{f"space:{name}": HeadStats(1, sd) for name, sd in (spaces or {}).items()}})
+
+    @property
+    def heads(self) -> HeadStats:
+        return self.groups["heads"]
+
+    @property
+    def split(self) -> HeadStats:
+        return self.groups["split"]
+
+    @property
+    def standard(self) -> HeadStats:
+        return self.groups["standard"]
+
+    def space(self, name: str) -> HeadStats:
+        return self.groups[f"space:{name}"]
+
+    def spaces(self) -> list[str]:
+        """The external spaces' names."""
+        return [group[6:] for group in self.groups if group.startswith("space:")]
+
+    def add_space(self, name: str, dim: int) -> HeadStats:
+        stats = self.groups[f"space:{name}"] = HeadStats(1, dim)
+        return stats
+
+    def scales(self) -> dict[str, np.ndarray]:
+        """Every group's scales: "heads" (H,), "split" (S,), "standard" (1,), "space:NAME" (1,)."""
+        return {name: stats.scales() for name, stats in self.groups.items()}
+
+    def zeros(self) -> ScaleSums:
+        """Sums of the same shapes, empty (to recompute from the rows)."""
+        return ScaleSums({name: HeadStats(g.n_heads, g.head_dim) for name, g in self.groups.items()})
+
+    def copy(self) -> ScaleSums:
+        return ScaleSums({name: HeadStats(g.n_heads, g.head_dim, g.count, g.norm_sum.copy(), g.unit_sum.copy())
+                          for name, g in self.groups.items()})
+
+    def drift(self, fresh: ScaleSums) -> float:
+        """The largest relative error of any group against sums recomputed from the rows (`drift`)."""
+        return max(drift(self.groups[name], fresh.groups[name]) for name in self.groups)
+
+    def to_json(self) -> dict[str, Any]:
+        return {name: stats.to_json() for name, stats in self.groups.items()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> ScaleSums:
+        return cls({name: HeadStats.from_json(group) for name, group in data.items()})
+
+
 def drift(kept: HeadStats, fresh: HeadStats) -> float:
     """How far running sums are from sums recomputed from the rows: the largest relative error of the
     count, the norm sums and the unit sums (0.0 when they agree)."""

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from importlib.metadata import version
 from typing import Annotated, Any, Literal
 
+import pydantic.dataclasses
 from fastapi import FastAPI, Query, Request, Security
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPBearer
@@ -28,6 +29,7 @@ from mrag.generate.backends import make_generator
 from mrag.generate.base import DEFAULT_MAX_TOKENS, Generator
 from mrag.generate.prompt import DEFAULT_MAX_CONTEXT_CHARS
 from mrag.retrieve import strategies as retrieve
+from mrag.retrieve import types
 
 MAX_K = 1000
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
@@ -110,16 +112,11 @@ class SearchRequest(BaseModel):
     nprobes: int | None = Field(None, ge=1, le=100_000, description="IVF partitions per ANN search.")
 
 
-class Hit(BaseModel):
-    id: str
-    score: float
-    text: str
-    source: str
-    title: str
-    doc_id: str
-    position: int
-    metadata: dict[str, Any]
-    votes: list[dict[str, Any]] | None = None
+@pydantic.dataclasses.dataclass
+class Hit(types.Hit):
+    """The library's `Hit`; its votes only with `explain` (left out of the response otherwise)."""
+
+    votes: list[dict[str, Any]] | None = None  # type: ignore[assignment]
 
 
 class SearchResponse(BaseModel):

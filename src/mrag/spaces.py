@@ -27,7 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from mrag.store import StoreError, space_column
+from mrag.errors import StoreError
+from mrag.rows import space_column
 
 RESERVED = {"standard", "heads", "split", "vector"}
 PROBE_TEXT = "dimension probe"

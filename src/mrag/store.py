@@ -1,15 +1,10 @@
-"""LanceDB storage: one `chunks` table (a row per chunk) and a one-row `manifest` table.
+"""LanceDB storage: one `chunks` table (a row per chunk, laid out as `mrag.rows` says) and a one-row
+`manifest` table (`mrag.manifest.Manifest`).
 
-Row layout: id, doc_id, source, title, position, text, metadata (JSON), doc_hash, and the vectors:
-`vector` (D, unit standard embedding), one column per head `head_0` ... `head_{H-1}` (d each, scaled
-to unit length; one column per space, so LanceDB can build an ANN index on each) and `head_norms`
-(H, the heads' original lengths, needed to take a row back out of the head-scale sums on delete).
-Format 1 indexes kept all heads in one packed `heads` column: they can be searched, not written.
-
-The manifest records the embedder (model, revision, layer, pooling, H, d_head, instructions), the
-chunking settings, the running head-scale sums and the committed `chunks` version they belong to.
-Saving the manifest is the commit point: readers see the table at the committed version only, so
-a search never sees half of a write, and a write that died is rolled back by the next writer.
+The manifest records the embedder, the chunking settings, the running head-scale sums and the
+committed `chunks` version they belong to. Saving the manifest is the commit point: readers see the
+table at the committed version only, so a search never sees half of a write, and a write that died
+is rolled back by the next writer.
 
 Writers in several processes take turns under the index's file lock (`mrag.locking`): each re-reads
 the manifest under it and folds its rows onto the latest committed sums, so no write is lost and no
@@ -26,7 +21,6 @@ import json
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,73 +29,23 @@ import numpy as np
 import pyarrow as pa
 
 from mrag import maintenance
-from mrag.embed.base import Embeddings
+from mrag.errors import StoreError
 from mrag.locking import Lease, is_local, local_path, write_lock
-from mrag.scales import HeadStats, drift, split_unit, split_width
+from mrag.manifest import READABLE_FORMATS, Manifest
+from mrag.matrix import Matrix, head_units, load_matrix
+from mrag.rows import VectorColumn, chunk_schema, fixed, quote, space_column, vector_columns
+from mrag.scales import ScaleSums, split_unit
+
+__all__ = ["CHUNKS", "MANIFEST", "READ_TRIES", "Store", "StoreError"]
 
 CHUNKS = "chunks"
 MANIFEST = "manifest"
-FORMAT_VERSION = 2
-READABLE_FORMATS = (1, 2)
 READ_TRIES = 5  # a read whose version was pruned meanwhile goes again at the latest committed one
 T = TypeVar("T")
 
 
-class StoreError(ValueError):
-    """The store cannot do what was asked (wrong model, missing index, ...)."""
-
-
-def space_column(name: str) -> str:
-    """The column holding an external space's raw vectors (see `mrag.spaces`)."""
-    return f"space_{name}"
-
-
-def head_column(i: int) -> str:
-    """The column holding head i's unit vectors."""
-    return f"head_{i}"
-
-
-def chunk_schema(dim: int, n_heads: int, head_dim: int, spaces: dict[str, int] | None = None) -> pa.Schema:
-    """The chunks table's columns; `spaces` maps each external space to its dimension."""
-    extra = [pa.field(space_column(name), pa.list_(pa.float32(), d)) for name, d in (spaces or {}).items()]
-    return pa.schema(
-        [
-            pa.field("id", pa.string(), nullable=False),
-            pa.field("doc_id", pa.string(), nullable=False),
-            pa.field("source", pa.string()),
-            pa.field("title", pa.string()),
-            pa.field("position", pa.int32()),
-            pa.field("text", pa.string()),
-            pa.field("metadata", pa.string()),
-            pa.field("doc_hash", pa.string()),
-            pa.field("vector", pa.list_(pa.float32(), dim)),
-            *(pa.field(head_column(i), pa.list_(pa.float32(), head_dim)) for i in range(n_heads)),
-            pa.field("head_norms", pa.list_(pa.float32(), n_heads)),
-            *extra,
-        ]
-    )
-
-
-@dataclass
-class Matrix:
-    """The vectors of every row, in memory, for exact search.  ids (N,), standard (N, D), heads (H, N, d):
-    head-major, so each head's vectors are one contiguous matrix."""
-
-    version: int
-    table: Any  # the chunks table checked out at `version`, for reading the hits' text
-    ids: np.ndarray
-    standard: np.ndarray
-    heads: np.ndarray
-    extra: dict[str, np.ndarray] = field(default_factory=dict)  # external space -> (N, D_s) unit vectors
-
-
-def quote(values: list[str]) -> str:
-    """A SQL IN-list of string literals."""
-    return ", ".join("'" + v.replace("'", "''") + "'" for v in values)
-
-
 class Store:
-    def __init__(self, uri: str, db: Any, chunks: Any, manifest: dict[str, Any],
+    def __init__(self, uri: str, db: Any, chunks: Any, manifest: Manifest,
                  storage_options: dict[str, str] | None = None) -> None:
         self.uri = uri
         self.storage_options = storage_options
@@ -114,42 +58,44 @@ class Store:
         self._write_lock = threading.Lock()
         self._changed = 0
 
-    def _load(self, manifest: dict[str, Any]) -> None:
-        self.manifest = manifest
-        self.n_heads = int(manifest["embedder"]["n_heads"])
-        self.head_dim = int(manifest["embedder"]["head_dim"])
-        self.dim = int(manifest["embedder"]["dim"])
-        self.packed = manifest.get("format") == 1  # all heads in one `heads` column
-        # the writer's running sums; readers use the committed ones in the manifest
-        self.stats = HeadStats.from_json(manifest["stats"]["heads"])
-        self.split_stats = HeadStats.from_json(manifest["stats"]["split"])
-        self.standard_stats = HeadStats.from_json(manifest["stats"]["standard"])
-        # external spaces: manifest entries {name, function, options, dim, weight}, one stats group each
-        self.spaces: list[dict[str, Any]] = list(manifest.get("spaces", []))
-        groups = manifest["stats"]
-        self.space_stats = {
-            s["name"]: HeadStats.from_json(groups.get(f"space:{s['name']}") or HeadStats(1, s["dim"]).to_json())
-            for s in self.spaces
-        }
+    def _load(self, manifest: Manifest) -> None:
+        self.manifest = manifest  # the committed one: what readers see
+        self.n_heads, self.head_dim, self.dim = manifest.n_heads, manifest.head_dim, manifest.dim
+        self.packed = manifest.packed  # all heads in one `heads` column
+        # the writer's running sums and external spaces, committed by `_save_manifest`
+        self.sums = manifest.sums.copy()
+        self.spaces: list[dict[str, Any]] = list(manifest.spaces)
 
     def space_dims(self) -> dict[str, int]:
         return {s["name"]: int(s["dim"]) for s in self.spaces}
 
     def committed_space_dims(self) -> dict[str, int]:
         """External space -> dimension, as the committed manifest (what readers see) records them."""
-        return {s["name"]: int(s["dim"]) for s in self.manifest.get("spaces", [])}
+        return self.manifest.space_dims()
+
+    def vector_columns(self, committed: bool = False) -> list[VectorColumn]:
+        """The columns holding vectors: the writer's layout, or (`committed`) the one readers see.
+        Format 1 has one packed `heads` column in place of the heads' own."""
+        dims = self.committed_space_dims() if committed else self.space_dims()
+        columns = vector_columns(self.dim, 0 if self.packed else self.n_heads, self.head_dim, dims)
+        if self.packed:
+            columns.insert(1, VectorColumn("heads", "heads", self.n_heads * self.head_dim))
+        return columns
+
+    def head_columns(self) -> list[str]:
+        return [c.column for c in self.vector_columns() if c.column.startswith("head")]
 
     def schema(self) -> pa.Schema:
         return chunk_schema(self.dim, self.n_heads, self.head_dim, self.space_dims())
 
     def committed_scales(self) -> dict[str, np.ndarray]:
         """Scales of the committed rows: "heads" (H,), "split" (S,), "standard" (1,) and "space:NAME" (1,)."""
-        return {name: HeadStats.from_json(group).scales() for name, group in self.manifest["stats"].items()}
+        return self.manifest.sums.scales()
 
     @property
     def committed_version(self) -> int:
         """The chunks version of the last complete write: what readers see."""
-        return int(self.manifest["chunks_version"])
+        return self.manifest.chunks_version
 
     def refresh(self) -> None:
         """Pick up writes committed since (by this or another process): a version check, and a
@@ -159,7 +105,7 @@ class Store:
                 version = self._manifest_table.version  # read_consistency_interval=0: the latest version
                 if version != self._manifest_version:
                     rows = self._manifest_table.to_arrow().to_pylist()
-                    self.manifest, self._manifest_version = json.loads(rows[0]["json"]), version
+                    self.manifest, self._manifest_version = Manifest.from_json(json.loads(rows[0]["json"])), version
                 return
             except Exception:  # a writer committed and pruned the version between the check and the read
                 if attempt == READ_TRIES - 1:
@@ -199,7 +145,7 @@ class Store:
         manifest = json.loads(rows[0]["json"])
         if manifest.get("format") not in READABLE_FORMATS:
             raise StoreError(f"{uri} was written by an incompatible mrag (format {manifest.get('format')})")
-        return cls(uri, db, db.open_table(CHUNKS), manifest, storage_options)
+        return cls(uri, db, db.open_table(CHUNKS), Manifest.from_json(manifest), storage_options)
 
     @classmethod
     def create(
@@ -223,20 +169,10 @@ class Store:
             h, d, dim = embedder_info["n_heads"], embedder_info["head_dim"], embedder_info["dim"]
             space_dims = {s["name"]: int(s["dim"]) for s in spaces or []}
             chunks = db.create_table(CHUNKS, schema=chunk_schema(dim, h, d, space_dims), exist_ok=True)
-            split_dim = split_width(dim, h)
-            manifest = {
-                "format": FORMAT_VERSION,
-                "embedder": embedder_info,
-                "settings": settings,
-                "chunks_version": chunks.version,
-                "stats": {
-                    "heads": HeadStats(h, d).to_json(),
-                    "split": HeadStats(dim // split_dim, split_dim).to_json(),
-                    "standard": HeadStats(1, dim).to_json(),
-                    **{f"space:{name}": HeadStats(1, sd).to_json() for name, sd in space_dims.items()},
-                },
-            } | ({"spaces": list(spaces)} if spaces else {})
-            db.create_table(MANIFEST, data=[{"json": json.dumps(manifest)}])  # new: the folder had no manifest
+            manifest = Manifest(embedder=embedder_info, settings=settings, chunks_version=chunks.version,
+                                sums=ScaleSums.empty(dim, h, d, space_dims), spaces=list(spaces or []))
+            # new: the folder had no manifest
+            db.create_table(MANIFEST, data=[{"json": json.dumps(manifest.to_json())}])
             return cls(uri, db, chunks, manifest, storage_options)
 
     # --- reading -------------------------------------------------------------------------
@@ -295,33 +231,12 @@ class Store:
             self.refresh()
         matrix = self._matrix
         if matrix is None or matrix.version != self.committed_version:
-            snapshot = self.snapshot()
-            dims = self.committed_space_dims()
-            table = self.rows(columns=["id", "vector", *self.head_columns(), *map(space_column, dims)],
-                              table=snapshot)
-            n = table.num_rows
-            matrix = self._matrix = Matrix(
-                version=snapshot.version,  # not committed_version: another thread may have refreshed it
-                table=snapshot,
-                ids=np.asarray(table["id"].to_pylist(), dtype=object),
-                standard=_fixed(table["vector"], n, self.dim),
-                heads=self._head_units(table),
-                extra={name: split_unit(_fixed(table[space_column(name)], n, d))[1] for name, d in dims.items()},
-            )
+            snapshot = self.snapshot()  # its version, not committed_version: another thread may refresh that
+            columns = [c.column for c in self.vector_columns(committed=True)]
+            rows = self.rows(columns=["id", *columns], table=snapshot)
+            matrix = self._matrix = load_matrix(snapshot, rows, self.dim, self.n_heads, self.head_dim, self.packed,
+                                                self.committed_space_dims())
         return matrix
-
-    def head_columns(self) -> list[str]:
-        return ["heads"] if self.packed else [head_column(i) for i in range(self.n_heads)]
-
-    def _head_units(self, rows: pa.Table) -> np.ndarray:
-        """The rows' unit heads, head-major.  -> (H, N, d)"""
-        n, h, d = rows.num_rows, self.n_heads, self.head_dim
-        if self.packed:  # format 1: (N, H*d) in one column
-            return np.ascontiguousarray(_fixed(rows["heads"], n, h * d).reshape(n, h, d).transpose(1, 0, 2))
-        heads = np.empty((h, n, d), dtype=np.float32)
-        for i in range(h):
-            heads[i] = _fixed(rows[head_column(i)], n, d)
-        return heads
 
     # --- writing -------------------------------------------------------------------------
 
@@ -350,9 +265,9 @@ class Store:
                 if lease is None or not lease.lost:  # else the rows past the commit may be the new holder's
                     self._restore_committed()
                 raise
-            since = self.manifest.get("maintenance", {"writes": 0, "rows": 0})
+            since = self.manifest.maintenance
             since = since | {"writes": since["writes"] + 1, "rows": since["rows"] + self._changed}
-            self.manifest = self.manifest | {"maintenance": since}
+            self.manifest = self.manifest.replace(maintenance=since)
             self._save_manifest()
             if maintain and since["writes"] % maintenance.MAINTAIN_EVERY == 0:
                 self._maintain(since)
@@ -404,7 +319,7 @@ class Store:
 
     def delete(self, where: str) -> int:
         """Delete the rows matching a filter (inside `writing()`); returns how many."""
-        columns = ["vector", *self.head_columns(), "head_norms", *map(space_column, self.space_stats)]
+        columns = [*(c.column for c in self.vector_columns()), "head_norms"]
         gone = self.rows(where, columns, table=self.chunks)
         if gone.num_rows:
             self._fold(gone, sign=-1)
@@ -412,42 +327,35 @@ class Store:
             self._changed += gone.num_rows
         return gone.num_rows
 
-    def groups(self) -> dict[str, HeadStats]:
-        """The running sums this store keeps, by manifest name."""
-        return {"heads": self.stats, "split": self.split_stats, "standard": self.standard_stats,
-                **{f"space:{name}": stats for name, stats in self.space_stats.items()}}
-
-    def _fold(self, rows: pa.Table, sign: int, groups: dict[str, HeadStats] | None = None) -> None:
+    def _fold(self, rows: pa.Table, sign: int, sums: ScaleSums | None = None) -> None:
         """Fold rows into (sign=1) or out of (sign=-1) the sums (default: the writer's running ones)."""
         n = rows.num_rows
         if n == 0:
             return
-        groups = self.groups() if groups is None else groups
-        units = self._head_units(rows).transpose(1, 0, 2)  # (N, H, d)
-        groups["heads"].add(_fixed(rows["head_norms"], n, self.n_heads), units, sign)
-        split = groups["split"]
-        slice_norms, slice_units = split_unit(_fixed(rows["vector"], n, self.dim).reshape(n, split.n_heads, -1))
-        split.add(slice_norms, slice_units, sign)
-        std_norms, std_units = split_unit(_fixed(rows["vector"], n, self.dim))
-        groups["standard"].add(std_norms[:, None], std_units[:, None, :], sign)
-        for group, stats in groups.items():
-            if group.startswith("space:"):
-                norms, units = split_unit(_fixed(rows[space_column(group[6:])], n, stats.head_dim))
-                stats.add(norms[:, None], units[:, None, :], sign)
+        sums = self.sums if sums is None else sums
+        units = head_units(rows, self.n_heads, self.head_dim, self.packed).transpose(1, 0, 2)  # (N, H, d)
+        sums.heads.add(fixed(rows["head_norms"], n, self.n_heads), units, sign)
+        slice_norms, slice_units = split_unit(fixed(rows["vector"], n, self.dim).reshape(n, sums.split.n_heads, -1))
+        sums.split.add(slice_norms, slice_units, sign)
+        std_norms, std_units = split_unit(fixed(rows["vector"], n, self.dim))
+        sums.standard.add(std_norms[:, None], std_units[:, None, :], sign)
+        for name in sums.spaces():
+            stats = sums.space(name)
+            norms, units = split_unit(fixed(rows[space_column(name)], n, stats.head_dim))
+            stats.add(norms[:, None], units[:, None, :], sign)
 
     def verify(self) -> dict[str, Any]:
         """Check the committed index: chunk ids unique, and the committed sums equal to sums recomputed
         from the committed rows (`sums_drift`: the largest relative error, about 1e-12 when sound)."""
         self.refresh()
-        committed = {name: HeadStats.from_json(group) for name, group in self.manifest["stats"].items()}
-        spaces = [space_column(name[6:]) for name in committed if name.startswith("space:")]
-        rows = self.rows(columns=["id", "vector", *self.head_columns(), "head_norms", *spaces])
+        committed = self.manifest.sums
+        columns = [c.column for c in self.vector_columns(committed=True)]
+        rows = self.rows(columns=["id", *columns, "head_norms"])
         ids = rows["id"].to_pylist()
-        fresh = {name: HeadStats(g.n_heads, g.head_dim) for name, g in committed.items()}
+        fresh = committed.zeros()
         for batch in rows.to_batches(max_chunksize=65536):
             self._fold(pa.Table.from_batches([batch]), 1, fresh)
-        return {"chunks": len(ids), "duplicate_ids": len(ids) - len(set(ids)),
-                "sums_drift": max(drift(committed[name], fresh[name]) for name in committed)}
+        return {"chunks": len(ids), "duplicate_ids": len(ids) - len(set(ids)), "sums_drift": committed.drift(fresh)}
 
     def add_spaces(self, entries: list[dict[str, Any]], ids: list[str], vectors: dict[str, np.ndarray]) -> None:
         """Add external spaces to every row (inside `writing()`): one rewrite of the chunks table.
@@ -462,79 +370,21 @@ class Store:
         order = np.array([position[i] for i in table["id"].to_pylist()], dtype=np.int64)
         for entry in entries:
             name, dim = entry["name"], int(entry["dim"])
-            if name in self.space_stats:
+            if name in self.sums.spaces():
                 raise StoreError(f"the index already holds a space {name!r}")
             values = np.asarray(vectors[name], dtype=np.float32).reshape(-1, dim)[order]
             column = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), dim)
             table = table.append_column(pa.field(space_column(name), pa.list_(pa.float32(), dim)), column)
-            stats = self.space_stats[name] = HeadStats(1, dim)
+            stats = self.sums.add_space(name, dim)
             norms, units = split_unit(values)
             stats.add(norms[:, None], units[:, None, :])
             self.spaces.append(dict(entry))
         self.chunks.add(table, mode="overwrite")  # a rewrite: LanceDB's vector indexes are gone with it
-        self.manifest = {key: value for key, value in self.manifest.items() if key != "ann"}
+        self.manifest = self.manifest.replace(ann=None)
 
     def _save_manifest(self) -> None:
         """The commit point: record the table version and the sums that belong to it."""
-        manifest = self.manifest | {
-            "chunks_version": self.chunks.version,
-            "stats": {name: stats.to_json() for name, stats in self.groups().items()},
-        } | ({"spaces": self.spaces} if self.spaces else {})
-        self._manifest_table.add([{"json": json.dumps(manifest)}], mode="overwrite")
+        manifest = self.manifest.replace(chunks_version=self.chunks.version, sums=self.sums.copy(),
+                                         spaces=list(self.spaces))
+        self._manifest_table.add([{"json": json.dumps(manifest.to_json())}], mode="overwrite")
         self.manifest, self._manifest_version = manifest, self._manifest_table.version
-
-
-def _fixed(column: pa.ChunkedArray, n: int, width: int) -> np.ndarray:
-    """A fixed-size-list column as a float32 matrix (n, width) without a Python loop."""
-    if n == 0:
-        return np.zeros((0, width), dtype=np.float32)
-    flat = pa.concat_arrays([c.flatten() for c in column.chunks]) if column.num_chunks else pa.array([])
-    return np.asarray(flat.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(n, width)
-
-
-def build_rows(
-    ids: list[str],
-    doc_ids: list[str],
-    sources: list[str],
-    titles: list[str],
-    positions: list[int],
-    texts: list[str],
-    metadata: list[dict[str, Any]],
-    doc_hashes: list[str],
-    standard: np.ndarray,
-    heads: np.ndarray,
-    schema: pa.Schema,
-    extra: dict[str, np.ndarray] | None = None,
-) -> pa.Table:
-    """Rows for `Store.add`.  standard (N, D) raw, heads (N, H, d) raw; stored as unit vectors.
-    extra: external space -> (N, D_s) raw vectors, stored as they are (their norms feed the scales)."""
-    n, h, d = heads.shape
-    bad = Embeddings(standard, heads).non_finite()
-    if len(bad):  # a NaN would rank anywhere and poison the head scales: refuse the batch
-        raise StoreError(
-            f"the embedder returned NaN or infinite values for {len(bad)} chunk(s), first {ids[bad[0]]!r}; "
-            "nothing was written"
-        )
-    _, std_units = split_unit(standard)
-    head_norms, head_units = split_unit(heads)  # (N, H), (N, H, d)
-
-    def vectors(values: np.ndarray, width: int) -> pa.Array:
-        return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1).astype(np.float32)), width)
-
-    return pa.table(
-        {
-            "id": ids,
-            "doc_id": doc_ids,
-            "source": sources,
-            "title": titles,
-            "position": pa.array(positions, pa.int32()),
-            "text": texts,
-            "metadata": [json.dumps(m, ensure_ascii=False, default=str) for m in metadata],
-            "doc_hash": doc_hashes,
-            "vector": vectors(std_units, standard.shape[1]),
-            **{head_column(i): vectors(head_units[:, i], d) for i in range(h)},
-            "head_norms": vectors(head_norms, h),
-            **{space_column(name): vectors(v, v.shape[1]) for name, v in (extra or {}).items()},
-        },
-        schema=schema,
-    )

@@ -13,9 +13,11 @@ import pyarrow.compute as pc
 
 from mrag.chunk import chunk_text
 from mrag.embed.base import HeadEmbedder
+from mrag.errors import StoreError
 from mrag.ingest import Document, Skipped, as_document, document_digest
+from mrag.rows import build_rows, quote
 from mrag.spaces import Space
-from mrag.store import Store, StoreError, build_rows, quote
+from mrag.store import Store
 
 DEFAULT_CHUNK_CHARS = 1000
 DEFAULT_OVERLAP = 1
@@ -45,7 +47,7 @@ class AddReport:
 def chunk_settings(uri: str, store: Store | None, chunk_chars: int | None, overlap: int | None) -> dict[str, int]:
     """The chunk settings: an existing index's (others are refused), else the given ones or the defaults."""
     if store is not None:
-        recorded = {k: int(store.manifest["settings"][k]) for k in ("chunk_chars", "overlap")}
+        recorded = {k: int(store.manifest.settings[k]) for k in ("chunk_chars", "overlap")}
         for key, value in (("chunk_chars", chunk_chars), ("overlap", overlap)):
             if value is not None and value != recorded[key]:
                 raise StoreError(f"the index at {uri} was built with {key}={recorded[key]}, not {value}")
@@ -100,7 +102,7 @@ def write(
     report = AddReport()
     chosen = triage(list(zip(ids, digests)), store.doc_hashes(ids), report, replace)
     todo = [(documents[i], digests[i]) for i in chosen]
-    settings = store.manifest["settings"]
+    settings = store.manifest.settings
     chunks = [
         (doc, digest, i, text)
         for doc, digest in todo

@@ -25,8 +25,9 @@ from mrag.distributed.stages import (
 from mrag.embed.base import Embeddings, HeadEmbedder
 from mrag.index import Index, embedder_factory
 from mrag.ingest import list_files
+from mrag.rows import quote
 from mrag.scales import HeadStats
-from mrag.store import Store, quote
+from mrag.store import Store
 from mrag.writing import chunk_settings
 
 
@@ -179,13 +180,13 @@ def _run_job(
         # under the lock: any rows of these documents now (changed ones, or ones another process wrote
         # since the plan) are replaced, so a document never has two copies
         store.delete(f"doc_id IN ({quote(list(todo))})")
-        before = HeadStats.from_json(store.stats.to_json())
+        before = HeadStats.from_json(store.sums.heads.to_json())
         for table in embedded.iter_batches(batch_size=None, batch_format="pyarrow"):
             tags += [json.loads(t) for t in table[STATS_COLUMN].drop_null().to_pylist()]
             rows = table.drop_columns([STATS_COLUMN]).cast(store.chunks.schema)
             store.add(rows)
             written.extend(rows["id"].to_pylist())
-        check_complete(expected, written, before, store.stats, [HeadStats.from_json(t) for t in tags])
+        check_complete(expected, written, before, store.sums.heads, [HeadStats.from_json(t) for t in tags])
     report.chunks = len(written)
     report.workers = per_worker(tags)
     return report

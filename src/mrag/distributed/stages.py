@@ -18,8 +18,8 @@ import pyarrow as pa
 from mrag.chunk import chunk_text
 from mrag.embed.base import Embeddings, HeadEmbedder
 from mrag.ingest import IngestError, Skipped, document_digest, read_file, unreadable_reason
+from mrag.rows import build_rows, chunk_schema
 from mrag.scales import HeadStats, split_unit
-from mrag.store import build_rows, chunk_schema
 from mrag.writing import AddReport, check_unique_ids, triage
 
 EmbedderFactory = Callable[[], HeadEmbedder]

@@ -22,10 +22,10 @@ from mrag.embed.base import HeadEmbedder
 from mrag.evaluate.datasets import Benchmark
 from mrag.evaluate.metrics import K_MAX, dedupe_units, query_metrics
 from mrag.index import Index
+from mrag.manifest import FORMAT_VERSION
 from mrag.retrieve import exact
 from mrag.retrieve import strategies as retrieve
 from mrag.spaces import SpaceSpec
-from mrag.store import FORMAT_VERSION
 
 WHOLE_DOCUMENTS = 10**9  # chunk size that keeps every document in one chunk (the paper's setting)
 

@@ -18,15 +18,8 @@ import numpy as np
 
 from mrag.retrieve.types import QueryVectors, Voter
 from mrag.settings import ANN_THRESHOLD, DEFAULT_INDEX, DEFAULT_NPROBES, INDEX_TYPES  # noqa: F401  (re-exported)
-from mrag.store import head_column, space_column
 
 DEFAULT_REFINE = 5  # IVF_PQ re-ranks refine x c candidates on the full vectors
-
-
-def space_columns(n_heads: int, spaces: list[str]) -> dict[str, str]:
-    """Voter name -> the chunks column its vectors live in."""
-    return {"standard": "vector", **{f"head:{i}": head_column(i) for i in range(n_heads)},
-            **{name: space_column(name) for name in spaces}}
 
 
 def needs_ann(

@@ -123,14 +123,14 @@ def ranker_for(
 ) -> tuple[retrieve.Ranker, Callable[[list[int]], dict[int, dict[str, Any]]], int]:
     """How to find each space's nearest rows: the ANN indexes or the in-memory matrix, as the
     manifest last read records them. -> (ranker, fetch: row numbers -> stored rows, how many rows)."""
-    built: dict[str, Any] = store.manifest.get("ann") or {}
+    built: dict[str, Any] = store.manifest.ann or {}
     covered = bool(built) and not plan.base.startswith("split")  # split slices have no ANN column
     if exact is False and not covered:
         raise ValueError("no ANN index covers this search: build one with `mrag index --build-ann`, "
                          "and use a strategy other than split")
     if covered and not exact:
         refine = ann.DEFAULT_REFINE if built["index_type"] == "IVF_PQ" else None
-        columns = ann.space_columns(store.n_heads, list(store.committed_space_dims()))
+        columns = {c.space: c.column for c in store.vector_columns(committed=True)}
         ranker = ann.AnnRanker(store.snapshot(), columns,
                                nprobes or built.get("nprobes", ann.DEFAULT_NPROBES), refine)
 
