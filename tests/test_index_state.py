@@ -1,6 +1,8 @@
 """A Hypothesis state machine over `Index`: random adds, upserts, deletes (of existing and missing ids),
-writes that fail half-way, compactions and reopenings, checked after every step against a plain
-dict of documents and against head-scale sums recomputed from the rows."""
+writes that fail half-way, ANN index builds, compactions and reopenings, checked after every step
+against a plain dict of documents, against head-scale sums recomputed from the rows and against the
+O(N^2) head scales of the model's texts; once ANN indexes exist, a search through them finds every
+document, written before the build or after."""
 
 from __future__ import annotations
 
@@ -96,6 +98,16 @@ class IndexMachine(RuleBasedStateMachine):
         self.index = Index.open(self.folder + "/db", embedder=self.embedder)
 
     @rule()
+    def build_ann(self) -> None:
+        if not self.docs:
+            try:
+                self.index.build_ann()
+                raise AssertionError("building ANN indexes on an empty index succeeded")
+            except ValueError:
+                return
+        assert self.index.build_ann()["rows"] == len(self.docs)
+
+    @rule()
     def optimize(self) -> None:
         self.index.optimize(keep_versions=0)
 
@@ -112,6 +124,9 @@ class IndexMachine(RuleBasedStateMachine):
             np.testing.assert_allclose(scales, brute_force_scales(heads), rtol=1e-5, atol=1e-5)
         else:
             assert scales == [0.0] * self.embedder.n_heads
+        if self.docs and self.index.store.manifest.ann:  # rows written since the build are found too
+            hits = self.index.search("river moon", k=len(self.docs), strategy="standard", exact=False)
+            assert {h.doc_id for h in hits} == set(self.docs)
 
     def teardown(self) -> None:
         shutil.rmtree(self.folder, ignore_errors=True)
