@@ -68,6 +68,13 @@ def test_every_command_has_help_with_an_example():
         assert command.help and f"mrag {name}" in command.help, f"{name} has no example in its docstring"
 
 
+def test_every_command_that_prints_takes_json_and_plain():
+    """One output convention (`cli_common.output_options`): JSON by default, --plain/-p for people."""
+    for name, command in cli.commands.items():
+        if name != "serve":  # prints nothing
+            assert {"--json", "--plain", "-p"} <= {o for p in command.params for o in p.opts}, name
+
+
 def test_index_and_search_with_the_real_model(tmp_path, corpus):
     """No shortcuts: the CLI loads MiniLM itself (MRAG_MODEL unset), twice."""
     path = tmp_path / "idx"
@@ -154,6 +161,8 @@ def test_info(db, corpus):
     }
     assert info["settings"] == {"chunk_chars": 1000, "overlap": 1}
     assert "mrag" in info["strategies"] and "standard" in info["strategies"]
+    assert len(mrag("info", "--db", db).stdout.splitlines()) == 1  # JSON, one object per line
+    assert json.loads(mrag("info", "--db", db, "--plain").stdout) == info  # indented, for people
 
 
 def test_delete(db, corpus):
@@ -161,7 +170,7 @@ def test_delete(db, corpus):
     assert lines(mrag("delete", bees, "--db", db)) == [{"deleted_chunks": 1}]
     hits = lines(mrag("search", "bees", "--db", db, "-k", "4"))
     assert len(hits) == 3 and bees not in {h["doc_id"] for h in hits}
-    assert lines(mrag("delete", source(corpus, "rome.txt") + "#0", "--db", db)) == [{"deleted_chunks": 1}]
+    assert mrag("delete", source(corpus, "rome.txt") + "#0", "--db", db, "-p").stdout == "deleted 1 chunks\n"
     assert json.loads(mrag("info", "--db", db).stdout)["chunks"] == 2
 
 
@@ -174,6 +183,7 @@ def test_optimize_and_verify(db, corpus):
     assert snapshot(db) == before  # compaction changes no result
     check = lines(mrag("verify", "--db", db))[0]
     assert check["chunks"] == 2 and check["duplicate_ids"] == 0 and check["sums_drift"] < 1e-9
+    assert mrag("verify", "--db", db, "--plain").stdout.startswith("2 chunks, 0 duplicate ids, head-scale sums drift")
 
 
 def test_verify_fails_on_sums_that_drifted(db):

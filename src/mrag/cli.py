@@ -1,4 +1,5 @@
-"""The `mrag` command: a thin click layer over the library. JSON by default, `--plain` for people."""
+"""The `mrag` command: a thin click layer over the library. JSON by default, `--plain` for people
+(`mrag.cli_common.output_options`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 import click
 
 from mrag import settings
-from mrag.cli_common import CONTEXT, db_option, emit, model_option, plain_option, user_errors
+from mrag.cli_common import CONTEXT, db_option, emit, model_option, output_options, user_errors
 from mrag.settings import ANN_THRESHOLD, DEFAULT_NPROBES
 from mrag.settings import DEFAULT_INDEX as DEFAULT_ANN_INDEX
 from mrag.settings import INDEX_TYPES as ANN_INDEX_TYPES
@@ -55,7 +56,7 @@ def cli() -> None:
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               help="Embed on a Ray cluster (ray://host:10001, auto); without ADDRESS a local one.")
 @click.option("--workers", type=int, default=2, show_default=True, help="Ray workers (with --ray).")
-@plain_option
+@output_options()
 @user_errors
 def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None, pooling: str | None,
           chunk_chars: int | None, overlap: int | None, text_field: str, id_field: str, query_instruction: str,
@@ -141,7 +142,7 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
               help="Exact search in memory, or the ANN indexes (default: ANN when the index has them).")
 @click.option("--nprobes", type=click.IntRange(min=1), default=None,
               help="IVF partitions per ANN search (default: the index's).")
-@plain_option
+@output_options()
 @user_errors
 def search(query: str, db: str, model: str | None, k: int, strategy: str | None, depth: int | None, explain: bool,
            selection: str | None, exact: bool | None, nprobes: int | None, plain: bool) -> None:
@@ -167,7 +168,7 @@ def search(query: str, db: str, model: str | None, k: int, strategy: str | None,
 
 @cli.command(context_settings=CONTEXT)
 @db_option
-@plain_option
+@output_options()
 @user_errors
 def heads(db: str, plain: bool) -> None:
     """Head scales of DB (mean norm x mean pairwise cosine distance).
@@ -186,37 +187,45 @@ def heads(db: str, plain: bool) -> None:
 
 @cli.command(context_settings=CONTEXT)
 @db_option
+@output_options()
 @user_errors
-def info(db: str) -> None:
+def info(db: str, plain: bool) -> None:
     """What DB holds: counts, model, layer, pooling, heads, settings.
 
         mrag info --db idx
     """
     from mrag.index import Index
 
-    click.echo(json.dumps(Index.open(db, create=False).info(), indent=2))
+    facts = Index.open(db, create=False).info()
+    click.echo(json.dumps(facts, indent=2) if plain else json.dumps(facts, ensure_ascii=False))
 
 
 @cli.command(context_settings=CONTEXT)
 @click.argument("ids", nargs=-1, required=True)
 @db_option
+@output_options()
 @user_errors
-def delete(ids: tuple[str, ...], db: str) -> None:
+def delete(ids: tuple[str, ...], db: str, plain: bool) -> None:
     """Delete documents or chunks by id (all must exist, else nothing is deleted).
 
         mrag delete /home/me/notes/old.md --db idx
     """
     from mrag.index import Index
 
-    emit({"deleted_chunks": Index.open(db, create=False).delete(list(ids))})
+    deleted = Index.open(db, create=False).delete(list(ids))
+    if plain:
+        click.echo(f"deleted {deleted} chunks")
+    else:
+        emit({"deleted_chunks": deleted})
 
 
 @cli.command(context_settings=CONTEXT)
 @db_option
 @click.option("--keep-versions", type=click.FloatRange(min=0), default=None,
               help="Keep old versions younger than this many seconds (default: only the committed one).")
+@output_options()
 @user_errors
-def optimize(db: str, keep_versions: float | None) -> None:
+def optimize(db: str, keep_versions: float | None, plain: bool) -> None:
     """Compact DB's small fragments and prune old versions; safe beside searches and other writers.
 
     Writes do it by themselves every 32 commits; run it after many small writes, or from cron.
@@ -225,13 +234,19 @@ def optimize(db: str, keep_versions: float | None) -> None:
     """
     from mrag.index import Index
 
-    emit(Index.open(db, create=False).optimize(keep_versions))
+    report = Index.open(db, create=False).optimize(keep_versions)
+    if plain:
+        sizes = f": {report['bytes_before']:,} -> {report['bytes_after']:,} bytes" if report["bytes_after"] else ""
+        click.echo(f"optimized, committed version {report['version']}{sizes}")
+    else:
+        emit(report)
 
 
 @cli.command(context_settings=CONTEXT)
 @db_option
+@output_options()
 @user_errors
-def verify(db: str) -> None:
+def verify(db: str, plain: bool) -> None:
     """Check DB: unique chunk ids, and head-scale sums equal to a recomputation from the rows.
 
     Exits 1 when either fails.
@@ -241,7 +256,11 @@ def verify(db: str) -> None:
     from mrag.index import Index
 
     report = Index.open(db, create=False).verify()
-    emit(report)
+    if plain:
+        click.echo(f"{report['chunks']} chunks, {report['duplicate_ids']} duplicate ids, "
+                   f"head-scale sums drift {report['sums_drift']:.2g}")
+    else:
+        emit(report)
     if report["duplicate_ids"] or report["sums_drift"] > 1e-6:
         raise click.ClickException(f"{db} fails the check: {report}")
 
@@ -250,16 +269,16 @@ def verify(db: str) -> None:
 @click.option("--db", envvar="MRAG_DEMO_DB", default=None, help="Where to build the demo index (default: temporary).")
 @click.option("-k", type=int, default=4, show_default=True, help="Results per strategy.")
 @click.option("--strategy", "-s", default=settings.DEFAULT_STRATEGY, show_default=True, help="Compared with standard.")
-@click.option("--json", "as_json", is_flag=True, help="JSON lines instead of text.")
+@output_options(plain=True)
 @user_errors
-def demo(db: str | None, k: int, strategy: str, as_json: bool) -> None:
+def demo(db: str | None, k: int, strategy: str, plain: bool) -> None:
     """Index the bundled sample corpus and compare standard RAG with MRAG on multi-aspect questions.
 
         mrag demo
     """
     from mrag.demo import run_demo
 
-    run_demo(db, k=k, strategy=strategy, as_json=as_json, echo=click.echo)
+    run_demo(db, k=k, strategy=strategy, as_json=not plain, echo=click.echo)
 
 
 @cli.command("eval", context_settings=CONTEXT)
@@ -278,13 +297,13 @@ def demo(db: str | None, k: int, strategy: str, as_json: bool) -> None:
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True)
 @click.option("-o", "--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="Write records, table, plots here.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object with the summary.")
 @click.option("--space", "spaces", multiple=True, metavar="[LABEL=]FUNCTION[:key=value,...]",
               help="Add an embedding space (repeatable); select voters per strategy as STRATEGY@heads+standard+LABEL.")
+@output_options(plain=True)
 @user_errors
 def eval_(corpus: str, queries: str | None, model: str | None, layer: int, pooling: str | None, strategies: str | None,
           depth: int, chunk_chars: int, cache: str | None, query_instruction: str, device: str, dtype: str,
-          out_dir: str | None, as_json: bool, spaces: tuple[str, ...]) -> None:
+          out_dir: str | None, spaces: tuple[str, ...], plain: bool) -> None:
     """Evaluate retrieval strategies on a multi-aspect benchmark (the MRAG paper's format or BEIR).
 
     Embeds the corpus once (cached), then scores every strategy at every k from 1 to 32.
@@ -299,7 +318,7 @@ def eval_(corpus: str, queries: str | None, model: str | None, layer: int, pooli
         chunk_chars=chunk_chars, cache=cache, query_instruction=query_instruction, device=device, dtype=dtype,
         out_dir=out_dir, show_progress=sys.stderr.isatty(), spaces=spaces,
     )
-    if as_json:
+    if not plain:
         emit({"summary": result["summary"], "single_aspect": result["single_aspect"], "skipped": result["skipped"],
               "files": result["files"]})
     else:

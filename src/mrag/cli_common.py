@@ -1,4 +1,8 @@
-"""What every `mrag` command shares: context settings, the error decorator, common options, JSON output."""
+"""What every `mrag` command shares: context settings, the error decorator, common options, and one
+output convention (`output_options`, as sqlite-utils bundles its output options): every command that
+prints a result takes `--json` and `--plain`/`-p`, one `plain` parameter. Results are JSON by default,
+one object per line; `demo`, `ask` and `eval`, whose output people read first, print text by default.
+`serve` prints nothing."""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ CONTEXT: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
 def _quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("LANCE_LOG", "error")
+    os.environ.setdefault("LANCEDB_LOG", "error")  # lancedb's own Rust log (LANCE_LOG is pylance's)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         import transformers
@@ -46,7 +51,20 @@ db_option: Callable[..., Any] = click.option(
 model_option: Callable[..., Any] = click.option(
     "--model", "-m", envvar="MRAG_MODEL", default=None, help="Hugging Face id or path (or MRAG_MODEL)."
 )
-plain_option = click.option("--plain", "-p", is_flag=True, help="Readable text instead of JSON.")
+def output_options(plain: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """`--json` and `--plain`/`-p` as one boolean parameter, `plain` (the last flag given wins);
+    `plain=True`: text unless --json."""
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        fn = click.option("--plain", "-p", "plain", flag_value=True, default=plain,
+                          help="Readable text" + (" (the default)." if plain else " instead of JSON."))(fn)
+        return click.option("--json", "plain", flag_value=False, default=plain,
+                            help="JSON" + (" instead of text." if plain else " (the default)."))(fn)
+
+    return decorate
+
+
+plain_option = output_options()  # JSON by default
 
 
 def emit(obj: Any) -> None:

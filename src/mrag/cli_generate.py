@@ -7,7 +7,7 @@ import sys
 import click
 
 from mrag import settings
-from mrag.cli_common import CONTEXT, db_option, emit, model_option, user_errors
+from mrag.cli_common import CONTEXT, db_option, emit, model_option, output_options, user_errors
 from mrag.generate.backends import BACKENDS
 from mrag.generate.base import DEFAULT_MAX_TOKENS
 from mrag.generate.prompt import DEFAULT_MAX_CONTEXT_CHARS
@@ -36,10 +36,10 @@ gen_model_option = click.option(
               help="Budget for the sources in the prompt; the lowest-ranked chunks are dropped first.")
 @click.option("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, show_default=True, help="Longest answer.")
 @click.option("--no-generate", is_flag=True, help="Print the numbered context that would be sent; load no LLM.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object {answer, cited, context, strategy}.")
+@output_options(plain=True)
 @user_errors
 def ask(question: str, db: str, model: str | None, k: int, strategy: str | None, backend: str, gen_model: str | None,
-        max_context_chars: int, max_tokens: int, no_generate: bool, as_json: bool) -> None:
+        max_context_chars: int, max_tokens: int, no_generate: bool, plain: bool) -> None:
     """Answer QUESTION from DB with numbered citations; the answer streams as it is written.
 
     \b
@@ -47,8 +47,10 @@ def ask(question: str, db: str, model: str | None, k: int, strategy: str | None,
         mrag ask "..." --db idx --generator ollama --gen-model llama3.2 --strategy mrag-fusion
         mrag ask "..." --db idx --no-generate      # just the numbered sources
 
-    Fusion strategies need the LLM to write sub-queries, so they refuse --no-generate.
+    Fusion strategies need the LLM to write sub-queries, so they refuse --no-generate. With --json,
+    one object {answer, cited, context, strategy} once the answer is complete.
     """
+    as_json = not plain
     from mrag.generate import make_generator, prepare
     from mrag.generate.fusion import is_fusion
     from mrag.index import Index
