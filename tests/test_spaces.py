@@ -144,6 +144,19 @@ def test_adding_a_space_backfills_every_row_in_one_commit(db_path, fake):
     assert index.store.matrix().extra["w"].shape == (len(DOCS) + 1, 16)
 
 
+def test_adding_a_space_rebuilds_the_dropped_ann_indexes_by_policy(db_path, fake):
+    """The table rewrite drops LanceDB's indexes; the library's ANN policy builds them again at once."""
+    from mrag.settings import AnnPolicy
+
+    index = Index.open(db_path, embedder=fake)
+    index.ann_policy = AnnPolicy(threshold=2, index_type="IVF_FLAT", nprobes=4)
+    index.add(DOCS)
+    assert index.store.manifest.ann == {"index_type": "IVF_FLAT", "rows": len(DOCS), "nprobes": 4}
+    index.add_spaces(["w=test-words:dim=8"])
+    assert index.store.manifest.ann == {"index_type": "IVF_FLAT", "rows": len(DOCS), "nprobes": 4}
+    assert len(index.store.chunks.list_indices()) == 1 + fake.n_heads + 1  # the new space's column too
+
+
 def test_unknown_function_names_the_space_and_writes_nothing(db_path, tmp_path, fake):
     with pytest.raises(SpaceError, match="space 'x'.*unknown embedding function 'no-such-fn'"):
         Index.open(tmp_path / "new", embedder=fake, spaces=["x=no-such-fn"])

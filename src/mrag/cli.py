@@ -97,7 +97,7 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
         try:
             report = index_with_ray(db, paths, address=None if ray_address == "local" else ray_address,
                                     num_workers=workers, model=model, layer=layer, chunk_chars=chunk_chars,
-                                    overlap=overlap, show_progress=progress,
+                                    overlap=overlap, show_progress=progress, ann_policy=policy,
                                     fields={"text_field": text_field, "id_field": id_field}, **options)
         except RayJobError as e:
             raise click.ClickException(str(e).splitlines()[0]) from e
@@ -106,12 +106,11 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
             return
         idx = Index.open(db, create=False)
         idx.ann_policy = policy
-        report.ann = idx.maintain_ann()
     else:
         docs, skipped = read_paths(paths, text_field=text_field, id_field=id_field) if paths else ([], [])
         idx = Index.open(db, model=model, layer=layer, chunk_chars=chunk_chars, overlap=overlap, spaces=spaces,
                          create=bool(paths), **options)
-        idx.ann_policy = policy  # upsert builds the ANN indexes past the threshold
+        idx.ann_policy = policy  # the library's policy: upsert (re)builds the ANN indexes past the threshold
         report = idx.upsert(docs, show_progress=sys.stderr.isatty())
         report.skipped = skipped
     if build_ann and not report.ann:

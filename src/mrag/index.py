@@ -155,6 +155,7 @@ class Index:
             entries = [s.spec.to_json() | {"dim": s.dim} for s in live]
             self.store.add_spaces(entries, rows["id"].to_pylist(), vectors)
         self._spaces.update({s.name: s for s in live})
+        self.maintain_ann()  # the rewrite dropped the ANN indexes: rebuilt when the policy says so
         return [s.name for s in live]
 
     # --- writing -------------------------------------------------------------------------

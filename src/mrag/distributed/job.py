@@ -27,6 +27,7 @@ from mrag.index import Index, embedder_factory
 from mrag.ingest import list_files
 from mrag.rows import quote
 from mrag.scales import HeadStats
+from mrag.settings import AnnPolicy
 from mrag.store import Store
 from mrag.writing import chunk_settings
 
@@ -66,6 +67,7 @@ def index_with_ray(
     chunk_chars: int | None = None,
     overlap: int | None = None,
     show_progress: bool = False,
+    ann_policy: AnnPolicy | None = None,
     **embedder_options: Any,
 ) -> RayIndexReport:
     """Index files and folders into the index at `index_path` (a folder or s3://...) on a Ray cluster.
@@ -77,7 +79,8 @@ def index_with_ray(
     chunks per embedding call; `gpus_per_worker`: None gives each worker one GPU when the cluster has
     GPUs (and `device` is not "cpu"), the pool shrinking to the GPUs there are. `fields`: text_field /
     id_field / title_field for JSON records. `chunk_chars` / `overlap`: for a new index. `show_progress`:
-    Ray Data's progress bars and messages (otherwise silenced during the job).
+    Ray Data's progress bars and messages (otherwise silenced during the job). `ann_policy`: when
+    the write (re)builds the ANN indexes, as every `Index` write does (default `AnnPolicy()`).
     Same semantics as `Index.add_paths`: unchanged documents are skipped, changed ones replaced.
     """
     ray = _import_ray()
@@ -112,6 +115,7 @@ def index_with_ray(
                 _gpus(ray, gpus_per_worker, embedder_options),
                 storage_options,
                 fields or {},
+                ann_policy or AnnPolicy(),
             )
     except Exception as e:
         if not type(e).__module__.startswith("ray."):
@@ -135,6 +139,7 @@ def _run_job(
     gpus: float,
     storage_options: dict[str, str] | None,
     fields: dict[str, str],
+    ann_policy: AnnPolicy,
 ) -> RayIndexReport:
     items = [{"path": str(Path(f).resolve()), "shown": f, "explicit": e, "order": i} for i, (f, e) in enumerate(files)]
     documents = (
@@ -150,13 +155,14 @@ def _run_job(
         return report
     # the embedder's description, from a worker (the driver may have no GPU, nor the model's files)
     info = ray.get(ray.remote(_embedder_info).options(num_cpus=cpus, num_gpus=gpus).remote(make))
-    store = Index.open(
+    index = Index.open(
         uri,
         embedder=_RecordedEmbedder(info),
         storage_options=storage_options,
         chunk_chars=chunking["chunk_chars"],
         overlap=chunking["overlap"],
-    ).store
+    )
+    index.ann_policy, store = ann_policy, index.store
     n_chunks = sum(todo.values())
     chunks = (
         documents.flat_map(chunk_rows, fn_kwargs={"wanted": frozenset(todo)})
@@ -189,6 +195,7 @@ def _run_job(
         check_complete(expected, written, before, store.sums.heads, [HeadStats.from_json(t) for t in tags])
     report.chunks = len(written)
     report.workers = per_worker(tags)
+    report.ann = index.maintain_ann() if written else None
     return report
 
 
