@@ -1,4 +1,4 @@
-.PHONY: install demo test lint bench
+.PHONY: install demo test lint bench check-wheel
 
 install:
 	bash scripts/install.sh
@@ -15,3 +15,6 @@ lint:
 
 bench:
 	.venv/bin/python benchmarks/bench_core.py
+
+check-wheel:
+	bash scripts/check_wheel.sh

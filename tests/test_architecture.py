@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import os
 import shutil
 import subprocess
 import sys
@@ -100,3 +101,19 @@ def test_import_mrag_registers_multi_head_once_lancedb_loads():
     # LanceDB imported first: registered at `import mrag`
     code = "import lancedb, mrag; from lancedb.embeddings import get_registry; get_registry().get('multi-head')"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_a_new_index_prints_nothing_and_import_installs_no_warnings_filter(tmp_path):
+    """Lance's "No existing dataset ... it will be created" (and anything else) stays off the terminal
+    of a library user, without a warnings filter: `import mrag` installs none, and none hides Lance."""
+    code = (f"import sys, warnings; sys.path.insert(0, {str(ROOT / 'tests')!r}); from conftest import FakeEmbedder; "
+            "before = list(warnings.filters); import mrag; "
+            "assert warnings.filters == before, 'import mrag installed a warnings filter'; "
+            f"index = mrag.Index.open({str(tmp_path / 'db')!r}, embedder=FakeEmbedder()); "
+            "index.add([{'id': 'a', 'text': 'bees cool the hive'}]); "
+            "assert [h.doc_id for h in index.search('bees')] == ['a']; "
+            "assert not [f for f in warnings.filters if f[1] and 'dataset' in f[1].pattern], 'a filter hides Lance'")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LANCE", "RUST_LOG"))}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr == ""
