@@ -75,7 +75,7 @@ def build(
 
 
 class AnnRanker:
-    """A `mrag.retrieve.Ranker` over a table's ANN indexes: each space is asked once for all query
+    """A `types.Ranker` over a table's ANN indexes: each space is asked once for all query
     parts (LanceDB takes several query vectors at once), spaces in parallel threads.
 
     Its rankings number rows locally; `ids[i]` is local row i's chunk id."""

@@ -8,7 +8,7 @@ segments whose peak reaches the line's (c+1)-th best peak so far are kept (`Cand
 segments hold a row at least that good, so no row of another segment can place. The few kept rows
 are ranked once at the end (`best_of`). A block thus costs its products and one max pass; a top-k
 over every row cost more than the products for the heads' 384 lines of a batch of 32 queries.
-`Exact` is a `mrag.retrieve.Ranker`; `mrag.ann` is the approximate one.
+`Exact` is a `types.Ranker`; `ann.AnnRanker` is the approximate one.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ SCORE_BYTES = 512 * 2**20  # the most memory a scan's candidates may take
 BLOCK_ROWS = 65_536  # the most rows scored at a time
 BLOCK_BYTES = 12 * 2**20  # a block's similarities, all lines: about what the L3 cache holds
 SEGMENT_ROWS = 32  # rows per segment: a block's rows are kept or skipped a segment at a time
-PRECISIONS = ("bf16", "fp32")  # the heads' scan: a bf16 pass re-scored in fp32 (`mrag.lowprec`), or fp32
+PRECISIONS = ("bf16", "fp32")  # the heads' scan: a bf16 pass re-scored in fp32 (`lowprec`), or fp32
 DEFAULT_PRECISION = "bf16"  # same rows and scores as fp32 (tested), faster (benchmarks/results/core-lowprec.md)
 
 
@@ -72,7 +72,7 @@ class Exact:
 
     standard (N, D) and heads (H, N, d) unit vectors, head-major so each head is one contiguous
     matrix; extra: external space -> (N, D_s) unit vectors. `precision` "bf16" scans the heads in bf16
-    and re-scores the rows that could place in fp32 (`mrag.lowprec`: same result as "fp32"); heads with
+    and re-scores the rows that could place in fp32 (`lowprec`: same result as "fp32"); heads with
     NaN or infinite values, and rows that tie near the top beyond `lowprec.KEPT_BYTES`, scan in fp32."""
 
     def __init__(

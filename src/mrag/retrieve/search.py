@@ -1,5 +1,5 @@
 """Reading an index: embed the queries once, rank every space (exactly in memory or through the
-ANN indexes), vote (`mrag.retrieve`), and fetch the hits' rows. `Index.search` and
+ANN indexes), vote (`strategies`), and fetch the hits' rows. `Index.search` and
 `Index.search_many` are the front door; this module is what they run."""
 
 from __future__ import annotations

@@ -141,7 +141,7 @@ def vote_many(
 ) -> list[Result]:
     """Run a strategy for a batch of (query, parts); every space is searched once for all of them.
 
-    `ranker` finds each space's c nearest rows (`Exact`, or `mrag.ann`); `extra` names the external
+    `ranker` finds each space's c nearest rows (`exact.Exact`, or `ann.AnnRanker`); `extra` names the external
     spaces the queries carry vectors for; `select` keeps only the named voters (see `voters`).
 
     `parts` are a query's segments (`segment+`, `interleave+`, see `query_parts`) or its sub-queries
