@@ -7,7 +7,12 @@ every strategy on both and on the paper's queries over the same articles, and wr
 benchmarks/results/own-bench/summary.{md,json}: the rankings side by side and Kendall's tau
 between them.
 
-Run: python benchmarks/eval/own_bench.py DATASETS_DIR WORK_DIR [--n 1,2,3,4,6,10] [--per-n 40]
+Also (--part bundled) the same for the bundled sample corpus (its topics as groups; no paper queries
+there, so only the ranking is reported), and (--part local) a small run of the local LLM writer
+(SmolLM2-135M-Instruct) whose every query, kept or dropped, is written out for reading.
+
+Run: python benchmarks/eval/own_bench.py DATASETS_DIR WORK_DIR [--part paper|bundled|local]
+         [--n 1,2,3,4,6,10] [--per-n 40]
 """
 
 from __future__ import annotations
@@ -64,7 +69,12 @@ def main() -> None:
     parser.add_argument("work", type=Path)
     parser.add_argument("--n", default="1,2,3,4,6,10")
     parser.add_argument("--per-n", default="40")
+    parser.add_argument("--part", choices=("paper", "bundled", "local"), default="paper")
     args = parser.parse_args()
+    if args.part == "bundled":
+        return bundled(args.work)
+    if args.part == "local":
+        return local_writer(args.datasets, args.work)
     docs = args.work / "docs"
     if not docs.exists():
         write_docs(args.datasets, docs)
@@ -78,6 +88,61 @@ def main() -> None:
                      args.work / "eval-paper")
     runs["paper's queries"] = ({}, paper)
     report(runs)
+
+
+def bundled(work: Path) -> None:
+    """Extractive benchmark of the bundled sample corpus (topics as groups) and every strategy on it."""
+    sample = Path(__file__).resolve().parents[2] / "src" / "mrag" / "data" / "sample_corpus.jsonl"
+    bench = work / "bundled-bench"
+    made = json.loads(mrag("bench", str(sample), "-o", str(bench), "--group-by", "topic", "--seed", "0"))
+    result = evaluate(bench, None, work / "bundled-eval")
+    summary, single = result["summary"], result["single_aspect"]
+    ranked = sorted(summary, key=lambda s: -summary[s]["doc"])
+    lines = ["# Strategies on an extractive benchmark of the bundled sample corpus", "",
+             f"{made['documents']} documents in {made['groups_found']} groups ({made['groups']}); "
+             f"{made['queries']} queries kept, {made['dropped']} dropped {made['dropped_by_reason'] or ''}; "
+             f"n = {made['n']}.", "",
+             "| strategy | n >= 2: doc / category at k = n | n = 1: MRR@10 / hit@1 |", "|---|---|---|"]
+    lines += [f"| {s} | {summary[s]['doc']:.3f} / {summary[s]['category']:.3f} | "
+              f"{single[s]['mrr@10']:.3f} / {single[s]['hit@1']:.3f} |" for s in ranked]
+    write("bundled", lines, {"benchmark": made, "summary": summary, "single_aspect": single, "ranking": ranked})
+
+
+def local_writer(datasets: Path, work: Path) -> None:
+    """The local LLM writer on 48 Wikipedia articles (8 categories x 6): every query it wrote, and the checks."""
+    docs = work / "local-docs"
+    if not docs.exists():
+        by_category: dict[str, list[dict]] = {}
+        for a in json.load(bz2.open(datasets / "wikipedia_articles_v1.json.bz2")):
+            by_category.setdefault(str(a["label"]).replace("/", "-"), []).append(a)
+        for category in sorted(by_category)[:8]:
+            for i, a in enumerate(by_category[category][:6]):
+                path = docs / category / f"{i:03d}.md"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(a["title"] + "\n\n" + a["text"][:2000], encoding="utf-8")
+    bench = work / "local-bench"
+    made = json.loads(mrag("bench", str(docs), "-o", str(bench), "--generator", "local", "--n", "1,2,3",
+                           "--per-n", "4", "--seed", "0"))
+    rows = [json.loads(line) | {"kept": True} for line in (bench / "queries.jsonl").open()]
+    if (bench / "dropped.jsonl").exists():
+        rows += [json.loads(line) | {"kept": False} for line in (bench / "dropped.jsonl").open()]
+    lines = ["# What the local writer (SmolLM2-135M-Instruct) wrote", "",
+             f"{made['documents']} Wikipedia v1 articles (first 2,000 characters) in {made['groups_found']} "
+             f"category folders; n = 1, 2, 3, 4 queries per n; {made['queries']} kept, {made['dropped']} dropped "
+             f"{made['dropped_by_reason'] or ''}.", "",
+             "| n | documents touched | kept | query (or the reason it was dropped) |", "|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["n"], r["_id"])):
+        text = r["text"].replace("|", "/").replace("\n", " ")[:160]
+        why = "" if r["kept"] else f" *({r['reason']})*"
+        lines.append(f"| {r['n']} | {r.get('touches', '?')} | {'yes' if r['kept'] else 'no'} | {text}{why} |")
+    write("local-smollm2", lines, {"benchmark": made, "queries": rows})
+
+
+def write(name: str, lines: list[str], data: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2))
+    print("\n".join(lines))
 
 
 def report(runs: dict[str, tuple[dict, dict]]) -> None:
