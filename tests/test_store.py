@@ -12,6 +12,7 @@ from test_index import DOCS, assert_scales_match_corpus, table_rows
 
 from mrag.errors import StoreError
 from mrag.index import Index
+from mrag.matrix import load_matrix, read_ranges
 from mrag.rows import build_rows, chunk_schema, quote
 from mrag.scales import brute_force_scales
 from mrag.store import CHUNKS, MANIFEST, Store
@@ -61,6 +62,31 @@ def test_matrix_is_cached_per_table_version(index):
     index.add(DOCS[2:])
     second = index.store.matrix()
     assert second is not first and len(second.ids) == 4
+
+
+def test_matrix_read_a_few_rows_at_a_time_equals_the_table(index):
+    """Loading reads ranges of rows (a bounded transient); across ranges and batches the matrix must be
+    the table's rows in scan order, each head its own unit vectors."""
+    index.add(DOCS)
+    index.add([{"id": "extra", "text": "One more. Another sentence about rivers. And a third about bread."}])
+    store = index.store
+    snapshot = store.snapshot()
+    columns = ["id", *[c.column for c in store.vector_columns(committed=True)]]
+    table = snapshot.search().select(columns).limit(None).to_arrow()
+    n = table.num_rows
+    assert n > 4  # more than one range of 2 rows, and a last range cut short when n is odd
+    batches = list(read_ranges(snapshot, columns, n, step=2))
+    assert [b.num_rows for b in batches][:-1] == [2] * (len(batches) - 1)
+    matrix = load_matrix(snapshot, batches, n, store.dim, store.n_heads, store.head_dim, False, {})
+    assert matrix.ids.tolist() == table["id"].to_pylist()
+    np.testing.assert_array_equal(matrix.standard, np.array(table["vector"].to_pylist(), dtype=np.float32))
+    for h in range(store.n_heads):
+        np.testing.assert_array_equal(matrix.heads[h], np.array(table[f"head_{h}"].to_pylist(), dtype=np.float32))
+    whole = store.matrix()  # the store's own load (default range size) gives the same arrays
+    assert whole.ids.tolist() == matrix.ids.tolist()
+    np.testing.assert_array_equal(whole.heads, matrix.heads)
+    with pytest.raises(ValueError, match="counted"):
+        load_matrix(snapshot, batches, n + 1, store.dim, store.n_heads, store.head_dim, False, {})
 
 
 def test_writing_restores_rows_and_sums_on_any_error(index, fake):

@@ -3,7 +3,11 @@ once per committed version (`Store.matrix` keeps the last one)."""
 
 from __future__ import annotations
 
+import ctypes
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -37,15 +41,69 @@ def head_units(rows: pa.Table, n_heads: int, head_dim: int, packed: bool) -> np.
     return heads
 
 
-def load_matrix(snapshot: Any, rows: pa.Table, dim: int, n_heads: int, head_dim: int, packed: bool,
-                spaces: dict[str, int]) -> Matrix:
-    """A matrix of `rows` (id and every vector column) read from `snapshot`; `spaces`: name -> dim."""
-    n = rows.num_rows
-    return Matrix(
-        version=snapshot.version,
-        table=snapshot,
-        ids=np.asarray(rows["id"].to_pylist(), dtype=object),
-        standard=fixed(rows["vector"], n, dim),
-        heads=head_units(rows, n_heads, head_dim, packed),
-        extra={name: split_unit(fixed(rows[space_column(name)], n, d))[1] for name, d in spaces.items()},
-    )
+LOAD_ROWS = 16_384  # rows per read while loading: the only transient copy of the vectors
+
+
+def read_ranges(table: Any, columns: list[str], n: int, step: int = LOAD_ROWS) -> Iterator[pa.RecordBatch]:
+    """The table's n rows in scan order, `step` rows per read. One whole scan would read ahead up to
+    gigabytes; a range at a time holds one range, and what Lance's threads freed is handed back to the
+    OS after each (their allocator arenas keep it otherwise: +40% RSS at 300k rows, measured)."""
+    for start in range(0, n, step):
+        yield from table.search().select(columns).offset(start).limit(step).to_arrow().to_batches()
+        release_free_memory()
+
+
+@lru_cache(maxsize=1)
+def _malloc_trim() -> Callable[[int], int] | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(None).malloc_trim  # type: ignore[no-any-return]  # glibc; absent on musl
+    except (OSError, AttributeError):
+        return None
+
+
+def release_free_memory() -> None:
+    """Return freed heap memory of every allocator arena to the OS (glibc's malloc_trim; elsewhere a no-op)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+def fill(out: np.ndarray, start: int, column: pa.Array) -> int:
+    """Copy one batch of a fixed-size-list column into out[start:start + len]; -> the rows copied."""
+    m = len(column)
+    values = column.flatten().to_numpy(zero_copy_only=False)  # float32 values of just this batch's rows
+    out[start:start + m] = values.reshape(m, -1)
+    return m
+
+
+def load_matrix(snapshot: Any, batches: Iterable[pa.RecordBatch], n: int, dim: int, n_heads: int, head_dim: int,
+                packed: bool, spaces: dict[str, int]) -> Matrix:
+    """A matrix of the `n` rows streamed in `batches` (id and every vector column) from `snapshot`;
+    `spaces`: name -> dim. Each batch is copied into arrays allocated once, so loading needs the
+    matrix's own bytes plus one batch, never a second copy of the whole (issue 17's memory target)."""
+    ids = np.empty(n, dtype=object)
+    standard = np.empty((n, dim), dtype=np.float32)
+    heads = np.empty((n_heads, n, head_dim), dtype=np.float32)
+    extra = {name: np.empty((n, d), dtype=np.float32) for name, d in spaces.items()}
+    start = 0
+    for batch in batches:
+        m = batch.num_rows
+        if start + m > n:
+            raise ValueError(f"the table holds more rows than the {n} counted at its version")
+        ids[start:start + m] = batch.column("id").to_pylist()
+        fill(standard, start, batch.column("vector"))
+        if packed:  # format 1: (m, H*d) in one column
+            block = batch.column("heads").flatten().to_numpy(zero_copy_only=False).reshape(m, n_heads, head_dim)
+            heads[:, start:start + m] = block.transpose(1, 0, 2)
+        else:
+            for i in range(n_heads):
+                fill(heads[i], start, batch.column(head_column(i)))
+        for name, out in extra.items():  # stored raw; search compares directions
+            fill(out, start, batch.column(space_column(name)))
+            out[start:start + m] = split_unit(out[start:start + m])[1]
+        start += m
+    if start != n:
+        raise ValueError(f"read {start} rows of the {n} counted at the table's version")
+    return Matrix(version=snapshot.version, table=snapshot, ids=ids, standard=standard, heads=heads, extra=extra)

@@ -32,7 +32,7 @@ from mrag import maintenance
 from mrag.errors import StoreError
 from mrag.locking import Lease, is_local, local_path, write_lock
 from mrag.manifest import READABLE_FORMATS, Manifest
-from mrag.matrix import Matrix, head_units, load_matrix
+from mrag.matrix import Matrix, head_units, load_matrix, read_ranges
 from mrag.rows import VectorColumn, chunk_schema, fixed, quote, space_column, vector_columns
 from mrag.scales import ScaleSums, split_unit
 
@@ -233,9 +233,9 @@ class Store:
         if matrix is None or matrix.version != self.committed_version:
             snapshot = self.snapshot()  # its version, not committed_version: another thread may refresh that
             columns = [c.column for c in self.vector_columns(committed=True)]
-            rows = self.rows(columns=["id", *columns], table=snapshot)
-            matrix = self._matrix = load_matrix(snapshot, rows, self.dim, self.n_heads, self.head_dim, self.packed,
-                                                self.committed_space_dims())
+            n = snapshot.count_rows()
+            matrix = self._matrix = load_matrix(snapshot, read_ranges(snapshot, ["id", *columns], n), n, self.dim,
+                                                self.n_heads, self.head_dim, self.packed, self.committed_space_dims())
         return matrix
 
     # --- writing -------------------------------------------------------------------------

@@ -1,0 +1,106 @@
+"""What loading the exact-search matrix costs in memory, measured in a fresh process per index.
+
+For each size: an index of N synthetic chunks (384-d standard vector, 12 heads x 32) is written once,
+then a new process opens it, loads the matrix (`Store.matrix`) and runs one default search (which
+makes the bf16 copy of the heads). Reported against the matrix's own bytes (standard + heads):
+
+    (measured after one row of every vector column was read, so Lance's one-time reader setup,
+    about 100 MB, is not counted as the matrix's)
+    load_ratio   RSS growth from opening the index to the loaded matrix / matrix bytes
+    peak_ratio   peak RSS growth during the load / matrix bytes (transient copies show here)
+    search_ratio RSS growth after the first bf16 search / matrix bytes (matrix + its bf16 heads)
+
+Run: python benchmarks/bench_memory.py [--rows 100000,300000] [--work /tmp/mrag-mem]
+Target (issue 17): load and peak within 1.3x of the matrix's size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from _common import machine, markdown_table, rss_mb, write_results
+
+COLUMNS = ["chunks", "matrix_mb", "rss_open_mb", "load_mb", "peak_mb", "search_mb", "load_ratio", "peak_ratio",
+           "search_ratio", "load_s"]
+
+
+def reset_peak() -> None:
+    """Start the kernel's peak-RSS count (VmHWM) again from the current RSS (Linux)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def peak_rss() -> float:
+    """Peak RSS in MiB since `reset_peak` (ru_maxrss would carry the parent's peak over an exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def measure(db: Path) -> dict[str, Any]:
+    """In this (fresh) process: open the index, load its matrix, search once."""
+    import time
+
+    from bench_core import RandomQueryEmbedder
+
+    from mrag.index import Index
+
+    index = Index.open(db, embedder=RandomQueryEmbedder())
+    index.store.refresh()
+    snapshot = index.store.snapshot()  # one row of every column first: Lance's one-time reader setup is not the matrix
+    snapshot.search().select([c.column for c in index.store.vector_columns(committed=True)]).limit(1).to_arrow()
+    gc.collect()
+    before = rss_mb()
+    reset_peak()
+    start = time.perf_counter()
+    matrix = index.store.matrix()
+    load_s = time.perf_counter() - start
+    gc.collect()
+    loaded = rss_mb()
+    peak = peak_rss()
+    index.search("How did Roman legions fight? What shaped Mesopotamian cities?", k=5)
+    gc.collect()
+    searched = rss_mb()
+    size = (matrix.standard.nbytes + matrix.heads.nbytes) / 2**20
+    return {"chunks": len(matrix.ids), "matrix_mb": round(size), "rss_open_mb": round(before),
+            "load_mb": round(loaded - before), "peak_mb": round(peak - before),
+            "search_mb": round(searched - before), "load_ratio": round((loaded - before) / size, 3),
+            "peak_ratio": round((peak - before) / size, 3),
+            "search_ratio": round((searched - before) / size, 3), "load_s": round(load_s, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", default="100000,300000")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/mrag-mem"))
+    parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # the child process's job
+    parser.add_argument("--name", default="memory")
+    args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(measure(args.measure)))
+        return
+    rows = []
+    for n in (int(x) for x in args.rows.split(",")):
+        db = args.work / f"db-{n}"
+        if not db.exists():
+            from bench_core import build_synthetic
+
+            index, _ = build_synthetic(db, n)
+            del index
+        child = subprocess.run([sys.executable, __file__, "--measure", str(db)], capture_output=True, text=True,
+                               check=True, cwd=Path(__file__).parent)
+        rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
+        print(markdown_table(rows[-1:], COLUMNS))
+    table = markdown_table(rows, COLUMNS)
+    write_results(args.name, {"machine": machine(), "rows": rows},
+                  "# Memory of the exact-search matrix (fresh process per index)\n\n" + table)
+
+
+if __name__ == "__main__":
+    main()
