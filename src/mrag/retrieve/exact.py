@@ -13,7 +13,6 @@ over every row cost more than the products for the heads' 384 lines of a batch o
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Collection
 from typing import Any
 
@@ -345,12 +344,10 @@ def _buffer(
 
 
 def _tensor(array: np.ndarray) -> torch.Tensor:
-    """A tensor sharing the array's memory; read-only arrays (LanceDB's) are fine: nothing writes."""
-    return torch.from_numpy(array)
-
-
-# torch warns once about read-only arrays; a module-level filter is thread-safe, catch_warnings is not
-warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+    """A tensor sharing the array's memory. A read-only array (Arrow's zero-copy views) is copied
+    first: torch warns on those, and a process-wide warnings filter would be an import side effect.
+    The store's matrix is writable (`mrag.matrix` allocates it), so searching an index copies nothing."""
+    return torch.from_numpy(array if array.flags.writeable else np.array(array))
 
 
 def run(

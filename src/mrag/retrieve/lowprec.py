@@ -47,7 +47,7 @@ class Bf16Heads:
     largest row norm (H,) for the error bound."""
 
     def __init__(self, heads: np.ndarray):
-        source = torch.from_numpy(heads)
+        source = torch.from_numpy(heads if heads.flags.writeable else np.array(heads))  # torch warns on read-only
         h, n, d = source.shape
         self.finite = bool(torch.isfinite(source).all())
         self.copy = torch.zeros((-(-n // CHUNK_ROWS), h, CHUNK_ROWS, d), dtype=torch.bfloat16)
