@@ -30,6 +30,9 @@ from mrag.evaluate.harness import WHOLE_DOCUMENTS, embed_corpus, embed_queries, 
 from mrag.evaluate.run import default_cache  # noqa: E402
 from mrag.vote import consensus  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from heads_report import diagnose, table  # noqa: E402
+
 DEPTH = 32  # per-space list depth c (the default)
 # MiniLM layer 5, Wikipedia v1 tuning half (even positions, n >= 2): share of sentence parts whose first
 # choice is relevant, per head and (last) for the standard vector; used as learned vote weights
@@ -190,6 +193,25 @@ def groups(gram: np.ndarray, tau: float) -> list[list[int]]:
     return out
 
 
+def iterated(lists: list[np.ndarray], scores: list[np.ndarray], k: int) -> np.ndarray:
+    """Rounds of consensus: each part proposes its best row not chosen yet; rows proposed by more parts
+    first, then by the best proposing score; repeat until k rows."""
+    chosen: list[int] = []
+    taken: set[int] = set()
+    while len(chosen) < k:
+        proposals: dict[int, list[float]] = {}
+        for ranked, sc in zip(lists, scores):
+            pos = next((i for i, r in enumerate(ranked) if int(r) not in taken), None)
+            if pos is not None:
+                proposals.setdefault(int(ranked[pos]), []).append(float(sc[pos]))
+        if not proposals:
+            break
+        for row in sorted(proposals, key=lambda r: (-len(proposals[r]), -max(proposals[r]), r)):
+            chosen.append(row)
+            taken.add(row)
+    return np.array(chosen[:k], dtype=np.int64)
+
+
 def run_query(data: Data, q: Query, st: Strategy, k: int) -> list[str]:
     ps, ph = q.parts_std, q.parts_heads
     if st.segment == "whole":
@@ -212,6 +234,8 @@ def run_query(data: Data, q: Query, st: Strategy, k: int) -> list[str]:
             good = [r for r in lists if str(data.units[r[0]]) in relevant]
             rows = consensus(good + [r for r in lists if str(data.units[r[0]]) not in relevant],
                              np.array([1.0] * len(good) + [0.0] * (len(lists) - len(good))), 64)
+        elif st.merge == "iterated":  # consensus again over each part's best row not chosen yet, and so on
+            rows = iterated(lists, [sc for _, sc in ranked], 64)
         elif st.merge == "parts-vote":  # every part votes 2**-rank for its list (not only its first)
             rows = vote_rank(lists, np.ones(len(lists)), len(data.units))[0][:64]
         elif st.merge == "margin":  # ties in count broken by the first choice's lead over the second
@@ -287,69 +311,8 @@ def strategies() -> list[Strategy]:
     out += [Strategy(f"mrag, adaptive {t}", vote, std, segment=f"adaptive:{t}") for t in (0.5, 0.6, 0.7)]
     out += [Strategy(f"{label}, merge {m}", part, std, merge=m)
             for label, part in (("mrag", vote), ("segment+standard", std))
-            for m in ("oracle", "parts-vote", "margin", "relative")]
+            for m in ("oracle", "parts-vote", "margin", "relative", "iterated")]
     return out
-
-
-def diagnose(data: Data) -> dict[str, float]:
-    """Per part of the multi-aspect queries: is each space's first choice relevant (any aspect)?"""
-    hits: dict[str, list[float]] = {}
-    vote = ranker("vote")
-    for q in data.queries:
-        if q.n < 2 or len(q.parts_std) < 2:
-            continue
-        relevant = set().union(*(a.units for a in q.aspects))
-        for s, h in zip(q.parts_std, q.parts_heads):
-            firsts = {"standard": int(np.argmax(s)), "vote": int(vote(data, s, h)[0][0])}
-            firsts |= {f"head:{i}": int(np.argmax(h[i])) for i in range(len(h))}
-            ok = {k: float(str(data.units[r]) in relevant) for k, r in firsts.items()}
-            ok["any head"] = float(any(ok[f"head:{i}"] for i in range(len(h))))
-            ok["vote right, standard wrong"] = float(ok["vote"] and not ok["standard"])
-            ok["standard right, vote wrong"] = float(ok["standard"] and not ok["vote"])
-            for k, v in ok.items():
-                hits.setdefault(k, []).append(v)
-    out = {k: float(np.mean(v)) for k, v in hits.items()} | {"parts": len(hits.get("vote", []))}
-    # per multi-aspect query: share of its aspects that some part ranks first (second) with each ranker
-    for label, rk in (("standard", ranker("std")), ("vote", vote), ("vote sharp", ranker("vote", sharp=1))):
-        cov: dict[int, list[float]] = {1: [], 2: []}
-        precision = []
-        for q in data.queries:
-            if q.n < 2 or len(q.parts_std) < 2:
-                continue
-            lists = [rk(data, s, h)[0] for s, h in zip(q.parts_std, q.parts_heads)]
-            for depth in (1, 2):
-                got = {str(u) for r in lists for u in data.units[r[:depth]]}
-                cov[depth].append(float(np.mean([bool(a.units & got) for a in q.aspects])))
-            relevant = set().union(*(a.units for a in q.aspects))
-            precision += [float(str(data.units[r[0]]) in relevant) for r in lists]
-        out |= {f"{label}: part first relevant": float(np.mean(precision)),
-                f"{label}: aspects some part ranks first": float(np.mean(cov[1])),
-                f"{label}: aspects some part ranks in its top 2": float(np.mean(cov[2]))}
-    return out
-
-
-def table(results: dict[str, dict[str, dict[str, dict[str, float]]]], title: str) -> str:
-    """Markdown: one row per strategy; multi-aspect sets doc / category (Wikipedia v1: tuning half,
-    held-out half), single-aspect sets (and the n = 1 queries of the others) hit@1 / MRR@10."""
-    sets = list(results)
-    names = [n for n in next(iter(results.values())) if n != "diagnosis"]
-    sets = [name for name in sets if set(names) <= set(results[name])]
-    head, cols = ["strategy"], []
-    for name in sets:
-        r = results[name][names[0]]
-        halves = ("tune", "held") if name == "wiki" else ("all",)
-        for h in halves:
-            if "doc" in r[h]:
-                head.append(f"{name} {h if name == 'wiki' else ''} doc / cat".replace("  ", " "))
-                cols.append((name, h, ("doc", "category")))
-        if "hit@1" in r["all"]:
-            head.append(f"{name} n=1 hit@1 / MRR@10" if "doc" in r["all"] else f"{name} hit@1 / MRR@10")
-            cols.append((name, "all", ("hit@1", "mrr@10")))
-    lines = [f"# {title}", "", "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-    for n in names:
-        cells = [" / ".join(f"{results[s][n][h][m]:.3f}" for m in ms) for s, h, ms in cols]
-        lines.append(f"| {n} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -377,7 +340,8 @@ def main() -> None:
                 embedder = TransformerEmbedder(args.model, layer=args.layer)
             data = load_set(name, corpus, queries or None, embedder, default_cache())
             saved.write_bytes(pickle.dumps(data))
-        results[name] = {"diagnosis": {"all": diagnose(data)}}
+        rankers = {"standard": ranker("std"), "vote": ranker("vote"), "vote sharp": ranker("vote", sharp=1)}
+        results[name] = {"diagnosis": {"all": diagnose(data, rankers)}}
         by_name = {st.name: st for st in strategies()}
         if any(q.n >= 2 for q in data.queries):
             results[name]["diagnosis"]["heads' contribution"] = paired(
