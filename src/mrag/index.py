@@ -205,6 +205,7 @@ class Index:
         spaces: Sequence[str] | None = None,
         exact: bool | None = None,
         nprobes: int | None = None,
+        candidates: int | None = None,
     ) -> list[Hit]:
         """The top k chunks for a query; each hit carries the votes that put it there. `strategy`: None
         is the index's default (`default_strategy`: what `mrag tune` recorded, else "mrag").
@@ -218,8 +219,10 @@ class Index:
         `exact`: None searches the ANN indexes when the index has them (`build_ann`), else exactly in
         memory; True always exactly; False requires the ANN indexes. `nprobes`: IVF partitions each
         ANN search reads (default: what `build_ann` recorded); more is slower and closer to exact.
+        `candidates`: on the ANN path, each query part's nearest rows in the standard index that every
+        space then ranks exactly (default `DEFAULT_CANDIDATES`; 0 asks each space's own index instead).
         """
-        return self.search_many([query], k, strategy, c, [subqueries or []], spaces, exact, nprobes)[0]
+        return self.search_many([query], k, strategy, c, [subqueries or []], spaces, exact, nprobes, candidates)[0]
 
     def search_many(
         self,
@@ -231,9 +234,11 @@ class Index:
         spaces: Sequence[str] | None = None,
         exact: bool | None = None,
         nprobes: int | None = None,
+        candidates: int | None = None,
     ) -> list[list[Hit]]:
         """`search` for a batch of queries: one embedding pass, and every space searched once for all."""
-        return search_many(self, queries, k, strategy or self.default_strategy, c, subqueries, spaces, exact, nprobes)
+        return search_many(self, queries, k, strategy or self.default_strategy, c, subqueries, spaces, exact, nprobes,
+                           candidates)
 
     @property
     def default_strategy(self) -> str:

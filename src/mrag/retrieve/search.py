@@ -12,7 +12,9 @@ from mrag.embed.base import HeadEmbedder
 from mrag.retrieve import ann
 from mrag.retrieve import strategies as retrieve
 from mrag.retrieve.exact import Exact
+from mrag.retrieve.rescore import RescoreRanker
 from mrag.retrieve.types import Hit
+from mrag.settings import DEFAULT_CANDIDATES
 from mrag.spaces import Space
 from mrag.store import READ_TRIES, Store
 
@@ -43,6 +45,7 @@ def search_many(
     spaces: Sequence[str] | None = None,
     exact: bool | None = None,
     nprobes: int | None = None,
+    candidates: int | None = None,
 ) -> list[list[Hit]]:
     """The top k hits of each query (see `Index.search`)."""
     if isinstance(queries, str):
@@ -55,10 +58,12 @@ def search_many(
         raise ValueError(f"k must be positive, got {k}")
     if nprobes is not None and nprobes <= 0:
         raise ValueError(f"nprobes must be positive, got {nprobes}")
+    if candidates is not None and candidates < 0:
+        raise ValueError(f"candidates must be 0 (per-space indexes) or positive, got {candidates}")
     for attempt in range(READ_TRIES):
         seen = index.store.committed_version
         try:
-            return _search_many(index, queries, k, strategy, c, subqueries, spaces, exact, nprobes)
+            return _search_many(index, queries, k, strategy, c, subqueries, spaces, exact, nprobes, candidates)
         except Exception:
             index.store.refresh()
             if index.store.committed_version == seen or attempt == READ_TRIES - 1:
@@ -76,6 +81,7 @@ def _search_many(
     spaces: Sequence[str] | None,
     exact: bool | None,
     nprobes: int | None,
+    candidates: int | None = None,
 ) -> list[list[Hit]]:
     """One try of `search_many` at the committed version it reads first; it fails when that version is
     pruned meanwhile (another process's maintenance), and `search_many` tries the latest one."""
@@ -90,7 +96,7 @@ def _search_many(
     labels = list(index.store.committed_space_dims())
     if spaces is not None:
         retrieve.check_selection(spaces, index.store.n_heads, len(scales["split"]), labels)
-    ranker, fetch, count = ranker_for(index.store, plan, exact, nprobes)
+    ranker, fetch, count = ranker_for(index.store, plan, exact, nprobes, candidates)
     if not queries or count == 0:
         return [[] for _ in queries]  # nothing to rank: no need to embed the queries
     texts = [t for q, p in zip(queries, parts) for t in (p or [q])]  # a segmented query votes by its parts
@@ -119,10 +125,12 @@ def _search_many(
 
 
 def ranker_for(
-    store: Store, plan: retrieve.Plan, exact: bool | None, nprobes: int | None = None
+    store: Store, plan: retrieve.Plan, exact: bool | None, nprobes: int | None = None, candidates: int | None = None
 ) -> tuple[retrieve.Ranker, Callable[[list[int]], dict[int, dict[str, Any]]], int]:
     """How to find each space's nearest rows: the ANN indexes or the in-memory matrix, as the
-    manifest last read records them. -> (ranker, fetch: row numbers -> stored rows, how many rows)."""
+    manifest last read records them; on the ANN path `candidates` per query part from the standard
+    index re-scored in every space (`rescore`; None: the default, 0: one index per space, `ann`).
+    -> (ranker, fetch: row numbers -> stored rows, how many rows)."""
     built: dict[str, Any] = store.manifest.ann or {}
     covered = bool(built) and not plan.base.startswith("split")  # split slices have no ANN column
     if exact is False and not covered:
@@ -131,8 +139,12 @@ def ranker_for(
     if covered and not exact:
         refine = ann.DEFAULT_REFINE if built["index_type"] == "IVF_PQ" else None
         columns = {c.space: c.column for c in store.vector_columns(committed=True)}
-        ranker = ann.AnnRanker(store.snapshot(), columns,
-                               nprobes or built.get("nprobes", ann.DEFAULT_NPROBES), refine)
+        probes = nprobes or built.get("nprobes", ann.DEFAULT_NPROBES)
+        pool = DEFAULT_CANDIDATES if candidates is None else candidates
+        ranker: ann.AnnRanker | RescoreRanker = (
+            RescoreRanker(store.snapshot(), columns, probes, pool, refine) if pool and plan.base != "standard"
+            else ann.AnnRanker(store.snapshot(), columns, probes, refine)
+        )
 
         def by_row_id(rows: list[int]) -> dict[int, dict[str, Any]]:
             found = store.take(ranker.table, HIT_COLUMNS, row_ids=[ranker.row_ids[r] for r in rows])

@@ -1,0 +1,285 @@
+"""The ANN path at 1M (issue 17, target 2): per-space indexes against candidates re-scored exactly.
+
+Two parts, one results file:
+
+1. **Recall on real embeddings**: MiniLM vectors of real text (the paper's 1,250 Wikipedia v1 articles
+   cut into sentences and 2- and 3-sentence windows, plus the sentences of the benchmark's query
+   stories; `--embed` writes them, cached as .npz) in an mrag index with IVF_FLAT indexes. The paper's
+   queries (every other one of the 250), embedded by MiniLM and cut into sentences as `mrag` cuts them,
+   are ranked by the exact default (`segment+mrag-std`), by one ANN index per space (`AnnRanker`) and by
+   the standard index's candidates re-scored exactly in every space (`RescoreRanker`). Recall is that of
+   the final top 10 against the exact default's. nprobes are also given as the share of partitions
+   probed, since an index of N rows has sqrt(N) partitions: 20 and 60 of 1,000 at 1M are 2% and 6%.
+   Also: where the exact default's top-10 rows stand in the standard space (best rank over the
+   query's parts, as a share of the index), which says how deep the candidates must go as rows grow.
+2. **Speed at 1M synthetic rows** (`bench_scale.build`; no real text of that size here): `Index.search_many`
+   end to end, batch 1 and 32, the configurations interleaved round by round so that the shared
+   machine's load falls on all alike; p50/p99 per query and recall of the top 10 against exact.
+
+Run: python benchmarks/bench_ann_1m.py [--embed] [--rows 1000000] [--db EXISTING_INDEX] [--rounds 2] [--quick]
+Writes benchmarks/results/ann-1m-all.json and .md (quick: ann-1m-all-quick.*). The committed results came from
+`--skip synthetic --cache DIR --real-nprobes 3,8,20,40 --candidates 200,800 --name ann-1m-real` and
+`--skip real --db COPY_OF_bench_memory_1M_INDEX --queries 32 --rounds 2 --nprobes 20,60 --candidates 200,800
+--name ann-1m-synthetic`; `ann-1m.md` is the summary written from both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bz2
+import functools
+import json
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from _common import machine, markdown_table, percentiles_ms, time_calls, write_results
+from bench_scale import ClusteredEmbedder, queries
+from bench_scale import build as build_synthetic
+
+from mrag.index import Index
+from mrag.retrieve import strategies as retrieve
+from mrag.retrieve.ann import AnnRanker
+from mrag.retrieve.exact import Exact
+from mrag.retrieve.rescore import RescoreRanker
+from mrag.rows import build_rows, chunk_schema
+
+DATA = Path("/work/shared/datasets")
+CACHE = Path.home() / ".cache" / "mrag" / "bench-ann-1m"
+STRATEGY = "mrag"  # the default, segment+mrag-std
+
+
+def real_texts(data: Path) -> list[str]:
+    """Real text rows: article sentences, then 2-sentence windows, query-story sentences, 3-sentence windows."""
+    from mrag.chunk import split_sentences
+
+    articles = json.load(bz2.open(data / "wikipedia_articles_v1.json.bz2"))
+    stories = json.load(bz2.open(data / "wikipedia_queries_v1.json.bz2"))
+    split = [split_sentences(a["text"]) for a in articles]
+    texts: dict[str, None] = {}
+    for group in (
+        [x for s in split for x in s],
+        [" ".join(s[i : i + 2]) for s in split for i in range(len(s) - 1)],
+        [x for q in stories for x in split_sentences(q["text"])],
+        [" ".join(s[i : i + 3]) for s in split for i in range(len(s) - 2)],
+    ):
+        texts.update((t.strip(), None) for t in group if len(t.strip()) >= 20)
+    return list(texts)
+
+
+def embed_real(data: Path, out: Path, step: int = 4096) -> None:
+    """MiniLM vectors of `real_texts`, `step` rows per file (stop it any time: the files written are used)."""
+    from mrag.embed.transformer import TransformerEmbedder
+
+    out.mkdir(parents=True, exist_ok=True)
+    texts, embedder = real_texts(data), TransformerEmbedder()
+    for n, first in enumerate(range(0, len(texts), step)):
+        if not (out / f"real-{n:03d}.npz").exists():
+            e = embedder.embed(texts[first : first + step], kind="document", batch_size=64)
+            batch = np.array(texts[first : first + step])
+            np.savez(out / f"real-{n:03d}.npz", standard=e.standard, heads=e.heads, texts=batch)
+            print(f"embedded {first + step} of {len(texts)}", flush=True)
+
+
+def real_queries(data: Path, out: Path) -> list[list[retrieve.QueryVectors]]:
+    """Every other benchmark query, cut into parts as `mrag` cuts it, as unit vectors (cached)."""
+    path = out / "queries.npz"
+    stories = [q["text"] for q in json.load(bz2.open(data / "wikipedia_queries_v1.json.bz2"))][::2]
+    parts = [retrieve.query_parts(STRATEGY, s) or [s] for s in stories]
+    if not path.exists():
+        from mrag.embed.transformer import TransformerEmbedder
+
+        e = TransformerEmbedder().embed([p for ps in parts for p in ps], kind="query")
+        np.savez(path, standard=e.standard, heads=e.heads)
+    saved = np.load(path)
+    pairs = zip(saved["standard"], saved["heads"])
+    vectors = [retrieve.QueryVectors(retrieve.unit(s), retrieve.unit(h)) for s, h in pairs]
+    out_parts, start = [], 0
+    for ps in parts:
+        out_parts.append(vectors[start : start + len(ps)])
+        start += len(ps)
+    return out_parts
+
+
+def build_real(path: Path, files: list[Path]) -> Index:
+    embedder = ClusteredEmbedder()  # sizes only: the rows carry MiniLM's vectors
+    index = Index.open(path, embedder=embedder)
+    schema = chunk_schema(embedder.dim, embedder.n_heads, embedder.head_dim)
+    with index.store.writing():
+        first = 0
+        for f in files:
+            saved = np.load(f)
+            m = len(saved["standard"])
+            ids = [f"r{i}" for i in range(first, first + m)]
+            index.store.add(build_rows(
+                ids=ids, doc_ids=ids, sources=["wikipedia-v1"] * m, titles=[""] * m, positions=[0] * m,
+                texts=[str(t) for t in saved["texts"]], metadata=[{}] * m, doc_hashes=["x"] * m,
+                standard=saved["standard"], heads=saved["heads"], schema=schema,
+            ))
+            first += m
+    return index
+
+
+def vote_ids(index: Index, ranker: Any, parts: list[retrieve.QueryVectors], ids: Any) -> list[str]:
+    result = retrieve.vote(STRATEGY, parts[0], 10, retrieve.DEFAULT_C, index.space_weights(), ranker,
+                           index.store.n_heads, parts if len(parts) > 1 else None)
+    names = ids() if callable(ids) else ids
+    return [names[int(r)] for r in result.rows]
+
+
+def recall(found: list[list[str]], exact: list[list[str]]) -> float:
+    return round(float(np.mean([len(set(a) & set(e)) / max(1, len(e)) for a, e in zip(found, exact)])), 4)
+
+
+def real_part(data: Path, cache: Path, probes: list[int], pools: list[int]) -> dict[str, Any]:
+    files = sorted(cache.glob("real-*.npz"))
+    if not files:
+        raise SystemExit(f"no real vectors in {cache}: run with --embed first")
+    qs = real_queries(data, cache)
+    with tempfile.TemporaryDirectory() as tmp:
+        index = build_real(Path(tmp) / "db", files)
+        n = index.store.count()
+        matrix = index.store.matrix()
+        exact_ranker = Exact(matrix.standard, matrix.heads)
+        exact = [vote_ids(index, exact_ranker, p, matrix.ids) for p in qs]
+        depth = standard_depth(matrix, qs, exact)
+        index.build_ann("IVF_FLAT", 20)
+        columns = {c.space: c.column for c in index.store.vector_columns(committed=True)}
+        partitions = max(1, int(math.sqrt(n)))
+        rows = []
+        for nprobes in probes:
+            for pool in [0, *pools]:
+                ranker = (RescoreRanker(index.store.snapshot(), columns, nprobes, pool) if pool
+                          else AnnRanker(index.store.snapshot(), columns, nprobes))
+                start = time.perf_counter()
+                found = [vote_ids(index, ranker, p, lambda r=ranker: r.ids) for p in qs]
+                ms = (time.perf_counter() - start) / len(qs) * 1e3
+                rows.append({"rows": n, "path": f"rescore, {pool} candidates/part" if pool else "one index per space",
+                             "nprobes": nprobes, "probed": f"{nprobes / partitions:.1%}",
+                             "recall@10": recall(found, exact), "mean_ms": round(ms, 1)})
+                print(rows[-1], flush=True)
+    return {"rows": n, "queries": len(qs), "parts": sum(len(p) for p in qs), "partitions": partitions,
+            "table": rows, "standard_depth": depth}
+
+
+def standard_depth(matrix: Any, qs: list[list[retrieve.QueryVectors]], exact: list[list[str]]) -> dict[str, Any]:
+    """Best rank, over a query's parts, of each exact top-10 row in the standard space."""
+    where = {name: i for i, name in enumerate(matrix.ids)}
+    ranks = []
+    for parts, top in zip(qs, exact):
+        sims = np.stack([p.standard for p in parts]) @ matrix.standard.T  # (P, N)
+        order = np.argsort(-sims, axis=1)
+        position = np.empty_like(order)
+        np.put_along_axis(position, order, np.arange(order.shape[1])[None, :], axis=1)
+        ranks += [int(position[:, where[r]].min()) for r in top]
+    arr = np.array(ranks)
+    n = len(matrix.ids)
+    return {"quantiles_rank": {q: int(np.quantile(arr, q)) for q in (0.5, 0.9, 0.95, 0.99)},
+            "quantiles_share": {q: round(float(np.quantile(arr, q)) / n, 5) for q in (0.5, 0.9, 0.95, 0.99)},
+            "within": {c: round(float(np.mean(arr < c)), 4) for c in (50, 100, 200, 400, 800)}}
+
+
+def synthetic_part(
+    n: int, n_queries: int, probes: list[int], pools: list[int], rounds: int, db: Path | None = None
+) -> dict[str, Any]:
+    texts = queries(n_queries)
+    configs: list[tuple[str, str, bool, int | None, int | None]] = [("exact", "standard", True, None, None),
+                                                                       ("exact", STRATEGY, True, None, None)]
+    for nprobes in probes:
+        configs += [("ANN", "standard", False, nprobes, None), ("ANN", STRATEGY, False, nprobes, 0)]
+        configs += [("ANN", STRATEGY, False, nprobes, pool) for pool in pools]
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+        if db is None:
+            index, _ = build_synthetic(Path(tmp) / "db", n, ClusteredEmbedder())
+        else:  # an index built before (e.g. bench_memory.py's); its ANN indexes are built once
+            index = Index.open(db, embedder=ClusteredEmbedder())
+            n = index.store.count()
+        if not index.store.manifest.ann:
+            start = time.perf_counter()
+            index.build_ann("IVF_FLAT", progress=lambda c: print("indexed", c, round(time.perf_counter() - start)))
+        index.store.matrix()
+        print(f"built {n} rows", flush=True)
+        exact = {s: [[h.id for h in hits] for hits in index.search_many(texts, 10, s, exact=True)]
+                 for s in ("standard", STRATEGY)}
+        times: dict[tuple[Any, ...], dict[int, list[float]]] = {cfg: {1: [], 32: []} for cfg in configs}
+        for _ in range(rounds):
+            for cfg in configs:
+                _, strategy, is_exact, nprobes, pool = cfg
+                for batch in (1, 32):
+                    groups = [texts[i : i + batch] for i in range(0, len(texts), batch)]
+                    for group in groups:
+                        call = functools.partial(index.search_many, group, 10, strategy, exact=is_exact,
+                                                 nprobes=nprobes, candidates=pool)
+                        times[cfg][batch] += [t / len(group) for t in time_calls(call, 1, warmup=0)]
+        rows = []
+        for cfg in configs:
+            search, strategy, is_exact, nprobes, pool = cfg
+            found = [[h.id for h in hits] for hits in
+                     index.search_many(texts, 10, strategy, exact=is_exact, nprobes=nprobes, candidates=pool)]
+            path = "exact scan" if is_exact else ("rescore" if pool else "index per space" if strategy != "standard"
+                                                  else "standard index")
+            for batch in (1, 32):
+                rows.append({"rows": n, "strategy": strategy, "path": path,
+                             "settings": "" if is_exact else f"nprobes {nprobes}" + (f", {pool} cand." if pool else ""),
+                             "batch": batch, **percentiles_ms(times[cfg][batch]),
+                             "recall@10 (synthetic)": recall(found, exact[strategy])})
+        exact_p50 = {b: next(r["p50_ms"] for r in rows if r["strategy"] == STRATEGY and r["path"] == "exact scan"
+                             and r["batch"] == b) for b in (1, 32)}
+        for r in rows:
+            std = next(x["p50_ms"] for x in rows if x["strategy"] == "standard" and x["batch"] == r["batch"]
+                       and x["settings"].split(",")[0] == r["settings"].split(",")[0])
+            r["vs standard"] = round(r["p50_ms"] / std, 2)
+            r["speedup vs exact mrag"] = round(exact_p50[r["batch"]] / r["p50_ms"], 2)
+            print(r, flush=True)
+    return {"rows": rows, "rounds": rounds, "queries": n_queries}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--embed", action="store_true", help="embed the real rows first (slow on a CPU)")
+    parser.add_argument("--cache", type=Path, default=CACHE)
+    parser.add_argument("--data", type=Path, default=DATA)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--queries", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--nprobes", default="20,60")
+    parser.add_argument("--real-nprobes", default="2,4,10,20")
+    parser.add_argument("--candidates", default="100,200,400")
+    parser.add_argument("--skip", choices=["real", "synthetic"], default=None)
+    parser.add_argument("--db", type=Path, default=None, help="time an existing index (a copy: ANN indexes are added)")
+    parser.add_argument("--name", default="ann-1m-all")
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args()
+    if args.quick:
+        args.rows, args.queries, args.rounds, args.name = 20_000, 16, 1, args.name + "-quick"
+    if args.embed:
+        embed_real(args.data, args.cache)
+    pools = [int(p) for p in args.candidates.split(",")]
+    result: dict[str, Any] = {"machine": machine()}
+    if args.skip != "real":
+        result["real"] = real_part(args.data, args.cache, [int(p) for p in args.real_nprobes.split(",")], pools)
+    if args.skip != "synthetic":
+        result["synthetic"] = synthetic_part(args.rows, args.queries, [int(p) for p in args.nprobes.split(",")],
+                                             pools, args.rounds, args.db)
+    md = ["# The ANN path at 1M: per-space indexes vs candidates re-scored (IVF_FLAT, k=10, c=32)\n",
+          f"machine: {result['machine']}\n"]
+    if "real" in result:
+        real = result["real"]
+        md += [f"## Recall of the default's top 10 vs exact, real MiniLM rows ({real['rows']} rows, "
+               f"{real['partitions']} partitions, {real['queries']} queries, {real['parts']} parts)\n",
+               markdown_table(real["table"], ["rows", "path", "nprobes", "probed", "recall@10", "mean_ms"]), "",
+               "Best standard-space rank (over the query's parts) of the exact default's top-10 rows: "
+               f"{json.dumps(real['standard_depth'])}", ""]
+    if "synthetic" in result:
+        md += [f"## Speed at {args.rows} synthetic rows ({args.queries} queries x {args.rounds} interleaved rounds)\n",
+               markdown_table(result["synthetic"]["rows"], ["rows", "strategy", "path", "settings", "batch", "p50_ms",
+                                                            "p99_ms", "n", "recall@10 (synthetic)", "vs standard",
+                                                            "speedup vs exact mrag"])]
+    write_results(args.name, result, "\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
