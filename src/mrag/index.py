@@ -14,7 +14,7 @@ from mrag.embed.base import HeadEmbedder
 from mrag.embed.models import resolve_model
 from mrag.errors import StoreError
 from mrag.ingest import Document, read_paths
-from mrag.retrieve import ann
+from mrag.retrieve import ann, fulltext
 from mrag.retrieve import strategies as retrieve
 from mrag.retrieve.search import search_many
 from mrag.retrieve.types import Hit
@@ -171,6 +171,7 @@ class Index:
     def _write(self, docs: Iterable[Document | dict[str, Any] | str], replace: bool, show_progress: bool) -> AddReport:
         report = writing.write(self.store, lambda: self.embedder, self.spaces, docs, replace, show_progress)
         report.ann = self.maintain_ann() if report.chunks else None
+        self.maintain_fulltext()
         return report
 
     def add_paths(self, paths: Sequence[str | Path], show_progress: bool = False, **fields: str) -> AddReport:
@@ -263,6 +264,12 @@ class Index:
         return self.build_ann(policy.index_type or (built or {}).get("index_type", ann.DEFAULT_INDEX),
                               policy.nprobes or (built or {}).get("nprobes", ann.DEFAULT_NPROBES))
 
+    def maintain_fulltext(self, force: bool = False) -> bool:
+        """Build the full-text (BM25) index on the chunk text when there is none, or once the rows it
+        does not cover yet (found by a flat scan meanwhile) outnumber a quarter of those it does, or
+        now (`force`); -> whether it was built. Every write through this index runs it."""
+        return fulltext.maintain(self.store, force)
+
     def build_ann(
         self, index_type: str = ann.DEFAULT_INDEX, nprobes: int = ann.DEFAULT_NPROBES,
         progress: Callable[[str], None] | None = None,
@@ -301,7 +308,8 @@ class Index:
         from datetime import timedelta
 
         keep = None if keep_versions is None else timedelta(seconds=keep_versions)
-        return self.store.optimize(keep)
+        self.maintain_fulltext()  # an index written before the full-text space existed gets one
+        return self.store.optimize(keep)  # LanceDB's optimize folds new rows into the full-text index
 
     def verify(self) -> dict[str, Any]:
         """Check the committed index: {"chunks", "duplicate_ids", "sums_drift"}; the head-scale sums
