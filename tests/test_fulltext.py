@@ -168,6 +168,8 @@ def test_bad_selections_and_strategies_are_refused(index):
         index.search("chess", strategy="bm-25")
     # a query with no searchable word finds nothing by BM25, and the vectors still rank for hybrid
     assert index.search("the of and", strategy="bm25") == []
+    # query syntax is not parsed: quotes (a phrase query needs positions), operators, wildcards
+    assert ids(index.search('"Kasparov" AND (chess) OR: -board* +x', k=1, strategy="bm25")) == ["chess"]
     assert len(index.search("the of and", k=2, strategy="hybrid")) == 2
 
 

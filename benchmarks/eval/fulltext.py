@@ -22,9 +22,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "src"))
 
+import numpy as np  # noqa: E402
+
 from mrag.evaluate.datasets import load  # noqa: E402
 from mrag.evaluate.harness import embed_corpus, evaluate, summarize  # noqa: E402
 from mrag.evaluate.metrics import ranking_metrics  # noqa: E402
+from mrag.settings import FULLTEXT  # noqa: E402
 
 STRATEGIES = [
     "standard", "segment+standard", "mrag", "mrag-paper",  # the vector strategies (main's default: mrag)
@@ -35,6 +38,11 @@ STRATEGIES = [
     "mrag-bm25",  # the default with BM25 voting in every part and beside standard on one-part queries
 ]
 HALVES = ("tune", "held-out")
+# another weight rule that needs no tuning, for the strategies where BM25 votes beside the heads: the
+# full-text side weighs as much as all vector voters together (the product's rule: the standard vector's)
+RULES = {"w=sum": lambda scales: float(scales["heads"].sum() + scales["standard"][0])}
+RULE_STRATEGIES = ["mrag-bm25", "mrag-std@heads+standard+bm25"]
+NAMES = STRATEGIES + [f"{s} [{rule}]" for rule in RULES for s in RULE_STRATEGIES]
 
 
 def half(query_id: str) -> str:
@@ -69,7 +77,7 @@ def table(results: dict[str, Any]) -> str:
     for name in ("all", "held-out"):
         head += [f"wiki n>=2 {name}", f"wiki n=1 {name}"] + [f"{s} {name}" for s in sets]
     lines += ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
-    for strategy in STRATEGIES:
+    for strategy in NAMES:
         cells = [strategy]
         for name in ("all", "held-out"):
             m = wiki[name]["multi"].get(strategy, {})
@@ -101,10 +109,18 @@ def main() -> None:
         bench = load(corpus, queries)
         embedded = embed_corpus(bench, embedder, cache, show_progress=True)
         records = evaluate(bench, embedded, STRATEGIES, show_progress=True)
+        weights = embedded.index.space_weights
+        for rule, weight in RULES.items():
+            ruled = weights()
+            ruled[FULLTEXT] = np.array([weight(ruled)])  # the full-text voter's weight by this rule
+            embedded.index.space_weights = lambda ruled=ruled: ruled  # type: ignore[method-assign]
+            records += [r | {"strategy": f"{r['strategy']} [{rule}]"}
+                        for r in evaluate(bench, embedded, RULE_STRATEGIES)]
+            embedded.index.space_weights = weights  # type: ignore[method-assign]
         results[name] = score(bench, records, multi)
         print(name, json.dumps(results[name]["all"], indent=1)[:2000], flush=True)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "summary.json").write_text(json.dumps({"embedder": embedder.info(), "strategies": STRATEGIES,
+    (out / "summary.json").write_text(json.dumps({"embedder": embedder.info(), "strategies": NAMES,
                                                   "halves": "sha256(query id)[0] % 2: 0 tune, 1 held-out",
                                                   "results": results}, indent=1))
     (out / "table.md").write_text(table(results))

@@ -154,6 +154,7 @@ class Index:
                 ) if texts else np.zeros((0, space.dim or 0), np.float32)
             entries = [s.spec.to_json() | {"dim": s.dim} for s in live]
             self.store.add_spaces(entries, rows["id"].to_pylist(), vectors)
+            fulltext.keep(self.store.chunks)  # the rewrite dropped the table's full-text index
         self._spaces.update({s.name: s for s in live})
         self.maintain_ann()  # the rewrite dropped the ANN indexes: rebuilt when the policy says so
         return [s.name for s in live]
@@ -171,7 +172,6 @@ class Index:
     def _write(self, docs: Iterable[Document | dict[str, Any] | str], replace: bool, show_progress: bool) -> AddReport:
         report = writing.write(self.store, lambda: self.embedder, self.spaces, docs, replace, show_progress)
         report.ann = self.maintain_ann() if report.chunks else None
-        self.maintain_fulltext()
         return report
 
     def add_paths(self, paths: Sequence[str | Path], show_progress: bool = False, **fields: str) -> AddReport:
@@ -267,7 +267,8 @@ class Index:
     def maintain_fulltext(self, force: bool = False) -> bool:
         """Build the full-text (BM25) index on the chunk text when there is none, or once the rows it
         does not cover yet (found by a flat scan meanwhile) outnumber a quarter of those it does, or
-        now (`force`); -> whether it was built. Every write through this index runs it."""
+        now (`force`), in a commit of its own; -> whether it was built. Writes of documents do the same
+        inside their own commit (`mrag.writing.write`); this is for an index written before."""
         return fulltext.maintain(self.store, force)
 
     def build_ann(

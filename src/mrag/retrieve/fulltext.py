@@ -1,7 +1,7 @@
 """The full-text space: LanceDB's native BM25 index on the chunk text, ranked beside the vector spaces.
 
-Every write through `Index` builds the index when the table has none (`maintain`), so `mrag index`,
-`Index.add`/`upsert` and the server's writes all leave one behind. Rows written after the build are
+Every write of documents builds the index when the table has none, inside its own commit (`keep`),
+so `mrag index`, `Index.add`/`upsert` and the server's writes all leave one behind. Rows written after the build are
 still found: LanceDB searches the rows its full-text index does not cover with a flat scan, and
 deleted rows are never returned. Those rows are folded into the index by LanceDB's optimize (every
 compaction, `mrag optimize`), and the index is rebuilt once they outnumber a quarter of the indexed
@@ -75,14 +75,19 @@ def build(table: Any) -> None:
 
 def search(table: Any, text: str, c: int) -> tuple[list[int], list[str], np.ndarray]:
     """The c best rows of `table` for `text` by BM25: (Lance row ids, chunk ids, scores), best first,
-    ties to the smaller row id. A text with no searchable word (empty, only stop words) finds nothing."""
+    ties to the smaller row id. A text with no searchable word (empty, only stop words) finds nothing;
+    quotes, AND, OR, +, - and * are words or nothing, never query syntax."""
     if not text.strip() or c <= 0:
         return [], [], np.zeros(0)
     if not has_index(table):
         raise FullTextMissing("this index has no full-text index yet: `mrag optimize --db PATH` "
                               "(or `Index.optimize()`) builds it, and so does any write")
-    found = (table.search(text, query_type="fts", fts_columns=COLUMN)
-             .select(["id", "_score"]).with_row_id(True).limit(c).to_arrow())
+    from lancedb.query import MatchQuery
+
+    # the words as they are (any of them, BM25-ranked): a plain string would go through LanceDB's
+    # query parser, where quotes make a phrase query (an error without positions) and AND/OR/- operate
+    query = MatchQuery(text, COLUMN)  # type: ignore[call-arg]  # a pydantic dataclass: mypy misses its defaults
+    found = table.search(query, query_type="fts").select(["id", "_score"]).with_row_id(True).limit(c).to_arrow()
     row_ids = np.asarray(found["_rowid"].to_pylist(), dtype=np.int64)
     scores = np.asarray(found["_score"].to_pylist(), dtype=np.float64)
     order = np.lexsort((row_ids, -scores))  # LanceDB returns ties in no fixed order
@@ -170,13 +175,22 @@ class FullTextRanker:
         return [np.array([local[r] for r in found], dtype=np.int64) for found, _, _ in hits]
 
 
+def keep(table: Any) -> bool:
+    """Inside a write, before its commit: (re)build the index when `needs_build` says so, so that
+    it is part of that commit; -> whether it was built. Every write of documents runs it."""
+    if not needs_build(table):
+        return False
+    build(table)
+    return True
+
+
 def maintain(store: Any, force: bool = False) -> bool:
     """Build the full-text index when the table has none or it lags (`needs_build`), or now (`force`),
-    in one committed write; -> whether it was built."""
+    in a committed write of its own; -> whether it was built."""
     if not force and not store.reading(needs_build):
         return False
-    with store.writing(maintain=False):
-        if force or needs_build(store.chunks):  # again under the lock: another writer may have built it
-            build(store.chunks)
-            return True
-    return False
+    with store.writing(maintain=False):  # under the lock, again: another writer may have built it
+        if not force:
+            return keep(store.chunks)
+        build(store.chunks)
+        return True

@@ -107,7 +107,8 @@ def voters(
                 take(name, [name], scales[f"space:{name}"])
             if fulltext or FULLTEXT in (select or ()):
                 # BM25 scores have no scale like a vector space's: it votes with the standard vector's weight
-                take(FULLTEXT, [FULLTEXT], scales["standard"])
+                # (unless the scales name one: the evaluation measures other rules that way)
+                take(FULLTEXT, [FULLTEXT], scales.get(FULLTEXT, scales["standard"]))
     if not found:
         raise ValueError(f"strategy {strategy!r} has no voter among the selected spaces {sorted(select or [])}")
     return found
