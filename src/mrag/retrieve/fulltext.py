@@ -77,11 +77,21 @@ def search(table: Any, text: str, c: int) -> tuple[list[int], list[str], np.ndar
     """The c best rows of `table` for `text` by BM25: (Lance row ids, chunk ids, scores), best first,
     ties to the smaller row id. A text with no searchable word (empty, only stop words) finds nothing;
     quotes, AND, OR, +, - and * are words or nothing, never query syntax."""
-    if not text.strip() or c <= 0:
-        return [], [], np.zeros(0)
+    check(table)
+    return _query(table, text, c)
+
+
+def check(table: Any) -> None:
+    """Refuse a table without a full-text index, saying how to build one."""
     if not has_index(table):
         raise FullTextMissing("this index has no full-text index yet: `mrag optimize --db PATH` "
                               "(or `Index.optimize()`) builds it, and so does any write")
+
+
+def _query(table: Any, text: str, c: int) -> tuple[list[int], list[str], np.ndarray]:
+    """`search` on a table known to have the index."""
+    if not text.strip() or c <= 0:
+        return [], [], np.zeros(0)
     from lancedb.query import MatchQuery
 
     # the words as they are (any of them, BM25-ranked): a plain string would go through LanceDB's
@@ -125,13 +135,14 @@ class FullTextRanker:
             raise ValueError("give either the matrix's ids (exact search) or the ANN ranker")
         self.inner, self.table, self.ids, self.ann = inner, table, ids, ann
         self._cache: dict[tuple[str, int], tuple[list[int], list[str], np.ndarray]] | None = {} if cache else None
+        self._checked = False
 
     def _search(self, text: str, c: int) -> tuple[list[int], list[str], np.ndarray]:
         if self._cache is None:
-            return search(self.table, text, c)
+            return _query(self.table, text, c)
         key = (text, c)
         if key not in self._cache:
-            self._cache[key] = search(self.table, text, c)
+            self._cache[key] = _query(self.table, text, c)
         return self._cache[key]
 
     def __call__(self, chosen: list[Voter], queries: list[QueryVectors], c: int) -> tuple[np.ndarray, np.ndarray]:
@@ -144,6 +155,9 @@ class FullTextRanker:
         if vector:
             inner_ranking, inner_sims = self.inner([chosen[s] for s in vector], queries, c)
             ranking[:, vector], sims[:, vector] = inner_ranking, inner_sims
+        if not self._checked:  # once per ranker: a search's (or an evaluation's) snapshot
+            check(self.table)
+            self._checked = True
         hits = [self._search(q.text, c) for q in queries]
         if self.ids is not None:  # exact: the matrix row of each chunk id
             position = _OFFSETS.of(self.ids)
