@@ -62,8 +62,12 @@ def test_an_index_without_a_full_text_index_says_how_to_build_one(index):
     with pytest.raises(ValueError, match=r"no full-text index yet: `mrag optimize --db PATH`"):
         index.search("chess", strategy="bm25")
     assert ids(index.search("chess", k=1, strategy="standard")) != []  # the vector strategies still work
+    # the built-in default needs the full-text space: without it, it is the vector-only `mrag`
+    assert index.default_strategy == "mrag" and index.info()["default_strategy"]["strategy"] == "mrag"
+    assert ids(index.search("chess", k=1)) == ids(index.search("chess", k=1, strategy="mrag"))
     index.optimize()
     assert ids(index.search("Kasparov", k=1, strategy="bm25")) == ["chess"]
+    assert index.default_strategy == retrieve.DEFAULT_STRATEGY == "mrag-bm25"
 
 
 def test_adding_a_space_rewrites_the_table_and_the_full_text_index_is_rebuilt(index):
@@ -233,7 +237,17 @@ def test_cli_strategies_and_spaces_with_the_full_text_space(cli_db):
                                "split, bm25\n"),
         (("--strategy", "mrag-paper", "--spaces", "bm25"),
          "Error: strategy 'mrag-paper' has no voter among the selected spaces ['bm25']\n"),
-        (("--strategy", "bm-25"), "Error: unknown strategy 'bm-25'; choose one of mrag, mrag-bm25, standard"),
+        (("--strategy", "bm-25"),
+         "Error: unknown strategy 'bm-25'; choose one of mrag, mrag-bm25, segment-bm25, standard"),
     ]:
         result = cli_db("search", "chess", *args)
         assert result.exit_code == 1 and result.stderr.startswith(message), result.stderr
+
+
+def test_segment_bm25_is_segmented_standard_and_full_text_votes(index):
+    index.add(DOCS)
+    query = "Who beat Kasparov at chess? How do bees cool the hive?"
+    named = index.search(query, k=3, strategy="segment-bm25")
+    selected = index.search(query, k=3, strategy="segment+spaces", spaces=["standard", "bm25"])
+    assert [h.id for h in named] == [h.id for h in selected]
+    assert [h.score for h in named] == pytest.approx([h.score for h in selected])

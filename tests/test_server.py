@@ -21,6 +21,7 @@ from conftest import FakeEmbedder
 from mrag.generate import Generator
 from mrag.index import Index
 from mrag.server import Settings, create_app
+from mrag.settings import DEFAULT_STRATEGY
 
 TOKEN = "s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -118,8 +119,8 @@ def test_search_get_and_post(client):
 
 
 def test_search_uses_the_index_default_strategy(client, tmp_path):
-    assert client.post("/search", json={"query": "honeybees hive"}).json()["strategy"] == "mrag"
-    assert client.get("/info").json()["default_strategy"] == {"strategy": "mrag", "source": "built-in"}
+    assert client.post("/search", json={"query": "honeybees hive"}).json()["strategy"] == DEFAULT_STRATEGY
+    assert client.get("/info").json()["default_strategy"] == {"strategy": DEFAULT_STRATEGY, "source": "built-in"}
     Index.open(tmp_path / "db", embedder=FakeEmbedder()).set_default_strategy({"strategy": "split", "score": 0.5})
     assert client.post("/search", json={"query": "honeybees hive"}).json()["strategy"] == "split"
     assert client.get("/info").json()["default_strategy"]["strategy"] == "split"

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from mrag import writing
+from mrag import settings, writing
 from mrag.embed.base import HeadEmbedder
 from mrag.embed.models import resolve_model
 from mrag.errors import StoreError
@@ -47,6 +47,8 @@ class Index:
         self._embedder: HeadEmbedder | None = None
         self._spaces: dict[str, Space] = {}  # external spaces' live functions, created on first use
         self.ann_policy = AnnPolicy()  # when writes (re)build the ANN indexes
+        self._fulltext_seen: int | None = None  # the committed version `_fulltext_default` was read at
+        self._fulltext_default = settings.VECTOR_DEFAULT
 
     @classmethod
     def open(
@@ -238,9 +240,19 @@ class Index:
 
     @property
     def default_strategy(self) -> str:
-        """The strategy used when none is named: the one `mrag tune` recorded here, else the built-in one."""
+        """The strategy used when none is named: the one `mrag tune` recorded here, else the built-in one
+        (`mrag-bm25`; `mrag` on an index that has no full-text index yet: `mrag optimize` builds one)."""
         self.store.refresh()
-        return str((self.store.manifest.default_strategy or {}).get("strategy", retrieve.DEFAULT_STRATEGY))
+        recorded = (self.store.manifest.default_strategy or {}).get("strategy")
+        return str(recorded) if recorded else self.built_in_default()
+
+    def built_in_default(self) -> str:
+        """`mrag-bm25`, or `mrag` while this index has no full-text index (one written by an older mrag)."""
+        version = self.store.committed_version
+        if self._fulltext_seen != version:  # one look at the table's indexes per committed version
+            self._fulltext_seen, self._fulltext_default = version, (
+                retrieve.DEFAULT_STRATEGY if fulltext.has_index(self.store.snapshot()) else settings.VECTOR_DEFAULT)
+        return self._fulltext_default
 
     def set_default_strategy(self, record: dict[str, Any] | None) -> None:
         """Record the default strategy ({"strategy": name, ...why it won}) in one committed write;
@@ -330,8 +342,7 @@ class Index:
                 e | {"scale": float(weights[f"space:{e['name']}"][0])} for e in m.spaces
             ],
             "ann": m.ann,
-            "default_strategy": m.default_strategy or {"strategy": retrieve.DEFAULT_STRATEGY,
-                                                              "source": "built-in"},
+            "default_strategy": m.default_strategy or {"strategy": self.built_in_default(), "source": "built-in"},
             "strategies": retrieve.strategy_names(),
         }
 

@@ -32,6 +32,7 @@ DEFAULT_STRATEGIES = (
     "hybrid",
     "segment+hybrid",
     "mrag-bm25",
+    "segment-bm25",
 )
 
 
