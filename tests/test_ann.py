@@ -177,7 +177,7 @@ def test_adding_a_space_drops_the_ann_record_with_the_indexes(seeded_index):
     assert spaced.store.manifest.ann is None and spaced.info()["ann"] is None  # the table was rewritten
     exact = hits(spaced, "mrag-std", True)
     spaced.build_ann()  # now one index per space, the new one included
-    assert len(spaced.store.chunks.list_indices()) == 1 + 4 + 1
+    assert len(spaced.store.chunks.list_indices()) == 1 + 4 + 1 + 1  # and the full-text index
     assert hits(spaced, "mrag-std", None) == exact
 
 

@@ -29,6 +29,7 @@ from mrag.evaluate.querygen import (
 )
 from mrag.evaluate.tune import paired_gain, per_query, tune
 from mrag.generate.base import Generator, Message
+from mrag.settings import DEFAULT_STRATEGY
 
 DOCS = {
     "animals/bees.md": "Honeybees fan their wings to cool the hive. A queen lays eggs in wax cells all summer.",
@@ -289,8 +290,8 @@ def test_tune_records_a_default_that_search_and_info_use(docs, tmp_path, index):
     out = tmp_path / "bench"
     build([docs], out, Extractive(list(DOCS.values())), ns=[1, 2], per_n=6, seed=0)
     index.add_paths([docs])
-    assert index.default_strategy == "mrag"
-    assert index.info()["default_strategy"] == {"strategy": "mrag", "source": "built-in"}
+    assert index.default_strategy == DEFAULT_STRATEGY == "mrag-bm25"  # the index has its full-text index
+    assert index.info()["default_strategy"] == {"strategy": DEFAULT_STRATEGY, "source": "built-in"}
     record = tune(index, out, ["mrag", "standard", "segment+standard"])
     assert record["documents_found"] == "6 of 6" and record["queries"]["single_aspect"] == 6
     assert set(record["candidates"]) == {"mrag", "standard", "segment+standard"}
@@ -307,7 +308,7 @@ def test_tune_records_a_default_that_search_and_info_use(docs, tmp_path, index):
     assert [h.id for h in again.search("wax cells queen")] == [h.id for h in again.search(
         "wax cells queen", strategy="standard")]
     index.set_default_strategy(None)
-    assert again.default_strategy == "mrag"
+    assert again.default_strategy == DEFAULT_STRATEGY
     with pytest.raises(ValueError, match="needs an LLM"):
         tune(index, out, ["mrag-fusion"])
 
@@ -318,7 +319,7 @@ def test_tune_refuses_an_index_without_the_benchmarks_documents(docs, tmp_path, 
     index.add([{"id": "other", "text": "nothing to do with it"}])
     with pytest.raises(ValueError, match="holds none of the benchmark's documents"):
         tune(index, out)
-    assert index.default_strategy == "mrag"
+    assert index.default_strategy == DEFAULT_STRATEGY
 
 
 def test_bench_and_tune_commands(docs, tmp_path, reuse_minilm):
@@ -337,7 +338,7 @@ def test_bench_and_tune_commands(docs, tmp_path, reuse_minilm):
     info = json.loads(runner.invoke(cli, ["info", "--db", str(db)]).stdout)
     assert info["default_strategy"]["strategy"] == record["strategy"] and record["saved"]
     reset = runner.invoke(cli, ["tune", "--db", str(db), "--bench", str(out), "--reset"])
-    assert json.loads(reset.stdout)["default_strategy"] == "mrag"
+    assert json.loads(reset.stdout)["default_strategy"] == DEFAULT_STRATEGY
 
 
 def test_extractive_is_deterministic(docs, tmp_path):

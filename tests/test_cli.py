@@ -12,6 +12,7 @@ from click.testing import CliRunner
 from mrag.cli import cli
 from mrag.embed.models import DEFAULT_MODEL
 from mrag.scales import brute_force_scales
+from mrag.settings import DEFAULT_STRATEGY
 
 FILES = {
     "bees.txt": "Honeybees fan their wings to cool the hive on hot summer days.",
@@ -100,13 +101,14 @@ def test_search_strategies_explain_and_plain(db, corpus):
     two_questions = "Who built the chess computer, and how do bees cool the hive?"
     (hit,) = lines(mrag("search", two_questions, "--db", db, "-k", "1", "--explain"))
     assert set(hit) == HIT_KEYS | {"votes"}
-    # the default strategy on two questions: per question, the 12 heads and the standard space vote
+    # the default strategy on two questions: per question, the 12 heads, the standard and full-text spaces vote
     spaces = {v["space"] for v in hit["votes"]}
-    assert spaces <= {f"head:{i}" for i in range(12)} | {"standard"} and len(spaces - {"standard"}) >= 6
+    assert spaces <= {f"head:{i}" for i in range(12)} | {"standard", "bm25"}
+    assert len(spaces - {"standard", "bm25"}) >= 6
     assert sum(v["weight"] for v in hit["votes"]) == pytest.approx(hit["score"])
-    # on one short query, the standard vector alone
+    # on one short query, the standard vector and the full-text space
     (hit,) = lines(mrag("search", "chess computer", "--db", db, "-k", "1", "--explain"))
-    assert [v["space"] for v in hit["votes"]] == ["standard"] and hit["doc_id"] == source(corpus, "chess.md")
+    assert [v["space"] for v in hit["votes"]] == ["standard", "bm25"] and hit["doc_id"] == source(corpus, "chess.md")
     plain = mrag("search", "chess computer", "--db", db, "-k", "1", "--plain", "--explain",
                  "-s", "segment+mrag-std").stdout.splitlines()
     assert plain[0].startswith("1. [") and plain[0].endswith(f"chess  ({source(corpus, 'chess.md')}#0)")
@@ -291,9 +293,9 @@ def test_demo_json(tmp_path):
     questions = demo_questions()
     assert len(rows) == len(questions) == 5
     for row, q in zip(rows, questions):
-        assert set(row) == {"question", "expected", "standard", "mrag"}
+        assert set(row) == {"question", "expected", "standard", DEFAULT_STRATEGY}
         assert (row["question"], row["expected"]) == (q["question"], q["expected"])
-        for strategy in ("standard", "mrag"):
+        for strategy in ("standard", DEFAULT_STRATEGY):
             assert len(row[strategy]) == 4 and all(set(h) == HIT_KEYS | {"votes"} for h in row[strategy])
     # the bundled corpus is easy: standard search finds most expected documents in its top 4
     found = sum(len(set(r["expected"]) & {h["doc_id"] for h in r["standard"]}) for r in rows)

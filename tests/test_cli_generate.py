@@ -11,6 +11,7 @@ from click.testing import CliRunner
 from test_generate import FakeLLMServer, free_port, ollama_lines
 
 from mrag.cli import cli
+from mrag.settings import DEFAULT_STRATEGY
 
 FILES = {
     "bees.txt": "Honeybees fan their wings to cool the hive on hot summer days.",
@@ -57,7 +58,7 @@ def test_no_generate_prints_the_numbered_context(db):
     assert out.startswith("[1] ") and "\n[2] " in out and "[3]" not in out
     assert FILES["rome.txt"] in out and FILES["bees.txt"] in out
     data = json.loads(mrag("ask", QUESTION, "--db", db, "-k", 3, "--no-generate", "--json").stdout)
-    assert len(data["context"]) == 3 and data["strategy"] == "mrag"
+    assert len(data["context"]) == 3 and data["strategy"] == DEFAULT_STRATEGY
     assert {"number", "id", "source", "title", "text"} <= data["context"][0].keys()
     assert data["context"][0]["text"] in data["messages"][1]["content"]
 

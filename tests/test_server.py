@@ -21,6 +21,7 @@ from conftest import FakeEmbedder
 from mrag.generate import Generator
 from mrag.index import Index
 from mrag.server import Settings, create_app
+from mrag.settings import DEFAULT_STRATEGY
 
 TOKEN = "s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -118,8 +119,8 @@ def test_search_get_and_post(client):
 
 
 def test_search_uses_the_index_default_strategy(client, tmp_path):
-    assert client.post("/search", json={"query": "honeybees hive"}).json()["strategy"] == "mrag"
-    assert client.get("/info").json()["default_strategy"] == {"strategy": "mrag", "source": "built-in"}
+    assert client.post("/search", json={"query": "honeybees hive"}).json()["strategy"] == DEFAULT_STRATEGY
+    assert client.get("/info").json()["default_strategy"] == {"strategy": DEFAULT_STRATEGY, "source": "built-in"}
     Index.open(tmp_path / "db", embedder=FakeEmbedder()).set_default_strategy({"strategy": "split", "score": 0.5})
     assert client.post("/search", json={"query": "honeybees hive"}).json()["strategy"] == "split"
     assert client.get("/info").json()["default_strategy"]["strategy"] == "split"
@@ -367,3 +368,16 @@ def test_searches_during_writes_see_only_whole_batches(tmp_path):
         assert check_snapshot(final) == BATCHES
         assert len(final) == len(base_docs) + BATCHES * PER_BATCH
         assert httpx.get(base + "/info").json()["documents"] == len(base_docs) + BATCHES * PER_BATCH
+
+
+def test_bm25_and_hybrid_strategies(client):
+    r = client.get("/search", params={"query": "Kasparov", "k": 3, "strategy": "bm25", "explain": True})
+    assert r.status_code == 200, r.text
+    assert [h["doc_id"] for h in r.json()["hits"]] == ["chess"] and r.json()["hits"][0]["votes"][0]["space"] == "bm25"
+    r = client.post("/search", json={"query": "Kasparov chess", "k": 2, "strategy": "hybrid"})
+    assert r.status_code == 200 and len(r.json()["hits"]) == 2
+    # a document added through the server is found by its words at once
+    assert client.post("/documents", json={"documents": [{"id": "go", "text": "AlphaGo beat Lee Sedol."}]},
+                       headers=AUTH).status_code == 200
+    r = client.get("/search", params={"query": "Sedol", "strategy": "mrag-bm25", "k": 1})
+    assert [h["doc_id"] for h in r.json()["hits"]] == ["go"]

@@ -134,10 +134,11 @@ def test_adding_a_space_backfills_every_row_in_one_commit(db_path, fake):
     index.add(DOCS)
     version = index.store.committed_version
     index = Index.open(db_path, embedder=fake, spaces=["w=test-words"])
-    assert index.store.committed_version == version + 1  # one write: the rewritten table
+    # one write: the rewritten table (one version) and its full-text index rebuilt (another)
+    assert index.store.committed_version == version + 2
     assert index.store.count() == len(DOCS)
     assert index.store.matrix().extra["w"].shape == (len(DOCS), 16)
-    assert Index.open(db_path, embedder=fake, spaces=["w=test-words"]).store.committed_version == version + 1
+    assert Index.open(db_path, embedder=fake, spaces=["w=test-words"]).store.committed_version == version + 2
     with pytest.raises(SpaceError, match="space 'w'"):
         Index.open(db_path, embedder=fake, spaces=["w=test-words:dim=8"])
     index.add([{"id": "new", "text": "Glaciers carve valleys."}])
@@ -154,7 +155,8 @@ def test_adding_a_space_rebuilds_the_dropped_ann_indexes_by_policy(db_path, fake
     assert index.store.manifest.ann == {"index_type": "IVF_FLAT", "rows": len(DOCS), "nprobes": 4}
     index.add_spaces(["w=test-words:dim=8"])
     assert index.store.manifest.ann == {"index_type": "IVF_FLAT", "rows": len(DOCS), "nprobes": 4}
-    assert len(index.store.chunks.list_indices()) == 1 + fake.n_heads + 1  # the new space's column too
+    # the new space's column too, and the full-text index the rewrite rebuilt
+    assert len(index.store.chunks.list_indices()) == 1 + fake.n_heads + 1 + 1
 
 
 def test_unknown_function_names_the_space_and_writes_nothing(db_path, tmp_path, fake):

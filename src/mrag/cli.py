@@ -136,7 +136,8 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
 @click.option("-c", "depth", type=int, default=None, help="Per-space depth (default max(k, 32)).")
 @click.option("--explain", is_flag=True, help="Show which spaces voted for each hit.")
 @click.option("--spaces", "selection", default=None,
-              help="Comma-separated voters to keep: standard, heads, head:I, split, or a space label.")
+              help="Comma-separated voters to keep: standard, heads, head:I, split, bm25 (full text), "
+                   "or a space label.")
 @click.option("--exact/--ann", "exact", default=None,
               help="Exact search in memory, or the ANN indexes (default: ANN when the index has them).")
 @click.option("--nprobes", type=click.IntRange(min=1), default=None,

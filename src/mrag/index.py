@@ -9,12 +9,12 @@ from typing import Any
 
 import numpy as np
 
-from mrag import writing
+from mrag import settings, writing
 from mrag.embed.base import HeadEmbedder
 from mrag.embed.models import resolve_model
 from mrag.errors import StoreError
 from mrag.ingest import Document, read_paths
-from mrag.retrieve import ann
+from mrag.retrieve import ann, fulltext
 from mrag.retrieve import strategies as retrieve
 from mrag.retrieve.search import search_many
 from mrag.retrieve.types import Hit
@@ -47,6 +47,8 @@ class Index:
         self._embedder: HeadEmbedder | None = None
         self._spaces: dict[str, Space] = {}  # external spaces' live functions, created on first use
         self.ann_policy = AnnPolicy()  # when writes (re)build the ANN indexes
+        self._fulltext_seen: int | None = None  # the committed version `_fulltext_default` was read at
+        self._fulltext_default = settings.VECTOR_DEFAULT
 
     @classmethod
     def open(
@@ -154,6 +156,7 @@ class Index:
                 ) if texts else np.zeros((0, space.dim or 0), np.float32)
             entries = [s.spec.to_json() | {"dim": s.dim} for s in live]
             self.store.add_spaces(entries, rows["id"].to_pylist(), vectors)
+            fulltext.keep(self.store.chunks)  # the rewrite dropped the table's full-text index
         self._spaces.update({s.name: s for s in live})
         self.maintain_ann()  # the rewrite dropped the ANN indexes: rebuilt when the policy says so
         return [s.name for s in live]
@@ -242,9 +245,19 @@ class Index:
 
     @property
     def default_strategy(self) -> str:
-        """The strategy used when none is named: the one `mrag tune` recorded here, else the built-in one."""
+        """The strategy used when none is named: the one `mrag tune` recorded here, else the built-in one
+        (`mrag-bm25`; `mrag` on an index that has no full-text index yet: `mrag optimize` builds one)."""
         self.store.refresh()
-        return str((self.store.manifest.default_strategy or {}).get("strategy", retrieve.DEFAULT_STRATEGY))
+        recorded = (self.store.manifest.default_strategy or {}).get("strategy")
+        return str(recorded) if recorded else self.built_in_default()
+
+    def built_in_default(self) -> str:
+        """`mrag-bm25`, or `mrag` while this index has no full-text index (one written by an older mrag)."""
+        version = self.store.committed_version
+        if self._fulltext_seen != version:  # one look at the table's indexes per committed version
+            self._fulltext_seen, self._fulltext_default = version, (
+                retrieve.DEFAULT_STRATEGY if fulltext.has_index(self.store.snapshot()) else settings.VECTOR_DEFAULT)
+        return self._fulltext_default
 
     def set_default_strategy(self, record: dict[str, Any] | None) -> None:
         """Record the default strategy ({"strategy": name, ...why it won}) in one committed write;
@@ -267,6 +280,13 @@ class Index:
                 return None
         return self.build_ann(policy.index_type or (built or {}).get("index_type", ann.DEFAULT_INDEX),
                               policy.nprobes or (built or {}).get("nprobes", ann.DEFAULT_NPROBES))
+
+    def maintain_fulltext(self, force: bool = False) -> bool:
+        """Build the full-text (BM25) index on the chunk text when there is none, or once the rows it
+        does not cover yet (found by a flat scan meanwhile) outnumber a quarter of those it does, or
+        now (`force`), in a commit of its own; -> whether it was built. Writes of documents do the same
+        inside their own commit (`mrag.writing.write`); this is for an index written before."""
+        return fulltext.maintain(self.store, force)
 
     def build_ann(
         self, index_type: str = ann.DEFAULT_INDEX, nprobes: int = ann.DEFAULT_NPROBES,
@@ -306,7 +326,8 @@ class Index:
         from datetime import timedelta
 
         keep = None if keep_versions is None else timedelta(seconds=keep_versions)
-        return self.store.optimize(keep)
+        self.maintain_fulltext()  # an index written before the full-text space existed gets one
+        return self.store.optimize(keep)  # LanceDB's optimize folds new rows into the full-text index
 
     def verify(self) -> dict[str, Any]:
         """Check the committed index: {"chunks", "duplicate_ids", "sums_drift"}; the head-scale sums
@@ -326,8 +347,7 @@ class Index:
                 e | {"scale": float(weights[f"space:{e['name']}"][0])} for e in m.spaces
             ],
             "ann": m.ann,
-            "default_strategy": m.default_strategy or {"strategy": retrieve.DEFAULT_STRATEGY,
-                                                              "source": "built-in"},
+            "default_strategy": m.default_strategy or {"strategy": self.built_in_default(), "source": "built-in"},
             "strategies": retrieve.strategy_names(),
         }
 

@@ -30,6 +30,7 @@ MAINTAIN_GROWTH = 1.25  # or once the folder is this much larger than its compac
 MAINTAIN_FLOOR = 2**18  # plus this many bytes (a small index compacts on the share rule anyway)
 NEVER = timedelta(days=36500)  # "prune nothing" for LanceDB's optimize, which always prunes
 LATEST_ONLY = timedelta(0)  # "keep only the latest version" for LanceDB's optimize
+OPTIMIZE_PASSES = 3  # LanceDB optimize passes until the table stops changing (two with a full-text index)
 
 
 class Store(Protocol):
@@ -77,7 +78,14 @@ def compact_and_prune(store: Store, keep: timedelta | None) -> None:
     committed version is the latest when old versions go and survives a crash at any point.
     `keep`: prune versions older than this; None: all but the committed one."""
     store.chunks.checkout_latest()
-    store.chunks.optimize(cleanup_older_than=NEVER)
+    # LanceDB's optimize also folds new rows into the indexes, and a full-text index takes a second pass
+    # (a version of its own): repeat until nothing moves, so the prune below writes no version after the
+    # commit and removes none that readers were sent to
+    for _ in range(OPTIMIZE_PASSES):
+        version = store.chunks.version
+        store.chunks.optimize(cleanup_older_than=NEVER)
+        if store.chunks.version == version:
+            break
     store.manifest = store.manifest.replace(maintenance={"writes": 0, "rows": 0})
     store._save_manifest()
     prune(store.chunks, keep)

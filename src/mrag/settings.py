@@ -6,12 +6,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 BASE_STRATEGIES = (
-    "standard", "mrag-paper", "mrag-std", "mrag-decay", "mrag-distance", "split", "split-weighted", "spaces"
+    "standard", "mrag-paper", "mrag-std", "mrag-decay", "mrag-distance", "split", "split-weighted", "spaces",
+    "bm25", "hybrid",
 )
 MODIFIERS = {"segment+": ("sentences", 1), "interleave+": ("round-robin", 2)}
 EXTRA_SPACE_STRATEGIES = ("mrag-std", "spaces")  # the base strategies where external spaces vote
 FUSION = {"fusion": "standard", "mrag-fusion": "mrag-std"}  # over sub-queries, reciprocal rank fusion
-DEFAULT_STRATEGY = "mrag"
+# the default: the heads, the standard vector and the full-text space vote per query part; it measured
+# best on multi- and single-aspect sets together, held-out halves included (benchmarks/results/eval/fulltext/)
+DEFAULT_STRATEGY = "mrag-bm25"
+VECTOR_DEFAULT = "mrag"  # the default of an index without a full-text index (written before mrag had one)
+FULLTEXT = "bm25"  # the full-text space's voter name (`mrag.retrieve.fulltext`): LanceDB's BM25 index on the text
 DEFAULT_C = 32
 
 
@@ -20,12 +25,17 @@ class Plan:
     base: str  # a BASE_STRATEGIES name
     expand: str | None = None  # None, "segment+", "interleave+" or "fusion"
     one_part: str | None = None  # the voter that alone ranks a query of one part (None: the base's voters)
+    fulltext: bool = False  # the full-text space votes too (and beside `one_part` on a query of one part)
 
 
 # the default: a query of several parts (sentences, questions) votes per part with the heads and the
 # standard vector; a query of one part is ranked by the standard vector alone, which ranks one-topic
 # queries better than the heads' vote (benchmarks/results/eval/single-aspect.md)
-ALIASES = {"mrag": Plan("mrag-std", "segment+", one_part="standard")}
+ALIASES = {"mrag": Plan("mrag-std", "segment+", one_part="standard"),
+           # the same with the full-text space voting beside the heads and the standard vector
+           "mrag-bm25": Plan("mrag-std", "segment+", one_part="standard", fulltext=True),
+           # the same without the heads: per part, the standard vector, the full-text space and any external spaces
+           "segment-bm25": Plan("spaces", "segment+", fulltext=True)}
 
 
 def strategy_names() -> list[str]:

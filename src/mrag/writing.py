@@ -15,6 +15,7 @@ from mrag.chunk import chunk_text
 from mrag.embed.base import HeadEmbedder
 from mrag.errors import StoreError
 from mrag.ingest import Document, Skipped, as_document, document_digest
+from mrag.retrieve import fulltext
 from mrag.rows import build_rows, quote
 from mrag.spaces import Space
 from mrag.store import Store
@@ -128,6 +129,7 @@ def write(
             held.enter_context(store.writing())
             wanted = _retriage(store, todo, replace, report)
         _append(store, staged, wanted, report)
+        fulltext.keep(store.chunks)  # the full-text index, built or caught up in this same commit
     return report
 
 

@@ -25,6 +25,7 @@ from mrag.distributed.stages import (
 from mrag.embed.base import Embeddings, HeadEmbedder
 from mrag.index import Index, embedder_factory
 from mrag.ingest import list_files
+from mrag.retrieve import fulltext
 from mrag.rows import quote
 from mrag.scales import HeadStats
 from mrag.settings import AnnPolicy
@@ -193,6 +194,7 @@ def _run_job(
             store.add(rows)
             written.extend(rows["id"].to_pylist())
         check_complete(expected, written, before, store.sums.heads, [HeadStats.from_json(t) for t in tags])
+        fulltext.keep(store.chunks)  # the full-text index, in this same commit
     report.chunks = len(written)
     report.workers = per_worker(tags)
     report.ann = index.maintain_ann() if written else None

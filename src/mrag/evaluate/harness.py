@@ -23,7 +23,7 @@ from mrag.evaluate.datasets import Benchmark
 from mrag.evaluate.metrics import K_MAX, dedupe_units, query_metrics
 from mrag.index import Index
 from mrag.manifest import FORMAT_VERSION
-from mrag.retrieve import exact
+from mrag.retrieve import exact, fulltext
 from mrag.retrieve import strategies as retrieve
 from mrag.spaces import SpaceSpec
 
@@ -100,7 +100,7 @@ def embed_queries(
             if corpus.query_cache is not None:
                 np.savez(space_path, vectors=extra[space.name])
     return {
-        t: retrieve.QueryVectors(s, h, {name: v[i] for name, v in extra.items()})
+        t: retrieve.QueryVectors(s, h, {name: v[i] for name, v in extra.items()}, t)
         for i, (t, s, h) in enumerate(zip(unique, standard, heads))
     }
 
@@ -114,6 +114,12 @@ def split_label(label: str, spaces: Sequence[str] = ()) -> tuple[str, list[str] 
     chosen = [s for s in selection.split("+") if s]
     retrieve.check_selection(chosen, 10**6, 10**6, spaces)
     return strategy, chosen
+
+
+def uses_fulltext(strategy: str, select: Sequence[str] | None) -> bool:
+    """Whether a strategy (with its selection of spaces) asks the full-text space."""
+    plan = retrieve.parse_strategy(strategy)
+    return plan.base in ("bm25", "hybrid") or plan.fulltext or retrieve.FULLTEXT in (select or ())
 
 
 def query_texts(bench: Benchmark) -> list[str]:
@@ -135,8 +141,13 @@ def evaluate(
     """One record per (query, strategy, k): the metrics of the first k distinct units."""
     plans = {s: split_label(s, corpus.spaces) for s in strategies}
     vectors = embed_queries(corpus, query_texts(bench), show_progress=show_progress)
+    if any(uses_fulltext(strategy, select) for strategy, select in plans.values()):
+        corpus.index.maintain_fulltext()  # an index cached before the full-text space existed gets one
     matrix = corpus.index.store.matrix()
     extra = {name: matrix.extra[name] for name in corpus.spaces}
+    # BM25 through LanceDB's full-text index on the same rows, as a search does; each text asked once
+    ranker = fulltext.FullTextRanker(exact.Exact(matrix.standard, matrix.heads, extra), matrix.table,
+                                     ids=matrix.ids, cache=True)
     scales = corpus.index.space_weights()
     category_of = bench.unit_category()
     chunks_per_unit = len(corpus.row_units) / max(len(set(corpus.row_units)), 1)
@@ -153,10 +164,8 @@ def evaluate(
         part_texts = q.fusion if fusion else retrieve.query_parts(strategy, q.text)
         if fusion and not part_texts:
             continue  # this query has no sub-queries: fusion does not apply
-        result = exact.run(
-            strategy, matrix.standard, matrix.heads, vectors[q.text], k=depth, c=c,
-            scales=scales, parts=[vectors[t] for t in part_texts], extra=extra, select=select,
-        )
+        result = retrieve.vote(strategy, vectors[q.text], depth, c, scales, ranker, len(matrix.heads),
+                               [vectors[t] for t in part_texts], list(extra), select)
         units = dedupe_units(list(corpus.row_units[result.rows]), k_max)
         for rec in query_metrics(units, q.aspects, category_of, k_max):
             records.append({"query": q.id, "n": q.n, "strategy": label, **rec})

@@ -28,6 +28,11 @@ DEFAULT_STRATEGIES = (
     "segment+mrag-paper",
     "fusion",
     "mrag-fusion",
+    "bm25",  # what a LanceDB user has without vectors: its full-text search, and its hybrid search
+    "hybrid",
+    "segment+hybrid",
+    "mrag-bm25",
+    "segment-bm25",
 )
 
 

@@ -30,7 +30,7 @@ from mrag.evaluate.run import DEFAULT_STRATEGIES
 CANDIDATES = tuple(s for s in DEFAULT_STRATEGIES if "fusion" not in s)  # no LLM at search time
 
 
-def candidates(chosen: Sequence[str] | None) -> list[str]:
+def candidates(chosen: Sequence[str] | None, default: str = settings.DEFAULT_STRATEGY) -> list[str]:
     """The strategies to compare: the built-in default first, then the others (fusion ones refused:
     they need an LLM at search time, which a recorded default must not)."""
     names = list(chosen or CANDIDATES)
@@ -38,7 +38,7 @@ def candidates(chosen: Sequence[str] | None) -> list[str]:
         settings.check_strategy(name)
         if settings.parse_strategy(name).expand == "fusion":
             raise ValueError(f"{name} needs an LLM to write sub-queries at search time: it cannot be a default")
-    return sorted(dict.fromkeys(names), key=lambda s: s != settings.DEFAULT_STRATEGY)
+    return sorted(dict.fromkeys(names), key=lambda s: s != default)
 
 
 def row_units(index: Any, bench_dir: Path, units: set[str]) -> np.ndarray:
@@ -100,7 +100,7 @@ def tune(
     folder = Path(bench_dir)
     if not (folder / "corpus.jsonl").exists():
         raise FileNotFoundError(f"{folder} is not a benchmark folder (no corpus.jsonl): make one with mrag bench")
-    names = candidates(strategies)
+    names = candidates(strategies, index.built_in_default())
     bench = load_beir(folder)
     units = {d.unit for d in bench.docs}
     rows = row_units(index, folder, units)

@@ -7,6 +7,8 @@
     exact.py        the exact ranker: every space's nearest rows in memory
     lowprec.py      the exact ranker's bf16 scan of the heads, re-scored in fp32
     ann.py          the approximate ranker: LanceDB's ANN index per space
+    fulltext.py     the full-text space: LanceDB's BM25 index on the chunk text, kept up to date by
+                    every write, and a ranker that answers the `bm25` voter beside either ranker
     types.py        the data passed along: QueryVectors, Voter, Scales, Ranker, Result, Hit
 
 Query segmentation is text code (`mrag.chunk`); the strategy names and their parsing are

@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from mrag.embed.base import HeadEmbedder
-from mrag.retrieve import ann
+from mrag.retrieve import ann, fulltext
 from mrag.retrieve import strategies as retrieve
 from mrag.retrieve.exact import Exact
 from mrag.retrieve.rescore import RescoreRanker
@@ -105,7 +105,7 @@ def _search_many(
     live = [s for s in index.spaces if plan.base in retrieve.EXTRA_SPACE_STRATEGIES and s.name in (spaces or labels)]
     extra = {s.name: retrieve.unit(s.embed(texts, kind="query")) for s in live}
     vectors = [
-        retrieve.QueryVectors(retrieve.unit(s), retrieve.unit(h), {n: v[i] for n, v in extra.items()})
+        retrieve.QueryVectors(retrieve.unit(s), retrieve.unit(h), {n: v[i] for n, v in extra.items()}, texts[i])
         for i, (s, h) in enumerate(zip(emb.standard, emb.heads))
     ]
     batch, start = [], 0
@@ -150,14 +150,16 @@ def ranker_for(
             found = store.take(ranker.table, HIT_COLUMNS, row_ids=[ranker.row_ids[r] for r in rows])
             return {r: found[ranker.ids[r]] for r in rows}
 
-        return ranker, by_row_id, ranker.table.count_rows()
+        # the full-text space joins the ANN ranker's numbering of the rows (`fulltext.FullTextRanker`)
+        return fulltext.FullTextRanker(ranker, ranker.table, ann=ranker), by_row_id, ranker.table.count_rows()
     matrix = store.matrix(refresh=False)
 
     def by_offset(rows: list[int]) -> dict[int, dict[str, Any]]:
         found = store.take(matrix.table, HIT_COLUMNS, offsets=rows)
         return {r: found[matrix.ids[r]] for r in rows}
 
-    return Exact(matrix.standard, matrix.heads, matrix.extra), by_offset, len(matrix.ids)
+    ranked = Exact(matrix.standard, matrix.heads, matrix.extra)
+    return fulltext.FullTextRanker(ranked, matrix.table, ids=matrix.ids), by_offset, len(matrix.ids)
 
 
 def _hit(row: dict[str, Any], score: float, votes: list[dict[str, Any]]) -> Hit:

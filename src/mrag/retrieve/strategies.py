@@ -11,6 +11,8 @@ strategy picks spaces and a vote (`mrag.vote`):
     spaces          the standard space and the external spaces vote (no heads: LanceDB's multi-model way)
     mrag-decay      heads vote 2**-rank;  mrag-distance: heads vote 1 / cosine distance
     split           slices of the standard embedding vote 2**-rank;  split-weighted: scale_i * 2**-rank
+    bm25            LanceDB's full-text (BM25) search on the chunk text alone (`mrag.retrieve.fulltext`)
+    hybrid          the standard vector and BM25 merged by reciprocal rank fusion (LanceDB's hybrid search)
 
 Modifiers run a base strategy once per query part and merge the lists:
 
@@ -20,6 +22,7 @@ Modifiers run a base strategy once per query part and merge the lists:
     fusion, mrag-fusion   RAG-Fusion / MRAG-Fusion: sub-queries merged by reciprocal rank fusion
 
 `mrag`, the default, is `segment+mrag-std`: it measured best on the paper's benchmark (README).
+`mrag-bm25` is `mrag` with the full-text space (`bm25`) voting too, with the standard vector's weight.
 A selection of spaces (`select`: names such as "standard", "heads", "head:3", "split", or a label)
 keeps only the strategy's voters it names. Without external spaces or a selection, every strategy
 votes exactly as it did before spaces existed.
@@ -39,6 +42,7 @@ from mrag.settings import (  # noqa: F401  (re-exported: retrieve is where calle
     DEFAULT_C,
     DEFAULT_STRATEGY,
     EXTRA_SPACE_STRATEGIES,
+    FULLTEXT,
     FUSION,
     MODIFIERS,
     Plan,
@@ -68,9 +72,11 @@ def voters(
     scales: Scales,
     extra: Collection[str] = (),
     select: Collection[str] | None = None,
+    fulltext: bool = False,
 ) -> list[Voter]:
     """The spaces a base strategy votes with, and their weights; `select` keeps only the named ones
-    (a voter's name or group: "heads", "split", "standard", a label)."""
+    (a voter's name or group: "heads", "split", "standard", "bm25", a label). The full-text space
+    votes in `mrag-std` and `spaces` when `fulltext` or the selection names it."""
     found: list[Voter] = []
 
     def take(group: str, names: list[str], weights: np.ndarray) -> None:
@@ -82,6 +88,10 @@ def voters(
 
     if strategy == "standard":
         take("standard", ["standard"], np.ones(1))
+    elif strategy in ("bm25", "hybrid"):  # hybrid: RRF ignores the weights
+        if strategy == "hybrid":
+            take("standard", ["standard"], np.ones(1))
+        take(FULLTEXT, [FULLTEXT], np.ones(1))
     elif strategy.startswith("split"):
         n_slices = len(scales["split"])
         take("split", [f"split:{i}" for i in range(n_slices)],
@@ -95,6 +105,10 @@ def voters(
             take("standard", ["standard"], scales["standard"])
             for name in extra:
                 take(name, [name], scales[f"space:{name}"])
+            if fulltext or FULLTEXT in (select or ()):
+                # BM25 scores have no scale like a vector space's: it votes with the standard vector's weight
+                # (unless the scales name one: the evaluation measures other rules that way)
+                take(FULLTEXT, [FULLTEXT], scales.get(FULLTEXT, scales["standard"]))
     if not found:
         raise ValueError(f"strategy {strategy!r} has no voter among the selected spaces {sorted(select or [])}")
     return found
@@ -102,11 +116,11 @@ def voters(
 
 def check_selection(select: Collection[str], n_heads: int, n_slices: int, extra: Collection[str]) -> None:
     """Refuse space names an index does not have."""
-    known = {"standard", "heads", "split", *extra, *(f"head:{i}" for i in range(n_heads)),
+    known = {"standard", "heads", "split", FULLTEXT, *extra, *(f"head:{i}" for i in range(n_heads)),
              *(f"split:{i}" for i in range(n_slices))}
     unknown = sorted(set(select) - known)
     if unknown:
-        have = ", ".join(["standard", f"heads (head:0..head:{n_heads - 1})", "split", *sorted(extra)])
+        have = ", ".join(["standard", f"heads (head:0..head:{n_heads - 1})", "split", FULLTEXT, *sorted(extra)])
         raise ValueError(f"unknown space {unknown[0]!r}; this index has: {have}")
     if not select:
         raise ValueError("the space selection is empty")
@@ -157,23 +171,26 @@ def vote_many(
         check_selection(select, n_heads, len(scales.get("split", [])), list(extra))
     if not batch:
         return []
-    chosen = voters(plan.base, n_heads, scales, extra, select)
+    chosen = voters(plan.base, n_heads, scales, extra, select, plan.fulltext)
     searched: list[list[QueryVectors]] = []  # per query, the vectors that vote
     for query, parts in batch:
         if plan.expand == "fusion" and not parts:
             raise ValueError(f"strategy {strategy!r} needs sub-queries")
         expand = plan.expand is not None and parts and (plan.expand == "fusion" or len(parts) >= 2)
         searched.append(list(parts) if expand and parts else [query])
-    # a query of one part may be ranked by one voter alone (the default's standard vector)
-    lone = next((i for i, v in enumerate(chosen) if v.name == plan.one_part), None)
-    depth = max(k, c) if plan.base == "standard" or lone is not None else c  # each space's list
+    # a query of one part may be ranked by one voter alone (the default's standard vector), joined by
+    # the full-text space when it votes
+    lone = [i for i, v in enumerate(chosen) if v.name == plan.one_part or v.group == FULLTEXT]
+    lone = lone if any(chosen[i].name == plan.one_part for i in lone) else []
+    depth = max(k, c) if plan.base in ("standard", "bm25") or lone else c  # each space's list
     ranking, sims = ranker(chosen, [q for qs in searched for q in qs], depth)  # (P_total, S, depth)
     weights = np.array([v.weight for v in chosen])
     results, start = [], 0
     for qs in searched:
-        if len(qs) == 1 and plan.expand != "fusion" and lone is not None:
-            one = slice(lone, lone + 1)
-            results.append(_tally("standard", chosen[one], weights[one], ranking[start][one], sims[start][one], k))
+        if len(qs) == 1 and plan.expand != "fusion" and lone:
+            how = "standard" if len(lone) == 1 else "mrag-std"  # one list as it is, or their vote
+            results.append(_tally(how, [chosen[i] for i in lone], weights[lone], ranking[start][lone],
+                                  sims[start][lone], k))
         elif len(qs) == 1 and plan.expand != "fusion":
             results.append(_tally(plan.base, chosen, weights, ranking[start], sims[start], k))
         else:
@@ -188,13 +205,15 @@ def _tally(
     strategy: str, chosen: list[Voter], weights: np.ndarray, ranking: np.ndarray, sims: np.ndarray, k: int
 ) -> Result:
     """One part's votes.  ranking, sims (S, c) -> the top k rows."""
-    if strategy == "standard":
+    if strategy in ("standard", "bm25"):  # one list: its own order and similarities (BM25 scores)
         valid = ranking[0] >= 0
         rows, scores = ranking[0][valid][:k], sims[0][valid][:k]
-        votes = [[{"space": "standard", "rank": i, "weight": float(s)}] for i, s in enumerate(scores)]
+        votes = [[{"space": chosen[0].name, "rank": i, "weight": float(s)}] for i, s in enumerate(scores)]
         return Result(rows, scores, votes)
     if strategy == "mrag-distance":
         w = np.where(ranking >= 0, 1.0 / np.maximum(1.0 - sims, 1e-6), 0.0)
+    elif strategy == "hybrid":
+        w = rrf_weights(ranking)
     else:
         w = rank_weights(ranking, weights)
     fused = fuse(ranking, w, k)

@@ -21,6 +21,7 @@ class QueryVectors:
     standard: np.ndarray
     heads: np.ndarray
     extra: dict[str, np.ndarray] = field(default_factory=dict)
+    text: str = ""  # the query (or part) itself, for the full-text space (`mrag.retrieve.fulltext`)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,131 @@
+"""The full-text space (issue 13, item 4): BM25, hybrid and the full-text voter against the vector
+strategies, on Wikipedia v1 (multi-aspect n >= 2 and its n = 1 queries) and the rule-made single-aspect
+sets of `single_aspect.py` (titles, snippets), with MiniLM (last layer, mean pooling, c = 32).
+
+Every query goes to one of two halves by a hash of its id: `tune` and `held-out`. Nothing here is
+fitted (the full-text weight is a rule), but a variant is picked on the `tune` half only, and the
+`held-out` numbers say whether the pick holds. Writes summary.json and table.md.
+
+Run: python benchmarks/eval/fulltext.py DATASETS_DIR OUT_DIR [CACHE_DIR]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "src"))
+
+import numpy as np  # noqa: E402
+
+from mrag.evaluate.datasets import load  # noqa: E402
+from mrag.evaluate.harness import embed_corpus, evaluate, summarize  # noqa: E402
+from mrag.evaluate.metrics import ranking_metrics  # noqa: E402
+from mrag.settings import FULLTEXT  # noqa: E402
+
+STRATEGIES = [
+    "standard", "segment+standard", "mrag", "mrag-paper",  # the vector strategies (main's default: mrag)
+    "bm25", "hybrid",  # what a LanceDB user has: full-text search, hybrid search (RRF)
+    "segment+bm25", "segment+hybrid",  # the same per sentence, merged like mrag's parts
+    "segment+spaces@standard+bm25",  # segment+standard with BM25 voting beside the standard vector
+    "mrag-std@heads+standard+bm25",  # the heads' vote with BM25, whole query
+    "mrag-bm25",  # the default with BM25 voting in every part and beside standard on one-part queries
+]
+HALVES = ("tune", "held-out")
+# another weight rule that needs no tuning, for the strategies where BM25 votes beside the heads: the
+# full-text side weighs as much as all vector voters together (the product's rule: the standard vector's)
+RULES = {"w=sum": lambda scales: float(scales["heads"].sum() + scales["standard"][0])}
+RULE_STRATEGIES = ["mrag-bm25", "mrag-std@heads+standard+bm25"]
+NAMES = STRATEGIES + [f"{s} [{rule}]" for rule in RULES for s in RULE_STRATEGIES]
+
+
+def half(query_id: str) -> str:
+    return HALVES[hashlib.sha256(query_id.encode()).digest()[0] % 2]
+
+
+def rounded(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: round(v, 4) if isinstance(v, float) else v for k, v in values.items()}
+
+
+def score(bench: Any, records: list[dict[str, Any]], multi: bool) -> dict[str, Any]:
+    """Per half and for all queries: the n >= 2 summary (multi-aspect sets) and the n = 1 ranking metrics."""
+    out: dict[str, Any] = {}
+    for name in (*HALVES, "all"):
+        mine = [r for r in records if name == "all" or half(r["query"]) == name]
+        entry: dict[str, Any] = {"single": {s: rounded(m) for s, m in
+                                            ranking_metrics(mine, only_n=1 if multi else None).items()}}
+        if multi:
+            entry["multi"] = {s: rounded(m) for s, m in summarize(mine).items()}
+        out[name] = entry
+    return out
+
+
+def table(results: dict[str, Any]) -> str:
+    lines = ["# Full-text space: BM25, hybrid and the full-text voter (MiniLM, last layer, mean, c = 32)", "",
+             "Queries split in two halves by a hash of their id; `held-out` numbers were not looked at to",
+             "pick a variant. Multi-aspect: doc / category success ratio at k = n, n >= 2. Single-aspect:",
+             "MRR@10 (hit@1).", ""]
+    wiki = results["wikipedia-v1"]
+    sets = [s for s in ("titles", "snippets") if s in results]
+    head = ["strategy"]
+    for name in ("all", "held-out"):
+        head += [f"wiki n>=2 {name}", f"wiki n=1 {name}"] + [f"{s} {name}" for s in sets]
+    lines += ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for strategy in NAMES:
+        cells = [strategy]
+        for name in ("all", "held-out"):
+            m = wiki[name]["multi"].get(strategy, {})
+            cells.append(f"{m.get('doc', float('nan')):.3f} / {m.get('category', float('nan')):.3f}")
+            for data in [wiki, *(results[s] for s in sets)]:
+                r = data[name]["single"].get(strategy, {})
+                cells.append(f"{r.get('mrr@10', float('nan')):.3f} ({r.get('hit@1', float('nan')):.3f})")
+        lines.append("| " + " | ".join(cells) + " |")
+    counts = {s: {h: results[s][h]["single"]["standard"]["queries"] for h in (*HALVES, "all")} for s in results}
+    lines += ["", "Queries (single-aspect rows): " + json.dumps(counts),
+              "Multi-aspect queries: " + json.dumps({h: wiki[h]["multi"]["standard"]["queries"]
+                                                     for h in (*HALVES, "all")}), ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    data, out = Path(sys.argv[1]), Path(sys.argv[2])
+    cache = Path(sys.argv[3]) if len(sys.argv) > 3 else Path.home() / ".cache" / "mrag" / "eval"
+    from mrag.embed.transformer import TransformerEmbedder
+
+    embedder = TransformerEmbedder(None, layer=-1, device="cpu")
+    sets: dict[str, tuple[Path, Path | None, bool]] = {
+        "wikipedia-v1": (data / "wikipedia_articles_v1.json.bz2", data / "wikipedia_queries_v1.json.bz2", True)}
+    made = Path(tempfile.mkdtemp(prefix="mrag-single-"))
+    subprocess.run([sys.executable, str(ROOT / "benchmarks/eval/single_aspect.py"), str(data), str(made)], check=True)
+    sets |= {"titles": (made / "titles", None, False), "snippets": (made / "snippets", None, False)}
+    results: dict[str, Any] = {}
+    for name, (corpus, queries, multi) in sets.items():
+        bench = load(corpus, queries)
+        embedded = embed_corpus(bench, embedder, cache, show_progress=True)
+        records = evaluate(bench, embedded, STRATEGIES, show_progress=True)
+        weights = embedded.index.space_weights
+        for rule, weight in RULES.items():
+            ruled = weights()
+            ruled[FULLTEXT] = np.array([weight(ruled)])  # the full-text voter's weight by this rule
+            embedded.index.space_weights = lambda ruled=ruled: ruled  # type: ignore[method-assign]
+            records += [r | {"strategy": f"{r['strategy']} [{rule}]"}
+                        for r in evaluate(bench, embedded, RULE_STRATEGIES)]
+            embedded.index.space_weights = weights  # type: ignore[method-assign]
+        results[name] = score(bench, records, multi)
+        print(name, json.dumps(results[name]["all"], indent=1)[:2000], flush=True)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "summary.json").write_text(json.dumps({"embedder": embedder.info(), "strategies": NAMES,
+                                                  "halves": "sha256(query id)[0] % 2: 0 tune, 1 held-out",
+                                                  "results": results}, indent=1))
+    (out / "table.md").write_text(table(results))
+    print(table(results))
+
+
+if __name__ == "__main__":
+    main()

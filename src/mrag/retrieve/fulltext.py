@@ -1,0 +1,210 @@
+"""The full-text space: LanceDB's native BM25 index on the chunk text, ranked beside the vector spaces.
+
+Every write of documents builds the index when the table has none, inside its own commit (`keep`),
+so `mrag index`, `Index.add`/`upsert` and the server's writes all leave one behind. Rows written after the build are
+still found: LanceDB searches the rows its full-text index does not cover with a flat scan, and
+deleted rows are never returned. Those rows are folded into the index by LanceDB's optimize (every
+compaction, `mrag optimize`), and the index is rebuilt once they outnumber a quarter of the indexed
+ones. The index is part of the table version a commit records, so it survives a reopen and a
+rolled-back write takes its index back with it.
+
+`FullTextRanker` wraps a vector ranker (`mrag.retrieve.exact.Exact` or `mrag.retrieve.ann.AnnRanker`): the voter named
+`bm25` is answered by a full-text search of the query text on the same table snapshot, every other
+voter by the wrapped ranker, and the rows are numbered as the wrapped ranker numbers them. The
+full-text space votes in `bm25` (alone), `hybrid` (with the standard vector, reciprocal rank fusion:
+LanceDB's hybrid search with its default RRFReranker) and, when named, beside the heads (`mrag-bm25`,
+or `--spaces ...,bm25` with `mrag-std` / `spaces`), weighted like the standard vector.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mrag.retrieve.types import QueryVectors, Ranker, Voter
+from mrag.settings import FULLTEXT
+
+COLUMN = "text"  # the chunks column the index covers
+REBUILD_SHARE = 0.25  # rebuild once the rows the index does not cover are a quarter of those it does
+REBUILD_MIN = 1000  # ... and at least this many (a flat scan of fewer costs nothing)
+
+
+class FullTextMissing(ValueError):
+    """A search asked for the full-text space of a table that has no full-text index."""
+
+
+def _index(table: Any) -> Any | None:
+    """The table's full-text index on the text column, if any."""
+    for index in table.list_indices():
+        if str(index.index_type).upper() in ("FTS", "INVERTED") and list(index.columns) == [COLUMN]:
+            return index
+    return None
+
+
+def has_index(table: Any) -> bool:
+    return _index(table) is not None
+
+
+def unindexed_rows(table: Any) -> int | None:
+    """Rows the full-text index does not cover yet (None: no index)."""
+    index = _index(table)
+    return None if index is None else int(table.index_stats(index.name).num_unindexed_rows)
+
+
+def needs_build(table: Any) -> bool:
+    """Whether a write should (re)build the index: none yet on a table with rows, or too many rows
+    left to the flat scan."""
+    rows = table.count_rows()
+    if rows == 0:
+        return False
+    waiting = unindexed_rows(table)
+    if waiting is None:
+        return True
+    return waiting >= REBUILD_MIN and waiting > REBUILD_SHARE * max(1, rows - waiting)
+
+
+def build(table: Any) -> None:
+    """(Re)build the BM25 index on the text column with LanceDB's defaults for English (lower case,
+    stemming, stop words removed, ASCII folding): what a LanceDB user gets from `create_fts_index`."""
+    from lancedb.index import FTS
+
+    table.create_index(COLUMN, config=FTS(), replace=True)
+
+
+def search(table: Any, text: str, c: int) -> tuple[list[int], list[str], np.ndarray]:
+    """The c best rows of `table` for `text` by BM25: (Lance row ids, chunk ids, scores), best first,
+    ties to the smaller row id. A text with no searchable word (empty, only stop words) finds nothing;
+    quotes, AND, OR, +, - and * are words or nothing, never query syntax."""
+    check(table)
+    return _query(table, text, c)
+
+
+def check(table: Any) -> None:
+    """Refuse a table without a full-text index, saying how to build one."""
+    if not has_index(table):
+        raise FullTextMissing("this index has no full-text index yet: `mrag optimize --db PATH` "
+                              "(or `Index.optimize()`) builds it, and so does any write")
+
+
+def _query(table: Any, text: str, c: int) -> tuple[list[int], list[str], np.ndarray]:
+    """`search` on a table known to have the index."""
+    if not text.strip() or c <= 0:
+        return [], [], np.zeros(0)
+    from lancedb.query import MatchQuery
+
+    # the words as they are (any of them, BM25-ranked): a plain string would go through LanceDB's
+    # query parser, where quotes make a phrase query (an error without positions) and AND/OR/- operate
+    query = MatchQuery(text, COLUMN)  # type: ignore[call-arg]  # a pydantic dataclass: mypy misses its defaults
+    found = table.search(query, query_type="fts").select(["id", "_score"]).with_row_id(True).limit(c).to_arrow()
+    row_ids = np.asarray(found["_rowid"].to_pylist(), dtype=np.int64)
+    scores = np.asarray(found["_score"].to_pylist(), dtype=np.float64)
+    order = np.lexsort((row_ids, -scores))  # LanceDB returns ties in no fixed order
+    ids = found["id"].to_pylist()
+    return [int(row_ids[i]) for i in order], [ids[i] for i in order], scores[order]
+
+
+@dataclass
+class _Offsets:
+    """Chunk id -> matrix row, kept for the last matrix seen (building it costs O(N))."""
+
+    ids: Any = None
+    position: dict[str, int] | None = None
+
+    def of(self, ids: np.ndarray) -> dict[str, int]:
+        if self.ids is not ids or self.position is None:
+            self.ids, self.position = ids, {str(chunk): i for i, chunk in enumerate(ids)}
+        return self.position
+
+
+_OFFSETS = _Offsets()
+
+
+class FullTextRanker:
+    """A `mrag.retrieve.types.Ranker`: the `bm25` voter by full-text search on `table`, the others by `inner`.
+
+    Exact search numbers rows by their position in the matrix (`ids`: the matrix's chunk ids); the
+    ANN ranker (`ann`) numbers the rows it found in Lance row-id order, and the full-text hits join
+    that numbering. `cache` keeps each text's full-text ranking (the evaluation asks the same text
+    for several strategies)."""
+
+    def __init__(self, inner: Ranker, table: Any, ids: np.ndarray | None = None, ann: Any = None,
+                 cache: bool = False) -> None:
+        if (ids is None) == (ann is None):
+            raise ValueError("give either the matrix's ids (exact search) or the ANN ranker")
+        self.inner, self.table, self.ids, self.ann = inner, table, ids, ann
+        self._cache: dict[tuple[str, int], tuple[list[int], list[str], np.ndarray]] | None = {} if cache else None
+        self._checked = False
+
+    def _search(self, text: str, c: int) -> tuple[list[int], list[str], np.ndarray]:
+        if self._cache is None:
+            return _query(self.table, text, c)
+        key = (text, c)
+        if key not in self._cache:
+            self._cache[key] = _query(self.table, text, c)
+        return self._cache[key]
+
+    def __call__(self, chosen: list[Voter], queries: list[QueryVectors], c: int) -> tuple[np.ndarray, np.ndarray]:
+        full = [s for s, v in enumerate(chosen) if v.group == FULLTEXT]
+        if not full:
+            return self.inner(chosen, queries, c)
+        vector = [s for s, v in enumerate(chosen) if v.group != FULLTEXT]
+        ranking = np.full((len(queries), len(chosen), c), -1, dtype=np.int64)
+        sims = np.full((len(queries), len(chosen), c), -np.inf)
+        if vector:
+            inner_ranking, inner_sims = self.inner([chosen[s] for s in vector], queries, c)
+            ranking[:, vector], sims[:, vector] = inner_ranking, inner_sims
+        if not self._checked:  # once per ranker: a search's (or an evaluation's) snapshot
+            check(self.table)
+            self._checked = True
+        hits = [self._search(q.text, c) for q in queries]
+        if self.ids is not None:  # exact: the matrix row of each chunk id
+            position = _OFFSETS.of(self.ids)
+            rows = [np.array([position[i] for i in ids if i in position], dtype=np.int64) for _, ids, _ in hits]
+            scores = [score[[i in position for i in ids]] for _, ids, score in hits]
+        else:
+            rows = self._join_ann(ranking, vector, hits, bool(vector))
+            scores = [score for _, _, score in hits]
+        for p, (found, score) in enumerate(zip(rows, scores)):
+            for s in full:
+                ranking[p, s, : len(found)], sims[p, s, : len(found)] = found, score
+        return ranking, sims
+
+    def _join_ann(self, ranking: np.ndarray, vector: list[int], hits: list[Any], asked: bool) -> list[np.ndarray]:
+        """Number the ANN ranker's rows and the full-text hits together, in Lance row-id order (as the
+        ANN ranker does), renumbering the vector voters' rankings in place; -> each part's hit rows."""
+        old_rows: list[int] = list(self.ann.row_ids) if asked else []
+        old_ids: list[str] = list(self.ann.ids) if asked else []
+        chunk_of = dict(zip(old_rows, old_ids))
+        for row_ids, ids, _ in hits:
+            chunk_of.update(zip(row_ids, ids))
+        row_ids = sorted(chunk_of)
+        local = {r: n for n, r in enumerate(row_ids)}
+        if vector and old_rows:
+            remap = np.array([local[r] for r in old_rows], dtype=np.int64)
+            part = ranking[:, vector]
+            ranking[:, vector] = np.where(part >= 0, remap[np.maximum(part, 0)], -1)
+        self.ann.row_ids, self.ann.ids = row_ids, [chunk_of[r] for r in row_ids]
+        return [np.array([local[r] for r in found], dtype=np.int64) for found, _, _ in hits]
+
+
+def keep(table: Any) -> bool:
+    """Inside a write, before its commit: (re)build the index when `needs_build` says so, so that
+    it is part of that commit; -> whether it was built. Every write of documents runs it."""
+    if not needs_build(table):
+        return False
+    build(table)
+    return True
+
+
+def maintain(store: Any, force: bool = False) -> bool:
+    """Build the full-text index when the table has none or it lags (`needs_build`), or now (`force`),
+    in a committed write of its own; -> whether it was built."""
+    if not force and not store.reading(needs_build):
+        return False
+    with store.writing(maintain=False):  # under the lock, again: another writer may have built it
+        if not force:
+            return keep(store.chunks)
+        build(store.chunks)
+        return True

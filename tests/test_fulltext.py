@@ -1,0 +1,253 @@
+"""The full-text (BM25) space: LanceDB's index on the chunk text, kept up to date by every write, its
+vote beside the vector spaces, and the `bm25` / `hybrid` strategies, on real LanceDB in tmp_path."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import FakeEmbedder
+
+from mrag.index import Index
+from mrag.retrieve import fulltext
+from mrag.retrieve import strategies as retrieve
+
+DOCS = [
+    {"id": "rome", "text": "Roman aqueducts carried water downhill into the city by gravity."},
+    {"id": "bees", "text": "Honeybees fan their wings to cool the hive on hot days."},
+    {"id": "chess", "text": "Deep Blue beat Kasparov at chess in 1997."},
+    {"id": "tides", "text": "The Moon pulls the oceans and raises the tides twice a day."},
+    {"id": "kings", "text": "Kings and queens move across the chess board in the endgame."},
+]
+
+
+def ids(hits) -> list[str]:
+    return [h.doc_id for h in hits]
+
+
+def test_every_write_keeps_the_full_text_space_current_and_it_survives_reopen(db_path, fake):
+    index = Index.open(db_path, embedder=fake)
+    index.add(DOCS)
+    assert fulltext.has_index(index.store.snapshot())
+    assert ids(index.search("Kasparov", k=3, strategy="bm25")) == ["chess"]  # BM25 finds only matching words
+    # a row written after the build is found (LanceDB scans the rows its index does not cover yet)
+    index.add([{"id": "late", "text": "Kasparov lost a rematch in 1998."}])
+    assert fulltext.unindexed_rows(index.store.snapshot()) == 1
+    assert set(ids(index.search("Kasparov", k=3, strategy="bm25"))) == {"chess", "late"}
+    # a changed document: its new words are found, its old ones no longer
+    index.upsert([{"id": "late", "text": "Spassky played Fischer in Reykjavik."}])
+    assert ids(index.search("Kasparov", k=3, strategy="bm25")) == ["chess"]
+    assert ids(index.search("Reykjavik", k=3, strategy="bm25")) == ["late"]
+    index.delete(["chess"])
+    assert ids(index.search("Kasparov", k=3, strategy="bm25")) == []
+    # optimize folds the waiting rows into the index; a reopened index searches the same
+    index.optimize()
+    assert fulltext.unindexed_rows(index.store.snapshot()) == 0
+    again = Index.open(db_path, embedder=FakeEmbedder())
+    assert ids(again.search("Reykjavik chess", k=3, strategy="bm25")) == ["late", "kings"]
+    assert ids(again.search("Kasparov", k=3, strategy="bm25")) == []
+
+
+def test_a_write_rebuilds_the_index_once_too_many_rows_wait_for_it(index, monkeypatch):
+    index.add(DOCS[:2])
+    monkeypatch.setattr(fulltext, "REBUILD_MIN", 1)
+    monkeypatch.setattr(fulltext, "REBUILD_SHARE", 0.5)
+    index.add(DOCS[2:])  # 3 waiting rows > half of 2 indexed: rebuilt by the write
+    assert fulltext.unindexed_rows(index.store.snapshot()) == 0
+
+
+def test_an_index_without_a_full_text_index_says_how_to_build_one(index):
+    index.add(DOCS)
+    with index.store.writing():
+        index.store.chunks.drop_index(fulltext._index(index.store.chunks).name)
+    with pytest.raises(ValueError, match=r"no full-text index yet: `mrag optimize --db PATH`"):
+        index.search("chess", strategy="bm25")
+    assert ids(index.search("chess", k=1, strategy="standard")) != []  # the vector strategies still work
+    # the built-in default needs the full-text space: without it, it is the vector-only `mrag`
+    assert index.default_strategy == "mrag" and index.info()["default_strategy"]["strategy"] == "mrag"
+    assert ids(index.search("chess", k=1)) == ids(index.search("chess", k=1, strategy="mrag"))
+    index.optimize()
+    assert ids(index.search("Kasparov", k=1, strategy="bm25")) == ["chess"]
+    assert index.default_strategy == retrieve.DEFAULT_STRATEGY == "mrag-bm25"
+
+
+def test_adding_a_space_rewrites_the_table_and_the_full_text_index_is_rebuilt(index):
+    index.add(DOCS)
+    with index.store.writing():
+        index.store.chunks.add(index.store.chunks.to_arrow(), mode="overwrite")  # what add_spaces does
+    assert not fulltext.has_index(index.store.snapshot())
+    index.maintain_fulltext()
+    assert ids(index.search("Kasparov", k=1, strategy="bm25")) == ["chess"]
+
+
+class Lists:
+    """A ranker returning fixed lists per voter name, whatever the query."""
+
+    def __init__(self, lists: dict[str, list[int]]) -> None:
+        self.lists = lists
+
+    def __call__(self, chosen, queries, c):
+        ranking = np.full((len(queries), len(chosen), c), -1, dtype=np.int64)
+        sims = np.full((len(queries), len(chosen), c), -np.inf)
+        for s, voter in enumerate(chosen):
+            found = self.lists[voter.name][:c]
+            ranking[:, s, : len(found)] = found
+            sims[:, s, : len(found)] = np.linspace(1.0, 0.5, len(found))
+        return ranking, sims
+
+
+def test_the_full_text_vote_by_hand():
+    """One-part query: the standard vector ranks rows 2, 0, 1 and BM25 rows 0, 3. In `mrag-bm25` each
+    votes w * 2**-rank with the standard vector's weight w = 0.5: row 0 gets 0.25 + 0.5, row 2 0.5,
+    row 3 0.25, row 1 0.125. In `hybrid` each votes 1 / (60 + rank), rank from 1."""
+    scales = {"heads": np.array([1.0, 1.0]), "split": np.ones(2), "standard": np.array([0.5])}
+    ranker = Lists({"standard": [2, 0, 1], retrieve.FULLTEXT: [0, 3], "head:0": [1], "head:1": [1]})
+    q = retrieve.QueryVectors(np.zeros(4), np.zeros((2, 2)), text="q")
+    mine = retrieve.vote("mrag-bm25", q, 4, 3, scales, ranker, 2)
+    assert mine.rows.tolist() == [0, 2, 3, 1]
+    np.testing.assert_allclose(mine.scores, [0.75, 0.5, 0.25, 0.125])
+    assert mine.votes[0] == [{"space": "standard", "rank": 1, "weight": 0.25},
+                             {"space": "bm25", "rank": 0, "weight": 0.5}]
+    hybrid = retrieve.vote("hybrid", q, 4, 3, scales, ranker, 2)
+    assert hybrid.rows.tolist() == [0, 2, 3, 1]
+    np.testing.assert_allclose(hybrid.scores, [1 / 62 + 1 / 61, 1 / 61, 1 / 62, 1 / 63])
+    # `mrag` leaves BM25 out; `mrag-std` lets it vote beside the heads only when named
+    assert retrieve.vote("mrag", q, 4, 3, scales, ranker, 2).rows.tolist() == [2, 0, 1]
+    named = retrieve.vote("mrag-std", q, 4, 3, scales, ranker, 2, select=["heads", "bm25"])
+    assert named.rows.tolist() == [1, 0, 3]  # heads 1 + 1 for row 1, BM25 0.5 and 0.25 for rows 0 and 3
+    bm25 = retrieve.vote("bm25", q, 4, 3, scales, ranker, 2)
+    assert bm25.rows.tolist() == [0, 3] and bm25.votes[0][0]["space"] == "bm25"
+
+
+def test_bm25_and_hybrid_rank_as_lancedb_does(index, fake):
+    """`bm25` is LanceDB's full-text search; `hybrid` is LanceDB's hybrid search with its default
+    RRFReranker over the same depth c (documents made so that neither list has ties)."""
+    docs = [{"id": f"x{i}", "text": f"{'chess ' * (i + 1)}{'Kasparov ' * (i % 3)}filler{i} {'words ' * i}"}
+            for i in range(8)]
+    index.add(docs)
+    query = "Kasparov chess board"
+    table = index.store.snapshot()
+    theirs = table.search(query, query_type="fts").select(["id", "_score"]).limit(5).to_arrow().to_pylist()
+    ours = index.search(query, k=5, strategy="bm25")
+    assert [(h.id, round(h.score, 5)) for h in ours] == [(r["id"], round(r["_score"], 5)) for r in theirs]
+    from lancedb.rerankers import RRFReranker
+
+    vector = retrieve.unit(fake.vectors(query)[0])
+    lance = (table.search(query_type="hybrid", vector_column_name="vector").vector(vector).text(query)
+             .distance_type("cosine").limit(5).rerank(RRFReranker()).to_arrow().to_pylist())
+    hybrid = index.search(query, k=5, strategy="hybrid", c=5)
+    assert [(h.id, round(h.score, 6)) for h in hybrid] == [(r["id"], round(r["_relevance_score"], 6)) for r in lance]
+
+
+def test_ann_and_exact_searches_agree_with_the_full_text_space(index):
+    index.add(DOCS + [{"id": f"x{i}", "text": f"chess opening number {i} and the board"} for i in range(6)])
+    index.build_ann(nprobes=4)
+    index.add([{"id": "late", "text": "Kasparov and the chess clock."}])  # not in the ANN index yet
+    query = "Kasparov chess. Why do honeybees fan the hive?"
+    for strategy in ("bm25", "hybrid", "mrag-bm25", "segment+hybrid"):
+        ann = index.search(query, k=5, strategy=strategy, exact=False)
+        exact = index.search(query, k=5, strategy=strategy, exact=True)
+        assert [(h.id, round(h.score, 6)) for h in ann] == [(h.id, round(h.score, 6)) for h in exact], strategy
+    ann = index.search(query, k=3, strategy="mrag-std", spaces=["heads", "bm25"], exact=False)
+    assert any(v["space"] == "bm25" for h in ann for v in h.votes)
+
+
+def test_the_full_text_voter_in_segmented_queries(index):
+    index.add(DOCS)
+    hits = index.search("Kasparov chess. Honeybees hive.", k=3, strategy="mrag-bm25")
+    assert {"chess", "bees"} <= set(ids(hits))
+    voted = {v["space"] for h in hits for v in h.votes}
+    assert "bm25" in voted and {v["part"] for h in hits for v in h.votes} == {0, 1}
+    weight = index.space_weights()["standard"][0]
+    assert all(v["weight"] == pytest.approx(weight * 2.0 ** -v["rank"]) for h in hits for v in h.votes
+               if v["space"] == "bm25")
+
+
+def test_bad_selections_and_strategies_are_refused(index):
+    index.add(DOCS)
+    with pytest.raises(ValueError, match=r"unknown space 'bm26'; this index has: standard, .*bm25"):
+        index.search("chess", spaces=["bm26"])
+    with pytest.raises(ValueError, match=r"strategy 'mrag-paper' has no voter among the selected spaces \['bm25'\]"):
+        index.search("chess", strategy="mrag-paper", spaces=["bm25"])
+    with pytest.raises(ValueError, match="unknown strategy 'bm-25'"):
+        index.search("chess", strategy="bm-25")
+    # a query with no searchable word finds nothing by BM25, and the vectors still rank for hybrid
+    assert index.search("the of and", strategy="bm25") == []
+    # query syntax is not parsed: quotes (a phrase query needs positions), operators, wildcards
+    assert ids(index.search('"Kasparov" AND (chess) OR: -board* +x', k=1, strategy="bm25")) == ["chess"]
+    assert len(index.search("the of and", k=2, strategy="hybrid")) == 2
+
+
+def test_the_evaluation_ranks_bm25_through_lancedb_like_a_search(tmp_path):
+    """The harness asks the cached index's LanceDB full-text index, as `Index.search` does, and gets
+    the same rows; an index cached before the full-text space existed gets one."""
+    from test_evaluate import write_wikipedia
+
+    from mrag.evaluate import harness
+    from mrag.evaluate.datasets import load
+
+    bench = load(*write_wikipedia(tmp_path, False))
+    corpus = harness.embed_corpus(bench, FakeEmbedder(), tmp_path / "cache")
+    with corpus.index.store.writing():  # as an index cached by an older mrag: no full-text index
+        corpus.index.store.chunks.drop_index(fulltext._index(corpus.index.store.chunks).name)
+    strategies = ["bm25", "hybrid", "mrag-bm25", "segment+spaces@standard+bm25"]
+    records = harness.evaluate(bench, corpus, strategies, k_max=3)
+    assert fulltext.has_index(corpus.index.store.snapshot())
+    assert {r["strategy"] for r in records} == set(strategies)
+    first = {r["query"]: r["success_ratio"] for r in records if r["strategy"] == "bm25" and r["k"] == 1}
+    for q in bench.queries:
+        hit = corpus.index.search(q.text, k=1, strategy="bm25")
+        want = bool(hit) and any(hit[0].doc_id in a.units for a in q.aspects)
+        assert first[q.id] == (1.0 / q.n if want else 0.0)
+
+
+@pytest.fixture
+def cli_db(tmp_path, reuse_minilm):
+    from click.testing import CliRunner
+
+    from mrag.cli import cli
+
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for doc in DOCS:
+        (folder / f"{doc['id']}.txt").write_text(doc["text"])
+    path = tmp_path / "idx"
+    assert CliRunner().invoke(cli, ["index", str(folder), "--db", str(path)]).exit_code == 0
+
+    def run(*args: str):
+        return CliRunner().invoke(cli, [*args, "--db", str(path)], catch_exceptions=False)
+
+    return run
+
+
+def test_cli_strategies_and_spaces_with_the_full_text_space(cli_db):
+    import json
+
+    result = cli_db("search", "Kasparov", "--strategy", "bm25", "-k", "3")
+    hits = [json.loads(line) for line in result.stdout.splitlines()]
+    assert result.exit_code == 0 and [h["doc_id"].rsplit("/", 1)[-1] for h in hits] == ["chess.txt"]
+    result = cli_db("search", "Kasparov chess", "--strategy", "hybrid", "-k", "2", "--explain")
+    hits = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(hits) == 2 and {v["space"] for v in hits[0]["votes"]} == {"standard", "bm25"}
+    result = cli_db("search", "Kasparov chess", "--strategy", "mrag-std", "--spaces", "heads,standard,bm25",
+                    "--explain", "-k", "1")
+    votes = json.loads(result.stdout)["votes"]
+    assert {"bm25", "standard", "head:0"} <= {v["space"] for v in votes}
+    for args, message in [
+        (("--spaces", "bm26"), "Error: unknown space 'bm26'; this index has: standard, heads (head:0..head:11), "
+                               "split, bm25\n"),
+        (("--strategy", "mrag-paper", "--spaces", "bm25"),
+         "Error: strategy 'mrag-paper' has no voter among the selected spaces ['bm25']\n"),
+        (("--strategy", "bm-25"),
+         "Error: unknown strategy 'bm-25'; choose one of mrag, mrag-bm25, segment-bm25, standard"),
+    ]:
+        result = cli_db("search", "chess", *args)
+        assert result.exit_code == 1 and result.stderr.startswith(message), result.stderr
+
+
+def test_segment_bm25_is_segmented_standard_and_full_text_votes(index):
+    index.add(DOCS)
+    query = "Who beat Kasparov at chess? How do bees cool the hive?"
+    named = index.search(query, k=3, strategy="segment-bm25")
+    selected = index.search(query, k=3, strategy="segment+spaces", spaces=["standard", "bm25"])
+    assert [h.id for h in named] == [h.id for h in selected]
+    assert [h.score for h in named] == pytest.approx([h.score for h in selected])
