@@ -256,7 +256,7 @@ class Index:
         version = self.store.committed_version
         if self._fulltext_seen != version:  # one look at the table's indexes per committed version
             self._fulltext_seen, self._fulltext_default = version, (
-                retrieve.DEFAULT_STRATEGY if fulltext.has_index(self.store.snapshot()) else settings.VECTOR_DEFAULT)
+                retrieve.DEFAULT_STRATEGY if self.store.reading(fulltext.has_index) else settings.VECTOR_DEFAULT)
         return self._fulltext_default
 
     def set_default_strategy(self, record: dict[str, Any] | None) -> None:
