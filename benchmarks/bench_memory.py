@@ -75,16 +75,44 @@ def measure(db: Path) -> dict[str, Any]:
             "search_ratio": round((searched - before) / size, 3), "load_s": round(load_s, 2)}
 
 
+def measure_ann(db: Path, searches: int) -> dict[str, Any]:
+    """In this (fresh) process: open an index that has ANN indexes, run `searches` ANN searches of
+    different queries, and report the resident set (the exact matrix is never loaded)."""
+    from bench_core import RandomQueryEmbedder, long_queries
+
+    from mrag.index import Index
+
+    index = Index.open(db, embedder=RandomQueryEmbedder())
+    gc.collect()
+    before = rss_mb()
+    reset_peak()
+    queries = long_queries(searches)
+    grown = []
+    for i, query in enumerate(queries):
+        index.search(query, k=10, strategy="mrag", exact=False)
+        if (i + 1) % max(searches // 4, 1) == 0:
+            grown.append(round(rss_mb() - before))
+    disk = sum(f.stat().st_size for f in db.rglob("*") if f.is_file()) / 2**20
+    return {"chunks": index.store.count(), "index_on_disk_mb": round(disk), "searches": searches,
+            "rss_open_mb": round(before), "rss_growth_mb_by_quarter": grown,
+            "peak_growth_mb": round(peak_rss() - before),
+            "matrix_mb_if_loaded": round(index.store.count() * 3120 / 2**20)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", default="100000,300000")
     parser.add_argument("--work", type=Path, default=Path("/tmp/mrag-mem"))
     parser.add_argument("--measure", type=Path, help=argparse.SUPPRESS)  # the child process's job
     parser.add_argument("--name", default="memory")
+    parser.add_argument("--ann", type=int, default=0, metavar="SEARCHES",
+                        help="instead: build the ANN indexes if missing, then the RSS of this many ANN searches")
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure(args.measure)))
+        print(json.dumps(measure_ann(args.measure, args.ann) if args.ann else measure(args.measure)))
         return
+    if args.ann:
+        return ann_memory(args)
     rows = []
     for n in (int(x) for x in args.rows.split(",")):
         db = args.work / f"db-{n}"
@@ -100,6 +128,32 @@ def main() -> None:
     table = markdown_table(rows, COLUMNS)
     write_results(args.name, {"machine": machine(), "rows": rows},
                   "# Memory of the exact-search matrix (fresh process per index)\n\n" + table)
+
+
+def ann_memory(args: argparse.Namespace) -> None:
+    rows = []
+    for n in (int(x) for x in args.rows.split(",")):
+        db = args.work / f"db-{n}"
+        from bench_core import RandomQueryEmbedder, build_synthetic
+
+        from mrag.index import Index
+
+        if not db.exists():
+            index, _ = build_synthetic(db, n)
+        else:
+            index = Index.open(db, embedder=RandomQueryEmbedder())
+        if not index.store.manifest.ann:
+            index.build_ann()
+        del index
+        child = subprocess.run([sys.executable, __file__, "--measure", str(db), "--ann", str(args.ann)],
+                               capture_output=True, text=True, check=True, cwd=Path(__file__).parent)
+        rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
+        print(rows[-1])
+    columns = ["chunks", "index_on_disk_mb", "searches", "rss_open_mb", "rss_growth_mb_by_quarter", "peak_growth_mb",
+               "matrix_mb_if_loaded"]
+    write_results(args.name, {"machine": machine(), "rows": rows},
+                  "# Resident memory of ANN searches (fresh process, exact matrix never loaded)\n\n"
+                  + markdown_table(rows, columns))
 
 
 if __name__ == "__main__":

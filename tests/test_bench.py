@@ -27,7 +27,7 @@ from mrag.evaluate.querygen import (
     quoted_words,
     salient_sentence,
 )
-from mrag.evaluate.tune import paired_gain, per_query, tune
+from mrag.evaluate.tune import EXTRACTIVE_NOTE, paired_gain, per_query, tune, uses_fulltext
 from mrag.generate.base import Generator, Message
 from mrag.settings import DEFAULT_STRATEGY
 
@@ -347,3 +347,22 @@ def test_extractive_is_deterministic(docs, tmp_path):
         build([docs], out, Extractive(list(DOCS.values())), ns=[1, 2, 3], per_n=3, seed=7)
     assert (a / "queries.jsonl").read_text() == (b / "queries.jsonl").read_text()
     assert bench_mod.DEFAULT_NS == (1, 2, 3, 4, 6)
+
+
+def test_uses_fulltext():
+    assert [uses_fulltext(s) for s in ("bm25", "hybrid", "segment+hybrid", "mrag-bm25", "segment-bm25")] == [True] * 5
+    assert [uses_fulltext(s) for s in ("mrag", "standard", "segment+standard", "mrag-paper")] == [False] * 4
+
+
+def test_tune_on_an_extractive_benchmark_leaves_full_text_rivals_out(docs, tmp_path, index):
+    out = tmp_path / "bench"
+    build([docs], out, Extractive(list(DOCS.values())), ns=[1, 2], per_n=4, seed=0)
+    index.add_paths([docs])
+    record = tune(index, out, save=False)
+    default = index.built_in_default()
+    assert default == DEFAULT_STRATEGY and default in record["candidates"]
+    assert not [s for s in record["candidates"] if s != default and uses_fulltext(s)]
+    assert "mrag" in record["candidates"] and "bm25" not in record["candidates"]
+    assert record["note"] == EXTRACTIVE_NOTE
+    chosen = tune(index, out, ["bm25", "mrag"], save=False)  # named candidates are compared as asked
+    assert set(chosen["candidates"]) == {"bm25", "mrag"} and "note" not in chosen

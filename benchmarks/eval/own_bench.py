@@ -26,8 +26,8 @@ from itertools import combinations
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parents[1] / "results" / "own-bench"
-STRATEGIES = ("standard,mrag,mrag-paper,mrag-std,mrag-decay,mrag-distance,split,split-weighted,"
-              "interleave+standard,interleave+mrag-paper,segment+standard,segment+mrag-paper")
+STRATEGIES = ("standard,mrag,mrag-bm25,segment-bm25,bm25,hybrid,mrag-paper,mrag-std,mrag-decay,mrag-distance,"
+              "split,split-weighted,interleave+standard,interleave+mrag-paper,segment+standard,segment+mrag-paper")
 
 
 def write_docs(datasets: Path, folder: Path) -> None:

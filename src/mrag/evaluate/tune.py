@@ -14,6 +14,7 @@ the paired per-query difference: a benchmark of 75 queries should not flip the d
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,26 @@ def candidates(chosen: Sequence[str] | None, default: str = settings.DEFAULT_STR
         if settings.parse_strategy(name).expand == "fusion":
             raise ValueError(f"{name} needs an LLM to write sub-queries at search time: it cannot be a default")
     return sorted(dict.fromkeys(names), key=lambda s: s != default)
+
+
+EXTRACTIVE_NOTE = ("an extractive benchmark's queries are its documents' rarest words, which full-text search finds "
+                   "by construction (bm25 0.98 there against 0.52 on the paper's own queries, same articles), so "
+                   "strategies with the full-text space were not candidates, the built-in default aside; "
+                   "a benchmark written by an LLM (--generator) can rank them")
+
+
+def writer_of(folder: Path) -> str | None:
+    """Who wrote a benchmark's queries, as its bench.json records (None: not made by mrag bench)."""
+    try:
+        return str(json.loads((folder / "bench.json").read_text(encoding="utf-8")).get("generator"))
+    except (OSError, ValueError):
+        return None
+
+
+def uses_fulltext(strategy: str) -> bool:
+    """Whether a strategy searches the full-text space (alone, in hybrid, or as a voter)."""
+    plan = settings.parse_strategy(strategy)
+    return plan.fulltext or plan.base in ("bm25", "hybrid")
 
 
 def row_units(index: Any, bench_dir: Path, units: set[str]) -> np.ndarray:
@@ -101,6 +122,10 @@ def tune(
     if not (folder / "corpus.jsonl").exists():
         raise FileNotFoundError(f"{folder} is not a benchmark folder (no corpus.jsonl): make one with mrag bench")
     names = candidates(strategies, index.built_in_default())
+    lexical_note = None
+    if strategies is None and writer_of(folder) == "extractive":
+        names = [s for s in names if s == names[0] or not uses_fulltext(s)]
+        lexical_note = EXTRACTIVE_NOTE
     bench = load_beir(folder)
     units = {d.unit for d in bench.docs}
     rows = row_units(index, folder, units)
@@ -142,7 +167,7 @@ def tune(
         "bench": str(folder.resolve()),
         "tuned_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "candidates": table,
-    }
+    } | ({"note": lexical_note} if lexical_note else {})
     if save:
         index.set_default_strategy(record)
     return record
