@@ -51,9 +51,10 @@ EXTRACTIVE_NOTE = ("an extractive benchmark's queries are its documents' rarest 
 def writer_of(folder: Path) -> str | None:
     """Who wrote a benchmark's queries, as its bench.json records (None: not made by mrag bench)."""
     try:
-        return str(json.loads((folder / "bench.json").read_text(encoding="utf-8")).get("generator"))
-    except (OSError, ValueError):
+        writer = json.loads((folder / "bench.json").read_text(encoding="utf-8")).get("generator")
+    except (OSError, ValueError, AttributeError):
         return None
+    return writer if isinstance(writer, str) else None
 
 
 def uses_fulltext(strategy: str) -> bool:
