@@ -16,6 +16,7 @@ from mrag.cli import cli
 from mrag.evaluate import bench as bench_mod
 from mrag.evaluate.bench import build, cluster_count, folder_groups, kmeans, plan, read_jsonl, touched
 from mrag.evaluate.datasets import load
+from mrag.evaluate.harness import uses_fulltext
 from mrag.evaluate.querygen import (
     Extractive,
     Written,
@@ -27,7 +28,7 @@ from mrag.evaluate.querygen import (
     quoted_words,
     salient_sentence,
 )
-from mrag.evaluate.tune import EXTRACTIVE_NOTE, paired_gain, per_query, tune, uses_fulltext
+from mrag.evaluate.tune import EXTRACTIVE_NOTE, paired_gain, per_query, tune
 from mrag.generate.base import Generator, Message
 from mrag.settings import DEFAULT_STRATEGY
 
@@ -350,8 +351,9 @@ def test_extractive_is_deterministic(docs, tmp_path):
 
 
 def test_uses_fulltext():
-    assert [uses_fulltext(s) for s in ("bm25", "hybrid", "segment+hybrid", "mrag-bm25", "segment-bm25")] == [True] * 5
-    assert [uses_fulltext(s) for s in ("mrag", "standard", "segment+standard", "mrag-paper")] == [False] * 4
+    full_text = ("bm25", "hybrid", "segment+hybrid", "mrag-bm25", "segment-bm25")
+    assert [uses_fulltext(s, None) for s in full_text] == [True] * 5
+    assert [uses_fulltext(s, None) for s in ("mrag", "standard", "segment+standard", "mrag-paper")] == [False] * 4
 
 
 def test_tune_on_an_extractive_benchmark_leaves_full_text_rivals_out(docs, tmp_path, index):
@@ -361,7 +363,7 @@ def test_tune_on_an_extractive_benchmark_leaves_full_text_rivals_out(docs, tmp_p
     record = tune(index, out, save=False)
     default = index.built_in_default()
     assert default == DEFAULT_STRATEGY and default in record["candidates"]
-    assert not [s for s in record["candidates"] if s != default and uses_fulltext(s)]
+    assert not [s for s in record["candidates"] if s != default and uses_fulltext(s, None)]
     assert "mrag" in record["candidates"] and "bm25" not in record["candidates"]
     assert record["note"] == EXTRACTIVE_NOTE
     chosen = tune(index, out, ["bm25", "mrag"], save=False)  # named candidates are compared as asked

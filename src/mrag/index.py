@@ -211,7 +211,7 @@ class Index:
         candidates: int | None = None,
     ) -> list[Hit]:
         """The top k chunks for a query; each hit carries the votes that put it there. `strategy`: None
-        is the index's default (`default_strategy`: what `mrag tune` recorded, else "mrag").
+        is the index's default (`default_strategy`: what `mrag tune` recorded, else `built_in_default`).
 
         `spaces` selects voters by name: "standard", "heads", "head:3", "split", or an external
         space's label (default: all of the strategy's spaces).

@@ -24,7 +24,7 @@ import numpy as np
 from mrag import settings
 from mrag.evaluate.bench import read_jsonl
 from mrag.evaluate.datasets import load_beir
-from mrag.evaluate.harness import Corpus, evaluate, summarize
+from mrag.evaluate.harness import Corpus, evaluate, summarize, uses_fulltext
 from mrag.evaluate.metrics import ranking_metrics
 from mrag.evaluate.run import DEFAULT_STRATEGIES
 
@@ -55,12 +55,6 @@ def writer_of(folder: Path) -> str | None:
     except (OSError, ValueError, AttributeError):
         return None
     return writer if isinstance(writer, str) else None
-
-
-def uses_fulltext(strategy: str) -> bool:
-    """Whether a strategy searches the full-text space (alone, in hybrid, or as a voter)."""
-    plan = settings.parse_strategy(strategy)
-    return plan.fulltext or plan.base in ("bm25", "hybrid")
 
 
 def row_units(index: Any, bench_dir: Path, units: set[str]) -> np.ndarray:
@@ -125,7 +119,7 @@ def tune(
     names = candidates(strategies, index.built_in_default())
     lexical_note = None
     if strategies is None and writer_of(folder) == "extractive":
-        names = [s for s in names if s == names[0] or not uses_fulltext(s)]
+        names = [s for s in names if s == names[0] or not uses_fulltext(s, None)]
         lexical_note = EXTRACTIVE_NOTE
     bench = load_beir(folder)
     units = {d.unit for d in bench.docs}
