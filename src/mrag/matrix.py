@@ -30,12 +30,14 @@ class Matrix:
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # external space -> (N, D_s) unit vectors
 
 
-def head_units(rows: pa.Table, n_heads: int, head_dim: int, packed: bool) -> np.ndarray:
-    """The rows' unit heads, head-major.  -> (H, N, d)"""
+def head_units(rows: pa.Table, n_heads: int, head_dim: int, packed: bool, out: np.ndarray | None = None) -> np.ndarray:
+    """The rows' unit heads, head-major, written into `out` when given (a view of a larger matrix).
+    -> (H, N, d)"""
     n, h, d = rows.num_rows, n_heads, head_dim
+    heads = np.empty((h, n, d), dtype=np.float32) if out is None else out
     if packed:  # format 1: (N, H*d) in one column
-        return np.ascontiguousarray(fixed(rows["heads"], n, h * d).reshape(n, h, d).transpose(1, 0, 2))
-    heads = np.empty((h, n, d), dtype=np.float32)
+        heads[:] = fixed(rows["heads"], n, h * d).reshape(n, h, d).transpose(1, 0, 2)
+        return heads
     for i in range(h):
         heads[i] = fixed(rows[head_column(i)], n, d)
     return heads
@@ -70,14 +72,6 @@ def release_free_memory() -> None:
         trim(0)
 
 
-def fill(out: np.ndarray, start: int, column: pa.Array) -> int:
-    """Copy one batch of a fixed-size-list column into out[start:start + len]; -> the rows copied."""
-    m = len(column)
-    values = column.flatten().to_numpy(zero_copy_only=False)  # float32 values of just this batch's rows
-    out[start:start + m] = values.reshape(m, -1)
-    return m
-
-
 def load_matrix(snapshot: Any, batches: Iterable[pa.RecordBatch], n: int, dim: int, n_heads: int, head_dim: int,
                 packed: bool, spaces: dict[str, int]) -> Matrix:
     """A matrix of the `n` rows streamed in `batches` (id and every vector column) from `snapshot`;
@@ -89,20 +83,14 @@ def load_matrix(snapshot: Any, batches: Iterable[pa.RecordBatch], n: int, dim: i
     extra = {name: np.empty((n, d), dtype=np.float32) for name, d in spaces.items()}
     start = 0
     for batch in batches:
-        m = batch.num_rows
+        rows, m = pa.Table.from_batches([batch]), batch.num_rows  # zero-copy: the row decoders take tables
         if start + m > n:
             raise ValueError(f"the table holds more rows than the {n} counted at its version")
-        ids[start:start + m] = batch.column("id").to_pylist()
-        fill(standard, start, batch.column("vector"))
-        if packed:  # format 1: (m, H*d) in one column
-            block = batch.column("heads").flatten().to_numpy(zero_copy_only=False).reshape(m, n_heads, head_dim)
-            heads[:, start:start + m] = block.transpose(1, 0, 2)
-        else:
-            for i in range(n_heads):
-                fill(heads[i], start, batch.column(head_column(i)))
+        ids[start:start + m] = rows["id"].to_pylist()
+        standard[start:start + m] = fixed(rows["vector"], m, dim)
+        head_units(rows, n_heads, head_dim, packed, out=heads[:, start:start + m])
         for name, out in extra.items():  # stored raw; search compares directions
-            fill(out, start, batch.column(space_column(name)))
-            out[start:start + m] = split_unit(out[start:start + m])[1]
+            out[start:start + m] = split_unit(fixed(rows[space_column(name)], m, out.shape[1]))[1]
         start += m
     if start != n:
         raise ValueError(f"read {start} rows of the {n} counted at the table's version")

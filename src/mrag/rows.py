@@ -80,7 +80,8 @@ def fixed(column: pa.ChunkedArray, n: int, width: int) -> np.ndarray:
     """A fixed-size-list column as a float32 matrix (n, width) without a Python loop."""
     if n == 0:
         return np.zeros((0, width), dtype=np.float32)
-    flat = pa.concat_arrays([c.flatten() for c in column.chunks]) if column.num_chunks else pa.array([])
+    chunks = [c.flatten() for c in column.chunks]
+    flat = chunks[0] if len(chunks) == 1 else pa.concat_arrays(chunks) if chunks else pa.array([])  # one chunk: no copy
     return np.asarray(flat.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(n, width)
 
 
