@@ -16,11 +16,20 @@ Two parts, one results file:
    end to end, batch 1 and 32, the configurations interleaved round by round so that the shared
    machine's load falls on all alike; p50/p99 per query and recall of the top 10 against exact.
 
+`--strategy` names the strategies studied (comma-separated; default `mrag`, the default the committed
+`ann-1m-real`/`ann-1m-synthetic` results measured). Each is compared with its own exact search; the
+re-scored candidates apply only to strategies where the heads vote. A strategy where the full-text space
+votes (`segment-bm25`, `mrag-bm25`, `hybrid`, `bm25`) needs the index's full-text index: the real rows carry
+their text and get one (built on the temporary index when missing); an existing synthetic index without one
+is refused (its text is synthetic anyway: time the strategy's vector part, e.g. `segment+standard`).
+
 Run: python benchmarks/bench_ann_1m.py [--embed] [--rows 1000000] [--db EXISTING_INDEX] [--rounds 2] [--quick]
+[--strategy mrag]
 Writes benchmarks/results/ann-1m-all.json and .md (quick: ann-1m-all-quick.*). The committed results came from
 `--skip synthetic --cache DIR --real-nprobes 3,8,20,40 --candidates 200,800 --name ann-1m-real` and
 `--skip real --db COPY_OF_bench_memory_1M_INDEX --queries 32 --rounds 2 --nprobes 20,60 --candidates 200,800
---name ann-1m-synthetic`; `ann-1m.md` is the summary written from both.
+--name ann-1m-synthetic`; `ann-1m.md` is the summary written from both. An existing index is only read
+(its ANN indexes are built only when it has none), so `--db` may name it directly when it has them.
 """
 
 from __future__ import annotations
@@ -30,6 +39,8 @@ import bz2
 import functools
 import json
 import math
+import os
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -41,15 +52,17 @@ from bench_scale import ClusteredEmbedder, queries
 from bench_scale import build as build_synthetic
 
 from mrag.index import Index
+from mrag.retrieve import fulltext
 from mrag.retrieve import strategies as retrieve
 from mrag.retrieve.ann import AnnRanker
 from mrag.retrieve.exact import Exact
+from mrag.retrieve.fulltext import FullTextRanker
 from mrag.retrieve.rescore import RescoreRanker
 from mrag.rows import build_rows, chunk_schema
 
 DATA = Path("/work/shared/datasets")
 CACHE = Path.home() / ".cache" / "mrag" / "bench-ann-1m"
-STRATEGY = "mrag"  # the default, segment+mrag-std
+STRATEGY = "mrag"  # the default --strategy: segment+mrag-std, the default the committed ann-1m results measured
 
 
 def real_texts(data: Path) -> list[str]:
@@ -84,8 +97,20 @@ def embed_real(data: Path, out: Path, step: int = 4096) -> None:
             print(f"embedded {first + step} of {len(texts)}", flush=True)
 
 
+def needs_fulltext(strategy: str) -> bool:
+    """Whether the full-text space votes in `strategy`."""
+    plan = retrieve.parse_strategy(strategy)
+    return plan.fulltext or plan.base in ("bm25", "hybrid")
+
+
+def rescored(strategy: str) -> bool:
+    """Whether the heads vote in `strategy`, so that re-scoring candidates in every space applies."""
+    return retrieve.parse_strategy(strategy).base not in ("standard", "spaces", "bm25", "hybrid")
+
+
 def real_queries(data: Path, out: Path) -> list[list[retrieve.QueryVectors]]:
-    """Every other benchmark query, cut into parts as `mrag` cuts it, as unit vectors (cached)."""
+    """Every other benchmark query, cut into parts as `mrag` cuts it (as every `segment+` strategy does),
+    as unit vectors with their text (vectors cached)."""
     path = out / "queries.npz"
     stories = [q["text"] for q in json.load(bz2.open(data / "wikipedia_queries_v1.json.bz2"))][::2]
     parts = [retrieve.query_parts(STRATEGY, s) or [s] for s in stories]
@@ -95,8 +120,8 @@ def real_queries(data: Path, out: Path) -> list[list[retrieve.QueryVectors]]:
         e = TransformerEmbedder().embed([p for ps in parts for p in ps], kind="query")
         np.savez(path, standard=e.standard, heads=e.heads)
     saved = np.load(path)
-    pairs = zip(saved["standard"], saved["heads"])
-    vectors = [retrieve.QueryVectors(retrieve.unit(s), retrieve.unit(h)) for s, h in pairs]
+    triples = zip(saved["standard"], saved["heads"], [p for ps in parts for p in ps])
+    vectors = [retrieve.QueryVectors(retrieve.unit(s), retrieve.unit(h), text=t) for s, h, t in triples]
     out_parts, start = [], 0
     for ps in parts:
         out_parts.append(vectors[start : start + len(ps)])
@@ -123,8 +148,8 @@ def build_real(path: Path, files: list[Path]) -> Index:
     return index
 
 
-def vote_ids(index: Index, ranker: Any, parts: list[retrieve.QueryVectors], ids: Any) -> list[str]:
-    result = retrieve.vote(STRATEGY, parts[0], 10, retrieve.DEFAULT_C, index.space_weights(), ranker,
+def vote_ids(index: Index, strategy: str, ranker: Any, parts: list[retrieve.QueryVectors], ids: Any) -> list[str]:
+    result = retrieve.vote(strategy, parts[0], 10, retrieve.DEFAULT_C, index.space_weights(), ranker,
                            index.store.n_heads, parts if len(parts) > 1 else None)
     names = ids() if callable(ids) else ids
     return [names[int(r)] for r in result.rows]
@@ -134,7 +159,7 @@ def recall(found: list[list[str]], exact: list[list[str]]) -> float:
     return round(float(np.mean([len(set(a) & set(e)) / max(1, len(e)) for a, e in zip(found, exact)])), 4)
 
 
-def real_part(data: Path, cache: Path, probes: list[int], pools: list[int]) -> dict[str, Any]:
+def real_part(data: Path, cache: Path, probes: list[int], pools: list[int], strategies: list[str]) -> dict[str, Any]:
     files = sorted(cache.glob("real-*.npz"))
     if not files:
         raise SystemExit(f"no real vectors in {cache}: run with --embed first")
@@ -142,27 +167,35 @@ def real_part(data: Path, cache: Path, probes: list[int], pools: list[int]) -> d
     with tempfile.TemporaryDirectory() as tmp:
         index = build_real(Path(tmp) / "db", files)
         n = index.store.count()
+        has_fulltext = "yes" if index.store.reading(fulltext.has_index) else "no"
+        if any(needs_fulltext(s) for s in strategies) and has_fulltext == "no":
+            has_fulltext = "built here" if index.maintain_fulltext(force=True) else "no"
         matrix = index.store.matrix()
-        exact_ranker = Exact(matrix.standard, matrix.heads)
-        exact = [vote_ids(index, exact_ranker, p, matrix.ids) for p in qs]
-        depth = standard_depth(matrix, qs, exact)
+        exact_ranker = FullTextRanker(Exact(matrix.standard, matrix.heads), matrix.table, ids=matrix.ids)
+        exact = {s: [vote_ids(index, s, exact_ranker, p, matrix.ids) for p in qs] for s in strategies}
+        depth = {s: standard_depth(matrix, qs, exact[s]) for s in strategies}
         index.build_ann("IVF_FLAT", 20)
         columns = {c.space: c.column for c in index.store.vector_columns(committed=True)}
         partitions = max(1, int(math.sqrt(n)))
         rows = []
-        for nprobes in probes:
-            for pool in [0, *pools]:
-                ranker = (RescoreRanker(index.store.snapshot(), columns, nprobes, pool) if pool
-                          else AnnRanker(index.store.snapshot(), columns, nprobes))
-                start = time.perf_counter()
-                found = [vote_ids(index, ranker, p, lambda r=ranker: r.ids) for p in qs]
-                ms = (time.perf_counter() - start) / len(qs) * 1e3
-                rows.append({"rows": n, "path": f"rescore, {pool} candidates/part" if pool else "one index per space",
-                             "nprobes": nprobes, "probed": f"{nprobes / partitions:.1%}",
-                             "recall@10": recall(found, exact), "mean_ms": round(ms, 1)})
-                print(rows[-1], flush=True)
+        for strategy in strategies:
+            for nprobes in probes:
+                for pool in [0, *(pools if rescored(strategy) else [])]:
+                    table = index.store.snapshot()
+                    inner = (RescoreRanker(table, columns, nprobes, pool) if pool
+                             else AnnRanker(table, columns, nprobes))
+                    ranker = FullTextRanker(inner, table, ann=inner)
+                    start = time.perf_counter()
+                    found = [vote_ids(index, strategy, ranker, p, lambda r=inner: r.ids) for p in qs]
+                    ms = (time.perf_counter() - start) / len(qs) * 1e3
+                    rows.append({"rows": n, "strategy": strategy,
+                                 "path": f"rescore, {pool} candidates/part" if pool else "one index per space",
+                                 "nprobes": nprobes, "probed": f"{nprobes / partitions:.1%}",
+                                 "recall@10": recall(found, exact[strategy]), "mean_ms": round(ms, 1)})
+                    print(rows[-1], flush=True)
     return {"rows": n, "queries": len(qs), "parts": sum(len(p) for p in qs), "partitions": partitions,
-            "table": rows, "standard_depth": depth}
+            "fulltext_index": has_fulltext, "table": rows,
+            "standard_depth": depth if len(strategies) > 1 else depth[strategies[0]]}
 
 
 def standard_depth(matrix: Any, qs: list[list[retrieve.QueryVectors]], exact: list[list[str]]) -> dict[str, Any]:
@@ -183,27 +216,36 @@ def standard_depth(matrix: Any, qs: list[list[retrieve.QueryVectors]], exact: li
 
 
 def synthetic_part(
-    n: int, n_queries: int, probes: list[int], pools: list[int], rounds: int, db: Path | None = None
+    n: int, n_queries: int, probes: list[int], pools: list[int], rounds: int, strategies: list[str],
+    db: Path | None = None,
 ) -> dict[str, Any]:
     texts = queries(n_queries)
-    configs: list[tuple[str, str, bool, int | None, int | None]] = [("exact", "standard", True, None, None),
-                                                                       ("exact", STRATEGY, True, None, None)]
+    configs: list[tuple[str, str, bool, int | None, int | None]] = [("exact", "standard", True, None, None)]
+    configs += [("exact", s, True, None, None) for s in strategies]
     for nprobes in probes:
-        configs += [("ANN", "standard", False, nprobes, None), ("ANN", STRATEGY, False, nprobes, 0)]
-        configs += [("ANN", STRATEGY, False, nprobes, pool) for pool in pools]
+        configs.append(("ANN", "standard", False, nprobes, None))
+        for strategy in strategies:
+            configs.append(("ANN", strategy, False, nprobes, 0))
+            configs += [("ANN", strategy, False, nprobes, pool) for pool in (pools if rescored(strategy) else [])]
     with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
         if db is None:
             index, _ = build_synthetic(Path(tmp) / "db", n, ClusteredEmbedder())
         else:  # an index built before (e.g. bench_memory.py's); its ANN indexes are built once
             index = Index.open(db, embedder=ClusteredEmbedder())
             n = index.store.count()
+        has_fulltext = index.store.reading(fulltext.has_index)
+        if not has_fulltext and any(needs_fulltext(s) for s in strategies):
+            if db is not None:
+                raise SystemExit(f"{db} has no full-text index: time the vector part of {strategies} instead")
+            index.maintain_fulltext(force=True)  # the synthetic rows' text: "synthetic chunk N"
+            has_fulltext = True
         if not index.store.manifest.ann:
             start = time.perf_counter()
             index.build_ann("IVF_FLAT", progress=lambda c: print("indexed", c, round(time.perf_counter() - start)))
         index.store.matrix()
         print(f"built {n} rows", flush=True)
         exact = {s: [[h.id for h in hits] for hits in index.search_many(texts, 10, s, exact=True)]
-                 for s in ("standard", STRATEGY)}
+                 for s in ("standard", *strategies)}
         times: dict[tuple[Any, ...], dict[int, list[float]]] = {cfg: {1: [], 32: []} for cfg in configs}
         for _ in range(rounds):
             for cfg in configs:
@@ -226,15 +268,16 @@ def synthetic_part(
                              "settings": "" if is_exact else f"nprobes {nprobes}" + (f", {pool} cand." if pool else ""),
                              "batch": batch, **percentiles_ms(times[cfg][batch]),
                              "recall@10 (synthetic)": recall(found, exact[strategy])})
-        exact_p50 = {b: next(r["p50_ms"] for r in rows if r["strategy"] == STRATEGY and r["path"] == "exact scan"
-                             and r["batch"] == b) for b in (1, 32)}
+        exact_p50 = {(s, b): next(r["p50_ms"] for r in rows if r["strategy"] == s and r["path"] == "exact scan"
+                                  and r["batch"] == b) for s in strategies for b in (1, 32)}
         for r in rows:
             std = next(x["p50_ms"] for x in rows if x["strategy"] == "standard" and x["batch"] == r["batch"]
                        and x["settings"].split(",")[0] == r["settings"].split(",")[0])
             r["vs standard"] = round(r["p50_ms"] / std, 2)
-            r["speedup vs exact mrag"] = round(exact_p50[r["batch"]] / r["p50_ms"], 2)
+            for s in strategies:
+                r[f"speedup vs exact {s}"] = round(exact_p50[s, r["batch"]] / r["p50_ms"], 2)
             print(r, flush=True)
-    return {"rows": rows, "rounds": rounds, "queries": n_queries}
+    return {"rows": rows, "rounds": rounds, "queries": n_queries, "fulltext_index": has_fulltext}
 
 
 def main() -> None:
@@ -249,8 +292,10 @@ def main() -> None:
     parser.add_argument("--real-nprobes", default="2,4,10,20")
     parser.add_argument("--candidates", default="100,200,400")
     parser.add_argument("--skip", choices=["real", "synthetic"], default=None)
-    parser.add_argument("--db", type=Path, default=None, help="time an existing index (a copy: ANN indexes are added)")
+    parser.add_argument("--db", type=Path, default=None,
+                        help="time an existing index (only read; ANN indexes are built into it when it has none)")
     parser.add_argument("--name", default="ann-1m-all")
+    parser.add_argument("--strategy", default=STRATEGY, help="the strategies studied, comma-separated")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
@@ -258,26 +303,38 @@ def main() -> None:
     if args.embed:
         embed_real(args.data, args.cache)
     pools = [int(p) for p in args.candidates.split(",")]
-    result: dict[str, Any] = {"machine": machine()}
+    strategies = [retrieve.check_strategy(s.strip()) for s in args.strategy.split(",") if s.strip()]
+    started = time.perf_counter()
+    result: dict[str, Any] = {"machine": machine(), "strategies": strategies,
+                              "command": " ".join(["python", "benchmarks/bench_ann_1m.py", *sys.argv[1:]]),
+                              "load_average": {"start": [round(x, 2) for x in os.getloadavg()]}}
     if args.skip != "real":
-        result["real"] = real_part(args.data, args.cache, [int(p) for p in args.real_nprobes.split(",")], pools)
+        result["real"] = real_part(args.data, args.cache, [int(p) for p in args.real_nprobes.split(",")], pools,
+                                   strategies)
     if args.skip != "synthetic":
         result["synthetic"] = synthetic_part(args.rows, args.queries, [int(p) for p in args.nprobes.split(",")],
-                                             pools, args.rounds, args.db)
-    md = ["# The ANN path at 1M: per-space indexes vs candidates re-scored (IVF_FLAT, k=10, c=32)\n",
-          f"machine: {result['machine']}\n"]
+                                             pools, args.rounds, strategies, args.db)
+    result["load_average"]["end"] = [round(x, 2) for x in os.getloadavg()]
+    result["wall_s"] = round(time.perf_counter() - started)
+    md = [f"# The ANN path at 1M: {', '.join(strategies)} (IVF_FLAT, k=10, c=32)\n",
+          f"command: `{result['command']}`\n",
+          f"machine: {result['machine']}; load average (1, 5, 15 min) at the start {result['load_average']['start']}, "
+          f"at the end {result['load_average']['end']}; {result['wall_s']} s\n"]
     if "real" in result:
         real = result["real"]
-        md += [f"## Recall of the default's top 10 vs exact, real MiniLM rows ({real['rows']} rows, "
-               f"{real['partitions']} partitions, {real['queries']} queries, {real['parts']} parts)\n",
-               markdown_table(real["table"], ["rows", "path", "nprobes", "probed", "recall@10", "mean_ms"]), "",
-               "Best standard-space rank (over the query's parts) of the exact default's top-10 rows: "
+        md += [f"## Recall of the top 10 vs the same strategy's exact search, real MiniLM rows ({real['rows']} rows, "
+               f"{real['partitions']} partitions, {real['queries']} queries, {real['parts']} parts; "
+               f"full-text index: {real['fulltext_index']})\n",
+               markdown_table(real["table"], ["rows", "strategy", "path", "nprobes", "probed", "recall@10",
+                                              "mean_ms"]), "",
+               "Best standard-space rank (over the query's parts) of the exact top-10 rows: "
                f"{json.dumps(real['standard_depth'])}", ""]
     if "synthetic" in result:
-        md += [f"## Speed at {args.rows} synthetic rows ({args.queries} queries x {args.rounds} interleaved rounds)\n",
+        md += [f"## Speed at {args.rows} synthetic rows ({args.queries} queries x {args.rounds} interleaved rounds; "
+               f"full-text index: {result['synthetic']['fulltext_index']})\n",
                markdown_table(result["synthetic"]["rows"], ["rows", "strategy", "path", "settings", "batch", "p50_ms",
                                                             "p99_ms", "n", "recall@10 (synthetic)", "vs standard",
-                                                            "speedup vs exact mrag"])]
+                                                            *(f"speedup vs exact {s}" for s in strategies)])]
     write_results(args.name, result, "\n".join(md))
 
 

@@ -12,6 +12,10 @@ makes the bf16 copy of the heads). Reported against the matrix's own bytes (stan
 
 Run: python benchmarks/bench_memory.py [--rows 100000,300000] [--work /tmp/mrag-mem]
 Target (issue 17): load and peak within 1.3x of the matrix's size.
+
+`--ann SEARCHES --index-cache-mb 256,1024,0`: instead, the resident set of ANN searches (the matrix is
+never loaded) with LanceDB's index cache bounded by MRAG_INDEX_CACHE_MB (0: LanceDB's default, 6 GiB),
+and their latency (p50 after the first 8 searches; 2 shared cores).
 """
 
 from __future__ import annotations
@@ -19,8 +23,11 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
+import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +52,6 @@ def peak_rss() -> float:
 
 def measure(db: Path) -> dict[str, Any]:
     """In this (fresh) process: open the index, load its matrix, search once."""
-    import time
-
     from bench_core import RandomQueryEmbedder
 
     from mrag.index import Index
@@ -75,7 +80,7 @@ def measure(db: Path) -> dict[str, Any]:
             "search_ratio": round((searched - before) / size, 3), "load_s": round(load_s, 2)}
 
 
-def measure_ann(db: Path, searches: int) -> dict[str, Any]:
+def measure_ann(db: Path, searches: int, strategy: str = "mrag") -> dict[str, Any]:
     """In this (fresh) process: open an index that has ANN indexes, run `searches` ANN searches of
     different queries, and report the resident set (the exact matrix is never loaded)."""
     from bench_core import RandomQueryEmbedder, long_queries
@@ -87,16 +92,21 @@ def measure_ann(db: Path, searches: int) -> dict[str, Any]:
     before = rss_mb()
     reset_peak()
     queries = long_queries(searches)
-    grown = []
+    grown, took = [], []
     for i, query in enumerate(queries):
-        index.search(query, k=10, strategy="mrag", exact=False)
+        start = time.perf_counter()
+        index.search(query, k=10, strategy=strategy, exact=False)
+        took.append(time.perf_counter() - start)
         if (i + 1) % max(searches // 4, 1) == 0:
             grown.append(round(rss_mb() - before))
     disk = sum(f.stat().st_size for f in db.rglob("*") if f.is_file()) / 2**20
-    return {"chunks": index.store.count(), "index_on_disk_mb": round(disk), "searches": searches,
+    return {"chunks": index.store.count(), "strategy": strategy,
+            "index_cache_mb": int(os.environ.get("MRAG_INDEX_CACHE_MB", 0)),
+            "index_on_disk_mb": round(disk), "searches": searches,
             "rss_open_mb": round(before), "rss_growth_mb_by_quarter": grown,
             "peak_growth_mb": round(peak_rss() - before),
-            "matrix_mb_if_loaded": round(index.store.count() * 3120 / 2**20)}
+            "matrix_mb_if_loaded": round(index.store.count() * 3120 / 2**20),
+            "p50_ms_after_8": round(1000 * statistics.median(took[8:] or took), 1)}
 
 
 def main() -> None:
@@ -107,9 +117,11 @@ def main() -> None:
     parser.add_argument("--name", default="memory")
     parser.add_argument("--ann", type=int, default=0, metavar="SEARCHES",
                         help="instead: build the ANN indexes if missing, then the RSS of this many ANN searches")
+    parser.add_argument("--index-cache-mb", default="0", help="with --ann: MRAG_INDEX_CACHE_MB values (0: default)")
+    parser.add_argument("--strategy", default="mrag", help="with --ann: the strategy searched")
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure_ann(args.measure, args.ann) if args.ann else measure(args.measure)))
+        print(json.dumps(measure_ann(args.measure, args.ann, args.strategy) if args.ann else measure(args.measure)))
         return
     if args.ann:
         return ann_memory(args)
@@ -145,12 +157,16 @@ def ann_memory(args: argparse.Namespace) -> None:
         if not index.store.manifest.ann:
             index.build_ann()
         del index
-        child = subprocess.run([sys.executable, __file__, "--measure", str(db), "--ann", str(args.ann)],
-                               capture_output=True, text=True, check=True, cwd=Path(__file__).parent)
-        rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
-        print(rows[-1])
-    columns = ["chunks", "index_on_disk_mb", "searches", "rss_open_mb", "rss_growth_mb_by_quarter", "peak_growth_mb",
-               "matrix_mb_if_loaded"]
+        for cache in (int(x) for x in args.index_cache_mb.split(",")):
+            env = {k: v for k, v in os.environ.items() if k != "MRAG_INDEX_CACHE_MB"}
+            env |= {"MRAG_INDEX_CACHE_MB": str(cache)} if cache else {}
+            child = subprocess.run([sys.executable, __file__, "--measure", str(db), "--ann", str(args.ann),
+                                    "--strategy", args.strategy],
+                                   capture_output=True, text=True, check=True, cwd=Path(__file__).parent, env=env)
+            rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
+            print(rows[-1])
+    columns = ["chunks", "strategy", "index_cache_mb", "index_on_disk_mb", "searches", "rss_open_mb",
+               "rss_growth_mb_by_quarter", "peak_growth_mb", "matrix_mb_if_loaded", "p50_ms_after_8"]
     write_results(args.name, {"machine": machine(), "rows": rows},
                   "# Resident memory of ANN searches (fresh process, exact matrix never loaded)\n\n"
                   + markdown_table(rows, columns))

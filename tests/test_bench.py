@@ -291,7 +291,7 @@ def test_tune_records_a_default_that_search_and_info_use(docs, tmp_path, index):
     out = tmp_path / "bench"
     build([docs], out, Extractive(list(DOCS.values())), ns=[1, 2], per_n=6, seed=0)
     index.add_paths([docs])
-    assert index.default_strategy == DEFAULT_STRATEGY == "mrag-bm25"  # the index has its full-text index
+    assert index.default_strategy == DEFAULT_STRATEGY == "segment-bm25"  # the index has its full-text index
     assert index.info()["default_strategy"] == {"strategy": DEFAULT_STRATEGY, "source": "built-in"}
     record = tune(index, out, ["mrag", "standard", "segment+standard"])
     assert record["documents_found"] == "6 of 6" and record["queries"]["single_aspect"] == 6

@@ -101,7 +101,11 @@ def test_search_strategies_explain_and_plain(db, corpus):
     two_questions = "Who built the chess computer, and how do bees cool the hive?"
     (hit,) = lines(mrag("search", two_questions, "--db", db, "-k", "1", "--explain"))
     assert set(hit) == HIT_KEYS | {"votes"}
-    # the default strategy on two questions: per question, the 12 heads, the standard and full-text spaces vote
+    # the default strategy on two questions: per question, the standard and full-text spaces vote
+    assert {v["space"] for v in hit["votes"]} <= {"standard", "bm25"}
+    assert sum(v["weight"] for v in hit["votes"]) == pytest.approx(hit["score"])
+    # `mrag-bm25`: the 12 heads vote too
+    (hit,) = lines(mrag("search", two_questions, "--db", db, "-k", "1", "--explain", "-s", "mrag-bm25"))
     spaces = {v["space"] for v in hit["votes"]}
     assert spaces <= {f"head:{i}" for i in range(12)} | {"standard", "bm25"}
     assert len(spaces - {"standard", "bm25"}) >= 6

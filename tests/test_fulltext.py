@@ -67,7 +67,7 @@ def test_an_index_without_a_full_text_index_says_how_to_build_one(index):
     assert ids(index.search("chess", k=1)) == ids(index.search("chess", k=1, strategy="mrag"))
     index.optimize()
     assert ids(index.search("Kasparov", k=1, strategy="bm25")) == ["chess"]
-    assert index.default_strategy == retrieve.DEFAULT_STRATEGY == "mrag-bm25"
+    assert index.default_strategy == retrieve.DEFAULT_STRATEGY == "segment-bm25"
 
 
 def test_adding_a_space_rewrites_the_table_and_the_full_text_index_is_rebuilt(index):
@@ -96,26 +96,40 @@ class Lists:
 
 
 def test_the_full_text_vote_by_hand():
-    """One-part query: the standard vector ranks rows 2, 0, 1 and BM25 rows 0, 3. In `mrag-bm25` each
-    votes w * 2**-rank with the standard vector's weight w = 0.5: row 0 gets 0.25 + 0.5, row 2 0.5,
-    row 3 0.25, row 1 0.125. In `hybrid` each votes 1 / (60 + rank), rank from 1."""
+    """One-part query, lists k = 4 deep: the standard vector ranks rows 2, 0, 1 (similarities 1, 0.75,
+    0.5) and BM25 rows 0, 3 (scores 1, 0.5; its two empty slots count 0: rows matching no query word).
+    Their scores are fused as z-scores shifted to 0 at each list's lowest slot: standard sqrt(6),
+    sqrt(1.5), 0 (mean 0.75, sd sqrt(1 / 24)); BM25 8 / sqrt(11), 4 / sqrt(11) (mean 3/8, sd sqrt(11) / 8).
+    Row 0 gets sqrt(1.5) + 8 / sqrt(11), row 2 sqrt(6), row 3 4 / sqrt(11), row 1 0 (`mrag-bm25` and
+    the default `segment-bm25` alike). In `hybrid` each votes 1 / (60 + rank), rank from 1."""
     scales = {"heads": np.array([1.0, 1.0]), "split": np.ones(2), "standard": np.array([0.5])}
     ranker = Lists({"standard": [2, 0, 1], retrieve.FULLTEXT: [0, 3], "head:0": [1], "head:1": [1]})
     q = retrieve.QueryVectors(np.zeros(4), np.zeros((2, 2)), text="q")
-    mine = retrieve.vote("mrag-bm25", q, 4, 3, scales, ranker, 2)
-    assert mine.rows.tolist() == [0, 2, 3, 1]
-    np.testing.assert_allclose(mine.scores, [0.75, 0.5, 0.25, 0.125])
-    assert mine.votes[0] == [{"space": "standard", "rank": 1, "weight": 0.25},
-                             {"space": "bm25", "rank": 0, "weight": 0.5}]
+    for strategy in ("mrag-bm25", "segment-bm25"):
+        mine = retrieve.vote(strategy, q, 4, 3, scales, ranker, 2)
+        assert mine.rows.tolist() == [0, 2, 3, 1]
+        np.testing.assert_allclose(mine.scores, [1.5 ** 0.5 + 8 / 11 ** 0.5, 6 ** 0.5, 4 / 11 ** 0.5, 0.0])
+        assert mine.votes[0] == [{"space": "standard", "rank": 1, "weight": pytest.approx(1.5 ** 0.5)},
+                                 {"space": "bm25", "rank": 0, "weight": pytest.approx(8 / 11 ** 0.5)}]
     hybrid = retrieve.vote("hybrid", q, 4, 3, scales, ranker, 2)
     assert hybrid.rows.tolist() == [0, 2, 3, 1]
     np.testing.assert_allclose(hybrid.scores, [1 / 62 + 1 / 61, 1 / 61, 1 / 62, 1 / 63])
-    # `mrag` leaves BM25 out; `mrag-std` lets it vote beside the heads only when named
+    # `mrag` leaves BM25 out; `mrag-std` lets it vote beside the heads only when named, by rank
     assert retrieve.vote("mrag", q, 4, 3, scales, ranker, 2).rows.tolist() == [2, 0, 1]
     named = retrieve.vote("mrag-std", q, 4, 3, scales, ranker, 2, select=["heads", "bm25"])
     assert named.rows.tolist() == [1, 0, 3]  # heads 1 + 1 for row 1, BM25 0.5 and 0.25 for rows 0 and 3
     bm25 = retrieve.vote("bm25", q, 4, 3, scales, ranker, 2)
     assert bm25.rows.tolist() == [0, 3] and bm25.votes[0][0]["space"] == "bm25"
+    # a query of several parts, lists c = 3 deep: in `segment-bm25` each part fuses z-scores (standard and
+    # BM25 alike sqrt(6), sqrt(1.5), 0 here: row 0 first in both parts); in `mrag-bm25` each part votes by
+    # rank, w * 2**-rank (row 0: 0.25 + 0.5)
+    parts = [q, retrieve.QueryVectors(np.zeros(4), np.zeros((2, 2)), text="r")]
+    several = retrieve.vote("segment-bm25", q, 2, 3, scales, ranker, 2, parts=parts)
+    assert several.rows.tolist() == [0, 2]
+    assert several.votes[0] == [{"space": "standard", "rank": 1, "weight": pytest.approx(1.5 ** 0.5), "part": 0},
+                                {"space": "bm25", "rank": 0, "weight": pytest.approx(6 ** 0.5), "part": 0}]
+    heads = retrieve.vote("mrag-bm25", q, 2, 3, scales, ranker, 2, parts=parts)
+    assert {"space": "bm25", "rank": 0, "weight": 0.5, "part": 0} in heads.votes[heads.rows.tolist().index(0)]
 
 
 def test_bm25_and_hybrid_rank_as_lancedb_does(index, fake):
@@ -248,6 +262,12 @@ def test_segment_bm25_is_segmented_standard_and_full_text_votes(index):
     index.add(DOCS)
     query = "Who beat Kasparov at chess? How do bees cool the hive?"
     named = index.search(query, k=3, strategy="segment-bm25")
+    # each question's first choice comes first, chosen by the standard vector and BM25 alone
+    assert {h.doc_id for h in named[:2]} == {"chess", "bees"}
+    assert {v["space"] for h in named for v in h.votes} == {"standard", "bm25"}
+    for hit in named:  # a hit's score is the fused z-scores of the part that ranked it best
+        assert hit.score == pytest.approx(sum(v["weight"] for v in hit.votes))
+    # the same voters by rank (`segment+spaces` with them) find the same rows, scored otherwise
     selected = index.search(query, k=3, strategy="segment+spaces", spaces=["standard", "bm25"])
-    assert [h.id for h in named] == [h.id for h in selected]
-    assert [h.score for h in named] == pytest.approx([h.score for h in selected])
+    assert {h.doc_id for h in selected[:2]} == {"chess", "bees"}
+    assert [h.score for h in named] != pytest.approx([h.score for h in selected])

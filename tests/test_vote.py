@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mrag.vote import RRF_K, Vote, consensus, fuse, interleave, rank_weights, rrf_weights
+from mrag.vote import RRF_K, Vote, consensus, fuse, interleave, rank_weights, rrf_weights, zscore_weights
 
 
 def test_mrag_vote_by_hand():
@@ -153,3 +153,20 @@ def test_consensus_by_hand():
     assert consensus([np.array([-1, 6]), np.array([6])], np.array([1.0, 0.2]), 2).tolist() == [6]  # -1: no item
     with pytest.raises(ValueError):
         consensus(lists, scores, 0)
+
+
+def test_zscore_weights_by_hand():
+    """Standard similarities 0.9, 0.8, 0.7: mean 0.8, sd sqrt(0.02 / 3), z 1.22, 0, -1.22, shifted to
+    2.45, 1.22, 0. BM25 scores 3, 1 and an empty slot counting 0: mean 4/3, sd sqrt(42) / sqrt(27),
+    z 1.34, -0.27, -1.07, shifted to 2.40, 0.80 (the empty slot weighs 0)."""
+    ranking = np.array([[2, 0, 1], [0, 3, -1]])
+    scores = np.array([[0.9, 0.8, 0.7], [3.0, 1.0, -np.inf]])
+    w = zscore_weights(ranking, scores, np.array([np.nan, 0.0]))
+    sd = (42 / 27) ** 0.5
+    np.testing.assert_allclose(w, [[1.5 ** 0.5 * 2, 1.5 ** 0.5, 0], [3 / sd, 1 / sd, 0]])
+    assert fuse(ranking, w, 4).ids.tolist() == [0, 2, 3, 1]  # 1.22 + 2.41, 2.45, 0.80, 0
+    # without the empty slot's 0 the BM25 list is two rows: z +1 / -1
+    np.testing.assert_allclose(zscore_weights(ranking, scores, np.array([np.nan, np.nan]))[1], [2, 0, 0])
+    # a list whose slots all score alike adds nothing; so does a list of one row
+    assert zscore_weights(np.array([[4, 5]]), np.array([[0.5, 0.5]]), np.array([np.nan])).tolist() == [[0, 0]]
+    assert zscore_weights(np.array([[4, -1]]), np.array([[0.5, -np.inf]]), np.array([np.nan])).tolist() == [[0, 0]]

@@ -6,7 +6,12 @@ Every query goes to one of two halves by a hash of its id: `tune` and `held-out`
 fitted (the full-text weight is a rule), but a variant is picked on the `tune` half only, and the
 `held-out` numbers say whether the pick holds. Writes summary.json and table.md.
 
-Run: python benchmarks/eval/fulltext.py DATASETS_DIR OUT_DIR [CACHE_DIR]
+`NAME=DIR` arguments add benchmarks made by `mrag bench` (BEIR folders with n >= 2 and n = 1 queries):
+a second table shows them. `[rank votes]` rows use the rank votes w * 2**-rank of the standard vector
+and BM25 wherever the strategy fuses z-scores (one-part queries; every part in `segment-bm25`): the rule
+before the z-score fusion.
+
+Run: python benchmarks/eval/fulltext.py DATASETS_DIR OUT_DIR [--cache DIR] [NAME=BENCH_DIR ...]
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import numpy as np  # noqa: E402
 from mrag.evaluate.datasets import load  # noqa: E402
 from mrag.evaluate.harness import embed_corpus, evaluate, summarize  # noqa: E402
 from mrag.evaluate.metrics import ranking_metrics  # noqa: E402
+from mrag.retrieve import strategies  # noqa: E402
 from mrag.settings import FULLTEXT  # noqa: E402
 
 STRATEGIES = [
@@ -35,14 +41,27 @@ STRATEGIES = [
     "segment+bm25", "segment+hybrid",  # the same per sentence, merged like mrag's parts
     "segment+spaces@standard+bm25",  # segment+standard with BM25 voting beside the standard vector
     "mrag-std@heads+standard+bm25",  # the heads' vote with BM25, whole query
-    "mrag-bm25",  # the default with BM25 voting in every part and beside standard on one-part queries
+    "mrag-bm25",  # the heads with BM25 voting in every part; standard and BM25 fused on one-part queries
+    "segment-bm25",  # the default: per part, the standard vector's and BM25's z-scores fused
 ]
 HALVES = ("tune", "held-out")
 # another weight rule that needs no tuning, for the strategies where BM25 votes beside the heads: the
 # full-text side weighs as much as all vector voters together (the product's rule: the standard vector's)
 RULES = {"w=sum": lambda scales: float(scales["heads"].sum() + scales["standard"][0])}
 RULE_STRATEGIES = ["mrag-bm25", "mrag-std@heads+standard+bm25"]
-NAMES = STRATEGIES + [f"{s} [{rule}]" for rule in RULES for s in RULE_STRATEGIES]
+RANK_VOTES = ["mrag-bm25", "segment-bm25"]  # also measured with one-part queries ranked by rank votes
+NAMES = (STRATEGIES + [f"{s} [{rule}]" for rule in RULES for s in RULE_STRATEGIES]
+         + [f"{s} [rank votes]" for s in RANK_VOTES])
+
+
+def with_rank_votes(bench: Any, embedded: Any) -> list[dict[str, Any]]:
+    """RANK_VOTES' records with rank votes wherever they fuse z-scores."""
+    tally = strategies._tally
+    strategies._tally = lambda how, *rest: tally("mrag-std" if how == "zscore" else how, *rest)  # type: ignore
+    try:
+        return [r | {"strategy": f"{r['strategy']} [rank votes]"} for r in evaluate(bench, embedded, RANK_VOTES)]
+    finally:
+        strategies._tally = tally  # type: ignore[assignment]
 
 
 def half(query_id: str) -> str:
@@ -90,12 +109,34 @@ def table(results: dict[str, Any]) -> str:
     lines += ["", "Queries (single-aspect rows): " + json.dumps(counts),
               "Multi-aspect queries: " + json.dumps({h: wiki[h]["multi"]["standard"]["queries"]
                                                      for h in (*HALVES, "all")}), ""]
+    made = [s for s in results if s not in ("wikipedia-v1", "titles", "snippets")]
+    if made:
+        lines += ["Benchmarks made by `mrag bench` (all queries): n >= 2 doc / category at k = n; n = 1 MRR@10 (hit@1)",
+                  "", "| strategy | " + " | ".join(f"{s} n>=2 | {s} n=1" for s in made) + " |",
+                  "|---" * (1 + 2 * len(made)) + "|"]
+        for strategy in NAMES:
+            cells = [strategy]
+            for name in made:
+                m, r = results[name]["all"]["multi"].get(strategy, {}), results[name]["all"]["single"].get(strategy, {})
+                cells += [f"{m.get('doc', float('nan')):.3f} / {m.get('category', float('nan')):.3f}",
+                          f"{r.get('mrr@10', float('nan')):.3f} ({r.get('hit@1', float('nan')):.3f})"]
+            lines.append("| " + " | ".join(cells) + " |")
+        lines += ["", "Queries: " + json.dumps({s: {"n>=2": results[s]["all"]["multi"]["standard"]["queries"],
+                                                   "n=1": results[s]["all"]["single"]["standard"]["queries"]}
+                                               for s in made}), ""]
     return "\n".join(lines)
 
 
 def main() -> None:
-    data, out = Path(sys.argv[1]), Path(sys.argv[2])
-    cache = Path(sys.argv[3]) if len(sys.argv) > 3 else Path.home() / ".cache" / "mrag" / "eval"
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data", type=Path)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("benches", nargs="*", metavar="NAME=BENCH_DIR")
+    parser.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "mrag" / "eval")
+    args = parser.parse_args()
+    data, out, cache = args.data, args.out, args.cache
     from mrag.embed.transformer import TransformerEmbedder
 
     embedder = TransformerEmbedder(None, layer=-1, device="cpu")
@@ -104,6 +145,7 @@ def main() -> None:
     made = Path(tempfile.mkdtemp(prefix="mrag-single-"))
     subprocess.run([sys.executable, str(ROOT / "benchmarks/eval/single_aspect.py"), str(data), str(made)], check=True)
     sets |= {"titles": (made / "titles", None, False), "snippets": (made / "snippets", None, False)}
+    sets |= {b.split("=", 1)[0]: (Path(b.split("=", 1)[1]), None, True) for b in args.benches}
     results: dict[str, Any] = {}
     for name, (corpus, queries, multi) in sets.items():
         bench = load(corpus, queries)
@@ -117,6 +159,7 @@ def main() -> None:
             records += [r | {"strategy": f"{r['strategy']} [{rule}]"}
                         for r in evaluate(bench, embedded, RULE_STRATEGIES)]
             embedded.index.space_weights = weights  # type: ignore[method-assign]
+        records += with_rank_votes(bench, embedded)
         results[name] = score(bench, records, multi)
         print(name, json.dumps(results[name]["all"], indent=1)[:2000], flush=True)
     out.mkdir(parents=True, exist_ok=True)

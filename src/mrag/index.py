@@ -246,13 +246,13 @@ class Index:
     @property
     def default_strategy(self) -> str:
         """The strategy used when none is named: the one `mrag tune` recorded here, else the built-in one
-        (`mrag-bm25`; `mrag` on an index that has no full-text index yet: `mrag optimize` builds one)."""
+        (`segment-bm25`; `mrag` on an index that has no full-text index yet: `mrag optimize` builds one)."""
         self.store.refresh()
         recorded = (self.store.manifest.default_strategy or {}).get("strategy")
         return str(recorded) if recorded else self.built_in_default()
 
     def built_in_default(self) -> str:
-        """`mrag-bm25`, or `mrag` while this index has no full-text index (one written by an older mrag)."""
+        """`segment-bm25`, or `mrag` while this index has no full-text index (one written by an older mrag)."""
         version = self.store.committed_version
         if self._fulltext_seen != version:  # one look at the table's indexes per committed version
             self._fulltext_seen, self._fulltext_default = version, (

@@ -12,9 +12,10 @@ BASE_STRATEGIES = (
 MODIFIERS = {"segment+": ("sentences", 1), "interleave+": ("round-robin", 2)}
 EXTRA_SPACE_STRATEGIES = ("mrag-std", "spaces")  # the base strategies where external spaces vote
 FUSION = {"fusion": "standard", "mrag-fusion": "mrag-std"}  # over sub-queries, reciprocal rank fusion
-# the default: the heads, the standard vector and the full-text space vote per query part; it measured
-# best on multi- and single-aspect sets together, held-out halves included (benchmarks/results/eval/fulltext/)
-DEFAULT_STRATEGY = "mrag-bm25"
+# the default: the standard vector and the full-text space vote per query part; it measured best on multi-
+# and single-aspect sets together, held-out halves included (benchmarks/results/eval/fulltext/): with the
+# packaged MiniLM the heads' votes lowered it on every set (`mrag-bm25` keeps them; `mrag tune` compares both)
+DEFAULT_STRATEGY = "segment-bm25"
 VECTOR_DEFAULT = "mrag"  # the default of an index without a full-text index (written before mrag had one)
 FULLTEXT = "bm25"  # the full-text space's voter name (`mrag.retrieve.fulltext`): LanceDB's BM25 index on the text
 DEFAULT_C = 32
@@ -26,16 +27,19 @@ class Plan:
     expand: str | None = None  # None, "segment+", "interleave+" or "fusion"
     one_part: str | None = None  # the voter that alone ranks a query of one part (None: the base's voters)
     fulltext: bool = False  # the full-text space votes too (and beside `one_part` on a query of one part)
+    zscores: bool = False  # each part ranked by its lists' fused z-scores (`mrag.vote.zscore_weights`), not rank votes
 
 
-# the default: a query of several parts (sentences, questions) votes per part with the heads and the
-# standard vector; a query of one part is ranked by the standard vector alone, which ranks one-topic
-# queries better than the heads' vote (benchmarks/results/eval/single-aspect.md)
+# `mrag` (the default of an index without a full-text index): a query of several parts (sentences,
+# questions) votes per part with the heads and the standard vector; a query of one part is ranked by the
+# standard vector alone, which ranks one-topic queries better than the heads' vote
+# (benchmarks/results/eval/single-aspect.md)
 ALIASES = {"mrag": Plan("mrag-std", "segment+", one_part="standard"),
            # the same with the full-text space voting beside the heads and the standard vector
            "mrag-bm25": Plan("mrag-std", "segment+", one_part="standard", fulltext=True),
-           # the same without the heads: per part, the standard vector, the full-text space and any external spaces
-           "segment-bm25": Plan("spaces", "segment+", fulltext=True)}
+           # the default: per part, the scores of the standard vector, the full-text space and any external spaces
+           # fused as z-scores; parts merged by consensus
+           "segment-bm25": Plan("spaces", "segment+", fulltext=True, zscores=True)}
 
 
 def strategy_names() -> list[str]:

@@ -18,6 +18,7 @@ meanwhile reads again at the latest committed one (`reading`).
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -41,7 +42,43 @@ __all__ = ["CHUNKS", "MANIFEST", "READ_TRIES", "Store", "StoreError"]
 CHUNKS = "chunks"
 MANIFEST = "manifest"
 READ_TRIES = 5  # a read whose version was pruned meanwhile goes again at the latest committed one
+CACHE_VARIABLES = {"index": "MRAG_INDEX_CACHE_MB", "metadata": "MRAG_METADATA_CACHE_MB"}
 T = TypeVar("T")
+_session: Any = None
+_session_lock = threading.Lock()
+
+
+def cache_limits() -> dict[str, int | None]:
+    """The LanceDB cache sizes in bytes the environment asks for ("index", "metadata"; None: LanceDB's
+    default, 6 GiB and 1 GiB). MRAG_INDEX_CACHE_MB bounds what ANN searches keep resident."""
+    limits: dict[str, int | None] = {}
+    for cache, variable in CACHE_VARIABLES.items():
+        value = os.environ.get(variable, "").strip()
+        if value and not (value.isdigit() and int(value) > 0):
+            raise StoreError(f"{variable} must be a positive number of MiB, got {value!r}")
+        limits[cache] = int(value) * 2**20 if value else None
+    return limits
+
+
+def session() -> Any:
+    """The process's LanceDB session, shared by every connection: one index cache (the ANN indexes'
+    partitions, read on first use) and one metadata cache, sized by `cache_limits` when first made."""
+    global _session
+    with _session_lock:
+        if _session is None:
+            import lancedb
+
+            limits = cache_limits()
+            _session = lancedb.Session(index_cache_size_bytes=limits["index"],
+                                       metadata_cache_size_bytes=limits["metadata"])
+        return _session
+
+
+def connect(uri: str, storage_options: dict[str, str] | None = None, **options: Any) -> Any:
+    """A LanceDB connection through the process's session."""
+    import lancedb
+
+    return lancedb.connect(uri, storage_options=storage_options, session=session(), **options)
 
 
 class Store:
@@ -128,19 +165,15 @@ class Store:
     def exists(uri: str, storage_options: dict[str, str] | None = None) -> bool:
         """Whether an index is at `uri`: a folder, or an object-store URI such as s3://bucket/path
         (`storage_options`: endpoint, keys, region, ... as Lance names them; or AWS_* variables)."""
-        import lancedb
-
         if "://" not in uri and not Path(uri).expanduser().is_dir():
             return False  # connecting would create the folder
-        return MANIFEST in lancedb.connect(uri, storage_options=storage_options).list_tables().tables
+        return MANIFEST in connect(uri, storage_options).list_tables().tables
 
     @classmethod
     def open(cls, uri: str, storage_options: dict[str, str] | None = None) -> Store:
-        import lancedb
-
         if not cls.exists(uri, storage_options):
             raise StoreError(f"no mrag index at {uri}: create one with `mrag index PATH --db {uri}`")
-        db = lancedb.connect(uri, read_consistency_interval=timedelta(0), storage_options=storage_options)
+        db = connect(uri, storage_options, read_consistency_interval=timedelta(0))
         rows = db.open_table(MANIFEST).to_arrow().to_pylist()
         manifest = json.loads(rows[0]["json"])
         if manifest.get("format") not in READABLE_FORMATS:
@@ -163,9 +196,7 @@ class Store:
         with write_lock(uri, storage_options=storage_options):
             if cls.exists(uri, storage_options):  # another process created it first
                 return cls.open(uri, storage_options)
-            import lancedb
-
-            db = lancedb.connect(uri, read_consistency_interval=timedelta(0), storage_options=storage_options)
+            db = connect(uri, storage_options, read_consistency_interval=timedelta(0))
             h, d, dim = embedder_info["n_heads"], embedder_info["head_dim"], embedder_info["dim"]
             space_dims = {s["name"]: int(s["dim"]) for s in spaces or []}
             chunks = db.create_table(CHUNKS, schema=chunk_schema(dim, h, d, space_dims), exist_ok=True)

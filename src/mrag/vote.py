@@ -53,6 +53,26 @@ def rrf_weights(ranking: np.ndarray, k: int = RRF_K) -> np.ndarray:
     return np.where(ranking >= 0, weights, 0.0)
 
 
+def zscore_weights(ranking: np.ndarray, scores: np.ndarray, empty: np.ndarray) -> np.ndarray:
+    """Score fusion with no tuning (CombSUM of z-scores): each list's scores standardised over its
+    slots, then shifted so its lowest slot weighs 0, as does every row the list leaves out. Lists on
+    different scales (cosine, BM25) weigh alike, and a list whose first row stands far above the rest
+    (a decisive word match) outvotes one whose rows all score alike.
+    empty (S,): the score an empty slot (-1) stands for (BM25: 0, a chunk matching no query word), or
+    NaN to leave empty slots out (a vector list is short only when the corpus is); a list whose slots
+    all score alike weighs 0.  ranking, scores (S, c) -> (S, c).
+    Example: scores [0.9, 0.8, 0.7] -> z [1.22, 0, -1.22] -> weights [2.45, 1.22, 0]."""
+    valid = ranking >= 0
+    filled = np.where(valid, np.asarray(scores, dtype=np.float64), np.asarray(empty, dtype=np.float64)[:, None])
+    counted = ~np.isnan(filled)
+    n = np.maximum(counted.sum(1, keepdims=True), 1)
+    mean = np.where(counted, filled, 0.0).sum(1, keepdims=True) / n  # (S, 1)
+    sd = np.sqrt(np.where(counted, (filled - mean) ** 2, 0.0).sum(1, keepdims=True) / n)
+    z = np.where(counted & (sd > 0), (filled - mean) / np.where(sd > 0, sd, 1.0), 0.0)  # (S, c)
+    lowest = np.where(counted, z, np.inf).min(1, keepdims=True)
+    return np.where(valid, z - np.where(np.isfinite(lowest), lowest, 0.0), 0.0)
+
+
 def fuse(ranking: np.ndarray, weights: np.ndarray, k: int) -> Fused:
     """Sum each item's vote weights over all spaces and return the top k (deterministic ties)."""
     if k <= 0:

@@ -12,12 +12,16 @@ rolled-back write takes its index back with it.
 `bm25` is answered by a full-text search of the query text on the same table snapshot, every other
 voter by the wrapped ranker, and the rows are numbered as the wrapped ranker numbers them. The
 full-text space votes in `bm25` (alone), `hybrid` (with the standard vector, reciprocal rank fusion:
-LanceDB's hybrid search with its default RRFReranker) and, when named, beside the heads (`mrag-bm25`,
-or `--spaces ...,bm25` with `mrag-std` / `spaces`), weighted like the standard vector.
+LanceDB's hybrid search with its default RRFReranker), beside the standard vector in each query part
+(`segment-bm25`, the default) or beside the heads too (`mrag-bm25`, or `--spaces ...,bm25` with `mrag-std`
+/ `spaces`), weighted like the standard vector.
 """
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +33,17 @@ from mrag.settings import FULLTEXT
 COLUMN = "text"  # the chunks column the index covers
 REBUILD_SHARE = 0.25  # rebuild once the rows the index does not cover are a quarter of those it does
 REBUILD_MIN = 1000  # ... and at least this many (a flat scan of fewer costs nothing)
+QUERY_THREADS = 4  # full-text queries of one search run side by side (LanceDB answers each in Rust)
+_pools: dict[int, ThreadPoolExecutor] = {}  # per process id: a forked child gets its own threads
+_pools_lock = threading.Lock()
+
+
+def _pool() -> ThreadPoolExecutor:
+    with _pools_lock:
+        pool = _pools.get(os.getpid())
+        if pool is None:
+            pool = _pools[os.getpid()] = ThreadPoolExecutor(QUERY_THREADS, thread_name_prefix="mrag-fulltext")
+        return pool
 
 
 class FullTextMissing(ValueError):
@@ -149,16 +164,18 @@ class FullTextRanker:
         full = [s for s, v in enumerate(chosen) if v.group == FULLTEXT]
         if not full:
             return self.inner(chosen, queries, c)
+        if not self._checked:  # once per ranker: a search's (or an evaluation's) snapshot
+            check(self.table)
+            self._checked = True
+        # the query parts' full-text searches run beside each other and beside the vector ranking
+        pending = [_pool().submit(self._search, q.text, c) for q in queries] if len(queries) > 1 else []
         vector = [s for s, v in enumerate(chosen) if v.group != FULLTEXT]
         ranking = np.full((len(queries), len(chosen), c), -1, dtype=np.int64)
         sims = np.full((len(queries), len(chosen), c), -np.inf)
         if vector:
             inner_ranking, inner_sims = self.inner([chosen[s] for s in vector], queries, c)
             ranking[:, vector], sims[:, vector] = inner_ranking, inner_sims
-        if not self._checked:  # once per ranker: a search's (or an evaluation's) snapshot
-            check(self.table)
-            self._checked = True
-        hits = [self._search(q.text, c) for q in queries]
+        hits = [f.result() for f in pending] if pending else [self._search(q.text, c) for q in queries]
         if self.ids is not None:  # exact: the matrix row of each chunk id
             position = _OFFSETS.of(self.ids)
             rows = [np.array([position[i] for i in ids if i in position], dtype=np.int64) for _, ids, _ in hits]

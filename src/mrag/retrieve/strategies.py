@@ -21,8 +21,11 @@ Modifiers run a base strategy once per query part and merge the lists:
     interleave+X    one part per two sentences; merged round-robin
     fusion, mrag-fusion   RAG-Fusion / MRAG-Fusion: sub-queries merged by reciprocal rank fusion
 
-`mrag`, the default, is `segment+mrag-std`: it measured best on the paper's benchmark (README).
-`mrag-bm25` is `mrag` with the full-text space (`bm25`) voting too, with the standard vector's weight.
+`mrag` is `segment+mrag-std` (a one-part query: the standard vector alone); `mrag-bm25` is `mrag` with the
+full-text space (`bm25`) voting too, with the standard vector's weight, and a one-part query ranked by the
+fused z-scores of the standard vector's and BM25's lists (`mrag.vote.zscore_weights`). `segment-bm25`, the
+default, ranks every part by the fused z-scores of the standard vector, BM25 and any external spaces, no
+heads (README, Results).
 A selection of spaces (`select`: names such as "standard", "heads", "head:3", "split", or a label)
 keeps only the strategy's voters it names. Without external spaces or a selection, every strategy
 votes exactly as it did before spaces existed.
@@ -50,7 +53,7 @@ from mrag.settings import (  # noqa: F401  (re-exported: retrieve is where calle
     parse_strategy,
     strategy_names,
 )
-from mrag.vote import consensus, fuse, interleave, rank_weights, rrf_weights
+from mrag.vote import consensus, fuse, interleave, rank_weights, rrf_weights, zscore_weights
 
 
 def query_parts(strategy: str, text: str) -> list[str]:
@@ -182,19 +185,23 @@ def vote_many(
     # the full-text space when it votes
     lone = [i for i, v in enumerate(chosen) if v.name == plan.one_part or v.group == FULLTEXT]
     lone = lone if any(chosen[i].name == plan.one_part for i in lone) else []
-    depth = max(k, c) if plan.base in ("standard", "bm25") or lone else c  # each space's list
+    depth = max(k, c) if plan.base in ("standard", "bm25") or lone or plan.fulltext else c  # each space's list
     ranking, sims = ranker(chosen, [q for qs in searched for q in qs], depth)  # (P_total, S, depth)
     weights = np.array([v.weight for v in chosen])
     results, start = [], 0
+    one_part = lone or list(range(len(chosen)))
+    # a one-part query where the full-text space votes: the lists' scores fused (`zscore_weights`): the
+    # rank votes let the standard vector's first row win over a decisive BM25 match (benchmarks/results/eval/fulltext/)
+    how = ("standard" if lone and len(lone) == 1 else
+           "zscore" if plan.fulltext and len(one_part) > 1 and any(chosen[i].group == FULLTEXT for i in one_part)
+           else "mrag-std" if lone else plan.base)
+    each_part = "zscore" if plan.zscores else plan.base
     for qs in searched:
-        if len(qs) == 1 and plan.expand != "fusion" and lone:
-            how = "standard" if len(lone) == 1 else "mrag-std"  # one list as it is, or their vote
-            results.append(_tally(how, [chosen[i] for i in lone], weights[lone], ranking[start][lone],
-                                  sims[start][lone], k))
-        elif len(qs) == 1 and plan.expand != "fusion":
-            results.append(_tally(plan.base, chosen, weights, ranking[start], sims[start], k))
+        if len(qs) == 1 and plan.expand != "fusion":
+            results.append(_tally(how, [chosen[i] for i in one_part], weights[one_part], ranking[start][one_part],
+                                  sims[start][one_part], k))
         else:
-            lists = [_tally(plan.base, chosen, weights, ranking[i], sims[i], max(k, c))
+            lists = [_tally(each_part, chosen, weights, ranking[i], sims[i], max(k, c))
                      for i in range(start, start + len(qs))]
             results.append(_merge(plan.expand or "", lists, k))
         start += len(qs)
@@ -214,6 +221,8 @@ def _tally(
         w = np.where(ranking >= 0, 1.0 / np.maximum(1.0 - sims, 1e-6), 0.0)
     elif strategy == "hybrid":
         w = rrf_weights(ranking)
+    elif strategy == "zscore":
+        w = zscore_weights(ranking, sims, np.array([0.0 if v.group == FULLTEXT else np.nan for v in chosen]))
     else:
         w = rank_weights(ranking, weights)
     fused = fuse(ranking, w, k)
