@@ -33,7 +33,7 @@ from typing import Any
 
 from _common import machine, markdown_table, rss_mb, write_results
 
-COLUMNS = ["chunks", "matrix_mb", "rss_open_mb", "load_mb", "peak_mb", "search_mb", "load_ratio", "peak_ratio",
+COLUMNS = ["chunks", "heads", "matrix_mb", "rss_open_mb", "load_mb", "peak_mb", "search_mb", "load_ratio", "peak_ratio",
            "search_ratio", "load_s"]
 
 
@@ -50,8 +50,9 @@ def peak_rss() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def measure(db: Path) -> dict[str, Any]:
-    """In this (fresh) process: open the index, load its matrix, search once."""
+def measure(db: Path, heads: bool = True) -> dict[str, Any]:
+    """In this (fresh) process: open the index, load its matrix (without the heads: `heads` False),
+    search once (the default's vector part, `segment+standard`, without the heads)."""
     from bench_core import RandomQueryEmbedder
 
     from mrag.index import Index
@@ -64,16 +65,17 @@ def measure(db: Path) -> dict[str, Any]:
     before = rss_mb()
     reset_peak()
     start = time.perf_counter()
-    matrix = index.store.matrix()
+    matrix = index.store.matrix(heads=heads)
     load_s = time.perf_counter() - start
     gc.collect()
     loaded = rss_mb()
     peak = peak_rss()
-    index.search("How did Roman legions fight? What shaped Mesopotamian cities?", k=5)
+    index.search("How did Roman legions fight? What shaped Mesopotamian cities?", k=5,
+                 strategy="mrag" if heads else "segment+standard")
     gc.collect()
     searched = rss_mb()
     size = (matrix.standard.nbytes + matrix.heads.nbytes) / 2**20
-    return {"chunks": len(matrix.ids), "matrix_mb": round(size), "rss_open_mb": round(before),
+    return {"chunks": len(matrix.ids), "heads": heads, "matrix_mb": round(size), "rss_open_mb": round(before),
             "load_mb": round(loaded - before), "peak_mb": round(peak - before),
             "search_mb": round(searched - before), "load_ratio": round((loaded - before) / size, 3),
             "peak_ratio": round((peak - before) / size, 3),
@@ -119,9 +121,12 @@ def main() -> None:
                         help="instead: build the ANN indexes if missing, then the RSS of this many ANN searches")
     parser.add_argument("--index-cache-mb", default="0", help="with --ann: MRAG_INDEX_CACHE_MB values (0: default)")
     parser.add_argument("--strategy", default="mrag", help="with --ann: the strategy searched")
+    parser.add_argument("--no-heads", action="store_true", help="load the matrix without the heads (the default "
+                        "strategy's matrix) and search segment+standard")
     args = parser.parse_args()
     if args.measure:
-        print(json.dumps(measure_ann(args.measure, args.ann, args.strategy) if args.ann else measure(args.measure)))
+        print(json.dumps(measure_ann(args.measure, args.ann, args.strategy) if args.ann
+                         else measure(args.measure, not args.no_heads)))
         return
     if args.ann:
         return ann_memory(args)
@@ -133,8 +138,8 @@ def main() -> None:
 
             index, _ = build_synthetic(db, n)
             del index
-        child = subprocess.run([sys.executable, __file__, "--measure", str(db)], capture_output=True, text=True,
-                               check=True, cwd=Path(__file__).parent)
+        child = subprocess.run([sys.executable, __file__, "--measure", str(db), *(["--no-heads"] * args.no_heads)],
+                               capture_output=True, text=True, check=True, cwd=Path(__file__).parent)
         rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
         print(markdown_table(rows[-1:], COLUMNS))
     table = markdown_table(rows, COLUMNS)

@@ -13,6 +13,8 @@ from test_index import DOCS, assert_scales_match_corpus, table_rows
 from mrag.errors import StoreError
 from mrag.index import Index
 from mrag.matrix import load_matrix, read_ranges
+from mrag.retrieve.exact import Exact
+from mrag.retrieve.types import QueryVectors, Voter
 from mrag.rows import build_rows, chunk_schema, quote
 from mrag.scales import brute_force_scales
 from mrag.store import CHUNKS, MANIFEST, Store
@@ -62,6 +64,34 @@ def test_matrix_is_cached_per_table_version(index):
     index.add(DOCS[2:])
     second = index.store.matrix()
     assert second is not first and len(second.ids) == 4
+
+
+def test_a_search_without_heads_loads_the_matrix_without_them(index):
+    """The default strategy votes with no head: its matrix leaves them out (half the memory) until a
+    strategy that needs them asks, and every strategy then ranks as on a full matrix."""
+    index.add(DOCS)
+    full = index.store.matrix()
+    queries = ["Roman roads and water. Bees in the hive.", "chess"]
+
+    def found(strategy: str) -> list[list[tuple[str, float]]]:
+        return [[(h.id, h.score) for h in index.search(q, k=3, strategy=strategy)] for q in queries]
+
+    expected = {s: found(s) for s in ("segment-bm25", "standard", "mrag", "mrag-paper")}
+    index.store._matrix = None
+    assert [[(h.id, h.score) for h in index.search(q, k=3)] for q in queries] == expected["segment-bm25"]
+    lean = index.store.matrix(heads=False)
+    assert lean.heads.shape == (4, 4, 0) and not lean.has_heads and lean.heads.nbytes == 0
+    np.testing.assert_array_equal(lean.standard, full.standard)
+    assert index.store.matrix(heads=False) is lean  # cached
+    assert found("standard") == expected["standard"]
+    assert index.store.matrix(heads=False) is lean
+    for strategy in ("mrag", "mrag-paper"):  # the heads are loaded when a strategy votes with them
+        assert found(strategy) == expected[strategy]
+    assert index.store.matrix(heads=False).has_heads  # a matrix with heads serves every strategy
+    np.testing.assert_array_equal(index.store.matrix().heads, full.heads)
+    part = QueryVectors(np.ones(32), np.ones((4, 8)), text="q")
+    with pytest.raises(ValueError, match="loaded without its heads"):
+        Exact(lean.standard, lean.heads)([Voter("head:0", "heads", 1.0)], [part], 3)
 
 
 def test_matrix_read_a_few_rows_at_a_time_equals_the_table(index):

@@ -20,7 +20,7 @@ from mrag.scales import split_unit
 @dataclass
 class Matrix:
     """The vectors of every row, in memory, for exact search.  ids (N,), standard (N, D), heads (H, N, d):
-    head-major, so each head's vectors are one contiguous matrix."""
+    head-major, so each head's vectors are one contiguous matrix; (H, N, 0) when loaded without them."""
 
     version: int
     table: Any  # the chunks table checked out at `version`, for reading the hits' text
@@ -28,6 +28,10 @@ class Matrix:
     standard: np.ndarray
     heads: np.ndarray
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # external space -> (N, D_s) unit vectors
+
+    @property
+    def has_heads(self) -> bool:
+        return self.heads.shape[2] > 0 or self.heads.shape[1] == 0
 
 
 def head_units(rows: pa.Table, n_heads: int, head_dim: int, packed: bool, out: np.ndarray | None = None) -> np.ndarray:
@@ -73,13 +77,14 @@ def release_free_memory() -> None:
 
 
 def load_matrix(snapshot: Any, batches: Iterable[pa.RecordBatch], n: int, dim: int, n_heads: int, head_dim: int,
-                packed: bool, spaces: dict[str, int]) -> Matrix:
-    """A matrix of the `n` rows streamed in `batches` (id and every vector column) from `snapshot`;
-    `spaces`: name -> dim. Each batch is copied into arrays allocated once, so loading needs the
-    matrix's own bytes plus one batch, never a second copy of the whole (issue 17's memory target)."""
+                packed: bool, spaces: dict[str, int], with_heads: bool = True) -> Matrix:
+    """A matrix of the `n` rows streamed in `batches` (id and every vector column; no head column
+    without `with_heads`) from `snapshot`; `spaces`: name -> dim. Each batch is copied into arrays
+    allocated once, so loading needs the matrix's own bytes plus one batch, never a second copy of the
+    whole (issue 17's memory target)."""
     ids = np.empty(n, dtype=object)
     standard = np.empty((n, dim), dtype=np.float32)
-    heads = np.empty((n_heads, n, head_dim), dtype=np.float32)
+    heads = np.empty((n_heads, n, head_dim if with_heads else 0), dtype=np.float32)
     extra = {name: np.empty((n, d), dtype=np.float32) for name, d in spaces.items()}
     start = 0
     for batch in batches:
@@ -88,7 +93,8 @@ def load_matrix(snapshot: Any, batches: Iterable[pa.RecordBatch], n: int, dim: i
             raise ValueError(f"the table holds more rows than the {n} counted at its version")
         ids[start:start + m] = rows["id"].to_pylist()
         standard[start:start + m] = fixed(rows["vector"], m, dim)
-        head_units(rows, n_heads, head_dim, packed, out=heads[:, start:start + m])
+        if with_heads:
+            head_units(rows, n_heads, head_dim, packed, out=heads[:, start:start + m])
         for name, out in extra.items():  # stored raw; search compares directions
             out[start:start + m] = split_unit(fixed(rows[space_column(name)], m, out.shape[1]))[1]
         start += m

@@ -102,6 +102,8 @@ class Exact:
             groups.setdefault(v.group, []).append(v)
         if [v for members in groups.values() for v in members] != chosen:
             raise ValueError("the voters of a group must be listed together (as retrieve.voters lists them)")
+        if "heads" in groups and self.heads.shape[2] == 0:
+            raise ValueError("the matrix was loaded without its heads (Store.matrix(heads=True) loads them)")
         q = {g: self.query_matrix(g, members, queries) for g, members in groups.items()}
         found = {g: Candidates(c + 1, n) for g in groups}
         apart: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # groups ranked apart: the heads in bf16

@@ -96,7 +96,8 @@ def _search_many(
     labels = list(index.store.committed_space_dims())
     if spaces is not None:
         retrieve.check_selection(spaces, index.store.n_heads, len(scales["split"]), labels)
-    ranker, fetch, count = ranker_for(index.store, plan, exact, nprobes, candidates)
+    ranker, fetch, count = ranker_for(index.store, plan, exact, nprobes, candidates,
+                                      heads=retrieve.uses_heads(strategy, spaces))
     if not queries or count == 0:
         return [[] for _ in queries]  # nothing to rank: no need to embed the queries
     texts = [t for q, p in zip(queries, parts) for t in (p or [q])]  # a segmented query votes by its parts
@@ -125,11 +126,13 @@ def _search_many(
 
 
 def ranker_for(
-    store: Store, plan: retrieve.Plan, exact: bool | None, nprobes: int | None = None, candidates: int | None = None
+    store: Store, plan: retrieve.Plan, exact: bool | None, nprobes: int | None = None, candidates: int | None = None,
+    heads: bool = True,
 ) -> tuple[retrieve.Ranker, Callable[[list[int]], dict[int, dict[str, Any]]], int]:
     """How to find each space's nearest rows: the ANN indexes or the in-memory matrix, as the
     manifest last read records them; on the ANN path `candidates` per query part from the standard
-    index re-scored in every space (`rescore`; None: the default, 0: one index per space, `ann`).
+    index re-scored in every space (`rescore`; None: the default, 0: one index per space, `ann`); without
+    `heads` the in-memory matrix leaves the head vectors out.
     -> (ranker, fetch: row numbers -> stored rows, how many rows)."""
     built: dict[str, Any] = store.manifest.ann or {}
     covered = bool(built) and not plan.base.startswith("split")  # split slices have no ANN column
@@ -152,7 +155,7 @@ def ranker_for(
 
         # the full-text space joins the ANN ranker's numbering of the rows (`fulltext.FullTextRanker`)
         return fulltext.FullTextRanker(ranker, ranker.table, ann=ranker), by_row_id, ranker.table.count_rows()
-    matrix = store.matrix(refresh=False)
+    matrix = store.matrix(refresh=False, heads=heads)  # without the heads when no head votes
 
     def by_offset(rows: list[int]) -> dict[int, dict[str, Any]]:
         found = store.take(matrix.table, HIT_COLUMNS, offsets=rows)

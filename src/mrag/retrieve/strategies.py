@@ -65,6 +65,15 @@ def query_parts(strategy: str, text: str) -> list[str]:
     return parts if len(parts) > 1 else []
 
 
+def uses_heads(strategy: str, select: Collection[str] | None = None) -> bool:
+    """Whether a strategy (with its selection of spaces) votes with the heads; the in-memory matrix
+    leaves them out otherwise (half its size)."""
+    plan = parse_strategy(strategy)
+    if plan.base in ("standard", "spaces", "bm25", "hybrid") or plan.base.startswith("split"):
+        return False
+    return select is None or "heads" in select or any(str(s).startswith("head:") for s in select)
+
+
 def unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
