@@ -4,12 +4,14 @@ Two parts, one results file:
 
 1. **Recall on real embeddings**: MiniLM vectors of real text (the paper's 1,250 Wikipedia v1 articles
    cut into sentences and 2- and 3-sentence windows, plus the sentences of the benchmark's query
-   stories; `--embed` writes them, cached as .npz) in an mrag index with IVF_FLAT indexes. The paper's
+   stories; `--embed` writes them, cached as .npz) in an mrag index with `--index-type` indexes (IVF_FLAT
+   unless told; IVF_PQ is searched with the product's refine factor, `ann.DEFAULT_REFINE`). The paper's
    queries (every other one of the 250), embedded by MiniLM and cut into sentences as `mrag` cuts them,
    are ranked by the exact default (`segment+mrag-std`), by one ANN index per space (`AnnRanker`) and by
    the standard index's candidates re-scored exactly in every space (`RescoreRanker`). Recall is that of
    the final top 10 against the exact default's. nprobes are also given as the share of partitions
-   probed, since an index of N rows has sqrt(N) partitions: 20 and 60 of 1,000 at 1M are 2% and 6%.
+   probed, since an IVF index of N rows has sqrt(N) partitions: 20 and 60 of 1,000 at 1M are 2% and 6%
+   (IVF_HNSW_SQ has N / 50,000: one below 100,000 rows, where nprobes changes nothing).
    Also: where the exact default's top-10 rows stand in the standard space (best rank over the
    query's parts, as a share of the index), which says how deep the candidates must go as rows grow.
 2. **Speed at 1M synthetic rows** (`bench_scale.build`; no real text of that size here): `Index.search_many`
@@ -24,7 +26,7 @@ their text and get one (built on the temporary index when missing); an existing 
 is refused (its text is synthetic anyway: time the strategy's vector part, e.g. `segment+standard`).
 
 Run: python benchmarks/bench_ann_1m.py [--embed] [--rows 1000000] [--db EXISTING_INDEX] [--rounds 2] [--quick]
-[--strategy mrag]
+[--strategy mrag] [--index-type IVF_FLAT]
 Writes benchmarks/results/ann-1m-all.json and .md (quick: ann-1m-all-quick.*). The committed results came from
 `--skip synthetic --cache DIR --real-nprobes 3,8,20,40 --candidates 200,800 --name ann-1m-real` and
 `--skip real --db COPY_OF_bench_memory_1M_INDEX --queries 32 --rounds 2 --nprobes 20,60 --candidates 200,800
@@ -38,7 +40,6 @@ import argparse
 import bz2
 import functools
 import json
-import math
 import os
 import sys
 import tempfile
@@ -54,11 +55,12 @@ from bench_scale import build as build_synthetic
 from mrag.index import Index
 from mrag.retrieve import fulltext
 from mrag.retrieve import strategies as retrieve
-from mrag.retrieve.ann import AnnRanker
+from mrag.retrieve.ann import DEFAULT_REFINE, AnnRanker, index_config
 from mrag.retrieve.exact import Exact
 from mrag.retrieve.fulltext import FullTextRanker
 from mrag.retrieve.rescore import RescoreRanker
 from mrag.rows import build_rows, chunk_schema
+from mrag.settings import INDEX_TYPES
 
 DATA = Path("/work/shared/datasets")
 CACHE = Path.home() / ".cache" / "mrag" / "bench-ann-1m"
@@ -159,7 +161,9 @@ def recall(found: list[list[str]], exact: list[list[str]]) -> float:
     return round(float(np.mean([len(set(a) & set(e)) / max(1, len(e)) for a, e in zip(found, exact)])), 4)
 
 
-def real_part(data: Path, cache: Path, probes: list[int], pools: list[int], strategies: list[str]) -> dict[str, Any]:
+def real_part(
+    data: Path, cache: Path, probes: list[int], pools: list[int], strategies: list[str], index_type: str = "IVF_FLAT",
+) -> dict[str, Any]:
     files = sorted(cache.glob("real-*.npz"))
     if not files:
         raise SystemExit(f"no real vectors in {cache}: run with --embed first")
@@ -174,26 +178,31 @@ def real_part(data: Path, cache: Path, probes: list[int], pools: list[int], stra
         exact_ranker = FullTextRanker(Exact(matrix.standard, matrix.heads), matrix.table, ids=matrix.ids)
         exact = {s: [vote_ids(index, s, exact_ranker, p, matrix.ids) for p in qs] for s in strategies}
         depth = {s: standard_depth(matrix, qs, exact[s]) for s in strategies}
-        index.build_ann("IVF_FLAT", 20)
+        start = time.perf_counter()
+        index.build_ann(index_type, 20)  # every space's column (standard, heads), as the product builds them
+        build_s = round(time.perf_counter() - start, 1)
+        print(f"built {index_type} indexes in {build_s} s", flush=True)
         columns = {c.space: c.column for c in index.store.vector_columns(committed=True)}
-        partitions = max(1, int(math.sqrt(n)))
+        partitions = index_config(index_type, matrix.standard.shape[1], n).num_partitions
+        refine = DEFAULT_REFINE if index_type == "IVF_PQ" else None  # as the product's ANN path (`ranker_for`)
         rows = []
         for strategy in strategies:
             for nprobes in probes:
                 for pool in [0, *(pools if rescored(strategy) else [])]:
                     table = index.store.snapshot()
-                    inner = (RescoreRanker(table, columns, nprobes, pool) if pool
-                             else AnnRanker(table, columns, nprobes))
+                    inner = (RescoreRanker(table, columns, nprobes, pool, refine) if pool
+                             else AnnRanker(table, columns, nprobes, refine))
                     ranker = FullTextRanker(inner, table, ann=inner)
                     start = time.perf_counter()
                     found = [vote_ids(index, strategy, ranker, p, lambda r=inner: r.ids) for p in qs]
                     ms = (time.perf_counter() - start) / len(qs) * 1e3
-                    rows.append({"rows": n, "strategy": strategy,
+                    rows.append({"rows": n, "index": index_type, "strategy": strategy,
                                  "path": f"rescore, {pool} candidates/part" if pool else "one index per space",
-                                 "nprobes": nprobes, "probed": f"{nprobes / partitions:.1%}",
+                                 "nprobes": nprobes, "probed": f"{min(nprobes, partitions) / partitions:.1%}",
                                  "recall@10": recall(found, exact[strategy]), "mean_ms": round(ms, 1)})
                     print(rows[-1], flush=True)
     return {"rows": n, "queries": len(qs), "parts": sum(len(p) for p in qs), "partitions": partitions,
+            "index_type": index_type, "refine_factor": refine, "build_s": build_s,
             "fulltext_index": has_fulltext, "table": rows,
             "standard_depth": depth if len(strategies) > 1 else depth[strategies[0]]}
 
@@ -217,7 +226,7 @@ def standard_depth(matrix: Any, qs: list[list[retrieve.QueryVectors]], exact: li
 
 def synthetic_part(
     n: int, n_queries: int, probes: list[int], pools: list[int], rounds: int, strategies: list[str],
-    db: Path | None = None,
+    db: Path | None = None, index_type: str = "IVF_FLAT",
 ) -> dict[str, Any]:
     texts = queries(n_queries)
     configs: list[tuple[str, str, bool, int | None, int | None]] = [("exact", "standard", True, None, None)]
@@ -241,7 +250,7 @@ def synthetic_part(
             has_fulltext = True
         if not index.store.manifest.ann:
             start = time.perf_counter()
-            index.build_ann("IVF_FLAT", progress=lambda c: print("indexed", c, round(time.perf_counter() - start)))
+            index.build_ann(index_type, progress=lambda c: print("indexed", c, round(time.perf_counter() - start)))
         index.store.matrix()
         print(f"built {n} rows", flush=True)
         exact = {s: [[h.id for h in hits] for hits in index.search_many(texts, 10, s, exact=True)]
@@ -277,7 +286,8 @@ def synthetic_part(
             for s in strategies:
                 r[f"speedup vs exact {s}"] = round(exact_p50[s, r["batch"]] / r["p50_ms"], 2)
             print(r, flush=True)
-    return {"rows": rows, "rounds": rounds, "queries": n_queries, "fulltext_index": has_fulltext}
+    return {"rows": rows, "rounds": rounds, "queries": n_queries, "fulltext_index": has_fulltext,
+            "index_type": index.store.manifest.ann["index_type"]}
 
 
 def main() -> None:
@@ -296,6 +306,9 @@ def main() -> None:
                         help="time an existing index (only read; ANN indexes are built into it when it has none)")
     parser.add_argument("--name", default="ann-1m-all")
     parser.add_argument("--strategy", default=STRATEGY, help="the strategies studied, comma-separated")
+    parser.add_argument("--index-type", choices=INDEX_TYPES, default="IVF_FLAT",
+                        help="the ANN indexes built for the real rows (and for synthetic rows built here); "
+                             "IVF_FLAT keeps the committed results reproducible")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args()
     if args.quick:
@@ -310,28 +323,32 @@ def main() -> None:
                               "load_average": {"start": [round(x, 2) for x in os.getloadavg()]}}
     if args.skip != "real":
         result["real"] = real_part(args.data, args.cache, [int(p) for p in args.real_nprobes.split(",")], pools,
-                                   strategies)
+                                   strategies, args.index_type)
     if args.skip != "synthetic":
         result["synthetic"] = synthetic_part(args.rows, args.queries, [int(p) for p in args.nprobes.split(",")],
-                                             pools, args.rounds, strategies, args.db)
+                                             pools, args.rounds, strategies, args.db, args.index_type)
     result["load_average"]["end"] = [round(x, 2) for x in os.getloadavg()]
     result["wall_s"] = round(time.perf_counter() - started)
-    md = [f"# The ANN path at 1M: {', '.join(strategies)} (IVF_FLAT, k=10, c=32)\n",
+    types = sorted({result[p]["index_type"] for p in ("real", "synthetic") if p in result})
+    md = [f"# The ANN path at 1M: {', '.join(strategies)} ({', '.join(types)}, k=10, c=32)\n",
           f"command: `{result['command']}`\n",
           f"machine: {result['machine']}; load average (1, 5, 15 min) at the start {result['load_average']['start']}, "
           f"at the end {result['load_average']['end']}; {result['wall_s']} s\n"]
     if "real" in result:
         real = result["real"]
         md += [f"## Recall of the top 10 vs the same strategy's exact search, real MiniLM rows ({real['rows']} rows, "
-               f"{real['partitions']} partitions, {real['queries']} queries, {real['parts']} parts; "
-               f"full-text index: {real['fulltext_index']})\n",
-               markdown_table(real["table"], ["rows", "strategy", "path", "nprobes", "probed", "recall@10",
+               f"{real['index_type']} indexes, {real['partitions']} partitions, {real['queries']} queries, "
+               f"{real['parts']} parts; full-text index: {real['fulltext_index']})\n",
+               f"ANN indexes ({real['index_type']}, every space's column) built in {real['build_s']} s; "
+               f"refine factor on the ANN path: {real['refine_factor'] or 'none'}.\n",
+               markdown_table(real["table"], ["rows", "index", "strategy", "path", "nprobes", "probed", "recall@10",
                                               "mean_ms"]), "",
                "Best standard-space rank (over the query's parts) of the exact top-10 rows: "
                f"{json.dumps(real['standard_depth'])}", ""]
     if "synthetic" in result:
-        md += [f"## Speed at {args.rows} synthetic rows ({args.queries} queries x {args.rounds} interleaved rounds; "
-               f"full-text index: {result['synthetic']['fulltext_index']})\n",
+        synthetic = result["synthetic"]
+        md += [f"## Speed at {args.rows} synthetic rows ({synthetic['index_type']} indexes, {args.queries} queries x "
+               f"{args.rounds} interleaved rounds; full-text index: {synthetic['fulltext_index']})\n",
                markdown_table(result["synthetic"]["rows"], ["rows", "strategy", "path", "settings", "batch", "p50_ms",
                                                             "p99_ms", "n", "recall@10 (synthetic)", "vs standard",
                                                             *(f"speedup vs exact {s}" for s in strategies)])]

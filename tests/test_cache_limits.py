@@ -12,14 +12,15 @@ import textwrap
 
 import pytest
 
-from mrag.store import StoreError, cache_limits
+from mrag.connection import cache_limits
+from mrag.errors import StoreError
 
 CHILD = textwrap.dedent("""
     import hashlib, json, sys
     import numpy as np
     from mrag.embed.base import Embeddings, HeadEmbedder
     from mrag.index import Index
-    from mrag.store import session
+    from mrag.connection import session
 
     class Seeded(HeadEmbedder):
         name, dim, n_heads, head_dim = "seeded", 64, 8, 16

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from procs import check_index, expected_documents
 
+import mrag.connection
 import mrag.maintenance
 import mrag.retrieve.search
 import mrag.store
@@ -212,7 +213,7 @@ def pruned_under(reader: Index, fake, monkeypatch) -> None:
     """Another writer adds a document and prunes every version but its commit. It stands for another
     process, so it gets a LanceDB session (caches) of its own: one shared with the reader could still
     answer a read of the pruned version from what the writer cached."""
-    monkeypatch.setattr(mrag.store, "_session", None)
+    monkeypatch.setattr(mrag.connection, "_session", None)
     writer = Index.open(reader.store.uri, embedder=fake)
     writer.add([{"id": "late", "text": "a late document about comets"}])
     writer.optimize(keep_versions=0)

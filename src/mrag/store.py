@@ -18,7 +18,6 @@ meanwhile reads again at the latest committed one (`reading`).
 from __future__ import annotations
 
 import json
-import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,6 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from mrag import maintenance
+from mrag.connection import connect
 from mrag.errors import StoreError
 from mrag.locking import Lease, is_local, local_path, write_lock
 from mrag.manifest import READABLE_FORMATS, Manifest
@@ -42,43 +42,7 @@ __all__ = ["CHUNKS", "MANIFEST", "READ_TRIES", "Store", "StoreError"]
 CHUNKS = "chunks"
 MANIFEST = "manifest"
 READ_TRIES = 5  # a read whose version was pruned meanwhile goes again at the latest committed one
-CACHE_VARIABLES = {"index": "MRAG_INDEX_CACHE_MB", "metadata": "MRAG_METADATA_CACHE_MB"}
 T = TypeVar("T")
-_session: Any = None
-_session_lock = threading.Lock()
-
-
-def cache_limits() -> dict[str, int | None]:
-    """The LanceDB cache sizes in bytes the environment asks for ("index", "metadata"; None: LanceDB's
-    default, 6 GiB and 1 GiB). MRAG_INDEX_CACHE_MB bounds what ANN searches keep resident."""
-    limits: dict[str, int | None] = {}
-    for cache, variable in CACHE_VARIABLES.items():
-        value = os.environ.get(variable, "").strip()
-        if value and not (value.isdigit() and int(value) > 0):
-            raise StoreError(f"{variable} must be a positive number of MiB, got {value!r}")
-        limits[cache] = int(value) * 2**20 if value else None
-    return limits
-
-
-def session() -> Any:
-    """The process's LanceDB session, shared by every connection: one index cache (the ANN indexes'
-    partitions, read on first use) and one metadata cache, sized by `cache_limits` when first made."""
-    global _session
-    with _session_lock:
-        if _session is None:
-            import lancedb
-
-            limits = cache_limits()
-            _session = lancedb.Session(index_cache_size_bytes=limits["index"],
-                                       metadata_cache_size_bytes=limits["metadata"])
-        return _session
-
-
-def connect(uri: str, storage_options: dict[str, str] | None = None, **options: Any) -> Any:
-    """A LanceDB connection through the process's session."""
-    import lancedb
-
-    return lancedb.connect(uri, storage_options=storage_options, session=session(), **options)
 
 
 class Store:
