@@ -91,7 +91,7 @@ def table(results: dict[str, Any]) -> str:
              "pick a variant. Multi-aspect: doc / category success ratio at k = n, n >= 2. Single-aspect:",
              "MRR@10 (hit@1).", ""]
     wiki = results["wikipedia-v1"]
-    sets = [s for s in ("titles", "snippets") if s in results]
+    sets = [s for s in ("titles", "snippets", "questions") if s in results]
     head = ["strategy"]
     for name in ("all", "held-out"):
         head += [f"wiki n>=2 {name}", f"wiki n=1 {name}"] + [f"{s} {name}" for s in sets]
@@ -109,7 +109,7 @@ def table(results: dict[str, Any]) -> str:
     lines += ["", "Queries (single-aspect rows): " + json.dumps(counts),
               "Multi-aspect queries: " + json.dumps({h: wiki[h]["multi"]["standard"]["queries"]
                                                      for h in (*HALVES, "all")}), ""]
-    made = [s for s in results if s not in ("wikipedia-v1", "titles", "snippets")]
+    made = [s for s in results if s not in ("wikipedia-v1", "titles", "snippets", "questions")]
     if made:
         lines += ["Benchmarks made by `mrag bench` (all queries): n >= 2 doc / category at k = n; n = 1 MRR@10 (hit@1)",
                   "", "| strategy | " + " | ".join(f"{s} n>=2 | {s} n=1" for s in made) + " |",
@@ -144,7 +144,7 @@ def main() -> None:
         "wikipedia-v1": (data / "wikipedia_articles_v1.json.bz2", data / "wikipedia_queries_v1.json.bz2", True)}
     made = Path(tempfile.mkdtemp(prefix="mrag-single-"))
     subprocess.run([sys.executable, str(ROOT / "benchmarks/eval/single_aspect.py"), str(data), str(made)], check=True)
-    sets |= {"titles": (made / "titles", None, False), "snippets": (made / "snippets", None, False)}
+    sets |= {name: (made / name, None, False) for name in ("titles", "snippets", "questions")}
     sets |= {b.split("=", 1)[0]: (Path(b.split("=", 1)[1]), None, True) for b in args.benches}
     results: dict[str, Any] = {}
     for name, (corpus, queries, multi) in sets.items():

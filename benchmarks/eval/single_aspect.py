@@ -6,8 +6,11 @@ that `mrag eval --corpus FOLDER` reads (one relevant article per query, ranking 
 - snippets/: fact lookup, the query is the first 12 words of an article's second sentence (its first
              when it has one), lower-cased, with the article's title words removed, so the query does
              not name its article; 1,250 queries.
+- questions/: search queries an LLM wrote, not the articles' words: the benchmark's own RAG-Fusion
+             sub-queries ("fusion") of its 25 one-article stories, numbering and quotes removed, each
+             relevant to the story's article; 100 queries.
 
-No LLM, no randomness: the same articles give the same folders.
+No LLM run here, no randomness: the same files give the same folders.
 Run: python benchmarks/eval/single_aspect.py DATASETS_DIR OUT_DIR
 """
 
@@ -58,7 +61,12 @@ def main() -> None:
     write_beir(out / "titles", articles, titles, {q: by_title[t] for q, t in titles.items()})
     snippets = {f"s{i:05d}": snippet(a["title"], a["text"]) for i, a in enumerate(articles)}
     write_beir(out / "snippets", articles, snippets, {f"s{i:05d}": [f"d{i:05d}"] for i in range(len(articles))})
-    print(f"{len(titles)} title queries, {len(snippets)} snippet queries in {out}")
+    stories = [q for q in json.load(bz2.open(data / "wikipedia_queries_v1.json.bz2")) if len(q["topics"]) == 1]
+    asked = {f"f{i:03d}-{j}": re.sub(r'^\d+\.\s*|"', "", sub).strip() for i, q in enumerate(stories)
+             for j, sub in enumerate(q["fusion"])}
+    write_beir(out / "questions", articles, asked,
+               {qid: by_title[stories[int(qid[1:4])]["topics"][0]] for qid in asked})
+    print(f"{len(titles)} title queries, {len(snippets)} snippet queries, {len(asked)} questions in {out}")
 
 
 if __name__ == "__main__":
