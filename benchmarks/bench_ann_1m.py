@@ -99,17 +99,6 @@ def embed_real(data: Path, out: Path, step: int = 4096) -> None:
             print(f"embedded {first + step} of {len(texts)}", flush=True)
 
 
-def needs_fulltext(strategy: str) -> bool:
-    """Whether the full-text space votes in `strategy`."""
-    plan = retrieve.parse_strategy(strategy)
-    return plan.fulltext or plan.base in ("bm25", "hybrid")
-
-
-def rescored(strategy: str) -> bool:
-    """Whether the heads vote in `strategy`, so that re-scoring candidates in every space applies."""
-    return retrieve.parse_strategy(strategy).base not in ("standard", "spaces", "bm25", "hybrid")
-
-
 def real_queries(data: Path, out: Path) -> list[list[retrieve.QueryVectors]]:
     """Every other benchmark query, cut into parts as `mrag` cuts it (as every `segment+` strategy does),
     as unit vectors with their text (vectors cached)."""
@@ -172,7 +161,7 @@ def real_part(
         index = build_real(Path(tmp) / "db", files)
         n = index.store.count()
         has_fulltext = "yes" if index.store.reading(fulltext.has_index) else "no"
-        if any(needs_fulltext(s) for s in strategies) and has_fulltext == "no":
+        if any(retrieve.uses_fulltext(s) for s in strategies) and has_fulltext == "no":
             has_fulltext = "built here" if index.maintain_fulltext(force=True) else "no"
         matrix = index.store.matrix()
         exact_ranker = FullTextRanker(Exact(matrix.standard, matrix.heads), matrix.table, ids=matrix.ids)
@@ -188,7 +177,7 @@ def real_part(
         rows = []
         for strategy in strategies:
             for nprobes in probes:
-                for pool in [0, *(pools if rescored(strategy) else [])]:
+                for pool in [0, *(pools if retrieve.uses_heads(strategy) else [])]:
                     table = index.store.snapshot()
                     inner = (RescoreRanker(table, columns, nprobes, pool, refine) if pool
                              else AnnRanker(table, columns, nprobes, refine))
@@ -235,7 +224,8 @@ def synthetic_part(
         configs.append(("ANN", "standard", False, nprobes, None))
         for strategy in strategies:
             configs.append(("ANN", strategy, False, nprobes, 0))
-            configs += [("ANN", strategy, False, nprobes, pool) for pool in (pools if rescored(strategy) else [])]
+            rescored = pools if retrieve.uses_heads(strategy) else []  # candidates re-scored where heads vote
+            configs += [("ANN", strategy, False, nprobes, pool) for pool in rescored]
     with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
         if db is None:
             index, _ = build_synthetic(Path(tmp) / "db", n, ClusteredEmbedder())
@@ -243,7 +233,7 @@ def synthetic_part(
             index = Index.open(db, embedder=ClusteredEmbedder())
             n = index.store.count()
         has_fulltext = index.store.reading(fulltext.has_index)
-        if not has_fulltext and any(needs_fulltext(s) for s in strategies):
+        if not has_fulltext and any(retrieve.uses_fulltext(s) for s in strategies):
             if db is not None:
                 raise SystemExit(f"{db} has no full-text index: time the vector part of {strategies} instead")
             index.maintain_fulltext(force=True)  # the synthetic rows' text: "synthetic chunk N"

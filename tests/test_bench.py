@@ -16,7 +16,6 @@ from mrag.cli import cli
 from mrag.evaluate import bench as bench_mod
 from mrag.evaluate.bench import build, cluster_count, folder_groups, kmeans, plan, read_jsonl, touched
 from mrag.evaluate.datasets import load
-from mrag.evaluate.harness import uses_fulltext
 from mrag.evaluate.querygen import (
     Extractive,
     Written,
@@ -30,6 +29,7 @@ from mrag.evaluate.querygen import (
 )
 from mrag.evaluate.tune import EXTRACTIVE_NOTE, paired_gain, per_query, tune
 from mrag.generate.base import Generator, Message
+from mrag.retrieve.strategies import uses_fulltext
 from mrag.settings import DEFAULT_STRATEGY
 
 DOCS = {

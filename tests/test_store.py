@@ -14,6 +14,7 @@ from mrag.errors import StoreError
 from mrag.index import Index
 from mrag.matrix import load_matrix, read_ranges
 from mrag.retrieve.exact import Exact
+from mrag.retrieve.strategies import uses_heads
 from mrag.retrieve.types import QueryVectors, Voter
 from mrag.rows import build_rows, chunk_schema, quote
 from mrag.scales import brute_force_scales
@@ -78,6 +79,7 @@ def test_a_search_without_heads_loads_the_matrix_without_them(index):
 
     expected = {s: found(s) for s in ("segment-bm25", "standard", "mrag", "mrag-paper")}
     index.store._matrix = None
+    assert not uses_heads("segment-bm25") and uses_heads("mrag") and not uses_heads("mrag", ["standard", "bm25"])
     assert [[(h.id, h.score) for h in index.search(q, k=3)] for q in queries] == expected["segment-bm25"]
     lean = index.store.matrix(heads=False)
     assert lean.heads.shape == (4, 4, 0) and not lean.has_heads and lean.heads.nbytes == 0

@@ -230,7 +230,7 @@ class Store:
             self._matrix = None  # the old one goes before the new one is read
             snapshot = self.snapshot()  # its version, not committed_version: another thread may refresh that
             columns = [c.column for c in self.vector_columns(committed=True)
-                       if heads or not (c.space.startswith("head:") or c.space == "heads")]
+                       if heads or not c.column.startswith("head")]  # head_i, or format 1's packed heads
             n = snapshot.count_rows()
             matrix = self._matrix = load_matrix(snapshot, read_ranges(snapshot, ["id", *columns], n), n, self.dim,
                                                 self.n_heads, self.head_dim, self.packed, self.committed_space_dims(),

@@ -116,12 +116,6 @@ def split_label(label: str, spaces: Sequence[str] = ()) -> tuple[str, list[str] 
     return strategy, chosen
 
 
-def uses_fulltext(strategy: str, select: Sequence[str] | None) -> bool:
-    """Whether a strategy (with its selection of spaces) asks the full-text space."""
-    plan = retrieve.parse_strategy(strategy)
-    return plan.base in ("bm25", "hybrid") or plan.fulltext or retrieve.FULLTEXT in (select or ())
-
-
 def query_texts(bench: Benchmark) -> list[str]:
     texts = []
     for q in bench.queries:
@@ -141,7 +135,7 @@ def evaluate(
     """One record per (query, strategy, k): the metrics of the first k distinct units."""
     plans = {s: split_label(s, corpus.spaces) for s in strategies}
     vectors = embed_queries(corpus, query_texts(bench), show_progress=show_progress)
-    if any(uses_fulltext(strategy, select) for strategy, select in plans.values()):
+    if any(retrieve.uses_fulltext(strategy, select) for strategy, select in plans.values()):
         corpus.index.maintain_fulltext()  # an index cached before the full-text space existed gets one
     matrix = corpus.index.store.matrix()
     extra = {name: matrix.extra[name] for name in corpus.spaces}

@@ -24,9 +24,10 @@ import numpy as np
 from mrag import settings
 from mrag.evaluate.bench import read_jsonl
 from mrag.evaluate.datasets import load_beir
-from mrag.evaluate.harness import Corpus, evaluate, summarize, uses_fulltext
+from mrag.evaluate.harness import Corpus, evaluate, summarize
 from mrag.evaluate.metrics import ranking_metrics
 from mrag.evaluate.run import DEFAULT_STRATEGIES
+from mrag.retrieve.strategies import uses_fulltext
 
 CANDIDATES = tuple(s for s in DEFAULT_STRATEGIES if "fusion" not in s)  # no LLM at search time
 

@@ -168,7 +168,8 @@ class FullTextRanker:
             check(self.table)
             self._checked = True
         # the query parts' full-text searches run beside each other and beside the vector ranking
-        pending = [_pool().submit(self._search, q.text, c) for q in queries] if len(queries) > 1 else []
+        pool = _pool() if len(queries) > 1 else None
+        pending = [pool.submit(self._search, q.text, c) for q in queries] if pool else []
         vector = [s for s, v in enumerate(chosen) if v.group != FULLTEXT]
         ranking = np.full((len(queries), len(chosen), c), -1, dtype=np.int64)
         sims = np.full((len(queries), len(chosen), c), -np.inf)

@@ -74,6 +74,12 @@ def uses_heads(strategy: str, select: Collection[str] | None = None) -> bool:
     return select is None or "heads" in select or any(str(s).startswith("head:") for s in select)
 
 
+def uses_fulltext(strategy: str, select: Collection[str] | None = None) -> bool:
+    """Whether a strategy (with its selection of spaces) asks the full-text space."""
+    plan = parse_strategy(strategy)
+    return plan.base in ("bm25", "hybrid") or plan.fulltext or FULLTEXT in (select or ())
+
+
 def unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
@@ -198,12 +204,15 @@ def vote_many(
     ranking, sims = ranker(chosen, [q for qs in searched for q in qs], depth)  # (P_total, S, depth)
     weights = np.array([v.weight for v in chosen])
     results, start = [], 0
-    one_part = lone or list(range(len(chosen)))
-    # a one-part query where the full-text space votes: the lists' scores fused (`zscore_weights`): the
-    # rank votes let the standard vector's first row win over a decisive BM25 match (benchmarks/results/eval/fulltext/)
-    how = ("standard" if lone and len(lone) == 1 else
-           "zscore" if plan.fulltext and len(one_part) > 1 and any(chosen[i].group == FULLTEXT for i in one_part)
-           else "mrag-std" if lone else plan.base)
+    one_part = lone or list(range(len(chosen)))  # the voters of a query of one part
+    if len(lone) == 1:
+        how = "standard"  # one list as it is
+    elif plan.fulltext and len(one_part) > 1 and any(chosen[i].group == FULLTEXT for i in one_part):
+        # the lists' scores fused (`zscore_weights`): rank votes let the standard vector's first row win
+        # over a decisive BM25 match (benchmarks/results/eval/fulltext/)
+        how = "zscore"
+    else:
+        how = "mrag-std" if lone else plan.base  # the lone voters' rank votes, or the base strategy's
     each_part = "zscore" if plan.zscores else plan.base
     for qs in searched:
         if len(qs) == 1 and plan.expand != "fusion":
