@@ -50,11 +50,17 @@ def both(standard: np.ndarray, heads: np.ndarray, chosen: list, parts: list, c: 
     np.testing.assert_array_equal(bf16[1], fp32[1])  # bit for bit
 
 
+@pytest.fixture(params=["block-diagonal", "per head"])
+def layout(request, monkeypatch):
+    """Both products of the scan: one against the parts laid block-diagonally, or one per head."""
+    monkeypatch.setattr(lowprec, "BLOCK_DIAGONAL_WORK", 10**6 if request.param == "block-diagonal" else 0)
+    return request.param
+
+
 @pytest.mark.parametrize("strategy", ["mrag-paper", "mrag-std", "mrag"])
 @pytest.mark.parametrize("n_parts, c", [(1, 5), (6, 20), (40, 33)])
-def test_bf16_scan_returns_the_fp32_ranking_and_scores(monkeypatch, strategy, n_parts, c):
-    monkeypatch.setattr(lowprec, "CHUNK_ROWS", 64)  # many chunks, blocks and floor raises
-    monkeypatch.setattr(lowprec, "BLOCK_BYTES", 64 * 2 * 8 * 3)
+def test_bf16_scan_returns_the_fp32_ranking_and_scores(monkeypatch, layout, strategy, n_parts, c):
+    monkeypatch.setattr(lowprec, "BLOCK_BYTES", 1)  # blocks of SMALL_ROWS rows: many blocks and floor raises
     raised = []
     real = lowprec.HeadScan.raise_floor
     monkeypatch.setattr(lowprec.HeadScan, "raise_floor", lambda self: (raised.append(1), real(self))[1])
@@ -66,10 +72,10 @@ def test_bf16_scan_returns_the_fp32_ranking_and_scores(monkeypatch, strategy, n_
 
 
 @pytest.mark.parametrize("spread", [0.02, 0.05, 0.1])
-def test_a_cluster_finer_than_bf16_ranks_as_in_fp32(monkeypatch, spread):
+def test_a_cluster_finer_than_bf16_ranks_as_in_fp32(monkeypatch, layout, spread):
     """300 rows around the query score 0.99-1.0: bf16 (steps of 2^-8 there) reorders them, so rows of
     the fp32 top c score below the bf16 c-th best: only the error margin keeps them."""
-    monkeypatch.setattr(lowprec, "CHUNK_ROWS", 128)
+    monkeypatch.setattr(lowprec, "BLOCK_BYTES", 2 * 128 * 6)  # blocks of 128 rows
     rng = np.random.default_rng(11)
     standard, heads = hard_index(4000)
     centre = unit(rng, (3, 8))
@@ -79,7 +85,7 @@ def test_a_cluster_finer_than_bf16_ranks_as_in_fp32(monkeypatch, spread):
     both(standard, heads, retrieve.voters("mrag-paper", 3, SCALES), [q, q], 33)
 
 
-def test_a_query_equal_to_duplicated_rows_ties_at_the_cut():
+def test_a_query_equal_to_duplicated_rows_ties_at_the_cut(layout):
     standard, heads = hard_index(700, seed=3)
     heads[:, 100:140] = heads[:, 7:8]  # 41 copies of row 7: the tie runs past c
     q = retrieve.QueryVectors(unit(np.random.default_rng(2), (24,)), heads[:, 7].copy())
@@ -87,8 +93,8 @@ def test_a_query_equal_to_duplicated_rows_ties_at_the_cut():
     both(standard, heads, chosen, [q, q], 33)
 
 
-def test_a_selection_of_heads_and_a_last_chunk_that_ends_inside_a_segment(monkeypatch):
-    monkeypatch.setattr(lowprec, "CHUNK_ROWS", 64)
+def test_a_selection_of_heads_and_a_last_block_that_ends_inside_a_segment(monkeypatch, layout):
+    monkeypatch.setattr(lowprec, "BLOCK_BYTES", 1)  # blocks of SMALL_ROWS rows
     standard, heads = hard_index(1001, h=4)
     rng = np.random.default_rng(4)
     scales = {"heads": np.ones(4), "standard": np.ones(1), "split": np.ones(4)}
@@ -96,7 +102,7 @@ def test_a_selection_of_heads_and_a_last_chunk_that_ends_inside_a_segment(monkey
     both(standard, heads, chosen, queries_near(rng, heads, 24, 3), 10)
 
 
-def test_fewer_rows_than_c_and_negative_scores():
+def test_fewer_rows_than_c_and_negative_scores(layout):
     rng = np.random.default_rng(5)
     standard, heads = unit(rng, (20, 24)), unit(rng, (3, 20, 8))
     chosen = retrieve.voters("mrag-paper", 3, SCALES)
@@ -165,12 +171,12 @@ def test_the_error_bound_holds_on_random_vectors():
 
 def test_peaks_on_int16_bits_never_skip_a_segment_that_may_reach_the_threshold():
     rng = np.random.default_rng(9)
-    values = torch.from_numpy(rng.standard_normal((1, 1, 64 * lowprec.SEGMENT_ROWS, 1)).astype(np.float32))
-    values[0, 0, : lowprec.SEGMENT_ROWS, 0] = -torch.rand(lowprec.SEGMENT_ROWS)  # a segment below 0
-    values[0, 0, lowprec.SEGMENT_ROWS, 0] = 0.0
-    products = values.to(torch.bfloat16)
+    values = torch.from_numpy(rng.standard_normal((64, lowprec.SEGMENT_ROWS, 1, 1)).astype(np.float32))
+    values[0, :, 0, 0] = -torch.rand(lowprec.SEGMENT_ROWS)  # a segment below 0
+    values[1, 0, 0, 0] = 0.0
+    products = values.to(torch.bfloat16)  # (S, seg, h, P)
     peaks = lowprec.segment_peaks(products).flatten()  # (S,) int16
-    true_peaks = products.float().unflatten(2, (-1, lowprec.SEGMENT_ROWS)).amax(3).flatten()
+    true_peaks = products.float().amax(1).flatten()
     for threshold in [-1.0, -0.01, 0.0, 1e-30, 0.3, 0.5000001, 1.2, float(true_peaks.max())]:
         kept = peaks >= lowprec.bits_at_least(torch.tensor([threshold]))
         assert bool(kept[true_peaks >= threshold].all()), threshold  # never skips one that reaches it
@@ -179,15 +185,32 @@ def test_peaks_on_int16_bits_never_skip_a_segment_that_may_reach_the_threshold()
     assert bool((lower <= true_peaks).all()) and bool((lower[true_peaks >= 0] == true_peaks[true_peaks >= 0]).all())
 
 
-def test_the_bf16_copy_is_made_once_per_array_and_chunk_major():
+def test_the_bf16_copy_is_made_once_per_array_and_row_major():
     rng = np.random.default_rng(10)
     heads = unit(rng, (2, 2500, 4))
     copy = lowprec.bf16_heads(heads)
     assert lowprec.bf16_heads(heads) is copy
-    assert copy.copy.shape == (-(-2500 // lowprec.CHUNK_ROWS), 2, lowprec.CHUNK_ROWS, 4)
-    flat = copy.copy.transpose(0, 1).flatten(1, 2)  # (H, C * R, d)
-    np.testing.assert_array_equal(flat[:, :2500].float().numpy(), torch.from_numpy(heads).to(torch.bfloat16).float())
-    assert not flat[:, 2500:].any()
+    assert copy.rows.shape == (2528, 8)  # 2500 rows padded to whole segments of 32, heads side by side
+    apart = copy.rows.view(-1, 2, 4).transpose(0, 1)  # (H, N', d)
+    np.testing.assert_array_equal(apart[:, :2500].float().numpy(), torch.from_numpy(heads).to(torch.bfloat16).float())
+    assert not apart[:, 2500:].any()
+
+
+def test_the_block_diagonal_query_matrix_worked_by_hand():
+    """Heads 2 and 0 of three (d = 2), two parts: line block j holds head index[j]'s parts."""
+    q = torch.tensor([[[1.0, 2.0], [3.0, 4.0]], [[5.0, 6.0], [7.0, 8.0]]])  # (h=2, P=2, d=2)
+    laid = lowprec.block_diagonal(q, [2, 0], heads=3)
+    expected = torch.tensor([
+        [0.0, 0.0, 5.0, 7.0],  # head 0's coordinates meet line block 1
+        [0.0, 0.0, 6.0, 8.0],
+        [0.0, 0.0, 0.0, 0.0],  # head 1: not searched
+        [0.0, 0.0, 0.0, 0.0],
+        [1.0, 3.0, 0.0, 0.0],  # head 2's coordinates meet line block 0
+        [2.0, 4.0, 0.0, 0.0],
+    ])
+    assert torch.equal(laid, expected)
+    row = torch.arange(6.0)[None]  # one row, heads side by side: (0, 1 | 2, 3 | 4, 5)
+    assert (row @ laid).tolist() == [[4 + 10, 12 + 20, 6, 8]]  # head 2 . parts, then head 0 . parts
 
 
 def test_a_small_real_index_ranks_the_same_in_bf16(index):

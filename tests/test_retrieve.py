@@ -264,3 +264,25 @@ def test_the_default_ranks_a_one_part_query_by_the_standard_vector():
         assert got.rows.tolist() == want.rows.tolist() and np.allclose(got.scores, want.scores)
     assert exact.run("segment+mrag-std", standard, heads, one, 5, 8, scales).rows.tolist() == \
         exact.run("mrag-std", standard, heads, one, 5, 8, scales).rows.tolist()  # the named one keeps the heads
+
+
+def test_a_multi_part_query_names_the_votes_behind_each_row_it_keeps():
+    """Two parts, two heads (scales 1 and 0.5), c = 2, worked by hand. Part 0: head 0 ranks [3, 1], head 1
+    [1, 3] -> row 3 1 + 0.25 = 1.25, row 1 0.5 + 0.5 = 1.0. Part 1: head 0 [2, 0], head 1 [2, 4] -> row 2
+    1.5. Consensus of the first choices: 2 (1.5) before 3 (1.25); each row's votes are those of its part."""
+    lists = {0: [[3, 1], [1, 3]], 1: [[2, 0], [2, 4]]}
+
+    def ranker(chosen, queries, c):
+        ranking = np.array([lists[i] for i in range(len(queries))])  # (P, S, c)
+        return ranking, np.full(ranking.shape, 0.5)
+
+    part = retrieve.QueryVectors(np.ones(4), np.ones((2, 2)))
+    scales = {"heads": np.array([1.0, 0.5]), "standard": np.ones(1), "split": np.ones(2)}
+    [result] = retrieve.vote_many("segment+mrag-paper", [(part, [part, part])], 2, 2, scales, ranker, 2)
+    assert result.rows.tolist() == [2, 3] and result.scores.tolist() == [1.5, 1.25]
+    assert result.votes == [
+        [{"space": "head:0", "rank": 0, "weight": 1.0, "part": 1},
+         {"space": "head:1", "rank": 0, "weight": 0.5, "part": 1}],
+        [{"space": "head:0", "rank": 0, "weight": 1.0, "part": 0},
+         {"space": "head:1", "rank": 1, "weight": 0.25, "part": 0}],
+    ]

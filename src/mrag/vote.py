@@ -73,8 +73,9 @@ def zscore_weights(ranking: np.ndarray, scores: np.ndarray, empty: np.ndarray) -
     return np.where(valid, z - np.where(np.isfinite(lowest), lowest, 0.0), 0.0)
 
 
-def fuse(ranking: np.ndarray, weights: np.ndarray, k: int) -> Fused:
-    """Sum each item's vote weights over all spaces and return the top k (deterministic ties)."""
+def fuse(ranking: np.ndarray, weights: np.ndarray, k: int, with_votes: bool = True) -> Fused:
+    """Sum each item's vote weights over all spaces and return the top k (deterministic ties);
+    `with_votes` False leaves `votes` empty (building them cost more than the sums for a query's parts)."""
     if k <= 0:
         raise ValueError(f"k must be positive, got {k}")
     ranking = np.asarray(ranking)
@@ -90,7 +91,7 @@ def fuse(ranking: np.ndarray, weights: np.ndarray, k: int) -> Fused:
     # lexsort sorts by the last key first: score desc, then best rank asc, then id asc
     order = np.lexsort((uniq, best_rank, -totals))[:k]
     votes: list[list[Vote]] = []
-    for pos in order:
+    for pos in order if with_votes else ():
         mask = inverse == pos
         votes.append(
             [Vote(int(s), int(r), float(x)) for s, r, x in zip(spaces[mask], ranks[mask], w[mask])]

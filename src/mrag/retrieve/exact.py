@@ -156,22 +156,10 @@ class Exact:
             return None
         h, p, _ = q.shape
         index = [v.index for v in members]
-        norms = torch.linalg.vector_norm(q, dim=2).flatten()  # (h * P,) voter-major, as the lines
-        scan = lowprec.HeadScan(keep, n, lowprec.error_bound(norms, copy.row_norm[index].repeat_interleave(p)))
-        chunks, chunk_rows = len(copy.copy), copy.copy.shape[2]
-        block = min(lowprec.block_chunks(h * p), chunks)  # chunks per block
-        queries = q.to(torch.bfloat16).transpose(1, 2).repeat(block, 1, 1)  # (block * h, d, P)
-        out = torch.empty((block * h, chunk_rows, p), dtype=torch.bfloat16)  # reused: the scan copies what it keeps
         try:
-            for first in range(0, chunks, block):
-                x = copy.copy[first : first + block]  # (k, H, R, d)
-                x = (x if index == list(range(x.shape[1])) else x[:, index]).flatten(0, 1)  # (k * h, R, d), contiguous
-                k = len(x) // h
-                products = torch.bmm(x, queries[: len(x)], out=out[: len(x)])  # (k * h, R, P)
-                scan.offer(products.unflatten(0, (k, h)), first * chunk_rows)
+            lines, rows = lowprec.scan(copy, q, index, keep, n)
         except lowprec.TooManyKept:
             return None
-        lines, rows = scan.candidates()
         scores = lowprec.rescore(q, _tensor(self.heads), index, lines, rows)
         return lowprec.best_rows(lines, rows, scores, h * p, min(keep, n))
 

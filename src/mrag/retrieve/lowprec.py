@@ -7,8 +7,11 @@ least the keep-th best approximate score less twice that bound: every such row i
 scored again in fp32 with the same kernel shapes as the fp32 scan (`rescore`), so the final ranking and
 scores are those of the fp32 scan (`exact.Exact`, precision "fp32"), tested bit for bit.
 
-bf16 reductions are slow in torch; the scan takes each segment's peak on the int16 view of the bf16 bits,
-whose order is the float order for values >= +0.0 (`peak_bounds`).
+The copy is row-major, a row's heads side by side. A few parts (a query or two) take one product per
+block against the parts laid out block-diagonally (`block_diagonal`): the zeros off a head's own block
+add exact zeros, and the one wide product streams the rows at memory speed, where one narrow product
+per head did not (`scan`). bf16 reductions are slow in torch; the scan takes each segment's peak on the
+int16 view of the bf16 bits, whose order is the float order for values >= +0.0 (`segment_peaks`).
 """
 
 from __future__ import annotations
@@ -21,11 +24,13 @@ import torch
 
 BF16_UNIT = 2.0**-8  # bf16 keeps 8 significant bits: rounding to nearest moves a value by at most this, relatively
 SEGMENT_ROWS = 32  # rows per segment: a block's rows are kept or skipped a segment at a time
-CHUNK_ROWS = 1024  # the bf16 copy is stored chunk-major, (C, H, CHUNK_ROWS, d): a block of chunks is contiguous
-BLOCK_BYTES = 16 * 2**20  # a block's bf16 products, all lines (fewer, larger blocks: fewer small steps)
+BLOCK_BYTES = 16 * 2**20  # a block's bf16 products, all lines (at 1M rows, 6 parts: 60 ms a scan against 70 at 4 MiB)
 KEPT_BYTES = 512 * 2**20  # the most memory the kept segments may take before the scan gives up (`TooManyKept`)
 RESCORE_PARTS = 32  # query parts per re-scoring product (at least 2: one part takes another BLAS kernel)
 SMALL_ROWS = 64  # fewer rows to a product take another BLAS kernel: the re-score pads to this, the scans avoid it
+# heads x parts up to which the block-diagonal product beats one product per head (at 1M rows, 12 heads:
+# 6 parts 48 ms against 84, 24 parts 86 against 164, 64 parts even; it multiplies H times the zeros)
+BLOCK_DIAGONAL_WORK = 384
 
 
 MIN_ROWS, MIN_PRODUCTS = 20_000, 4_000_000  # below both, the bf16 pass's fixed costs outweigh what it saves
@@ -42,19 +47,18 @@ class TooManyKept(RuntimeError):
 
 
 class Bf16Heads:
-    """A bf16 copy of unit heads (H, N, d), chunk-major (C, H, CHUNK_ROWS, d) with zero rows after the
-    last one (bmm reads a contiguous batch several times faster than a strided one), and each head's
-    largest row norm (H,) for the error bound."""
+    """A bf16 copy of unit heads (H, N, d), row-major (N', H * d) with zero rows after the last one up to
+    a whole segment (every block of rows is one contiguous matrix), and each head's largest row norm (H,)
+    for the error bound."""
 
     def __init__(self, heads: np.ndarray):
         source = torch.from_numpy(heads if heads.flags.writeable else np.array(heads))  # torch warns on read-only
         h, n, d = source.shape
+        self.heads, self.width = h, d
         self.finite = bool(torch.isfinite(source).all())
-        self.copy = torch.zeros((-(-n // CHUNK_ROWS), h, CHUNK_ROWS, d), dtype=torch.bfloat16)
-        whole = n // CHUNK_ROWS  # chunks without padding
+        self.rows = torch.zeros((-(-n // SEGMENT_ROWS) * SEGMENT_ROWS, h * d), dtype=torch.bfloat16)
         for i in range(h):  # one head at a time: no fp32 or bf16 copy of all heads on the way; rounded to nearest
-            self.copy[:whole, i] = source[i, : whole * CHUNK_ROWS].unflatten(0, (whole, CHUNK_ROWS))
-            self.copy[whole:, i, : n - whole * CHUNK_ROWS] = source[i, whole * CHUNK_ROWS :]
+            self.rows[:n, i * d : (i + 1) * d] = source[i]
         self.row_norm = torch.linalg.vector_norm(source, dim=2).amax(1) if n else torch.zeros(h)
 
 
@@ -83,16 +87,57 @@ def error_bound(query_norms: torch.Tensor, row_norm: torch.Tensor) -> torch.Tens
     return 4 * BF16_UNIT * query_norms * row_norm
 
 
-def block_chunks(lines: int) -> int:
-    """Chunks per block for this many lines: their bf16 products fill about BLOCK_BYTES (at least one)."""
-    return max(BLOCK_BYTES // (2 * CHUNK_ROWS * max(lines, 1)), 1)
+def block_rows(lines: int) -> int:
+    """Rows per block for this many lines: their bf16 products fill about BLOCK_BYTES, in whole segments,
+    at least SMALL_ROWS."""
+    fit = BLOCK_BYTES // (2 * max(lines, 1)) // SEGMENT_ROWS * SEGMENT_ROWS
+    return max(fit, SMALL_ROWS)
 
 
-def segment_peaks(products: torch.Tensor) -> torch.Tensor:
-    """Each segment's peak as int16 bits: bf16 products (k, h, R, P) of k chunks -> (k, h, R / seg, P).
-    The int16 view orders bits as floats for values >= +0.0, and any of those above every negative
-    value; a negative peak means every value of the segment is <= -0.0."""
-    return products.view(torch.int16).unflatten(2, (-1, SEGMENT_ROWS)).amax(3)
+def block_diagonal(q: torch.Tensor, index: list[int], heads: int) -> torch.Tensor:
+    """The parts of heads `index` laid out for one product with a row-major copy: q (h, P, d) ->
+    (heads * d, h * P), head index[j]'s coordinates against line block j, zeros elsewhere."""
+    h, p, d = q.shape
+    laid = torch.zeros((heads * d, h * p), dtype=q.dtype)
+    for j, i in enumerate(index):
+        laid[i * d : (i + 1) * d, j * p : (j + 1) * p] = q[j].T
+    return laid
+
+
+def scan(copy: Bf16Heads, q: torch.Tensor, index: list[int], keep: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every (line, row) that could be in its line's true top `keep` by fp32 score: lines (K,), rows (K,),
+    lines voter-major (head j of `index`, part) as q (h, P, d). Raises TooManyKept."""
+    h, p, d = q.shape
+    norms = torch.linalg.vector_norm(q, dim=2).flatten()  # (h * P,)
+    found = HeadScan(keep, n, error_bound(norms, copy.row_norm[index].repeat_interleave(p)))
+    queries = q.to(torch.bfloat16)
+    step = block_rows(h * p)
+    total = len(copy.rows)
+    if copy.heads * p <= BLOCK_DIAGONAL_WORK:
+        laid = block_diagonal(queries, index, copy.heads)  # (H * d, h * P)
+        out = torch.empty((min(step, total), h * p), dtype=torch.bfloat16)  # reused: the scan copies what it keeps
+        for start in range(0, total, step):
+            products = torch.mm(copy.rows[start : start + step], laid, out=out[: min(step, total - start)])
+            found.offer(products.view(-1, SEGMENT_ROWS, h, p), start)  # (B, h * P) as (S, seg, h, P)
+    else:
+        # one product per head: each block's heads copied apart first, (h, B, d) (a strided batch ran slower)
+        apart = torch.empty((h, min(step, total), d), dtype=torch.bfloat16)
+        out = torch.empty((h, min(step, total), p), dtype=torch.bfloat16)
+        everyone = index == list(range(copy.heads))
+        for start in range(0, total, step):
+            rows = copy.rows[start : start + step].view(-1, copy.heads, d)  # (B, H, d)
+            x = apart[:, : len(rows)]
+            x.copy_((rows if everyone else rows[:, index]).transpose(0, 1))
+            products = torch.bmm(x, queries.transpose(1, 2), out=out[:, : len(rows)])  # (h, B, P)
+            found.offer(products.view(h, -1, SEGMENT_ROWS, p).permute(1, 2, 0, 3), start)
+    return found.candidates()
+
+
+def segment_peaks(segments: torch.Tensor) -> torch.Tensor:
+    """Each segment's peak as int16 bits: bf16 products (S, seg, h, P) -> (S, h, P). The int16 view
+    orders bits as floats for values >= +0.0, and any of those above every negative value; a negative
+    peak means every value of the segment is <= -0.0."""
+    return segments.view(torch.int16).amax(1)
 
 
 def bits_at_least(value: torch.Tensor) -> torch.Tensor:
@@ -129,24 +174,23 @@ class HeadScan:
         """(R,): every row of the true top keep scores at least this, approximately."""
         return self.floor - self.margin
 
-    def offer(self, products: torch.Tensor, start: int) -> None:
-        """bf16 products (k, h, R, P) of k chunks, rows start..start + k * R (the copy's zero rows after
-        the last row are set to the lowest int16, -0.0, here: no peak comes from them)."""
-        k, h, rows, p = products.shape
-        padding = start + k * rows - self.n
+    def offer(self, segments: torch.Tensor, start: int) -> None:
+        """A block's bf16 products as segments (S, seg, h, P), rows start..start + S * seg (the copy's zero
+        rows after the last row are set to the lowest int16, -0.0, here: no peak comes from them)."""
+        s, seg, h, p = segments.shape
+        padding = start + s * seg - self.n
         if padding > 0:
-            products[-1, :, rows - padding :].view(torch.int16).fill_(-(2**15))
-        peaks = segment_peaks(products)  # (k, h, S', P)
+            segments.flatten(0, 1)[s * seg - padding :].view(torch.int16).fill_(-(2**15))
+        peaks = segment_peaks(segments)  # (S, h, P)
         if not self.kept and self.count == 0:  # the first block sets the floor
-            lines = peaks.permute(1, 3, 0, 2).reshape(h * p, -1)  # (R, S)
+            lines = peaks.reshape(s, h * p).T  # (R, S)
             if lines.shape[1] >= self.keep:
                 self.floor = bits_value(torch.topk(lines, self.keep, dim=1).values[:, -1])
-        least = bits_at_least(self.threshold()).view(1, h, 1, p)
-        chunk, head, segment, part = (peaks >= least).nonzero().unbind(1)  # (M,) each
-        sims = products.unflatten(2, (-1, SEGMENT_ROWS))[chunk, head, segment, :, part]  # (M, seg), a copy
-        first = start + (chunk * peaks.shape[2] + segment) * SEGMENT_ROWS
-        self.kept.append((head * p + part, peaks[chunk, head, segment, part], first, sims))
-        self.count += len(chunk)
+        least = bits_at_least(self.threshold()).view(1, h, p)
+        segment, head, part = (peaks >= least).nonzero().unbind(1)  # (M,) each
+        sims = segments[segment, :, head, part]  # (M, seg), a copy
+        self.kept.append((head * p + part, peaks[segment, head, part], start + segment * seg, sims))
+        self.count += len(segment)
         held = SEGMENT_ROWS * 2 + 32  # bytes per kept segment: bf16 sims, line, peak, first row
         if self.count > self.raise_at or self.count * held > KEPT_BYTES:
             self.raise_floor()

@@ -33,7 +33,8 @@ votes exactly as it did before spaces existed.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+import functools
+from collections.abc import Callable, Collection
 
 import numpy as np
 
@@ -219,43 +220,74 @@ def vote_many(
             results.append(_tally(how, [chosen[i] for i in one_part], weights[one_part], ranking[start][one_part],
                                   sims[start][one_part], k))
         else:
-            lists = [_tally(each_part, chosen, weights, ranking[i], sims[i], max(k, c))
+            lists = [_tally(each_part, chosen, weights, ranking[i], sims[i], max(k, c), with_votes=False)
                      for i in range(start, start + len(qs))]
-            results.append(_merge(plan.expand or "", lists, k))
+            votes_for = functools.partial(_part_votes, each_part, chosen, weights, ranking[start:], sims[start:])
+            results.append(_merge(plan.expand or "", lists, k, votes_for))
         start += len(qs)
     return results
 
 
 def _tally(
-    strategy: str, chosen: list[Voter], weights: np.ndarray, ranking: np.ndarray, sims: np.ndarray, k: int
+    strategy: str,
+    chosen: list[Voter],
+    weights: np.ndarray,
+    ranking: np.ndarray,
+    sims: np.ndarray,
+    k: int,
+    with_votes: bool = True,
 ) -> Result:
-    """One part's votes.  ranking, sims (S, c) -> the top k rows."""
+    """One part's votes.  ranking, sims (S, c) -> the top k rows; `with_votes` False leaves out who voted
+    (a part's list: `_merge` asks `_part_votes` about the rows it keeps)."""
     if strategy in ("standard", "bm25"):  # one list: its own order and similarities (BM25 scores)
         valid = ranking[0] >= 0
         rows, scores = ranking[0][valid][:k], sims[0][valid][:k]
         votes = [[{"space": chosen[0].name, "rank": i, "weight": float(s)}] for i, s in enumerate(scores)]
-        return Result(rows, scores, votes)
-    if strategy == "mrag-distance":
-        w = np.where(ranking >= 0, 1.0 / np.maximum(1.0 - sims, 1e-6), 0.0)
-    elif strategy == "hybrid":
-        w = rrf_weights(ranking)
-    elif strategy == "zscore":
-        w = zscore_weights(ranking, sims, np.array([0.0 if v.group == FULLTEXT else np.nan for v in chosen]))
-    else:
-        w = rank_weights(ranking, weights)
-    fused = fuse(ranking, w, k)
+        return Result(rows, scores, votes if with_votes else [])
+    fused = fuse(ranking, _vote_weights(strategy, chosen, weights, ranking, sims), k, with_votes)
     votes = [[{"space": chosen[v.space].name, "rank": v.rank, "weight": v.weight} for v in vs] for vs in fused.votes]
     return Result(fused.ids, fused.scores, votes)
 
 
-def _merge(expand: str, lists: list[Result], k: int) -> Result:
-    """Merge the parts' lists: RRF for fusion, consensus for segment+, round-robin for interleave+."""
+def _vote_weights(
+    strategy: str, chosen: list[Voter], weights: np.ndarray, ranking: np.ndarray, sims: np.ndarray
+) -> np.ndarray:
+    """Each vote's weight by the strategy's rule: ranking, sims (S, c) -> (S, c)."""
+    if strategy == "mrag-distance":
+        return np.where(ranking >= 0, 1.0 / np.maximum(1.0 - sims, 1e-6), 0.0)
+    if strategy == "hybrid":
+        return rrf_weights(ranking)
+    if strategy == "zscore":
+        return zscore_weights(ranking, sims, np.array([0.0 if v.group == FULLTEXT else np.nan for v in chosen]))
+    return rank_weights(ranking, weights)
+
+
+def _part_votes(
+    strategy: str, chosen: list[Voter], weights: np.ndarray, ranking: np.ndarray, sims: np.ndarray, part: int, row: int
+) -> list[dict[str, object]]:
+    """The votes `_tally` gives `row` in one part (space order, then rank): ranking, sims (P, S, c) from
+    the query's first part."""
+    ranking, sims = ranking[part], sims[part]
+    if strategy in ("standard", "bm25"):
+        rank = np.flatnonzero(ranking[0][ranking[0] >= 0] == row)
+        return [{"space": chosen[0].name, "rank": int(r), "weight": float(sims[0][ranking[0] >= 0][r])} for r in rank]
+    w = _vote_weights(strategy, chosen, weights, ranking, sims)
+    spaces, ranks = np.nonzero(ranking == row)
+    return [{"space": chosen[s].name, "rank": int(r), "weight": float(w[s, r])} for s, r in zip(spaces, ranks)]
+
+
+VotesFor = Callable[[int, int], list[dict[str, object]]]  # (part, row) -> the votes that part gave the row
+
+
+def _merge(expand: str, lists: list[Result], k: int, votes_for: VotesFor) -> Result:
+    """Merge the parts' lists: RRF for fusion, consensus for segment+, round-robin for interleave+.
+    votes_for(part, row): the votes a part gave a row."""
     if expand == "fusion":
         depth = max(len(r.rows) for r in lists)
         ranking = np.full((len(lists), depth), -1, dtype=np.int64)
         for i, r in enumerate(lists):
             ranking[i, : len(r.rows)] = r.rows
-        fused = fuse(ranking, rrf_weights(ranking), k)
+        fused = fuse(ranking, rrf_weights(ranking), k, with_votes=False)
         rows, scores = fused.ids, fused.scores
     else:
         ranked = [r.rows for r in lists]
@@ -268,7 +300,7 @@ def _merge(expand: str, lists: list[Result], k: int) -> Result:
     best = [_best_in(lists, row) for row in rows]
     if scores is None:
         scores = np.array([score for _, _, score in best])
-    votes = [[v | {"part": part} for v in lists[part].votes[pos]] for part, pos, _ in best]
+    votes = [[v | {"part": part} for v in votes_for(part, int(row))] for (part, _, _), row in zip(best, rows)]
     return Result(np.asarray(rows, dtype=np.int64), np.asarray(scores, dtype=np.float64), votes)
 
 
