@@ -104,10 +104,32 @@ def test_a_selection_of_heads_and_a_last_block_that_ends_inside_a_segment(monkey
 
 def test_fewer_rows_than_c_and_negative_scores(layout):
     rng = np.random.default_rng(5)
-    standard, heads = unit(rng, (20, 24)), unit(rng, (3, 20, 8))
+    standard, heads = unit(rng, (70, 24)), unit(rng, (3, 70, 8))  # 70 rows: the bf16 pass runs (>= SMALL_ROWS)
     chosen = retrieve.voters("mrag-paper", 3, SCALES)
     q = retrieve.QueryVectors(unit(rng, (24,)), -heads[:, 3])  # every score of row 3 is -1: most are < 0
-    both(standard, heads, chosen, [q], 30)
+    ranker = exact.Exact(standard, heads, precision="bf16")
+    assert ranker.heads_bf16(chosen, ranker.query_matrix("heads", chosen, [q]), 81) is not None
+    both(standard, heads, chosen, [q], 80)
+
+
+def test_heads_out_of_order_and_a_short_last_block(monkeypatch, layout):
+    """Heads 3 and 1 of four, in that order; 1001 rows padded to 1024, blocks of 96 rows: the last has 64."""
+    standard, heads = hard_index(1001, h=4)
+    monkeypatch.setattr(lowprec, "BLOCK_BYTES", 2 * 6 * 96)  # 2 heads x 3 parts = 6 lines
+    chosen = [retrieve.Voter("head:3", "heads", 1.0), retrieve.Voter("head:1", "heads", 0.5)]
+    both(standard, heads, chosen, queries_near(np.random.default_rng(13), heads, 24, 3), 12)
+
+
+def test_a_value_past_bf16s_range_in_a_head_not_searched_scans_in_fp32(layout):
+    """3.4e38 is a finite fp32 but rounds to bf16 inf: in the block-diagonal product the zero set against
+    that head would make NaN of its rows' scores in every head."""
+    standard, heads = hard_index(500)
+    heads[2, :40, 0] = 3.4e38
+    chosen = retrieve.voters("mrag-paper", 3, SCALES, select=["head:0", "head:1"])
+    ranker = exact.Exact(standard, heads, precision="bf16")
+    parts = queries_near(np.random.default_rng(14), heads, 24, 2)
+    assert ranker.heads_bf16(chosen, ranker.query_matrix("heads", chosen, parts), 6) is None
+    both(standard, heads, chosen, parts, 5)
 
 
 def test_too_many_ties_fall_back_to_the_fp32_scan(monkeypatch):

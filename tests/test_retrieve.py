@@ -286,3 +286,17 @@ def test_a_multi_part_query_names_the_votes_behind_each_row_it_keeps():
         [{"space": "head:0", "rank": 0, "weight": 1.0, "part": 0},
          {"space": "head:1", "rank": 1, "weight": 0.25, "part": 0}],
     ]
+
+
+def test_a_part_list_naming_a_row_twice_gives_it_one_vote():
+    """One-list parts (standard, bm25): the kept row's vote is the one at its first place in its part."""
+    def ranker(chosen, queries, c):
+        ranking = np.array([[[4, 4, 1]], [[2, 3, 0]]])  # (P, S=1, c): part 0 names row 4 twice
+        return ranking, np.array([[[0.9, 0.8, 0.1]], [[0.7, 0.6, 0.5]]])
+
+    part = retrieve.QueryVectors(np.ones(4), np.ones((2, 2)))
+    scales = {"heads": np.ones(2), "standard": np.ones(1), "split": np.ones(2)}
+    [result] = retrieve.vote_many("segment+standard", [(part, [part, part])], 2, 3, scales, ranker, 2)
+    assert result.rows.tolist() == [4, 2]
+    assert result.votes == [[{"space": "standard", "rank": 0, "weight": 0.9, "part": 0}],
+                            [{"space": "standard", "rank": 0, "weight": 0.7, "part": 1}]]

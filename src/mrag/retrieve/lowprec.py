@@ -54,11 +54,13 @@ class Bf16Heads:
     def __init__(self, heads: np.ndarray):
         source = torch.from_numpy(heads if heads.flags.writeable else np.array(heads))  # torch warns on read-only
         h, n, d = source.shape
-        self.heads, self.width = h, d
-        self.finite = bool(torch.isfinite(source).all())
+        self.heads = h
         self.rows = torch.zeros((-(-n // SEGMENT_ROWS) * SEGMENT_ROWS, h * d), dtype=torch.bfloat16)
         for i in range(h):  # one head at a time: no fp32 or bf16 copy of all heads on the way; rounded to nearest
             self.rows[:n, i * d : (i + 1) * d] = source[i]
+        # on the copy: a finite fp32 value past bf16's range rounds to inf, and the block-diagonal
+        # product's zeros would turn it into NaN for every head of its row
+        self.finite = bool(torch.isfinite(self.rows).all())
         self.row_norm = torch.linalg.vector_norm(source, dim=2).amax(1) if n else torch.zeros(h)
 
 

@@ -263,25 +263,32 @@ def _vote_weights(
 
 
 def _part_votes(
-    strategy: str, chosen: list[Voter], weights: np.ndarray, ranking: np.ndarray, sims: np.ndarray, part: int, row: int
+    strategy: str,
+    chosen: list[Voter],
+    weights: np.ndarray,
+    ranking: np.ndarray,
+    sims: np.ndarray,
+    part: int,
+    position: int,
+    row: int,
 ) -> list[dict[str, object]]:
-    """The votes `_tally` gives `row` in one part (space order, then rank): ranking, sims (P, S, c) from
-    the query's first part."""
+    """The votes `_tally` gives `row`, at `position` of the part's list: ranking, sims (P, S, c) from the
+    query's first part. One list: its vote at that position; fused lists: every space's vote for the row."""
     ranking, sims = ranking[part], sims[part]
     if strategy in ("standard", "bm25"):
-        rank = np.flatnonzero(ranking[0][ranking[0] >= 0] == row)
-        return [{"space": chosen[0].name, "rank": int(r), "weight": float(sims[0][ranking[0] >= 0][r])} for r in rank]
+        score = sims[0][ranking[0] >= 0][position]
+        return [{"space": chosen[0].name, "rank": position, "weight": float(score)}]
     w = _vote_weights(strategy, chosen, weights, ranking, sims)
     spaces, ranks = np.nonzero(ranking == row)
     return [{"space": chosen[s].name, "rank": int(r), "weight": float(w[s, r])} for s, r in zip(spaces, ranks)]
 
 
-VotesFor = Callable[[int, int], list[dict[str, object]]]  # (part, row) -> the votes that part gave the row
+VotesFor = Callable[[int, int, int], list[dict[str, object]]]  # (part, position, row) -> that part's votes for it
 
 
 def _merge(expand: str, lists: list[Result], k: int, votes_for: VotesFor) -> Result:
     """Merge the parts' lists: RRF for fusion, consensus for segment+, round-robin for interleave+.
-    votes_for(part, row): the votes a part gave a row."""
+    votes_for(part, position, row): the votes a part gave the row at that position of its list."""
     if expand == "fusion":
         depth = max(len(r.rows) for r in lists)
         ranking = np.full((len(lists), depth), -1, dtype=np.int64)
@@ -300,7 +307,7 @@ def _merge(expand: str, lists: list[Result], k: int, votes_for: VotesFor) -> Res
     best = [_best_in(lists, row) for row in rows]
     if scores is None:
         scores = np.array([score for _, _, score in best])
-    votes = [[v | {"part": part} for v in votes_for(part, int(row))] for (part, _, _), row in zip(best, rows)]
+    votes = [[v | {"part": part} for v in votes_for(part, pos, int(row))] for (part, pos, _), row in zip(best, rows)]
     return Result(np.asarray(rows, dtype=np.int64), np.asarray(scores, dtype=np.float64), votes)
 
 
