@@ -26,12 +26,17 @@ their text and get one (built on the temporary index when missing); an existing 
 is refused (its text is synthetic anyway: time the strategy's vector part, e.g. `segment+standard`).
 
 Run: python benchmarks/bench_ann_1m.py [--embed] [--rows 1000000] [--db EXISTING_INDEX] [--rounds 2] [--quick]
-[--strategy mrag] [--index-type IVF_FLAT]
+[--strategy mrag] [--index-type IVF_FLAT] [--replace-ann]
 Writes benchmarks/results/ann-1m-all.json and .md (quick: ann-1m-all-quick.*). The committed results came from
 `--skip synthetic --cache DIR --real-nprobes 3,8,20,40 --candidates 200,800 --name ann-1m-real` and
 `--skip real --db COPY_OF_bench_memory_1M_INDEX --queries 32 --rounds 2 --nprobes 20,60 --candidates 200,800
 --name ann-1m-synthetic`; `ann-1m.md` is the summary written from both. An existing index is only read
-(its ANN indexes are built only when it has none), so `--db` may name it directly when it has them.
+(its ANN indexes are built only when it has none), so `--db` may name it directly when it has them;
+`--replace-ann` instead rebuilds, as `--index-type`, the indexes of the columns the strategies search (the
+standard vector's, and the heads' where heads vote) in `--db`, which must then be a copy: the committed
+`ann-1m-default-hnsw` came from `--skip real --db COPY --replace-ann --index-type IVF_HNSW_SQ --queries 32
+--rounds 4 --nprobes 1,3,10,20 --strategy segment+standard --name ann-1m-default-hnsw` (`standard` is
+always timed beside the strategies).
 """
 
 from __future__ import annotations
@@ -53,7 +58,7 @@ from bench_scale import ClusteredEmbedder, queries
 from bench_scale import build as build_synthetic
 
 from mrag.index import Index
-from mrag.retrieve import fulltext
+from mrag.retrieve import ann, fulltext
 from mrag.retrieve import strategies as retrieve
 from mrag.retrieve.ann import DEFAULT_REFINE, AnnRanker, index_config
 from mrag.retrieve.exact import Exact
@@ -215,7 +220,7 @@ def standard_depth(matrix: Any, qs: list[list[retrieve.QueryVectors]], exact: li
 
 def synthetic_part(
     n: int, n_queries: int, probes: list[int], pools: list[int], rounds: int, strategies: list[str],
-    db: Path | None = None, index_type: str = "IVF_FLAT",
+    db: Path | None = None, index_type: str = "IVF_FLAT", replace_ann: bool = False,
 ) -> dict[str, Any]:
     texts = queries(n_queries)
     configs: list[tuple[str, str, bool, int | None, int | None]] = [("exact", "standard", True, None, None)]
@@ -238,9 +243,21 @@ def synthetic_part(
                 raise SystemExit(f"{db} has no full-text index: time the vector part of {strategies} instead")
             index.maintain_fulltext(force=True)  # the synthetic rows' text: "synthetic chunk N"
             has_fulltext = True
+        build_s = None
         if not index.store.manifest.ann:
             start = time.perf_counter()
             index.build_ann(index_type, progress=lambda c: print("indexed", c, round(time.perf_counter() - start)))
+        elif replace_ann:  # only the columns searched here: the others keep their indexes
+            store, start = index.store, time.perf_counter()
+            heads = any(retrieve.uses_heads(s) for s in strategies)
+            columns = {c.column: c.width for c in store.vector_columns()
+                       if c.space == "standard" or heads and c.space.startswith("head:")}
+            with store.writing(maintain=False):
+                ann.build(store.chunks, columns, index_type,
+                          lambda c: print("indexed", c, round(time.perf_counter() - start), flush=True))
+                store.manifest = store.manifest.replace(ann={**store.manifest.ann, "index_type": index_type})
+            build_s = round(time.perf_counter() - start, 1)
+            print(f"replaced the {index_type} indexes of {sorted(columns)} in {build_s} s", flush=True)
         index.store.matrix()
         print(f"built {n} rows", flush=True)
         exact = {s: [[h.id for h in hits] for hits in index.search_many(texts, 10, s, exact=True)]
@@ -277,7 +294,7 @@ def synthetic_part(
                 r[f"speedup vs exact {s}"] = round(exact_p50[s, r["batch"]] / r["p50_ms"], 2)
             print(r, flush=True)
     return {"rows": rows, "rounds": rounds, "queries": n_queries, "fulltext_index": has_fulltext,
-            "index_type": index.store.manifest.ann["index_type"]}
+            "index_type": index.store.manifest.ann["index_type"], "replaced_ann_s": build_s}
 
 
 def main() -> None:
@@ -294,6 +311,8 @@ def main() -> None:
     parser.add_argument("--skip", choices=["real", "synthetic"], default=None)
     parser.add_argument("--db", type=Path, default=None,
                         help="time an existing index (only read; ANN indexes are built into it when it has none)")
+    parser.add_argument("--replace-ann", action="store_true",
+                        help="rebuild the ANN indexes of --db (a copy: it is changed) as --index-type")
     parser.add_argument("--name", default="ann-1m-all")
     parser.add_argument("--strategy", default=STRATEGY, help="the strategies studied, comma-separated")
     parser.add_argument("--index-type", choices=INDEX_TYPES, default="IVF_FLAT",
@@ -316,7 +335,8 @@ def main() -> None:
                                    strategies, args.index_type)
     if args.skip != "synthetic":
         result["synthetic"] = synthetic_part(args.rows, args.queries, [int(p) for p in args.nprobes.split(",")],
-                                             pools, args.rounds, strategies, args.db, args.index_type)
+                                             pools, args.rounds, strategies, args.db, args.index_type,
+                                             args.replace_ann)
     result["load_average"]["end"] = [round(x, 2) for x in os.getloadavg()]
     result["wall_s"] = round(time.perf_counter() - started)
     types = sorted({result[p]["index_type"] for p in ("real", "synthetic") if p in result})
@@ -339,6 +359,7 @@ def main() -> None:
         synthetic = result["synthetic"]
         md += [f"## Speed at {args.rows} synthetic rows ({synthetic['index_type']} indexes, {args.queries} queries x "
                f"{args.rounds} interleaved rounds; full-text index: {synthetic['fulltext_index']})\n",
+               *([f"Indexes replaced in {synthetic['replaced_ann_s']} s.\n"] if synthetic["replaced_ann_s"] else []),
                markdown_table(result["synthetic"]["rows"], ["rows", "strategy", "path", "settings", "batch", "p50_ms",
                                                             "p99_ms", "n", "recall@10 (synthetic)", "vs standard",
                                                             *(f"speedup vs exact {s}" for s in strategies)])]
