@@ -86,6 +86,14 @@ def test_ann_probing_every_partition_answers_as_exact_search(seeded_index):
         assert hits(seeded_index, strategy, False) == exact[strategy], strategy
 
 
+def test_ann_and_rescored_searches_print_no_lancedb_warning(seeded_index, capfd):
+    seeded_index.build_ann()
+    capfd.readouterr()
+    seeded_index.search(QUERIES[0], k=3, strategy="mrag-std")  # one index per space
+    seeded_index.search(QUERIES[0], k=3, strategy="mrag-std", candidates=50)  # the standard index proposes
+    assert "WARN" not in capfd.readouterr().err  # LanceDB warned on every search that named no `_distance`
+
+
 def test_ann_results_carry_the_same_votes(seeded_index):
     before = seeded_index.search(QUERIES[0], k=3, strategy="mrag-std", exact=True)
     seeded_index.build_ann()

@@ -120,7 +120,7 @@ class AnnRanker:
             .distance_type("cosine")
             .limit(c)
             .nprobes(self.nprobes)
-            .select(["id"])
+            .select(["id", "_distance"])  # named: LanceDB warns on every search otherwise
             .with_row_id(True)
         )
         result = (query.refine_factor(self.refine) if self.refine else query).to_arrow()

@@ -69,7 +69,7 @@ class RescoreRanker:
             .distance_type("cosine")
             .limit(limit)
             .nprobes(self.nprobes)
-            .select([])
+            .select(["_distance"])  # named: LanceDB warns on every search otherwise
             .with_row_id(True)
         )
         result = (query.refine_factor(self.refine) if self.refine else query).to_arrow()
