@@ -28,9 +28,10 @@ BLOCK_BYTES = 16 * 2**20  # a block's bf16 products, all lines (at 1M rows, 6 pa
 KEPT_BYTES = 512 * 2**20  # the most memory the kept segments may take before the scan gives up (`TooManyKept`)
 RESCORE_PARTS = 32  # query parts per re-scoring product (at least 2: one part takes another BLAS kernel)
 SMALL_ROWS = 64  # fewer rows to a product take another BLAS kernel: the re-score pads to this, the scans avoid it
-# heads x parts up to which the block-diagonal product beats one product per head (at 1M rows, 12 heads:
-# 6 parts 48 ms against 84, 24 parts 86 against 164, 64 parts even; it multiplies H times the zeros)
-BLOCK_DIAGONAL_WORK = 384
+# heads x parts up to which the block-diagonal product beats one product per head (it multiplies H times
+# the zeros; 12 heads: at 1M rows 6 parts 48 ms against 84, 24 parts 86 against 164, 64 parts even; at
+# 100k rows 48 parts 43 against 59, 96 even, 192 parts 235 against 177)
+BLOCK_DIAGONAL_WORK = 768
 
 
 MIN_ROWS, MIN_PRODUCTS = 20_000, 4_000_000  # below both, the bf16 pass's fixed costs outweigh what it saves
