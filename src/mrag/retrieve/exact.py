@@ -185,7 +185,7 @@ class Exact:
             cut = [unit(self.standard[start:stop, v.index * width : (v.index + 1) * width]) for v in members]
             return torch.cat([_times_rows(q[i], _tensor(rows)) for i, rows in enumerate(cut)])
         rows = _tensor((self.standard if group == "standard" else self.extra[group])[start:stop])
-        return _times_rows(q, rows, _buffer(buffers, group, (len(rows), max(len(q), 2)), rows.dtype))
+        return _times_rows(q, rows, _buffer(buffers, group, (len(rows), len(q)), rows.dtype))
 
     def full_row(self, voter: Voter, query: QueryVectors) -> np.ndarray:
         """All N similarities of one voter for one part (ranking a tie at the cut)."""
@@ -306,13 +306,15 @@ def _no_nan(x: torch.Tensor) -> torch.Tensor:
 
 def _times_rows(queries: torch.Tensor, rows: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """queries @ rows.T, as a (P, N) view of rows @ queries.T, which streams the rows once (3x faster
-    than the other order at 200k rows, 6 parts); `out` is used when it fits (N, max(P, 2)).
+    than the other order at 200k rows, 6 parts); `out` is used when it fits (N, P).
 
-    One query is doubled: torch's matrix-vector path was 3x slower than a two-column product at 1M
-    rows. All products go through torch: numpy's BLAS threads and torch's spun against each other
-    (8 ms instead of 0.1 ms at 2k rows)."""
+    One query takes torch's matrix-vector product: 64 ms at 1M rows against 130 for any product of
+    two to sixteen columns (torch 2.13, 2 cores), which reads the rows at half the memory's speed. Its
+    sums may differ from a product's in the last bit. All products go through torch: numpy's BLAS
+    threads and torch's spun against each other (8 ms instead of 0.1 ms at 2k rows)."""
     padded = queries.to(rows.dtype)
-    padded = torch.cat([padded, padded]) if len(padded) == 1 else padded
+    if len(padded) == 1:
+        return torch.mv(rows, padded[0], out=None if out is None else out[:, 0])[None]
     if out is None or out.shape != (len(rows), len(padded)):
         out = torch.empty(len(rows), len(padded), dtype=rows.dtype)
     return torch.mm(rows, padded.T, out=out)[:, : len(queries)].T
