@@ -210,8 +210,8 @@ def test_peaks_on_int16_bits_never_skip_a_segment_that_may_reach_the_threshold()
 def test_the_bf16_copy_is_made_once_per_array_and_row_major():
     rng = np.random.default_rng(10)
     heads = unit(rng, (2, 2500, 4))
-    copy = lowprec.bf16_heads(heads)
-    assert lowprec.bf16_heads(heads) is copy
+    copy = lowprec.bf16_copy(heads)
+    assert lowprec.bf16_copy(heads) is copy
     assert copy.rows.shape == (2528, 8)  # 2500 rows padded to whole segments of 32, heads side by side
     apart = copy.rows.view(-1, 2, 4).transpose(0, 1)  # (H, N', d)
     np.testing.assert_array_equal(apart[:, :2500].float().numpy(), torch.from_numpy(heads).to(torch.bfloat16).float())
@@ -244,3 +244,48 @@ def test_a_small_real_index_ranks_the_same_in_bf16(index):
     n_heads = matrix.heads.shape[0]
     scales = {"heads": np.ones(n_heads), "standard": np.ones(1), "split": np.ones(n_heads)}
     both(matrix.standard, matrix.heads, retrieve.voters("mrag-std", n_heads, scales), parts, 10)
+
+
+@pytest.mark.parametrize("strategy", ["segment+standard", "spaces", "mrag-std"])
+@pytest.mark.parametrize("n_parts, c", [(2, 5), (6, 20), (40, 33)])
+def test_one_spaces_bf16_scan_returns_the_fp32_ranking_and_scores(monkeypatch, layout, strategy, n_parts, c):
+    """The standard vector and an external space scan in bf16 too (two parts or more): rows equal in
+    bf16 but not in fp32, exact copies, and a cluster around the first part finer than bf16's step."""
+    monkeypatch.setattr(lowprec, "BLOCK_BYTES", 1)  # blocks of SMALL_ROWS rows: many blocks and floor raises
+    standard, heads = hard_index(3000, dim=96)
+    rng = np.random.default_rng(15)
+    centre = unit(rng, (96,))
+    cluster = rng.choice(3000, 200, replace=False)
+    standard[cluster] = retrieve.unit(centre + 0.03 * rng.standard_normal((200, 96))).astype(np.float32)
+    extra = {"e5": unit(rng, (3000, 40))}
+    extra["e5"][cluster[:50]] = extra["e5"][cluster[50:100]]  # ties in the external space
+    parts = [retrieve.QueryVectors(centre if i == 0 else unit(rng, (96,)), unit(rng, (3, 8)), {"e5": unit(rng, (40,))})
+             for i in range(n_parts)]
+    scales = {**SCALES, "space:e5": np.ones(1)}
+    chosen = retrieve.voters(retrieve.parse_strategy(strategy).base, 3, scales, extra=["e5"])
+    fp32 = exact.Exact(standard, heads, extra, precision="fp32")(chosen, parts, c)
+    bf16 = exact.Exact(standard, heads, extra, precision="bf16")
+    assert bf16.space_bf16("standard", bf16.query_matrix("standard", [], parts), c + 1) is not None
+    found = bf16(chosen, parts, c)
+    np.testing.assert_array_equal(found[0], fp32[0])
+    np.testing.assert_array_equal(found[1], fp32[1])  # bit for bit
+
+
+def test_one_part_of_one_space_scans_in_fp32():
+    """One part is a matrix-vector product in fp32, whose sums a re-score could not repeat bit for bit."""
+    standard, heads = hard_index(500)
+    ranker = exact.Exact(standard, heads, precision="bf16")
+    q = ranker.query_matrix("standard", [], queries_near(np.random.default_rng(16), heads, 24, 1))
+    assert ranker.space_bf16("standard", q, 6) is None
+
+
+def test_the_re_score_of_one_space_repeats_the_scans_product_bit_for_bit():
+    """A row's fp32 score in a product of P >= 2 columns does not depend on the rows around it."""
+    rng = np.random.default_rng(17)
+    vectors = torch.from_numpy(unit(rng, (5000, 384)))
+    for p in (2, 6, 33):
+        q = torch.from_numpy(unit(rng, (p, 384)))
+        scan = torch.cat([torch.mm(vectors[i : i + 1024], q.T) for i in range(0, 5000, 1024)])  # (N, P)
+        rows = torch.from_numpy(rng.choice(5000, 300, replace=False))
+        parts = torch.from_numpy(rng.integers(0, p, 300))
+        assert torch.equal(lowprec.rescore_rows(q, vectors, parts, rows), scan[rows, parts])

@@ -8,7 +8,9 @@ segments whose peak reaches the line's (c+1)-th best peak so far are kept (`Cand
 segments hold a row at least that good, so no row of another segment can place. The few kept rows
 are ranked once at the end (`best_of`). A block thus costs its products and one max pass; a top-k
 over every row cost more than the products for the heads' 384 lines of a batch of 32 queries.
-`Exact` is a `types.Ranker`; `ann.AnnRanker` is the approximate one.
+With precision "bf16" (the default) the heads, and a space searched with two parts or more, are
+scanned from a bf16 copy instead and the rows that could place re-scored in fp32 (`lowprec`): the
+same rows and scores. `Exact` is a `types.Ranker`; `ann.AnnRanker` is the approximate one.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ SCORE_BYTES = 512 * 2**20  # the most memory a scan's candidates may take
 BLOCK_ROWS = 65_536  # the most rows scored at a time
 BLOCK_BYTES = 12 * 2**20  # a block's similarities, all lines: about what the L3 cache holds
 SEGMENT_ROWS = 32  # rows per segment: a block's rows are kept or skipped a segment at a time
-PRECISIONS = ("bf16", "fp32")  # the heads' scan: a bf16 pass re-scored in fp32 (`lowprec`), or fp32
+PRECISIONS = ("bf16", "fp32")  # the scan: a bf16 pass re-scored in fp32 (`lowprec`), or fp32
 DEFAULT_PRECISION = "bf16"  # same rows and scores as fp32 (tested), faster (benchmarks/results/core-lowprec.md)
 
 
@@ -70,9 +72,10 @@ class Exact:
     """Exact search on vectors in memory: one pass over each matrix for all query parts at once.
 
     standard (N, D) and heads (H, N, d) unit vectors, head-major so each head is one contiguous
-    matrix; extra: external space -> (N, D_s) unit vectors. `precision` "bf16" scans the heads in bf16
-    and re-scores the rows that could place in fp32 (`lowprec`: same result as "fp32"); heads with
-    NaN or infinite values, and rows that tie near the top beyond `lowprec.KEPT_BYTES`, scan in fp32."""
+    matrix; extra: external space -> (N, D_s) unit vectors. `precision` "bf16" scans the heads, and the
+    standard vector and external spaces where a search has two parts or more, in bf16 and re-scores
+    the rows that could place in fp32 (`lowprec`: same result as "fp32"); vectors with NaN or infinite
+    values, and rows that tie near the top beyond `lowprec.KEPT_BYTES`, scan in fp32."""
 
     def __init__(
         self,
@@ -106,10 +109,14 @@ class Exact:
             raise ValueError("the matrix was loaded without its heads (Store.matrix(heads=True) loads them)")
         q = {g: self.query_matrix(g, members, queries) for g, members in groups.items()}
         found = {g: Candidates(c + 1, n) for g in groups}
-        apart: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # groups ranked apart: the heads in bf16
-        if "heads" in groups and self.precision == "bf16":
-            heads_best = self.heads_bf16(groups["heads"], q["heads"], c + 1)
-            apart = {} if heads_best is None else {"heads": heads_best}
+        apart: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # groups ranked apart, in bf16
+        for g in groups if self.precision == "bf16" else ():
+            if g == "heads":
+                found_bf16 = self.heads_bf16(groups[g], q[g], c + 1)
+            else:
+                found_bf16 = None if g == "split" else self.space_bf16(g, q[g], c + 1)
+            if found_bf16 is not None:
+                apart[g] = found_bf16
         scanned = {g: members for g, members in groups.items() if g not in apart}
         buffers: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}  # reused by every block: no fresh pages
         block = block_rows(sum(map(len, scanned.values())) * len(queries))
@@ -151,7 +158,7 @@ class Exact:
         n = self.heads.shape[1]
         if n < lowprec.SMALL_ROWS or not lowprec.worth_it(n, q.shape[0] * q.shape[1]):
             return None  # nothing to gain (and below SMALL_ROWS, BLAS's small kernels would differ)
-        copy = lowprec.bf16_heads(self.heads)
+        copy = lowprec.bf16_copy(self.heads)
         if not copy.finite or not bool(torch.isfinite(q).all()):
             return None
         h, p, _ = q.shape
@@ -162,6 +169,24 @@ class Exact:
             return None
         scores = lowprec.rescore(q, _tensor(self.heads), index, lines, rows)
         return lowprec.best_rows(lines, rows, scores, h * p, min(keep, n))
+
+    def space_bf16(self, group: str, q: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """As `heads_bf16`, for one space's vectors (the standard vector, an external space): q (P, D).
+        Not for one part, whose fp32 scan is a matrix-vector product (its sums depend on the rows
+        around: a re-score could not repeat them), nor where it would not pay."""
+        vectors = self.standard if group == "standard" else self.extra[group]
+        n, p = len(vectors), len(q)
+        if p < 2 or n < lowprec.SMALL_ROWS or not lowprec.worth_it(n, p):
+            return None
+        copy = lowprec.bf16_copy(vectors)
+        if not copy.finite or not bool(torch.isfinite(q).all()):
+            return None
+        try:
+            parts, rows = lowprec.scan(copy, q[None], [0], keep, n)
+        except lowprec.TooManyKept:
+            return None
+        scores = lowprec.rescore_rows(q, _tensor(vectors), parts, rows)
+        return lowprec.best_rows(parts, rows, scores, p, min(keep, n))
 
     def similarities(
         self,

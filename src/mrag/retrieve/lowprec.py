@@ -1,11 +1,12 @@
-"""The heads' exact top rows from a bf16 pass: scan a bf16 copy, keep every row that could place, re-score
-those in fp32.
+"""Exact top rows from a bf16 pass: scan a bf16 copy, keep every row that could place, re-score those in
+fp32. For the heads, and for one space's vectors (the standard vector, an external space) as one head.
 
-A bf16 copy of the heads is half the bytes of the fp32 ones, and bf16 products run on the CPU's bf16 units.
+A bf16 copy is half the bytes of the fp32 vectors, and bf16 products run on the CPU's bf16 units (fp32
+products of a few columns read the rows at half the memory's speed here).
 Each approximate score is within `error_bound` of the fp32 one, so a row of the true top `keep` scores at
 least the keep-th best approximate score less twice that bound: every such row is kept (`HeadScan`) and
-scored again in fp32 with the same kernel shapes as the fp32 scan (`rescore`), so the final ranking and
-scores are those of the fp32 scan (`exact.Exact`, precision "fp32"), tested bit for bit.
+scored again in fp32 with the same kernel shapes as the fp32 scan (`rescore`, `rescore_rows`), so the
+final ranking and scores are those of the fp32 scan (`exact.Exact`, precision "fp32"), tested bit for bit.
 
 The copy is row-major, a row's heads side by side. A few parts (a query or two) take one product per
 block against the parts laid out block-diagonally (`block_diagonal`): the zeros off a head's own block
@@ -47,13 +48,14 @@ class TooManyKept(RuntimeError):
     """More rows tie near the top than `KEPT_BYTES` holds: the caller scans in fp32 instead."""
 
 
-class Bf16Heads:
-    """A bf16 copy of unit heads (H, N, d), row-major (N', H * d) with zero rows after the last one up to
-    a whole segment (every block of rows is one contiguous matrix), and each head's largest row norm (H,)
-    for the error bound."""
+class Bf16Copy:
+    """A bf16 copy of unit heads (H, N, d), or of one space's vectors (N, D) as one head, row-major
+    (N', H * d) with zero rows after the last one up to a whole segment (every block of rows is one
+    contiguous matrix), and each head's largest row norm (H,) for the error bound."""
 
-    def __init__(self, heads: np.ndarray):
-        source = torch.from_numpy(heads if heads.flags.writeable else np.array(heads))  # torch warns on read-only
+    def __init__(self, vectors: np.ndarray):
+        source = torch.from_numpy(vectors if vectors.flags.writeable else np.array(vectors))  # torch warns on read-only
+        source = source[None] if source.dim() == 2 else source
         h, n, d = source.shape
         self.heads = h
         self.rows = torch.zeros((-(-n // SEGMENT_ROWS) * SEGMENT_ROWS, h * d), dtype=torch.bfloat16)
@@ -65,20 +67,20 @@ class Bf16Heads:
         self.row_norm = torch.linalg.vector_norm(source, dim=2).amax(1) if n else torch.zeros(h)
 
 
-_copies: dict[int, tuple[weakref.ref[np.ndarray], Bf16Heads]] = {}
+_copies: dict[int, tuple[weakref.ref[np.ndarray], Bf16Copy]] = {}
 _copies_lock = threading.Lock()
 
 
-def bf16_heads(heads: np.ndarray) -> Bf16Heads:
-    """The bf16 copy of this heads array, made once per array object and dropped with it (an index's
-    matrix is loaded once and searched many times)."""
-    key = id(heads)
+def bf16_copy(vectors: np.ndarray) -> Bf16Copy:
+    """The bf16 copy of this array (heads (H, N, d) or one space (N, D)), made once per array object and
+    dropped with it (an index's matrix is loaded once and searched many times)."""
+    key = id(vectors)
     with _copies_lock:
         found = _copies.get(key)
-        if found is not None and found[0]() is heads:
+        if found is not None and found[0]() is vectors:
             return found[1]
-        made = Bf16Heads(heads)
-        _copies[key] = (weakref.ref(heads, lambda _: _copies.pop(key, None)), made)
+        made = Bf16Copy(vectors)
+        _copies[key] = (weakref.ref(vectors, lambda _: _copies.pop(key, None)), made)
         return made
 
 
@@ -107,7 +109,7 @@ def block_diagonal(q: torch.Tensor, index: list[int], heads: int) -> torch.Tenso
     return laid
 
 
-def scan(copy: Bf16Heads, q: torch.Tensor, index: list[int], keep: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+def scan(copy: Bf16Copy, q: torch.Tensor, index: list[int], keep: int, n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Every (line, row) that could be in its line's true top `keep` by fp32 score: lines (K,), rows (K,),
     lines voter-major (head j of `index`, part) as q (h, P, d). Raises TooManyKept."""
     h, p, d = q.shape
@@ -257,6 +259,20 @@ def rescore(
     x = heads[member_of_group[:, None], taken]  # (G, U, d)
     scores = torch.bmm(q, x.transpose(1, 2))  # (G, width, U)
     found = scores[group, (lines % p) % width, slot[position]]
+    return found.masked_fill_(found.isnan(), -torch.inf)
+
+
+def rescore_rows(queries: torch.Tensor, vectors: torch.Tensor, parts: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """fp32 scores of (part, row) pairs of one space as its fp32 scan computes them: queries (P, D),
+    P >= 2, vectors (N, D), parts (K,), rows (K,) -> (K,). All P parts against the union of the rows
+    (padded to SMALL_ROWS) in one product: the scan's product of P columns, whose sum for a row does not
+    depend on the other rows (tested; one part takes a matrix-vector product there, whose sums do)."""
+    if len(rows) == 0:
+        return torch.zeros(0, dtype=vectors.dtype)
+    union, position = torch.unique(rows, return_inverse=True)
+    padded = torch.cat([union, union[:1].expand(max(SMALL_ROWS - len(union), 0))])
+    scores = torch.mm(vectors[padded], queries.to(vectors.dtype).T)  # (U, P)
+    found = scores[position, parts]
     return found.masked_fill_(found.isnan(), -torch.inf)
 
 
