@@ -92,6 +92,16 @@ def test_index_and_search_with_the_real_model(tmp_path, corpus):
     assert hits[0]["score"] > hits[1]["score"] > 0
 
 
+def test_a_bad_exact_precision_is_refused_and_fp32_finds_the_same(db, monkeypatch):
+    question = "How did the Romans bring water, and how do bees cool the hive?"
+    found = lines(mrag("search", question, "--db", db, "-k", "3", "-s", "mrag"))
+    monkeypatch.setenv("MRAG_EXACT_PRECISION", "fp32")
+    assert lines(mrag("search", question, "--db", db, "-k", "3", "-s", "mrag")) == found
+    monkeypatch.setenv("MRAG_EXACT_PRECISION", "half")
+    refused = mrag("search", question, "--db", db, ok=False)
+    assert refused.exit_code != 0 and "MRAG_EXACT_PRECISION must be one of bf16, fp32" in refused.output
+
+
 def test_search_strategies_explain_and_plain(db, corpus):
     for strategy in ("mrag", "standard", "split"):
         hits = lines(mrag("search", "How did the Romans bring water to the city?", "--db", db, "-k", "3",

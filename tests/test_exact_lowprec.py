@@ -16,6 +16,7 @@ SCALES = {"heads": np.linspace(0.5, 2, 3), "standard": np.ones(1), "split": np.o
 def _always_bf16(monkeypatch):
     """Small test indexes take the bf16 pass too (it is skipped where it would not pay)."""
     monkeypatch.setattr(lowprec, "MIN_ROWS", 0)
+    monkeypatch.setattr(lowprec, "SPACE_ROWS_PER_PART", 0)
 
 
 def unit(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -167,6 +168,17 @@ def test_unknown_precision():
         exact.Exact(np.zeros((1, 2), np.float32), np.zeros((1, 1, 2), np.float32), precision="int4")
 
 
+def test_the_environment_picks_the_precision(monkeypatch):
+    standard, heads = np.zeros((1, 2), np.float32), np.zeros((1, 1, 2), np.float32)
+    assert exact.Exact(standard, heads).precision == "bf16"
+    monkeypatch.setenv("MRAG_EXACT_PRECISION", "fp32")
+    assert exact.Exact(standard, heads).precision == "fp32"
+    assert exact.Exact(standard, heads, precision="bf16").precision == "bf16"  # an explicit one wins
+    monkeypatch.setenv("MRAG_EXACT_PRECISION", "fp8")
+    with pytest.raises(ValueError, match="MRAG_EXACT_PRECISION must be one of bf16, fp32, got 'fp8'"):
+        exact.Exact(standard, heads)
+
+
 def test_the_error_bound_worked_by_hand():
     """q = x = [1 + 2^-8 + 2^-20]: bf16 rounds each up to 1 + 2^-7 (just above the half step), the
     product (1 + 2^-7)^2 = 1 + 2^-6 + 2^-14 is summed in fp32 and rounded to bf16, 1 + 2^-6 = 1.015625,
@@ -271,12 +283,16 @@ def test_one_spaces_bf16_scan_returns_the_fp32_ranking_and_scores(monkeypatch, l
     np.testing.assert_array_equal(found[1], fp32[1])  # bit for bit
 
 
-def test_one_part_of_one_space_scans_in_fp32():
-    """One part is a matrix-vector product in fp32, whose sums a re-score could not repeat bit for bit."""
+def test_one_part_of_one_space_scans_in_fp32_and_so_do_many_parts_of_few_rows(monkeypatch):
+    """One part is a matrix-vector product in fp32, whose sums a re-score could not repeat bit for bit;
+    with fewer than SPACE_ROWS_PER_PART rows a part, the fp32 product is the faster."""
     standard, heads = hard_index(500)
     ranker = exact.Exact(standard, heads, precision="bf16")
-    q = ranker.query_matrix("standard", [], queries_near(np.random.default_rng(16), heads, 24, 1))
-    assert ranker.space_bf16("standard", q, 6) is None
+    parts = queries_near(np.random.default_rng(16), heads, 24, 5)
+    assert ranker.space_bf16("standard", ranker.query_matrix("standard", [], parts[:1]), 6) is None
+    assert ranker.space_bf16("standard", ranker.query_matrix("standard", [], parts), 6) is not None
+    monkeypatch.setattr(lowprec, "SPACE_ROWS_PER_PART", 101)  # 5 parts x 101 > 500 rows
+    assert ranker.space_bf16("standard", ranker.query_matrix("standard", [], parts), 6) is None
 
 
 def test_the_re_score_of_one_space_repeats_the_scans_product_bit_for_bit():

@@ -15,6 +15,7 @@ same rows and scores. `Exact` is a `types.Ranker`; `ann.AnnRanker` is the approx
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Collection
 from typing import Any
 
@@ -32,7 +33,16 @@ BLOCK_ROWS = 65_536  # the most rows scored at a time
 BLOCK_BYTES = 12 * 2**20  # a block's similarities, all lines: about what the L3 cache holds
 SEGMENT_ROWS = 32  # rows per segment: a block's rows are kept or skipped a segment at a time
 PRECISIONS = ("bf16", "fp32")  # the scan: a bf16 pass re-scored in fp32 (`lowprec`), or fp32
-DEFAULT_PRECISION = "bf16"  # same rows and scores as fp32 (tested), faster (benchmarks/results/core-lowprec.md)
+DEFAULT_PRECISION = "bf16"  # same rows and scores as fp32 (tested), faster (benchmarks/results/core-lowprec*.md)
+PRECISION_VARIABLE = "MRAG_EXACT_PRECISION"  # fp32: no bf16 copies (half the bytes of what they copy), slower
+
+
+def precision_from_env() -> str:
+    """The exact scan's precision the environment asks for (MRAG_EXACT_PRECISION), else the default."""
+    value = os.environ.get(PRECISION_VARIABLE, "").strip() or DEFAULT_PRECISION
+    if value not in PRECISIONS:
+        raise ValueError(f"{PRECISION_VARIABLE} must be one of {', '.join(PRECISIONS)}, got {value!r}")
+    return value
 
 
 def best_of(
@@ -75,15 +85,17 @@ class Exact:
     matrix; extra: external space -> (N, D_s) unit vectors. `precision` "bf16" scans the heads, and the
     standard vector and external spaces where a search has two parts or more, in bf16 and re-scores
     the rows that could place in fp32 (`lowprec`: same result as "fp32"); vectors with NaN or infinite
-    values, and rows that tie near the top beyond `lowprec.KEPT_BYTES`, scan in fp32."""
+    values, and rows that tie near the top beyond `lowprec.KEPT_BYTES`, scan in fp32. None: as
+    MRAG_EXACT_PRECISION says, else bf16."""
 
     def __init__(
         self,
         standard: np.ndarray,
         heads: np.ndarray,
         extra: dict[str, np.ndarray] | None = None,
-        precision: str = DEFAULT_PRECISION,
+        precision: str | None = None,
     ):
+        precision = precision_from_env() if precision is None else precision
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         self.standard, self.heads, self.extra, self.precision = standard, heads, extra or {}, precision
@@ -176,7 +188,7 @@ class Exact:
         around: a re-score could not repeat them), nor where it would not pay."""
         vectors = self.standard if group == "standard" else self.extra[group]
         n, p = len(vectors), len(q)
-        if p < 2 or n < lowprec.SMALL_ROWS or not lowprec.worth_it(n, p):
+        if p < 2 or n < lowprec.SMALL_ROWS or not lowprec.worth_it(n, p) or n < lowprec.SPACE_ROWS_PER_PART * p:
             return None
         copy = lowprec.bf16_copy(vectors)
         if not copy.finite or not bool(torch.isfinite(q).all()):
@@ -378,7 +390,7 @@ def run(
     parts: list[QueryVectors] | None = None,
     extra: dict[str, np.ndarray] | None = None,
     select: Collection[str] | None = None,
-    precision: str = DEFAULT_PRECISION,
+    precision: str | None = None,
 ) -> Result:
     """Exact search for one query.  standard (N, D) and heads (H, N, d) hold unit vectors; `extra`
     the external spaces' unit vectors, name -> (N, D_s).  See `vote` for the rest."""

@@ -38,6 +38,12 @@ BLOCK_DIAGONAL_WORK = 768
 MIN_ROWS, MIN_PRODUCTS = 20_000, 4_000_000  # below both, the bf16 pass's fixed costs outweigh what it saves
 
 
+# one space's bf16 pass needs this many rows per part: with many parts the fp32 product runs near its
+# peak and the pass's bookkeeping decides (192 parts: at 100k rows 2.7 ms a query against 2.2 in fp32,
+# at 1M 8.5 against 18.6; 32 parts at 100k 0.47 against 0.58)
+SPACE_ROWS_PER_PART = 1000
+
+
 def worth_it(n: int, lines: int) -> bool:
     """Whether a bf16 pass beats the fp32 scan for n rows and this many lines (measured on 2 cores:
     6 parts at 10k rows 4.5 ms against 3.2 ms, at 30k 8.4 against 11; 192 parts at 10k 126 against 181)."""
