@@ -279,8 +279,14 @@ def test_one_spaces_bf16_scan_returns_the_fp32_ranking_and_scores(monkeypatch, l
     bf16 = exact.Exact(standard, heads, extra, precision="bf16")
     assert bf16.space_bf16("standard", bf16.query_matrix("standard", [], parts), c + 1) is not None
     found = bf16(chosen, parts, c)
-    np.testing.assert_array_equal(found[0], fp32[0])
-    np.testing.assert_array_equal(found[1], fp32[1])  # bit for bit
+    # bit for bit on 2 threads here; elsewhere BLAS may split a sum between threads by the number of
+    # rows multiplied at once (seen from D = 1024), so: the same scores up to the last bits, and the
+    # same rows wherever no other row scores within those bits
+    np.testing.assert_allclose(found[1], fp32[1], rtol=0, atol=1e-6)
+    near = np.abs(fp32[1][..., :, None] - fp32[1][..., None, :]) <= 2e-6  # (P, S, c, c): rows that may swap
+    alone = near.sum(-1) == 1
+    np.testing.assert_array_equal(found[0][alone], fp32[0][alone])
+    assert alone.mean() > 0.5  # most rows stand apart: the comparison says something
 
 
 def test_one_part_of_one_space_scans_in_fp32_and_so_do_many_parts_of_few_rows(monkeypatch):
@@ -295,8 +301,9 @@ def test_one_part_of_one_space_scans_in_fp32_and_so_do_many_parts_of_few_rows(mo
     assert ranker.space_bf16("standard", ranker.query_matrix("standard", [], parts), 6) is None
 
 
-def test_the_re_score_of_one_space_repeats_the_scans_product_bit_for_bit():
-    """A row's fp32 score in a product of P >= 2 columns does not depend on the rows around it."""
+def test_the_re_score_of_one_space_repeats_the_scans_product():
+    """A row's fp32 score in a product of P >= 2 columns: the same, up to the last bits, whatever rows
+    are multiplied with it (bit for bit on 2 threads at D = 384; BLAS may split sums from D = 1024)."""
     rng = np.random.default_rng(17)
     vectors = torch.from_numpy(unit(rng, (5000, 384)))
     for p in (2, 6, 33):
@@ -304,4 +311,4 @@ def test_the_re_score_of_one_space_repeats_the_scans_product_bit_for_bit():
         scan = torch.cat([torch.mm(vectors[i : i + 1024], q.T) for i in range(0, 5000, 1024)])  # (N, P)
         rows = torch.from_numpy(rng.choice(5000, 300, replace=False))
         parts = torch.from_numpy(rng.integers(0, p, 300))
-        assert torch.equal(lowprec.rescore_rows(q, vectors, parts, rows), scan[rows, parts])
+        torch.testing.assert_close(lowprec.rescore_rows(q, vectors, parts, rows), scan[rows, parts], rtol=0, atol=1e-6)

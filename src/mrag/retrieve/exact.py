@@ -10,7 +10,8 @@ are ranked once at the end (`best_of`). A block thus costs its products and one 
 over every row cost more than the products for the heads' 384 lines of a batch of 32 queries.
 With precision "bf16" (the default) the heads, and a space searched with two parts or more, are
 scanned from a bf16 copy instead and the rows that could place re-scored in fp32 (`lowprec`): the
-same rows and scores. `Exact` is a `types.Ranker`; `ann.AnnRanker` is the approximate one.
+same rows and scores (a space's up to their last bits). `Exact` is a `types.Ranker`;
+`ann.AnnRanker` is the approximate one.
 """
 
 from __future__ import annotations
@@ -225,8 +226,9 @@ class Exact:
         return _times_rows(q, rows, _buffer(buffers, group, (len(rows), len(q)), rows.dtype))
 
     def full_row(self, voter: Voter, query: QueryVectors) -> np.ndarray:
-        """All N similarities of one voter for one part (ranking a tie at the cut)."""
-        q = self.query_matrix(voter.group, [voter], [query])
+        """All N similarities of one voter for one part (ranking a tie at the cut): the part twice, so a
+        space takes the scan's product of columns rather than the matrix-vector one, whose sums differ."""
+        q = self.query_matrix(voter.group, [voter], [query, query])
         return self.similarities(voter.group, [voter], q, 0, self.heads.shape[1])[0].numpy()
 
 
@@ -347,14 +349,15 @@ def _times_rows(queries: torch.Tensor, rows: torch.Tensor, out: torch.Tensor | N
 
     One query takes torch's matrix-vector product: 64 ms at 1M rows against 130 for any product of
     two to sixteen columns (torch 2.13, 2 cores), which reads the rows at half the memory's speed. Its
-    sums may differ from a product's in the last bit. All products go through torch: numpy's BLAS
+    sums may differ from a product's in the last bit: a query's scores searched alone and in a batch
+    can differ there. All products go through torch: numpy's BLAS
     threads and torch's spun against each other (8 ms instead of 0.1 ms at 2k rows)."""
-    padded = queries.to(rows.dtype)
-    if len(padded) == 1:
-        return torch.mv(rows, padded[0], out=None if out is None else out[:, 0])[None]
-    if out is None or out.shape != (len(rows), len(padded)):
-        out = torch.empty(len(rows), len(padded), dtype=rows.dtype)
-    return torch.mm(rows, padded.T, out=out)[:, : len(queries)].T
+    q = queries.to(rows.dtype)
+    if len(q) == 1:
+        return torch.mv(rows, q[0], out=None if out is None else out[:, 0])[None]
+    if out is None or out.shape != (len(rows), len(q)):
+        out = torch.empty(len(rows), len(q), dtype=rows.dtype)
+    return torch.mm(rows, q.T, out=out).T
 
 
 def _buffer(

@@ -6,7 +6,9 @@ products of a few columns read the rows at half the memory's speed here).
 Each approximate score is within `error_bound` of the fp32 one, so a row of the true top `keep` scores at
 least the keep-th best approximate score less twice that bound: every such row is kept (`HeadScan`) and
 scored again in fp32 with the same kernel shapes as the fp32 scan (`rescore`, `rescore_rows`), so the
-final ranking and scores are those of the fp32 scan (`exact.Exact`, precision "fp32"), tested bit for bit.
+final ranking and scores are those of the fp32 scan (`exact.Exact`, precision "fp32"), tested bit for bit
+for the heads; a space's scores up to their last bits (BLAS may split a sum of many dimensions between
+threads by the number of rows multiplied at once: seen from D = 1024, up to 4e-7).
 
 The copy is row-major, a row's heads side by side. A few parts (a query or two) take one product per
 block against the parts laid out block-diagonally (`block_diagonal`): the zeros off a head's own block
@@ -272,7 +274,8 @@ def rescore_rows(queries: torch.Tensor, vectors: torch.Tensor, parts: torch.Tens
     """fp32 scores of (part, row) pairs of one space as its fp32 scan computes them: queries (P, D),
     P >= 2, vectors (N, D), parts (K,), rows (K,) -> (K,). All P parts against the union of the rows
     (padded to SMALL_ROWS) in one product: the scan's product of P columns, whose sum for a row does not
-    depend on the other rows (tested; one part takes a matrix-vector product there, whose sums do)."""
+    depend on the other rows on 2 threads (up to its last bits on more, or from D = 1024; one part takes
+    a matrix-vector product there, whose sums differ)."""
     if len(rows) == 0:
         return torch.zeros(0, dtype=vectors.dtype)
     union, position = torch.unique(rows, return_inverse=True)
