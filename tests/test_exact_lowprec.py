@@ -150,6 +150,7 @@ def test_heads_with_nan_scan_in_fp32():
     ranker = exact.Exact(standard, heads, precision="bf16")
     parts = queries_near(np.random.default_rng(7), heads, 24, 2)
     assert ranker.heads_bf16(chosen, ranker.query_matrix("heads", chosen, parts), 6) is None
+    assert lowprec.bf16_copy(heads).rows.numel() == 0  # the copy it will never scan is not kept
     both(standard, heads, chosen, parts, 5)
 
 

@@ -72,6 +72,8 @@ class Bf16Copy:
         # on the copy: a finite fp32 value past bf16's range rounds to inf, and the block-diagonal
         # product's zeros would turn it into NaN for every head of its row
         self.finite = bool(torch.isfinite(self.rows).all())
+        if not self.finite:  # never scanned (the fp32 scan runs instead): keep no copy
+            self.rows = torch.zeros((0, h * d), dtype=torch.bfloat16)
         self.row_norm = torch.linalg.vector_norm(source, dim=2).amax(1) if n else torch.zeros(h)
 
 
