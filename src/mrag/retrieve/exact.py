@@ -122,14 +122,9 @@ class Exact:
             raise ValueError("the matrix was loaded without its heads (Store.matrix(heads=True) loads them)")
         q = {g: self.query_matrix(g, members, queries) for g, members in groups.items()}
         found = {g: Candidates(c + 1, n) for g in groups}
-        apart: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # groups ranked apart, in bf16
-        for g in groups if self.precision == "bf16" else ():
-            if g == "heads":
-                found_bf16 = self.heads_bf16(groups[g], q[g], c + 1)
-            else:
-                found_bf16 = None if g == "split" else self.space_bf16(g, q[g], c + 1)
-            if found_bf16 is not None:
-                apart[g] = found_bf16
+        bf16 = {g: self.heads_bf16(members, q[g], c + 1) if g == "heads" else self.space_bf16(g, q[g], c + 1)
+                for g, members in groups.items() if self.precision == "bf16" and g != "split"}
+        apart = {g: best for g, best in bf16.items() if best is not None}  # groups ranked apart, in bf16
         scanned = {g: members for g, members in groups.items() if g not in apart}
         buffers: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}  # reused by every block: no fresh pages
         block = block_rows(sum(map(len, scanned.values())) * len(queries))
@@ -171,17 +166,9 @@ class Exact:
         n = self.heads.shape[1]
         if n < lowprec.SMALL_ROWS or not lowprec.worth_it(n, q.shape[0] * q.shape[1]):
             return None  # nothing to gain (and below SMALL_ROWS, BLAS's small kernels would differ)
-        copy = lowprec.bf16_copy(self.heads)
-        if not copy.finite or not bool(torch.isfinite(q).all()):
-            return None
-        h, p, _ = q.shape
         index = [v.index for v in members]
-        try:
-            lines, rows = lowprec.scan(copy, q, index, keep, n)
-        except lowprec.TooManyKept:
-            return None
-        scores = lowprec.rescore(q, _tensor(self.heads), index, lines, rows)
-        return lowprec.best_rows(lines, rows, scores, h * p, min(keep, n))
+        return lowprec.ranked(self.heads, q, index, keep,
+                              lambda lines, rows: lowprec.rescore(q, _tensor(self.heads), index, lines, rows))
 
     def space_bf16(self, group: str, q: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """As `heads_bf16`, for one space's vectors (the standard vector, an external space): q (P, D).
@@ -191,15 +178,8 @@ class Exact:
         n, p = len(vectors), len(q)
         if p < 2 or n < lowprec.SMALL_ROWS or not lowprec.worth_it(n, p) or n < lowprec.SPACE_ROWS_PER_PART * p:
             return None
-        copy = lowprec.bf16_copy(vectors)
-        if not copy.finite or not bool(torch.isfinite(q).all()):
-            return None
-        try:
-            parts, rows = lowprec.scan(copy, q[None], [0], keep, n)
-        except lowprec.TooManyKept:
-            return None
-        scores = lowprec.rescore_rows(q, _tensor(vectors), parts, rows)
-        return lowprec.best_rows(parts, rows, scores, p, min(keep, n))
+        return lowprec.ranked(vectors, q[None], [0], keep,
+                              lambda parts, rows: lowprec.rescore_rows(q, _tensor(vectors), parts, rows))
 
     def similarities(
         self,
@@ -350,8 +330,8 @@ def _times_rows(queries: torch.Tensor, rows: torch.Tensor, out: torch.Tensor | N
     One query takes torch's matrix-vector product: 64 ms at 1M rows against 130 for any product of
     two to sixteen columns (torch 2.13, 2 cores), which reads the rows at half the memory's speed. Its
     sums may differ from a product's in the last bit: a query's scores searched alone and in a batch
-    can differ there. All products go through torch: numpy's BLAS
-    threads and torch's spun against each other (8 ms instead of 0.1 ms at 2k rows)."""
+    can differ there. All products go through torch: numpy's BLAS threads and torch's spun against
+    each other (8 ms instead of 0.1 ms at 2k rows)."""
     q = queries.to(rows.dtype)
     if len(q) == 1:
         return torch.mv(rows, q[0], out=None if out is None else out[:, 0])[None]

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -146,6 +147,28 @@ def scan(copy: Bf16Copy, q: torch.Tensor, index: list[int], keep: int, n: int) -
             products = torch.bmm(x, queries.transpose(1, 2), out=out[:, : len(rows)])  # (h, B, P)
             found.offer(products.view(h, -1, SEGMENT_ROWS, p).permute(1, 2, 0, 3), start)
     return found.candidates()
+
+
+def ranked(
+    vectors: np.ndarray,
+    q: torch.Tensor,
+    index: list[int],
+    keep: int,
+    rescore_pairs: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Each line's best `keep` rows by fp32 score, from a bf16 scan of `vectors` (heads (H, N, d), or one
+    space (N, D) as one head) and `rescore_pairs(lines, rows)`, the fp32 scores of the rows that could
+    place: scores and rows (h * P, min(keep, N)), best first; q (h, P, d) for the heads `index`. None where
+    the copy or the queries are not finite, or the scan kept too many rows: the caller scans in fp32."""
+    copy = bf16_copy(vectors)
+    if not copy.finite or not bool(torch.isfinite(q).all()):
+        return None
+    n = vectors.shape[-2]
+    try:
+        lines, rows = scan(copy, q, index, keep, n)
+    except TooManyKept:
+        return None
+    return best_rows(lines, rows, rescore_pairs(lines, rows), q.shape[0] * q.shape[1], min(keep, n))
 
 
 def segment_peaks(segments: torch.Tensor) -> torch.Tensor:

@@ -242,11 +242,10 @@ def _tally(
     if strategy in ("standard", "bm25"):  # one list: its own order and similarities (BM25 scores)
         valid = ranking[0] >= 0
         rows, scores = ranking[0][valid][:k], sims[0][valid][:k]
-        votes = [[{"space": chosen[0].name, "rank": i, "weight": float(s)}] for i, s in enumerate(scores)]
-        return Result(rows, scores, votes if with_votes else [])
-    fused = fuse(ranking, _vote_weights(strategy, chosen, weights, ranking, sims), k, with_votes)
-    votes = [[{"space": chosen[v.space].name, "rank": v.rank, "weight": v.weight} for v in vs] for vs in fused.votes]
-    return Result(fused.ids, fused.scores, votes)
+        return Result(rows, scores, [_list_vote(chosen, i, s) for i, s in enumerate(scores)] if with_votes else [])
+    w = _vote_weights(strategy, chosen, weights, ranking, sims)
+    fused = fuse(ranking, w, k, with_votes=False)
+    return Result(fused.ids, fused.scores, [_row_votes(chosen, ranking, w, r) for r in fused.ids] if with_votes else [])
 
 
 def _vote_weights(
@@ -276,9 +275,17 @@ def _part_votes(
     query's first part. One list: its vote at that position; fused lists: every space's vote for the row."""
     ranking, sims = ranking[part], sims[part]
     if strategy in ("standard", "bm25"):
-        score = sims[0][ranking[0] >= 0][position]
-        return [{"space": chosen[0].name, "rank": position, "weight": float(score)}]
-    w = _vote_weights(strategy, chosen, weights, ranking, sims)
+        return _list_vote(chosen, position, sims[0][ranking[0] >= 0][position])
+    return _row_votes(chosen, ranking, _vote_weights(strategy, chosen, weights, ranking, sims), row)
+
+
+def _list_vote(chosen: list[Voter], rank: int, score: float) -> list[dict[str, object]]:
+    """The one vote of a row of a one-list strategy: its rank and score there."""
+    return [{"space": chosen[0].name, "rank": rank, "weight": float(score)}]
+
+
+def _row_votes(chosen: list[Voter], ranking: np.ndarray, w: np.ndarray, row: int) -> list[dict[str, object]]:
+    """Every space's vote for `row` (space order, then rank): ranking, w (S, c) the lists and their vote weights."""
     spaces, ranks = np.nonzero(ranking == row)
     return [{"space": chosen[s].name, "rank": int(r), "weight": float(w[s, r])} for s, r in zip(spaces, ranks)]
 
