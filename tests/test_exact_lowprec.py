@@ -181,27 +181,49 @@ def test_the_environment_picks_the_precision(monkeypatch):
 
 
 def test_the_error_bound_worked_by_hand():
-    """q = x = [1 + 2^-8 + 2^-20]: bf16 rounds each up to 1 + 2^-7 (just above the half step), the
-    product (1 + 2^-7)^2 = 1 + 2^-6 + 2^-14 is summed in fp32 and rounded to bf16, 1 + 2^-6 = 1.015625,
-    while q.x = 1.0078297...: off by 0.00778 = 1.99u (u = 2^-8). The bound, 4u |q||x| = 0.01575, covers it."""
-    v = 1 + 2**-8 + 2**-20
-    q = torch.tensor([[[v]]], dtype=torch.float32)
-    approx = torch.bmm(q.to(torch.bfloat16), q.to(torch.bfloat16).transpose(1, 2)).float().item()
+    """q = x = [v], v = 1 + 2^-8 + 2^-20: bf16 rounds each up to 1 + 2^-7 (just above the half step),
+    an error e = 2^-8 - 2^-20. The product's fp32 sum (1 + 2^-7)^2 = 1 + 2^-6 + 2^-14 is off q.x = v^2
+    by e (x~ + x) = 2.01172 e; the bound ||q|| e + e ||x|| (1 + u) = v e (2 + u) = 2.01177 e (plus
+    gamma_1 and the norms' margin). Rounded to bf16 the product is 1 + 2^-6 = 1.015625."""
+    v, e = 1 + 2**-8 + 2**-20, 2**-8 - 2**-20
+    copy = lowprec.Bf16Copy(np.array([[v]], dtype=np.float32))
+    assert copy.row_norm.item() == pytest.approx(v, rel=1e-7) and copy.row_error.item() == pytest.approx(e, rel=1e-6)
+    q = torch.tensor([[v]])
+    approx = torch.bmm(q[None].to(torch.bfloat16), q[None].to(torch.bfloat16).transpose(1, 2)).float().item()
     assert approx == 1.015625
-    exact_value = v * v
-    assert exact_value == pytest.approx(1.0078297, abs=1e-7)
-    bound = lowprec.error_bound(torch.tensor([v]), torch.tensor([v])).item()
-    assert bound == pytest.approx(4 * 2**-8 * v * v)
-    assert 1.9 * lowprec.BF16_UNIT < approx - exact_value <= bound
+    summed = (1 + 2**-7) ** 2  # exact in float64
+    off = summed - v * v
+    assert off == pytest.approx(e * (2 + 2**-7 + 2**-8 + 2**-20), rel=1e-12)
+    bound = lowprec.error_bound(q, copy.row_norm, copy.row_error).item()
+    assert off <= bound <= off * 1.002  # tight: the rows' and the query's own errors, not 2u
 
 
 def test_the_error_bound_holds_on_random_vectors():
     rng = np.random.default_rng(8)
-    x = torch.from_numpy(unit(rng, (1, 20000, 32)))
-    q = torch.from_numpy(unit(rng, (1, 64, 32)))
-    approx = torch.bmm(x.to(torch.bfloat16), q.to(torch.bfloat16).transpose(1, 2)).double()
-    truth = torch.bmm(x.double(), q.double().transpose(1, 2))
-    assert float((approx - truth).abs().max()) <= lowprec.error_bound(torch.ones(1), torch.ones(1)).item()
+    x = unit(rng, (20000, 32))
+    q = torch.from_numpy(unit(rng, (64, 32)))
+    copy = lowprec.Bf16Copy(x)
+    summed = q.to(torch.bfloat16).double() @ copy.rows[:20000].double().T  # q~.x~, (64, N)
+    truth = q @ torch.from_numpy(x).T  # the fp32 scores
+    bound = lowprec.error_bound(q, copy.row_norm.expand(64), copy.row_error.expand(64))
+    assert bool(((summed - truth.double()).abs() <= bound[:, None]).all())
+    assert float(bound.max()) < 1.5 * lowprec.BF16_UNIT  # the coordinate-wise bound, 2u + u^2, is looser
+
+
+def test_a_row_at_the_threshold_is_never_skipped():
+    """The keep rule on random rounded products: a row whose fp32 score reaches T has a rounded
+    product at least bits_at_most(T - error)."""
+    rng = np.random.default_rng(12)
+    x = unit(rng, (5000, 32))
+    q = torch.from_numpy(unit(rng, (8, 32)))
+    copy = lowprec.Bf16Copy(x)
+    products = (q.to(torch.bfloat16) @ copy.rows[:5000].T).view(torch.int16)  # (8, N) bf16 bits
+    truth = (q @ torch.from_numpy(x).T).double()
+    error = lowprec.error_bound(q, copy.row_norm.expand(8), copy.row_error.expand(8))
+    for t in [-0.2, 0.0, 0.1, 0.3, 0.45, 0.6]:
+        least = lowprec.bits_at_most(torch.full((8,), t) - error)
+        reach = truth >= t
+        assert bool((products[reach] >= least[:, None].expand_as(products)[reach]).all()), t
 
 
 def test_peaks_on_int16_bits_never_skip_a_segment_that_may_reach_the_threshold():
@@ -212,12 +234,24 @@ def test_peaks_on_int16_bits_never_skip_a_segment_that_may_reach_the_threshold()
     products = values.to(torch.bfloat16)  # (S, seg, h, P)
     peaks = lowprec.segment_peaks(products).flatten()  # (S,) int16
     true_peaks = products.float().amax(1).flatten()
+    grid = torch.arange(2**15 - 2**7, dtype=torch.int16).view(torch.bfloat16).double()  # every finite bf16 >= 0
     for threshold in [-1.0, -0.01, 0.0, 1e-30, 0.3, 0.5000001, 1.2, float(true_peaks.max())]:
-        kept = peaks >= lowprec.bits_at_least(torch.tensor([threshold]))
+        kept = peaks >= lowprec.bits_at_most(torch.tensor([threshold], dtype=torch.float64))
         assert bool(kept[true_peaks >= threshold].all()), threshold  # never skips one that reaches it
-        assert bool((~kept[(true_peaks < threshold) & (true_peaks >= 0)]).all()), threshold  # exact above 0
+        if threshold > 0:  # above 0 exactly the peaks from the largest bf16 <= threshold up (a rounding of >= it)
+            below = float(grid[grid <= threshold].max())
+            assert torch.equal(kept[true_peaks >= 0], true_peaks[true_peaks >= 0] >= below), threshold
     lower = lowprec.bits_value(peaks)
     assert bool((lower <= true_peaks).all()) and bool((lower[true_peaks >= 0] == true_peaks[true_peaks >= 0]).all())
+
+
+def test_kth_best_peak_per_line_worked_by_hand():
+    """Lines 0 and 1 hold peaks 0.5, 0.75, 0.625 and 0.25, 1.0; line 2 none: the 2nd best are 0.625, 0.25."""
+    line = torch.tensor([0, 1, 0, 0, 1])
+    peak = torch.tensor([0.5, 0.25, 0.75, 0.625, 1.0], dtype=torch.bfloat16).view(torch.int16)
+    assert lowprec.kth_best(line, peak, 2, 3).tolist() == [0.625, 0.25, -np.inf]
+    assert lowprec.kth_best(line, peak, 3, 3).tolist() == [0.5, -np.inf, -np.inf]
+    assert lowprec.kth_best(line[:0], peak[:0], 1, 2).tolist() == [-np.inf, -np.inf]
 
 
 def test_the_bf16_copy_is_made_once_per_array_and_row_major():

@@ -3,8 +3,10 @@ fp32. For the heads, and for one space's vectors (the standard vector, an extern
 
 A bf16 copy is half the bytes of the fp32 vectors, and bf16 products run on the CPU's bf16 units (fp32
 products of a few columns read the rows at half the memory's speed here).
-Each approximate score is within `error_bound` of the fp32 one, so a row of the true top `keep` scores at
-least the keep-th best approximate score less twice that bound: every such row is kept (`HeadScan`) and
+A bf16 product's fp32 sum is within `error_bound` of the fp32 score (from the query's and each head's
+largest rounding error, measured when the copy is made: about 1.3 u on unit vectors, u = 2^-8), and
+rounding it to bf16 moves it by at most u of itself; so a row of the true top `keep` has a rounded
+product at least the keep-th best one less about 2 * 1.3 u + u: every such row is kept (`HeadScan`) and
 scored again in fp32 with the same kernel shapes as the fp32 scan (`rescore`, `rescore_rows`), so the
 final ranking and scores are those of the fp32 scan (`exact.Exact`, precision "fp32"), tested bit for bit
 for the heads; a space's scores up to their last bits (BLAS may split a sum of many dimensions between
@@ -60,7 +62,8 @@ class TooManyKept(RuntimeError):
 class Bf16Copy:
     """A bf16 copy of unit heads (H, N, d), or of one space's vectors (N, D) as one head, row-major
     (N', H * d) with zero rows after the last one up to a whole segment (every block of rows is one
-    contiguous matrix), and each head's largest row norm (H,) for the error bound."""
+    contiguous matrix); for the error bound, each head's largest row norm and largest rounding error
+    ||x - bf16(x)|| (H,)."""
 
     def __init__(self, vectors: np.ndarray):
         source = torch.from_numpy(vectors if vectors.flags.writeable else np.array(vectors))  # torch warns on read-only
@@ -68,14 +71,20 @@ class Bf16Copy:
         h, n, d = source.shape
         self.heads = h
         self.rows = torch.zeros((-(-n // SEGMENT_ROWS) * SEGMENT_ROWS, h * d), dtype=torch.bfloat16)
-        for i in range(h):  # one head at a time: no fp32 or bf16 copy of all heads on the way; rounded to nearest
-            self.rows[:n, i * d : (i + 1) * d] = source[i]
+        self.row_norm, self.row_error = torch.zeros(h), torch.zeros(h)
+        step = max(2**22 // max(d, 1), 1)  # rows at a time: no fp32 or bf16 copy of all heads on the way
+        for i in range(h):
+            for start in range(0, n, step):
+                x = source[i, start : start + step]
+                rounded = self.rows[start : start + len(x), i * d : (i + 1) * d]
+                rounded.copy_(x)  # rounded to nearest
+                norm, error = (torch.linalg.vector_norm(v, dim=1).max() for v in (x, x - rounded.float()))
+                self.row_norm[i], self.row_error[i] = max(self.row_norm[i], norm), max(self.row_error[i], error)
         # on the copy: a finite fp32 value past bf16's range rounds to inf, and the block-diagonal
         # product's zeros would turn it into NaN for every head of its row
         self.finite = bool(torch.isfinite(self.rows).all())
         if not self.finite:  # never scanned (the fp32 scan runs instead): keep no copy
             self.rows = torch.zeros((0, h * d), dtype=torch.bfloat16)
-        self.row_norm = torch.linalg.vector_norm(source, dim=2).amax(1) if n else torch.zeros(h)
 
 
 _copies: dict[int, tuple[weakref.ref[np.ndarray], Bf16Copy]] = {}
@@ -95,12 +104,20 @@ def bf16_copy(vectors: np.ndarray) -> Bf16Copy:
         return made
 
 
-def error_bound(query_norms: torch.Tensor, row_norm: torch.Tensor) -> torch.Tensor:
-    """The most a bf16 score q~.x~ (fp32 sums, rounded to bf16) can differ from q.x, per line (R,), from
-    ||q|| (R,) and each line's largest row norm (R,). Rounding q and x moves q.x by at most
-    (2u + u^2) |q||x| (Cauchy-Schwarz on the elementwise products), the fp32 sum of d products adds
-    about d * 2^-24 of it, and rounding the result to bf16 u of it: together under 4u ||q|| ||x||."""
-    return 4 * BF16_UNIT * query_norms * row_norm
+def error_bound(q: torch.Tensor, row_norm: torch.Tensor, row_error: torch.Tensor) -> torch.Tensor:
+    """The most the bf16 product's fp32 sum q~.x~ (before its rounding to bf16) can differ from the fp32
+    score q.x, per line (R,) float64, from the lines q (R, d) and their heads' largest row norm and
+    rounding error (R,). q.x - q~.x~ = q.(x - x~) + (q - q~).x~ exactly, so Cauchy-Schwarz bounds it by
+    ||q|| ||x - x~|| + ||q - q~|| ||x~||, with ||x~|| <= (1 + u) ||x||; each fp32 sum of d products
+    (the score's and the product's; bf16 products are exact in fp32) adds at most gamma_d ||q|| ||x||.
+    About 1.3 u ||q|| ||x|| on unit vectors of 32 dimensions (u = 2^-8), where the coordinate-wise
+    bound (2u + u^2) ||q|| ||x|| is 2u; the last factor covers the fp32 norms' own rounding."""
+    d = q.shape[1]
+    gamma = d * 2.0**-24 / (1 - d * 2.0**-24)
+    norm = torch.linalg.vector_norm(q.double(), dim=1)
+    error = torch.linalg.vector_norm(q.double() - q.to(torch.bfloat16).double(), dim=1)
+    grown = row_norm.double() * (1 + BF16_UNIT)
+    return (norm * row_error.double() + error * grown + 2 * gamma * norm * (1 + BF16_UNIT) * grown) * (1 + 2.0**-10)
 
 
 def block_rows(lines: int) -> int:
@@ -124,8 +141,8 @@ def scan(copy: Bf16Copy, q: torch.Tensor, index: list[int], keep: int, n: int) -
     """Every (line, row) that could be in its line's true top `keep` by fp32 score: lines (K,), rows (K,),
     lines voter-major (head j of `index`, part) as q (h, P, d). Raises TooManyKept."""
     h, p, d = q.shape
-    norms = torch.linalg.vector_norm(q, dim=2).flatten()  # (h * P,)
-    found = HeadScan(keep, n, error_bound(norms, copy.row_norm[index].repeat_interleave(p)))
+    voter_of_line = torch.tensor(index).repeat_interleave(p)  # (h * P,)
+    found = HeadScan(keep, n, error_bound(q.flatten(0, 1), copy.row_norm[voter_of_line], copy.row_error[voter_of_line]))
     queries = q.to(torch.bfloat16)
     step = block_rows(h * p)
     total = len(copy.rows)
@@ -178,39 +195,60 @@ def segment_peaks(segments: torch.Tensor) -> torch.Tensor:
     return segments.view(torch.int16).amax(1)
 
 
-def bits_at_least(value: torch.Tensor) -> torch.Tensor:
-    """int16 bits that a segment's peak bits reach whenever its peak may reach `value` (float): those of
-    the smallest bf16 >= value when value > 0, else the lowest int16 (every segment: a peak with
-    negative bits is below 0, unknown below that)."""
-    rounded = value.to(torch.bfloat16)
-    bits = rounded.view(torch.int16) + (rounded.float() < value).to(torch.int16)  # one bf16 step up if below
+def bits_at_most(value: torch.Tensor) -> torch.Tensor:
+    """int16 bits of the largest bf16 <= value (float64) where value > 0, else the lowest int16: a
+    segment's peak reaches these bits whenever its rounded product may reach `value` (rounding to
+    nearest is monotone), and every peak reaches the lowest."""
+    rounded = value.to(torch.bfloat16)  # one of value's two bf16 neighbours
+    bits = rounded.view(torch.int16) - (rounded.double() > value).to(torch.int16)  # one step down if above
     return torch.where(value > 0, bits, torch.full_like(bits, -(2**15)))
 
 
 def bits_value(bits: torch.Tensor) -> torch.Tensor:
-    """A lower bound of the peak with these int16 bits: its value, or -inf for negative bits."""
-    return bits.view(torch.bfloat16).float().masked_fill(bits < 0, -torch.inf)
+    """A lower bound of the peak with these int16 bits (float64): its value, or -inf for negative bits."""
+    return bits.view(torch.bfloat16).double().masked_fill(bits < 0, -torch.inf)
+
+
+def kth_best(line: torch.Tensor, peak: torch.Tensor, k: int, r: int) -> torch.Tensor:
+    """Each line's k-th best peak (float64, -inf where it has fewer): lines (M,) < r, int16 peaks (M,)
+    -> (r,). One sort by line, then best peak first (int32 keys while lines fit: half the time)."""
+    if len(line) == 0:
+        return torch.full((r,), -torch.inf, dtype=torch.float64)
+    key_type = torch.int32 if r <= 2**15 else torch.int64
+    keys = torch.sort(line.to(key_type) * 2**16 + (2**15 - 1 - peak.to(key_type))).values
+    count = torch.bincount(line, minlength=r)
+    kth = (torch.cumsum(count, 0) - count + k - 1).clamp(max=len(line) - 1)
+    kth_peak = (2**15 - 1 - (keys[kth].long() - torch.arange(r) * 2**16)).to(torch.int16)
+    return torch.where(count >= k, bits_value(kth_peak), -torch.inf)
 
 
 class HeadScan:
     """One group of heads' candidate rows, from bf16 products offered block by block.
 
-    Each line's `floor` is a keep-th best segment peak (a lower bound): keep rows score at least that
-    much, so the keep-th best approximate score is at least it, and a row of the true top keep scores at
-    least floor - 2 * error (`threshold`). A block keeps the segments whose peak may reach the threshold.
-    The floor is set by the first block and raised whenever the kept segments have doubled (a top-k per
-    block cost more than the products): O(log N) times, each in time linear in what is kept."""
+    Each line's `floor` is a keep-th best segment peak: keep rows have a rounded product at least that
+    high, so (the rounding moves a value by at most u of it, the product's sum by at most `error`) the
+    line's keep-th best fp32 score is at least floor - u |floor| - error, and a row of its true top keep
+    has a sum at least `error` below that, and a rounded product at least the bf16 below (`least`). A
+    block keeps the segments whose peak reaches it. The floor is set by the first block and raised
+    whenever the kept segments have doubled (a top-k per block cost more than the products): O(log N)
+    times, each in time linear in what is kept."""
 
     def __init__(self, keep: int, n: int, error: torch.Tensor):
-        self.keep, self.n, self.margin = keep, n, 2 * error  # (R,)
-        self.floor = torch.full((len(error),), -torch.inf)  # (R,)
+        self.keep, self.n, self.error = keep, n, error  # (R,) float64
+        self.floor = torch.full((len(error),), -torch.inf, dtype=torch.float64)  # (R,)
+        self.least = self.least_for(self.floor)  # (R,) int16
         self.kept: list[tuple[torch.Tensor, ...]] = []  # per block: line, peak bits, first row (M,); sims (M, seg)
         self.count = 0
         self.raise_at = 2 * keep * len(error)  # kept segments that raise the floor next
 
-    def threshold(self) -> torch.Tensor:
-        """(R,): every row of the true top keep scores at least this, approximately."""
-        return self.floor - self.margin
+    def least_for(self, floor: torch.Tensor) -> torch.Tensor:
+        """(R,) int16 bits: every row of a line's true top keep has a bf16 product at least this high."""
+        return bits_at_most(floor - BF16_UNIT * floor.abs() - 2 * self.error)
+
+    def raise_to(self, floor: torch.Tensor) -> None:
+        """A higher floor (R,) float64, where it is higher."""
+        self.floor = torch.maximum(self.floor, floor)
+        self.least = self.least_for(self.floor)
 
     def offer(self, segments: torch.Tensor, start: int) -> None:
         """A block's bf16 products as segments (S, seg, h, P), rows start..start + S * seg (the copy's zero
@@ -223,9 +261,8 @@ class HeadScan:
         if not self.kept and self.count == 0:  # the first block sets the floor
             lines = peaks.reshape(s, h * p).T  # (R, S)
             if lines.shape[1] >= self.keep:
-                self.floor = bits_value(torch.topk(lines, self.keep, dim=1).values[:, -1])
-        least = bits_at_least(self.threshold()).view(1, h, p)
-        segment, head, part = (peaks >= least).nonzero().unbind(1)  # (M,) each
+                self.raise_to(bits_value(torch.topk(lines, self.keep, dim=1).values[:, -1]))
+        segment, head, part = (peaks >= self.least.view(1, h, p)).nonzero().unbind(1)  # (M,) each
         sims = segments[segment, :, head, part]  # (M, seg), a copy
         self.kept.append((head * p + part, peaks[segment, head, part], start + segment * seg, sims))
         self.count += len(segment)
@@ -237,31 +274,27 @@ class HeadScan:
                 raise TooManyKept(f"{self.count} segments tie near the top")
 
     def raise_floor(self) -> None:
-        """Each line's floor from the keep-th best peak it kept, and forget the segments below the
-        threshold. Every segment of a line's keep best so far was kept: its peak reached the floor."""
+        """Each line's floor from the keep-th best peak it kept, and forget the segments below `least`.
+        Every segment of a line's keep best so far was kept: its peak reached the floor."""
         if not self.kept:
             return
         line, peak, first, sims = (torch.cat(part) for part in zip(*self.kept))
-        keys = torch.sort(line * 2**16 + (2**15 - 1 - peak.long())).values  # by line, then best peak first
-        count = torch.bincount(line, minlength=len(self.floor))
-        kth = (torch.cumsum(count, 0) - count + self.keep - 1).clamp(max=len(line) - 1)  # each line's keep-th best
-        kth_peak = (2**15 - 1 - (keys[kth] - torch.arange(len(count)) * 2**16)).to(torch.int16)
-        self.floor = torch.where(count >= self.keep, torch.maximum(self.floor, bits_value(kth_peak)), self.floor)
-        stay = peak >= bits_at_least(self.threshold())[line]
-        self.kept = [(line[stay], peak[stay], first[stay], sims[stay])]
-        self.count = int(stay.sum())
+        self.raise_to(kth_best(line, peak, self.keep, len(self.floor)))
+        stay = (peak >= self.least[line]).nonzero().squeeze(1)
+        self.kept = [tuple(x.index_select(0, stay) for x in (line, peak, first, sims))]
+        self.count = len(stay)
 
     def candidates(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every (line, row) that could be in its line's true top keep: lines (K,), rows (K,)."""
         self.raise_floor()
-        if not self.kept:
-            return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
-        line, _, first, sims = self.kept[0]
-        near = sims.float() >= self.threshold()[line, None]  # (M, seg)
-        at, offset = near.nonzero().unbind(1)
-        rows = first[at] + offset
-        inside = rows < self.n  # the last block's padding
-        return line[at][inside], rows[inside]
+        lines, rows = [torch.zeros(0, dtype=torch.long)], [torch.zeros(0, dtype=torch.long)]
+        for line, _, first, sims in self.kept:
+            at, offset = (sims.view(torch.int16) >= self.least[line, None]).nonzero().unbind(1)  # (M, seg) -> (K,)
+            lines.append(line[at])
+            rows.append(first[at] + offset)
+        line, row = torch.cat(lines), torch.cat(rows)
+        inside = row < self.n  # the last block's padding
+        return line[inside], row[inside]
 
 
 def rescore(
