@@ -245,6 +245,29 @@ def test_peaks_on_int16_bits_never_skip_a_segment_that_may_reach_the_threshold()
     assert bool((lower <= true_peaks).all()) and bool((lower[true_peaks >= 0] == true_peaks[true_peaks >= 0]).all())
 
 
+def test_the_rounding_error_of_tiny_rows_is_measured():
+    """Scaling by a power of two changes no rounding: the measured norms and errors scale with it
+    (in fp32 the squares of errors near 2^-79 underflowed to 0, and the margin lost them)."""
+    rng = np.random.default_rng(13)
+    x = unit(rng, (2, 500, 3))
+    one, tiny = lowprec.Bf16Copy(x), lowprec.Bf16Copy(x * np.float32(2.0**-70))
+    assert bool((one.row_error > 0).all())
+    assert torch.equal(tiny.row_error, one.row_error * 2.0**-70) and torch.equal(tiny.row_norm, one.row_norm * 2.0**-70)
+
+
+def test_a_1024_dimension_space_ranks_as_in_fp32():
+    """At D = 1024, BLAS on 2 threads splits the sums of a product of fewer than about 384 rows: the
+    re-score pads the rows it scores to SPACE_RESCORE_ROWS, as many as the scan's blocks hold at least."""
+    rng = np.random.default_rng(14)
+    standard, heads = unit(rng, (6000, 1024)), unit(rng, (1, 6000, 4))
+    chosen = [retrieve.Voter("standard", "standard", 1.0)]
+    for _ in range(3):
+        centre = standard[rng.integers(6000)]
+        parts = [retrieve.QueryVectors(retrieve.unit(centre + 0.8 * unit(rng, (1024,))).astype(np.float32),
+                                       unit(rng, (1, 4))) for _ in range(4)]
+        both(standard, heads, chosen, parts, 10)
+
+
 def test_kth_best_peak_per_line_worked_by_hand():
     """Lines 0 and 1 hold peaks 0.5, 0.75, 0.625 and 0.25, 1.0; line 2 none: the 2nd best are 0.625, 0.25."""
     line = torch.tensor([0, 1, 0, 0, 1])
@@ -326,13 +349,16 @@ def test_one_spaces_bf16_scan_returns_the_fp32_ranking_and_scores(monkeypatch, l
 
 def test_one_part_of_one_space_scans_in_fp32_and_so_do_many_parts_of_few_rows(monkeypatch):
     """One part is a matrix-vector product in fp32, whose sums a re-score could not repeat bit for bit;
-    with fewer than SPACE_ROWS_PER_PART rows a part, the fp32 product is the faster."""
-    standard, heads = hard_index(500)
+    with fewer than SPACE_ROWS_PER_PART rows a part, the fp32 product is the faster; below
+    SPACE_RESCORE_ROWS rows the re-score could not repeat the scan's product."""
+    standard, heads = hard_index(600)
     ranker = exact.Exact(standard, heads, precision="bf16")
     parts = queries_near(np.random.default_rng(16), heads, 24, 5)
     assert ranker.space_bf16("standard", ranker.query_matrix("standard", [], parts[:1]), 6) is None
     assert ranker.space_bf16("standard", ranker.query_matrix("standard", [], parts), 6) is not None
-    monkeypatch.setattr(lowprec, "SPACE_ROWS_PER_PART", 101)  # 5 parts x 101 > 500 rows
+    small = exact.Exact(standard[:500], heads[:, :500], precision="bf16")
+    assert small.space_bf16("standard", small.query_matrix("standard", [], parts), 6) is None
+    monkeypatch.setattr(lowprec, "SPACE_ROWS_PER_PART", 121)  # 5 parts x 121 > 600 rows
     assert ranker.space_bf16("standard", ranker.query_matrix("standard", [], parts), 6) is None
 
 

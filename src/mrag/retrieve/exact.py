@@ -129,7 +129,7 @@ class Exact:
         buffers: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}  # reused by every block: no fresh pages
         block = block_rows(sum(map(len, scanned.values())) * len(queries))
         starts = list(range(0, n if scanned else 0, block))
-        if len(starts) > 1 and n - starts[-1] < lowprec.SMALL_ROWS:  # the last block joins the one before
+        if len(starts) > 1 and n - starts[-1] < lowprec.SPACE_RESCORE_ROWS:  # a short last block joins the one before
             starts.pop()
         for start, stop in zip(starts, [*starts[1:], n]):
             for g, members in scanned.items():
@@ -176,7 +176,7 @@ class Exact:
         around: a re-score could not repeat them), nor where it would not pay."""
         vectors = self.standard if group == "standard" else self.extra[group]
         n, p = len(vectors), len(q)
-        if p < 2 or n < lowprec.SMALL_ROWS or not lowprec.worth_it(n, p) or n < lowprec.SPACE_ROWS_PER_PART * p:
+        if p < 2 or n < lowprec.SPACE_RESCORE_ROWS or not lowprec.worth_it(n, p) or n < lowprec.SPACE_ROWS_PER_PART * p:
             return None
         return lowprec.ranked(vectors, q[None], [0], keep,
                               lambda parts, rows: lowprec.rescore_rows(q, _tensor(vectors), parts, rows))
@@ -214,8 +214,9 @@ class Exact:
 
 def block_rows(lines: int) -> int:
     """Rows per block for this many lines: their similarities fill about BLOCK_BYTES, at most
-    BLOCK_ROWS, in whole segments (at least one): segments never straddle blocks."""
-    fit = min(BLOCK_BYTES // (4 * max(lines, 1)), BLOCK_ROWS)
+    BLOCK_ROWS, at least lowprec.SPACE_RESCORE_ROWS (a space's bf16 re-score repeats the sums of
+    products of that many rows), in whole segments: segments never straddle blocks."""
+    fit = min(max(BLOCK_BYTES // (4 * max(lines, 1)), lowprec.SPACE_RESCORE_ROWS), BLOCK_ROWS)
     return max(fit // SEGMENT_ROWS, 1) * SEGMENT_ROWS
 
 

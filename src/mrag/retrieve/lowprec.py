@@ -9,8 +9,10 @@ rounding it to bf16 moves it by at most u of itself; so a row of the true top `k
 product at least the keep-th best one less about 2 * 1.3 u + u: every such row is kept (`HeadScan`) and
 scored again in fp32 with the same kernel shapes as the fp32 scan (`rescore`, `rescore_rows`), so the
 final ranking and scores are those of the fp32 scan (`exact.Exact`, precision "fp32"), tested bit for bit
-for the heads; a space's scores up to their last bits (BLAS may split a sum of many dimensions between
-threads by the number of rows multiplied at once: seen from D = 1024, up to 4e-7).
+for the heads (a review saw last-bit differences at head widths of 2 or 3, never at 1 or 5-32); a
+space's scores up to their last bits on more than 2 threads (BLAS may split a sum of many dimensions
+between threads by the number of rows multiplied at once: seen from D = 1024 below about 384 rows, up
+to 4e-7; the re-score and the scan's blocks multiply at least SPACE_RESCORE_ROWS).
 
 The copy is row-major, a row's heads side by side. A few parts (a query or two) take one product per
 block against the parts laid out block-diagonally (`block_diagonal`): the zeros off a head's own block
@@ -34,6 +36,9 @@ BLOCK_BYTES = 16 * 2**20  # a block's bf16 products, all lines (at 1M rows, 6 pa
 KEPT_BYTES = 512 * 2**20  # the most memory the kept segments may take before the scan gives up (`TooManyKept`)
 RESCORE_PARTS = 32  # query parts per re-scoring product (at least 2: one part takes another BLAS kernel)
 SMALL_ROWS = 64  # fewer rows to a product take another BLAS kernel: the re-score pads to this, the scans avoid it
+# a space's fp32 product of fewer rows may split each sum between threads (2 threads, D >= 1024: below
+# about 384 rows), so its re-score pads the union of its rows to this, and no scan block is shorter
+SPACE_RESCORE_ROWS = 512
 # heads x parts up to which the block-diagonal product beats one product per head (it multiplies H times
 # the zeros; 12 heads: at 1M rows 6 parts 48 ms against 84, 24 parts 86 against 164, 64 parts even; at
 # 100k rows 48 parts 43 against 59, 96 even, 192 parts 235 against 177)
@@ -71,14 +76,15 @@ class Bf16Copy:
         h, n, d = source.shape
         self.heads = h
         self.rows = torch.zeros((-(-n // SEGMENT_ROWS) * SEGMENT_ROWS, h * d), dtype=torch.bfloat16)
-        self.row_norm, self.row_error = torch.zeros(h), torch.zeros(h)
+        self.row_norm, self.row_error = torch.zeros(h, dtype=torch.float64), torch.zeros(h, dtype=torch.float64)
         step = max(2**22 // max(d, 1), 1)  # rows at a time: no fp32 or bf16 copy of all heads on the way
         for i in range(h):
             for start in range(0, n, step):
                 x = source[i, start : start + step]
                 rounded = self.rows[start : start + len(x), i * d : (i + 1) * d]
                 rounded.copy_(x)  # rounded to nearest
-                norm, error = (torch.linalg.vector_norm(v, dim=1).max() for v in (x, x - rounded.float()))
+                # in float64: the squares of tiny rows' errors underflow in fp32, which would hide them
+                norm, error = (torch.linalg.vector_norm(v.double(), dim=1).max() for v in (x, x - rounded.float()))
                 self.row_norm[i], self.row_error[i] = max(self.row_norm[i], norm), max(self.row_error[i], error)
         # on the copy: a finite fp32 value past bf16's range rounds to inf, and the block-diagonal
         # product's zeros would turn it into NaN for every head of its row
@@ -331,13 +337,13 @@ def rescore(
 def rescore_rows(queries: torch.Tensor, vectors: torch.Tensor, parts: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     """fp32 scores of (part, row) pairs of one space as its fp32 scan computes them: queries (P, D),
     P >= 2, vectors (N, D), parts (K,), rows (K,) -> (K,). All P parts against the union of the rows
-    (padded to SMALL_ROWS) in one product: the scan's product of P columns, whose sum for a row does not
-    depend on the other rows on 2 threads (up to its last bits on more, or from D = 1024; one part takes
-    a matrix-vector product there, whose sums differ)."""
+    (padded to SPACE_RESCORE_ROWS) in one product: the scan's product of P columns, whose sum for a row
+    does not depend on the other rows on 2 threads where both multiply that many rows at least (up to
+    its last bits on more threads; one part takes a matrix-vector product there, whose sums differ)."""
     if len(rows) == 0:
         return torch.zeros(0, dtype=vectors.dtype)
     union, position = torch.unique(rows, return_inverse=True)
-    padded = torch.cat([union, union[:1].expand(max(SMALL_ROWS - len(union), 0))])
+    padded = torch.cat([union, union[:1].expand(max(SPACE_RESCORE_ROWS - len(union), 0))])
     scores = torch.mm(vectors[padded], queries.to(vectors.dtype).T)  # (U, P)
     found = scores[position, parts]
     return found.masked_fill_(found.isnan(), -torch.inf)
