@@ -109,7 +109,8 @@ def random_index(n: int = 300, h: int = 3, d: int = 4, dim: int = 12, seed: int 
     return standard, heads, parts
 
 
-@pytest.mark.parametrize("rows_per_block", [None, 64])  # one block (a top-k), or 5 blocks of 8 segments
+# one block (a top-k), or 3 blocks of 8 segments and a last of 108 rows
+@pytest.mark.parametrize("rows_per_block", [None, 64])
 def test_exact_ranks_every_space_and_part_as_brute_force(monkeypatch, rows_per_block):
     if rows_per_block:
         monkeypatch.setattr(exact, "BLOCK_ROWS", rows_per_block)
@@ -159,9 +160,10 @@ def test_blocks_of_rows_give_the_whole_scan_result_ties_included(monkeypatch, st
     chosen = retrieve.voters(strategy, 3, scales, ["other"])
     queries = parts[:n_parts]
     whole = exact.Exact(standard, heads, extra)(chosen, queries, c)
-    # 19 blocks of whole segments, the last of 12 rows; blocks of 15; blocks rounded up to one 64-row
-    # segment, the last of 44 rows; blocks of 294 rows, the last of 6: the last two pad a ragged segment
-    for rows_per_block, segment in ((16, 4), (16, 5), (16, 64), (299, 7)):
+    # a last block shorter than lowprec.SPACE_RESCORE_ROWS joins the one before: 18 blocks of whole
+    # segments, the last of 28 rows; blocks of 15, the last of 30; blocks rounded up to one 64-row
+    # segment, the last of 108 rows; blocks of 14 rows, the last of 20: the last two pad a ragged segment
+    for rows_per_block, segment in ((16, 4), (16, 5), (16, 64), (16, 7)):
         monkeypatch.setattr(exact, "BLOCK_ROWS", rows_per_block)
         monkeypatch.setattr(exact, "SEGMENT_ROWS", segment)
         blocked = exact.Exact(standard, heads, extra)(chosen, queries, c)

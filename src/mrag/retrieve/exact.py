@@ -107,8 +107,10 @@ class Exact:
             shape = (len(queries), len(chosen), c)
             return np.full(shape, -1, dtype=np.int64), np.full(shape, -np.inf)
         # per part and voter, its candidates (kept, waiting and their merge: ~16 B for each row of
-        # c + 1 segments) take at most ~SCORE_BYTES at a time; a block's similarities ~BLOCK_BYTES
+        # c + 1 segments) take at most ~SCORE_BYTES at a time; a block's similarities ~BLOCK_BYTES, and
+        # at most 4 x BLOCK_BYTES where so many lines share a block of SPACE_RESCORE_ROWS rows
         step = max(1, SCORE_BYTES // (len(chosen) * 16 * (c + 1) * SEGMENT_ROWS))
+        step = max(1, min(step, 4 * BLOCK_BYTES // (4 * lowprec.SPACE_RESCORE_ROWS * len(chosen))))
         if len(queries) > step:
             done = [self(chosen, queries[i : i + step], c) for i in range(0, len(queries), step)]
             return np.concatenate([r for r, _ in done]), np.concatenate([s for _, s in done])
@@ -176,6 +178,7 @@ class Exact:
         around: a re-score could not repeat them), nor where it would not pay."""
         vectors = self.standard if group == "standard" else self.extra[group]
         n, p = len(vectors), len(q)
+        # (n < SPACE_RESCORE_ROWS matters only where SPACE_ROWS_PER_PART is lowered, as the tests do)
         if p < 2 or n < lowprec.SPACE_RESCORE_ROWS or not lowprec.worth_it(n, p) or n < lowprec.SPACE_ROWS_PER_PART * p:
             return None
         return lowprec.ranked(vectors, q[None], [0], keep,
@@ -215,7 +218,9 @@ class Exact:
 def block_rows(lines: int) -> int:
     """Rows per block for this many lines: their similarities fill about BLOCK_BYTES, at most
     BLOCK_ROWS, at least lowprec.SPACE_RESCORE_ROWS (a space's bf16 re-score repeats the sums of
-    products of that many rows), in whole segments: segments never straddle blocks."""
+    products of that many rows), in whole segments: segments never straddle blocks. (Tests lower
+    BLOCK_ROWS below SPACE_RESCORE_ROWS, or take segments that do not divide it: the block is then
+    shorter.)"""
     fit = min(max(BLOCK_BYTES // (4 * max(lines, 1)), lowprec.SPACE_RESCORE_ROWS), BLOCK_ROWS)
     return max(fit // SEGMENT_ROWS, 1) * SEGMENT_ROWS
 

@@ -3,16 +3,16 @@ fp32. For the heads, and for one space's vectors (the standard vector, an extern
 
 A bf16 copy is half the bytes of the fp32 vectors, and bf16 products run on the CPU's bf16 units (fp32
 products of a few columns read the rows at half the memory's speed here).
-A bf16 product's fp32 sum is within `error_bound` of the fp32 score (from the query's and each head's
-largest rounding error, measured when the copy is made: about 1.3 u on unit vectors, u = 2^-8), and
-rounding it to bf16 moves it by at most u of itself; so a row of the true top `keep` has a rounded
-product at least the keep-th best one less about 2 * 1.3 u + u: every such row is kept (`HeadScan`) and
-scored again in fp32 with the same kernel shapes as the fp32 scan (`rescore`, `rescore_rows`), so the
-final ranking and scores are those of the fp32 scan (`exact.Exact`, precision "fp32"), tested bit for bit
-for the heads (a review saw last-bit differences at head widths of 2 or 3, never at 1 or 5-32); a
-space's scores up to their last bits on more than 2 threads (BLAS may split a sum of many dimensions
-between threads by the number of rows multiplied at once: seen from D = 1024 below about 384 rows, up
-to 4e-7; the re-score and the scan's blocks multiply at least SPACE_RESCORE_ROWS).
+A bf16 product's fp32 sum is within `error_bound` of the fp32 score (from the query's rounding error,
+measured at each scan, and each head's largest one, measured when the copy is made: about 1.3 u in
+all on unit vectors, u = 2^-8), and rounding it to bf16 moves it by at most u of itself; so a row of
+the true top `keep` has a rounded product at least the keep-th best one less about 2 * 1.3 u + u:
+every such row is kept (`HeadScan`) and scored again in fp32 with the same kernel shapes as the fp32
+scan (`rescore`, `rescore_rows`), so the final ranking and scores are those of the fp32 scan
+(`exact.Exact`, precision "fp32"): bit for bit for the heads (tested; one exception seen, heads only 2
+or 3 wide, where a score's last bit may differ), and for a space up to the last bits where BLAS splits a
+sum between more than 2 threads (a product of fewer than about 384 rows from D = 1024 splits it on 2,
+so the re-score and the scan's blocks multiply at least SPACE_RESCORE_ROWS).
 
 The copy is row-major, a row's heads side by side. A few parts (a query or two) take one product per
 block against the parts laid out block-diagonally (`block_diagonal`): the zeros off a head's own block
@@ -95,8 +95,8 @@ class Bf16Copy:
 def largest_norms(x: torch.Tensor, error: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The largest row norm of x and of its rounding error, (B, d) each with B >= 1 -> two float64
     scalars. In fp32 (a quarter of float64's time), but in float64 where every row is below 2^-40:
-    there the squares of the errors may underflow and hide them; above it, what underflows is below
-    the error bound's fp32-sum term."""
+    there the squares of the errors may underflow and hide them. Above it, what underflows (errors
+    below 2^-63, sqrt(d) 2^-63 a row) is below the error bound's fp32-sum term, 2 gamma_d ||x|| >= d 2^-63."""
     norm, largest = (torch.linalg.vector_norm(v, dim=1).max().double() for v in (x, error))
     if norm < 2.0**-40:
         norm, largest = (torch.linalg.vector_norm(v.double(), dim=1).max() for v in (x, error))
@@ -125,15 +125,20 @@ def error_bound(q: torch.Tensor, row_norm: torch.Tensor, row_error: torch.Tensor
     score q.x, per line (R,) float64, from the lines q (R, d) and their heads' largest row norm and
     rounding error (R,). q.x - q~.x~ = q.(x - x~) + (q - q~).x~ exactly, so Cauchy-Schwarz bounds it by
     ||q|| ||x - x~|| + ||q - q~|| ||x~||, with ||x~|| <= (1 + u) ||x||; each fp32 sum of d products
-    (the score's and the product's; bf16 products are exact in fp32) adds at most gamma_d ||q|| ||x||.
-    About 1.3 u ||q|| ||x|| on unit vectors of 32 dimensions (u = 2^-8), where the coordinate-wise
-    bound (2u + u^2) ||q|| ||x|| is 2u; the last factor covers the fp32 norms' own rounding."""
+    (the score's and the product's; bf16 products are exact in fp32) adds at most gamma_d ||q|| ||x||,
+    and a kernel that flushes values below 2^-126 to zero (bf16 units do) at most d 2^-126 for the
+    products and the sums and d 2^-126 (||q|| + ||x||) for the inputs. About 1.3 u ||q|| ||x|| on unit
+    vectors of 32 dimensions (u = 2^-8), where the coordinate-wise bound (2u + u^2) ||q|| ||x|| is 2u;
+    the last factor covers the fp32 norms' own rounding."""
     d = q.shape[1]
     gamma = d * 2.0**-24 / (1 - d * 2.0**-24)
     norm = torch.linalg.vector_norm(q.double(), dim=1)
     error = torch.linalg.vector_norm(q.double() - q.to(torch.bfloat16).double(), dim=1)
     grown = row_norm.double() * (1 + BF16_UNIT)
-    return (norm * row_error.double() + error * grown + 2 * gamma * norm * (1 + BF16_UNIT) * grown) * (1 + 2.0**-10)
+    flushed = d * 2.0**-126 * (2 + norm + grown)
+    return (norm * row_error.double() + error * grown + 2 * gamma * norm * (1 + BF16_UNIT) * grown + flushed) * (
+        1 + 2.0**-10
+    )
 
 
 def block_rows(lines: int) -> int:
@@ -213,8 +218,8 @@ def segment_peaks(segments: torch.Tensor) -> torch.Tensor:
 
 def bits_at_most(value: torch.Tensor) -> torch.Tensor:
     """int16 bits of the largest bf16 <= value (float64) where value > 0, else the lowest int16: a
-    segment's peak reaches these bits whenever its rounded product may reach `value` (rounding to
-    nearest is monotone), and every peak reaches the lowest."""
+    product whose fp32 sum is at least `value` rounds to at least these bits (rounding to nearest is
+    monotone), and every peak reaches the lowest."""
     rounded = value.to(torch.bfloat16)  # one of value's two bf16 neighbours
     bits = rounded.view(torch.int16) - (rounded.double() > value).to(torch.int16)  # one step down if above
     return torch.where(value > 0, bits, torch.full_like(bits, -(2**15)))
@@ -243,8 +248,9 @@ class HeadScan:
 
     Each line's `floor` is a keep-th best segment peak: keep rows have a rounded product at least that
     high, so (the rounding moves a value by at most u of it, the product's sum by at most `error`) the
-    line's keep-th best fp32 score is at least floor - u |floor| - error, and a row of its true top keep
-    has a sum at least `error` below that, and a rounded product at least the bf16 below (`least`). A
+    line's keep-th best fp32 score is at least F = floor - u |floor| - error; a row of its true top keep
+    has a sum at least F - error, hence a rounded product at least the largest bf16 <= F - error
+    (`least`). A
     block keeps the segments whose peak reaches it. The floor is set by the first block and raised
     whenever the kept segments have doubled (a top-k per block cost more than the products): O(log N)
     times, each in time linear in what is kept."""
