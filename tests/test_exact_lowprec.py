@@ -257,6 +257,21 @@ def test_the_rounding_error_of_tiny_rows_is_measured():
     np.testing.assert_allclose(tiny.row_norm.numpy(), one.row_norm.numpy() * 2.0**-70, rtol=1e-6)
 
 
+def test_rows_scaled_near_the_smallest_normal_rank_as_in_fp32():
+    """Products below 2^-126 are subnormal, and bf16 units may flush them to zero: the bound's absolute
+    term covers what that loses (heads scaled by 2^-120 ranked otherwise without it)."""
+    rng = np.random.default_rng(15)
+    heads = unit(rng, (2, 4000, 32))
+    standard = unit(rng, (4000, 16))
+    chosen = [v for v in retrieve.voters("mrag-paper", 2, {"heads": np.ones(2), "standard": np.ones(1)})
+              if v.group == "heads"]
+    parts = [retrieve.QueryVectors(unit(rng, (16,)),
+                                   retrieve.unit(heads[:, rng.integers(4000)] + 0.3 * rng.standard_normal((2, 32))))
+             for _ in range(6)]
+    for e in (-100, -120, -124):
+        both(standard, (heads * np.float32(2.0**e)).astype(np.float32), chosen, parts, 10)
+
+
 def test_a_1024_dimension_space_ranks_as_in_fp32():
     """At D = 1024, BLAS on 2 threads splits the sums of a product of fewer than about 384 rows: the
     re-score pads the rows it scores to SPACE_RESCORE_ROWS, as many as the scan's blocks hold at least."""
