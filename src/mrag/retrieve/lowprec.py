@@ -250,10 +250,9 @@ class HeadScan:
     high, so (the rounding moves a value by at most u of it, the product's sum by at most `error`) the
     line's keep-th best fp32 score is at least F = floor - u |floor| - error; a row of its true top keep
     has a sum at least F - error, hence a rounded product at least the largest bf16 <= F - error
-    (`least`). A
-    block keeps the segments whose peak reaches it. The floor is set by the first block and raised
-    whenever the kept segments have doubled (a top-k per block cost more than the products): O(log N)
-    times, each in time linear in what is kept."""
+    (`least`). A block keeps the segments whose peak reaches it. The floor is set by the first block and
+    raised whenever the kept segments have doubled (a top-k per block cost more than the products):
+    O(log N) times, each in time linear in what is kept."""
 
     def __init__(self, keep: int, n: int, error: torch.Tensor):
         self.keep, self.n, self.error = keep, n, error  # (R,) float64
@@ -308,15 +307,14 @@ class HeadScan:
 
     def candidates(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Every (line, row) that could be in its line's true top keep: lines (K,), rows (K,)."""
-        self.raise_floor()
-        lines, rows = [torch.zeros(0, dtype=torch.long)], [torch.zeros(0, dtype=torch.long)]
-        for line, _, first, sims in self.kept:
-            at, offset = (sims.view(torch.int16) >= self.least[line, None]).nonzero().unbind(1)  # (M, seg) -> (K,)
-            lines.append(line[at])
-            rows.append(first[at] + offset)
-        line, row = torch.cat(lines), torch.cat(rows)
-        inside = row < self.n  # the last block's padding
-        return line[inside], row[inside]
+        self.raise_floor()  # leaves the kept segments in one block, or none
+        if not self.kept:
+            return torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long)
+        line, _, first, sims = self.kept[0]
+        at, offset = (sims.view(torch.int16) >= self.least[line, None]).nonzero().unbind(1)  # (M, seg) -> (K,)
+        rows = first[at] + offset
+        inside = rows < self.n  # the last block's padding
+        return line[at][inside], rows[inside]
 
 
 def rescore(
