@@ -50,6 +50,31 @@ def hits(index: Index, strategy: str, exact: bool | None, k: int = 10) -> list[l
             for q in QUERIES]
 
 
+class ZeroHeadEmbedder(SeededEmbedder):
+    """Head 2 is zero but for texts that mention "rare": cosine k-means cannot train on zero vectors."""
+
+    name = "zero-head"
+
+    def embed_batch(self, texts: list[str]) -> Embeddings:
+        found = super().embed_batch(texts)
+        heads = found.heads.copy()
+        heads[[i for i, t in enumerate(texts) if "rare" not in t], 2] = 0
+        return Embeddings(found.standard, heads)
+
+
+@pytest.mark.parametrize("rare", [0, 3])  # no row to train head 2 on, or fewer than its 10 partitions
+def test_a_head_with_too_few_nonzero_vectors_still_builds_and_answers_as_exact(tmp_path, rare):
+    index = Index.open(tmp_path / "db", embedder=ZeroHeadEmbedder())
+    index.add([{"id": f"d{i}", "text": f"doc {i} on topic {i % 7}" + (" rare" if i < rare else "")}
+               for i in range(100)])
+    assert index.build_ann(nprobes=1000)["rows"] == 100
+    indexed = {c for ix in index.store.chunks.list_indices() for c in ix.columns}
+    assert ("head_2" in indexed) == bool(rare)  # trained on its non-zero rows, else scanned flat
+    for strategy in ("mrag", "mrag-paper", "standard"):
+        exact = [h.id for h in index.search("topic 3 rare", k=10, strategy=strategy, exact=True)]
+        assert [h.id for h in index.search("topic 3 rare", k=10, strategy=strategy, exact=False)] == exact
+
+
 def test_ranks_within_each_part():
     assert _ranks(np.array([0, 0, 1, 1, 1, 3])).tolist() == [0, 1, 0, 1, 2, 0]
     assert _ranks(np.array([], dtype=np.int64)).tolist() == []

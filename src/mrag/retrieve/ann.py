@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from mrag.retrieve.types import QueryVectors, Voter
+from mrag.rows import fixed
 from mrag.settings import ANN_THRESHOLD, DEFAULT_INDEX, DEFAULT_NPROBES, INDEX_TYPES  # noqa: F401  (re-exported)
 
 DEFAULT_REFINE = 5  # IVF_PQ re-ranks refine x c candidates on the full vectors
@@ -69,9 +70,25 @@ def build(
     n_rows = table.count_rows()
     configs = {column: index_config(index_type, dim, n_rows) for column, dim in columns.items()}  # checks first
     for column, config in configs.items():
-        table.create_index(column, config=config, replace=True)
+        try:
+            table.create_index(column, config=config, replace=True)
+        except RuntimeError:
+            # cosine k-means trains on the rows whose vector is not zero: fewer than the partitions
+            # (a small index of texts that some head maps to zero) fail. Train on those rows, or where
+            # there are none leave the column to LanceDB's flat scan; any other failure stands.
+            trainable = trainable_rows(table, column, columns[column])
+            if trainable == n_rows:
+                raise
+            if trainable:
+                table.create_index(column, config=index_config(index_type, columns[column], trainable), replace=True)
         if progress:
             progress(column)
+
+
+def trainable_rows(table: Any, column: str, dim: int) -> int:
+    """Rows of `table` whose vector in `column` (dim floats) is not all zeros."""
+    data = table.search().select([column]).limit(None).to_arrow()[column]
+    return int(np.count_nonzero(np.any(fixed(data, len(data), dim) != 0, axis=1)))
 
 
 class AnnRanker:
