@@ -17,6 +17,7 @@ def _always_bf16(monkeypatch):
     """Small test indexes take the bf16 pass too (it is skipped where it would not pay)."""
     monkeypatch.setattr(lowprec, "MIN_ROWS", 0)
     monkeypatch.setattr(lowprec, "SPACE_ROWS_PER_PART", 0)
+    monkeypatch.setattr(lowprec, "SPACE_ONE_PART_ROWS", 0)
 
 
 def unit(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -45,10 +46,19 @@ def queries_near(rng: np.random.Generator, heads: np.ndarray, dim: int, count: i
 
 
 def both(standard: np.ndarray, heads: np.ndarray, chosen: list, parts: list, c: int) -> None:
-    fp32 = exact.Exact(standard, heads, precision="fp32")(chosen, parts, c)
+    """bf16 and fp32 scans agree bit for bit. One part of a space from SPACE_RESCORE_ROWS rows scans
+    in bf16 as two equal columns: it matches the fp32 scan of the part twice (a product of two columns)
+    bit for bit, and the fp32 scan of the part alone (a matrix-vector product) in rows and up to the
+    last bit of its scores."""
     bf16 = exact.Exact(standard, heads, precision="bf16")(chosen, parts, c)
-    np.testing.assert_array_equal(bf16[0], fp32[0])
-    np.testing.assert_array_equal(bf16[1], fp32[1])  # bit for bit
+    doubled = len(parts) == 1 and len(standard) >= lowprec.SPACE_RESCORE_ROWS
+    fp32 = exact.Exact(standard, heads, precision="fp32")(chosen, parts * 2 if doubled else parts, c)
+    if doubled:
+        alone = exact.Exact(standard, heads, precision="fp32")(chosen, parts, c)
+        np.testing.assert_array_equal(bf16[0], alone[0])  # these tests' indexes hold no rows an ulp apart
+        np.testing.assert_allclose(bf16[1], alone[1], rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(bf16[0], fp32[0][:1] if doubled else fp32[0])
+    np.testing.assert_array_equal(bf16[1], fp32[1][:1] if doubled else fp32[1])  # bit for bit
 
 
 @pytest.fixture(params=["block-diagonal", "per head"])
@@ -334,10 +344,11 @@ def test_a_small_real_index_ranks_the_same_in_bf16(index):
 
 
 @pytest.mark.parametrize("strategy", ["segment+standard", "spaces", "mrag-std"])
-@pytest.mark.parametrize("n_parts, c", [(2, 5), (6, 20), (40, 33)])
+@pytest.mark.parametrize("n_parts, c", [(1, 5), (2, 5), (6, 20), (40, 33)])
 def test_one_spaces_bf16_scan_returns_the_fp32_ranking_and_scores(monkeypatch, layout, strategy, n_parts, c):
-    """The standard vector and an external space scan in bf16 too (two parts or more): rows equal in
-    bf16 but not in fp32, exact copies, and a cluster around the first part finer than bf16's step."""
+    """The standard vector and an external space scan in bf16 too: rows equal in bf16 but not in fp32,
+    exact copies, and a cluster around the first part finer than bf16's step. (One part: the fp32
+    scan's matrix-vector sums may differ from the re-score's in the last bit.)"""
     monkeypatch.setattr(lowprec, "BLOCK_BYTES", 1)  # blocks of SMALL_ROWS rows: many blocks and floor raises
     standard, heads = hard_index(3000, dim=96)
     rng = np.random.default_rng(15)
@@ -364,19 +375,40 @@ def test_one_spaces_bf16_scan_returns_the_fp32_ranking_and_scores(monkeypatch, l
     assert alone.mean() > 0.5  # most rows stand apart: the comparison says something
 
 
-def test_one_part_of_one_space_scans_in_fp32_and_so_do_many_parts_of_few_rows(monkeypatch):
-    """One part is a matrix-vector product in fp32, whose sums a re-score could not repeat bit for bit;
+def test_one_part_of_few_rows_scans_in_fp32_and_so_do_many_parts_of_few_rows(monkeypatch):
+    """One part below SPACE_ONE_PART_ROWS rows is a matrix-vector product in fp32, as fast there;
     with fewer than SPACE_ROWS_PER_PART rows a part, the fp32 product is the faster; below
     SPACE_RESCORE_ROWS rows the re-score could not repeat the scan's product."""
     standard, heads = hard_index(600)
     ranker = exact.Exact(standard, heads, precision="bf16")
     parts = queries_near(np.random.default_rng(16), heads, 24, 5)
+    assert ranker.space_bf16("standard", ranker.query_matrix("standard", [], parts[:1]), 6) is not None
+    monkeypatch.setattr(lowprec, "SPACE_ONE_PART_ROWS", 601)
     assert ranker.space_bf16("standard", ranker.query_matrix("standard", [], parts[:1]), 6) is None
     assert ranker.space_bf16("standard", ranker.query_matrix("standard", [], parts), 6) is not None
     small = exact.Exact(standard[:500], heads[:, :500], precision="bf16")
     assert small.space_bf16("standard", small.query_matrix("standard", [], parts), 6) is None
     monkeypatch.setattr(lowprec, "SPACE_ROWS_PER_PART", 121)  # 5 parts x 121 > 600 rows
     assert ranker.space_bf16("standard", ranker.query_matrix("standard", [], parts), 6) is None
+
+
+def test_one_part_of_one_space_gives_the_two_column_fp32_scans_rows_and_scores_bit_for_bit(monkeypatch):
+    """One part scans and re-scores as two equal columns: what the fp32 scan gives for the part
+    twice, bit for bit (ties at the cut, copies, a cluster finer than bf16's step), over many blocks."""
+    monkeypatch.setattr(lowprec, "BLOCK_BYTES", 1)  # many blocks and floor raises
+    standard, heads = hard_index(5000, dim=96)
+    rng = np.random.default_rng(18)
+    centre = unit(rng, (96,))
+    cluster = rng.choice(5000, 300, replace=False)
+    standard[cluster] = retrieve.unit(centre + 0.03 * rng.standard_normal((300, 96))).astype(np.float32)
+    chosen = retrieve.voters("standard", 3, SCALES)
+    for i, q in enumerate([centre, standard[cluster[0]], unit(rng, (96,))]):
+        part = retrieve.QueryVectors(q, unit(rng, (3, 8)))
+        for c in (1, 5, 40):
+            twice = exact.Exact(standard, heads, precision="fp32")(chosen, [part, part], c)
+            found = exact.Exact(standard, heads, precision="bf16")(chosen, [part], c)
+            np.testing.assert_array_equal(found[0][0], twice[0][0], err_msg=f"query {i}, c {c}")
+            np.testing.assert_array_equal(found[1][0], twice[1][0])
 
 
 def test_the_re_score_of_one_space_repeats_the_scans_product():

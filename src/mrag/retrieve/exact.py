@@ -8,10 +8,10 @@ segments whose peak reaches the line's (c+1)-th best peak so far are kept (`Cand
 segments hold a row at least that good, so no row of another segment can place. The few kept rows
 are ranked once at the end (`best_of`). A block thus costs its products and one max pass; a top-k
 over every row cost more than the products for the heads' 384 lines of a batch of 32 queries.
-With precision "bf16" (the default) the heads, and a space searched with two parts or more, are
-scanned from a bf16 copy instead and the rows that could place re-scored in fp32 (`lowprec`): the
-same rows and scores (a space's up to their last bits). `Exact` is a `types.Ranker`;
-`ann.AnnRanker` is the approximate one.
+With precision "bf16" (the default) the heads, and a space searched with two parts or more (or with
+one, from `lowprec.SPACE_ONE_PART_ROWS` rows), are scanned from a bf16 copy instead and the rows that
+could place re-scored in fp32 (`lowprec`): the same rows and scores (a space's up to their last bits).
+`Exact` is a `types.Ranker`; `ann.AnnRanker` is the approximate one.
 """
 
 from __future__ import annotations
@@ -84,8 +84,8 @@ class Exact:
 
     standard (N, D) and heads (H, N, d) unit vectors, head-major so each head is one contiguous
     matrix; extra: external space -> (N, D_s) unit vectors. `precision` "bf16" scans the heads, and the
-    standard vector and external spaces where a search has two parts or more, in bf16 and re-scores
-    the rows that could place in fp32 (`lowprec`: same result as "fp32"); vectors with NaN or infinite
+    standard vector and external spaces (one part from `lowprec.SPACE_ONE_PART_ROWS` rows), in bf16 and
+    re-scores the rows that could place in fp32 (`lowprec`: same result as "fp32"); vectors with NaN or infinite
     values, and rows that tie near the top beyond `lowprec.KEPT_BYTES`, scan in fp32. None: as
     MRAG_EXACT_PRECISION says, else bf16."""
 
@@ -174,15 +174,22 @@ class Exact:
 
     def space_bf16(self, group: str, q: torch.Tensor, keep: int) -> tuple[torch.Tensor, torch.Tensor] | None:
         """As `heads_bf16`, for one space's vectors (the standard vector, an external space): q (P, D).
-        Not for one part, whose fp32 scan is a matrix-vector product (its sums depend on the rows
-        around: a re-score could not repeat them), nor where it would not pay."""
+        Not where it would not pay. One part is scanned and re-scored as two equal columns: the fp32
+        scan's matrix-vector sums depend on the rows around, so no re-score could repeat them, but a
+        product of two columns can. Its scores may thus differ from the fp32 scan's in the last bit, as
+        a query's already do alone and in a batch (`_times_rows`); its rows only where two rows score
+        within that bit."""
         vectors = self.standard if group == "standard" else self.extra[group]
         n, p = len(vectors), len(q)
         # (n < SPACE_RESCORE_ROWS matters only where SPACE_ROWS_PER_PART is lowered, as the tests do)
-        if p < 2 or n < lowprec.SPACE_RESCORE_ROWS or not lowprec.worth_it(n, p) or n < lowprec.SPACE_ROWS_PER_PART * p:
+        if n < lowprec.SPACE_RESCORE_ROWS or not lowprec.worth_it(n, p) or n < lowprec.SPACE_ROWS_PER_PART * p:
             return None
-        return lowprec.ranked(vectors, q[None], [0], keep,
-                              lambda parts, rows: lowprec.rescore_rows(q, _tensor(vectors), parts, rows))
+        if p == 1 and n < lowprec.SPACE_ONE_PART_ROWS:
+            return None
+        columns = q if p > 1 else q.expand(2, -1)  # (max(P, 2), D)
+        found = lowprec.ranked(vectors, columns[None], [0], keep,
+                               lambda parts, rows: lowprec.rescore_rows(columns, _tensor(vectors), parts, rows))
+        return found if found is None or p > 1 else (found[0][:1], found[1][:1])
 
     def similarities(
         self,
