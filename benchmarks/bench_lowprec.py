@@ -35,7 +35,7 @@ from mrag.retrieve import strategies as retrieve
 
 H = 12  # heads of the synthetic index
 PAIRS = {"mrag": "segment+standard", "mrag-paper": "standard"}  # strategy -> the same work without heads
-HEADLESS = ("standard", "segment+standard")  # no heads (their bf16 pass: two parts or more)
+HEADLESS = ("standard", "segment+standard")  # no heads (`standard`'s one part: a bf16 pass from 64,000 rows)
 
 
 def cases() -> list[tuple[str, str]]:
@@ -81,7 +81,8 @@ def bench_size(n: int, rounds: int) -> tuple[list[dict[str, Any]], dict[str, Any
             for s in (*HEADLESS, *PAIRS):  # the precisions agree before anything is timed: the same rows,
                 # and scores bit for bit but for one part of a space (fp32: a matrix-vector product)
                 found = [retrieve.vote_many(s, batches[s], 5, 32, scales, rankers[p], 12) for p in ("fp32", "bf16")]
-                assert all(np.array_equal(x.rows, y.rows) and np.allclose(x.scores, y.scores, rtol=0, atol=1e-6)
+                tolerance = 1e-6 if (s, b) == ("standard", 1) else 0.0
+                assert all(np.array_equal(x.rows, y.rows) and np.allclose(x.scores, y.scores, rtol=0, atol=tolerance)
                            for x, y in zip(*found)), (s, b)
             for r in range(rounds + 1):  # round 0 warms up
                 for s, p in cases():  # lambdas called at once: the loop's names are current

@@ -4,8 +4,9 @@ the matrix-vector sums.
 
 Run: python benchmarks/bench_one_part.py [--rows 20000,50000,64000,100000,200000,1000000] [--queries 20]
 Random unit vectors, D = 384, c = 32 (`exact.Exact`, the `standard` voter alone). Interleaved: each query
-is ranked by both precisions in turn; p50 ms per query. Prints a table and writes
-benchmarks/results/core-one-part.json and .md.
+is ranked by both precisions in turn; p50 ms per query. The bf16 pass is forced at every size (the
+search takes it from `lowprec.SPACE_ONE_PART_ROWS` rows), and the products behind both timed alone at
+1M rows. Prints a table and writes benchmarks/results/core-one-part.json and .md.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ def bench_rows(n: int, queries: int, rng: np.random.Generator) -> dict[str, obje
     parts = [retrieve.QueryVectors(retrieve.unit(rng.standard_normal(D)).astype(np.float32), no_heads)
              for _ in range(queries)]
     rankers = {p: exact.Exact(standard, heads, precision=p) for p in exact.PRECISIONS}
+    threshold, lowprec.SPACE_ONE_PART_ROWS = lowprec.SPACE_ONE_PART_ROWS, 0  # the bf16 pass at every size
     for ranker in rankers.values():  # warm up (and make the bf16 copy)
         ranker(chosen, parts[:1], 32)
     times: dict[str, list[float]] = {p: [] for p in rankers}
@@ -43,10 +45,32 @@ def bench_rows(n: int, queries: int, rng: np.random.Generator) -> dict[str, obje
             times[p].append(time.perf_counter() - start)
         swapped += int(not np.array_equal(found["fp32"][0], found["bf16"][0]))
         largest = max(largest, float(np.abs(found["fp32"][1] - found["bf16"][1]).max()))
+    lowprec.SPACE_ONE_PART_ROWS = threshold
     fp32, bf16 = (1000 * float(np.median(times[p])) for p in ("fp32", "bf16"))
     return {"rows": n, "fp32_p50_ms": round(fp32, 2), "bf16_p50_ms": round(bf16, 2), "speedup": round(fp32 / bf16, 2),
-            "bf16 pass": n >= lowprec.SPACE_ONE_PART_ROWS, "lists with other rows": swapped,
+            "search takes": "bf16" if n >= threshold else "fp32", "lists with other rows": swapped,
             "largest score difference": largest}
+
+
+def products(rng: np.random.Generator, n: int = 1_000_000, repeats: int = 7) -> list[dict[str, object]]:
+    """p50 ms of the products alone over n rows: fp32 matrix-vector, fp32 and bf16 with two columns."""
+    x = torch.from_numpy(retrieve.unit(rng.standard_normal((n, D), dtype=np.float32)).astype(np.float32))
+    x16 = x.to(torch.bfloat16)
+    q = torch.from_numpy(retrieve.unit(rng.standard_normal(D)).astype(np.float32))
+    two = torch.stack([q, q], 1)
+    cases = {"fp32 matrix-vector (torch.mv)": lambda: torch.mv(x, q),
+             "fp32, two columns (torch.mm)": lambda: torch.mm(x, two),
+             "bf16, two columns (torch.mm)": lambda: torch.mm(x16, two.to(torch.bfloat16))}
+    out = []
+    for name, product in cases.items():
+        product()
+        took = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            product()
+            took.append(time.perf_counter() - start)
+        out.append({"product": name, "rows": n, "p50_ms": round(1000 * float(np.median(took)), 1)})
+    return out
 
 
 def mv_subsets(trials: int, rng: np.random.Generator) -> int:
@@ -75,23 +99,25 @@ def main() -> None:
         rows.append(bench_rows(n, args.queries, rng))
         print(rows[-1], flush=True)
     differ = mv_subsets(args.subsets, rng)
+    kernels = products(rng)
     table = markdown_table(rows, list(rows[0]))
     markdown = "\n".join([
         "# One query part of one space: fp32 matrix-vector scan against the bf16 pass (issue 17, target 1)\n",
         f"machine: {machine()}\n",
         f"`benchmarks/bench_one_part.py`: random unit vectors, D = {D}, c = 32, the `standard` voter alone, "
         f"{args.queries} queries, each ranked by both precisions in turn; p50 ms per query of `exact.Exact`. "
-        f"The bf16 pass runs from `SPACE_ONE_PART_ROWS` = {lowprec.SPACE_ONE_PART_ROWS} rows (below it both "
-        "columns are the fp32 scan). 'lists with other rows': queries whose 32 rows differ between the "
-        "precisions; 'largest score difference': against the fp32 matrix-vector sums.\n",
-        table, "",
+        "The bf16 pass is forced at every size; 'search takes': what a search takes there "
+        f"(the bf16 pass from `SPACE_ONE_PART_ROWS` = {lowprec.SPACE_ONE_PART_ROWS} rows). 'lists with other "
+        "rows': queries whose 32 rows differ between the precisions; 'largest score difference': against "
+        "the fp32 matrix-vector sums.\n",
+        table, "", "The products alone (p50 of 7):\n", markdown_table(kernels, list(kernels[0])), "",
         f"`torch.mv` of gathered rows against `torch.mv` of all 1M rows: {differ} of {args.subsets} random sets "
         "of rows got other sums (so the bf16 pass re-scores one part by fp32's product of two columns, whose "
         "sums it can repeat, and not by `mv`).",
     ])
     print(markdown)
-    write_results("core-one-part", {"machine": machine(), "rows": rows, "mv_subsets_differ": differ,
-                                    "mv_subsets": args.subsets}, markdown)
+    write_results("core-one-part", {"machine": machine(), "rows": rows, "products": kernels,
+                                    "mv_subsets_differ": differ, "mv_subsets": args.subsets}, markdown)
 
 
 if __name__ == "__main__":

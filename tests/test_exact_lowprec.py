@@ -382,6 +382,7 @@ def test_one_part_of_few_rows_scans_in_fp32_and_so_do_many_parts_of_few_rows(mon
     standard, heads = hard_index(600)
     ranker = exact.Exact(standard, heads, precision="bf16")
     parts = queries_near(np.random.default_rng(16), heads, 24, 5)
+    monkeypatch.setattr(lowprec, "SPACE_ONE_PART_ROWS", 600)  # from this many rows
     assert ranker.space_bf16("standard", ranker.query_matrix("standard", [], parts[:1]), 6) is not None
     monkeypatch.setattr(lowprec, "SPACE_ONE_PART_ROWS", 601)
     assert ranker.space_bf16("standard", ranker.query_matrix("standard", [], parts[:1]), 6) is None
@@ -395,20 +396,47 @@ def test_one_part_of_few_rows_scans_in_fp32_and_so_do_many_parts_of_few_rows(mon
 def test_one_part_of_one_space_gives_the_two_column_fp32_scans_rows_and_scores_bit_for_bit(monkeypatch):
     """One part scans and re-scores as two equal columns: what the fp32 scan gives for the part
     twice, bit for bit (ties at the cut, copies, a cluster finer than bf16's step), over many blocks."""
-    monkeypatch.setattr(lowprec, "BLOCK_BYTES", 1)  # many blocks and floor raises
-    standard, heads = hard_index(5000, dim=96)
+    monkeypatch.setattr(lowprec, "BLOCK_BYTES", 2**14)  # many blocks and floor raises
+    standard, heads = hard_index(5000, dim=384)
     rng = np.random.default_rng(18)
-    centre = unit(rng, (96,))
+    centre = unit(rng, (384,))
     cluster = rng.choice(5000, 300, replace=False)
-    standard[cluster] = retrieve.unit(centre + 0.03 * rng.standard_normal((300, 96))).astype(np.float32)
+    standard[cluster] = retrieve.unit(centre + 0.03 * rng.standard_normal((300, 384))).astype(np.float32)
     chosen = retrieve.voters("standard", 3, SCALES)
-    for i, q in enumerate([centre, standard[cluster[0]], unit(rng, (96,))]):
+    for i, q in enumerate([centre, standard[cluster[0]], unit(rng, (384,))]):
         part = retrieve.QueryVectors(q, unit(rng, (3, 8)))
         for c in (1, 5, 40):
             twice = exact.Exact(standard, heads, precision="fp32")(chosen, [part, part], c)
             found = exact.Exact(standard, heads, precision="bf16")(chosen, [part], c)
             np.testing.assert_array_equal(found[0][0], twice[0][0], err_msg=f"query {i}, c {c}")
             np.testing.assert_array_equal(found[1][0], twice[1][0])
+
+
+def test_one_part_with_a_row_bf16_cannot_hold_scans_in_fp32():
+    """A row past bf16's range (or NaN) leaves no copy to scan: one part takes the fp32 matrix-vector
+    scan, as in fp32."""
+    standard, heads = hard_index(2000, dim=48)
+    standard[7] = np.float32(3.4e38)  # finite in fp32, past bf16's largest (3.39e38): inf in the copy
+    part = retrieve.QueryVectors(unit(np.random.default_rng(19), (48,)), unit(np.random.default_rng(20), (3, 8)))
+    chosen = retrieve.voters("standard", 3, SCALES)
+    alone = exact.Exact(standard, heads, precision="fp32")(chosen, [part], 5)
+    found = exact.Exact(standard, heads, precision="bf16")(chosen, [part], 5)
+    np.testing.assert_array_equal(found[0], alone[0])
+    np.testing.assert_array_equal(found[1], alone[1])
+
+
+def test_the_re_score_of_one_part_repeats_the_two_column_product_bit_for_bit():
+    """One part's re-score multiplies the part twice as a stride-0 view: each row's sum is the scan's
+    product of two columns, bit for bit, whatever rows are gathered with it (D = 384)."""
+    rng = np.random.default_rng(21)
+    vectors = torch.from_numpy(unit(rng, (6000, 384)))
+    q = torch.from_numpy(unit(rng, (1, 384)))
+    columns = q.expand(2, -1)
+    scan = torch.cat([torch.mm(vectors[i : i + 1024], columns.T) for i in range(0, 6000, 1024)])[:, 0]  # (N,)
+    for size in (1, 37, 600, 3000):
+        rows = torch.from_numpy(rng.choice(6000, size, replace=False))
+        found = lowprec.rescore_rows(columns, vectors, torch.zeros(size, dtype=torch.long), rows)
+        assert torch.equal(found, scan[rows])
 
 
 def test_the_re_score_of_one_space_repeats_the_scans_product():

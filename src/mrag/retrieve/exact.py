@@ -10,8 +10,9 @@ are ranked once at the end (`best_of`). A block thus costs its products and one 
 over every row cost more than the products for the heads' 384 lines of a batch of 32 queries.
 With precision "bf16" (the default) the heads, and a space searched with two parts or more (or with
 one, from `lowprec.SPACE_ONE_PART_ROWS` rows), are scanned from a bf16 copy instead and the rows that
-could place re-scored in fp32 (`lowprec`): the same rows and scores (a space's up to their last bits).
-`Exact` is a `types.Ranker`; `ann.AnnRanker` is the approximate one.
+could place re-scored in fp32 (`lowprec`): the same rows and scores, but a space's scores up to their
+last bits (and its rows where two score within them). `Exact` is a `types.Ranker`; `ann.AnnRanker` is
+the approximate one.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ BLOCK_ROWS = 65_536  # the most rows scored at a time
 BLOCK_BYTES = 12 * 2**20  # a block's similarities, all lines: about what the L3 cache holds
 SEGMENT_ROWS = 32  # rows per segment: a block's rows are kept or skipped a segment at a time
 PRECISIONS = ("bf16", "fp32")  # the scan: a bf16 pass re-scored in fp32 (`lowprec`), or fp32
-DEFAULT_PRECISION = "bf16"  # same rows and scores as fp32 (tested), faster (benchmarks/results/core-lowprec*.md)
+DEFAULT_PRECISION = "bf16"  # fp32's rows and scores (a space's up to the last bits; tested), faster (core-lowprec*.md)
 PRECISION_VARIABLE = "MRAG_EXACT_PRECISION"  # fp32: no bf16 copies (half the bytes of what they copy), slower
 
 
@@ -85,9 +86,9 @@ class Exact:
     standard (N, D) and heads (H, N, d) unit vectors, head-major so each head is one contiguous
     matrix; extra: external space -> (N, D_s) unit vectors. `precision` "bf16" scans the heads, and the
     standard vector and external spaces (one part from `lowprec.SPACE_ONE_PART_ROWS` rows), in bf16 and
-    re-scores the rows that could place in fp32 (`lowprec`: same result as "fp32"); vectors with NaN or infinite
-    values, and rows that tie near the top beyond `lowprec.KEPT_BYTES`, scan in fp32. None: as
-    MRAG_EXACT_PRECISION says, else bf16."""
+    re-scores the rows that could place in fp32 (`lowprec`: the result of "fp32", a space's scores up to
+    their last bits); vectors with NaN or infinite values, and rows that tie near the top beyond
+    `lowprec.KEPT_BYTES`, scan in fp32. None: as MRAG_EXACT_PRECISION says, else bf16."""
 
     def __init__(
         self,
@@ -176,20 +177,19 @@ class Exact:
         """As `heads_bf16`, for one space's vectors (the standard vector, an external space): q (P, D).
         Not where it would not pay. One part is scanned and re-scored as two equal columns: the fp32
         scan's matrix-vector sums depend on the rows around, so no re-score could repeat them, but a
-        product of two columns can. Its scores may thus differ from the fp32 scan's in the last bit, as
-        a query's already do alone and in a batch (`_times_rows`); its rows only where two rows score
-        within that bit."""
+        product of two columns can. Its scores may thus differ from the fp32 scan's in the last bits (as
+        a query's alone and in a batch differ in fp32, `_times_rows`), its rows only where two rows score
+        within them; they are those of the fp32 scan of the part given twice."""
         vectors = self.standard if group == "standard" else self.extra[group]
         n, p = len(vectors), len(q)
-        # (n < SPACE_RESCORE_ROWS matters only where SPACE_ROWS_PER_PART is lowered, as the tests do)
-        if n < lowprec.SPACE_RESCORE_ROWS or not lowprec.worth_it(n, p) or n < lowprec.SPACE_ROWS_PER_PART * p:
-            return None
-        if p == 1 and n < lowprec.SPACE_ONE_PART_ROWS:
+        least = lowprec.SPACE_ONE_PART_ROWS if p == 1 else lowprec.SPACE_ROWS_PER_PART * p
+        # (n < SPACE_RESCORE_ROWS matters only where the thresholds are lowered, as the tests do)
+        if n < lowprec.SPACE_RESCORE_ROWS or not lowprec.worth_it(n, p) or n < least:
             return None
         columns = q if p > 1 else q.expand(2, -1)  # (max(P, 2), D)
         found = lowprec.ranked(vectors, columns[None], [0], keep,
                                lambda parts, rows: lowprec.rescore_rows(columns, _tensor(vectors), parts, rows))
-        return found if found is None or p > 1 else (found[0][:1], found[1][:1])
+        return None if found is None else (found[0][:p], found[1][:p])
 
     def similarities(
         self,

@@ -53,8 +53,7 @@ MIN_ROWS, MIN_PRODUCTS = 20_000, 4_000_000  # below both, the bf16 pass's fixed 
 # at 1M 8.5 against 18.6; 32 parts at 100k 0.47 against 0.58)
 SPACE_ROWS_PER_PART = 1000
 # one part of one space needs this many rows: its fp32 scan is a matrix-vector product, which reads
-# the rows at memory speed too (2 cores, D = 384: 50k rows 3.6 ms either way, 64k 4.0 against 4.2,
-# 100k 5.6 against 7.1, 200k 10.0 against 14.1, 1M 43 against 68)
+# the rows at memory speed too (benchmarks/results/core-one-part.md)
 SPACE_ONE_PART_ROWS = 64_000
 
 
