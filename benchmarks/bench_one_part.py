@@ -16,7 +16,7 @@ import time
 
 import numpy as np
 import torch
-from _common import machine, markdown_table, write_results
+from _common import machine, markdown_table, time_calls, write_results
 
 from mrag.retrieve import exact, lowprec
 from mrag.retrieve import strategies as retrieve
@@ -61,16 +61,8 @@ def products(rng: np.random.Generator, n: int = 1_000_000, repeats: int = 7) -> 
     cases = {"fp32 matrix-vector (torch.mv)": lambda: torch.mv(x, q),
              "fp32, two columns (torch.mm)": lambda: torch.mm(x, two),
              "bf16, two columns (torch.mm)": lambda: torch.mm(x16, two.to(torch.bfloat16))}
-    out = []
-    for name, product in cases.items():
-        product()
-        took = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            product()
-            took.append(time.perf_counter() - start)
-        out.append({"product": name, "rows": n, "p50_ms": round(1000 * float(np.median(took)), 1)})
-    return out
+    return [{"product": name, "rows": n, "p50_ms": round(1000 * float(np.median(time_calls(product, repeats))), 1)}
+            for name, product in cases.items()]
 
 
 def mv_subsets(trials: int, rng: np.random.Generator) -> int:
