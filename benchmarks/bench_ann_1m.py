@@ -44,8 +44,10 @@ from __future__ import annotations
 import argparse
 import bz2
 import functools
+import gzip
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -90,18 +92,50 @@ def real_texts(data: Path) -> list[str]:
     return list(texts)
 
 
-def embed_real(data: Path, out: Path, step: int = 4096) -> None:
-    """MiniLM vectors of `real_texts`, `step` rows per file (stop it any time: the files written are used)."""
+MAN_PAGES = Path("/usr/share/man")
+MAN_ESCAPES = re.compile(r"\\f[BIRP]|\\f\(..|\\f\[[^\]]*\]|\\\(..|\\\[[^\]]*\]|\\[&|^%:]|\\s[-+]?\d|\\\*.")
+MAN_BREAKS = (".PP", ".P", ".LP", ".SH", ".SS", ".TP", ".IP", ".Pp", ".Sh")  # macros that end a paragraph
+
+
+def man_texts(limit: int, root: Path = MAN_PAGES, seed: int = 0) -> list[str]:
+    """Up to `limit` sentences of real English prose beside the Wikipedia rows: the English manual pages
+    of this machine (sections 1-8, groff source with its macros and escapes dropped), 40-400 characters,
+    mostly letters, deduplicated, in a shuffled order fixed by `seed` (182,199 of them on these machines)."""
+    from mrag.chunk import split_sentences
+
+    found: dict[str, None] = {}
+    for path in sorted(root.glob("man[1-8]*/*.gz")):
+        lines: list[str] = []
+        for line in gzip.open(path, "rt", errors="replace").read().splitlines() + [".PP"]:
+            if line.startswith((".", "'")):
+                if line.startswith(MAN_BREAKS) and lines:  # a paragraph ends: its sentences
+                    for sentence in split_sentences(" ".join(lines)):
+                        text = " ".join(sentence.split())
+                        prose = text[:1].isupper() and sum(map(str.isalpha, text)) > 0.7 * len(text)
+                        if 40 <= len(text) <= 400 and prose:
+                            found.setdefault(text, None)
+                    lines = []
+                continue
+            lines.append(MAN_ESCAPES.sub("", line.replace("\\-", "-")).replace("\\", ""))
+    texts = list(found)
+    np.random.default_rng(seed).shuffle(texts)
+    return texts[:limit]
+
+
+def embed_real(data: Path, out: Path, step: int = 4096, man_pages: int = 0) -> None:
+    """MiniLM vectors of `real_texts` (real-NNN.npz) and of `man_pages` sentences of `man_texts`
+    (man-NNN.npz), `step` rows per file (stop it any time: the files written are used)."""
     from mrag.embed.transformer import TransformerEmbedder
 
     out.mkdir(parents=True, exist_ok=True)
-    texts, embedder = real_texts(data), TransformerEmbedder()
-    for n, first in enumerate(range(0, len(texts), step)):
-        if not (out / f"real-{n:03d}.npz").exists():
-            e = embedder.embed(texts[first : first + step], kind="document", batch_size=64)
-            batch = np.array(texts[first : first + step])
-            np.savez(out / f"real-{n:03d}.npz", standard=e.standard, heads=e.heads, texts=batch)
-            print(f"embedded {first + step} of {len(texts)}", flush=True)
+    embedder = TransformerEmbedder()
+    for prefix, texts in (("real", real_texts(data)), ("man", man_texts(man_pages) if man_pages else [])):
+        for n, first in enumerate(range(0, len(texts), step)):
+            if not (out / f"{prefix}-{n:03d}.npz").exists():
+                e = embedder.embed(texts[first : first + step], kind="document", batch_size=64)
+                batch = np.array(texts[first : first + step])
+                np.savez(out / f"{prefix}-{n:03d}.npz", standard=e.standard, heads=e.heads, texts=batch)
+                print(f"embedded {prefix} {first + step} of {len(texts)}", flush=True)
 
 
 def real_queries(data: Path, out: Path) -> list[list[retrieve.QueryVectors]]:
@@ -155,13 +189,42 @@ def recall(found: list[list[str]], exact: list[list[str]]) -> float:
     return round(float(np.mean([len(set(a) & set(e)) / max(1, len(e)) for a, e in zip(found, exact)])), 4)
 
 
+def man_queries(cache: Path, count: int, parts: int = 6, seed: int = 1) -> list[list[retrieve.QueryVectors]]:
+    """`count` multi-aspect queries of `parts` manual-page sentences that the index does not hold (those
+    after the ones embedded into man-*.npz), each from other pages at random, cut into parts as `mrag`
+    cuts them (vectors cached in man-queries.npz)."""
+    held = sum(len(np.load(f)["texts"]) for f in sorted(cache.glob("man-[0-9]*.npz")))
+    spare = man_texts(10**9)[held:]
+    rng = np.random.default_rng(seed)
+    stories = [" ".join(spare[i] for i in rng.choice(len(spare), parts, replace=False)) for _ in range(count)]
+    cut = [retrieve.query_parts(STRATEGY, story) or [story] for story in stories]
+    path = cache / "man-queries.npz"
+    texts = [p for ps in cut for p in ps]
+    if not path.exists() or list(np.load(path)["texts"]) != texts:
+        from mrag.embed.transformer import TransformerEmbedder
+
+        e = TransformerEmbedder().embed(texts, kind="query")
+        np.savez(path, standard=e.standard, heads=e.heads, texts=np.array(texts))
+    saved = np.load(path)
+    vectors = [retrieve.QueryVectors(retrieve.unit(v), retrieve.unit(h), text=t)
+               for v, h, t in zip(saved["standard"], saved["heads"], texts)]
+    out, first = [], 0
+    for ps in cut:
+        out.append(vectors[first : first + len(ps)])
+        first += len(ps)
+    return out
+
+
 def real_part(
     data: Path, cache: Path, probes: list[int], pools: list[int], strategies: list[str], index_type: str = "IVF_FLAT",
+    man_query_count: int = 0,
 ) -> dict[str, Any]:
-    files = sorted(cache.glob("real-*.npz"))
+    files = sorted(cache.glob("real-*.npz")) + sorted(cache.glob("man-[0-9]*.npz"))
     if not files:
         raise SystemExit(f"no real vectors in {cache}: run with --embed first")
-    qs = real_queries(data, cache)
+    query_sets = {"wikipedia": real_queries(data, cache)}
+    if man_query_count:
+        query_sets["man pages"] = man_queries(cache, man_query_count)
     with tempfile.TemporaryDirectory() as tmp:
         index = build_real(Path(tmp) / "db", files)
         n = index.store.count()
@@ -170,8 +233,16 @@ def real_part(
             has_fulltext = "built here" if index.maintain_fulltext(force=True) else "no"
         matrix = index.store.matrix()
         exact_ranker = FullTextRanker(Exact(matrix.standard, matrix.heads), matrix.table, ids=matrix.ids)
-        exact = {s: [vote_ids(index, s, exact_ranker, p, matrix.ids) for p in qs] for s in strategies}
-        depth = {s: standard_depth(matrix, qs, exact[s]) for s in strategies}
+        vote_ids(index, strategies[0], exact_ranker, query_sets["wikipedia"][0], matrix.ids)  # makes the bf16 copies
+        exact: dict[tuple[str, str], list[list[str]]] = {}
+        rows: list[dict[str, Any]] = []
+        for name, qs in query_sets.items():
+            for s in strategies:
+                start = time.perf_counter()
+                exact[name, s] = [vote_ids(index, s, exact_ranker, p, matrix.ids) for p in qs]
+                rows.append({"rows": n, "queries": name, "index": "none", "strategy": s, "path": "exact scan",
+                             "recall@10": 1.0, "mean_ms": round((time.perf_counter() - start) / len(qs) * 1e3, 1)})
+        depth = {f"{name}, {s}": standard_depth(matrix, query_sets[name], top) for (name, s), top in exact.items()}
         start = time.perf_counter()
         index.build_ann(index_type, 20)  # every space's column (standard, heads), as the product builds them
         build_s = round(time.perf_counter() - start, 1)
@@ -179,26 +250,26 @@ def real_part(
         columns = {c.space: c.column for c in index.store.vector_columns(committed=True)}
         partitions = index_config(index_type, matrix.standard.shape[1], n).num_partitions
         refine = DEFAULT_REFINE if index_type == "IVF_PQ" else None  # as the product's ANN path (`ranker_for`)
-        rows = []
-        for strategy in strategies:
-            for nprobes in probes:
-                for pool in [0, *(pools if retrieve.uses_heads(strategy) else [])]:
-                    table = index.store.snapshot()
-                    inner = (RescoreRanker(table, columns, nprobes, pool, refine) if pool
-                             else AnnRanker(table, columns, nprobes, refine))
-                    ranker = FullTextRanker(inner, table, ann=inner)
-                    start = time.perf_counter()
-                    found = [vote_ids(index, strategy, ranker, p, lambda r=inner: r.ids) for p in qs]
-                    ms = (time.perf_counter() - start) / len(qs) * 1e3
-                    rows.append({"rows": n, "index": index_type, "strategy": strategy,
-                                 "path": f"rescore, {pool} candidates/part" if pool else "one index per space",
-                                 "nprobes": nprobes, "probed": f"{min(nprobes, partitions) / partitions:.1%}",
-                                 "recall@10": recall(found, exact[strategy]), "mean_ms": round(ms, 1)})
-                    print(rows[-1], flush=True)
-    return {"rows": n, "queries": len(qs), "parts": sum(len(p) for p in qs), "partitions": partitions,
+        for name, qs in query_sets.items():
+            for strategy in strategies:
+                for nprobes in probes:
+                    for pool in [0, *(pools if retrieve.uses_heads(strategy) else [])]:
+                        table = index.store.snapshot()
+                        inner = (RescoreRanker(table, columns, nprobes, pool, refine) if pool
+                                 else AnnRanker(table, columns, nprobes, refine))
+                        ranker = FullTextRanker(inner, table, ann=inner)
+                        start = time.perf_counter()
+                        found = [vote_ids(index, strategy, ranker, p, lambda r=inner: r.ids) for p in qs]
+                        ms = (time.perf_counter() - start) / len(qs) * 1e3
+                        rows.append({"rows": n, "queries": name, "index": index_type, "strategy": strategy,
+                                     "path": f"rescore, {pool} candidates/part" if pool else "one index per space",
+                                     "nprobes": nprobes, "probed": f"{min(nprobes, partitions) / partitions:.1%}",
+                                     "recall@10": recall(found, exact[name, strategy]), "mean_ms": round(ms, 1)})
+                        print(rows[-1], flush=True)
+    return {"rows": n, "queries": {name: len(qs) for name, qs in query_sets.items()},
+            "parts": {name: sum(len(p) for p in qs) for name, qs in query_sets.items()}, "partitions": partitions,
             "index_type": index_type, "refine_factor": refine, "build_s": build_s,
-            "fulltext_index": has_fulltext, "table": rows,
-            "standard_depth": depth if len(strategies) > 1 else depth[strategies[0]]}
+            "fulltext_index": has_fulltext, "table": rows, "standard_depth": depth}
 
 
 def standard_depth(matrix: Any, qs: list[list[retrieve.QueryVectors]], exact: list[list[str]]) -> dict[str, Any]:
@@ -300,6 +371,10 @@ def synthetic_part(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--embed", action="store_true", help="embed the real rows first (slow on a CPU)")
+    parser.add_argument("--man-pages", type=int, default=0,
+                        help="with --embed, also embed this many sentences of the machine's manual pages")
+    parser.add_argument("--man-queries", type=int, default=0,
+                        help="also this many queries of six held-out manual-page sentences (needs man-*.npz rows)")
     parser.add_argument("--cache", type=Path, default=CACHE)
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -323,7 +398,7 @@ def main() -> None:
     if args.quick:
         args.rows, args.queries, args.rounds, args.name = 20_000, 16, 1, args.name + "-quick"
     if args.embed:
-        embed_real(args.data, args.cache)
+        embed_real(args.data, args.cache, man_pages=args.man_pages)
     pools = [int(p) for p in args.candidates.split(",")]
     strategies = [retrieve.check_strategy(s.strip()) for s in args.strategy.split(",") if s.strip()]
     started = time.perf_counter()
@@ -332,7 +407,7 @@ def main() -> None:
                               "load_average": {"start": [round(x, 2) for x in os.getloadavg()]}}
     if args.skip != "real":
         result["real"] = real_part(args.data, args.cache, [int(p) for p in args.real_nprobes.split(",")], pools,
-                                   strategies, args.index_type)
+                                   strategies, args.index_type, args.man_queries)
     if args.skip != "synthetic":
         result["synthetic"] = synthetic_part(args.rows, args.queries, [int(p) for p in args.nprobes.split(",")],
                                              pools, args.rounds, strategies, args.db, args.index_type,
@@ -347,12 +422,12 @@ def main() -> None:
     if "real" in result:
         real = result["real"]
         md += [f"## Recall of the top 10 vs the same strategy's exact search, real MiniLM rows ({real['rows']} rows, "
-               f"{real['index_type']} indexes, {real['partitions']} partitions, {real['queries']} queries, "
-               f"{real['parts']} parts; full-text index: {real['fulltext_index']})\n",
+               f"{real['index_type']} indexes, {real['partitions']} partitions, queries {real['queries']}, "
+               f"parts {real['parts']}; full-text index: {real['fulltext_index']})\n",
                f"ANN indexes ({real['index_type']}, every space's column) built in {real['build_s']} s; "
                f"refine factor on the ANN path: {real['refine_factor'] or 'none'}.\n",
-               markdown_table(real["table"], ["rows", "index", "strategy", "path", "nprobes", "probed", "recall@10",
-                                              "mean_ms"]), "",
+               markdown_table(real["table"], ["rows", "queries", "index", "strategy", "path", "nprobes", "probed",
+                                              "recall@10", "mean_ms"]), "",
                "Best standard-space rank (over the query's parts) of the exact top-10 rows: "
                f"{json.dumps(real['standard_depth'])}", ""]
     if "synthetic" in result:
