@@ -36,10 +36,12 @@ Writes benchmarks/results/ann-1m-all.json and .md (quick: ann-1m-all-quick.*). T
 standard vector's, and the heads' where heads vote) in `--db`, which must then be a copy: the committed
 `ann-1m-default-hnsw` came from `--skip real --db COPY --replace-ann --index-type IVF_HNSW_SQ --queries 32
 --rounds 4 --nprobes 1,3,10,20 --strategy segment+standard --name ann-1m-default-hnsw` (`standard` is
-always timed beside the strategies). `ann-real-141k` came from `--embed --man-pages 100000` (the
-Wikipedia rows and 100,000 sentences of the machine's manual pages: 141,381 real rows) and then
-`--skip synthetic --man-queries 125 --strategy standard,segment-bm25,mrag --real-nprobes 4,8,23,60
---candidates 200 --name ann-real-141k` (queries of held-out manual-page sentences beside the paper's).
+always timed beside the strategies). `ann-real-141k` came from `--skip synthetic --cache DIR --man-queries
+125 --strategy standard,segment-bm25,mrag --real-nprobes 4,8,23,60 --candidates 200 --name ann-real-141k`
+on rows that `--embed --man-pages 100000 --cache DIR` (given to a first such run) had cached: the
+Wikipedia rows and 100,000 sentences of the machine's manual pages, 141,381 real rows, and queries of
+held-out manual-page sentences beside the paper's; `ann-real-141k-hnsw` from the same with
+`--index-type IVF_HNSW_SQ --real-nprobes 1,2 --name ann-real-141k-hnsw`.
 """
 
 from __future__ import annotations
