@@ -145,23 +145,29 @@ def embed_real(data: Path, out: Path, step: int = 4096, man_pages: int = 0) -> N
 
 def real_queries(data: Path, out: Path) -> list[list[retrieve.QueryVectors]]:
     """Every other benchmark query, cut into parts as `mrag` cuts it (as every `segment+` strategy does),
-    as unit vectors with their text (vectors cached)."""
-    path = out / "queries.npz"
+    as unit vectors with their text (vectors cached in queries.npz)."""
     stories = [q["text"] for q in json.load(bz2.open(data / "wikipedia_queries_v1.json.bz2"))][::2]
-    parts = [retrieve.query_parts(STRATEGY, s) or [s] for s in stories]
-    if not path.exists():
+    return query_vectors(stories, out / "queries.npz")
+
+
+def query_vectors(stories: list[str], path: Path) -> list[list[retrieve.QueryVectors]]:
+    """Each story cut into parts as `mrag` cuts it, the parts as MiniLM unit vectors with their text,
+    grouped by story; the vectors are cached at `path` and embedded again when its texts differ."""
+    cut = [retrieve.query_parts(STRATEGY, story) or [story] for story in stories]
+    texts = [p for ps in cut for p in ps]
+    if not path.exists() or "texts" not in np.load(path) or list(np.load(path)["texts"]) != texts:
         from mrag.embed.transformer import TransformerEmbedder
 
-        e = TransformerEmbedder().embed([p for ps in parts for p in ps], kind="query")
-        np.savez(path, standard=e.standard, heads=e.heads)
+        e = TransformerEmbedder().embed(texts, kind="query")
+        np.savez(path, standard=e.standard, heads=e.heads, texts=np.array(texts))
     saved = np.load(path)
-    triples = zip(saved["standard"], saved["heads"], [p for ps in parts for p in ps])
-    vectors = [retrieve.QueryVectors(retrieve.unit(s), retrieve.unit(h), text=t) for s, h, t in triples]
-    out_parts, start = [], 0
-    for ps in parts:
-        out_parts.append(vectors[start : start + len(ps)])
-        start += len(ps)
-    return out_parts
+    vectors = [retrieve.QueryVectors(retrieve.unit(v), retrieve.unit(h), text=t)
+               for v, h, t in zip(saved["standard"], saved["heads"], texts)]
+    out, first = [], 0
+    for ps in cut:
+        out.append(vectors[first : first + len(ps)])
+        first += len(ps)
+    return out
 
 
 def build_real(path: Path, files: list[Path]) -> Index:
@@ -202,22 +208,7 @@ def man_queries(cache: Path, count: int, parts: int = 6, seed: int = 1) -> list[
     spare = man_texts(10**9)[held:]
     rng = np.random.default_rng(seed)
     stories = [" ".join(spare[i] for i in rng.choice(len(spare), parts, replace=False)) for _ in range(count)]
-    cut = [retrieve.query_parts(STRATEGY, story) or [story] for story in stories]
-    path = cache / "man-queries.npz"
-    texts = [p for ps in cut for p in ps]
-    if not path.exists() or list(np.load(path)["texts"]) != texts:
-        from mrag.embed.transformer import TransformerEmbedder
-
-        e = TransformerEmbedder().embed(texts, kind="query")
-        np.savez(path, standard=e.standard, heads=e.heads, texts=np.array(texts))
-    saved = np.load(path)
-    vectors = [retrieve.QueryVectors(retrieve.unit(v), retrieve.unit(h), text=t)
-               for v, h, t in zip(saved["standard"], saved["heads"], texts)]
-    out, first = [], 0
-    for ps in cut:
-        out.append(vectors[first : first + len(ps)])
-        first += len(ps)
-    return out
+    return query_vectors(stories, cache / "man-queries.npz")
 
 
 def real_part(

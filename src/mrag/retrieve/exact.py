@@ -110,8 +110,8 @@ class Exact:
         # per part and voter, its candidates (kept, waiting and their merge: ~16 B for each row of
         # c + 1 segments) take at most ~SCORE_BYTES at a time; a block's similarities ~BLOCK_BYTES, and
         # at most 4 x BLOCK_BYTES where so many lines share a block of SPACE_RESCORE_ROWS rows
-        step = max(1, SCORE_BYTES // (len(chosen) * 16 * (c + 1) * SEGMENT_ROWS))
-        step = max(1, min(step, 4 * BLOCK_BYTES // (4 * lowprec.SPACE_RESCORE_ROWS * len(chosen))))
+        step = max(1, min(SCORE_BYTES // (len(chosen) * 16 * (c + 1) * SEGMENT_ROWS),
+                          4 * BLOCK_BYTES // (4 * lowprec.SPACE_RESCORE_ROWS * len(chosen))))
         if len(queries) > step:
             done = [self(chosen, queries[i : i + step], c) for i in range(0, len(queries), step)]
             return np.concatenate([r for r, _ in done]), np.concatenate([s for _, s in done])
