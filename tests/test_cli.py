@@ -263,6 +263,16 @@ def test_ann_indexes_from_the_command_line(db):
     assert [h["id"] for h in lines(mrag(*query))] == exact  # ANN is the default once built
 
 
+def test_hnsw_graphs_from_the_command_line(db):
+    query = ["search", "How do bees cool the hive? Who built aqueducts?", "--db", db]
+    exact = [h["id"] for h in lines(mrag(*query, "--exact"))]
+    built = lines(mrag("index", "--build-ann", "--ann-index", "HNSW", "--db", db))[0]["ann"]
+    assert built == {"index_type": "HNSW", "rows": 4, "nprobes": 128}
+    assert [h["id"] for h in lines(mrag(*query))] == exact  # 4 rows: the walk reaches them all
+    assert [h["id"] for h in lines(mrag(*query, "--nprobes", "8"))] == exact
+    assert (Path(db) / "graphs").is_dir()
+
+
 def test_ann_indexes_built_automatically_past_the_threshold(tmp_path, corpus, reuse_minilm):
     first = lines(mrag("index", corpus, "--db", tmp_path / "i", "--ann-threshold", "3"))[0]
     assert first["ann"]["rows"] == 4

@@ -11,7 +11,7 @@ import click
 
 from mrag import settings
 from mrag.cli_common import CONTEXT, db_option, emit, model_option, output_options, user_errors
-from mrag.settings import ANN_THRESHOLD, DEFAULT_NPROBES
+from mrag.settings import ANN_THRESHOLD, DEFAULT_EF, DEFAULT_NPROBES
 from mrag.settings import DEFAULT_INDEX as DEFAULT_ANN_INDEX
 from mrag.settings import INDEX_TYPES as ANN_INDEX_TYPES
 
@@ -48,9 +48,11 @@ def cli() -> None:
                    "'mpnet=sentence-transformers:name=/models/all-mpnet-base-v2' (repeatable; docs/spaces.md).")
 @click.option("--build-ann", is_flag=True, help="Build (or rebuild) the ANN indexes of every space now.")
 @click.option("--ann-index", type=click.Choice(list(ANN_INDEX_TYPES)), default=DEFAULT_ANN_INDEX, show_default=True,
-              help="LanceDB index type for --build-ann and automatic builds.")
-@click.option("--ann-nprobes", type=click.IntRange(min=1), default=DEFAULT_NPROBES, show_default=True,
-              help="IVF partitions each ANN search reads by default (more: slower, closer to exact).")
+              help="ANN index type for --build-ann and automatic builds: LanceDB's IVF_*, or HNSW "
+                   "(in-process faiss graphs; mrag[graph]).")
+@click.option("--ann-nprobes", type=click.IntRange(min=1), default=None,
+              help=f"IVF partitions (or HNSW's ef) each ANN search reads by default; more: slower, closer to "
+                   f"exact [default: {DEFAULT_NPROBES}, HNSW {DEFAULT_EF}].")
 @click.option("--ann-threshold", type=click.IntRange(min=0), default=ANN_THRESHOLD, show_default=True,
               help="Build the ANN indexes automatically from this many chunks (0 = never).")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
@@ -61,7 +63,7 @@ def cli() -> None:
 def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None, pooling: str | None,
           chunk_chars: int | None, overlap: int | None, text_field: str, id_field: str, query_instruction: str,
           document_instruction: str, device: str, dtype: str, spaces: tuple[str, ...], build_ann: bool,
-          ann_index: str, ann_nprobes: int, ann_threshold: int, ray_address: str | None, workers: int,
+          ann_index: str, ann_nprobes: int | None, ann_threshold: int, ray_address: str | None, workers: int,
           plain: bool) -> None:
     """Index files and folders (.txt .md .html .json .jsonl .pdf) into DB.
 
@@ -141,7 +143,7 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
 @click.option("--exact/--ann", "exact", default=None,
               help="Exact search in memory, or the ANN indexes (default: ANN when the index has them).")
 @click.option("--nprobes", type=click.IntRange(min=1), default=None,
-              help="IVF partitions per ANN search (default: the index's).")
+              help="IVF partitions (HNSW: ef) per ANN search (default: the index's).")
 @output_options()
 @user_errors
 def search(query: str, db: str, model: str | None, k: int, strategy: str | None, depth: int | None, explain: bool,

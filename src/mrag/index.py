@@ -14,7 +14,8 @@ from mrag.embed.base import HeadEmbedder
 from mrag.embed.models import resolve_model
 from mrag.errors import StoreError
 from mrag.ingest import Document, read_paths
-from mrag.retrieve import ann, fulltext
+from mrag.locking import is_local, local_path
+from mrag.retrieve import ann, fulltext, graph
 from mrag.retrieve import strategies as retrieve
 from mrag.retrieve.search import search_many
 from mrag.retrieve.types import Hit
@@ -194,7 +195,10 @@ class Index:
             missing = [i for i in ids if i not in known]
             if missing:
                 raise ValueError(f"unknown id(s), nothing deleted: {', '.join(missing[:5])}")
-            return self.store.delete(where)
+            deleted = self.store.delete(where)
+        if (self.store.manifest.ann or {}).get("index_type") == graph.INDEX_TYPE:
+            self.maintain_ann()  # HNSW graphs cannot drop rows: rebuilt (LanceDB's indexes skip deleted rows)
+        return deleted
 
     # --- reading -------------------------------------------------------------------------
 
@@ -272,6 +276,8 @@ class Index:
         once a quarter of the rows are not indexed), or now (`force`); -> what was built, else None.
         Every write through this index runs it, so CLI, Python and HTTP writes alike keep them up."""
         policy, built = self.ann_policy, self.store.manifest.ann
+        if built and built["index_type"] == graph.INDEX_TYPE and not force:
+            return self._update_graphs()
         if not force:
             rows = self.store.count()
             if rows < policy.threshold:
@@ -279,7 +285,15 @@ class Index:
             if not ann.needs_ann(rows, built, policy.threshold, ann.unindexed_rows(self.store.snapshot())):
                 return None
         return self.build_ann(policy.index_type or (built or {}).get("index_type", ann.DEFAULT_INDEX),
-                              policy.nprobes or (built or {}).get("nprobes", ann.DEFAULT_NPROBES))
+                              policy.nprobes or (built or {}).get("nprobes"))
+
+    def _update_graphs(self, progress: Callable[[str], None] | None = None, force: bool = False) -> dict | None:
+        """Bring the HNSW graphs up to the committed rows (`graph.update`); -> the ANN record, or None
+        when the graphs already served."""
+        store = self.store
+        store.refresh()
+        written = graph.update(graph.folder(local_path(store.uri)), store.matrix(refresh=False), force, progress)
+        return None if written is None else store.manifest.ann
 
     def maintain_fulltext(self, force: bool = False) -> bool:
         """Build the full-text (BM25) index on the chunk text when there is none, or once the rows it
@@ -289,17 +303,32 @@ class Index:
         return fulltext.maintain(self.store, force)
 
     def build_ann(
-        self, index_type: str = ann.DEFAULT_INDEX, nprobes: int = ann.DEFAULT_NPROBES,
+        self, index_type: str = ann.DEFAULT_INDEX, nprobes: int | None = None,
         progress: Callable[[str], None] | None = None,
     ) -> dict:
         """Build (or rebuild) an ANN index on every space's column, in one committed write;
-        `nprobes` is recorded as the searches' default."""
+        `nprobes` is recorded as the searches' default (IVF partitions, or HNSW's ef; None: the
+        type's default). HNSW builds in-process graphs beside the table (`mrag.retrieve.graph`)."""
+        graphs = index_type == graph.INDEX_TYPE
+        nprobes = nprobes or (graph.DEFAULT_EF if graphs else ann.DEFAULT_NPROBES)
         if nprobes <= 0:
             raise ValueError(f"nprobes must be positive, got {nprobes}")
         store = self.store
         columns = {c.column: c.width for c in store.vector_columns()}
         if store.count() == 0:
             raise ValueError("the index is empty: add documents before building ANN indexes")
+        if graphs:
+            if not is_local(store.uri):
+                raise ValueError("HNSW graphs live in a local index folder; on object storage use an IVF index")
+            if store.packed:
+                raise ValueError("HNSW graphs need an index of mrag format 2 or later (one column per head)")
+            graph.require_faiss()
+            self._update_graphs(progress, force=True)  # outside the write lock: it only reads committed rows
+            with store.writing(maintain=False):
+                built = {"index_type": index_type, "rows": store.chunks.count_rows(), "nprobes": nprobes}
+                store.manifest = store.manifest.replace(ann=built)
+            self._update_graphs()  # rows committed by another writer meanwhile
+            return built
         with store.writing():
             ann.build(store.chunks, columns, index_type, progress)
             built = {"index_type": index_type, "rows": store.chunks.count_rows(), "nprobes": nprobes}

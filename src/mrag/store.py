@@ -56,6 +56,7 @@ class Store:
         self._manifest_version = -1  # the manifest table version `self.manifest` was read at
         self._load(manifest)
         self._matrix: Matrix | None = None
+        self.graphs: Any = None  # the HNSW graphs last read (`mrag.retrieve.graph`), reused while they fit
         self._write_lock = threading.Lock()
         self._changed = 0
 

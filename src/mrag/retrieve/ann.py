@@ -131,7 +131,7 @@ class AnnRanker:
     ) -> tuple[np.ndarray, list[str], np.ndarray, list[int]]:
         """One space, every part: (part of each result, chunk ids, cosine distances, Lance row ids),
         best first per part."""
-        vectors = np.stack([_vector(voter, q) for q in queries]).astype(np.float32)  # (P, d)
+        vectors = np.stack([query_vector(voter, q) for q in queries]).astype(np.float32)  # (P, d)
         query = (
             self.table.search(vectors if len(vectors) > 1 else vectors[0], vector_column_name=self.columns[voter.name])
             .distance_type("cosine")
@@ -148,7 +148,8 @@ class AnnRanker:
         return part[order].astype(np.int64), [ids[i] for i in order], distance[order], [lance_ids[i] for i in order]
 
 
-def _vector(voter: Voter, query: QueryVectors) -> np.ndarray:
+def query_vector(voter: Voter, query: QueryVectors) -> np.ndarray:
+    """A query's unit vector in the voter's space."""
     if voter.group == "heads":
         return query.heads[voter.index]
     return query.standard if voter.name == "standard" else query.extra[voter.name]

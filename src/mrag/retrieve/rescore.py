@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from mrag.retrieve.ann import _vector
+from mrag.retrieve.ann import query_vector
 from mrag.retrieve.types import QueryVectors, Voter
 from mrag.settings import DEFAULT_CANDIDATES, DEFAULT_NPROBES
 
@@ -102,7 +102,7 @@ def rank_candidates(
         return ranking, sims
     take = min(c, n)
     for s, voter in enumerate(chosen):
-        q = np.stack([_vector(voter, query) for query in queries]).astype(np.float32)  # (P, d)
+        q = np.stack([query_vector(voter, query) for query in queries]).astype(np.float32)  # (P, d)
         scores = q @ stored[voter.name].T  # (P, n)
         order = np.argsort(-scores, axis=1, kind="stable")[:, :take]  # stable: ties to the lower row
         ranking[:, s, :take] = order

@@ -9,7 +9,9 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from mrag.embed.base import HeadEmbedder
-from mrag.retrieve import ann, fulltext
+from mrag.locking import local_path
+from mrag.matrix import Matrix
+from mrag.retrieve import ann, fulltext, graph
 from mrag.retrieve import strategies as retrieve
 from mrag.retrieve.exact import Exact
 from mrag.retrieve.rescore import RescoreRanker
@@ -135,6 +137,8 @@ def ranker_for(
     `heads` the in-memory matrix leaves the head vectors out.
     -> (ranker, fetch: row numbers -> stored rows, how many rows)."""
     built: dict[str, Any] = store.manifest.ann or {}
+    if built.get("index_type") == graph.INDEX_TYPE:
+        return _graph_ranker(store, built, exact, nprobes, heads)
     covered = bool(built) and not plan.base.startswith("split")  # split slices have no ANN column
     if exact is False and not covered:
         raise ValueError("no ANN index covers this search: build one with `mrag index --build-ann`, "
@@ -156,13 +160,30 @@ def ranker_for(
         # the full-text space joins the ANN ranker's numbering of the rows (`fulltext.FullTextRanker`)
         return fulltext.FullTextRanker(ranker, ranker.table, ann=ranker), by_row_id, ranker.table.count_rows()
     matrix = store.matrix(refresh=False, heads=heads)  # without the heads when no head votes
+    ranked = Exact(matrix.standard, matrix.heads, matrix.extra)
+    return fulltext.FullTextRanker(ranked, matrix.table, ids=matrix.ids), _by_offset(store, matrix), len(matrix.ids)
 
+
+def _graph_ranker(
+    store: Store, built: dict[str, Any], exact: bool | None, ef: int | None, heads: bool
+) -> tuple[retrieve.Ranker, Callable[[list[int]], dict[int, dict[str, Any]]], int]:
+    """`ranker_for` on an index whose ANN type is HNSW: the in-memory matrix, walked through the newest
+    graphs that fit it (`graph.latest`), or scanned exactly when none does or `exact` asks."""
+    matrix = store.matrix(refresh=False, heads=heads)
+    ranked: retrieve.Ranker = Exact(matrix.standard, matrix.heads, matrix.extra)
+    if not exact:
+        store.graphs = graph.latest(graph.folder(local_path(store.uri)), matrix, store.graphs)
+        if store.graphs is not None:
+            ranked = graph.GraphRanker(matrix, store.graphs, ranked, ef or built.get("nprobes", graph.DEFAULT_EF))
+    return fulltext.FullTextRanker(ranked, matrix.table, ids=matrix.ids), _by_offset(store, matrix), len(matrix.ids)
+
+
+def _by_offset(store: Store, matrix: Matrix) -> Callable[[list[int]], dict[int, dict[str, Any]]]:
     def by_offset(rows: list[int]) -> dict[int, dict[str, Any]]:
         found = store.take(matrix.table, HIT_COLUMNS, offsets=rows)
         return {r: found[matrix.ids[r]] for r in rows}
 
-    ranked = Exact(matrix.standard, matrix.heads, matrix.extra)
-    return fulltext.FullTextRanker(ranked, matrix.table, ids=matrix.ids), by_offset, len(matrix.ids)
+    return by_offset
 
 
 def _hit(row: dict[str, Any], score: float, votes: list[dict[str, Any]]) -> Hit:

@@ -1,0 +1,209 @@
+"""In-process HNSW graphs (index type "HNSW", `mrag.retrieve.graph`) against the exact scan (issue 17,
+target 2).
+
+1. **Recall on real rows** (`--real`): the 141k real MiniLM rows that `bench_ann_1m.py --embed
+   --man-pages 100000 --cache DIR` cached (the paper's Wikipedia articles and manual-page sentences), in an
+   mrag index with its full-text index; `Index.build_ann("HNSW")` builds every space's graph (the
+   standard vector and 12 heads). The paper's queries (every other one) and multi-aspect queries of
+   six held-out manual-page sentences are ranked by each strategy's exact search and through the graphs
+   at several ef; recall of the final top 10 against the exact search's, and the mean time per query
+   of the ranking and vote (query vectors precomputed).
+2. **Speed at `--rows` synthetic rows** (`--synthetic`; `bench_scale`'s clustered rows, no real text
+   of that size here): graphs for the standard vector only (the vector space of the default
+   `segment-bm25`; a matrix loaded without heads gives `graph.update` only that space), then
+   `Index.search_many` end to end, batch 1 and 32, exact and graph configurations interleaved round by
+   round; p50/p99 per query and recall@10 against exact (synthetic: noise around 2,000 centres, a hard
+   case for a graph).
+
+Run: python benchmarks/bench_graph.py --real --cache DIR [--efs 32,64,128,256] [--name graph-141k]
+     python benchmarks/bench_graph.py --synthetic --rows 1000000 [--queries 32 --rounds 3] [--name graph-1m]
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from _common import machine, markdown_table, peak_rss_mb, percentiles_ms, rss_mb, time_calls, write_results
+from bench_ann_1m import CACHE, DATA, build_real, man_queries, real_queries, recall, vote_ids
+from bench_scale import ClusteredEmbedder, queries
+from bench_scale import build as build_synthetic
+
+from mrag.locking import local_path
+from mrag.retrieve import graph
+from mrag.retrieve import strategies as retrieve
+from mrag.retrieve.exact import Exact
+from mrag.retrieve.fulltext import FullTextRanker
+
+STRATEGIES = ["standard", "segment+standard", "segment-bm25", "mrag"]
+
+
+def tie_at_cut(index: Any, strategy: str, ranker: Any, parts: list[Any], k: int = 10) -> bool:
+    """Whether the exact k-th and (k+1)-th scores are within 1e-5: which rows make the top k is then decided
+    by the last bits of their similarities (the paper's queries: each sentence is itself a row, found at
+    similarity 1 +- 1e-6 by every part), and another ranker's top k may rightly differ."""
+    result = retrieve.vote(strategy, parts[0], k + 1, retrieve.DEFAULT_C, index.space_weights(), ranker,
+                           index.store.n_heads, parts if len(parts) > 1 else None)
+    return len(result.scores) > k and abs(float(result.scores[k - 1]) - float(result.scores[k])) < 1e-5
+
+
+def real_part(cache: Path, efs: list[int], strategies: list[str], man_query_count: int) -> dict[str, Any]:
+    files = sorted(cache.glob("real-*.npz")) + sorted(cache.glob("man-[0-9]*.npz"))
+    if not files:
+        raise SystemExit(f"no real vectors in {cache}: run bench_ann_1m.py --embed first")
+    query_sets = {"wikipedia": real_queries(DATA, cache), "man pages": man_queries(cache, man_query_count)}
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+        index = build_real(Path(tmp) / "db", files)
+        index.maintain_fulltext(force=True)
+        n = index.store.count()
+        start = time.perf_counter()
+        index.build_ann("HNSW", progress=lambda s: print("graph", s, round(time.perf_counter() - start), flush=True))
+        build_s = round(time.perf_counter() - start, 1)
+        matrix = index.store.matrix()
+        graphs = graph.latest(graph.folder(local_path(index.store.uri)), matrix)
+        assert graphs is not None and graphs.rows == n
+        exact = Exact(matrix.standard, matrix.heads)
+        exact_ranker = FullTextRanker(exact, matrix.table, ids=matrix.ids, cache=True)
+        rows: list[dict[str, Any]] = []
+        for name, qs in query_sets.items():
+            for s in strategies:
+                vote_ids(index, s, exact_ranker, qs[0], matrix.ids)  # warm: bf16 copies, full-text cache
+                times, truth = [], []
+                for parts in qs:
+                    t = time.perf_counter()
+                    truth.append(vote_ids(index, s, exact_ranker, parts, matrix.ids))
+                    times.append(time.perf_counter() - t)
+                tied = [tie_at_cut(index, s, exact_ranker, parts) for parts in qs]
+                rows.append({"rows": n, "queries": name, "strategy": s, "path": "exact scan", "ef": "",
+                             "recall@10": 1.0, "tied at the cut": sum(tied), "recall@10, untied": 1.0,
+                             **percentiles_ms(times)})
+                print(rows[-1], flush=True)
+                for ef in efs:
+                    ranker = FullTextRanker(graph.GraphRanker(matrix, graphs, exact, ef), matrix.table,
+                                            ids=matrix.ids, cache=True)
+                    times, found = [], []
+                    for parts in qs:
+                        t = time.perf_counter()
+                        found.append(vote_ids(index, s, ranker, parts, matrix.ids))
+                        times.append(time.perf_counter() - t)
+                    untied = [i for i, t in enumerate(tied) if not t]
+                    rows.append({"rows": n, "queries": name, "strategy": s, "path": "HNSW graphs", "ef": ef,
+                                 "recall@10": recall(found, truth), "tied at the cut": sum(tied),
+                                 "recall@10, untied": recall([found[i] for i in untied], [truth[i] for i in untied]),
+                                 **percentiles_ms(times)})
+                    print(rows[-1], flush=True)
+        disk = sum(p.stat().st_size for p in graph.folder(local_path(index.store.uri)).rglob("*") if p.is_file())
+    return {"rows": n, "queries": {k: len(v) for k, v in query_sets.items()}, "build_s": build_s,
+            "graph_bytes": disk, "table": rows}
+
+
+def synthetic_part(n: int, n_queries: int, efs: list[int], rounds: int, strategies: list[str]) -> dict[str, Any]:
+    texts = queries(n_queries)
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+        start = time.perf_counter()
+        index, _ = build_synthetic(Path(tmp) / "db", n, ClusteredEmbedder())
+        index.maintain_fulltext(force=True)  # the rows' text: "chunk N"
+        print(f"built {n} rows in {time.perf_counter() - start:.0f} s", flush=True)
+        store = index.store
+        before = rss_mb()
+        matrix = store.matrix(heads=False)
+        matrix_mb = round(rss_mb() - before)
+        start = time.perf_counter()
+        graph.update(graph.folder(local_path(store.uri)), matrix, force=True)
+        build_s = round(time.perf_counter() - start, 1)
+        with store.writing(maintain=False):  # the manifest's record, as build_ann writes it
+            store.manifest = store.manifest.replace(ann={"index_type": "HNSW", "rows": n, "nprobes": graph.DEFAULT_EF})
+        store.graphs = None
+        index.search_many(texts[:1], 10, "standard")  # loads the graphs
+        graphs_mb = round(rss_mb() - before - matrix_mb)
+        print(f"standard graph in {build_s} s; matrix {matrix_mb} MB, graph {graphs_mb} MB resident", flush=True)
+        configs: list[tuple[str, bool, int | None]] = [(s, True, None) for s in strategies]
+        configs += [(s, False, ef) for ef in efs for s in strategies]
+        exact = {s: [[h.id for h in hits] for hits in index.search_many(texts, 10, s, exact=True)] for s in strategies}
+        times: dict[tuple[Any, ...], dict[int, list[float]]] = {cfg: {1: [], 32: []} for cfg in configs}
+        for _ in range(rounds):
+            for cfg in configs:
+                strategy, is_exact, ef = cfg
+                for batch in (1, 32):
+                    for i in range(0, len(texts), batch):
+                        group = texts[i : i + batch]
+                        call = functools.partial(index.search_many, group, 10, strategy, exact=is_exact, nprobes=ef)
+                        times[cfg][batch] += [t / len(group) for t in time_calls(call, 1, warmup=0)]
+        rows = []
+        for cfg in configs:
+            strategy, is_exact, ef = cfg
+            results = index.search_many(texts, 10, strategy, exact=is_exact, nprobes=ef)
+            found = [[h.id for h in hits] for hits in results]
+            for batch in (1, 32):
+                rows.append({"rows": n, "strategy": strategy, "path": "exact scan" if is_exact else "HNSW graph",
+                             "ef": ef or "", "batch": batch, **percentiles_ms(times[cfg][batch]),
+                             "recall@10 (synthetic)": recall(found, exact[strategy])})
+        for r in rows:
+            same = [x for x in rows if x["batch"] == r["batch"] and x["ef"] == r["ef"]]
+            r["vs standard"] = round(r["p50_ms"] / next(x["p50_ms"] for x in same if x["strategy"] == "standard"), 2)
+            scan = next(x for x in rows if x["batch"] == r["batch"] and x["strategy"] == r["strategy"] and not x["ef"])
+            r["speedup vs exact"] = round(scan["p50_ms"] / r["p50_ms"], 2)
+            print(r, flush=True)
+    return {"rows": n, "queries": n_queries, "rounds": rounds, "build_s": build_s, "matrix_mb": matrix_mb,
+            "graph_mb": graphs_mb, "table": rows}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--real", action="store_true")
+    parser.add_argument("--synthetic", action="store_true")
+    parser.add_argument("--cache", type=Path, default=CACHE)
+    parser.add_argument("--man-queries", type=int, default=125)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--queries", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--efs", default="32,64,128,256")
+    parser.add_argument("--strategy", default=",".join(STRATEGIES))
+    parser.add_argument("--name", default="graph")
+    args = parser.parse_args()
+    efs = [int(e) for e in args.efs.split(",")]
+    strategies = args.strategy.split(",")
+    started, load = time.perf_counter(), __import__("os").getloadavg()
+    out: dict[str, Any] = {"machine": machine(), "command": "python benchmarks/bench_graph.py " + " ".join(
+        a for a in __import__("sys").argv[1:]), "load_start": [round(x, 2) for x in load]}
+    md = [f"# In-process HNSW graphs against the exact scan ({args.name})", "",
+          f"command: `{out['command']}`", ""]
+    if args.real:
+        out["real"] = real_part(args.cache, efs, strategies, args.man_queries)
+        r = out["real"]
+        md += [f"## Recall on {r['rows']} real MiniLM rows (queries: {r['queries']})", "",
+               f"Every space's graph (standard + heads) built by `Index.build_ann('HNSW')` in {r['build_s']} s; "
+               f"graph files {r['graph_bytes'] / 2**20:.0f} MiB. Times: ranking and vote per query, query "
+               "vectors precomputed, batch 1 (each query's full-text searches run once). A walk's ef is at least "
+               "2c = 64 (`graph.RESCORED`), so ef 32 walks as 64. 'Tied at the cut': queries whose exact 10th "
+               "and 11th scores are within 1e-5, where the top 10 is decided by the last bits of the "
+               "similarities (`tie_at_cut`).", "",
+               markdown_table(r["table"], ["queries", "strategy", "path", "ef", "recall@10", "tied at the cut",
+                                           "recall@10, untied", "p50_ms", "p99_ms", "n"]),
+               ""]
+    if args.synthetic:
+        out["synthetic"] = s = synthetic_part(args.rows, args.queries, efs, args.rounds, strategies)
+        md += [f"## Speed at {s['rows']} synthetic rows ({s['queries']} queries x {s['rounds']} rounds, interleaved)",
+               "",
+               f"The standard vector's graph built in {s['build_s']} s; resident: matrix (no heads) "
+               f"{s['matrix_mb']} MB, graph {s['graph_mb']} MB. `Index.search_many` end to end (queries embedded "
+               "by the synthetic embedder).", "",
+               markdown_table(s["table"], ["strategy", "path", "ef", "batch", "p50_ms", "p99_ms", "n",
+                                           "recall@10 (synthetic)", "vs standard", "speedup vs exact"]), ""]
+    load = __import__("os").getloadavg()
+    out["load_end"] = [round(x, 2) for x in load]
+    out["seconds"] = round(time.perf_counter() - started)
+    out["peak_rss_mb"] = round(peak_rss_mb())
+    md.insert(4, f"machine: {out['machine']}; load average at the start {out['load_start']}, at the end "
+                 f"{out['load_end']}; {out['seconds']} s; peak RSS {out['peak_rss_mb']} MB")
+    md.insert(5, "")
+    write_results(args.name, out, "\n".join(md))
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,219 @@
+"""In-process HNSW graphs (mrag.retrieve.graph) on real LanceDB: exact answers on a small index (the
+walk reaches every row), appended rows found before the graphs catch up, no stale row after a delete
+or an upsert, graphs shared between processes, and bad input that changes nothing."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_ann import QUERIES, SeededEmbedder, docs
+
+from mrag.index import Index
+from mrag.locking import local_path
+from mrag.matrix import Matrix
+from mrag.retrieve import graph
+from mrag.retrieve.exact import Exact
+from mrag.retrieve.types import QueryVectors, Voter
+
+STRATEGIES = ["standard", "segment-bm25", "mrag", "mrag-paper", "split", "segment+mrag-decay"]
+
+
+def hits(index: Index, strategy: str, exact: bool | None, k: int = 10) -> list[list[tuple[str, float]]]:
+    return [[(h.id, h.score) for h in index.search(q, k=k, strategy=strategy, exact=exact)] for q in QUERIES]
+
+
+def same(index: Index, strategy: str) -> bool:
+    """The graphs' hits are the exact search's: the same rows, scores equal up to the products' last bits
+    (the re-score multiplies the rows one at a time, the scan in blocks)."""
+    walked, scanned = hits(index, strategy, None), hits(index, strategy, True)
+    ids = [[i for i, _ in q] for q in walked] == [[i for i, _ in q] for q in scanned]
+    return ids and np.allclose([s for q in walked for _, s in q], [s for q in scanned for _, s in q], atol=1e-5)
+
+
+@pytest.fixture
+def graph_index(tmp_path) -> Index:
+    index = Index.open(tmp_path / "db", embedder=SeededEmbedder())
+    index.add(docs(150))
+    index.build_ann("HNSW")
+    return index
+
+
+def root(index: Index):
+    return graph.folder(local_path(index.store.uri))
+
+
+def folders(index: Index) -> list[str]:
+    return sorted(p.name for p in root(index).iterdir() if not p.name.startswith("."))
+
+
+def test_a_small_index_walks_to_the_exact_answer(graph_index):
+    built = graph_index.info()["ann"]
+    assert built["index_type"] == "HNSW" and built["nprobes"] == graph.DEFAULT_EF
+    assert len(folders(graph_index)) == 1
+    for strategy in STRATEGIES:  # ef 128 >= 150 rows' worth of a walk: every row is reached
+        assert same(graph_index, strategy), strategy
+
+
+def test_the_ranker_walks_graphs_and_scans_other_voters(graph_index):
+    from mrag.retrieve.search import ranker_for
+    from mrag.retrieve.strategies import parse_strategy
+
+    ranker, _, rows = ranker_for(graph_index.store, parse_strategy("mrag"), None)
+    assert rows == 150 and isinstance(ranker.inner, graph.GraphRanker)
+    assert set(ranker.inner.graphs.files) == {"standard", "head:0", "head:1", "head:2", "head:3"}
+    exact_ranker, _, _ = ranker_for(graph_index.store, parse_strategy("mrag"), True)
+    assert isinstance(exact_ranker.inner, Exact)
+
+
+def test_appended_rows_are_found_before_the_graphs_catch_up(graph_index, monkeypatch):
+    monkeypatch.setattr(graph, "STALE_SHARE", 1.0)  # the writes below leave the graphs behind
+    before = folders(graph_index)
+    graph_index.add(docs(170, 150))
+    assert folders(graph_index) == before
+    assert graph.latest(root(graph_index), graph_index.store.matrix()).rows == 150
+    newest = graph_index.search("Document number 160. It talks about topic 6.", k=1, strategy="standard")
+    assert newest[0].doc_id == "d160"  # a row past the graph, scanned
+    for strategy in STRATEGIES:
+        assert same(graph_index, strategy), strategy
+
+
+def test_writes_extend_the_graphs(graph_index):
+    graph_index.add(docs(170, 150))  # 20 rows: more than STALE_SHARE of 170
+    found = graph.latest(root(graph_index), graph_index.store.matrix())
+    assert found is not None and found.rows == 170
+    assert all(found.graph(space).ntotal == 170 for space in found.files)
+
+
+def test_no_stale_row_after_a_delete_or_an_upsert(graph_index, monkeypatch):
+    monkeypatch.setattr(graph, "update", lambda *a, **k: None)  # graphs left as they were
+    graph_index.delete(["d3"])
+    assert graph.latest(root(graph_index), graph_index.store.matrix()) is None  # row numbers moved: no graph fits
+    assert "d3" not in {h.doc_id for h in graph_index.search(QUERIES[0], k=149, strategy="standard")}
+    for strategy in STRATEGIES:
+        assert same(graph_index, strategy), strategy
+
+
+def test_a_write_rebuilds_graphs_that_no_longer_fit(graph_index):
+    graph_index.upsert([{"id": "d5", "text": "A new text about tides and comets."}])
+    found = graph.latest(root(graph_index), graph_index.store.matrix())
+    assert found is not None and found.rows == 150 and found.version == graph_index.store.committed_version
+    assert len(folders(graph_index)) == 2  # this version's and the one before
+    hit = graph_index.search("A new text about tides and comets.", k=1, strategy="standard")[0]
+    assert hit.doc_id == "d5" and "tides" in hit.text
+
+
+def test_another_process_reads_the_graphs(graph_index, tmp_path):
+    script = (
+        "import json, sys\n"
+        "from mrag.index import Index\n"
+        "from test_ann import SeededEmbedder\n"
+        "from mrag.retrieve.search import ranker_for\n"
+        "from mrag.retrieve.strategies import parse_strategy\n"
+        "index = Index.open(sys.argv[1], embedder=SeededEmbedder())\n"
+        "ranker, _, _ = ranker_for(index.store, parse_strategy('standard'), None)\n"
+        "hits = [[h.id for h in index.search(q, k=5, strategy='standard')] for q in sys.argv[2:]]\n"
+        "print(json.dumps({'walked': type(ranker.inner).__name__, 'hits': hits}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script, str(tmp_path / "db"), *QUERIES], capture_output=True,
+                         text=True, check=True, cwd=str(Path(__file__).parent))
+    found = json.loads(out.stdout)
+    assert found["walked"] == "GraphRanker"
+    assert found["hits"] == [[h.id for h in graph_index.search(q, k=5, strategy="standard")] for q in QUERIES]
+
+
+def test_bad_input_changes_nothing(graph_index):
+    before = hits(graph_index, "mrag", None)
+    version = graph_index.store.committed_version
+    with pytest.raises(ValueError, match="nprobes must be positive"):
+        graph_index.build_ann("HNSW", nprobes=-1)
+    with pytest.raises(ValueError, match="nprobes must be positive"):
+        graph_index.search(QUERIES[0], nprobes=0)
+    assert graph_index.store.committed_version == version and hits(graph_index, "mrag", None) == before
+
+
+def test_an_empty_index_cannot_build_graphs(tmp_path):
+    index = Index.open(tmp_path / "db", embedder=SeededEmbedder())
+    with pytest.raises(ValueError, match="empty"):
+        index.build_ann("HNSW")
+
+
+def test_walk_by_hand():
+    # 4 rows in 2 dimensions; the query (1, 0) is nearest row 2, then rows 0 and 3 tie (0.6): the smaller first
+    rows = np.array([[0.6, 0.8], [-1.0, 0.0], [1.0, 0.0], [0.6, -0.8]], dtype=np.float32)
+    matrix = Matrix(version=1, table=None, ids=np.array(["a", "b", "c", "d"], dtype=object), standard=rows,
+                    heads=np.zeros((0, 4, 0), dtype=np.float32))
+    built = graph.new_graph(2)
+    graph.extend(built, rows[:3])  # row 3 is past the graph: scanned
+    graphs = graph.Graphs(1, 3, graph.ids_digest(matrix.ids[:3]), {}, {"standard": built})
+    graphs.files["standard"] = Path("unused")  # read already
+    assert graphs.fits(matrix)
+    ranker = graph.GraphRanker(matrix, graphs, Exact(rows, matrix.heads))
+    query = QueryVectors(np.array([1.0, 0.0], dtype=np.float32), np.zeros((0, 0), dtype=np.float32))
+    ranking, sims = ranker([Voter("standard", "standard", 1.0)], [query], 5)
+    assert ranking[0, 0].tolist() == [2, 0, 3, 1, -1]
+    np.testing.assert_allclose(sims[0, 0, :4], [1.0, 0.6, 0.6, -1.0], atol=1e-6)
+    assert sims[0, 0, 4] == -np.inf
+    changed = np.array(["a", "x", "c", "d"], dtype=object)
+    assert not graphs.fits(Matrix(2, None, changed, rows, matrix.heads))  # a row replaced: no fit
+
+
+def test_the_default_strategy_reads_the_standard_graph_alone(graph_index):
+    graph_index.store.graphs = None
+    graph_index.search(QUERIES[0], strategy="segment-bm25")
+    assert set(graph_index.store.graphs.loaded) == {"standard"}
+    graph_index.search(QUERIES[0], strategy="mrag")
+    assert len(graph_index.store.graphs.loaded) == 5
+
+
+def test_a_graph_removed_under_a_reader_is_scanned(graph_index):
+    graph_index.search(QUERIES[0], strategy="standard")  # the reader holds the standard graph only
+    for path in graph_index.store.graphs.files.values():
+        path.unlink()  # as a newer update's clean-up would
+    graph_index.store.graphs.loaded.pop("standard")
+    for strategy in STRATEGIES:
+        assert same(graph_index, strategy), strategy
+
+
+WRITER = """
+import sys
+from mrag.index import Index
+from test_ann import SeededEmbedder, docs
+index = Index.open(sys.argv[1], embedder=SeededEmbedder())
+for first in range(150, 230, 20):
+    index.add(docs(first + 20, first))  # each write extends the graphs (20 rows: past STALE_SHARE)
+"""
+
+
+def test_searches_beside_a_writer_process(graph_index, tmp_path):
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "db")], cwd=str(Path(__file__).parent),
+                              stderr=subprocess.PIPE, text=True)
+    seen = set()
+    while writer.poll() is None:
+        for hit in graph_index.search(QUERIES[0], k=5, strategy="mrag"):
+            seen.add(hit.doc_id)
+    assert writer.wait() == 0, writer.stderr.read()
+    assert seen and all(int(d[1:]) < 230 for d in seen)
+    found = graph.latest(root(graph_index), graph_index.store.matrix())
+    assert found is not None and found.rows == 230 and found.version == graph_index.store.committed_version
+    assert len(folders(graph_index)) == 2
+    for strategy in STRATEGIES:
+        assert same(graph_index, strategy), strategy
+
+
+def test_a_delete_rebuilds_the_graphs(graph_index):
+    graph_index.delete(["d7"])
+    found = graph.latest(root(graph_index), graph_index.store.matrix())
+    assert found is not None and found.rows == 149 and found.version == graph_index.store.committed_version
+    assert "d7" not in {h.doc_id for h in graph_index.search(QUERIES[1], k=149, strategy="standard")}
+
+
+def test_deleting_every_row_leaves_an_empty_index_that_searches(graph_index):
+    graph_index.delete([f"d{i}" for i in range(150)])
+    assert graph_index.search(QUERIES[0]) == []
+    graph_index.add(docs(3))
+    assert {h.doc_id for h in graph_index.search(QUERIES[1], k=3, strategy="mrag")} == {"d0", "d1", "d2"}
