@@ -55,7 +55,7 @@ def test_a_small_index_walks_to_the_exact_answer(graph_index):
     built = graph_index.info()["ann"]
     assert built["index_type"] == "HNSW" and built["nprobes"] == graph.DEFAULT_EF
     assert len(folders(graph_index)) == 1
-    for strategy in STRATEGIES:  # ef 128 >= 150 rows' worth of a walk: every row is reached
+    for strategy in STRATEGIES:  # a walk of ef 128 among 150 rows reaches them all
         assert same(graph_index, strategy), strategy
 
 
@@ -149,7 +149,7 @@ def test_walk_by_hand():
                     heads=np.zeros((0, 4, 0), dtype=np.float32))
     built = graph.new_graph(2)
     graph.extend(built, rows[:3])  # row 3 is past the graph: scanned
-    graphs = graph.Graphs(1, 3, graph.ids_digest(matrix.ids[:3]), {}, {"standard": built})
+    graphs = graph.Graphs(1, 3, graph.rows_digest(matrix.ids[:3], rows), {}, {"standard": built})
     graphs.files["standard"] = Path("unused")  # read already
     assert graphs.fits(matrix)
     ranker = graph.GraphRanker(matrix, graphs, Exact(rows, matrix.heads))
@@ -160,6 +160,10 @@ def test_walk_by_hand():
     assert sims[0, 0, 4] == -np.inf
     changed = np.array(["a", "x", "c", "d"], dtype=object)
     assert not graphs.fits(Matrix(2, None, changed, rows, matrix.heads))  # a row replaced: no fit
+    moved = rows.copy()
+    moved[1] = [0.0, 1.0]  # the same ids, another vector (an upsert of the last document)
+    assert not graphs.fits(Matrix(3, None, matrix.ids, moved, matrix.heads))
+    assert graphs.fits(Matrix(4, None, matrix.ids, rows, matrix.heads))
 
 
 def test_the_default_strategy_reads_the_standard_graph_alone(graph_index):
@@ -172,11 +176,18 @@ def test_the_default_strategy_reads_the_standard_graph_alone(graph_index):
 
 def test_a_graph_removed_under_a_reader_is_scanned(graph_index):
     graph_index.search(QUERIES[0], strategy="standard")  # the reader holds the standard graph only
-    for path in graph_index.store.graphs.files.values():
+    held = graph_index.store.graphs
+    for path in held.files.values():
         path.unlink()  # as a newer update's clean-up would
-    graph_index.store.graphs.loaded.pop("standard")
+    with pytest.warns(RuntimeWarning, match="cannot be read"):
+        assert same(graph_index, "mrag")  # the heads' graphs are gone: scanned
+    assert held.broken == {f"head:{i}" for i in range(4)}
     for strategy in STRATEGIES:
         assert same(graph_index, strategy), strategy
+    graph_index.add(docs(170, 150))  # a newer update: the next search walks its graphs
+    graph_index.search(QUERIES[0], strategy="mrag")
+    assert graph_index.store.graphs is not held and not graph_index.store.graphs.broken
+    assert len(graph_index.store.graphs.loaded) == 5
 
 
 WRITER = """
@@ -192,12 +203,16 @@ for first in range(150, 230, 20):
 def test_searches_beside_a_writer_process(graph_index, tmp_path):
     writer = subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "db")], cwd=str(Path(__file__).parent),
                               stderr=subprocess.PIPE, text=True)
-    seen = set()
-    while writer.poll() is None:
-        for hit in graph_index.search(QUERIES[0], k=5, strategy="mrag"):
-            seen.add(hit.doc_id)
+    compared = 0
+    while writer.poll() is None:  # a graph search and an exact one at the same committed version agree
+        walked = [h.id for h in graph_index.search(QUERIES[0], k=5, strategy="mrag")]
+        version = graph_index.store.committed_version
+        scanned = [h.id for h in graph_index.search(QUERIES[0], k=5, strategy="mrag", exact=True)]
+        if graph_index.store.committed_version == version:
+            assert walked == scanned
+            compared += 1
     assert writer.wait() == 0, writer.stderr.read()
-    assert seen and all(int(d[1:]) < 230 for d in seen)
+    assert compared > 0
     found = graph.latest(root(graph_index), graph_index.store.matrix())
     assert found is not None and found.rows == 230 and found.version == graph_index.store.committed_version
     assert len(folders(graph_index)) == 2
@@ -217,3 +232,35 @@ def test_deleting_every_row_leaves_an_empty_index_that_searches(graph_index):
     assert graph_index.search(QUERIES[0]) == []
     graph_index.add(docs(3))
     assert {h.doc_id for h in graph_index.search(QUERIES[1], k=3, strategy="mrag")} == {"d0", "d1", "d2"}
+
+
+def test_an_upsert_of_the_last_document_keeps_no_stale_vector(tmp_path):
+    index = Index.open(tmp_path / "db", embedder=SeededEmbedder())
+    index.add(docs(300))
+    index.build_ann("HNSW")
+    for n, text in enumerate(["Tides and comets.", "Bees and chess engines.", "Roman roads."]):
+        index.upsert([{"id": "d299", "text": text}])  # the same chunk id at the same row, another vector
+        found = graph.latest(root(index), index.store.matrix())
+        assert found is not None and found.version == index.store.committed_version, n  # rebuilt
+        assert index.search(text, k=1, strategy="standard")[0].doc_id == "d299"
+        assert same(index, "mrag")
+
+
+def test_adding_a_space_keeps_hnsw_and_builds_its_graph(graph_index):
+    import test_spaces  # noqa: F401  (registers the "test-words" embedding function)
+
+    graph_index.add_spaces(["words=test-words"])
+    assert graph_index.info()["ann"]["index_type"] == "HNSW"
+    found = graph.latest(root(graph_index), graph_index.store.matrix())
+    assert found is not None and "words" in found.files
+    assert same(graph_index, "spaces")
+
+
+def test_another_type_replaces_hnsw_only_when_built(graph_index):
+    from mrag.settings import AnnPolicy
+
+    graph_index.ann_policy = AnnPolicy(threshold=1, index_type="IVF_FLAT")
+    graph_index.add(docs(155, 150))  # a write keeps the graphs up; it does not switch the type
+    assert graph_index.info()["ann"]["index_type"] == "HNSW"
+    built = graph_index.maintain_ann(force=True)
+    assert built == {"index_type": "IVF_FLAT", "rows": 155, "nprobes": 60}  # not HNSW's ef 128

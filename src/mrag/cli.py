@@ -47,9 +47,9 @@ def cli() -> None:
               help="Add an embedding space from LanceDB's registry, e.g. "
                    "'mpnet=sentence-transformers:name=/models/all-mpnet-base-v2' (repeatable; docs/spaces.md).")
 @click.option("--build-ann", is_flag=True, help="Build (or rebuild) the ANN indexes of every space now.")
-@click.option("--ann-index", type=click.Choice(list(ANN_INDEX_TYPES)), default=DEFAULT_ANN_INDEX, show_default=True,
-              help="ANN index type for --build-ann and automatic builds: LanceDB's IVF_*, or HNSW "
-                   "(in-process faiss graphs; mrag[graph]).")
+@click.option("--ann-index", type=click.Choice(list(ANN_INDEX_TYPES)), default=None,
+              help="ANN index type for --build-ann and automatic builds: LanceDB's IVF_*, or HNSW (in-process "
+                   f"faiss graphs; mrag[graph]) [default: the index's, else {DEFAULT_ANN_INDEX}].")
 @click.option("--ann-nprobes", type=click.IntRange(min=1), default=None,
               help=f"IVF partitions (or HNSW's ef) each ANN search reads by default; more: slower, closer to "
                    f"exact [default: {DEFAULT_NPROBES}, HNSW {DEFAULT_EF}].")
@@ -63,7 +63,7 @@ def cli() -> None:
 def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None, pooling: str | None,
           chunk_chars: int | None, overlap: int | None, text_field: str, id_field: str, query_instruction: str,
           document_instruction: str, device: str, dtype: str, spaces: tuple[str, ...], build_ann: bool,
-          ann_index: str, ann_nprobes: int | None, ann_threshold: int, ray_address: str | None, workers: int,
+          ann_index: str | None, ann_nprobes: int | None, ann_threshold: int, ray_address: str | None, workers: int,
           plain: bool) -> None:
     """Index files and folders (.txt .md .html .json .jsonl .pdf) into DB.
 

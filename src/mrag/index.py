@@ -14,7 +14,6 @@ from mrag.embed.base import HeadEmbedder
 from mrag.embed.models import resolve_model
 from mrag.errors import StoreError
 from mrag.ingest import Document, read_paths
-from mrag.locking import is_local, local_path
 from mrag.retrieve import ann, fulltext, graph
 from mrag.retrieve import strategies as retrieve
 from mrag.retrieve.search import search_many
@@ -197,7 +196,7 @@ class Index:
                 raise ValueError(f"unknown id(s), nothing deleted: {', '.join(missing[:5])}")
             deleted = self.store.delete(where)
         if (self.store.manifest.ann or {}).get("index_type") == graph.INDEX_TYPE:
-            self.maintain_ann()  # HNSW graphs cannot drop rows: rebuilt (LanceDB's indexes skip deleted rows)
+            graph.maintain(self.store)  # HNSW graphs cannot drop rows: rebuilt (LanceDB's indexes skip deleted ones)
         return deleted
 
     # --- reading -------------------------------------------------------------------------
@@ -275,25 +274,19 @@ class Index:
         """(Re)build the ANN indexes when `ann_policy` says so (`ann.needs_ann`: past its threshold, or
         once a quarter of the rows are not indexed), or now (`force`); -> what was built, else None.
         Every write through this index runs it, so CLI, Python and HTTP writes alike keep them up."""
-        policy, built = self.ann_policy, self.store.manifest.ann
-        if built and built["index_type"] == graph.INDEX_TYPE and not force:
-            return self._update_graphs()
+        policy, built = self.ann_policy, self.store.manifest.ann or {}
+        graphs = built.get("index_type") == graph.INDEX_TYPE
+        if graphs and not force:  # kept up on every write; another type replaces them only when forced
+            return built if graph.maintain(self.store) else None
         if not force:
             rows = self.store.count()
             if rows < policy.threshold:
                 return None
-            if not ann.needs_ann(rows, built, policy.threshold, ann.unindexed_rows(self.store.snapshot())):
+            if not ann.needs_ann(rows, built or None, policy.threshold, ann.unindexed_rows(self.store.snapshot())):
                 return None
-        return self.build_ann(policy.index_type or (built or {}).get("index_type", ann.DEFAULT_INDEX),
-                              policy.nprobes or (built or {}).get("nprobes"))
-
-    def _update_graphs(self, progress: Callable[[str], None] | None = None, force: bool = False) -> dict | None:
-        """Bring the HNSW graphs up to the committed rows (`graph.update`); -> the ANN record, or None
-        when the graphs already served."""
-        store = self.store
-        store.refresh()
-        written = graph.update(graph.folder(local_path(store.uri)), store.matrix(refresh=False), force, progress)
-        return None if written is None else store.manifest.ann
+        index_type = policy.index_type or built.get("index_type", ann.DEFAULT_INDEX)
+        same = index_type == built.get("index_type")  # an IVF index's nprobes is no HNSW ef, and back
+        return self.build_ann(index_type, policy.nprobes or (built.get("nprobes") if same else None))
 
     def maintain_fulltext(self, force: bool = False) -> bool:
         """Build the full-text (BM25) index on the chunk text when there is none, or once the rows it
@@ -309,26 +302,16 @@ class Index:
         """Build (or rebuild) an ANN index on every space's column, in one committed write;
         `nprobes` is recorded as the searches' default (IVF partitions, or HNSW's ef; None: the
         type's default). HNSW builds in-process graphs beside the table (`mrag.retrieve.graph`)."""
-        graphs = index_type == graph.INDEX_TYPE
-        nprobes = nprobes or (graph.DEFAULT_EF if graphs else ann.DEFAULT_NPROBES)
+        if nprobes is None:
+            nprobes = graph.DEFAULT_EF if index_type == graph.INDEX_TYPE else ann.DEFAULT_NPROBES
         if nprobes <= 0:
             raise ValueError(f"nprobes must be positive, got {nprobes}")
         store = self.store
         columns = {c.column: c.width for c in store.vector_columns()}
         if store.count() == 0:
             raise ValueError("the index is empty: add documents before building ANN indexes")
-        if graphs:
-            if not is_local(store.uri):
-                raise ValueError("HNSW graphs live in a local index folder; on object storage use an IVF index")
-            if store.packed:
-                raise ValueError("HNSW graphs need an index of mrag format 2 or later (one column per head)")
-            graph.require_faiss()
-            self._update_graphs(progress, force=True)  # outside the write lock: it only reads committed rows
-            with store.writing(maintain=False):
-                built = {"index_type": index_type, "rows": store.chunks.count_rows(), "nprobes": nprobes}
-                store.manifest = store.manifest.replace(ann=built)
-            self._update_graphs()  # rows committed by another writer meanwhile
-            return built
+        if index_type == graph.INDEX_TYPE:
+            return graph.build(store, nprobes, progress)
         with store.writing():
             ann.build(store.chunks, columns, index_type, progress)
             built = {"index_type": index_type, "rows": store.chunks.count_rows(), "nprobes": nprobes}

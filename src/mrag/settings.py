@@ -68,11 +68,12 @@ def check_strategy(name: str) -> str:
 
 
 # LanceDB's indexes, and "HNSW": in-process faiss graphs over the in-memory matrix (`mrag.retrieve.graph`)
-INDEX_TYPES = ("IVF_FLAT", "IVF_PQ", "IVF_HNSW_SQ", "HNSW")
+GRAPH_INDEX = "HNSW"
+INDEX_TYPES = ("IVF_FLAT", "IVF_PQ", "IVF_HNSW_SQ", GRAPH_INDEX)
 DEFAULT_INDEX = "IVF_FLAT"  # measured best for 32-dim heads: fast build, recall 0.998 (benchmarks/results/ann.md)
 ANN_THRESHOLD = 200_000  # rows; below it the in-memory exact scan is fast enough (benchmarks/results/core.md)
 DEFAULT_CANDIDATES = 0  # ANN: 0 asks one index per space; N re-scores each part's N nearest standard rows (ann-1m.md)
-DEFAULT_EF = 128  # HNSW: candidates a search walks (efSearch); recall@32 0.98 on 141k real rows (graph-141k.md)
+DEFAULT_EF = 128  # HNSW: rows a search walks (efSearch); the default's recall@10 0.994, 141k real rows (graph-141k.md)
 DEFAULT_NPROBES = 60  # recall of the final mrag top 10 >= 0.96 at 1M even with overlapping clusters (scale-hard.md)
 
 

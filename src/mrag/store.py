@@ -36,6 +36,7 @@ from mrag.manifest import READABLE_FORMATS, Manifest
 from mrag.matrix import Matrix, head_units, load_matrix, read_ranges
 from mrag.rows import VectorColumn, chunk_schema, fixed, quote, space_column, vector_columns
 from mrag.scales import ScaleSums, split_unit
+from mrag.settings import GRAPH_INDEX
 
 __all__ = ["CHUNKS", "MANIFEST", "READ_TRIES", "Store", "StoreError"]
 
@@ -380,7 +381,8 @@ class Store:
             stats.add(norms[:, None], units[:, None, :])
             self.spaces.append(dict(entry))
         self.chunks.add(table, mode="overwrite")  # a rewrite: LanceDB's vector indexes are gone with it
-        self.manifest = self.manifest.replace(ann=None)
+        if (self.manifest.ann or {}).get("index_type") != GRAPH_INDEX:  # HNSW graphs are rebuilt by maintenance
+            self.manifest = self.manifest.replace(ann=None)
 
     def _save_manifest(self) -> None:
         """The commit point: record the table version and the sums that belong to it."""

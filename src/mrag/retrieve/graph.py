@@ -19,24 +19,27 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from mrag.locking import is_local, local_path
 from mrag.matrix import Matrix
 from mrag.retrieve.ann import query_vector
 from mrag.retrieve.types import QueryVectors, Ranker, Voter
-from mrag.settings import DEFAULT_EF
+from mrag.settings import DEFAULT_EF, GRAPH_INDEX
 
-INDEX_TYPE = "HNSW"
+INDEX_TYPE = GRAPH_INDEX
 FOLDER = "graphs"
 LINKS = 32  # HNSW's M: neighbours per row (twice as many on the bottom layer)
 NARROW_LINKS, NARROW = 16, 64  # spaces of at most 64 dims (heads): half the links' bytes, the same recall
 BUILD_DEPTH = 64  # efConstruction
 STALE_SHARE = 0.02  # `update` extends the graphs once more than this share of the rows is past them
 RESCORED = 2  # a search re-scores RESCORED x c rows of each graph in fp32 and keeps c
+FINGERPRINT = 8  # floats of each row's standard vector in the digest that ties graphs to rows
 ADD_ROWS = 65_536  # rows added to a graph at a time (bounds the float copy of the 8-bit build)
 
 
@@ -48,12 +51,15 @@ def require_faiss() -> Any:
     return faiss
 
 
-def ids_digest(ids: np.ndarray) -> str:
-    """A digest of the chunk ids in row order: a graph fits a matrix whose first ids digest the same."""
+def rows_digest(ids: np.ndarray, standard: np.ndarray) -> str:
+    """A digest of the rows in order: each chunk id and the first FINGERPRINT floats of its standard
+    vector. A graph fits a matrix whose first rows digest the same; an upsert keeps a chunk's id (and,
+    for the last document, its position) but not its vector."""
     digest = hashlib.blake2b(digest_size=16)
+    standard = standard[: len(ids)]  # the rows the ids name, of a matrix that may hold more
     for start in range(0, len(ids), 65_536):
         digest.update("\0".join(ids[start:start + 65_536]).encode())
-        digest.update(b"\1")
+        digest.update(np.ascontiguousarray(standard[start:start + 65_536, :FINGERPRINT]).tobytes())
     return digest.hexdigest()
 
 
@@ -95,7 +101,7 @@ def extend(graph: Any, vectors: np.ndarray) -> None:
 
 @dataclass
 class Graphs:
-    """The graphs of one folder: they cover the matrix's first `rows` rows, whose ids digest `digest`.
+    """The graphs of one folder: they cover the matrix's first `rows` rows, which digest to `digest`.
     A space's graph is read on its first search (`graph`): the default strategy reads the standard
     vector's alone, not the heads'."""
 
@@ -104,26 +110,42 @@ class Graphs:
     digest: str
     files: dict[str, Path]  # space -> its graph's file
     loaded: dict[str, Any] = field(default_factory=dict)  # space -> faiss index, once read
-    fitted: int = -1  # the last matrix version found to fit: its ids are not digested again
+    fitted: int = -1  # the last matrix version found to fit: its rows are not digested again
 
     def fits(self, matrix: Matrix) -> bool:
         if matrix.version != self.fitted:
-            if self.rows > len(matrix.ids) or ids_digest(matrix.ids[: self.rows]) != self.digest:
+            if self.rows > len(matrix.ids) or rows_digest(matrix.ids[: self.rows], matrix.standard) != self.digest:
                 return False
             self.fitted = matrix.version
         return True
+
+    broken: set[str] = field(default_factory=set)  # spaces whose graph could not be read: scanned instead
 
     def graph(self, space: str) -> Any:
         if space not in self.loaded:
             self.loaded[space] = require_faiss().read_index(str(self.files[space]))
         return self.loaded[space]
 
+    def usable(self, space: str) -> bool:
+        """Whether the space has a graph that reads. One that does not (removed by a newer update, cut
+        short, or no faiss here) is scanned exactly from then on, with one warning."""
+        if space not in self.files or space in self.broken:
+            return False
+        try:
+            self.graph(space)
+        except (OSError, RuntimeError, ImportError) as error:
+            self.broken.add(space)
+            warnings.warn(f"the HNSW graph of {space!r} ({self.files[space]}) cannot be read, so that space is "
+                          f"scanned exactly: {error}", RuntimeWarning, stacklevel=2)
+            return False
+        return True
+
 
 def folder(uri_path: Path) -> Path:
     return uri_path / FOLDER
 
 
-def _complete(root: Path) -> list[tuple[int, Path]]:
+def _complete_folders(root: Path) -> list[tuple[int, Path]]:
     """The complete graph folders under root, newest first: (version, path)."""
     found = []
     if root.is_dir():
@@ -142,7 +164,7 @@ def read(path: Path) -> Graphs:
 def latest(root: Path, matrix: Matrix, cached: Graphs | None = None) -> Graphs | None:
     """The newest graphs that fit `matrix` (no newer than it), reusing `cached` when that is the one;
     None when none fits (the matrix is then scanned exactly)."""
-    for version, path in _complete(root):
+    for version, path in _complete_folders(root):
         if version > matrix.version:
             continue  # written for a commit this reader has not seen yet
         if cached is not None and cached.version == version:
@@ -162,10 +184,11 @@ def write(root: Path, matrix: Matrix, graphs: dict[str, Any], rows: int) -> Grap
     faiss = require_faiss()
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
+    staging.chmod(0o755)  # mkdtemp's 0700 would hide the graphs from readers running as another user
     files = {space: f"{i}.faiss" for i, space in enumerate(graphs)}
     for space, graph in graphs.items():
         faiss.write_index(graph, str(staging / files[space]))
-    digest = ids_digest(matrix.ids[:rows])
+    digest = rows_digest(matrix.ids[:rows], matrix.standard)
     meta = {"version": matrix.version, "rows": rows, "digest": digest, "files": files, "build_depth": BUILD_DEPTH}
     (staging / "meta.json").write_text(json.dumps(meta))
     target = root / str(matrix.version)
@@ -173,7 +196,7 @@ def write(root: Path, matrix: Matrix, graphs: dict[str, Any], rows: int) -> Grap
         os.rename(staging, target)
     except OSError:
         shutil.rmtree(staging, ignore_errors=True)  # another process wrote this version's graphs
-    for _, old in _complete(root)[2:]:
+    for _, old in _complete_folders(root)[2:]:
         shutil.rmtree(old, ignore_errors=True)
     for left in root.glob(".staging-*"):  # cut short by a crash over an hour ago
         if time.time() - left.stat().st_mtime > 3600:
@@ -183,27 +206,61 @@ def write(root: Path, matrix: Matrix, graphs: dict[str, Any], rows: int) -> Grap
 
 def update(root: Path, matrix: Matrix, force: bool = False, progress: Any = None) -> Graphs | None:
     """Bring the graphs up to `matrix`: extend the newest that fits by the rows past it (when they are
-    more than STALE_SHARE of the rows, or `force`), else build every space's graph anew.
+    more than STALE_SHARE of the rows), else, or with `force`, build every space's graph anew.
     -> the graphs written, or None when the newest already serves."""
     n = len(matrix.ids)
     if n == 0:
         return None  # nothing to walk: the old graphs fit no more, and an empty matrix is scanned at once
-    current = latest(root, matrix)
     spaces = graph_spaces(matrix)
+    current = None if force else latest(root, matrix)
+    graphs, start = None, 0
     if current is not None and set(current.files) == set(spaces):
-        waiting = n - current.rows
-        if waiting == 0 or (waiting <= STALE_SHARE * n and not force):
+        if n - current.rows <= STALE_SHARE * n:
             return None
-        graphs = {space: current.graph(space) for space in spaces}
-        start = current.rows
-    else:
+        try:
+            graphs, start = {space: current.graph(space) for space in spaces}, current.rows
+        except (OSError, RuntimeError):
+            pass  # removed meanwhile by another writer's update: built anew below
+    if graphs is None:
         graphs = {space: new_graph(space_vectors(matrix, space).shape[1]) for space in spaces}
-        start = 0
     for space, graph in graphs.items():
         extend(graph, space_vectors(matrix, space)[start:])
         if progress:
             progress(space)
     return write(root, matrix, graphs, n)
+
+
+def build(store: Any, ef: int, progress: Any = None) -> dict[str, Any]:
+    """Every space's graph built anew for a local index's committed rows, then recorded as its ANN
+    type in one committed write; -> the record. (`Index.build_ann("HNSW")`.)"""
+    if not is_local(store.uri):
+        raise ValueError("HNSW graphs live in a local index folder; on object storage use an IVF index")
+    if store.packed:
+        raise ValueError("HNSW graphs need an index of mrag format 2 or later (one column per head)")
+    require_faiss()
+    maintain(store, force=True, progress=progress)  # outside the write lock: it only reads committed rows
+    with store.writing(maintain=False):
+        built = {"index_type": INDEX_TYPE, "rows": store.chunks.count_rows(), "nprobes": ef}
+        store.manifest = store.manifest.replace(ann=built)
+    maintain(store)  # rows another writer committed meanwhile
+    return built
+
+
+def maintain(store: Any, force: bool = False, progress: Any = None) -> Graphs | None:
+    """Bring a local index's graphs up to its committed rows (`update`; `force`: anew). After a write
+    a failure (no faiss in this process, a full disk) leaves the committed rows as they are: it is
+    warned, and searches scan exactly what no graph covers."""
+    store.refresh()
+    matrix = store.matrix(refresh=False)
+    try:
+        return update(folder(local_path(store.uri)), matrix, force, progress)
+    except (ImportError, OSError, RuntimeError) as error:
+        if force:
+            raise
+        warnings.warn(f"the HNSW graphs of {store.uri} were not updated ({error}); searches scan the rows they do "
+                      "not cover exactly until `mrag index --build-ann --ann-index HNSW`", RuntimeWarning,
+                      stacklevel=2)
+        return None
 
 
 class GraphRanker:
@@ -219,7 +276,7 @@ class GraphRanker:
     def __call__(self, chosen: list[Voter], queries: list[QueryVectors], c: int) -> tuple[np.ndarray, np.ndarray]:
         ranking = np.full((len(queries), len(chosen), c), -1, dtype=np.int64)
         sims = np.full((len(queries), len(chosen), c), -np.inf)
-        walked = [s for s, v in enumerate(chosen) if v.name in self.graphs.files and self._readable(v.name)]
+        walked = [s for s, v in enumerate(chosen) if self.graphs.usable(v.name)]
         scanned = [s for s in range(len(chosen)) if s not in walked]
         if scanned:
             ranking[:, scanned], sims[:, scanned] = self.exact([chosen[s] for s in scanned], queries, c)
@@ -227,15 +284,6 @@ class GraphRanker:
             vectors = np.stack([query_vector(chosen[s], q) for q in queries])  # (P, d)
             ranking[:, s], sims[:, s] = self._walk(chosen[s].name, vectors, c)
         return ranking, sims
-
-    def _readable(self, space: str) -> bool:
-        """Whether the space's graph is read (or can be): its folder may have gone since it was found,
-        replaced by a newer update's; the space is then scanned, and the next search finds the new one."""
-        try:
-            self.graphs.graph(space)
-        except (OSError, RuntimeError):
-            return False
-        return True
 
     def _walk(self, space: str, vectors: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
         """One space, every part: the graph's c best rows and the rows past it, re-scored. (P, d) -> (P, c) x 2"""

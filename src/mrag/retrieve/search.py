@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from mrag.embed.base import HeadEmbedder
-from mrag.locking import local_path
+from mrag.locking import is_local, local_path
 from mrag.matrix import Matrix
 from mrag.retrieve import ann, fulltext, graph
 from mrag.retrieve import strategies as retrieve
@@ -171,7 +171,7 @@ def _graph_ranker(
     graphs that fit it (`graph.latest`), or scanned exactly when none does or `exact` asks."""
     matrix = store.matrix(refresh=False, heads=heads)
     ranked: retrieve.Ranker = Exact(matrix.standard, matrix.heads, matrix.extra)
-    if not exact:
+    if not exact and is_local(store.uri):  # graphs are only built beside a local index
         store.graphs = graph.latest(graph.folder(local_path(store.uri)), matrix, store.graphs)
         if store.graphs is not None:
             ranked = graph.GraphRanker(matrix, store.graphs, ranked, ef or built.get("nprobes", graph.DEFAULT_EF))
