@@ -15,8 +15,16 @@ target 2).
    round; p50/p99 per query and recall@10 against exact (synthetic: noise around 2,000 centres, a hard
    case for a graph).
 
+   With `--heads` every space's graph is built (as `build_ann` builds them), and `--append N` then times
+   a write of N more rows and its graph maintenance (`graph.maintain`: the matrix read again, the graphs
+   extended and written).
+
 Run: python benchmarks/bench_graph.py --real --cache DIR [--efs 32,64,128,256] [--name graph-141k]
-     python benchmarks/bench_graph.py --synthetic --rows 1000000 [--queries 32 --rounds 3] [--name graph-1m]
+     python benchmarks/bench_graph.py --synthetic --rows 1000000 [--queries 32 --rounds 3] [--heads] [--append N]
+The committed results: `graph-141k` from `--real --cache DIR` (DIR as above); `graph-1m` from `--synthetic
+--rows 1000000 --queries 32 --rounds 3 --efs 64,128 --strategy standard,segment+standard,segment-bm25 --name
+graph-1m`; `graph-1m-heads` from the same with `--efs 128 --strategy standard,segment+standard,segment-bm25,mrag
+--heads --append 25000 --name graph-1m-heads`.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from _common import machine, markdown_table, peak_rss_mb, percentiles_ms, rss_mb, time_calls, write_results
 from bench_ann_1m import CACHE, DATA, build_real, man_queries, real_queries, recall, vote_ids
 from bench_scale import ClusteredEmbedder, queries
@@ -38,6 +47,7 @@ from mrag.retrieve import graph
 from mrag.retrieve import strategies as retrieve
 from mrag.retrieve.exact import Exact
 from mrag.retrieve.fulltext import FullTextRanker
+from mrag.rows import build_rows, chunk_schema
 
 STRATEGIES = ["standard", "segment+standard", "segment-bm25", "mrag"]
 
@@ -101,7 +111,22 @@ def real_part(cache: Path, efs: list[int], strategies: list[str], man_query_coun
             "graph_bytes": disk, "table": rows}
 
 
-def synthetic_part(n: int, n_queries: int, efs: list[int], rounds: int, strategies: list[str]) -> dict[str, Any]:
+def append_rows(index: Any, first: int, m: int) -> None:
+    """m more synthetic rows, as `bench_scale.build` writes them, in one commit."""
+    embedder = ClusteredEmbedder()
+    standard, heads = embedder.sample(np.random.default_rng(first), m)
+    ids = [f"c{i}" for i in range(first, first + m)]
+    with index.store.writing(maintain=False):
+        index.store.add(build_rows(
+            ids=ids, doc_ids=ids, sources=["synthetic"] * m, titles=[""] * m, positions=[0] * m,
+            texts=[f"chunk {i}" for i in range(first, first + m)], metadata=[{}] * m, doc_hashes=["x"] * m,
+            standard=standard, heads=heads, schema=chunk_schema(embedder.dim, embedder.n_heads, embedder.head_dim),
+        ))
+
+
+def synthetic_part(
+    n: int, n_queries: int, efs: list[int], rounds: int, strategies: list[str], heads: bool = False, append: int = 0,
+) -> dict[str, Any]:
     texts = queries(n_queries)
     with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
         start = time.perf_counter()
@@ -110,17 +135,18 @@ def synthetic_part(n: int, n_queries: int, efs: list[int], rounds: int, strategi
         print(f"built {n} rows in {time.perf_counter() - start:.0f} s", flush=True)
         store = index.store
         before = rss_mb()
-        matrix = store.matrix(heads=False)
+        matrix = store.matrix(heads=heads)
         matrix_mb = round(rss_mb() - before)
-        start = time.perf_counter()
-        graph.update(graph.folder(local_path(store.uri)), matrix, force=True)
+        start, built_at = time.perf_counter(), {}
+        graph.update(graph.folder(local_path(store.uri)), matrix, force=True,
+                     progress=lambda s: built_at.setdefault(s, round(time.perf_counter() - start, 1)))
         build_s = round(time.perf_counter() - start, 1)
         with store.writing(maintain=False):  # the manifest's record, as build_ann writes it
             store.manifest = store.manifest.replace(ann={"index_type": "HNSW", "rows": n, "nprobes": graph.DEFAULT_EF})
         store.graphs = None
-        index.search_many(texts[:1], 10, "standard")  # loads the graphs
+        index.search_many(texts[:1], 10, "mrag" if heads else "standard")  # reads the graphs it walks
         graphs_mb = round(rss_mb() - before - matrix_mb)
-        print(f"standard graph in {build_s} s; matrix {matrix_mb} MB, graph {graphs_mb} MB resident", flush=True)
+        print(f"graphs in {build_s} s ({built_at}); matrix {matrix_mb} MB, graphs {graphs_mb} MB resident", flush=True)
         configs: list[tuple[str, bool, int | None]] = [(s, True, None) for s in strategies]
         configs += [(s, False, ef) for ef in efs for s in strategies]
         exact = {s: [[h.id for h in hits] for hits in index.search_many(texts, 10, s, exact=True)] for s in strategies}
@@ -148,8 +174,18 @@ def synthetic_part(n: int, n_queries: int, efs: list[int], rounds: int, strategi
             scan = next(x for x in rows if x["batch"] == r["batch"] and x["strategy"] == r["strategy"] and not x["ef"])
             r["speedup vs exact"] = round(scan["p50_ms"] / r["p50_ms"], 2)
             print(r, flush=True)
-    return {"rows": n, "queries": n_queries, "rounds": rounds, "build_s": build_s, "matrix_mb": matrix_mb,
-            "graph_mb": graphs_mb, "table": rows}
+        appended = {}
+        if append:  # a write's maintenance: the matrix read again, the graphs extended and written
+            append_rows(index, n, append)
+            start = time.perf_counter()
+            written = graph.maintain(store)
+            appended = {"rows": append, "maintain_s": round(time.perf_counter() - start, 1),
+                        "extended": written is not None and written.rows == n + append}
+            print("appended", appended, flush=True)
+        disk = sum(p.stat().st_size for p in graph.folder(local_path(store.uri)).rglob("*") if p.is_file())
+    return {"rows": n, "queries": n_queries, "rounds": rounds, "build_s": build_s, "built_at_s": built_at,
+            "matrix_mb": matrix_mb, "graph_mb": graphs_mb, "graph_files_mb": round(disk / 2**20), "appended": appended,
+            "table": rows}
 
 
 def main() -> None:
@@ -163,6 +199,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--efs", default="32,64,128,256")
     parser.add_argument("--strategy", default=",".join(STRATEGIES))
+    parser.add_argument("--heads", action="store_true", help="synthetic: graphs for the heads too (as build_ann)")
+    parser.add_argument("--append", type=int, default=0, help="synthetic: then time a write of this many rows")
     parser.add_argument("--name", default="graph")
     args = parser.parse_args()
     efs = [int(e) for e in args.efs.split(",")]
@@ -186,12 +224,16 @@ def main() -> None:
                                            "recall@10, untied", "p50_ms", "p99_ms", "n"]),
                ""]
     if args.synthetic:
-        out["synthetic"] = s = synthetic_part(args.rows, args.queries, efs, args.rounds, strategies)
+        out["synthetic"] = s = synthetic_part(args.rows, args.queries, efs, args.rounds, strategies, args.heads,
+                                              args.append)
         md += [f"## Speed at {s['rows']} synthetic rows ({s['queries']} queries x {s['rounds']} rounds, interleaved)",
                "",
-               f"The standard vector's graph built in {s['build_s']} s; resident: matrix (no heads) "
-               f"{s['matrix_mb']} MB, graph {s['graph_mb']} MB. `Index.search_many` end to end (queries embedded "
-               "by the synthetic embedder).", "",
+               f"Graphs built in {s['build_s']} s (cumulative s after each space: {s['built_at_s']}); "
+               f"resident: matrix{'' if args.heads else ' (no heads)'} {s['matrix_mb']} MB, graphs {s['graph_mb']} "
+               f"MB; graph files {s['graph_files_mb']} MiB (the folders kept at the end: two after a write). "
+               "A write of more rows, then its graph maintenance "
+               f"(`graph.maintain`): {s['appended'] or 'not timed'}. `Index.search_many` end to end (queries "
+               "embedded by the synthetic embedder).", "",
                markdown_table(s["table"], ["strategy", "path", "ef", "batch", "p50_ms", "p99_ms", "n",
                                            "recall@10 (synthetic)", "vs standard", "speedup vs exact"]), ""]
     load = __import__("os").getloadavg()
