@@ -264,3 +264,12 @@ def test_another_type_replaces_hnsw_only_when_built(graph_index):
     assert graph_index.info()["ann"]["index_type"] == "HNSW"
     built = graph_index.maintain_ann(force=True)
     assert built == {"index_type": "IVF_FLAT", "rows": 155, "nprobes": 60}  # not HNSW's ef 128
+
+
+def test_graph_maintenance_leaves_a_default_readers_matrix_without_heads(graph_index):
+    graph_index.search(QUERIES[0])  # the default strategy: the matrix without heads
+    assert graph_index.store._matrix is not None and graph_index.store._matrix.heads.shape[2] == 0
+    graph_index.add(docs(170, 150))  # its maintenance reads the heads, and keeps them no longer
+    kept = graph_index.store._matrix
+    assert kept is None or kept.heads.shape[2] == 0
+    assert graph.latest(root(graph_index), graph_index.store.matrix(heads=False)).rows == 170

@@ -221,22 +221,25 @@ class Store:
         table = self.rows(f"doc_id IN ({quote(doc_ids)})", ["doc_id", "doc_hash"])
         return dict(zip(table["doc_id"].to_pylist(), table["doc_hash"].to_pylist()))
 
-    def matrix(self, refresh: bool = True, heads: bool = True) -> Matrix:
+    def matrix(self, refresh: bool = True, heads: bool = True, keep: bool = True) -> Matrix:
         """Every committed row's vectors in memory, reloaded only after a new committed write
         (`refresh=False`: the caller has just refreshed the manifest). Without `heads` the head vectors
-        are left out (half the memory: the strategies that do not vote with them), until asked for."""
+        are left out (half the memory: the strategies that do not vote with them), until asked for.
+        `keep=False` reads one that is not kept for later searches (a write's graph maintenance)."""
         if refresh:
             self.refresh()
         matrix = self._matrix
         if matrix is None or matrix.version != self.committed_version or (heads and not matrix.has_heads):
-            self._matrix = None  # the old one goes before the new one is read
+            if keep:
+                self._matrix = None  # the old one goes before the new one is read
             snapshot = self.snapshot()  # its version, not committed_version: another thread may refresh that
             columns = [c.column for c in self.vector_columns(committed=True)
                        if heads or not c.column.startswith("head")]  # head_i, or format 1's packed heads
             n = snapshot.count_rows()
-            matrix = self._matrix = load_matrix(snapshot, read_ranges(snapshot, ["id", *columns], n), n, self.dim,
-                                                self.n_heads, self.head_dim, self.packed, self.committed_space_dims(),
-                                                with_heads=heads)
+            matrix = load_matrix(snapshot, read_ranges(snapshot, ["id", *columns], n), n, self.dim, self.n_heads,
+                                 self.head_dim, self.packed, self.committed_space_dims(), with_heads=heads)
+            if keep:
+                self._matrix = matrix
         return matrix
 
     # --- writing -------------------------------------------------------------------------

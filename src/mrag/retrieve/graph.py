@@ -251,7 +251,7 @@ def maintain(store: Any, force: bool = False, progress: Any = None) -> Graphs | 
     a failure (no faiss in this process, a full disk) leaves the committed rows as they are: it is
     warned, and searches scan exactly what no graph covers."""
     store.refresh()
-    matrix = store.matrix(refresh=False)
+    matrix = store.matrix(refresh=False, keep=False)  # a server that searches without heads keeps its own
     try:
         return update(folder(local_path(store.uri)), matrix, force, progress)
     except (ImportError, OSError, RuntimeError) as error:
