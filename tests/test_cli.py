@@ -271,6 +271,11 @@ def test_hnsw_graphs_from_the_command_line(db):
     assert [h["id"] for h in lines(mrag(*query))] == exact  # 4 rows: the walk reaches them all
     assert [h["id"] for h in lines(mrag(*query, "--nprobes", "8"))] == exact
     assert (Path(db) / "graphs").is_dir()
+    only = lines(mrag("index", "--build-ann", "--ann-index", "HNSW", "--ann-spaces", "standard", "--db", db))[0]
+    assert only["ann"] == {**built, "spaces": ["standard"]}
+    assert [h["id"] for h in lines(mrag(*query))] == exact
+    refused = mrag("index", "--build-ann", "--ann-spaces", "standard", "--db", db, ok=False)
+    assert refused.exit_code == 2 and "--ann-index HNSW" in refused.stderr
 
 
 def test_ann_indexes_built_automatically_past_the_threshold(tmp_path, corpus, reuse_minilm):

@@ -273,3 +273,30 @@ def test_graph_maintenance_leaves_a_default_readers_matrix_without_heads(graph_i
     kept = graph_index.store._matrix
     assert kept is None or kept.heads.shape[2] == 0
     assert graph.latest(root(graph_index), graph_index.store.matrix(heads=False)).rows == 170
+
+
+def test_graphs_of_chosen_spaces_only(tmp_path):
+    index = Index.open(tmp_path / "db", embedder=SeededEmbedder())
+    index.add(docs(150))
+    built = index.build_ann("HNSW", spaces=["standard", "head:2"])
+    assert built == {"index_type": "HNSW", "rows": 150, "nprobes": 128, "spaces": ["standard", "head:2"]}
+    found = graph.latest(root(index), index.store.matrix())
+    assert set(found.files) == {"standard", "head:2"}
+    for strategy in STRATEGIES:  # the other heads are scanned exactly
+        assert same(index, strategy), strategy
+    index.add(docs(170, 150))  # writes keep the same spaces' graphs up
+    found = graph.latest(root(index), index.store.matrix())
+    assert found.rows == 170 and set(found.files) == {"standard", "head:2"}
+    assert index.maintain_ann(force=True)["spaces"] == ["standard", "head:2"]  # a rebuild keeps the choice
+    assert index.build_ann("HNSW", spaces=["heads"])["spaces"] == [f"head:{i}" for i in range(4)]
+
+
+def test_bad_space_choices_change_nothing(graph_index):
+    before = graph_index.info()["ann"]
+    with pytest.raises(ValueError, match="no space 'head:9'"):
+        graph_index.build_ann("HNSW", spaces=["standard", "head:9"])
+    with pytest.raises(ValueError, match="name at least one space"):
+        graph_index.build_ann("HNSW", spaces=[])
+    with pytest.raises(ValueError, match="for the HNSW type"):
+        graph_index.build_ann("IVF_FLAT", spaces=["standard"])
+    assert graph_index.info()["ann"] == before and len(folders(graph_index)) == 1

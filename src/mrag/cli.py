@@ -53,6 +53,9 @@ def cli() -> None:
 @click.option("--ann-nprobes", type=click.IntRange(min=1), default=None,
               help=f"IVF partitions (or HNSW's ef) each ANN search reads by default; more: slower, closer to "
                    f"exact [default: {DEFAULT_NPROBES}, HNSW {DEFAULT_EF}].")
+@click.option("--ann-spaces", default=None, metavar="SPACE,...",
+              help="HNSW: the spaces that get a graph (standard, heads, head:I, a label; default: every one); "
+                   "the default strategy needs 'standard' alone, the others are scanned exactly.")
 @click.option("--ann-threshold", type=click.IntRange(min=0), default=ANN_THRESHOLD, show_default=True,
               help="Build the ANN indexes automatically from this many chunks (0 = never).")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
@@ -63,8 +66,8 @@ def cli() -> None:
 def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None, pooling: str | None,
           chunk_chars: int | None, overlap: int | None, text_field: str, id_field: str, query_instruction: str,
           document_instruction: str, device: str, dtype: str, spaces: tuple[str, ...], build_ann: bool,
-          ann_index: str | None, ann_nprobes: int | None, ann_threshold: int, ray_address: str | None, workers: int,
-          plain: bool) -> None:
+          ann_index: str | None, ann_nprobes: int | None, ann_spaces: str | None, ann_threshold: int,
+          ray_address: str | None, workers: int, plain: bool) -> None:
     """Index files and folders (.txt .md .html .json .jsonl .pdf) into DB.
 
     Changed files are re-embedded, unchanged ones skipped; files in folders that cannot be read are
@@ -86,7 +89,10 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
     if query_instruction or document_instruction:
         options |= {"query_instruction": query_instruction, "document_instruction": document_instruction}
     report: AddReport
-    policy = AnnPolicy(ann_threshold, ann_index, ann_nprobes)
+    if ann_spaces is not None and ann_index != "HNSW":
+        raise click.UsageError("--ann-spaces chooses the spaces of HNSW graphs: give it with --ann-index HNSW")
+    chosen = tuple(s.strip() for s in ann_spaces.split(",") if s.strip()) if ann_spaces is not None else None
+    policy = AnnPolicy(ann_threshold, ann_index, ann_nprobes, chosen)
     if ray_address is not None:
         from mrag.distributed import RayJobError, index_with_ray
         from mrag.store import Store

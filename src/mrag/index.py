@@ -286,7 +286,8 @@ class Index:
                 return None
         index_type = policy.index_type or built.get("index_type", ann.DEFAULT_INDEX)
         same = index_type == built.get("index_type")  # an IVF index's nprobes is no HNSW ef, and back
-        return self.build_ann(index_type, policy.nprobes or (built.get("nprobes") if same else None))
+        return self.build_ann(index_type, policy.nprobes or (built.get("nprobes") if same else None),
+                              spaces=policy.spaces or (built.get("spaces") if same else None))
 
     def maintain_fulltext(self, force: bool = False) -> bool:
         """Build the full-text (BM25) index on the chunk text when there is none, or once the rows it
@@ -297,11 +298,15 @@ class Index:
 
     def build_ann(
         self, index_type: str = ann.DEFAULT_INDEX, nprobes: int | None = None,
-        progress: Callable[[str], None] | None = None,
+        progress: Callable[[str], None] | None = None, spaces: Sequence[str] | None = None,
     ) -> dict:
         """Build (or rebuild) an ANN index on every space's column, in one committed write;
         `nprobes` is recorded as the searches' default (IVF partitions, or HNSW's ef; None: the
-        type's default). HNSW builds in-process graphs beside the table (`mrag.retrieve.graph`)."""
+        type's default). HNSW builds in-process graphs beside the table (`mrag.retrieve.graph`), of
+        every space or of those in `spaces` ("standard", "heads", "head:I", a label); the others are
+        scanned exactly (the default strategy needs the standard vector's graph alone)."""
+        if spaces is not None and index_type != graph.INDEX_TYPE:
+            raise ValueError("choosing the spaces to index is for the HNSW type; LanceDB's indexes cover every space")
         if nprobes is None:
             nprobes = graph.DEFAULT_EF if index_type == graph.INDEX_TYPE else ann.DEFAULT_NPROBES
         if nprobes <= 0:
@@ -311,7 +316,7 @@ class Index:
         if store.count() == 0:
             raise ValueError("the index is empty: add documents before building ANN indexes")
         if index_type == graph.INDEX_TYPE:
-            return graph.build(store, nprobes, progress)
+            return graph.build(store, nprobes, progress, spaces)
         with store.writing():
             ann.build(store.chunks, columns, index_type, progress)
             built = {"index_type": index_type, "rows": store.chunks.count_rows(), "nprobes": nprobes}

@@ -85,3 +85,4 @@ class AnnPolicy:
     threshold: int = ANN_THRESHOLD
     index_type: str | None = None
     nprobes: int | None = None
+    spaces: tuple[str, ...] | None = None  # HNSW: the spaces that get a graph (None: every one)

@@ -20,6 +20,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,10 +73,24 @@ def space_vectors(matrix: Matrix, space: str) -> np.ndarray:
     return matrix.extra[space]
 
 
-def graph_spaces(matrix: Matrix) -> list[str]:
-    """The spaces a graph is built for: the standard vector, each loaded head, each external space."""
-    heads = [f"head:{i}" for i in range(matrix.heads.shape[0])] if matrix.heads.shape[2] > 0 else []
-    return ["standard", *heads, *matrix.extra]
+def graph_spaces(matrix: Matrix, only: Sequence[str] | None = None) -> list[str]:
+    """The spaces a graph is built for: every space (the standard vector, each head, each external
+    space), or those named in `only` ("heads": every head).  ["standard", "heads"] -> standard, head:0..H-1"""
+    heads = [f"head:{i}" for i in range(matrix.heads.shape[0])]
+    every = ["standard", *heads, *matrix.extra]
+    if only is None:
+        return every
+    wanted = {h for name in only for h in (heads if name == "heads" else [name])}
+    unknown = sorted(wanted - set(every))
+    if unknown or not wanted:
+        raise ValueError(f"no space {unknown[0]!r} to build a graph for; choose among standard, heads, "
+                         f"{', '.join(every[1:])}" if unknown else "name at least one space to build a graph for")
+    return [name for name in every if name in wanted]
+
+
+def needs_heads(only: Sequence[str] | None) -> bool:
+    """Whether graphs of these spaces (None: every one) need the matrix's heads."""
+    return only is None or any(name == "heads" or name.startswith("head:") for name in only)
 
 
 def new_graph(dim: int) -> Any:
@@ -204,14 +219,16 @@ def write(root: Path, matrix: Matrix, graphs: dict[str, Any], rows: int) -> Grap
     return Graphs(matrix.version, rows, digest, {s: target / f for s, f in files.items()}, dict(graphs))
 
 
-def update(root: Path, matrix: Matrix, force: bool = False, progress: Any = None) -> Graphs | None:
-    """Bring the graphs up to `matrix`: extend the newest that fits by the rows past it (when they are
-    more than STALE_SHARE of the rows), else, or with `force`, build every space's graph anew.
-    -> the graphs written, or None when the newest already serves."""
+def update(
+    root: Path, matrix: Matrix, force: bool = False, progress: Any = None, only: Sequence[str] | None = None
+) -> Graphs | None:
+    """Bring the graphs of the spaces in `only` (None: every space) up to `matrix`: extend the newest
+    that fits by the rows past it (when they are more than STALE_SHARE of the rows), else, or with
+    `force`, build them anew. -> the graphs written, or None when the newest already serves."""
     n = len(matrix.ids)
     if n == 0:
         return None  # nothing to walk: the old graphs fit no more, and an empty matrix is scanned at once
-    spaces = graph_spaces(matrix)
+    spaces = graph_spaces(matrix, only)
     current = None if force else latest(root, matrix)
     graphs, start = None, 0
     if current is not None and set(current.files) == set(spaces):
@@ -230,31 +247,39 @@ def update(root: Path, matrix: Matrix, force: bool = False, progress: Any = None
     return write(root, matrix, graphs, n)
 
 
-def build(store: Any, ef: int, progress: Any = None) -> dict[str, Any]:
-    """Every space's graph built anew for a local index's committed rows, then recorded as its ANN
-    type in one committed write; -> the record. (`Index.build_ann("HNSW")`.)"""
+def build(store: Any, ef: int, progress: Any = None, only: Sequence[str] | None = None) -> dict[str, Any]:
+    """The graphs of every space, or of those in `only` (the others are scanned exactly), built anew for
+    a local index's committed rows, then recorded as its ANN type in one committed write; -> the
+    record. (`Index.build_ann("HNSW")`.)"""
     if not is_local(store.uri):
         raise ValueError("HNSW graphs live in a local index folder; on object storage use an IVF index")
     if store.packed:
         raise ValueError("HNSW graphs need an index of mrag format 2 or later (one column per head)")
     require_faiss()
-    maintain(store, force=True, progress=progress)  # outside the write lock: it only reads committed rows
+    store.refresh()
+    matrix = store.matrix(refresh=False, heads=needs_heads(only), keep=False)
+    spaces = graph_spaces(matrix, only)  # checked before anything is built
+    update(folder(local_path(store.uri)), matrix, True, progress, spaces)  # outside the write lock: reads only
+    del matrix
     with store.writing(maintain=False):
         built = {"index_type": INDEX_TYPE, "rows": store.chunks.count_rows(), "nprobes": ef}
-        store.manifest = store.manifest.replace(ann=built)
+        store.manifest = store.manifest.replace(ann=built if only is None else {**built, "spaces": spaces})
     maintain(store)  # rows another writer committed meanwhile
-    return built
+    return store.manifest.ann  # type: ignore[no-any-return]
 
 
 def maintain(store: Any, force: bool = False, progress: Any = None) -> Graphs | None:
-    """Bring a local index's graphs up to its committed rows (`update`; `force`: anew). After a write
-    a failure (no faiss in this process, a full disk) leaves the committed rows as they are: it is
-    warned, and searches scan exactly what no graph covers."""
+    """Bring a local index's graphs (of the spaces its ANN record names; all when it names none) up to
+    its committed rows (`update`; `force`: anew). After a write a failure (no faiss in this process, a
+    full disk) leaves the committed rows as they are: it is warned, and searches scan exactly what no
+    graph covers."""
     store.refresh()
-    matrix = store.matrix(refresh=False, keep=False)  # a server that searches without heads keeps its own
+    only = (store.manifest.ann or {}).get("spaces")
+    # read without keeping it: a server that searches without heads keeps its own
+    matrix = store.matrix(refresh=False, heads=needs_heads(only), keep=False)
     try:
-        return update(folder(local_path(store.uri)), matrix, force, progress)
-    except (ImportError, OSError, RuntimeError) as error:
+        return update(folder(local_path(store.uri)), matrix, force, progress, only)
+    except (ImportError, OSError, RuntimeError, ValueError) as error:
         if force:
             raise
         warnings.warn(f"the HNSW graphs of {store.uri} were not updated ({error}); searches scan the rows they do "
