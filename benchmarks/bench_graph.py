@@ -42,7 +42,6 @@ from bench_ann_1m import CACHE, DATA, build_real, man_queries, real_queries, rec
 from bench_scale import ClusteredEmbedder, queries
 from bench_scale import build as build_synthetic
 
-from mrag.locking import local_path
 from mrag.retrieve import graph
 from mrag.retrieve import strategies as retrieve
 from mrag.retrieve.exact import Exact
@@ -61,6 +60,16 @@ def tie_at_cut(index: Any, strategy: str, ranker: Any, parts: list[Any], k: int 
     return len(result.scores) > k and abs(float(result.scores[k - 1]) - float(result.scores[k])) < 1e-5
 
 
+def timed_votes(index: Any, strategy: str, ranker: Any, qs: list[Any], ids: Any) -> tuple[list[list[str]], list[float]]:
+    """Each query's top 10 by `ranker` and the seconds each took (ranking and vote)."""
+    found, times = [], []
+    for parts in qs:
+        start = time.perf_counter()
+        found.append(vote_ids(index, strategy, ranker, parts, ids))
+        times.append(time.perf_counter() - start)
+    return found, times
+
+
 def real_part(cache: Path, efs: list[int], strategies: list[str], man_query_count: int) -> dict[str, Any]:
     files = sorted(cache.glob("real-*.npz")) + sorted(cache.glob("man-[0-9]*.npz"))
     if not files:
@@ -74,7 +83,7 @@ def real_part(cache: Path, efs: list[int], strategies: list[str], man_query_coun
         index.build_ann("HNSW", progress=lambda s: print("graph", s, round(time.perf_counter() - start), flush=True))
         build_s = round(time.perf_counter() - start, 1)
         matrix = index.store.matrix()
-        graphs = graph.latest(graph.folder(local_path(index.store.uri)), matrix)
+        graphs = graph.latest(graph.folder(index.store.uri), matrix)
         assert graphs is not None and graphs.rows == n
         exact = Exact(matrix.standard, matrix.heads)
         exact_ranker = FullTextRanker(exact, matrix.table, ids=matrix.ids, cache=True)
@@ -82,11 +91,7 @@ def real_part(cache: Path, efs: list[int], strategies: list[str], man_query_coun
         for name, qs in query_sets.items():
             for s in strategies:
                 vote_ids(index, s, exact_ranker, qs[0], matrix.ids)  # warm: bf16 copies, full-text cache
-                times, truth = [], []
-                for parts in qs:
-                    t = time.perf_counter()
-                    truth.append(vote_ids(index, s, exact_ranker, parts, matrix.ids))
-                    times.append(time.perf_counter() - t)
+                truth, times = timed_votes(index, s, exact_ranker, qs, matrix.ids)
                 tied = [tie_at_cut(index, s, exact_ranker, parts) for parts in qs]
                 rows.append({"rows": n, "queries": name, "strategy": s, "path": "exact scan", "ef": "",
                              "recall@10": 1.0, "tied at the cut": sum(tied), "recall@10, untied": 1.0,
@@ -95,18 +100,14 @@ def real_part(cache: Path, efs: list[int], strategies: list[str], man_query_coun
                 for ef in efs:
                     ranker = FullTextRanker(graph.GraphRanker(matrix, graphs, exact, ef), matrix.table,
                                             ids=matrix.ids, cache=True)
-                    times, found = [], []
-                    for parts in qs:
-                        t = time.perf_counter()
-                        found.append(vote_ids(index, s, ranker, parts, matrix.ids))
-                        times.append(time.perf_counter() - t)
+                    found, times = timed_votes(index, s, ranker, qs, matrix.ids)
                     untied = [i for i, t in enumerate(tied) if not t]
                     rows.append({"rows": n, "queries": name, "strategy": s, "path": "HNSW graphs", "ef": ef,
                                  "recall@10": recall(found, truth), "tied at the cut": sum(tied),
                                  "recall@10, untied": recall([found[i] for i in untied], [truth[i] for i in untied]),
                                  **percentiles_ms(times)})
                     print(rows[-1], flush=True)
-        disk = sum(p.stat().st_size for p in graph.folder(local_path(index.store.uri)).rglob("*") if p.is_file())
+        disk = sum(p.stat().st_size for p in graph.folder(index.store.uri).rglob("*") if p.is_file())
     return {"rows": n, "queries": {k: len(v) for k, v in query_sets.items()}, "build_s": build_s,
             "graph_bytes": disk, "table": rows}
 
@@ -138,7 +139,7 @@ def synthetic_part(
         matrix = store.matrix(heads=heads)
         matrix_mb = round(rss_mb() - before)
         start, built_at = time.perf_counter(), {}
-        graph.update(graph.folder(local_path(store.uri)), matrix, force=True,
+        graph.update(graph.folder(store.uri), matrix, force=True,
                      progress=lambda s: built_at.setdefault(s, round(time.perf_counter() - start, 1)))
         build_s = round(time.perf_counter() - start, 1)
         with store.writing(maintain=False):  # the manifest's record, as build_ann writes it
@@ -182,7 +183,7 @@ def synthetic_part(
             appended = {"rows": append, "maintain_s": round(time.perf_counter() - start, 1),
                         "extended": written is not None and written.rows == n + append}
             print("appended", appended, flush=True)
-        disk = sum(p.stat().st_size for p in graph.folder(local_path(store.uri)).rglob("*") if p.is_file())
+        disk = sum(p.stat().st_size for p in graph.folder(store.uri).rglob("*") if p.is_file())
     return {"rows": n, "queries": n_queries, "rounds": rounds, "build_s": build_s, "built_at_s": built_at,
             "matrix_mb": matrix_mb, "graph_mb": graphs_mb, "graph_files_mb": round(disk / 2**20), "appended": appended,
             "table": rows}

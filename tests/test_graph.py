@@ -14,7 +14,6 @@ import pytest
 from test_ann import QUERIES, SeededEmbedder, docs
 
 from mrag.index import Index
-from mrag.locking import local_path
 from mrag.matrix import Matrix
 from mrag.retrieve import graph
 from mrag.retrieve.exact import Exact
@@ -44,7 +43,7 @@ def graph_index(tmp_path) -> Index:
 
 
 def root(index: Index):
-    return graph.folder(local_path(index.store.uri))
+    return graph.folder(index.store.uri)
 
 
 def folders(index: Index) -> list[str]:

@@ -126,6 +126,7 @@ class Graphs:
     files: dict[str, Path]  # space -> its graph's file
     loaded: dict[str, Any] = field(default_factory=dict)  # space -> faiss index, once read
     fitted: int = -1  # the last matrix version found to fit: its rows are not digested again
+    broken: set[str] = field(default_factory=set)  # spaces whose graph could not be read: scanned instead
 
     def fits(self, matrix: Matrix) -> bool:
         if matrix.version != self.fitted:
@@ -133,8 +134,6 @@ class Graphs:
                 return False
             self.fitted = matrix.version
         return True
-
-    broken: set[str] = field(default_factory=set)  # spaces whose graph could not be read: scanned instead
 
     def graph(self, space: str) -> Any:
         if space not in self.loaded:
@@ -156,8 +155,9 @@ class Graphs:
         return True
 
 
-def folder(uri_path: Path) -> Path:
-    return uri_path / FOLDER
+def folder(uri: str) -> Path:
+    """Where a local index's graphs live."""
+    return local_path(uri) / FOLDER
 
 
 def _complete_folders(root: Path) -> list[tuple[int, Path]]:
@@ -259,7 +259,7 @@ def build(store: Any, ef: int, progress: Any = None, only: Sequence[str] | None 
     store.refresh()
     matrix = store.matrix(refresh=False, heads=needs_heads(only), keep=False)
     spaces = graph_spaces(matrix, only)  # checked before anything is built
-    update(folder(local_path(store.uri)), matrix, True, progress, spaces)  # outside the write lock: reads only
+    update(folder(store.uri), matrix, True, progress, spaces)  # outside the write lock: reads only
     del matrix
     with store.writing(maintain=False):
         built = {"index_type": INDEX_TYPE, "rows": store.chunks.count_rows(), "nprobes": ef}
@@ -278,7 +278,7 @@ def maintain(store: Any, force: bool = False, progress: Any = None) -> Graphs | 
     # read without keeping it: a server that searches without heads keeps its own
     matrix = store.matrix(refresh=False, heads=needs_heads(only), keep=False)
     try:
-        return update(folder(local_path(store.uri)), matrix, force, progress, only)
+        return update(folder(store.uri), matrix, force, progress, only)
     except (ImportError, OSError, RuntimeError, ValueError) as error:
         if force:
             raise

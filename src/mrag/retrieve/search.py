@@ -9,8 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from mrag.embed.base import HeadEmbedder
-from mrag.locking import is_local, local_path
-from mrag.matrix import Matrix
+from mrag.locking import is_local
 from mrag.retrieve import ann, fulltext, graph
 from mrag.retrieve import strategies as retrieve
 from mrag.retrieve.exact import Exact
@@ -137,10 +136,9 @@ def ranker_for(
     `heads` the in-memory matrix leaves the head vectors out.
     -> (ranker, fetch: row numbers -> stored rows, how many rows)."""
     built: dict[str, Any] = store.manifest.ann or {}
-    if built.get("index_type") == graph.INDEX_TYPE:
-        return _graph_ranker(store, built, exact, nprobes, heads)
-    covered = bool(built) and not plan.base.startswith("split")  # split slices have no ANN column
-    if exact is False and not covered:
+    graphs = built.get("index_type") == graph.INDEX_TYPE  # in-process graphs over the matrix, not LanceDB's
+    covered = bool(built) and not graphs and not plan.base.startswith("split")  # split slices have no ANN column
+    if exact is False and not covered and not graphs:
         raise ValueError("no ANN index covers this search: build one with `mrag index --build-ann`, "
                          "and use a strategy other than split")
     if covered and not exact:
@@ -160,30 +158,17 @@ def ranker_for(
         # the full-text space joins the ANN ranker's numbering of the rows (`fulltext.FullTextRanker`)
         return fulltext.FullTextRanker(ranker, ranker.table, ann=ranker), by_row_id, ranker.table.count_rows()
     matrix = store.matrix(refresh=False, heads=heads)  # without the heads when no head votes
-    ranked = Exact(matrix.standard, matrix.heads, matrix.extra)
-    return fulltext.FullTextRanker(ranked, matrix.table, ids=matrix.ids), _by_offset(store, matrix), len(matrix.ids)
-
-
-def _graph_ranker(
-    store: Store, built: dict[str, Any], exact: bool | None, ef: int | None, heads: bool
-) -> tuple[retrieve.Ranker, Callable[[list[int]], dict[int, dict[str, Any]]], int]:
-    """`ranker_for` on an index whose ANN type is HNSW: the in-memory matrix, walked through the newest
-    graphs that fit it (`graph.latest`), or scanned exactly when none does or `exact` asks."""
-    matrix = store.matrix(refresh=False, heads=heads)
     ranked: retrieve.Ranker = Exact(matrix.standard, matrix.heads, matrix.extra)
-    if not exact and is_local(store.uri):  # graphs are only built beside a local index
-        store.graphs = graph.latest(graph.folder(local_path(store.uri)), matrix, store.graphs)
+    if graphs and not exact and is_local(store.uri):  # HNSW: the newest graphs that fit the matrix, if any
+        store.graphs = graph.latest(graph.folder(store.uri), matrix, store.graphs)
         if store.graphs is not None:
-            ranked = graph.GraphRanker(matrix, store.graphs, ranked, ef or built.get("nprobes", graph.DEFAULT_EF))
-    return fulltext.FullTextRanker(ranked, matrix.table, ids=matrix.ids), _by_offset(store, matrix), len(matrix.ids)
+            ranked = graph.GraphRanker(matrix, store.graphs, ranked, nprobes or built.get("nprobes", graph.DEFAULT_EF))
 
-
-def _by_offset(store: Store, matrix: Matrix) -> Callable[[list[int]], dict[int, dict[str, Any]]]:
     def by_offset(rows: list[int]) -> dict[int, dict[str, Any]]:
         found = store.take(matrix.table, HIT_COLUMNS, offsets=rows)
         return {r: found[matrix.ids[r]] for r in rows}
 
-    return by_offset
+    return fulltext.FullTextRanker(ranked, matrix.table, ids=matrix.ids), by_offset, len(matrix.ids)
 
 
 def _hit(row: dict[str, Any], score: float, votes: list[dict[str, Any]]) -> Hit:
