@@ -143,7 +143,8 @@ def synthetic_part(
                      progress=lambda s: built_at.setdefault(s, round(time.perf_counter() - start, 1)))
         build_s = round(time.perf_counter() - start, 1)
         with store.writing(maintain=False):  # the manifest's record, as build_ann writes it
-            store.manifest = store.manifest.replace(ann={"index_type": "HNSW", "rows": n, "nprobes": graph.DEFAULT_EF})
+            record = {"index_type": "HNSW", "rows": n, "nprobes": graph.DEFAULT_EF}
+            store.manifest = store.manifest.replace(ann=record if heads else {**record, "spaces": ["standard"]})
         store.graphs = None
         index.search_many(texts[:1], 10, "mrag" if heads else "standard")  # reads the graphs it walks
         graphs_mb = round(rss_mb() - before - matrix_mb)

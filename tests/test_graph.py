@@ -299,3 +299,12 @@ def test_bad_space_choices_change_nothing(graph_index):
     with pytest.raises(ValueError, match="for the HNSW type"):
         graph_index.build_ann("IVF_FLAT", spaces=["standard"])
     assert graph_index.info()["ann"] == before and len(folders(graph_index)) == 1
+
+
+def test_a_matrix_without_heads_gets_no_head_graphs(graph_index):
+    matrix = graph_index.store.matrix(heads=False)
+    assert graph.graph_spaces(matrix) == ["standard"]  # not 0-wide head graphs
+    assert graph.graph_spaces(matrix, ["standard"]) == ["standard"]
+    with pytest.raises(ValueError, match="need the matrix with its heads"):
+        graph.graph_spaces(matrix, ["head:1"])
+    assert graph.graph_spaces(graph_index.store.matrix())[1:3] == ["head:0", "head:1"]

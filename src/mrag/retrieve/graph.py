@@ -78,14 +78,17 @@ def graph_spaces(matrix: Matrix, only: Sequence[str] | None = None) -> list[str]
     space), or those named in `only` ("heads": every head).  ["standard", "heads"] -> standard, head:0..H-1"""
     heads = [f"head:{i}" for i in range(matrix.heads.shape[0])]
     every = ["standard", *heads, *matrix.extra]
+    loaded = every if matrix.heads.shape[2] > 0 else ["standard", *matrix.extra]  # a matrix read without heads
     if only is None:
-        return every
+        return loaded
     wanted = {h for name in only for h in (heads if name == "heads" else [name])}
     unknown = sorted(wanted - set(every))
     if unknown or not wanted:
         raise ValueError(f"no space {unknown[0]!r} to build a graph for; choose among standard, heads, "
                          f"{', '.join(every[1:])}" if unknown else "name at least one space to build a graph for")
-    return [name for name in every if name in wanted]
+    if wanted - set(loaded):
+        raise ValueError("graphs of heads need the matrix with its heads (Store.matrix(heads=True))")
+    return [name for name in loaded if name in wanted]
 
 
 def needs_heads(only: Sequence[str] | None) -> bool:
