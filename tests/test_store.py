@@ -121,6 +121,21 @@ def test_matrix_read_a_few_rows_at_a_time_equals_the_table(index):
         load_matrix(snapshot, batches, n + 1, store.dim, store.n_heads, store.head_dim, False, {})
 
 
+def test_matrix_row_ids_fetch_its_rows_after_deletes(index):
+    """Hits are fetched by the Lance row ids the matrix was read with (a take by position is slow once
+    rows were deleted): after a delete, each row id still names the matrix's row."""
+    index.add(DOCS)
+    index.add([{"id": "extra", "text": "One more. Another sentence about rivers. And a third about bread."}])
+    index.delete([DOCS[0]["id"]])
+    matrix = index.store.matrix()
+    assert matrix.row_ids is not None and len(matrix.row_ids) == len(matrix.ids) > 2
+    rows = [len(matrix.ids) - 1, 0, 1]
+    found = index.store.take(matrix.table, ["text"], row_ids=[int(matrix.row_ids[r]) for r in rows])
+    assert sorted(found) == sorted(matrix.ids[r] for r in rows)
+    texts = dict(zip(*matrix.table.search().select(["id", "text"]).limit(None).to_arrow().to_pydict().values()))
+    assert all(found[i]["text"] == texts[i] for i in found) and "bread" in found[matrix.ids[-1]]["text"]
+
+
 def test_writing_restores_rows_and_sums_on_any_error(index, fake):
     index.add(DOCS[:2])
     store = index.store

@@ -28,6 +28,7 @@ class Matrix:
     standard: np.ndarray
     heads: np.ndarray
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # external space -> (N, D_s) unit vectors
+    row_ids: np.ndarray | None = None  # (N,) each row's Lance row id in `table`, to fetch hits by (None: by position)
 
     @property
     def has_heads(self) -> bool:
@@ -51,11 +52,12 @@ LOAD_ROWS = 16_384  # rows per read while loading: the only transient copy of th
 
 
 def read_ranges(table: Any, columns: list[str], n: int, step: int = LOAD_ROWS) -> Iterator[pa.RecordBatch]:
-    """The table's n rows in scan order, `step` rows per read. One whole scan would read ahead up to
-    gigabytes; a range at a time holds one range, and what Lance's threads freed is handed back to the
-    OS after each (their allocator arenas keep it otherwise: +40% RSS at 300k rows, measured)."""
+    """The table's n rows in scan order, with their Lance row ids (`_rowid`), `step` rows per read. One
+    whole scan would read ahead up to gigabytes; a range at a time holds one range, and what Lance's
+    threads freed is handed back to the OS after each (their allocator arenas keep it otherwise: +40%
+    RSS at 300k rows, measured)."""
     for start in range(0, n, step):
-        yield from table.search().select(columns).offset(start).limit(step).to_arrow().to_batches()
+        yield from table.search().select(columns).with_row_id(True).offset(start).limit(step).to_arrow().to_batches()
         release_free_memory()
 
 
@@ -83,6 +85,7 @@ def load_matrix(snapshot: Any, batches: Iterable[pa.RecordBatch], n: int, dim: i
     allocated once, so loading needs the matrix's own bytes plus one batch, never a second copy of the
     whole (issue 17's memory target)."""
     ids = np.empty(n, dtype=object)
+    row_ids = np.empty(n, dtype=np.uint64)
     standard = np.empty((n, dim), dtype=np.float32)
     heads = np.empty((n_heads, n, head_dim if with_heads else 0), dtype=np.float32)
     extra = {name: np.empty((n, d), dtype=np.float32) for name, d in spaces.items()}
@@ -92,6 +95,7 @@ def load_matrix(snapshot: Any, batches: Iterable[pa.RecordBatch], n: int, dim: i
         if start + m > n:
             raise ValueError(f"the table holds more rows than the {n} counted at its version")
         ids[start:start + m] = rows["id"].to_pylist()
+        row_ids[start:start + m] = rows["_rowid"].to_numpy()
         standard[start:start + m] = fixed(rows["vector"], m, dim)
         if with_heads:
             head_units(rows, n_heads, head_dim, packed, out=heads[:, start:start + m])
@@ -100,4 +104,5 @@ def load_matrix(snapshot: Any, batches: Iterable[pa.RecordBatch], n: int, dim: i
         start += m
     if start != n:
         raise ValueError(f"read {start} rows of the {n} counted at the table's version")
-    return Matrix(version=snapshot.version, table=snapshot, ids=ids, standard=standard, heads=heads, extra=extra)
+    return Matrix(version=snapshot.version, table=snapshot, ids=ids, standard=standard, heads=heads, extra=extra,
+                  row_ids=row_ids)
