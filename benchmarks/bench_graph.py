@@ -17,14 +17,22 @@ target 2).
 
    With `--heads` every space's graph is built (as `build_ann` builds them), and `--append N` then times
    a write of N more rows and its graph maintenance (`graph.maintain`: the matrix read again, the graphs
-   extended and written).
+   extended and written). `--delete N` then deletes N random rows in one write, times it (the commit and
+   the graphs' upkeep), and times the strategies at batch 1 again on the graphs with removed nodes.
+3. **Deletes** (`--deletes 0.1,0.19`): the real rows of 1. with every space's graph, then random chunks
+   deleted in writes of `--delete-batch` ids up to each share of the rows. The graphs are kept (under
+   `graph.REMOVED_SHARE`) and skip the removed nodes; at each share, recall@10 and the time of the
+   ranking and vote for the manual-page queries against the exact search of the rows left, and the time
+   of each delete (the commit and the graphs' placement). Last, the rebuild that every delete cost before.
 
 Run: python benchmarks/bench_graph.py --real --cache DIR [--efs 32,64,128,256] [--name graph-141k]
+     python benchmarks/bench_graph.py --deletes 0.1,0.19 --cache DIR [--efs 64,128,256] [--name graph-deletes]
      python benchmarks/bench_graph.py --synthetic --rows 1000000 [--queries 32 --rounds 3] [--heads] [--append N]
 The committed results: `graph-141k` from `--real --cache DIR` (DIR as above); `graph-1m` from `--synthetic
 --rows 1000000 --queries 32 --rounds 3 --efs 64,128 --strategy standard,segment+standard,segment-bm25 --name
 graph-1m`; `graph-1m-heads` from the same with `--efs 128 --strategy standard,segment+standard,segment-bm25,mrag
---heads --append 25000 --name graph-1m-heads`.
+--heads --append 25000 --name graph-1m-heads`; `graph-deletes` from `--deletes 0.1,0.19 --cache DIR --efs 64,128,256
+--strategy standard,segment+standard,segment-bm25,mrag --name graph-deletes`.
 """
 
 from __future__ import annotations
@@ -84,7 +92,7 @@ def real_part(cache: Path, efs: list[int], strategies: list[str], man_query_coun
         build_s = round(time.perf_counter() - start, 1)
         matrix = index.store.matrix()
         graphs = graph.latest(graph.folder(index.store.uri), matrix)
-        assert graphs is not None and graphs.rows == n
+        assert graphs is not None and len(graphs.nodes) == n
         exact = Exact(matrix.standard, matrix.heads)
         exact_ranker = FullTextRanker(exact, matrix.table, ids=matrix.ids, cache=True)
         rows: list[dict[str, Any]] = []
@@ -112,6 +120,54 @@ def real_part(cache: Path, efs: list[int], strategies: list[str], man_query_coun
             "graph_bytes": disk, "table": rows}
 
 
+def deletes_part(cache: Path, efs: list[int], strategies: list[str], shares: list[float], man_query_count: int,
+                 batch: int) -> dict[str, Any]:
+    files = sorted(cache.glob("real-*.npz")) + sorted(cache.glob("man-[0-9]*.npz"))
+    if not files:
+        raise SystemExit(f"no real vectors in {cache}: run bench_ann_1m.py --embed first")
+    qs = man_queries(cache, man_query_count)
+    with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
+        index = build_real(Path(tmp) / "db", files)
+        index.maintain_fulltext(force=True)
+        n = index.store.count()
+        index.build_ann("HNSW")
+        root = graph.folder(index.store.uri)
+        doomed = [str(i) for i in np.random.default_rng(0).permutation(index.store.matrix(heads=False).ids)]
+        rows: list[dict[str, Any]] = []
+        deleted, delete_s, rebuilt = 0, [], False
+        for share in [0.0, *shares]:
+            before = sorted(p.name for p in root.iterdir())
+            while deleted < int(share * n):
+                start = time.perf_counter()
+                index.delete(doomed[deleted : min(deleted + batch, int(share * n))])
+                delete_s.append(time.perf_counter() - start)
+                deleted = min(deleted + batch, int(share * n))
+            rebuilt = rebuilt or sorted(p.name for p in root.iterdir()) != before
+            matrix = index.store.matrix()
+            graphs = graph.latest(root, matrix)
+            place = graphs.place(matrix) if graphs is not None else None
+            assert graphs is not None and place is not None
+            exact = Exact(matrix.standard, matrix.heads)
+            exact_ranker = FullTextRanker(exact, matrix.table, ids=matrix.ids, cache=True)
+            for s in strategies:
+                vote_ids(index, s, exact_ranker, qs[0], matrix.ids)  # warm: bf16 copies, full-text cache
+                truth, times = timed_votes(index, s, exact_ranker, qs, matrix.ids)
+                common = {"deleted": deleted, "share": share, "removed nodes": place.removed, "strategy": s}
+                rows.append({**common, "path": "exact scan", "ef": "", "recall@10": 1.0, **percentiles_ms(times)})
+                for ef in efs:
+                    ranker = FullTextRanker(graph.GraphRanker(matrix, graphs, exact, ef), matrix.table,
+                                            ids=matrix.ids, cache=True)
+                    found, times = timed_votes(index, s, ranker, qs, matrix.ids)
+                    rows.append({**common, "path": "HNSW graphs", "ef": ef, "recall@10": recall(found, truth),
+                                 **percentiles_ms(times)})
+                    print(rows[-1], flush=True)
+        start = time.perf_counter()
+        graph.maintain(index.store, force=True)  # what every delete cost before the graphs skipped removed nodes
+        rebuild_s = round(time.perf_counter() - start, 1)
+    return {"rows": n, "queries": len(qs), "batch": batch, "deletes": len(delete_s), "rebuilt": rebuilt,
+            "delete": percentiles_ms(delete_s), "rebuild_s": rebuild_s, "table": rows}
+
+
 def append_rows(index: Any, first: int, m: int) -> None:
     """m more synthetic rows, as `bench_scale.build` writes them, in one commit."""
     embedder = ClusteredEmbedder()
@@ -127,6 +183,7 @@ def append_rows(index: Any, first: int, m: int) -> None:
 
 def synthetic_part(
     n: int, n_queries: int, efs: list[int], rounds: int, strategies: list[str], heads: bool = False, append: int = 0,
+    delete: int = 0,
 ) -> dict[str, Any]:
     texts = queries(n_queries)
     with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
@@ -182,11 +239,33 @@ def synthetic_part(
             start = time.perf_counter()
             written = graph.maintain(store)
             appended = {"rows": append, "maintain_s": round(time.perf_counter() - start, 1),
-                        "extended": written is not None and written.rows == n + append}
+                        "extended": written is not None and len(written.nodes) == n + append}
             print("appended", appended, flush=True)
+        deleted = {}
+        if delete:  # a delete's upkeep: the graphs kept, their removed nodes skipped
+            root = graph.folder(store.uri)
+            before = sorted(p.name for p in root.iterdir())
+            doomed = [f"c{i}" for i in np.random.default_rng(1).choice(n, delete, replace=False)]
+            start = time.perf_counter()
+            index.delete(doomed)
+            deleted = {"rows": delete, "delete_s": round(time.perf_counter() - start, 1),
+                       "graphs kept": sorted(p.name for p in root.iterdir()) == before, "after": []}
+            for strategy in strategies:
+                truth = [[h.id for h in hits] for hits in index.search_many(texts, 10, strategy, exact=True)]
+                for ef in [None, *efs]:  # None: the exact scan
+                    found = [[h.id for h in hits] for hits in
+                             index.search_many(texts, 10, strategy, exact=ef is None, nprobes=ef)]
+                    times = [t for text in texts for t in time_calls(  # after a first search placed the graph
+                        functools.partial(index.search_many, [text], 10, strategy, exact=ef is None, nprobes=ef),
+                        1, warmup=0)]
+                    deleted["after"].append({"strategy": strategy, "path": "exact scan" if ef is None else "HNSW graph",
+                                             "ef": ef or "", "recall@10 (synthetic)": recall(found, truth),
+                                             **percentiles_ms(times)})
+            print("deleted", deleted, flush=True)
         disk = sum(p.stat().st_size for p in graph.folder(store.uri).rglob("*") if p.is_file())
     return {"rows": n, "queries": n_queries, "rounds": rounds, "build_s": build_s, "built_at_s": built_at,
             "matrix_mb": matrix_mb, "graph_mb": graphs_mb, "graph_files_mb": round(disk / 2**20), "appended": appended,
+            "deleted": deleted,
             "table": rows}
 
 
@@ -203,6 +282,9 @@ def main() -> None:
     parser.add_argument("--strategy", default=",".join(STRATEGIES))
     parser.add_argument("--heads", action="store_true", help="synthetic: graphs for the heads too (as build_ann)")
     parser.add_argument("--append", type=int, default=0, help="synthetic: then time a write of this many rows")
+    parser.add_argument("--delete", type=int, default=0, help="synthetic: then time a delete of this many rows")
+    parser.add_argument("--deletes", default="", help="shares of the real rows to delete, e.g. 0.1,0.19")
+    parser.add_argument("--delete-batch", type=int, default=1000, help="--deletes: ids per delete")
     parser.add_argument("--name", default="graph")
     args = parser.parse_args()
     efs = [int(e) for e in args.efs.split(",")]
@@ -225,9 +307,21 @@ def main() -> None:
                markdown_table(r["table"], ["queries", "strategy", "path", "ef", "recall@10", "tied at the cut",
                                            "recall@10, untied", "p50_ms", "p99_ms", "n"]),
                ""]
+    if args.deletes:
+        out["deletes"] = d = deletes_part(args.cache, efs, strategies, [float(x) for x in args.deletes.split(",")],
+                                          args.man_queries, args.delete_batch)
+        md += [f"## Deletes on {d['rows']} real MiniLM rows ({d['queries']} manual-page queries)", "",
+               f"Every space's graph built by `Index.build_ann('HNSW')`, then random chunks deleted by "
+               f"`Index.delete` in {d['deletes']} writes of {d['batch']} ids: p50 "
+               f"{d['delete']['p50_ms'] / 1000:.2f} s, p99 {d['delete']['p99_ms'] / 1000:.2f} s a write, graph "
+               f"maintenance included; graphs rebuilt along the way: {d['rebuilt']}. Rebuilding them all at the "
+               f"end took {d['rebuild_s']} s (what every delete cost before). Recall@10 against the exact search "
+               "of the rows left; times: ranking and vote per query, batch 1.", "",
+               markdown_table(d["table"], ["share", "deleted", "removed nodes", "strategy", "path", "ef",
+                                           "recall@10", "p50_ms", "p99_ms", "n"]), ""]
     if args.synthetic:
         out["synthetic"] = s = synthetic_part(args.rows, args.queries, efs, args.rounds, strategies, args.heads,
-                                              args.append)
+                                              args.append, args.delete)
         md += [f"## Speed at {s['rows']} synthetic rows ({s['queries']} queries x {s['rounds']} rounds, interleaved)",
                "",
                f"Graphs built in {s['build_s']} s (cumulative s after each space: {s['built_at_s']}); "
@@ -238,6 +332,14 @@ def main() -> None:
                "embedded by the synthetic embedder).", "",
                markdown_table(s["table"], ["strategy", "path", "ef", "batch", "p50_ms", "p99_ms", "n",
                                            "recall@10 (synthetic)", "vs standard", "speedup vs exact"]), ""]
+        if s["deleted"]:
+            d = s["deleted"]
+            md += [f"Then {d['rows']} random rows deleted in one `Index.delete`: {d['delete_s']} s, the commit and "
+                   f"the graphs' upkeep included; graphs kept (not rebuilt): {d['graphs kept']}. After it, batch 1 "
+                   "(recall against the exact search of the rows left):", "",
+                   markdown_table(d["after"], ["strategy", "path", "ef", "p50_ms", "p99_ms", "n",
+                                               "recall@10 (synthetic)"]),
+                   ""]
     load = __import__("os").getloadavg()
     out["load_end"] = [round(x, 2) for x in load]
     out["seconds"] = round(time.perf_counter() - started)

@@ -1,6 +1,7 @@
 """In-process HNSW graphs (mrag.retrieve.graph) on real LanceDB: exact answers on a small index (the
-walk reaches every row), appended rows found before the graphs catch up, no stale row after a delete
-or an upsert, graphs shared between processes, and bad input that changes nothing."""
+walk reaches every row), appended rows found before the graphs catch up, deleted and upserted rows
+skipped without a rebuild and never stale, graphs shared between processes, and bad input that changes
+nothing."""
 
 from __future__ import annotations
 
@@ -50,6 +51,16 @@ def folders(index: Index) -> list[str]:
     return sorted(p.name for p in root(index).iterdir() if not p.name.startswith("."))
 
 
+def placed(index: Index) -> tuple[graph.Graphs, graph.Placement]:
+    """The newest graphs that fit the index's matrix, and where their nodes are in it."""
+    matrix = index.store.matrix()
+    found = graph.latest(root(index), matrix)
+    assert found is not None
+    place = found.place(matrix)
+    assert place is not None
+    return found, place
+
+
 def test_a_small_index_walks_to_the_exact_answer(graph_index):
     built = graph_index.info()["ann"]
     assert built["index_type"] == "HNSW" and built["nprobes"] == graph.DEFAULT_EF
@@ -74,7 +85,8 @@ def test_appended_rows_are_found_before_the_graphs_catch_up(graph_index, monkeyp
     before = folders(graph_index)
     graph_index.add(docs(170, 150))
     assert folders(graph_index) == before
-    assert graph.latest(root(graph_index), graph_index.store.matrix()).rows == 150
+    found, place = placed(graph_index)
+    assert len(found.nodes) == 150 and place.covered == 150 and place.removed == 0
     newest = graph_index.search("Document number 160. It talks about topic 6.", k=1, strategy="standard")
     assert newest[0].doc_id == "d160"  # a row past the graph, scanned
     for strategy in STRATEGIES:
@@ -83,27 +95,38 @@ def test_appended_rows_are_found_before_the_graphs_catch_up(graph_index, monkeyp
 
 def test_writes_extend_the_graphs(graph_index):
     graph_index.add(docs(170, 150))  # 20 rows: more than STALE_SHARE of 170
-    found = graph.latest(root(graph_index), graph_index.store.matrix())
-    assert found is not None and found.rows == 170
+    found, place = placed(graph_index)
+    assert len(found.nodes) == 170 and place.covered == 170
     assert all(found.graph(space).ntotal == 170 for space in found.files)
 
 
 def test_no_stale_row_after_a_delete_or_an_upsert(graph_index, monkeypatch):
     monkeypatch.setattr(graph, "update", lambda *a, **k: None)  # graphs left as they were
     graph_index.delete(["d3"])
-    assert graph.latest(root(graph_index), graph_index.store.matrix()) is None  # row numbers moved: no graph fits
+    found, place = placed(graph_index)  # the rows after d3's moved up one: the graph still serves
+    assert place.removed == 1 and place.covered == 149 and place.rows[3] == -1 and place.rows[4] == 3
     assert "d3" not in {h.doc_id for h in graph_index.search(QUERIES[0], k=149, strategy="standard")}
+    for strategy in STRATEGIES:
+        assert same(graph_index, strategy), strategy
+    graph_index.upsert([{"id": "d5", "text": "A new text about tides and comets."}])
+    _, place = placed(graph_index)  # d5's old row removed, its new one past the graph
+    assert place.removed == 2 and place.covered == 148
+    hit = graph_index.search("A new text about tides and comets.", k=1, strategy="standard")[0]
+    assert hit.doc_id == "d5" and "tides" in hit.text
     for strategy in STRATEGIES:
         assert same(graph_index, strategy), strategy
 
 
-def test_a_write_rebuilds_graphs_that_no_longer_fit(graph_index):
-    graph_index.upsert([{"id": "d5", "text": "A new text about tides and comets."}])
-    found = graph.latest(root(graph_index), graph_index.store.matrix())
-    assert found is not None and found.rows == 150 and found.version == graph_index.store.committed_version
-    assert len(folders(graph_index)) == 2  # this version's and the one before
-    hit = graph_index.search("A new text about tides and comets.", k=1, strategy="standard")[0]
-    assert hit.doc_id == "d5" and "tides" in hit.text
+def test_a_write_rebuilds_graphs_that_lost_too_many_rows(graph_index):
+    first = folders(graph_index)
+    graph_index.delete([f"d{i}" for i in range(0, 150, 10)])  # 15 of 150 rows: under REMOVED_SHARE
+    assert folders(graph_index) == first  # nothing to write: the graphs skip the removed rows
+    graph_index.delete([f"d{i}" for i in range(1, 150, 5)])  # 30 more: 45 of 150 nodes removed
+    found, place = placed(graph_index)
+    assert found.version == graph_index.store.committed_version and len(found.nodes) == 105
+    assert place.removed == 0 and len(folders(graph_index)) == 2  # this version's and the one before
+    for strategy in STRATEGIES:
+        assert same(graph_index, strategy), strategy
 
 
 def test_another_process_reads_the_graphs(graph_index, tmp_path):
@@ -144,25 +167,74 @@ def test_an_empty_index_cannot_build_graphs(tmp_path):
 def test_walk_by_hand():
     # 4 rows in 2 dimensions; the query (1, 0) is nearest row 2, then rows 0 and 3 tie (0.6): the smaller first
     rows = np.array([[0.6, 0.8], [-1.0, 0.0], [1.0, 0.0], [0.6, -0.8]], dtype=np.float32)
+    no_heads = np.zeros((0, 4, 0), dtype=np.float32)
     matrix = Matrix(version=1, table=None, ids=np.array(["a", "b", "c", "d"], dtype=object), standard=rows,
-                    heads=np.zeros((0, 4, 0), dtype=np.float32))
+                    heads=no_heads)
     built = graph.new_graph(2)
     graph.extend(built, rows[:3])  # row 3 is past the graph: scanned
-    graphs = graph.Graphs(1, 3, graph.rows_digest(matrix.ids[:3], rows), {}, {"standard": built})
-    graphs.files["standard"] = Path("unused")  # read already
+    graphs = graph.Graphs(1, graph.row_keys(matrix.ids[:3], rows), {"standard": Path("unused")}, {"standard": built})
     assert graphs.fits(matrix)
     ranker = graph.GraphRanker(matrix, graphs, Exact(rows, matrix.heads))
     query = QueryVectors(np.array([1.0, 0.0], dtype=np.float32), np.zeros((0, 0), dtype=np.float32))
-    ranking, sims = ranker([Voter("standard", "standard", 1.0)], [query], 5)
+    standard = [Voter("standard", "standard", 1.0)]
+    ranking, sims = ranker(standard, [query], 5)
     assert ranking[0, 0].tolist() == [2, 0, 3, 1, -1]
     np.testing.assert_allclose(sims[0, 0, :4], [1.0, 0.6, 0.6, -1.0], atol=1e-6)
     assert sims[0, 0, 4] == -np.inf
-    changed = np.array(["a", "x", "c", "d"], dtype=object)
-    assert not graphs.fits(Matrix(2, None, changed, rows, matrix.heads))  # a row replaced: no fit
+    changed = Matrix(2, None, np.array(["a", "x", "c", "d"], dtype=object), rows, matrix.heads)
     moved = rows.copy()
     moved[1] = [0.0, 1.0]  # the same ids, another vector (an upsert of the last document)
-    assert not graphs.fits(Matrix(3, None, matrix.ids, moved, matrix.heads))
-    assert graphs.fits(Matrix(4, None, matrix.ids, rows, matrix.heads))
+    # b deleted: a and c stay nodes 0 and 2, at rows 0 and 1; d (row 2) is past the graph
+    left = Matrix(5, None, matrix.ids[[0, 2, 3]], rows[[0, 2, 3]], no_heads[:, :3])
+    placed_rows = [  # -> the row of each node (-1: removed), and the rows it covers
+        (changed, [0, -1, -1], 1),  # b's row holds another chunk: it and the rows after are scanned
+        (Matrix(3, None, matrix.ids, moved, matrix.heads), [0, -1, -1], 1),
+        (Matrix(4, None, matrix.ids[[2, 0, 1, 3]], rows[[2, 0, 1, 3]], matrix.heads), [-1, -1, 0], 1),  # reordered
+        (left, [0, -1, 1], 2),
+    ]
+    for other, nodes, covered in placed_rows:
+        place = graphs.place(other)
+        assert place is not None and place.rows.tolist() == nodes and place.covered == covered
+        walked = graph.GraphRanker(other, graphs, Exact(other.standard, other.heads))(standard, [query], 4)
+        scanned = Exact(other.standard, other.heads)(standard, [query], 4)
+        assert walked[0].tolist() == scanned[0].tolist()
+        np.testing.assert_allclose(walked[1], scanned[1], atol=1e-6)
+    ranking, _ = graph.GraphRanker(left, graphs, Exact(left.standard, left.heads))(standard, [query], 4)
+    assert ranking[0, 0].tolist() == [1, 0, 2, -1]  # c, then a and d tied; node b never returned
+
+
+def test_placement_by_hand():
+    a, b, c, d, e = np.arange(1, 11, 2, dtype=np.uint64)  # odd, as row keys are
+    nodes = np.array([a, b, c, d])
+    place = graph.placement(nodes, np.array([a, c, d, e]))
+    assert place is not None and place.rows.tolist() == [0, -1, 1, 2] and place.covered == 3
+    assert graph.placement(nodes, np.array([a, b, c, d])).live is None  # nothing removed: no selector
+    place = graph.placement(nodes, np.array([a, e, c]))  # rows after an appended one are scanned
+    assert place.rows.tolist() == [0, -1, -1, -1] and place.covered == 1
+    place = graph.placement(nodes, np.array([a, c, d, b]))  # b deleted and written again: appended
+    assert place.rows.tolist() == [0, -1, 1, 2] and place.covered == 3
+    place = graph.placement(np.array([a, graph.DEAD, c, d, b]), np.array([a, c, d, b]))  # ... and extended
+    assert place.rows.tolist() == [0, -1, 1, 2, 3] and place.covered == 4 and place.removed == 1
+    assert graph.placement(nodes, np.array([e, a])) is None  # the first row is no node
+    assert graph.placement(nodes, np.array([], dtype=np.uint64)) is None
+    assert graph.placement(np.array([a, a]), np.array([a])) is None  # two nodes with one key
+    keys = graph.row_keys(np.array(["x", "y"], dtype=object), np.eye(2, 9, dtype=np.float32))
+    assert keys.dtype == np.uint64 and keys[0] != keys[1] and (keys % 2 == 1).all()
+
+
+def test_a_chunk_deleted_and_written_again_keeps_the_graphs(graph_index):
+    built = folders(graph_index)
+    graph_index.delete(["d5"])
+    graph_index.add(docs(6, 5))  # d5 again, the same vector: its old node's key, at the end of the rows
+    assert folders(graph_index) == built
+    _, place = placed(graph_index)
+    assert place.removed == 1 and place.covered == 149
+    graph_index.add(docs(170, 150))  # extended: d5's row becomes a new node, its old one stays removed
+    found, place = placed(graph_index)
+    assert len(found.nodes) == 171 and found.nodes[5] == graph.DEAD and place.removed == 1
+    assert place.covered == 170 and place.rows[150] == 149
+    for strategy in STRATEGIES:
+        assert same(graph_index, strategy), strategy
 
 
 def test_the_default_strategy_reads_the_standard_graph_alone(graph_index):
@@ -212,18 +284,27 @@ def test_searches_beside_a_writer_process(graph_index, tmp_path):
             compared += 1
     assert writer.wait() == 0, writer.stderr.read()
     assert compared > 0
-    found = graph.latest(root(graph_index), graph_index.store.matrix())
-    assert found is not None and found.rows == 230 and found.version == graph_index.store.committed_version
+    found, place = placed(graph_index)
+    assert len(found.nodes) == 230 and place.covered == 230 and found.version == graph_index.store.committed_version
     assert len(folders(graph_index)) == 2
     for strategy in STRATEGIES:
         assert same(graph_index, strategy), strategy
 
 
-def test_a_delete_rebuilds_the_graphs(graph_index):
+def test_a_delete_keeps_the_graphs(graph_index):
+    built = folders(graph_index)
     graph_index.delete(["d7"])
-    found = graph.latest(root(graph_index), graph_index.store.matrix())
-    assert found is not None and found.rows == 149 and found.version == graph_index.store.committed_version
+    assert folders(graph_index) == built
+    found, place = placed(graph_index)
+    assert len(found.nodes) == 150 and place.removed == 1 and place.live is not None
     assert "d7" not in {h.doc_id for h in graph_index.search(QUERIES[1], k=149, strategy="standard")}
+    graph_index.optimize()  # compaction keeps the order of the rows: the graphs still serve
+    assert placed(graph_index)[1].removed == 1
+    graph_index.add(docs(170, 150))  # 20 rows appended: the graphs are extended past the removed node
+    found, place = placed(graph_index)
+    assert len(found.nodes) == 170 and place.covered == 169 and place.rows[150] == 149
+    for strategy in STRATEGIES:
+        assert same(graph_index, strategy), strategy
 
 
 def test_deleting_every_row_leaves_an_empty_index_that_searches(graph_index):
@@ -239,8 +320,8 @@ def test_an_upsert_of_the_last_document_keeps_no_stale_vector(tmp_path):
     index.build_ann("HNSW")
     for n, text in enumerate(["Tides and comets.", "Bees and chess engines.", "Roman roads."]):
         index.upsert([{"id": "d299", "text": text}])  # the same chunk id at the same row, another vector
-        found = graph.latest(root(index), index.store.matrix())
-        assert found is not None and found.version == index.store.committed_version, n  # rebuilt
+        _, place = placed(index)
+        assert place.removed == 1 and place.covered == 299, n  # the old vector's node is skipped
         assert index.search(text, k=1, strategy="standard")[0].doc_id == "d299"
         assert same(index, "mrag")
 
@@ -271,7 +352,7 @@ def test_graph_maintenance_leaves_a_default_readers_matrix_without_heads(graph_i
     graph_index.add(docs(170, 150))  # its maintenance reads the heads, and keeps them no longer
     kept = graph_index.store._matrix
     assert kept is None or kept.heads.shape[2] == 0
-    assert graph.latest(root(graph_index), graph_index.store.matrix(heads=False)).rows == 170
+    assert len(graph.latest(root(graph_index), graph_index.store.matrix(heads=False)).nodes) == 170
 
 
 def test_graphs_of_chosen_spaces_only(tmp_path):
@@ -285,7 +366,7 @@ def test_graphs_of_chosen_spaces_only(tmp_path):
         assert same(index, strategy), strategy
     index.add(docs(170, 150))  # writes keep the same spaces' graphs up
     found = graph.latest(root(index), index.store.matrix())
-    assert found.rows == 170 and set(found.files) == {"standard", "head:2"}
+    assert len(found.nodes) == 170 and set(found.files) == {"standard", "head:2"}
     assert index.maintain_ann(force=True)["spaces"] == ["standard", "head:2"]  # a rebuild keeps the choice
     assert index.build_ann("HNSW", spaces=["heads"])["spaces"] == [f"head:{i}" for i in range(4)]
 

@@ -2,24 +2,27 @@
 space over the in-memory matrix's rows, so a query part costs a walk of a few thousand rows instead of
 LanceDB's per-call work. `GraphRanker` is a `types.Ranker` over them.
 
-A graph numbers rows as the matrix does (its position in the committed table), so hits are fetched
-and ties broken as on the exact path. Graphs live in the index folder, `graphs/<version>/`, written by
-`update` after a commit and read by every process; a folder is complete once its `meta.json` is there.
-A graph of an earlier version still serves when the rows since were only appended (the ids of its
-rows are the matrix's first ids): the rows past it are scanned exactly and merged. After a deletion
-or an upsert no graph fits until `update` rebuilds one, and the matrix is scanned exactly meanwhile:
-the results are never stale. Graphs store 8-bit vectors; every candidate is re-scored in fp32.
+A graph's nodes are rows of the matrix as it was when they were added, each saved with a key (its
+chunk id and its standard vector's first floats, `row_keys`). Graphs live in the index folder,
+`graphs/<version>/`, written by `update` after a commit and read by every process; a folder is complete
+once its `meta.json` is there. A graph of an earlier version serves a matrix whose first rows are its
+surviving nodes in their order (`placement`): LanceDB keeps the order of the rows a delete leaves, and
+through compaction, and appends new rows, an upsert's included. Removed nodes are skipped during the
+walk, and the rows past the graph are scanned exactly and merged, so results are never stale; hits are
+fetched and ties broken as on the exact path. `update` extends graphs once the appended rows pass
+STALE_SHARE and builds them anew once the removed nodes pass REMOVED_SHARE. Graphs store 8-bit
+vectors; every candidate is re-scored in fp32.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
 import tempfile
 import time
 import warnings
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,8 +42,11 @@ LINKS = 32  # HNSW's M: neighbours per row (twice as many on the bottom layer)
 NARROW_LINKS, NARROW = 16, 64  # spaces of at most 64 dims (heads): half the links' bytes, the same recall
 BUILD_DEPTH = 64  # efConstruction
 STALE_SHARE = 0.02  # `update` extends the graphs once more than this share of the rows is past them
+REMOVED_SHARE = 0.2  # ... and builds them anew once more than this share of their nodes was removed
 RESCORED = 2  # a search re-scores RESCORED x c rows of each graph in fp32 and keeps c
-FINGERPRINT = 8  # floats of each row's standard vector in the digest that ties graphs to rows
+FINGERPRINT = 8  # floats of each row's standard vector in its key
+KEYS = "nodes.npy"  # a graph folder's node keys, in node order
+DEAD = np.uint64(0)  # the key of a node removed before the graph was extended (row keys are odd)
 ADD_ROWS = 65_536  # rows added to a graph at a time (bounds the float copy of the 8-bit build)
 
 
@@ -52,16 +58,65 @@ def require_faiss() -> Any:
     return faiss
 
 
-def rows_digest(ids: np.ndarray, standard: np.ndarray) -> str:
-    """A digest of the rows in order: each chunk id and the first FINGERPRINT floats of its standard
-    vector. A graph fits a matrix whose first rows digest the same; an upsert keeps a chunk's id (and,
-    for the last document, its position) but not its vector."""
-    digest = hashlib.blake2b(digest_size=16)
-    standard = standard[: len(ids)]  # the rows the ids name, of a matrix that may hold more
-    for start in range(0, len(ids), 65_536):
-        digest.update("\0".join(ids[start:start + 65_536]).encode())
-        digest.update(np.ascontiguousarray(standard[start:start + 65_536, :FINGERPRINT]).tobytes())
-    return digest.hexdigest()
+def row_keys(ids: np.ndarray, standard: np.ndarray) -> np.ndarray:
+    """Each row's key: the CRC-32 of its chunk id mixed with the first FINGERPRINT floats of its
+    standard vector (an upsert keeps a chunk's id, not its vector); odd, never DEAD.
+    (N,) ids, (>= N, D) -> (N,) uint64"""
+    key = np.fromiter((zlib.crc32(str(i).encode()) for i in ids), dtype=np.uint64, count=len(ids))
+    words = np.ascontiguousarray(standard[: len(ids), :FINGERPRINT], dtype=np.float32).view(np.uint32)
+    for word in words.T.astype(np.uint64):
+        key = _mix(key ^ word)
+    return key | np.uint64(1)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: every input bit moves about half the output bits (uint64 wraps)."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+@dataclass
+class Placement:
+    """A graph's nodes in a matrix: `rows` (M,) the row of each node, -1 for a removed one; the first
+    `covered` rows are nodes, the rows past them are scanned. `live` is the faiss selector of the
+    surviving nodes (None: all survive), `bitmap` the bytes it reads."""
+
+    rows: np.ndarray
+    covered: int
+    bitmap: np.ndarray | None = None
+    live: Any = None
+
+    @property
+    def removed(self) -> int:
+        return int((self.rows < 0).sum())
+
+
+def placement(nodes: np.ndarray, keys: np.ndarray) -> Placement | None:
+    """Where a graph's nodes (their keys, in node order) are among a matrix's rows (their keys): the
+    graph covers the longest run of first rows that are nodes in node order, and the rows after it are
+    scanned (appended ones, and any that came back with a removed node's key: a chunk deleted and
+    written again). Nodes not among the covered rows were removed. None when no first row is a node.
+    nodes [a b c d], rows [a c d e] -> rows of the nodes [0 -1 1 2], covered 3 (e is scanned)"""
+    live = np.flatnonzero(nodes != DEAD)
+    order = live[np.argsort(nodes[live], kind="stable")]  # node numbers by key
+    ranked = nodes[order]
+    if len(ranked) == 0 or len(keys) == 0 or (ranked[1:] == ranked[:-1]).any():
+        return None  # nothing left, or two nodes with one key: they could not be told apart
+    at = np.minimum(np.searchsorted(ranked, keys), len(ranked) - 1)
+    node = np.where(ranked[at] == keys, order[at], -1)  # (N,) each row's node, -1 for none
+    past = node < 0
+    past[1:] |= node[1:] <= node[:-1]  # out of node order
+    covered = int(np.argmax(past)) if past.any() else len(keys)
+    if covered == 0:
+        return None
+    rows = np.full(len(nodes), -1, dtype=np.int64)
+    rows[node[:covered]] = np.arange(covered)
+    if covered == len(nodes):
+        return Placement(rows, covered)
+    bitmap = np.packbits(rows >= 0, bitorder="little")  # faiss reads bit i of byte i // 8
+    faiss = require_faiss()
+    return Placement(rows, covered, bitmap, faiss.IDSelectorBitmap(len(nodes), faiss.swig_ptr(bitmap)))
 
 
 def space_vectors(matrix: Matrix, space: str) -> np.ndarray:
@@ -119,24 +174,24 @@ def extend(graph: Any, vectors: np.ndarray) -> None:
 
 @dataclass
 class Graphs:
-    """The graphs of one folder: they cover the matrix's first `rows` rows, which digest to `digest`.
-    A space's graph is read on its first search (`graph`): the default strategy reads the standard
-    vector's alone, not the heads'."""
+    """The graphs of one folder, whose nodes have the keys `nodes` (node order). A space's graph is
+    read on its first search (`graph`): the default strategy reads the standard vector's alone."""
 
     version: int
-    rows: int
-    digest: str
+    nodes: np.ndarray  # (M,) uint64 each node's row key
     files: dict[str, Path]  # space -> its graph's file
     loaded: dict[str, Any] = field(default_factory=dict)  # space -> faiss index, once read
-    fitted: int = -1  # the last matrix version found to fit: its rows are not digested again
+    placed: tuple[int, Placement | None] | None = None  # the last matrix version placed, and where
     broken: set[str] = field(default_factory=set)  # spaces whose graph could not be read: scanned instead
 
+    def place(self, matrix: Matrix) -> Placement | None:
+        """Where the nodes are in `matrix` (`placement`), worked out once per matrix version."""
+        if self.placed is None or self.placed[0] != matrix.version:
+            self.placed = matrix.version, placement(self.nodes, row_keys(matrix.ids, matrix.standard))
+        return self.placed[1]
+
     def fits(self, matrix: Matrix) -> bool:
-        if matrix.version != self.fitted:
-            if self.rows > len(matrix.ids) or rows_digest(matrix.ids[: self.rows], matrix.standard) != self.digest:
-                return False
-            self.fitted = matrix.version
-        return True
+        return self.place(matrix) is not None
 
     def graph(self, space: str) -> Any:
         if space not in self.loaded:
@@ -176,7 +231,7 @@ def _complete_folders(root: Path) -> list[tuple[int, Path]]:
 def read(path: Path) -> Graphs:
     meta = json.loads((path / "meta.json").read_text())
     files = {space: path / name for space, name in meta["files"].items()}
-    return Graphs(int(meta["version"]), int(meta["rows"]), meta["digest"], files)
+    return Graphs(int(meta["version"]), np.load(path / KEYS), files)
 
 
 def latest(root: Path, matrix: Matrix, cached: Graphs | None = None) -> Graphs | None:
@@ -190,15 +245,14 @@ def latest(root: Path, matrix: Matrix, cached: Graphs | None = None) -> Graphs |
         try:
             graphs = read(path)
         except (OSError, RuntimeError, ValueError, KeyError):
-            continue  # removed meanwhile by a newer update, or cut short: an older one may still fit
+            continue  # removed meanwhile by a newer update, cut short, or of an older format
         return graphs if graphs.fits(matrix) else None
     return None
 
 
-def write(root: Path, matrix: Matrix, graphs: dict[str, Any], rows: int) -> Graphs:
-    """Save graphs for `matrix` (covering its first `rows` rows) as root/<version>, atomically: a
-    folder renamed into place; a concurrent update that got there first wins. Older folders but the
-    newest one before go."""
+def write(root: Path, version: int, graphs: dict[str, Any], nodes: np.ndarray) -> Graphs:
+    """Save graphs with their node keys as root/<version>, atomically: a folder renamed into place;
+    a concurrent update that got there first wins. Older folders but the newest one before go."""
     faiss = require_faiss()
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
@@ -206,10 +260,10 @@ def write(root: Path, matrix: Matrix, graphs: dict[str, Any], rows: int) -> Grap
     files = {space: f"{i}.faiss" for i, space in enumerate(graphs)}
     for space, graph in graphs.items():
         faiss.write_index(graph, str(staging / files[space]))
-    digest = rows_digest(matrix.ids[:rows], matrix.standard)
-    meta = {"version": matrix.version, "rows": rows, "digest": digest, "files": files, "build_depth": BUILD_DEPTH}
+    np.save(staging / KEYS, nodes)
+    meta = {"version": version, "nodes": len(nodes), "files": files, "build_depth": BUILD_DEPTH}
     (staging / "meta.json").write_text(json.dumps(meta))
-    target = root / str(matrix.version)
+    target = root / str(version)
     try:
         os.rename(staging, target)
     except OSError:
@@ -219,35 +273,40 @@ def write(root: Path, matrix: Matrix, graphs: dict[str, Any], rows: int) -> Grap
     for left in root.glob(".staging-*"):  # cut short by a crash over an hour ago
         if time.time() - left.stat().st_mtime > 3600:
             shutil.rmtree(left, ignore_errors=True)
-    return Graphs(matrix.version, rows, digest, {s: target / f for s, f in files.items()}, dict(graphs))
+    return Graphs(version, nodes, {s: target / f for s, f in files.items()}, dict(graphs))
 
 
 def update(
     root: Path, matrix: Matrix, force: bool = False, progress: Any = None, only: Sequence[str] | None = None
 ) -> Graphs | None:
     """Bring the graphs of the spaces in `only` (None: every space) up to `matrix`: extend the newest
-    that fits by the rows past it (when they are more than STALE_SHARE of the rows), else, or with
-    `force`, build them anew. -> the graphs written, or None when the newest already serves."""
+    that fits by the rows past it (when they are more than STALE_SHARE of the rows), or build them anew
+    (with `force`, when none fits, or when more than REMOVED_SHARE of its nodes were removed).
+    -> the graphs written, or None when the newest already serves."""
     n = len(matrix.ids)
     if n == 0:
         return None  # nothing to walk: the old graphs fit no more, and an empty matrix is scanned at once
     spaces = graph_spaces(matrix, only)
     current = None if force else latest(root, matrix)
-    graphs, start = None, 0
-    if current is not None and set(current.files) == set(spaces):
-        if n - current.rows <= STALE_SHARE * n:
+    place = None if current is None else current.place(matrix)
+    graphs, start, kept = None, 0, np.zeros(0, dtype=np.uint64)
+    if current is not None and place is not None and set(current.files) == set(spaces) \
+            and place.removed <= REMOVED_SHARE * len(current.nodes):
+        if n - place.covered <= STALE_SHARE * n:
             return None
         try:
-            graphs, start = {space: current.graph(space) for space in spaces}, current.rows
+            graphs, start = {space: current.graph(space) for space in spaces}, place.covered
+            kept = np.where(place.rows >= 0, current.nodes, DEAD)  # a removed node's key may come back
         except (OSError, RuntimeError):
-            pass  # removed meanwhile by another writer's update: built anew below
+            graphs = None  # removed meanwhile by another writer's update: built anew below
     if graphs is None:
         graphs = {space: new_graph(space_vectors(matrix, space).shape[1]) for space in spaces}
     for space, graph in graphs.items():
         extend(graph, space_vectors(matrix, space)[start:])
         if progress:
             progress(space)
-    return write(root, matrix, graphs, n)
+    nodes = np.concatenate([kept, row_keys(matrix.ids[start:], matrix.standard[start:])])
+    return write(root, matrix.version, graphs, nodes)
 
 
 def build(store: Any, ef: int, progress: Any = None, only: Sequence[str] | None = None) -> dict[str, Any]:
@@ -292,14 +351,17 @@ def maintain(store: Any, force: bool = False, progress: Any = None) -> Graphs | 
 
 
 class GraphRanker:
-    """A `types.Ranker`: each voter with a graph walks it for every query part, and the rows past the
-    graph (appended since) are scanned; the candidates are re-scored in fp32 from the matrix. Voters
-    without a graph (Split-RAG's slices, heads left out of the graphs) go to `exact`."""
+    """A `types.Ranker`: each voter with a graph walks it for every query part, skipping removed nodes,
+    and the rows past the graph (appended since) are scanned; the candidates are re-scored in fp32 from
+    the matrix. Voters without a graph (Split-RAG's slices, heads left out of the graphs) go to `exact`."""
 
     def __init__(self, matrix: Matrix, graphs: Graphs, exact: Ranker, ef: int = DEFAULT_EF) -> None:
         if ef <= 0:
             raise ValueError(f"ef must be positive, got {ef}")
-        self.matrix, self.graphs, self.exact, self.ef = matrix, graphs, exact, ef
+        place = graphs.place(matrix)
+        if place is None:
+            raise ValueError("these graphs do not fit the matrix (`latest` finds those that do)")
+        self.matrix, self.graphs, self.exact, self.ef, self.place = matrix, graphs, exact, ef, place
 
     def __call__(self, chosen: list[Voter], queries: list[QueryVectors], c: int) -> tuple[np.ndarray, np.ndarray]:
         ranking = np.full((len(queries), len(chosen), c), -1, dtype=np.int64)
@@ -319,14 +381,16 @@ class GraphRanker:
         queries = np.ascontiguousarray(vectors, dtype=np.float32)
         # the 8-bit distances pick the rows and fp32 ranks them: twice c rows, so that a row the codes
         # place just past c still gets its exact score
-        deep = RESCORED * c
+        deep, place = RESCORED * c, self.place
         walk = faiss.SearchParametersHNSW(efSearch=max(self.ef, deep))  # per call: searches may run side by side
-        rows = self.graphs.graph(space).search(queries, deep, params=walk)[1]
+        if place.live is not None:
+            walk.sel = place.live  # removed nodes are walked through, never returned
+        nodes = self.graphs.graph(space).search(queries, deep, params=walk)[1]
+        rows = np.where(nodes >= 0, place.rows[np.maximum(nodes, 0)], -1)  # (P, deep)
         data = space_vectors(self.matrix, space)
-        tail = len(data) - self.graphs.rows
-        if tail > 0:  # appended since the graph was written: scanned exactly
-            scores = queries @ data[self.graphs.rows:].T  # (P, tail)
-            best = np.argsort(-scores, axis=1, kind="stable")[:, :c] + self.graphs.rows
+        if len(data) > place.covered:  # appended since the graph was written: scanned exactly
+            scores = queries @ data[place.covered:].T  # (P, tail)
+            best = np.argsort(-scores, axis=1, kind="stable")[:, :c] + place.covered
             rows = np.concatenate([rows, best], axis=1)
         found = rows >= 0
         exact = np.einsum("pd,pkd->pk", queries, data[np.where(found, rows, 0)]).astype(np.float64)
@@ -339,5 +403,3 @@ class GraphRanker:
             best_rows = np.pad(best_rows, ((0, 0), (0, pad)), constant_values=-1)
             best_sims = np.pad(best_sims, ((0, 0), (0, pad)), constant_values=-np.inf)
         return best_rows, best_sims
-
-
