@@ -208,7 +208,7 @@ def test_placement_by_hand():
     nodes = np.array([a, b, c, d])
     place = graph.placement(nodes, np.array([a, c, d, e]))
     assert place is not None and place.rows.tolist() == [0, -1, 1, 2] and place.covered == 3
-    assert graph.placement(nodes, np.array([a, b, c, d])).live is None  # nothing removed: no selector
+    assert graph.placement(nodes, np.array([a, b, c, d])).bitmap is None  # nothing removed: no selector
     place = graph.placement(nodes, np.array([a, e, c]))  # rows after an appended one are scanned
     assert place.rows.tolist() == [0, -1, -1, -1] and place.covered == 1
     place = graph.placement(nodes, np.array([a, c, d, b]))  # b deleted and written again: appended
@@ -296,7 +296,7 @@ def test_a_delete_keeps_the_graphs(graph_index):
     graph_index.delete(["d7"])
     assert folders(graph_index) == built
     found, place = placed(graph_index)
-    assert len(found.nodes) == 150 and place.removed == 1 and place.live is not None
+    assert len(found.nodes) == 150 and place.removed == 1 and place.bitmap is not None
     assert "d7" not in {h.doc_id for h in graph_index.search(QUERIES[1], k=149, strategy="standard")}
     graph_index.optimize()  # compaction keeps the order of the rows: the graphs still serve
     assert placed(graph_index)[1].removed == 1
@@ -389,3 +389,19 @@ def test_a_matrix_without_heads_gets_no_head_graphs(graph_index):
     with pytest.raises(ValueError, match="need the matrix with its heads"):
         graph.graph_spaces(matrix, ["head:1"])
     assert graph.graph_spaces(graph_index.store.matrix())[1:3] == ["head:0", "head:1"]
+
+
+def test_a_write_that_leaves_the_graphs_reads_no_heads(graph_index, monkeypatch):
+    read = []
+    matrix = graph_index.store.matrix
+
+    def recorded(*args, **kwargs):
+        read.append(kwargs.get("heads", True))
+        return matrix(*args, **kwargs)
+
+    monkeypatch.setattr(graph_index.store, "matrix", recorded)
+    graph_index.add(docs(152, 150))  # 2 rows: not past STALE_SHARE, so the graphs stay as they are
+    assert read == [False] and not graph.due(root(graph_index), matrix(heads=False))
+    read.clear()
+    graph_index.add(docs(170, 152))  # 18 more: extended, which needs the heads
+    assert read == [False, True] and len(placed(graph_index)[0].nodes) == 170

@@ -22,7 +22,6 @@ import shutil
 import tempfile
 import time
 import warnings
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +32,7 @@ import numpy as np
 from mrag.locking import is_local, local_path
 from mrag.matrix import Matrix
 from mrag.retrieve.ann import query_vector
+from mrag.retrieve.nodes import DEAD, Placement, placement, row_keys
 from mrag.retrieve.types import QueryVectors, Ranker, Voter
 from mrag.settings import DEFAULT_EF, GRAPH_INDEX
 
@@ -44,9 +44,7 @@ BUILD_DEPTH = 64  # efConstruction
 STALE_SHARE = 0.02  # `update` extends the graphs once more than this share of the rows is past them
 REMOVED_SHARE = 0.2  # ... and builds them anew once more than this share of their nodes was removed
 RESCORED = 2  # a search re-scores RESCORED x c rows of each graph in fp32 and keeps c
-FINGERPRINT = 8  # floats of each row's standard vector in its key
 KEYS = "nodes.npy"  # a graph folder's node keys, in node order
-DEAD = np.uint64(0)  # the key of a node removed before the graph was extended (row keys are odd)
 ADD_ROWS = 65_536  # rows added to a graph at a time (bounds the float copy of the 8-bit build)
 
 
@@ -58,67 +56,6 @@ def require_faiss() -> Any:
     return faiss
 
 
-def row_keys(ids: np.ndarray, standard: np.ndarray) -> np.ndarray:
-    """Each row's key: the CRC-32 of its chunk id mixed with the first FINGERPRINT floats of its
-    standard vector (an upsert keeps a chunk's id, not its vector); odd, never DEAD.
-    (N,) ids, (>= N, D) -> (N,) uint64"""
-    key = np.fromiter((zlib.crc32(str(i).encode()) for i in ids), dtype=np.uint64, count=len(ids))
-    words = np.ascontiguousarray(standard[: len(ids), :FINGERPRINT], dtype=np.float32).view(np.uint32)
-    for word in words.T.astype(np.uint64):
-        key = _mix(key ^ word)
-    return key | np.uint64(1)
-
-
-def _mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser: every input bit moves about half the output bits (uint64 wraps)."""
-    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-@dataclass
-class Placement:
-    """A graph's nodes in a matrix: `rows` (M,) the row of each node, -1 for a removed one; the first
-    `covered` rows are nodes, the rows past them are scanned. `live` is the faiss selector of the
-    surviving nodes (None: all survive), `bitmap` the bytes it reads."""
-
-    rows: np.ndarray
-    covered: int
-    bitmap: np.ndarray | None = None
-    live: Any = None
-
-    @property
-    def removed(self) -> int:
-        return int((self.rows < 0).sum())
-
-
-def placement(nodes: np.ndarray, keys: np.ndarray) -> Placement | None:
-    """Where a graph's nodes (their keys, in node order) are among a matrix's rows (their keys): the
-    graph covers the longest run of first rows that are nodes in node order, and the rows after it are
-    scanned (appended ones, and any that came back with a removed node's key: a chunk deleted and
-    written again). Nodes not among the covered rows were removed. None when no first row is a node.
-    nodes [a b c d], rows [a c d e] -> rows of the nodes [0 -1 1 2], covered 3 (e is scanned)"""
-    live = np.flatnonzero(nodes != DEAD)
-    order = live[np.argsort(nodes[live], kind="stable")]  # node numbers by key
-    ranked = nodes[order]
-    if len(ranked) == 0 or len(keys) == 0 or (ranked[1:] == ranked[:-1]).any():
-        return None  # nothing left, or two nodes with one key: they could not be told apart
-    at = np.minimum(np.searchsorted(ranked, keys), len(ranked) - 1)
-    node = np.where(ranked[at] == keys, order[at], -1)  # (N,) each row's node, -1 for none
-    past = node < 0
-    past[1:] |= node[1:] <= node[:-1]  # out of node order
-    covered = int(np.argmax(past)) if past.any() else len(keys)
-    if covered == 0:
-        return None
-    rows = np.full(len(nodes), -1, dtype=np.int64)
-    rows[node[:covered]] = np.arange(covered)
-    if covered == len(nodes):
-        return Placement(rows, covered)
-    bitmap = np.packbits(rows >= 0, bitorder="little")  # faiss reads bit i of byte i // 8
-    faiss = require_faiss()
-    return Placement(rows, covered, bitmap, faiss.IDSelectorBitmap(len(nodes), faiss.swig_ptr(bitmap)))
-
-
 def space_vectors(matrix: Matrix, space: str) -> np.ndarray:
     """The vectors a space ranks rows by, in row order: "standard", "head:i" or an external space.  -> (N, d)"""
     if space == "standard":
@@ -128,12 +65,13 @@ def space_vectors(matrix: Matrix, space: str) -> np.ndarray:
     return matrix.extra[space]
 
 
-def graph_spaces(matrix: Matrix, only: Sequence[str] | None = None) -> list[str]:
+def graph_spaces(matrix: Matrix, only: Sequence[str] | None = None, loaded_only: bool = True) -> list[str]:
     """The spaces a graph is built for: every space (the standard vector, each head, each external
-    space), or those named in `only` ("heads": every head).  ["standard", "heads"] -> standard, head:0..H-1"""
+    space), or those named in `only` ("heads": every head); of a matrix read without heads, none of
+    its heads, unless `loaded_only` is False (naming them).  ["standard", "heads"] -> standard, head:0..H-1"""
     heads = [f"head:{i}" for i in range(matrix.heads.shape[0])]
     every = ["standard", *heads, *matrix.extra]
-    loaded = every if matrix.heads.shape[2] > 0 else ["standard", *matrix.extra]  # a matrix read without heads
+    loaded = every if matrix.heads.shape[2] > 0 or not loaded_only else ["standard", *matrix.extra]
     if only is None:
         return loaded
     wanted = {h for name in only for h in (heads if name == "heads" else [name])}
@@ -276,6 +214,31 @@ def write(root: Path, version: int, graphs: dict[str, Any], nodes: np.ndarray) -
     return Graphs(version, nodes, {s: target / f for s, f in files.items()}, dict(graphs))
 
 
+def reusable(root: Path, matrix: Matrix, spaces: Sequence[str]) -> tuple[Graphs, Placement] | None:
+    """The newest graphs that fit `matrix`, of these spaces, that lost at most REMOVED_SHARE of their
+    nodes, and where their nodes are; None: `update` builds them anew."""
+    current = latest(root, matrix)
+    place = None if current is None else current.place(matrix)
+    if current is None or place is None or set(current.files) != set(spaces) \
+            or place.removed > REMOVED_SHARE * len(current.nodes):
+        return None
+    return current, place
+
+
+def stale(matrix: Matrix, place: Placement) -> bool:
+    """Whether more than STALE_SHARE of the rows are past the graphs: `update` extends them."""
+    return len(matrix.ids) - place.covered > STALE_SHARE * len(matrix.ids)
+
+
+def due(root: Path, matrix: Matrix, only: Sequence[str] | None = None) -> bool:
+    """Whether `update` would write graphs for the rows of `matrix`, which may be read without heads:
+    the row keys need the ids and standard vectors alone."""
+    if len(matrix.ids) == 0:
+        return False
+    found = reusable(root, matrix, graph_spaces(matrix, only, loaded_only=False))
+    return found is None or stale(matrix, found[1])
+
+
 def update(
     root: Path, matrix: Matrix, force: bool = False, progress: Any = None, only: Sequence[str] | None = None
 ) -> Graphs | None:
@@ -287,13 +250,12 @@ def update(
     if n == 0:
         return None  # nothing to walk: the old graphs fit no more, and an empty matrix is scanned at once
     spaces = graph_spaces(matrix, only)
-    current = None if force else latest(root, matrix)
-    place = None if current is None else current.place(matrix)
+    found = None if force else reusable(root, matrix, spaces)
+    if found is not None and not stale(matrix, found[1]):
+        return None
     graphs, start, kept = None, 0, np.zeros(0, dtype=np.uint64)
-    if current is not None and place is not None and set(current.files) == set(spaces) \
-            and place.removed <= REMOVED_SHARE * len(current.nodes):
-        if n - place.covered <= STALE_SHARE * n:
-            return None
+    if found is not None:
+        current, place = found
         try:
             graphs, start = {space: current.graph(space) for space in spaces}, place.covered
             kept = np.where(place.rows >= 0, current.nodes, DEAD)  # a removed node's key may come back
@@ -337,9 +299,12 @@ def maintain(store: Any, force: bool = False, progress: Any = None) -> Graphs | 
     graph covers."""
     store.refresh()
     only = (store.manifest.ann or {}).get("spaces")
-    # read without keeping it: a server that searches without heads keeps its own
-    matrix = store.matrix(refresh=False, heads=needs_heads(only), keep=False)
     try:
+        # read without keeping them: a server that searches without heads keeps its own matrix. Most
+        # writes leave the graphs as they are, which the rows' ids and standard vectors tell alone
+        if not force and not due(folder(store.uri), store.matrix(refresh=False, heads=False, keep=False), only):
+            return None
+        matrix = store.matrix(refresh=False, heads=needs_heads(only), keep=False)
         return update(folder(store.uri), matrix, force, progress, only)
     except (ImportError, OSError, RuntimeError, ValueError) as error:
         if force:
@@ -362,6 +327,8 @@ class GraphRanker:
         if place is None:
             raise ValueError("these graphs do not fit the matrix (`latest` finds those that do)")
         self.matrix, self.graphs, self.exact, self.ef, self.place = matrix, graphs, exact, ef, place
+        faiss, bitmap = require_faiss(), place.bitmap  # the surviving nodes: the walk skips the others
+        self.live = None if bitmap is None else faiss.IDSelectorBitmap(len(place.rows), faiss.swig_ptr(bitmap))
 
     def __call__(self, chosen: list[Voter], queries: list[QueryVectors], c: int) -> tuple[np.ndarray, np.ndarray]:
         ranking = np.full((len(queries), len(chosen), c), -1, dtype=np.int64)
@@ -383,8 +350,8 @@ class GraphRanker:
         # place just past c still gets its exact score
         deep, place = RESCORED * c, self.place
         walk = faiss.SearchParametersHNSW(efSearch=max(self.ef, deep))  # per call: searches may run side by side
-        if place.live is not None:
-            walk.sel = place.live  # removed nodes are walked through, never returned
+        if self.live is not None:
+            walk.sel = self.live  # removed nodes are walked through, never returned
         nodes = self.graphs.graph(space).search(queries, deep, params=walk)[1]
         rows = np.where(nodes >= 0, place.rows[np.maximum(nodes, 0)], -1)  # (P, deep)
         data = space_vectors(self.matrix, space)
