@@ -19,20 +19,26 @@ target 2).
    a write of N more rows and its graph maintenance (`graph.maintain`: the matrix read again, the graphs
    extended and written). `--delete N` then deletes N random rows in one write, times it (the commit and
    the graphs' upkeep), and times the strategies at batch 1 again on the graphs with removed nodes.
-3. **Deletes** (`--deletes 0.1,0.19`): the real rows of 1. with every space's graph, then random chunks
-   deleted in writes of `--delete-batch` ids up to each share of the rows. The graphs are kept (under
-   `graph.REMOVED_SHARE`) and skip the removed nodes; at each share, recall@10 and the time of the
-   ranking and vote for the manual-page queries against the exact search of the rows left, and the time
-   of each delete (the commit and the graphs' placement). Last, the rebuild that every delete cost before.
+3. **Deletes** (`--deletes 500,1000,2000`): the real rows of 1. with every space's graph, then runs of
+   `--delete-run` consecutive rows (one article's or manual page's sentences: a document, a topic)
+   deleted one run a write, up to each count. The graphs are kept while `graph.walkable` (up to
+   `graph.REMOVED_ROWS` removed nodes), skipping the removed nodes with a walk widened by twice their
+   number, and are rebuilt past it. At each count, recall@10 and the time of the ranking and vote
+   against the exact search of the rows left, for the manual-page queries and for queries about the
+   deleted rows (64 of them, each one's own vectors and text: the hardest case, whose nearest live
+   rows lie past the removed nodes), and the time of each delete (the commit and the graphs' upkeep).
+   Last, the rebuild that every delete cost before.
 
 Run: python benchmarks/bench_graph.py --real --cache DIR [--efs 32,64,128,256] [--name graph-141k]
-     python benchmarks/bench_graph.py --deletes 0.1,0.19 --cache DIR [--efs 64,128,256] [--name graph-deletes]
+     python benchmarks/bench_graph.py --deletes 500,1000,2000 --cache DIR [--efs 64,128,256] [--name graph-deletes]
      python benchmarks/bench_graph.py --synthetic --rows 1000000 [--queries 32 --rounds 3] [--heads] [--append N]
 The committed results: `graph-141k` from `--real --cache DIR` (DIR as above); `graph-1m` from `--synthetic
 --rows 1000000 --queries 32 --rounds 3 --efs 64,128 --strategy standard,segment+standard,segment-bm25 --name
 graph-1m`; `graph-1m-heads` from the same with `--efs 128 --strategy standard,segment+standard,segment-bm25,mrag
---heads --append 25000 --name graph-1m-heads`; `graph-deletes` from `--deletes 0.1,0.19 --cache DIR --efs 64,128,256
---strategy standard,segment+standard,segment-bm25,mrag --name graph-deletes`.
+--heads --append 25000 --name graph-1m-heads`; `graph-deletes` from `--deletes 500,1000,2000 --cache DIR --efs
+64,128,256 --strategy standard,segment+standard,segment-bm25,mrag --name graph-deletes`; `graph-1m-delete` from
+`--synthetic --rows 1000000 --queries 32 --rounds 1 --efs 128 --strategy standard,segment+standard --delete 1000
+--name graph-1m-delete`.
 """
 
 from __future__ import annotations
@@ -54,6 +60,7 @@ from mrag.retrieve import graph
 from mrag.retrieve import strategies as retrieve
 from mrag.retrieve.exact import Exact
 from mrag.retrieve.fulltext import FullTextRanker
+from mrag.retrieve.types import QueryVectors
 from mrag.rows import build_rows, chunk_schema
 
 STRATEGIES = ["standard", "segment+standard", "segment-bm25", "mrag"]
@@ -120,51 +127,60 @@ def real_part(cache: Path, efs: list[int], strategies: list[str], man_query_coun
             "graph_bytes": disk, "table": rows}
 
 
-def deletes_part(cache: Path, efs: list[int], strategies: list[str], shares: list[float], man_query_count: int,
-                 batch: int) -> dict[str, Any]:
+def deletes_part(cache: Path, efs: list[int], strategies: list[str], counts: list[int], man_query_count: int,
+                 run: int) -> dict[str, Any]:
     files = sorted(cache.glob("real-*.npz")) + sorted(cache.glob("man-[0-9]*.npz"))
     if not files:
         raise SystemExit(f"no real vectors in {cache}: run bench_ann_1m.py --embed first")
-    qs = man_queries(cache, man_query_count)
+    man = man_queries(cache, man_query_count)
     with tempfile.TemporaryDirectory(dir="/tmp") as tmp:
         index = build_real(Path(tmp) / "db", files)
         index.maintain_fulltext(force=True)
         n = index.store.count()
         index.build_ann("HNSW")
         root = graph.folder(index.store.uri)
-        doomed = [str(i) for i in np.random.default_rng(0).permutation(index.store.matrix(heads=False).ids)]
+        first = index.store.matrix()  # every row, for the queries about deleted ones
+        # runs of consecutive rows: sentences of one article or manual page, deleted as a document would be
+        runs = np.random.default_rng(0).permutation(n // run)[: max(counts) // run] * run
+        doomed = [int(i) for r in runs for i in range(r, r + run)]  # their text now: writes prune old versions
+        text = dict(zip(*first.table.take_offsets(doomed).select(["id", "text"]).to_arrow().to_pydict().values()))
         rows: list[dict[str, Any]] = []
-        deleted, delete_s, rebuilt = 0, [], False
-        for share in [0.0, *shares]:
+        deleted, delete_s, rebuilt_at = 0, [], []
+        for count in [0, *counts]:
             before = sorted(p.name for p in root.iterdir())
-            while deleted < int(share * n):
+            while deleted < count:
                 start = time.perf_counter()
-                index.delete(doomed[deleted : min(deleted + batch, int(share * n))])
+                index.delete([str(first.ids[i]) for i in range(runs[deleted // run], runs[deleted // run] + run)])
                 delete_s.append(time.perf_counter() - start)
-                deleted = min(deleted + batch, int(share * n))
-            rebuilt = rebuilt or sorted(p.name for p in root.iterdir()) != before
+                deleted += run
+            if sorted(p.name for p in root.iterdir()) != before:
+                rebuilt_at.append(count)
             matrix = index.store.matrix()
             graphs = graph.latest(root, matrix)
             place = graphs.place(matrix) if graphs is not None else None
             assert graphs is not None and place is not None
             exact = Exact(matrix.standard, matrix.heads)
             exact_ranker = FullTextRanker(exact, matrix.table, ids=matrix.ids, cache=True)
-            for s in strategies:
-                vote_ids(index, s, exact_ranker, qs[0], matrix.ids)  # warm: bf16 copies, full-text cache
-                truth, times = timed_votes(index, s, exact_ranker, qs, matrix.ids)
-                common = {"deleted": deleted, "share": share, "removed nodes": place.removed, "strategy": s}
-                rows.append({**common, "path": "exact scan", "ef": "", "recall@10": 1.0, **percentiles_ms(times)})
-                for ef in efs:
-                    ranker = FullTextRanker(graph.GraphRanker(matrix, graphs, exact, ef), matrix.table,
-                                            ids=matrix.ids, cache=True)
-                    found, times = timed_votes(index, s, ranker, qs, matrix.ids)
-                    rows.append({**common, "path": "HNSW graphs", "ef": ef, "recall@10": recall(found, truth),
-                                 **percentiles_ms(times)})
-                    print(rows[-1], flush=True)
+            gone = np.concatenate([np.arange(r, r + run) for r in runs[: deleted // run]]) if deleted else []
+            about = [[QueryVectors(first.standard[i], first.heads[:, i], text=text[first.ids[i]])]
+                     for i in np.random.default_rng(1).permutation(gone)[:64]] if deleted else []
+            for name, qs in (("manual pages", man), ("about deleted rows", about)):
+                for s in strategies if qs else []:
+                    vote_ids(index, s, exact_ranker, qs[0], matrix.ids)  # warm: bf16 copies, full-text cache
+                    truth, times = timed_votes(index, s, exact_ranker, qs, matrix.ids)
+                    common = {"deleted": deleted, "removed nodes": place.removed, "queries": name, "strategy": s}
+                    rows.append({**common, "path": "exact scan", "ef": "", "recall@10": 1.0, **percentiles_ms(times)})
+                    for ef in efs:
+                        ranker = FullTextRanker(graph.GraphRanker(matrix, graphs, exact, ef), matrix.table,
+                                                ids=matrix.ids, cache=True)
+                        found, times = timed_votes(index, s, ranker, qs, matrix.ids)
+                        rows.append({**common, "path": "HNSW graphs", "ef": ef, "recall@10": recall(found, truth),
+                                     **percentiles_ms(times)})
+                        print(rows[-1], flush=True)
         start = time.perf_counter()
         graph.maintain(index.store, force=True)  # what every delete cost before the graphs skipped removed nodes
         rebuild_s = round(time.perf_counter() - start, 1)
-    return {"rows": n, "queries": len(qs), "batch": batch, "deletes": len(delete_s), "rebuilt": rebuilt,
+    return {"rows": n, "queries": len(man), "run": run, "deletes": len(delete_s), "rebuilt_at": rebuilt_at,
             "delete": percentiles_ms(delete_s), "rebuild_s": rebuild_s, "table": rows}
 
 
@@ -283,8 +299,8 @@ def main() -> None:
     parser.add_argument("--heads", action="store_true", help="synthetic: graphs for the heads too (as build_ann)")
     parser.add_argument("--append", type=int, default=0, help="synthetic: then time a write of this many rows")
     parser.add_argument("--delete", type=int, default=0, help="synthetic: then time a delete of this many rows")
-    parser.add_argument("--deletes", default="", help="shares of the real rows to delete, e.g. 0.1,0.19")
-    parser.add_argument("--delete-batch", type=int, default=1000, help="--deletes: ids per delete")
+    parser.add_argument("--deletes", default="", help="real rows to delete, in runs, e.g. 500,1000,2000")
+    parser.add_argument("--delete-run", type=int, default=50, help="--deletes: consecutive rows per delete")
     parser.add_argument("--name", default="graph")
     args = parser.parse_args()
     efs = [int(e) for e in args.efs.split(",")]
@@ -308,16 +324,18 @@ def main() -> None:
                                            "recall@10, untied", "p50_ms", "p99_ms", "n"]),
                ""]
     if args.deletes:
-        out["deletes"] = d = deletes_part(args.cache, efs, strategies, [float(x) for x in args.deletes.split(",")],
-                                          args.man_queries, args.delete_batch)
-        md += [f"## Deletes on {d['rows']} real MiniLM rows ({d['queries']} manual-page queries)", "",
-               f"Every space's graph built by `Index.build_ann('HNSW')`, then random chunks deleted by "
-               f"`Index.delete` in {d['deletes']} writes of {d['batch']} ids: p50 "
+        out["deletes"] = d = deletes_part(args.cache, efs, strategies, [int(x) for x in args.deletes.split(",")],
+                                          args.man_queries, args.delete_run)
+        md += [f"## Deletes on {d['rows']} real MiniLM rows", "",
+               f"Every space's graph built by `Index.build_ann('HNSW')`, then runs of {d['run']} consecutive rows "
+               f"deleted by `Index.delete`, one run a write ({d['deletes']} writes): p50 "
                f"{d['delete']['p50_ms'] / 1000:.2f} s, p99 {d['delete']['p99_ms'] / 1000:.2f} s a write, graph "
-               f"maintenance included; graphs rebuilt along the way: {d['rebuilt']}. Rebuilding them all at the "
-               f"end took {d['rebuild_s']} s (what every delete cost before). Recall@10 against the exact search "
-               "of the rows left; times: ranking and vote per query, batch 1.", "",
-               markdown_table(d["table"], ["share", "deleted", "removed nodes", "strategy", "path", "ef",
+               f"upkeep included; graphs rebuilt by the writes up to these counts: {d['rebuilt_at'] or 'none'}. "
+               f"Rebuilding them all at the end took {d['rebuild_s']} s (what every delete cost before). "
+               f"Recall@10 against the exact search of the rows left, for {d['queries']} manual-page queries and "
+               "64 queries about deleted rows (each one's vectors and text); times: ranking and vote per query, "
+               "batch 1.", "",
+               markdown_table(d["table"], ["deleted", "removed nodes", "queries", "strategy", "path", "ef",
                                            "recall@10", "p50_ms", "p99_ms", "n"]), ""]
     if args.synthetic:
         out["synthetic"] = s = synthetic_part(args.rows, args.queries, efs, args.rounds, strategies, args.heads,

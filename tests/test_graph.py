@@ -217,7 +217,9 @@ def test_placement_by_hand():
     assert place.rows.tolist() == [0, -1, 1, 2, 3] and place.covered == 4 and place.removed == 1
     assert graph.placement(nodes, np.array([e, a])) is None  # the first row is no node
     assert graph.placement(nodes, np.array([], dtype=np.uint64)) is None
-    assert graph.placement(np.array([a, a]), np.array([a])) is None  # two nodes with one key
+    assert graph.placement(np.array([a, a]), np.array([a])) is None  # two nodes with one key: neither is one
+    place = graph.placement(np.array([a, b, b, c]), np.array([a, b, c]))  # ... so b's row ends the covered run
+    assert place.rows.tolist() == [0, -1, -1, -1] and place.covered == 1
     keys = graph.row_keys(np.array(["x", "y"], dtype=object), np.eye(2, 9, dtype=np.float32))
     assert keys.dtype == np.uint64 and keys[0] != keys[1] and (keys % 2 == 1).all()
 
@@ -405,3 +407,63 @@ def test_a_write_that_leaves_the_graphs_reads_no_heads(graph_index, monkeypatch)
     read.clear()
     graph_index.add(docs(170, 152))  # 18 more: extended, which needs the heads
     assert read == [False, True] and len(placed(graph_index)[0].nodes) == 170
+
+
+def test_a_deleted_topic_is_walked_around():
+    # 4,000 rows in 20 topics of 200; a topic's rows deleted: its queries' nearest live rows lie in other
+    # topics, past 200 removed nodes, which a walk of breadth 128 alone does not get through
+    rng = np.random.default_rng(0)
+    unit = lambda x: (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)  # noqa: E731
+    centres = unit(rng.standard_normal((20, 64)))
+    topic = np.repeat(np.arange(20), 200)
+    rows = unit(centres[topic] + 0.5 * unit(rng.standard_normal((4000, 64))))
+    ids = np.array([f"r{i}" for i in range(4000)], dtype=object)
+    built = graph.new_graph(64)
+    graph.extend(built, rows)
+    graphs = graph.Graphs(1, graph.row_keys(ids, rows), {"standard": Path("unused")}, {"standard": built})
+    keep = topic != 7
+    left = Matrix(2, None, ids[keep], rows[keep], np.zeros((0, int(keep.sum()), 0), dtype=np.float32))
+    queries = unit(centres[7] + 0.3 * unit(rng.standard_normal((20, 64))))
+    parts = [QueryVectors(q, np.zeros((0, 0), dtype=np.float32)) for q in queries]
+    standard = [Voter("standard", "standard", 1.0)]
+    truth = Exact(left.standard, left.heads)(standard, parts, 10)[0][:, 0]
+    walked = graph.GraphRanker(left, graphs, Exact(left.standard, left.heads))(standard, parts, 10)[0][:, 0]
+    assert graphs.place(left).removed == 200
+    assert np.mean([len(set(w) & set(t)) / 10 for w, t in zip(walked, truth)]) >= 0.95
+    narrow = faiss_search_without_widening(built, graphs.place(left), queries, left.standard)
+    assert np.mean([len(set(w) & set(t)) / 10 for w, t in zip(narrow, truth)]) < 0.5  # the case is a hard one
+
+
+def faiss_search_without_widening(built, place, queries, vectors):
+    """The walk at breadth 128 alone, removed nodes skipped: its best 10 live rows by fp32 score."""
+    import faiss
+
+    selector = faiss.IDSelectorBitmap(len(place.bitmap), faiss.swig_ptr(place.bitmap))
+    walk = faiss.SearchParametersHNSW(efSearch=128, sel=selector)
+    nodes = built.search(np.ascontiguousarray(queries), 20, params=walk)[1]
+    found = [place.rows[n[n >= 0]] for n in nodes]
+    return [r[np.argsort(-(vectors[r] @ q))][:10] for r, q in zip(found, queries)]
+
+
+def test_graphs_that_lost_too_many_rows_are_scanned_until_rebuilt(graph_index, monkeypatch):
+    monkeypatch.setattr(graph, "REMOVED_ROWS", 2)
+    monkeypatch.setattr(graph, "update", lambda *a, **k: None)  # no rebuild: a writer that failed, or is slow
+    graph_index.delete(["d1", "d2", "d3"])
+    from mrag.retrieve.search import ranker_for
+    from mrag.retrieve.strategies import parse_strategy
+
+    ranker, _, _ = ranker_for(graph_index.store, parse_strategy("mrag"), None)
+    assert isinstance(ranker.inner, graph.GraphRanker) and not ranker.inner.walks
+    for strategy in STRATEGIES:
+        assert same(graph_index, strategy), strategy
+
+
+def test_a_forced_build_replaces_graphs_of_the_same_version(graph_index):
+    (only,) = [root(graph_index) / name for name in folders(graph_index)]
+    (only / graph.KEYS).unlink()  # as graphs of the format before node keys
+    assert graph.latest(root(graph_index), graph_index.store.matrix()) is None  # unread: scanned exactly
+    graph_index.maintain_ann(force=True)  # at the same version: the folder is replaced
+    assert folders(graph_index) == [only.name] and (only / graph.KEYS).is_file()
+    assert placed(graph_index)[1].covered == 150
+    graph_index.build_ann("HNSW", spaces=["standard"])  # another choice of spaces, same version: replaced
+    assert set(placed(graph_index)[0].files) == {"standard"}

@@ -8,7 +8,7 @@ nodes are the first rows of a later matrix, in node order (`placement`). Pure fu
 
 from __future__ import annotations
 
-import zlib
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,10 +18,13 @@ DEAD = np.uint64(0)  # the key of a node removed before the graph was extended (
 
 
 def row_keys(ids: np.ndarray, standard: np.ndarray) -> np.ndarray:
-    """Each row's key: the CRC-32 of its chunk id mixed with the first FINGERPRINT floats of its
-    standard vector (an upsert keeps a chunk's id, not its vector); odd, never DEAD.
+    """Each row's key: a 64-bit hash of its chunk id mixed with the first FINGERPRINT floats of its
+    standard vector (an upsert keeps a chunk's id, not its vector); odd, never DEAD. Chunks of the
+    same text share their floats, so the ids alone must tell them apart: 64 bits, not 32 (a CRC-32
+    collides among 10k copies of a footer about once in a hundred indexes).
     (N,) ids, (>= N, D) -> (N,) uint64"""
-    key = np.fromiter((zlib.crc32(str(i).encode()) for i in ids), dtype=np.uint64, count=len(ids))
+    hashed = b"".join(hashlib.blake2b(str(i).encode(), digest_size=8).digest() for i in ids)
+    key = np.frombuffer(hashed, dtype=np.uint64).copy()
     words = np.ascontiguousarray(standard[: len(ids), :FINGERPRINT], dtype=np.float32).view(np.uint32)
     for word in words.T.astype(np.uint64):
         key = _mix(key ^ word)
@@ -54,13 +57,18 @@ def placement(nodes: np.ndarray, keys: np.ndarray) -> Placement | None:
     """Where a graph's nodes (their keys, in node order) are among a matrix's rows (their keys): the
     graph covers the longest run of first rows that are nodes in node order, and the rows after it are
     scanned (appended ones, and any that came back with a removed node's key: a chunk deleted and
-    written again). Nodes not among the covered rows were removed. None when no first row is a node.
+    written again; `update` makes them new nodes). Nodes not among the covered rows were removed, and
+    so are nodes that share a key (they cannot be told apart). None when no first row is a node.
     nodes [a b c d], rows [a c d e] -> rows of the nodes [0 -1 1 2], covered 3 (e is scanned)"""
     live = np.flatnonzero(nodes != DEAD)
     order = live[np.argsort(nodes[live], kind="stable")]  # node numbers by key
     ranked = nodes[order]
-    if len(ranked) == 0 or len(keys) == 0 or (ranked[1:] == ranked[:-1]).any():
-        return None  # nothing left, or two nodes with one key: they could not be told apart
+    shared = np.zeros(len(ranked), dtype=bool)
+    shared[1:] = ranked[1:] == ranked[:-1]
+    shared[:-1] |= shared[1:]
+    order, ranked = order[~shared], ranked[~shared]
+    if len(ranked) == 0 or len(keys) == 0:
+        return None
     at = np.minimum(np.searchsorted(ranked, keys), len(ranked) - 1)
     node = np.where(ranked[at] == keys, order[at], -1)  # (N,) each row's node, -1 for none
     past = node < 0

@@ -164,14 +164,14 @@ def ranker_for(
         if store.graphs is not None:
             ranked = graph.GraphRanker(matrix, store.graphs, ranked, nprobes or built.get("nprobes", graph.DEFAULT_EF))
 
-    def by_offset(rows: list[int]) -> dict[int, dict[str, Any]]:
+    def by_row(rows: list[int]) -> dict[int, dict[str, Any]]:
         if matrix.row_ids is None:
             found = store.take(matrix.table, HIT_COLUMNS, offsets=rows)
-        else:  # by row id: a take by position costs 50 ms at 200k rows once rows were deleted, by id 2 ms
+        else:  # by row id: once rows were deleted, a take by position cost 17.6 ms at 200k rows, by id 5.0
             found = store.take(matrix.table, HIT_COLUMNS, row_ids=[int(matrix.row_ids[r]) for r in rows])
         return {r: found[matrix.ids[r]] for r in rows}
 
-    return fulltext.FullTextRanker(ranked, matrix.table, ids=matrix.ids), by_offset, len(matrix.ids)
+    return fulltext.FullTextRanker(ranked, matrix.table, ids=matrix.ids), by_row, len(matrix.ids)
 
 
 def _hit(row: dict[str, Any], score: float, votes: list[dict[str, Any]]) -> Hit:
