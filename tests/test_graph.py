@@ -293,6 +293,39 @@ def test_searches_beside_a_writer_process(graph_index, tmp_path):
         assert same(graph_index, strategy), strategy
 
 
+DELETER = """
+import sys
+from mrag.index import Index
+from test_ann import SeededEmbedder, docs
+index = Index.open(sys.argv[1], embedder=SeededEmbedder())
+for i in range(6):
+    index.delete([f"d{10 * i + 3}", f"d{10 * i + 4}"])  # the graphs are kept: their nodes skipped
+    index.upsert([{"id": f"d{10 * i + 5}", "text": f"Rewritten {i}: Roman roads, bees, chess engines and tides."}])
+    index.add(docs(160 + 10 * i, 150 + 10 * i))  # 10 rows: past STALE_SHARE, the graphs are extended
+"""
+
+
+def test_searches_beside_a_process_that_deletes_and_upserts(graph_index, tmp_path):
+    writer = subprocess.Popen([sys.executable, "-c", DELETER, str(tmp_path / "db")], cwd=str(Path(__file__).parent),
+                              stderr=subprocess.PIPE, text=True)
+    compared = 0
+    while writer.poll() is None:  # a graph search and an exact one at the same committed version agree
+        for strategy in ("standard", "mrag"):
+            walked = [(h.id, h.text) for h in graph_index.search(QUERIES[0], k=8, strategy=strategy)]
+            version = graph_index.store.committed_version
+            scanned = [(h.id, h.text) for h in graph_index.search(QUERIES[0], k=8, strategy=strategy, exact=True)]
+            if graph_index.store.committed_version == version:
+                assert walked == scanned, strategy
+                compared += 1
+    assert writer.wait() == 0, writer.stderr.read()
+    assert compared > 0
+    found, place = placed(graph_index)
+    assert place.removed == 18 and len(found.nodes) == 210 + 6  # 12 deleted, 6 upserted: their old nodes
+    assert not {"d3", "d4", "d53", "d54"} & {h.doc_id for h in graph_index.search(QUERIES[0], k=200)}
+    for strategy in STRATEGIES:
+        assert same(graph_index, strategy), strategy
+
+
 def test_a_delete_keeps_the_graphs(graph_index):
     built = folders(graph_index)
     graph_index.delete(["d7"])
