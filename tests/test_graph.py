@@ -491,12 +491,30 @@ def test_graphs_that_lost_too_many_rows_are_scanned_until_rebuilt(graph_index, m
         assert same(graph_index, strategy), strategy
 
 
-def test_a_forced_build_replaces_graphs_of_the_same_version(graph_index):
-    (only,) = [root(graph_index) / name for name in folders(graph_index)]
-    (only / graph.KEYS).unlink()  # as graphs of the format before node keys
-    assert graph.latest(root(graph_index), graph_index.store.matrix()) is None  # unread: scanned exactly
-    graph_index.maintain_ann(force=True)  # at the same version: the folder is replaced
-    assert folders(graph_index) == [only.name] and (only / graph.KEYS).is_file()
-    assert placed(graph_index)[1].covered == 150
-    graph_index.build_ann("HNSW", spaces=["standard"])  # another choice of spaces, same version: replaced
-    assert set(placed(graph_index)[0].files) == {"standard"}
+def test_a_build_at_the_same_version_adds_a_newer_folder(graph_index):
+    (first,) = [root(graph_index) / name for name in folders(graph_index)]
+    graph_index.search(QUERIES[0], strategy="standard")  # this reader holds the first folder's graphs
+    held = graph_index.store.graphs
+    assert held.path == first and set(held.loaded) == {"standard"}
+    graph_index.build_ann("HNSW", spaces=["standard", "head:1"])  # at the same version: a newer folder
+    assert first.is_dir() and len(folders(graph_index)) == 2  # the held one is left as it was
+    for strategy in STRATEGIES:  # the reader moves to the newer folder: its own keys for its own graphs
+        assert same(graph_index, strategy), strategy
+    assert graph_index.store.graphs.path != first and set(graph_index.store.graphs.files) == {"standard", "head:1"}
+    newest = graph_index.store.graphs.path
+    (newest / graph.KEYS).unlink()  # as graphs of the format before node keys: not read
+    assert graph.latest(root(graph_index), graph_index.store.matrix()).path == first  # the older one still fits
+    graph_index.maintain_ann(force=True)
+    found, place = placed(graph_index)
+    assert found.path not in (first, newest) and place.covered == 150 and (found.path / graph.KEYS).is_file()
+
+
+def test_a_graph_whose_nodes_and_keys_differ_is_scanned(tmp_path):
+    import faiss
+
+    built = graph.new_graph(2)
+    graph.extend(built, np.eye(2, dtype=np.float32))
+    faiss.write_index(built, str(tmp_path / "0.faiss"))
+    graphs = graph.Graphs(1, np.array([1, 3, 5], dtype=np.uint64), {"standard": tmp_path / "0.faiss"})
+    with pytest.warns(RuntimeWarning, match="holds 2 nodes, its folder 3 keys"):
+        assert not graphs.usable("standard")

@@ -124,6 +124,7 @@ class Graphs:
     loaded: dict[str, Any] = field(default_factory=dict)  # space -> faiss index, once read
     placed: tuple[int, Placement | None] | None = None  # the last matrix version placed, and where
     broken: set[str] = field(default_factory=set)  # spaces whose graph could not be read: scanned instead
+    path: Path | None = None  # the folder: never reused for other graphs, so its keys stay those of its files
 
     def place(self, matrix: Matrix) -> Placement | None:
         """Where the nodes are in `matrix` (`placement`), worked out once per matrix version."""
@@ -137,7 +138,10 @@ class Graphs:
 
     def graph(self, space: str) -> Any:
         if space not in self.loaded:
-            self.loaded[space] = require_faiss().read_index(str(self.files[space]))
+            graph = require_faiss().read_index(str(self.files[space]))
+            if graph.ntotal != len(self.nodes):
+                raise RuntimeError(f"{self.files[space]} holds {graph.ntotal} nodes, its folder {len(self.nodes)} keys")
+            self.loaded[space] = graph
         return self.loaded[space]
 
     def usable(self, space: str) -> bool:
@@ -161,13 +165,17 @@ def folder(uri: str) -> Path:
 
 
 def _complete_folders(root: Path) -> list[tuple[int, Path]]:
-    """The complete graph folders under root, newest first: (version, path)."""
+    """The complete graph folders under root, newest first: (version, path). A folder is named
+    <version>-<nanoseconds>-<random> (`write`), so a build at a version that has graphs adds a newer
+    folder instead of replacing one that readers may hold."""
     found = []
     if root.is_dir():
         for path in root.iterdir():
-            if path.name.isdigit() and (path / "meta.json").is_file():
-                found.append((int(path.name), path))
-    return sorted(found, reverse=True)
+            version, _, written = path.name.partition("-")
+            if version.isdigit() and (path / "meta.json").is_file():
+                stamp = written.partition("-")[0]
+                found.append(((int(version), int(stamp) if stamp.isdigit() else 0), path))
+    return [(key[0], path) for key, path in sorted(found, reverse=True)]
 
 
 def read(path: Path) -> Graphs:
@@ -178,7 +186,7 @@ def read(path: Path) -> Graphs:
     nodes = np.load(path / KEYS)
     if nodes.dtype != np.uint64 or len(nodes) != int(meta["nodes"]):
         raise ValueError(f"{path}: {len(nodes)} node keys, {meta['nodes']} nodes recorded")
-    return Graphs(int(meta["version"]), nodes, files)
+    return Graphs(int(meta["version"]), nodes, files, path=path)
 
 
 def latest(root: Path, matrix: Matrix, cached: Graphs | None = None) -> Graphs | None:
@@ -188,7 +196,7 @@ def latest(root: Path, matrix: Matrix, cached: Graphs | None = None) -> Graphs |
     for version, path in _complete_folders(root):
         if version > matrix.version:
             continue  # written for a commit this reader has not seen yet
-        if cached is not None and cached.version == version:
+        if cached is not None and cached.path == path:
             return cached if cached.fits(matrix) else None
         try:
             graphs = read(path)
@@ -198,10 +206,10 @@ def latest(root: Path, matrix: Matrix, cached: Graphs | None = None) -> Graphs |
     return None
 
 
-def write(root: Path, version: int, graphs: dict[str, Any], nodes: np.ndarray, replace: bool = False) -> Graphs:
-    """Save graphs with their node keys as root/<version>, atomically: a folder renamed into place.
-    A concurrent update that got there first wins, unless `replace` (a forced build, or a folder that
-    does not read): that folder is moved aside and removed. Older folders but the newest one before go."""
+def write(root: Path, version: int, graphs: dict[str, Any], nodes: np.ndarray) -> Graphs:
+    """Save graphs with their node keys in a new folder of root, atomically: a staging folder renamed
+    into place, named after `version` and the time (`_complete_folders`). Older folders but the newest
+    one before go."""
     faiss = require_faiss()
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
@@ -212,21 +220,17 @@ def write(root: Path, version: int, graphs: dict[str, Any], nodes: np.ndarray, r
     np.save(staging / KEYS, nodes)
     meta = {"version": version, "nodes": len(nodes), "files": files, "build_depth": BUILD_DEPTH}
     (staging / "meta.json").write_text(json.dumps(meta))
-    target = root / str(version)
-    if replace and target.exists():
-        aside = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
-        os.rename(target, aside / "old")  # readers of it see a graph vanish: scanned exactly, warned once
-        shutil.rmtree(aside, ignore_errors=True)
-    try:
-        os.rename(staging, target)
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)  # another process wrote this version's graphs
-    for _, old in _complete_folders(root)[2:]:
+    target = root / f"{version}-{time.time_ns()}-{os.urandom(3).hex()}"
+    os.rename(staging, target)
+    for _, old in _complete_folders(root)[2:]:  # a reader of one sees its graphs vanish: scanned, warned once
         shutil.rmtree(old, ignore_errors=True)
     for left in root.glob(".staging-*"):  # cut short by a crash over an hour ago
-        if time.time() - left.stat().st_mtime > 3600:
-            shutil.rmtree(left, ignore_errors=True)
-    return Graphs(version, nodes, {s: target / f for s, f in files.items()}, dict(graphs))
+        try:
+            if time.time() - left.stat().st_mtime > 3600:
+                shutil.rmtree(left, ignore_errors=True)
+        except FileNotFoundError:
+            pass  # another writer's, renamed meanwhile
+    return Graphs(version, nodes, {s: target / f for s, f in files.items()}, dict(graphs), path=target)
 
 
 def reusable(root: Path, matrix: Matrix, spaces: Sequence[str]) -> tuple[Graphs, Placement] | None:
@@ -290,7 +294,7 @@ def update(
         if progress:
             progress(space)
     nodes = np.concatenate([kept, row_keys(matrix.ids[start:], matrix.standard[start:])])
-    return write(root, matrix.version, graphs, nodes, replace=force or found is None)
+    return write(root, matrix.version, graphs, nodes)
 
 
 def build(store: Any, ef: int, progress: Any = None, only: Sequence[str] | None = None) -> dict[str, Any]:
