@@ -4,16 +4,18 @@ LanceDB's per-call work. `GraphRanker` is a `types.Ranker` over them.
 
 A graph's nodes are rows of the matrix as it was when they were added, each saved with a key (its
 chunk id and its standard vector's first floats, `row_keys`). Graphs live in the index folder,
-`graphs/<version>/`, written by `update` after a commit and read by every process; a folder is complete
-once its `meta.json` is there. A graph of an earlier version serves a matrix whose first rows are its
-surviving nodes in their order (`placement`): LanceDB keeps the order of the rows a delete leaves, and
-through compaction, and appends new rows, an upsert's included. Removed nodes are skipped during the
-walk, and the rows past the graph are scanned exactly and merged, so results are never stale; hits are
-fetched and ties broken as on the exact path. `update` extends graphs once the appended rows pass
-STALE_SHARE and builds them anew once the removed nodes pass REMOVED_SHARE or REMOVED_ROWS. A query
-part whose nearest nodes are mostly removed walks again past them, with a breadth widened by twice
-their number, and graphs with more than REMOVED_ROWS removed are not walked until rebuilt. Graphs store 8-bit vectors;
-every candidate is re-scored in fp32.
+`graphs/<version>-<ns>-<random>/` (a new one per build, never reused), written by `update` after a
+commit and read by every process; a folder is complete once its `meta.json` is there.
+
+A graph of an earlier version serves a matrix whose first rows are its surviving nodes in their order
+(`placement`): LanceDB keeps the order of the rows a delete leaves, through compaction too, and
+appends new rows, an upsert's included. A walk drops the removed nodes it meets; a part left with too
+few live rows (near a deleted document or topic) walks again with them skipped and a breadth widened
+by twice their number. The rows past the graph are scanned exactly and merged, so results are never
+stale, and hits are fetched and ties broken as on the exact path. `update` extends graphs once the
+appended rows pass STALE_SHARE and builds them anew once the removed nodes pass REMOVED_SHARE or
+REMOVED_ROWS (searches scan exactly meanwhile). Graphs store 8-bit vectors; every candidate is
+re-scored in fp32.
 """
 
 from __future__ import annotations
