@@ -18,6 +18,7 @@ from mrag.index import Index
 from mrag.matrix import Matrix
 from mrag.retrieve import graph
 from mrag.retrieve.exact import Exact
+from mrag.retrieve.nodes import placement
 from mrag.retrieve.types import QueryVectors, Voter
 
 STRATEGIES = ["standard", "segment-bm25", "mrag", "mrag-paper", "split", "segment+mrag-decay"]
@@ -436,10 +437,15 @@ def test_a_write_that_leaves_the_graphs_reads_no_heads(graph_index, monkeypatch)
 
     monkeypatch.setattr(graph_index.store, "matrix", recorded)
     graph_index.add(docs(152, 150))  # 2 rows: not past STALE_SHARE, so the graphs stay as they are
-    assert read == [False] and not graph.due(root(graph_index), matrix(heads=False))
+    lean = matrix(heads=False)
+    found = graph.reusable(root(graph_index), lean, graph.graph_spaces(lean, loaded_only=False))
+    assert read == [False] and found is not None and not graph.stale(lean, found[1])
     read.clear()
+    placements = []
+    monkeypatch.setattr(graph, "placement", lambda *a: placements.append(1) or placement(*a))
     graph_index.add(docs(170, 152))  # 18 more: extended, which needs the heads
-    assert read == [False, True] and len(placed(graph_index)[0].nodes) == 170
+    assert read == [False, True] and len(placements) == 1  # placed once, for both matrices of the version
+    assert len(placed(graph_index)[0].nodes) == 170
 
 
 def test_a_deleted_topic_is_walked_around():

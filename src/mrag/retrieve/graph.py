@@ -235,10 +235,12 @@ def write(root: Path, version: int, graphs: dict[str, Any], nodes: np.ndarray) -
     return Graphs(version, nodes, {s: target / f for s, f in files.items()}, dict(graphs), path=target)
 
 
-def reusable(root: Path, matrix: Matrix, spaces: Sequence[str]) -> tuple[Graphs, Placement] | None:
+def reusable(
+    root: Path, matrix: Matrix, spaces: Sequence[str], cached: Graphs | None = None
+) -> tuple[Graphs, Placement] | None:
     """The newest graphs that fit `matrix`, of these spaces, that lost few enough nodes (`walkable`),
-    and where their nodes are; None: `update` builds them anew."""
-    current = latest(root, matrix)
+    and where their nodes are (`cached`: as `latest`); None: `update` builds them anew."""
+    current = latest(root, matrix, cached)
     place = None if current is None else current.place(matrix)
     if current is None or place is None or set(current.files) != set(spaces) or not walkable(current, place):
         return None
@@ -256,27 +258,20 @@ def stale(matrix: Matrix, place: Placement) -> bool:
     return len(matrix.ids) - place.covered > STALE_SHARE * len(matrix.ids)
 
 
-def due(root: Path, matrix: Matrix, only: Sequence[str] | None = None) -> bool:
-    """Whether `update` would write graphs for the rows of `matrix`, which may be read without heads:
-    the row keys need the ids and standard vectors alone."""
-    if len(matrix.ids) == 0:
-        return False
-    found = reusable(root, matrix, graph_spaces(matrix, only, loaded_only=False))
-    return found is None or stale(matrix, found[1])
-
-
 def update(
-    root: Path, matrix: Matrix, force: bool = False, progress: Any = None, only: Sequence[str] | None = None
+    root: Path, matrix: Matrix, force: bool = False, progress: Any = None, only: Sequence[str] | None = None,
+    cached: Graphs | None = None,
 ) -> Graphs | None:
     """Bring the graphs of the spaces in `only` (None: every space) up to `matrix`: extend the newest
     that fits by the rows past it (when they are more than STALE_SHARE of the rows), or build them anew
     (with `force`, when none fits, or when it lost too many nodes: `walkable`).
-    -> the graphs written, or None when the newest already serves."""
+    `cached`: graphs already placed in a matrix of the same version (`latest`). -> the graphs written,
+    or None when the newest already serves."""
     n = len(matrix.ids)
     if n == 0:
         return None  # nothing to walk: the old graphs fit no more, and an empty matrix is scanned at once
     spaces = graph_spaces(matrix, only)
-    found = None if force else reusable(root, matrix, spaces)
+    found = None if force else reusable(root, matrix, spaces, cached)
     if found is not None and not stale(matrix, found[1]):
         return None
     graphs, start, kept = None, 0, np.zeros(0, dtype=np.uint64)
@@ -326,14 +321,18 @@ def maintain(store: Any, force: bool = False, progress: Any = None) -> Graphs | 
     full disk) leaves the committed rows as they are: it is warned, and searches scan exactly what no
     graph covers."""
     store.refresh()
-    only = (store.manifest.ann or {}).get("spaces")
+    only, root = (store.manifest.ann or {}).get("spaces"), folder(store.uri)
     try:
-        # read without keeping them: a server that searches without heads keeps its own matrix. Most
-        # writes leave the graphs as they are, which the rows' ids and standard vectors tell alone
-        if not force and not due(folder(store.uri), store.matrix(refresh=False, heads=False, keep=False), only):
-            return None
+        found = None
+        if not force:
+            # most writes leave the graphs as they are, which the rows' ids and standard vectors tell
+            # alone. Matrices are read without keeping them: a server that searches without heads keeps its own
+            lean = store.matrix(refresh=False, heads=False, keep=False)
+            found = reusable(root, lean, graph_spaces(lean, only, loaded_only=False)) if len(lean.ids) else None
+            if not len(lean.ids) or (found is not None and not stale(lean, found[1])):
+                return None
         matrix = store.matrix(refresh=False, heads=needs_heads(only), keep=False)
-        return update(folder(store.uri), matrix, force, progress, only)
+        return update(root, matrix, force, progress, only, None if found is None else found[0])
     except (ImportError, OSError, RuntimeError, ValueError) as error:
         if force:
             raise
