@@ -196,7 +196,7 @@ class Index:
                 raise ValueError(f"unknown id(s), nothing deleted: {', '.join(missing[:5])}")
             deleted = self.store.delete(where)
         if (self.store.manifest.ann or {}).get("index_type") == graph.INDEX_TYPE:
-            graph.maintain(self.store)  # graphs skip removed rows; rebuilt past graph.REMOVED_SHARE
+            graph.maintain(self.store)  # graphs skip removed rows; rebuilt once not `graph.walkable`
         return deleted
 
     # --- reading -------------------------------------------------------------------------

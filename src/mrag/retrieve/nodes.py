@@ -50,7 +50,7 @@ class Placement:
 
     @property
     def removed(self) -> int:
-        return int((self.rows < 0).sum())
+        return len(self.rows) - self.covered  # each covered row is one node: the other nodes were removed
 
 
 def placement(nodes: np.ndarray, keys: np.ndarray) -> Placement | None:
