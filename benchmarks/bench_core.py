@@ -164,33 +164,33 @@ class RandomQueryEmbedder(HeadEmbedder):
 
 def build_synthetic(path: Path, n: int, batch: int = 50_000, seed: int = 0) -> tuple[Index, float]:
     """An index of n chunks with random vectors (heads of different mean norms), in batches, one commit."""
-    fake = RandomQueryEmbedder()
-    index = Index.open(path, embedder=fake)
-    store = index.store
-    schema = chunk_schema(fake.dim, fake.n_heads, fake.head_dim)
-    head_size = np.linspace(0.5, 2.0, fake.n_heads, dtype=np.float32)[None, :, None]  # (1, H, 1)
+    index = Index.open(path, embedder=RandomQueryEmbedder())
     rng = np.random.default_rng(seed)
     start = time.perf_counter()
-    with store.writing():
+    with index.store.writing():
         for first in range(0, n, batch):
-            m = min(batch, n - first)
-            ids = [f"c{i}" for i in range(first, first + m)]
-            store.add(
-                build_rows(
-                    ids=ids,
-                    doc_ids=[f"d{i // 4}" for i in range(first, first + m)],
-                    sources=["synthetic"] * m,
-                    titles=[""] * m,
-                    positions=[i % 4 for i in range(first, first + m)],
-                    texts=[f"synthetic chunk {i}" for i in range(first, first + m)],
-                    metadata=[{}] * m,
-                    doc_hashes=["x"] * m,
-                    standard=rng.standard_normal((m, fake.dim), np.float32),
-                    heads=rng.standard_normal((m, fake.n_heads, fake.head_dim), np.float32) * head_size,
-                    schema=schema,
-                )
-            )
+            index.store.add(synthetic_rows(index, first, min(batch, n - first), rng))
     return index, time.perf_counter() - start
+
+
+def synthetic_rows(index: Index, first: int, m: int, rng: np.random.Generator) -> Any:
+    """Rows first..first + m of a synthetic index (chunk ids c<i>, four chunks a document), for
+    `Store.add` inside `Store.writing`."""
+    fake = index.embedder
+    head_size = np.linspace(0.5, 2.0, fake.n_heads, dtype=np.float32)[None, :, None]  # (1, H, 1)
+    return build_rows(
+        ids=[f"c{i}" for i in range(first, first + m)],
+        doc_ids=[f"d{i // 4}" for i in range(first, first + m)],
+        sources=["synthetic"] * m,
+        titles=[""] * m,
+        positions=[i % 4 for i in range(first, first + m)],
+        texts=[f"synthetic chunk {i}" for i in range(first, first + m)],
+        metadata=[{}] * m,
+        doc_hashes=["x"] * m,
+        standard=rng.standard_normal((m, fake.dim), np.float32),
+        heads=rng.standard_normal((m, fake.n_heads, fake.head_dim), np.float32) * head_size,
+        schema=chunk_schema(fake.dim, fake.n_heads, fake.head_dim),
+    )
 
 
 def scanned_bytes(strategy: str, n: int) -> int:

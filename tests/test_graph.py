@@ -18,7 +18,7 @@ from mrag.index import Index
 from mrag.matrix import Matrix
 from mrag.retrieve import graph
 from mrag.retrieve.exact import Exact
-from mrag.retrieve.nodes import placement
+from mrag.retrieve.nodes import DEAD, NodeIndex, placement, placement_after
 from mrag.retrieve.types import QueryVectors, Voter
 
 STRATEGIES = ["standard", "segment-bm25", "mrag", "mrag-paper", "split", "segment+mrag-decay"]
@@ -207,22 +207,75 @@ def test_walk_by_hand():
 def test_placement_by_hand():
     a, b, c, d, e = np.arange(1, 11, 2, dtype=np.uint64)  # odd, as row keys are
     nodes = np.array([a, b, c, d])
-    place = graph.placement(nodes, np.array([a, c, d, e]))
+    place = placement(nodes, np.array([a, c, d, e]))
     assert place is not None and place.rows.tolist() == [0, -1, 1, 2] and place.covered == 3
-    assert graph.placement(nodes, np.array([a, b, c, d])).bitmap is None  # nothing removed: no selector
-    place = graph.placement(nodes, np.array([a, e, c]))  # rows after an appended one are scanned
+    assert placement(nodes, np.array([a, b, c, d])).bitmap is None  # nothing removed: no selector
+    place = placement(nodes, np.array([a, e, c]))  # rows after an appended one are scanned
     assert place.rows.tolist() == [0, -1, -1, -1] and place.covered == 1
-    place = graph.placement(nodes, np.array([a, c, d, b]))  # b deleted and written again: appended
+    place = placement(nodes, np.array([a, c, d, b]))  # b deleted and written again: appended
     assert place.rows.tolist() == [0, -1, 1, 2] and place.covered == 3
-    place = graph.placement(np.array([a, graph.DEAD, c, d, b]), np.array([a, c, d, b]))  # ... and extended
+    place = placement(np.array([a, graph.DEAD, c, d, b]), np.array([a, c, d, b]))  # ... and extended
     assert place.rows.tolist() == [0, -1, 1, 2, 3] and place.covered == 4 and place.removed == 1
-    assert graph.placement(nodes, np.array([e, a])) is None  # the first row is no node
-    assert graph.placement(nodes, np.array([], dtype=np.uint64)) is None
-    assert graph.placement(np.array([a, a]), np.array([a])) is None  # two nodes with one key: neither is one
-    place = graph.placement(np.array([a, b, b, c]), np.array([a, b, c]))  # ... so b's row ends the covered run
+    assert placement(nodes, np.array([e, a])) is None  # the first row is no node
+    assert placement(nodes, np.array([], dtype=np.uint64)) is None
+    assert placement(np.array([a, a]), np.array([a])) is None  # two nodes with one key: neither is one
+    place = placement(np.array([a, b, b, c]), np.array([a, b, c]))  # ... so b's row ends the covered run
     assert place.rows.tolist() == [0, -1, -1, -1] and place.covered == 1
     keys = graph.row_keys(np.array(["x", "y"], dtype=object), np.eye(2, 9, dtype=np.float32))
     assert keys.dtype == np.uint64 and keys[0] != keys[1] and (keys % 2 == 1).all()
+
+
+def test_placement_after_appended_rows_by_hand():
+    a, b, c, d, e = np.arange(1, 11, 2, dtype=np.uint64)
+    nodes = np.array([a, b, c, d])
+    index = NodeIndex.of(nodes)
+    before = placement(nodes, np.array([a, b]), index)  # a matrix that had a and b
+    after = placement_after(nodes, index, before, 2, np.array([c, e]))  # then c and e were appended
+    assert after.rows.tolist() == [0, 1, 2, -1] and after.covered == 3
+    broken = placement(nodes, np.array([a, e]), index)  # the run broke at e: appended rows change nothing
+    assert placement_after(nodes, index, broken, 2, np.array([b, c])) is broken
+
+
+def test_placement_after_appended_rows_equals_the_whole_placement():
+    rng = np.random.default_rng(0)
+    universe = np.arange(1, 81, 2, dtype=np.uint64)  # 40 odd keys
+    for _ in range(500):
+        nodes = rng.choice(universe, size=int(rng.integers(1, 24)), replace=bool(rng.integers(2)))
+        nodes[rng.random(len(nodes)) < 0.1] = DEAD
+        kept = [k for k in nodes if k != DEAD and rng.random() > 0.2]  # the rows a delete left, in node order
+        keys = np.array(kept + list(rng.choice(universe, size=int(rng.integers(0, 6)))), dtype=np.uint64)
+        if rng.random() < 0.2:
+            rng.shuffle(keys)
+        m = int(rng.integers(0, len(keys) + 1))
+        index = NodeIndex.of(nodes)
+        after = placement_after(nodes, index, placement(nodes, keys[:m], index), m, keys[m:])
+        whole = placement(nodes, keys)
+        assert (after is None) == (whole is None)
+        if whole is not None:
+            assert after.rows.tolist() == whole.rows.tolist() and after.covered == whole.covered
+            assert (after.bitmap is None) == (whole.bitmap is None)
+            assert whole.bitmap is None or after.bitmap.tolist() == whole.bitmap.tolist()
+
+
+def test_a_grown_matrix_is_placed_from_its_new_rows(graph_index, monkeypatch):
+    """After an append a search places its graphs from the keys of the appended rows alone, and the
+    placement equals one from every row. (The write's own upkeep reads the graphs apart, since it may
+    extend them, and places them from every row.)"""
+    graph_index.search(QUERIES[0], strategy="standard")  # the matrix and its placement
+    graph_index.add(docs(153, 150))  # 3 rows: below STALE_SHARE, the graphs are kept
+    keyed = []
+    real = graph.place_in.__globals__["row_keys"]
+    monkeypatch.setitem(graph.place_in.__globals__, "row_keys", lambda ids, standard: (keyed.append(len(ids)),
+                                                                                         real(ids, standard))[1])
+    graph_index.search(QUERIES[0], strategy="standard")
+    held = graph_index.store.graphs
+    assert keyed == [3]
+    matrix = graph_index.store.matrix()
+    place = held.place(matrix)
+    whole = placement(held.nodes, real(matrix.ids, matrix.standard))
+    assert place.rows.tolist() == whole.rows.tolist() and place.covered == whole.covered == 150
+    for strategy in STRATEGIES:
+        assert same(graph_index, strategy), strategy
 
 
 def test_a_chunk_deleted_and_written_again_keeps_the_graphs(graph_index):
@@ -442,7 +495,8 @@ def test_a_write_that_leaves_the_graphs_reads_no_heads(graph_index, monkeypatch)
     assert read == [False] and found is not None and not graph.stale(lean, found[1])
     read.clear()
     placements = []
-    monkeypatch.setattr(graph, "placement", lambda *a: placements.append(1) or placement(*a))
+    place_in = graph.place_in
+    monkeypatch.setattr(graph, "place_in", lambda *a: placements.append(1) or place_in(*a))
     graph_index.add(docs(170, 152))  # 18 more: extended, which needs the heads
     assert read == [False, True] and len(placements) == 1  # placed once, for both matrices of the version
     assert len(placed(graph_index)[0].nodes) == 170

@@ -109,7 +109,7 @@ def test_matrix_read_a_few_rows_at_a_time_equals_the_table(index):
     assert n > 4  # more than one range of 2 rows, and a last range cut short when n is odd
     batches = list(read_ranges(snapshot, columns, n, step=2))
     assert [b.num_rows for b in batches][:-1] == [2] * (len(batches) - 1)
-    matrix = load_matrix(snapshot, batches, n, store.dim, store.n_heads, store.head_dim, False, {})
+    matrix = load_matrix(snapshot, columns, n, store.dim, store.n_heads, store.head_dim, False, {}, step=2)
     assert matrix.ids.tolist() == table["id"].to_pylist()
     np.testing.assert_array_equal(matrix.standard, np.array(table["vector"].to_pylist(), dtype=np.float32))
     for h in range(store.n_heads):
@@ -118,7 +118,7 @@ def test_matrix_read_a_few_rows_at_a_time_equals_the_table(index):
     assert whole.ids.tolist() == matrix.ids.tolist()
     np.testing.assert_array_equal(whole.heads, matrix.heads)
     with pytest.raises(ValueError, match="counted"):
-        load_matrix(snapshot, batches, n + 1, store.dim, store.n_heads, store.head_dim, False, {})
+        load_matrix(snapshot, columns, n + 1, store.dim, store.n_heads, store.head_dim, False, {}, step=2)
 
 
 def test_matrix_row_ids_fetch_its_rows_after_deletes(index):

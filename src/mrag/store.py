@@ -33,7 +33,7 @@ from mrag.connection import connect
 from mrag.errors import StoreError
 from mrag.locking import Lease, is_local, local_path, write_lock
 from mrag.manifest import READABLE_FORMATS, Manifest
-from mrag.matrix import Matrix, head_units, load_matrix, read_ranges
+from mrag.matrix import Matrix, grown, head_units, load_matrix
 from mrag.rows import VectorColumn, chunk_schema, fixed, quote, space_column, vector_columns
 from mrag.scales import ScaleSums, split_unit
 from mrag.settings import GRAPH_INDEX
@@ -231,13 +231,15 @@ class Store:
         matrix = self._matrix
         if matrix is None or matrix.version != self.committed_version or (heads and not matrix.has_heads):
             if keep:
-                self._matrix = None  # the old one goes before the new one is read
+                self._matrix = None
             snapshot = self.snapshot()  # its version, not committed_version: another thread may refresh that
-            columns = [c.column for c in self.vector_columns(committed=True)
-                       if heads or not c.column.startswith("head")]  # head_i, or format 1's packed heads
-            n = snapshot.count_rows()
-            matrix = load_matrix(snapshot, read_ranges(snapshot, ["id", *columns], n), n, self.dim, self.n_heads,
-                                 self.head_dim, self.packed, self.committed_space_dims(), with_heads=heads)
+            columns = ["id", *(c.column for c in self.vector_columns(committed=True)
+                               if heads or not c.column.startswith("head"))]  # head_i, or format 1's packed heads
+            n, spaces = snapshot.count_rows(), self.committed_space_dims()
+            found = None if matrix is None else grown(matrix, snapshot, columns, n, spaces)  # only appended since
+            matrix = None  # the old one goes before the new one is read
+            matrix = found or load_matrix(snapshot, columns, n, self.dim, self.n_heads, self.head_dim, self.packed,
+                                          spaces, with_heads=heads)
             if keep:
                 self._matrix = matrix
         return matrix

@@ -36,7 +36,7 @@ import numpy as np
 from mrag.locking import is_local, local_path
 from mrag.matrix import Matrix
 from mrag.retrieve.ann import query_vector
-from mrag.retrieve.nodes import DEAD, Placement, placement, row_keys
+from mrag.retrieve.nodes import DEAD, NodeIndex, Placed, Placement, place_in, row_keys
 from mrag.retrieve.types import QueryVectors, Ranker, Voter
 from mrag.settings import DEFAULT_EF, GRAPH_INDEX
 
@@ -124,16 +124,20 @@ class Graphs:
     nodes: np.ndarray  # (M,) uint64 each node's row key
     files: dict[str, Path]  # space -> its graph's file
     loaded: dict[str, Any] = field(default_factory=dict)  # space -> faiss index, once read
-    placed: tuple[int, Placement | None] | None = None  # the last matrix version placed, and where
+    placed: Placed | None = None  # the last matrix placed, and where
     broken: set[str] = field(default_factory=set)  # spaces whose graph could not be read: scanned instead
     path: Path | None = None  # the folder: never reused for other graphs, so its keys stay those of its files
+    index: NodeIndex | None = None  # the nodes sorted by key, made on the first placement
 
     def place(self, matrix: Matrix) -> Placement | None:
-        """Where the nodes are in `matrix` (`placement`), worked out once per matrix version."""
+        """Where the nodes are in `matrix` (`placement`), worked out once per matrix version; for a
+        matrix grown from the one placed before (`mrag.matrix.grown`), from its new rows alone."""
         placed = self.placed  # one read: another thread may place another version meanwhile
-        if placed is None or placed[0] != matrix.version:
-            placed = self.placed = matrix.version, placement(self.nodes, row_keys(matrix.ids, matrix.standard))
-        return placed[1]
+        if placed is None or placed.version != matrix.version:
+            if self.index is None:
+                self.index = NodeIndex.of(self.nodes)
+            placed = self.placed = place_in(matrix, self.nodes, self.index, placed)
+        return placed.place
 
     def fits(self, matrix: Matrix) -> bool:
         return self.place(matrix) is not None

@@ -30,6 +30,8 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from mrag.matrix import growing
+
 BF16_UNIT = 2.0**-8  # bf16 keeps 8 significant bits: rounding to nearest moves a value by at most this, relatively
 SEGMENT_ROWS = 32  # rows per segment: a block's rows are kept or skipped a segment at a time
 BLOCK_BYTES = 16 * 2**20  # a block's bf16 products, all lines (at 1M rows, 6 parts: 60 ms a scan against 70 at 4 MiB)
@@ -73,16 +75,22 @@ class Bf16Copy:
     contiguous matrix); for the error bound, each head's largest row norm and largest rounding error
     ||x - bf16(x)|| (H,)."""
 
-    def __init__(self, vectors: np.ndarray):
+    def __init__(self, vectors: np.ndarray, prefix: Bf16Copy | None = None, m: int = 0):
+        """The copy of `vectors`; given the copy `prefix` of their first m rows, only the rows after
+        those are rounded (its rows copied, its largest norms and errors carried)."""
         source = torch.from_numpy(vectors if vectors.flags.writeable else np.array(vectors))  # torch warns on read-only
         source = source[None] if source.dim() == 2 else source
         h, n, d = source.shape
         self.heads = h
-        self.rows = torch.zeros((-(-n // SEGMENT_ROWS) * SEGMENT_ROWS, h * d), dtype=torch.bfloat16)
+        self.rows = torch.empty((-(-n // SEGMENT_ROWS) * SEGMENT_ROWS, h * d), dtype=torch.bfloat16)
+        self.rows[n:] = 0  # every row below n is written below
         self.row_norm, self.row_error = torch.zeros(h, dtype=torch.float64), torch.zeros(h, dtype=torch.float64)
+        if prefix is not None:
+            self.rows[:m] = prefix.rows[:m]
+            self.row_norm, self.row_error = prefix.row_norm.clone(), prefix.row_error.clone()
         step = max(2**22 // max(d, 1), 1)  # rows at a time: no fp32 or bf16 copy of all heads on the way
         for i in range(h):
-            for start in range(0, n, step):
+            for start in range(m, n, step):
                 x = source[i, start : start + step]
                 rounded = self.rows[start : start + len(x), i * d : (i + 1) * d]
                 rounded.copy_(x)  # rounded to nearest
@@ -90,7 +98,7 @@ class Bf16Copy:
                 self.row_norm[i], self.row_error[i] = max(self.row_norm[i], norm), max(self.row_error[i], error)
         # on the copy: a finite fp32 value past bf16's range rounds to inf, and the block-diagonal
         # product's zeros would turn it into NaN for every head of its row
-        self.finite = bool(torch.isfinite(self.rows).all())
+        self.finite = bool(torch.isfinite(self.rows[m:]).all())
         if not self.finite:  # never scanned (the fp32 scan runs instead): keep no copy
             self.rows = torch.zeros((0, h * d), dtype=torch.bfloat16)
 
@@ -106,21 +114,47 @@ def largest_norms(x: torch.Tensor, error: torch.Tensor) -> tuple[torch.Tensor, t
     return norm, largest
 
 
-_copies: dict[int, tuple[weakref.ref[np.ndarray], Bf16Copy]] = {}
+_copies: dict[int, tuple[weakref.ref[np.ndarray], Bf16Copy]] = {}  # id(array) -> (array, its copy)
+# id(base) of a growing array (`mrag.matrix.Rows`) -> (base, layout, rows, copy): its largest copy so far,
+# kept while the base lives, since the matrix it was made for is dropped when the next one grows
+_latest: dict[int, tuple[weakref.ref[np.ndarray], tuple[object, ...], int, Bf16Copy]] = {}
 _copies_lock = threading.Lock()
 
 
 def bf16_copy(vectors: np.ndarray) -> Bf16Copy:
     """The bf16 copy of this array (heads (H, N, d) or one space (N, D)), made once per array object and
-    dropped with it (an index's matrix is loaded once and searched many times)."""
+    dropped with it (an index's matrix is loaded once and searched many times). An array of the first
+    rows of growing arrays (`mrag.matrix.Rows`, a matrix grown by appended rows) extends the largest
+    copy made of the same arrays' first rows: only the new rows are rounded."""
     key = id(vectors)
     with _copies_lock:
         found = _copies.get(key)
         if found is not None and found[0]() is vectors:
             return found[1]
-        made = Bf16Copy(vectors)
+        base = vectors.base if growing(vectors) else None
+        rows, layout = vectors.shape[-2], _layout(vectors)
+        prefix = _prefix_copy(base, layout, rows)
+        made = Bf16Copy(vectors) if prefix is None else Bf16Copy(vectors, *prefix)
         _copies[key] = (weakref.ref(vectors, lambda _: _copies.pop(key, None)), made)
+        latest = _latest.get(id(base)) if base is not None else None
+        if base is not None and (latest is None or latest[0]() is not base or latest[2] <= rows):
+            base_key = id(base)  # replaces the smaller copy: it lives on only while a search holds it
+            _latest[base_key] = (weakref.ref(base, lambda _: _latest.pop(base_key, None)), layout, rows, made)
         return made
+
+
+def _prefix_copy(base: np.ndarray | None, layout: tuple[object, ...], rows: int) -> tuple[Bf16Copy, int] | None:
+    """The largest copy of at most `rows` first rows of the growing array `base` laid out as `layout`,
+    and its rows; None if there is none (or it holds values past bf16's range)."""
+    latest = _latest.get(id(base)) if base is not None else None
+    if latest is None or latest[0]() is not base or latest[1] != layout or latest[2] > rows or not latest[3].finite:
+        return None
+    return latest[3], latest[2]
+
+
+def _layout(vectors: np.ndarray) -> tuple[object, ...]:
+    """Where an array starts and how it is laid out, all but its number of rows (axis -2)."""
+    return vectors.__array_interface__["data"][0], vectors.strides, vectors.shape[:-2] + vectors.shape[-1:]
 
 
 def error_bound(q: torch.Tensor, row_norm: torch.Tensor, row_error: torch.Tensor) -> torch.Tensor:

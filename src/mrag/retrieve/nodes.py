@@ -9,9 +9,14 @@ nodes are the first rows of a later matrix, in node order (`placement`). Pure fu
 from __future__ import annotations
 
 import hashlib
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from mrag.matrix import Matrix
 
 FINGERPRINT = 8  # floats of each row's standard vector in its key
 DEAD = np.uint64(0)  # the key of a node removed before the graph was extended (row keys are odd)
@@ -53,30 +58,94 @@ class Placement:
         return len(self.rows) - self.covered  # each covered row is one node: the other nodes were removed
 
 
-def placement(nodes: np.ndarray, keys: np.ndarray) -> Placement | None:
+@dataclass(frozen=True)
+class NodeIndex:
+    """A graph's nodes sorted by key, for looking rows up: `ranked` (L,) the keys of the nodes that
+    can be placed (not DEAD, no key shared with another node), `order` (L,) their node numbers."""
+
+    order: np.ndarray
+    ranked: np.ndarray
+
+    @classmethod
+    def of(cls, nodes: np.ndarray) -> NodeIndex:
+        live = np.flatnonzero(nodes != DEAD)
+        order = live[np.argsort(nodes[live], kind="stable")]  # node numbers by key
+        ranked = nodes[order]
+        shared = np.zeros(len(ranked), dtype=bool)
+        shared[1:] = ranked[1:] == ranked[:-1]
+        shared[:-1] |= shared[1:]
+        return cls(order[~shared], ranked[~shared])
+
+    def node_of(self, keys: np.ndarray) -> np.ndarray:
+        """(N,) keys -> (N,) each one's node, -1 for none."""
+        if len(self.ranked) == 0:
+            return np.full(len(keys), -1, dtype=np.int64)
+        at = np.minimum(np.searchsorted(self.ranked, keys), len(self.ranked) - 1)
+        return np.where(self.ranked[at] == keys, self.order[at], -1)
+
+
+def placement(nodes: np.ndarray, keys: np.ndarray, index: NodeIndex | None = None) -> Placement | None:
     """Where a graph's nodes (their keys, in node order) are among a matrix's rows (their keys): the
     graph covers the longest run of first rows that are nodes in node order, and the rows after it are
     scanned (appended ones, and any that came back with a removed node's key: a chunk deleted and
     written again; `update` makes them new nodes). Nodes not among the covered rows were removed, and
     so are nodes that share a key (they cannot be told apart). None when no first row is a node.
+    `index`: `NodeIndex.of(nodes)`, when the caller keeps it.
     nodes [a b c d], rows [a c d e] -> rows of the nodes [0 -1 1 2], covered 3 (e is scanned)"""
-    live = np.flatnonzero(nodes != DEAD)
-    order = live[np.argsort(nodes[live], kind="stable")]  # node numbers by key
-    ranked = nodes[order]
-    shared = np.zeros(len(ranked), dtype=bool)
-    shared[1:] = ranked[1:] == ranked[:-1]
-    shared[:-1] |= shared[1:]
-    order, ranked = order[~shared], ranked[~shared]
-    if len(ranked) == 0 or len(keys) == 0:
+    if len(keys) == 0:
         return None
-    at = np.minimum(np.searchsorted(ranked, keys), len(ranked) - 1)
-    node = np.where(ranked[at] == keys, order[at], -1)  # (N,) each row's node, -1 for none
+    return _run(nodes, (index or NodeIndex.of(nodes)).node_of(keys), 0, np.full(len(nodes), -1, dtype=np.int64))
+
+
+def placement_after(nodes: np.ndarray, index: NodeIndex, place: Placement | None, m: int,
+                    keys: np.ndarray) -> Placement | None:
+    """`placement` of a matrix whose first m rows are those `place` was worked out for, and whose
+    rows after them have the keys `keys` (rows appended since): only the new rows are looked up.
+    The covered run ended inside the first m rows (the same placement), or it goes on into the new rows."""
+    if m == 0:
+        return placement(nodes, keys, index)
+    if place is None or place.covered < m:
+        return place  # no first row is a node, or the run broke before the new rows: unchanged
+    return _run(nodes, index.node_of(keys), m, place.rows)
+
+
+def _run(nodes: np.ndarray, node: np.ndarray, m: int, rows: np.ndarray) -> Placement | None:
+    """The placement whose first m rows are covered (the nodes `rows` maps to rows < m) and whose next
+    rows are the nodes `node` (-1: none), covering them while they follow in node order."""
+    last = np.flatnonzero(rows == m - 1)[:1] if m else np.zeros(0, dtype=np.int64)  # row m - 1's node
     past = node < 0
     past[1:] |= node[1:] <= node[:-1]  # out of node order
-    covered = int(np.argmax(past)) if past.any() else len(keys)
+    if len(last) and len(node):
+        past[0] |= node[0] <= last[0]
+    more = int(np.argmax(past)) if past.any() else len(node)
+    covered = m + more
     if covered == 0:
         return None
-    rows = np.full(len(nodes), -1, dtype=np.int64)
-    rows[node[:covered]] = np.arange(covered)
+    if more:
+        rows = rows.copy()
+        rows[node[:more]] = np.arange(m, covered)
     bitmap = None if covered == len(nodes) else np.packbits(rows >= 0, bitorder="little")  # bit i: byte i // 8
     return Placement(rows, covered, bitmap)
+
+
+@dataclass(frozen=True)
+class Placed:
+    """A matrix a graph's nodes were placed in: its version, where (`placement`), its arrays
+    (`Matrix.rows`, held weakly: they may be dropped meanwhile) and its number of rows."""
+
+    version: int
+    place: Placement | None
+    rows: Callable[[], Any]
+    m: int
+
+
+def place_in(matrix: Matrix, nodes: np.ndarray, index: NodeIndex, before: Placed | None) -> Placed:
+    """Where the nodes are in `matrix`; when it grew from the matrix placed `before` (the same arrays,
+    `mrag.matrix.grown`), from the keys of its new rows alone."""
+    n = len(matrix.ids)
+    if before is not None and matrix.rows is not None and before.rows() is matrix.rows and before.m <= n:
+        keys = row_keys(matrix.ids[before.m:], matrix.standard[before.m:])
+        found = placement_after(nodes, index, before.place, before.m, keys)
+    else:
+        found = placement(nodes, row_keys(matrix.ids, matrix.standard), index)
+    return Placed(matrix.version, found, weakref.ref(matrix.rows) if matrix.rows is not None else lambda: None, n)
