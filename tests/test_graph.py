@@ -246,9 +246,11 @@ def test_placement_after_appended_rows_equals_the_whole_placement():
         keys = np.array(kept + list(rng.choice(universe, size=int(rng.integers(0, 6)))), dtype=np.uint64)
         if rng.random() < 0.2:
             rng.shuffle(keys)
-        m = int(rng.integers(0, len(keys) + 1))
+        cuts = sorted(int(c) for c in rng.integers(0, len(keys) + 1, size=int(rng.integers(1, 4))))
         index = NodeIndex.of(nodes)
-        after = placement_after(nodes, index, placement(nodes, keys[:m], index), m, keys[m:])
+        after, m = placement(nodes, keys[: cuts[0]], index), cuts[0]
+        for cut in [*cuts[1:], len(keys)]:  # grown once or more: each time by the rows after the last cut
+            after, m = placement_after(nodes, index, after, m, keys[m:cut]), cut
         whole = placement(nodes, keys)
         assert (after is None) == (whole is None)
         if whole is not None:

@@ -8,8 +8,10 @@ matrices made before still hold their own rows.
 from __future__ import annotations
 
 import gc
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -136,6 +138,23 @@ def test_two_matrices_grown_from_one_share_rows_only_when_they_are_the_same(inde
     assert_same(whole(index), store.matrix())
 
 
+def test_an_index_made_again_in_the_same_folder_is_read_anew(db_path, fake):
+    """Its first rows have the same Lance row ids as the old index's (fragments count from 0 again),
+    even the same chunk ids here, but other vectors: the manifest's index id tells the indexes apart.
+    (An open index notices the new one when the manifest's version moves: here a second write.)"""
+    reader = Index.open(db_path, embedder=fake)
+    reader.add(docs(0, 4))
+    first = reader.store.matrix()
+    shutil.rmtree(db_path)
+    again = Index.open(db_path, embedder=fake)
+    again.add([{**doc, "text": f"Something else entirely: {doc['text'][::-1]}"} for doc in docs(0, 4)])
+    again.add(docs(4, 4))
+    now = reader.store.matrix()
+    assert now.rows is not first.rows and now.row_ids[:4].tolist() == first.row_ids.tolist()
+    assert_same(whole(again), now)
+    assert reader.store.manifest.index_id == again.store.manifest.index_id != None  # noqa: E711
+
+
 def test_no_room_left_reads_the_whole_table(index, monkeypatch):
     monkeypatch.setattr(matrix_module, "LOAD_ROWS", 1)
     monkeypatch.setattr(matrix_module, "ROOM_SHARE", 0.0)
@@ -187,6 +206,7 @@ def test_a_reader_follows_a_writer_process(db_path, fake):
     while writer.poll() is None or not seen:
         mine = reader.store.matrix()
         if mine.version in seen:
+            time.sleep(0.005)
             continue
         other = whole(reader)
         if other.version == mine.version:

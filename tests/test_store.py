@@ -12,7 +12,7 @@ from test_index import DOCS, assert_scales_match_corpus, table_rows
 
 from mrag.errors import StoreError
 from mrag.index import Index
-from mrag.matrix import load_matrix, read_ranges
+from mrag.matrix import Rows, load_matrix, read_ranges
 from mrag.retrieve.exact import Exact
 from mrag.retrieve.strategies import uses_heads
 from mrag.retrieve.types import QueryVectors, Voter
@@ -117,8 +117,12 @@ def test_matrix_read_a_few_rows_at_a_time_equals_the_table(index):
     whole = store.matrix()  # the store's own load (default range size) gives the same arrays
     assert whole.ids.tolist() == matrix.ids.tolist()
     np.testing.assert_array_equal(whole.heads, matrix.heads)
-    with pytest.raises(ValueError, match="counted"):
+    with pytest.raises(ValueError, match="read .* of the"):
         load_matrix(snapshot, columns, n + 1, store.dim, store.n_heads, store.head_dim, False, {}, step=2)
+    rows = Rows.allocate(columns, n, store.dim, store.n_heads, store.head_dim, False, {}, True)
+    with pytest.raises(ValueError, match="more rows than the"):
+        rows.write(read_ranges(snapshot, columns, n), 0, n - 1)
+    assert rows.filled == 0  # nothing any matrix sees
 
 
 def test_matrix_row_ids_fetch_its_rows_after_deletes(index):

@@ -2,9 +2,10 @@
 
 It records the embedder (model, revision, layer, pooling, H, d_head, instructions), the chunking
 settings, the running head-scale sums and the committed `chunks` version they belong to, the
-external spaces, the ANN indexes built, the default strategy `mrag tune` chose, and the maintenance
-counters. `Manifest` is the typed form; `to_json`/`from_json` are the only code that knows the
-stored format (keys it does not know are kept as they are). The store owns it (`mrag.store`).
+external spaces, the ANN indexes built, the default strategy `mrag tune` chose, the maintenance
+counters, and a random id made with the index. `Manifest` is the typed form; `to_json`/`from_json`
+are the only code that knows the stored format (keys it does not know are kept as they are). The
+store owns it (`mrag.store`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ class Manifest:
     ann: dict[str, Any] | None = None  # the ANN indexes built: index_type, rows, nprobes
     default_strategy: dict[str, Any] | None = None  # {"strategy": name, ...why it won}, from `mrag tune`
     maintenance: dict[str, int] = field(default_factory=lambda: {"writes": 0, "rows": 0})  # since compaction
+    # a random token made with the index: a folder deleted and made again under an open index is another
+    # index, whose rows an open one must read anew (None: an index made before the token)
+    index_id: str | None = None
     other: dict[str, Any] = field(default_factory=dict)  # stored keys this version does not know
 
     @property
@@ -64,7 +68,7 @@ class Manifest:
             "stats": self.sums.to_json(),
         }
         optional = {"spaces": self.spaces, "ann": self.ann, "default_strategy": self.default_strategy,
-                    "maintenance": self.maintenance}
+                    "maintenance": self.maintenance, "index_id": self.index_id}
         return out | {key: value for key, value in optional.items() if value}
 
     @classmethod
@@ -84,5 +88,6 @@ class Manifest:
             ann=data.get("ann"),
             default_strategy=data.get("default_strategy"),
             maintenance=data.get("maintenance") or {"writes": 0, "rows": 0},
+            index_id=data.get("index_id"),
             other={key: value for key, value in data.items() if key not in known},
         )

@@ -18,6 +18,7 @@ meanwhile reads again at the latest committed one (`reading`).
 from __future__ import annotations
 
 import json
+import secrets
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -108,7 +109,10 @@ class Store:
                 version = self._manifest_table.version  # read_consistency_interval=0: the latest version
                 if version != self._manifest_version:
                     rows = self._manifest_table.to_arrow().to_pylist()
-                    self.manifest, self._manifest_version = Manifest.from_json(json.loads(rows[0]["json"])), version
+                    manifest = Manifest.from_json(json.loads(rows[0]["json"]))
+                    if manifest.index_id != self.manifest.index_id:  # the folder was made again: other rows
+                        self._matrix, self.graphs = None, None
+                    self.manifest, self._manifest_version = manifest, version
                 return
             except Exception:  # a writer committed and pruned the version between the check and the read
                 if attempt == READ_TRIES - 1:
@@ -167,7 +171,8 @@ class Store:
             space_dims = {s["name"]: int(s["dim"]) for s in spaces or []}
             chunks = db.create_table(CHUNKS, schema=chunk_schema(dim, h, d, space_dims), exist_ok=True)
             manifest = Manifest(embedder=embedder_info, settings=settings, chunks_version=chunks.version,
-                                sums=ScaleSums.empty(dim, h, d, space_dims), spaces=list(spaces or []))
+                                sums=ScaleSums.empty(dim, h, d, space_dims), spaces=list(spaces or []),
+                                index_id=secrets.token_hex(8))
             # new: the folder had no manifest
             db.create_table(MANIFEST, data=[{"json": json.dumps(manifest.to_json())}])
             return cls(uri, db, chunks, manifest, storage_options)
@@ -230,14 +235,14 @@ class Store:
             self.refresh()
         matrix = self._matrix
         if matrix is None or matrix.version != self.committed_version or (heads and not matrix.has_heads):
-            if keep:
-                self._matrix = None
             snapshot = self.snapshot()  # its version, not committed_version: another thread may refresh that
             columns = ["id", *(c.column for c in self.vector_columns(committed=True)
                                if heads or not c.column.startswith("head"))]  # head_i, or format 1's packed heads
             n, spaces = snapshot.count_rows(), self.committed_space_dims()
             found = None if matrix is None else grown(matrix, snapshot, columns, n, spaces)  # only appended since
-            matrix = None  # the old one goes before the new one is read
+            if found is None and keep:
+                self._matrix = None  # the old one goes before the new one is read
+            matrix = None
             matrix = found or load_matrix(snapshot, columns, n, self.dim, self.n_heads, self.head_dim, self.packed,
                                           spaces, with_heads=heads)
             if keep:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -129,18 +129,20 @@ class _Offsets:
 
     ids: Any = None
     position: dict[str, int] | None = None
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
     def of(self, ids: np.ndarray) -> dict[str, int]:
-        if self.ids is ids and self.position is not None:
-            return self.position
-        if self.position is not None and _extends(ids, self.ids):
-            position = self.position
-            for i in range(len(self.ids), len(ids)):  # an id written twice keeps its first row: one that
-                position.setdefault(str(ids[i]), i)  # the matrices before hold too
-        else:
-            position = {str(chunk): i for i, chunk in enumerate(ids)}
-        self.ids, self.position = ids, position
-        return position
+        with self.lock:  # the ids and their map change together
+            if self.ids is ids and self.position is not None:
+                return self.position
+            if self.position is not None and _extends(ids, self.ids):
+                position = self.position
+                for i in range(len(self.ids), len(ids)):  # an id written twice keeps its first row: one
+                    position.setdefault(str(ids[i]), i)  # that the matrices before hold too
+            else:
+                position = {str(chunk): i for i, chunk in enumerate(ids)}
+            self.ids, self.position = ids, position
+            return position
 
 
 def _extends(ids: np.ndarray, before: Any) -> bool:
