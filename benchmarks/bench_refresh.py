@@ -11,7 +11,8 @@ full-text hits are mapped to matrix rows by chunk id), its vector part (`segment
 matrix and its search are checked equal to a whole read's before anything is timed.
 
 Run: python benchmarks/bench_refresh.py [--sizes 100000,1000000] [--append 1000,10000] [--rounds 3]
-Writes benchmarks/results/refresh.json and .md.
+Writes benchmarks/results/refresh.json and .md. With `--memory 1000000`: the reader's RSS after its
+first search and after each of three appends of 10,000 rows (refresh-memory.json and .md).
 """
 
 from __future__ import annotations
@@ -107,13 +108,50 @@ def bench_size(n: int, appends: list[int], rounds: int) -> list[dict[str, Any]]:
     return out
 
 
+def memory(n: int, appends: int, m: int) -> list[dict[str, Any]]:
+    """RSS of a reader after its first search (the lean matrix and its bf16 copy), then after each of
+    `appends` appends of m rows and a search: the matrix grows in place and its bf16 copy is replaced,
+    so RSS grows by the new rows alone."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "db"
+        writer, _ = build_synthetic(path, n)
+        query = long_queries(1)
+        gc.collect()
+        base = rss_mb()
+        reader = Index.open(path, embedder=writer.embedder)
+        reader.search_many(query, k=5, strategy="segment+standard", exact=True)
+        rows.append({"rows": n, "step": "first search", "rss_growth_mb": round(rss_mb() - base)})
+        rng = np.random.default_rng(2)
+        for i in range(appends):
+            with writer.store.writing(maintain=False):
+                writer.store.add(synthetic_rows(writer, n + i * m, m, rng))
+            before = reader.store._matrix.rows if reader.store._matrix is not None else None
+            reader.search_many(query, k=5, strategy="segment+standard", exact=True)
+            gc.collect()
+            grew = before is not None and reader.store._matrix is not None and reader.store._matrix.rows is before
+            rows.append({"rows": n + (i + 1) * m, "step": f"append {i + 1} of {m:,} rows, search",
+                         "rss_growth_mb": round(rss_mb() - base), "grown": grew})
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument("--append", default="1000,10000")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--name", default="refresh")
+    parser.add_argument("--memory", type=int, default=0, help="instead: RSS around growth at this many rows")
     args = parser.parse_args()
+    if args.memory:
+        found = memory(args.memory, 3, 10_000)
+        print(markdown_table(found, list(found[-1])))
+        write_results(f"{args.name}-memory", {"machine": machine(), "rows": found},
+                      "# RSS of a reader whose lean matrix grows by appended rows\n\n"
+                      "`segment+standard` searches (the matrix without heads and its bf16 copy), one process; "
+                      "another `Index` appends. Made by `benchmarks/bench_refresh.py --memory N`.\n\n"
+                      + markdown_table(found, list(found[-1])))
+        return
     start_load = os.getloadavg()
     appends = [int(a) for a in args.append.split(",")]
     rows = [row for n in (int(s) for s in args.sizes.split(",")) for row in bench_size(n, appends, args.rounds)]
