@@ -70,8 +70,22 @@ def test_an_append_reads_only_the_new_rows_into_the_same_arrays(index, monkeypat
     assert [(h.id, h.score) for h in hits] == [(h.id, h.score) for h in fresh]
 
 
+@pytest.fixture
+def reads(monkeypatch) -> list[tuple[int, int]]:
+    """Each range of rows the matrix reads from the table: (first, end)."""
+    read: list[tuple[int, int]] = []
+    real = matrix_module.read_ranges
+
+    def spy(table, columns, n, step=16_384, start=0):
+        read.append((start, n))
+        return real(table, columns, n, step, start)
+
+    monkeypatch.setattr(matrix_module, "read_ranges", spy)
+    return read
+
+
 @pytest.mark.parametrize("change", ["delete", "upsert the last", "upsert the first", "compact"])
-def test_writes_that_move_or_drop_rows_read_the_whole_table(index, change):
+def test_writes_that_drop_rows_copy_those_kept_and_compaction_reads_all(index, change, reads):
     index.add(docs(0, 6))
     first = index.store.matrix()
     before = frozen(first)
@@ -83,10 +97,33 @@ def test_writes_that_move_or_drop_rows_read_the_whole_table(index, change):
     else:
         doc = docs(5 if change == "upsert the last" else 0, 1)[0]
         index.upsert([{**doc, "text": doc["text"] + " Edited."}])
+    reads.clear()
     second = index.store.matrix()
-    assert second.rows is not first.rows
+    assert second.rows is not first.rows  # new arrays: the kept rows moved up
+    kept = {"delete": 5, "upsert the last": 5, "upsert the first": 5, "compact": 0}[change]
+    assert reads == [(kept, len(second.ids))]  # only the rows not kept (none after a delete)
     assert_same(whole(index), second)
     assert_same(before, first)
+
+
+def test_a_matrix_past_keep_bytes_reads_all_after_a_delete(index, reads, monkeypatch):
+    monkeypatch.setattr(matrix_module, "KEEP_BYTES", 0)
+    index.add(docs(0, 6))
+    index.store.matrix()
+    index.delete(["doc2"])
+    reads.clear()
+    assert_same(whole(index), index.store.matrix())
+    assert reads[0] == (0, 5)  # every row (the whole read by `whole` comes after)
+
+
+def test_most_rows_gone_reads_all(index, reads):
+    index.add(docs(0, 6))
+    index.store.matrix()
+    index.delete([f"doc{i}" for i in range(4)])  # 2 of 6 kept: fewer than half
+    reads.clear()
+    second = index.store.matrix()
+    assert reads[0] == (0, 2)
+    assert_same(whole(index), second)
 
 
 def test_an_upsert_of_the_last_document_with_its_old_text_is_read_again(index):
@@ -133,8 +170,10 @@ def test_two_matrices_grown_from_one_share_rows_only_when_they_are_the_same(inde
     index.delete(["doc6", "doc7"])
     index.add(docs(8, 3))  # rows after base's again, but not second's
     snapshot = store.snapshot()
-    assert grown(base, snapshot, columns, snapshot.count_rows(), store.committed_space_dims()) is None
-    assert_same(kept, second)  # second's rows were not written over
+    third = grown(base, snapshot, columns, snapshot.count_rows(), store.committed_space_dims())
+    assert third is not None and third.rows is not base.rows  # copied into new arrays, never written over
+    assert_same(kept, second)
+    assert_same(whole(index), third)
     assert_same(whole(index), store.matrix())
 
 
@@ -155,7 +194,39 @@ def test_an_index_made_again_in_the_same_folder_is_read_anew(db_path, fake):
     assert reader.store.manifest.index_id == again.store.manifest.index_id != None  # noqa: E711
 
 
-def test_no_room_left_reads_the_whole_table(index, monkeypatch):
+def test_copies_of_an_index_swapped_under_a_reader_are_told_apart(tmp_path, fake):
+    """A blue/green deploy: `cp -r live staging`, both take writes, then staging replaces live. Both
+    copies give their new fragments the same ids, so their row ids agree where their rows do not; the
+    commit stamps of the versions tell the tables apart."""
+    live, staging = tmp_path / "live", tmp_path / "staging"
+    Index.open(live, embedder=fake).add(docs(0, 4))
+    shutil.copytree(live, staging)
+    reader = Index.open(live, embedder=fake)
+    Index.open(live, embedder=fake).add(docs(4, 2))
+    held = reader.store.matrix()  # the live copy's 6 rows
+    other = Index.open(staging, embedder=fake)
+    other.add([{**doc, "text": f"Other text: {doc['text'][::-1]}"} for doc in docs(4, 2)])
+    other.add(docs(6, 2))
+    shutil.rmtree(live)
+    shutil.move(str(staging), str(live))
+    now = reader.store.matrix()
+    assert now.row_ids[:6].tolist() == held.row_ids.tolist()  # the same row ids, other rows
+    assert now.rows is not held.rows
+    assert_same(whole(reader), now)
+
+
+def test_a_matrix_of_a_pruned_version_is_read_again(index, reads):
+    index.add(docs(0, 4))
+    index.store.matrix()
+    index.add(docs(4, 2))
+    index.optimize()  # prunes every version but the committed one (and compacts)
+    index.add(docs(6, 2))
+    reads.clear()
+    assert_same(whole(index), index.store.matrix())
+    assert reads[0][0] == 0
+
+
+def test_no_room_left_copies_the_rows_into_new_arrays(index, monkeypatch):
     monkeypatch.setattr(matrix_module, "LOAD_ROWS", 1)
     monkeypatch.setattr(matrix_module, "ROOM_SHARE", 0.0)
     index.add(docs(0, 3))
@@ -283,3 +354,14 @@ def test_the_full_text_row_map_of_a_grown_matrix_is_extended(index):
                                                                           exact=True)
     assert [(h.id, h.score) for h in hits] == [(h.id, h.score) for h in fresh]
     assert hits[0].id.startswith("doc8")
+
+
+def test_versions_pruned_while_listed_give_no_stamps():
+    """The stamps are read beside writers that prune versions: a manifest gone mid-listing leaves no
+    stamps, so the matrix is read whole, never grown unchecked."""
+
+    class Pruned:
+        def list_versions(self):
+            raise RuntimeError("lance error: Not found: db/chunks.lance/_versions/3.manifest")
+
+    assert matrix_module.stamps(Pruned()) == {}

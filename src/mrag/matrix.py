@@ -4,7 +4,8 @@ once per committed version (`Store.matrix` keeps the last one).
 The arrays are allocated with room for more rows than they hold (`Rows`; memory the OS gives only
 once written), and a later version whose first rows are the same Lance rows, in order (a write that
 only appended), is read by its new rows alone into that room (`grown`): a server's first search after
-another process added documents reads what was added, not the whole table again."""
+another process added documents reads what was added, not the whole table again. After a delete or an
+upsert, a matrix of up to KEEP_BYTES copies the rows it keeps into new arrays (`kept_rows`)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from mrag.scales import split_unit
 
 LOAD_ROWS = 16_384  # rows per read while loading: the only transient copy of the vectors
 ROOM_SHARE = 0.25  # room for appended rows: a quarter of the rows loaded (at least LOAD_ROWS)
+KEEP_BYTES = 2**30  # a matrix up to this size is copied from the one before after a delete (`kept_rows`)
 _growing: weakref.WeakValueDictionary[int, np.ndarray] = weakref.WeakValueDictionary()  # id -> `Rows` array
 
 
@@ -47,6 +49,7 @@ class Matrix:
     extra: dict[str, np.ndarray] = field(default_factory=dict)  # external space -> (N, D_s) unit vectors
     row_ids: np.ndarray | None = None  # (N,) each row's Lance row id in `table`, to fetch hits by (None: by position)
     rows: Rows | None = field(default=None, repr=False, compare=False)  # the arrays these are the first rows of
+    stamp: Any = None  # when `version` was committed, as LanceDB records it (`stamps`): which table it is of
 
     @property
     def has_heads(self) -> bool:
@@ -67,6 +70,7 @@ class Rows:
     extra: dict[str, np.ndarray]  # external space -> (C, D_s)
     packed: bool
     filled: int = 0
+    filled_by: tuple[int, Any] = (-1, None)  # the version (and stamp) whose rows were written last
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @classmethod
@@ -106,11 +110,11 @@ class Rows:
             raise ValueError(f"read {at - start} rows of the {n - start} counted at the table's version")
         self.filled = max(self.filled, n)
 
-    def matrix(self, snapshot: Any, n: int) -> Matrix:
-        """The first n rows, as the matrix of `snapshot` (views: no copy)."""
+    def matrix(self, snapshot: Any, n: int, stamp: Any) -> Matrix:
+        """The first n rows, as the matrix of `snapshot` (views: no copy) committed at `stamp`."""
         return Matrix(version=snapshot.version, table=snapshot, ids=self.ids[:n], standard=self.standard[:n],
                       heads=self.heads[:, :n], extra={name: a[:n] for name, a in self.extra.items()},
-                      row_ids=self.row_ids[:n], rows=self)
+                      row_ids=self.row_ids[:n], rows=self, stamp=stamp)
 
 
 def head_units(rows: pa.Table, n_heads: int, head_dim: int, packed: bool, out: np.ndarray | None = None) -> np.ndarray:
@@ -156,30 +160,54 @@ def release_free_memory() -> None:
         trim(0)
 
 
+def room(n: int) -> int:
+    """Rows to allocate for n rows: n and room for appended ones."""
+    return n + max(LOAD_ROWS, int(ROOM_SHARE * n))
+
+
 def load_matrix(snapshot: Any, columns: list[str], n: int, dim: int, n_heads: int, head_dim: int, packed: bool,
                 spaces: dict[str, int], with_heads: bool = True, step: int = LOAD_ROWS) -> Matrix:
     """A matrix of the `n` rows of `snapshot` (`columns`: id and every vector column; no head column
     without `with_heads`); `spaces`: name -> dim. Each range read (`step` rows) is copied into arrays
     allocated once, so loading needs the matrix's own bytes plus one range, never a second copy of the
     whole (issue 17's memory target); the room for appended rows is allocated, not written."""
-    rows = Rows.allocate(columns, n + max(LOAD_ROWS, int(ROOM_SHARE * n)), dim, n_heads, head_dim, packed, spaces,
-                         with_heads)
+    stamp = stamps(snapshot).get(snapshot.version)
+    rows = Rows.allocate(columns, room(n), dim, n_heads, head_dim, packed, spaces, with_heads)
     rows.write(read_ranges(snapshot, columns, n, step), 0, n)
-    return rows.matrix(snapshot, n)
+    rows.filled_by = snapshot.version, stamp
+    return rows.matrix(snapshot, n, stamp)
+
+
+def stamps(table: Any) -> dict[int, Any]:
+    """Each version of the table that LanceDB still keeps -> when it was committed. Two tables with the
+    same stamp at a version hold the same rows there: one is a copy of the other made after it (copies
+    keep the stamps), or they are the same table. (10 ms for 40 versions, local.) Empty where a writer
+    pruned versions while they were listed: nothing to compare with, and the matrix is read whole."""
+    try:
+        return {int(v["version"]): v["timestamp"] for v in table.list_versions()}
+    except (RuntimeError, OSError, ValueError):  # lance: "Not found: .../N.manifest"
+        return {}
 
 
 def grown(old: Matrix, snapshot: Any, columns: list[str], n: int, spaces: dict[str, int]) -> Matrix | None:
     """The matrix of `snapshot` (n rows) made from `old` when `old`'s rows are still the first rows of
-    the table, in order, reading only the rows after them into the room `old`'s arrays have. The check
-    is by Lance row id, (fragment, offset): LanceDB appends after the rows it keeps, never gives a
-    fragment id twice (not even after a restore), and writes the rows of an update, an upsert or a
-    compaction into new fragments (lancedb 0.40), so equal row ids are the same stored rows.
+    the table, in order, reading only the rows after them into the room `old`'s arrays have; else, when
+    its first rows are some of `old`'s in their order (a delete or an upsert since), from those
+    (`kept_rows`). The check is by Lance row id, (fragment, offset): LanceDB appends after the rows it
+    keeps, never gives a fragment id twice (not even after a restore), and writes the rows of an update,
+    an upsert or a compaction into new fragments (lancedb 0.40), so equal row ids are the same stored
+    rows, within one table: `old`'s version must still be in the table's history with the stamp it
+    was read at (`stamps`), or the table is another one (a copy that diverged, a folder made again).
     `columns`: what the caller needs; `old`'s arrays must hold exactly these, or these and the heads;
     `spaces`: name -> dim at this version. None where it cannot, and the caller reads the whole table
-    again: deletes, upserts and compaction move or drop rows; no room left; other columns."""
+    again: compaction moves the rows; other columns; `old`'s version pruned from the history."""
     rows, m = old.rows, len(old.ids)
-    if rows is None or old.row_ids is None or not m <= n <= rows.capacity:
+    if rows is None or old.row_ids is None or old.stamp is None:
         return None
+    history = stamps(snapshot)
+    if history.get(old.version) != old.stamp:
+        return None
+    stamp = history.get(snapshot.version)
     needed, held = set(columns), set(rows.columns)
     if not needed <= held or any(not c.startswith("head") for c in held - needed):
         return None  # the heads may come along; any other column differs from what the arrays hold
@@ -187,12 +215,46 @@ def grown(old: Matrix, snapshot: Any, columns: list[str], n: int, spaces: dict[s
         return None
     scan = snapshot.search().select(["id"]).with_row_id(True).limit(n).to_arrow()  # 0.25 s at 1M rows
     row_ids = scan["_rowid"].to_numpy()
-    if len(row_ids) != n or not np.array_equal(row_ids[:m], old.row_ids):
+    if len(row_ids) != n:
         return None
+    if not (m <= n <= rows.capacity and np.array_equal(row_ids[:m], old.row_ids)):
+        return kept_rows(old, snapshot, row_ids, stamp)
     with rows.lock:  # other versions' matrices may be growing from the same arrays
         done = min(rows.filled, n)  # rows past m that another matrix has written: ours only if the same rows
-        if not np.array_equal(rows.row_ids[m:done], row_ids[m:done]):
-            return None
-        if n > done:
+        by, by_stamp = rows.filled_by
+        ours = done == m or (history.get(by) == by_stamp and np.array_equal(rows.row_ids[m:done], row_ids[m:done]))
+        if ours and n > done:
             rows.write(read_ranges(snapshot, list(rows.columns), n, start=done), done, n)
-    return rows.matrix(snapshot, n)
+            rows.filled_by = snapshot.version, stamp
+    return rows.matrix(snapshot, n, stamp) if ours else kept_rows(old, snapshot, row_ids, stamp)
+
+
+def kept_rows(old: Matrix, snapshot: Any, row_ids: np.ndarray, stamp: Any) -> Matrix | None:
+    """The matrix of `snapshot`, whose rows have the Lance row ids `row_ids`, when its first rows are
+    at least half of `old`'s rows, in their order, and the rest are new (a delete or an upsert since):
+    those are copied from `old` into new arrays, the others read. Old and new are held together
+    meanwhile, so only for a matrix of at most KEEP_BYTES; None otherwise."""
+    rows, m, n = old.rows, len(old.ids), len(row_ids)
+    size = old.standard.nbytes + old.heads.nbytes + sum(a.nbytes for a in old.extra.values())
+    if rows is None or old.row_ids is None or m == 0 or size > KEEP_BYTES:
+        return None
+    order = np.argsort(old.row_ids, kind="stable")
+    at = np.minimum(np.searchsorted(old.row_ids[order], row_ids), m - 1)
+    found = old.row_ids[order[at]] == row_ids  # (n,) whether each row is one of old's
+    k = n if found.all() else int(np.argmin(found))  # the first rows that are old's
+    pos = order[at[:k]]  # (k,) their rows in old
+    if found[k:].any() or 2 * k < m or (np.diff(pos) <= 0).any():
+        return None  # an old row after a new one, most rows gone, or another order: read them all
+    new = Rows.allocate(list(rows.columns), room(n), rows.standard.shape[1], rows.heads.shape[0], rows.heads.shape[2],
+                        rows.packed, {name: a.shape[1] for name, a in rows.extra.items()}, rows.heads.shape[2] > 0)
+    for first in range(0, k, LOAD_ROWS):  # a range at a time: no whole transient copy
+        chosen, at_new = pos[first:first + LOAD_ROWS], slice(first, min(first + LOAD_ROWS, k))
+        new.ids[at_new], new.row_ids[at_new] = old.ids[chosen], old.row_ids[chosen]
+        new.standard[at_new] = old.standard[chosen]
+        new.heads[:, at_new] = old.heads[:, chosen]
+        for name, out in new.extra.items():
+            out[at_new] = old.extra[name][chosen]
+    new.filled = k
+    new.write(read_ranges(snapshot, list(rows.columns), n, start=k), k, n)
+    new.filled_by = snapshot.version, stamp
+    return new.matrix(snapshot, n, stamp)

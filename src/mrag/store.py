@@ -239,7 +239,7 @@ class Store:
             columns = ["id", *(c.column for c in self.vector_columns(committed=True)
                                if heads or not c.column.startswith("head"))]  # head_i, or format 1's packed heads
             n, spaces = snapshot.count_rows(), self.committed_space_dims()
-            found = None if matrix is None else grown(matrix, snapshot, columns, n, spaces)  # only appended since
+            found = None if matrix is None else grown(matrix, snapshot, columns, n, spaces)  # from the rows it has
             if found is None and keep:
                 self._matrix = None  # the old one goes before the new one is read
             matrix = None
