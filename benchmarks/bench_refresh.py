@@ -11,10 +11,8 @@ full-text hits are mapped to matrix rows by chunk id), its vector part (`segment
 matrix and its search are checked equal to a whole read's before anything is timed.
 
 Run: python benchmarks/bench_refresh.py [--sizes 100000,1000000] [--append 1000,10000] [--rounds 3]
-Writes benchmarks/results/refresh.json and .md. With `--change upsert --name refresh-upsert`, each
-write deletes N random rows and appends N: a matrix of up to 1 GiB copies the rows it keeps
-(`kept_rows`). With `--memory 1000000`: the reader's RSS after its first search and after each of three
-appends of 10,000 rows (refresh-memory.json and .md).
+Writes benchmarks/results/refresh.json and .md. With `--memory 1000000`: the reader's RSS after its
+first search and after each of three appends of 10,000 rows (refresh-memory.json and .md).
 """
 
 from __future__ import annotations
@@ -31,7 +29,6 @@ import numpy as np
 from _common import machine, markdown_table, peak_rss_mb, rss_mb, write_results
 from bench_core import build_synthetic, long_queries, synthetic_rows
 
-import mrag.matrix
 import mrag.store
 from mrag.index import Index
 from mrag.matrix import grown
@@ -48,19 +45,14 @@ def whole_read(*args: Any) -> None:
 
 
 def first_search(reader: Index, strategy: str, query: list[str], mode: str) -> tuple[float, bool]:
-    """Seconds of the reader's first search after a write, and whether its matrix grew (or was copied
-    from the kept rows)."""
+    """Seconds of the reader's first search after a write, and whether its matrix grew."""
     mrag.store.grown = grown if mode == "grown" else whole_read  # type: ignore[assignment]
     before = reader.store._matrix.rows if reader.store._matrix is not None else None  # not the matrix: the
-    kept: list[bool] = []  # store drops it as a server's would, and the search must not find it held
-    copy = mrag.matrix.kept_rows
-    mrag.matrix.kept_rows = lambda *a: (lambda found: (kept.append(found is not None), found)[1])(copy(*a))
-    start = time.perf_counter()
+    start = time.perf_counter()  # store drops it as a server's would, and the search must not find it held
     reader.search_many(query, k=5, strategy=strategy, exact=True)
     seconds = time.perf_counter() - start
-    mrag.matrix.kept_rows = copy
     after = reader.store._matrix
-    return seconds, any(kept) or (before is not None and after is not None and after.rows is before)
+    return seconds, before is not None and after is not None and after.rows is before
 
 
 def check(reader: Index, path: Path, strategy: str, query: list[str]) -> None:
@@ -75,7 +67,7 @@ def check(reader: Index, path: Path, strategy: str, query: list[str]) -> None:
     assert found[0] == found[1], strategy
 
 
-def bench_size(n: int, appends: list[int], rounds: int, change: str = "append") -> list[dict[str, Any]]:
+def bench_size(n: int, appends: list[int], rounds: int) -> list[dict[str, Any]]:
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "db"
@@ -92,9 +84,6 @@ def bench_size(n: int, appends: list[int], rounds: int, change: str = "append") 
                 for r in range(rounds):
                     for mode in ("grown", "whole") if r % 2 == 0 else ("whole", "grown"):
                         with writer.store.writing(maintain=False):  # no compaction: it reads whole
-                            if change == "upsert":  # m rows spread over the table go, m come at the end
-                                gone = rng.choice(first, size=m, replace=False)
-                                writer.store.delete("id IN (" + ", ".join(f"'c{i}'" for i in gone) + ")")
                             writer.store.add(synthetic_rows(writer, first, m, rng))
                         first += m
                         gc.collect()
@@ -103,7 +92,7 @@ def bench_size(n: int, appends: list[int], rounds: int, change: str = "append") 
                         grew[mode] += did
                         if r == 0 and mode == "grown":
                             check(reader, path, strategy, query)
-                row = {"rows": n, "strategy": strategy, "change": change, "rows_changed": m,
+                row = {"rows": n, "strategy": strategy, "appended": m,
                        "grown_p50_s": round(float(np.median(times["grown"])), 3),
                        "whole_p50_s": round(float(np.median(times["whole"])), 3),
                        "grown_min_max_s": [round(min(times["grown"]), 3), round(max(times["grown"]), 3)],
@@ -153,8 +142,6 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--name", default="refresh")
     parser.add_argument("--memory", type=int, default=0, help="instead: RSS around growth at this many rows")
-    parser.add_argument("--change", choices=["append", "upsert"], default="append",
-                        help="upsert: each write deletes N random rows and appends N (the kept rows are copied)")
     args = parser.parse_args()
     if args.memory:
         found = memory(args.memory, 3, 10_000)
@@ -167,8 +154,7 @@ def main() -> None:
         return
     start_load = os.getloadavg()
     appends = [int(a) for a in args.append.split(",")]
-    rows = [row for n in (int(s) for s in args.sizes.split(","))
-            for row in bench_size(n, appends, args.rounds, args.change)]
+    rows = [row for n in (int(s) for s in args.sizes.split(",")) for row in bench_size(n, appends, args.rounds)]
     result = {"machine": machine(), "rows": rows, "peak_rss_mb": round(peak_rss_mb()),
               "load_average_start_end": [start_load, os.getloadavg()]}
     text = "\n".join([

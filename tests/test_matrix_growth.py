@@ -85,7 +85,7 @@ def reads(monkeypatch) -> list[tuple[int, int]]:
 
 
 @pytest.mark.parametrize("change", ["delete", "upsert the last", "upsert the first", "compact"])
-def test_writes_that_drop_rows_copy_those_kept_and_compaction_reads_all(index, change, reads):
+def test_writes_that_move_or_drop_rows_read_the_whole_table(index, change, reads):
     index.add(docs(0, 6))
     first = index.store.matrix()
     before = frozen(first)
@@ -99,31 +99,9 @@ def test_writes_that_drop_rows_copy_those_kept_and_compaction_reads_all(index, c
         index.upsert([{**doc, "text": doc["text"] + " Edited."}])
     reads.clear()
     second = index.store.matrix()
-    assert second.rows is not first.rows  # new arrays: the kept rows moved up
-    kept = {"delete": 5, "upsert the last": 5, "upsert the first": 5, "compact": 0}[change]
-    assert reads == [(kept, len(second.ids))]  # only the rows not kept (none after a delete)
+    assert second.rows is not first.rows and reads == [(0, len(second.ids))]  # every row
     assert_same(whole(index), second)
     assert_same(before, first)
-
-
-def test_a_matrix_past_keep_bytes_reads_all_after_a_delete(index, reads, monkeypatch):
-    monkeypatch.setattr(matrix_module, "KEEP_BYTES", 0)
-    index.add(docs(0, 6))
-    index.store.matrix()
-    index.delete(["doc2"])
-    reads.clear()
-    assert_same(whole(index), index.store.matrix())
-    assert reads[0] == (0, 5)  # every row (the whole read by `whole` comes after)
-
-
-def test_most_rows_gone_reads_all(index, reads):
-    index.add(docs(0, 6))
-    index.store.matrix()
-    index.delete([f"doc{i}" for i in range(4)])  # 2 of 6 kept: fewer than half
-    reads.clear()
-    second = index.store.matrix()
-    assert reads[0] == (0, 2)
-    assert_same(whole(index), second)
 
 
 def test_an_upsert_of_the_last_document_with_its_old_text_is_read_again(index):
@@ -170,10 +148,8 @@ def test_two_matrices_grown_from_one_share_rows_only_when_they_are_the_same(inde
     index.delete(["doc6", "doc7"])
     index.add(docs(8, 3))  # rows after base's again, but not second's
     snapshot = store.snapshot()
-    third = grown(base, snapshot, columns, snapshot.count_rows(), store.committed_space_dims())
-    assert third is not None and third.rows is not base.rows  # copied into new arrays, never written over
-    assert_same(kept, second)
-    assert_same(whole(index), third)
+    assert grown(base, snapshot, columns, snapshot.count_rows(), store.committed_space_dims()) is None
+    assert_same(kept, second)  # second's rows were not written over
     assert_same(whole(index), store.matrix())
 
 
@@ -226,7 +202,7 @@ def test_a_matrix_of_a_pruned_version_is_read_again(index, reads):
     assert reads[0][0] == 0
 
 
-def test_no_room_left_copies_the_rows_into_new_arrays(index, monkeypatch):
+def test_no_room_left_reads_the_whole_table(index, monkeypatch):
     monkeypatch.setattr(matrix_module, "LOAD_ROWS", 1)
     monkeypatch.setattr(matrix_module, "ROOM_SHARE", 0.0)
     index.add(docs(0, 3))

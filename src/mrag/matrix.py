@@ -4,8 +4,7 @@ once per committed version (`Store.matrix` keeps the last one).
 The arrays are allocated with room for more rows than they hold (`Rows`; memory the OS gives only
 once written), and a later version whose first rows are the same Lance rows, in order (a write that
 only appended), is read by its new rows alone into that room (`grown`): a server's first search after
-another process added documents reads what was added, not the whole table again. After a delete or an
-upsert, a matrix of up to KEEP_BYTES copies the rows it keeps into new arrays (`kept_rows`)."""
+another process added documents reads what was added, not the whole table again."""
 
 from __future__ import annotations
 
@@ -26,7 +25,6 @@ from mrag.scales import split_unit
 
 LOAD_ROWS = 16_384  # rows per read while loading: the only transient copy of the vectors
 ROOM_SHARE = 0.25  # room for appended rows: a quarter of the rows loaded (at least LOAD_ROWS)
-KEEP_BYTES = 2**30  # a matrix up to this size is copied from the one before after a delete (`kept_rows`)
 _growing: weakref.WeakValueDictionary[int, np.ndarray] = weakref.WeakValueDictionary()  # id -> `Rows` array
 
 
@@ -191,16 +189,17 @@ def stamps(table: Any) -> dict[int, Any]:
 
 def grown(old: Matrix, snapshot: Any, columns: list[str], n: int, spaces: dict[str, int]) -> Matrix | None:
     """The matrix of `snapshot` (n rows) made from `old` when `old`'s rows are still the first rows of
-    the table, in order, reading only the rows after them into the room `old`'s arrays have; else, when
-    its first rows are some of `old`'s in their order (a delete or an upsert since), from those
-    (`kept_rows`). The check is by Lance row id, (fragment, offset): LanceDB appends after the rows it
-    keeps, never gives a fragment id twice (not even after a restore), and writes the rows of an update,
-    an upsert or a compaction into new fragments (lancedb 0.40), so equal row ids are the same stored
-    rows, within one table: `old`'s version must still be in the table's history with the stamp it
-    was read at (`stamps`), or the table is another one (a copy that diverged, a folder made again).
+    the table, in order, reading only the rows after them into the room `old`'s arrays have. The check
+    is by Lance row id, (fragment, offset): LanceDB appends after the rows it keeps, never gives a
+    fragment id twice (not even after a restore), and writes the rows of an update, an upsert or a
+    compaction into new fragments (lancedb 0.40), so equal row ids are the same stored rows, within
+    one table: `old`'s version must still be in the table's history with the stamp it was read at
+    (`stamps`), or the table is another one (a copy that diverged, a folder made again).
     `columns`: what the caller needs; `old`'s arrays must hold exactly these, or these and the heads;
     `spaces`: name -> dim at this version. None where it cannot, and the caller reads the whole table
-    again: compaction moves the rows; other columns; `old`'s version pruned from the history."""
+    again: deletes, upserts and compaction move or drop rows; no room left; other columns; `old`'s
+    version pruned from the history; rows another matrix wrote past `old`'s that are not this
+    version's."""
     rows, m = old.rows, len(old.ids)
     if rows is None or old.row_ids is None or old.stamp is None:
         return None
@@ -218,7 +217,7 @@ def grown(old: Matrix, snapshot: Any, columns: list[str], n: int, spaces: dict[s
     if len(row_ids) != n:
         return None
     if not (m <= n <= rows.capacity and np.array_equal(row_ids[:m], old.row_ids)):
-        return kept_rows(old, snapshot, row_ids, stamp)
+        return None
     with rows.lock:  # other versions' matrices may be growing from the same arrays
         done = min(rows.filled, n)  # rows past m that another matrix has written: ours only if the same rows
         by, by_stamp = rows.filled_by
@@ -226,35 +225,4 @@ def grown(old: Matrix, snapshot: Any, columns: list[str], n: int, spaces: dict[s
         if ours and n > done:
             rows.write(read_ranges(snapshot, list(rows.columns), n, start=done), done, n)
             rows.filled_by = snapshot.version, stamp
-    return rows.matrix(snapshot, n, stamp) if ours else kept_rows(old, snapshot, row_ids, stamp)
-
-
-def kept_rows(old: Matrix, snapshot: Any, row_ids: np.ndarray, stamp: Any) -> Matrix | None:
-    """The matrix of `snapshot`, whose rows have the Lance row ids `row_ids`, when its first rows are
-    at least half of `old`'s rows, in their order, and the rest are new (a delete or an upsert since):
-    those are copied from `old` into new arrays, the others read. Old and new are held together
-    meanwhile, so only for a matrix of at most KEEP_BYTES; None otherwise."""
-    rows, m, n = old.rows, len(old.ids), len(row_ids)
-    size = old.standard.nbytes + old.heads.nbytes + sum(a.nbytes for a in old.extra.values())
-    if rows is None or old.row_ids is None or m == 0 or size > KEEP_BYTES:
-        return None
-    order = np.argsort(old.row_ids, kind="stable")
-    at = np.minimum(np.searchsorted(old.row_ids[order], row_ids), m - 1)
-    found = old.row_ids[order[at]] == row_ids  # (n,) whether each row is one of old's
-    k = n if found.all() else int(np.argmin(found))  # the first rows that are old's
-    pos = order[at[:k]]  # (k,) their rows in old
-    if found[k:].any() or 2 * k < m or (np.diff(pos) <= 0).any():
-        return None  # an old row after a new one, most rows gone, or another order: read them all
-    new = Rows.allocate(list(rows.columns), room(n), rows.standard.shape[1], rows.heads.shape[0], rows.heads.shape[2],
-                        rows.packed, {name: a.shape[1] for name, a in rows.extra.items()}, rows.heads.shape[2] > 0)
-    for first in range(0, k, LOAD_ROWS):  # a range at a time: no whole transient copy
-        chosen, at_new = pos[first:first + LOAD_ROWS], slice(first, min(first + LOAD_ROWS, k))
-        new.ids[at_new], new.row_ids[at_new] = old.ids[chosen], old.row_ids[chosen]
-        new.standard[at_new] = old.standard[chosen]
-        new.heads[:, at_new] = old.heads[:, chosen]
-        for name, out in new.extra.items():
-            out[at_new] = old.extra[name][chosen]
-    new.filled = k
-    new.write(read_ranges(snapshot, list(rows.columns), n, start=k), k, n)
-    new.filled_by = snapshot.version, stamp
-    return new.matrix(snapshot, n, stamp)
+    return rows.matrix(snapshot, n, stamp) if ours else None
