@@ -341,3 +341,25 @@ def test_versions_pruned_while_listed_give_no_stamps():
             raise RuntimeError("lance error: Not found: db/chunks.lance/_versions/3.manifest")
 
     assert matrix_module.stamps(Pruned()) == {}
+
+
+def test_threads_growing_one_matrix_at_once_all_get_the_rows(index):
+    """A server's threads refresh together after a commit: each grows from the same matrix (one writes
+    the new rows under the lock, the others find them written), and every result is the whole read."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    index.add(docs(0, 6))
+    first = index.store.matrix()
+    store = index.store
+    columns = ["id", *(c.column for c in store.vector_columns(committed=True))]
+    for start in (6, 9):
+        index.add(docs(start, 3))
+        store.refresh()
+        snapshot = store.snapshot()
+        args = (first, snapshot, columns, snapshot.count_rows(), store.committed_space_dims())
+        with ThreadPoolExecutor(4) as pool:
+            found = list(pool.map(lambda call: grown(*call), [args] * 8))
+        expected = whole(index)
+        assert all(m is not None and m.rows is first.rows for m in found)
+        for m in found:
+            assert_same(expected, m)
