@@ -19,7 +19,7 @@ import pytest
 
 from mrag import matrix as matrix_module
 from mrag.index import Index
-from mrag.matrix import Matrix, growing, grown
+from mrag.matrix import Matrix, growing, grown, stamps
 from mrag.retrieve import lowprec
 
 
@@ -141,14 +141,15 @@ def test_two_matrices_grown_from_one_share_rows_only_when_they_are_the_same(inde
     store = index.store
     snapshot = store.snapshot()
     columns = ["id", *(c.column for c in store.vector_columns(committed=True))]
-    again = grown(base, snapshot, columns, snapshot.count_rows(), store.committed_space_dims())
+    again = grown(base, snapshot, columns, snapshot.count_rows(), store.committed_space_dims(), stamps(snapshot))
     assert again is not None and again.rows is base.rows  # the same rows: reused, nothing read
     assert_same(second, again)
     kept = frozen(second)
     index.delete(["doc6", "doc7"])
     index.add(docs(8, 3))  # rows after base's again, but not second's
     snapshot = store.snapshot()
-    assert grown(base, snapshot, columns, snapshot.count_rows(), store.committed_space_dims()) is None
+    assert grown(base, snapshot, columns, snapshot.count_rows(), store.committed_space_dims(),
+                 stamps(snapshot)) is None
     assert_same(kept, second)  # second's rows were not written over
     assert_same(whole(index), store.matrix())
 
@@ -356,7 +357,7 @@ def test_threads_growing_one_matrix_at_once_all_get_the_rows(index):
         index.add(docs(start, 3))
         store.refresh()
         snapshot = store.snapshot()
-        args = (first, snapshot, columns, snapshot.count_rows(), store.committed_space_dims())
+        args = (first, snapshot, columns, snapshot.count_rows(), store.committed_space_dims(), stamps(snapshot))
         with ThreadPoolExecutor(4) as pool:
             found = list(pool.map(lambda call: grown(*call), [args] * 8))
         expected = whole(index)

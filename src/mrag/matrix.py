@@ -164,12 +164,12 @@ def room(n: int) -> int:
 
 
 def load_matrix(snapshot: Any, columns: list[str], n: int, dim: int, n_heads: int, head_dim: int, packed: bool,
-                spaces: dict[str, int], with_heads: bool = True, step: int = LOAD_ROWS) -> Matrix:
+                spaces: dict[str, int], with_heads: bool = True, step: int = LOAD_ROWS, stamp: Any = None) -> Matrix:
     """A matrix of the `n` rows of `snapshot` (`columns`: id and every vector column; no head column
-    without `with_heads`); `spaces`: name -> dim. Each range read (`step` rows) is copied into arrays
-    allocated once, so loading needs the matrix's own bytes plus one range, never a second copy of the
-    whole (issue 17's memory target); the room for appended rows is allocated, not written."""
-    stamp = stamps(snapshot).get(snapshot.version)
+    without `with_heads`); `spaces`: name -> dim; `stamp`: the snapshot version's (`stamps`; None: a
+    matrix that never grows). Each range read (`step` rows) is copied into arrays allocated once, so
+    loading needs the matrix's own bytes plus one range, never a second copy of the whole (issue 17's
+    memory target); the room for appended rows is allocated, not written."""
     rows = Rows.allocate(columns, room(n), dim, n_heads, head_dim, packed, spaces, with_heads)
     rows.write(read_ranges(snapshot, columns, n, step), 0, n)
     rows.filled_by = snapshot.version, stamp
@@ -187,15 +187,17 @@ def stamps(table: Any) -> dict[int, Any]:
         return {}
 
 
-def grown(old: Matrix, snapshot: Any, columns: list[str], n: int, spaces: dict[str, int]) -> Matrix | None:
+def grown(
+    old: Matrix, snapshot: Any, columns: list[str], n: int, spaces: dict[str, int], history: dict[int, Any]
+) -> Matrix | None:
     """The matrix of `snapshot` (n rows) made from `old` when `old`'s rows are still the first rows of
     the table, in order, reading only the rows after them into the room `old`'s arrays have. The check
     is by Lance row id, (fragment, offset): LanceDB appends after the rows it keeps, never gives a
     fragment id twice (not even after a restore), and writes the rows of an update, an upsert or a
     compaction into new fragments (lancedb 0.40), so equal row ids are the same stored rows, within
     one table: `old`'s version must still be in the table's history with the stamp it was read at
-    (`stamps`), or the table is another one (a copy that diverged, a folder made again).
-    `columns`: what the caller needs; `old`'s arrays must hold exactly these, or these and the heads;
+    (`history`: the table's `stamps`), or the table is another one (a copy that diverged, a folder made
+    again). `columns`: what the caller needs; `old`'s arrays must hold exactly these, or these and the heads;
     `spaces`: name -> dim at this version. None where it cannot, and the caller reads the whole table
     again: deletes, upserts and compaction move or drop rows; no room left; other columns; `old`'s
     version pruned from the history; rows another matrix wrote past `old`'s that are not this
@@ -203,7 +205,6 @@ def grown(old: Matrix, snapshot: Any, columns: list[str], n: int, spaces: dict[s
     rows, m = old.rows, len(old.ids)
     if rows is None or old.row_ids is None or old.stamp is None:
         return None
-    history = stamps(snapshot)
     if history.get(old.version) != old.stamp:
         return None
     stamp = history.get(snapshot.version)

@@ -34,7 +34,7 @@ from mrag.connection import connect
 from mrag.errors import StoreError
 from mrag.locking import Lease, is_local, local_path, write_lock
 from mrag.manifest import READABLE_FORMATS, Manifest
-from mrag.matrix import Matrix, grown, head_units, load_matrix
+from mrag.matrix import Matrix, grown, head_units, load_matrix, stamps
 from mrag.rows import VectorColumn, chunk_schema, fixed, quote, space_column, vector_columns
 from mrag.scales import ScaleSums, split_unit
 from mrag.settings import GRAPH_INDEX
@@ -238,13 +238,13 @@ class Store:
             snapshot = self.snapshot()  # its version, not committed_version: another thread may refresh that
             columns = ["id", *(c.column for c in self.vector_columns(committed=True)
                                if heads or not c.column.startswith("head"))]  # head_i, or format 1's packed heads
-            n, spaces = snapshot.count_rows(), self.committed_space_dims()
-            found = None if matrix is None else grown(matrix, snapshot, columns, n, spaces)  # from the rows it has
+            n, spaces, history = snapshot.count_rows(), self.committed_space_dims(), stamps(snapshot)
+            found = None if matrix is None else grown(matrix, snapshot, columns, n, spaces, history)  # rows it has
             if found is None and keep:
                 self._matrix = None  # the old one goes before the new one is read
             matrix = None
             matrix = found or load_matrix(snapshot, columns, n, self.dim, self.n_heads, self.head_dim, self.packed,
-                                          spaces, with_heads=heads)
+                                          spaces, with_heads=heads, stamp=history.get(snapshot.version))
             if keep:
                 self._matrix = matrix
         return matrix
