@@ -7,9 +7,12 @@ one article (seeded), so term statistics stay those of real prose. Each size is 
 (id, text) with the native full-text index mrag builds (`fulltext.build`). Queries: the sentences of
 the paper's 250 query stories, as the default cuts them (`mrag.chunk.segment_query`).
 
-    per part      one full-text query (`fulltext._query`, c = 32), p50 / p99
-    per query     all parts of a story one after the other (serial), and on the pool the search uses
-                  (`FullTextRanker`), p50 / p99; alternated story by story
+    per part      one full-text query, c = 32: through LanceDB's synchronous API (`_query_sync`), and
+                  alone as a batch on LanceDB's event loop (`fulltext.started`), p50
+    per query     all parts of a story: one after the other through the synchronous API (serial), on
+                  a pool of QUERY_THREADS threads (pool: what searches did before), and as one batch on
+                  LanceDB's event loop (batch, `fulltext.started`: what `FullTextRanker` does), p50 / p99;
+                  alternated story by story, after checking that batch and serial find the same hits
 
 Run: python benchmarks/bench_fulltext.py [--rows 41381,250000,1000000] [--queries 60]
 """
@@ -19,12 +22,15 @@ from __future__ import annotations
 import argparse
 import bz2
 import json
+import os
 import random
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import lancedb
+import numpy as np
 import pyarrow as pa
 from _common import machine, markdown_table, percentiles_ms, write_results
 from bench_ann_1m import DATA, real_texts
@@ -32,8 +38,8 @@ from bench_ann_1m import DATA, real_texts
 from mrag.chunk import segment_query, split_sentences
 from mrag.retrieve import fulltext
 
-COLUMNS = ["rows", "build_s", "parts", "part_p50_ms", "part_p99_ms", "queries", "parts_per_query",
-           "serial_p50_ms", "serial_p99_ms", "pool_p50_ms", "pool_p99_ms"]
+COLUMNS = ["rows", "build_s", "parts", "part_sync_p50_ms", "part_batch_p50_ms", "queries", "parts_per_query",
+           "serial_p50_ms", "serial_p99_ms", "pool_p50_ms", "pool_p99_ms", "batch_p50_ms", "batch_p99_ms"]
 
 
 def texts_of(n: int, seed: int = 0) -> list[str]:
@@ -57,24 +63,31 @@ def measure(n: int, stories: list[list[str]], work: Path) -> dict[str, object]:
     build_s = time.perf_counter() - start
     parts = [p for s in stories for p in s]
     fulltext._query(table, parts[0], 32)  # warm: the index is read once
-    per_part = []
-    for part in parts:
-        start = time.perf_counter()
-        fulltext._query(table, part, 32)
-        per_part.append(time.perf_counter() - start)
-    pool, serial, pooled = fulltext._pool(), [], []
-    for story in stories:
-        start = time.perf_counter()
-        [fulltext._query(table, p, 32) for p in story]
-        serial.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        [f.result() for f in [pool.submit(fulltext._query, table, p, 32) for p in story]]
-        pooled.append(time.perf_counter() - start)
-    part_ms, serial_ms, pool_ms = percentiles_ms(per_part), percentiles_ms(serial), percentiles_ms(pooled)
-    return {"rows": n, "build_s": round(build_s, 1), "parts": len(parts), "part_p50_ms": part_ms["p50_ms"],
-            "part_p99_ms": part_ms["p99_ms"], "queries": len(stories),
-            "parts_per_query": round(len(parts) / len(stories), 1), "serial_p50_ms": serial_ms["p50_ms"],
-            "serial_p99_ms": serial_ms["p99_ms"], "pool_p50_ms": pool_ms["p50_ms"], "pool_p99_ms": pool_ms["p99_ms"]}
+    per_part: dict[str, list[float]] = {"sync": [], "batch": []}
+    for part in parts:  # one search: through LanceDB's synchronous API, and alone as a batch
+        per_part["sync"].append(timed(lambda p=part: fulltext._query_sync(table, p, 32)))
+        per_part["batch"].append(timed(lambda p=part: fulltext.started(table, [p], 32)()))
+    pool = fulltext._pool()
+    per_query: dict[str, list[float]] = {"serial": [], "pool": [], "batch": []}
+    for story in stories:  # alternated story by story: load from other jobs hits all alike
+        batch, serial = fulltext.started(table, story, 32)(), [fulltext._query_sync(table, p, 32) for p in story]
+        assert all(a[:2] == b[:2] and np.array_equal(a[2], b[2]) for a, b in zip(batch, serial)), story
+        per_query["serial"].append(timed(lambda s=story: [fulltext._query_sync(table, p, 32) for p in s]))
+        per_query["pool"].append(timed(
+            lambda s=story: [f.result() for f in [pool.submit(fulltext._query_sync, table, p, 32) for p in s]]))
+        per_query["batch"].append(timed(lambda s=story: fulltext.started(table, s, 32)()))
+    row: dict[str, object] = {"rows": n, "build_s": round(build_s, 1), "parts": len(parts), "queries": len(stories),
+                              "parts_per_query": round(len(parts) / len(stories), 1)}
+    for name, times in [*(("part_" + k, v) for k, v in per_part.items()), *per_query.items()]:
+        ms = percentiles_ms(times)
+        row[f"{name}_p50_ms"], row[f"{name}_p99_ms"] = ms["p50_ms"], ms["p99_ms"]
+    return row
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -85,14 +98,17 @@ def main() -> None:
     args = parser.parse_args()
     stories = [segment_query(q["text"]) for q in json.load(bz2.open(DATA / "wikipedia_queries_v1.json.bz2"))]
     stories = stories[::2][: args.queries]
-    rows = []
+    rows, load = [], [os.getloadavg()]
     with tempfile.TemporaryDirectory() as tmp:
         for n in (int(x) for x in args.rows.split(",")):
             rows.append(measure(n, stories, Path(tmp)))
             print(rows[-1], flush=True)
+    load.append(os.getloadavg())
     header = ("# The full-text space's cost by index size (LanceDB native FTS, c = 32)\n\n"
-              f"machine: {machine()}; {fulltext.QUERY_THREADS} query threads; real Wikipedia prose\n\n")
-    write_results(args.name, {"machine": machine(), "rows": rows}, header + markdown_table(rows, COLUMNS))
+              f"machine: {machine()}; pool of {fulltext.QUERY_THREADS} threads; real Wikipedia prose; load average "
+              f"(1, 5, 15 min) at the start and end: {[tuple(round(x, 2) for x in a) for a in load]}\n\n")
+    result = {"machine": machine(), "load_average": load, "rows": rows}
+    write_results(args.name, result, header + markdown_table(rows, COLUMNS))
 
 
 if __name__ == "__main__":

@@ -271,3 +271,42 @@ def test_segment_bm25_is_segmented_standard_and_full_text_votes(index):
     selected = index.search(query, k=3, strategy="segment+spaces", spaces=["standard", "bm25"])
     assert {h.doc_id for h in selected[:2]} == {"chess", "bees"}
     assert [h.score for h in named] != pytest.approx([h.score for h in selected])
+
+
+def test_searches_started_together_find_what_one_search_at_a_time_finds(db_path, fake, monkeypatch):
+    index = Index.open(db_path, embedder=fake)
+    index.add(DOCS)
+    index.add([{"id": "late", "text": "Kasparov lost a chess rematch in 1998."}])  # not in the index yet
+    index.delete(["bees"])
+    table = index.store.snapshot()
+    assert fulltext._async_table(table) is not None  # a local table: one batch on LanceDB's event loop
+    texts = ["Kasparov chess", "the moon and the tides", "", "the of and", 'chess "board" AND -Kasparov',
+             "honeybees", "no such word", "chess"]
+    one_by_one = [fulltext._query_sync(table, t, 3) for t in texts]
+    assert [chunks for _, chunks, _ in one_by_one][:2] == [["chess#0", "late#0", "kings#0"], ["tides#0"]]
+    for found in (fulltext.started(table, texts, 3)(), fulltext.started(table, texts[::-1], 3)()[::-1]):
+        assert [(rows, chunks) for rows, chunks, _ in found] == [(rows, chunks) for rows, chunks, _ in one_by_one]
+        assert all(np.array_equal(a, b) for (_, _, a), (_, _, b) in zip(found, one_by_one))
+    assert [fulltext.search(table, t, 3)[1] for t in texts] == [chunks for _, chunks, _ in one_by_one]
+    # a table without an AsyncTable (none that mrag opens) searches on the thread pool
+    monkeypatch.setattr(fulltext, "_async_table", lambda table: None)
+    pooled = fulltext.started(table, texts, 3)()
+    assert [(r, ch) for r, ch, _ in pooled] == [(r, ch) for r, ch, _ in one_by_one]
+
+
+def test_the_ranker_searches_each_text_once_with_its_cache(index, monkeypatch):
+    index.add(DOCS)
+    table = index.store.snapshot()
+    asked: list[list[str]] = []
+    real = fulltext.started
+    monkeypatch.setattr(fulltext, "started", lambda t, texts, c: asked.append(list(texts)) or real(t, texts, c))
+    matrix = index.store.matrix()
+    ranker = fulltext.FullTextRanker(lambda chosen, queries, c: None, table, ids=matrix.ids, cache=True)
+    voters = retrieve.voters("bm25", 0, index.space_weights())
+    parts = [retrieve.QueryVectors(np.zeros(4), np.zeros((0, 0)), text=t) for t in ("chess", "tides", "chess")]
+    first = ranker(voters, parts, 3)
+    again = ranker(voters, parts[:2], 3)
+    assert asked == [["chess", "tides"]]  # a text asked twice in one search, or again later: searched once
+    position = {chunk: i for i, chunk in enumerate(matrix.ids)}
+    assert [int(r) for r in first[0][0, 0] if r >= 0] == [position["chess#0"], position["kings#0"]]
+    assert np.array_equal(first[0][2], first[0][0]) and np.array_equal(again[0], first[0][:2])
