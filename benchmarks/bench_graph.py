@@ -56,7 +56,7 @@ from bench_ann_1m import CACHE, DATA, build_real, man_queries, real_queries, rec
 from bench_scale import ClusteredEmbedder, queries
 from bench_scale import build as build_synthetic
 
-from mrag.retrieve import graph
+from mrag.retrieve import fulltext, graph
 from mrag.retrieve import strategies as retrieve
 from mrag.retrieve.exact import Exact
 from mrag.retrieve.fulltext import FullTextRanker
@@ -301,8 +301,12 @@ def main() -> None:
     parser.add_argument("--delete", type=int, default=0, help="synthetic: then time a delete of this many rows")
     parser.add_argument("--deletes", default="", help="real rows to delete, in runs, e.g. 500,1000,2000")
     parser.add_argument("--delete-run", type=int, default=50, help="--deletes: consecutive rows per delete")
+    parser.add_argument("--fulltext-threads", action="store_true",
+                        help="full-text searches on threads through LanceDB's synchronous API (as before 2817777)")
     parser.add_argument("--name", default="graph")
     args = parser.parse_args()
+    if args.fulltext_threads:  # `fulltext.started` then takes the path of a table without an AsyncTable
+        fulltext.async_table = lambda table: None  # type: ignore[assignment]
     efs = [int(e) for e in args.efs.split(",")]
     strategies = args.strategy.split(",")
     started, load = time.perf_counter(), __import__("os").getloadavg()

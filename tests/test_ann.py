@@ -228,3 +228,33 @@ def test_library_writes_keep_the_ann_indexes_by_policy(tmp_path):
     assert index.add(docs(140, 120)).ann["rows"] == 140  # 30 of 110: rebuilt
     assert len(index.search("topic three", k=3, exact=False)) == 3  # exact=False needs the indexes
     assert "ann" not in index.add(docs(141, 140)).to_dict()
+
+
+@pytest.mark.parametrize("index_type", ["IVF_FLAT", "IVF_PQ"])  # PQ: its refine re-ranks on full vectors
+def test_every_space_asked_together_answers_as_the_synchronous_api(tmp_path, monkeypatch, index_type):
+    from mrag.retrieve import ann
+    from mrag.retrieve import strategies as retrieve
+
+    index = Index.open(tmp_path / "db", embedder=SeededEmbedder())
+    index.add(docs(400))  # PQ training needs 256 rows
+    index.build_ann(index_type, nprobes=3)
+    index.add(docs(420, 400))  # rows the indexes do not cover: LanceDB scans them flat
+    table = index.store.snapshot()
+    columns = {c.space: c.column for c in index.store.vector_columns(committed=True)}
+    voters = retrieve.voters("mrag", 4, index.space_weights())
+    emb = index.embedder.embed(["Roman roads and bees.", "Chess engines and tides.", "topic three"], kind="query")
+    parts = [retrieve.QueryVectors(retrieve.unit(s), retrieve.unit(h)) for s, h in zip(emb.standard, emb.heads)]
+    answers = []
+    for refine in (None, 2):
+        for queries in (parts, parts[:1]):  # several parts (LanceDB's query_index) and one
+            together = AnnRanker(table, columns, nprobes=3, refine=refine)
+            found = together(voters, queries, 7)
+            with monkeypatch.context() as m:
+                m.setattr(ann, "async_table", lambda table: None)  # through the synchronous API, on threads
+                one_by_one = AnnRanker(table, columns, nprobes=3, refine=refine)
+                expected = one_by_one(voters, queries, 7)
+            assert (found[0] >= 0).sum() == len(voters) * len(queries) * 7
+            assert np.array_equal(found[0], expected[0]) and np.array_equal(found[1], expected[1])
+            assert together.ids == one_by_one.ids and together.row_ids == one_by_one.row_ids
+            answers.append(found[1])
+    assert (index_type == "IVF_PQ") == (not np.array_equal(answers[0], answers[2]))  # refine re-scores PQ's distances

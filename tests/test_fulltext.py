@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from conftest import FakeEmbedder
 
+from mrag import connection
 from mrag.index import Index
 from mrag.retrieve import fulltext
 from mrag.retrieve import strategies as retrieve
@@ -279,7 +280,7 @@ def test_searches_started_together_find_what_one_search_at_a_time_finds(db_path,
     index.add([{"id": "late", "text": "Kasparov lost a chess rematch in 1998."}])  # not in the index yet
     index.delete(["bees"])
     table = index.store.snapshot()
-    assert fulltext._async_table(table) is not None  # a local table: one batch on LanceDB's event loop
+    assert connection.async_table(table) is not None  # a local table: one batch on LanceDB's event loop
     texts = ["Kasparov chess", "the moon and the tides", "", "the of and", 'chess "board" AND -Kasparov',
              "honeybees", "no such word", "chess"]
     one_by_one = [fulltext._query_sync(table, t, 3) for t in texts]
@@ -289,7 +290,7 @@ def test_searches_started_together_find_what_one_search_at_a_time_finds(db_path,
         assert all(np.array_equal(a, b) for (_, _, a), (_, _, b) in zip(found, one_by_one))
     assert [fulltext.search(table, t, 3)[1] for t in texts] == [chunks for _, chunks, _ in one_by_one]
     # a table without an AsyncTable (none that mrag opens) searches on the thread pool
-    monkeypatch.setattr(fulltext, "_async_table", lambda table: None)
+    monkeypatch.setattr(fulltext, "async_table", lambda table: None)
     pooled = fulltext.started(table, texts, 3)()
     assert [(r, ch) for r, ch, _ in pooled] == [(r, ch) for r, ch, _ in one_by_one]
 

@@ -1,11 +1,14 @@
 """LanceDB connections: one session per process, shared by every connection to every index, so the
 process has one index cache (the ANN indexes' partitions, read on first use) and one metadata cache,
-bounded by MRAG_INDEX_CACHE_MB and MRAG_METADATA_CACHE_MB (README, Large indexes)."""
+bounded by MRAG_INDEX_CACHE_MB and MRAG_METADATA_CACHE_MB (README, Large indexes). And a search's
+queries sent to LanceDB together (`async_table`, `together`)."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import threading
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from mrag.errors import StoreError
@@ -46,3 +49,36 @@ def connect(uri: str, storage_options: dict[str, str] | None = None, **options: 
     import lancedb
 
     return lancedb.connect(uri, storage_options=storage_options, session=session(), **options)
+
+
+def async_table(table: Any) -> Any | None:
+    """The AsyncTable a local LanceDB table runs on (LanceTable keeps it as `_table`) when LanceDB's
+    event loop runs, else None: that table's queries then go through its synchronous API."""
+    from lancedb.table import AsyncTable
+
+    inner = getattr(table, "_table", None)
+    return inner if isinstance(inner, AsyncTable) and _event_loop() is not None else None
+
+
+def together(queries: list[Coroutine[Any, Any, Any]]) -> Callable[[], list[Any]]:
+    """Start queries on an AsyncTable (`async_table`) together on LanceDB's event loop; -> a call that
+    waits for their results, in order. LanceDB's synchronous API hands each query between threads five
+    times: six full-text queries on four threads took 16 ms, as one batch 7.3 (1,250 rows, 2 cores)."""
+    loop = _event_loop()
+    if loop is None:
+        raise RuntimeError("LanceDB's event loop is not running: query through the synchronous API")
+
+    async def gathered() -> list[Any]:
+        return list(await asyncio.gather(*queries))
+
+    return asyncio.run_coroutine_threadsafe(gathered(), loop).result
+
+
+def _event_loop() -> asyncio.AbstractEventLoop | None:
+    """LanceDB's background event loop, which its synchronous API runs every call on, else None."""
+    try:
+        from lancedb.background_loop import LOOP
+    except ImportError:  # pragma: no cover - a LanceDB without it: queries go through the synchronous API
+        return None
+    loop = getattr(LOOP, "loop", None)
+    return loop if isinstance(loop, asyncio.AbstractEventLoop) and loop.is_running() else None

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from mrag.connection import async_table, together
 from mrag.retrieve.types import QueryVectors, Voter
 from mrag.rows import fixed
 from mrag.settings import ANN_THRESHOLD, DEFAULT_INDEX, DEFAULT_NPROBES, INDEX_TYPES  # noqa: F401  (re-exported)
@@ -93,7 +94,7 @@ def trainable_rows(table: Any, column: str, dim: int) -> int:
 
 class AnnRanker:
     """A `types.Ranker` over a table's ANN indexes: each space is asked once for all query
-    parts (LanceDB takes several query vectors at once), spaces in parallel threads.
+    parts (LanceDB takes several query vectors at once), every space's query sent together.
 
     Its rankings number rows locally; `ids[i]` is local row i's chunk id."""
 
@@ -108,8 +109,12 @@ class AnnRanker:
         missing = [v.name for v in chosen if v.name not in self.columns]
         if missing:
             raise ValueError(f"space {missing[0]!r} has no ANN column; search it exactly")
-        with ThreadPoolExecutor(max_workers=min(8, len(chosen))) as pool:
-            found = list(pool.map(lambda v: self._search(v, queries, c), chosen))
+        inner = async_table(self.table)
+        if inner is not None:  # every space's query sent to LanceDB together
+            found = together([self._search_async(inner, v, queries, c) for v in chosen])()
+        else:
+            with ThreadPoolExecutor(max_workers=min(8, len(chosen))) as pool:
+                found = list(pool.map(lambda v: self._search(v, queries, c), chosen))
         # number the rows found in Lance row-id order, which is the table's order: votes that tie
         # then break as on the exact path, whose row numbers are table offsets
         chunk_of = {r: i for _, ids, _, lance_ids in found for i, r in zip(ids, lance_ids)}
@@ -129,9 +134,9 @@ class AnnRanker:
     def _search(
         self, voter: Voter, queries: list[QueryVectors], c: int
     ) -> tuple[np.ndarray, list[str], np.ndarray, list[int]]:
-        """One space, every part: (part of each result, chunk ids, cosine distances, Lance row ids),
-        best first per part."""
-        vectors = np.stack([query_vector(voter, q) for q in queries]).astype(np.float32)  # (P, d)
+        """One space, every part, through LanceDB's synchronous API (tables without an AsyncTable):
+        (part of each result, chunk ids, cosine distances, Lance row ids), best first per part."""
+        vectors = self._vectors(voter, queries)
         query = (
             self.table.search(vectors if len(vectors) > 1 else vectors[0], vector_column_name=self.columns[voter.name])
             .distance_type("cosine")
@@ -140,12 +145,39 @@ class AnnRanker:
             .select(["id", "_distance"])  # named: LanceDB warns on every search otherwise
             .with_row_id(True)
         )
-        result = (query.refine_factor(self.refine) if self.refine else query).to_arrow()
-        part = result["query_index"].to_numpy() if "query_index" in result.column_names else np.zeros(len(result), int)
-        distance = result["_distance"].to_numpy().astype(np.float64)
-        ids, lance_ids = result["id"].to_pylist(), result["_rowid"].to_pylist()
-        order = np.lexsort((np.array(lance_ids, dtype=np.uint64), distance, part))  # by part, nearest, row
-        return part[order].astype(np.int64), [ids[i] for i in order], distance[order], [lance_ids[i] for i in order]
+        return _found((query.refine_factor(self.refine) if self.refine else query).to_arrow())
+
+    async def _search_async(
+        self, inner: Any, voter: Voter, queries: list[QueryVectors], c: int
+    ) -> tuple[np.ndarray, list[str], np.ndarray, list[int]]:
+        """`_search` on the table's AsyncTable: the query the synchronous API builds, in one call."""
+        vectors = self._vectors(voter, queries)
+        query = (
+            inner.query()
+            .nearest_to(vectors if len(vectors) > 1 else vectors[0])
+            .column(self.columns[voter.name])
+            .distance_type("cosine")
+            .limit(c)
+            .nprobes(self.nprobes)
+            .maximum_nprobes(self.nprobes)
+            .select(["id", "_distance"])
+            .with_row_id()
+        )
+        return _found(await (query.refine_factor(self.refine) if self.refine else query).to_arrow())
+
+    @staticmethod
+    def _vectors(voter: Voter, queries: list[QueryVectors]) -> np.ndarray:
+        return np.stack([query_vector(voter, q) for q in queries]).astype(np.float32)  # (P, d)
+
+
+def _found(result: Any) -> tuple[np.ndarray, list[str], np.ndarray, list[int]]:
+    """A space's Arrow result as (part of each result, chunk ids, cosine distances, Lance row ids),
+    by part, then nearest first, then smaller row id."""
+    part = result["query_index"].to_numpy() if "query_index" in result.column_names else np.zeros(len(result), int)
+    distance = result["_distance"].to_numpy().astype(np.float64)
+    ids, lance_ids = result["id"].to_pylist(), result["_rowid"].to_pylist()
+    order = np.lexsort((np.array(lance_ids, dtype=np.uint64), distance, part))
+    return part[order].astype(np.int64), [ids[i] for i in order], distance[order], [lance_ids[i] for i in order]
 
 
 def query_vector(voter: Voter, query: QueryVectors) -> np.ndarray:

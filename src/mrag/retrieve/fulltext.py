@@ -19,7 +19,6 @@ LanceDB's hybrid search with its default RRFReranker), beside the standard vecto
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from mrag.connection import async_table, together
 from mrag.matrix import growing
 from mrag.retrieve.types import QueryVectors, Ranker, Voter
 from mrag.settings import FULLTEXT
@@ -114,38 +114,14 @@ def _query(table: Any, text: str, c: int) -> Hits:
 
 def started(table: Any, texts: list[str], c: int) -> Callable[[], list[Hits]]:
     """Start the full-text searches of `texts` on `table`; -> a call that waits for their hits, in order.
-
-    A local table's searches go to LanceDB's event loop together, as one batch: a search through the
-    synchronous API takes five hand-overs between threads, and six of them on threads took 16 ms where
-    one batch took 7.3 (1,250 rows, 2 cores). Other tables (none that mrag opens) search on a pool."""
-    inner, loop = _async_table(table), _event_loop()
-    if inner is None or loop is None:
+    A local table's searches go to LanceDB together (`connection.together`); other tables' (none that
+    mrag opens) run on a pool through the synchronous API."""
+    inner = async_table(table)
+    if inner is None:
         pool = _pool()
         pending = [pool.submit(_query_sync, table, text, c) for text in texts]
         return lambda: [f.result() for f in pending]
-
-    async def gathered() -> list[Hits]:
-        return list(await asyncio.gather(*(_query_async(inner, text, c) for text in texts)))
-
-    return asyncio.run_coroutine_threadsafe(gathered(), loop).result
-
-
-def _async_table(table: Any) -> Any | None:
-    """The AsyncTable a local LanceDB table runs on (LanceTable keeps it as `_table`), else None."""
-    from lancedb.table import AsyncTable
-
-    inner = getattr(table, "_table", None)
-    return inner if isinstance(inner, AsyncTable) else None
-
-
-def _event_loop() -> asyncio.AbstractEventLoop | None:
-    """LanceDB's background event loop, which its synchronous API runs every call on, else None."""
-    try:
-        from lancedb.background_loop import LOOP
-    except ImportError:  # pragma: no cover - a LanceDB without it: the pool searches
-        return None
-    loop = getattr(LOOP, "loop", None)
-    return loop if isinstance(loop, asyncio.AbstractEventLoop) and loop.is_running() else None
+    return together([_query_async(inner, text, c) for text in texts])
 
 
 def _match(text: str) -> Any:
