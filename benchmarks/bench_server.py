@@ -133,6 +133,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=30, help="Requests per client and strategy.")
     parser.add_argument("--strategies", default="standard,mrag,mrag-paper")
     parser.add_argument("-k", type=int, default=5)
+    parser.add_argument("--name", default="server", help="results file name (benchmarks/results/NAME.json)")
     args = parser.parse_args()
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
 
@@ -177,7 +178,7 @@ def main() -> None:
         "results": rows,
         "machine": machine() | {"load_average_end": [round(x, 2) for x in load_avg]},
     }
-    write_results("server", data, header + "\n" + table)
+    write_results(args.name, data, header + "\n" + table)
 
 
 if __name__ == "__main__":

@@ -311,3 +311,32 @@ def test_the_ranker_searches_each_text_once_with_its_cache(index, monkeypatch):
     position = {chunk: i for i, chunk in enumerate(matrix.ids)}
     assert [int(r) for r in first[0][0, 0] if r >= 0] == [position["chess#0"], position["kings#0"]]
     assert np.array_equal(first[0][2], first[0][0]) and np.array_equal(again[0], first[0][:2])
+
+
+def test_queries_sent_together_keep_their_order_run_at_most_in_flight_and_raise_the_first_failure(monkeypatch):
+    import asyncio
+    import warnings
+
+    import lancedb  # noqa: F401  (starts LanceDB's event loop)
+
+    monkeypatch.setattr(connection, "IN_FLIGHT", 3)
+    running, most, ran = [0], [0], []
+
+    async def query(i: int, fail: bool = False) -> int:
+        running[0] += 1
+        most[0] = max(most[0], running[0])
+        await asyncio.sleep(0.01 * (i % 4))  # finishing out of order
+        running[0] -= 1
+        ran.append(i)
+        if fail:
+            raise ValueError(f"query {i} failed")
+        return i * i
+
+    assert connection.together([query(i) for i in range(10)])() == [i * i for i in range(10)]
+    assert most[0] == 3  # bounded, and the bound used
+    ran.clear()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no coroutine left never awaited
+        with pytest.raises(ValueError, match="query 2 failed"):  # the first failure in order, not in time
+            connection.together([query(i, fail=i in (2, 5)) for i in range(8)])()
+    assert sorted(ran) == list(range(8))  # every query ran

@@ -14,6 +14,7 @@ from typing import Any
 from mrag.errors import StoreError
 
 CACHE_VARIABLES = {"index": "MRAG_INDEX_CACHE_MB", "metadata": "MRAG_METADATA_CACHE_MB"}
+IN_FLIGHT = 16  # queries of one batch LanceDB runs at once: each holds ~100 KB until its result is read
 _session: Any = None
 _session_lock = threading.Lock()
 
@@ -52,8 +53,8 @@ def connect(uri: str, storage_options: dict[str, str] | None = None, **options: 
 
 
 def async_table(table: Any) -> Any | None:
-    """The AsyncTable a local LanceDB table runs on (LanceTable keeps it as `_table`) when LanceDB's
-    event loop runs, else None: that table's queries then go through its synchronous API."""
+    """The AsyncTable a LanceDB table runs on (LanceTable keeps it as `_table`) when LanceDB's event
+    loop runs, else None: that table's queries then go through its synchronous API."""
     from lancedb.table import AsyncTable
 
     inner = getattr(table, "_table", None)
@@ -61,17 +62,41 @@ def async_table(table: Any) -> Any | None:
 
 
 def together(queries: list[Coroutine[Any, Any, Any]]) -> Callable[[], list[Any]]:
-    """Start queries on an AsyncTable (`async_table`) together on LanceDB's event loop; -> a call that
-    waits for their results, in order. LanceDB's synchronous API hands each query between threads five
-    times: six full-text queries on four threads took 16 ms, as one batch 7.3 (1,250 rows, 2 cores)."""
+    """Start queries on an AsyncTable (`async_table`) together on LanceDB's event loop, at most
+    IN_FLIGHT at a time; -> a call that waits for their results, in order, or raises the first query's
+    failure (an interrupted wait cancels the queries not done). LanceDB's synchronous API hands each
+    query between threads five times: six full-text queries on four threads took 16 ms, as one batch
+    7.3 (1,250 rows, 2 cores)."""
     loop = _event_loop()
     if loop is None:
         raise RuntimeError("LanceDB's event loop is not running: query through the synchronous API")
 
     async def gathered() -> list[Any]:
-        return list(await asyncio.gather(*queries))
+        gate = asyncio.Semaphore(IN_FLIGHT)
 
-    return asyncio.run_coroutine_threadsafe(gathered(), loop).result
+        async def one(query: Coroutine[Any, Any, Any]) -> Any:
+            try:
+                async with gate:
+                    return await query
+            finally:
+                query.close()  # one cancelled at the gate never ran: no "never awaited" warning
+
+        results = await asyncio.gather(*(one(q) for q in queries), return_exceptions=True)
+        for result in results:  # every query ran (or failed): raise the first failure, in order
+            if isinstance(result, BaseException):
+                raise result
+        return list(results)
+
+    future = asyncio.run_coroutine_threadsafe(gathered(), loop)
+
+    def wait() -> list[Any]:
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # an interrupt (Ctrl-C): the queries not done stop
+            raise
+
+    return wait
 
 
 def _event_loop() -> asyncio.AbstractEventLoop | None:
