@@ -11,8 +11,10 @@ the paper's 250 query stories, as the default cuts them (`mrag.chunk.segment_que
                   alone as a batch on LanceDB's event loop (`fulltext.started`), p50
     per query     all parts of a story: one after the other through the synchronous API (serial), on
                   a pool of QUERY_THREADS threads (pool: what searches did before), and as one batch on
-                  LanceDB's event loop (batch, `fulltext.started`: what `FullTextRanker` does), p50 / p99;
-                  alternated story by story, after checking that batch and serial find the same hits
+                  LanceDB's event loop (batch, `fulltext.started`: what the ANN path's `FullTextRanker`
+                  does), and as one batch without the chunk ids (batch_rows: the exact path's, which
+                  places hits by Lance row id), p50 / p99; alternated story by story, after checking
+                  that every way finds the same hits
 
 Run: python benchmarks/bench_fulltext.py [--rows 41381,250000,1000000] [--queries 60]
 """
@@ -39,7 +41,8 @@ from mrag.chunk import segment_query, split_sentences
 from mrag.retrieve import fulltext
 
 COLUMNS = ["rows", "build_s", "parts", "part_sync_p50_ms", "part_batch_p50_ms", "queries", "parts_per_query",
-           "serial_p50_ms", "serial_p99_ms", "pool_p50_ms", "pool_p99_ms", "batch_p50_ms", "batch_p99_ms"]
+           "serial_p50_ms", "serial_p99_ms", "pool_p50_ms", "pool_p99_ms", "batch_p50_ms", "batch_p99_ms",
+           "batch_rows_p50_ms", "batch_rows_p99_ms"]
 
 
 def texts_of(n: int, seed: int = 0) -> list[str]:
@@ -68,14 +71,17 @@ def measure(n: int, stories: list[list[str]], work: Path) -> dict[str, object]:
         per_part["sync"].append(timed(lambda p=part: fulltext._query_sync(table, p, 32)))
         per_part["batch"].append(timed(lambda p=part: fulltext.started(table, [p], 32)()))
     pool = fulltext._pool()
-    per_query: dict[str, list[float]] = {"serial": [], "pool": [], "batch": []}
+    per_query: dict[str, list[float]] = {"serial": [], "pool": [], "batch": [], "batch_rows": []}
     for story in stories:  # alternated story by story: load from other jobs hits all alike
         batch, serial = fulltext.started(table, story, 32)(), [fulltext._query_sync(table, p, 32) for p in story]
         assert all(a[:2] == b[:2] and np.array_equal(a[2], b[2]) for a, b in zip(batch, serial)), story
+        rows_only = fulltext.started(table, story, 32, ids=False)()
+        assert all(a[0] == b[0] and np.array_equal(a[2], b[2]) for a, b in zip(rows_only, serial)), story
         per_query["serial"].append(timed(lambda s=story: [fulltext._query_sync(table, p, 32) for p in s]))
         per_query["pool"].append(timed(
             lambda s=story: [f.result() for f in [pool.submit(fulltext._query_sync, table, p, 32) for p in s]]))
         per_query["batch"].append(timed(lambda s=story: fulltext.started(table, s, 32)()))
+        per_query["batch_rows"].append(timed(lambda s=story: fulltext.started(table, s, 32, ids=False)()))
     row: dict[str, object] = {"rows": n, "build_s": round(build_s, 1), "parts": len(parts), "queries": len(stories),
                               "parts_per_query": round(len(parts) / len(stories), 1)}
     for name, times in [*(("part_" + k, v) for k, v in per_part.items()), *per_query.items()]:

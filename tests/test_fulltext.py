@@ -298,19 +298,45 @@ def test_searches_started_together_find_what_one_search_at_a_time_finds(db_path,
 def test_the_ranker_searches_each_text_once_with_its_cache(index, monkeypatch):
     index.add(DOCS)
     table = index.store.snapshot()
-    asked: list[list[str]] = []
+    asked: list[tuple[list[str], bool]] = []
     real = fulltext.started
-    monkeypatch.setattr(fulltext, "started", lambda t, texts, c: asked.append(list(texts)) or real(t, texts, c))
+    monkeypatch.setattr(fulltext, "started", lambda t, texts, c, ids=True: asked.append((list(texts), ids))
+                        or real(t, texts, c, ids))
     matrix = index.store.matrix()
     ranker = fulltext.FullTextRanker(lambda chosen, queries, c: None, table, ids=matrix.ids, cache=True)
     voters = retrieve.voters("bm25", 0, index.space_weights())
     parts = [retrieve.QueryVectors(np.zeros(4), np.zeros((0, 0)), text=t) for t in ("chess", "tides", "chess")]
     first = ranker(voters, parts, 3)
     again = ranker(voters, parts[:2], 3)
-    assert asked == [["chess", "tides"]]  # a text asked twice in one search, or again later: searched once
+    assert asked == [(["chess", "tides"], True)]  # a text asked twice in one search, or again later: searched once
     position = {chunk: i for i, chunk in enumerate(matrix.ids)}
     assert [int(r) for r in first[0][0, 0] if r >= 0] == [position["chess#0"], position["kings#0"]]
     assert np.array_equal(first[0][2], first[0][0]) and np.array_equal(again[0], first[0][:2])
+    # placed by Lance row id, the chunk ids are not read, and the rows and scores are the same
+    by_row = fulltext.FullTextRanker(lambda chosen, queries, c: None, table, ids=matrix.ids, row_ids=matrix.row_ids)
+    found = by_row(voters, parts, 3)
+    assert asked[-1] == (["chess", "tides", "chess"], False)
+    assert np.array_equal(found[0], first[0]) and np.array_equal(found[1], first[1])
+    with pytest.raises(ValueError, match="row_ids"):
+        fulltext.FullTextRanker(lambda chosen, queries, c: None, table, ids=matrix.ids, row_ids=matrix.row_ids[:2])
+
+
+def test_full_text_hits_are_placed_alike_by_row_id_and_by_chunk_id_as_the_matrix_grows(db_path, fake):
+    writer, reader = Index.open(db_path, embedder=fake), Index.open(db_path, embedder=FakeEmbedder())
+    writer.add(DOCS[:3])
+    voters = retrieve.voters("bm25", 0, reader.space_weights())
+    texts = ["chess Kasparov", "the moon tides", "water into the city", "honeybees wings", "board endgame"]
+    parts = [retrieve.QueryVectors(np.zeros(4), np.zeros((0, 0)), text=t) for t in texts]
+    for step in (lambda: writer.add(DOCS[3:]), lambda: writer.add([{"id": "late", "text": "Kasparov at chess."}]),
+                 lambda: writer.upsert([{"id": "bees", "text": "Honeybees and chess."}]), lambda: None):
+        matrix = reader.store.matrix()  # grown after an append, read whole after the upsert
+        table = reader.store.snapshot()
+        by_id = fulltext.FullTextRanker(lambda chosen, queries, c: None, table, ids=matrix.ids)(voters, parts, 4)
+        by_row = fulltext.FullTextRanker(lambda chosen, queries, c: None, table, ids=matrix.ids,
+                                         row_ids=matrix.row_ids)(voters, parts, 4)
+        assert (by_id[0] >= 0).sum() >= 3  # the texts find rows
+        assert np.array_equal(by_row[0], by_id[0]) and np.array_equal(by_row[1], by_id[1])
+        step()
 
 
 def test_queries_sent_together_keep_their_order_run_at_most_in_flight_and_raise_the_first_failure(monkeypatch):

@@ -112,16 +112,17 @@ def _query(table: Any, text: str, c: int) -> Hits:
     return started(table, [text], c)()[0]
 
 
-def started(table: Any, texts: list[str], c: int) -> Callable[[], list[Hits]]:
+def started(table: Any, texts: list[str], c: int, ids: bool = True) -> Callable[[], list[Hits]]:
     """Start the full-text searches of `texts` on `table`; -> a call that waits for their hits, in order.
     A local table's searches go to LanceDB together (`connection.together`); other tables' (none that
-    mrag opens) run on a pool through the synchronous API."""
+    mrag opens) run on a pool through the synchronous API. Without `ids` the hits carry no chunk ids
+    (an empty list): reading them cost a fifth of a story's searches at 141k rows (`FullTextRanker`)."""
     inner = async_table(table)
     if inner is None:
         pool = _pool()
-        pending = [pool.submit(_query_sync, table, text, c) for text in texts]
+        pending = [pool.submit(_query_sync, table, text, c, ids) for text in texts]
         return lambda: [f.result() for f in pending]
-    return together([_query_async(inner, text, c) for text in texts])
+    return together([_query_async(inner, text, c, ids) for text in texts])
 
 
 def _match(text: str) -> Any:
@@ -132,51 +133,56 @@ def _match(text: str) -> Any:
     return MatchQuery(text, COLUMN)  # type: ignore[call-arg]  # a pydantic dataclass: mypy misses its defaults
 
 
-def _query_sync(table: Any, text: str, c: int) -> Hits:
+def _query_sync(table: Any, text: str, c: int, ids: bool = True) -> Hits:
     """One search through LanceDB's synchronous API (tables without an AsyncTable)."""
     if not text.strip() or c <= 0:
         return [], [], np.zeros(0)
-    found = table.search(_match(text), query_type="fts").select(["id", "_score"]).with_row_id(True).limit(c)
-    return _hits(found.to_arrow())
+    query = table.search(_match(text), query_type="fts").select(_columns(ids)).with_row_id(True).limit(c)
+    return _hits(query.to_arrow())
 
 
-async def _query_async(inner: Any, text: str, c: int) -> Hits:
+async def _query_async(inner: Any, text: str, c: int, ids: bool = True) -> Hits:
     """One search on the AsyncTable: the query the synchronous API builds, in one call."""
     if not text.strip() or c <= 0:
         return [], [], np.zeros(0)
-    query = inner.query().nearest_to_text(_match(text)).select(["id", "_score"]).with_row_id().limit(c)
+    query = inner.query().nearest_to_text(_match(text)).select(_columns(ids)).with_row_id().limit(c)
     return _hits(await query.to_arrow())
 
 
+def _columns(ids: bool) -> list[str]:
+    return ["id", "_score"] if ids else ["_score"]
+
+
 def _hits(found: Any) -> Hits:
-    """A search's Arrow result as hits, best first, ties to the smaller row id."""
+    """A search's Arrow result as hits, best first, ties to the smaller row id (no chunk ids: [])."""
     row_ids = np.asarray(found["_rowid"].to_pylist(), dtype=np.int64)
     scores = np.asarray(found["_score"].to_pylist(), dtype=np.float64)
     order = np.lexsort((row_ids, -scores))  # LanceDB returns ties in no fixed order
-    ids = found["id"].to_pylist()
-    return [int(row_ids[i]) for i in order], [ids[i] for i in order], scores[order]
+    ids = found["id"].to_pylist() if "id" in found.column_names else None
+    return [int(row_ids[i]) for i in order], [] if ids is None else [ids[i] for i in order], scores[order]
 
 
 @dataclass
 class _Offsets:
-    """Chunk id -> matrix row, kept for the last matrix seen (building it costs O(N): 0.4 s at 1M rows).
-    A matrix grown from that one (`mrag.matrix.grown`: the same ids, then the appended ones) adds its
-    new rows to the same map; the searches of the matrix before only look up their own rows' ids."""
+    """Key -> matrix row (chunk ids, or Lance row ids), kept for the last matrix seen (building it costs
+    O(N): 0.4 s at 1M chunk ids). A matrix grown from that one (`mrag.matrix.grown`: the same keys,
+    then the appended ones) adds its new rows to the same map; the searches of the matrix before only
+    look up their own rows' keys."""
 
     ids: Any = None
-    position: dict[str, int] | None = None
+    position: dict[Any, int] | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def of(self, ids: np.ndarray) -> dict[str, int]:
-        with self.lock:  # the ids and their map change together
+    def of(self, ids: np.ndarray) -> dict[Any, int]:
+        with self.lock:  # the keys and their map change together
             if self.ids is ids and self.position is not None:
                 return self.position
             if self.position is not None and _extends(ids, self.ids):
                 position = self.position
-                for i in range(len(self.ids), len(ids)):  # an id written twice keeps its first row: one
-                    position.setdefault(str(ids[i]), i)  # that the matrices before hold too
+                for i, key in enumerate(ids[len(self.ids):].tolist(), len(self.ids)):  # a key written twice
+                    position.setdefault(key, i)  # keeps its first row: one that the matrices before hold too
             else:
-                position = {str(chunk): i for i, chunk in enumerate(ids)}
+                position = {key: i for i, key in enumerate(ids.tolist())}
             self.ids, self.position = ids, position
             return position
 
@@ -187,32 +193,37 @@ def _extends(ids: np.ndarray, before: Any) -> bool:
             and ids.__array_interface__["data"][0] == before.__array_interface__["data"][0] and len(before) <= len(ids))
 
 
-_OFFSETS = _Offsets()
+_OFFSETS = _Offsets()  # chunk id -> row
+_ROWS = _Offsets()  # Lance row id -> row
 
 
 class FullTextRanker:
     """A `mrag.retrieve.types.Ranker`: the `bm25` voter by full-text search on `table`, the others by `inner`.
 
-    Exact search numbers rows by their position in the matrix (`ids`: the matrix's chunk ids); the
+    Exact search numbers rows by their position in the matrix (`ids`: the matrix's chunk ids; with
+    `row_ids`, its Lance row ids, the hits are placed by those and their chunk ids are not read); the
     ANN ranker (`ann`) numbers the rows it found in Lance row-id order, and the full-text hits join
     that numbering. `cache` keeps each text's full-text ranking (the evaluation asks the same text
     for several strategies)."""
 
     def __init__(self, inner: Ranker, table: Any, ids: np.ndarray | None = None, ann: Any = None,
-                 cache: bool = False) -> None:
+                 cache: bool = False, row_ids: np.ndarray | None = None) -> None:
         if (ids is None) == (ann is None):
             raise ValueError("give either the matrix's ids (exact search) or the ANN ranker")
-        self.inner, self.table, self.ids, self.ann = inner, table, ids, ann
+        if row_ids is not None and (ids is None or len(row_ids) != len(ids)):
+            raise ValueError("row_ids number the matrix's rows: give them with its ids")
+        self.inner, self.table, self.ids, self.ann, self.row_ids = inner, table, ids, ann, row_ids
         self._cache: dict[tuple[str, int], Hits] | None = {} if cache else None
         self._checked = False
 
     def _started(self, texts: list[str], c: int) -> Callable[[], list[Hits]]:
         """`started` for the texts not in the cache (all, without one); -> a call that waits for all."""
+        ids = self.row_ids is None  # placed by chunk id, else by Lance row id
         if self._cache is None:
-            return started(self.table, texts, c)
+            return started(self.table, texts, c, ids)
         cache = self._cache
         missing = list(dict.fromkeys(t for t in texts if (t, c) not in cache))
-        wait = started(self.table, missing, c) if missing else list
+        wait = started(self.table, missing, c, ids) if missing else list
 
         def hits() -> list[Hits]:
             cache.update(((t, c), found) for t, found in zip(missing, wait()))
@@ -236,10 +247,11 @@ class FullTextRanker:
             inner_ranking, inner_sims = self.inner([chosen[s] for s in vector], queries, c)
             ranking[:, vector], sims[:, vector] = inner_ranking, inner_sims
         hits = wait()
-        if self.ids is not None:  # exact: the matrix row of each chunk id
-            position = _OFFSETS.of(self.ids)
-            rows = [np.array([position[i] for i in ids if i in position], dtype=np.int64) for _, ids, _ in hits]
-            scores = [score[[i in position for i in ids]] for _, ids, score in hits]
+        if self.ids is not None:  # exact: the matrix row of each Lance row id, or of each chunk id
+            position = _OFFSETS.of(self.ids) if self.row_ids is None else _ROWS.of(self.row_ids)
+            keys = [ids if self.row_ids is None else row_ids for row_ids, ids, _ in hits]
+            rows = [np.array([position[k] for k in part if k in position], dtype=np.int64) for part in keys]
+            scores = [score[[k in position for k in part]] for part, (_, _, score) in zip(keys, hits)]
         else:
             rows = self._join_ann(ranking, vector, hits, bool(vector))
             scores = [score for _, _, score in hits]

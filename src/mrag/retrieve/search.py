@@ -171,7 +171,8 @@ def ranker_for(
             found = store.take(matrix.table, HIT_COLUMNS, row_ids=[int(matrix.row_ids[r]) for r in rows])
         return {r: found[matrix.ids[r]] for r in rows}
 
-    return fulltext.FullTextRanker(ranked, matrix.table, ids=matrix.ids), by_row, len(matrix.ids)
+    hits = fulltext.FullTextRanker(ranked, matrix.table, ids=matrix.ids, row_ids=matrix.row_ids)
+    return hits, by_row, len(matrix.ids)
 
 
 def _hit(row: dict[str, Any], score: float, votes: list[dict[str, Any]]) -> Hit:
