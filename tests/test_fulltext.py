@@ -366,3 +366,13 @@ def test_queries_sent_together_keep_their_order_run_at_most_in_flight_and_raise_
         with pytest.raises(ValueError, match="query 2 failed"):  # the first failure in order, not in time
             connection.together([query(i, fail=i in (2, 5)) for i in range(8)])()
     assert sorted(ran) == list(range(8))  # every query ran
+
+
+def test_lance_row_ids_to_matrix_rows_by_hand():
+    index = fulltext._RowIndex()
+    ascending = np.array([1, 3, 8, 2**32 + 5], dtype=np.uint64)  # appended to and deleted from: they ascend
+    assert index.rows(ascending, [2**32 + 5, 2, 1]).tolist() == [3, -1, 0] and index.order is None
+    compacted = np.array([2**33, 5, 9], dtype=np.uint64)  # a compacted fragment listed first
+    assert index.rows(compacted, [9, 2**33, 4, 2**34]).tolist() == [2, 0, -1, -1]
+    assert index.rows(compacted, []).tolist() == []
+    assert index.rows(np.zeros(0, dtype=np.uint64), [7]).tolist() == [-1]

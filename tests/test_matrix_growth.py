@@ -313,8 +313,9 @@ def torch_equal(a, b) -> bool:
 
 
 def test_the_full_text_row_map_of_a_grown_matrix_is_extended(index):
-    """The default's full-text hits are mapped to matrix rows by chunk id: a grown matrix adds its new
-    ids to the map the matrix before made, which still maps that matrix's own ids to the same rows."""
+    """The default's full-text hits are mapped to matrix rows by Lance row id, or by chunk id: a grown
+    matrix adds its new ids to the map the matrix before made, which still maps that matrix's own ids
+    to the same rows; the matrix before finds no row for the new rows' row ids."""
     from mrag.retrieve import fulltext
 
     index.add(docs(0, 6))
@@ -325,6 +326,9 @@ def test_the_full_text_row_map_of_a_grown_matrix_is_extended(index):
     after = fulltext._OFFSETS.of(second.ids)
     assert after is before and after == {str(c): i for i, c in enumerate(second.ids)}
     assert fulltext._OFFSETS.of(np.array(second.ids)) is not after  # not a growing matrix's ids: built anew
+    found = [int(r) for r in second.row_ids[::-1]]  # Lance row ids, as a full-text search gives them
+    assert fulltext._ROWS.rows(second.row_ids, found).tolist() == list(range(len(second.row_ids)))[::-1]
+    assert fulltext._ROWS.rows(first.row_ids, found).tolist() == [-1] * 4 + list(range(len(first.row_ids)))[::-1]
     query = "Doc 8 is about engine. And a second part about river."
     hits = index.search(query, k=4, strategy="segment-bm25", exact=True)
     fresh = Index.open(index.store.uri, embedder=index.embedder).search(query, k=4, strategy="segment-bm25",
