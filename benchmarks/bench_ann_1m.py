@@ -228,7 +228,7 @@ def real_part(
         if any(retrieve.uses_fulltext(s) for s in strategies) and has_fulltext == "no":
             has_fulltext = "built here" if index.maintain_fulltext(force=True) else "no"
         matrix = index.store.matrix()
-        exact_ranker = FullTextRanker(Exact(matrix.standard, matrix.heads), matrix.table, ids=matrix.ids)
+        exact_ranker = FullTextRanker(Exact(matrix.standard, matrix.heads), matrix.table, row_ids=matrix.row_ids)
         vote_ids(index, strategies[0], exact_ranker, query_sets["wikipedia"][0], matrix.ids)  # makes the bf16 copies
         exact: dict[tuple[str, str], list[list[str]]] = {}
         rows: list[dict[str, Any]] = []

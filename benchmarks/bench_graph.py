@@ -101,7 +101,7 @@ def real_part(cache: Path, efs: list[int], strategies: list[str], man_query_coun
         graphs = graph.latest(graph.folder(index.store.uri), matrix)
         assert graphs is not None and len(graphs.nodes) == n
         exact = Exact(matrix.standard, matrix.heads)
-        exact_ranker = FullTextRanker(exact, matrix.table, ids=matrix.ids, row_ids=matrix.row_ids, cache=True)
+        exact_ranker = FullTextRanker(exact, matrix.table, row_ids=matrix.row_ids, cache=True)
         rows: list[dict[str, Any]] = []
         for name, qs in query_sets.items():
             for s in strategies:
@@ -114,7 +114,7 @@ def real_part(cache: Path, efs: list[int], strategies: list[str], man_query_coun
                 print(rows[-1], flush=True)
                 for ef in efs:
                     ranker = FullTextRanker(graph.GraphRanker(matrix, graphs, exact, ef), matrix.table,
-                                            ids=matrix.ids, row_ids=matrix.row_ids, cache=True)
+                                            row_ids=matrix.row_ids, cache=True)
                     found, times = timed_votes(index, s, ranker, qs, matrix.ids)
                     untied = [i for i, t in enumerate(tied) if not t]
                     rows.append({"rows": n, "queries": name, "strategy": s, "path": "HNSW graphs", "ef": ef,
@@ -160,7 +160,7 @@ def deletes_part(cache: Path, efs: list[int], strategies: list[str], counts: lis
             place = graphs.place(matrix) if graphs is not None else None
             assert graphs is not None and place is not None
             exact = Exact(matrix.standard, matrix.heads)
-            exact_ranker = FullTextRanker(exact, matrix.table, ids=matrix.ids, row_ids=matrix.row_ids, cache=True)
+            exact_ranker = FullTextRanker(exact, matrix.table, row_ids=matrix.row_ids, cache=True)
             gone = np.concatenate([np.arange(r, r + run) for r in runs[: deleted // run]]) if deleted else []
             about = [[QueryVectors(first.standard[i], first.heads[:, i], text=text[first.ids[i]])]
                      for i in np.random.default_rng(1).permutation(gone)[:64]] if deleted else []
@@ -172,7 +172,7 @@ def deletes_part(cache: Path, efs: list[int], strategies: list[str], counts: lis
                     rows.append({**common, "path": "exact scan", "ef": "", "recall@10": 1.0, **percentiles_ms(times)})
                     for ef in efs:
                         ranker = FullTextRanker(graph.GraphRanker(matrix, graphs, exact, ef), matrix.table,
-                                                ids=matrix.ids, row_ids=matrix.row_ids, cache=True)
+                                                row_ids=matrix.row_ids, cache=True)
                         found, times = timed_votes(index, s, ranker, qs, matrix.ids)
                         rows.append({**common, "path": "HNSW graphs", "ef": ef, "recall@10": recall(found, truth),
                                      **percentiles_ms(times)})

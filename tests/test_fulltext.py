@@ -303,25 +303,21 @@ def test_the_ranker_searches_each_text_once_with_its_cache(index, monkeypatch):
     monkeypatch.setattr(fulltext, "started", lambda t, texts, c, ids=True: asked.append((list(texts), ids))
                         or real(t, texts, c, ids))
     matrix = index.store.matrix()
-    ranker = fulltext.FullTextRanker(lambda chosen, queries, c: None, table, ids=matrix.ids, cache=True)
+    ranker = fulltext.FullTextRanker(lambda chosen, queries, c: None, table, row_ids=matrix.row_ids, cache=True)
     voters = retrieve.voters("bm25", 0, index.space_weights())
     parts = [retrieve.QueryVectors(np.zeros(4), np.zeros((0, 0)), text=t) for t in ("chess", "tides", "chess")]
     first = ranker(voters, parts, 3)
     again = ranker(voters, parts[:2], 3)
-    assert asked == [(["chess", "tides"], True)]  # a text asked twice in one search, or again later: searched once
+    # a text asked twice in one search, or again later: searched once, placed by row id (no chunk ids read)
+    assert asked == [(["chess", "tides"], False)]
     position = {chunk: i for i, chunk in enumerate(matrix.ids)}
     assert [int(r) for r in first[0][0, 0] if r >= 0] == [position["chess#0"], position["kings#0"]]
     assert np.array_equal(first[0][2], first[0][0]) and np.array_equal(again[0], first[0][:2])
-    # placed by Lance row id, the chunk ids are not read, and the rows and scores are the same
-    by_row = fulltext.FullTextRanker(lambda chosen, queries, c: None, table, ids=matrix.ids, row_ids=matrix.row_ids)
-    found = by_row(voters, parts, 3)
-    assert asked[-1] == (["chess", "tides", "chess"], False)
-    assert np.array_equal(found[0], first[0]) and np.array_equal(found[1], first[1])
-    with pytest.raises(ValueError, match="row_ids"):
-        fulltext.FullTextRanker(lambda chosen, queries, c: None, table, ids=matrix.ids, row_ids=matrix.row_ids[:2])
+    with pytest.raises(ValueError, match="row ids"):
+        fulltext.FullTextRanker(lambda chosen, queries, c: None, table)
 
 
-def test_full_text_hits_are_placed_alike_by_row_id_and_by_chunk_id_as_the_matrix_grows(db_path, fake):
+def test_full_text_hits_are_placed_by_row_id_where_their_chunk_ids_are_as_the_matrix_grows(db_path, fake):
     writer, reader = Index.open(db_path, embedder=fake), Index.open(db_path, embedder=FakeEmbedder())
     writer.add(DOCS[:3])
     voters = retrieve.voters("bm25", 0, reader.space_weights())
@@ -331,9 +327,12 @@ def test_full_text_hits_are_placed_alike_by_row_id_and_by_chunk_id_as_the_matrix
                  lambda: writer.upsert([{"id": "bees", "text": "Honeybees and chess."}]), lambda: None):
         matrix = reader.store.matrix()  # grown after an append, read whole after the upsert
         table = reader.store.snapshot()
-        by_id = fulltext.FullTextRanker(lambda chosen, queries, c: None, table, ids=matrix.ids)(voters, parts, 4)
-        by_row = fulltext.FullTextRanker(lambda chosen, queries, c: None, table, ids=matrix.ids,
-                                         row_ids=matrix.row_ids)(voters, parts, 4)
+        ranker = fulltext.FullTextRanker(lambda chosen, queries, c: None, table, row_ids=matrix.row_ids)
+        by_row = ranker(voters, parts, 4)
+        position = {chunk: i for i, chunk in enumerate(matrix.ids)}  # where each hit's chunk id is
+        by_id = np.full((len(texts), 1, 4), -1), np.full((len(texts), 1, 4), -np.inf)
+        for p, (_, chunks, scores) in enumerate(fulltext.started(table, texts, 4)()):
+            by_id[0][p, 0, : len(chunks)], by_id[1][p, 0, : len(chunks)] = [position[i] for i in chunks], scores
         assert (by_id[0] >= 0).sum() >= 3  # the texts find rows
         assert np.array_equal(by_row[0], by_id[0]) and np.array_equal(by_row[1], by_id[1])
         step()

@@ -141,7 +141,7 @@ def evaluate(
     extra = {name: matrix.extra[name] for name in corpus.spaces}
     # BM25 through LanceDB's full-text index on the same rows, as a search does; each text asked once
     ranker = fulltext.FullTextRanker(exact.Exact(matrix.standard, matrix.heads, extra), matrix.table,
-                                     ids=matrix.ids, row_ids=matrix.row_ids, cache=True)
+                                     row_ids=matrix.row_ids, cache=True)
     scales = corpus.index.space_weights()
     category_of = bench.unit_category()
     chunks_per_unit = len(corpus.row_units) / max(len(set(corpus.row_units)), 1)

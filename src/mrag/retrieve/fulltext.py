@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 
 from mrag.connection import async_table, together
-from mrag.matrix import growing
 from mrag.retrieve.types import QueryVectors, Ranker, Voter
 from mrag.settings import FULLTEXT
 
@@ -163,43 +162,10 @@ def _hits(found: Any) -> Hits:
 
 
 @dataclass
-class _Offsets:
-    """Chunk id -> matrix row, kept for the last matrix seen (building it costs O(N): 0.4 s at 1M rows).
-    A matrix grown from that one (`mrag.matrix.grown`: the same ids, then the appended ones) adds its
-    new rows to the same map; the searches of the matrix before only look up their own rows' ids."""
-
-    ids: Any = None
-    position: dict[Any, int] | None = None
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def of(self, ids: np.ndarray) -> dict[Any, int]:
-        with self.lock:  # the keys and their map change together
-            if self.ids is ids and self.position is not None:
-                return self.position
-            if self.position is not None and _extends(ids, self.ids):
-                position = self.position
-                for i, key in enumerate(ids[len(self.ids):].tolist(), len(self.ids)):  # a key written twice
-                    position.setdefault(key, i)  # keeps its first row: one that the matrices before hold too
-            else:
-                position = {key: i for i, key in enumerate(ids.tolist())}
-            self.ids, self.position = ids, position
-            return position
-
-
-def _extends(ids: np.ndarray, before: Any) -> bool:
-    """Whether `ids` is `before` and rows after it, in one growing array (`mrag.matrix.Rows`)."""
-    return (isinstance(before, np.ndarray) and growing(ids) and ids.base is before.base
-            and ids.__array_interface__["data"][0] == before.__array_interface__["data"][0] and len(before) <= len(ids))
-
-
-_OFFSETS = _Offsets()  # chunk id -> row
-
-
-@dataclass
 class _RowIndex:
     """Lance row id -> matrix row, for the last matrix seen: its row ids where they ascend (a table that
-    was only appended to and deleted from), else their sorted copy and its order (16 bytes a row; built
-    in about 0.1 s at 1M rows), searched by bisection. No dict: 1M int keys took 97 MiB and 0.3 s."""
+    was only appended to and deleted from), else their sorted copy and its order (16 bytes a row; 24 ms
+    at 1M rows), searched by bisection. No dict: 1M int keys took 97 MiB and 0.3 s."""
 
     row_ids: Any = None
     sorted_ids: Any = None
@@ -227,25 +193,22 @@ _ROWS = _RowIndex()
 class FullTextRanker:
     """A `mrag.retrieve.types.Ranker`: the `bm25` voter by full-text search on `table`, the others by `inner`.
 
-    Exact search numbers rows by their position in the matrix (`ids`: the matrix's chunk ids; with
-    `row_ids`, its Lance row ids, the hits are placed by those and their chunk ids are not read); the
-    ANN ranker (`ann`) numbers the rows it found in Lance row-id order, and the full-text hits join
-    that numbering. `cache` keeps each text's full-text ranking (the evaluation asks the same text
-    for several strategies)."""
+    Exact search numbers rows by their position in the matrix: the hits are placed by the matrix's
+    Lance row ids (`row_ids`), and their chunk ids are not read. The ANN ranker (`ann`) numbers the
+    rows it found in Lance row-id order, and the full-text hits join that numbering. `cache` keeps
+    each text's full-text ranking (the evaluation asks the same text for several strategies)."""
 
-    def __init__(self, inner: Ranker, table: Any, ids: np.ndarray | None = None, ann: Any = None,
-                 cache: bool = False, row_ids: np.ndarray | None = None) -> None:
-        if (ids is None) == (ann is None):
-            raise ValueError("give either the matrix's ids (exact search) or the ANN ranker")
-        if row_ids is not None and (ids is None or len(row_ids) != len(ids)):
-            raise ValueError("row_ids number the matrix's rows: give them with its ids")
-        self.inner, self.table, self.ids, self.ann, self.row_ids = inner, table, ids, ann, row_ids
+    def __init__(self, inner: Ranker, table: Any, row_ids: np.ndarray | None = None, ann: Any = None,
+                 cache: bool = False) -> None:
+        if (row_ids is None) == (ann is None):
+            raise ValueError("give either the matrix's row ids (exact search) or the ANN ranker")
+        self.inner, self.table, self.row_ids, self.ann = inner, table, row_ids, ann
         self._cache: dict[tuple[str, int], Hits] | None = {} if cache else None
         self._checked = False
 
     def _started(self, texts: list[str], c: int) -> Callable[[], list[Hits]]:
         """`started` for the texts not in the cache (all, without one); -> a call that waits for all."""
-        ids = self.row_ids is None  # placed by chunk id, else by Lance row id
+        ids = self.row_ids is None  # the ANN ranker numbers rows by chunk id; exact places by row id
         if self._cache is None:
             return started(self.table, texts, c, ids)
         cache = self._cache
@@ -277,10 +240,6 @@ class FullTextRanker:
         if self.row_ids is not None:  # exact: the matrix row of each Lance row id
             placed = [_ROWS.rows(self.row_ids, row_ids) for row_ids, _, _ in hits]
             rows, scores = [at[at >= 0] for at in placed], [score[at >= 0] for at, (_, _, score) in zip(placed, hits)]
-        elif self.ids is not None:  # exact: the matrix row of each chunk id
-            position = _OFFSETS.of(self.ids)
-            rows = [np.array([position[i] for i in ids if i in position], dtype=np.int64) for _, ids, _ in hits]
-            scores = [score[[i in position for i in ids]] for _, ids, score in hits]
         else:
             rows = self._join_ann(ranking, vector, hits, bool(vector))
             scores = [score for _, _, score in hits]

@@ -171,7 +171,7 @@ def ranker_for(
             found = store.take(matrix.table, HIT_COLUMNS, row_ids=[int(matrix.row_ids[r]) for r in rows])
         return {r: found[matrix.ids[r]] for r in rows}
 
-    hits = fulltext.FullTextRanker(ranked, matrix.table, ids=matrix.ids, row_ids=matrix.row_ids)
+    hits = fulltext.FullTextRanker(ranked, matrix.table, row_ids=matrix.row_ids)
     return hits, by_row, len(matrix.ids)
 
 
