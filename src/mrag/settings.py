@@ -71,7 +71,11 @@ def check_strategy(name: str) -> str:
 GRAPH_INDEX = "HNSW"
 INDEX_TYPES = ("IVF_FLAT", "IVF_PQ", "IVF_HNSW_SQ", GRAPH_INDEX)
 DEFAULT_INDEX = "IVF_FLAT"  # measured best for 32-dim heads: fast build, recall 0.998 (benchmarks/results/ann.md)
-ANN_THRESHOLD = 200_000  # rows; below it the in-memory exact scan is fast enough (benchmarks/results/core.md)
+# rows; below it the in-memory exact scan (once loaded) is faster than LanceDB's IVF indexes at their default
+# nprobes for queries of several parts, and exact: the default 71 ms a six-sentence query against 89 at 1M rows,
+# 44 against 65 at 500k, 43 against 61 at 300k; one part 58 against 33 at 1M, 34 against 26 at 500k (2 cores,
+# benchmarks/results/exact-or-ann-*.md)
+ANN_THRESHOLD = 1_000_000
 DEFAULT_CANDIDATES = 0  # ANN: 0 asks one index per space; N re-scores each part's N nearest standard rows (ann-1m.md)
 DEFAULT_EF = 128  # HNSW: rows a search walks (efSearch); the default's recall@10 0.994, 141k real rows (graph-141k.md)
 DEFAULT_NPROBES = 60  # recall of the final mrag top 10 >= 0.96 at 1M even with overlapping clusters (scale-hard.md)
