@@ -381,3 +381,62 @@ def test_bm25_and_hybrid_strategies(client):
                        headers=AUTH).status_code == 200
     r = client.get("/search", params={"query": "Sedol", "strategy": "mrag-bm25", "k": 1})
     assert [h["doc_id"] for h in r.json()["hits"]] == ["go"]
+
+
+def counting_loads(monkeypatch) -> list[int]:
+    """Every exact-path matrix read from now on, by its row count."""
+    from mrag import store
+
+    loads: list[int] = []
+    real = store.load_matrix
+
+    def load(snapshot, columns, n, *args, **kwargs):
+        loads.append(n)
+        return real(snapshot, columns, n, *args, **kwargs)
+
+    monkeypatch.setattr(store, "load_matrix", load)
+    return loads
+
+
+def test_startup_searches_once_so_the_first_request_loads_nothing(tmp_path, monkeypatch):
+    make_index(tmp_path / "db", DOCS)
+    loads = counting_loads(monkeypatch)
+    llm = ScriptedGenerator("unused")
+    with serving(Settings(db=str(tmp_path / "db"), embedder=FakeEmbedder(), llm=llm)) as base:
+        assert loads == [4]  # the warm-up search read the matrix before the server listened
+        r = httpx.post(f"{base}/search", json={"query": "Honeybees cool the hive. Water flows downhill."})
+        assert r.status_code == 200 and r.json()["hits"]
+        assert loads == [4] and llm.calls == 0
+    with serving(Settings(db=str(tmp_path / "db"), embedder=FakeEmbedder(), warm=False)) as base:
+        assert loads == [4]  # no warm-up: the first request reads it
+        assert httpx.post(f"{base}/search", json={"query": "honeybees hive"}).status_code == 200
+        assert loads == [4, 4]
+
+
+def test_startup_warms_a_fusion_default_without_the_llm_and_survives_a_failed_warm_up(tmp_path, monkeypatch, caplog):
+    make_index(tmp_path / "db", DOCS)
+    Index.open(tmp_path / "db", embedder=FakeEmbedder()).set_default_strategy({"strategy": "fusion"})
+    loads = counting_loads(monkeypatch)
+    llm = ScriptedGenerator("unused")
+    with serving(Settings(db=str(tmp_path / "db"), embedder=FakeEmbedder(), llm=llm)):
+        assert loads == [4] and llm.calls == 0  # the warm-up searched, with its own sub-query
+    assert "warm-up" not in caplog.text
+    Index.open(tmp_path / "db", embedder=FakeEmbedder()).set_default_strategy(None)
+
+    def broken(*args, **kwargs):
+        raise OSError("disk unreadable")
+
+    monkeypatch.setattr(Index, "search_many", broken)
+    with serving(Settings(db=str(tmp_path / "db"), embedder=FakeEmbedder())) as base:  # it still starts
+        assert httpx.get(f"{base}/info").status_code == 200
+    assert "warm-up search failed: disk unreadable" in caplog.text
+
+
+def test_startup_on_an_index_with_ann_indexes_reads_no_matrix(tmp_path, monkeypatch):
+    make_index(tmp_path / "db", DOCS)
+    Index.open(tmp_path / "db", embedder=FakeEmbedder()).build_ann()
+    loads = counting_loads(monkeypatch)
+    with serving(Settings(db=str(tmp_path / "db"), embedder=FakeEmbedder())) as base:
+        r = httpx.post(f"{base}/search", json={"query": "Honeybees cool the hive. Water flows downhill."})
+        assert r.status_code == 200 and r.json()["hits"]
+    assert loads == []  # the ANN path: nothing to load, at start-up or after

@@ -2,7 +2,8 @@
 
 Reads (search, ask, heads, info) are open; writes (/documents) need `Authorization: Bearer <token>`
 when a token is set, checked before the body is read (401 without it, 403 with a wrong one).
-Bodies over `max_request_bytes` get 413. The index opens in the lifespan, not at import. Endpoints are
+Bodies over `max_request_bytes` get 413. The index opens in the lifespan, not at import, and is searched
+once there (`warm`), so the first request does not load what searches keep in memory. Endpoints are
 plain functions run in a thread pool: the store shows readers only committed writes, writers take
 turns under one lock, and the embedder (a torch model) is called by one thread at a time.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager
@@ -47,6 +49,7 @@ class Settings:
     max_context_chars: int = DEFAULT_MAX_CONTEXT_CHARS
     embedder: HeadEmbedder | None = None  # a ready embedder instead of loading `model`
     llm: Generator | None = None  # a ready generator instead of building `generator`
+    warm: bool = True  # search once at start-up (`warm`), so the first request does not load the matrix
 
 
 class LockedEmbedder(HeadEmbedder):
@@ -87,12 +90,28 @@ class State:
         self.write_lock = threading.Lock()
         self._llm = settings.llm
         self._llm_lock = threading.Lock()
+        if settings.warm:
+            warm(self.index)
 
     def llm(self) -> Generator:
         with self._llm_lock:
             if self._llm is None:
                 self._llm = make_generator(self.settings.generator, self.settings.gen_model)
             return self._llm
+
+
+def warm(index: Any) -> None:
+    """One search of two sentences with the index's default strategy, so that no request pays for what
+    searches keep in memory: on the exact path the matrix and its bf16 copies (about 4 s at 1M chunks),
+    LanceDB's full-text index, the model's first pass. A failure is logged: requests then report it."""
+    from mrag.generate.fusion import is_fusion
+
+    strategy = index.default_strategy
+    parts = [["warm up"]] if is_fusion(strategy) else None  # given sub-queries: no LLM call
+    try:
+        index.search_many(["Warm up. Warm up the index."], k=1, strategy=strategy, subqueries=parts)
+    except Exception as e:  # noqa: BLE001 - the server still starts; each request reports its own error
+        logging.getLogger(__name__).warning("mrag: the warm-up search failed: %s", _one_line(e))
 
 
 # --- request and response bodies ----------------------------------------------------------------
