@@ -42,9 +42,9 @@ on rows that `--embed --man-pages 100000 --cache DIR` (given to a first such run
 Wikipedia rows and 100,000 sentences of the machine's manual pages, 141,381 real rows, and queries of
 held-out manual-page sentences beside the paper's; `ann-real-141k-hnsw` from the same with
 `--index-type IVF_HNSW_SQ --real-nprobes 1,2 --name ann-real-141k-hnsw`.
-`exact-or-ann-300k` and `exact-or-ann-1m` (where the ANN path starts to pay, `ANN_THRESHOLD`) came from
-`--skip real --rows 300000 (1000000) --queries 32 --rounds 2 --nprobes 20,60 --candidates 200 --strategy
-segment+standard,segment-bm25,mrag --name exact-or-ann-300k (-1m)`.
+`exact-or-ann-300k`, `-500k` and `-1m` (where the ANN path starts to pay, `ANN_THRESHOLD`) came from
+`--skip real --rows 300000 (500000, 1000000) --queries 32 --rounds 2 --nprobes 20,60 --candidates 200 --strategy
+segment+standard,segment-bm25,mrag --name exact-or-ann-300k (-500k, -1m)`.
 """
 
 from __future__ import annotations

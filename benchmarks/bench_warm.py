@@ -5,7 +5,8 @@ first reads it (and makes its bf16 copy). `mrag serve` now searches once at star
 that no request does. On a synthetic `bench_scale` index of `--rows` rows with a full-text index (no ANN
 indexes), the app is started under uvicorn in this process, with the warm-up and without, a fresh process
 process each time (`--rounds` of each, alternated); timed: the start-up (the index opened, the warm-up) and
-the first and second requests of the default strategy, six-sentence queries (the query embedder is
+the first and second requests of the default strategy (start-up: from the app's creation until
+it listens, so the interpreter, the imports and a model load are not in it), six-sentence queries (the query embedder is
 `bench_scale`'s synthetic one, so the model costs nothing here).
 
 Run: python benchmarks/bench_warm.py [--rows 1000000] [--rounds 2]

@@ -88,6 +88,17 @@ def test_needs_ann():
     assert needs_ann(100, {"rows": 100}, 100, unindexed=40)  # as many rows, 40 of them replaced
     assert not needs_ann(100, {"rows": 100}, 100, unindexed=10)
     assert not needs_ann(10**7, None, 0)  # 0 turns automatic builds off
+    assert needs_ann(80, {"rows": 60}, 100)  # built below the threshold (by hand, or under a lower one): kept up
+    assert not needs_ann(70, {"rows": 60}, 100)
+    assert not needs_ann(80, {"rows": 60}, 0)
+
+
+def test_indexes_built_below_the_threshold_are_rebuilt_as_rows_grow(seeded_index):
+    seeded_index.build_ann()  # 150 rows, far below the default threshold
+    seeded_index.add([{"id": f"new{n}", "text": f"a new text {n}"} for n in range(30)])
+    assert seeded_index.store.manifest.ann["rows"] == 150  # 30 unindexed rows: fewer than a quarter
+    seeded_index.add([{"id": f"more{n}", "text": f"another text {n}"} for n in range(20)])
+    assert seeded_index.store.manifest.ann["rows"] == 200  # 50 > 150 / 4: rebuilt
 
 
 def test_replaced_rows_count_as_unindexed(seeded_index):
@@ -96,6 +107,7 @@ def test_replaced_rows_count_as_unindexed(seeded_index):
     assert unindexed_rows(seeded_index.store.snapshot()) is None
     seeded_index.build_ann()
     assert unindexed_rows(seeded_index.store.snapshot()) == 0
+    seeded_index.ann_policy.threshold = 0  # no automatic rebuild: the replaced rows stay unindexed
     seeded_index.upsert([{"id": f"d{n}", "text": f"changed {n}"} for n in range(40)])  # same row count
     snapshot = seeded_index.store.snapshot()
     assert snapshot.count_rows() == 150 and unindexed_rows(snapshot) == 40

@@ -363,3 +363,31 @@ def test_threads_growing_one_matrix_at_once_all_get_the_rows(index):
         assert all(m is not None and m.rows is first.rows for m in found)
         for m in found:
             assert_same(expected, m)
+
+
+def test_concurrent_searches_share_one_load(index, monkeypatch):
+    """Searches that all need a new matrix (a server's first requests, or its requests after a delete)
+    wait for one read of it, not one each; a search that asks for the heads later reads them once more."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mrag import store as store_module
+
+    index.add(docs(0, 12))
+    reader = Index.open(index.store.uri, embedder=index.embedder)  # nothing loaded yet
+    loads: list[int] = []
+    real = store_module.load_matrix
+    monkeypatch.setattr(store_module, "load_matrix", lambda *a, **k: (loads.append(a[2]), time.sleep(0.2),
+                                                                      real(*a, **k))[2])
+    stories = [f"Doc {i} is about river. It also mentions legion." for i in range(8)]
+    with ThreadPoolExecutor(8) as pool:
+        found = list(pool.map(lambda q: reader.search(q, k=3, strategy="segment+standard", exact=True), stories))
+    assert loads == [12]  # one read, shared by the eight searches
+    assert [[h.id for h in hits] for hits in found] == [
+        [h.id for h in whole_hits] for whole_hits in
+        (Index.open(index.store.uri, embedder=index.embedder).search(q, 3, "segment+standard", exact=True)
+         for q in stories)]
+    loads.clear()
+    index.delete(["doc3"])  # not an append: read whole again, once
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda q: reader.search(q, k=3, strategy="mrag", exact=True), stories))
+    assert loads == [11]

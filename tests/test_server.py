@@ -383,53 +383,86 @@ def test_bm25_and_hybrid_strategies(client):
     assert [h["doc_id"] for h in r.json()["hits"]] == ["go"]
 
 
-def counting_loads(monkeypatch) -> list[int]:
-    """Every exact-path matrix read from now on, by its row count."""
+def counting_loads(monkeypatch) -> list[tuple[int, bool]]:
+    """Every exact-path matrix read from now on: (rows, with the heads)."""
     from mrag import store
 
-    loads: list[int] = []
+    loads: list[tuple[int, bool]] = []
     real = store.load_matrix
 
     def load(snapshot, columns, n, *args, **kwargs):
-        loads.append(n)
+        loads.append((n, kwargs["with_heads"]))
         return real(snapshot, columns, n, *args, **kwargs)
 
     monkeypatch.setattr(store, "load_matrix", load)
     return loads
 
 
+TWO_PARTS = {"query": "Honeybees cool the hive. Water flows downhill."}
+
+
 def test_startup_searches_once_so_the_first_request_loads_nothing(tmp_path, monkeypatch):
+    from mrag.retrieve import fulltext
+
     make_index(tmp_path / "db", DOCS)
     loads = counting_loads(monkeypatch)
+    asked = []
+    real = fulltext.started
+    monkeypatch.setattr(fulltext, "started",
+                        lambda table, texts, *rest: (asked.append(len(texts)), real(table, texts, *rest))[1])
     llm = ScriptedGenerator("unused")
     with serving(Settings(db=str(tmp_path / "db"), embedder=FakeEmbedder(), llm=llm)) as base:
-        assert loads == [4]  # the warm-up search read the matrix before the server listened
-        r = httpx.post(f"{base}/search", json={"query": "Honeybees cool the hive. Water flows downhill."})
+        assert loads == [(4, False)] and asked == [2]  # the default's matrix and full-text index, before listening
+        r = httpx.post(f"{base}/search", json=TWO_PARTS)
         assert r.status_code == 200 and r.json()["hits"]
-        assert loads == [4] and llm.calls == 0
+        assert loads == [(4, False)] and llm.calls == 0
     with serving(Settings(db=str(tmp_path / "db"), embedder=FakeEmbedder(), warm=False)) as base:
-        assert loads == [4]  # no warm-up: the first request reads it
+        assert loads == [(4, False)]  # no warm-up: the first request reads it
         assert httpx.post(f"{base}/search", json={"query": "honeybees hive"}).status_code == 200
-        assert loads == [4, 4]
+        assert loads == [(4, False), (4, False)]
 
 
-def test_startup_warms_a_fusion_default_without_the_llm_and_survives_a_failed_warm_up(tmp_path, monkeypatch, caplog):
+def test_startup_warms_the_index_s_own_default(tmp_path, monkeypatch, caplog):
     make_index(tmp_path / "db", DOCS)
-    Index.open(tmp_path / "db", embedder=FakeEmbedder()).set_default_strategy({"strategy": "fusion"})
+    writer = Index.open(tmp_path / "db", embedder=FakeEmbedder())
+    writer.set_default_strategy({"strategy": "mrag"})  # a tuned default that votes with the heads
     loads = counting_loads(monkeypatch)
+    with serving(Settings(db=str(tmp_path / "db"), embedder=FakeEmbedder())) as base:
+        assert loads == [(4, True)]
+        assert httpx.post(f"{base}/search", json=TWO_PARTS).json()["strategy"] == "mrag"
+        assert loads == [(4, True)]
+    writer.set_default_strategy({"strategy": "mrag-fusion"})  # fused sub-queries, each voted on by the heads
     llm = ScriptedGenerator("unused")
     with serving(Settings(db=str(tmp_path / "db"), embedder=FakeEmbedder(), llm=llm)):
-        assert loads == [4] and llm.calls == 0  # the warm-up searched, with its own sub-query
+        assert loads == [(4, True), (4, True)] and llm.calls == 0  # searched, with its own sub-query
     assert "warm-up" not in caplog.text
-    Index.open(tmp_path / "db", embedder=FakeEmbedder()).set_default_strategy(None)
 
-    def broken(*args, **kwargs):
-        raise OSError("disk unreadable")
 
-    monkeypatch.setattr(Index, "search_many", broken)
-    with serving(Settings(db=str(tmp_path / "db"), embedder=FakeEmbedder())) as base:  # it still starts
-        assert httpx.get(f"{base}/info").status_code == 200
-    assert "warm-up search failed: disk unreadable" in caplog.text
+def test_a_failed_or_stalled_warm_up_is_logged_and_the_server_starts(tmp_path, monkeypatch, caplog):
+    make_index(tmp_path / "db", DOCS)
+
+    def broken(self):
+        raise RuntimeError("manifest unreadable")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(Index, "default_strategy", property(broken))
+        with serving(Settings(db=str(tmp_path / "db"), embedder=FakeEmbedder())) as base:
+            assert httpx.get(f"{base}/health").status_code == 200
+    assert "warm-up search failed: manifest unreadable" in caplog.text
+    release = threading.Event()
+    real = Index.search_many
+
+    def stalled(self, *args, **kwargs):  # an external space's service that does not answer
+        release.wait(30)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Index, "search_many", stalled)
+    try:
+        with serving(Settings(db=str(tmp_path / "db"), embedder=FakeEmbedder(), warm_timeout_s=0.2)) as base:
+            assert httpx.get(f"{base}/health").status_code == 200  # started while the warm-up waits
+            assert "still running after 0.2 s" in caplog.text
+    finally:
+        release.set()
 
 
 def test_startup_on_an_index_with_ann_indexes_reads_no_matrix(tmp_path, monkeypatch):
@@ -437,6 +470,6 @@ def test_startup_on_an_index_with_ann_indexes_reads_no_matrix(tmp_path, monkeypa
     Index.open(tmp_path / "db", embedder=FakeEmbedder()).build_ann()
     loads = counting_loads(monkeypatch)
     with serving(Settings(db=str(tmp_path / "db"), embedder=FakeEmbedder())) as base:
-        r = httpx.post(f"{base}/search", json={"query": "Honeybees cool the hive. Water flows downhill."})
+        r = httpx.post(f"{base}/search", json=TWO_PARTS)
         assert r.status_code == 200 and r.json()["hits"]
     assert loads == []  # the ANN path: nothing to load, at start-up or after

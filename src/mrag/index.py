@@ -280,8 +280,8 @@ class Index:
             return built if graph.maintain(self.store) else None
         if not force:
             rows = self.store.count()
-            if rows < policy.threshold:
-                return None
+            if rows < policy.threshold and not built:  # indexes built before (by hand, or under a lower
+                return None  # threshold) are kept up as the rows grow
             if not ann.needs_ann(rows, built or None, policy.threshold, ann.unindexed_rows(self.store.snapshot())):
                 return None
         index_type = policy.index_type or built.get("index_type", ann.DEFAULT_INDEX)

@@ -50,6 +50,7 @@ class Settings:
     embedder: HeadEmbedder | None = None  # a ready embedder instead of loading `model`
     llm: Generator | None = None  # a ready generator instead of building `generator`
     warm: bool = True  # search once at start-up (`warm`), so the first request does not load the matrix
+    warm_timeout_s: float = 120.0  # the most the start-up waits for that search
 
 
 class LockedEmbedder(HeadEmbedder):
@@ -91,7 +92,7 @@ class State:
         self._llm = settings.llm
         self._llm_lock = threading.Lock()
         if settings.warm:
-            warm(self.index)
+            warm(self.index, settings.warm_timeout_s)
 
     def llm(self) -> Generator:
         with self._llm_lock:
@@ -100,18 +101,30 @@ class State:
             return self._llm
 
 
-def warm(index: Any) -> None:
+def warm(index: Any, timeout_s: float) -> None:
     """One search of two sentences with the index's default strategy, so that no request pays for what
-    searches keep in memory: on the exact path the matrix and its bf16 copies (about 4 s at 1M chunks),
-    LanceDB's full-text index, the model's first pass. A failure is logged: requests then report it."""
-    from mrag.generate.fusion import is_fusion
+    searches keep in memory: on the exact path the matrix and its bf16 copies (a first request took 8.4 s
+    at 1M chunks without it, `benchmarks/results/warm.md`), LanceDB's full-text index, the model's first
+    pass. It runs on a thread of its own, waited for at most `timeout_s` (an external space's service
+    that does not answer would hold the start-up forever); past that, or on a failure, a warning is
+    logged and the server starts: requests then report their own errors."""
+    log = logging.getLogger(__name__)
 
-    strategy = index.default_strategy
-    parts = [["warm up"]] if is_fusion(strategy) else None  # given sub-queries: no LLM call
-    try:
-        index.search_many(["Warm up. Warm up the index."], k=1, strategy=strategy, subqueries=parts)
-    except Exception as e:  # noqa: BLE001 - the server still starts; each request reports its own error
-        logging.getLogger(__name__).warning("mrag: the warm-up search failed: %s", _one_line(e))
+    def search() -> None:
+        from mrag.generate.fusion import is_fusion
+
+        try:
+            strategy = index.default_strategy
+            parts = [["warm up"]] if is_fusion(strategy) else None  # given sub-queries: no LLM call
+            index.search_many(["Warm up. Warm up the index."], k=1, strategy=strategy, subqueries=parts)
+        except Exception as e:  # noqa: BLE001 - the server still starts; each request reports its own error
+            log.warning("mrag: the warm-up search failed: %s", _one_line(e), exc_info=True)
+
+    thread = threading.Thread(target=search, name="mrag-warm-up", daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    if thread.is_alive():
+        log.warning("mrag: the warm-up search is still running after %s s; the server starts", timeout_s)
 
 
 # --- request and response bodies ----------------------------------------------------------------

@@ -21,7 +21,7 @@ import json
 import secrets
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
@@ -58,6 +58,7 @@ class Store:
         self._manifest_version = -1  # the manifest table version `self.manifest` was read at
         self._load(manifest)
         self._matrix: Matrix | None = None
+        self._matrix_lock = threading.Lock()  # one load at a time: concurrent searches share it
         self.graphs: Any = None  # the HNSW graphs last read (`mrag.retrieve.graph`), reused while they fit
         self._write_lock = threading.Lock()
         self._changed = 0
@@ -230,23 +231,39 @@ class Store:
         """Every committed row's vectors in memory, reloaded only after a new committed write
         (`refresh=False`: the caller has just refreshed the manifest). Without `heads` the head vectors
         are left out (half the memory: the strategies that do not vote with them), until asked for.
-        `keep=False` reads one that is not kept for later searches (a write's graph maintenance)."""
+        `keep=False` reads one that is not kept for later searches (a write's graph maintenance).
+        Searches that need a new matrix at once wait for one load and share it (each loaded its own: ten
+        server requests after a write held ten copies)."""
         if refresh:
             self.refresh()
         matrix = self._matrix
-        if matrix is None or matrix.version != self.committed_version or (heads and not matrix.has_heads):
-            snapshot = self.snapshot()  # its version, not committed_version: another thread may refresh that
-            columns = ["id", *(c.column for c in self.vector_columns(committed=True)
-                               if heads or not c.column.startswith("head"))]  # head_i, or format 1's packed heads
-            n, spaces, history = snapshot.count_rows(), self.committed_space_dims(), stamps(snapshot)
-            found = None if matrix is None else grown(matrix, snapshot, columns, n, spaces, history)  # rows it has
-            if found is None and keep:
-                self._matrix = None  # the old one goes before the new one is read
-            matrix = None
-            matrix = found or load_matrix(snapshot, columns, n, self.dim, self.n_heads, self.head_dim, self.packed,
-                                          spaces, with_heads=heads, stamp=history.get(snapshot.version))
-            if keep:
-                self._matrix = matrix
+        if matrix is not None and self._fits(matrix, heads):
+            return matrix
+        with self._matrix_lock if keep else nullcontext():
+            return self._read_matrix(heads, keep)
+
+    def _fits(self, matrix: Matrix, heads: bool) -> bool:
+        """Whether `matrix` holds the committed rows, with the heads if asked for."""
+        return matrix.version == self.committed_version and (matrix.has_heads or not heads)
+
+    def _read_matrix(self, heads: bool, keep: bool) -> Matrix:
+        """`matrix`'s load (the rows appended since the last one, or all), unless another thread has just
+        made it."""
+        matrix = self._matrix
+        if matrix is not None and self._fits(matrix, heads):
+            return matrix
+        snapshot = self.snapshot()  # its version, not committed_version: another thread may refresh that
+        columns = ["id", *(c.column for c in self.vector_columns(committed=True)
+                           if heads or not c.column.startswith("head"))]  # head_i, or format 1's packed heads
+        n, spaces, history = snapshot.count_rows(), self.committed_space_dims(), stamps(snapshot)
+        found = None if matrix is None else grown(matrix, snapshot, columns, n, spaces, history)  # rows it has
+        if found is None and keep:
+            self._matrix = None  # the old one goes before the new one is read
+        matrix = None
+        matrix = found or load_matrix(snapshot, columns, n, self.dim, self.n_heads, self.head_dim, self.packed,
+                                      spaces, with_heads=heads, stamp=history.get(snapshot.version))
+        if keep:
+            self._matrix = matrix
         return matrix
 
     # --- writing -------------------------------------------------------------------------

@@ -29,11 +29,12 @@ def needs_ann(
 ) -> bool:
     """Whether `mrag index` should (re)build the ANN indexes: from `threshold` rows, and again once
     the rows the indexes do not cover (new or replaced since the build; LanceDB scans them flat)
-    are more than a quarter of those they do. `unindexed` defaults to the growth since the build."""
-    if threshold <= 0 or rows < threshold:
+    are more than a quarter of those they do, at any size (indexes built by hand, or under a lower
+    threshold, are kept up). `unindexed` defaults to the growth since the build. `threshold` 0: never."""
+    if threshold <= 0:
         return False
     if built is None:
-        return True
+        return rows >= threshold
     waiting = rows - int(built.get("rows", 0)) if unindexed is None else unindexed
     return waiting > 0.25 * max(1, rows - waiting)
 
