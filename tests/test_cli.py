@@ -341,3 +341,17 @@ def test_demo_text_in_a_temporary_folder(reuse_minilm):
     assert "Expected documents found in the top 3: standard " in out.splitlines()[-1]
     folder = out.split(" into ", 1)[1].split(" (", 1)[0]
     assert not Path(folder).exists()  # the temporary index is removed
+
+
+def test_serve_passes_its_warm_up_choice_to_the_app(tmp_path, corpus, monkeypatch):
+    import uvicorn
+
+    from mrag import server
+
+    mrag("index", corpus, "--db", tmp_path / "idx")
+    given = []
+    monkeypatch.setattr(server, "create_app", lambda settings: given.append(settings.warm))
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kwargs: None)
+    mrag("serve", "--db", tmp_path / "idx")
+    mrag("serve", "--db", tmp_path / "idx", "--no-warm")
+    assert given == [True, False]

@@ -450,3 +450,23 @@ def test_the_re_score_of_one_space_repeats_the_scans_product():
         rows = torch.from_numpy(rng.choice(5000, 300, replace=False))
         parts = torch.from_numpy(rng.integers(0, p, 300))
         torch.testing.assert_close(lowprec.rescore_rows(q, vectors, parts, rows), scan[rows, parts], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [np.float32(3.4e38), np.float32(np.nan)])
+def test_a_copy_checks_every_block_for_values_bf16_cannot_hold(bad):
+    """The check runs block by block as the copy is rounded (2**22 // d rows a block): a bad value in
+    a later block, or in rows a grown copy adds to its prefix, leaves no copy to scan."""
+    rng = np.random.default_rng(21)
+    vectors = rng.standard_normal((12_000, 384)).astype(np.float32)  # 10,922 rows a block at d = 384
+    assert lowprec.Bf16Copy(vectors).finite
+    vectors[11_500, 3] = bad  # in the second block
+    late = lowprec.Bf16Copy(vectors)
+    assert not late.finite and late.rows.numel() == 0
+    vectors[11_500, 3] = 0.0
+    prefix = lowprec.Bf16Copy(vectors[:6_000])
+    assert prefix.finite
+    vectors[9_000, 0] = bad  # a row the grown copy adds
+    grown = lowprec.Bf16Copy(vectors, prefix, 6_000)
+    assert not grown.finite and grown.rows.numel() == 0
+    vectors[9_000, 0] = 0.0
+    assert lowprec.Bf16Copy(vectors, prefix, 6_000).finite

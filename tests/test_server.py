@@ -473,3 +473,25 @@ def test_startup_on_an_index_with_ann_indexes_reads_no_matrix(tmp_path, monkeypa
         r = httpx.post(f"{base}/search", json=TWO_PARTS)
         assert r.status_code == 200 and r.json()["hits"]
     assert loads == []  # the ANN path: nothing to load, at start-up or after
+
+
+def test_shutdown_waits_for_a_warm_up_still_running(tmp_path, monkeypatch, caplog):
+    """A process that exits while the warm-up reads LanceDB may abort: the app's shutdown joins it first
+    (for at most warm_timeout_s again)."""
+    make_index(tmp_path / "db", DOCS)
+    release = threading.Event()
+    real = Index.search_many
+
+    def slow(self, *args, **kwargs):
+        release.wait(30)
+        time.sleep(1.0)  # still at it when the server is asked to stop
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Index, "search_many", slow)
+    try:
+        with serving(Settings(db=str(tmp_path / "db"), embedder=FakeEmbedder(), warm_timeout_s=3.0)):
+            assert "still running after 3.0 s" in caplog.text
+            release.set()
+    finally:
+        release.set()
+    assert not [t for t in threading.enumerate() if t.name == "mrag-warm-up" and t.is_alive()]

@@ -159,6 +159,16 @@ def test_adding_a_space_rebuilds_the_dropped_ann_indexes_by_policy(db_path, fake
     assert len(index.store.chunks.list_indices()) == 1 + fake.n_heads + 1 + 1
 
 
+def test_adding_a_space_rebuilds_indexes_built_below_the_threshold(db_path, fake):
+    """Indexes built by hand (or under an older, lower threshold) are kept up at any size, a rewrite too."""
+    index = Index.open(db_path, embedder=fake)
+    index.add(DOCS)
+    index.build_ann("IVF_FLAT", nprobes=4)  # far below the default threshold
+    index.add_spaces(["w=test-words:dim=8"])
+    assert index.store.manifest.ann == {"index_type": "IVF_FLAT", "rows": len(DOCS), "nprobes": 4}
+    assert len(index.store.chunks.list_indices()) == 1 + fake.n_heads + 1 + 1
+
+
 def test_unknown_function_names_the_space_and_writes_nothing(db_path, tmp_path, fake):
     with pytest.raises(SpaceError, match="space 'x'.*unknown embedding function 'no-such-fn'"):
         Index.open(tmp_path / "new", embedder=fake, spaces=["x=no-such-fn"])

@@ -57,7 +57,8 @@ def cli() -> None:
               help="HNSW: the spaces that get a graph (standard, heads, head:I, a label; default: every one); "
                    "the default strategy needs 'standard' alone, the others are scanned exactly.")
 @click.option("--ann-threshold", type=click.IntRange(min=0), default=ANN_THRESHOLD, show_default=True,
-              help="Build the ANN indexes automatically from this many chunks (0 = never).")
+              help="Build the ANN indexes automatically from this many chunks (0: never); indexes that exist "
+                   "are rebuilt as rows grow, at any size (0: not rebuilt either).")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               help="Embed on a Ray cluster (ray://host:10001, auto); without ADDRESS a local one.")
 @click.option("--workers", type=int, default=2, show_default=True, help="Ray workers (with --ray).")

@@ -146,6 +146,7 @@ class Index:
         parsed = [s if isinstance(s, SpaceSpec) else parse_space(s) for s in specs]
         check_unique([*(SpaceSpec.from_json(e) for e in self.store.manifest.spaces), *parsed])
         live = open_spaces(parsed)
+        built = self.store.manifest.ann
         with self.store.writing():
             rows = self.store.rows(columns=["id", "text"], table=self.store.chunks)
             texts = rows["text"].to_pylist()
@@ -158,7 +159,10 @@ class Index:
             self.store.add_spaces(entries, rows["id"].to_pylist(), vectors)
             fulltext.keep(self.store.chunks)  # the rewrite dropped the table's full-text index
         self._spaces.update({s.name: s for s in live})
-        self.maintain_ann()  # the rewrite dropped the ANN indexes: rebuilt when the policy says so
+        if built and not self.store.manifest.ann:  # the rewrite dropped LanceDB's indexes: built again
+            self._build_ann_like(built)
+        else:
+            self.maintain_ann()  # none before: built when the policy says so
         return [s.name for s in live]
 
     # --- writing -------------------------------------------------------------------------
@@ -284,6 +288,11 @@ class Index:
                 return None  # threshold) are kept up as the rows grow
             if not ann.needs_ann(rows, built or None, policy.threshold, ann.unindexed_rows(self.store.snapshot())):
                 return None
+        return self._build_ann_like(built)
+
+    def _build_ann_like(self, built: dict[str, Any]) -> dict[str, Any]:
+        """Build the ANN indexes as `ann_policy` asks, else as `built` (the indexes before) were."""
+        policy = self.ann_policy
         index_type = policy.index_type or built.get("index_type", ann.DEFAULT_INDEX)
         same = index_type == built.get("index_type")  # an IVF index's nprobes is no HNSW ef, and back
         return self.build_ann(index_type, policy.nprobes or (built.get("nprobes") if same else None),

@@ -91,8 +91,7 @@ class State:
         self.write_lock = threading.Lock()
         self._llm = settings.llm
         self._llm_lock = threading.Lock()
-        if settings.warm:
-            warm(self.index, settings.warm_timeout_s)
+        self.warming = warm(self.index, settings.warm_timeout_s) if settings.warm else None
 
     def llm(self) -> Generator:
         with self._llm_lock:
@@ -101,13 +100,14 @@ class State:
             return self._llm
 
 
-def warm(index: Any, timeout_s: float) -> None:
+def warm(index: Any, timeout_s: float) -> threading.Thread:
     """One search of two sentences with the index's default strategy, so that no request pays for what
     searches keep in memory: on the exact path the matrix and its bf16 copies (a first request took 8.4 s
     at 1M chunks without it, `benchmarks/results/warm.md`), LanceDB's full-text index, the model's first
     pass. It runs on a thread of its own, waited for at most `timeout_s` (an external space's service
     that does not answer would hold the start-up forever); past that, or on a failure, a warning is
-    logged and the server starts: requests then report their own errors."""
+    logged and the server starts: requests then report their own errors. -> the thread (the app's
+    shutdown waits for it: a process that exits while it reads LanceDB may abort)."""
     log = logging.getLogger(__name__)
 
     def search() -> None:
@@ -125,6 +125,7 @@ def warm(index: Any, timeout_s: float) -> None:
     thread.join(timeout_s)
     if thread.is_alive():
         log.warning("mrag: the warm-up search is still running after %s s; the server starts", timeout_s)
+    return thread
 
 
 # --- request and response bodies ----------------------------------------------------------------
@@ -197,6 +198,8 @@ def create_app(settings: Settings) -> FastAPI:
 
         app.state.mrag = await run_in_threadpool(State, settings)
         yield
+        if app.state.mrag.warming is not None:  # still warming up: exit after it, not in the middle of a read
+            await run_in_threadpool(app.state.mrag.warming.join, settings.warm_timeout_s)
 
     app = FastAPI(title="mrag", version=version("mrag"), lifespan=lifespan,
                   description="Multi-Head RAG over a LanceDB index: search, answers with citations, documents.")
