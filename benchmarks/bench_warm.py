@@ -91,7 +91,7 @@ def main() -> None:
                 rows.append(json.loads(out.strip().splitlines()[-1]))
                 print(rows[-1], flush=True)
     load.append(os.getloadavg())
-    summary = [{"warm-up": warm, **{k: float(np.median([r[k] for r in rows if r["warm-up"] == warm]))
+    summary = [{"warm-up": warm, **{k: round(float(np.median([r[k] for r in rows if r["warm-up"] == warm])), 2)
                                     for k in ("start_s", "first_request_ms", "second_request_ms")}}
                for warm in (False, True)]
     result = {"machine": machine(), "rows": args.rows, "build_s": round(build_s, 1), "rounds": args.rounds,

@@ -102,7 +102,7 @@ class State:
 
 def warm(index: Any, timeout_s: float) -> threading.Thread:
     """One search of two sentences with the index's default strategy, so that no request pays for what
-    searches keep in memory: on the exact path the matrix and its bf16 copies (a first request took 8.4 s
+    searches keep in memory: on the exact path the matrix and its bf16 copies (a first request took 6.9 s
     at 1M chunks without it, `benchmarks/results/warm.md`), LanceDB's full-text index, the model's first
     pass. It runs on a thread of its own, waited for at most `timeout_s` (an external space's service
     that does not answer would hold the start-up forever); past that, or on a failure, a warning is
