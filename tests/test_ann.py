@@ -269,3 +269,41 @@ def test_every_space_asked_together_answers_as_the_synchronous_api(tmp_path, mon
             assert together.ids == one_by_one.ids and together.row_ids == one_by_one.row_ids
             answers.append(found[1])
     assert (index_type == "IVF_PQ") == (not np.array_equal(answers[0], answers[2]))  # refine re-scores PQ's distances
+
+
+def test_dropping_the_ann_indexes_returns_to_exact_search(seeded_index):
+    """`drop_ann` (`mrag index --drop-ann`) removes the vector indexes in one commit; the full-text index
+    stays, searches scan exactly, and a later write below the threshold builds none."""
+    assert seeded_index.drop_ann() is None  # nothing to drop
+    built = seeded_index.build_ann()
+    assert seeded_index.drop_ann() == built and seeded_index.store.manifest.ann is None
+    assert [i.index_type for i in seeded_index.store.chunks.list_indices()] == ["FTS"]
+    assert hits(seeded_index, "mrag-std", None) == hits(seeded_index, "mrag-std", True)
+    with pytest.raises(ValueError, match="no ANN index covers this search"):
+        seeded_index.search(QUERIES[0], exact=False)
+    seeded_index.add([{"id": "later", "text": "a text written after the drop"}])
+    assert seeded_index.store.manifest.ann is None
+    reader = Index.open(seeded_index.store.uri, embedder=SeededEmbedder())  # another process's view
+    assert reader.store.manifest.ann is None and reader.drop_ann() is None
+
+
+def test_a_drop_that_fails_midway_keeps_every_index(seeded_index, monkeypatch):
+    built = seeded_index.build_ann()
+    before = hits(seeded_index, "mrag-std", None)
+    table = type(seeded_index.store.chunks)
+    real, calls = table.drop_index, []
+
+    def failing(self, name):
+        calls.append(name)
+        if len(calls) == 2:
+            raise OSError("disk full")
+        return real(self, name)
+
+    monkeypatch.setattr(table, "drop_index", failing)
+    with pytest.raises(OSError, match="disk full"):
+        seeded_index.drop_ann()
+    monkeypatch.undo()
+    reader = Index.open(seeded_index.store.uri, embedder=SeededEmbedder())
+    assert reader.store.manifest.ann == built
+    assert len(reader.store.chunks.list_indices()) == 1 + 4 + 1  # every space's index and the full-text one
+    assert hits(reader, "mrag-std", False) == before

@@ -355,3 +355,17 @@ def test_serve_passes_its_warm_up_choice_to_the_app(tmp_path, corpus, monkeypatc
     mrag("serve", "--db", tmp_path / "idx")
     mrag("serve", "--db", tmp_path / "idx", "--no-warm")
     assert given == [True, False]
+
+
+def test_drop_ann_goes_back_to_exact_search(tmp_path, corpus, reuse_minilm):
+    db = tmp_path / "i"
+    built = lines(mrag("index", corpus, "--db", db, "--build-ann"))[0]["ann"]
+    query = ("search", "Why do bees fan their wings?", "--db", db, "-k", "3")
+    exact = [h["id"] for h in lines(mrag(*query, "--exact"))]
+    assert lines(mrag("index", "--drop-ann", "--db", db))[0]["ann_dropped"] == built
+    assert [h["id"] for h in lines(mrag(*query))] == exact
+    assert mrag("index", "--drop-ann", "--db", db, "-p").stdout.strip().endswith("no ANN indexes to drop")
+    refused = mrag("index", "--drop-ann", "--build-ann", "--db", db, ok=False)
+    assert refused.exit_code == 2 and "contradict" in refused.stderr
+    missing = mrag("index", "--drop-ann", "--db", tmp_path / "typo", ok=False)
+    assert missing.exit_code == 1 and "no mrag index" in missing.stderr and not (tmp_path / "typo").exists()

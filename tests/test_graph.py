@@ -580,3 +580,15 @@ def test_a_graph_whose_nodes_and_keys_differ_is_scanned(tmp_path):
     graphs = graph.Graphs(1, np.array([1, 3, 5], dtype=np.uint64), {"standard": tmp_path / "0.faiss"})
     with pytest.warns(RuntimeWarning, match="holds 2 nodes, its folder 3 keys"):
         assert not graphs.usable("standard")
+
+
+def test_dropping_the_graphs_removes_their_files_and_searches_scan_exactly(graph_index):
+    from mrag.retrieve import graph
+
+    built = graph_index.build_ann(graph.INDEX_TYPE)
+    assert graph.folder(graph_index.store.uri).exists()
+    assert graph_index.drop_ann() == built
+    assert graph_index.store.manifest.ann is None and not graph.folder(graph_index.store.uri).exists()
+    assert hits(graph_index, "mrag", None) == hits(graph_index, "mrag", True)
+    graph_index.add([{"id": "later", "text": "written after the drop"}])  # no graph upkeep, no error
+    assert graph_index.store.manifest.ann is None

@@ -47,6 +47,9 @@ def cli() -> None:
               help="Add an embedding space from LanceDB's registry, e.g. "
                    "'mpnet=sentence-transformers:name=/models/all-mpnet-base-v2' (repeatable; docs/spaces.md).")
 @click.option("--build-ann", is_flag=True, help="Build (or rebuild) the ANN indexes of every space now.")
+@click.option("--drop-ann", is_flag=True,
+              help="Drop the ANN indexes: searches scan exactly (below 1M chunks the faster path for queries of "
+                   "several sentences); writes past --ann-threshold build them again.")
 @click.option("--ann-index", type=click.Choice(list(ANN_INDEX_TYPES)), default=None,
               help="ANN index type for --build-ann and automatic builds: LanceDB's IVF_*, or HNSW (in-process "
                    f"faiss graphs; mrag[graph]) [default: the index's, else {DEFAULT_ANN_INDEX}].")
@@ -66,7 +69,7 @@ def cli() -> None:
 @user_errors
 def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None, pooling: str | None,
           chunk_chars: int | None, overlap: int | None, text_field: str, id_field: str, query_instruction: str,
-          document_instruction: str, device: str, dtype: str, spaces: tuple[str, ...], build_ann: bool,
+          document_instruction: str, device: str, dtype: str, spaces: tuple[str, ...], build_ann: bool, drop_ann: bool,
           ann_index: str | None, ann_nprobes: int | None, ann_spaces: str | None, ann_threshold: int,
           ray_address: str | None, workers: int, plain: bool) -> None:
     """Index files and folders (.txt .md .html .json .jsonl .pdf) into DB.
@@ -77,13 +80,16 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
 
         mrag index notes/ papers/intro.md --db idx
         mrag index --build-ann --db idx          # ANN indexes for an existing index
+        mrag index --drop-ann --db idx           # and back to exact search
     """
     from mrag.index import AddReport, Index
     from mrag.ingest import read_paths
     from mrag.settings import AnnPolicy
 
-    if not paths and not build_ann:
-        raise click.UsageError("give files or folders to index (or --build-ann for an existing index)")
+    if not paths and not build_ann and not drop_ann:
+        raise click.UsageError("give files or folders to index (or --build-ann / --drop-ann for an existing index)")
+    if build_ann and drop_ann:
+        raise click.UsageError("--build-ann and --drop-ann contradict each other: give one")
     options: dict[str, Any] = {"device": device, "dtype": dtype}
     if pooling:
         options["pooling"] = pooling
@@ -125,11 +131,16 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
     if build_ann and not report.ann:
         report.ann = idx.maintain_ann(force=True)
     summary = report.to_dict()
+    if drop_ann:
+        summary["ann_dropped"] = idx.drop_ann()
     if plain:
         click.echo(f"added {summary['added']}, updated {summary['updated']}, unchanged {summary['unchanged']} "
                    f"documents ({summary['chunks']} chunks embedded)")
         for s in report.skipped:
             click.echo(f"skipped {s.source}: {s.reason}")
+        if drop_ann:
+            dropped = summary["ann_dropped"]
+            click.echo(f"dropped the {dropped['index_type']} ANN indexes" if dropped else "no ANN indexes to drop")
     else:
         emit(summary)
 

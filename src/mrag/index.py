@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import shutil
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from mrag.embed.base import HeadEmbedder
 from mrag.embed.models import resolve_model
 from mrag.errors import StoreError
 from mrag.ingest import Document, read_paths
+from mrag.locking import is_local
 from mrag.retrieve import ann, fulltext, graph
 from mrag.retrieve import strategies as retrieve
 from mrag.retrieve.search import search_many
@@ -331,6 +333,26 @@ class Index:
             built = {"index_type": index_type, "rows": store.chunks.count_rows(), "nprobes": nprobes}
             store.manifest = store.manifest.replace(ann=built)
         return built
+
+    def drop_ann(self) -> dict[str, Any] | None:
+        """Drop the ANN indexes (LanceDB's vector indexes, or the HNSW graphs) in one committed write, so
+        searches scan exactly: below 1M chunks the faster path for queries of several sentences
+        (`benchmarks/results/exact-or-ann-*.md`); the full-text index stays. -> what was dropped, else None.
+        Writes build them again once `ann_policy`'s threshold is reached."""
+        store = self.store
+        store.refresh()
+        built = store.manifest.ann
+        if not built:
+            return None
+        columns = {c.column for c in store.vector_columns()}
+        with store.writing(maintain=False):
+            for index in store.chunks.list_indices():
+                if set(index.columns) <= columns:
+                    store.chunks.drop_index(index.name)
+            store.manifest = store.manifest.replace(ann=None)
+        if built.get("index_type") == graph.INDEX_TYPE and is_local(store.uri):
+            shutil.rmtree(graph.folder(store.uri), ignore_errors=True)  # a reader of them retries without
+        return dict(built)
 
     def space_weights(self) -> retrieve.Scales:
         """Committed scales, with each external space's weight: its own scale ("auto") or the one it was given."""
