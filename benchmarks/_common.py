@@ -7,6 +7,7 @@ import os
 import platform
 import resource
 import signal
+import socket
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -67,6 +68,13 @@ def time_calls(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> list[flo
         fn()
         out.append(time.perf_counter() - start)
     return out
+
+
+def free_port() -> int:
+    """A loopback port no one listens on now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def median(values: Sequence[float]) -> float:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _common import SAMPLE_CORPUS, machine, markdown_table, percentiles_ms, write_results
+from _common import SAMPLE_CORPUS, free_port, machine, markdown_table, percentiles_ms, write_results
 
 from mrag.chunk import split_sentences
 from mrag.index import Index
@@ -51,11 +50,6 @@ def queries() -> list[str]:
     titles = [json.loads(line)["title"] for line in SAMPLE_CORPUS.read_text().splitlines() if line.strip()]
     return questions + [f"What is known about {t.lower()}?" for t in titles]
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(db: Path, port: int, log: Path) -> subprocess.Popen:

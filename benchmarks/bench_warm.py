@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,16 +29,10 @@ from typing import Any
 import httpx
 import numpy as np
 import uvicorn
-from _common import machine, markdown_table, write_results
+from _common import free_port, machine, markdown_table, write_results
 from bench_scale import ClusteredEmbedder, build, queries
 
 from mrag.server import Settings, create_app
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def one_start(db: Path, warm: bool, texts: list[str]) -> dict[str, Any]:

@@ -24,7 +24,6 @@ import json
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from _common import machine, markdown_table, median, sample_texts, time_calls, write_results
+from _common import free_port, machine, markdown_table, median, sample_texts, time_calls, write_results
 
 TESTS = Path(__file__).resolve().parents[1] / "tests"
 sys.path.insert(0, str(TESTS))
@@ -88,11 +87,6 @@ def soak(work: Path, seconds: float, writers: int, searchers: int, kills: int) -
         "searches": sum(d.get("searches", 0) for d in done), "search_errors": sum(d.get("errors", 0) for d in done),
     }
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def visibility(work: Path, rounds: int) -> dict[str, Any]:

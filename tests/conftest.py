@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -123,3 +124,10 @@ def reuse_minilm(minilm, monkeypatch: pytest.MonkeyPatch):
 
     monkeypatch.setattr(transformer, "TransformerEmbedder", make)
     return built
+
+
+def free_port() -> int:
+    """A loopback port no one listens on now (the OS picks it)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

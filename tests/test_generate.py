@@ -5,13 +5,13 @@ SmolLM2 on a tiny prompt."""
 from __future__ import annotations
 
 import json
-import socket
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from conftest import free_port
 
 from mrag.generate import (
     ContextChunk,
@@ -261,11 +261,6 @@ def llm_server():
     for s in made:
         s.close()
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def ollama_lines(*pieces: str) -> list[str]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -16,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
-from conftest import FakeEmbedder
+from conftest import FakeEmbedder, free_port
 
 from mrag.generate import Generator
 from mrag.index import Index
@@ -48,11 +47,6 @@ class ScriptedGenerator(Generator):
         for i, word in enumerate(reply.split(" ")):
             yield word if i == 0 else " " + word
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextmanager
