@@ -57,8 +57,24 @@ def both(standard: np.ndarray, heads: np.ndarray, chosen: list, parts: list, c: 
         alone = exact.Exact(standard, heads, precision="fp32")(chosen, parts, c)
         np.testing.assert_array_equal(bf16[0], alone[0])  # these tests' indexes hold no rows an ulp apart
         np.testing.assert_allclose(bf16[1], alone[1], rtol=0, atol=1e-6)
-    np.testing.assert_array_equal(bf16[0], fp32[0][:1] if doubled else fp32[0])
-    np.testing.assert_array_equal(bf16[1], fp32[1][:1] if doubled else fp32[1])  # bit for bit
+    if doubled:  # the same kernel's sums on some CPUs, not all: rows and scores up to the last bits
+        same_up_to_last_bits((bf16[0], bf16[1]), (fp32[0][:1], fp32[1][:1]))
+        return
+    np.testing.assert_array_equal(bf16[0], fp32[0])
+    np.testing.assert_array_equal(bf16[1], fp32[1])  # bit for bit
+
+
+def same_up_to_last_bits(found: tuple[np.ndarray, np.ndarray], want: tuple[np.ndarray, np.ndarray]) -> None:
+    """Scores within 1e-6 and the same rows, but where the wanted scores of neighbouring places lie within
+    1e-6 (those rows may swap). One part of a space is re-scored by a product of two columns like the
+    scan's: on the CPUs these tests were written on its sums were the scan's bit for bit; on an AVX2-only
+    AMD EPYC (2026-12) BLAS rounds some an ulp or two apart (rows an ulp apart may swap)."""
+    np.testing.assert_allclose(found[1], want[1], rtol=0, atol=1e-6)
+    near = np.abs(np.diff(want[1], axis=-1)) <= 1e-6  # (.., c - 1): places i and i + 1 may swap
+    loose = np.zeros(want[1].shape, bool)
+    loose[..., 1:] |= near
+    loose[..., :-1] |= near
+    np.testing.assert_array_equal(np.where(loose, -2, found[0]), np.where(loose, -2, want[0]))
 
 
 @pytest.fixture(params=["block-diagonal", "per head"])
@@ -393,9 +409,10 @@ def test_one_part_of_few_rows_scans_in_fp32_and_so_do_many_parts_of_few_rows(mon
     assert ranker.space_bf16("standard", ranker.query_matrix("standard", [], parts), 6) is None
 
 
-def test_one_part_of_one_space_gives_the_two_column_fp32_scans_rows_and_scores_bit_for_bit(monkeypatch):
-    """One part scans and re-scores as two equal columns: what the fp32 scan gives for the part
-    twice, bit for bit (ties at the cut, copies, a cluster finer than bf16's step), over many blocks."""
+def test_one_part_of_one_space_gives_the_two_column_fp32_scans_rows_and_scores(monkeypatch):
+    """One part scans and re-scores as two equal columns: what the fp32 scan gives for the part twice, up
+    to the last bits (`same_up_to_last_bits`; ties at the cut, copies, a cluster finer than bf16's step), over
+    many blocks."""
     monkeypatch.setattr(lowprec, "BLOCK_BYTES", 2**14)  # many blocks and floor raises
     standard, heads = hard_index(5000, dim=384)
     rng = np.random.default_rng(18)
@@ -403,13 +420,24 @@ def test_one_part_of_one_space_gives_the_two_column_fp32_scans_rows_and_scores_b
     cluster = rng.choice(5000, 300, replace=False)
     standard[cluster] = retrieve.unit(centre + 0.03 * rng.standard_normal((300, 384))).astype(np.float32)
     chosen = retrieve.voters("standard", 3, SCALES)
-    for i, q in enumerate([centre, standard[cluster[0]], unit(rng, (384,))]):
+    for q in [centre, standard[cluster[0]], unit(rng, (384,))]:
         part = retrieve.QueryVectors(q, unit(rng, (3, 8)))
         for c in (1, 5, 40):
-            twice = exact.Exact(standard, heads, precision="fp32")(chosen, [part, part], c)
+            twice = exact.Exact(standard, heads, precision="fp32")(chosen, [part, part], c + 1)  # one more: the cut
             found = exact.Exact(standard, heads, precision="bf16")(chosen, [part], c)
-            np.testing.assert_array_equal(found[0][0], twice[0][0], err_msg=f"query {i}, c {c}")
-            np.testing.assert_array_equal(found[1][0], twice[1][0])
+            rows, scores = same_last_place(found, twice, c)
+            same_up_to_last_bits((found[0][0], found[1][0]), (rows, scores))
+
+
+def same_last_place(found: tuple[np.ndarray, np.ndarray], want: tuple[np.ndarray, np.ndarray],
+                    c: int) -> tuple[np.ndarray, np.ndarray]:
+    """`want`'s first c places (of c + 1); where its c-th and (c+1)-th scores lie within 1e-6, the c-th row
+    may be either: it is taken as found."""
+    rows, scores = want[0][0][:, :c].copy(), want[1][0][:, :c].copy()
+    tied = np.abs(want[1][0][:, c - 1] - want[1][0][:, c]) <= 1e-6
+    rows[tied, c - 1] = np.where(np.isin(found[0][0][tied, c - 1], want[0][0][tied, c - 1:c + 1]),
+                                 found[0][0][tied, c - 1], rows[tied, c - 1])
+    return rows, scores
 
 
 def test_one_part_with_a_row_bf16_cannot_hold_scans_in_fp32():
