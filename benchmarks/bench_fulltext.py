@@ -96,11 +96,14 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def over_sizes(measure: Callable[[int, list[list[str]], Path], dict[str, object]], description: str,
+               name: str, heading: str, columns: list[str]) -> None:
+    """The command line of a benchmark that `measure`s one table per size (--rows) with the paper's query
+    stories (--queries), and writes its table under `name` (--name)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--rows", default="41381,250000,1000000")
     parser.add_argument("--queries", type=int, default=60, help="query stories (every other one of the 250)")
-    parser.add_argument("--name", default="fulltext-scale")
+    parser.add_argument("--name", default=name)
     args = parser.parse_args()
     stories = [segment_query(q["text"]) for q in json.load(bz2.open(DATA / "wikipedia_queries_v1.json.bz2"))]
     stories = stories[::2][: args.queries]
@@ -110,11 +113,16 @@ def main() -> None:
             rows.append(measure(n, stories, Path(tmp)))
             print(rows[-1], flush=True)
     load.append(os.getloadavg())
-    header = ("# The full-text space's cost by index size (LanceDB native FTS, c = 32)\n\n"
-              f"machine: {machine()}; pool of {fulltext.QUERY_THREADS} threads; real Wikipedia prose; load average "
+    header = (f"# {heading}\n\nmachine: {machine()}; real Wikipedia prose (`bench_fulltext.texts_of`); load average "
               f"(1, 5, 15 min) at the start and end: {[tuple(round(x, 2) for x in a) for a in load]}\n\n")
     result = {"machine": machine(), "load_average": load, "rows": rows}
-    write_results(args.name, result, header + markdown_table(rows, COLUMNS))
+    write_results(args.name, result, header + markdown_table(rows, columns))
+
+
+def main() -> None:
+    over_sizes(measure, __doc__.splitlines()[0], "fulltext-scale",
+               f"The full-text space's cost by index size (LanceDB native FTS, c = 32; pool of "
+               f"{fulltext.QUERY_THREADS} threads)", COLUMNS)
 
 
 if __name__ == "__main__":

@@ -154,6 +154,7 @@ def test_bm25_and_hybrid_rank_as_lancedb_does(index, fake):
 
 
 def test_ann_and_exact_searches_agree_with_the_full_text_space(index):
+    index.store.fulltext = "lancedb"  # the ANN path's engine: the same scores where its index lags (`test_bm25`)
     index.add(DOCS + [{"id": f"x{i}", "text": f"chess opening number {i} and the board"} for i in range(6)])
     index.build_ann(nprobes=4)
     index.add([{"id": "late", "text": "Kasparov and the chess clock."}])  # not in the ANN index yet
@@ -257,6 +258,30 @@ def test_cli_strategies_and_spaces_with_the_full_text_space(cli_db):
     ]:
         result = cli_db("search", "chess", *args)
         assert result.exit_code == 1 and result.stderr.startswith(message), result.stderr
+
+
+def test_a_one_shot_cli_search_asks_lancedb_unless_told(cli_db, monkeypatch):
+    """`mrag search` searches once: it builds no in-memory full-text index (MRAG_FULLTEXT can ask for one),
+    and a bad MRAG_FULLTEXT is a clear error."""
+    import json
+
+    from mrag.retrieve.bm25 import Bm25
+
+    builds, asked = [], []
+    build, started = Bm25.build, fulltext.started
+    monkeypatch.setattr(Bm25, "build", lambda *a, **k: (builds.append(1), build(*a, **k))[1])
+    monkeypatch.setattr(fulltext, "started", lambda *a, **k: (asked.append(1), started(*a, **k))[1])
+    first = cli_db("search", "Kasparov chess", "--strategy", "bm25", "-k", "2")
+    assert first.exit_code == 0 and builds == [] and asked == [1]
+    monkeypatch.setenv("MRAG_FULLTEXT", "memory")
+    again = cli_db("search", "Kasparov chess", "--strategy", "bm25", "-k", "2")
+    assert again.exit_code == 0 and builds == [1] and asked == [1]
+    hits = [[(h["id"], round(h["score"], 5)) for h in map(json.loads, r.stdout.splitlines())] for r in (first, again)]
+    assert hits[0] == hits[1] and len(hits[0]) == 2
+    monkeypatch.setenv("MRAG_FULLTEXT", "quick")
+    result = cli_db("search", "Kasparov chess", "--strategy", "bm25")
+    assert result.exit_code == 1 and "MRAG_FULLTEXT" not in result.stderr
+    assert result.stderr.startswith("Error: the full-text engine must be one of auto, memory, lancedb, got 'quick'")
 
 
 def test_segment_bm25_is_segmented_standard_and_full_text_votes(index):

@@ -396,20 +396,20 @@ TWO_PARTS = {"query": "Honeybees cool the hive. Water flows downhill."}
 
 
 def test_startup_searches_once_so_the_first_request_loads_nothing(tmp_path, monkeypatch):
-    from mrag.retrieve import fulltext
+    from mrag.retrieve import bm25
 
     make_index(tmp_path / "db", DOCS)
     loads = counting_loads(monkeypatch)
-    asked = []
-    real = fulltext.started
-    monkeypatch.setattr(fulltext, "started",
-                        lambda table, texts, *rest: (asked.append(len(texts)), real(table, texts, *rest))[1])
+    builds = []
+    real = bm25.Bm25.build
+    monkeypatch.setattr(bm25.Bm25, "build", lambda *args, **kwargs: (builds.append(1), real(*args, **kwargs))[1])
     llm = ScriptedGenerator("unused")
     with serving(Settings(db=str(tmp_path / "db"), embedder=FakeEmbedder(), llm=llm)) as base:
-        assert loads == [(4, False)] and asked == [2]  # the default's matrix and full-text index, before listening
+        # the default's matrix and its in-memory full-text index, before listening
+        assert loads == [(4, False)] and builds == [1]
         r = httpx.post(f"{base}/search", json=TWO_PARTS)
         assert r.status_code == 200 and r.json()["hits"]
-        assert loads == [(4, False)] and llm.calls == 0
+        assert loads == [(4, False)] and builds == [1] and llm.calls == 0
     with serving(Settings(db=str(tmp_path / "db"), embedder=FakeEmbedder(), warm=False)) as base:
         assert loads == [(4, False)]  # no warm-up: the first request reads it
         assert httpx.post(f"{base}/search", json={"query": "honeybees hive"}).status_code == 200

@@ -54,6 +54,7 @@ def ask(question: str, db: str, model: str | None, k: int, strategy: str | None,
     from mrag.generate import make_generator, prepare
     from mrag.generate.fusion import is_fusion
     from mrag.index import Index
+    from mrag.retrieve import fulltext
 
     if not question.strip():
         raise ValueError("the question is empty")
@@ -62,6 +63,7 @@ def ask(question: str, db: str, model: str | None, k: int, strategy: str | None,
     if strategy is not None:
         settings.check_strategy(strategy)
     index = Index.open(db, model=model, create=False)
+    fulltext.searching_once(index.store)
     strategy = strategy or index.default_strategy
     if no_generate and is_fusion(strategy):
         raise ValueError(f"strategy {strategy!r} needs the LLM to write sub-queries: drop --no-generate")

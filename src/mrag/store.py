@@ -60,6 +60,7 @@ class Store:
         self._matrix: Matrix | None = None
         self._matrix_lock = threading.Lock()  # one load at a time: concurrent searches share it
         self.graphs: Any = None  # the HNSW graphs last read (`mrag.retrieve.graph`), reused while they fit
+        self.fulltext: str | None = None  # who answers the full-text space on the exact path (`fulltext.engine`)
         self._write_lock = threading.Lock()
         self._changed = 0
 

@@ -139,9 +139,10 @@ def evaluate(
         corpus.index.maintain_fulltext()  # an index cached before the full-text space existed gets one
     matrix = corpus.index.store.matrix()
     extra = {name: matrix.extra[name] for name in corpus.spaces}
-    # BM25 through LanceDB's full-text index on the same rows, as a search does; each text asked once
+    # BM25 on the same rows as a search answers it (in memory or through LanceDB's index); each text asked once
     ranker = fulltext.FullTextRanker(exact.Exact(matrix.standard, matrix.heads, extra), matrix.table,
-                                     row_ids=matrix.row_ids, cache=True)
+                                     row_ids=matrix.row_ids, cache=True,
+                                     memory=fulltext.in_memory(matrix, corpus.index.store.fulltext))
     scales = corpus.index.space_weights()
     category_of = bench.unit_category()
     chunks_per_unit = len(corpus.row_units) / max(len(set(corpus.row_units)), 1)

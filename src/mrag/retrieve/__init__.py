@@ -9,6 +9,7 @@
     ann.py          the approximate ranker: LanceDB's ANN index per space
     fulltext.py     the full-text space: LanceDB's BM25 index on the chunk text, kept up to date by
                     every write, and a ranker that answers the `bm25` voter beside either ranker
+    bm25.py         the full-text space in memory: the same BM25 over the loaded matrix's rows
     types.py        the data passed along: QueryVectors, Voter, Scales, Ranker, Result, Hit
 
 Query segmentation is text code (`mrag.chunk`); the strategy names and their parsing are

@@ -19,6 +19,7 @@ LanceDB's hybrid search with its default RRFReranker), beside the standard vecto
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Callable
@@ -29,12 +30,22 @@ from typing import Any
 import numpy as np
 
 from mrag.connection import async_table, together
+from mrag.matrix import Matrix
+from mrag.retrieve import bm25
+from mrag.retrieve.bm25 import Bm25
 from mrag.retrieve.types import QueryVectors, Ranker, Voter
 from mrag.settings import FULLTEXT
 
 COLUMN = "text"  # the chunks column the index covers
 REBUILD_SHARE = 0.25  # rebuild once the rows the index does not cover are a quarter of those it does
 REBUILD_MIN = 1000  # ... and at least this many (a flat scan of fewer costs nothing)
+ENGINES = ("auto", "memory", "lancedb")  # who answers the full-text space on the exact path
+ENGINE_VARIABLE = "MRAG_FULLTEXT"  # the process's choice where the caller makes none (default: auto)
+# rows up to which `auto` answers in memory: a story of 8.9 query sentences took 3.7 ms against LanceDB's 13 at
+# 41k rows, 7.1 against 12.3 at 100k, 14.6 against 21.2 at 150k, 17.3 against 19.7 at 250k, 86 against 70 at
+# 1M (scoring every posting grows with the rows, LanceDB's query less); the build, at the first full-text
+# search of a process, took about as long as LanceDB's own (benchmarks/results/bm25-memory.md, 2 cores)
+MEMORY_ROWS = 100_000
 QUERY_THREADS = 4  # threads for a table without an AsyncTable (`started`): its queries run side by side
 Hits = tuple[list[int], list[str], np.ndarray]  # (Lance row ids, chunk ids, scores), best first
 _pools: dict[int, ThreadPoolExecutor] = {}  # per process id: a forked child gets its own threads
@@ -47,6 +58,29 @@ def _pool() -> ThreadPoolExecutor:
         if pool is None:
             pool = _pools[os.getpid()] = ThreadPoolExecutor(QUERY_THREADS, thread_name_prefix="mrag-fulltext")
         return pool
+
+
+def engine(choice: str | None, rows: int) -> str:
+    """'memory' or 'lancedb': the caller's `choice`, else MRAG_FULLTEXT's, else 'auto'; 'auto' answers in
+    memory up to MEMORY_ROWS rows."""
+    value = choice or os.environ.get(ENGINE_VARIABLE, "").strip() or "auto"
+    if value not in ENGINES:
+        raise ValueError(f"the full-text engine must be one of {', '.join(ENGINES)}, got {value!r}")
+    if value == "auto":
+        return "memory" if rows <= MEMORY_ROWS else "lancedb"
+    return value
+
+
+def searching_once(store: Any) -> None:
+    """For a process that searches once (`mrag search`, `mrag ask`): LanceDB answers the full-text space,
+    unless MRAG_FULLTEXT says otherwise; an in-memory index's build pays back only over many searches."""
+    store.fulltext = os.environ.get(ENGINE_VARIABLE, "").strip() or "lancedb"
+
+
+def in_memory(matrix: Matrix, choice: str | None) -> Callable[[], Bm25] | None:
+    """`FullTextRanker`'s `memory` for a loaded matrix where `engine` answers in memory: a call that returns
+    the matrix's index, built at its first use."""
+    return functools.partial(bm25.for_matrix, matrix) if engine(choice, len(matrix.ids)) == "memory" else None
 
 
 class FullTextMissing(ValueError):
@@ -199,11 +233,14 @@ class FullTextRanker:
     each text's full-text ranking (the evaluation asks the same text for several strategies)."""
 
     def __init__(self, inner: Ranker, table: Any, row_ids: np.ndarray | None = None, ann: Any = None,
-                 cache: bool = False) -> None:
+                 cache: bool = False, memory: Callable[[], Bm25] | None = None) -> None:
         if (row_ids is None) == (ann is None):
             raise ValueError("give either the matrix's row ids (exact search) or the ANN ranker")
-        self.inner, self.table, self.row_ids, self.ann = inner, table, row_ids, ann
+        if memory is not None and ann is not None:
+            raise ValueError("the in-memory full-text index numbers the matrix's rows: exact search only")
+        self.inner, self.table, self.row_ids, self.ann, self.memory = inner, table, row_ids, ann, memory
         self._cache: dict[tuple[str, int], Hits] | None = {} if cache else None
+        self._memory_cache: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
         self._checked = False
 
     def _started(self, texts: list[str], c: int) -> Callable[[], list[Hits]]:
@@ -229,7 +266,7 @@ class FullTextRanker:
             check(self.table)
             self._checked = True
         # the query parts' full-text searches run beside each other and beside the vector ranking
-        wait = self._started([q.text for q in queries], c)
+        wait = self._started([q.text for q in queries], c) if self.memory is None else list
         vector = [s for s, v in enumerate(chosen) if v.group != FULLTEXT]
         ranking = np.full((len(queries), len(chosen), c), -1, dtype=np.int64)
         sims = np.full((len(queries), len(chosen), c), -np.inf)
@@ -237,7 +274,9 @@ class FullTextRanker:
             inner_ranking, inner_sims = self.inner([chosen[s] for s in vector], queries, c)
             ranking[:, vector], sims[:, vector] = inner_ranking, inner_sims
         hits = wait()
-        if self.row_ids is not None:  # exact: the matrix row of each Lance row id
+        if self.memory is not None:  # in memory: matrix rows already
+            rows, scores = map(list, zip(*self._memory_hits([q.text for q in queries], c))) if queries else ([], [])
+        elif self.row_ids is not None:  # exact: the matrix row of each Lance row id
             placed = [_ROWS.rows(self.row_ids, row_ids) for row_ids, _, _ in hits]
             rows, scores = [at[at >= 0] for at in placed], [score[at >= 0] for at, (_, _, score) in zip(placed, hits)]
         else:
@@ -247,6 +286,16 @@ class FullTextRanker:
             for s in full:
                 ranking[p, s, : len(found)], sims[p, s, : len(found)] = found, score
         return ranking, sims
+
+    def _memory_hits(self, texts: list[str], c: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each text's (matrix rows, scores) from the in-memory index, through the cache when kept."""
+        assert self.memory is not None
+        if self._cache is None:
+            return self.memory().search(texts, c)
+        cache = self._memory_cache
+        missing = list(dict.fromkeys(t for t in texts if (t, c) not in cache))
+        cache.update(((t, c), found) for t, found in zip(missing, self.memory().search(missing, c) if missing else []))
+        return [cache[(t, c)] for t in texts]
 
     def _join_ann(self, ranking: np.ndarray, vector: list[int], hits: list[Any], asked: bool) -> list[np.ndarray]:
         """Number the ANN ranker's rows and the full-text hits together, in Lance row-id order (as the

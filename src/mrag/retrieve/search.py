@@ -171,7 +171,9 @@ def ranker_for(
             found = store.take(matrix.table, HIT_COLUMNS, row_ids=[int(matrix.row_ids[r]) for r in rows])
         return {r: found[matrix.ids[r]] for r in rows}
 
-    hits = fulltext.FullTextRanker(ranked, matrix.table, row_ids=matrix.row_ids)
+    # the full-text space in memory (`bm25`) or through LanceDB's index, as `fulltext.engine` decides
+    hits = fulltext.FullTextRanker(ranked, matrix.table, row_ids=matrix.row_ids,
+                                   memory=fulltext.in_memory(matrix, store.fulltext))
     return hits, by_row, len(matrix.ids)
 
 

@@ -1,0 +1,328 @@
+"""The full-text space in memory: BM25 over an inverted index of the loaded matrix's rows, searched with
+numpy, beside the exact ranker (`fulltext.engine` decides where: by default up to 100,000 rows).
+
+LanceDB's full-text search costs a query plan per query part; here a part costs its posting lists. A
+story of 8.9 query sentences took 3.7 ms against LanceDB's 13 at 41k rows and 7.1 against 12.3 at 100k,
+but scoring every posting grows with the rows: 86 ms against 70 at 1M (benchmarks/results/bm25-memory.md).
+The index is built at the first full-text search of a loaded matrix, from the rows' text (1.5 s at 41k
+rows, 2.2 s at 100k: about LanceDB's own build), and a later version of the table carries it over
+(`for_matrix`): the rows still there keep their postings, renumbered, and only the rows written since are
+read and added as a segment of their own; the statistics (N, df, average length) are always those of all
+rows.
+
+It ranks as LanceDB's default English index does: the same words (split where a character is neither
+letter nor digit, lower-cased, words of 40 bytes or more dropped, Snowball-stemmed, stop words dropped
+after stemming, accents folded) and LanceDB's BM25 (k1 = 1.2, b = 0.75, idf = ln(1 + (N - df + 0.5) /
+(df + 0.5)), lengths counted after the stop words go, a word given twice in the query counts twice). On
+the paper's Wikipedia rows it put the same row first for every query sentence and shared 0.999-1.0 of
+LanceDB's top 10 (where LanceDB's index covers every row: rows written after its last build are scored
+by LanceDB with other statistics until an optimize). Ties go to the smaller row.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import unicodedata
+import weakref
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from mrag.matrix import Matrix, read_ranges, release_free_memory, stamps
+
+K1, B = 1.2, 0.75  # LanceDB's BM25 parameters
+LONGEST = 40  # words of this many UTF-8 bytes or more are dropped (LanceDB's max_token_length)
+WORD = re.compile(r"[^\W_]+")  # a word: a run of letters and digits
+MAX_SEGMENTS = 8  # appended segments an index keeps before the next growth rebuilds it whole
+# LanceDB's English stop words (NLTK's list; a word is dropped when its stem is one of them)
+STOP_WORDS = frozenset("""
+a about above after again against ain all am an and any are aren as at be because been before being below
+between both but by can couldn d did didn do does doesn doing don down during each few for from further had
+hadn has hasn have haven having he her here hers herself him himself his how i if in into is isn it its
+itself just ll m ma me mightn more most mustn my myself needn no nor not now o of off on once only or other
+our ours ourselves out over own re s same shan she should shouldn so some such t than that the their theirs
+them themselves then there these they this those through to too under until up ve very was wasn we were
+weren what when where which while who whom why will with won wouldn y you your yours yourself yourselves
+""".split())
+# letters that folding to ASCII spells with other letters (accents are dropped by decomposition)
+_local = threading.local()
+_SPELLED = str.maketrans({"ß": "ss", "æ": "ae", "Æ": "AE", "œ": "oe", "Œ": "OE", "ø": "o", "Ø": "O", "đ": "d",
+                          "ł": "l", "Ł": "L", "þ": "th", "ð": "d", "ı": "i"})
+
+
+@dataclass
+class Vocabulary:
+    """Terms and their ids, and each surface word's term id (-1: dropped), shared by every index built
+    from one matrix's rows and its growths (ids only ever added)."""
+
+    ids: dict[str, int]
+    of_word: dict[str, int]
+
+    @classmethod
+    def empty(cls) -> Vocabulary:
+        return cls({}, {})
+
+    def add(self, surface: list[str]) -> np.ndarray:
+        """The term id of each surface word (lower case), adding new terms: (W,) -> (W,) int64, -1 dropped."""
+        new = [w for w in dict.fromkeys(surface) if w not in self.of_word]
+        for word, term in zip(new, analyze(new)):
+            self.of_word[word] = -1 if term is None else self.ids.setdefault(term, len(self.ids))
+        return np.fromiter((self.of_word[w] for w in surface), dtype=np.int64, count=len(surface))
+
+    def lookup(self, surface: Iterable[str]) -> list[int]:
+        """The known term ids of a query's words, repeats kept; words never seen in the rows are left out."""
+        found = []
+        for word in surface:
+            term = self.of_word.get(word)
+            if term is None:
+                analyzed = analyze([word])[0]
+                term = -1 if analyzed is None else self.ids.get(analyzed, -1)
+            if term >= 0:
+                found.append(term)
+        return found
+
+
+def analyze(surface: list[str]) -> list[str | None]:
+    """Lower-case words -> their terms (None: dropped): too long, stop word after stemming, or empty."""
+    stems = _stemmer().stemWords(surface)
+    return [None if not w or len(w.encode()) >= LONGEST or s in STOP_WORDS else fold(s) for w, s in zip(surface, stems)]
+
+
+def _stemmer() -> Any:
+    """This thread's Snowball English stemmer (PyStemmer's, as LanceDB's rust-stemmers; not thread-safe)."""
+    stemmer = getattr(_local, "stemmer", None)
+    if stemmer is None:
+        import Stemmer
+
+        stemmer = _local.stemmer = Stemmer.Stemmer("english")
+    return stemmer
+
+
+def fold(term: str) -> str:
+    """Accents dropped and a few letters spelled in ASCII ('café' -> 'cafe', 'straße' -> 'strasse');
+    other scripts kept."""
+    if term.isascii():
+        return term
+    decomposed = unicodedata.normalize("NFKD", term.translate(_SPELLED))
+    return "".join(ch for ch in decomposed if not unicodedata.combining(ch)) or term
+
+
+@dataclass(frozen=True)
+class Segment:
+    """Postings of a run of rows, term-major: term t's rows are rows[starts[t]:starts[t + 1]] (ascending),
+    with their term frequencies tf; terms added after the segment was built have none."""
+
+    starts: np.ndarray  # (T_s + 1,) int64
+    rows: np.ndarray  # (P,) int32: row numbers in the matrix
+    tf: np.ndarray  # (P,) float32
+
+    @classmethod
+    def build(cls, terms: np.ndarray, rows: np.ndarray, n_terms: int) -> Segment:
+        """From every kept word occurrence's term id and row (E,) each: one sort of (term, row) keys
+        (torch's: threaded), then the runs' lengths are the frequencies."""
+        n = int(rows.max()) + 1 if len(rows) else 1
+        unique, counts = np.unique(terms.astype(np.int64) * n + rows, return_counts=True)  # by term, then row
+        starts = np.searchsorted(unique // n, np.arange(n_terms + 1))
+        return cls(starts, (unique % n).astype(np.int32), counts.astype(np.float32))
+
+    @classmethod
+    def merged(cls, segments: tuple[Segment, ...], n_terms: int) -> Segment:
+        """One segment of the postings of segments over disjoint rows."""
+        n = max(int(s.rows.max()) + 1 if len(s.rows) else 1 for s in segments)
+        keys = np.concatenate([np.repeat(np.arange(len(s.starts) - 1), np.diff(s.starts)) * n + s.rows
+                               for s in segments])
+        order = np.argsort(keys, kind="stable")
+        keys, tf = keys[order], np.concatenate([s.tf for s in segments])[order]
+        return cls(np.searchsorted(keys // n, np.arange(n_terms + 1)), (keys % n).astype(np.int32), tf)
+
+    def df(self, n_terms: int) -> np.ndarray:
+        """Rows per term (n_terms,)."""
+        counts = np.diff(self.starts)
+        return np.pad(counts, (0, n_terms - len(counts)))
+
+
+class Bm25:
+    """BM25 over rows 0..n-1 of a matrix: `search(texts, c)` ranks them for each text."""
+
+    def __init__(self, vocabulary: Vocabulary, segments: tuple[Segment, ...], lengths: np.ndarray):
+        self.vocabulary, self.segments, self.lengths = vocabulary, segments, lengths  # lengths (n,) float32
+        self.n_terms = len(vocabulary.ids)  # terms this index knows (the vocabulary may grow after)
+        self.df = sum((s.df(self.n_terms) for s in segments), np.zeros(self.n_terms, dtype=np.int64))
+        n = len(lengths)
+        self.idf = np.log1p((n - self.df + 0.5) / (self.df + 0.5))  # (T,)
+        self.norm = (K1 * (1 - B + B * lengths / max(float(lengths.mean()), 1e-9))).astype(np.float32) if n else lengths
+
+    @classmethod
+    def build(cls, texts: pa.Array | pa.ChunkedArray, rows: np.ndarray | None = None,
+              vocabulary: Vocabulary | None = None) -> Bm25:
+        """The index of `texts`, text i being matrix row rows[i] (default i); rows cover 0..n-1."""
+        vocabulary = vocabulary or Vocabulary.empty()
+        rows = np.arange(len(texts)) if rows is None else np.asarray(rows)
+        segment, lengths = _segment(texts, rows, vocabulary, len(rows))
+        return cls(vocabulary, (segment,), lengths)
+
+    def extended(self, texts: pa.Array | pa.ChunkedArray) -> Bm25:
+        """This index with `texts` as rows n, n+1, ... appended (this one unchanged)."""
+        n = len(self.lengths)
+        rows = np.arange(n, n + len(texts))
+        segment, lengths = _segment(texts, rows, self.vocabulary, n + len(texts))
+        segments = self.segments + (segment,)
+        if len(segments) > MAX_SEGMENTS:  # one sort of every posting again
+            segments = (Segment.merged(segments, len(self.vocabulary.ids)),)
+        return Bm25(self.vocabulary, segments, np.concatenate([self.lengths, lengths[n:]]))
+
+    def renumbered(self, position: np.ndarray) -> Bm25:
+        """This index with row r as row position[r], and rows whose position is -1 dropped: the positions
+        that remain are 0, 1, ... in order (this one unchanged)."""
+        segments = []
+        for s in self.segments:
+            row = position[s.rows]
+            keep = row >= 0
+            term = np.repeat(np.arange(len(s.starts) - 1), np.diff(s.starts))[keep]
+            segments.append(Segment(np.searchsorted(term, np.arange(len(s.starts))), row[keep].astype(np.int32),
+                                    s.tf[keep]))
+        return Bm25(self.vocabulary, tuple(segments), self.lengths[position >= 0])
+
+    def search(self, texts: list[str], c: int) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Each text's best c rows and their BM25 scores, best first, ties to the smaller row:
+        (rows int64, scores float64) per text; a text with no known word finds nothing. Every posting of
+        every text's terms is scored, all texts at once, and summed by (text, row). (Skipping rows that
+        cannot place, MaxScore, skipped few for sentences at c = 32 and cost 5-8x as much here.)"""
+        empty = (np.zeros(0, dtype=np.int64), np.zeros(0))
+        if c <= 0:
+            return [empty for _ in texts]
+        # (text, term) pairs and how often the text gives the term; terms of later growths left out
+        asked = [np.unique([t for t in self.vocabulary.lookup(WORD.findall(text.lower())) if t < self.n_terms],
+                           return_counts=True) for text in texts]
+        text_of = np.repeat(np.arange(len(texts)), [len(terms) for terms, _ in asked])  # (Q,)
+        term = np.concatenate([terms for terms, _ in asked]).astype(np.int64) if asked else np.zeros(0, np.int64)
+        repeats = np.concatenate([m for _, m in asked]) if asked else np.zeros(0, np.int64)
+        n = max(len(self.lengths), 1)
+        keys, weights = [], []
+        for segment in self.segments:
+            known = term + 1 < len(segment.starts)  # terms the segment has a posting list for
+            first = segment.starts[np.where(known, term, 0)]
+            count = np.where(known, segment.starts[np.where(known, term + 1, 0)] - first, 0)  # (Q,)
+            # every posting of every (text, term): positions first[j] .. first[j] + count[j] - 1
+            at = np.repeat(first - (np.cumsum(count) - count), count) + np.arange(int(count.sum()))
+            rows, tf = segment.rows[at], segment.tf[at]
+            weight = np.repeat(repeats * self.idf[term] * (K1 + 1), count) * tf / (tf + self.norm[rows])
+            keys.append(np.repeat(text_of, count) * n + rows)
+            weights.append(weight)
+        # summed by (text, row): a stable sort merges the posting lists' ascending runs (3x np.unique's time)
+        key = np.concatenate(keys)
+        order = np.argsort(key, kind="stable")
+        key = key[order]
+        first = np.flatnonzero(np.diff(key, prepend=-1))  # where each (text, row) starts
+        unique = key[first]
+        scores = np.add.reduceat(np.concatenate(weights)[order], first) if len(key) else np.zeros(0)  # (U,) float64
+        bounds = np.searchsorted(unique // n, np.arange(len(texts) + 1))
+        return [top(unique[a:b] % n, scores[a:b], c) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def top(rows: np.ndarray, scores: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
+    """The c best (row, score) pairs, best score first, ties to the smaller row: a partition down to the
+    rows that reach the c-th best score, then one sort of those."""
+    if len(scores) > c:
+        cut = np.partition(scores, len(scores) - c)[len(scores) - c]  # the c-th best
+        reach = np.flatnonzero(scores >= cut)
+        rows, scores = rows[reach], scores[reach]
+    order = np.lexsort((rows, -scores))[:c]
+    return rows[order], scores[order]
+
+
+def _segment(texts: pa.Array | pa.ChunkedArray, rows: np.ndarray, vocabulary: Vocabulary,
+             n: int) -> tuple[Segment, np.ndarray]:
+    """The postings of `texts` (matrix rows `rows`) and the word counts of all n rows (0 for rows not
+    among them). Arrow cuts the texts at white space (its regex split took 4x as long); each distinct piece
+    is cut into words in Python once, and the pieces' words are laid out for every occurrence at once."""
+    listed = pc.utf8_split_whitespace(texts)
+    chunks = listed.chunks if isinstance(listed, pa.ChunkedArray) else [listed]
+    pieces_per_text = np.concatenate([np.diff(ch.offsets.to_numpy()) for ch in chunks]) if chunks \
+        else np.zeros(0, np.int64)
+    flat = pa.chunked_array([pc.list_flatten(ch) for ch in chunks], type=pa.string())
+    surface = pc.unique(flat)  # (S,) distinct pieces
+    piece_words = [WORD.findall(piece.lower()) for piece in surface.to_pylist()]
+    words_per_piece = np.array([len(w) for w in piece_words], dtype=np.int64)  # (S,)
+    piece_terms = vocabulary.add([w for found in piece_words for w in found])  # every piece's words' terms
+    piece_start = np.cumsum(words_per_piece) - words_per_piece
+    code = np.concatenate([pc.index_in(ch, value_set=surface).to_numpy(zero_copy_only=False).astype(np.int64)
+                           for ch in flat.chunks]) if flat.num_chunks else np.zeros(0, np.int64)  # (E,) piece
+    count = words_per_piece[code]  # (E,) words of each occurrence
+    at = np.repeat(piece_start[code] - (np.cumsum(count) - count), count) + np.arange(int(count.sum()))
+    terms = piece_terms[at]  # (W,) term of every word, -1 dropped
+    text_of = np.repeat(np.repeat(np.arange(len(rows)), pieces_per_text), count)  # (W,)
+    kept = terms >= 0
+    lengths = np.zeros(n, dtype=np.float32)
+    lengths[rows] = np.bincount(text_of[kept], minlength=len(rows))
+    return Segment.build(terms[kept], rows.astype(np.int64)[text_of[kept]], len(vocabulary.ids)), lengths
+
+
+_built: dict[int, tuple[weakref.ref[np.ndarray], Bm25]] = {}  # id(matrix ids) -> its index
+# table uri -> the last index built there and what it was built from: (row ids, version, its commit stamp)
+_previous: dict[str, tuple[np.ndarray, int, Any, Bm25]] = {}
+_lock = threading.Lock()
+
+
+def for_matrix(matrix: Matrix) -> Bm25:
+    """The index of a loaded matrix's rows, built at its first full-text search and kept while the matrix
+    lives. Built from the last index of the same table where it can (`_carried`: only the rows it lacks are
+    read), else from every row's text. Searches that need it at once wait for one build."""
+    key = id(matrix.ids)
+    with _lock:
+        found = _built.get(key)
+        if found is not None and found[0]() is matrix.ids:
+            return found[1]
+        uri = getattr(matrix.table, "uri", None)
+        index = _carried(matrix, _previous.get(uri)) if uri is not None else None
+        if index is None:
+            index = Bm25.build(_texts(matrix, 0))
+        pa.default_memory_pool().release_unused()  # the texts and their words, held by Arrow's pool otherwise
+        release_free_memory()
+        _built[key] = (weakref.ref(matrix.ids, lambda _: _built.pop(key, None)), index)
+        if uri is not None and matrix.row_ids is not None and matrix.stamp is not None:
+            _previous[uri] = (matrix.row_ids, matrix.version, matrix.stamp, index)
+        return index
+
+
+def _carried(matrix: Matrix, previous: tuple[np.ndarray, int, Any, Bm25] | None) -> Bm25 | None:
+    """The index of `matrix` from the last one built for its table, where the matrix's rows are that one's
+    rows that remain, in order, then new rows (appends, deletes, upserts: Lance keeps a row's id while it
+    lives and writes new rows into new fragments after the others): the remaining rows' postings are
+    renumbered, and only the new rows' text is read. Row ids name rows within one table only, so the
+    previous version must still be in this table's history with its stamp (as `mrag.matrix.grown` checks).
+    None where it cannot: another table at the path, rows moved (a compaction), or fewer than half the
+    rows remain (a fresh vocabulary then drops the words of rows that are gone)."""
+    if previous is None or matrix.row_ids is None:
+        return None
+    old_ids, version, stamp, index = previous
+    if stamps(matrix.table).get(version) != stamp:
+        return None
+    new_ids = matrix.row_ids
+    order = np.argsort(new_ids, kind="stable")
+    at = np.minimum(np.searchsorted(new_ids, old_ids, sorter=order), max(len(new_ids) - 1, 0))
+    position = np.where(new_ids[order[at]] == old_ids, order[at], -1) if len(new_ids) else np.full(len(old_ids), -1)
+    kept = position[position >= 0]
+    if 2 * len(kept) < len(new_ids) or not np.array_equal(kept, np.arange(len(kept))):
+        return None
+    if len(kept) < len(old_ids):  # rows were deleted: renumber the rest
+        index = index.renumbered(position)
+    return index if len(kept) == len(new_ids) else index.extended(_texts(matrix, len(kept)))
+
+
+def _texts(matrix: Matrix, start: int) -> pa.ChunkedArray:
+    """The text of the matrix's rows start..n, in row order, read from its table version in the order the
+    matrix was read (checked by Lance row id)."""
+    n = len(matrix.ids)
+    batches = list(read_ranges(matrix.table, ["text"], n, start=start))
+    read = pa.Table.from_batches(batches) if batches else pa.table({"text": pa.array([], pa.string()),
+                                                                     "_rowid": pa.array([], pa.uint64())})
+    if read.num_rows != n - start or (matrix.row_ids is not None and not np.array_equal(
+            read["_rowid"].to_numpy(), matrix.row_ids[start:n])):
+        raise RuntimeError("the table's rows are not the matrix's rows")  # never seen: the scan order is the load's
+    return read["text"]
