@@ -48,7 +48,7 @@ def db(tmp_path, corpus, reuse_minilm) -> Path:
     """An index of the corpus, built through the CLI."""
     path = tmp_path / "idx"
     assert lines(mrag("index", corpus, "--db", path)) == [
-        {"added": 4, "updated": 0, "unchanged": 0, "chunks": 4, "skipped": []}
+        {"added": 4, "updated": 0, "unchanged": 0, "removed": 0, "chunks": 4, "skipped": []}
     ]
     # MRAG_MODEL unset: the default model, last layer
     assert reuse_minilm == [{"model": None, "layer": -1, "device": "auto", "dtype": "float32"}]
@@ -80,7 +80,7 @@ def test_index_and_search_with_the_real_model(tmp_path, corpus):
     """No shortcuts: the CLI loads MiniLM itself (MRAG_MODEL unset), twice."""
     path = tmp_path / "idx"
     assert lines(mrag("index", corpus, "--db", path)) == [
-        {"added": 4, "updated": 0, "unchanged": 0, "chunks": 4, "skipped": []}
+        {"added": 4, "updated": 0, "unchanged": 0, "removed": 0, "chunks": 4, "skipped": []}
     ]
     hits = lines(mrag("search", "Why do bees fan their wings?", "--db", path, "-k", "2"))
     assert len(hits) == 2 and all(set(h) == HIT_KEYS for h in hits)
@@ -136,14 +136,14 @@ def test_db_from_the_environment(db):
 
 def test_reindexing_unchanged_files_does_nothing(db, corpus):
     assert lines(mrag("index", corpus, "--db", db)) == [
-        {"added": 0, "updated": 0, "unchanged": 4, "chunks": 0, "skipped": []}
+        {"added": 0, "updated": 0, "unchanged": 4, "removed": 0, "chunks": 0, "skipped": []}
     ]
     (corpus / "bees.txt").write_text("Bees dance to show where the flowers are.")
     assert lines(mrag("index", corpus, "--db", db)) == [
-        {"added": 0, "updated": 1, "unchanged": 3, "chunks": 1, "skipped": []}
+        {"added": 0, "updated": 1, "unchanged": 3, "removed": 0, "chunks": 1, "skipped": []}
     ]
     plain = mrag("index", corpus, "--db", db, "--plain").stdout
-    assert plain == "added 0, updated 0, unchanged 4 documents (0 chunks embedded)\n"
+    assert plain == "added 0, updated 0, unchanged 4, removed 0 documents (0 chunks embedded)\n"
 
 
 def test_unreadable_files_in_a_folder_are_listed(tmp_path, corpus, reuse_minilm):
@@ -151,12 +151,23 @@ def test_unreadable_files_in_a_folder_are_listed(tmp_path, corpus, reuse_minilm)
     (corpus / "empty.md").write_text("\n")
     out = lines(mrag("index", corpus, "--db", tmp_path / "idx"))
     assert out == [{
-        "added": 4, "updated": 0, "unchanged": 0, "chunks": 4,
+        "added": 4, "updated": 0, "unchanged": 0, "removed": 0, "chunks": 4,
         "skipped": [
             {"source": str(corpus / "empty.md"), "reason": "the file is empty"},
             {"source": str(corpus / "image.txt"), "reason": "a binary file, not text"},
         ],
     }]
+
+
+def test_index_prune_deletes_the_documents_of_deleted_files(db, corpus):
+    gone = sorted(corpus.iterdir())[0]
+    gone.unlink()
+    assert lines(mrag("index", corpus, "--db", db))[0]["removed"] == 0  # kept without --prune
+    assert lines(mrag("index", corpus, "--db", db, "--prune"))[0] == {
+        "added": 0, "updated": 0, "unchanged": 3, "removed": 1, "chunks": 0, "skipped": []}
+    assert json.loads(mrag("info", "--db", db).stdout)["documents"] == 3
+    refused = mrag("index", corpus, "--db", db, "--prune", "--ray", ok=False)
+    assert refused.exit_code == 2 and "--ray adds and replaces documents only" in refused.stderr
 
 
 def test_heads(db, minilm):

@@ -53,7 +53,7 @@ def assert_scales_match_corpus(index: Index, fake: FakeEmbedder) -> None:
 
 def test_add_then_search_finds_the_document(index, fake):
     report = index.add(DOCS)
-    assert report.to_dict() == {"added": 4, "updated": 0, "unchanged": 0, "chunks": 4, "skipped": []}
+    assert report.to_dict() == {"added": 4, "updated": 0, "unchanged": 0, "removed": 0, "chunks": 4, "skipped": []}
     assert report.added == ["rome", "bees", "chess", "tides"]
     for strategy in ("mrag", "standard"):
         hits = index.search("Honeybees fan their wings to cool the hive", k=2, strategy=strategy)
@@ -123,7 +123,7 @@ def test_readding_unchanged_documents_does_no_work(index, fake):
     version, batches, rows = index.store.chunks.version, fake.batches, table_rows(index)
     for write in (index.add, index.upsert):
         report = write(DOCS)
-        assert report.to_dict() == {"added": 0, "updated": 0, "unchanged": 4, "chunks": 0, "skipped": []}
+        assert report.to_dict() == {"added": 0, "updated": 0, "unchanged": 4, "removed": 0, "chunks": 0, "skipped": []}
         assert report.unchanged == ["rome", "bees", "chess", "tides"]
     assert index.store.chunks.version == version
     assert fake.batches == batches  # nothing embedded
@@ -201,6 +201,19 @@ def test_delete_by_document_id_and_by_chunk_id(db_path, fake):
     # reopening reads the same scales back from the manifest
     again = Index.open(db_path, embedder=fake)
     assert again.head_scales() == index.head_scales()
+
+
+def test_an_id_that_names_a_document_deletes_that_document_only(db_path, fake):
+    """Document "long#0" and chunk 0 of document "long" share an id: deleting it deletes the document."""
+    index = Index.open(db_path, embedder=fake, chunk_chars=70, overlap=0)
+    long_text = " ".join(f"The {n} part of this long text is here." for n in ("first", "second", "third"))
+    index.add([{"id": "long", "text": long_text}, {"id": "long#0", "text": "A document whose id is a chunk id."}])
+    assert index.delete(["long#0", "long#0"]) == 1
+    assert sorted((r["doc_id"], r["id"]) for r in table_rows(index)) == [
+        ("long", "long#0"), ("long", "long#1"), ("long", "long#2")]
+    assert index.delete(["long#0"]) == 1  # now only the chunk has the id
+    assert sorted(r["id"] for r in table_rows(index)) == ["long#1", "long#2"]
+    assert_scales_match_corpus(index, fake)
 
 
 def test_delete_unknown_ids_deletes_nothing(index):
@@ -376,12 +389,77 @@ def test_add_paths_upserts_files_and_reports_skipped(index, tmp_path):
     (folder / "b.bin.txt").write_bytes(b"\x00\x00")
     report = index.add_paths([folder])
     assert report.to_dict() == {
-        "added": 1, "updated": 0, "unchanged": 0, "chunks": 1,
+        "added": 1, "updated": 0, "unchanged": 0, "removed": 0, "chunks": 1,
         "skipped": [{"source": str(folder / "b.bin.txt"), "reason": "a binary file, not text"}],
     }
     (folder / "a.txt").write_text("Glaciers carve U-shaped valleys.")
     assert index.add_paths([folder / "a.txt"]).updated == [str((folder / "a.txt").resolve())]
     assert index.search("glaciers", k=1)[0].text == "Glaciers carve U-shaped valleys."
+
+
+def doc_ids(index: Index) -> list[str]:
+    return sorted({r["doc_id"] for r in index.store.rows(None, ["doc_id"]).to_pylist()})
+
+
+def test_a_file_s_records_are_its_documents(index, tmp_path):
+    """Records gone from a file are deleted when it is indexed again; a record without an id (numbered by
+    its place in the file) is not left twice when the records before it change."""
+    import json
+
+    records = tmp_path / "recs.jsonl"
+    rows = [{"id": "r1", "text": "Octopuses have three hearts."}, {"id": "r2", "text": "Jenner used cowpox."},
+            {"text": "A record without an id about chess openings."}]
+    records.write_text("\n".join(map(json.dumps, rows)))
+    source = str(records.resolve())
+    assert index.add_paths([records]).added == ["r1", "r2", f"{source}#2"]
+    records.write_text("\n".join(map(json.dumps, [rows[0], rows[2]])))
+    report = index.add_paths([tmp_path])
+    assert report.removed == sorted(["r2", f"{source}#2"]) and report.added == [f"{source}#1"]
+    assert doc_ids(index) == sorted(["r1", f"{source}#1"]) and report.to_dict()["removed"] == 2
+    assert [h.text for h in index.search("chess openings", k=5)].count(rows[2]["text"]) == 1
+
+
+def test_an_id_indexed_from_another_file_is_refused_unless_both_are_read(index, tmp_path):
+    import json
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first, second = tmp_path / "a" / "arr.json", tmp_path / "b" / "other.jsonl"
+    first.write_text(json.dumps([{"id": "a1", "text": "Octopuses have three hearts."}]))
+    second.write_text(json.dumps({"id": "a1", "text": "Volcanoes in Iceland."}))
+    index.add_paths([first])
+    version, rows = index.store.chunks.version, table_rows(index)
+    with pytest.raises(ValueError, match="already indexed from another file, nothing written: a1"):
+        index.add_paths([second])
+    assert index.store.chunks.version == version and table_rows(index) == rows
+    first.write_text(json.dumps([{"id": "a2", "text": "Lemurs live on Madagascar."}]))  # a1 moved to the other
+    report = index.add_paths([tmp_path / "a", tmp_path / "b"])
+    assert sorted(report.added) == ["a2"] and report.updated == ["a1"] and report.removed == []
+    assert {r["doc_id"]: r["source"] for r in table_rows(index)} == {"a1": str(second.resolve()),
+                                                                     "a2": str(first.resolve())}
+
+
+def test_prune_deletes_the_documents_of_deleted_and_emptied_files_under_the_paths(index, tmp_path):
+    folder, other = tmp_path / "docs", tmp_path / "elsewhere"
+    (folder / "sub").mkdir(parents=True)
+    other.mkdir()
+    texts = {folder / "keep.txt": "Glaciers carve valleys.", folder / "sub" / "gone.txt": "Volcanoes erupt magma.",
+             folder / "empty.md": "Lemurs live on Madagascar.", folder / "broken.txt": "Bees fan their hives.",
+             other / "outside.txt": "Tides follow the Moon."}
+    for path, text in texts.items():
+        path.write_text(text)
+    index.add_paths([folder, other])
+    (folder / "sub" / "gone.txt").unlink()
+    (folder / "empty.md").write_text("  \n")
+    (folder / "broken.txt").write_bytes(b"\x00\x01")  # unreadable now: its document stays
+    (other / "outside.txt").unlink()  # not under the paths indexed: stays
+    kept = doc_ids(index)
+    assert index.add_paths([folder]).removed == [] and doc_ids(index) == kept  # without --prune: nothing
+    report = index.add_paths([folder], prune=True)
+    assert report.removed == sorted(str((folder / f).resolve()) for f in ("empty.md", "sub/gone.txt"))
+    assert doc_ids(index) == sorted(str(p.resolve()) for p in (folder / "keep.txt", folder / "broken.txt",
+                                                                other / "outside.txt"))
+    assert all("Volcanoes" not in h.text for h in index.search("volcano magma", k=5))
 
 
 class NanEmbedder(FakeEmbedder):

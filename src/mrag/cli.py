@@ -38,6 +38,8 @@ def cli() -> None:
 @click.option("--overlap", type=int, default=None, help="Sentences shared by neighbouring chunks (default 1).")
 @click.option("--text-field", default="text", show_default=True, help="Text field of .json/.jsonl records.")
 @click.option("--id-field", default="id", show_default=True, help="Id field of .json/.jsonl records.")
+@click.option("--prune", is_flag=True,
+              help="Also delete the documents of files under PATHS that no longer exist or are now empty.")
 @click.option("--query-instruction", default="", help="Prefix for queries (new index).")
 @click.option("--document-instruction", default="", help="Prefix for documents (new index).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, mps or auto.")
@@ -71,12 +73,13 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
           chunk_chars: int | None, overlap: int | None, text_field: str, id_field: str, query_instruction: str,
           document_instruction: str, device: str, dtype: str, spaces: tuple[str, ...], build_ann: bool, drop_ann: bool,
           ann_index: str | None, ann_nprobes: int | None, ann_spaces: str | None, ann_threshold: int,
-          ray_address: str | None, workers: int, plain: bool) -> None:
+          ray_address: str | None, workers: int, prune: bool, plain: bool) -> None:
     """Index files and folders (.txt .md .html .json .jsonl .pdf) into DB.
 
     Changed files are re-embedded, unchanged ones skipped; files in folders that cannot be read are
-    skipped and listed. Past --ann-threshold chunks (or with --build-ann) every space gets an ANN
-    index. Example:
+    skipped and listed. A file's records are its documents: records gone from a file are deleted
+    (--prune: also the documents of deleted or emptied files). Past --ann-threshold chunks (or with
+    --build-ann) every space gets an ANN index. Example:
 
         mrag index notes/ papers/intro.md --db idx
         mrag index --build-ann --db idx          # ANN indexes for an existing index
@@ -106,6 +109,8 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
 
         if not paths:
             raise click.UsageError("--ray needs files or folders to index")
+        if prune:
+            raise click.UsageError("--ray adds and replaces documents only: index without --ray to --prune")
         if spaces:
             raise click.UsageError("--ray does not embed extra spaces (--space): index without --ray")
         progress = sys.stderr.isatty()
@@ -126,16 +131,15 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
         idx = Index.open(db, model=model, layer=layer, chunk_chars=chunk_chars, overlap=overlap, spaces=spaces,
                          create=bool(paths), **options)
         idx.ann_policy = policy  # the library's policy: upsert (re)builds the ANN indexes past the threshold
-        report = idx.upsert(docs, show_progress=sys.stderr.isatty())
-        report.skipped = skipped
+        report = idx.add_read(paths, docs, skipped, show_progress=sys.stderr.isatty(), prune=prune)
     if build_ann and not report.ann:
         report.ann = idx.maintain_ann(force=True)
     summary = report.to_dict()
     if drop_ann:
         summary["ann_dropped"] = idx.drop_ann()
     if plain:
-        click.echo(f"added {summary['added']}, updated {summary['updated']}, unchanged {summary['unchanged']} "
-                   f"documents ({summary['chunks']} chunks embedded)")
+        click.echo(f"added {summary['added']}, updated {summary['updated']}, unchanged {summary['unchanged']}, "
+                   f"removed {summary['removed']} documents ({summary['chunks']} chunks embedded)")
         for s in report.skipped:
             click.echo(f"skipped {s.source}: {s.reason}")
         if drop_ann:
@@ -171,11 +175,12 @@ def search(query: str, db: str, model: str | None, k: int, strategy: str | None,
         mrag search "How did Roman aqueducts work, and why do bees fan their hives?" --db idx -k 4
     """
     from mrag.index import Index
+    from mrag.retrieve import fulltext
 
     chosen = [s.strip() for s in selection.split(",") if s.strip()] if selection is not None else None
-    hits = Index.open(db, model=model, create=False).search(
-        query, k=k, strategy=strategy, c=depth, spaces=chosen, exact=exact, nprobes=nprobes
-    )
+    index = Index.open(db, model=model, create=False)
+    fulltext.searching_once(index.store)
+    hits = index.search(query, k=k, strategy=strategy, c=depth, spaces=chosen, exact=exact, nprobes=nprobes)
     for rank, hit in enumerate(hits, 1):
         if plain:
             click.echo(f"{rank}. [{hit.score:.4f}] {hit.title or hit.doc_id}  ({hit.id})")

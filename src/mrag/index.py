@@ -14,7 +14,7 @@ from mrag import settings, writing
 from mrag.embed.base import HeadEmbedder
 from mrag.embed.models import resolve_model
 from mrag.errors import StoreError
-from mrag.ingest import Document, read_paths
+from mrag.ingest import Document, Skipped, gone_from_files, read_paths, taken_from_other_files
 from mrag.locking import is_local
 from mrag.retrieve import ann, fulltext, graph
 from mrag.retrieve import strategies as retrieve
@@ -182,24 +182,65 @@ class Index:
         report.ann = self.maintain_ann() if report.chunks else None
         return report
 
-    def add_paths(self, paths: Sequence[str | Path], show_progress: bool = False, **fields: str) -> AddReport:
-        """Index files and folders (upsert: re-indexing unchanged files does nothing)."""
+    def add_paths(self, paths: Sequence[str | Path], show_progress: bool = False, prune: bool = False,
+                  **fields: str) -> AddReport:
+        """Index files and folders (upsert: re-indexing unchanged files does nothing). A file's records are its
+        documents: records gone from a file read are deleted; `prune` also deletes the documents of files
+        under `paths` that no longer exist or are empty. An id already indexed from a file not read now is
+        refused, and nothing is written."""
         docs, skipped = read_paths(paths, **fields)
+        return self.add_read(paths, docs, skipped, show_progress, prune)
+
+    def add_read(self, paths: Sequence[str | Path], docs: list[Document], skipped: list[Skipped],
+                 show_progress: bool = False, prune: bool = False) -> AddReport:
+        """`add_paths` for the documents and skipped files `read_paths` read from `paths`."""
+        ids = [d.id for d in docs]
+        taken = taken_from_other_files(self._sources(f"doc_id IN ({quote(ids)})") if ids else {}, docs)
+        if taken:
+            raise ValueError(f"id(s) already indexed from another file, nothing written: {', '.join(taken[:5])} "
+                             "(index both files together, or delete the id first)")
         report = self.upsert(docs, show_progress=show_progress)
         report.skipped = skipped
+        read = sorted({d.source for d in docs})
+        indexed = self._sources(None if prune else f"source IN ({quote(read)})") if prune or read else {}
+        gone = gone_from_files(indexed, docs, skipped, paths, prune)
+        if gone:
+            report.removed = self._delete_documents(gone)
         return report
 
+    def _sources(self, where: str | None) -> dict[str, str]:
+        """Document id -> source of the committed documents `where` selects (None: all)."""
+        rows = self.store.rows(where, ["doc_id", "source"])
+        return dict(zip(rows["doc_id"].to_pylist(), rows["source"].to_pylist()))
+
+    def _delete_documents(self, doc_ids: list[str]) -> list[str]:
+        """Delete these documents, those that still exist (another process may have deleted some)."""
+        with self.store.writing():
+            found = self.store.rows(f"doc_id IN ({quote(doc_ids)})", ["doc_id"], table=self.store.chunks)
+            present = sorted(set(found["doc_id"].to_pylist()))
+            if present:
+                self.store.delete(f"doc_id IN ({quote(present)})")
+        if present and (self.store.manifest.ann or {}).get("index_type") == graph.INDEX_TYPE:
+            graph.maintain(self.store)
+        return present
+
     def delete(self, ids: Sequence[str]) -> int:
-        """Delete documents or chunks by id; all ids must exist, else nothing is deleted."""
+        """Delete documents or chunks by id; all ids must exist, else nothing is deleted. An id that names a
+        document deletes that document only, even where it is also another document's chunk id (document
+        "x#0" and chunk 0 of document "x")."""
         if not ids:
             raise ValueError("no ids given")
-        where = f"id IN ({quote(list(ids))}) OR doc_id IN ({quote(list(ids))})"
+        asked = list(dict.fromkeys(ids))
         with self.store.writing():  # checked under the lock: another process may have deleted some
-            found = self.store.rows(where, ["id", "doc_id"], table=self.store.chunks)
-            known = set(found["id"].to_pylist()) | set(found["doc_id"].to_pylist())
-            missing = [i for i in ids if i not in known]
+            found = self.store.rows(f"id IN ({quote(asked)}) OR doc_id IN ({quote(asked)})", ["id", "doc_id"],
+                                    table=self.store.chunks)
+            documents = sorted(set(found["doc_id"].to_pylist()) & set(asked))
+            chunks = sorted((set(found["id"].to_pylist()) & set(asked)) - set(documents))
+            missing = [i for i in asked if i not in documents and i not in chunks]
             if missing:
                 raise ValueError(f"unknown id(s), nothing deleted: {', '.join(missing[:5])}")
+            where = " OR ".join([*([f"doc_id IN ({quote(documents)})"] if documents else []),
+                                 *([f"id IN ({quote(chunks)})"] if chunks else [])])
             deleted = self.store.delete(where)
         if (self.store.manifest.ann or {}).get("index_type") == graph.INDEX_TYPE:
             graph.maintain(self.store)  # graphs skip removed rows; rebuilt once not `graph.walkable`

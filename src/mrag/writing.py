@@ -32,6 +32,7 @@ class AddReport:
     updated: list[str] = field(default_factory=list)  # changed documents, re-embedded
     unchanged: list[str] = field(default_factory=list)  # same content: no work done
     skipped: list[Skipped] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)  # documents gone from their files (`Index.add_paths`)
     chunks: int = 0
     ann: dict[str, Any] | None = None  # the ANN indexes this write (re)built, by policy
 
@@ -40,6 +41,7 @@ class AddReport:
             "added": len(self.added),
             "updated": len(self.updated),
             "unchanged": len(self.unchanged),
+            "removed": len(self.removed),
             "chunks": self.chunks,
             "skipped": [asdict(s) for s in self.skipped],
         } | ({"ann": self.ann} if self.ann else {})
