@@ -224,9 +224,11 @@ def test_delete_unknown_ids_deletes_nothing(index):
             index.delete(ids)
     with pytest.raises(ValueError, match="no ids"):
         index.delete([])
+    assert index.delete(["nope"], missing_ok=True) == 0
     assert table_rows(index) == rows
     assert index.store.chunks.version == version
     assert index.head_scales() == scales
+    assert index.delete(["nope", "bees"], missing_ok=True) == 1 and "bees#0" not in {r["id"] for r in table_rows(index)}
 
 
 def test_ids_with_quotes_are_safe(index):
@@ -439,6 +441,30 @@ def test_an_id_indexed_from_another_file_is_refused_unless_both_are_read(index, 
                                                                      "a2": str(first.resolve())}
 
 
+def test_a_renamed_records_file_takes_its_ids_and_library_documents_are_left_alone(index, tmp_path):
+    """A records file renamed (its old name gone) is no conflict: its ids move to the new name, and --prune
+    deletes what the old name held no longer. Documents the library added, with a file's path as source
+    and ids of their own, or a name under the folder that no file has, are not the files' to delete."""
+    import json
+
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "a.jsonl").write_text("\n".join(json.dumps({"id": i, "text": f"Record {i} about owls."}) for i in "xy"))
+    (notes / "book.md").write_text("The whole book in one file.")
+    index.add_paths([notes])
+    book = str((notes / "book.md").resolve())
+    index.add([{"id": "book-ch1", "text": "Chapter one.", "source": book},
+               {"id": "virtual", "text": "No file has this.", "source": str(notes / "virtual-name")},
+               {"id": "plain", "text": "Added by hand."}])
+    (notes / "a.jsonl").rename(notes / "b.jsonl")
+    report = index.add_paths([notes], prune=True)
+    assert report.updated == ["x", "y"] and report.removed == []
+    assert {r["doc_id"]: r["source"] for r in table_rows(index)}["x"] == str((notes / "b.jsonl").resolve())
+    assert doc_ids(index) == sorted(["x", "y", book, "book-ch1", "virtual", "plain"])
+    (notes / "c.jsonl").write_text(json.dumps({"id": "plain", "text": "Now a record of a file."}))
+    assert index.add_paths([notes]).updated == ["plain"]  # the library's sourceless id: replaced, no conflict
+
+
 def test_prune_deletes_the_documents_of_deleted_and_emptied_files_under_the_paths(index, tmp_path):
     folder, other = tmp_path / "docs", tmp_path / "elsewhere"
     (folder / "sub").mkdir(parents=True)
@@ -460,6 +486,13 @@ def test_prune_deletes_the_documents_of_deleted_and_emptied_files_under_the_path
     assert doc_ids(index) == sorted(str(p.resolve()) for p in (folder / "keep.txt", folder / "broken.txt",
                                                                 other / "outside.txt"))
     assert all("Volcanoes" not in h.text for h in index.search("volcano magma", k=5))
+    import shutil
+
+    shutil.rmtree(folder)  # a folder given that is gone: nothing to read, its documents pruned
+    assert index.add_paths([folder], prune=True).removed == sorted(
+        str(p.resolve()) for p in (folder / "keep.txt", folder / "broken.txt"))
+    with pytest.raises(ValueError, match="no such file or folder"):
+        index.add_paths([folder])
 
 
 class NanEmbedder(FakeEmbedder):

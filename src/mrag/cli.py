@@ -85,6 +85,7 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
         mrag index --build-ann --db idx          # ANN indexes for an existing index
         mrag index --drop-ann --db idx           # and back to exact search
     """
+    from mrag import sync
     from mrag.index import AddReport, Index
     from mrag.ingest import read_paths
     from mrag.settings import AnnPolicy
@@ -127,11 +128,12 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
         idx = Index.open(db, create=False)
         idx.ann_policy = policy
     else:
-        docs, skipped = read_paths(paths, text_field=text_field, id_field=id_field) if paths else ([], [])
+        docs, skipped = read_paths(sync.to_read(paths, prune), text_field=text_field, id_field=id_field) \
+            if paths else ([], [])
         idx = Index.open(db, model=model, layer=layer, chunk_chars=chunk_chars, overlap=overlap, spaces=spaces,
                          create=bool(paths), **options)
         idx.ann_policy = policy  # the library's policy: upsert (re)builds the ANN indexes past the threshold
-        report = idx.add_read(paths, docs, skipped, show_progress=sys.stderr.isatty(), prune=prune)
+        report = sync.index_files(idx, paths, docs, skipped, show_progress=sys.stderr.isatty(), prune=prune)
     if build_ann and not report.ann:
         report.ann = idx.maintain_ann(force=True)
     summary = report.to_dict()

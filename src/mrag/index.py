@@ -10,11 +10,11 @@ from typing import Any
 
 import numpy as np
 
-from mrag import settings, writing
+from mrag import settings, sync, writing
 from mrag.embed.base import HeadEmbedder
 from mrag.embed.models import resolve_model
 from mrag.errors import StoreError
-from mrag.ingest import Document, Skipped, gone_from_files, read_paths, taken_from_other_files
+from mrag.ingest import Document, read_paths
 from mrag.locking import is_local
 from mrag.retrieve import ann, fulltext, graph
 from mrag.retrieve import strategies as retrieve
@@ -188,46 +188,13 @@ class Index:
         documents: records gone from a file read are deleted; `prune` also deletes the documents of files
         under `paths` that no longer exist or are empty. An id already indexed from a file not read now is
         refused, and nothing is written."""
-        docs, skipped = read_paths(paths, **fields)
-        return self.add_read(paths, docs, skipped, show_progress, prune)
+        docs, skipped = read_paths(sync.to_read(paths, prune), **fields)
+        return sync.index_files(self, paths, docs, skipped, show_progress, prune)
 
-    def add_read(self, paths: Sequence[str | Path], docs: list[Document], skipped: list[Skipped],
-                 show_progress: bool = False, prune: bool = False) -> AddReport:
-        """`add_paths` for the documents and skipped files `read_paths` read from `paths`."""
-        ids = [d.id for d in docs]
-        taken = taken_from_other_files(self._sources(f"doc_id IN ({quote(ids)})") if ids else {}, docs)
-        if taken:
-            raise ValueError(f"id(s) already indexed from another file, nothing written: {', '.join(taken[:5])} "
-                             "(index both files together, or delete the id first)")
-        report = self.upsert(docs, show_progress=show_progress)
-        report.skipped = skipped
-        read = sorted({d.source for d in docs})
-        indexed = self._sources(None if prune else f"source IN ({quote(read)})") if prune or read else {}
-        gone = gone_from_files(indexed, docs, skipped, paths, prune)
-        if gone:
-            report.removed = self._delete_documents(gone)
-        return report
-
-    def _sources(self, where: str | None) -> dict[str, str]:
-        """Document id -> source of the committed documents `where` selects (None: all)."""
-        rows = self.store.rows(where, ["doc_id", "source"])
-        return dict(zip(rows["doc_id"].to_pylist(), rows["source"].to_pylist()))
-
-    def _delete_documents(self, doc_ids: list[str]) -> list[str]:
-        """Delete these documents, those that still exist (another process may have deleted some)."""
-        with self.store.writing():
-            found = self.store.rows(f"doc_id IN ({quote(doc_ids)})", ["doc_id"], table=self.store.chunks)
-            present = sorted(set(found["doc_id"].to_pylist()))
-            if present:
-                self.store.delete(f"doc_id IN ({quote(present)})")
-        if present and (self.store.manifest.ann or {}).get("index_type") == graph.INDEX_TYPE:
-            graph.maintain(self.store)
-        return present
-
-    def delete(self, ids: Sequence[str]) -> int:
-        """Delete documents or chunks by id; all ids must exist, else nothing is deleted. An id that names a
-        document deletes that document only, even where it is also another document's chunk id (document
-        "x#0" and chunk 0 of document "x")."""
+    def delete(self, ids: Sequence[str], missing_ok: bool = False) -> int:
+        """Delete documents or chunks by id; all ids must exist, else nothing is deleted (`missing_ok`: those
+        that do not are passed over). An id that names a document deletes that document only, even where it
+        is also another document's chunk id (document "x#0" and chunk 0 of document "x")."""
         if not ids:
             raise ValueError("no ids given")
         asked = list(dict.fromkeys(ids))
@@ -237,8 +204,10 @@ class Index:
             documents = sorted(set(found["doc_id"].to_pylist()) & set(asked))
             chunks = sorted((set(found["id"].to_pylist()) & set(asked)) - set(documents))
             missing = [i for i in asked if i not in documents and i not in chunks]
-            if missing:
+            if missing and not missing_ok:
                 raise ValueError(f"unknown id(s), nothing deleted: {', '.join(missing[:5])}")
+            if not documents and not chunks:
+                return 0
             where = " OR ".join([*([f"doc_id IN ({quote(documents)})"] if documents else []),
                                  *([f"id IN ({quote(chunks)})"] if chunks else [])])
             deleted = self.store.delete(where)

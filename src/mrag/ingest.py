@@ -21,7 +21,7 @@ RECORD_SUFFIXES = {".json", ".jsonl"}
 SUFFIXES = TEXT_SUFFIXES | HTML_SUFFIXES | RECORD_SUFFIXES | {".pdf"}
 
 
-EMPTY, NO_RECORDS = "the file is empty", "no records"  # why a file holds no document (`gone_from_files`)
+EMPTY, NO_RECORDS = "the file is empty", "no records"  # why a file holds no document (`mrag.sync`)
 
 
 class IngestError(ValueError):
@@ -57,35 +57,6 @@ def read_paths(
                 raise
             skipped.append(Skipped(file, unreadable_reason(e, Path(file))))
     return docs, skipped
-
-
-def taken_from_other_files(indexed_sources: dict[str, str], docs: list[Document]) -> list[str]:
-    """Ids of `docs` (read from files) already indexed from another file that was not read this time (a
-    record id given in two files): indexing them would silently move the document from that file.
-    `indexed_sources`: id -> source of the indexed documents with those ids. A file read this time no longer
-    holds the id (one batch holds an id once), so a record moved from one file to another indexed together
-    is no conflict; documents added without a source (the library's) are replaced as any upsert does."""
-    read = {d.source for d in docs}
-    return [d.id for d in docs if indexed_sources.get(d.id, d.source) not in (d.source, "")
-            and indexed_sources[d.id] not in read]
-
-
-def gone_from_files(indexed_sources: dict[str, str], docs: list[Document], skipped: list[Skipped],
-                    paths: Iterable[str | Path], prune: bool) -> list[str]:
-    """Ids of indexed documents to delete after indexing `paths`: a file's records are its documents, so the
-    ones a file read this time no longer holds; with `prune`, also the documents of files under `paths` that
-    no longer exist or are now empty (files skipped as unreadable keep theirs). `indexed_sources`: id -> source
-    of the indexed documents whose source is a file read now or, with `prune`, lies under `paths`."""
-    read_ids, read = {d.id for d in docs}, {d.source for d in docs}
-    emptied = {s.source for s in skipped if s.reason in (EMPTY, NO_RECORDS)}
-    roots = [Path(p).expanduser().resolve() for p in paths]
-
-    def vanished(source: str) -> bool:
-        inside = any(Path(source) == root or root in Path(source).parents for root in roots)
-        return inside and (source in {str(Path(e).resolve()) for e in emptied} or not Path(source).exists())
-
-    return sorted(i for i, source in indexed_sources.items()
-                  if (source in read and i not in read_ids) or (prune and source not in read and vanished(source)))
 
 
 def list_files(paths: Iterable[str | Path]) -> list[tuple[str, bool]]:

@@ -37,7 +37,7 @@ from mrag.matrix import Matrix, read_ranges, release_free_memory, stamps
 
 K1, B = 1.2, 0.75  # LanceDB's BM25 parameters
 LONGEST = 40  # words of this many UTF-8 bytes or more are dropped (LanceDB's max_token_length)
-WORD = re.compile(r"[^\W_]+")  # a word: a run of letters and digits
+ASCII_WORD = re.compile(r"[A-Za-z0-9]+")  # a word of ASCII text: a run of letters and digits
 MAX_SEGMENTS = 8  # appended segments an index keeps before the next growth rebuilds it whole
 # LanceDB's English stop words (NLTK's list; a word is dropped when its stem is one of them)
 STOP_WORDS = frozenset("""
@@ -68,7 +68,7 @@ class Vocabulary:
         return cls({}, {})
 
     def add(self, surface: list[str]) -> np.ndarray:
-        """The term id of each surface word (lower case), adding new terms: (W,) -> (W,) int64, -1 dropped."""
+        """The term id of each word as cut (`split_words`), adding new terms: (W,) -> (W,) int64, -1 dropped."""
         new = [w for w in dict.fromkeys(surface) if w not in self.of_word]
         for word, term in zip(new, analyze(new)):
             self.of_word[word] = -1 if term is None else self.ids.setdefault(term, len(self.ids))
@@ -87,9 +87,29 @@ class Vocabulary:
         return found
 
 
+def split_words(text: str) -> list[str]:
+    """A text's words as LanceDB's simple tokenizer cuts them, in their own case: runs of alphanumeric
+    characters, combining marks counted in (Rust's `is_alphanumeric` keeps the vowel signs of Indic scripts,
+    Python's word class does not). 'Don't stop!' -> ['Don', 't', 'stop']."""
+    if text.isascii():
+        return ASCII_WORD.findall(text)
+    found, word = [], []
+    for ch in text:
+        if ch.isalnum() or unicodedata.category(ch) in ("Mn", "Mc"):
+            word.append(ch)
+        elif word:
+            found.append("".join(word))
+            word = []
+    if word:
+        found.append("".join(word))
+    return found
+
+
 def analyze(surface: list[str]) -> list[str | None]:
-    """Lower-case words -> their terms (None: dropped): too long, stop word after stemming, or empty."""
-    stems = _stemmer().stemWords(surface)
+    """Words as cut -> their terms (None: dropped): 40 bytes or more (before lower-casing, as LanceDB checks),
+    a stop word after lower-casing and stemming, or empty."""
+    lowered = [w.lower() for w in surface]
+    stems = _stemmer().stemWords(lowered)
     return [None if not w or len(w.encode()) >= LONGEST or s in STOP_WORDS else fold(s) for w, s in zip(surface, stems)]
 
 
@@ -104,12 +124,19 @@ def _stemmer() -> Any:
 
 
 def fold(term: str) -> str:
-    """Accents dropped and a few letters spelled in ASCII ('café' -> 'cafe', 'straße' -> 'strasse');
-    other scripts kept."""
+    """Latin letters to ASCII, as LanceDB's ASCII folding: accents dropped and a few letters spelled out
+    ('café' -> 'cafe', 'straße' -> 'strasse'); a character that does not decompose to ASCII (Greek,
+    Cyrillic, kana, a lone combining mark) is kept as it is."""
     if term.isascii():
         return term
-    decomposed = unicodedata.normalize("NFKD", term.translate(_SPELLED))
-    return "".join(ch for ch in decomposed if not unicodedata.combining(ch)) or term
+    return "".join(_fold_char(ch) for ch in term.translate(_SPELLED))
+
+
+def _fold_char(ch: str) -> str:
+    if ch.isascii():
+        return ch
+    ascii_part = "".join(c for c in unicodedata.normalize("NFKD", ch) if c.isascii())
+    return ascii_part or ch
 
 
 @dataclass(frozen=True)
@@ -153,9 +180,10 @@ class Bm25:
         self.vocabulary, self.segments, self.lengths = vocabulary, segments, lengths  # lengths (n,) float32
         self.n_terms = len(vocabulary.ids)  # terms this index knows (the vocabulary may grow after)
         self.df = sum((s.df(self.n_terms) for s in segments), np.zeros(self.n_terms, dtype=np.int64))
-        n = len(lengths)
-        self.idf = np.log1p((n - self.df + 0.5) / (self.df + 0.5))  # (T,)
-        self.norm = (K1 * (1 - B + B * lengths / max(float(lengths.mean()), 1e-9))).astype(np.float32) if n else lengths
+        worded = lengths[lengths > 0]  # rows without a word count in neither N nor the average, as in LanceDB
+        self.idf = np.log1p((len(worded) - self.df + 0.5) / (self.df + 0.5))  # (T,)
+        average = float(worded.mean()) if len(worded) else 1.0
+        self.norm = (K1 * (1 - B + B * lengths / average)).astype(np.float32)
 
     @classmethod
     def build(cls, texts: pa.Array | pa.ChunkedArray, rows: np.ndarray | None = None,
@@ -197,7 +225,7 @@ class Bm25:
         if c <= 0:
             return [empty for _ in texts]
         # (text, term) pairs and how often the text gives the term; terms of later growths left out
-        asked = [np.unique([t for t in self.vocabulary.lookup(WORD.findall(text.lower())) if t < self.n_terms],
+        asked = [np.unique([t for t in self.vocabulary.lookup(split_words(text)) if t < self.n_terms],
                            return_counts=True) for text in texts]
         text_of = np.repeat(np.arange(len(texts)), [len(terms) for terms, _ in asked])  # (Q,)
         term = np.concatenate([terms for terms, _ in asked]).astype(np.int64) if asked else np.zeros(0, np.int64)
@@ -247,7 +275,7 @@ def _segment(texts: pa.Array | pa.ChunkedArray, rows: np.ndarray, vocabulary: Vo
         else np.zeros(0, np.int64)
     flat = pa.chunked_array([pc.list_flatten(ch) for ch in chunks], type=pa.string())
     surface = pc.unique(flat)  # (S,) distinct pieces
-    piece_words = [WORD.findall(piece.lower()) for piece in surface.to_pylist()]
+    piece_words = [split_words(piece) for piece in surface.to_pylist()]
     words_per_piece = np.array([len(w) for w in piece_words], dtype=np.int64)  # (S,)
     piece_terms = vocabulary.add([w for found in piece_words for w in found])  # every piece's words' terms
     piece_start = np.cumsum(words_per_piece) - words_per_piece
@@ -264,29 +292,38 @@ def _segment(texts: pa.Array | pa.ChunkedArray, rows: np.ndarray, vocabulary: Vo
 
 
 _built: dict[int, tuple[weakref.ref[np.ndarray], Bm25]] = {}  # id(matrix ids) -> its index
-# table uri -> the last index built there and what it was built from: (row ids, version, its commit stamp)
+# table uri -> the last index built there and what it was built from: (row ids, version, its commit stamp);
+# the last PREVIOUS_TABLES tables only (a process that opens many indexes keeps no index of each)
 _previous: dict[str, tuple[np.ndarray, int, Any, Bm25]] = {}
-_lock = threading.Lock()
+PREVIOUS_TABLES = 4
+_builds: dict[str, threading.Lock] = {}  # table uri -> its builds' lock
+_lock = threading.Lock()  # the dicts above
 
 
 def for_matrix(matrix: Matrix) -> Bm25:
     """The index of a loaded matrix's rows, built at its first full-text search and kept while the matrix
     lives. Built from the last index of the same table where it can (`_carried`: only the rows it lacks are
-    read), else from every row's text. Searches that need it at once wait for one build."""
-    key = id(matrix.ids)
+    read), else from every row's text. Searches that need it at once wait for one build; builds for other
+    tables go on meanwhile."""
+    key, uri = id(matrix.ids), getattr(matrix.table, "uri", None)
     with _lock:
-        found = _built.get(key)
-        if found is not None and found[0]() is matrix.ids:
-            return found[1]
-        uri = getattr(matrix.table, "uri", None)
-        index = _carried(matrix, _previous.get(uri)) if uri is not None else None
-        if index is None:
-            index = Bm25.build(_texts(matrix, 0))
+        build = _builds.setdefault(str(uri), threading.Lock())
+    with build:
+        with _lock:
+            found = _built.get(key)
+            if found is not None and found[0]() is matrix.ids:
+                return found[1]
+            previous = _previous.get(uri) if uri is not None else None
+        index = _carried(matrix, previous) or Bm25.build(_texts(matrix, 0))
         pa.default_memory_pool().release_unused()  # the texts and their words, held by Arrow's pool otherwise
         release_free_memory()
-        _built[key] = (weakref.ref(matrix.ids, lambda _: _built.pop(key, None)), index)
-        if uri is not None and matrix.row_ids is not None and matrix.stamp is not None:
-            _previous[uri] = (matrix.row_ids, matrix.version, matrix.stamp, index)
+        with _lock:
+            _built[key] = (weakref.ref(matrix.ids, lambda _: _built.pop(key, None)), index)
+            if uri is not None and matrix.row_ids is not None and matrix.stamp is not None:
+                _previous.pop(uri, None)  # moved to the end: the most recent
+                _previous[uri] = (matrix.row_ids, matrix.version, matrix.stamp, index)
+                while len(_previous) > PREVIOUS_TABLES:
+                    _previous.pop(next(iter(_previous)))
         return index
 
 

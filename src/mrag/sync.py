@@ -1,0 +1,104 @@
+"""Indexing files into an index and keeping it in step with them: a file's records are its documents, so
+what a file no longer holds is deleted when it is indexed again, and `prune` deletes the documents of files
+that are gone. `Index.add_paths` and `mrag index` run `index_files`; the choices are pure functions."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Protocol
+
+from mrag.ingest import EMPTY, NO_RECORDS, RECORD_SUFFIXES, SUFFIXES, Document, Skipped
+from mrag.rows import quote
+from mrag.store import Store
+from mrag.writing import AddReport
+
+
+class Writable(Protocol):
+    """What indexing files writes through (`mrag.index.Index` is one)."""
+
+    store: Store
+
+    def upsert(self, docs: list[Document], show_progress: bool = False) -> AddReport: ...
+
+    def delete(self, ids: Sequence[str], missing_ok: bool = False) -> int: ...
+
+
+def index_files(index: Writable, paths: Sequence[str | Path], docs: list[Document], skipped: list[Skipped],
+                show_progress: bool = False, prune: bool = False) -> AddReport:
+    """Upsert the documents `read_paths` read from `paths`, then delete the indexed documents their files no
+    longer hold (`gone_from_files`). An id already indexed from a file not read now is refused first, and
+    nothing is written."""
+    ids = [d.id for d in docs]
+    taken = taken_from_other_files(sources(index.store, f"doc_id IN ({quote(ids)})") if ids else {}, docs)
+    if taken:
+        raise ValueError(f"id(s) already indexed from another file, nothing written: {', '.join(taken[:5])} "
+                         "(index both files together, or delete the id first)")
+    report = index.upsert(docs, show_progress=show_progress)
+    report.skipped = skipped
+    read = sorted({d.source for d in docs})
+    indexed = sources(index.store, None if prune else f"source IN ({quote(read)})") if prune or read else {}
+    report.removed = gone_from_files(indexed, docs, skipped, paths, prune)
+    if report.removed:
+        index.delete(report.removed, missing_ok=True)  # another process may have deleted some meanwhile
+    return report
+
+
+def to_read(paths: Sequence[str | Path], prune: bool) -> list[str | Path]:
+    """The paths to read: all (a missing one is an error), or with `prune` those that exist (the documents
+    of a deleted folder are only pruned)."""
+    return [p for p in paths if Path(p).expanduser().exists()] if prune else list(paths)
+
+
+def sources(store: Store, where: str | None) -> dict[str, str]:
+    """Document id -> source of the committed documents `where` selects (None: all)."""
+    rows = store.rows(where, ["doc_id", "source"])
+    return dict(zip(rows["doc_id"].to_pylist(), rows["source"].to_pylist()))
+
+
+def taken_from_other_files(indexed_sources: dict[str, str], docs: list[Document]) -> list[str]:
+    """Ids of `docs` (read from files) already indexed from another file that still exists and was not read
+    this time (a record id given in two files): indexing them would silently move the document from that
+    file. `indexed_sources`: id -> source of the indexed documents with those ids. A file read this time no
+    longer holds the id (one batch holds an id once), and a file that is gone was renamed or moved, so
+    those ids move with their records; documents added without a source (the library's) are replaced as any
+    upsert does."""
+    read = {d.source for d in docs}
+    return [d.id for d in docs if indexed_sources.get(d.id, d.source) not in (d.source, "")
+            and indexed_sources[d.id] not in read and _exists(indexed_sources[d.id])]
+
+
+def from_a_file(doc_id: str, source: str) -> bool:
+    """Whether `read_paths` could have made this document: a record of a .json/.jsonl file, or a whole file
+    (its id is its path). Only those follow their files; a document the library added with a file's path
+    as its source and an id of its own is left alone."""
+    suffix = Path(source).suffix.lower()
+    return bool(source) and (suffix in RECORD_SUFFIXES or (doc_id == source and suffix in SUFFIXES))
+
+
+def _exists(source: str) -> bool:
+    """Whether a source file exists; one that cannot be checked (no permission) counts as existing."""
+    try:
+        return Path(source).exists()
+    except OSError:
+        return True
+
+
+def gone_from_files(indexed_sources: dict[str, str], docs: list[Document], skipped: list[Skipped],
+                    paths: Iterable[str | Path], prune: bool) -> list[str]:
+    """Ids of indexed documents to delete after indexing `paths`: a file's records are its documents, so the
+    ones a file read this time no longer holds; with `prune`, also the documents of files under `paths` that
+    no longer exist or are now empty (files skipped as unreadable keep theirs). `indexed_sources`: id -> source
+    of the indexed documents whose source is a file read now or, with `prune`, lies under `paths`."""
+    read_ids, read = {d.id for d in docs}, {d.source for d in docs}
+    emptied = {s.source for s in skipped if s.reason in (EMPTY, NO_RECORDS)}
+    roots = [Path(p).expanduser().resolve() for p in paths]
+
+    emptied = {str(Path(e).resolve()) for e in emptied}
+
+    def vanished(source: str) -> bool:
+        inside = any(Path(source) == root or root in Path(source).parents for root in roots)
+        return inside and (source in emptied or not _exists(source))
+
+    return sorted(i for i, source in indexed_sources.items() if from_a_file(i, source) and (
+        (source in read and i not in read_ids) or (prune and source not in read and vanished(source))))
