@@ -41,9 +41,9 @@ REBUILD_SHARE = 0.25  # rebuild once the rows the index does not cover are a qua
 REBUILD_MIN = 1000  # ... and at least this many (a flat scan of fewer costs nothing)
 ENGINES = ("auto", "memory", "lancedb")  # who answers the full-text space on the exact path
 ENGINE_VARIABLE = "MRAG_FULLTEXT"  # the process's choice where the caller makes none (default: auto)
-# rows up to which `auto` answers in memory: a story of 8.9 query sentences took 3.7 ms against LanceDB's 13 at
-# 41k rows, 7.1 against 12.3 at 100k, 14.6 against 21.2 at 150k, 17.3 against 19.7 at 250k, 86 against 70 at
-# 1M (scoring every posting grows with the rows, LanceDB's query less); the build, at the first full-text
+# rows up to which `auto` answers in memory: a story of 8.9 query sentences took 3.4 ms against LanceDB's 14.1
+# at 41k rows, 8.0 against 14.4 at 100k, 10.0 against 18.4 at 150k, 19.3 against 23.8 at 250k, 91 against 68
+# at 1M (scoring every posting grows with the rows, LanceDB's query less); the build, at the first full-text
 # search of a process, took about as long as LanceDB's own (benchmarks/results/bm25-memory.md, 2 cores)
 MEMORY_ROWS = 100_000
 QUERY_THREADS = 4  # threads for a table without an AsyncTable (`started`): its queries run side by side
