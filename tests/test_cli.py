@@ -170,6 +170,19 @@ def test_index_prune_deletes_the_documents_of_deleted_files(db, corpus):
     assert refused.exit_code == 2 and "--ray adds and replaces documents only" in refused.stderr
 
 
+def test_clear_errors_for_fusion_a_relative_path_and_tune_without_a_bench(db, corpus, monkeypatch):
+    fused = mrag("search", "bees and aqueducts", "--db", db, "-s", "fusion", ok=False)
+    assert fused.exit_code == 2 and "use `mrag ask`" in fused.stderr
+    monkeypatch.chdir(corpus.parent)
+    relative = mrag("delete", "corpus/bees.txt", "--db", db, ok=False)
+    assert relative.exit_code == 1 and f"mrag delete {source(corpus, 'bees.txt')}" in relative.stderr
+    assert json.loads(mrag("info", "--db", db).stdout)["documents"] == 4  # nothing deleted
+    reset = lines(mrag("tune", "--db", db, "--reset"))[0]
+    assert reset == {"default_strategy": DEFAULT_STRATEGY, "source": "built-in"}
+    missing = mrag("tune", "--db", db, ok=False)
+    assert missing.exit_code == 2 and "Missing option '--bench'" in missing.stderr
+
+
 def test_heads(db, minilm):
     scales = lines(mrag("heads", "--db", db))[0]
     assert [s["head"] for s in scales] == list(range(12))

@@ -21,6 +21,22 @@ from mrag.scales import brute_force_scales
 from mrag.store import CHUNKS, MANIFEST, Store
 
 
+def test_a_new_index_is_not_made_among_other_files(tmp_path, fake):
+    """--db given the documents' folder: refused, and the folder left as it was; an empty folder, or one
+    that holds only what an index makes (a crash's half-made index), is fine."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    (docs / "bees.txt").write_text("Bees fan their hives.")
+    with pytest.raises(StoreError, match=r"holds other files \(bees.txt\): a new index needs a folder of its own"):
+        Index.open(docs, embedder=fake).add(DOCS)
+    assert sorted(p.name for p in docs.iterdir()) == ["bees.txt"]
+    (tmp_path / "empty").mkdir()
+    Index.open(tmp_path / "empty", embedder=fake).add(DOCS)
+    (tmp_path / "half" / "chunks.lance").mkdir(parents=True)
+    (tmp_path / "half" / ".mrag-write.lock").touch()
+    Index.open(tmp_path / "half", embedder=fake).add(DOCS)
+
+
 def test_quote():
     assert quote(["a", "it's", "x') OR ('1'='1"]) == "'a', 'it''s', 'x'') OR (''1''=''1'"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -179,6 +180,9 @@ def search(query: str, db: str, model: str | None, k: int, strategy: str | None,
     from mrag.index import Index
     from mrag.retrieve import fulltext
 
+    if strategy is not None and settings.parse_strategy(strategy).expand == "fusion":
+        raise click.UsageError(f"strategy {strategy!r} fuses sub-queries an LLM writes: use `mrag ask` (or the "
+                               "server's /search with \"subqueries\")")
     chosen = [s.strip() for s in selection.split(",") if s.strip()] if selection is not None else None
     index = Index.open(db, model=model, create=False)
     fulltext.searching_once(index.store)
@@ -239,7 +243,14 @@ def delete(ids: tuple[str, ...], db: str, plain: bool) -> None:
     """
     from mrag.index import Index
 
-    deleted = Index.open(db, create=False).delete(list(ids))
+    try:
+        deleted = Index.open(db, create=False).delete(list(ids))
+    except ValueError as e:
+        relative = [i for i in ids if Path(i).is_file() and not Path(i).is_absolute()]
+        if relative and str(e).startswith("unknown id"):  # a file's document id is its absolute path
+            raise click.ClickException(f"{e} (a file's document id is its absolute path: "
+                                       f"mrag delete {Path(relative[0]).resolve()})") from e
+        raise
     if plain:
         click.echo(f"deleted {deleted} chunks")
     else:

@@ -95,14 +95,14 @@ def bench(paths: tuple[str, ...], out: str, backend: str, gen_model: str | None,
 
 @click.command(context_settings=CONTEXT)
 @db_option
-@click.option("--bench", "bench_dir", required=True, type=click.Path(exists=True, file_okay=False),
-              help="A folder written by mrag bench (or a BEIR folder of indexed documents).")
+@click.option("--bench", "bench_dir", default=None, type=click.Path(exists=True, file_okay=False),
+              help="A folder written by mrag bench (or a BEIR folder of indexed documents); not with --reset.")
 @click.option("--strategies", default=None, help="Comma-separated candidates (default: every one without an LLM).")
 @click.option("--dry-run", is_flag=True, help="Compare only; record nothing.")
 @click.option("--reset", is_flag=True, help="Forget the recorded default (back to the built-in one).")
 @plain_option
 @user_errors
-def tune(db: str, bench_dir: str, strategies: str | None, dry_run: bool, reset: bool, plain: bool) -> None:
+def tune(db: str, bench_dir: str | None, strategies: str | None, dry_run: bool, reset: bool, plain: bool) -> None:
     """Find the best strategy for this index on a benchmark, and make it the index's default.
 
     \b
@@ -115,12 +115,15 @@ def tune(db: str, bench_dir: str, strategies: str | None, dry_run: bool, reset: 
     from mrag.evaluate.tune import tune as run_tune
     from mrag.index import Index
 
+    if bench_dir is None and not reset:
+        raise click.UsageError("Missing option '--bench' (or --reset, to forget the recorded default).")
     index = Index.open(db, create=False)
     if reset:
         index.set_default_strategy(None)
         emit({"default_strategy": index.default_strategy, "source": "built-in"})
         return
     names = [s.strip() for s in strategies.split(",") if s.strip()] if strategies else None
+    assert bench_dir is not None
     record = run_tune(index, bench_dir, names, save=not dry_run, show_progress=sys.stderr.isatty())
     if plain:
         click.echo("\n".join(summary_lines(record)))

@@ -32,7 +32,7 @@ import pyarrow as pa
 from mrag import maintenance
 from mrag.connection import connect
 from mrag.errors import StoreError
-from mrag.locking import Lease, is_local, local_path, write_lock
+from mrag.locking import LOCK_FILE, Lease, is_local, local_path, write_lock
 from mrag.manifest import READABLE_FORMATS, Manifest
 from mrag.matrix import Matrix, grown, head_units, load_matrix, stamps
 from mrag.rows import VectorColumn, chunk_schema, fixed, quote, space_column, vector_columns
@@ -43,6 +43,7 @@ __all__ = ["CHUNKS", "MANIFEST", "READ_TRIES", "Store", "StoreError"]
 
 CHUNKS = "chunks"
 MANIFEST = "manifest"
+OWN_ENTRIES = {f"{CHUNKS}.lance", f"{MANIFEST}.lance", LOCK_FILE, "graphs"}  # what an index folder holds
 READ_TRIES = 5  # a read whose version was pruned meanwhile goes again at the latest committed one
 T = TypeVar("T")
 
@@ -164,7 +165,12 @@ class Store:
         """A new, empty index (or the one another process has just created there).
         `spaces`: external space entries {name, function, options, dim, weight}."""
         if is_local(uri):
-            local_path(uri).mkdir(parents=True, exist_ok=True)  # the lock file lives in the folder
+            folder = local_path(uri)
+            foreign = sorted(p.name for p in folder.iterdir() if p.name not in OWN_ENTRIES) if folder.is_dir() else []
+            if foreign:  # e.g. --db given the documents' folder: the index would write among them
+                raise StoreError(f"{uri} holds other files ({', '.join(foreign[:3])}): a new index needs a "
+                                 "folder of its own (a new or empty one)")
+            folder.mkdir(parents=True, exist_ok=True)  # the lock file lives in the folder
         with write_lock(uri, storage_options=storage_options):
             if cls.exists(uri, storage_options):  # another process created it first
                 return cls.open(uri, storage_options)
