@@ -195,6 +195,22 @@ def test_folder_and_file_together(tmp_path):
     assert [d.text for d in docs] == ["One.", "Two."] and skipped == []
 
 
+def test_a_file_reached_twice_is_read_once(tmp_path):
+    """A folder and a file in it, a folder and its sub-folder, a link to a file also listed: one document
+    each (they had the same id, and the run failed on duplicate ids)."""
+    folder = tmp_path / "f"
+    one = write(folder / "one.txt", "One.")
+    write(folder / "sub" / "two.txt", "Two.")
+    (tmp_path / "links").mkdir()
+    (tmp_path / "links" / "link.txt").symlink_to(one)
+    docs, skipped = read_paths([folder, one, folder / "sub", tmp_path / "links"])
+    assert sorted(d.id for d in docs) == sorted(str(p.resolve()) for p in (one, folder / "sub" / "two.txt"))
+    assert skipped == []
+    write(folder / "bad.txt", b"\x00")
+    with pytest.raises(IngestError, match="binary"):  # named explicitly once: an error, as when named alone
+        read_paths([folder, folder / "bad.txt"])
+
+
 def test_missing_path_is_an_error(tmp_path):
     with pytest.raises(IngestError, match="no such file or folder: .*nowhere"):
         read_paths([tmp_path / "nowhere"])

@@ -61,17 +61,19 @@ def read_paths(
 
 def list_files(paths: Iterable[str | Path]) -> list[tuple[str, bool]]:
     """(file, named explicitly) for every input file: the files named, and the readable kinds of file
-    in the folders named (recursively, sorted, hidden ones left out)."""
-    out: list[tuple[str, bool]] = []
+    in the folders named (recursively, sorted, hidden ones left out). A file reached twice (a folder and a
+    file in it, a folder and its sub-folder, a link to a file also listed) is listed once: its document
+    id is its resolved path."""
+    out: dict[Path, tuple[str, bool]] = {}  # resolved path -> (file, named explicitly)
     for raw in paths:
         path = Path(raw).expanduser()
         if not path.exists():
             raise IngestError(f"no such file or folder: {raw}")
-        if path.is_file():
-            out.append((str(path), True))
-        else:
-            out.extend((str(f), False) for f in sorted(walk_files(path)))
-    return out
+        found = [(path, True)] if path.is_file() else [(f, False) for f in sorted(walk_files(path))]
+        for file, explicit in found:
+            first = out.setdefault(file.resolve(), (str(file), explicit))
+            out[file.resolve()] = (first[0], first[1] or explicit)
+    return list(out.values())
 
 
 def unreadable_reason(error: IngestError, path: Path) -> str:
