@@ -11,8 +11,8 @@ Queries: the sentences of the paper's query stories, as the default cuts them.
                 alternated story by story
     agreement   per part, of LanceDB's top 10: the share the in-memory index also returns in its top 10,
                 and whether both put the same row first (LanceDB's index covers every row: built last)
-    memory      the in-memory index's arrays (postings, frequencies, lengths), MB (the vocabulary's strings
-                aside)
+    memory      the in-memory index's arrays (postings, frequencies, impacts, lengths), MB (the vocabulary's
+                strings aside)
 
 Run: python benchmarks/bench_bm25.py [--rows 41381,250000,1000000] [--queries 60]
 """
@@ -51,6 +51,7 @@ def measure(n: int, stories: list[list[str]], work: Path) -> dict[str, object]:
     build_s = time.perf_counter() - start
     del texts
     held = sum(s.starts.nbytes + s.rows.nbytes + s.tf.nbytes for s in index.segments) + index.lengths.nbytes \
+        + sum(i.nbytes for i in index.impacts) \
         + index.norm.nbytes + index.idf.nbytes + index.df.nbytes
     row_ids = table.search().select(["id"]).with_row_id(True).limit(n).to_arrow()["_rowid"].to_numpy()
     position = {int(r): i for i, r in enumerate(row_ids)}  # the scan order: the texts' order above

@@ -1,11 +1,12 @@
 """The full-text space in memory: BM25 over an inverted index of the loaded matrix's rows, searched with
-numpy, beside the exact ranker (`fulltext.engine` decides where: by default up to 100,000 rows).
+numpy, beside the exact ranker (`fulltext.engine` decides where: by default up to 1,000,000 rows).
 
-LanceDB's full-text search costs a query plan per query part; here a part costs its posting lists. A
-story of 8.9 query sentences took 3.4 ms against LanceDB's 14.1 at 41k rows and 8.0 against 14.4 at 100k,
-but scoring every posting grows with the rows: 91 ms against 68 at 1M (benchmarks/results/bm25-memory.md).
-The index is built at the first full-text search of a loaded matrix, from the rows' text (1.0 s at 41k
-rows, 2.7 s at 100k: about LanceDB's own build), and a later version of the table carries it over
+LanceDB's full-text search costs a query plan per query part; here a part costs its posting lists, each
+posting's term weight but for the idf computed in advance (its impact). A story of 8.9 query sentences
+took 2.9 ms against LanceDB's 12.2 at 41k rows, 3.6 against 17.2 at 100k and 20.6 against 49.8 at 1M
+(benchmarks/results/bm25-memory.md). The index is built at the first full-text search of a loaded matrix,
+from the rows' text (2-7 s at 100k rows, 39 s at 1M: about LanceDB's own build), and a later version of
+the table carries it over
 (`for_matrix`): the rows still there keep their postings, renumbered, and only the rows written since are
 read and added as a segment of their own; the statistics (N, df, average length) are always those of all
 rows.
@@ -187,6 +188,7 @@ class Bm25:
         self.idf = np.log1p((len(worded) - self.df + 0.5) / (self.df + 0.5))  # (T,)
         average = float(worded.mean()) if len(worded) else 1.0
         self.norm = (K1 * (1 - B + B * lengths / average)).astype(np.float32)
+        self.impacts = tuple(_impacts(s, self.norm) for s in segments)  # per posting, as segment.tf
 
     @classmethod
     def build(cls, texts: pa.Array | pa.ChunkedArray, rows: np.ndarray | None = None,
@@ -221,39 +223,36 @@ class Bm25:
 
     def search(self, texts: list[str], c: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """Each text's best c rows and their BM25 scores, best first, ties to the smaller row:
-        (rows int64, scores float64) per text; a text with no known word finds nothing. Every posting of
-        every text's terms is scored, all texts at once, and summed by (text, row). (Skipping rows that
-        cannot place, MaxScore, skipped few for sentences at c = 32 and cost 5-8x as much here.)"""
-        empty = (np.zeros(0, dtype=np.int64), np.zeros(0))
-        if c <= 0:
-            return [empty for _ in texts]
-        # (text, term) pairs and how often the text gives the term; terms of later growths left out
-        asked = [np.unique([t for t in self.vocabulary.lookup(split_words(text)) if t < self.n_terms],
-                           return_counts=True) for text in texts]
-        text_of = np.repeat(np.arange(len(texts)), [len(terms) for terms, _ in asked])  # (Q,)
-        term = np.concatenate([terms for terms, _ in asked]).astype(np.int64) if asked else np.zeros(0, np.int64)
-        repeats = np.concatenate([m for _, m in asked]) if asked else np.zeros(0, np.int64)
-        n = max(len(self.lengths), 1)
-        keys, weights = [], []
-        for segment in self.segments:
-            known = term + 1 < len(segment.starts)  # terms the segment has a posting list for
-            first = segment.starts[np.where(known, term, 0)]
-            count = np.where(known, segment.starts[np.where(known, term + 1, 0)] - first, 0)  # (Q,)
-            # every posting of every (text, term): positions first[j] .. first[j] + count[j] - 1
-            at = np.repeat(first - (np.cumsum(count) - count), count) + np.arange(int(count.sum()))
-            rows, tf = segment.rows[at], segment.tf[at]
-            weight = np.repeat(repeats * self.idf[term] * (K1 + 1), count) * tf / (tf + self.norm[rows])
-            keys.append(np.repeat(text_of, count) * n + rows)
-            weights.append(weight)
-        # summed by (text, row): a stable sort merges the posting lists' ascending runs (3x np.unique's time)
-        key = np.concatenate(keys)
-        order = np.argsort(key, kind="stable")
-        key = key[order]
-        first = np.flatnonzero(np.diff(key, prepend=-1))  # where each (text, row) starts
-        unique = key[first]
-        scores = np.add.reduceat(np.concatenate(weights)[order], first) if len(key) else np.zeros(0)  # (U,) float64
-        bounds = np.searchsorted(unique // n, np.arange(len(texts) + 1))
-        return [top(unique[a:b] % n, scores[a:b], c) for a, b in zip(bounds[:-1], bounds[1:])]
+        (rows int64, scores float64) per text; a text with no known word finds nothing."""
+        return [self._search_one(text, c) for text in texts]
+
+    def _search_one(self, text: str, c: int) -> tuple[np.ndarray, np.ndarray]:
+        """One text's best c rows: its terms' postings scored (impact x idf x repeats), summed by row in a
+        dense accumulator, and only the postings that can reach the c-th best row ranked. (A sort of the
+        postings by row took 3x as long at 1M rows; skipping rows that cannot place, MaxScore, skipped
+        few for sentences at c = 32 and cost 5-8x as much.)"""
+        # distinct terms and how often the text gives each; terms of later growths left out
+        terms, repeats = np.unique([t for t in self.vocabulary.lookup(split_words(text)) if t < self.n_terms],
+                                   return_counts=True)
+        rows, weights = [], []
+        for segment, impact in zip(self.segments, self.impacts):
+            for term, times in zip(terms.tolist(), repeats.tolist()):
+                if term + 1 < len(segment.starts):  # the segment has a posting list for the term
+                    a, b = segment.starts[term], segment.starts[term + 1]
+                    rows.append(segment.rows[a:b])
+                    weights.append(impact[a:b] * np.float32(times * self.idf[term]))
+        if c <= 0 or not rows:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
+        row, weight = np.concatenate(rows), np.concatenate(weights)  # (P,) every posting
+        total = np.bincount(row, weights=weight, minlength=len(self.lengths))  # (n,) float64
+        # a row has at most one posting per term (segments hold disjoint rows), so the c-th best row's
+        # postings are among the len(terms) * c best postings: fewer rows than c score above it
+        most = len(terms) * c
+        if len(row) > most:
+            score = total[row]  # (P,) each posting's row's total
+            row = row[score >= np.partition(score, len(score) - most)[len(score) - most]]
+        found = np.unique(row)
+        return top(found.astype(np.int64), total[found], c)
 
 
 def top(rows: np.ndarray, scores: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
@@ -265,6 +264,18 @@ def top(rows: np.ndarray, scores: np.ndarray, c: int) -> tuple[np.ndarray, np.nd
         rows, scores = rows[reach], scores[reach]
     order = np.lexsort((rows, -scores))[:c]
     return rows[order], scores[order]
+
+
+def _impacts(segment: Segment, norm: np.ndarray, step: int = 1 << 20) -> np.ndarray:
+    """Each posting's BM25 term weight without the idf, (k1 + 1) tf / (tf + norm[row]), as float32 (P,):
+    computed in steps into one array (the whole-array temporaries' first touch cost 20x as much)."""
+    impact = np.empty(len(segment.tf), dtype=np.float32)
+    for a in range(0, len(impact), step):
+        part, tf = impact[a:a + step], segment.tf[a:a + step]
+        np.add(tf, norm[segment.rows[a:a + step]], out=part)
+        np.divide(tf, part, out=part)
+    impact *= np.float32(K1 + 1)
+    return impact
 
 
 def _segment(texts: pa.Array | pa.ChunkedArray, rows: np.ndarray, vocabulary: Vocabulary,

@@ -41,11 +41,11 @@ REBUILD_SHARE = 0.25  # rebuild once the rows the index does not cover are a qua
 REBUILD_MIN = 1000  # ... and at least this many (a flat scan of fewer costs nothing)
 ENGINES = ("auto", "memory", "lancedb")  # who answers the full-text space on the exact path
 ENGINE_VARIABLE = "MRAG_FULLTEXT"  # the process's choice where the caller makes none (default: auto)
-# rows up to which `auto` answers in memory: a story of 8.9 query sentences took 3.4 ms against LanceDB's 14.1
-# at 41k rows, 8.0 against 14.4 at 100k, 10.0 against 18.4 at 150k, 19.3 against 23.8 at 250k, 91 against 68
-# at 1M (scoring every posting grows with the rows, LanceDB's query less); the build, at the first full-text
-# search of a process, took about as long as LanceDB's own (benchmarks/results/bm25-memory.md, 2 cores)
-MEMORY_ROWS = 100_000
+# rows up to which `auto` answers in memory: a story of 8.9 query sentences took 2.9 ms against LanceDB's 12.2
+# at 41k rows, 3.6 against 17.2 at 100k, 6.4 against 18.3 at 250k, 20.6 against 49.8 at 1M; the build, at the
+# first full-text search of a process, 39 s at 1M (LanceDB's own 30 s) and 418 MB of arrays beside the
+# matrix's 3 GB (benchmarks/results/bm25-memory.md, 2 cores); larger sizes were not measured
+MEMORY_ROWS = 1_000_000
 QUERY_THREADS = 4  # threads for a table without an AsyncTable (`started`): its queries run side by side
 Hits = tuple[list[int], list[str], np.ndarray]  # (Lance row ids, chunk ids, scores), best first
 _pools: dict[int, ThreadPoolExecutor] = {}  # per process id: a forked child gets its own threads
@@ -63,7 +63,7 @@ def _pool() -> ThreadPoolExecutor:
 def engine(choice: str | None, rows: int) -> str:
     """'memory' or 'lancedb': the caller's `choice`, else MRAG_FULLTEXT's, else 'auto'; 'auto' answers in
     memory up to MEMORY_ROWS rows."""
-    value = choice or os.environ.get(ENGINE_VARIABLE, "").strip() or "auto"
+    value = choice or _variable() or "auto"
     if value not in ENGINES:
         raise ValueError(f"the full-text engine must be one of {', '.join(ENGINES)}, got {value!r}")
     if value == "auto":
@@ -74,7 +74,12 @@ def engine(choice: str | None, rows: int) -> str:
 def searching_once(store: Any) -> None:
     """For a process that searches once (`mrag search`, `mrag ask`): LanceDB answers the full-text space,
     unless MRAG_FULLTEXT says otherwise; an in-memory index's build pays back only over many searches."""
-    store.fulltext = os.environ.get(ENGINE_VARIABLE, "").strip() or "lancedb"
+    store.fulltext = _variable() or "lancedb"
+
+
+def _variable() -> str:
+    """MRAG_FULLTEXT's value ('' where unset)."""
+    return os.environ.get(ENGINE_VARIABLE, "").strip()
 
 
 def in_memory(matrix: Matrix, choice: str | None) -> Callable[[], Bm25] | None:
@@ -239,20 +244,25 @@ class FullTextRanker:
         if memory is not None and ann is not None:
             raise ValueError("the in-memory full-text index numbers the matrix's rows: exact search only")
         self.inner, self.table, self.row_ids, self.ann, self.memory = inner, table, row_ids, ann, memory
-        self._cache: dict[tuple[str, int], Hits] | None = {} if cache else None
-        self._memory_cache: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._cache: dict[tuple[str, int], Any] | None = {} if cache else None  # (text, c) -> its hits
         self._checked = False
 
-    def _started(self, texts: list[str], c: int) -> Callable[[], list[Hits]]:
-        """`started` for the texts not in the cache (all, without one); -> a call that waits for all."""
-        ids = self.row_ids is None  # the ANN ranker numbers rows by chunk id; exact places by row id
+    def _started(self, texts: list[str], c: int) -> Callable[[], list[Any]]:
+        """The texts' full-text hits, through the cache where kept; -> a call that waits for them all. LanceDB's
+        queries start now (`started`: they run beside the vector ranking), and give `Hits`; the in-memory
+        index searches when waited for, and gives (matrix rows, scores)."""
+        memory, ids = self.memory, self.row_ids is None  # the ANN ranker numbers rows by chunk id
+
+        def start(some: list[str]) -> Callable[[], list[Any]]:
+            return (lambda: memory().search(some, c)) if memory is not None else started(self.table, some, c, ids)
+
         if self._cache is None:
-            return started(self.table, texts, c, ids)
+            return start(texts)
         cache = self._cache
         missing = list(dict.fromkeys(t for t in texts if (t, c) not in cache))
-        wait = started(self.table, missing, c, ids) if missing else list
+        wait = start(missing) if missing else list
 
-        def hits() -> list[Hits]:
+        def hits() -> list[Any]:
             cache.update(((t, c), found) for t, found in zip(missing, wait()))
             return [cache[(t, c)] for t in texts]
 
@@ -266,7 +276,7 @@ class FullTextRanker:
             check(self.table)
             self._checked = True
         # the query parts' full-text searches run beside each other and beside the vector ranking
-        wait = self._started([q.text for q in queries], c) if self.memory is None else list
+        wait = self._started([q.text for q in queries], c)
         vector = [s for s, v in enumerate(chosen) if v.group != FULLTEXT]
         ranking = np.full((len(queries), len(chosen), c), -1, dtype=np.int64)
         sims = np.full((len(queries), len(chosen), c), -np.inf)
@@ -275,7 +285,7 @@ class FullTextRanker:
             ranking[:, vector], sims[:, vector] = inner_ranking, inner_sims
         hits = wait()
         if self.memory is not None:  # in memory: matrix rows already
-            rows, scores = map(list, zip(*self._memory_hits([q.text for q in queries], c))) if queries else ([], [])
+            rows, scores = [found for found, _ in hits], [score for _, score in hits]
         elif self.row_ids is not None:  # exact: the matrix row of each Lance row id
             placed = [_ROWS.rows(self.row_ids, row_ids) for row_ids, _, _ in hits]
             rows, scores = [at[at >= 0] for at in placed], [score[at >= 0] for at, (_, _, score) in zip(placed, hits)]
@@ -286,16 +296,6 @@ class FullTextRanker:
             for s in full:
                 ranking[p, s, : len(found)], sims[p, s, : len(found)] = found, score
         return ranking, sims
-
-    def _memory_hits(self, texts: list[str], c: int) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Each text's (matrix rows, scores) from the in-memory index, through the cache when kept."""
-        assert self.memory is not None
-        if self._cache is None:
-            return self.memory().search(texts, c)
-        cache = self._memory_cache
-        missing = list(dict.fromkeys(t for t in texts if (t, c) not in cache))
-        cache.update(((t, c), found) for t, found in zip(missing, self.memory().search(missing, c) if missing else []))
-        return [cache[(t, c)] for t in texts]
 
     def _join_ann(self, ranking: np.ndarray, vector: list[int], hits: list[Any], asked: bool) -> list[np.ndarray]:
         """Number the ANN ranker's rows and the full-text hits together, in Lance row-id order (as the
