@@ -96,6 +96,23 @@ def test_appended_rows_extend_the_index_as_one_built_whole(monkeypatch):
     assert partial.search(["row20"], 3)[0][0].tolist() == []  # an older index never sees later rows' words
 
 
+def test_a_build_in_blocks_is_the_build_at_once(monkeypatch):
+    """Texts cut into words a block at a time (the build's memory) and merged without a sort: the same
+    postings as one block, a term first seen in a late block and rows without a word included."""
+    docs = [f"{w} {v} row{i % 5}" for i, (w, v) in enumerate(zip(["kiwi", "pear", "fig"] * 9, ["red", "the"] * 14))]
+    docs[6:8] = ["", "of the"]
+    docs[25] = "mango kiwi kiwi"
+    whole = Bm25.build(pa.array(docs))
+    monkeypatch.setattr(bm25, "BLOCK_ROWS", 4)
+    blocks = Bm25.build(pa.array(docs))
+    (one,), (merged,) = whole.segments, blocks.segments
+    assert blocks.vocabulary.ids == whole.vocabulary.ids and np.array_equal(blocks.lengths, whole.lengths)
+    assert [a.tolist() for a in (merged.starts, merged.rows, merged.tf)] == \
+        [a.tolist() for a in (one.starts, one.rows, one.tf)]
+    mango = whole.vocabulary.ids["mango"]
+    assert one.rows[one.starts[mango]:one.starts[mango + 1]].tolist() == [25]
+
+
 def test_an_index_searched_after_its_vocabulary_grew_knows_only_its_own_words():
     first = Bm25.build(pa.array(["kiwi fig", "pear plum"]))
     grown = first.extended(pa.array(["kiwi mango", "mango papaya"]))  # shares and grows the vocabulary

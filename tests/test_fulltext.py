@@ -342,6 +342,38 @@ def test_the_ranker_searches_each_text_once_with_its_cache(index, monkeypatch):
         fulltext.FullTextRanker(lambda chosen, queries, c: None, table)
 
 
+def test_the_in_memory_ranker_caches_as_lancedb_s_does_and_builds_only_when_asked(index):
+    """The evaluation's path: the in-memory index behind the cache ranks as LanceDB's index, searches each
+    text once, and an empty search never builds the index."""
+    from mrag.retrieve import bm25
+
+    index.add(DOCS)
+    table, matrix = index.store.snapshot(), index.store.matrix()
+    searched: list[list[str]] = []
+    built = bm25.for_matrix(matrix)
+    real = built.search
+    built.search = lambda texts, c: searched.append(list(texts)) or real(texts, c)  # type: ignore[method-assign]
+    memory = lambda: built  # noqa: E731
+
+    inner = lambda chosen, queries, c: None  # noqa: E731 (only the full-text voter is asked)
+    voters = retrieve.voters("bm25", 0, index.space_weights())
+    parts = [retrieve.QueryVectors(np.zeros(4), np.zeros((0, 0)), text=t) for t in ("chess", "tides", "chess")]
+    lancedb = fulltext.FullTextRanker(inner, table, row_ids=matrix.row_ids)(voters, parts, 3)
+    for cache in (True, False):
+        ranker = fulltext.FullTextRanker(inner, table, row_ids=matrix.row_ids, cache=cache, memory=memory)
+        searched.clear()
+        first, again = ranker(voters, parts, 3), ranker(voters, parts[:2], 3)
+        assert np.array_equal(first[0], lancedb[0]) and np.allclose(first[1], lancedb[1], rtol=1e-5)
+        assert np.array_equal(again[0], first[0][:2])
+        assert searched == ([["chess", "tides"]] if cache else [["chess", "tides", "chess"], ["chess", "tides"]])
+
+    def unbuilt() -> bm25.Bm25:
+        raise AssertionError("built for no query")
+
+    ranker = fulltext.FullTextRanker(inner, table, row_ids=matrix.row_ids, memory=unbuilt)
+    assert ranker(voters, [], 3)[0].shape == (0, 1, 3)
+
+
 def test_full_text_hits_are_placed_by_row_id_where_their_chunk_ids_are_as_the_matrix_grows(db_path, fake):
     writer, reader = Index.open(db_path, embedder=fake), Index.open(db_path, embedder=FakeEmbedder())
     writer.add(DOCS[:3])

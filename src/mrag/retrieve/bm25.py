@@ -43,6 +43,9 @@ K1, B = 1.2, 0.75  # LanceDB's BM25 parameters
 LONGEST = 40  # words of this many UTF-8 bytes or more are dropped (LanceDB's max_token_length)
 ASCII_WORD = re.compile(r"[A-Za-z0-9]+")  # a word of ASCII text: a run of letters and digits
 MAX_SEGMENTS = 8  # appended segments an index keeps before the next growth rebuilds it whole
+# texts cut into words at a time: a build holds one block's words (all 1M rows' at once peaked at 5.6 GB for
+# 413 MB of postings kept)
+BLOCK_ROWS = 32_768
 # LanceDB's English stop words (NLTK's list; a word is dropped when its stem is one of them)
 STOP_WORDS = frozenset("""
 a about above after again against ain all am an and any are aren as at be because been before being below
@@ -163,13 +166,21 @@ class Segment:
 
     @classmethod
     def merged(cls, segments: tuple[Segment, ...], n_terms: int) -> Segment:
-        """One segment of the postings of segments over disjoint rows."""
-        n = max(int(s.rows.max()) + 1 if len(s.rows) else 1 for s in segments)
-        keys = np.concatenate([np.repeat(np.arange(len(s.starts) - 1), np.diff(s.starts)) * n + s.rows
-                               for s in segments])
-        order = np.argsort(keys, kind="stable")
-        keys, tf = keys[order], np.concatenate([s.tf for s in segments])[order]
-        return cls(np.searchsorted(keys // n, np.arange(n_terms + 1)), (keys % n).astype(np.int32), tf)
+        """One segment of segments in row order (every row of one below every row of the next): a term's
+        postings are its postings in each segment, one segment after the other, so each segment's are
+        laid out at their place without a sort."""
+        counts = [np.pad(np.diff(s.starts), (0, n_terms + 1 - len(s.starts))) for s in segments]  # (T,) each
+        starts = np.concatenate([[0], np.cumsum(sum(counts, np.zeros(n_terms, dtype=np.int64)))])
+        rows = np.empty(int(starts[-1]), dtype=np.int32)
+        tf = np.empty(len(rows), dtype=np.float32)
+        before = starts[:-1].copy()  # (T,) where each term's postings of the next segment go
+        for segment, count in zip(segments, counts):
+            # posting j of term t goes to before[t] + (j - segment.starts[t])
+            at = np.repeat(before - np.pad(segment.starts[:-1], (0, n_terms + 1 - len(segment.starts))), count)
+            at += np.arange(len(at))
+            rows[at], tf[at] = segment.rows, segment.tf
+            before += count
+        return cls(starts, rows, tf)
 
     def df(self, n_terms: int) -> np.ndarray:
         """Rows per term (n_terms,)."""
@@ -191,23 +202,20 @@ class Bm25:
         self.impacts = tuple(_impacts(s, self.norm) for s in segments)  # per posting, as segment.tf
 
     @classmethod
-    def build(cls, texts: pa.Array | pa.ChunkedArray, rows: np.ndarray | None = None,
-              vocabulary: Vocabulary | None = None) -> Bm25:
-        """The index of `texts`, text i being matrix row rows[i] (default i); rows cover 0..n-1."""
-        vocabulary = vocabulary or Vocabulary.empty()
-        rows = np.arange(len(texts)) if rows is None else np.asarray(rows)
-        segment, lengths = _segment(texts, rows, vocabulary, len(rows))
+    def build(cls, texts: pa.Array | pa.ChunkedArray) -> Bm25:
+        """The index of `texts`, text i being matrix row i."""
+        vocabulary = Vocabulary.empty()
+        segment, lengths = _blocks(texts, 0, vocabulary)
         return cls(vocabulary, (segment,), lengths)
 
     def extended(self, texts: pa.Array | pa.ChunkedArray) -> Bm25:
         """This index with `texts` as rows n, n+1, ... appended (this one unchanged)."""
         n = len(self.lengths)
-        rows = np.arange(n, n + len(texts))
-        segment, lengths = _segment(texts, rows, self.vocabulary, n + len(texts))
+        segment, lengths = _blocks(texts, n, self.vocabulary)
         segments = self.segments + (segment,)
         if len(segments) > MAX_SEGMENTS:  # one sort of every posting again
             segments = (Segment.merged(segments, len(self.vocabulary.ids)),)
-        return Bm25(self.vocabulary, segments, np.concatenate([self.lengths, lengths[n:]]))
+        return Bm25(self.vocabulary, segments, np.concatenate([self.lengths, lengths]))
 
     def renumbered(self, position: np.ndarray) -> Bm25:
         """This index with row r as row position[r], and rows whose position is -1 dropped: the positions
@@ -278,11 +286,22 @@ def _impacts(segment: Segment, norm: np.ndarray, step: int = 1 << 20) -> np.ndar
     return impact
 
 
-def _segment(texts: pa.Array | pa.ChunkedArray, rows: np.ndarray, vocabulary: Vocabulary,
-             n: int) -> tuple[Segment, np.ndarray]:
-    """The postings of `texts` (matrix rows `rows`) and the word counts of all n rows (0 for rows not
-    among them). Arrow cuts the texts at white space (its regex split took 4x as long); each distinct piece
-    is cut into words in Python once, and the pieces' words are laid out for every occurrence at once."""
+def _blocks(texts: pa.Array | pa.ChunkedArray, first: int, vocabulary: Vocabulary) -> tuple[Segment, np.ndarray]:
+    """The postings of `texts` as rows first, first + 1, ..., cut into words BLOCK_ROWS texts at a time and
+    merged, and their word counts (len(texts),)."""
+    segments, lengths = [], np.zeros(len(texts), dtype=np.float32)
+    for a in range(0, max(len(texts), 1), BLOCK_ROWS):
+        block = texts[a:a + BLOCK_ROWS]
+        segment, lengths[a:a + len(block)] = _segment(block, np.arange(first + a, first + a + len(block)), vocabulary)
+        segments.append(segment)
+    merged = segments[0] if len(segments) == 1 else Segment.merged(tuple(segments), len(vocabulary.ids))
+    return merged, lengths
+
+
+def _segment(texts: pa.Array | pa.ChunkedArray, rows: np.ndarray, vocabulary: Vocabulary) -> tuple[Segment, np.ndarray]:
+    """The postings of `texts` (matrix rows `rows`) and their word counts (len(rows),) float32. Arrow cuts
+    the texts at white space (its regex split took 4x as long); each distinct piece is cut into words in
+    Python once, and the pieces' words are laid out for every occurrence at once."""
     listed = pc.utf8_split_whitespace(texts)
     chunks = listed.chunks if isinstance(listed, pa.ChunkedArray) else [listed]
     pieces_per_text = np.concatenate([np.diff(ch.offsets.to_numpy()) for ch in chunks]) if chunks \
@@ -300,8 +319,7 @@ def _segment(texts: pa.Array | pa.ChunkedArray, rows: np.ndarray, vocabulary: Vo
     terms = piece_terms[at]  # (W,) term of every word, -1 dropped
     text_of = np.repeat(np.repeat(np.arange(len(rows)), pieces_per_text), count)  # (W,)
     kept = terms >= 0
-    lengths = np.zeros(n, dtype=np.float32)
-    lengths[rows] = np.bincount(text_of[kept], minlength=len(rows))
+    lengths = np.bincount(text_of[kept], minlength=len(rows)).astype(np.float32)
     return Segment.build(terms[kept], rows.astype(np.int64)[text_of[kept]], len(vocabulary.ids)), lengths
 
 

@@ -254,13 +254,15 @@ class FullTextRanker:
         memory, ids = self.memory, self.row_ids is None  # the ANN ranker numbers rows by chunk id
 
         def start(some: list[str]) -> Callable[[], list[Any]]:
+            if not some:  # nothing to search: the index is not even built
+                return list
             return (lambda: memory().search(some, c)) if memory is not None else started(self.table, some, c, ids)
 
         if self._cache is None:
             return start(texts)
         cache = self._cache
         missing = list(dict.fromkeys(t for t in texts if (t, c) not in cache))
-        wait = start(missing) if missing else list
+        wait = start(missing)
 
         def hits() -> list[Any]:
             cache.update(((t, c), found) for t, found in zip(missing, wait()))
