@@ -88,6 +88,28 @@ def rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
+def rss_growth_during(call: Callable[[], Any], every_s: float = 0.005) -> tuple[Any, float]:
+    """call()'s result and the most the resident set grew above its size at the start while it ran, in MiB
+    (sampled every `every_s` seconds by a thread; memory freed earlier and reused does not count)."""
+    import threading
+
+    start = rss_mb()
+    most, done = [start], threading.Event()
+
+    def watch() -> None:
+        while not done.wait(every_s):
+            most[0] = max(most[0], rss_mb())
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        result = call()
+    finally:
+        done.set()
+        watcher.join()
+    return result, max(most[0], rss_mb()) - start
+
+
 def peak_rss_mb() -> float:
     """Peak resident set size of this process so far in MiB (Linux reports KiB)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -102,6 +124,7 @@ def machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "processor": platform.processor() or platform.machine(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # AVX2, AVX512, ...: bf16 kernels or not
     } | ({"gpu": torch.cuda.get_device_name(0)} if torch.cuda.is_available() else {})
 
 

@@ -199,7 +199,12 @@ def test_unknown_precision():
 
 def test_the_environment_picks_the_precision(monkeypatch):
     standard, heads = np.zeros((1, 2), np.float32), np.zeros((1, 1, 2), np.float32)
+    assert exact.Exact(standard, heads).precision == exact.default_precision()
+    # bf16 only where the CPU has bf16 kernels (the bf16 scan was 90x slower than fp32 on an AVX2-only CPU)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
     assert exact.Exact(standard, heads).precision == "bf16"
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    assert exact.Exact(standard, heads).precision == "fp32"
     monkeypatch.setenv("MRAG_EXACT_PRECISION", "fp32")
     assert exact.Exact(standard, heads).precision == "fp32"
     assert exact.Exact(standard, heads, precision="bf16").precision == "bf16"  # an explicit one wins

@@ -45,7 +45,8 @@ def cli() -> None:
 @click.option("--document-instruction", default="", help="Prefix for documents (new index).")
 @click.option("--device", default="auto", show_default=True, help="cpu, cuda, mps or auto.")
 @click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True,
-              help="Weights dtype (bfloat16 is 2-3x faster on CPU).")
+              help="Weights dtype (bfloat16: faster on CPUs with bf16 kernels, AVX-512 and up; 6x slower "
+                   "on an AVX2-only one).")
 @click.option("--space", "spaces", multiple=True, metavar="[LABEL=]FUNCTION[:key=value,...]",
               help="Add an embedding space from LanceDB's registry, e.g. "
                    "'mpnet=sentence-transformers:name=/models/all-mpnet-base-v2' (repeatable; docs/spaces.md).")

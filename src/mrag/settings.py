@@ -90,3 +90,14 @@ class AnnPolicy:
     index_type: str | None = None
     nprobes: int | None = None
     spaces: tuple[str, ...] | None = None  # HNSW: the spaces that get a graph (None: every one)
+
+
+def cpu_has_bf16_kernels() -> bool:
+    """Whether torch has bf16 kernels for this CPU (oneDNN's: x86 with AVX-512 and up, Arm with BF16); without
+    them bf16 work is slower than fp32 (the exact scan's default precision, `--dtype bfloat16`)."""
+    import torch
+
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # a build without oneDNN
+        return False

@@ -10,6 +10,7 @@ sentence-transformers pooling when it ships one, else the same pooling of the la
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from mrag.embed.base import Embeddings, HeadEmbedder
 from mrag.embed.models import resolve_model
+from mrag.settings import cpu_has_bf16_kernels
 
 Pooling = Literal["mean", "cls", "last"]
 DTYPES = ("float32", "bfloat16", "float16")
@@ -61,6 +63,9 @@ class TransformerEmbedder(HeadEmbedder):
         self.tokenizer = AutoTokenizer.from_pretrained(spec.path, **kwargs)
         self.model = AutoModel.from_pretrained(spec.path, dtype=getattr(torch, dtype), **kwargs)
         self.model.to(self.device).eval()
+        if dtype == "bfloat16" and self.device == "cpu" and not cpu_has_bf16_kernels():
+            warnings.warn("bfloat16 on a CPU without bf16 kernels (AVX-512 and up) is slower than float32: "
+                          "MiniLM embedded 6x fewer texts a second on an AVX2-only CPU", stacklevel=2)
         config = self.model.config
         self.name = spec.name
         self.revision = revision or getattr(config, "_commit_hash", None)

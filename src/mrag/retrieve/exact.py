@@ -8,11 +8,11 @@ segments whose peak reaches the line's (c+1)-th best peak so far are kept (`Cand
 segments hold a row at least that good, so no row of another segment can place. The few kept rows
 are ranked once at the end (`best_of`). A block thus costs its products and one max pass; a top-k
 over every row cost more than the products for the heads' 384 lines of a batch of 32 queries.
-With precision "bf16" (the default) the heads, and a space searched with two parts or more (or with
-one, from `lowprec.SPACE_ONE_PART_ROWS` rows), are scanned from a bf16 copy instead and the rows that
-could place re-scored in fp32 (`lowprec`): the same rows and scores, but a space's scores up to their
-last bits (and its rows where two score within them). `Exact` is a `types.Ranker`; `ann.AnnRanker` is
-the approximate one.
+With precision "bf16" (the default where the CPU has bf16 kernels) the heads, and a space searched
+with two parts or more (or with one, from `lowprec.SPACE_ONE_PART_ROWS` rows), are scanned from a bf16
+copy instead and the rows that could place re-scored in fp32 (`lowprec`): the same rows and scores, but
+a space's scores up to their last bits (and its rows where two score within them). `Exact` is a
+`types.Ranker`; `ann.AnnRanker` is the approximate one.
 """
 
 from __future__ import annotations
@@ -29,19 +29,29 @@ from mrag.retrieve.strategies import unit
 from mrag.retrieve.strategies import vote as retrieve_vote
 from mrag.retrieve.types import QueryVectors, Result, Scales, Voter
 from mrag.scales import split_width
+from mrag.settings import cpu_has_bf16_kernels
 
 SCORE_BYTES = 512 * 2**20  # the most memory a scan's candidates may take
 BLOCK_ROWS = 65_536  # the most rows scored at a time
 BLOCK_BYTES = 12 * 2**20  # a block's similarities, all lines: about what the L3 cache holds
 SEGMENT_ROWS = 32  # rows per segment: a block's rows are kept or skipped a segment at a time
 PRECISIONS = ("bf16", "fp32")  # the scan: a bf16 pass re-scored in fp32 (`lowprec`), or fp32
-DEFAULT_PRECISION = "bf16"  # fp32's rows and scores (a space's up to the last bits; tested), faster (core-lowprec*.md)
-PRECISION_VARIABLE = "MRAG_EXACT_PRECISION"  # fp32: no bf16 copies (half the bytes of what they copy), slower
+# bf16 gives fp32's rows and scores (a space's up to the last bits; tested) and was faster (core-lowprec*.md)
+# where the CPU has bf16 kernels; fp32 elsewhere (`default_precision`)
+DEFAULT_PRECISION = "bf16"
+PRECISION_VARIABLE = "MRAG_EXACT_PRECISION"  # fp32: no bf16 copies (half the bytes of what they copy)
+
+
+def default_precision() -> str:
+    """bf16 where torch has bf16 kernels for this CPU (oneDNN's: x86 with AVX-512 and up, Arm with BF16),
+    else fp32: on an AVX2-only CPU (an AMD EPYC, torch 2.13) the bf16 scan of 141k rows for a six-part
+    query took 2.6 s against fp32's 29 ms (benchmarks/results/precision-cpu.md)."""
+    return DEFAULT_PRECISION if cpu_has_bf16_kernels() else "fp32"
 
 
 def precision_from_env() -> str:
-    """The exact scan's precision the environment asks for (MRAG_EXACT_PRECISION), else the default."""
-    value = os.environ.get(PRECISION_VARIABLE, "").strip() or DEFAULT_PRECISION
+    """The exact scan's precision the environment asks for (MRAG_EXACT_PRECISION), else `default_precision`."""
+    value = os.environ.get(PRECISION_VARIABLE, "").strip() or default_precision()
     if value not in PRECISIONS:
         raise ValueError(f"{PRECISION_VARIABLE} must be one of {', '.join(PRECISIONS)}, got {value!r}")
     return value
@@ -88,7 +98,7 @@ class Exact:
     standard vector and external spaces (one part from `lowprec.SPACE_ONE_PART_ROWS` rows), in bf16 and
     re-scores the rows that could place in fp32 (`lowprec`: the result of "fp32", a space's scores up to
     their last bits); vectors with NaN or infinite values, and rows that tie near the top beyond
-    `lowprec.KEPT_BYTES`, scan in fp32. None: as MRAG_EXACT_PRECISION says, else bf16."""
+    `lowprec.KEPT_BYTES`, scan in fp32. None: as MRAG_EXACT_PRECISION says, else `default_precision()`."""
 
     def __init__(
         self,
