@@ -12,27 +12,28 @@ Queries: the sentences of the paper's query stories, as the default cuts them.
     agreement   per part, of LanceDB's top 10: the share the in-memory index also returns in its top 10,
                 and whether both put the same row first (LanceDB's index covers every row: built last)
     memory      the in-memory index's arrays (postings, frequencies, impacts, lengths), MB (the vocabulary's
-                strings aside)
+                strings aside); and the most the process's RSS grew during the build (sampled every 5 ms)
 
 Run: python benchmarks/bench_bm25.py [--rows 41381,250000,1000000] [--queries 60]
 """
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 
 import lancedb
 import numpy as np
 import pyarrow as pa
-from _common import percentiles_ms
+from _common import percentiles_ms, rss_growth_during
 from bench_fulltext import over_sizes, texts_of, timed
 
 from mrag.matrix import read_ranges
 from mrag.retrieve import fulltext
 from mrag.retrieve.bm25 import Bm25
 
-COLUMNS = ["rows", "lancedb_build_s", "text_read_s", "memory_build_s", "memory_mb", "queries",
+COLUMNS = ["rows", "lancedb_build_s", "text_read_s", "memory_build_s", "memory_build_peak_mb", "memory_mb", "queries",
            "parts_per_query", "lancedb_p50_ms", "lancedb_p99_ms", "memory_p50_ms", "memory_p99_ms", "speedup_p50",
            "top10_agreement", "top1_equal"]
 
@@ -46,8 +47,9 @@ def measure(n: int, stories: list[list[str]], work: Path) -> dict[str, object]:
     start = time.perf_counter()
     texts = pa.Table.from_batches(list(read_ranges(table, ["text"], n)))["text"]
     read_s = time.perf_counter() - start
+    pa.default_memory_pool().release_unused()
     start = time.perf_counter()
-    index = Bm25.build(texts)
+    index, build_peak_mb = rss_growth_during(functools.partial(Bm25.build, texts))
     build_s = time.perf_counter() - start
     del texts
     held = sum(s.starts.nbytes + s.rows.nbytes + s.tf.nbytes for s in index.segments) + index.lengths.nbytes \
@@ -69,7 +71,8 @@ def measure(n: int, stories: list[list[str]], work: Path) -> dict[str, object]:
         times["memory"].append(timed(lambda s=story: index.search(s, 32)))
     row: dict[str, object] = {
         "rows": n, "lancedb_build_s": round(lancedb_build_s, 1), "text_read_s": round(read_s, 2),
-        "memory_build_s": round(build_s, 2), "memory_mb": round(held / 2**20),
+        "memory_build_s": round(build_s, 2), "memory_build_peak_mb": round(build_peak_mb),
+        "memory_mb": round(held / 2**20),
         "queries": len(stories), "parts_per_query": round(sum(map(len, stories)) / len(stories), 1),
         "top10_agreement": round(float(np.mean(overlap)), 4), "top1_equal": round(float(np.mean(first)), 4)}
     for name, ts in times.items():

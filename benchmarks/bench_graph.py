@@ -7,7 +7,8 @@ target 2).
    standard vector and 12 heads). The paper's queries (every other one) and multi-aspect queries of
    six held-out manual-page sentences are ranked by each strategy's exact search and through the graphs
    at several ef; recall of the final top 10 against the exact search's, and the mean time per query
-   of the ranking and vote (query vectors precomputed).
+   of the ranking and vote (query vectors precomputed). The full-text space is answered where a search
+   answers it (`fulltext.engine`: in memory at this size, unless MRAG_FULLTEXT says otherwise).
 2. **Speed at `--rows` synthetic rows** (`--synthetic`; `bench_scale`'s clustered rows, no real text
    of that size here): graphs for the standard vector only (the vector space of the default
    `segment-bm25`; a matrix loaded without heads gives `graph.update` only that space), then
@@ -101,7 +102,8 @@ def real_part(cache: Path, efs: list[int], strategies: list[str], man_query_coun
         graphs = graph.latest(graph.folder(index.store.uri), matrix)
         assert graphs is not None and len(graphs.nodes) == n
         exact = Exact(matrix.standard, matrix.heads)
-        exact_ranker = FullTextRanker(exact, matrix.table, row_ids=matrix.row_ids, cache=True)
+        memory = fulltext.in_memory(matrix, None)  # the full-text space where the product answers it
+        exact_ranker = FullTextRanker(exact, matrix.table, row_ids=matrix.row_ids, cache=True, memory=memory)
         rows: list[dict[str, Any]] = []
         for name, qs in query_sets.items():
             for s in strategies:
@@ -114,7 +116,7 @@ def real_part(cache: Path, efs: list[int], strategies: list[str], man_query_coun
                 print(rows[-1], flush=True)
                 for ef in efs:
                     ranker = FullTextRanker(graph.GraphRanker(matrix, graphs, exact, ef), matrix.table,
-                                            row_ids=matrix.row_ids, cache=True)
+                                            row_ids=matrix.row_ids, cache=True, memory=memory)
                     found, times = timed_votes(index, s, ranker, qs, matrix.ids)
                     untied = [i for i, t in enumerate(tied) if not t]
                     rows.append({"rows": n, "queries": name, "strategy": s, "path": "HNSW graphs", "ef": ef,

@@ -41,10 +41,10 @@ REBUILD_SHARE = 0.25  # rebuild once the rows the index does not cover are a qua
 REBUILD_MIN = 1000  # ... and at least this many (a flat scan of fewer costs nothing)
 ENGINES = ("auto", "memory", "lancedb")  # who answers the full-text space on the exact path
 ENGINE_VARIABLE = "MRAG_FULLTEXT"  # the process's choice where the caller makes none (default: auto)
-# rows up to which `auto` answers in memory: a story of 8.9 query sentences took 2.9 ms against LanceDB's 12.2
-# at 41k rows, 3.6 against 17.2 at 100k, 6.4 against 18.3 at 250k, 20.6 against 49.8 at 1M; the build, at the
-# first full-text search of a process, 39 s at 1M (LanceDB's own 30 s) and 418 MB of arrays beside the
-# matrix's 3 GB (benchmarks/results/bm25-memory.md, 2 cores); larger sizes were not measured
+# rows up to which `auto` answers in memory: a story of 8.9 query sentences took 2.3 ms against LanceDB's 10.2
+# at 41k rows, 3.6 against 13.7 at 100k, 6.0 against 20.0 at 250k, 22.1 against 52.5 at 1M; the build, at the
+# first full-text search of a process, 23 s at 1M (LanceDB's own 32 s), 418 MB of arrays beside the matrix's
+# 3 GB (benchmarks/results/bm25-memory.md, 2 cores); larger sizes were not measured
 MEMORY_ROWS = 1_000_000
 QUERY_THREADS = 4  # threads for a table without an AsyncTable (`started`): its queries run side by side
 Hits = tuple[list[int], list[str], np.ndarray]  # (Lance row ids, chunk ids, scores), best first
