@@ -393,3 +393,17 @@ def test_drop_ann_goes_back_to_exact_search(tmp_path, corpus, reuse_minilm):
     assert refused.exit_code == 2 and "contradict" in refused.stderr
     missing = mrag("index", "--drop-ann", "--db", tmp_path / "typo", ok=False)
     assert missing.exit_code == 1 and "no mrag index" in missing.stderr and not (tmp_path / "typo").exists()
+
+
+def test_output_to_a_closed_pipe_ends_quietly(db):
+    """`mrag heads | head -0`: the reader is gone before mrag writes; no error message, no traceback."""
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-c", "from mrag.cli import main; main()", "heads", "--db", str(db)]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert child.stdout is not None and child.stderr is not None
+    child.stdout.close()  # the reader leaves at once
+    err = child.stderr.read().decode()
+    assert child.wait(timeout=120) != 0
+    assert "Traceback" not in err and "Broken pipe" not in err and "Error" not in err, err

@@ -199,11 +199,22 @@ def test_unknown_precision():
 
 def test_the_environment_picks_the_precision(monkeypatch):
     standard, heads = np.zeros((1, 2), np.float32), np.zeros((1, 1, 2), np.float32)
-    assert exact.Exact(standard, heads).precision == exact.default_precision()
-    # bf16 only where the CPU has bf16 kernels (the bf16 scan was 90x slower than fp32 on an AVX2-only CPU)
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True)
+    # bf16 only where the CPU has bf16 kernels (the bf16 scan was up to 62x slower than fp32 on an AVX2-only CPU)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
     assert exact.Exact(standard, heads).precision == "bf16"
-    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False)
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", False)  # oneDNN turned off: no kernels
+    assert exact.Exact(standard, heads).precision == "fp32"
+    monkeypatch.setattr(torch.backends.mkldnn, "enabled", True)
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: False, raising=False)
+    assert exact.Exact(standard, heads).precision == "fp32"
+    monkeypatch.setenv("MRAG_EXACT_PRECISION", "bf16")  # asked for: bf16 all the same
+    assert exact.Exact(standard, heads).precision == "bf16"
+
+    def no_onednn() -> bool:
+        raise RuntimeError("torch was built without oneDNN")
+
+    monkeypatch.delenv("MRAG_EXACT_PRECISION")
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", no_onednn, raising=False)
     assert exact.Exact(standard, heads).precision == "fp32"
     monkeypatch.setenv("MRAG_EXACT_PRECISION", "fp32")
     assert exact.Exact(standard, heads).precision == "fp32"

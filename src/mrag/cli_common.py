@@ -39,6 +39,8 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         _quiet_libraries()
         try:
             return fn(*args, **kwargs)
+        except BrokenPipeError:  # the reader left (`| head`): click ends quietly
+            raise
         except (ValueError, FileNotFoundError, TypeError, OSError) as e:
             raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
 

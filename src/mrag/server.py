@@ -102,11 +102,12 @@ class State:
 
 def warm(index: Any, timeout_s: float) -> threading.Thread:
     """One search of two sentences with the index's default strategy, so that no request pays for what
-    searches keep in memory: on the exact path the matrix and its bf16 copies (a first request took 6.9 s
-    at 1M chunks without it, `benchmarks/results/warm.md`), LanceDB's full-text index, the model's first
-    pass. It runs on a thread of its own, waited for at most `timeout_s` (an external space's service
-    that does not answer would hold the start-up forever); past that, or on a failure, a warning is
-    logged and the server starts: requests then report their own errors. -> the thread (the app's
+    searches keep in memory: on the exact path the matrix, its bf16 copies where the CPU has bf16 kernels
+    (a first request took 6.9 s at 1M chunks without it, `benchmarks/results/warm.md`) and the in-memory
+    full-text index (23 s to build at 1M), else LanceDB's full-text index; the model's first pass. It runs
+    on a thread of its own, waited for at most `timeout_s` (an external space's service that does not
+    answer would hold the start-up forever); past that, or on a failure, a warning is logged and the
+    server starts: requests then report their own errors. -> the thread (the app's
     shutdown waits for it: a process that exits while it reads LanceDB may abort)."""
     log = logging.getLogger(__name__)
 

@@ -97,6 +97,8 @@ def cpu_has_bf16_kernels() -> bool:
     them bf16 work is slower than fp32 (the exact scan's default precision, `--dtype bfloat16`)."""
     import torch
 
+    if not torch.backends.mkldnn.enabled:  # turned off: torch's slow bf16 path
+        return False
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):  # a build without oneDNN
