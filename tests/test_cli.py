@@ -407,3 +407,12 @@ def test_output_to_a_closed_pipe_ends_quietly(db):
     err = child.stderr.read().decode()
     assert child.wait(timeout=120) != 0
     assert "Traceback" not in err and "Broken pipe" not in err and "Error" not in err, err
+
+
+def test_a_damaged_index_says_so_in_one_line(db):
+    """A data file of the index gone (a disk, a sync tool): one clear message and exit 1, no Lance traceback."""
+    next((db / "chunks.lance" / "data").glob("*.lance")).unlink()
+    result = mrag("search", "Roman aqueducts", "--db", db, ok=False)
+    assert result.exit_code == 1
+    assert "the index's files could not be read (lance error: Not found:" in result.output
+    assert "Traceback" not in result.output and ".rs:" not in result.output

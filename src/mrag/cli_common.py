@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -41,6 +42,13 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except BrokenPipeError:  # the reader left (`| head`): click ends quietly
             raise
+        except RuntimeError as e:  # Lance's storage errors: a damaged index, not a bug of ours
+            if not str(e).startswith("lance error"):
+                raise
+            where = re.sub(r", /\S+\.rs:\d+:\d+", "", str(e).splitlines()[0])  # less Lance's source line
+            raise click.ClickException(
+                f"the index's files could not be read ({where}): a file of the index is missing or damaged; "
+                "restore the folder from a backup, or index the documents again into a new folder") from e
         except (ValueError, FileNotFoundError, TypeError, OSError) as e:
             raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
 
