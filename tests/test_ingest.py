@@ -104,10 +104,20 @@ def test_jsonl_with_custom_fields(tmp_path):
         read_paths([path])  # default field names do not fit these records
 
 
+def test_jsonl_records_are_lines_and_their_strings_may_hold_any_separator(tmp_path):
+    """JSON strings may hold U+2028 / U+2029 unescaped (json.dumps(ensure_ascii=False) writes them so): a
+    record is a line ended by "\\n" (or "\\r\\n"), not what str.splitlines cuts."""
+    records = [{"id": "a", "text": "one\u2028two\u2029three\x1cfour"}, {"id": "b", "text": "five"}]
+    path = write(tmp_path / "r.jsonl", "\r\n".join(json.dumps(r, ensure_ascii=False) for r in records))
+    assert [(d.id, d.text) for d in read_file(path)] == [(r["id"], r["text"]) for r in records]
+
+
 @pytest.mark.parametrize(
     "name, content, message",
     [
         ("bad.json", "{not json", "invalid JSON"),
+        ("bad.json", '[{"text": "a"},\n\n {oops}]', "invalid JSON .* at line 3"),
+        ("bad.jsonl", '{"text": "a"}\n\n{"text": "b"}\r\n{oops\n', r"invalid JSON .* at line 4\)"),  # the file's line
         ("empty.jsonl", "\n\n", "the file is empty"),
         ("blank.json", '[{"text": "  "}]', "record 0 has an empty 'text'"),
         ("none.json", "[]", "no records"),

@@ -126,14 +126,18 @@ def _read_text(path: Path) -> str:
 
 
 def _records(path: Path, source: str, text: str, text_field: str, id_field: str, title_field: str) -> list[Document]:
-    try:
-        if path.suffix.lower() == ".jsonl":
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-        else:
-            loaded = json.loads(text)
-            rows = loaded if isinstance(loaded, list) else [loaded]
-    except json.JSONDecodeError as e:
-        raise IngestError(f"{path}: invalid JSON ({e.msg} at line {e.lineno})") from None
+    jsonl = path.suffix.lower() == ".jsonl"
+    # JSON Lines: a record a "\n"-ended line (str.splitlines would also cut at U+2028, which JSON strings may hold)
+    pieces = text.split("\n") if jsonl else [text]
+    rows: list[Any] = []
+    for number, piece in enumerate(pieces):
+        if not piece.strip():
+            continue
+        try:
+            loaded = json.loads(piece)
+        except json.JSONDecodeError as e:  # a JSONL record is parsed alone: its line 1 is the file's number + 1
+            raise IngestError(f"{path}: invalid JSON ({e.msg} at line {number + e.lineno})") from None
+        rows.extend(loaded if isinstance(loaded, list) and not jsonl else [loaded])
     docs = []
     for i, row in enumerate(rows):
         if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
