@@ -149,6 +149,10 @@ def test_fusion_search_with_given_or_written_subqueries(client):
         ("post", "/search", {"json": {"query": ""}}, 422),
         ("post", "/search", {"content": b"{not json", "headers": {"content-type": "application/json"}}, 422),
         ("post", "/search", {"json": {"query": "x", "strategy": "nonsense"}}, 400),
+        ("get", "/search", {"params": {"query": "x", "strategey": "standard"}}, 422),  # misspelt: not ignored
+        ("post", "/search", {"json": {"query": "x", "top_k": 3}}, 422),
+        ("post", "/ask", {"json": {"question": "x", "strategey": "standard"}}, 422),
+        ("post", "/documents/delete", {"json": {"ids": ["bees"], "missing_ok": True}, "headers": AUTH}, 422),
         ("post", "/ask", {"json": {"question": "x", "max_tokens": 0}}, 422),
         ("post", "/documents", {"json": {}, "headers": AUTH}, 422),
         ("post", "/documents", {"json": {"documents": [{"text": ""}]}, "headers": AUTH}, 422),

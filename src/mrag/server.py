@@ -24,7 +24,7 @@ import pydantic.dataclasses
 from fastapi import FastAPI, Query, Request, Security
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from mrag.embed.base import Embeddings, HeadEmbedder, Kind
 from mrag.generate.backends import make_generator
@@ -136,6 +136,8 @@ Strategy = Field(None, description=f"One of: {', '.join(retrieve.strategy_names(
 
 
 class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt option (strategey=...) is refused, not ignored
+
     query: str = Field(min_length=1)
     k: int = Field(5, ge=1, le=MAX_K)
     strategy: str | None = Strategy
@@ -161,6 +163,8 @@ class SearchResponse(BaseModel):
 
 
 class AskRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     question: str = Field(min_length=1)
     k: int = Field(5, ge=1, le=MAX_K)
     strategy: str | None = Strategy
@@ -184,6 +188,8 @@ class DocumentsRequest(BaseModel):
 
 
 class DeleteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
     ids: list[str] = Field(min_length=1, description="Document or chunk ids; all must exist.")
 
 
