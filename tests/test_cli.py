@@ -416,3 +416,14 @@ def test_a_damaged_index_says_so_in_one_line(db):
     assert result.exit_code == 1
     assert "the index's files could not be read (lance error: Not found:" in result.output
     assert "Traceback" not in result.output and ".rs:" not in result.output
+
+
+def test_the_packaged_model_by_its_folder_is_the_same_model(db):
+    """An index built with the default model searches with --model naming the packaged weights' folder (it was
+    refused as another model), and still refuses another model."""
+    from conftest import MINILM_DIR
+
+    hits = lines(mrag("search", "honeybees", "--db", db, "--model", MINILM_DIR, "-k", "1"))
+    assert [h["doc_id"] for h in hits] == [source(db.parent / "corpus", "bees.txt")]
+    refused = mrag("search", "honeybees", "--db", db, "--model", "smollm2", ok=False)
+    assert refused.exit_code == 1 and "was built with" in refused.output

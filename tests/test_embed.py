@@ -12,7 +12,7 @@ import torch
 from conftest import MINILM_DIR, FakeEmbedder
 
 from mrag.embed.base import Embeddings
-from mrag.embed.models import DEFAULT_MODEL, resolve_model
+from mrag.embed.models import DEFAULT_MODEL, resolve_model, same_model
 from mrag.embed.transformer import TransformerEmbedder, pool
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt")
@@ -92,6 +92,14 @@ def test_resolve_model(tmp_path):
         spec = resolve_model(alias)
         assert spec.name == DEFAULT_MODEL and Path(spec.path) == MINILM_DIR
     assert resolve_model("some/hub-model").path == "some/hub-model"
+    # the packaged weights given by their folder are the same model (an index built with one opens with the other)
+    by_path = resolve_model(str(MINILM_DIR))
+    assert by_path.name == DEFAULT_MODEL and Path(by_path.path) == MINILM_DIR
+    (tmp_path / "link").symlink_to(MINILM_DIR)
+    assert resolve_model(str(tmp_path / "link")).name == DEFAULT_MODEL
+    # an index that recorded the folder (before) is the same model as the alias, and other models are not
+    assert same_model(str(MINILM_DIR), "minilm") and same_model(DEFAULT_MODEL, str(tmp_path / "link"))
+    assert not same_model("minilm", "smollm2") and not same_model("/gone/model", "minilm")
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no config.json"):
         resolve_model(str(tmp_path / "empty"))

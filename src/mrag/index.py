@@ -12,7 +12,7 @@ import numpy as np
 
 from mrag import settings, sync, writing
 from mrag.embed.base import HeadEmbedder
-from mrag.embed.models import resolve_model
+from mrag.embed.models import same_model
 from mrag.errors import StoreError
 from mrag.ingest import Document, read_paths
 from mrag.locking import is_local
@@ -413,7 +413,7 @@ class Index:
 def _check_same(
     recorded: dict[str, Any], model: str | None, layer: int | None, embedder: HeadEmbedder | None, uri: str
 ) -> None:
-    if model is not None and resolve_model(model).name != recorded["model"]:
+    if model is not None and not same_model(model, recorded["model"]):
         raise StoreError(
             f"the index at {uri} was built with {recorded['model']}, not {model}: use that model or another --db"
         )
@@ -425,5 +425,7 @@ def _check_same(
         info = embedder.info()
         hooked = tuple(key for key in ("layer", "pooling") if key in info)  # when the embedder reports them
         for key in ("model", "dim", "n_heads", "head_dim", *hooked):
+            if key == "model" and same_model(str(info.get(key)), str(recorded.get(key))):
+                continue
             if info.get(key) != recorded.get(key):
                 raise StoreError(f"the index at {uri} was built with {key}={recorded.get(key)}, not {info.get(key)}")

@@ -49,11 +49,31 @@ def resolve_model(model: str | None) -> ModelSpec:
             return _local(root / inner, name)
         return ModelSpec(name, name)  # not installed: let transformers find it on the hub
     path = Path(model).expanduser()
-    if path.exists():
-        return _local(path.resolve(), str(path.resolve()))
+    if path.exists():  # a packaged model's weights named by their place are that model
+        return _local(path.resolve(), _packaged_name(path.resolve()) or str(path.resolve()))
     if model.endswith(".gguf") or model.startswith((".", "/", "~")):
         raise FileNotFoundError(f"model path {model} does not exist")
     return ModelSpec(model, model)
+
+
+def same_model(a: str, b: str) -> bool:
+    """Whether two recorded or given model names load the same weights: equal, or the same once resolved (a
+    packaged model's alias, id or folder; an index recorded a packaged model's folder before it was named)."""
+    if a == b:
+        return True
+    try:
+        return resolve_model(a).name == resolve_model(b).name
+    except (FileNotFoundError, OSError):  # a folder gone: only equal names are the same
+        return False
+
+
+def _packaged_name(path: Path) -> str | None:
+    """The name of the packaged model whose weights are at `path`, if any."""
+    for name, package, inner in set(PACKAGED.values()):
+        root = package_dir(package)
+        if root is not None and (root / inner).resolve() == path:
+            return name
+    return None
 
 
 def _local(path: Path, name: str) -> ModelSpec:
