@@ -67,6 +67,10 @@ def test_every_command_has_help_with_an_example():
             out = mrag(name, flag).stdout
             assert out.startswith("Usage: ") and name in out.splitlines()[0]
         assert command.help and f"mrag {name}" in command.help, f"{name} has no example in its docstring"
+        # each example stays a line of its own (click re-wraps a paragraph unless a \b line leads it)
+        shown = {line.strip() for line in mrag(name, "--help").stdout.splitlines()}
+        examples = [line.strip() for line in command.help.splitlines() if line.strip().startswith("mrag ")]
+        assert set(examples) <= shown, (name, set(examples) - shown)
 
 
 def test_every_command_that_prints_takes_json_and_plain():

@@ -83,6 +83,7 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
     (--prune: also the documents of deleted or emptied files). Past --ann-threshold chunks (or with
     --build-ann) every space gets an ANN index. Example:
 
+    \b
         mrag index notes/ papers/intro.md --db idx
         mrag index --build-ann --db idx          # ANN indexes for an existing index
         mrag index --drop-ann --db idx           # and back to exact search
@@ -176,6 +177,7 @@ def search(query: str, db: str, model: str | None, k: int, strategy: str | None,
            selection: str | None, exact: bool | None, nprobes: int | None, plain: bool) -> None:
     """Search DB; prints one JSON object per hit.
 
+    \b
         mrag search "How did Roman aqueducts work, and why do bees fan their hives?" --db idx -k 4
     """
     from mrag.index import Index
@@ -205,6 +207,7 @@ def search(query: str, db: str, model: str | None, k: int, strategy: str | None,
 def heads(db: str, plain: bool) -> None:
     """Head scales of DB (mean norm x mean pairwise cosine distance).
 
+    \b
         mrag heads --db idx
     """
     from mrag.index import Index
@@ -224,6 +227,7 @@ def heads(db: str, plain: bool) -> None:
 def info(db: str, plain: bool) -> None:
     """What DB holds: counts, model, layer, pooling, heads, settings.
 
+    \b
         mrag info --db idx
     """
     from mrag.index import Index
@@ -240,6 +244,7 @@ def info(db: str, plain: bool) -> None:
 def delete(ids: tuple[str, ...], db: str, plain: bool) -> None:
     """Delete documents or chunks by id (all must exist, else nothing is deleted).
 
+    \b
         mrag delete /home/me/notes/old.md --db idx
     """
     from mrag.index import Index
@@ -269,6 +274,7 @@ def optimize(db: str, keep_versions: float | None, plain: bool) -> None:
 
     Writes do it by themselves every 32 commits; run it after many small writes, or from cron.
 
+    \b
         mrag optimize --db idx
     """
     from mrag.index import Index
@@ -290,6 +296,7 @@ def verify(db: str, plain: bool) -> None:
 
     Exits 1 when either fails.
 
+    \b
         mrag verify --db idx
     """
     from mrag.index import Index
@@ -313,6 +320,7 @@ def verify(db: str, plain: bool) -> None:
 def demo(db: str | None, k: int, strategy: str, plain: bool) -> None:
     """Index the bundled sample corpus and compare standard RAG with MRAG on multi-aspect questions.
 
+    \b
         mrag demo
     """
     from mrag.demo import run_demo
@@ -347,6 +355,7 @@ def eval_(corpus: str, queries: str | None, model: str | None, layer: int, pooli
 
     Embeds the corpus once (cached), then scores every strategy at every k from 1 to 32.
 
+    \b
         mrag eval --corpus wikipedia_articles_v1.json.bz2 --queries wikipedia_queries_v1.json.bz2 -o results/
     """
     from mrag.evaluate.run import run_eval
