@@ -71,8 +71,9 @@ def list_files(paths: Iterable[str | Path]) -> list[tuple[str, bool]]:
             raise IngestError(f"no such file or folder: {raw}")
         found = [(path, True)] if path.is_file() else [(f, False) for f in sorted(walk_files(path))]
         for file, explicit in found:
-            first = out.setdefault(file.resolve(), (str(file), explicit))
-            out[file.resolve()] = (first[0], first[1] or explicit)
+            resolved = file.resolve()
+            first = out.setdefault(resolved, (str(file), explicit))
+            out[resolved] = (first[0], first[1] or explicit)
     return list(out.values())
 
 

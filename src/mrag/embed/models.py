@@ -63,7 +63,7 @@ def same_model(a: str, b: str) -> bool:
         return True
     try:
         return resolve_model(a).name == resolve_model(b).name
-    except (FileNotFoundError, OSError):  # a folder gone: only equal names are the same
+    except OSError:  # a folder gone (FileNotFoundError): only equal names are the same
         return False
 
 

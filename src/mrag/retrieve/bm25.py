@@ -169,15 +169,15 @@ class Segment:
         """One segment of segments in row order (every row of one below every row of the next): a term's
         postings are its postings in each segment, one segment after the other, so each segment's are
         laid out at their place without a sort."""
-        counts = [np.pad(np.diff(s.starts), (0, n_terms + 1 - len(s.starts))) for s in segments]  # (T,) each
+        counts = [s.df(n_terms) for s in segments]  # (T,) postings per term, each segment
         starts = np.concatenate([[0], np.cumsum(sum(counts, np.zeros(n_terms, dtype=np.int64)))])
         rows = np.empty(int(starts[-1]), dtype=np.int32)
         tf = np.empty(len(rows), dtype=np.float32)
         before = starts[:-1].copy()  # (T,) where each term's postings of the next segment go
         for segment, count in zip(segments, counts):
-            # posting j of term t goes to before[t] + (j - segment.starts[t])
-            at = np.repeat(before - np.pad(segment.starts[:-1], (0, n_terms + 1 - len(segment.starts))), count)
-            at += np.arange(len(at))
+            # posting j of term t goes to before[t] + (j - segment.starts[t]) (terms the segment has)
+            known = len(segment.starts) - 1
+            at = np.repeat(before[:known] - segment.starts[:-1], count[:known]) + np.arange(len(segment.rows))
             rows[at], tf[at] = segment.rows, segment.tf
             before += count
         return cls(starts, rows, tf)
@@ -213,7 +213,7 @@ class Bm25:
         n = len(self.lengths)
         segment, lengths = _blocks(texts, n, self.vocabulary)
         segments = self.segments + (segment,)
-        if len(segments) > MAX_SEGMENTS:  # one sort of every posting again
+        if len(segments) > MAX_SEGMENTS:  # one segment again (`Segment.merged`)
             segments = (Segment.merged(segments, len(self.vocabulary.ids)),)
         return Bm25(self.vocabulary, segments, np.concatenate([self.lengths, lengths]))
 
@@ -239,6 +239,8 @@ class Bm25:
         dense accumulator, and only the postings that can reach the c-th best row ranked. (A sort of the
         postings by row took 3x as long at 1M rows; skipping rows that cannot place, MaxScore, skipped
         few for sentences at c = 32 and cost 5-8x as much.)"""
+        if c <= 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0)
         # distinct terms and how often the text gives each; terms of later growths left out
         terms, repeats = np.unique([t for t in self.vocabulary.lookup(split_words(text)) if t < self.n_terms],
                                    return_counts=True)
@@ -249,7 +251,7 @@ class Bm25:
                     a, b = segment.starts[term], segment.starts[term + 1]
                     rows.append(segment.rows[a:b])
                     weights.append(impact[a:b] * np.float32(times * self.idf[term]))
-        if c <= 0 or not rows:
+        if not rows:
             return np.zeros(0, dtype=np.int64), np.zeros(0)
         row, weight = np.concatenate(rows), np.concatenate(weights)  # (P,) every posting
         total = np.bincount(row, weights=weight, minlength=len(self.lengths))  # (n,) float64
