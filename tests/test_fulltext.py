@@ -374,6 +374,25 @@ def test_the_in_memory_ranker_caches_as_lancedb_s_does_and_builds_only_when_aske
     assert ranker(voters, [], 3)[0].shape == (0, 1, 3)
 
 
+def test_a_built_in_memory_index_is_found_without_a_call_into_lancedb(index):
+    """Every search asks for the loaded matrix's index: once built, it is found by the matrix alone (the
+    table's uri goes through LanceDB's event loop, 0.4 ms a search at 141k rows)."""
+    import dataclasses
+
+    from mrag.retrieve import bm25
+
+    index.add(DOCS)
+    matrix = index.store.matrix()
+    built = bm25.for_matrix(matrix)
+
+    class Unasked:
+        @property
+        def uri(self) -> str:
+            raise AssertionError("asked the table again")
+
+    assert bm25.for_matrix(dataclasses.replace(matrix, table=Unasked())) is built
+
+
 def test_full_text_hits_are_placed_by_row_id_where_their_chunk_ids_are_as_the_matrix_grows(db_path, fake):
     writer, reader = Index.open(db_path, embedder=fake), Index.open(db_path, embedder=FakeEmbedder())
     writer.add(DOCS[:3])

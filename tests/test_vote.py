@@ -3,7 +3,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mrag.vote import RRF_K, Vote, consensus, fuse, interleave, rank_weights, rrf_weights, zscore_weights
+from mrag.vote import RRF_K, Vote, consensus, fuse, fuse_many, interleave, rank_weights, rrf_weights, zscore_weights
 
 
 def test_mrag_vote_by_hand():
@@ -138,6 +138,50 @@ def test_fuse_matches_a_plain_python_vote(data, k):
     for item, votes in zip(expected, fused.votes):
         assert sum(v.weight for v in votes) == pytest.approx(totals[item])
         assert all(ranking[v.space, v.rank] == item for v in votes)
+
+
+@given(st.lists(rankings(), min_size=1, max_size=4), st.integers(1, 10))
+@settings(max_examples=200, deadline=None)
+def test_fuse_many_is_fuse_of_each_ranking(data, k):
+    """A query's parts fused at once: each part's top k as `fuse` gives it alone, ties included (the
+    weights are powers of two times a few scales, so sums tie often), and parts never share a vote."""
+    c = max(r.shape[1] for r, _ in data)
+    s = max(r.shape[0] for r, _ in data)
+    ranking = np.full((len(data), s, c), -1, dtype=np.int64)
+    weights = np.zeros((len(data), s, c))
+    for p, (r, scales) in enumerate(data):
+        ranking[p, : r.shape[0], : r.shape[1]] = r
+        weights[p, : r.shape[0], : r.shape[1]] = rank_weights(r, scales)
+    many = fuse_many(ranking, weights, k)
+    assert len(many) == len(data)
+    for p, (ids, scores) in enumerate(many):
+        alone = fuse(ranking[p], weights[p], k, with_votes=False)
+        assert ids.tolist() == alone.ids.tolist()
+        assert scores.tolist() == alone.scores.tolist()  # the same sums, in the same order
+
+
+def test_fuse_many_by_hand():
+    """Part 0: item 3 first in both spaces (1 + 1 = 2), 5 second (0.5 + 0.5); part 1: one space, items 5,
+    then 3. A part with no item gives an empty list."""
+    ranking = np.array([[[3, 5], [3, 5]], [[5, 3], [-1, -1]], [[-1, -1], [-1, -1]]])
+    many = fuse_many(ranking, rank_weights(ranking, np.array([1.0, 1.0])), 5)
+    assert [ids.tolist() for ids, _ in many] == [[3, 5], [5, 3], []]
+    assert [scores.tolist() for _, scores in many] == [[2.0, 1.0], [1.0, 0.5], []]
+    assert [ids.tolist() for ids, _ in fuse_many(ranking, rank_weights(ranking, np.ones(2)), 1)] == [[3], [5], []]
+
+
+def test_weights_of_several_rankings_are_each_ones():
+    """Weights of a (P, S, c) stack are the weights of each (S, c) ranking."""
+    rng = np.random.default_rng(0)
+    ranking = rng.integers(-1, 9, size=(3, 2, 4))
+    scores = rng.random((3, 2, 4))
+    empty = np.array([np.nan, 0.0])
+    for p in range(3):
+        np.testing.assert_array_equal(zscore_weights(ranking, scores, empty)[p],
+                                      zscore_weights(ranking[p], scores[p], empty))
+        np.testing.assert_array_equal(rank_weights(ranking, np.array([1.0, 0.5]))[p],
+                                      rank_weights(ranking[p], np.array([1.0, 0.5])))
+        np.testing.assert_array_equal(rrf_weights(ranking)[p], rrf_weights(ranking[p]))
 
 
 def test_consensus_by_hand():

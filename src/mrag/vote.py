@@ -37,18 +37,18 @@ class Fused:
 
 
 def rank_weights(ranking: np.ndarray, space_weights: np.ndarray, base: float = 2.0) -> np.ndarray:
-    """Weight of every vote: w_s * base**-rank; padding (-1) gets 0.  (S, c) -> (S, c)."""
-    s, c = ranking.shape
+    """Weight of every vote: w_s * base**-rank; padding (-1) gets 0.  (..., S, c) -> (..., S, c)."""
+    s, c = ranking.shape[-2:]
     decay = base ** -np.arange(c, dtype=np.float64)  # (c,)
     weights = np.asarray(space_weights, dtype=np.float64).reshape(s, 1) * decay  # (S, c)
     return np.where(ranking >= 0, weights, 0.0)
 
 
 def rrf_weights(ranking: np.ndarray, k: int = RRF_K) -> np.ndarray:
-    """Reciprocal rank fusion weight 1 / (k + rank), rank 1-based.  (S, c) -> (S, c)."""
+    """Reciprocal rank fusion weight 1 / (k + rank), rank 1-based.  (..., S, c) -> (..., S, c)."""
     if k <= 0:
         raise ValueError(f"the RRF constant must be positive, got {k}")
-    c = ranking.shape[1]
+    c = ranking.shape[-1]
     weights = np.broadcast_to(1.0 / (k + 1 + np.arange(c, dtype=np.float64)), ranking.shape)
     return np.where(ranking >= 0, weights, 0.0)
 
@@ -60,43 +60,54 @@ def zscore_weights(ranking: np.ndarray, scores: np.ndarray, empty: np.ndarray) -
     (a decisive word match) outvotes one whose rows all score alike.
     empty (S,): the score an empty slot (-1) stands for (BM25: 0, a chunk matching no query word), or
     NaN to leave empty slots out (a vector list is short only when the corpus is); a list whose slots
-    all score alike weighs 0.  ranking, scores (S, c) -> (S, c).
+    all score alike weighs 0.  ranking, scores (..., S, c) -> (..., S, c).
     Example: scores [0.9, 0.8, 0.7] -> z [1.22, 0, -1.22] -> weights [2.45, 1.22, 0]."""
     valid = ranking >= 0
     filled = np.where(valid, np.asarray(scores, dtype=np.float64), np.asarray(empty, dtype=np.float64)[:, None])
     counted = ~np.isnan(filled)
-    n = np.maximum(counted.sum(1, keepdims=True), 1)
-    mean = np.where(counted, filled, 0.0).sum(1, keepdims=True) / n  # (S, 1)
-    sd = np.sqrt(np.where(counted, (filled - mean) ** 2, 0.0).sum(1, keepdims=True) / n)
-    z = np.where(counted & (sd > 0), (filled - mean) / np.where(sd > 0, sd, 1.0), 0.0)  # (S, c)
-    lowest = np.where(counted, z, np.inf).min(1, keepdims=True)
+    n = np.maximum(counted.sum(-1, keepdims=True), 1)
+    mean = np.where(counted, filled, 0.0).sum(-1, keepdims=True) / n  # (..., S, 1)
+    sd = np.sqrt(np.where(counted, (filled - mean) ** 2, 0.0).sum(-1, keepdims=True) / n)
+    z = np.where(counted & (sd > 0), (filled - mean) / np.where(sd > 0, sd, 1.0), 0.0)  # (..., S, c)
+    lowest = np.where(counted, z, np.inf).min(-1, keepdims=True)
     return np.where(valid, z - np.where(np.isfinite(lowest), lowest, 0.0), 0.0)
 
 
 def fuse(ranking: np.ndarray, weights: np.ndarray, k: int, with_votes: bool = True) -> Fused:
     """Sum each item's vote weights over all spaces and return the top k (deterministic ties);
     `with_votes` False leaves `votes` empty (building them cost more than the sums for a query's parts)."""
+    ranking = np.asarray(ranking)
+    (ids, scores), = fuse_many(ranking[None], np.asarray(weights)[None], k)
+    votes: list[list[Vote]] = []
+    if with_votes:
+        spaces, ranks = np.nonzero(ranking >= 0)
+        w = np.asarray(weights, dtype=np.float64)[spaces, ranks]
+        items = ranking[spaces, ranks]
+        votes = [[Vote(int(s), int(r), float(x)) for s, r, x in zip(*(a[items == item] for a in (spaces, ranks, w)))]
+                 for item in ids]
+    return Fused(ids=ids, scores=scores, votes=votes)
+
+
+def fuse_many(ranking: np.ndarray, weights: np.ndarray, k: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """`fuse` of each of P rankings at once, without the votes: the items of ranking p are told apart by
+    p, so one pass sums them all (a query's parts: one call, not one per part).
+    ranking, weights (P, S, c) -> per ranking its top k (ids (<=k,) int64, scores (<=k,) float64)."""
     if k <= 0:
         raise ValueError(f"k must be positive, got {k}")
     ranking = np.asarray(ranking)
     valid = ranking >= 0
-    spaces, ranks = np.nonzero(valid)  # one entry per vote
-    items = ranking[valid]
-    w = np.asarray(weights, dtype=np.float64)[valid]
-    uniq, inverse = np.unique(items, return_inverse=True)
-    totals = np.zeros(len(uniq))
-    np.add.at(totals, inverse, w)
+    part, _, ranks = np.nonzero(valid)  # one entry per vote, by part, then space, then rank
+    items = ranking[valid].astype(np.int64)
+    span = int(items.max()) + 1 if len(items) else 1
+    uniq, inverse = np.unique(part * span + items, return_inverse=True)  # (U,) distinct (part, item)
+    totals = np.bincount(inverse, weights=np.asarray(weights, dtype=np.float64)[valid], minlength=len(uniq))
     best_rank = np.full(len(uniq), np.iinfo(np.int64).max)
     np.minimum.at(best_rank, inverse, ranks)
-    # lexsort sorts by the last key first: score desc, then best rank asc, then id asc
-    order = np.lexsort((uniq, best_rank, -totals))[:k]
-    votes: list[list[Vote]] = []
-    for pos in order if with_votes else ():
-        mask = inverse == pos
-        votes.append(
-            [Vote(int(s), int(r), float(x)) for s, r, x in zip(spaces[mask], ranks[mask], w[mask])]
-        )
-    return Fused(ids=uniq[order], scores=totals[order], votes=votes)
+    owner, item = uniq // span, uniq % span
+    # lexsort sorts by the last key first: part, then score desc, then best rank asc, then id asc
+    order = np.lexsort((item, best_rank, -totals, owner))
+    bounds = np.searchsorted(owner[order], np.arange(len(ranking) + 1))
+    return [(item[order[a:min(b, a + k)]], totals[order[a:min(b, a + k)]]) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
 def interleave(lists: list[np.ndarray], k: int) -> np.ndarray:

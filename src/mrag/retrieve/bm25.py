@@ -339,7 +339,12 @@ def for_matrix(matrix: Matrix) -> Bm25:
     lives. Built from the last index of the same table where it can (`_carried`: only the rows it lacks are
     read), else from every row's text. Searches that need it at once wait for one build; builds for other
     tables go on meanwhile."""
-    key, uri = id(matrix.ids), getattr(matrix.table, "uri", None)
+    key = id(matrix.ids)
+    with _lock:
+        found = _built.get(key)
+    if found is not None and found[0]() is matrix.ids:  # built: no call into LanceDB (its uri costs 0.4 ms)
+        return found[1]
+    uri = getattr(matrix.table, "uri", None)
     with _lock:
         build = _builds.setdefault(str(uri), threading.Lock())
     with build:

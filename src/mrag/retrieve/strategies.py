@@ -54,7 +54,7 @@ from mrag.settings import (  # noqa: F401  (re-exported: retrieve is where calle
     parse_strategy,
     strategy_names,
 )
-from mrag.vote import consensus, fuse, interleave, rank_weights, rrf_weights, zscore_weights
+from mrag.vote import consensus, fuse, fuse_many, interleave, rank_weights, rrf_weights, zscore_weights
 
 
 def query_parts(strategy: str, text: str) -> list[str]:
@@ -220,9 +220,9 @@ def vote_many(
             results.append(_tally(how, [chosen[i] for i in one_part], weights[one_part], ranking[start][one_part],
                                   sims[start][one_part], k))
         else:
-            lists = [_tally(each_part, chosen, weights, ranking[i], sims[i], max(k, c), with_votes=False)
-                     for i in range(start, start + len(qs))]
-            votes_for = functools.partial(_part_votes, each_part, chosen, weights, ranking[start:], sims[start:])
+            part_ranking, part_sims = ranking[start:start + len(qs)], sims[start:start + len(qs)]
+            lists, part_weights = _part_lists(each_part, chosen, weights, part_ranking, part_sims, max(k, c))
+            votes_for = functools.partial(_part_votes, chosen, part_ranking, part_sims, part_weights)
             results.append(_merge(plan.expand or "", lists, k, votes_for))
         start += len(qs)
     return results
@@ -251,7 +251,7 @@ def _tally(
 def _vote_weights(
     strategy: str, chosen: list[Voter], weights: np.ndarray, ranking: np.ndarray, sims: np.ndarray
 ) -> np.ndarray:
-    """Each vote's weight by the strategy's rule: ranking, sims (S, c) -> (S, c)."""
+    """Each vote's weight by the strategy's rule: ranking, sims (..., S, c) -> (..., S, c)."""
     if strategy == "mrag-distance":
         return np.where(ranking >= 0, 1.0 / np.maximum(1.0 - sims, 1e-6), 0.0)
     if strategy == "hybrid":
@@ -261,22 +261,33 @@ def _vote_weights(
     return rank_weights(ranking, weights)
 
 
+def _part_lists(
+    strategy: str, chosen: list[Voter], weights: np.ndarray, ranking: np.ndarray, sims: np.ndarray, k: int
+) -> tuple[list[Result], np.ndarray | None]:
+    """Each part's list as `_tally` gives it, without who voted, the fused ones in one pass (`fuse_many`):
+    ranking, sims (P, S, c) -> P results, and the votes' weights (P, S, c) (None: one list each)."""
+    if strategy in ("standard", "bm25"):
+        return [_tally(strategy, chosen, weights, r, s, k, with_votes=False) for r, s in zip(ranking, sims)], None
+    w = _vote_weights(strategy, chosen, weights, ranking, sims)
+    return [Result(ids, scores, []) for ids, scores in fuse_many(ranking, w, k)], w
+
+
 def _part_votes(
-    strategy: str,
     chosen: list[Voter],
-    weights: np.ndarray,
     ranking: np.ndarray,
     sims: np.ndarray,
+    weights: np.ndarray | None,
     part: int,
     position: int,
     row: int,
 ) -> list[dict[str, object]]:
-    """The votes `_tally` gives `row`, at `position` of the part's list: ranking, sims (P, S, c) from the
-    query's first part. One list: its vote at that position; fused lists: every space's vote for the row."""
+    """The votes a part's list (`_part_lists`) gives `row`, at `position` of it: ranking, sims, weights
+    (P, S, c) the query's parts. One list (no weights): its vote at that position; fused lists: every
+    space's vote for the row."""
     ranking, sims = ranking[part], sims[part]
-    if strategy in ("standard", "bm25"):
+    if weights is None:
         return _list_vote(chosen, position, sims[0][ranking[0] >= 0][position])
-    return _row_votes(chosen, ranking, _vote_weights(strategy, chosen, weights, ranking, sims), row)
+    return _row_votes(chosen, ranking, weights[part], row)
 
 
 def _list_vote(chosen: list[Voter], rank: int, score: float) -> list[dict[str, object]]:
