@@ -166,8 +166,8 @@ def test_searches_through_either_engine_agree_once_lancedb_s_index_covers_every_
 
 def test_concurrent_searches_share_one_build_and_later_versions_carry_it_over(db_path, monkeypatch):
     """8 threads' first searches build once; then an append, a delete, an upsert and a compaction: each
-    later version reads only the rows it lacks (none after a delete, every row after a compaction), and
-    finds what an index built from scratch finds."""
+    later version reads only the rows it lacks (none after a delete, every row after a compaction), makes
+    one index, and finds what an index built from scratch finds."""
     writer, reader = Index.open(db_path, embedder=FakeEmbedder()), Index.open(db_path, embedder=FakeEmbedder())
     writer.add(DOCS[:4])
     read: list[int] = []
@@ -187,14 +187,19 @@ def test_concurrent_searches_share_one_build_and_later_versions_carry_it_over(db
     for t in threads:
         t.join()
     assert read == [4] and len(results) == 8 and all(r == results[0] for r in results) and results[0]
+    made: list[int] = []  # indexes constructed (each computes its postings' impacts)
+    init = Bm25.__init__
+    monkeypatch.setattr(Bm25, "__init__", lambda self, *args: (made.append(1), init(self, *args))[1])
     upsert = [{"id": "d2", "text": "Kasparov resigned; the clocks stopped."}]
     for write, rows_read in ((lambda: writer.add(DOCS[4:]), [3]), (lambda: writer.delete(["d4"]), []),
                              (lambda: writer.upsert(upsert), [1]),
                              (lambda: writer.optimize(), [6])):  # compaction moves every row: read whole
         write()
         read.clear()
+        made.clear()
         carried = found(reader)
         assert read == rows_read
+        assert len(made) == 1  # one index a version: an upsert's deletes and appends too
         bm25._previous.clear()  # from scratch: every row read
         assert found(Index.open(db_path, embedder=FakeEmbedder())) == carried
         assert read[-1] == len(reader.store.matrix().ids)

@@ -210,24 +210,22 @@ class Bm25:
 
     def extended(self, texts: pa.Array | pa.ChunkedArray) -> Bm25:
         """This index with `texts` as rows n, n+1, ... appended (this one unchanged)."""
-        n = len(self.lengths)
-        segment, lengths = _blocks(texts, n, self.vocabulary)
-        segments = self.segments + (segment,)
-        if len(segments) > MAX_SEGMENTS:  # one segment again (`Segment.merged`)
-            segments = (Segment.merged(segments, len(self.vocabulary.ids)),)
-        return Bm25(self.vocabulary, segments, np.concatenate([self.lengths, lengths]))
+        return self.changed(texts=texts)
 
-    def renumbered(self, position: np.ndarray) -> Bm25:
-        """This index with row r as row position[r], and rows whose position is -1 dropped: the positions
-        that remain are 0, 1, ... in order (this one unchanged)."""
-        segments = []
-        for s in self.segments:
-            row = position[s.rows]
-            keep = row >= 0
-            term = np.repeat(np.arange(len(s.starts) - 1), np.diff(s.starts))[keep]
-            segments.append(Segment(np.searchsorted(term, np.arange(len(s.starts))), row[keep].astype(np.int32),
-                                    s.tf[keep]))
-        return Bm25(self.vocabulary, tuple(segments), self.lengths[position >= 0])
+    def changed(self, position: np.ndarray | None = None, texts: pa.Array | pa.ChunkedArray | None = None) -> Bm25:
+        """This index with row r as row position[r] and rows whose position is -1 dropped (the positions that
+        remain are 0, 1, ... in order; None: rows as they are), then `texts` appended as the next rows: one
+        new index, its impacts computed once (this one unchanged)."""
+        segments, lengths = self.segments, self.lengths
+        if position is not None:
+            segments = tuple(_renumbered(s, position) for s in segments)
+            lengths = lengths[position >= 0]
+        if texts is not None:
+            segment, added = _blocks(texts, len(lengths), self.vocabulary)
+            segments, lengths = segments + (segment,), np.concatenate([lengths, added])
+            if len(segments) > MAX_SEGMENTS:  # one segment again (`Segment.merged`)
+                segments = (Segment.merged(segments, len(self.vocabulary.ids)),)
+        return Bm25(self.vocabulary, segments, lengths)
 
     def search(self, texts: list[str], c: int) -> list[tuple[np.ndarray, np.ndarray]]:
         """Each text's best c rows and their BM25 scores, best first, ties to the smaller row:
@@ -274,6 +272,15 @@ def top(rows: np.ndarray, scores: np.ndarray, c: int) -> tuple[np.ndarray, np.nd
         rows, scores = rows[reach], scores[reach]
     order = np.lexsort((rows, -scores))[:c]
     return rows[order], scores[order]
+
+
+def _renumbered(segment: Segment, position: np.ndarray) -> Segment:
+    """The segment's postings with row r as row position[r], those of rows at -1 dropped (order kept)."""
+    row = position[segment.rows]
+    keep = row >= 0
+    term = np.repeat(np.arange(len(segment.starts) - 1), np.diff(segment.starts))[keep]
+    return Segment(np.searchsorted(term, np.arange(len(segment.starts))), row[keep].astype(np.int32),
+                   segment.tf[keep])
 
 
 def _impacts(segment: Segment, norm: np.ndarray, step: int = 1 << 20) -> np.ndarray:
@@ -386,9 +393,11 @@ def _carried(matrix: Matrix, previous: tuple[np.ndarray, int, Any, Bm25] | None)
     kept = position[position >= 0]
     if 2 * len(kept) < len(new_ids) or not np.array_equal(kept, np.arange(len(kept))):
         return None
-    if len(kept) < len(old_ids):  # rows were deleted: renumber the rest
-        index = index.renumbered(position)
-    return index if len(kept) == len(new_ids) else index.extended(_texts(matrix, len(kept)))
+    if len(kept) == len(old_ids) == len(new_ids):
+        return index
+    # rows deleted: the rest renumbered; rows written: their text read and added
+    return index.changed(position if len(kept) < len(old_ids) else None,
+                         _texts(matrix, len(kept)) if len(kept) < len(new_ids) else None)
 
 
 def _texts(matrix: Matrix, start: int) -> pa.ChunkedArray:
