@@ -8,7 +8,8 @@ target 2).
    six held-out manual-page sentences are ranked by each strategy's exact search and through the graphs
    at several ef; recall of the final top 10 against the exact search's, and the mean time per query
    of the ranking and vote (query vectors precomputed). The full-text space is answered where a search
-   answers it (`fulltext.engine`: in memory at this size, unless MRAG_FULLTEXT says otherwise).
+   answers it (`fulltext.engine`: in memory at this size, unless MRAG_FULLTEXT says otherwise). On the
+   graphs, two stages are also timed alone (`stage_ms`): the parts' full-text searches and the vote.
 2. **Speed at `--rows` synthetic rows** (`--synthetic`; `bench_scale`'s clustered rows, no real text
    of that size here): graphs for the standard vector only (the vector space of the default
    `segment-bm25`; a matrix loaded without heads gives `graph.update` only that space), then
@@ -86,6 +87,31 @@ def timed_votes(index: Any, strategy: str, ranker: Any, qs: list[Any], ids: Any)
     return found, times
 
 
+def stage_ms(index: Any, strategy: str, ranker: Any, qs: list[Any], memory: Any) -> dict[str, float | str]:
+    """p50 ms per query of two stages alone: the full-text searches of its parts (in memory) and the vote
+    on rankings already made (`ranker`'s answers kept and given again)."""
+    kept: dict[Any, Any] = {}
+
+    def again(chosen: Any, queries: Any, c: int) -> Any:
+        key = (tuple(v.name for v in chosen), tuple(q.text for q in queries), c)
+        if key not in kept:
+            kept[key] = ranker(chosen, queries, c)
+        return kept[key]
+
+    scales = index.space_weights()
+    vote = [functools.partial(retrieve.vote, strategy, parts[0], 10, retrieve.DEFAULT_C, scales, again,
+                              index.store.n_heads, parts if len(parts) > 1 else None) for parts in qs]
+    for call in vote:
+        call()
+    out: dict[str, float | str] = {"vote alone p50_ms": percentiles_ms([t for call in vote for t in
+                                                                         time_calls(call, 1, warmup=0)])["p50_ms"]}
+    texts = [[p.text for p in parts] for parts in qs]
+    found = memory is not None and retrieve.uses_fulltext(strategy)
+    out["full text alone p50_ms"] = percentiles_ms([t for some in texts for t in time_calls(
+        functools.partial(memory().search, some, retrieve.DEFAULT_C), 1, warmup=0)])["p50_ms"] if found else ""
+    return out
+
+
 def real_part(cache: Path, efs: list[int], strategies: list[str], man_query_count: int) -> dict[str, Any]:
     files = sorted(cache.glob("real-*.npz")) + sorted(cache.glob("man-[0-9]*.npz"))
     if not files:
@@ -122,7 +148,7 @@ def real_part(cache: Path, efs: list[int], strategies: list[str], man_query_coun
                     rows.append({"rows": n, "queries": name, "strategy": s, "path": "HNSW graphs", "ef": ef,
                                  "recall@10": recall(found, truth), "tied at the cut": sum(tied),
                                  "recall@10, untied": recall([found[i] for i in untied], [truth[i] for i in untied]),
-                                 **percentiles_ms(times)})
+                                 **percentiles_ms(times), **stage_ms(index, s, ranker, qs, memory)})
                     print(rows[-1], flush=True)
         disk = sum(p.stat().st_size for p in graph.folder(index.store.uri).rglob("*") if p.is_file())
     return {"rows": n, "queries": {k: len(v) for k, v in query_sets.items()}, "build_s": build_s,
@@ -325,9 +351,12 @@ def main() -> None:
                "vectors precomputed, batch 1 (each query's full-text searches run once). A walk's ef is at least "
                "2c = 64 (`graph.RESCORED`), so ef 32 walks as 64. 'Tied at the cut': queries whose exact 10th "
                "and 11th scores are within 1e-5, where the top 10 is decided by the last bits of the "
-               "similarities (`tie_at_cut`).", "",
+               "similarities (`tie_at_cut`). On the graphs, two stages alone (`stage_ms`): the query parts' "
+               "full-text searches (the in-memory index), and the vote on the rankings already made; the rest of "
+               "p50 is the vector ranking and the search's checks.", "",
                markdown_table(r["table"], ["queries", "strategy", "path", "ef", "recall@10", "tied at the cut",
-                                           "recall@10, untied", "p50_ms", "p99_ms", "n"]),
+                                           "recall@10, untied", "p50_ms", "p99_ms", "n", "full text alone p50_ms",
+                                           "vote alone p50_ms"]),
                ""]
     if args.deletes:
         out["deletes"] = d = deletes_part(args.cache, efs, strategies, [int(x) for x in args.deletes.split(",")],

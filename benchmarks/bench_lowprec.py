@@ -11,7 +11,7 @@ and against the search without heads of the same precision (bf16 scans the stand
 query has two parts or more). Before timing, each precision's results are checked equal (rows and
 scores) for every strategy and batch.
 
-Run: python benchmarks/bench_lowprec.py [--sizes 10000,100000,1000000] [--rounds 7]
+Run: python benchmarks/bench_lowprec.py [--sizes 10000,100000,1000000] [--rounds 7] [--precisions fp32,bf16]
 Writes benchmarks/results/core-lowprec.json and .md.
 """
 
@@ -38,9 +38,9 @@ PAIRS = {"mrag": "segment+standard", "mrag-paper": "standard"}  # strategy -> th
 HEADLESS = ("standard", "segment+standard")  # no heads (`standard`'s one part: a bf16 pass from 64,000 rows)
 
 
-def cases() -> list[tuple[str, str]]:
+def cases(precisions: tuple[str, ...]) -> list[tuple[str, str]]:
     """(strategy, precision) timed in each round."""
-    return [(s, p) for s in (*HEADLESS, *PAIRS) for p in ("fp32", "bf16")]
+    return [(s, p) for s in (*HEADLESS, *PAIRS) for p in precisions]
 
 
 def prepared(index: Any, strategy: str, texts: list[str]) -> list[tuple[retrieve.QueryVectors, Any]]:
@@ -60,32 +60,34 @@ def timed(fn: Any) -> tuple[float, float]:
     return time.perf_counter() - wall, time.process_time() - cpu
 
 
-def bench_size(n: int, rounds: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def bench_size(n: int, rounds: int, precisions: tuple[str, ...]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     with tempfile.TemporaryDirectory() as tmp:
         index, _ = build_synthetic(Path(tmp) / "db", n)
         gc.collect()
         before = rss_mb()
         matrix = index.store.matrix()
         scales = index.space_weights()
-        rankers = {p: exact.Exact(matrix.standard, matrix.heads, precision=p) for p in exact.PRECISIONS}
+        rankers = {p: exact.Exact(matrix.standard, matrix.heads, precision=p) for p in precisions}
         start = time.perf_counter()
         two = [prepared(index, "mrag-paper", ["x"])[0][0]] * 2  # two parts: the standard vector's bf16 pass too
-        rankers["bf16"](retrieve.voters("mrag-std", 12, scales), two, 5)
+        if "bf16" in rankers:
+            rankers["bf16"](retrieve.voters("mrag-std", 12, scales), two, 5)
         copy_s = time.perf_counter() - start  # the bf16 copies, made once per loaded matrix
         memory = {"chunks": n, "matrix_mb": round((matrix.standard.nbytes + matrix.heads.nbytes) / 2**20),
-                  "bf16_copy_s": round(copy_s, 2), "rss_growth_mb": round(rss_mb() - before)}
+                  "bf16_copy_s": round(copy_s, 2) if "bf16" in rankers else "",
+                  "rss_growth_mb": round(rss_mb() - before)}
         times: dict[tuple[str, str, str, int], list[tuple[float, float]]] = {}
         for b in (1, 32):
             texts = long_queries(b)
-            batches = {s: prepared(index, s, texts) for s, _ in cases()}
+            batches = {s: prepared(index, s, texts) for s, _ in cases(precisions)}
             for s in (*HEADLESS, *PAIRS):  # the precisions agree before anything is timed: the same rows,
                 # and scores bit for bit but for one part of a space (fp32: a matrix-vector product)
-                found = [retrieve.vote_many(s, batches[s], 5, 32, scales, rankers[p], 12) for p in ("fp32", "bf16")]
+                found = [retrieve.vote_many(s, batches[s], 5, 32, scales, rankers[p], 12) for p in precisions]
                 tolerance = 1e-6 if (s, b) == ("standard", 1) else 0.0
                 assert all(np.array_equal(x.rows, y.rows) and np.allclose(x.scores, y.scores, rtol=0, atol=tolerance)
-                           for x, y in zip(*found)), (s, b)
+                           for other in found[1:] for x, y in zip(found[0], other)), (s, b)
             for r in range(rounds + 1):  # round 0 warms up
-                for s, p in cases():  # lambdas called at once: the loop's names are current
+                for s, p in cases(precisions):  # lambdas called at once: the loop's names are current
                     search.Exact = functools.partial(exact.Exact, precision=p)  # what Index.search_many builds
                     whole = timed(lambda s=s, t=texts: index.search_many(t, k=5, strategy=s, exact=True))
                     scoring = timed(
@@ -122,9 +124,9 @@ def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def render(result: dict[str, Any]) -> str:
     rows = result["rows"]
     return "\n".join([
-        "# Exact search in fp32 and in bf16 with an fp32 re-score (issue 17, target 1)\n",
+        f"# Exact search in {' and '.join(result['precisions'])} (bf16: re-scored in fp32; issue 17, target 1)\n",
         f"machine: {result['machine']}\n",
-        "Two CPU cores **shared with other engineers' jobs** while this ran (load average at start and end: "
+        "Two CPU cores, maybe shared with other jobs while this ran (load average at start and end: "
         f"{result['load_average_start_end']}): every round times each (strategy, precision) once, so load "
         "hits all alike; p50 over rounds, per query. `cpu` is the process's CPU time (both torch threads). "
         "Synthetic unit vectors (`bench_core.build_synthetic`), D=384, H=12 x d=32, six-sentence queries, "
@@ -142,17 +144,22 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,100000,1000000")
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--name", default="core-lowprec")
+    parser.add_argument("--precisions", default="fp32,bf16",
+                        help="fp32 first; fp32 alone where bf16 has no kernels (`settings.cpu_has_bf16_kernels`)")
     args = parser.parse_args()
+    precisions = tuple(args.precisions.split(","))
+    if precisions[0] != "fp32" or not set(precisions) <= set(exact.PRECISIONS):
+        raise SystemExit(f"--precisions: fp32 first, then any of {exact.PRECISIONS}")
     start_load = os.getloadavg()
     rows, memory = [], []
     for n in (int(s) for s in args.sizes.split(",") if s):
         print(f"{n} chunks ...", flush=True)
-        size_rows, size_memory = bench_size(n, args.rounds if n < 1_000_000 else max(3, args.rounds // 2))
+        size_rows, size_memory = bench_size(n, args.rounds if n < 1_000_000 else max(3, args.rounds // 2), precisions)
         rows += size_rows
         memory.append(size_memory)
         print(markdown_table(ratios(size_rows), list(ratios(size_rows)[0])), flush=True)
-    result = {"machine": machine(), "rows": rows, "memory": memory, "peak_rss_mb": round(peak_rss_mb()),
-              "load_average_start_end": [start_load, os.getloadavg()]}
+    result = {"machine": machine(), "precisions": precisions, "rows": rows, "memory": memory,
+              "peak_rss_mb": round(peak_rss_mb()), "load_average_start_end": [start_load, os.getloadavg()]}
     write_results(args.name, result, render(result))
 
 
