@@ -582,6 +582,26 @@ def test_a_graph_whose_nodes_and_keys_differ_is_scanned(tmp_path):
         assert not graphs.usable("standard")
 
 
+def test_a_drop_removes_what_is_built_when_it_holds_the_lock(tmp_path, monkeypatch):
+    """Another process drops the IVF indexes and builds graphs between a drop's first look and its lock:
+    the drop removes the graphs (their files too: none left behind) and says so."""
+    first = Index.open(tmp_path / "db", embedder=SeededEmbedder())
+    first.add(docs(150))
+    first.build_ann()  # IVF_FLAT: what the drop sees first
+    other = Index.open(tmp_path / "db", embedder=SeededEmbedder())
+    writing = first.store.writing
+
+    def after_the_other(*args, **kwargs):
+        other.drop_ann()
+        rebuilt.append(other.build_ann(graph.INDEX_TYPE))
+        return writing(*args, **kwargs)
+
+    rebuilt: list[dict] = []
+    monkeypatch.setattr(first.store, "writing", after_the_other)
+    assert first.drop_ann() == rebuilt[0] and rebuilt[0]["index_type"] == graph.INDEX_TYPE
+    assert first.store.manifest.ann is None and not root(first).exists()
+
+
 def test_dropping_the_graphs_removes_their_files_and_searches_scan_exactly(graph_index):
     from mrag.retrieve import graph
 

@@ -351,18 +351,19 @@ class Index:
         Writes build them again once `ann_policy`'s threshold is reached."""
         store = self.store
         store.refresh()
-        built = store.manifest.ann
-        if not built:
+        if not store.manifest.ann:
             return None
         columns = {c.column for c in store.vector_columns()}
         with store.writing(maintain=False):
+            built = store.manifest.ann  # read again under the lock: another writer may have dropped or rebuilt them
             for index in store.chunks.list_indices():
                 if set(index.columns) <= columns:
                     store.chunks.drop_index(index.name)
             store.manifest = store.manifest.replace(ann=None)
-        if built.get("index_type") == graph.INDEX_TYPE and is_local(store.uri):
-            shutil.rmtree(graph.folder(store.uri), ignore_errors=True)  # a reader of them retries without
-        return dict(built)
+            if built and built.get("index_type") == graph.INDEX_TYPE and is_local(store.uri):
+                # under the lock, so graphs a later build writes stay; a reader of these scans exactly instead
+                shutil.rmtree(graph.folder(store.uri), ignore_errors=True)
+        return dict(built) if built else None
 
     def space_weights(self) -> retrieve.Scales:
         """Committed scales, with each external space's weight: its own scale ("auto") or the one it was given."""
