@@ -441,6 +441,47 @@ def test_an_id_indexed_from_another_file_is_refused_unless_both_are_read(index, 
                                                                      "a2": str(first.resolve())}
 
 
+def test_a_file_s_new_and_gone_records_are_one_commit(index, tmp_path):
+    """A file indexed again with one record changed and one gone: the upsert and the delete commit together
+    (readers never see the new record beside the gone one; a crash between two commits left the gone one)."""
+    import json
+
+    notes = tmp_path / "notes.jsonl"
+    notes.write_text("\n".join(json.dumps({"id": i, "text": f"Record {i} about owls."}) for i in "xyz"))
+    index.add_paths([notes])
+    writes = index.store.manifest.maintenance["writes"]
+    notes.write_text("\n".join([json.dumps({"id": "x", "text": "Record x, now about herons."}),
+                                json.dumps({"id": "y", "text": "Record y about owls."})]))
+    report = index.add_paths([notes])
+    assert report.updated == ["x"] and report.removed == ["z"]
+    assert index.store.manifest.maintenance["writes"] == writes + 1
+    assert doc_ids(index) == ["x", "y"]
+    assert Index.open(index.store.uri, embedder=FakeEmbedder()).search("herons", k=1)[0].doc_id == "x"
+
+
+def test_an_id_another_process_indexes_meanwhile_is_refused_under_the_lock(index, db_path, tmp_path, monkeypatch):
+    """The id check runs again under the write lock: another process that indexes the id from its own file
+    between the first check and the lock keeps it, and nothing of this batch is written."""
+    import json
+
+    mine, theirs = tmp_path / "mine.jsonl", tmp_path / "theirs.jsonl"
+    mine.write_text("\n".join([json.dumps({"id": "shared", "text": "Octopuses have three hearts."}),
+                               json.dumps({"id": "own", "text": "Lemurs live on Madagascar."})]))
+    theirs.write_text(json.dumps({"id": "shared", "text": "Volcanoes in Iceland."}))
+    other = Index.open(db_path, embedder=FakeEmbedder())
+    writing = index.store.writing
+
+    def after_the_other(*args, **kwargs):
+        if not doc_ids(other):
+            other.add_paths([theirs])
+        return writing(*args, **kwargs)
+
+    monkeypatch.setattr(index.store, "writing", after_the_other)
+    with pytest.raises(ValueError, match="already indexed from another file, nothing written: shared"):
+        index.add_paths([mine])
+    assert {r["doc_id"]: r["source"] for r in table_rows(other)} == {"shared": str(theirs.resolve())}
+
+
 def test_a_renamed_records_file_takes_its_ids_and_library_documents_are_left_alone(index, tmp_path):
     """A records file renamed (its old name gone) is no conflict: its ids move to the new name, and --prune
     deletes what the old name held no longer. Documents the library added, with a file's path as source

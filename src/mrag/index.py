@@ -173,12 +173,15 @@ class Index:
         """Add new documents; unchanged ones are skipped; an existing id with new content is an error."""
         return self._write(docs, replace=False, show_progress=show_progress)
 
-    def upsert(self, docs: Iterable[Document | dict[str, Any] | str], show_progress: bool = False) -> AddReport:
-        """Add new documents and replace changed ones (same id, other content); unchanged: no work."""
-        return self._write(docs, replace=True, show_progress=show_progress)
+    def upsert(self, docs: Iterable[Document | dict[str, Any] | str], show_progress: bool = False,
+               settle: Callable[[], None] | None = None) -> AddReport:
+        """Add new documents and replace changed ones (same id, other content); unchanged: no work. `settle`:
+        run under the write lock after the rows, in their commit, where any are written (`mrag.sync`)."""
+        return self._write(docs, replace=True, show_progress=show_progress, settle=settle)
 
-    def _write(self, docs: Iterable[Document | dict[str, Any] | str], replace: bool, show_progress: bool) -> AddReport:
-        report = writing.write(self.store, lambda: self.embedder, self.spaces, docs, replace, show_progress)
+    def _write(self, docs: Iterable[Document | dict[str, Any] | str], replace: bool, show_progress: bool,
+               settle: Callable[[], None] | None = None) -> AddReport:
+        report = writing.write(self.store, lambda: self.embedder, self.spaces, docs, replace, show_progress, settle)
         report.ann = self.maintain_ann() if report.chunks else None
         return report
 

@@ -4,9 +4,9 @@ that are gone. `Index.add_paths` and `mrag index` run `index_files`; the choices
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from mrag.ingest import EMPTY, NO_RECORDS, RECORD_SUFFIXES, SUFFIXES, Document, Skipped
 from mrag.rows import quote
@@ -19,29 +19,55 @@ class Writable(Protocol):
 
     store: Store
 
-    def upsert(self, docs: list[Document], show_progress: bool = False) -> AddReport: ...
+    def upsert(self, docs: list[Document], show_progress: bool = False,
+               settle: Callable[[], None] | None = None) -> AddReport: ...
 
     def delete(self, ids: Sequence[str], missing_ok: bool = False) -> int: ...
 
 
 def index_files(index: Writable, paths: Sequence[str | Path], docs: list[Document], skipped: list[Skipped],
                 show_progress: bool = False, prune: bool = False) -> AddReport:
-    """Upsert the documents `read_paths` read from `paths`, then delete the indexed documents their files no
-    longer hold (`gone_from_files`). An id already indexed from a file not read now is refused first, and
-    nothing is written."""
+    """Upsert the documents `read_paths` read from `paths` and delete the indexed documents their files no
+    longer hold (`gone_from_files`), in one commit. An id already indexed from a file not read now is
+    refused, and nothing is written: checked before the embedding, and again under the write lock (another
+    process may index it meanwhile)."""
+    refuse_taken(index.store, docs)
+    removed: list[str] | None = None
+
+    def settle() -> None:  # under the write lock, after the upsert's rows, in their commit
+        nonlocal removed
+        refuse_taken(index.store, docs)
+        removed = gone(index.store, docs, skipped, paths, prune, live=True)
+        if removed:
+            index.store.delete(f"doc_id IN ({quote(removed)})")
+
+    report = index.upsert(docs, show_progress=show_progress, settle=settle)
+    report.skipped = skipped
+    if removed is None:  # no rows written (all unchanged): the deletes, if any, are a write of their own
+        removed = gone(index.store, docs, skipped, paths, prune)
+        if removed:
+            index.delete(removed, missing_ok=True)  # another process may have deleted some meanwhile
+    report.removed = removed
+    return report
+
+
+def refuse_taken(store: Store, docs: list[Document]) -> None:
+    """Refuse ids of `docs` that are indexed from another file (`taken_from_other_files`)."""
     ids = [d.id for d in docs]
-    taken = taken_from_other_files(sources(index.store, f"doc_id IN ({quote(ids)})") if ids else {}, docs)
+    taken = taken_from_other_files(sources(store, f"doc_id IN ({quote(ids)})") if ids else {}, docs)
     if taken:
         raise ValueError(f"id(s) already indexed from another file, nothing written: {', '.join(taken[:5])} "
                          "(index both files together, or delete the id first)")
-    report = index.upsert(docs, show_progress=show_progress)
-    report.skipped = skipped
+
+
+def gone(store: Store, docs: list[Document], skipped: list[Skipped], paths: Sequence[str | Path],
+         prune: bool, live: bool = False) -> list[str]:
+    """The indexed documents that indexing `docs` from `paths` deletes (`gone_from_files`): of the committed
+    rows, or (`live`, inside a write) of the rows as the write has left them so far."""
     read = sorted({d.source for d in docs})
-    indexed = sources(index.store, None if prune else f"source IN ({quote(read)})") if prune or read else {}
-    report.removed = gone_from_files(indexed, docs, skipped, paths, prune)
-    if report.removed:
-        index.delete(report.removed, missing_ok=True)  # another process may have deleted some meanwhile
-    return report
+    where = None if prune else f"source IN ({quote(read)})"
+    indexed = sources(store, where, store.chunks if live else None) if prune or read else {}
+    return gone_from_files(indexed, docs, skipped, paths, prune)
 
 
 def to_read(paths: Sequence[str | Path], prune: bool) -> list[str | Path]:
@@ -50,9 +76,10 @@ def to_read(paths: Sequence[str | Path], prune: bool) -> list[str | Path]:
     return [p for p in paths if Path(p).expanduser().exists()] if prune else list(paths)
 
 
-def sources(store: Store, where: str | None) -> dict[str, str]:
-    """Document id -> source of the committed documents `where` selects (None: all)."""
-    rows = store.rows(where, ["doc_id", "source"])
+def sources(store: Store, where: str | None, table: Any = None) -> dict[str, str]:
+    """Document id -> source of the committed documents `where` selects (None: all); `table`: of that
+    table's rows instead (a write's, before its commit)."""
+    rows = store.rows(where, ["doc_id", "source"], table=table)
     return dict(zip(rows["doc_id"].to_pylist(), rows["source"].to_pylist()))
 
 
@@ -88,8 +115,9 @@ def gone_from_files(indexed_sources: dict[str, str], docs: list[Document], skipp
                     paths: Iterable[str | Path], prune: bool) -> list[str]:
     """Ids of indexed documents to delete after indexing `paths`: a file's records are its documents, so the
     ones a file read this time no longer holds; with `prune`, also the documents of files under `paths` that
-    no longer exist or are now empty (files skipped as unreadable keep theirs). `indexed_sources`: id -> source
-    of the indexed documents whose source is a file read now or, with `prune`, lies under `paths`."""
+    no longer exist or are now empty (files skipped as unreadable keep theirs). A document read now is never
+    one of them (a record moved to another file). `indexed_sources`: id -> source of the indexed documents
+    whose source is a file read now or, with `prune`, lies under `paths`."""
     read_ids, read = {d.id for d in docs}, {d.source for d in docs}
     emptied = {s.source for s in skipped if s.reason in (EMPTY, NO_RECORDS)}
     roots = [Path(p).expanduser().resolve() for p in paths]
@@ -100,5 +128,5 @@ def gone_from_files(indexed_sources: dict[str, str], docs: list[Document], skipp
         inside = any(Path(source) == root or root in Path(source).parents for root in roots)
         return inside and (source in emptied or not _exists(source))
 
-    return sorted(i for i, source in indexed_sources.items() if from_a_file(i, source) and (
-        (source in read and i not in read_ids) or (prune and source not in read and vanished(source))))
+    return sorted(i for i, source in indexed_sources.items() if from_a_file(i, source) and i not in read_ids and (
+        source in read or (prune and vanished(source))))

@@ -93,11 +93,14 @@ def write(
     docs: Iterable[Document | dict[str, Any] | str],
     replace: bool,
     show_progress: bool = False,
+    settle: Callable[[], None] | None = None,
 ) -> AddReport:
     """Add documents (`replace`: and replace changed ones). Embeds outside the write lock (other
     writers go on meanwhile), then, under it, triages again against what is committed now and
     writes. Past `STAGE_BYTES` of embedded rows the lock is taken early and the rest is written as
-    it is embedded, so memory stays bounded. `embedder` is called only when there is work."""
+    it is embedded, so memory stays bounded. `embedder` is called only when there is work. `settle`,
+    where rows are written, runs under the lock after them, in the same commit (an error there writes
+    nothing): `mrag.sync`'s checks and deletes."""
     documents = [as_document(d, i) for i, d in enumerate(docs)]
     ids = [d.id for d in documents]
     check_unique_ids(ids)
@@ -131,6 +134,8 @@ def write(
             held.enter_context(store.writing())
             wanted = _retriage(store, todo, replace, report)
         _append(store, staged, wanted, report)
+        if settle is not None:
+            settle()
         fulltext.keep(store.chunks)  # the full-text index, built or caught up in this same commit
     return report
 
