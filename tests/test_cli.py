@@ -171,7 +171,7 @@ def test_index_prune_deletes_the_documents_of_deleted_files(db, corpus):
         "added": 0, "updated": 0, "unchanged": 3, "removed": 1, "chunks": 0, "skipped": []}
     assert json.loads(mrag("info", "--db", db).stdout)["documents"] == 3
     refused = mrag("index", corpus, "--db", db, "--prune", "--ray", ok=False)
-    assert refused.exit_code == 2 and "--ray adds and replaces documents only" in refused.stderr
+    assert refused.exit_code == 2 and "--ray does not prune" in refused.stderr
 
 
 def test_clear_errors_for_fusion_a_relative_path_and_tune_without_a_bench(db, corpus, monkeypatch):

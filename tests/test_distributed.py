@@ -87,6 +87,23 @@ def child(corpus: Path, db: Path) -> dict:
     out["again_commits"] = manifest_versions(db) - versions
     (corpus / "note0.txt").write_text(TOPICS[3] + " Rewritten.")
     out["changed"] = index_with_ray(db, [corpus], make_embedder=FakeEmbedder, **options).to_dict()
+    # a records file follows its file: rec0 changed and rec4 gone in one commit, then rec3 gone alone
+    records = corpus / "records.jsonl"
+    kept = [json.loads(line) for line in records.read_text().splitlines()][:4]
+    kept[0]["text"] += " Revised."
+    records.write_text("\n".join(json.dumps(r) for r in kept))
+    versions = manifest_versions(db)
+    out["records"] = index_with_ray(db, [corpus], make_embedder=FakeEmbedder, **options).to_dict()
+    out["records_commits"] = manifest_versions(db) - versions
+    records.write_text("\n".join(json.dumps(r) for r in kept[:3]))
+    out["gone"] = index_with_ray(db, [corpus], make_embedder=FakeEmbedder, **options).to_dict()
+    (corpus.parent / "elsewhere").mkdir()
+    (corpus.parent / "elsewhere" / "other.jsonl").write_text(json.dumps({"id": "rec1", "text": "Another rec1."}))
+    try:  # an id indexed from another file that still exists
+        index_with_ray(db, [corpus.parent / "elsewhere"], make_embedder=FakeEmbedder, **options)
+        out["taken"] = "no error"
+    except ValueError as e:
+        out["taken"] = str(e)
     (corpus / "poison.txt").write_text(f"A {POISON} note. " + TOPICS[1])
     try:
         index_with_ray(db, [corpus], make_embedder=PoisonEmbedder, **options)
@@ -175,10 +192,14 @@ def test_ray_index_equals_single_process_index(tmp_path):
     spread = out["one_file"]["workers"]  # one file of 60 records, 15 batches: several actors share them
     assert out["one_file"]["chunks"] == 60 and len(spread) >= 2 and all(w["chunks"] > 0 for w in spread)
     assert out["empty"]["added"] == 0 and not out["empty_created"]
-    assert out["gpu"]["chunks"] == first.chunks and len(out["gpu"]["workers"]) == 1  # one GPU: one worker
+    gpu = out["gpu"]  # the corpus as it ends (as `single` has it): one GPU, one worker
+    assert gpu["chunks"] == len(rows_by_id(single)) and len(gpu["workers"]) == 1
     changed = out["changed"]  # one file rewritten: only its chunks are embedded again
     assert changed["updated"] == 1 and changed["unchanged"] == len(first.added) - 1 and changed["added"] == 0
     assert changed["chunks"] == 1
+    assert (out["records"]["updated"], out["records"]["removed"], out["records_commits"]) == (1, 1, 1)
+    assert (out["gone"]["removed"], out["gone"]["chunks"]) == (1, 0)  # nothing to embed: the delete alone
+    assert out["taken"].startswith("id(s) already indexed from another file, nothing written: rec1")
     assert out["poison"] == "RayJobError: the Ray job failed, nothing was written: RuntimeError: poisoned chunk"
 
     distributed = Index.open(tmp_path / "ray-db", embedder=FakeEmbedder(), create=False)

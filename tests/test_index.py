@@ -482,6 +482,32 @@ def test_an_id_another_process_indexes_meanwhile_is_refused_under_the_lock(index
     assert {r["doc_id"]: r["source"] for r in table_rows(other)} == {"shared": str(theirs.resolve())}
 
 
+def test_records_gone_alone_are_found_again_under_the_lock(index, db_path, tmp_path, monkeypatch):
+    """A run with nothing to embed that deletes a gone record decides under the write lock: a document
+    another process wrote meanwhile under that id (here by hand, with no file) is not the file's to delete;
+    and a delete runs the ANN upkeep a write of rows runs."""
+    import json
+
+    notes = tmp_path / "notes.jsonl"
+    notes.write_text("\n".join(json.dumps({"id": i, "text": f"Record {i} about owls."}) for i in "xyz"))
+    index.add_paths([notes])
+    notes.write_text("\n".join(json.dumps({"id": i, "text": f"Record {i} about owls."}) for i in "xy"))
+    other = Index.open(db_path, embedder=FakeEmbedder())
+    writing, upkeep = index.store.writing, []
+
+    def after_the_other(*args, **kwargs):
+        other.upsert([{"id": "z", "text": "Now the library's own note."}])
+        return writing(*args, **kwargs)
+
+    monkeypatch.setattr(index.store, "writing", after_the_other)
+    monkeypatch.setattr(index, "maintain_ann", lambda force=False: upkeep.append(force))
+    assert index.add_paths([notes]).removed == []
+    assert {r["doc_id"]: r["source"] for r in table_rows(other)}["z"] == ""
+    monkeypatch.setattr(index.store, "writing", writing)
+    notes.write_text(json.dumps({"id": "x", "text": "Record x about owls."}))
+    assert index.add_paths([notes]).removed == ["y"] and upkeep == [False]
+
+
 def test_a_renamed_records_file_takes_its_ids_and_library_documents_are_left_alone(index, tmp_path):
     """A records file renamed (its old name gone) is no conflict: its ids move to the new name, and --prune
     deletes what the old name held no longer. Documents the library added, with a file's path as source

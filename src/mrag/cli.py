@@ -114,7 +114,7 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
         if not paths:
             raise click.UsageError("--ray needs files or folders to index")
         if prune:
-            raise click.UsageError("--ray adds and replaces documents only: index without --ray to --prune")
+            raise click.UsageError("--ray does not prune: index without --ray to --prune")
         if spaces:
             raise click.UsageError("--ray does not embed extra spaces (--space): index without --ray")
         progress = sys.stderr.isatty()

@@ -176,7 +176,8 @@ class Index:
     def upsert(self, docs: Iterable[Document | dict[str, Any] | str], show_progress: bool = False,
                settle: Callable[[], None] | None = None) -> AddReport:
         """Add new documents and replace changed ones (same id, other content); unchanged: no work. `settle`:
-        run under the write lock after the rows, in their commit, where any are written (`mrag.sync`)."""
+        run under the write lock after the rows, in their commit, where any document needed embedding
+        (`writing.write`; `mrag.sync`)."""
         return self._write(docs, replace=True, show_progress=show_progress, settle=settle)
 
     def _write(self, docs: Iterable[Document | dict[str, Any] | str], replace: bool, show_progress: bool,
@@ -365,6 +366,7 @@ class Index:
             store.manifest = store.manifest.replace(ann=None)
             if built and built.get("index_type") == graph.INDEX_TYPE and is_local(store.uri):
                 # under the lock, so graphs a later build writes stay; a reader of these scans exactly instead
+                # (as do searches where the commit then fails: the next write's upkeep builds them again)
                 shutil.rmtree(graph.folder(store.uri), ignore_errors=True)
         return dict(built) if built else None
 

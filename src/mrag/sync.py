@@ -22,7 +22,7 @@ class Writable(Protocol):
     def upsert(self, docs: list[Document], show_progress: bool = False,
                settle: Callable[[], None] | None = None) -> AddReport: ...
 
-    def delete(self, ids: Sequence[str], missing_ok: bool = False) -> int: ...
+    def maintain_ann(self, force: bool = False) -> dict[str, Any] | None: ...
 
 
 def index_files(index: Writable, paths: Sequence[str | Path], docs: list[Document], skipped: list[Skipped],
@@ -37,18 +37,40 @@ def index_files(index: Writable, paths: Sequence[str | Path], docs: list[Documen
     def settle() -> None:  # under the write lock, after the upsert's rows, in their commit
         nonlocal removed
         refuse_taken(index.store, docs)
-        removed = gone(index.store, docs, skipped, paths, prune, live=True)
-        if removed:
-            index.store.delete(f"doc_id IN ({quote(removed)})")
+        removed = drop_gone(index.store, docs, skipped, paths, prune)
 
     report = index.upsert(docs, show_progress=show_progress, settle=settle)
     report.skipped = skipped
-    if removed is None:  # no rows written (all unchanged): the deletes, if any, are a write of their own
-        removed = gone(index.store, docs, skipped, paths, prune)
-        if removed:
-            index.delete(removed, missing_ok=True)  # another process may have deleted some meanwhile
+    if removed is None:  # nothing needed embedding: the deletes, if any, are a write of their own
+        removed = delete_gone(index, docs, skipped, paths, prune)
+    elif removed and not report.chunks:  # deleted, but no row written: the upkeep a write of rows runs
+        index.maintain_ann()
     report.removed = removed
     return report
+
+
+def delete_gone(index: Writable, docs: list[Document], skipped: list[Skipped], paths: Sequence[str | Path],
+                prune: bool) -> list[str]:
+    """In a write of its own, delete the documents that indexing `docs` deletes (`gone`), decided under the
+    write lock, then run the ANN upkeep (HNSW graphs skip removed rows); -> their ids. A look at the committed
+    rows first: where it finds none, nothing is committed."""
+    if not gone(index.store, docs, skipped, paths, prune):
+        return []
+    with index.store.writing():
+        removed = drop_gone(index.store, docs, skipped, paths, prune)
+    if removed:
+        index.maintain_ann()
+    return removed
+
+
+def drop_gone(store: Store, docs: list[Document], skipped: list[Skipped], paths: Sequence[str | Path],
+              prune: bool) -> list[str]:
+    """Under the write lock: delete the documents `gone` finds in the rows as the write has left them so far;
+    -> their ids."""
+    found = gone(store, docs, skipped, paths, prune, live=True)
+    if found:
+        store.delete(f"doc_id IN ({quote(found)})")
+    return found
 
 
 def refuse_taken(store: Store, docs: list[Document]) -> None:
@@ -63,7 +85,8 @@ def refuse_taken(store: Store, docs: list[Document]) -> None:
 def gone(store: Store, docs: list[Document], skipped: list[Skipped], paths: Sequence[str | Path],
          prune: bool, live: bool = False) -> list[str]:
     """The indexed documents that indexing `docs` from `paths` deletes (`gone_from_files`): of the committed
-    rows, or (`live`, inside a write) of the rows as the write has left them so far."""
+    rows, or (`live`, inside a write) of the rows as the write has left them so far. (With `prune`, every
+    row's id and source are read: under the write lock, for a live read.)"""
     read = sorted({d.source for d in docs})
     where = None if prune else f"source IN ({quote(read)})"
     indexed = sources(store, where, store.chunks if live else None) if prune or read else {}

@@ -99,8 +99,10 @@ def fuse_many(ranking: np.ndarray, weights: np.ndarray, k: int) -> list[tuple[np
     part, _, ranks = np.nonzero(valid)  # one entry per vote, by part, then space, then rank
     items = ranking[valid].astype(np.int64)
     span = int(items.max()) + 1 if len(items) else 1
-    uniq, inverse = np.unique(part * span + items, return_inverse=True)  # (U,) distinct (part, item)
+    # (U,) distinct (part, item): items are row numbers, so part * span stays far below 2**63
+    uniq, inverse = np.unique(part * span + items, return_inverse=True)
     totals = np.bincount(inverse, weights=np.asarray(weights, dtype=np.float64)[valid], minlength=len(uniq))
+    totals = totals.astype(np.float64, copy=False)  # no vote at all: bincount gives int64
     best_rank = np.full(len(uniq), np.iinfo(np.int64).max)
     np.minimum.at(best_rank, inverse, ranks)
     owner, item = uniq // span, uniq % span

@@ -98,9 +98,10 @@ def write(
     """Add documents (`replace`: and replace changed ones). Embeds outside the write lock (other
     writers go on meanwhile), then, under it, triages again against what is committed now and
     writes. Past `STAGE_BYTES` of embedded rows the lock is taken early and the rest is written as
-    it is embedded, so memory stays bounded. `embedder` is called only when there is work. `settle`,
-    where rows are written, runs under the lock after them, in the same commit (an error there writes
-    nothing): `mrag.sync`'s checks and deletes."""
+    it is embedded, so memory stays bounded. `embedder` is called only when there is work. `settle` runs
+    under the lock after the rows, in the same commit (an error there writes nothing), where any document
+    needed embedding (even if the check under the lock then leaves no row to write), and never otherwise:
+    `mrag.sync`'s checks and deletes."""
     documents = [as_document(d, i) for i, d in enumerate(docs)]
     ids = [d.id for d in documents]
     check_unique_ids(ids)

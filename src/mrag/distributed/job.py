@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+from mrag import sync
 from mrag.distributed.stages import (
     STATS_COLUMN,
     EmbedChunks,
@@ -24,7 +25,7 @@ from mrag.distributed.stages import (
 )
 from mrag.embed.base import Embeddings, HeadEmbedder
 from mrag.index import Index, embedder_factory
-from mrag.ingest import list_files
+from mrag.ingest import Document, list_files
 from mrag.retrieve import fulltext
 from mrag.rows import quote
 from mrag.scales import HeadStats
@@ -82,7 +83,9 @@ def index_with_ray(
     id_field / title_field for JSON records. `chunk_chars` / `overlap`: for a new index. `show_progress`:
     Ray Data's progress bars and messages (otherwise silenced during the job). `ann_policy`: when
     the write (re)builds the ANN indexes, as every `Index` write does (default `AnnPolicy()`).
-    Same semantics as `Index.add_paths`: unchanged documents are skipped, changed ones replaced.
+    Same semantics as `Index.add_paths` (without `prune`): unchanged documents are skipped, changed ones
+    replaced, and the records a file read no longer holds deleted, in the job's one commit; an id indexed
+    from another file is refused (`mrag.sync`).
     """
     ray = _import_ray()
     if num_workers <= 0 or batch_size <= 0:
@@ -106,6 +109,7 @@ def index_with_ray(
             return _run_job(
                 ray,
                 uri,
+                paths,
                 files,
                 existing,
                 chunking,
@@ -130,6 +134,7 @@ def index_with_ray(
 def _run_job(
     ray: Any,
     uri: str,
+    paths: Sequence[str | Path],
     files: list[tuple[str, bool]],
     existing: Store | None,
     chunking: dict[str, int],
@@ -148,11 +153,17 @@ def _run_job(
         .flat_map(read_documents, fn_kwargs={**chunking, "fields": fields})
         .materialize()
     )
-    columns = ["shown", "explicit", "order", "position", "problem", "doc_id", "digest", "n_chunks"]
+    columns = ["shown", "explicit", "order", "position", "problem", "doc_id", "source", "digest", "n_chunks"]
     listing = sorted(documents.select_columns(columns).take_all(), key=lambda r: (r["order"], r["position"]))
     hashes = existing.doc_hashes([r["doc_id"] for r in listing if not r["problem"]]) if existing else {}
     report, todo = plan(listing, hashes)
-    if not todo:  # nothing new or changed: no model, no commit
+    read = [Document(r["doc_id"], "", r["source"]) for r in listing if not r["problem"]]  # what `mrag.sync` asks
+    if existing is not None:
+        sync.refuse_taken(existing, read)
+    if not todo:  # nothing new or changed: no model, and a commit only for records gone from their files
+        if existing is not None and sync.gone(existing, read, report.skipped, paths, False):
+            index = Index.open(uri, storage_options=storage_options, create=False)
+            report.removed = sync.delete_gone(index, read, report.skipped, paths, False)
         return report
     # the embedder's description, from a worker (the driver may have no GPU, nor the model's files)
     info = ray.get(ray.remote(_embedder_info).options(num_cpus=cpus, num_gpus=gpus).remote(make))
@@ -194,6 +205,8 @@ def _run_job(
             store.add(rows)
             written.extend(rows["id"].to_pylist())
         check_complete(expected, written, before, store.sums.heads, [HeadStats.from_json(t) for t in tags])
+        sync.refuse_taken(store, read)  # again under the lock: another process may have indexed one meanwhile
+        report.removed = sync.drop_gone(store, read, report.skipped, paths, False)  # in this same commit
         fulltext.keep(store.chunks)  # the full-text index, in this same commit
     report.chunks = len(written)
     report.workers = per_worker(tags)
