@@ -434,6 +434,13 @@ def test_an_id_indexed_from_another_file_is_refused_unless_both_are_read(index, 
     with pytest.raises(ValueError, match="already indexed from another file, nothing written: a1"):
         index.add_paths([second])
     assert index.store.chunks.version == version and table_rows(index) == rows
+    both = f"duplicate document ids in one batch: a1 \\({first.resolve()} and {second.resolve()}\\)"
+    with pytest.raises(ValueError, match=both):  # both files hold it: indexing them together names them
+        index.add_paths([tmp_path / "a", tmp_path / "b"])
+    twice = tmp_path / "twice.jsonl"
+    twice.write_text("\n".join(json.dumps({"id": "t", "text": t}) for t in ("one", "two")))
+    with pytest.raises(ValueError, match=f"t \\(twice in {twice.resolve()}\\)"):
+        index.add_paths([twice])
     first.write_text(json.dumps([{"id": "a2", "text": "Lemurs live on Madagascar."}]))  # a1 moved to the other
     report = index.add_paths([tmp_path / "a", tmp_path / "b"])
     assert sorted(report.added) == ["a2"] and report.updated == ["a1"] and report.removed == []

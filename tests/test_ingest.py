@@ -100,7 +100,7 @@ def test_jsonl_with_custom_fields(tmp_path):
         ("D1", "Aqueducts carried water.", "Rome", {"era": "ancient"}),
         ("D2", "Bees regulate heat.", "", {"lang": "en"}),
     ]
-    with pytest.raises(IngestError, match="record 0 has no string field 'text'"):
+    with pytest.raises(IngestError, match="line 1 has no string field 'text'"):
         read_paths([path])  # default field names do not fit these records
 
 
@@ -116,12 +116,18 @@ def test_jsonl_records_are_lines_and_their_strings_may_hold_any_separator(tmp_pa
     "name, content, message",
     [
         ("bad.json", "{not json", "invalid JSON"),
-        ("bad.json", '[{"text": "a"},\n\n {oops}]', "invalid JSON .* at line 3"),
-        ("bad.jsonl", '{"text": "a"}\n\n{"text": "b"}\r\n{oops\n', r"invalid JSON .* at line 4\)"),  # the file's line
+        ("bad.json", '[{"text": "a"},\n\n {oops}]', r"invalid JSON at line 3, column 3 \(Expecting"),
+        ("bad.jsonl", '{"text": "a"}\n\n{"text": "b"}\r\n{oops\n', "invalid JSON at line 4, column 2"),  # file's line
+        ("cut.jsonl", '{"text": "a"}\n{"text": "b', r"invalid JSON at line 2, column 10 \(Unterminated string"),
         ("empty.jsonl", "\n\n", "the file is empty"),
-        ("blank.json", '[{"text": "  "}]', "record 0 has an empty 'text'"),
+        ("blank.json", '[{"text": "  "}]', "record 1 has an empty 'text'"),
+        ("blank.jsonl", '{"text": "a"}\n\n{"text": " "}', "line 3 has an empty 'text'"),  # the file's line
         ("none.json", "[]", "no records"),
-        ("nums.json", "[1, 2]", "record 0 has no string field"),
+        ("nums.json", "[1, 2]", "record 1 is not a JSON object"),
+        ("lists.jsonl", '{"text": "a"}\n[1, 2, 3]', "line 2 is not a JSON object"),
+        ("listid.jsonl", '{"id": ["m-d"], "text": "a"}', r"line 1: the id 'id' must be a string or a number, not \["),
+        ("boolid.json", '[{"id": 7, "text": "a"}, {"id": true, "text": "b"}]', "record 2: the id 'id' .* not true"),
+        ("emptyid.jsonl", '{"id": "", "text": "a"}', 'line 1: the id .* not ""'),
     ],
 )
 def test_bad_records(tmp_path, name, content, message):

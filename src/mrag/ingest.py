@@ -130,22 +130,32 @@ def _records(path: Path, source: str, text: str, text_field: str, id_field: str,
     jsonl = path.suffix.lower() == ".jsonl"
     # JSON Lines: a record a "\n"-ended line (str.splitlines would also cut at U+2028, which JSON strings may hold)
     pieces = text.split("\n") if jsonl else [text]
-    rows: list[Any] = []
+    rows: list[tuple[str, Any]] = []  # (where: the file's line or the array's record, from 1; the record)
     for number, piece in enumerate(pieces):
         if not piece.strip():
             continue
         try:
             loaded = json.loads(piece)
         except json.JSONDecodeError as e:  # a JSONL record is parsed alone: its line 1 is the file's number + 1
-            raise IngestError(f"{path}: invalid JSON ({e.msg} at line {number + e.lineno})") from None
-        rows.extend(loaded if isinstance(loaded, list) and not jsonl else [loaded])
+            raise IngestError(f"{path}: invalid JSON at line {number + e.lineno}, column {e.colno} "
+                              f"({e.msg})") from None
+        if jsonl:
+            rows.append((f"line {number + 1}", loaded))
+        else:
+            rows.extend((f"record {i + 1}", r) for i, r in enumerate(loaded if isinstance(loaded, list) else [loaded]))
     docs = []
-    for i, row in enumerate(rows):
-        if not isinstance(row, dict) or not isinstance(row.get(text_field), str):
-            raise IngestError(f"{path}: record {i} has no string field {text_field!r}")
+    for i, (where, row) in enumerate(rows):
+        if not isinstance(row, dict):
+            raise IngestError(f"{path}: {where} is not a JSON object (a record holds {text_field!r} and its fields)")
+        if not isinstance(row.get(text_field), str):
+            raise IngestError(f"{path}: {where} has no string field {text_field!r}")
         if not row[text_field].strip():
-            raise IngestError(f"{path}: record {i} has an empty {text_field!r}")
-        doc_id = str(row[id_field]) if row.get(id_field) is not None else f"{source}#{i}"
+            raise IngestError(f"{path}: {where} has an empty {text_field!r}")
+        given = row.get(id_field)
+        if isinstance(given, (bool, list, dict)) or given == "":
+            raise IngestError(f"{path}: {where}: the id {id_field!r} must be a string or a number, "
+                              f"not {json.dumps(given)}")
+        doc_id = str(given) if given is not None else f"{source}#{i}"
         metadata = {k: v for k, v in row.items() if k not in (text_field, id_field, title_field)}
         docs.append(Document(doc_id, row[text_field], source, str(row.get(title_field) or ""), metadata))
     if not docs:

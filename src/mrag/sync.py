@@ -11,7 +11,7 @@ from typing import Any, Protocol
 from mrag.ingest import EMPTY, NO_RECORDS, RECORD_SUFFIXES, SUFFIXES, Document, Skipped
 from mrag.rows import quote
 from mrag.store import Store
-from mrag.writing import AddReport
+from mrag.writing import AddReport, check_unique_ids
 
 
 class Writable(Protocol):
@@ -31,6 +31,7 @@ def index_files(index: Writable, paths: Sequence[str | Path], docs: list[Documen
     longer hold (`gone_from_files`), in one commit. An id already indexed from a file not read now is
     refused, and nothing is written: checked before the embedding, and again under the write lock (another
     process may index it meanwhile)."""
+    check_unique_ids([d.id for d in docs], [d.source for d in docs])  # naming the files
     refuse_taken(index.store, docs)
     removed: list[str] | None = None
 
@@ -79,7 +80,8 @@ def refuse_taken(store: Store, docs: list[Document]) -> None:
     taken = taken_from_other_files(sources(store, f"doc_id IN ({quote(ids)})") if ids else {}, docs)
     if taken:
         raise ValueError(f"id(s) already indexed from another file, nothing written: {', '.join(taken[:5])} "
-                         "(index both files together, or delete the id first)")
+                         "(if the record moved here, index both files together; else give it another id here, "
+                         "or delete the id first)")
 
 
 def gone(store: Store, docs: list[Document], skipped: list[Skipped], paths: Sequence[str | Path],

@@ -62,10 +62,19 @@ def chunk_settings(uri: str, store: Store | None, chunk_chars: int | None, overl
     return {"chunk_chars": chunk_chars, "overlap": overlap}
 
 
-def check_unique_ids(ids: Sequence[str]) -> None:
-    dupes = sorted({i for i in ids if ids.count(i) > 1}) if len(set(ids)) < len(ids) else []
-    if dupes:
-        raise ValueError(f"duplicate document ids in one batch: {', '.join(dupes[:5])}")
+def check_unique_ids(ids: Sequence[str], sources: Sequence[str] | None = None) -> None:
+    """Refuse ids given twice, naming the first few (and, with each id's `sources`, the files that give them)."""
+    if len(set(ids)) == len(ids):
+        return
+    where: dict[str, list[str]] = {}
+    for i, doc_id in enumerate(ids):
+        where.setdefault(doc_id, []).append(sources[i] if sources is not None else "")
+    dupes = sorted(i for i, found in where.items() if len(found) > 1)[:5]
+    if sources is None:
+        raise ValueError(f"duplicate document ids in one batch: {', '.join(dupes)}")
+    named = [f"{i} ({'twice in ' + where[i][0] if len(set(where[i])) == 1 else ' and '.join(dict.fromkeys(where[i]))})"
+             for i in dupes]
+    raise ValueError(f"duplicate document ids in one batch: {'; '.join(named)} (an id names one record)")
 
 
 def triage(

@@ -142,7 +142,7 @@ def plan(listing: list[dict[str, Any]], existing: dict[str, str]) -> tuple[RayIn
         if row["problem"]:
             report.skipped.append(Skipped(row["shown"], row["problem"]))
     docs = [row for row in listing if not row["problem"]]
-    check_unique_ids([row["doc_id"] for row in docs])
+    check_unique_ids([row["doc_id"] for row in docs], [row["source"] for row in docs])
     chosen = triage([(row["doc_id"], row["digest"]) for row in docs], existing, report)
     todo = {docs[i]["doc_id"]: docs[i]["n_chunks"] for i in chosen}
     return report, todo
