@@ -125,6 +125,7 @@ def test_serve_passes_its_options_to_uvicorn(db, monkeypatch):
     monkeypatch.setenv("MRAG_TOKEN", "t0k")
     mrag("serve", "--db", db, "--port", 8123, "--max-request-bytes", 99)
     assert (ran["host"], ran["port"]) == ("127.0.0.1", 8123)
+    assert (ran["log_level"], ran["access_log"]) == ("info", False)  # says where it listens, not each request
     guard = next(m for m in ran["app"].user_middleware if m.cls is Guard)
     assert guard.kwargs == {"token": "t0k", "max_bytes": 99}
 

@@ -137,4 +137,5 @@ def serve(db: str, model: str | None, host: str, port: int, token: str | None, b
     settings = Settings(db=db, token=token or None, max_request_bytes=max_request_bytes, generator=backend,
                         gen_model=gen_model, model=model, create=create, warm=warm)
     app = create_app(settings)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    # uvicorn's start-up lines say where it listens ("Uvicorn running on ..."); no line per request
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
