@@ -76,11 +76,12 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
           document_instruction: str, device: str, dtype: str, spaces: tuple[str, ...], build_ann: bool, drop_ann: bool,
           ann_index: str | None, ann_nprobes: int | None, ann_spaces: str | None, ann_threshold: int,
           ray_address: str | None, workers: int, prune: bool, plain: bool) -> None:
-    """Index files and folders (.txt .md .html .json .jsonl .pdf) into DB.
+    """Index files and folders (in folders: .txt .md .rst .html .json .jsonl .pdf) into DB.
 
-    Changed files are re-embedded, unchanged ones skipped; files in folders that cannot be read are
-    skipped and listed. A file's records are its documents: records gone from a file are deleted
-    (--prune: also the documents of deleted or emptied files). Past --ann-threshold chunks (or with
+    A file of another kind named on its own is read as text. Changed files are re-embedded, unchanged
+    ones skipped; files in folders that cannot be read are skipped and listed. A file's records are its
+    documents: records gone from a file are deleted (--prune: also the documents of deleted or emptied
+    files). Past --ann-threshold chunks (or with
     --build-ann) every space gets an ANN index. Example:
 
     \b
