@@ -295,11 +295,12 @@ def test_tune_records_a_default_that_search_and_info_use(docs, tmp_path, index):
     assert index.info()["default_strategy"] == {"strategy": DEFAULT_STRATEGY, "source": "built-in"}
     record = tune(index, out, ["mrag", "standard", "segment+standard"])
     assert record["documents_found"] == "6 of 6" and record["queries"]["single_aspect"] == 6
-    assert set(record["candidates"]) == {"mrag", "standard", "segment+standard"}
+    # the built-in default competes whether named or not: a recorded winner beats it
+    assert set(record["candidates"]) == {DEFAULT_STRATEGY, "mrag", "standard", "segment+standard"}
     assert record["strategy"] in record["candidates"]
     # the winner unless it is within noise of the built-in default
     best = max(record["candidates"], key=lambda s: record["candidates"][s]["score"])
-    assert record["strategy"] == (best if record["default_kept"] is None else "mrag")
+    assert record["strategy"] == (best if record["default_kept"] is None else DEFAULT_STRATEGY)
     from mrag.index import Index
 
     again = Index.open(index.store.uri, embedder=index.embedder)
@@ -367,4 +368,4 @@ def test_tune_on_an_extractive_benchmark_leaves_full_text_rivals_out(docs, tmp_p
     assert "mrag" in record["candidates"] and "bm25" not in record["candidates"]
     assert record["note"] == EXTRACTIVE_NOTE
     chosen = tune(index, out, ["bm25", "mrag"], save=False)  # named candidates are compared as asked
-    assert set(chosen["candidates"]) == {"bm25", "mrag"} and "note" not in chosen
+    assert set(chosen["candidates"]) == {default, "bm25", "mrag"} and "note" not in chosen  # with the default

@@ -106,7 +106,9 @@ def test_a_single_overlong_chunk_is_truncated_not_refused():
     assert [c.id for c in context] == ["big"] and context[0].truncated
     assert context[0].text.endswith(TRUNCATED) and set(context[0].text[: -len(TRUNCATED)].split()) == {"word"}
     assert len(header(context[0])) + len(context[0].text) <= 300
-    assert build_context(hits, 5) == []  # not even the header fits
+    with pytest.raises(ValueError, match="a context budget of 5 holds no source: the best one's header alone"):
+        build_context(hits, 5)  # not even the header fits: an answer from no context is refused
+    assert build_context([], 5) == []  # nothing found: no context, no error
     with pytest.raises(ValueError, match="budget"):
         build_context(hits, 0)
 

@@ -239,3 +239,12 @@ def test_skip_reason_when_the_path_holds_a_colon(tmp_path, monkeypatch):
     assert [s.reason for s in read_paths([folder])[1]] == expected
     monkeypatch.chdir(tmp_path)  # a relative folder: the messages name the resolved path
     assert [s.reason for s in read_paths(["notes: 2024"])[1]] == expected
+
+
+def test_a_library_document_s_id_may_be_0_and_its_metadata_must_be_a_dict():
+    from mrag.ingest import as_document
+
+    assert as_document({"id": 0, "text": "zero"}, 0).id == "0"  # not a hash: 0 is an id
+    assert as_document({"id": "", "text": "x"}, 0).id == as_document({"text": "x"}, 0).id  # "" as none: a hash
+    with pytest.raises(ValueError, match="document 3: metadata must be a dict, got str"):
+        as_document({"text": "x", "metadata": "colour=red"}, 3)

@@ -155,6 +155,11 @@ def test_fusion_search_with_given_or_written_subqueries(client):
         ("post", "/documents/delete", {"json": {"ids": ["bees"], "missing_ok": True}, "headers": AUTH}, 422),
         ("post", "/ask", {"json": {"question": "x", "max_tokens": 0}}, 422),
         ("post", "/documents", {"json": {}, "headers": AUTH}, 422),
+        ("delete", "/documents/bees?dryrun=1", {"headers": AUTH}, 422),  # an option it lacks: nothing deleted
+        ("post", "/documents/delete?dryrun=1", {"json": {"ids": ["bees"]}, "headers": AUTH}, 422),
+        ("post", "/search?k=3", {"json": {"query": "x"}}, 422),
+        ("post", "/documents", {"json": {"documents": [{"text": "x"}], "mdoe": "add"}, "headers": AUTH}, 422),
+        ("post", "/documents", {"json": {"documents": [{"id": True, "text": "x"}]}, "headers": AUTH}, 422),
         ("post", "/documents", {"json": {"documents": [{"text": ""}]}, "headers": AUTH}, 422),
         ("post", "/documents", {"json": {"documents": [{"id": "a", "text": "x"}, {"id": "a", "text": "y"}]},
                                 "headers": AUTH}, 400),
@@ -200,6 +205,15 @@ def test_add_update_and_delete_documents(client):
     assert r.status_code == 404 and "missing" in r.json()["detail"]
     assert client.post("/documents/delete", json={"ids": [new_id]}, headers=AUTH).json() == {"deleted_chunks": 1}
     assert client.get("/info").json()["documents"] == len(DOCS)
+
+
+def test_a_document_s_other_fields_are_its_metadata_and_a_number_is_an_id(client):
+    """As `Index.add` keeps them: a field the document model lacks is metadata, not dropped."""
+    r = client.post("/documents", json={"documents": [{"id": 5, "text": "Red owls.", "colour": "red",
+                                                       "metadata": {"a": 1}}]}, headers=AUTH)
+    assert r.status_code == 200 and r.json()["ids"]["added"] == ["5"]
+    hit = client.get("/search", params={"query": "red owls", "k": 1}).json()["hits"][0]
+    assert hit["doc_id"] == "5" and hit["metadata"] == {"a": 1, "colour": "red"}
 
 
 def test_ids_with_slashes_can_be_deleted(client):

@@ -97,7 +97,9 @@ def bench(paths: tuple[str, ...], out: str, backend: str, gen_model: str | None,
 @db_option
 @click.option("--bench", "bench_dir", default=None, type=click.Path(exists=True, file_okay=False),
               help="A folder written by mrag bench (or a BEIR folder of indexed documents); not with --reset.")
-@click.option("--strategies", default=None, help="Comma-separated candidates (default: every one without an LLM).")
+@click.option("--strategies", default=None,
+              help="Comma-separated candidates (default: every one without an LLM); the built-in default always "
+                   "competes.")
 @click.option("--dry-run", is_flag=True, help="Compare only; record nothing.")
 @click.option("--reset", is_flag=True, help="Forget the recorded default (back to the built-in one).")
 @plain_option

@@ -217,9 +217,12 @@ def as_document(doc: Document | dict[str, Any] | str, i: int) -> Document:
     elif isinstance(doc, dict):
         if not isinstance(doc.get("text"), str):
             raise ValueError(f"document {i} has no string 'text'")
+        if not isinstance(doc.get("metadata", {}), dict):
+            raise ValueError(f"document {i}: metadata must be a dict, got {type(doc['metadata']).__name__}")
         extra = {k: v for k, v in doc.items() if k not in ("id", "text", "source", "title", "metadata")}
+        given = doc.get("id")  # 0 is an id; None or "": a hash of the text
         d = Document(
-            id=str(doc.get("id") or hashlib.sha256(doc["text"].encode()).hexdigest()[:16]),
+            id=str(given) if given not in (None, "") else hashlib.sha256(doc["text"].encode()).hexdigest()[:16],
             text=doc["text"],
             source=str(doc.get("source") or ""),
             title=str(doc.get("title") or ""),

@@ -21,10 +21,10 @@ from importlib.metadata import version
 from typing import Annotated, Any, Literal
 
 import pydantic.dataclasses
-from fastapi import FastAPI, Query, Request, Security
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
 from mrag.embed.base import Embeddings, HeadEmbedder, Kind
 from mrag.generate.backends import make_generator
@@ -175,7 +175,9 @@ class AskRequest(BaseModel):
 
 
 class DocumentIn(BaseModel):
-    id: str | None = Field(None, description="Default: a hash of the text.")
+    model_config = ConfigDict(extra="allow")  # other fields are metadata, as `Index.add` keeps them
+
+    id: StrictStr | StrictInt | None = Field(None, description="Default: a hash of the text.")
     text: str = Field(min_length=1)
     title: str = ""
     source: str = ""
@@ -183,6 +185,8 @@ class DocumentIn(BaseModel):
 
 
 class DocumentsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt "mdoe" is refused, not the default mode taken
+
     documents: list[DocumentIn] = Field(min_length=1)
     mode: Literal["upsert", "add"] = Field("upsert", description="add refuses an existing id with other content.")
 
@@ -191,6 +195,13 @@ class DeleteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     ids: list[str] = Field(min_length=1, description="Document or chunk ids; all must exist.")
+
+
+def no_query(request: Request) -> None:
+    """Routes whose options are in the body (or the path) refuse query parameters, as `extra="forbid"`
+    refuses unknown body fields: `DELETE /documents/x?dryrun=1` must not delete."""
+    if request.query_params:
+        raise HTTPException(422, detail=f"unknown query parameter(s): {', '.join(sorted(request.query_params))}")
 
 
 # --- the app ------------------------------------------------------------------------------------
@@ -211,7 +222,8 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="mrag", version=version("mrag"), lifespan=lifespan,
                   description="Multi-Head RAG over a LanceDB index: search, answers with citations, documents.")
     app.add_middleware(Guard, token=settings.token, max_bytes=settings.max_request_bytes)
-    bearer = [Security(HTTPBearer(auto_error=False, description="Needed for writes when the server has a token."))]
+    bearer = [Security(HTTPBearer(auto_error=False, description="Needed for writes when the server has a token.")),
+              Depends(no_query)]
 
     @app.exception_handler(ValueError)
     async def bad_input(request: Request, exc: ValueError) -> JSONResponse:
@@ -239,12 +251,14 @@ def create_app(settings: Settings) -> FastAPI:
         """The top k chunks for a query (`subqueries` may repeat)."""
         return run_search(state(request), params)
 
-    @app.post("/search", response_model=SearchResponse, response_model_exclude_none=True, tags=["read"])
+    @app.post("/search", response_model=SearchResponse, response_model_exclude_none=True, tags=["read"],
+              dependencies=[Depends(no_query)])
     def search_post(request: Request, body: SearchRequest) -> SearchResponse:
         """The top k chunks for a query; each hit can carry the votes that put it there."""
         return run_search(state(request), body)
 
-    @app.post("/ask", tags=["read"], responses={200: {"content": {"text/event-stream": {}}}})
+    @app.post("/ask", tags=["read"], responses={200: {"content": {"text/event-stream": {}}}},
+              dependencies=[Depends(no_query)])
     def ask(request: Request, body: AskRequest) -> Any:
         """An answer citing the retrieved chunks as [1], [2]; `stream` sends server-sent events."""
         from mrag.generate.ask import prepare

@@ -33,9 +33,9 @@ CANDIDATES = tuple(s for s in DEFAULT_STRATEGIES if "fusion" not in s)  # no LLM
 
 
 def candidates(chosen: Sequence[str] | None, default: str = settings.DEFAULT_STRATEGY) -> list[str]:
-    """The strategies to compare: the built-in default first, then the others (fusion ones refused:
-    they need an LLM at search time, which a recorded default must not)."""
-    names = list(chosen or CANDIDATES)
+    """The strategies to compare: the built-in default first, whether chosen or not (a winner must beat it),
+    then the others (fusion ones refused: they need an LLM at search time, which a recorded default must not)."""
+    names = [default, *(chosen or CANDIDATES)]
     for name in names:
         settings.check_strategy(name)
         if settings.parse_strategy(name).expand == "fusion":

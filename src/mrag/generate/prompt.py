@@ -74,7 +74,8 @@ def build_context(
 
     `measure` sizes a text (characters by default; pass a tokenizer's length for tokens). Each
     chunk costs its header plus its text. Best hits come first; the first one that does not fit
-    ends the context, except that a first hit too long on its own is truncated to fit.
+    ends the context, except that a first hit too long on its own is truncated to fit (a budget that
+    cannot hold even its header is refused).
     """
     if max_chars <= 0:
         raise ValueError(f"the context budget must be positive, got {max_chars}")
@@ -89,10 +90,12 @@ def build_context(
             continue
         if not out:
             room = left - measure(header(chunk)) - measure(TRUNCATED)
-            if room > 0:
-                chunk.text = _prefix_within(chunk.text, room, measure) + TRUNCATED
-                chunk.truncated = True
-                out.append(chunk)
+            if room <= 0:  # an answer from no context at all would look like one from the index
+                raise ValueError(f"a context budget of {max_chars} holds no source: the best one's header alone "
+                                 f"takes {measure(header(chunk)) + measure(TRUNCATED)}; give a larger budget")
+            chunk.text = _prefix_within(chunk.text, room, measure) + TRUNCATED
+            chunk.truncated = True
+            out.append(chunk)
         break
     return out
 
