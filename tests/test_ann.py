@@ -279,7 +279,7 @@ def test_dropping_the_ann_indexes_returns_to_exact_search(seeded_index):
     assert seeded_index.drop_ann() == built and seeded_index.store.manifest.ann is None
     assert [i.index_type for i in seeded_index.store.chunks.list_indices()] == ["FTS"]
     assert hits(seeded_index, "mrag-std", None) == hits(seeded_index, "mrag-std", True)
-    with pytest.raises(ValueError, match="no ANN index covers this search"):
+    with pytest.raises(ValueError, match="this index has no ANN index: build one"):
         seeded_index.search(QUERIES[0], exact=False)
     seeded_index.add([{"id": "later", "text": "a text written after the drop"}])
     assert seeded_index.store.manifest.ann is None

@@ -262,7 +262,7 @@ BAD = {
     "other layer": (["index", "{tmp}/corpus", "--layer", "2"], "Error: the index at {db} holds layer 5, not 2"),
     "other pooling": (["index", "{tmp}/corpus", "--pooling", "cls"],
                       "Error: the index at {db} was built with pooling='mean', not 'cls'"),
-    "ann search without ann": (["search", "bees", "--ann"], "Error: no ANN index covers this search"),
+    "ann search without ann": (["search", "bees", "--ann"], "Error: this index has no ANN index: build one"),
 }
 
 

@@ -182,8 +182,11 @@ def test_bad_selections_and_strategies_are_refused(index):
     index.add(DOCS)
     with pytest.raises(ValueError, match=r"unknown space 'bm26'; this index has: standard, .*bm25"):
         index.search("chess", spaces=["bm26"])
-    with pytest.raises(ValueError, match=r"strategy 'mrag-paper' has no voter among the selected spaces \['bm25'\]"):
+    with pytest.raises(ValueError, match=r"strategy 'mrag-paper' votes with none of the selected spaces \['bm25'\]: "
+                                         "its spaces are heads$"):
         index.search("chess", strategy="mrag-paper", spaces=["bm25"])
+    with pytest.raises(ValueError, match=r"'segment-bm25' votes .* \['heads'\]: its spaces are standard, bm25"):
+        index.search("chess", spaces=["heads"])  # the default's name, not its base's ('spaces')
     with pytest.raises(ValueError, match="unknown strategy 'bm-25'"):
         index.search("chess", strategy="bm-25")
     # a query with no searchable word finds nothing by BM25, and the vectors still rank for hybrid
@@ -252,7 +255,7 @@ def test_cli_strategies_and_spaces_with_the_full_text_space(cli_db):
         (("--spaces", "bm26"), "Error: unknown space 'bm26'; this index has: standard, heads (head:0..head:11), "
                                "split, bm25\n"),
         (("--strategy", "mrag-paper", "--spaces", "bm25"),
-         "Error: strategy 'mrag-paper' has no voter among the selected spaces ['bm25']\n"),
+         "Error: strategy 'mrag-paper' votes with none of the selected spaces ['bm25']: its spaces are heads\n"),
         (("--strategy", "bm-25"),
          "Error: unknown strategy 'bm-25'; choose one of mrag, mrag-bm25, segment-bm25, standard"),
     ]:

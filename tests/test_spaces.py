@@ -93,7 +93,7 @@ def test_extra_spaces_vote_with_their_weights():
     assert only.rows.tolist() == [0, 1, 2]
     with pytest.raises(ValueError, match="unknown space 'nope'"):
         exact.run("spaces", standard, heads, query, 3, 3, scales, extra=extra, select=["nope"])
-    with pytest.raises(ValueError, match="no voter"):
+    with pytest.raises(ValueError, match="votes with none of the selected spaces"):
         exact.run("mrag-paper", standard, heads, query, 3, 3, scales, extra=extra, select=["other"])
 
 

@@ -139,8 +139,8 @@ def ranker_for(
     graphs = built.get("index_type") == graph.INDEX_TYPE  # in-process graphs over the matrix, not LanceDB's
     covered = bool(built) and not graphs and not plan.base.startswith("split")  # split slices have no ANN column
     if exact is False and not covered and not graphs:
-        raise ValueError("no ANN index covers this search: build one with `mrag index --build-ann`, "
-                         "and use a strategy other than split")
+        raise ValueError("the split slices have no ANN index: use another strategy, or search exactly" if built else
+                         "this index has no ANN index: build one with `mrag index --build-ann`, or search exactly")
     if covered and not exact:
         refine = ann.DEFAULT_REFINE if built["index_type"] == "IVF_PQ" else None
         columns = {c.space: c.column for c in store.vector_columns(committed=True)}

@@ -190,7 +190,12 @@ def vote_many(
         check_selection(select, n_heads, len(scales.get("split", [])), list(extra))
     if not batch:
         return []
-    chosen = voters(plan.base, n_heads, scales, extra, select, plan.fulltext)
+    try:
+        chosen = voters(plan.base, n_heads, scales, extra, select, plan.fulltext)
+    except ValueError:  # named by the strategy asked for, not its base
+        spaces = dict.fromkeys(v.group for v in voters(plan.base, n_heads, scales, extra, None, plan.fulltext))
+        raise ValueError(f"strategy {strategy!r} votes with none of the selected spaces {sorted(select or [])}: "
+                         f"its spaces are {', '.join(spaces)}") from None
     searched: list[list[QueryVectors]] = []  # per query, the vectors that vote
     for query, parts in batch:
         if plan.expand == "fusion" and not parts:
