@@ -226,6 +226,13 @@ def test_eval_command_writes_records_table_plots(tmp_path, reuse_minilm):
     assert {r["k"] for r in records} == set(range(1, 33))
     bad = CliRunner().invoke(cli, [*args[:5], "--strategies", "nonsense"])
     assert bad.exit_code == 1 and "unknown strategy" in bad.output
+    bare = tmp_path / "bare.json"  # no query carries sub-queries: fusion is said to be left out, not missing
+    bare.write_text(json.dumps([q | {"fusion": []} for q in QUERIES]))
+    fused = CliRunner().invoke(cli, ["eval", "--corpus", str(articles), "--queries", str(bare), "--strategies",
+                                     "standard,fusion", *args[7:9], "--json"])
+    out = json.loads(fused.output.strip().splitlines()[-1])
+    assert set(out["summary"]) == {"standard"} and out["skipped"][-1].startswith(
+        "strategy fusion: no query carries the sub-queries it needs")
 
 
 def test_ranking_metrics_by_hand():
