@@ -339,7 +339,11 @@ def test_bench_and_tune_commands(docs, tmp_path, reuse_minilm):
     record = json.loads(tuned.stdout)
     info = json.loads(runner.invoke(cli, ["info", "--db", str(db)]).stdout)
     assert info["default_strategy"]["strategy"] == record["strategy"] and record["saved"]
-    reset = runner.invoke(cli, ["tune", "--db", str(db), "--bench", str(out), "--reset"])
+    both = runner.invoke(cli, ["tune", "--db", str(db), "--bench", str(out), "--reset"])  # the help: not both
+    assert both.exit_code == 2 and "--reset forgets the recorded default: it takes no --bench" in both.output
+    assert json.loads(runner.invoke(cli, ["info", "--db", str(db)]).stdout)["default_strategy"] == info[
+        "default_strategy"]  # nothing forgotten
+    reset = runner.invoke(cli, ["tune", "--db", str(db), "--reset"])
     assert json.loads(reset.stdout)["default_strategy"] == DEFAULT_STRATEGY
 
 

@@ -112,6 +112,15 @@ def test_search_get_and_post(client):
     assert all(h["votes"] and {"space", "rank", "weight"} <= h["votes"][0].keys() for h in hits)
 
 
+def test_search_selects_spaces_as_the_cli_does(client):
+    r = client.get("/search", params={"query": "honeybees hive", "strategy": "mrag-std", "explain": True,
+                                      "spaces": ["head:0", "standard"]})
+    assert r.status_code == 200, r.text
+    assert {v["space"] for h in r.json()["hits"] for v in h["votes"]} <= {"head:0", "standard"}
+    r = client.post("/search", json={"query": "bees", "strategy": "mrag-paper", "spaces": ["bm25"]})
+    assert r.status_code == 400 and "votes with none of the selected spaces" in r.json()["detail"]
+
+
 def test_search_uses_the_index_default_strategy(client, tmp_path):
     assert client.post("/search", json={"query": "honeybees hive"}).json()["strategy"] == DEFAULT_STRATEGY
     assert client.get("/info").json()["default_strategy"] == {"strategy": DEFAULT_STRATEGY, "source": "built-in"}

@@ -119,6 +119,8 @@ def tune(db: str, bench_dir: str | None, strategies: str | None, dry_run: bool, 
 
     if bench_dir is None and not reset:
         raise click.UsageError("Missing option '--bench' (or --reset, to forget the recorded default).")
+    if reset and (bench_dir is not None or strategies is not None or dry_run):
+        raise click.UsageError("--reset forgets the recorded default: it takes no --bench, --strategies or --dry-run")
     index = Index.open(db, create=False)
     if reset:
         index.set_default_strategy(None)

@@ -146,6 +146,8 @@ class SearchRequest(BaseModel):
     subqueries: list[str] | None = Field(None, description="For fusion strategies; default: the LLM writes them.")
     exact: bool | None = Field(None, description="true: exact search; false: the ANN indexes; default: ANN if built.")
     nprobes: int | None = Field(None, ge=1, le=100_000, description="IVF partitions per ANN search.")
+    spaces: list[str] | None = Field(None, description="Only these voters: standard, heads, head:3, split, bm25, "
+                                                       "a space's label (repeat spaces= in a GET).")
 
 
 @pydantic.dataclasses.dataclass
@@ -242,7 +244,8 @@ def create_app(settings: Settings) -> FastAPI:
         strategy = retrieve.check_strategy(body.strategy or st.index.default_strategy)
         llm = st.llm() if is_fusion(strategy) and not body.subqueries else None
         hits, used = retrieve_for(st.index, body.query, body.k, strategy, llm, c=body.c,
-                                  subqueries=body.subqueries, exact=body.exact, nprobes=body.nprobes)
+                                  subqueries=body.subqueries, exact=body.exact, nprobes=body.nprobes,
+                                  spaces=body.spaces)
         return SearchResponse(query=body.query, strategy=strategy, subqueries=used,
                               hits=[Hit(**h.to_dict(explain=body.explain)) for h in hits])
 
