@@ -180,6 +180,8 @@ def test_clear_errors_for_fusion_a_relative_path_and_tune_without_a_bench(db, co
     monkeypatch.chdir(corpus.parent)
     relative = mrag("delete", "corpus/bees.txt", "--db", db, ok=False)
     assert relative.exit_code == 1 and f"mrag delete {source(corpus, 'bees.txt')}" in relative.stderr
+    gone = mrag("delete", "corpus/deleted-since.md", "--db", db, ok=False)  # a file deleted since: --prune too
+    assert gone.exit_code == 1 and "absolute path" in gone.stderr and "--prune" in gone.stderr
     assert json.loads(mrag("info", "--db", db).stdout)["documents"] == 4  # nothing deleted
     reset = lines(mrag("tune", "--db", db, "--reset"))[0]
     assert reset == {"default_strategy": DEFAULT_STRATEGY, "source": "built-in"}

@@ -253,10 +253,14 @@ def delete(ids: tuple[str, ...], db: str, plain: bool) -> None:
     try:
         deleted = Index.open(db, create=False).delete(list(ids))
     except ValueError as e:
-        relative = [i for i in ids if Path(i).is_file() and not Path(i).is_absolute()]
-        if relative and str(e).startswith("unknown id"):  # a file's document id is its absolute path
-            raise click.ClickException(f"{e} (a file's document id is its absolute path: "
-                                       f"mrag delete {Path(relative[0]).resolve()})") from e
+        from mrag.ingest import SUFFIXES
+
+        # a relative path of a file, or of one deleted since: a file's document id is its absolute path
+        relative = [i for i in ids if not Path(i).is_absolute() and (Path(i).is_file() or Path(i).suffix in SUFFIXES)]
+        if relative and str(e).startswith("unknown id"):
+            raise click.ClickException(f"{e} (a file's document id is its absolute path: mrag delete "
+                                       f"{Path(relative[0]).resolve()}; `mrag index FOLDER --prune` deletes the "
+                                       "documents of deleted files)") from e
         raise
     if plain:
         click.echo(f"deleted {deleted} chunks")
