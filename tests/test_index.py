@@ -439,7 +439,7 @@ def test_an_id_indexed_from_another_file_is_refused_unless_both_are_read(index, 
         index.add_paths([tmp_path / "a", tmp_path / "b"])
     twice = tmp_path / "twice.jsonl"
     twice.write_text("\n".join(json.dumps({"id": "t", "text": t}) for t in ("one", "two")))
-    with pytest.raises(ValueError, match=f"t \\(twice in {twice.resolve()}\\)"):
+    with pytest.raises(ValueError, match=f"t \\(2 times in {twice.resolve()}\\)"):
         index.add_paths([twice])
     first.write_text(json.dumps([{"id": "a2", "text": "Lemurs live on Madagascar."}]))  # a1 moved to the other
     report = index.add_paths([tmp_path / "a", tmp_path / "b"])

@@ -248,3 +248,7 @@ def test_a_library_document_s_id_may_be_0_and_its_metadata_must_be_a_dict():
     assert as_document({"id": "", "text": "x"}, 0).id == as_document({"text": "x"}, 0).id  # "" as none: a hash
     with pytest.raises(ValueError, match="document 3: metadata must be a dict, got str"):
         as_document({"text": "x", "metadata": "colour=red"}, 3)
+    assert as_document({"text": "x", "metadata": None}, 0).metadata == {}  # none given
+    for bad in ([1], False, {"a": 1}):  # as in a records file: no one's id
+        with pytest.raises(ValueError, match="document 2: the id must be a string or a number"):
+            as_document({"id": bad, "text": "x"}, 2)

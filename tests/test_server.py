@@ -116,7 +116,7 @@ def test_search_selects_spaces_as_the_cli_does(client):
     r = client.get("/search", params={"query": "honeybees hive", "strategy": "mrag-std", "explain": True,
                                       "spaces": ["head:0", "standard"]})
     assert r.status_code == 200, r.text
-    assert {v["space"] for h in r.json()["hits"] for v in h["votes"]} <= {"head:0", "standard"}
+    assert r.json()["hits"] and {v["space"] for h in r.json()["hits"] for v in h["votes"]} <= {"head:0", "standard"}
     r = client.post("/search", json={"query": "bees", "strategy": "mrag-paper", "spaces": ["bm25"]})
     assert r.status_code == 400 and "votes with none of the selected spaces" in r.json()["detail"]
 
@@ -223,6 +223,8 @@ def test_a_document_s_other_fields_are_its_metadata_and_a_number_is_an_id(client
     assert r.status_code == 200 and r.json()["ids"]["added"] == ["5"]
     hit = client.get("/search", params={"query": "red owls", "k": 1}).json()["hits"][0]
     assert hit["doc_id"] == "5" and hit["metadata"] == {"a": 1, "colour": "red"}
+    r = client.post("/documents", json={"documents": [{"id": 1.5, "text": "A float id."}]}, headers=AUTH)
+    assert r.json()["ids"]["added"] == ["1.5"]  # as a records file's
 
 
 def test_ids_with_slashes_can_be_deleted(client):

@@ -256,7 +256,8 @@ def delete(ids: tuple[str, ...], db: str, plain: bool) -> None:
         from mrag.ingest import SUFFIXES
 
         # a relative path of a file, or of one deleted since: a file's document id is its absolute path
-        relative = [i for i in ids if not Path(i).is_absolute() and (Path(i).is_file() or Path(i).suffix in SUFFIXES)]
+        relative = [i for i in ids if not Path(i).is_absolute() and (Path(i).is_file() or
+                                                                      Path(i).suffix.lower() in SUFFIXES)]
         if relative and str(e).startswith("unknown id"):
             raise click.ClickException(f"{e} (a file's document id is its absolute path: mrag delete "
                                        f"{Path(relative[0]).resolve()}; `mrag index FOLDER --prune` deletes the "

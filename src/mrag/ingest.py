@@ -217,16 +217,18 @@ def as_document(doc: Document | dict[str, Any] | str, i: int) -> Document:
     elif isinstance(doc, dict):
         if not isinstance(doc.get("text"), str):
             raise ValueError(f"document {i} has no string 'text'")
-        if not isinstance(doc.get("metadata", {}), dict):
+        if not isinstance(doc.get("metadata") or {}, dict):
             raise ValueError(f"document {i}: metadata must be a dict, got {type(doc['metadata']).__name__}")
         extra = {k: v for k, v in doc.items() if k not in ("id", "text", "source", "title", "metadata")}
         given = doc.get("id")  # 0 is an id; None or "": a hash of the text
+        if isinstance(given, (bool, list, dict)):  # as a records file's: str(True) or str([1]) is no one's id
+            raise ValueError(f"document {i}: the id must be a string or a number, not {json.dumps(given)}")
         d = Document(
             id=str(given) if given not in (None, "") else hashlib.sha256(doc["text"].encode()).hexdigest()[:16],
             text=doc["text"],
             source=str(doc.get("source") or ""),
             title=str(doc.get("title") or ""),
-            metadata={**doc.get("metadata", {}), **extra},
+            metadata={**(doc.get("metadata") or {}), **extra},
         )
     else:
         raise TypeError(f"document {i}: expected Document, dict or str, got {type(doc).__name__}")

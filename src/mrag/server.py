@@ -24,7 +24,7 @@ import pydantic.dataclasses
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
 
 from mrag.embed.base import Embeddings, HeadEmbedder, Kind
 from mrag.generate.backends import make_generator
@@ -179,7 +179,7 @@ class AskRequest(BaseModel):
 class DocumentIn(BaseModel):
     model_config = ConfigDict(extra="allow")  # other fields are metadata, as `Index.add` keeps them
 
-    id: StrictStr | StrictInt | None = Field(None, description="Default: a hash of the text.")
+    id: StrictStr | StrictInt | StrictFloat | None = Field(None, description="Default: a hash of the text.")
     text: str = Field(min_length=1)
     title: str = ""
     source: str = ""

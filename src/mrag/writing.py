@@ -72,8 +72,8 @@ def check_unique_ids(ids: Sequence[str], sources: Sequence[str] | None = None) -
     dupes = sorted(i for i, found in where.items() if len(found) > 1)[:5]
     if sources is None:
         raise ValueError(f"duplicate document ids in one batch: {', '.join(dupes)}")
-    named = [f"{i} ({'twice in ' + where[i][0] if len(set(where[i])) == 1 else ' and '.join(dict.fromkeys(where[i]))})"
-             for i in dupes]
+    named = [f"{i} ({len(where[i])} times in {where[i][0]})" if len(set(where[i])) == 1 else
+             f"{i} ({' and '.join(dict.fromkeys(where[i]))})" for i in dupes]
     raise ValueError(f"duplicate document ids in one batch: {'; '.join(named)} (an id names one record)")
 
 

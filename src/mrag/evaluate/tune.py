@@ -49,6 +49,10 @@ EXTRACTIVE_NOTE = ("an extractive benchmark's queries are its documents' rarest 
                    "a benchmark written by an LLM (--generator) can rank them")
 
 
+EXTRACTIVE_DEFAULT_NOTE = ("an extractive benchmark's queries are its documents' rarest words, which full-text search "
+                           "finds by construction: the built-in default, which searches the full text too, is favoured")
+
+
 def writer_of(folder: Path) -> str | None:
     """Who wrote a benchmark's queries, as its bench.json records (None: not made by mrag bench)."""
     try:
@@ -119,9 +123,11 @@ def tune(
         raise FileNotFoundError(f"{folder} is not a benchmark folder (no corpus.jsonl): make one with mrag bench")
     names = candidates(strategies, index.built_in_default())
     lexical_note = None
-    if strategies is None and writer_of(folder) == "extractive":
+    if writer_of(folder) == "extractive" and strategies is None:
         names = [s for s in names if s == names[0] or not uses_fulltext(s, None)]
         lexical_note = EXTRACTIVE_NOTE
+    elif writer_of(folder) == "extractive" and uses_fulltext(names[0], None):  # it competes, named or not
+        lexical_note = EXTRACTIVE_DEFAULT_NOTE
     bench = load_beir(folder)
     units = {d.unit for d in bench.docs}
     rows = row_units(index, folder, units)
