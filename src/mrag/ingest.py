@@ -21,6 +21,7 @@ RECORD_SUFFIXES = {".json", ".jsonl"}
 SUFFIXES = TEXT_SUFFIXES | HTML_SUFFIXES | RECORD_SUFFIXES | {".pdf"}
 
 
+NOT_IDS = (bool, list, dict)  # values whose text is no one's id (str(True), str([1])): refused as ids
 EMPTY, NO_RECORDS = "the file is empty", "no records"  # why a file holds no document (`mrag.sync`)
 
 
@@ -152,7 +153,7 @@ def _records(path: Path, source: str, text: str, text_field: str, id_field: str,
         if not row[text_field].strip():
             raise IngestError(f"{path}: {where} has an empty {text_field!r}")
         given = row.get(id_field)
-        if isinstance(given, (bool, list, dict)) or given == "":
+        if isinstance(given, NOT_IDS) or given == "":
             raise IngestError(f"{path}: {where}: the id {id_field!r} must be a string or a number, "
                               f"not {json.dumps(given)}")
         doc_id = str(given) if given is not None else f"{source}#{i}"
@@ -221,7 +222,7 @@ def as_document(doc: Document | dict[str, Any] | str, i: int) -> Document:
             raise ValueError(f"document {i}: metadata must be a dict, got {type(doc['metadata']).__name__}")
         extra = {k: v for k, v in doc.items() if k not in ("id", "text", "source", "title", "metadata")}
         given = doc.get("id")  # 0 is an id; None or "": a hash of the text
-        if isinstance(given, (bool, list, dict)):  # as a records file's: str(True) or str([1]) is no one's id
+        if isinstance(given, NOT_IDS):  # as in a records file
             raise ValueError(f"document {i}: the id must be a string or a number, not {json.dumps(given)}")
         d = Document(
             id=str(given) if given not in (None, "") else hashlib.sha256(doc["text"].encode()).hexdigest()[:16],

@@ -224,7 +224,7 @@ def create_app(settings: Settings) -> FastAPI:
     app = FastAPI(title="mrag", version=version("mrag"), lifespan=lifespan,
                   description="Multi-Head RAG over a LanceDB index: search, answers with citations, documents.")
     app.add_middleware(Guard, token=settings.token, max_bytes=settings.max_request_bytes)
-    bearer = [Security(HTTPBearer(auto_error=False, description="Needed for writes when the server has a token.")),
+    writes = [Security(HTTPBearer(auto_error=False, description="Needed for writes when the server has a token.")),
               Depends(no_query)]
 
     @app.exception_handler(ValueError)
@@ -289,7 +289,7 @@ def create_app(settings: Settings) -> FastAPI:
 
         return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
-    @app.post("/documents", tags=["write"], dependencies=bearer)
+    @app.post("/documents", tags=["write"], dependencies=writes)
     def add_documents(request: Request, body: DocumentsRequest) -> dict[str, Any]:
         """Add or update documents (chunked and embedded); all of a request becomes visible at once."""
         st = state(request)
@@ -307,12 +307,12 @@ def create_app(settings: Settings) -> FastAPI:
                 return JSONResponse({"detail": _one_line(e)}, status_code=404)
         return JSONResponse({"deleted_chunks": n})
 
-    @app.delete("/documents/{doc_id:path}", tags=["write"], dependencies=bearer)
+    @app.delete("/documents/{doc_id:path}", tags=["write"], dependencies=writes)
     def delete_document(request: Request, doc_id: str) -> JSONResponse:
         """Delete a document (all its chunks) or one chunk by id."""
         return delete_ids(state(request), [doc_id])
 
-    @app.post("/documents/delete", tags=["write"], dependencies=bearer)
+    @app.post("/documents/delete", tags=["write"], dependencies=writes)
     def delete_documents(request: Request, body: DeleteRequest) -> JSONResponse:
         """Delete documents or chunks by id; if any id is unknown nothing is deleted (404)."""
         return delete_ids(state(request), body.ids)

@@ -35,12 +35,11 @@ def index_files(index: Writable, paths: Sequence[str | Path], docs: list[Documen
     refuse_taken(index.store, docs)
     removed: list[str] | None = None
 
-    def settle() -> None:  # under the write lock, after the upsert's rows, in their commit
+    def after_rows() -> None:  # under the write lock, after the upsert's rows, in their commit
         nonlocal removed
-        refuse_taken(index.store, docs)
-        removed = drop_gone(index.store, docs, skipped, paths, prune)
+        removed = settle(index.store, docs, skipped, paths, prune)
 
-    report = index.upsert(docs, show_progress=show_progress, settle=settle)
+    report = index.upsert(docs, show_progress=show_progress, settle=after_rows)
     report.skipped = skipped
     if removed is None:  # nothing needed embedding: the deletes, if any, are a write of their own
         removed = delete_gone(index, docs, skipped, paths, prune)
@@ -48,6 +47,14 @@ def index_files(index: Writable, paths: Sequence[str | Path], docs: list[Documen
         index.maintain_ann()
     report.removed = removed
     return report
+
+
+def settle(store: Store, docs: list[Document], skipped: list[Skipped], paths: Sequence[str | Path],
+           prune: bool) -> list[str]:
+    """Under the write lock, in the commit of the rows of `docs`: refuse ids another process has indexed from
+    another file meanwhile (`refuse_taken`), and delete what is gone (`drop_gone`); -> the ids deleted."""
+    refuse_taken(store, docs)
+    return drop_gone(store, docs, skipped, paths, prune)
 
 
 def delete_gone(index: Writable, docs: list[Document], skipped: list[Skipped], paths: Sequence[str | Path],

@@ -161,7 +161,7 @@ def _run_job(
     if existing is not None:
         sync.refuse_taken(existing, read)
     if not todo:  # nothing new or changed: no model, and a commit only for records gone from their files
-        if existing is not None and sync.gone(existing, read, report.skipped, paths, False):
+        if existing is not None:  # `delete_gone` looks first, and commits only where something is gone
             index = Index.open(uri, storage_options=storage_options, create=False)
             report.removed = sync.delete_gone(index, read, report.skipped, paths, False)
         return report
@@ -205,8 +205,7 @@ def _run_job(
             store.add(rows)
             written.extend(rows["id"].to_pylist())
         check_complete(expected, written, before, store.sums.heads, [HeadStats.from_json(t) for t in tags])
-        sync.refuse_taken(store, read)  # again under the lock: another process may have indexed one meanwhile
-        report.removed = sync.drop_gone(store, read, report.skipped, paths, False)  # in this same commit
+        report.removed = sync.settle(store, read, report.skipped, paths, False)  # in this same commit
         fulltext.keep(store.chunks)  # the full-text index, in this same commit
     report.chunks = len(written)
     report.workers = per_worker(tags)

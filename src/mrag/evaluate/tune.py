@@ -122,11 +122,11 @@ def tune(
     if not (folder / "corpus.jsonl").exists():
         raise FileNotFoundError(f"{folder} is not a benchmark folder (no corpus.jsonl): make one with mrag bench")
     names = candidates(strategies, index.built_in_default())
-    lexical_note = None
-    if writer_of(folder) == "extractive" and strategies is None:
+    lexical_note, extractive = None, writer_of(folder) == "extractive"
+    if extractive and strategies is None:
         names = [s for s in names if s == names[0] or not uses_fulltext(s, None)]
         lexical_note = EXTRACTIVE_NOTE
-    elif writer_of(folder) == "extractive" and uses_fulltext(names[0], None):  # it competes, named or not
+    elif extractive and uses_fulltext(names[0], None):  # it competes, named or not
         lexical_note = EXTRACTIVE_DEFAULT_NOTE
     bench = load_beir(folder)
     units = {d.unit for d in bench.docs}
