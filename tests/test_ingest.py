@@ -104,6 +104,16 @@ def test_jsonl_with_custom_fields(tmp_path):
         read_paths([path])  # default field names do not fit these records
 
 
+def test_a_record_s_metadata_object_is_merged_as_index_add_merges_it(tmp_path):
+    from mrag.ingest import as_document
+
+    record = {"id": "m1", "text": "Bees.", "metadata": {"topic": "bees", "lang": "fr"}, "lang": "en"}
+    path = write(tmp_path / "r.jsonl", json.dumps(record) + "\n" + json.dumps({"text": "Ants.", "metadata": None}))
+    docs = read_file(path)
+    assert [d.metadata for d in docs] == [{"topic": "bees", "lang": "en"}, {}]  # a field wins over a key
+    assert as_document(record, 0).metadata == docs[0].metadata
+
+
 def test_jsonl_records_are_lines_and_their_strings_may_hold_any_separator(tmp_path):
     """JSON strings may hold U+2028 / U+2029 unescaped (json.dumps(ensure_ascii=False) writes them so): a
     record is a line ended by "\\n" (or "\\r\\n"), not what str.splitlines cuts."""
@@ -128,6 +138,7 @@ def test_jsonl_records_are_lines_and_their_strings_may_hold_any_separator(tmp_pa
         ("listid.jsonl", '{"id": ["m-d"], "text": "a"}', r"line 1: the id 'id' must be a string or a number, not \["),
         ("boolid.json", '[{"id": 7, "text": "a"}, {"id": true, "text": "b"}]', "record 2: the id 'id' .* not true"),
         ("emptyid.jsonl", '{"id": "", "text": "a"}', 'line 1: the id .* not ""'),
+        ("meta.jsonl", '{"text": "a"}\n{"text": "b", "metadata": "red"}', r"line 2: metadata must be an object"),
     ],
 )
 def test_bad_records(tmp_path, name, content, message):
@@ -246,7 +257,7 @@ def test_a_library_document_s_id_may_be_0_and_its_metadata_must_be_a_dict():
 
     assert as_document({"id": 0, "text": "zero"}, 0).id == "0"  # not a hash: 0 is an id
     assert as_document({"id": "", "text": "x"}, 0).id == as_document({"text": "x"}, 0).id  # "" as none: a hash
-    with pytest.raises(ValueError, match="document 3: metadata must be a dict, got str"):
+    with pytest.raises(ValueError, match="document 3: metadata must be an object \\(a dict\\), got str"):
         as_document({"text": "x", "metadata": "colour=red"}, 3)
     assert as_document({"text": "x", "metadata": None}, 0).metadata == {}  # none given
     for bad in ([1], False, {"a": 1}):  # as in a records file: no one's id

@@ -234,7 +234,26 @@ def info(db: str, plain: bool) -> None:
     from mrag.index import Index
 
     facts = Index.open(db, create=False).info()
-    click.echo(json.dumps(facts, indent=2) if plain else json.dumps(facts, ensure_ascii=False))
+    if plain:
+        for name, value in _lines(facts):
+            click.echo(f"{name}: {value}")
+    else:
+        click.echo(json.dumps(facts, ensure_ascii=False))
+
+
+def _lines(facts: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:
+    """Nested facts as (dotted name, value) lines for people: {"ann": {"rows": 5}, "spaces": []} ->
+    [("ann.rows", "5"), ("spaces", "none")]; a list is its items, comma-separated."""
+    found: list[tuple[str, str]] = []
+    for key, value in facts.items():
+        if isinstance(value, dict) and value:
+            found += _lines(value, f"{prefix}{key}.")
+        elif isinstance(value, list | dict):
+            items = [json.dumps(v, ensure_ascii=False) if isinstance(v, dict | list) else str(v) for v in value]
+            found.append((prefix + key, ", ".join(items) or "none"))
+        else:
+            found.append((prefix + key, "none" if value is None else str(value)))
+    return found
 
 
 @cli.command(context_settings=CONTEXT)

@@ -157,7 +157,10 @@ def _records(path: Path, source: str, text: str, text_field: str, id_field: str,
             raise IngestError(f"{path}: {where}: the id {id_field!r} must be a string or a number, "
                               f"not {json.dumps(given)}")
         doc_id = str(given) if given is not None else f"{source}#{i}"
-        metadata = {k: v for k, v in row.items() if k not in (text_field, id_field, title_field)}
+        try:
+            metadata = merged_metadata(row, (text_field, id_field, title_field))
+        except ValueError as e:
+            raise IngestError(f"{path}: {where}: {e}") from None
         docs.append(Document(doc_id, row[text_field], source, str(row.get(title_field) or ""), metadata))
     if not docs:
         raise IngestError(f"{path}: {NO_RECORDS}")
@@ -210,6 +213,17 @@ def html_to_text(markup: str) -> tuple[str, str]:
     return parser.title, "\n\n".join(line for line in lines if line)
 
 
+def merged_metadata(record: dict[str, Any], named: tuple[str, ...]) -> dict[str, Any]:
+    """A record's metadata: the keys of its "metadata" object (none: null or absent) and its fields other than
+    `named` and "metadata", a field winning over a key of the same name. Records files, `Index.add` and the
+    server all keep metadata so. {"text": .., "metadata": {"a": 1}, "b": 2} -> {"a": 1, "b": 2}."""
+    given = record.get("metadata")
+    if given is not None and not isinstance(given, dict):
+        raise ValueError(f"metadata must be an object (a dict), got {type(given).__name__}")
+    fields = {k: v for k, v in record.items() if k not in named and k != "metadata"}
+    return {**(given or {}), **fields}
+
+
 def as_document(doc: Document | dict[str, Any] | str, i: int) -> Document:
     if isinstance(doc, Document):
         d = doc
@@ -218,9 +232,10 @@ def as_document(doc: Document | dict[str, Any] | str, i: int) -> Document:
     elif isinstance(doc, dict):
         if not isinstance(doc.get("text"), str):
             raise ValueError(f"document {i} has no string 'text'")
-        if not isinstance(doc.get("metadata") or {}, dict):
-            raise ValueError(f"document {i}: metadata must be a dict, got {type(doc['metadata']).__name__}")
-        extra = {k: v for k, v in doc.items() if k not in ("id", "text", "source", "title", "metadata")}
+        try:
+            metadata = merged_metadata(doc, ("id", "text", "source", "title"))
+        except ValueError as e:
+            raise ValueError(f"document {i}: {e}") from None
         given = doc.get("id")  # 0 is an id; None or "": a hash of the text
         if isinstance(given, NOT_IDS):  # as in a records file
             raise ValueError(f"document {i}: the id must be a string or a number, not {json.dumps(given)}")
@@ -229,7 +244,7 @@ def as_document(doc: Document | dict[str, Any] | str, i: int) -> Document:
             text=doc["text"],
             source=str(doc.get("source") or ""),
             title=str(doc.get("title") or ""),
-            metadata={**(doc.get("metadata") or {}), **extra},
+            metadata=metadata,
         )
     else:
         raise TypeError(f"document {i}: expected Document, dict or str, got {type(doc).__name__}")
