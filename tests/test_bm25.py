@@ -14,7 +14,7 @@ from lancedb.index import FTS
 from lancedb.query import MatchQuery
 
 from mrag.index import Index
-from mrag.retrieve import bm25, fulltext
+from mrag.retrieve import bm25, bm25_score, fulltext
 from mrag.retrieve.bm25 import Bm25
 
 FRUIT = ["apple banana", "apple apple cherry date", "banana the of cherry", "kiwi"]
@@ -77,7 +77,7 @@ def test_ties_go_to_the_smaller_row_and_c_cuts():
     docs = ["kiwi fig", "kiwi yam", "kiwi oak", "kiwi kiwi", "pear"]  # one length: ties but for row 3
     assert [r for r, _ in ours(docs, "kiwi", 3)] == [3, 0, 1]
     assert [r for r, _ in ours(docs, "kiwi", 10)] == [3, 0, 1, 2]
-    assert bm25.top(np.array([5, 3, 9, 1]), np.array([1.0, 2.0, 1.0, 1.0]), 2)[0].tolist() == [3, 1]
+    assert bm25_score.top(np.array([5, 3, 9, 1]), np.array([1.0, 2.0, 1.0, 1.0]), 2)[0].tolist() == [3, 1]
 
 
 def test_appended_rows_extend_the_index_as_one_built_whole(monkeypatch):

@@ -1,10 +1,11 @@
-"""The full-text space in memory: BM25 over an inverted index of the loaded matrix's rows, searched with
-numpy, beside the exact ranker (`fulltext.engine` decides where: by default up to 1,000,000 rows).
+"""The full-text space in memory: BM25 over an inverted index of the loaded matrix's rows, scored by
+`bm25_score` (numba's compiled loop where installed, else numpy), beside the exact ranker (`fulltext.engine`
+decides where: by default up to 1,000,000 rows).
 
 LanceDB's full-text search costs a query plan per query part; here a part costs its posting lists, each
 posting's term weight but for the idf computed in advance (its impact). A story of 8.9 query sentences
-took 2.3 ms against LanceDB's 10.2 at 41k rows, 3.6 against 13.7 at 100k and 22.1 against 52.5 at 1M
-(benchmarks/results/bm25-memory.md). The index is built at the first full-text search of a loaded matrix,
+took 2.3 ms (numpy) against LanceDB's 10.2 at 41k rows, 3.6 against 13.7 at 100k and 22.1 against 52.5 at
+1M (benchmarks/results/bm25-memory.md); with numba 1.9 ms at 141k rows and 11.7 at 1M (bm25-engines.md). The index is built at the first full-text search of a loaded matrix,
 from the rows' text, a block of texts at a time (3.3 s at 100k rows, 23 s at 1M, against LanceDB's 2.5
 and 32; 418 MB of arrays at 1M, the process growing by at most 758 MB meanwhile), and a later version of
 the table carries it over (`for_matrix`): the rows still there keep their postings, renumbered, and only
@@ -38,6 +39,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mrag.matrix import Matrix, read_ranges, release_free_memory, stamps
+from mrag.retrieve.bm25_score import Lists, best_rows
 
 K1, B = 1.2, 0.75  # LanceDB's BM25 parameters
 LONGEST = 40  # words of this many UTF-8 bytes or more are dropped (LanceDB's max_token_length)
@@ -233,45 +235,17 @@ class Bm25:
         return [self._search_one(text, c) for text in texts]
 
     def _search_one(self, text: str, c: int) -> tuple[np.ndarray, np.ndarray]:
-        """One text's best c rows: its terms' postings scored (impact x idf x repeats), summed by row in a
-        dense accumulator, and only the postings that can reach the c-th best row ranked. (A sort of the
-        postings by row took 3x as long at 1M rows; skipping rows that cannot place, MaxScore, skipped
-        few for sentences at c = 32 and cost 5-8x as much.)"""
-        if c <= 0:
-            return np.zeros(0, dtype=np.int64), np.zeros(0)
-        # distinct terms and how often the text gives each; terms of later growths left out
-        terms, repeats = np.unique([t for t in self.vocabulary.lookup(split_words(text)) if t < self.n_terms],
-                                   return_counts=True)
-        rows, weights = [], []
+        """One text's best c rows: its distinct terms' posting lists in each segment, weighed by idf x how often
+        the text gives the term (terms of later growths left out), summed by row (`bm25_score.best_rows`)."""
+        known = [t for t in self.vocabulary.lookup(split_words(text)) if t < self.n_terms]
+        terms, repeats = np.unique(np.array(known, dtype=np.int64), return_counts=True)
+        lists = []
         for segment, impact in zip(self.segments, self.impacts):
-            for term, times in zip(terms.tolist(), repeats.tolist()):
-                if term + 1 < len(segment.starts):  # the segment has a posting list for the term
-                    a, b = segment.starts[term], segment.starts[term + 1]
-                    rows.append(segment.rows[a:b])
-                    weights.append(impact[a:b] * np.float32(times * self.idf[term]))
-        if not rows:
-            return np.zeros(0, dtype=np.int64), np.zeros(0)
-        row, weight = np.concatenate(rows), np.concatenate(weights)  # (P,) every posting
-        total = np.bincount(row, weights=weight, minlength=len(self.lengths))  # (n,) float64
-        # a row has at most one posting per term (segments hold disjoint rows), so the c-th best row's
-        # postings are among the len(terms) * c best postings: fewer rows than c score above it
-        most = len(terms) * c
-        if len(row) > most:
-            score = total[row]  # (P,) each posting's row's total
-            row = row[score >= np.partition(score, len(score) - most)[len(score) - most]]
-        found = np.unique(row)
-        return top(found.astype(np.int64), total[found], c)
-
-
-def top(rows: np.ndarray, scores: np.ndarray, c: int) -> tuple[np.ndarray, np.ndarray]:
-    """The c best (row, score) pairs, best score first, ties to the smaller row: a partition down to the
-    rows that reach the c-th best score, then one sort of those."""
-    if len(scores) > c:
-        cut = np.partition(scores, len(scores) - c)[len(scores) - c]  # the c-th best
-        reach = np.flatnonzero(scores >= cut)
-        rows, scores = rows[reach], scores[reach]
-    order = np.lexsort((rows, -scores))[:c]
-    return rows[order], scores[order]
+            has = terms + 1 < len(segment.starts)  # the segment has a posting list for the term
+            held = terms[has]
+            factors = (repeats[has] * self.idf[held]).astype(np.float32)
+            lists.append(Lists(segment.rows, impact, segment.starts[held], segment.starts[held + 1], factors))
+        return best_rows(lists, len(self.lengths), c)
 
 
 def _renumbered(segment: Segment, position: np.ndarray) -> Segment:
