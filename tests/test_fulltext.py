@@ -182,6 +182,9 @@ def test_bad_selections_and_strategies_are_refused(index):
     index.add(DOCS)
     with pytest.raises(ValueError, match=r"unknown space 'bm26'; this index has: standard, .*bm25"):
         index.search("chess", spaces=["bm26"])
+    with pytest.raises(ValueError, match=r"unknown space 'bm26'"):  # a string: comma-separated, as --spaces
+        index.search("chess", spaces="standard,bm26")
+    assert index.search("chess", spaces="standard, bm25") == index.search("chess", spaces=["standard", "bm25"])
     with pytest.raises(ValueError, match=r"strategy 'mrag-paper' votes with none of the selected spaces \['bm25'\]: "
                                          "its spaces are heads$"):
         index.search("chess", strategy="mrag-paper", spaces=["bm25"])

@@ -9,6 +9,7 @@ import pytest
 from conftest import FakeEmbedder
 
 import mrag.index
+from mrag import ingest
 from mrag.errors import StoreError
 from mrag.index import Index
 from mrag.ingest import Document
@@ -537,6 +538,57 @@ def test_a_renamed_records_file_takes_its_ids_and_library_documents_are_left_alo
     assert doc_ids(index) == sorted(["x", "y", book, "book-ch1", "virtual", "plain"])
     (notes / "c.jsonl").write_text(json.dumps({"id": "plain", "text": "Now a record of a file."}))
     assert index.add_paths([notes]).updated == ["plain"]  # the library's sourceless id: replaced, no conflict
+
+
+def test_a_library_document_naming_a_records_file_as_its_source_is_left_alone(index, tmp_path):
+    """The library's (and the server's) documents never follow a file: one whose source is a records file
+    survives that file's next index, where a record gone from the file is deleted. A record of the file with
+    the same id takes the document over, which follows the file from then on."""
+    records = tmp_path / "r.jsonl"
+    records.write_text(json.dumps({"id": "rec1", "text": "A record about giraffes."}))
+    source = str(records.resolve())
+    index.add_paths([records])
+    index.add([{"id": "own", "text": "Server doc about kangaroos.", "source": source}])
+    records.write_text(json.dumps({"id": "rec2", "text": "Another record, about emus."}))
+    assert index.add_paths([records]).removed == ["rec1"]
+    assert doc_ids(index) == ["own", "rec2"]
+    records.write_text("\n".join(json.dumps(r) for r in ({"id": "rec2", "text": "Another record, about emus."},
+                                                         {"id": "own", "text": "Server doc about kangaroos."})))
+    assert index.add_paths([records]).updated == ["own"]  # now the file's record
+    records.write_text(json.dumps({"id": "rec2", "text": "Another record, about emus."}))
+    assert index.add_paths([records]).removed == ["own"]
+
+
+def test_a_library_document_added_before_the_mark_is_still_unchanged(index):
+    """An index written before library documents' digests were marked holds them unmarked: adding the same
+    document again is no change (and no error)."""
+    doc = {"id": "old", "text": "Written by an older mrag."}
+    index.add([doc])
+    index.store.chunks.update(where="doc_id = 'old'", values={"doc_hash": ingest.document_digest(
+        ingest.as_document(doc, 0))})  # as an older version wrote it
+    assert index.add([doc]).unchanged == ["old"]
+
+
+def test_a_document_missing_deleted_chunks_is_written_whole_again(db_path, fake, tmp_path):
+    """Deleting one chunk of a document leaves it partial: indexing its unchanged file again restores it, and
+    adding the same library document again writes it whole instead of calling it unchanged."""
+    long_text = " ".join(f"Sentence number {i} talks about topic {i} in some detail here." for i in range(12))
+    path = tmp_path / "long.txt"
+    path.write_text(long_text)
+    index = Index.open(db_path, embedder=fake, chunk_chars=150)
+    index.add_paths([path])
+    chunks = sorted(r["id"] for r in table_rows(index))
+    assert len(chunks) > 2
+    index.delete(chunks[1])
+    assert index.add_paths([path]).updated == [str(path.resolve())]
+    assert sorted(r["id"] for r in table_rows(index)) == chunks
+    index.add([{"id": "lib", "text": long_text}])
+    lib_chunks = sorted(r["id"] for r in table_rows(index) if r["doc_id"] == "lib")
+    index.delete([lib_chunks[0]])
+    assert index.add([{"id": "lib", "text": long_text}]).updated == ["lib"]  # add, not upsert: no error
+    assert sorted(r["id"] for r in table_rows(index) if r["doc_id"] == "lib") == lib_chunks
+    assert index.add([{"id": "lib", "text": long_text}]).unchanged == ["lib"]
+    assert index.delete("lib") == len(lib_chunks)  # one id, as a string
 
 
 def test_prune_deletes_the_documents_of_deleted_and_emptied_files_under_the_paths(index, tmp_path):

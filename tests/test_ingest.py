@@ -51,6 +51,17 @@ def test_txt_and_md(tmp_path):
     ]
 
 
+def test_utf16_with_its_byte_order_mark_is_text(tmp_path):
+    for encoding in ("utf-16", "utf-16-be"):  # little-endian with its mark, then big-endian with one written
+        data = ("\ufeff" if encoding.endswith("be") else "").join(["", "Über Bienen."]).encode(encoding)
+        path = tmp_path / f"{encoding}.txt"
+        path.write_bytes(data)
+        assert [d.text for d in read_file(path)] == ["Über Bienen."]
+    (tmp_path / "odd.txt").write_bytes(b"\xff\xfeA\x00\x00\xd8")  # a lone surrogate half
+    with pytest.raises(IngestError, match="not UTF-16 text"):
+        read_file(tmp_path / "odd.txt")
+
+
 def test_utf8_bom_is_dropped(tmp_path):
     path = write(tmp_path / "bom.txt", "Café au lait.".encode("utf-8-sig"))
     assert read_file(path)[0].text == "Café au lait."
@@ -138,6 +149,8 @@ def test_jsonl_records_are_lines_and_their_strings_may_hold_any_separator(tmp_pa
         ("listid.jsonl", '{"id": ["m-d"], "text": "a"}', r"line 1: the id 'id' must be a string or a number, not \["),
         ("boolid.json", '[{"id": 7, "text": "a"}, {"id": true, "text": "b"}]', "record 2: the id 'id' .* not true"),
         ("emptyid.jsonl", '{"id": "", "text": "a"}', 'line 1: the id .* not ""'),
+        ("nanid.jsonl", '{"id": NaN, "text": "a"}', "line 1: the id .* not NaN"),
+        ("naninfo.jsonl", '{"text": "a", "score": Infinity}', "line 1: metadata holds NaN or Infinity"),
         ("meta.jsonl", '{"text": "a"}\n{"text": "b", "metadata": "red"}', r"line 2: metadata must be an object"),
     ],
 )
@@ -188,6 +201,22 @@ def test_bad_file_named_explicitly_is_an_error(tmp_path, name):
     with pytest.raises(IngestError) as info:
         read_paths([path])
     assert str(info.value) == f"{path}: {reason}"
+
+
+def test_folder_walk_leaves_out_indexes_and_lancedb_tables(tmp_path, fake):
+    """`mrag index . --db idx` from the corpus folder: the index's own files (LanceDB's JSON, graphs'
+    meta.json) are not documents, nor is any LanceDB table's folder."""
+    from mrag.index import Index
+
+    root = tmp_path / "corpus"
+    write(root / "a.txt", "Alpha.")
+    index = Index.open(root / "idx", embedder=fake)
+    index.add_paths([root / "a.txt"])
+    write(root / "idx" / "graphs" / "1-2-x" / "meta.json", '{"rows": 1}')
+    write(root / "notes" / "t.lance" / "_versions" / "1.json", '{"text": "a table"}')
+    write(root / "notes" / "b.md", "Beta.")
+    docs, skipped = read_paths([root])
+    assert sorted(Path(d.source).name for d in docs) == ["a.txt", "b.md"] and skipped == []
 
 
 def test_folder_walk_skips_hidden_and_unsupported_and_reports_unreadable(tmp_path):
@@ -260,6 +289,6 @@ def test_a_library_document_s_id_may_be_0_and_its_metadata_must_be_a_dict():
     with pytest.raises(ValueError, match="document 3: metadata must be an object \\(a dict\\), got str"):
         as_document({"text": "x", "metadata": "colour=red"}, 3)
     assert as_document({"text": "x", "metadata": None}, 0).metadata == {}  # none given
-    for bad in ([1], False, {"a": 1}):  # as in a records file: no one's id
+    for bad in ([1], False, {"a": 1}, float("nan"), float("inf")):  # as in a records file: no one's id
         with pytest.raises(ValueError, match="document 2: the id must be a string or a number"):
             as_document({"id": bad, "text": "x"}, 2)

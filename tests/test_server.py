@@ -227,6 +227,28 @@ def test_a_document_s_other_fields_are_its_metadata_and_a_number_is_an_id(client
     assert r.json()["ids"]["added"] == ["1.5"]  # as a records file's
 
 
+def test_documents_take_what_index_add_takes(client):
+    """A number as a title or an id to delete, and null metadata, title or source, as `Index.add` and the
+    records files take them; NaN in metadata is refused (a search could not print it as JSON)."""
+    docs = [{"id": 42, "text": "Number titles.", "title": 7, "metadata": None}, {"text": "Nulls.", "source": None}]
+    r = client.post("/documents", json={"documents": docs}, headers=AUTH)
+    assert r.status_code == 200, r.text
+    hit = client.get("/search", params={"query": "number titles", "k": 1}).json()["hits"][0]
+    assert (hit["doc_id"], hit["title"], hit["metadata"]) == ("42", "7", {})
+    r = client.post("/documents/delete", json={"ids": [42]}, headers=AUTH)
+    assert r.status_code == 200 and r.json()["deleted_chunks"] == 1
+    r = client.post("/documents", content='{"documents": [{"text": "x", "score": NaN}]}', headers=AUTH
+                    | {"content-type": "application/json"})
+    assert r.status_code in (400, 422) and "NaN" in r.text
+
+
+def test_search_spaces_comma_separated_as_the_cli_takes_them(client):
+    r = client.get("/search", params={"query": "honeybees hive", "strategy": "mrag-std", "explain": True,
+                                      "spaces": "head:0,standard"})
+    assert r.status_code == 200, r.text
+    assert {v["space"] for h in r.json()["hits"] for v in h["votes"]} == {"head:0", "standard"}
+
+
 def test_ids_with_slashes_can_be_deleted(client):
     client.post("/documents", json={"documents": [{"id": "/home/me/a.md", "text": "slash id"}]}, headers=AUTH)
     assert client.delete("/documents//home/me/a.md", headers=AUTH).json() == {"deleted_chunks": 1}

@@ -100,6 +100,15 @@ def test_an_open_index_sees_another_process_commit_at_once(tmp_path, fake):
     assert reader.head_scales() == Index.open(db, embedder=fake).head_scales()
 
 
+@pytest.mark.parametrize("value", ["-1", "nan", "soon"])
+def test_a_lock_timeout_that_is_no_wait_is_refused(tmp_path, fake, monkeypatch, value):
+    index = Index.open(tmp_path / "db", embedder=fake)
+    monkeypatch.setenv("MRAG_LOCK_TIMEOUT", value)
+    with pytest.raises(ValueError, match=f"MRAG_LOCK_TIMEOUT must be a number of seconds, 0 or more, got '{value}'"):
+        index.add([{"id": "a", "text": "bees and honey"}])
+    assert index.store.count() == 0
+
+
 def test_a_writer_waits_for_the_lock_then_names_its_holder(tmp_path, fake, monkeypatch):
     db = tmp_path / "db"
     index = Index.open(db, embedder=fake)

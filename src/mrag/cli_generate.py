@@ -10,7 +10,7 @@ from mrag import settings
 from mrag.cli_common import CONTEXT, db_option, emit, model_option, output_options, user_errors
 from mrag.generate.backends import BACKENDS
 from mrag.generate.base import DEFAULT_MAX_TOKENS
-from mrag.generate.prompt import DEFAULT_MAX_CONTEXT_CHARS
+from mrag.generate.prompt import DEFAULT_MAX_CONTEXT_CHARS, header
 
 generator_option = click.option(
     "--generator", "-g", "backend", type=click.Choice(sorted(BACKENDS)), envvar="MRAG_GENERATOR", default="local",
@@ -93,8 +93,7 @@ def ask(question: str, db: str, model: str | None, k: int, strategy: str | None,
     cited = {c.number for c in answer.cited}
     for c in answer.context:
         mark = "*" if c.number in cited else " "
-        where = f" ({c.source})" if c.source and c.source != c.title else ""
-        click.echo(f"{mark}[{c.number}] {c.title or c.id}{where}")
+        click.echo(mark + header(c).rstrip())  # as the context labels it
     if answer.context and not answer.cited:
         click.echo("(the answer cites none of the sources)")
 

@@ -14,7 +14,7 @@ from mrag import settings, sync, writing
 from mrag.embed.base import HeadEmbedder
 from mrag.embed.models import same_model
 from mrag.errors import StoreError
-from mrag.ingest import Document, read_paths
+from mrag.ingest import Document, made_partial, read_paths
 from mrag.locking import is_local
 from mrag.retrieve import ann, fulltext, graph
 from mrag.retrieve import strategies as retrieve
@@ -174,15 +174,16 @@ class Index:
         return self._write(docs, replace=False, show_progress=show_progress)
 
     def upsert(self, docs: Iterable[Document | dict[str, Any] | str], show_progress: bool = False,
-               settle: Callable[[], None] | None = None) -> AddReport:
+               settle: Callable[[], None] | None = None, from_files: bool = False) -> AddReport:
         """Add new documents and replace changed ones (same id, other content); unchanged: no work. `settle`:
-        run under the write lock after the rows, in their commit, where any document needed embedding
-        (`writing.write`; `mrag.sync`)."""
-        return self._write(docs, replace=True, show_progress=show_progress, settle=settle)
+        run under the write lock after the rows, in their commit, where any document needed embedding;
+        `from_files`: documents `read_paths` read, which follow their files (`writing.write`; `mrag.sync`)."""
+        return self._write(docs, replace=True, show_progress=show_progress, settle=settle, from_files=from_files)
 
     def _write(self, docs: Iterable[Document | dict[str, Any] | str], replace: bool, show_progress: bool,
-               settle: Callable[[], None] | None = None) -> AddReport:
-        report = writing.write(self.store, lambda: self.embedder, self.spaces, docs, replace, show_progress, settle)
+               settle: Callable[[], None] | None = None, from_files: bool = False) -> AddReport:
+        report = writing.write(self.store, lambda: self.embedder, self.spaces, docs, replace, show_progress, settle,
+                               from_files)
         report.ann = self.maintain_ann() if report.chunks else None
         return report
 
@@ -195,10 +196,12 @@ class Index:
         docs, skipped = read_paths(sync.to_read(paths, prune), **fields)
         return sync.index_files(self, paths, docs, skipped, show_progress, prune)
 
-    def delete(self, ids: Sequence[str], missing_ok: bool = False) -> int:
-        """Delete documents or chunks by id; all ids must exist, else nothing is deleted (`missing_ok`: those
-        that do not are passed over). An id that names a document deletes that document only, even where it
-        is also another document's chunk id (document "x#0" and chunk 0 of document "x")."""
+    def delete(self, ids: Sequence[str] | str, missing_ok: bool = False) -> int:
+        """Delete documents or chunks by id (a string: that one id); all ids must exist, else nothing is deleted
+        (`missing_ok`: those that do not are passed over). An id that names a document deletes that document
+        only, even where it is also another document's chunk id (document "x#0" and chunk 0 of document "x")."""
+        if isinstance(ids, str):
+            ids = [ids]
         if not ids:
             raise ValueError("no ids given")
         asked = list(dict.fromkeys(ids))
@@ -215,6 +218,12 @@ class Index:
             where = " OR ".join([*([f"doc_id IN ({quote(documents)})"] if documents else []),
                                  *([f"id IN ({quote(chunks)})"] if chunks else [])])
             deleted = self.store.delete(where)
+            # a document left without some of its chunks is written whole at its next write, unchanged or not
+            # (indexing its file again restores them)
+            cut = sorted({d for i, d in zip(found["id"].to_pylist(), found["doc_id"].to_pylist()) if i in chunks}
+                         - set(documents))
+            if cut:
+                self.store.set_doc_hashes({d: made_partial(h) for d, h in self.store.doc_hashes(cut).items()})
         if (self.store.manifest.ann or {}).get("index_type") == graph.INDEX_TYPE:
             graph.maintain(self.store)  # graphs skip removed rows; rebuilt once not `graph.walkable`
         return deleted

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import html.parser
 import json
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,11 @@ SUFFIXES = TEXT_SUFFIXES | HTML_SUFFIXES | RECORD_SUFFIXES | {".pdf"}
 
 
 NOT_IDS = (bool, list, dict)  # values whose text is no one's id (str(True), str([1])): refused as ids
+
+
+def not_an_id(given: Any) -> bool:
+    """A value whose text is no one's id: a boolean, list or object (str(True), str([1])), NaN or infinity."""
+    return isinstance(given, NOT_IDS) or (isinstance(given, float) and not math.isfinite(given))
 EMPTY, NO_RECORDS = "the file is empty", "no records"  # why a file holds no document (`mrag.sync`)
 
 
@@ -88,9 +94,25 @@ def unreadable_reason(error: IngestError, path: Path) -> str:
 
 
 def walk_files(folder: Path) -> Iterator[Path]:
+    """The readable kinds of file under `folder`, but for hidden ones and those inside a LanceDB table
+    (`*.lance`) or an mrag index (a folder holding `manifest.lance`: `mrag index . --db idx` leaves `idx/`
+    out)."""
+    index_folders: dict[Path, bool] = {}
+
+    def in_index(parts: tuple[str, ...]) -> bool:
+        for depth in range(len(parts)):
+            at = folder.joinpath(*parts[:depth])
+            if at not in index_folders:
+                index_folders[at] = (at / "manifest.lance").is_dir()
+            if index_folders[at]:
+                return True
+        return False
+
     for file in folder.rglob("*"):
-        hidden = any(part.startswith(".") for part in file.relative_to(folder).parts)
-        if file.is_file() and not hidden and file.suffix.lower() in SUFFIXES:
+        parts = file.relative_to(folder).parts
+        if any(part.startswith(".") for part in parts) or file.suffix.lower() not in SUFFIXES:
+            continue
+        if file.is_file() and not any(part.endswith(".lance") for part in parts) and not in_index(parts[:-1]):
             yield file
 
 
@@ -116,12 +138,15 @@ def _document(source: str, text: str, title: str) -> Document:
 
 def _read_text(path: Path) -> str:
     data = path.read_bytes()
-    if b"\x00" in data[:8192]:
+    # UTF-8 (a byte-order mark dropped), or UTF-16 with its byte-order mark (Windows' "Unicode" text)
+    encoding = "utf-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
+    if encoding == "utf-8-sig" and b"\x00" in data[:8192]:
         raise IngestError(f"{path}: a binary file, not text")
     try:
-        text = data.decode("utf-8-sig")
+        text = data.decode(encoding)
     except UnicodeDecodeError as e:
-        raise IngestError(f"{path}: not UTF-8 text (byte {e.start})") from None
+        name = "UTF-16" if encoding == "utf-16" else "UTF-8"
+        raise IngestError(f"{path}: not {name} text (byte {e.start})") from None
     if not text.strip():
         raise IngestError(f"{path}: {EMPTY}")
     return text
@@ -153,7 +178,7 @@ def _records(path: Path, source: str, text: str, text_field: str, id_field: str,
         if not row[text_field].strip():
             raise IngestError(f"{path}: {where} has an empty {text_field!r}")
         given = row.get(id_field)
-        if isinstance(given, NOT_IDS) or given == "":
+        if not_an_id(given) or given == "":
             raise IngestError(f"{path}: {where}: the id {id_field!r} must be a string or a number, "
                               f"not {json.dumps(given)}")
         doc_id = str(given) if given is not None else f"{source}#{i}"
@@ -221,7 +246,12 @@ def merged_metadata(record: dict[str, Any], named: tuple[str, ...]) -> dict[str,
     if given is not None and not isinstance(given, dict):
         raise ValueError(f"metadata must be an object (a dict), got {type(given).__name__}")
     fields = {k: v for k, v in record.items() if k not in named and k != "metadata"}
-    return {**(given or {}), **fields}
+    metadata = {**(given or {}), **fields}
+    try:  # what search results print as JSON
+        json.dumps(metadata, allow_nan=False, default=str)
+    except ValueError:
+        raise ValueError("metadata holds NaN or Infinity, which JSON cannot hold") from None
+    return metadata
 
 
 def as_document(doc: Document | dict[str, Any] | str, i: int) -> Document:
@@ -237,7 +267,7 @@ def as_document(doc: Document | dict[str, Any] | str, i: int) -> Document:
         except ValueError as e:
             raise ValueError(f"document {i}: {e}") from None
         given = doc.get("id")  # 0 is an id; None or "": a hash of the text
-        if isinstance(given, NOT_IDS):  # as in a records file
+        if not_an_id(given):  # as in a records file
             raise ValueError(f"document {i}: the id must be a string or a number, not {json.dumps(given)}")
         d = Document(
             id=str(given) if given not in (None, "") else hashlib.sha256(doc["text"].encode()).hexdigest()[:16],
@@ -253,7 +283,33 @@ def as_document(doc: Document | dict[str, Any] | str, i: int) -> Document:
     return d
 
 
-def document_digest(doc: Document) -> str:
-    """What decides whether a document changed: its text, title, source and metadata."""
+# a document's digest (its rows' doc_hash) with this prefix: the library or the server wrote it, and it never
+# follows a file whatever its source ...
+ADDED = "added:"
+# ... and this digest (after the prefix, if any) marks a document some of whose chunks were deleted: its next
+# write, unchanged or not, writes it whole again
+PARTIAL = "partial"
+
+
+def document_digest(doc: Document, added: bool = False) -> str:
+    """What decides whether a document changed: its text, title, source and metadata; `added`: written by the
+    library or the server, not by indexing files."""
     payload = json.dumps([doc.text, doc.title, doc.source, doc.metadata], sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()
+    return (ADDED if added else "") + hashlib.sha256(payload.encode()).hexdigest()
+
+
+def same_content(stored: str | None, digest: str) -> bool:
+    """Whether a document whose digest is `digest` is unchanged against the stored one: the same digest, or the
+    library's of a document indexing files wrote (or that an index written before `ADDED` holds). A file's
+    record of a document the library added is written again, so that it follows its file from then on."""
+    return stored == digest or (digest.startswith(ADDED) and stored == digest.removeprefix(ADDED))
+
+
+def partial(stored: str | None) -> bool:
+    """Whether a stored digest marks a document some of whose chunks were deleted (`PARTIAL`)."""
+    return stored is not None and stored.removeprefix(ADDED) == PARTIAL
+
+
+def made_partial(stored: str | None) -> str:
+    """The digest of a document once some of its chunks are deleted: `PARTIAL`, the library's mark kept."""
+    return (ADDED if (stored or "").startswith(ADDED) else "") + PARTIAL

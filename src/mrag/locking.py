@@ -40,9 +40,12 @@ def lock_timeout() -> float:
     """The wait before giving up: MRAG_LOCK_TIMEOUT seconds, default 600."""
     value = os.environ.get("MRAG_LOCK_TIMEOUT")
     try:
-        return float(value) if value else DEFAULT_TIMEOUT
+        seconds = float(value) if value else DEFAULT_TIMEOUT
     except ValueError:
-        raise ValueError(f"MRAG_LOCK_TIMEOUT must be a number of seconds, got {value!r}") from None
+        seconds = float("nan")
+    if not seconds >= 0:  # negative or NaN
+        raise ValueError(f"MRAG_LOCK_TIMEOUT must be a number of seconds, 0 or more, got {value!r}")
+    return seconds
 
 
 def is_local(uri: str) -> bool:

@@ -24,7 +24,7 @@ import pydantic.dataclasses
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator
 
 from mrag.embed.base import Embeddings, HeadEmbedder, Kind
 from mrag.generate.backends import make_generator
@@ -147,7 +147,14 @@ class SearchRequest(BaseModel):
     exact: bool | None = Field(None, description="true: exact search; false: the ANN indexes; default: ANN if built.")
     nprobes: int | None = Field(None, ge=1, le=100_000, description="IVF partitions per ANN search.")
     spaces: list[str] | None = Field(None, description="Only these voters: standard, heads, head:3, split, bm25, "
-                                                       "a space's label (repeat spaces= in a GET).")
+                                                       "a space's label (comma-separated, or spaces= repeated in "
+                                                       "a GET).")
+
+    @field_validator("spaces")
+    @classmethod
+    def _split_spaces(cls, spaces: list[str] | None) -> list[str] | None:
+        """"standard,bm25" as two spaces, as `--spaces` takes them."""
+        return None if spaces is None else [s.strip() for item in spaces for s in item.split(",") if s.strip()]
 
 
 @pydantic.dataclasses.dataclass
@@ -179,11 +186,12 @@ class AskRequest(BaseModel):
 class DocumentIn(BaseModel):
     model_config = ConfigDict(extra="allow")  # other fields are metadata, as `Index.add` keeps them
 
+    # as `Index.add` takes them: a number as its text, null as none
     id: StrictStr | StrictInt | StrictFloat | None = Field(None, description="Default: a hash of the text.")
     text: str = Field(min_length=1)
-    title: str = ""
-    source: str = ""
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    title: StrictStr | StrictInt | StrictFloat | None = ""
+    source: StrictStr | StrictInt | StrictFloat | None = ""
+    metadata: dict[str, Any] | None = None
 
 
 class DocumentsRequest(BaseModel):
@@ -196,7 +204,8 @@ class DocumentsRequest(BaseModel):
 class DeleteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    ids: list[str] = Field(min_length=1, description="Document or chunk ids; all must exist.")
+    ids: list[StrictStr | StrictInt | StrictFloat] = Field(min_length=1,
+                                                           description="Document or chunk ids; all must exist.")
 
 
 def no_query(request: Request) -> None:
@@ -315,7 +324,7 @@ def create_app(settings: Settings) -> FastAPI:
     @app.post("/documents/delete", tags=["write"], dependencies=writes)
     def delete_documents(request: Request, body: DeleteRequest) -> JSONResponse:
         """Delete documents or chunks by id; if any id is unknown nothing is deleted (404)."""
-        return delete_ids(state(request), body.ids)
+        return delete_ids(state(request), [str(i) for i in body.ids])  # a number as its text, as ids are written
 
     @app.get("/heads", tags=["read"])
     def heads(request: Request) -> list[dict[str, Any]]:

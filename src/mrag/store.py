@@ -362,6 +362,14 @@ class Store:
             self._changed += gone.num_rows
         return gone.num_rows
 
+    def set_doc_hashes(self, doc_hashes: dict[str, str]) -> None:
+        """Set the digest of these documents' rows, doc id -> digest (inside `writing()`; the rows are written
+        again, their vectors unchanged)."""
+        for value in sorted(set(doc_hashes.values())):
+            ids = sorted(d for d, v in doc_hashes.items() if v == value)
+            self.chunks.update(where=f"doc_id IN ({quote(ids)})", values={"doc_hash": value})
+            self._changed += 1
+
     def _fold(self, rows: pa.Table, sign: int, sums: ScaleSums | None = None) -> None:
         """Fold rows into (sign=1) or out of (sign=-1) the sums (default: the writer's running ones)."""
         n = rows.num_rows

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from mrag.ingest import EMPTY, NO_RECORDS, RECORD_SUFFIXES, SUFFIXES, Document, Skipped
+from mrag.ingest import ADDED, EMPTY, NO_RECORDS, RECORD_SUFFIXES, SUFFIXES, Document, Skipped
 from mrag.rows import quote
 from mrag.store import Store
 from mrag.writing import AddReport, check_unique_ids
@@ -20,7 +20,7 @@ class Writable(Protocol):
     store: Store
 
     def upsert(self, docs: list[Document], show_progress: bool = False,
-               settle: Callable[[], None] | None = None) -> AddReport: ...
+               settle: Callable[[], None] | None = None, from_files: bool = False) -> AddReport: ...
 
     def maintain_ann(self, force: bool = False) -> dict[str, Any] | None: ...
 
@@ -39,7 +39,7 @@ def index_files(index: Writable, paths: Sequence[str | Path], docs: list[Documen
         nonlocal removed
         removed = settle(index.store, docs, skipped, paths, prune)
 
-    report = index.upsert(docs, show_progress=show_progress, settle=after_rows)
+    report = index.upsert(docs, show_progress=show_progress, settle=after_rows, from_files=True)
     report.skipped = skipped
     if removed is None:  # nothing needed embedding: the deletes, if any, are a write of their own
         removed = delete_gone(index, docs, skipped, paths, prune)
@@ -109,10 +109,12 @@ def to_read(paths: Sequence[str | Path], prune: bool) -> list[str | Path]:
 
 
 def sources(store: Store, where: str | None, table: Any = None) -> dict[str, str]:
-    """Document id -> source of the committed documents `where` selects (None: all); `table`: of that
-    table's rows instead (a write's, before its commit)."""
-    rows = store.rows(where, ["doc_id", "source"], table=table)
-    return dict(zip(rows["doc_id"].to_pylist(), rows["source"].to_pylist()))
+    """Document id -> source of the committed documents `where` selects (None: all) that indexing files wrote
+    (the library's and the server's are left alone, `ingest.ADDED`); `table`: of that table's rows instead (a
+    write's, before its commit)."""
+    rows = store.rows(where, ["doc_id", "source", "doc_hash"], table=table)
+    return {i: s for i, s, h in zip(rows["doc_id"].to_pylist(), rows["source"].to_pylist(),
+                                    rows["doc_hash"].to_pylist()) if not (h or "").startswith(ADDED)}
 
 
 def taken_from_other_files(indexed_sources: dict[str, str], docs: list[Document]) -> list[str]:
@@ -130,7 +132,8 @@ def taken_from_other_files(indexed_sources: dict[str, str], docs: list[Document]
 def from_a_file(doc_id: str, source: str) -> bool:
     """Whether `read_paths` could have made this document: a record of a .json/.jsonl file, or a whole file
     (its id is its path). Only those follow their files; a document the library added with a file's path
-    as its source and an id of its own is left alone."""
+    as its source and an id of its own is left alone (`sources` leaves out those whose digest says so; this
+    tells the others apart in an index written before that mark)."""
     suffix = Path(source).suffix.lower()
     return bool(source) and (suffix in RECORD_SUFFIXES or (doc_id == source and suffix in SUFFIXES))
 

@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 from mrag.chunk import chunk_text
 from mrag.embed.base import HeadEmbedder
 from mrag.errors import StoreError
-from mrag.ingest import Document, Skipped, as_document, document_digest
+from mrag.ingest import Document, Skipped, as_document, document_digest, partial, same_content
 from mrag.retrieve import fulltext
 from mrag.rows import build_rows, quote
 from mrag.spaces import Space
@@ -85,10 +85,10 @@ def triage(
     document is an error unless `replace`."""
     todo = []
     for position, (doc_id, digest) in enumerate(docs):
-        if existing.get(doc_id) == digest:
+        if same_content(existing.get(doc_id), digest):
             report.unchanged.append(doc_id)
             continue
-        if doc_id in existing and not replace:
+        if doc_id in existing and not replace and not partial(existing[doc_id]):  # a partial one: written whole
             raise ValueError(f"document {doc_id!r} already exists with other content: use upsert")
         (report.updated if doc_id in existing else report.added).append(doc_id)
         todo.append(position)
@@ -103,9 +103,11 @@ def write(
     replace: bool,
     show_progress: bool = False,
     settle: Callable[[], None] | None = None,
+    from_files: bool = False,
 ) -> AddReport:
-    """Add documents (`replace`: and replace changed ones). Embeds outside the write lock (other
-    writers go on meanwhile), then, under it, triages again against what is committed now and
+    """Add documents (`replace`: and replace changed ones); `from_files`: read from files by `mrag.sync`,
+    whose records follow their files (others' digests say they were added: `ingest.ADDED`). Embeds outside
+    the write lock (other writers go on meanwhile), then, under it, triages again against what is committed now and
     writes. Past `STAGE_BYTES` of embedded rows the lock is taken early and the rest is written as
     it is embedded, so memory stays bounded. `embedder` is called only when there is work. `settle` runs
     under the lock after the rows, in the same commit (an error there writes nothing), where any document
@@ -114,7 +116,7 @@ def write(
     documents = [as_document(d, i) for i, d in enumerate(docs)]
     ids = [d.id for d in documents]
     check_unique_ids(ids)
-    digests = [document_digest(d) for d in documents]
+    digests = [document_digest(d, added=not from_files) for d in documents]
     report = AddReport()
     chosen = triage(list(zip(ids, digests)), store.doc_hashes(ids), report, replace)
     todo = [(documents[i], digests[i]) for i in chosen]

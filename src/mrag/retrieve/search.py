@@ -51,6 +51,8 @@ def search_many(
     """The top k hits of each query (see `Index.search`)."""
     if isinstance(queries, str):
         raise TypeError("queries must be a list of strings, not one string (use Index.search)")
+    if isinstance(spaces, str):  # "standard,bm25", as --spaces takes them
+        spaces = [s.strip() for s in spaces.split(",") if s.strip()]
     if any(not q or not q.strip() for q in queries):
         raise ValueError("the query is empty")
     if c is not None and c <= 0:
