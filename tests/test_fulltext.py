@@ -192,6 +192,8 @@ def test_bad_selections_and_strategies_are_refused(index):
         index.search("chess", spaces=["heads"])  # the default's name, not its base's ('spaces')
     with pytest.raises(ValueError, match="unknown strategy 'bm-25'"):
         index.search("chess", strategy="bm-25")
+    with pytest.raises(ValueError, match="sub-queries are for the fusion strategies .*'standard' uses none"):
+        index.search("chess", strategy="standard", subqueries=["openings"])  # not silently dropped
     # a query with no searchable word finds nothing by BM25, and the vectors still rank for hybrid
     assert index.search("the of and", strategy="bm25") == []
     # query syntax is not parsed: quotes (a phrase query needs positions), operators, wildcards

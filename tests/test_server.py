@@ -242,6 +242,11 @@ def test_documents_take_what_index_add_takes(client):
     assert r.status_code in (400, 422) and "NaN" in r.text
 
 
+def test_subqueries_for_a_strategy_that_uses_none_are_refused(client):
+    r = client.get("/search", params={"query": "bees", "strategy": "standard", "subqueries": "hives"})
+    assert r.status_code == 400 and "sub-queries are for the fusion strategies" in r.json()["detail"]
+
+
 def test_search_spaces_comma_separated_as_the_cli_takes_them(client):
     r = client.get("/search", params={"query": "honeybees hive", "strategy": "mrag-std", "explain": True,
                                       "spaces": "head:0,standard"})

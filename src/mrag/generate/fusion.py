@@ -104,8 +104,8 @@ def retrieve_for(
     """(hits, sub-queries) for any strategy (None: the index's default); fusion ones use `subqueries` if
     given, else the generator's."""
     strategy = strategy or index.default_strategy
-    if not is_fusion(strategy):
-        return index.search(question, k=k, strategy=strategy, c=c, **search_options), []
+    if not is_fusion(strategy):  # given sub-queries: refused by the search, not dropped
+        return index.search(question, k=k, strategy=strategy, c=c, subqueries=subqueries, **search_options), []
     if subqueries:
         given = [q for q in subqueries if q.strip()]
         return index.search(question, k=k, strategy=strategy, c=c or k, subqueries=given, **search_options), given

@@ -3,14 +3,14 @@
 decides where: by default up to 1,000,000 rows).
 
 LanceDB's full-text search costs a query plan per query part; here a part costs its posting lists, each
-posting's term weight but for the idf computed in advance (its impact). A story of 8.9 query sentences
-took 2.3 ms (numpy) against LanceDB's 10.2 at 41k rows, 3.6 against 13.7 at 100k and 22.1 against 52.5 at
-1M (benchmarks/results/bm25-memory.md); with numba 1.9 ms at 141k rows and 11.7 at 1M (bm25-engines.md). The index is built at the first full-text search of a loaded matrix,
-from the rows' text, a block of texts at a time (3.3 s at 100k rows, 23 s at 1M, against LanceDB's 2.5
-and 32; 418 MB of arrays at 1M, the process growing by at most 758 MB meanwhile), and a later version of
-the table carries it over (`for_matrix`): the rows still there keep their postings, renumbered, and only
-the rows written since are read and added as a segment of their own; the statistics (N, df, average
-length) are always those of all rows.
+posting's term weight but for the idf computed in advance (its impact). A story of 8.9 query sentences took
+2.3 ms (numpy) against LanceDB's 10.2 at 41k rows, 3.6 against 13.7 at 100k and 22.1 against 52.5 at 1M
+(benchmarks/results/bm25-memory.md); with numba 1.9 ms at 141k rows and 11.7 at 1M (bm25-engines.md). The
+index is built at the first full-text search of a loaded matrix, from the rows' text, a block of texts at a
+time (3.3 s at 100k rows, 23 s at 1M, against LanceDB's 2.5 and 32; 418 MB of arrays at 1M, the process
+growing by at most 758 MB meanwhile), and a later version of the table carries it over (`for_matrix`): the
+rows still there keep their postings, renumbered, and only the rows written since are read and added as a
+segment of their own; the statistics (N, df, average length) are always those of all rows.
 
 It ranks as LanceDB's default English index does: the same words (split where a character is neither
 letter nor digit, lower-cased, words of 40 bytes or more dropped, Snowball-stemmed, stop words dropped

@@ -93,6 +93,8 @@ def _search_many(
         parts = [[q for q in subs if q.strip()] for subs in subqueries or [[] for _ in queries]]
         if len(parts) != len(queries) or not all(parts):
             raise ValueError(f"strategy {strategy!r} needs sub-queries")
+    elif subqueries is not None and any(any(q.strip() for q in subs) for subs in subqueries):
+        raise ValueError(f"sub-queries are for the fusion strategies (fusion, mrag-fusion); {strategy!r} uses none")
     else:
         parts = [retrieve.query_parts(strategy, q) for q in queries]
     scales = index.space_weights()  # first: it follows other processes' commits, which all below then reads
