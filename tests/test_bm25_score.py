@@ -137,3 +137,17 @@ def test_without_numba_searches_take_numpy(monkeypatch):
     monkeypatch.setitem(sys.modules, "mrag.retrieve.bm25_compiled", None)  # its import fails, as without numba
     lists = [lists_of([([1, 4], [1, 2]), ([0, 4, 5], [3, 1, 3])], [2, 1])]
     assert best_rows(lists, 6, 2)[0].tolist() == [4, 0] and bm25_score._compiled is None
+
+
+def test_a_numba_that_cannot_load_its_loops_leaves_numpy_scoring(monkeypatch):
+    """numba raises RuntimeError where it finds no cache folder it can write (a read-only install): searches
+    go on through numpy, with a warning."""
+    def refuse(name: str) -> None:
+        raise RuntimeError("cannot cache function 'accumulate': no locator available for file")
+
+    monkeypatch.setattr(bm25_score, "_compiled", bm25_score._UNSET)
+    monkeypatch.setattr(bm25_score.importlib, "import_module", refuse)
+    lists = [lists_of([([1, 4], [1, 2]), ([0, 4, 5], [3, 1, 3])], [2, 1])]
+    with pytest.warns(UserWarning, match="numpy scores instead: cannot cache"):
+        assert best_rows(lists, 6, 2)[0].tolist() == [4, 0]
+    assert bm25_score._compiled is None

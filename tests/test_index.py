@@ -580,6 +580,8 @@ def test_a_document_missing_deleted_chunks_is_written_whole_again(db_path, fake,
     chunks = sorted(r["id"] for r in table_rows(index))
     assert len(chunks) > 2
     index.delete(chunks[1])
+    marks = [r["doc_hash"] for r in table_rows(index)]
+    assert marks.count("partial") == 1 and len(set(marks)) == 2  # one row rewritten, not the document
     assert index.add_paths([path]).updated == [str(path.resolve())]
     assert sorted(r["id"] for r in table_rows(index)) == chunks
     index.add([{"id": "lib", "text": long_text}])
@@ -589,6 +591,10 @@ def test_a_document_missing_deleted_chunks_is_written_whole_again(db_path, fake,
     assert sorted(r["id"] for r in table_rows(index) if r["doc_id"] == "lib") == lib_chunks
     assert index.add([{"id": "lib", "text": long_text}]).unchanged == ["lib"]
     assert index.delete("lib") == len(lib_chunks)  # one id, as a string
+    index.add([{"id": "lib", "text": long_text}])
+    version = index.store.chunks.version
+    assert index.delete(lib_chunks) == len(lib_chunks)  # every chunk by its id: nothing left to mark
+    assert "lib" not in doc_ids(index) and index.store.chunks.version == version + 1
 
 
 def test_prune_deletes_the_documents_of_deleted_and_emptied_files_under_the_paths(index, tmp_path):

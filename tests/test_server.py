@@ -229,7 +229,7 @@ def test_a_document_s_other_fields_are_its_metadata_and_a_number_is_an_id(client
 
 def test_documents_take_what_index_add_takes(client):
     """A number as a title or an id to delete, and null metadata, title or source, as `Index.add` and the
-    records files take them; NaN in metadata is refused (a search could not print it as JSON)."""
+    records files take them; NaN in metadata is null (as JSON has it), a NaN id refused."""
     docs = [{"id": 42, "text": "Number titles.", "title": 7, "metadata": None}, {"text": "Nulls.", "source": None}]
     r = client.post("/documents", json={"documents": docs}, headers=AUTH)
     assert r.status_code == 200, r.text
@@ -237,8 +237,13 @@ def test_documents_take_what_index_add_takes(client):
     assert (hit["doc_id"], hit["title"], hit["metadata"]) == ("42", "7", {})
     r = client.post("/documents/delete", json={"ids": [42]}, headers=AUTH)
     assert r.status_code == 200 and r.json()["deleted_chunks"] == 1
-    r = client.post("/documents", content='{"documents": [{"text": "x", "score": NaN}]}', headers=AUTH
-                    | {"content-type": "application/json"})
+    nan = {"content-type": "application/json"}
+    r = client.post("/documents", content='{"documents": [{"text": "Missing scores.", "score": NaN}]}',
+                    headers=AUTH | nan)
+    assert r.status_code == 200, r.text
+    hit = client.get("/search", params={"query": "missing scores", "k": 1}).json()["hits"][0]
+    assert hit["metadata"] == {"score": None}
+    r = client.post("/documents", content='{"documents": [{"id": NaN, "text": "x"}]}', headers=AUTH | nan)
     assert r.status_code in (400, 422) and "NaN" in r.text
 
 

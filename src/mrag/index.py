@@ -14,7 +14,7 @@ from mrag import settings, sync, writing
 from mrag.embed.base import HeadEmbedder
 from mrag.embed.models import same_model
 from mrag.errors import StoreError
-from mrag.ingest import Document, made_partial, read_paths
+from mrag.ingest import Document, read_paths
 from mrag.locking import is_local
 from mrag.retrieve import ann, fulltext, graph
 from mrag.retrieve import strategies as retrieve
@@ -220,10 +220,10 @@ class Index:
             deleted = self.store.delete(where)
             # a document left without some of its chunks is written whole at its next write, unchanged or not
             # (indexing its file again restores them)
-            cut = sorted({d for i, d in zip(found["id"].to_pylist(), found["doc_id"].to_pylist()) if i in chunks}
-                         - set(documents))
-            if cut:
-                self.store.set_doc_hashes({d: made_partial(h) for d, h in self.store.doc_hashes(cut).items()})
+            named = set(chunks)
+            cut = {d for i, d in zip(found["id"].to_pylist(), found["doc_id"].to_pylist()) if i in named}
+            if cut - set(documents):
+                self.store.mark_partial(sorted(cut - set(documents)))
         if (self.store.manifest.ann or {}).get("index_type") == graph.INDEX_TYPE:
             graph.maintain(self.store)  # graphs skip removed rows; rebuilt once not `graph.walkable`
         return deleted

@@ -99,8 +99,8 @@ def walk_files(folder: Path) -> Iterator[Path]:
     out)."""
     index_folders: dict[Path, bool] = {}
 
-    def in_index(parts: tuple[str, ...]) -> bool:
-        for depth in range(len(parts)):
+    def in_index(parts: tuple[str, ...]) -> bool:  # the folders from `folder` down: `folder` itself, then each
+        for depth in range(len(parts) + 1):
             at = folder.joinpath(*parts[:depth])
             if at not in index_folders:
                 index_folders[at] = (at / "manifest.lance").is_dir()
@@ -138,15 +138,19 @@ def _document(source: str, text: str, title: str) -> Document:
 
 def _read_text(path: Path) -> str:
     data = path.read_bytes()
-    # UTF-8 (a byte-order mark dropped), or UTF-16 with its byte-order mark (Windows' "Unicode" text)
-    encoding = "utf-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
-    if encoding == "utf-8-sig" and b"\x00" in data[:8192]:
-        raise IngestError(f"{path}: a binary file, not text")
+    # UTF-8 (a byte-order mark dropped), or UTF-16 / UTF-32 with their byte-order marks (Windows' "Unicode")
+    if data[:4] in (b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff"):
+        encoding = "utf-32"
+    else:
+        encoding = "utf-16" if data[:2] in (b"\xff\xfe", b"\xfe\xff") else "utf-8-sig"
     try:
         text = data.decode(encoding)
     except UnicodeDecodeError as e:
-        name = "UTF-16" if encoding == "utf-16" else "UTF-8"
-        raise IngestError(f"{path}: not {name} text (byte {e.start})") from None
+        if b"\x00" in data[:8192] and encoding == "utf-8-sig":
+            raise IngestError(f"{path}: a binary file, not text") from None
+        raise IngestError(f"{path}: not {encoding.upper().removesuffix('-SIG')} text (byte {e.start})") from None
+    if "\x00" in text[:8192]:
+        raise IngestError(f"{path}: a binary file, not text")
     if not text.strip():
         raise IngestError(f"{path}: {EMPTY}")
     return text
@@ -182,10 +186,7 @@ def _records(path: Path, source: str, text: str, text_field: str, id_field: str,
             raise IngestError(f"{path}: {where}: the id {id_field!r} must be a string or a number, "
                               f"not {json.dumps(given)}")
         doc_id = str(given) if given is not None else f"{source}#{i}"
-        try:
-            metadata = merged_metadata(row, (text_field, id_field, title_field))
-        except ValueError as e:
-            raise IngestError(f"{path}: {where}: {e}") from None
+        metadata = merged_metadata(row, (text_field, id_field, title_field), strict=False)
         docs.append(Document(doc_id, row[text_field], source, str(row.get(title_field) or ""), metadata))
     if not docs:
         raise IngestError(f"{path}: {NO_RECORDS}")
@@ -238,20 +239,30 @@ def html_to_text(markup: str) -> tuple[str, str]:
     return parser.title, "\n\n".join(line for line in lines if line)
 
 
-def merged_metadata(record: dict[str, Any], named: tuple[str, ...]) -> dict[str, Any]:
+def merged_metadata(record: dict[str, Any], named: tuple[str, ...], strict: bool = True) -> dict[str, Any]:
     """A record's metadata: the keys of its "metadata" object (none: null or absent) and its fields other than
     `named` and "metadata", a field winning over a key of the same name. Records files, `Index.add` and the
-    server all keep metadata so. {"text": .., "metadata": {"a": 1}, "b": 2} -> {"a": 1, "b": 2}."""
+    server all keep metadata so. {"text": .., "metadata": {"a": 1}, "b": 2} -> {"a": 1, "b": 2}. A "metadata"
+    that is not an object is an error (`strict`), or a field like the others (a records file's own data).
+    NaN and infinities become null, as JSON has no words for them (pandas' missing values)."""
     given = record.get("metadata")
     if given is not None and not isinstance(given, dict):
-        raise ValueError(f"metadata must be an object (a dict), got {type(given).__name__}")
+        if strict:
+            raise ValueError(f"metadata must be an object (a dict), got {type(given).__name__}")
+        given = {"metadata": given}
     fields = {k: v for k, v in record.items() if k not in named and k != "metadata"}
-    metadata = {**(given or {}), **fields}
-    try:  # what search results print as JSON
-        json.dumps(metadata, allow_nan=False, default=str)
-    except ValueError:
-        raise ValueError("metadata holds NaN or Infinity, which JSON cannot hold") from None
-    return metadata
+    return _finite({**(given or {}), **fields})
+
+
+def _finite(value: Any) -> Any:
+    """`value` with every NaN or infinite float, however deep in lists and dicts, as None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def as_document(doc: Document | dict[str, Any] | str, i: int) -> Document:

@@ -32,6 +32,7 @@ import pyarrow as pa
 from mrag import maintenance
 from mrag.connection import connect
 from mrag.errors import StoreError
+from mrag.ingest import made_partial, partial
 from mrag.locking import LOCK_FILE, Lease, is_local, local_path, write_lock
 from mrag.manifest import READABLE_FORMATS, Manifest
 from mrag.matrix import Matrix, grown, head_units, load_matrix, stamps
@@ -229,10 +230,15 @@ class Store:
         return {r["id"]: r for r in query.select(["id", *columns]).to_arrow().to_pylist()}
 
     def doc_hashes(self, doc_ids: list[str]) -> dict[str, str]:
+        """Document id -> its rows' digest, or the partial mark where one row has it (`mark_partial`)."""
         if not doc_ids:
             return {}
         table = self.rows(f"doc_id IN ({quote(doc_ids)})", ["doc_id", "doc_hash"])
-        return dict(zip(table["doc_id"].to_pylist(), table["doc_hash"].to_pylist()))
+        found: dict[str, str] = {}
+        for doc_id, digest in zip(table["doc_id"].to_pylist(), table["doc_hash"].to_pylist()):
+            if doc_id not in found or partial(digest):
+                found[doc_id] = digest
+        return found
 
     def matrix(self, refresh: bool = True, heads: bool = True, keep: bool = True) -> Matrix:
         """Every committed row's vectors in memory, reloaded only after a new committed write
@@ -362,13 +368,20 @@ class Store:
             self._changed += gone.num_rows
         return gone.num_rows
 
-    def set_doc_hashes(self, doc_hashes: dict[str, str]) -> None:
-        """Set the digest of these documents' rows, doc id -> digest (inside `writing()`; the rows are written
-        again, their vectors unchanged)."""
-        for value in sorted(set(doc_hashes.values())):
-            ids = sorted(d for d, v in doc_hashes.items() if v == value)
-            self.chunks.update(where=f"doc_id IN ({quote(ids)})", values={"doc_hash": value})
-            self._changed += 1
+    def mark_partial(self, doc_ids: list[str]) -> None:
+        """Mark documents some of whose chunks were deleted (inside `writing()`): one remaining row each, its
+        first, gets the digest `ingest.made_partial` (that row written again, vectors unchanged; `doc_hashes`
+        reads a document with such a row as partial). Documents with no row left are passed over."""
+        rows = self.rows(f"doc_id IN ({quote(doc_ids)})", ["id", "doc_id", "position", "doc_hash"],
+                         table=self.chunks).to_pylist()
+        first: dict[str, dict[str, Any]] = {}
+        for row in sorted(rows, key=lambda r: r["position"], reverse=True):
+            first[row["doc_id"]] = row
+        marks = {row["id"]: made_partial(row["doc_hash"]) for row in first.values()}
+        for value in sorted(set(marks.values())):
+            ids = sorted(i for i, v in marks.items() if v == value)
+            self.chunks.update(where=f"id IN ({quote(ids)})", values={"doc_hash": value})
+            self._changed += len(ids)
 
     def _fold(self, rows: pa.Table, sign: int, sums: ScaleSums | None = None) -> None:
         """Fold rows into (sign=1) or out of (sign=-1) the sums (default: the writer's running ones)."""

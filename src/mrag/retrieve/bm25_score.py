@@ -9,6 +9,7 @@ same order, posting by posting):
   numpy, is a floor);
 - else numpy: one dense `bincount` of all postings, then only the postings that can reach the c-th best
   row ranked.
+The compiled loops' row array (8 bytes a row) is kept by each thread that searched, for that thread's life.
 At 1M rows the postings' random access into the row array is most of the time; numpy also allocates
 and zeroes the array each search (benchmarks/results/bm25-engines.md).
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import threading
+import warnings
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -122,8 +124,10 @@ def _kernels() -> tuple[Any, Any] | None:
     if _compiled is _UNSET:
         try:
             compiled = importlib.import_module("mrag.retrieve.bm25_compiled")
-        except ImportError:  # numba not installed, or not importable with this numpy
-            _compiled = None
+        except Exception as e:  # noqa: BLE001 - numba not installed, not importable with this numpy, or no cache
+            _compiled = None  # folder it can write (RuntimeError: "no locator available"): numpy's engine
+            if not isinstance(e, ImportError):
+                warnings.warn(f"mrag: numba's full-text loops are off, numpy scores instead: {e}", stacklevel=2)
         else:
             _compiled = (compiled.accumulate, compiled.collect)
     return _compiled  # type: ignore[no-any-return]
