@@ -132,6 +132,27 @@ def test_engine_by_rows_and_the_environment(monkeypatch):
         fulltext.engine(None, 1)
 
 
+def test_a_process_searching_once_ranks_a_small_index_as_the_library_does(monkeypatch):
+    """`mrag search` / `mrag ask`: in memory up to ONCE_MEMORY_ROWS (LanceDB's statistics lag deletes until its
+    index is built again), LanceDB above, MRAG_FULLTEXT first."""
+    class Store:
+        fulltext: str | None = None
+
+        def __init__(self, rows: int) -> None:
+            self.rows = rows
+
+        def count(self) -> int:
+            return self.rows
+
+    small, large = Store(fulltext.ONCE_MEMORY_ROWS), Store(fulltext.ONCE_MEMORY_ROWS + 1)
+    fulltext.searching_once(small)
+    fulltext.searching_once(large)
+    assert (small.fulltext, large.fulltext) == ("memory", "lancedb")
+    monkeypatch.setenv("MRAG_FULLTEXT", "lancedb")
+    fulltext.searching_once(small)
+    assert small.fulltext == "lancedb"
+
+
 DOCS = [{"id": f"d{i}", "text": text} for i, text in enumerate([
     "Roman aqueducts carried water downhill into the city by gravity.",
     "Honeybees fan their wings to cool the hive on hot days.",

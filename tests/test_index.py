@@ -591,6 +591,10 @@ def test_a_document_missing_deleted_chunks_is_written_whole_again(db_path, fake,
     assert sorted(r["id"] for r in table_rows(index) if r["doc_id"] == "lib") == lib_chunks
     assert index.add([{"id": "lib", "text": long_text}]).unchanged == ["lib"]
     assert index.delete("lib") == len(lib_chunks)  # one id, as a string
+    index.add([{"id": 5, "text": "A number id."}, {"id": 6, "text": "Another."}])
+    assert index.delete(5) == 1 and index.delete([6.0], missing_ok=True) == 0 and index.delete([6]) == 1
+    with pytest.raises(ValueError, match="ids are strings or numbers"):
+        index.delete([None])
     index.add([{"id": "lib", "text": long_text}])
     version = index.store.chunks.version
     assert index.delete(lib_chunks) == len(lib_chunks)  # every chunk by its id: nothing left to mark
@@ -625,6 +629,15 @@ def test_prune_deletes_the_documents_of_deleted_and_emptied_files_under_the_path
         str(p.resolve()) for p in (folder / "keep.txt", folder / "broken.txt"))
     with pytest.raises(ValueError, match="no such file or folder"):
         index.add_paths([folder])
+
+
+def test_prune_deletes_a_file_of_another_kind_named_on_its_own(index, tmp_path):
+    """A .csv named on its own is read as text, its id its path: it follows its file as a .txt does."""
+    data = tmp_path / "data.csv"
+    data.write_text("name,value\nbeta,2 about rockets\n")
+    index.add_paths([data])
+    data.unlink()
+    assert index.add_paths([data], prune=True).removed == [str(data.resolve())]
 
 
 class NanEmbedder(FakeEmbedder):

@@ -65,6 +65,9 @@ def test_utf16_with_its_byte_order_mark_is_text(tmp_path):
     (tmp_path / "bin.txt").write_bytes(b"\xff\xfe" + bytes(98))  # a mark, then zeros: no text
     with pytest.raises(IngestError, match="a binary file"):
         read_file(tmp_path / "bin.txt")
+    (tmp_path / "late.txt").write_bytes(b"hello world " * 1000 + b"\x00tail")  # a NUL past the first 8 KiB
+    with pytest.raises(IngestError, match="a binary file"):
+        read_file(tmp_path / "late.txt")
 
 
 def test_utf8_bom_is_dropped(tmp_path):
@@ -131,6 +134,10 @@ def test_a_record_s_metadata_object_is_merged_as_index_add_merges_it(tmp_path):
     odd = write(tmp_path / "odd.jsonl", '{"text": "b", "metadata": "red", "score": NaN, "v": [1, Infinity]}')
     assert read_file(odd)[0].metadata == {"metadata": "red", "score": None, "v": [1, None]}  # a file's own data
     assert as_document({"text": "b", "score": float("nan")}, 0).metadata == {"score": None}  # pandas' missing
+    nan_title = as_document({"text": "b", "title": float("nan"), "source": float("inf")}, 0)
+    assert (nan_title.title, nan_title.source) == ("", "") and as_document({"text": "b", "title": 0}, 0).title == "0"
+    titled = write(tmp_path / "t.jsonl", '{"text": "c", "title": NaN}\n{"text": "d", "title": 7}')
+    assert [d.title for d in read_file(titled)] == ["", "7"]
 
 
 def test_jsonl_records_are_lines_and_their_strings_may_hold_any_separator(tmp_path):

@@ -247,6 +247,16 @@ def test_documents_take_what_index_add_takes(client):
     assert r.status_code in (400, 422) and "NaN" in r.text
 
 
+def test_post_search_takes_spaces_as_a_string_too(client):
+    r = client.post("/search", json={"query": "honeybees hive", "strategy": "mrag-std", "explain": True,
+                                     "spaces": "head:0, standard"})
+    assert r.status_code == 200, r.text
+    assert {v["space"] for h in r.json()["hits"] for v in h["votes"]} == {"head:0", "standard"}
+    r = client.get("/search", params={"query": "honeybees hive", "strategy": "mrag-std", "explain": True,
+                                      "spaces": ["head:0", "standard"]})  # repeated in a GET, as before
+    assert {v["space"] for h in r.json()["hits"] for v in h["votes"]} == {"head:0", "standard"}
+
+
 def test_subqueries_for_a_strategy_that_uses_none_are_refused(client):
     r = client.get("/search", params={"query": "bees", "strategy": "standard", "subqueries": "hives"})
     assert r.status_code == 400 and "sub-queries are for the fusion strategies" in r.json()["detail"]

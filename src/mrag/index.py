@@ -14,7 +14,7 @@ from mrag import settings, sync, writing
 from mrag.embed.base import HeadEmbedder
 from mrag.embed.models import same_model
 from mrag.errors import StoreError
-from mrag.ingest import Document, read_paths
+from mrag.ingest import Document, not_an_id, read_paths
 from mrag.locking import is_local
 from mrag.retrieve import ann, fulltext, graph
 from mrag.retrieve import strategies as retrieve
@@ -196,15 +196,18 @@ class Index:
         docs, skipped = read_paths(sync.to_read(paths, prune), **fields)
         return sync.index_files(self, paths, docs, skipped, show_progress, prune)
 
-    def delete(self, ids: Sequence[str] | str, missing_ok: bool = False) -> int:
-        """Delete documents or chunks by id (a string: that one id); all ids must exist, else nothing is deleted
-        (`missing_ok`: those that do not are passed over). An id that names a document deletes that document
-        only, even where it is also another document's chunk id (document "x#0" and chunk 0 of document "x")."""
-        if isinstance(ids, str):
+    def delete(self, ids: Sequence[str | int | float] | str | int | float, missing_ok: bool = False) -> int:
+        """Delete documents or chunks by id (one id alone, or several; a number as its text, as `add` stores
+        it); all ids must exist, else nothing is deleted (`missing_ok`: those that do not are passed over). An
+        id that names a document deletes that document only, even where it is also another document's chunk
+        id (document "x#0" and chunk 0 of document "x")."""
+        if isinstance(ids, str | int | float):
             ids = [ids]
         if not ids:
             raise ValueError("no ids given")
-        asked = list(dict.fromkeys(ids))
+        if any(not isinstance(i, str | int | float) or not_an_id(i) for i in ids):
+            raise ValueError(f"ids are strings or numbers, got {[i for i in ids if not isinstance(i, str)][:3]}")
+        asked = list(dict.fromkeys(str(i) for i in ids))
         with self.store.writing():  # checked under the lock: another process may have deleted some
             found = self.store.rows(f"id IN ({quote(asked)}) OR doc_id IN ({quote(asked)})", ["id", "doc_id"],
                                     table=self.store.chunks)

@@ -25,6 +25,13 @@ SUFFIXES = TEXT_SUFFIXES | HTML_SUFFIXES | RECORD_SUFFIXES | {".pdf"}
 NOT_IDS = (bool, list, dict)  # values whose text is no one's id (str(True), str([1])): refused as ids
 
 
+def field_text(value: Any) -> str:
+    """A title's or a source's text: none for null, false, NaN or infinity; a number as its text (0 -> "0")."""
+    if value is None or value is False or (isinstance(value, float) and not math.isfinite(value)):
+        return ""
+    return str(value)
+
+
 def not_an_id(given: Any) -> bool:
     """A value whose text is no one's id: a boolean, list or object (str(True), str([1])), NaN or infinity."""
     return isinstance(given, NOT_IDS) or (isinstance(given, float) and not math.isfinite(given))
@@ -146,10 +153,10 @@ def _read_text(path: Path) -> str:
     try:
         text = data.decode(encoding)
     except UnicodeDecodeError as e:
-        if b"\x00" in data[:8192] and encoding == "utf-8-sig":
+        if b"\x00" in data and encoding == "utf-8-sig":
             raise IngestError(f"{path}: a binary file, not text") from None
         raise IngestError(f"{path}: not {encoding.upper().removesuffix('-SIG')} text (byte {e.start})") from None
-    if "\x00" in text[:8192]:
+    if "\x00" in text:  # anywhere: text has no NUL
         raise IngestError(f"{path}: a binary file, not text")
     if not text.strip():
         raise IngestError(f"{path}: {EMPTY}")
@@ -187,7 +194,7 @@ def _records(path: Path, source: str, text: str, text_field: str, id_field: str,
                               f"not {json.dumps(given)}")
         doc_id = str(given) if given is not None else f"{source}#{i}"
         metadata = merged_metadata(row, (text_field, id_field, title_field), strict=False)
-        docs.append(Document(doc_id, row[text_field], source, str(row.get(title_field) or ""), metadata))
+        docs.append(Document(doc_id, row[text_field], source, field_text(row.get(title_field)), metadata))
     if not docs:
         raise IngestError(f"{path}: {NO_RECORDS}")
     return docs
@@ -283,8 +290,8 @@ def as_document(doc: Document | dict[str, Any] | str, i: int) -> Document:
         d = Document(
             id=str(given) if given not in (None, "") else hashlib.sha256(doc["text"].encode()).hexdigest()[:16],
             text=doc["text"],
-            source=str(doc.get("source") or ""),
-            title=str(doc.get("title") or ""),
+            source=field_text(doc.get("source")),
+            title=field_text(doc.get("title")),
             metadata=metadata,
         )
     else:

@@ -146,15 +146,18 @@ class SearchRequest(BaseModel):
     subqueries: list[str] | None = Field(None, description="For fusion strategies; default: the LLM writes them.")
     exact: bool | None = Field(None, description="true: exact search; false: the ANN indexes; default: ANN if built.")
     nprobes: int | None = Field(None, ge=1, le=100_000, description="IVF partitions per ANN search.")
-    spaces: list[str] | None = Field(None, description="Only these voters: standard, heads, head:3, split, bm25, "
-                                                       "a space's label (comma-separated, or spaces= repeated in "
-                                                       "a GET).")
+    spaces: list[str] | str | None = Field(None, description="Only these voters: standard, heads, head:3, split, "
+                                                             "bm25, a space's label (comma-separated, a list, or "
+                                                             "spaces= repeated in a GET).")
 
     @field_validator("spaces")
     @classmethod
-    def _split_spaces(cls, spaces: list[str] | None) -> list[str] | None:
+    def _split_spaces(cls, spaces: list[str] | str | None) -> list[str] | None:
         """"standard,bm25" as two spaces, as `--spaces` takes them."""
-        return None if spaces is None else [s.strip() for item in spaces for s in item.split(",") if s.strip()]
+        if spaces is None:
+            return None
+        return [s.strip() for item in ([spaces] if isinstance(spaces, str) else spaces) for s in item.split(",")
+                if s.strip()]
 
 
 @pydantic.dataclasses.dataclass

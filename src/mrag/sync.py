@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from mrag.ingest import ADDED, EMPTY, NO_RECORDS, RECORD_SUFFIXES, SUFFIXES, Document, Skipped
+from mrag.ingest import ADDED, EMPTY, NO_RECORDS, RECORD_SUFFIXES, Document, Skipped
 from mrag.rows import quote
 from mrag.store import Store
 from mrag.writing import AddReport, check_unique_ids
@@ -130,12 +130,12 @@ def taken_from_other_files(indexed_sources: dict[str, str], docs: list[Document]
 
 
 def from_a_file(doc_id: str, source: str) -> bool:
-    """Whether `read_paths` could have made this document: a record of a .json/.jsonl file, or a whole file
-    (its id is its path). Only those follow their files; a document the library added with a file's path
-    as its source and an id of its own is left alone (`sources` leaves out those whose digest says so; this
-    tells the others apart in an index written before that mark)."""
-    suffix = Path(source).suffix.lower()
-    return bool(source) and (suffix in RECORD_SUFFIXES or (doc_id == source and suffix in SUFFIXES))
+    """Whether `read_paths` could have made this document: a record of a .json/.jsonl file, or a whole file of
+    any kind (its id is its path: a file named on its own is read as text whatever its suffix). Only those
+    follow their files; a document the library added with a file's path as its source and an id of its own is
+    left alone (`sources` leaves out those whose digest says so; this tells the others apart in an index
+    written before that mark)."""
+    return bool(source) and (doc_id == source or Path(source).suffix.lower() in RECORD_SUFFIXES)
 
 
 def _exists(source: str) -> bool:

@@ -46,6 +46,7 @@ ENGINE_VARIABLE = "MRAG_FULLTEXT"  # the process's choice where the caller makes
 # first full-text search of a process, 23 s at 1M (LanceDB's own 32 s), 418 MB of arrays beside the matrix's
 # 3 GB (benchmarks/results/bm25-memory.md, 2 cores); larger sizes were not measured
 MEMORY_ROWS = 1_000_000
+ONCE_MEMORY_ROWS = 20_000  # ... and where a process searches once (the build: about 0.5 s at 20k rows)
 QUERY_THREADS = 4  # threads for a table without an AsyncTable (`started`): its queries run side by side
 Hits = tuple[list[int], list[str], np.ndarray]  # (Lance row ids, chunk ids, scores), best first
 _pools: dict[int, ThreadPoolExecutor] = {}  # per process id: a forked child gets its own threads
@@ -72,9 +73,11 @@ def engine(choice: str | None, rows: int) -> str:
 
 
 def searching_once(store: Any) -> None:
-    """For a process that searches once (`mrag search`, `mrag ask`): LanceDB answers the full-text space,
-    unless MRAG_FULLTEXT says otherwise; an in-memory index's build pays back only over many searches."""
-    store.fulltext = _variable() or "lancedb"
+    """For a process that searches once (`mrag search`, `mrag ask`): LanceDB answers the full-text space, an
+    in-memory index's build paying back only over many searches, unless MRAG_FULLTEXT says otherwise, or the
+    index is small enough that the build costs little (ONCE_MEMORY_ROWS): there it ranks as the library and
+    the server do (LanceDB's statistics still count rows deleted since its index was built)."""
+    store.fulltext = _variable() or ("memory" if store.count() <= ONCE_MEMORY_ROWS else "lancedb")
 
 
 def _variable() -> str:
