@@ -205,8 +205,9 @@ class Index:
             ids = [ids]
         if not ids:
             raise ValueError("no ids given")
-        if any(not isinstance(i, str | int | float) or not_an_id(i) for i in ids):
-            raise ValueError(f"ids are strings or numbers, got {[i for i in ids if not isinstance(i, str)][:3]}")
+        bad = [i for i in ids if not isinstance(i, str | int | float) or not_an_id(i)]
+        if bad:
+            raise ValueError(f"ids are strings or numbers, got {bad[:3]}")
         asked = list(dict.fromkeys(str(i) for i in ids))
         with self.store.writing():  # checked under the lock: another process may have deleted some
             found = self.store.rows(f"id IN ({quote(asked)}) OR doc_id IN ({quote(asked)})", ["id", "doc_id"],
