@@ -582,8 +582,9 @@ def test_a_document_missing_deleted_chunks_is_written_whole_again(db_path, fake,
     index.delete(chunks[1])
     marks = [r["doc_hash"] for r in table_rows(index)]
     assert marks.count("partial") == 1 and len(set(marks)) == 2  # one row rewritten, not the document
+    assert index.verify()["partial_documents"] == 1
     assert index.add_paths([path]).updated == [str(path.resolve())]
-    assert sorted(r["id"] for r in table_rows(index)) == chunks
+    assert sorted(r["id"] for r in table_rows(index)) == chunks and index.verify()["partial_documents"] == 0
     index.add([{"id": "lib", "text": long_text}])
     lib_chunks = sorted(r["id"] for r in table_rows(index) if r["doc_id"] == "lib")
     index.delete([lib_chunks[0]])

@@ -329,7 +329,8 @@ def verify(db: str, plain: bool) -> None:
     report = Index.open(db, create=False).verify()
     if plain:
         click.echo(f"{report['chunks']} chunks, {report['duplicate_ids']} duplicate ids, "
-                   f"head-scale sums drift {report['sums_drift']:.2g}")
+                   f"head-scale sums drift {report['sums_drift']:.2g}, {report['partial_documents']} documents "
+                   "missing deleted chunks")
     else:
         emit(report)
     if report["duplicate_ids"] or report["sums_drift"] > 1e-6:

@@ -402,16 +402,19 @@ class Store:
 
     def verify(self) -> dict[str, Any]:
         """Check the committed index: chunk ids unique, and the committed sums equal to sums recomputed
-        from the committed rows (`sums_drift`: the largest relative error, about 1e-12 when sound)."""
+        from the committed rows (`sums_drift`: the largest relative error, about 1e-12 when sound); and count
+        the documents some of whose chunks were deleted (`partial_documents`: their next write restores them)."""
         self.refresh()
         committed = self.manifest.sums
         columns = [c.column for c in self.vector_columns(committed=True)]
-        rows = self.rows(columns=["id", *columns, "head_norms"])
+        rows = self.rows(columns=["id", "doc_id", "doc_hash", *columns, "head_norms"])
         ids = rows["id"].to_pylist()
         fresh = committed.zeros()
         for batch in rows.to_batches(max_chunksize=65536):
             self._fold(pa.Table.from_batches([batch]), 1, fresh)
-        return {"chunks": len(ids), "duplicate_ids": len(ids) - len(set(ids)), "sums_drift": committed.drift(fresh)}
+        cut = {d for d, h in zip(rows["doc_id"].to_pylist(), rows["doc_hash"].to_pylist()) if partial(h)}
+        return {"chunks": len(ids), "duplicate_ids": len(ids) - len(set(ids)), "sums_drift": committed.drift(fresh),
+                "partial_documents": len(cut)}
 
     def add_spaces(self, entries: list[dict[str, Any]], ids: list[str], vectors: dict[str, np.ndarray]) -> None:
         """Add external spaces to every row (inside `writing()`): one rewrite of the chunks table.
