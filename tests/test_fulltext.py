@@ -268,9 +268,10 @@ def test_cli_strategies_and_spaces_with_the_full_text_space(cli_db):
         assert result.exit_code == 1 and result.stderr.startswith(message), result.stderr
 
 
-def test_a_one_shot_cli_search_asks_lancedb_unless_told(cli_db, monkeypatch):
-    """`mrag search` searches once: it builds no in-memory full-text index (MRAG_FULLTEXT can ask for one),
-    and a bad MRAG_FULLTEXT is a clear error."""
+def test_a_one_shot_cli_search_asks_lancedb_unless_the_index_is_small_or_told(cli_db, monkeypatch):
+    """`mrag search` searches once: past ONCE_MEMORY_ROWS it builds no in-memory full-text index (MRAG_FULLTEXT
+    can ask for one), up to it it does (and ranks as the library does), and a bad MRAG_FULLTEXT is a clear
+    error."""
     import json
 
     from mrag.retrieve.bm25 import Bm25
@@ -279,11 +280,14 @@ def test_a_one_shot_cli_search_asks_lancedb_unless_told(cli_db, monkeypatch):
     build, started = Bm25.build, fulltext.started
     monkeypatch.setattr(Bm25, "build", lambda *a, **k: (builds.append(1), build(*a, **k))[1])
     monkeypatch.setattr(fulltext, "started", lambda *a, **k: (asked.append(1), started(*a, **k))[1])
+    small = cli_db("search", "Kasparov chess", "--strategy", "bm25", "-k", "2")
+    assert small.exit_code == 0 and builds == [1] and asked == []
+    monkeypatch.setattr(fulltext, "ONCE_MEMORY_ROWS", 0)  # as on a large index
     first = cli_db("search", "Kasparov chess", "--strategy", "bm25", "-k", "2")
-    assert first.exit_code == 0 and builds == [] and asked == [1]
+    assert first.exit_code == 0 and builds == [1] and asked == [1]
     monkeypatch.setenv("MRAG_FULLTEXT", "memory")
     again = cli_db("search", "Kasparov chess", "--strategy", "bm25", "-k", "2")
-    assert again.exit_code == 0 and builds == [1] and asked == [1]
+    assert again.exit_code == 0 and builds == [1] and asked == [1]  # in memory: the first one's index, kept
     hits = [[(h["id"], round(h["score"], 5)) for h in map(json.loads, r.stdout.splitlines())] for r in (first, again)]
     assert hits[0] == hits[1] and len(hits[0]) == 2
     monkeypatch.setenv("MRAG_FULLTEXT", "quick")
