@@ -435,3 +435,10 @@ def test_the_packaged_model_by_its_folder_is_the_same_model(db):
     assert [h["doc_id"] for h in hits] == [source(db.parent / "corpus", "bees.txt")]
     refused = mrag("search", "honeybees", "--db", db, "--model", "smollm2", ok=False)
     assert refused.exit_code == 1 and "was built with" in refused.output
+
+
+def test_comma_separated_names_as_every_option_takes_them():
+    from mrag.settings import names
+
+    assert names("standard, bm25,") == ["standard", "bm25"] and names(["head:0,standard", "bm25"]) == [
+        "head:0", "standard", "bm25"] and names(" , ") == []

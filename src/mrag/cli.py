@@ -106,7 +106,7 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
     report: AddReport
     if ann_spaces is not None and ann_index != "HNSW":
         raise click.UsageError("--ann-spaces chooses the spaces of HNSW graphs: give it with --ann-index HNSW")
-    chosen = tuple(s.strip() for s in ann_spaces.split(",") if s.strip()) if ann_spaces is not None else None
+    chosen = tuple(settings.names(ann_spaces)) if ann_spaces is not None else None
     policy = AnnPolicy(ann_threshold, ann_index, ann_nprobes, chosen)
     if ray_address is not None:
         from mrag.distributed import RayJobError, index_with_ray
@@ -187,7 +187,7 @@ def search(query: str, db: str, model: str | None, k: int, strategy: str | None,
     if strategy is not None and settings.parse_strategy(strategy).expand == "fusion":
         raise click.UsageError(f"strategy {strategy!r} fuses sub-queries an LLM writes: use `mrag ask` (or the "
                                "server's /search with \"subqueries\")")
-    chosen = [s.strip() for s in selection.split(",") if s.strip()] if selection is not None else None
+    chosen = settings.names(selection) if selection is not None else None
     index = Index.open(db, model=model, create=False)
     fulltext.searching_once(index.store)
     hits = index.search(query, k=k, strategy=strategy, c=depth, spaces=chosen, exact=exact, nprobes=nprobes)
@@ -386,7 +386,7 @@ def eval_(corpus: str, queries: str | None, model: str | None, layer: int, pooli
     """
     from mrag.evaluate.run import run_eval
 
-    names = [s.strip() for s in strategies.split(",") if s.strip()] if strategies else None
+    names = settings.names(strategies) if strategies else None
     result = run_eval(
         corpus, queries, model=model, layer=layer, pooling=pooling, strategies=names, c=depth,
         chunk_chars=chunk_chars, cache=cache, query_instruction=query_instruction, device=device, dtype=dtype,

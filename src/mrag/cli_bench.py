@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from mrag import settings
 from mrag.cli_common import CONTEXT, db_option, emit, model_option, plain_option, user_errors
 
 if TYPE_CHECKING:
@@ -126,7 +127,7 @@ def tune(db: str, bench_dir: str | None, strategies: str | None, dry_run: bool, 
         index.set_default_strategy(None)
         emit({"default_strategy": index.default_strategy, "source": "built-in"})
         return
-    names = [s.strip() for s in strategies.split(",") if s.strip()] if strategies else None
+    names = settings.names(strategies) if strategies else None
     assert bench_dir is not None
     record = run_tune(index, bench_dir, names, save=not dry_run, show_progress=sys.stderr.isatty())
     if plain:

@@ -23,6 +23,7 @@ SUFFIXES = TEXT_SUFFIXES | HTML_SUFFIXES | RECORD_SUFFIXES | {".pdf"}
 
 
 NOT_IDS = (bool, list, dict)  # values whose text is no one's id (str(True), str([1])): refused as ids
+EMPTY, NO_RECORDS = "the file is empty", "no records"  # why a file holds no document (`mrag.sync`)
 
 
 def field_text(value: Any) -> str:
@@ -35,7 +36,6 @@ def field_text(value: Any) -> str:
 def not_an_id(given: Any) -> bool:
     """A value whose text is no one's id: a boolean, list or object (str(True), str([1])), NaN or infinity."""
     return isinstance(given, NOT_IDS) or (isinstance(given, float) and not math.isfinite(given))
-EMPTY, NO_RECORDS = "the file is empty", "no records"  # why a file holds no document (`mrag.sync`)
 
 
 class IngestError(ValueError):

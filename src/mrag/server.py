@@ -32,6 +32,7 @@ from mrag.generate.base import DEFAULT_MAX_TOKENS, Generator
 from mrag.generate.prompt import DEFAULT_MAX_CONTEXT_CHARS
 from mrag.retrieve import strategies as retrieve
 from mrag.retrieve import types
+from mrag.settings import names
 
 MAX_K = 1000
 WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
@@ -154,10 +155,7 @@ class SearchRequest(BaseModel):
     @classmethod
     def _split_spaces(cls, spaces: list[str] | str | None) -> list[str] | None:
         """"standard,bm25" as two spaces, as `--spaces` takes them."""
-        if spaces is None:
-            return None
-        return [s.strip() for item in ([spaces] if isinstance(spaces, str) else spaces) for s in item.split(",")
-                if s.strip()]
+        return None if spaces is None else names(spaces)
 
 
 @pydantic.dataclasses.dataclass

@@ -3,7 +3,15 @@ thresholds. Plain Python, so the CLI builds its help from them without loading n
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
+
+
+def names(given: str | Iterable[str]) -> list[str]:
+    """A comma-separated list of names (strategies, spaces), or several such: "standard, bm25" and
+    ["standard,bm25"] -> ["standard", "bm25"] (empty names dropped)."""
+    items = [given] if isinstance(given, str) else given
+    return [name.strip() for item in items for name in item.split(",") if name.strip()]
 
 BASE_STRATEGIES = (
     "standard", "mrag-paper", "mrag-std", "mrag-decay", "mrag-distance", "split", "split-weighted", "spaces",

@@ -15,7 +15,7 @@ from mrag.retrieve import strategies as retrieve
 from mrag.retrieve.exact import Exact
 from mrag.retrieve.rescore import RescoreRanker
 from mrag.retrieve.types import Hit
-from mrag.settings import DEFAULT_CANDIDATES
+from mrag.settings import DEFAULT_CANDIDATES, names
 from mrag.spaces import Space
 from mrag.store import READ_TRIES, Store
 
@@ -52,7 +52,7 @@ def search_many(
     if isinstance(queries, str):
         raise TypeError("queries must be a list of strings, not one string (use Index.search)")
     if isinstance(spaces, str):  # "standard,bm25", as --spaces takes them
-        spaces = [s.strip() for s in spaces.split(",") if s.strip()]
+        spaces = names(spaces)
     if any(not q or not q.strip() for q in queries):
         raise ValueError("the query is empty")
     if c is not None and c <= 0:
