@@ -323,6 +323,11 @@ def same_content(stored: str | None, digest: str) -> bool:
     return stored == digest or (digest.startswith(ADDED) and stored == digest.removeprefix(ADDED))
 
 
+def added(stored: str | None) -> bool:
+    """Whether a stored digest says the library or the server wrote the document (`ADDED`)."""
+    return (stored or "").startswith(ADDED)
+
+
 def partial(stored: str | None) -> bool:
     """Whether a stored digest marks a document some of whose chunks were deleted (`PARTIAL`)."""
     return stored is not None and stored.removeprefix(ADDED) == PARTIAL
@@ -330,4 +335,4 @@ def partial(stored: str | None) -> bool:
 
 def made_partial(stored: str | None) -> str:
     """The digest of a document once some of its chunks are deleted: `PARTIAL`, the library's mark kept."""
-    return (ADDED if (stored or "").startswith(ADDED) else "") + PARTIAL
+    return (ADDED if added(stored) else "") + PARTIAL

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from mrag.ingest import ADDED, EMPTY, NO_RECORDS, RECORD_SUFFIXES, Document, Skipped
+from mrag.ingest import EMPTY, NO_RECORDS, RECORD_SUFFIXES, Document, Skipped, added
 from mrag.rows import quote
 from mrag.store import Store
 from mrag.writing import AddReport, check_unique_ids
@@ -114,7 +114,7 @@ def sources(store: Store, where: str | None, table: Any = None) -> dict[str, str
     write's, before its commit)."""
     rows = store.rows(where, ["doc_id", "source", "doc_hash"], table=table)
     return {i: s for i, s, h in zip(rows["doc_id"].to_pylist(), rows["source"].to_pylist(),
-                                    rows["doc_hash"].to_pylist()) if not (h or "").startswith(ADDED)}
+                                    rows["doc_hash"].to_pylist()) if not added(h)}
 
 
 def taken_from_other_files(indexed_sources: dict[str, str], docs: list[Document]) -> list[str]:
