@@ -3,6 +3,7 @@
     python tests/procs.py writer DB LOG NAME OPS SEED    # adds, upserts, deletes its own documents
     python tests/procs.py searcher DB LOG SECONDS SEED   # searches until the time is up
     python tests/procs.py hold DB SECONDS                # holds the write lock (for the timeout test)
+    python tests/procs.py slow-index DB FOLDER GO        # indexes FOLDER (--prune), embedding once GO exists
 
 A writer logs every operation as a JSON line before it starts ("try") and after it returns ("ok"), so
 a check afterwards knows which writes were acknowledged, even when the writer was killed with -9.
@@ -160,6 +161,25 @@ def check_index(db: str, logs: list[Path]) -> dict[str, Any]:
             "lost": len(missing), "resurrected": len(extra), **report}
 
 
+def slow_index(db: str, folder: str, go: str) -> None:
+    """`mrag index FOLDER --prune` that, once it starts embedding (the files read and looked up in the index),
+    prints "embedding" and waits until the file `go` exists; then prints its report as JSON."""
+    sys.path.insert(0, str(HERE))
+    from conftest import FakeEmbedder
+
+    from mrag.index import Index
+
+    class Waits(FakeEmbedder):
+        def embed_batch(self, texts: list[str]) -> Any:
+            print("embedding", flush=True)
+            deadline = time.monotonic() + 120
+            while not os.path.exists(go) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            return super().embed_batch(texts)
+
+    print(json.dumps(Index.open(db, embedder=Waits()).add_paths([folder], prune=True).to_dict()), flush=True)
+
+
 if __name__ == "__main__":
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     role, args = sys.argv[1], sys.argv[2:]
@@ -170,5 +190,7 @@ if __name__ == "__main__":
         searcher(args[0], args[1], float(args[2]), int(args[3]))
     elif role == "hold":
         hold(args[0], float(args[1]))
+    elif role == "slow-index":
+        slow_index(args[0], args[1], args[2])
     else:
         raise SystemExit(f"unknown role {role}")

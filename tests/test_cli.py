@@ -426,6 +426,16 @@ def test_a_damaged_index_says_so_in_one_line(db):
     assert "Traceback" not in result.output and ".rs:" not in result.output
 
 
+def test_a_full_disk_or_a_read_only_folder_is_not_called_a_damaged_index():
+    from mrag.cli_common import lance_message
+
+    full = lance_message("lance error: IO error: No space left on device (os error 28)")
+    assert full.startswith("no space left") and "nothing was committed" in full and "damaged" not in full
+    locked = lance_message("lance error: IO error: Permission denied (os error 13)")
+    assert "permissions" in locked and "damaged" not in locked
+    assert "missing or damaged" in lance_message("lance error: Not found: /db/chunks.lance/data/x.lance")
+
+
 def test_the_packaged_model_by_its_folder_is_the_same_model(db):
     """An index built with the default model searches with --model naming the packaged weights' folder (it was
     refused as another model), and still refuses another model."""

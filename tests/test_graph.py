@@ -612,3 +612,76 @@ def test_dropping_the_graphs_removes_their_files_and_searches_scan_exactly(graph
     assert hits(graph_index, "mrag", None) == hits(graph_index, "mrag", True)
     graph_index.add([{"id": "later", "text": "written after the drop"}])  # no graph upkeep, no error
     assert graph_index.store.manifest.ann is None
+
+
+class ThreadsSeen:
+    """A graph whose search records the OpenMP thread count it runs with."""
+
+    def __init__(self) -> None:
+        self.threads: list[int] = []
+
+    def search(self, queries, depth, params=None):
+        import faiss
+
+        self.threads.append(faiss.omp_get_max_threads())
+        return None, np.arange(len(queries) * depth).reshape(len(queries), depth)
+
+
+def test_walks_beside_full_text_searches_take_one_thread_and_leave_the_threads_setting_as_it_was():
+    """Beside full-text searches a short call walks on one thread; a long one, or one with no full text
+    beside it, on every thread."""
+    import faiss
+
+    before = faiss.omp_get_max_threads()
+    seen, few, many = ThreadsSeen(), np.zeros((3, 4), np.float32), np.zeros((graph.PARALLEL_WALKS, 4), np.float32)
+    try:
+        faiss.omp_set_num_threads(2)
+        graph.search(seen, few, 5, None)
+        with graph.fulltext_beside():
+            assert graph.search(seen, few, 5, None).shape == (3, 5)
+            assert faiss.omp_get_max_threads() == 2
+            graph.search(seen, many, 5, None)
+        graph.search(seen, few, 5, None)
+        assert seen.threads == [2, 1, 2, 2]
+    finally:
+        faiss.omp_set_num_threads(before)
+
+
+def test_a_full_text_search_runs_beside_the_graph_walks(tmp_path):
+    """The default's ranker: the vector ranking (here a stand-in) runs in `fulltext_beside`, while the
+    in-memory full-text search has already started on a pool thread."""
+    import threading
+
+    from mrag.retrieve.fulltext import FullTextRanker
+
+    started, seen = threading.Event(), []
+
+    class Memory:
+        def search(self, texts, c):
+            started.set()
+            return [(np.array([0]), np.array([1.0])) for _ in texts]
+
+    def vectors(chosen, queries, c):
+        seen.append((graph.one_thread(len(queries)), started.wait(10)))
+        return np.zeros((len(queries), len(chosen), c), np.int64), np.zeros((len(queries), len(chosen), c))
+
+    ranker = FullTextRanker(vectors, None, row_ids=np.arange(1), memory=lambda: Memory())
+    ranker._checked = True  # no LanceDB table behind this one
+    voters = [Voter("standard", "standard", 1.0), Voter("bm25", "bm25", 1.0)]
+    ranking, _ = ranker(voters, [QueryVectors(np.ones(4), np.ones((1, 4)), text="owls")], 2)
+    assert seen == [(True, True)] and ranking[0, 1, 0] == 0
+
+
+def test_a_graph_write_that_fails_leaves_no_staging_folder(tmp_path, monkeypatch):
+    """A full disk while the graphs are written: the error goes up (maintenance warns of it), and the
+    half-written folder is removed at once, not an hour later."""
+    made = graph.new_graph(8)
+    graph.extend(made, np.eye(8, dtype=np.float32))
+
+    def full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(graph.np, "save", full)
+    with pytest.raises(OSError, match="No space left"):
+        graph.write(tmp_path, 3, {"standard": made}, np.arange(8, dtype=np.uint64))
+    assert list(tmp_path.iterdir()) == []

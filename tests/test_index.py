@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import FakeEmbedder
 
 import mrag.index
-from mrag import ingest
+from mrag import ingest, sync
 from mrag.errors import StoreError
 from mrag.index import Index
 from mrag.ingest import Document
 from mrag.scales import brute_force_scales
+from mrag.store import Store
 
 DOCS = [
     {"id": "rome", "text": "Roman aqueducts carried water downhill into the city by gravity.", "title": "Rome"},
@@ -297,6 +299,42 @@ def test_reopening_with_another_layer_is_refused(db_path):
         Index.open(db_path, embedder=other)
 
 
+def test_a_first_open_that_another_process_beat_to_the_creation_must_match_its_settings(db_path, fake, monkeypatch):
+    """Two first runs at once: both saw no index, the other created it first (`Store.create` then returns
+    theirs). Another layer, embedder or space would embed other vectors into it: refused, nothing written;
+    the same embedder, or chunk settings not given, just join it."""
+    import test_spaces  # noqa: F401  (registers the "test-words" function)
+
+    Index.open(db_path, embedder=LayeredFake(), chunk_chars=300).add(DOCS[:1])
+    exists = Store.exists
+
+    def racing(**given):  # Index.open's first look finds no index; Store.create's, under the lock, finds theirs
+        looks = []
+
+        def seen(cls, uri, options=None):
+            looks.append(uri)
+            return len(looks) > 1 and exists(uri, options)
+
+        monkeypatch.setattr(Store, "exists", classmethod(seen))
+        try:
+            return Index.open(db_path, **given)
+        finally:
+            monkeypatch.setattr(Store, "exists", exists)
+
+    other = LayeredFake()
+    other.info = lambda: LayeredFake.info(other) | {"layer": 2}
+    for embedder in (other, OtherFake()):
+        with pytest.raises(StoreError, match="another process created the index .* at the same moment, with another"):
+            racing(embedder=embedder)
+    with pytest.raises(StoreError, match="at the same moment, with another spaces"):
+        racing(embedder=LayeredFake(), spaces=["w=test-words:dim=8"])
+    with pytest.raises(StoreError, match="built with chunk_chars=300, not 500"):
+        racing(embedder=LayeredFake(), chunk_chars=500)
+    joined = racing(embedder=LayeredFake())
+    assert joined.store.count() == 1 and joined.store.manifest.settings["chunk_chars"] == 300
+    assert Index.open(db_path, embedder=LayeredFake()).store.count() == 1  # nothing written by the refused ones
+
+
 def test_reopening_with_other_embedder_options_is_refused(index, db_path, fake):
     index.add(DOCS)
     for options in ({"pooling": "cls"}, {"query_instruction": "query: "}, {"max_length": 64}):
@@ -516,6 +554,90 @@ def test_records_gone_alone_are_found_again_under_the_lock(index, db_path, tmp_p
     assert index.add_paths([notes]).removed == ["y"] and upkeep == [False]
 
 
+def chunk_texts(index: Index) -> dict[str, str]:
+    index.store.refresh()  # other Index objects wrote since
+    return {r["doc_id"]: r["text"] for r in table_rows(index)}
+
+
+class DuringEmbedding(FakeEmbedder):
+    """Runs `meanwhile` at its first embedding: another run's writes while this one embeds."""
+
+    def __init__(self, meanwhile) -> None:
+        super().__init__()
+        self.meanwhile = meanwhile
+
+    def embed_batch(self, texts):
+        if self.meanwhile is not None:
+            meanwhile, self.meanwhile = self.meanwhile, None
+            meanwhile()
+        return super().embed_batch(texts)
+
+
+def test_a_run_slower_than_another_never_writes_what_a_file_held_before(index, db_path, tmp_path):
+    """Run A reads the files; while it embeds, a file is edited and run B indexes it, and a file is deleted
+    and run C prunes it. Under the write lock A finds those documents written by another run since it
+    looked, and their files changed since it read them: it leaves them as committed (listed as skipped),
+    and writes the others."""
+    from mrag import sync
+
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    edited, deleted, other = folder / "edited.txt", folder / "deleted.txt", folder / "other.txt"
+    for path, text in ((edited, "Version one of the glacier note."), (deleted, "A secret about bees."),
+                       (other, "Tides follow the Moon.")):
+        path.write_text(text)
+    index.add_paths([folder])
+    edited.write_text("Version two, the glacier note rewritten.")
+    other.write_text("Tides follow the Moon and the Sun.")
+    deleted.write_text("A secret about bees, edited.")
+
+    def runs_b_and_c() -> None:
+        edited.write_text("Version three, the glacier note as it is now.")
+        index.add_paths([edited])
+        deleted.unlink()
+        assert index.add_paths([deleted], prune=True).removed == [str(deleted.resolve())]
+
+    report = Index.open(db_path, embedder=DuringEmbedding(runs_b_and_c)).add_paths([folder], prune=True)  # run A
+    assert sorted(Path(s.source).name for s in report.skipped) == ["deleted.txt", "edited.txt"]
+    assert {s.reason for s in report.skipped} == {sync.CHANGED}
+    assert report.added == [] and report.updated == [str(other.resolve())] and report.removed == []
+    texts = chunk_texts(index)
+    assert texts[str(edited.resolve())].startswith("Version three") and str(deleted.resolve()) not in texts
+    assert texts[str(other.resolve())] == "Tides follow the Moon and the Sun."
+
+
+def test_a_file_that_keeps_changing_is_indexed_as_read_when_no_other_run_wrote_it(index, db_path, tmp_path):
+    """A log that grows while a run embeds it: no other run wrote its documents meanwhile, so what the run
+    read is written (a file always changing would otherwise never be indexed)."""
+    log = tmp_path / "log.txt"
+    log.write_text("First line about owls.")
+    index.add_paths([log])
+    log.write_text("First line about owls. Second line about bats.")
+    grows = DuringEmbedding(lambda: log.write_text("First line about owls. Second line about bats. Third."))
+    report = Index.open(db_path, embedder=grows).add_paths([log])
+    assert report.updated == [str(log.resolve())] and report.skipped == []
+    assert chunk_texts(index)[str(log.resolve())] == "First line about owls. Second line about bats."
+
+
+def test_a_records_file_changed_since_it_was_read_keeps_its_records_as_committed(index, tmp_path):
+    """Run A read a records file without record y and has nothing to embed; y is then written back and run B
+    indexes it: A's run, deciding under the lock, does not delete y."""
+    from mrag import sync
+    from mrag.ingest import read_paths
+
+    notes = tmp_path / "notes.jsonl"
+    records = {i: json.dumps({"id": i, "text": f"Record {i} about owls."}) for i in "xy"}
+    notes.write_text("\n".join(records.values()))
+    index.add_paths([notes])
+    notes.write_text(records["x"])
+    docs, skipped = read_paths([notes])  # run A: y is gone
+    notes.write_text("\n".join(records.values()) + "\n")
+    index.add_paths([notes])  # run B: nothing changed for it
+    report = sync.index_files(index, [notes], docs, skipped)
+    assert report.removed == [] and [s.reason for s in report.skipped] == [sync.CHANGED]
+    assert doc_ids(index) == ["x", "y"]
+
+
 def test_a_renamed_records_file_takes_its_ids_and_library_documents_are_left_alone(index, tmp_path):
     """A records file renamed (its old name gone) is no conflict: its ids move to the new name, and --prune
     deletes what the old name held no longer. Documents the library added, with a file's path as source
@@ -630,6 +752,15 @@ def test_prune_deletes_the_documents_of_deleted_and_emptied_files_under_the_path
         str(p.resolve()) for p in (folder / "keep.txt", folder / "broken.txt"))
     with pytest.raises(ValueError, match="no such file or folder"):
         index.add_paths([folder])
+    with pytest.raises(ValueError, match="no document indexed from there to prune: .*docs"):
+        index.add_paths([folder], prune=True)  # pruned already, and nothing else to do: refused as a typo is
+    version = index.store.chunks.version
+    with pytest.raises(ValueError, match="no document indexed from there to prune: .*typo"):
+        index.add_paths([tmp_path / "typo"], prune=True)
+    assert index.store.chunks.version == version  # nothing written
+    report = index.add_paths([other, folder], prune=True)  # a scheduled run over both goes on, saying so
+    assert report.removed == [str((other / "outside.txt").resolve())]
+    assert [(s.source, s.reason) for s in report.skipped] == [(str(folder), sync.UNKNOWN)]
 
 
 def test_prune_deletes_a_file_of_another_kind_named_on_its_own(index, tmp_path):

@@ -287,6 +287,40 @@ def test_missing_path_is_an_error(tmp_path):
         read_paths([tmp_path / "nowhere"])
 
 
+def test_a_folder_file_that_cannot_be_read_is_skipped_and_one_named_is_an_error(tmp_path, monkeypatch):
+    """No permission, or gone between the folder's listing and its reading (an editor's save by rename): the
+    folder's other files are read. Named on its own, such a file is an error."""
+    import mrag.ingest
+
+    folder = write(tmp_path / "notes" / "locked.txt", "secret").parent
+    write(folder / "ok.txt", "Glaciers carve valleys.")
+    listed = list(mrag.ingest.walk_files(folder)) + [folder / "vanished.txt"]
+    monkeypatch.setattr(mrag.ingest, "walk_files", lambda path: iter(listed))
+    real = Path.read_bytes
+
+    def read_bytes(path):
+        if path.name == "locked.txt":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    docs, skipped = read_paths([folder])
+    assert [Path(d.source).name for d in docs] == ["ok.txt"]
+    assert [(Path(s.source).name, s.reason) for s in skipped] == [
+        ("locked.txt", "cannot be read (Permission denied)"),
+        ("vanished.txt", "cannot be read (No such file or directory)")]
+    with pytest.raises(IngestError, match="locked.txt: cannot be read"):
+        read_paths([folder / "locked.txt"])
+
+
+def test_a_pipe_named_is_an_error(tmp_path):
+    import os
+
+    os.mkfifo(tmp_path / "queue.txt")
+    with pytest.raises(IngestError, match="not a file or folder .*queue.txt"):
+        read_paths([tmp_path / "queue.txt"])
+
+
 def test_skip_reason_when_the_path_holds_a_colon(tmp_path, monkeypatch):
     folder = write(tmp_path / "notes: 2024" / "blob.txt", b"\x00\x01").parent
     write(folder / "empty.txt", " ")

@@ -302,3 +302,12 @@ def test_a_part_list_naming_a_row_twice_gives_it_one_vote():
     assert result.rows.tolist() == [4, 2]
     assert result.votes == [[{"space": "standard", "rank": 0, "weight": 0.9, "part": 0}],
                             [{"space": "standard", "rank": 0, "weight": 0.7, "part": 1}]]
+
+
+def test_each_kept_row_is_credited_to_the_part_that_ranked_it_best():
+    """Row 7 is second in part 0 and first in part 1: part 1. Row 5 is first in parts 0 and 2: the earliest
+    part, 0. Row 9 is third in part 1 alone. Row 8 is in no list: (0, 0, 0.0)."""
+    lists = [retrieve.Result(np.array(rows), np.array(scores), []) for rows, scores in
+             [([5, 7], [0.9, 0.8]), ([7, 3, 9], [0.7, 0.6, 0.5]), ([5], [0.4])]]
+    best = retrieve._best_places(lists, np.array([7, 5, 9, 8]))
+    assert best == [(1, 0, 0.7), (0, 0, 0.9), (1, 2, 0.5), (0, 0, 0.0)]

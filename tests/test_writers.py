@@ -212,10 +212,10 @@ class RefreshSkippedOnce:
     def __init__(self, refresh):
         self.refresh, self.calls = refresh, 0
 
-    def __call__(self) -> None:
+    def __call__(self, quick: bool = False) -> None:
         self.calls += 1
         if self.calls > 1:
-            self.refresh()
+            self.refresh(quick)
 
 
 def pruned_under(reader: Index, fake, monkeypatch) -> None:
@@ -294,3 +294,78 @@ def test_a_pass_keeps_only_the_committed_manifest_and_a_compaction_only_the_comm
     assert [v["version"] for v in store.chunks.list_versions()] == [store.committed_version]
     assert store.chunks.stats()["fragment_stats"]["num_fragments"] == 1
     assert Index.open(tmp_path / "db", embedder=fake).info()["chunks"] == 8
+
+
+class CountingTable:
+    """A manifest table that counts its version checks."""
+
+    def __init__(self, table: object) -> None:
+        self.table, self.checks = table, 0
+
+    @property
+    def version(self) -> int:
+        self.checks += 1
+        return self.table.version  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.table, name)
+
+
+def test_searches_skip_the_version_check_until_another_process_commits(tmp_path, fake, monkeypatch):
+    """A search checks LanceDB's latest version only when the manifest's `_versions` folder changed since
+    the last check; a commit in another process changes it, and the next search sees the new document."""
+    db = tmp_path / "db"
+    Index.open(db, embedder=fake).add([{"id": "d0", "text": "glaciers carve valleys"}])
+    reader = Index.open(db, embedder=fake)
+    counting = reader.store._manifest_table = CountingTable(reader.store._manifest_table)
+    reader.search("glaciers", k=1)
+    assert counting.checks >= 1  # committed under two seconds ago: its folder's mtime is not trusted yet
+    monkeypatch.setattr(mrag.store, "SETTLED_NS", 0)  # trust it now (a test cannot wait for it to settle)
+    monkeypatch.setattr(mrag.store, "QUICK_FOR", 3600.0)  # and for as long as the test runs
+    reader.search("glaciers", k=1)
+    before = counting.checks
+    assert [h.doc_id for h in reader.search("glaciers", k=1)] == ["d0"] and counting.checks == before
+    monkeypatch.setattr(mrag.store, "QUICK_FOR", 0.0)  # past it, a search checks again: a stamp that never moves
+    reader.search("glaciers", k=1)  # (a FUSE mount's folder times) leaves a search that late at most
+    assert counting.checks > before
+    monkeypatch.setattr(mrag.store, "QUICK_FOR", 3600.0)
+    before = counting.checks
+    time.sleep(0.05)  # past the file system's mtime tick
+    code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import procs; " \
+           f"procs.open_index({str(db)!r}).add([{{'id': 'd1', 'text': 'tides and the moon'}}])"
+    subprocess.run([sys.executable, "-c", code], check=True, env=os.environ.copy())
+    assert [h.doc_id for h in reader.search("tides moon", k=1)] == ["d1"] and counting.checks > before
+    before = counting.checks
+    reader.add([{"id": "d2", "text": "volcano lava"}])  # a writer always checks, and its own commit moves the folder
+    assert counting.checks > before
+    assert [h.doc_id for h in reader.search("volcano lava", k=1)] == ["d2"]
+
+
+def test_a_slow_run_in_another_process_leaves_files_changed_since_it_read_them(tmp_path, fake):
+    """A real `mrag index --prune` run in another process; while it embeds, one file is edited and indexed by
+    this process, another deleted and pruned: the slow run commits neither file's old text."""
+    import json
+
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    edited, deleted = folder / "edited.txt", folder / "deleted.txt"
+    edited.write_text("Version one of the glacier note.")
+    deleted.write_text("A secret about bees.")
+    index = Index.open(tmp_path / "db", embedder=fake)
+    index.add_paths([folder])
+    edited.write_text("Version two, the glacier note rewritten.")
+    deleted.write_text("A secret about bees, edited.")
+    go = tmp_path / "go"
+    slow = subprocess.Popen([sys.executable, PROCS, "slow-index", str(tmp_path / "db"), str(folder), str(go)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert slow.stdout is not None and slow.stdout.readline().strip() == "embedding"
+    edited.write_text("Version three, the glacier note as it is now.")
+    index.add_paths([edited])
+    deleted.unlink()
+    assert index.add_paths([deleted], prune=True).removed == [str(deleted.resolve())]
+    go.touch()
+    out, err = slow.communicate(timeout=240)
+    assert slow.returncode == 0, err[-2000:]
+    assert len(json.loads(out)["skipped"]) == 2
+    texts = {r["doc_id"]: r["text"] for r in Index.open(tmp_path / "db", embedder=fake).store.rows().to_pylist()}
+    assert texts == {str(edited.resolve()): "Version three, the glacier note as it is now."}

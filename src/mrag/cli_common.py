@@ -6,6 +6,7 @@ one object per line; `demo`, `ask` and `eval`, whose output people read first, p
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -46,13 +47,26 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             if not str(e).startswith("lance error"):
                 raise
             where = re.sub(r", /\S+\.rs:\d+:\d+", "", str(e).splitlines()[0])  # less Lance's source line
-            raise click.ClickException(
-                f"the index's files could not be read ({where}): a file of the index is missing or damaged; "
-                "restore the folder from a backup, or index the documents again into a new folder") from e
+            raise click.ClickException(lance_message(where)) from e
         except (ValueError, FileNotFoundError, TypeError, OSError) as e:
             raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
 
     return wrapper
+
+
+def lance_message(where: str) -> str:
+    """What to tell of a Lance storage error (`where`: its first line): a full disk or a folder that cannot be
+    written is not a damaged index (a write that fails commits nothing)."""
+    code = re.search(r"os error (\d+)", where)
+    number = int(code.group(1)) if code else 0
+    if number in (errno.ENOSPC, errno.EDQUOT):
+        return (f"no space left for the index's files ({where}): nothing was committed, the index is as it was; "
+                "free some space and run again")
+    if number in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return (f"the index's files cannot be written or read ({where}): nothing was committed; check the "
+                "folder's permissions, or that its file system is writable")
+    return (f"the index's files could not be read ({where}): a file of the index is missing or damaged; "
+            "restore the folder from a backup, or index the documents again into a new folder")
 
 
 db_option: Callable[..., Any] = click.option(

@@ -92,7 +92,9 @@ class Index:
         live = open_spaces(specs)  # unknown function, bad options, unreachable model: fail before writing
         made = embedder or embedder_factory(model, layer, **embedder_options)()
         entries = [s.spec.to_json() | {"dim": s.dim} for s in live]
-        index = cls(Store.create(uri, made.info(), settings, storage_options, spaces=entries), lambda: made)
+        store = Store.create(uri, made.info(), settings, storage_options, spaces=entries)
+        _check_created(store, made, entries, chunk_chars, overlap, uri)
+        index = cls(store, lambda: made)
         index._embedder = made
         index._spaces = {s.name: s for s in live}
         return index
@@ -174,16 +176,20 @@ class Index:
         return self._write(docs, replace=False, show_progress=show_progress)
 
     def upsert(self, docs: Iterable[Document | dict[str, Any] | str], show_progress: bool = False,
-               settle: Callable[[], None] | None = None, from_files: bool = False) -> AddReport:
+               settle: Callable[[], None] | None = None, from_files: bool = False,
+               leave_out: Callable[[set[str]], set[str]] | None = None) -> AddReport:
         """Add new documents and replace changed ones (same id, other content); unchanged: no work. `settle`:
         run under the write lock after the rows, in their commit, where any document needed embedding;
-        `from_files`: documents `read_paths` read, which follow their files (`writing.write`; `mrag.sync`)."""
-        return self._write(docs, replace=True, show_progress=show_progress, settle=settle, from_files=from_files)
+        `from_files`: documents `read_paths` read, which follow their files; `leave_out`: under the lock, given
+        the ids another writer changed since, those not to write after all (`writing.write`; `mrag.sync`)."""
+        return self._write(docs, replace=True, show_progress=show_progress, settle=settle, from_files=from_files,
+                           leave_out=leave_out)
 
     def _write(self, docs: Iterable[Document | dict[str, Any] | str], replace: bool, show_progress: bool,
-               settle: Callable[[], None] | None = None, from_files: bool = False) -> AddReport:
+               settle: Callable[[], None] | None = None, from_files: bool = False,
+               leave_out: Callable[[set[str]], set[str]] | None = None) -> AddReport:
         report = writing.write(self.store, lambda: self.embedder, self.spaces, docs, replace, show_progress, settle,
-                               from_files)
+                               from_files, leave_out)
         report.ann = self.maintain_ann() if report.chunks else None
         return report
 
@@ -191,8 +197,8 @@ class Index:
                   **fields: str) -> AddReport:
         """Index files and folders (upsert: re-indexing unchanged files does nothing). A file's records are its
         documents: records gone from a file read are deleted; `prune` also deletes the documents of files
-        under `paths` that no longer exist or are empty. An id already indexed from a file not read now is
-        refused, and nothing is written."""
+        under `paths` that no longer exist or are empty (a path that is gone and held no indexed file is refused
+        as a typo). An id already indexed from a file not read now is refused, and nothing is written."""
         docs, skipped = read_paths(sync.to_read(paths, prune), **fields)
         return sync.index_files(self, paths, docs, skipped, show_progress, prune)
 
@@ -283,7 +289,7 @@ class Index:
     def default_strategy(self) -> str:
         """The strategy used when none is named: the one `mrag tune` recorded here, else the built-in one
         (`segment-bm25`; `mrag` on an index that has no full-text index yet: `mrag optimize` builds one)."""
-        self.store.refresh()
+        self.store.refresh(quick=True)
         recorded = (self.store.manifest.default_strategy or {}).get("strategy")
         return str(recorded) if recorded else self.built_in_default()
 
@@ -385,7 +391,7 @@ class Index:
 
     def space_weights(self) -> retrieve.Scales:
         """Committed scales, with each external space's weight: its own scale ("auto") or the one it was given."""
-        self.store.refresh()
+        self.store.refresh(quick=True)
         scales = self.store.committed_scales()
         for entry in self.store.manifest.spaces:
             if entry.get("weight", "auto") != "auto":
@@ -427,6 +433,27 @@ class Index:
             "default_strategy": m.default_strategy or {"strategy": self.built_in_default(), "source": "built-in"},
             "strategies": retrieve.strategy_names(),
         }
+
+
+def _check_created(store: Store, made: HeadEmbedder, spaces: list[dict[str, Any]], chunk_chars: int | None,
+                   overlap: int | None, uri: str) -> None:
+    """Refuse an index that another process created at the same moment (`Store.create` then returns
+    theirs) with another embedder or other spaces: this one's vectors would not be theirs. Chunk settings
+    given and different are refused as on any existing index; not given, theirs are used."""
+    recorded, info = store.manifest.embedder, made.info()
+    # what shapes the vectors (not `revision` or `n_layers`: the same model by its id or its folder)
+    keys = ("dim", "n_heads", "head_dim", "layer", "pooling", "max_length", "query_instruction",
+            "document_instruction")
+    differ = [(key, recorded.get(key)) for key in keys if recorded.get(key) != info.get(key)]
+    if not same_model(str(info.get("model")), str(recorded.get("model"))):
+        differ.insert(0, ("model", recorded.get("model")))
+    if store.manifest.spaces != spaces:
+        differ.append(("spaces", [space["name"] for space in store.manifest.spaces]))
+    if differ:
+        raise StoreError(f"another process created the index at {uri} at the same moment, with another "
+                         f"{differ[0][0]} ({differ[0][1]!r}); nothing was written: run again to use that "
+                         "index's settings, or choose another --db")
+    chunk_settings(uri, store, chunk_chars, overlap)
 
 
 def _check_same(

@@ -11,6 +11,7 @@ import hashlib
 import html.parser
 import json
 import math
+import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,9 @@ class Document:
     source: str
     title: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
+    # its file as `read_file` found it before reading (`file_stamp`): a write leaves the document out when
+    # the file changed since (`mrag.sync`)
+    stamp: tuple[int, int, int] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -83,6 +87,8 @@ def list_files(paths: Iterable[str | Path]) -> list[tuple[str, bool]]:
         path = Path(raw).expanduser()
         if not path.exists():
             raise IngestError(f"no such file or folder: {raw}")
+        if not path.is_file() and not path.is_dir():
+            raise IngestError(f"not a file or folder (a pipe, a device?): {raw}")
         found = [(path, True)] if path.is_file() else [(f, False) for f in sorted(walk_files(path))]
         for file, explicit in found:
             resolved = file.resolve()
@@ -123,7 +129,29 @@ def walk_files(folder: Path) -> Iterator[Path]:
             yield file
 
 
+def file_stamp(path: str | Path) -> tuple[int, int, int] | None:
+    """(inode, size, mtime) of a file, None when it is gone: what tells that it changed since it was read."""
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_ino, found.st_size, found.st_mtime_ns
+
+
 def read_file(path: Path, text_field: str = "text", id_field: str = "id", title_field: str = "title") -> list[Document]:
+    """The documents of one file, each stamped with the file as it was before the read (`file_stamp`); a file
+    that cannot be read (no permission, gone since it was listed) is an IngestError."""
+    stamp = file_stamp(path)
+    try:
+        docs = _read_file(path, text_field, id_field, title_field)
+    except OSError as e:
+        raise IngestError(f"{path}: cannot be read ({e.strerror or e})") from e
+    for doc in docs:
+        doc.stamp = stamp
+    return docs
+
+
+def _read_file(path: Path, text_field: str, id_field: str, title_field: str) -> list[Document]:
     suffix = path.suffix.lower()
     source = str(path.resolve())
     if suffix == ".pdf":

@@ -8,10 +8,13 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from mrag.ingest import EMPTY, NO_RECORDS, RECORD_SUFFIXES, Document, Skipped, added
+from mrag.ingest import EMPTY, NO_RECORDS, RECORD_SUFFIXES, Document, IngestError, Skipped, added, file_stamp
 from mrag.rows import quote
 from mrag.store import Store
 from mrag.writing import AddReport, check_unique_ids
+
+CHANGED = "changed or removed while it was being indexed: index it again"  # a file `changed_files` finds
+UNKNOWN = "no such file or folder, and no document indexed from there"  # a path to prune (`unknown_paths`)
 
 
 class Writable(Protocol):
@@ -20,7 +23,8 @@ class Writable(Protocol):
     store: Store
 
     def upsert(self, docs: list[Document], show_progress: bool = False,
-               settle: Callable[[], None] | None = None, from_files: bool = False) -> AddReport: ...
+               settle: Callable[[], None] | None = None, from_files: bool = False,
+               leave_out: Callable[[set[str]], set[str]] | None = None) -> AddReport: ...
 
     def maintain_ann(self, force: bool = False) -> dict[str, Any] | None: ...
 
@@ -32,50 +36,71 @@ def index_files(index: Writable, paths: Sequence[str | Path], docs: list[Documen
     refused, and nothing is written: checked before the embedding, and again under the write lock (another
     process may index it meanwhile)."""
     check_unique_ids([d.id for d in docs], [d.source for d in docs])  # naming the files
+    unknown = unknown_paths(index.store, paths) if prune else []
     refuse_taken(index.store, docs)
     removed: list[str] | None = None
+    changed: set[str] = set()  # files whose documents were left as committed, found under the write lock
+
+    def leave_out(moved: set[str]) -> set[str]:  # under the write lock, before the upsert's rows
+        stale = changed_files([d for d in docs if d.id in moved])
+        changed.update(stale)
+        return {d.id for d in docs if d.id in moved and d.source in stale}
 
     def after_rows() -> None:  # under the write lock, after the upsert's rows, in their commit
         nonlocal removed
-        removed = settle(index.store, docs, skipped, paths, prune)
+        removed = settle(index.store, docs, skipped, paths, prune, changed)
 
-    report = index.upsert(docs, show_progress=show_progress, settle=after_rows, from_files=True)
-    report.skipped = skipped
+    report = index.upsert(docs, show_progress=show_progress, settle=after_rows, from_files=True, leave_out=leave_out)
     if removed is None:  # nothing needed embedding: the deletes, if any, are a write of their own
-        removed = delete_gone(index, docs, skipped, paths, prune)
+        removed = delete_gone(index, docs, skipped, paths, prune, changed)
     elif removed and not report.chunks:  # deleted, but no row written: the upkeep a write of rows runs
         index.maintain_ann()
+    report.skipped = skipped + [Skipped(source, CHANGED) for source in sorted(changed)] + [
+        Skipped(path, UNKNOWN) for path in unknown]
     report.removed = removed
     return report
 
 
+def changed_files(docs: list[Document]) -> set[str]:
+    """The sources of `docs` whose file changed or went since it was read (`ingest.file_stamp`). Where
+    another run also wrote such a document meanwhile, writing what this run read could undo it (an edit
+    indexed, a deleted file pruned), so it is left as committed, and the next run indexes the file."""
+    stamps = {d.source: d.stamp for d in docs if d.stamp is not None}  # the library's documents have none
+    return {source for source, stamp in stamps.items() if file_stamp(source) != stamp}
+
+
 def settle(store: Store, docs: list[Document], skipped: list[Skipped], paths: Sequence[str | Path],
-           prune: bool) -> list[str]:
+           prune: bool, changed: set[str]) -> list[str]:
     """Under the write lock, in the commit of the rows of `docs`: refuse ids another process has indexed from
     another file meanwhile (`refuse_taken`), and delete what is gone (`drop_gone`); -> the ids deleted."""
     refuse_taken(store, docs)
-    return drop_gone(store, docs, skipped, paths, prune)
+    return drop_gone(store, docs, skipped, paths, prune, changed)
 
 
 def delete_gone(index: Writable, docs: list[Document], skipped: list[Skipped], paths: Sequence[str | Path],
-                prune: bool) -> list[str]:
+                prune: bool, changed: set[str]) -> list[str]:
     """In a write of its own, delete the documents that indexing `docs` deletes (`gone`), decided under the
     write lock, then run the ANN upkeep (HNSW graphs skip removed rows); -> their ids. A look at the committed
     rows first: where it finds none, nothing is committed."""
     if not gone(index.store, docs, skipped, paths, prune):
         return []
     with index.store.writing():
-        removed = drop_gone(index.store, docs, skipped, paths, prune)
+        removed = drop_gone(index.store, docs, skipped, paths, prune, changed)
     if removed:
         index.maintain_ann()
     return removed
 
 
 def drop_gone(store: Store, docs: list[Document], skipped: list[Skipped], paths: Sequence[str | Path],
-              prune: bool) -> list[str]:
-    """Under the write lock: delete the documents `gone` finds in the rows as the write has left them so far;
-    -> their ids."""
-    found = gone(store, docs, skipped, paths, prune, live=True)
+              prune: bool, changed: set[str]) -> list[str]:
+    """Under the write lock: delete the documents `gone` finds in the rows as the write has left them so far,
+    but for those of files changed since they were read (another run may have written them back: they stay
+    until the next run, their files added to `changed`); -> their ids."""
+    indexed = _indexed(store, docs, prune, live=True)
+    every = gone_from_files(indexed, docs, skipped, paths, prune)
+    stale = changed_files([d for d in docs if d.source in {indexed[i] for i in every}])
+    changed.update(stale)
+    found = [i for i in every if indexed[i] not in stale]
     if found:
         store.delete(f"doc_id IN ({quote(found)})")
     return found
@@ -96,10 +121,30 @@ def gone(store: Store, docs: list[Document], skipped: list[Skipped], paths: Sequ
     """The indexed documents that indexing `docs` from `paths` deletes (`gone_from_files`): of the committed
     rows, or (`live`, inside a write) of the rows as the write has left them so far. (With `prune`, every
     row's id and source are read: under the write lock, for a live read.)"""
+    return gone_from_files(_indexed(store, docs, prune, live), docs, skipped, paths, prune)
+
+
+def _indexed(store: Store, docs: list[Document], prune: bool, live: bool) -> dict[str, str]:
+    """Id -> source of the indexed documents that indexing `docs` may delete: those of the files read, or
+    (`prune`) every one; of the committed rows or (`live`) of the rows as the write has left them so far."""
     read = sorted({d.source for d in docs})
     where = None if prune else f"source IN ({quote(read)})"
-    indexed = sources(store, where, store.chunks if live else None) if prune or read else {}
-    return gone_from_files(indexed, docs, skipped, paths, prune)
+    return sources(store, where, store.chunks if live else None) if prune or read else {}
+
+
+def unknown_paths(store: Store, paths: Sequence[str | Path]) -> list[str]:
+    """The paths to prune that are neither on disk nor where an indexed file was (a file's source, or a folder
+    above one): a typo, or a folder pruned already. Refused when every path is one (nothing to do: `mrag index
+    TYPO --prune`), else listed as skipped (a scheduled run over several folders goes on)."""
+    missing = [p for p in paths if not Path(p).expanduser().exists()]
+    if not missing:
+        return []
+    indexed = {Path(source) for source in sources(store, None).values() if source}
+    unknown = [str(raw) for raw in missing if not any(
+        source == root or root in source.parents for root in [Path(raw).expanduser().resolve()] for source in indexed)]
+    if unknown and len(unknown) == len(paths):
+        raise IngestError(f"no such file or folder, and no document indexed from there to prune: {unknown[0]}")
+    return unknown
 
 
 def to_read(paths: Sequence[str | Path], prune: bool) -> list[str | Path]:

@@ -104,6 +104,7 @@ def write(
     show_progress: bool = False,
     settle: Callable[[], None] | None = None,
     from_files: bool = False,
+    leave_out: Callable[[set[str]], set[str]] | None = None,
 ) -> AddReport:
     """Add documents (`replace`: and replace changed ones); `from_files`: read from files by `mrag.sync`,
     whose records follow their files (others' digests say they were added: `ingest.ADDED`). Embeds outside
@@ -112,13 +113,16 @@ def write(
     it is embedded, so memory stays bounded. `embedder` is called only when there is work. `settle` runs
     under the lock after the rows, in the same commit (an error there writes nothing), where any document
     needed embedding (even if the check under the lock then leaves no row to write), and never otherwise:
-    `mrag.sync`'s checks and deletes."""
+    `mrag.sync`'s checks and deletes. `leave_out` runs under the lock before any row is written, given the
+    ids of the documents to write that another writer changed since this one looked: -> those not to write
+    after all (`mrag.sync`: their files also changed since they were read)."""
     documents = [as_document(d, i) for i, d in enumerate(docs)]
     ids = [d.id for d in documents]
     check_unique_ids(ids)
     digests = [document_digest(d, added=not from_files) for d in documents]
     report = AddReport()
-    chosen = triage(list(zip(ids, digests)), store.doc_hashes(ids), report, replace)
+    seen = store.doc_hashes(ids)
+    chosen = triage(list(zip(ids, digests)), seen, report, replace)
     todo = [(documents[i], digests[i]) for i in chosen]
     settings = store.manifest.settings
     chunks = [
@@ -139,12 +143,12 @@ def write(
                 continue
             if wanted is None:
                 held.enter_context(store.writing())
-                wanted = _retriage(store, todo, replace, report)
+                wanted = _retriage(store, todo, replace, report, seen, leave_out)
             _append(store, staged, wanted, report)
             staged, staged_bytes = [], 0
         if wanted is None:
             held.enter_context(store.writing())
-            wanted = _retriage(store, todo, replace, report)
+            wanted = _retriage(store, todo, replace, report, seen, leave_out)
         _append(store, staged, wanted, report)
         if settle is not None:
             settle()
@@ -183,12 +187,18 @@ def _embedded(
         )
 
 
-def _retriage(store: Store, todo: list[tuple[Document, str]], replace: bool, report: AddReport) -> set[str]:
+def _retriage(store: Store, todo: list[tuple[Document, str]], replace: bool, report: AddReport,
+              seen: dict[str, str], leave_out: Callable[[set[str]], set[str]] | None = None) -> set[str]:
     """Under the write lock: the embedded documents against what is committed now (another process
-    may have written some since). Deletes the old rows of changed ones; -> the ids to write."""
+    may have written some since `seen`, the digests looked at before embedding), less those `leave_out`
+    names of these. Deletes the old rows of changed ones; -> the ids to write."""
     fresh = AddReport()
+    now = store.doc_hashes([d.id for d, _ in todo])
+    if leave_out is not None:
+        left = leave_out({d.id for d, _ in todo if now.get(d.id) != seen.get(d.id)})
+        todo = [(d, h) for d, h in todo if d.id not in left]
     ids = [d.id for d, _ in todo]
-    chosen = triage([(d.id, h) for d, h in todo], store.doc_hashes(ids), fresh, replace)
+    chosen = triage([(d.id, h) for d, h in todo], {i: now[i] for i in ids if i in now}, fresh, replace)
     if fresh.updated:
         store.delete(f"doc_id IN ({quote(fresh.updated)})")
     report.added, report.updated = fresh.added, fresh.updated

@@ -163,7 +163,7 @@ def _run_job(
     if not todo:  # nothing new or changed: no model, and a commit only for records gone from their files
         if existing is not None:  # `delete_gone` looks first, and commits only where something is gone
             index = Index.open(uri, storage_options=storage_options, create=False)
-            report.removed = sync.delete_gone(index, read, report.skipped, paths, False)
+            report.removed = sync.delete_gone(index, read, report.skipped, paths, False, set())
         return report
     # the embedder's description, from a worker (the driver may have no GPU, nor the model's files)
     info = ray.get(ray.remote(_embedder_info).options(num_cpus=cpus, num_gpus=gpus).remote(make))
@@ -205,7 +205,7 @@ def _run_job(
             store.add(rows)
             written.extend(rows["id"].to_pylist())
         check_complete(expected, written, before, store.sums.heads, [HeadStats.from_json(t) for t in tags])
-        report.removed = sync.settle(store, read, report.skipped, paths, False)  # in this same commit
+        report.removed = sync.settle(store, read, report.skipped, paths, False, set())  # in this same commit
         fulltext.keep(store.chunks)  # the full-text index, in this same commit
     report.chunks = len(written)
     report.workers = per_worker(tags)

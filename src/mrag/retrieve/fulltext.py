@@ -24,6 +24,7 @@ import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,7 +32,7 @@ import numpy as np
 
 from mrag.connection import async_table, together
 from mrag.matrix import Matrix
-from mrag.retrieve import bm25
+from mrag.retrieve import bm25, graph
 from mrag.retrieve.bm25 import Bm25
 from mrag.retrieve.types import QueryVectors, Ranker, Voter
 from mrag.settings import FULLTEXT
@@ -49,15 +50,20 @@ MEMORY_ROWS = 1_000_000
 ONCE_MEMORY_ROWS = 20_000  # ... and where a process searches once (the build: about 0.5 s at 20k rows)
 QUERY_THREADS = 4  # threads for a table without an AsyncTable (`started`): its queries run side by side
 Hits = tuple[list[int], list[str], np.ndarray]  # (Lance row ids, chunk ids, scores), best first
-_pools: dict[int, ThreadPoolExecutor] = {}  # per process id: a forked child gets its own threads
+# per process id (a forked child gets its own threads), and whether for in-memory searches
+_pools: dict[tuple[int, bool], ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
 
 
-def _pool() -> ThreadPoolExecutor:
+def _pool(memory: bool = False) -> ThreadPoolExecutor:
+    """The threads that run full-text queries beside a search's vector ranking: QUERY_THREADS for a table's,
+    or (`memory`) one a core for the in-memory index's, so concurrent searches (a server's) are not queued."""
     with _pools_lock:
-        pool = _pools.get(os.getpid())
+        key = (os.getpid(), memory)
+        pool = _pools.get(key)
         if pool is None:
-            pool = _pools[os.getpid()] = ThreadPoolExecutor(QUERY_THREADS, thread_name_prefix="mrag-fulltext")
+            size = max(QUERY_THREADS, os.cpu_count() or 1) if memory else QUERY_THREADS
+            pool = _pools[key] = ThreadPoolExecutor(size, thread_name_prefix="mrag-fulltext")
         return pool
 
 
@@ -250,19 +256,22 @@ class FullTextRanker:
         self._cache: dict[tuple[str, int], Any] | None = {} if cache else None  # (text, c) -> its hits
         self._checked = False
 
-    def _started(self, texts: list[str], c: int) -> Callable[[], list[Any]]:
-        """The texts' full-text hits, through the cache where kept; -> a call that waits for them all. LanceDB's
-        queries start now (`started`: they run beside the vector ranking), and give `Hits`; the in-memory
-        index searches when waited for, and gives (matrix rows, scores)."""
+    def _started(self, texts: list[str], c: int) -> tuple[Callable[[], list[Any]], bool]:
+        """The texts' full-text hits, through the cache where kept; -> a call that waits for them all. They
+        start now and run beside the vector ranking: LanceDB's queries (`started`), which give `Hits`, or the
+        in-memory index's on a pool thread (numba's loops let go of the GIL), which give (matrix rows, scores)."""
         memory, ids = self.memory, self.row_ids is None  # the ANN ranker numbers rows by chunk id
 
         def start(some: list[str]) -> Callable[[], list[Any]]:
             if not some:  # nothing to search: the index is not even built
                 return list
-            return (lambda: memory().search(some, c)) if memory is not None else started(self.table, some, c, ids)
+            if memory is None:
+                return started(self.table, some, c, ids)
+            # beside one-thread graph walks (`graph.one_thread`)
+            return _pool(memory=True).submit(lambda: memory().search(some, c)).result
 
         if self._cache is None:
-            return start(texts)
+            return start(texts), bool(texts)
         cache = self._cache
         missing = list(dict.fromkeys(t for t in texts if (t, c) not in cache))
         wait = start(missing)
@@ -271,7 +280,7 @@ class FullTextRanker:
             cache.update(((t, c), found) for t, found in zip(missing, wait()))
             return [cache[(t, c)] for t in texts]
 
-        return hits
+        return hits, bool(missing)
 
     def __call__(self, chosen: list[Voter], queries: list[QueryVectors], c: int) -> tuple[np.ndarray, np.ndarray]:
         full = [s for s, v in enumerate(chosen) if v.group == FULLTEXT]
@@ -281,12 +290,13 @@ class FullTextRanker:
             check(self.table)
             self._checked = True
         # the query parts' full-text searches run beside each other and beside the vector ranking
-        wait = self._started([q.text for q in queries], c)
+        wait, searching = self._started([q.text for q in queries], c)
         vector = [s for s, v in enumerate(chosen) if v.group != FULLTEXT]
         ranking = np.full((len(queries), len(chosen), c), -1, dtype=np.int64)
         sims = np.full((len(queries), len(chosen), c), -np.inf)
         if vector:
-            inner_ranking, inner_sims = self.inner([chosen[s] for s in vector], queries, c)
+            with graph.fulltext_beside() if searching else nullcontext():  # graph walks leave a core to the full text
+                inner_ranking, inner_sims = self.inner([chosen[s] for s in vector], queries, c)
             ranking[:, vector], sims[:, vector] = inner_ranking, inner_sims
         hits = wait()
         if self.memory is not None:  # in memory: matrix rows already

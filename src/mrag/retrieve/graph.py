@@ -20,13 +20,15 @@ re-scored in fp32.
 
 from __future__ import annotations
 
+import contextvars
 import json
 import os
 import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,8 @@ REMOVED_ROWS = 1024  # ... or more than this many; searches scan exactly past it
 RESCORED = 2  # a search re-scores RESCORED x c rows of each graph in fp32 and keeps c
 KEYS = "nodes.npy"  # a graph folder's node keys, in node order
 ADD_ROWS = 65_536  # rows added to a graph at a time (bounds the float copy of the 8-bit build)
+PARALLEL_WALKS = 64  # a call of fewer query parts, with full-text searches beside it, walks on one thread
+_BESIDE: contextvars.ContextVar[bool] = contextvars.ContextVar("mrag_fulltext_beside", default=False)
 
 
 def require_faiss() -> Any:
@@ -219,15 +223,19 @@ def write(root: Path, version: int, graphs: dict[str, Any], nodes: np.ndarray) -
     faiss = require_faiss()
     root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root))
-    staging.chmod(0o755)  # mkdtemp's 0700 would hide the graphs from readers running as another user
     files = {space: f"{i}.faiss" for i, space in enumerate(graphs)}
-    for space, graph in graphs.items():
-        faiss.write_index(graph, str(staging / files[space]))
-    np.save(staging / KEYS, nodes)
-    meta = {"version": version, "nodes": len(nodes), "files": files, "build_depth": BUILD_DEPTH}
-    (staging / "meta.json").write_text(json.dumps(meta))
     target = root / f"{version}-{time.time_ns()}-{os.urandom(3).hex()}"
-    os.rename(staging, target)
+    try:
+        staging.chmod(0o755)  # mkdtemp's 0700 would hide the graphs from readers running as another user
+        for space, graph in graphs.items():
+            faiss.write_index(graph, str(staging / files[space]))
+        np.save(staging / KEYS, nodes)
+        meta = {"version": version, "nodes": len(nodes), "files": files, "build_depth": BUILD_DEPTH}
+        (staging / "meta.json").write_text(json.dumps(meta))
+        os.rename(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # a full disk keeps no half-written graphs
+        raise
     for _, old in _complete_folders(root)[2:]:  # a reader of one sees its graphs vanish: scanned, warned once
         shutil.rmtree(old, ignore_errors=True)
     for left in root.glob(".staging-*"):  # cut short by a crash over an hour ago
@@ -387,7 +395,7 @@ class GraphRanker:
         deep, place = RESCORED * c, self.place
         graph = self.graphs.graph(space)
         walk = faiss.SearchParametersHNSW(efSearch=max(self.ef, deep))  # per call: searches may run side by side
-        rows = self._rows(graph.search(queries, deep, params=walk)[1])  # (P, deep), -1: removed or none
+        rows = self._rows(search(graph, queries, deep, walk))  # (P, deep), -1: removed or none
         # the live rows among a part's nearest nodes are its nearest live rows, once there are c of them.
         # A part short of them is near removed nodes (a deleted document, a topic), which would also fill
         # a walk's candidates when skipped: it walks again past them, its breadth widened by twice their
@@ -396,7 +404,7 @@ class GraphRanker:
         short = (rows >= 0).sum(axis=1) < min(c, place.covered)
         if short.any():
             wide = faiss.SearchParametersHNSW(efSearch=max(self.ef, deep) + 2 * place.removed, sel=self.live)
-            rows[short] = self._rows(graph.search(queries[short], deep, params=wide)[1])
+            rows[short] = self._rows(search(graph, queries[short], deep, wide))
         data = space_vectors(self.matrix, space)
         if len(data) > place.covered:  # appended since the graph was written: scanned exactly
             scores = queries @ data[place.covered:].T  # (P, tail)
@@ -413,3 +421,35 @@ class GraphRanker:
             best_rows = np.pad(best_rows, ((0, 0), (0, pad)), constant_values=-1)
             best_sims = np.pad(best_sims, ((0, 0), (0, pad)), constant_values=-np.inf)
         return best_rows, best_sims
+
+
+@contextmanager
+def fulltext_beside() -> Iterator[None]:
+    """The walks in this block have full-text searches running beside them (`fulltext.FullTextRanker`)."""
+    token = _BESIDE.set(True)
+    try:
+        yield
+    finally:
+        _BESIDE.reset(token)
+
+
+def one_thread(parts: int) -> bool:
+    """Whether a call walking this many query parts runs on one thread: when full-text searches run beside
+    it (on the other core) and it is short. Against its walks on every core after the full text, the
+    default then ran as fast to 1.12x faster on a quiet CPU and 1.57-1.84x on a busy one; without full
+    text, every core (one thread was 1.38-1.47x slower on a quiet CPU; benchmarks/results/walk-threads.md)."""
+    return _BESIDE.get() and parts < PARALLEL_WALKS
+
+
+def search(graph: Any, queries: np.ndarray, depth: int, params: Any) -> np.ndarray:
+    """The `depth` nearest nodes of each query (-1: none), on one thread where `one_thread` says so (OpenMP's
+    thread count is per thread: searches on other threads keep theirs).  (P, d) -> (P, depth)"""
+    if not one_thread(len(queries)):
+        return graph.search(queries, depth, params=params)[1]  # type: ignore[no-any-return]
+    faiss = require_faiss()
+    before = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(1)
+    try:
+        return graph.search(queries, depth, params=params)[1]  # type: ignore[no-any-return]
+    finally:
+        faiss.omp_set_num_threads(before)

@@ -327,18 +327,22 @@ def _merge(expand: str, lists: list[Result], k: int, votes_for: VotesFor) -> Res
         else:
             rows = interleave(ranked, k)
         scores = None  # taken from the part that ranked each row best
-    best = [_best_in(lists, row) for row in rows]
+    best = _best_places(lists, np.asarray(rows, dtype=np.int64))
     if scores is None:
         scores = np.array([score for _, _, score in best])
     votes = [[v | {"part": part} for v in votes_for(part, pos, int(row))] for (part, pos, _), row in zip(best, rows)]
     return Result(np.asarray(rows, dtype=np.int64), np.asarray(scores, dtype=np.float64), votes)
 
 
-def _best_in(lists: list[Result], row: int) -> tuple[int, int, float]:
-    """(part, position, score) of the part that ranked `row` best (earliest part on ties)."""
-    best, best_pos = (0, 0, 0.0), np.iinfo(np.int64).max
-    for i, r in enumerate(lists):
-        hits = np.nonzero(r.rows == row)[0]
-        if len(hits) and hits[0] < best_pos:
-            best_pos, best = int(hits[0]), (i, int(hits[0]), float(r.scores[hits[0]]))
-    return best
+def _best_places(lists: list[Result], rows: np.ndarray) -> list[tuple[int, int, float]]:
+    """Each row's (part, position, score) in the part that ranked it best, the earliest part on ties;
+    (0, 0, 0.0) for a row no list holds.  rows (R,) -> R tuples.
+    Example: lists [5, 7], [7, 9] -> row 7: (1, 0, ...) (first in part 1), row 9: (1, 1, ...)."""
+    wanted = set(rows.tolist())
+    best: dict[int, tuple[int, int]] = {}  # row -> (position, part): the least position, then the earliest part
+    for part, result in enumerate(lists):
+        for position, row in enumerate(result.rows.tolist()):
+            if row in wanted and position < best.get(row, (position + 1,))[0]:
+                best[row] = (position, part)
+    places = [best.get(row) for row in rows.tolist()]
+    return [(0, 0, 0.0) if at is None else (at[1], at[0], float(lists[at[1]].scores[at[0]])) for at in places]
