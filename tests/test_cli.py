@@ -434,6 +434,9 @@ def test_a_full_disk_or_a_read_only_folder_is_not_called_a_damaged_index():
     locked = lance_message("lance error: IO error: Permission denied (os error 13)")
     assert "permissions" in locked and "damaged" not in locked
     assert "missing or damaged" in lance_message("lance error: Not found: /db/chunks.lance/data/x.lance")
+    graphs = lance_message("Error in faiss::FileIOWriter: write error in db/graphs/.staging-x/5.faiss "
+                           "(No space left on device)")  # faiss, writing the HNSW graphs
+    assert graphs.startswith("no space left") and "damaged" not in graphs
 
 
 def test_the_packaged_model_by_its_folder_is_the_same_model(db):

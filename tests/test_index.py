@@ -606,6 +606,28 @@ def test_a_run_slower_than_another_never_writes_what_a_file_held_before(index, d
     assert texts[str(other.resolve())] == "Tides follow the Moon and the Sun."
 
 
+def test_a_records_file_another_run_wrote_meanwhile_is_left_whole_as_committed(index, db_path, tmp_path):
+    """Run A read r1 and r2 at v2; the file then went to r1 v3, r2 v1 (the committed text), which run B
+    indexed (r1 alone changed). A leaves the whole file as committed: its r2 v2 is in neither the file nor
+    B's commit."""
+    records = tmp_path / "r.jsonl"
+
+    def write(r1: str, r2: str) -> None:
+        records.write_text("\n".join(json.dumps({"id": i, "text": t}) for i, t in (("r1", r1), ("r2", r2))))
+
+    write("r1 v1 plums", "r2 v1 plums")
+    index.add_paths([records])
+    write("r1 v2 grapes", "r2 v2 grapes")
+
+    def run_b() -> None:
+        write("r1 v3 pears, longer", "r2 v1 plums")
+        assert index.add_paths([records]).updated == ["r1"]
+
+    report = Index.open(db_path, embedder=DuringEmbedding(run_b)).add_paths([records])
+    assert report.updated == [] and [s.reason for s in report.skipped] == [sync.CHANGED]
+    assert chunk_texts(index) == {"r1": "r1 v3 pears, longer", "r2": "r2 v1 plums"}
+
+
 def test_a_file_that_keeps_changing_is_indexed_as_read_when_no_other_run_wrote_it(index, db_path, tmp_path):
     """A log that grows while a run embeds it: no other run wrote its documents meanwhile, so what the run
     read is written (a file always changing would otherwise never be indexed)."""

@@ -44,6 +44,8 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except BrokenPipeError:  # the reader left (`| head`): click ends quietly
             raise
         except RuntimeError as e:  # Lance's storage errors: a damaged index, not a bug of ours
+            if no_space(str(e)):  # faiss writing the HNSW graphs, too
+                raise click.ClickException(lance_message(str(e).splitlines()[0])) from e
             if not str(e).startswith("lance error"):
                 raise
             where = re.sub(r", /\S+\.rs:\d+:\d+", "", str(e).splitlines()[0])  # less Lance's source line
@@ -54,12 +56,16 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def no_space(message: str) -> bool:
+    return os.strerror(errno.ENOSPC) in message or os.strerror(errno.EDQUOT) in message
+
+
 def lance_message(where: str) -> str:
     """What to tell of a Lance storage error (`where`: its first line): a full disk or a folder that cannot be
     written is not a damaged index (a write that fails commits nothing)."""
     code = re.search(r"os error (\d+)", where)
     number = int(code.group(1)) if code else 0
-    if number in (errno.ENOSPC, errno.EDQUOT):
+    if number in (errno.ENOSPC, errno.EDQUOT) or no_space(where):
         return (f"no space left for the index's files ({where}): nothing was committed, the index is as it was; "
                 "free some space and run again")
     if number in (errno.EACCES, errno.EPERM, errno.EROFS):

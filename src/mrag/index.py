@@ -451,8 +451,8 @@ def _check_created(store: Store, made: HeadEmbedder, spaces: list[dict[str, Any]
         differ.append(("spaces", [space["name"] for space in store.manifest.spaces]))
     if differ:
         raise StoreError(f"another process created the index at {uri} at the same moment, with another "
-                         f"{differ[0][0]} ({differ[0][1]!r}); nothing was written: run again to use that "
-                         "index's settings, or choose another --db")
+                         f"{differ[0][0]} ({differ[0][1]!r}); nothing was written: run again without the option "
+                         "that differs to use that index's settings, or choose another --db")
     chunk_settings(uri, store, chunk_chars, overlap)
 
 

@@ -44,7 +44,7 @@ def index_files(index: Writable, paths: Sequence[str | Path], docs: list[Documen
     def leave_out(moved: set[str]) -> set[str]:  # under the write lock, before the upsert's rows
         stale = changed_files([d for d in docs if d.id in moved])
         changed.update(stale)
-        return {d.id for d in docs if d.id in moved and d.source in stale}
+        return {d.id for d in docs if d.source in stale}  # the whole file: a record's text and its siblings'
 
     def after_rows() -> None:  # under the write lock, after the upsert's rows, in their commit
         nonlocal removed
