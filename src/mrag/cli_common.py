@@ -61,8 +61,8 @@ def no_space(message: str) -> bool:
 
 
 def lance_message(where: str) -> str:
-    """What to tell of a Lance storage error (`where`: its first line): a full disk or a folder that cannot be
-    written is not a damaged index (a write that fails commits nothing)."""
+    """What to tell of a Lance storage error, or faiss's writing the graphs (`where`: its first line): a full
+    disk or a folder that cannot be written is not a damaged index (a write that fails commits nothing)."""
     code = re.search(r"os error (\d+)", where)
     number = int(code.group(1)) if code else 0
     if number in (errno.ENOSPC, errno.EDQUOT) or no_space(where):

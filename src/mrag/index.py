@@ -197,8 +197,9 @@ class Index:
                   **fields: str) -> AddReport:
         """Index files and folders (upsert: re-indexing unchanged files does nothing). A file's records are its
         documents: records gone from a file read are deleted; `prune` also deletes the documents of files
-        under `paths` that no longer exist or are empty (a path that is gone and held no indexed file is refused
-        as a typo). An id already indexed from a file not read now is refused, and nothing is written."""
+        under `paths` that no longer exist or are empty (a path that is gone and held no indexed file is listed
+        as skipped, and refused when every path is one: a typo). An id already indexed from a file not read now
+        is refused, and nothing is written."""
         docs, skipped = read_paths(sync.to_read(paths, prune), **fields)
         return sync.index_files(self, paths, docs, skipped, show_progress, prune)
 

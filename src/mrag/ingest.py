@@ -50,8 +50,8 @@ class Document:
     source: str
     title: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
-    # its file as `read_file` found it before reading (`file_stamp`): a write leaves the document out when
-    # the file changed since (`mrag.sync`)
+    # its file as `read_file` found it before reading (`file_stamp`): a write leaves the file's documents
+    # as committed when it changed since and another run wrote one of them meanwhile (`mrag.sync`)
     stamp: tuple[int, int, int] | None = field(default=None, compare=False, repr=False)
 
 
