@@ -98,7 +98,8 @@ def drop_gone(store: Store, docs: list[Document], skipped: list[Skipped], paths:
     until the next run, their files added to `changed`); -> their ids."""
     indexed = _indexed(store, docs, prune, live=True)
     every = gone_from_files(indexed, docs, skipped, paths, prune)
-    stale = changed_files([d for d in docs if d.source in {indexed[i] for i in every}])
+    losing = {indexed[i] for i in every}  # the files with documents to delete
+    stale = changed_files([d for d in docs if d.source in losing])
     changed.update(stale)
     found = [i for i in every if indexed[i] not in stale]
     if found:
@@ -139,9 +140,8 @@ def unknown_paths(store: Store, paths: Sequence[str | Path]) -> list[str]:
     missing = [p for p in paths if not Path(p).expanduser().exists()]
     if not missing:
         return []
-    indexed = {Path(source) for source in sources(store, None).values() if source}
-    unknown = [str(raw) for raw in missing if not any(
-        source == root or root in source.parents for root in [Path(raw).expanduser().resolve()] for source in indexed)]
+    indexed = set(sources(store, None).values()) - {""}
+    unknown = [str(raw) for raw in missing if not any(_under(s, Path(raw).expanduser().resolve()) for s in indexed)]
     if unknown and len(unknown) == len(paths):
         raise IngestError(f"no such file or folder, and no document indexed from there to prune: {unknown[0]}")
     return unknown
@@ -183,6 +183,11 @@ def from_a_file(doc_id: str, source: str) -> bool:
     return bool(source) and (doc_id == source or Path(source).suffix.lower() in RECORD_SUFFIXES)
 
 
+def _under(source: str, root: Path) -> bool:
+    """Whether a document's source is the file `root` or lies in the folder `root`."""
+    return Path(source) == root or root in Path(source).parents
+
+
 def _exists(source: str) -> bool:
     """Whether a source file exists; one that cannot be checked (no permission) counts as existing."""
     try:
@@ -205,8 +210,7 @@ def gone_from_files(indexed_sources: dict[str, str], docs: list[Document], skipp
     emptied = {str(Path(e).resolve()) for e in emptied}
 
     def vanished(source: str) -> bool:
-        inside = any(Path(source) == root or root in Path(source).parents for root in roots)
-        return inside and (source in emptied or not _exists(source))
+        return any(_under(source, root) for root in roots) and (source in emptied or not _exists(source))
 
     return sorted(i for i, source in indexed_sources.items() if from_a_file(i, source) and i not in read_ids and (
         source in read or (prune and vanished(source))))
