@@ -87,6 +87,7 @@ def child(corpus: Path, db: Path) -> dict:
     out["again_commits"] = manifest_versions(db) - versions
     (corpus / "note0.txt").write_text(TOPICS[3] + " Rewritten.")
     out["changed"] = index_with_ray(db, [corpus], make_embedder=FakeEmbedder, **options).to_dict()
+    out["stale"] = stale_job(corpus, db, options)
     # a records file follows its file: rec0 changed and rec4 gone in one commit, then rec3 gone alone
     records = corpus / "records.jsonl"
     kept = [json.loads(line) for line in records.read_text().splitlines()][:4]
@@ -123,6 +124,37 @@ def child(corpus: Path, db: Path) -> dict:
     out["gpu"] = index_with_ray(corpus.parent / "gpu-db", [corpus], make_embedder=FakeEmbedder, num_workers=3).to_dict()
     ray.shutdown()
     return out
+
+
+def stale_job(corpus: Path, db: Path, options: dict) -> dict:
+    """A job reads note1, note2 and note4 edited; before its write lock another run indexes note2 edited again,
+    and prunes note4, removed: the job leaves both as that run committed them (it would undo the edit and
+    bring note4 back) and lists them as changed, while note1 is written."""
+    from mrag import sync
+    from mrag.distributed import index_with_ray
+
+    for name, text in (("sub/note1.txt", "Bees, edited."), ("note2.txt", "Tides, edited."), ("note4.txt", "Lava.")):
+        (corpus / name).write_text(text)
+    real = sync.refuse_taken
+
+    def meanwhile(store, read):  # in the driver, after the job read the files, before its lock
+        sync.refuse_taken = real  # the other run's own check
+        (corpus / "note2.txt").write_text(LATER)
+        (corpus / "note4.txt").unlink()
+        Index.open(db, embedder=FakeEmbedder(), create=False).add_paths([corpus], prune=True)
+        return real(store, read)
+
+    sync.refuse_taken = meanwhile
+    try:
+        report = index_with_ray(db, [corpus], make_embedder=FakeEmbedder, **options).to_dict()
+    finally:
+        sync.refuse_taken = real
+    index = Index.open(db, embedder=FakeEmbedder(), create=False)
+    texts = {r["doc_id"]: r["text"] for r in index.store.rows(columns=["doc_id", "text"]).to_pylist()}
+    return report | {"note2": texts[str(corpus / "note2.txt")], "note4": str(corpus / "note4.txt") in texts}
+
+
+LATER = "Tides, edited again by another run."
 
 
 def cli_child(corpus: Path, db: Path) -> dict:
@@ -179,9 +211,8 @@ def test_ray_index_equals_single_process_index(tmp_path):
     assert first.chunks > len(TOPICS)  # several chunks per file, so batches span documents
 
     out = run_child_in_netns(corpus, tmp_path / "ray-db")
-    # the child changed note0.txt after its first job: do the same here
-    (corpus / "note0.txt").write_text(TOPICS[3] + " Rewritten.")
-    single.add_paths([corpus])
+    # the child edited note0, note1 and note2 and removed note4 (in this same corpus) after its first job
+    single.add_paths([corpus], prune=True)
 
     assert out["first"]["added"] == len(first.added) and out["first"]["chunks"] == first.chunks
     assert [s["source"] for s in out["first"]["skipped"]] == [str(corpus / "sub" / "blob.txt")]
@@ -197,6 +228,11 @@ def test_ray_index_equals_single_process_index(tmp_path):
     changed = out["changed"]  # one file rewritten: only its chunks are embedded again
     assert changed["updated"] == 1 and changed["unchanged"] == len(first.added) - 1 and changed["added"] == 0
     assert changed["chunks"] == 1
+    stale = out["stale"]  # note2 and note4 left as another run committed them meanwhile, note1 written
+    assert stale["updated"] == 1 and stale["chunks"] == 1 and (stale["note2"], stale["note4"]) == (LATER, False)
+    assert [(s["source"], s["reason"]) for s in stale["skipped"][1:]] == [
+        (str(corpus / name), "changed or removed while it was being indexed: index it again")
+        for name in ("note2.txt", "note4.txt")]
     assert (out["records"]["updated"], out["records"]["removed"], out["records_commits"]) == (1, 1, 1)
     assert (out["gone"]["removed"], out["gone"]["chunks"]) == (1, 0)  # nothing to embed: the delete alone
     assert out["taken"].startswith("id(s) already indexed from another file, nothing written: rec1")

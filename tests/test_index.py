@@ -133,6 +133,26 @@ def test_readding_unchanged_documents_does_no_work(index, fake):
     assert table_rows(index) == rows
 
 
+def test_a_folder_that_cannot_be_written_is_refused_before_any_embedding(index, fake, monkeypatch):
+    """A read-only file system (as `mount -o ro`, where even root cannot write): refused at once, named as
+    such, nothing embedded, the index as it was; with the folder writable again the same add works."""
+    import os
+
+    import mrag.locking
+
+    index.add(DOCS[:2])
+    version, batches, rows = index.store.chunks.version, fake.batches, table_rows(index)
+    folder, access = Path(index.store.uri), os.access
+    monkeypatch.setattr(mrag.locking.os, "access", lambda path, mode: Path(path) != folder)
+    monkeypatch.setattr(mrag.locking, "_read_only", lambda path: True)
+    with pytest.raises(StoreError, match="Read-only file system.*nothing was embedded or written"):
+        index.add(DOCS[2:])
+    assert fake.batches == batches and index.store.chunks.version == version and table_rows(index) == rows
+    assert index.add(DOCS[:2]).unchanged == ["rome", "bees"]  # no work to do: no refusal
+    monkeypatch.setattr(mrag.locking.os, "access", access)
+    assert index.add(DOCS[2:]).added == ["chess", "tides"]
+
+
 def test_add_refuses_changed_content_upsert_replaces_it(db_path, fake):
     index = Index.open(db_path, embedder=fake, chunk_chars=45, overlap=0)  # chess fits in one chunk
     long_text = "Roman roads ran straight. They had layers of stone. Milestones marked each mile."

@@ -107,9 +107,9 @@ def unreadable_reason(error: IngestError, path: Path) -> str:
 
 
 def walk_files(folder: Path) -> Iterator[Path]:
-    """The readable kinds of file under `folder`, but for hidden ones and those inside a LanceDB table
-    (`*.lance`) or an mrag index (a folder holding `manifest.lance`: `mrag index . --db idx` leaves `idx/`
-    out)."""
+    """The entries under `folder` with a readable kind of file's suffix, folders aside, but for hidden ones
+    and those inside a LanceDB table (`*.lance`) or an mrag index (a folder holding `manifest.lance`:
+    `mrag index . --db idx` leaves `idx/` out)."""
     index_folders: dict[Path, bool] = {}
 
     def in_index(parts: tuple[str, ...]) -> bool:  # the folders from `folder` down: `folder` itself, then each
@@ -125,8 +125,9 @@ def walk_files(folder: Path) -> Iterator[Path]:
         parts = file.relative_to(folder).parts
         if any(part.startswith(".") for part in parts) or file.suffix.lower() not in SUFFIXES:
             continue
-        if file.is_file() and not any(part.endswith(".lance") for part in parts) and not in_index(parts[:-1]):
-            yield file
+        if file.is_dir() or any(part.endswith(".lance") for part in parts) or in_index(parts[:-1]):
+            continue
+        yield file  # a pipe or a link to nothing too: `read_paths` lists it as skipped
 
 
 def file_stamp(path: str | Path) -> tuple[int, int, int] | None:
@@ -141,6 +142,10 @@ def file_stamp(path: str | Path) -> tuple[int, int, int] | None:
 def read_file(path: Path, text_field: str = "text", id_field: str = "id", title_field: str = "title") -> list[Document]:
     """The documents of one file, each stamped with the file as it was before the read (`file_stamp`); a file
     that cannot be read (no permission, gone since it was listed) is an IngestError."""
+    if path.is_symlink() and not path.exists():
+        raise IngestError(f"{path}: a link to a file that does not exist")
+    if path.exists() and not path.is_file():  # never opened: a pipe would block the run
+        raise IngestError(f"{path}: not a regular file (a pipe, a socket, a device?)")
     stamp = file_stamp(path)
     try:
         docs = _read_file(path, text_field, id_field, title_field)

@@ -15,6 +15,7 @@ can say who it waited for. Other object stores (gs://, az://) get no lock: one w
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import socket
@@ -54,6 +55,26 @@ def is_local(uri: str) -> bool:
 
 def local_path(uri: str) -> Path:
     return Path(uri.removeprefix("file://")).expanduser()
+
+
+def unwritable(uri: str) -> str | None:
+    """Why a local index folder cannot be written (read-only file system, no permission), else None: asked
+    before embedding, so a run that could never commit says so before its long work. Other stores: None."""
+    if not is_local(uri):
+        return None
+    folder = local_path(uri)
+    for path in (folder, folder / LOCK_FILE):
+        if path.exists() and not os.access(path, os.W_OK):
+            reason = os.strerror(errno.EROFS) if _read_only(path) else os.strerror(errno.EACCES)
+            return f"{path}: {reason}"
+    return None
+
+
+def _read_only(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
 
 
 def holder_note() -> dict[str, Any]:

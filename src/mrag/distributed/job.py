@@ -25,7 +25,7 @@ from mrag.distributed.stages import (
 )
 from mrag.embed.base import Embeddings, HeadEmbedder
 from mrag.index import Index, embedder_factory
-from mrag.ingest import Document, list_files
+from mrag.ingest import Document, Skipped, list_files
 from mrag.retrieve import fulltext
 from mrag.rows import quote
 from mrag.scales import HeadStats
@@ -85,7 +85,8 @@ def index_with_ray(
     the write (re)builds the ANN indexes, as every `Index` write does (default `AnnPolicy()`).
     Same semantics as `Index.add_paths` (without `prune`): unchanged documents are skipped, changed ones
     replaced, and the records a file read no longer holds deleted, in the job's one commit; an id indexed
-    from another file is refused (`mrag.sync`).
+    from another file is refused; files that another run indexed or pruned since this job read them, and
+    that changed since, stay as committed and are listed as skipped (`mrag.sync`).
     """
     ray = _import_ray()
     if num_workers <= 0 or batch_size <= 0:
@@ -153,11 +154,12 @@ def _run_job(
         .flat_map(read_documents, fn_kwargs={**chunking, "fields": fields})
         .materialize()
     )
-    columns = ["shown", "explicit", "order", "position", "problem", "doc_id", "source", "digest", "n_chunks"]
+    columns = ["shown", "explicit", "order", "position", "problem", "doc_id", "source", "digest", "stamp", "n_chunks"]
     listing = sorted(documents.select_columns(columns).take_all(), key=lambda r: (r["order"], r["position"]))
     hashes = existing.doc_hashes([r["doc_id"] for r in listing if not r["problem"]]) if existing else {}
     report, todo = plan(listing, hashes)
-    read = [Document(r["doc_id"], "", r["source"]) for r in listing if not r["problem"]]  # what `mrag.sync` asks
+    read = [Document(r["doc_id"], "", r["source"], stamp=tuple(r["stamp"]) or None)  # what `mrag.sync` asks
+            for r in listing if not r["problem"]]
     if existing is not None:
         sync.refuse_taken(existing, read)
     if not todo:  # nothing new or changed: no model, and a commit only for records gone from their files
@@ -175,38 +177,43 @@ def _run_job(
         overlap=chunking["overlap"],
     )
     index.ann_policy, store = ann_policy, index.store
-    n_chunks = sum(todo.values())
-    chunks = (
-        documents.flat_map(chunk_rows, fn_kwargs={"wanted": frozenset(todo)})
-        .repartition(max(1, -(-n_chunks // batch_size)))  # ~batch_size chunks a block: work for every actor
-        .materialize()
-    )
     pool = num_workers if gpus == 0 else min(num_workers, max(1, int(ray.cluster_resources().get("GPU", 0) // gpus)))
-    embedded = chunks.map_batches(
-        EmbedChunks,
-        fn_constructor_args=(make,),
-        batch_size=batch_size,
-        batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=pool, max_tasks_in_flight_per_actor=1),  # spread blocks
-        num_cpus=cpus,
-        num_gpus=gpus,
-    )
-    expected = {f"{doc_id}#{i}" for doc_id, n in todo.items() for i in range(n)}
     written: list[str] = []
     tags: list[dict[str, Any]] = []
     with store.writing():
-        # under the lock: any rows of these documents now (changed ones, or ones another process wrote
-        # since the plan) are replaced, so a document never has two copies
+        # under the lock: files another run indexed or pruned since the plan, and that changed since this job
+        # read them, stay as committed (`sync.changed_files`); the rest is embedded now
+        now = store.doc_hashes(list(todo))
+        changed = sync.changed_files([d for d in read if d.id in todo and now.get(d.id) != hashes.get(d.id)])
+        left = {d.id for d in read if d.source in changed}
+        todo = {doc_id: n for doc_id, n in todo.items() if doc_id not in left}
+        report.added = [i for i in report.added if i not in left]
+        report.updated = [i for i in report.updated if i not in left]
+        # any rows of these documents now (changed ones, or ones another process wrote since the plan) are
+        # replaced, so a document never has two copies
         store.delete(f"doc_id IN ({quote(list(todo))})")
         before = HeadStats.from_json(store.sums.heads.to_json())
-        for table in embedded.iter_batches(batch_size=None, batch_format="pyarrow"):
+        blocks = max(1, -(-sum(todo.values()) // batch_size))  # ~batch_size chunks a block: work for every actor
+        chunks = documents.flat_map(chunk_rows, fn_kwargs={"wanted": frozenset(todo)}).repartition(blocks).materialize()
+        embedded = chunks.map_batches(
+            EmbedChunks,
+            fn_constructor_args=(make,),
+            batch_size=batch_size,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=pool, max_tasks_in_flight_per_actor=1),  # spread blocks
+            num_cpus=cpus,
+            num_gpus=gpus,
+        )
+        for table in embedded.iter_batches(batch_size=None, batch_format="pyarrow") if todo else ():
             tags += [json.loads(t) for t in table[STATS_COLUMN].drop_null().to_pylist()]
             rows = table.drop_columns([STATS_COLUMN]).cast(store.chunks.schema)
             store.add(rows)
             written.extend(rows["id"].to_pylist())
+        expected = {f"{doc_id}#{i}" for doc_id, n in todo.items() for i in range(n)}
         check_complete(expected, written, before, store.sums.heads, [HeadStats.from_json(t) for t in tags])
-        report.removed = sync.settle(store, read, report.skipped, paths, False, set())  # in this same commit
+        report.removed = sync.settle(store, read, report.skipped, paths, False, changed)  # in this same commit
         fulltext.keep(store.chunks)  # the full-text index, in this same commit
+    report.skipped += [Skipped(source, sync.CHANGED) for source in sorted(changed)]
     report.chunks = len(written)
     report.workers = per_worker(tags)
     report.ann = index.maintain_ann() if written else None

@@ -58,6 +58,7 @@ def read_documents(
             title=doc.title,
             metadata=json.dumps(doc.metadata, ensure_ascii=False, default=str),
             digest=document_digest(doc),
+            stamp=list(doc.stamp or ()),
             chunks=chunk_text(doc.text, chunk_chars, overlap),
         )
         for position, doc in enumerate(docs)
@@ -77,6 +78,7 @@ def _document_row(item: dict[str, Any], position: int, **values: Any) -> dict[st
         "title": "",
         "metadata": "{}",
         "digest": "",
+        "stamp": [],  # the file's (inode, size, mtime) before the read (`ingest.file_stamp`)
         "chunks": [],
     } | values
     row["n_chunks"] = len(row["chunks"])
