@@ -21,6 +21,7 @@ import mrag.connection
 import mrag.maintenance
 import mrag.retrieve.search
 import mrag.store
+import mrag.versions
 from mrag.index import Index
 from mrag.locking import LockTimeout
 
@@ -320,15 +321,15 @@ def test_searches_skip_the_version_check_until_another_process_commits(tmp_path,
     counting = reader.store._manifest_table = CountingTable(reader.store._manifest_table)
     reader.search("glaciers", k=1)
     assert counting.checks >= 1  # committed under two seconds ago: its folder's mtime is not trusted yet
-    monkeypatch.setattr(mrag.store, "SETTLED_NS", 0)  # trust it now (a test cannot wait for it to settle)
-    monkeypatch.setattr(mrag.store, "QUICK_FOR", 3600.0)  # and for as long as the test runs
+    monkeypatch.setattr(mrag.versions, "SETTLED_NS", 0)  # trust it now (a test cannot wait for it to settle)
+    monkeypatch.setattr(mrag.versions, "QUICK_FOR", 3600.0)  # and for as long as the test runs
     reader.search("glaciers", k=1)
     before = counting.checks
     assert [h.doc_id for h in reader.search("glaciers", k=1)] == ["d0"] and counting.checks == before
-    monkeypatch.setattr(mrag.store, "QUICK_FOR", 0.0)  # past it, a search checks again: a stamp that never moves
+    monkeypatch.setattr(mrag.versions, "QUICK_FOR", 0.0)  # past it, a search checks again: a stamp that never moves
     reader.search("glaciers", k=1)  # (a FUSE mount's folder times) leaves a search that late at most
     assert counting.checks > before
-    monkeypatch.setattr(mrag.store, "QUICK_FOR", 3600.0)
+    monkeypatch.setattr(mrag.versions, "QUICK_FOR", 3600.0)
     before = counting.checks
     time.sleep(0.05)  # past the file system's mtime tick
     code = f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import procs; " \

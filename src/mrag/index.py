@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import functools
-import shutil
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mrag import settings, sync, writing
+from mrag import settings, sync, upkeep, writing
 from mrag.embed.base import HeadEmbedder
 from mrag.embed.models import same_model
 from mrag.errors import StoreError
 from mrag.ingest import Document, not_an_id, read_paths
-from mrag.locking import is_local
 from mrag.retrieve import ann, fulltext, graph
 from mrag.retrieve import strategies as retrieve
 from mrag.retrieve.search import search_many
@@ -164,7 +162,7 @@ class Index:
             fulltext.keep(self.store.chunks)  # the rewrite dropped the table's full-text index
         self._spaces.update({s.name: s for s in live})
         if built and not self.store.manifest.ann:  # the rewrite dropped LanceDB's indexes: built again
-            self._build_ann_like(built)
+            upkeep.build_like(self.store, self.ann_policy, built)
         else:
             self.maintain_ann()  # none before: built when the policy says so
         return [s.name for s in live]
@@ -311,28 +309,10 @@ class Index:
             self.store.manifest = self.store.manifest.replace(default_strategy=record)
 
     def maintain_ann(self, force: bool = False) -> dict[str, Any] | None:
-        """(Re)build the ANN indexes when `ann_policy` says so (`ann.needs_ann`: past its threshold, or
-        once a quarter of the rows are not indexed), or now (`force`); -> what was built, else None.
+        """(Re)build the ANN indexes when `ann_policy` says so (past its threshold, or once a quarter of the
+        rows are not indexed), or now (`force`); -> what was built, else None (`upkeep.maintain_ann`).
         Every write through this index runs it, so CLI, Python and HTTP writes alike keep them up."""
-        policy, built = self.ann_policy, self.store.manifest.ann or {}
-        graphs = built.get("index_type") == graph.INDEX_TYPE
-        if graphs and not force:  # kept up on every write; another type replaces them only when forced
-            return built if graph.maintain(self.store) else None
-        if not force:
-            rows = self.store.count()
-            if rows < policy.threshold and not built:  # indexes built before (by hand, or under a lower
-                return None  # threshold) are kept up as the rows grow
-            if not ann.needs_ann(rows, built or None, policy.threshold, ann.unindexed_rows(self.store.snapshot())):
-                return None
-        return self._build_ann_like(built)
-
-    def _build_ann_like(self, built: dict[str, Any]) -> dict[str, Any]:
-        """Build the ANN indexes as `ann_policy` asks, else as `built` (the indexes before) were."""
-        policy = self.ann_policy
-        index_type = policy.index_type or built.get("index_type", ann.DEFAULT_INDEX)
-        same = index_type == built.get("index_type")  # an IVF index's nprobes is no HNSW ef, and back
-        return self.build_ann(index_type, policy.nprobes or (built.get("nprobes") if same else None),
-                              spaces=policy.spaces or (built.get("spaces") if same else None))
+        return upkeep.maintain_ann(self.store, self.ann_policy, force)
 
     def maintain_fulltext(self, force: bool = False) -> bool:
         """Build the full-text (BM25) index on the chunk text when there is none, or once the rows it
@@ -345,50 +325,15 @@ class Index:
         self, index_type: str = ann.DEFAULT_INDEX, nprobes: int | None = None,
         progress: Callable[[str], None] | None = None, spaces: Sequence[str] | None = None,
     ) -> dict:
-        """Build (or rebuild) an ANN index on every space's column, in one committed write;
-        `nprobes` is recorded as the searches' default (IVF partitions, or HNSW's ef; None: the
-        type's default). HNSW builds in-process graphs beside the table (`mrag.retrieve.graph`), of
-        every space or of those in `spaces` ("standard", "heads", "head:I", a label); the others are
-        scanned exactly (the default strategy needs the standard vector's graph alone)."""
-        if spaces is not None and index_type != graph.INDEX_TYPE:
-            raise ValueError("choosing the spaces to index is for the HNSW type; LanceDB's indexes cover every space")
-        if nprobes is None:
-            nprobes = graph.DEFAULT_EF if index_type == graph.INDEX_TYPE else ann.DEFAULT_NPROBES
-        if nprobes <= 0:
-            raise ValueError(f"nprobes must be positive, got {nprobes}")
-        store = self.store
-        columns = {c.column: c.width for c in store.vector_columns()}
-        if store.count() == 0:
-            raise ValueError("the index is empty: add documents before building ANN indexes")
-        if index_type == graph.INDEX_TYPE:
-            return graph.build(store, nprobes, progress, spaces)
-        with store.writing():
-            ann.build(store.chunks, columns, index_type, progress)
-            built = {"index_type": index_type, "rows": store.chunks.count_rows(), "nprobes": nprobes}
-            store.manifest = store.manifest.replace(ann=built)
-        return built
+        """Build (or rebuild) an ANN index on every space's column, in one committed write (`upkeep.build_ann`:
+        LanceDB's IVF indexes, or HNSW graphs of every space or of those in `spaces`); `nprobes` is recorded
+        as the searches' default (IVF partitions, or HNSW's ef; None: the type's default)."""
+        return upkeep.build_ann(self.store, index_type, nprobes, progress, spaces)
 
     def drop_ann(self) -> dict[str, Any] | None:
-        """Drop the ANN indexes (LanceDB's vector indexes, or the HNSW graphs) in one committed write, so
-        searches scan exactly: below 1M chunks the faster path for queries of several sentences
-        (`benchmarks/results/exact-or-ann-*.md`); the full-text index stays. -> what was dropped, else None.
-        Writes build them again once `ann_policy`'s threshold is reached."""
-        store = self.store
-        store.refresh()
-        if not store.manifest.ann:
-            return None
-        columns = {c.column for c in store.vector_columns()}
-        with store.writing(maintain=False):
-            built = store.manifest.ann  # read again under the lock: another writer may have dropped or rebuilt them
-            for index in store.chunks.list_indices():
-                if set(index.columns) <= columns:
-                    store.chunks.drop_index(index.name)
-            store.manifest = store.manifest.replace(ann=None)
-            if built and built.get("index_type") == graph.INDEX_TYPE and is_local(store.uri):
-                # under the lock, so graphs a later build writes stay; a reader of these scans exactly instead
-                # (as do searches where the commit then fails: the next write's upkeep builds them again)
-                shutil.rmtree(graph.folder(store.uri), ignore_errors=True)
-        return dict(built) if built else None
+        """Drop the ANN indexes in one committed write, so searches scan exactly (`upkeep.drop_ann`); the
+        full-text index stays. -> what was dropped, else None."""
+        return upkeep.drop_ann(self.store)
 
     def space_weights(self) -> retrieve.Scales:
         """Committed scales, with each external space's weight: its own scale ("auto") or the one it was given."""

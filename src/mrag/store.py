@@ -10,16 +10,15 @@ Writers in several processes take turns under the index's file lock (`mrag.locki
 the manifest under it and folds its rows onto the latest committed sums, so no write is lost and no
 live writer's rows are mistaken for a dead write. Readers re-read the manifest when its version moves
 (a cheap check; a search on a local index asks LanceDB only when the manifest's `_versions` folder
-changed, `refresh(quick=True)`), so every open index follows other processes' commits. Every `MAINTAIN_EVERY`
-commits the writer prunes old versions, keeping only the committed one, and compacts small fragments
-when due (`mrag.maintenance`); `optimize` does both at once. A reader whose version was pruned
-meanwhile reads again at the latest committed one (`reading`).
+changed, `refresh(quick=True)`, `mrag.versions`), so every open index follows other processes' commits.
+Every `MAINTAIN_EVERY` commits the writer prunes old versions, keeping only the committed one, and
+compacts small fragments when due (`mrag.maintenance`); `optimize` does both at once. A reader whose
+version was pruned meanwhile reads again at the latest committed one (`reading`).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import threading
 import time
@@ -42,6 +41,7 @@ from mrag.matrix import Matrix, grown, head_units, load_matrix, stamps
 from mrag.rows import VectorColumn, chunk_schema, fixed, quote, space_column, vector_columns
 from mrag.scales import ScaleSums, split_unit
 from mrag.settings import GRAPH_INDEX
+from mrag.versions import VersionsWatch
 
 __all__ = ["CHUNKS", "MANIFEST", "READ_TRIES", "Store", "StoreError"]
 
@@ -49,8 +49,6 @@ CHUNKS = "chunks"
 MANIFEST = "manifest"
 OWN_ENTRIES = {f"{CHUNKS}.lance", f"{MANIFEST}.lance", LOCK_FILE, "graphs"}  # what an index folder holds
 READ_TRIES = 5  # a read whose version was pruned meanwhile goes again at the latest committed one
-SETTLED_NS = 2_000_000_000  # a `_versions` folder unchanged this long has a trusted mtime (FAT ticks in 2 s)
-QUICK_FOR = 1.0  # seconds a search trusts an unchanged `_versions` folder after LanceDB's version check
 T = TypeVar("T")
 
 
@@ -63,10 +61,7 @@ class Store:
         self.chunks = chunks
         self._manifest_table = db.open_table(MANIFEST)
         self._manifest_version = -1  # the manifest table version `self.manifest` was read at
-        self._local = is_local(uri)
-        self._versions = local_path(uri).absolute() / f"{MANIFEST}.lance" / "_versions" if self._local else Path()
-        # `_versions_stamp` at the last version check, and when (time.monotonic())
-        self._seen: tuple[tuple[int, int, int], float] | None = None
+        self._watch = VersionsWatch(uri, MANIFEST)
         self._refresh_lock = threading.Lock()
         self._load(manifest)
         self._matrix: Matrix | None = None
@@ -118,17 +113,13 @@ class Store:
     def refresh(self, quick: bool = False) -> None:
         """Pick up writes committed since (by this or another process): a version check, and a
         read of the manifest only when it moved. `quick` (searches, never writers): on a local index,
-        no check while the manifest's version folder is as the last check left it (`_versions_stamp`), for
-        QUICK_FOR seconds after it (a file system whose folder times do not move, a FUSE mount of a bucket,
-        or that caches them, NFS, is then at most that late)."""
-        seen = self._seen  # one read: another thread may check meanwhile
-        if quick and seen is not None and self._manifest_version >= 0 and time.monotonic() < seen[1] + QUICK_FOR \
-                and self._versions_stamp() == seen[0]:
+        no check while the manifest's version folder is as the last check left it (`mrag.versions`)."""
+        if quick and self._manifest_version >= 0 and self._watch.unchanged():
             return
         with self._refresh_lock:  # one check at a time: a slower one could pair an older manifest with a newer stamp
             for attempt in range(READ_TRIES):
                 try:
-                    stamp, checked = self._versions_stamp(), time.monotonic()  # before: a later commit changes it
+                    stamp, checked = self._watch.stamp(), time.monotonic()  # before: a later commit changes it
                     version = self._manifest_table.version  # read_consistency_interval=0: the latest version
                     if version != self._manifest_version:
                         rows = self._manifest_table.to_arrow().to_pylist()
@@ -136,26 +127,11 @@ class Store:
                         if manifest.index_id != self.manifest.index_id:  # the folder was made again: other rows
                             self._matrix, self.graphs = None, None
                         self.manifest, self._manifest_version = manifest, version
-                    self._seen = None if stamp is None else (stamp, checked)
+                    self._watch.checked(stamp, checked)
                     return
                 except Exception:  # a writer committed and pruned the version between the check and the read
                     if attempt == READ_TRIES - 1:
                         raise
-
-    def _versions_stamp(self) -> tuple[int, int, int] | None:
-        """(device, inode, mtime) of a local manifest table's `_versions` folder, where every commit and
-        prune adds or removes a file; None on object storage, when it cannot be read, or when it changed
-        less than SETTLED_NS ago (a file system's mtime ticks coarsely, so a second commit in the same
-        tick could leave it as it was)."""
-        if not self._local:
-            return None
-        try:
-            found = os.stat(self._versions)
-        except OSError:
-            return None
-        if time.time_ns() - found.st_mtime_ns < SETTLED_NS:
-            return None
-        return found.st_dev, found.st_ino, found.st_mtime_ns
 
     def reading(self, read: Callable[[Any], T]) -> T:
         """`read(snapshot)` at the committed version. When it fails and a newer commit exists (whose
