@@ -102,6 +102,14 @@ def test_ask_streams_the_answer_then_lists_the_sources(db, ollama):
     assert body["model"] == "tiny" and FILES["rome.txt"] in body["messages"][1]["content"]
 
 
+def test_ask_with_nothing_retrieved_asks_no_llm(db, ollama):
+    server = ollama(ollama_lines("Made ", "up."))
+    result = mrag("ask", "zzzqqq xylophone", "--db", db, "--generator", "ollama", "--strategy", "bm25")
+    assert result.stdout.endswith("there is no answer from it.\n\n(no sources found)\n") and not server.requests
+    answer = json.loads(mrag("ask", "zzzqqq", "--db", db, "--generator", "ollama", "-s", "bm25", "--json").stdout)
+    assert answer["context"] == answer["cited"] == [] and not server.requests
+
+
 def test_ask_json_with_mrag_fusion(db, ollama, monkeypatch):
     monkeypatch.setenv("MRAG_GENERATOR", "ollama")
     monkeypatch.setenv("MRAG_GEN_MODEL", "tiny")

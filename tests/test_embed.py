@@ -218,6 +218,20 @@ def manual_llama_heads(embedder: TransformerEmbedder, text: str) -> tuple[torch.
     return ctx, out.last_hidden_state[0]
 
 
+def test_threads_sharing_an_embedder_get_their_own_heads(llama):
+    """The hook's capture is the embedder's: threads (a server's requests, a multi-head space shared by
+    several spaces) take turns, and each gets the vectors of its own texts, as when run one at a time."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    batches = [[f"text {i} " * (1 + i % 7)] * (1 + i % 3) for i in range(48)]  # shapes differ batch to batch
+    alone = [llama.embed_batch(b) for b in batches]
+    with ThreadPoolExecutor(8) as pool:
+        together = list(pool.map(llama.embed_batch, batches))
+    for one, other in zip(alone, together):
+        np.testing.assert_array_equal(one.heads, other.heads)
+        np.testing.assert_array_equal(one.standard, other.standard)
+
+
 def test_llama_sizes_and_defaults(llama):
     assert (llama.n_heads, llama.head_dim, llama.dim) == (4, 16, 64)
     assert llama.is_decoder and llama.pooling == "last"

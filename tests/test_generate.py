@@ -24,7 +24,7 @@ from mrag.generate import (
     prepare,
     write_subqueries,
 )
-from mrag.generate.ask import ask
+from mrag.generate.answer import ask
 from mrag.generate.base import as_messages
 from mrag.generate.fusion import fusion_search, subquery_messages
 from mrag.generate.prompt import TRUNCATED, cited_numbers, format_context, header
@@ -180,6 +180,19 @@ def test_ask_numbers_context_parses_citations_and_lists_uncited(index):
         assert f"[{c.number}] {c.title}" in sent and c.text in sent
     out = answer.to_dict()
     assert set(out) == {"answer", "cited", "context", "strategy", "subqueries"} and out["strategy"] == "standard"
+
+
+def test_nothing_retrieved_is_said_so_without_asking_the_llm(index):
+    """A question no document matches (full text only): the answer says so, cites nothing, and the LLM is not
+    asked (its answer from no sources would read like one from the index); streamed or whole alike."""
+    from mrag.generate.answer import NO_SOURCES
+
+    index.add(DOCS)
+    gen = ScriptedGenerator("Something made up.")
+    answer = ask(index, "zzzqqq xylophone", gen, k=3, strategy="bm25")
+    assert (answer.text, answer.context, answer.cited, gen.calls) == (NO_SOURCES, [], [], [])
+    prepared = prepare(index, "zzzqqq xylophone", k=3, strategy="bm25")
+    assert list(prepared.stream(gen)) == [NO_SOURCES] and gen.calls == []
 
 
 def test_prepare_without_a_generator(index):
@@ -346,3 +359,27 @@ def test_local_smollm2_answers_a_tiny_prompt_and_streams():
     next(stream)
     stream.close()  # stops the generation thread instead of hanging
     assert gen.generate(messages, max_tokens=3)  # and the model is free again
+
+
+@pytest.mark.slow
+def test_a_prompt_over_the_local_model_s_positions_is_refused_before_generating():
+    gen = make_generator("local")
+    window = gen.load()[0].config.max_position_embeddings  # 8192 for SmolLM2
+    long = [{"role": "user", "content": "bees and roman roads " * (window // 4)}]
+    with pytest.raises(ValueError, match=f"over the context of .*SmolLM2.* \\({window} tokens\\)"):
+        next(gen.stream(long, max_tokens=8))
+    assert gen.generate([{"role": "user", "content": "Say hi."}], max_tokens=2)  # the model is free again
+
+
+def test_the_documented_imports_give_the_functions_in_a_fresh_interpreter():
+    """docs/ask_and_serve.md's `from mrag.generate import ask, ...`: `ask` is the function (it was once the
+    submodule of the same name, bound on the package by the import the lazy name triggered)."""
+    import subprocess
+    import sys
+
+    code = ("import inspect; from mrag.generate import ask, make_generator, prepare; "
+            "import mrag.generate.answer as answer; from mrag.generate import ask as again; "
+            "assert all(map(inspect.isfunction, (ask, make_generator, prepare))), ask; "
+            "assert ask is again is answer.ask")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

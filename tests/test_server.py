@@ -327,6 +327,20 @@ def test_ask_streams_server_sent_events(client):
     assert len(events[0][1]["context"]) == 2 and events[-1][1]["cited"][0]["number"] == 1
 
 
+def test_ask_with_nothing_retrieved_says_so_without_the_llm(tmp_path):
+    make_index(tmp_path / "db", DOCS)
+    llm = ScriptedGenerator("Made up.")
+    settings = Settings(db=str(tmp_path / "db"), embedder=FakeEmbedder(), llm=llm)
+    question = {"question": "zzzqqq xylophone", "strategy": "bm25"}
+    with serving(settings) as base:
+        body = httpx.post(base + "/ask", json=question, timeout=30).json()
+        with httpx.stream("POST", base + "/ask", json=question | {"stream": True}, timeout=30) as r:
+            events = sse_events(r.read().decode())
+    assert body["answer"].startswith("Nothing in the index matches") and body["context"] == body["cited"] == []
+    assert [e for e, _ in events] == ["context", "token", "answer"] and events[2][1]["answer"] == body["answer"]
+    assert llm.calls == 0
+
+
 def test_an_unreachable_generator_is_a_502_naming_the_host(tmp_path, monkeypatch):
     make_index(tmp_path / "db", DOCS)
     host = f"127.0.0.1:{free_port()}"

@@ -1,7 +1,8 @@
 """What every `mrag` command shares: context settings, the error decorator, common options, and one
 output convention (`output_options`, as sqlite-utils bundles its output options): every command that
 prints a result takes `--json` and `--plain`/`-p`, one `plain` parameter. Results are JSON by default,
-one object per line; `demo`, `ask` and `eval`, whose output people read first, print text by default.
+a line a result (`search`: an object per hit, `heads`: one list); `demo`, `ask` and `eval`, whose output
+people read first, print text by default.
 `serve` prints nothing."""
 
 from __future__ import annotations

@@ -80,7 +80,7 @@ def ask(question: str, db: str, model: str | None, k: int, strategy: str | None,
     if prepared.subqueries and not as_json:
         click.echo("sub-queries: " + " | ".join(prepared.subqueries), err=True)
     pieces: list[str] = []
-    for piece in generator.stream(prepared.messages, max_tokens):
+    for piece in prepared.stream(generator, max_tokens):
         pieces.append(piece)
         if not as_json:
             click.echo(piece, nl=False)
@@ -88,6 +88,9 @@ def ask(question: str, db: str, model: str | None, k: int, strategy: str | None,
     answer = prepared.answer("".join(pieces))
     if as_json:
         emit(answer.to_dict())
+        return
+    if not answer.context:
+        click.echo("\n\n(no sources found)")
         return
     click.echo("\n\nSources:")
     cited = {c.number for c in answer.cited}

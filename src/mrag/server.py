@@ -274,7 +274,7 @@ def create_app(settings: Settings) -> FastAPI:
               dependencies=[Depends(no_query)])
     def ask(request: Request, body: AskRequest) -> Any:
         """An answer citing the retrieved chunks as [1], [2]; `stream` sends server-sent events."""
-        from mrag.generate.ask import prepare
+        from mrag.generate.answer import prepare
 
         st = state(request)
         llm = st.llm()
@@ -282,14 +282,14 @@ def create_app(settings: Settings) -> FastAPI:
                            max_context_chars=body.max_context_chars or st.settings.max_context_chars,
                            subqueries=body.subqueries)
         if not body.stream:
-            return prepared.answer(llm.generate(prepared.messages, body.max_tokens)).to_dict()
+            return prepared.generate(llm, body.max_tokens).to_dict()
 
         def events() -> Iterator[str]:
             yield _sse("context", {"strategy": prepared.strategy, "subqueries": prepared.subqueries,
                                    "context": [c.to_dict() for c in prepared.context]})
             pieces: list[str] = []
             try:
-                for piece in llm.stream(prepared.messages, body.max_tokens):
+                for piece in prepared.stream(llm, body.max_tokens):
                     pieces.append(piece)
                     yield _sse("token", {"text": piece})
             except (ValueError, OSError) as e:

@@ -10,6 +10,7 @@ sentence-transformers pooling when it ships one, else the same pooling of the la
 from __future__ import annotations
 
 import json
+import threading
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -96,17 +97,20 @@ class TransformerEmbedder(HeadEmbedder):
         self.document_instruction = document_instruction
         self._captured: list[Any] = []
         self.projection.register_forward_pre_hook(lambda _m, args: self._captured.append(args[0]))
+        # one forward pass at a time: threads share the hook's capture (and a fast tokenizer is not reentrant)
+        self._lock = threading.Lock()
 
     def embed_batch(self, texts: list[str]) -> Embeddings:
         import torch
 
-        batch = self.tokenizer(
-            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
-        ).to(self.device)
-        self._captured.clear()
-        with torch.inference_mode():
-            hidden = self.model(**batch).last_hidden_state  # (B, T, hidden)
-        heads_in = self._captured[-1]  # (B, T, H*d)
+        with self._lock:
+            batch = self.tokenizer(
+                texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            ).to(self.device)
+            self._captured.clear()
+            with torch.inference_mode():
+                hidden = self.model(**batch).last_hidden_state  # (B, T, hidden)
+            heads_in = self._captured[-1]  # (B, T, H*d)
         if heads_in.shape[-1] != self.n_heads * self.head_dim:
             raise RuntimeError(
                 f"the hooked projection gets width {heads_in.shape[-1]}, not {self.n_heads} heads x {self.head_dim}"

@@ -8,14 +8,14 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from mrag.generate.ask import Prepared, ask, prepare
+    from mrag.generate.answer import Prepared, ask, prepare
     from mrag.generate.backends import BACKENDS, make_generator
     from mrag.generate.base import Generator, Message
     from mrag.generate.fusion import fusion_search, parse_subqueries, write_subqueries
     from mrag.generate.prompt import Answer, ContextChunk, build_context, build_messages, parse_citations
 
 _WHERE = {
-    "Prepared": "ask", "ask": "ask", "prepare": "ask", "BACKENDS": "backends", "make_generator": "backends",
+    "Prepared": "answer", "ask": "answer", "prepare": "answer", "BACKENDS": "backends", "make_generator": "backends",
     "Generator": "base", "Message": "base", "fusion_search": "fusion", "parse_subqueries": "fusion",
     "write_subqueries": "fusion", "Answer": "prompt", "ContextChunk": "prompt", "build_context": "prompt",
     "build_messages": "prompt", "parse_citations": "prompt",

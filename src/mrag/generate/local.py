@@ -68,6 +68,7 @@ class LocalGenerator(Generator):
         check_max_tokens(max_tokens)
         model, tokenizer = self.load()
         inputs = _encode(tokenizer, as_messages(messages)).to(self.device)
+        check_window(inputs["input_ids"].shape[-1], max_tokens, model.config, self.spec.name)
         streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=600)
         stop = threading.Event()
         failure: list[BaseException] = []
@@ -103,6 +104,16 @@ class LocalGenerator(Generator):
             worker.join()
         if failure:
             raise failure[0]
+
+
+def check_window(prompt: int, max_tokens: int, config: Any, name: str) -> None:
+    """Refuse a prompt that, with the answer's `max_tokens`, does not fit the model's positions: past them
+    a model reads garbled positions and answers slowly and badly, without saying so."""
+    window = getattr(config, "max_position_embeddings", None)
+    if window and prompt + max_tokens > window:
+        raise ValueError(f"the prompt takes {prompt} tokens and the answer up to {max_tokens}: over the context of "
+                         f"{name} ({window} tokens); retrieve fewer chunks (-k) or less text "
+                         "(--max-context-chars), or ask for a shorter answer (--max-tokens)")
 
 
 def _encode(tokenizer: Any, messages: list[Message]) -> Any:

@@ -6,7 +6,7 @@ so a caller can show the context, stream the tokens itself and call `Prepared.an
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +23,10 @@ from mrag.generate.prompt import (
 )
 from mrag.retrieve import strategies as retrieve
 
+# the answer when nothing was retrieved: no LLM is asked, as its answer from no sources would read like one from
+# the index
+NO_SOURCES = "Nothing in the index matches this question, so there is no answer from it."
+
 
 @dataclass
 class Prepared:
@@ -35,6 +39,18 @@ class Prepared:
     def answer(self, text: str) -> Answer:
         text = text.strip()
         return Answer(text, parse_citations(text, self.context), self.context, self.strategy, self.subqueries)
+
+    def stream(self, generator: Generator, max_tokens: int = DEFAULT_MAX_TOKENS) -> Iterator[str]:
+        """The answer's text as `generator` writes it; NO_SOURCES alone, and no LLM call, when nothing was
+        retrieved."""
+        if not self.context:
+            yield NO_SOURCES
+            return
+        yield from generator.stream(self.messages, max_tokens)
+
+    def generate(self, generator: Generator, max_tokens: int = DEFAULT_MAX_TOKENS) -> Answer:
+        """The whole answer from `generator` (NO_SOURCES when nothing was retrieved), its citations parsed."""
+        return self.answer(generator.generate(self.messages, max_tokens) if self.context else NO_SOURCES)
 
     def context_text(self) -> str:
         return format_context(self.context)
@@ -74,6 +90,6 @@ def ask(
     max_tokens: int = DEFAULT_MAX_TOKENS,
     c: int | None = None,
 ) -> Answer:
-    """Answer a question from the index with numbered citations (not streamed)."""
-    prepared = prepare(index, question, k, strategy, generator, max_context_chars, c)
-    return prepared.answer(generator.generate(prepared.messages, max_tokens))
+    """Answer a question from the index with numbered citations (not streamed); nothing retrieved: NO_SOURCES,
+    without asking the generator."""
+    return prepare(index, question, k, strategy, generator, max_context_chars, c).generate(generator, max_tokens)
