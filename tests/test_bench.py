@@ -324,6 +324,18 @@ def test_tune_refuses_an_index_without_the_benchmarks_documents(docs, tmp_path, 
     assert index.default_strategy == DEFAULT_STRATEGY
 
 
+def test_tune_on_a_beir_folder_whose_ids_are_the_indexed_documents(docs, tmp_path, index):
+    """A BEIR folder (no `doc_id` field) of documents indexed under its `_id`s, as `mrag tune --help` says."""
+    out = tmp_path / "bench"
+    build([docs], out, Extractive(list(DOCS.values())), ns=[1, 2], per_n=6, seed=0)
+    rows = read_jsonl(out / "corpus.jsonl")
+    (out / "corpus.jsonl").write_text("".join(json.dumps({k: v for k, v in r.items() if k != "doc_id"}) + "\n"
+                                              for r in rows))
+    index.add([{"id": r["_id"], "text": r["text"], "title": r["title"]} for r in rows])
+    record = tune(index, out, ["standard"])
+    assert record["documents_found"] == "6 of 6"
+
+
 def test_bench_and_tune_commands(docs, tmp_path, reuse_minilm):
     runner = CliRunner()
     out, db = tmp_path / "bench", tmp_path / "idx"

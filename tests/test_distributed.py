@@ -87,7 +87,7 @@ def child(corpus: Path, db: Path) -> dict:
     out["again_commits"] = manifest_versions(db) - versions
     (corpus / "note0.txt").write_text(TOPICS[3] + " Rewritten.")
     out["changed"] = index_with_ray(db, [corpus], make_embedder=FakeEmbedder, **options).to_dict()
-    out["stale"] = stale_job(corpus, db, options)
+    out["stale"] = stale_jobs(corpus, db, options)
     # a records file follows its file: rec0 changed and rec4 gone in one commit, then rec3 gone alone
     records = corpus / "records.jsonl"
     kept = [json.loads(line) for line in records.read_text().splitlines()][:4]
@@ -126,32 +126,63 @@ def child(corpus: Path, db: Path) -> dict:
     return out
 
 
-def stale_job(corpus: Path, db: Path, options: dict) -> dict:
-    """A job reads note1, note2 and note4 edited; before its write lock another run indexes note2 edited again,
-    and prunes note4, removed: the job leaves both as that run committed them (it would undo the edit and
-    bring note4 back) and lists them as changed, while note1 is written."""
+def racing_job(corpus: Path, db: Path, options: dict, edits: dict[str, str], meanwhile) -> dict:
+    """A job over the folder `corpus` that reads `edits` written, while `meanwhile()` runs after its read,
+    before its write lock (another run of `mrag index`); the report, and the texts committed after it."""
     from mrag import sync
     from mrag.distributed import index_with_ray
 
-    for name, text in (("sub/note1.txt", "Bees, edited."), ("note2.txt", "Tides, edited."), ("note4.txt", "Lava.")):
+    for name, text in edits.items():
         (corpus / name).write_text(text)
     real = sync.refuse_taken
 
-    def meanwhile(store, read):  # in the driver, after the job read the files, before its lock
+    def check(store, read):  # in the driver, after the job read the files, before its lock
         sync.refuse_taken = real  # the other run's own check
-        (corpus / "note2.txt").write_text(LATER)
-        (corpus / "note4.txt").unlink()
-        Index.open(db, embedder=FakeEmbedder(), create=False).add_paths([corpus], prune=True)
+        meanwhile()
         return real(store, read)
 
-    sync.refuse_taken = meanwhile
+    sync.refuse_taken = check
     try:
         report = index_with_ray(db, [corpus], make_embedder=FakeEmbedder, **options).to_dict()
     finally:
         sync.refuse_taken = real
     index = Index.open(db, embedder=FakeEmbedder(), create=False)
-    texts = {r["doc_id"]: r["text"] for r in index.store.rows(columns=["doc_id", "text"]).to_pylist()}
-    return report | {"note2": texts[str(corpus / "note2.txt")], "note4": str(corpus / "note4.txt") in texts}
+    rows = index.store.rows(columns=["doc_id", "text"]).to_pylist()
+    return report | {"texts": {Path(r["doc_id"]).name: r["text"] for r in rows}}
+
+
+def stale_jobs(corpus: Path, db: Path, options: dict) -> dict:
+    """1. The job reads note1, note2 and note4 edited; another run indexes note2 edited again, and prunes note4,
+    removed: the job leaves both as that run committed them (it would undo the edit and bring note4 back)
+    and lists them as changed, while note1 is written. 2. The job reads note3 and note5 edited; another run
+    indexes note3 edited again, and note5 as the job read it: nothing is left to write (note5 is unchanged)."""
+    other = Index.open(db, embedder=FakeEmbedder(), create=False)
+
+    def first() -> None:
+        (corpus / "note2.txt").write_text(LATER)
+        (corpus / "note4.txt").unlink()
+        other.add_paths([corpus / "note2.txt", corpus / "note4.txt"], prune=True)
+
+    def second() -> None:
+        other.add_paths([corpus])
+        (corpus / "sub" / "note3.txt").write_text(LATER)
+        other.add_paths([corpus])
+
+    edits = {"sub/note1.txt": "Bees, edited.", "note2.txt": "Tides, edited.", "note4.txt": "Lava."}
+    out = {"first": racing_job(corpus, db, options, edits, first)}
+    edits = {"sub/note3.txt": "Chess, edited.", "sub/note5.txt": "Penicillin, edited."}
+    out["second"] = racing_job(corpus, db, options, edits, second)
+    # 3. records x1, x2 indexed; the job reads the file holding x1 alone (nothing to embed, x2 to delete), and
+    # the file changes again meanwhile: x2 stays until the next run, and the file is listed as changed
+    side = corpus.parent / "side"
+    side.mkdir()
+    (side / "x.jsonl").write_text('{"id": "x1", "text": "One."}\n{"id": "x2", "text": "Two."}\n')
+    other.add_paths([side])
+    edits = {"x.jsonl": '{"id": "x1", "text": "One."}\n'}
+    out["third"] = racing_job(side, db, options, edits, lambda: (side / "x.jsonl").write_text(
+        '{"id": "x1", "text": "One."}\n{"id": "x3", "text": "Three."}\n'))
+    other.delete(["x1", "x2"])  # as the single-process index, which never saw them
+    return out
 
 
 LATER = "Tides, edited again by another run."
@@ -228,11 +259,19 @@ def test_ray_index_equals_single_process_index(tmp_path):
     changed = out["changed"]  # one file rewritten: only its chunks are embedded again
     assert changed["updated"] == 1 and changed["unchanged"] == len(first.added) - 1 and changed["added"] == 0
     assert changed["chunks"] == 1
-    stale = out["stale"]  # note2 and note4 left as another run committed them meanwhile, note1 written
-    assert stale["updated"] == 1 and stale["chunks"] == 1 and (stale["note2"], stale["note4"]) == (LATER, False)
-    assert [(s["source"], s["reason"]) for s in stale["skipped"][1:]] == [
-        (str(corpus / name), "changed or removed while it was being indexed: index it again")
-        for name in ("note2.txt", "note4.txt")]
+    first = out["stale"]["first"]  # note2 and note4 left as another run committed them meanwhile, note1 written
+    assert (first["updated"], first["chunks"], first["texts"]["note2.txt"]) == (1, 1, LATER)
+    assert "note4.txt" not in first["texts"] and first["texts"]["note1.txt"] == "Bees, edited."
+    moved = "changed or removed while it was being indexed: index it again"
+    assert [(s["source"], s["reason"]) for s in first["skipped"][1:]] == [
+        (str(corpus / "note2.txt"), moved), (str(corpus / "note4.txt"), moved)]
+    second = out["stale"]["second"]  # nothing left to write: note3 as the other run left it, note5 unchanged
+    assert (second["updated"], second["added"], second["chunks"], second["texts"]["note3.txt"]) == (0, 0, 0, LATER)
+    assert second["unchanged"] == len(first["texts"]) - 1 and second["texts"]["note5.txt"] == "Penicillin, edited."
+    assert [(s["source"], s["reason"]) for s in second["skipped"][1:]] == [(str(corpus / "sub" / "note3.txt"), moved)]
+    third = out["stale"]["third"]
+    assert (third["removed"], third["chunks"], third["texts"]["x2"]) == (0, 0, "Two.")
+    assert [(s["source"], s["reason"]) for s in third["skipped"]] == [(str(tmp_path / "side" / "x.jsonl"), moved)]
     assert (out["records"]["updated"], out["records"]["removed"], out["records_commits"]) == (1, 1, 1)
     assert (out["gone"]["removed"], out["gone"]["chunks"]) == (1, 0)  # nothing to embed: the delete alone
     assert out["taken"].startswith("id(s) already indexed from another file, nothing written: rec1")

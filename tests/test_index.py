@@ -134,23 +134,33 @@ def test_readding_unchanged_documents_does_no_work(index, fake):
 
 
 def test_a_folder_that_cannot_be_written_is_refused_before_any_embedding(index, fake, monkeypatch):
-    """A read-only file system (as `mount -o ro`, where even root cannot write): refused at once, named as
-    such, nothing embedded, the index as it was; with the folder writable again the same add works."""
+    """A table folder on a read-only file system (as `mount -o ro`, where even root cannot write), or a lock
+    file that cannot be opened: refused at once, named, nothing embedded, the index as it was. The index's
+    own folder need not be writable (only its tables and lock file are written)."""
     import os
+    import shutil
 
     import mrag.locking
 
     index.add(DOCS[:2])
     version, batches, rows = index.store.chunks.version, fake.batches, table_rows(index)
     folder, access = Path(index.store.uri), os.access
-    monkeypatch.setattr(mrag.locking.os, "access", lambda path, mode: Path(path) != folder)
+    chunks = folder / "chunks.lance"
+    monkeypatch.setattr(mrag.locking.os, "access", lambda path, mode: Path(path) != chunks and access(path, mode))
     monkeypatch.setattr(mrag.locking, "_read_only", lambda path: True)
-    with pytest.raises(StoreError, match="Read-only file system.*nothing was embedded or written"):
+    with pytest.raises(StoreError, match="chunks.lance: Read-only file system.*nothing was embedded or written"):
         index.add(DOCS[2:])
     assert fake.batches == batches and index.store.chunks.version == version and table_rows(index) == rows
     assert index.add(DOCS[:2]).unchanged == ["rome", "bees"]  # no work to do: no refusal
-    monkeypatch.setattr(mrag.locking.os, "access", access)
-    assert index.add(DOCS[2:]).added == ["chess", "tides"]
+    monkeypatch.setattr(mrag.locking.os, "access", lambda path, mode: Path(path) != folder and access(path, mode))
+    lock = folder / mrag.locking.LOCK_FILE
+    lock.unlink()
+    lock.mkdir()  # a lock file that cannot be opened for writing (for real: no mock)
+    with pytest.raises(StoreError, match="write.lock: Is a directory.*nothing was embedded or written"):
+        index.add(DOCS[2:])
+    assert fake.batches == batches and table_rows(index) == rows
+    shutil.rmtree(lock)
+    assert index.add(DOCS[2:]).added == ["chess", "tides"]  # the folder itself not writable: still fine
 
 
 def test_add_refuses_changed_content_upsert_replaces_it(db_path, fake):

@@ -328,12 +328,13 @@ def test_a_pipe_or_a_link_to_nothing_in_a_folder_is_listed_as_skipped(tmp_path):
     write(tmp_path / "notes" / "ok.txt", "Roman roads")
     os.mkfifo(tmp_path / "notes" / "queue.txt")
     (tmp_path / "notes" / "old.md").symlink_to(tmp_path / "gone.md")
+    (tmp_path / "notes" / "self.txt").symlink_to("self.txt")  # a loop
     (tmp_path / "notes" / "sub.md").mkdir()  # a folder with a file's suffix is walked, not listed
     docs, skipped = read_paths([tmp_path / "notes"])
     assert [Path(d.source).name for d in docs] == ["ok.txt"]
+    nothing = "a link to nothing (its target does not exist, or links back to it)"
     assert [(Path(s.source).name, s.reason) for s in skipped] == [
-        ("old.md", "a link to a file that does not exist"),
-        ("queue.txt", "not a regular file (a pipe, a socket, a device?)")]
+        ("old.md", nothing), ("queue.txt", "not a regular file (a pipe, a socket, a device?)"), ("self.txt", nothing)]
 
 
 def test_skip_reason_when_the_path_holds_a_colon(tmp_path, monkeypatch):

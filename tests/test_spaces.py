@@ -125,8 +125,11 @@ def test_space_is_stored_with_stats_weight_and_selection(db_path, fake):
     left = np.array([words_vector(d["text"], 8) for d in DOCS if d["id"] != "bees"])
     scale = {s["name"]: s for s in index.info()["spaces"]}["w"]["scale"]
     assert scale == pytest.approx(brute_force_scales(left[:, None, :])[0])
-    with pytest.raises(ValueError, match="unknown space 'nope'"):
+    with pytest.raises(ValueError, match="unknown space 'nope'; this index has: .*bm25, fixed, w"):
         index.search("bees", spaces=["nope"])
+    for strategy in ("standard", "bm25", "mrag-paper", "split"):  # a space of the index they do not vote with
+        with pytest.raises(ValueError, match=f"strategy '{strategy}' votes with none of the selected spaces \\['w'\\]"):
+            index.search("bees", strategy=strategy, spaces=["w"])
 
 
 def test_adding_a_space_backfills_every_row_in_one_commit(db_path, fake):
@@ -167,6 +170,13 @@ def test_adding_a_space_rebuilds_indexes_built_below_the_threshold(db_path, fake
     index.add_spaces(["w=test-words:dim=8"])
     assert index.store.manifest.ann == {"index_type": "IVF_FLAT", "rows": len(DOCS), "nprobes": 4}
     assert len(index.store.chunks.list_indices()) == 1 + fake.n_heads + 1 + 1
+    version = index.store.committed_version  # the same space again: nothing to do; another under its label: refused
+    assert index.add_spaces(["w=test-words:dim=8"]) == [] and index.store.committed_version == version
+    with pytest.raises(SpaceError, match="space 'w' of the index at .* is .*, not .*: use another label"):
+        index.add_spaces(["w=test-words:dim=4"])
+    with pytest.raises(SpaceError, match="space 'v' is given twice"):
+        index.add_spaces(["v=test-words:dim=4", "v=test-words:dim=4"])
+    assert index.store.committed_version == version
 
 
 def test_unknown_function_names_the_space_and_writes_nothing(db_path, tmp_path, fake):

@@ -142,11 +142,14 @@ class Index:
         return list(self._spaces.values())
 
     def add_spaces(self, specs: Sequence[str | SpaceSpec]) -> list[str]:
-        """Add external spaces and compute them for every row, in one committed write; returns their names.
-
-        Any failure (unknown function, unreachable model, wrong dimension) writes nothing."""
+        """Add external spaces and compute them for every row, in one committed write; returns the names of
+        those added (a space the index already has, the same, is passed over; another under its label is
+        refused). Any failure (unknown function, unreachable model, wrong dimension) writes nothing."""
         parsed = [s if isinstance(s, SpaceSpec) else parse_space(s) for s in specs]
-        check_unique([*(SpaceSpec.from_json(e) for e in self.store.manifest.spaces), *parsed])
+        check_unique(parsed)
+        parsed = new_specs(self.store.manifest.spaces, parsed, self.store.uri)
+        if not parsed:
+            return []
         live = open_spaces(parsed)
         built = self.store.manifest.ann
         with self.store.writing():

@@ -91,7 +91,7 @@ def list_files(paths: Iterable[str | Path]) -> list[tuple[str, bool]]:
             raise IngestError(f"not a file or folder (a pipe, a device?): {raw}")
         found = [(path, True)] if path.is_file() else [(f, False) for f in sorted(walk_files(path))]
         for file, explicit in found:
-            resolved = file.resolve()
+            resolved = Path(os.path.realpath(file))  # not Path.resolve: a link loop raises there (Python < 3.13)
             first = out.setdefault(resolved, (str(file), explicit))
             out[resolved] = (first[0], first[1] or explicit)
     return list(out.values())
@@ -101,7 +101,7 @@ def unreadable_reason(error: IngestError, path: Path) -> str:
     """Why a file could not be read, without the "<path>: " its message starts with (the path may itself
     hold ": ")."""
     reason = str(error)
-    for prefix in (f"{path}: ", f"{path.resolve()}: "):
+    for prefix in (f"{path}: ", f"{os.path.realpath(path)}: "):
         reason = reason.removeprefix(prefix)
     return reason
 
@@ -143,7 +143,7 @@ def read_file(path: Path, text_field: str = "text", id_field: str = "id", title_
     """The documents of one file, each stamped with the file as it was before the read (`file_stamp`); a file
     that cannot be read (no permission, gone since it was listed) is an IngestError."""
     if path.is_symlink() and not path.exists():
-        raise IngestError(f"{path}: a link to a file that does not exist")
+        raise IngestError(f"{path}: a link to nothing (its target does not exist, or links back to it)")
     if path.exists() and not path.is_file():  # never opened: a pipe would block the run
         raise IngestError(f"{path}: not a regular file (a pipe, a socket, a device?)")
     stamp = file_stamp(path)

@@ -57,14 +57,21 @@ def local_path(uri: str) -> Path:
     return Path(uri.removeprefix("file://")).expanduser()
 
 
-def unwritable(uri: str) -> str | None:
-    """Why a local index folder cannot be written (read-only file system, no permission), else None: asked
-    before embedding, so a run that could never commit says so before its long work. Other stores: None."""
+def unwritable(uri: str, inside: tuple[str, ...] = ()) -> str | None:
+    """Why a local index folder cannot be written (a read-only file system, no permission), else None: asked
+    before embedding, so a run that could never commit says so before its long work. A write needs the lock
+    file (opened for appending, as `write_lock` does) and the folders `inside` it (its tables). Other
+    stores: None."""
     if not is_local(uri):
         return None
     folder = local_path(uri)
-    for path in (folder, folder / LOCK_FILE):
-        if path.exists() and not os.access(path, os.W_OK):
+    try:
+        with open(folder / LOCK_FILE, "a"):
+            pass
+    except OSError as e:
+        return f"{folder / LOCK_FILE}: {e.strerror or e}"
+    for path in (folder / name for name in inside):
+        if path.is_dir() and not os.access(path, os.W_OK):
             reason = os.strerror(errno.EROFS) if _read_only(path) else os.strerror(errno.EACCES)
             return f"{path}: {reason}"
     return None

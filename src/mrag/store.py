@@ -47,7 +47,8 @@ __all__ = ["CHUNKS", "MANIFEST", "READ_TRIES", "Store", "StoreError"]
 
 CHUNKS = "chunks"
 MANIFEST = "manifest"
-OWN_ENTRIES = {f"{CHUNKS}.lance", f"{MANIFEST}.lance", LOCK_FILE, "graphs"}  # what an index folder holds
+TABLES = (f"{CHUNKS}.lance", f"{MANIFEST}.lance")
+OWN_ENTRIES = {*TABLES, LOCK_FILE, "graphs"}  # what an index folder holds
 READ_TRIES = 5  # a read whose version was pruned meanwhile goes again at the latest committed one
 T = TypeVar("T")
 

@@ -4,6 +4,7 @@ that are gone. `Index.add_paths` and `mrag index` run `index_files`; the choices
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -141,7 +142,7 @@ def unknown_paths(store: Store, paths: Sequence[str | Path]) -> list[str]:
     if not missing:
         return []
     indexed = set(sources(store, None).values()) - {""}
-    unknown = [str(raw) for raw in missing if not any(_under(s, Path(raw).expanduser().resolve()) for s in indexed)]
+    unknown = [str(raw) for raw in missing if not any(_under(s, _real(raw)) for s in indexed)]
     if unknown and len(unknown) == len(paths):
         raise IngestError(f"no such file or folder, and no document indexed from there to prune: {unknown[0]}")
     return unknown
@@ -205,12 +206,17 @@ def gone_from_files(indexed_sources: dict[str, str], docs: list[Document], skipp
     whose source is a file read now or, with `prune`, lies under `paths`."""
     read_ids, read = {d.id for d in docs}, {d.source for d in docs}
     emptied = {s.source for s in skipped if s.reason in (EMPTY, NO_RECORDS)}
-    roots = [Path(p).expanduser().resolve() for p in paths]
+    roots = [_real(p) for p in paths]
 
-    emptied = {str(Path(e).resolve()) for e in emptied}
+    emptied = {str(_real(e)) for e in emptied}
 
     def vanished(source: str) -> bool:
         return any(_under(source, root) for root in roots) and (source in emptied or not _exists(source))
 
     return sorted(i for i, source in indexed_sources.items() if from_a_file(i, source) and i not in read_ids and (
         source in read or (prune and vanished(source))))
+
+
+def _real(path: str | Path) -> Path:
+    """The path with links followed (a link loop as it is: Path.resolve raises on one before Python 3.13)."""
+    return Path(os.path.realpath(Path(path).expanduser()))

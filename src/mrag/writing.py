@@ -19,7 +19,7 @@ from mrag.locking import unwritable
 from mrag.retrieve import fulltext
 from mrag.rows import build_rows, quote
 from mrag.spaces import Space
-from mrag.store import Store
+from mrag.store import TABLES, Store
 
 DEFAULT_CHUNK_CHARS = 1000
 DEFAULT_OVERLAP = 1
@@ -133,7 +133,7 @@ def write(
     ]
     if not chunks:
         return report
-    if (reason := unwritable(store.uri)) is not None:
+    if (reason := unwritable(store.uri, TABLES)) is not None:
         raise StoreError(f"{store.uri} cannot be written ({reason}): nothing was embedded or written; check the "
                          "folder's permissions, or that its file system is writable")
     staged: list[pa.Table] = []

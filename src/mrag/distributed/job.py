@@ -11,6 +11,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 from mrag import sync
 from mrag.distributed.stages import (
     STATS_COLUMN,
@@ -31,7 +33,7 @@ from mrag.rows import quote
 from mrag.scales import HeadStats
 from mrag.settings import AnnPolicy
 from mrag.store import Store
-from mrag.writing import chunk_settings
+from mrag.writing import chunk_settings, triage
 
 
 class RayJobError(RuntimeError):
@@ -148,7 +150,9 @@ def _run_job(
     fields: dict[str, str],
     ann_policy: AnnPolicy,
 ) -> RayIndexReport:
-    items = [{"path": str(Path(f).resolve()), "shown": f, "explicit": e, "order": i} for i, (f, e) in enumerate(files)]
+    # absolute, links not followed: the read stage names a link to nothing as such (the document's source is
+    # resolved there)
+    items = [{"path": str(Path(f).absolute()), "shown": f, "explicit": e, "order": i} for i, (f, e) in enumerate(files)]
     documents = (
         ray.data.from_items(items, override_num_blocks=min(len(items), 4 * num_workers))
         .flat_map(read_documents, fn_kwargs={**chunking, "fields": fields})
@@ -162,10 +166,12 @@ def _run_job(
             for r in listing if not r["problem"]]
     if existing is not None:
         sync.refuse_taken(existing, read)
+    changed: set[str] = set()  # files left as committed: another run wrote them since, and they changed
     if not todo:  # nothing new or changed: no model, and a commit only for records gone from their files
         if existing is not None:  # `delete_gone` looks first, and commits only where something is gone
             index = Index.open(uri, storage_options=storage_options, create=False)
-            report.removed = sync.delete_gone(index, read, report.skipped, paths, False, set())
+            report.removed = sync.delete_gone(index, read, report.skipped, paths, False, changed)
+        report.skipped += [Skipped(source, sync.CHANGED) for source in sorted(changed)]
         return report
     # the embedder's description, from a worker (the driver may have no GPU, nor the model's files)
     info = ray.get(ray.remote(_embedder_info).options(num_cpus=cpus, num_gpus=gpus).remote(make))
@@ -180,31 +186,13 @@ def _run_job(
     pool = num_workers if gpus == 0 else min(num_workers, max(1, int(ray.cluster_resources().get("GPU", 0) // gpus)))
     written: list[str] = []
     tags: list[dict[str, Any]] = []
+    digests = {r["doc_id"]: r["digest"] for r in listing if not r["problem"]}
     with store.writing():
-        # under the lock: files another run indexed or pruned since the plan, and that changed since this job
-        # read them, stay as committed (`sync.changed_files`); the rest is embedded now
-        now = store.doc_hashes(list(todo))
-        changed = sync.changed_files([d for d in read if d.id in todo and now.get(d.id) != hashes.get(d.id)])
-        left = {d.id for d in read if d.source in changed}
-        todo = {doc_id: n for doc_id, n in todo.items() if doc_id not in left}
-        report.added = [i for i in report.added if i not in left]
-        report.updated = [i for i in report.updated if i not in left]
-        # any rows of these documents now (changed ones, or ones another process wrote since the plan) are
-        # replaced, so a document never has two copies
-        store.delete(f"doc_id IN ({quote(list(todo))})")
+        todo = _recheck(store, todo, read, hashes, digests, report, changed)
+        if report.updated:  # their rows now, so a document never has two copies
+            store.delete(f"doc_id IN ({quote(report.updated)})")
         before = HeadStats.from_json(store.sums.heads.to_json())
-        blocks = max(1, -(-sum(todo.values()) // batch_size))  # ~batch_size chunks a block: work for every actor
-        chunks = documents.flat_map(chunk_rows, fn_kwargs={"wanted": frozenset(todo)}).repartition(blocks).materialize()
-        embedded = chunks.map_batches(
-            EmbedChunks,
-            fn_constructor_args=(make,),
-            batch_size=batch_size,
-            batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=pool, max_tasks_in_flight_per_actor=1),  # spread blocks
-            num_cpus=cpus,
-            num_gpus=gpus,
-        )
-        for table in embedded.iter_batches(batch_size=None, batch_format="pyarrow") if todo else ():
+        for table in _embedded(ray, documents, todo, make, pool, batch_size, cpus, gpus) if todo else ():
             tags += [json.loads(t) for t in table[STATS_COLUMN].drop_null().to_pylist()]
             rows = table.drop_columns([STATS_COLUMN]).cast(store.chunks.schema)
             store.add(rows)
@@ -216,8 +204,42 @@ def _run_job(
     report.skipped += [Skipped(source, sync.CHANGED) for source in sorted(changed)]
     report.chunks = len(written)
     report.workers = per_worker(tags)
-    report.ann = index.maintain_ann() if written else None
+    report.ann = index.maintain_ann() if written or report.removed else None
     return report
+
+
+def _recheck(store: Store, todo: dict[str, int], read: list[Document], hashes: dict[str, str],
+             digests: dict[str, str], report: RayIndexReport, changed: set[str]) -> dict[str, int]:
+    """Under the write lock: the planned documents against what is committed now. Files another run wrote
+    (or pruned) since the plan, and that changed since this job read them, stay as committed (added to
+    `changed`, `sync.changed_files`); the rest is triaged again (another run may have written the same
+    text). -> the documents to embed (doc id -> chunk count); the report's added / updated / unchanged follow."""
+    now = store.doc_hashes(list(todo))
+    changed.update(sync.changed_files([d for d in read if d.id in todo and now.get(d.id) != hashes.get(d.id)]))
+    left = {d.id for d in read if d.source in changed}
+    ids = [doc_id for doc_id in todo if doc_id not in left]
+    fresh = RayIndexReport()
+    chosen = triage([(i, digests[i]) for i in ids], {i: now[i] for i in ids if i in now}, fresh)
+    report.added, report.updated = fresh.added, fresh.updated
+    report.unchanged += fresh.unchanged
+    return {ids[j]: todo[ids[j]] for j in chosen}
+
+
+def _embedded(ray: Any, documents: Any, todo: dict[str, int], make: EmbedderFactory, pool: int, batch_size: int,
+              cpus: float, gpus: float) -> Iterator[pa.Table]:
+    """The store's rows of the chunks of `todo`'s documents, embedded by a pool of actors, as they come."""
+    blocks = max(1, -(-sum(todo.values()) // batch_size))  # ~batch_size chunks a block: work for every actor
+    chunks = documents.flat_map(chunk_rows, fn_kwargs={"wanted": frozenset(todo)}).repartition(blocks).materialize()
+    embedded = chunks.map_batches(
+        EmbedChunks,
+        fn_constructor_args=(make,),
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        compute=ray.data.ActorPoolStrategy(size=pool, max_tasks_in_flight_per_actor=1),  # spread blocks
+        num_cpus=cpus,
+        num_gpus=gpus,
+    )
+    yield from embedded.iter_batches(batch_size=None, batch_format="pyarrow")
 
 
 def _gpus(ray: Any, gpus_per_worker: float | None, embedder_options: dict[str, Any]) -> float:

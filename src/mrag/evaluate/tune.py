@@ -63,12 +63,15 @@ def writer_of(folder: Path) -> str | None:
 
 
 def row_units(index: Any, bench_dir: Path, units: set[str]) -> np.ndarray:
-    """The benchmark document behind every row of the index's matrix ('other:<doc_id>' when none)."""
+    """The benchmark document behind every row of the index's matrix ('other:<doc_id>' when none): the one
+    whose `doc_id` field names the row's document, else the one whose `_id` is that document's id (a BEIR
+    corpus indexed with its ids), else the one whose path ends that document's (a folder indexed
+    elsewhere)."""
     by_doc_id = {str(r["doc_id"]): str(r["_id"]) for r in read_jsonl(bench_dir / "corpus.jsonl") if r.get("doc_id")}
     out = []
     for chunk_id in index.store.matrix().ids:
         doc_id = str(chunk_id).rsplit("#", 1)[0]
-        unit = by_doc_id.get(doc_id)
+        unit = by_doc_id.get(doc_id) or (doc_id if doc_id in units else None)
         if unit is None:  # indexed from another place: match the path below the benchmark's folder
             unit = next((u for u in units if doc_id.endswith("/" + u)), None) if "/" in doc_id else None
         out.append(unit if unit in units else f"other:{doc_id}")

@@ -120,8 +120,8 @@ def _search_many(
         batch.append((mine[0], mine if p else None))
         start += len(mine)
     depth = min(c or max(k, retrieve.DEFAULT_C), count)  # never deeper than the index has rows
-    results = retrieve.vote_many(
-        strategy, batch, min(k, count), depth, scales, ranker, index.store.n_heads, list(extra), spaces
+    results = retrieve.vote_many(  # every label: a strategy that votes with none of the selected names says so
+        strategy, batch, min(k, count), depth, scales, ranker, index.store.n_heads, labels, spaces
     )
     rows = fetch(sorted({int(r) for result in results for r in result.rows}))
     return [
