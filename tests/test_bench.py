@@ -162,6 +162,20 @@ def test_kmeans_separates_clear_clusters_and_cluster_count():
 # --- the benchmark folder ---------------------------------------------------------------------
 
 
+def test_records_files_in_sub_folders_keep_the_folder_groups(docs, tmp_path):
+    """Records keep their ids (no folder in them) but are grouped by their file's sub-folder; a record with
+    no id is named by its file below the folder given and its place, as files are."""
+    facts = ['{"id": "moon-facts", "text": "The Moon has no air. Its craters keep their shape for ages."}',
+             '{"text": "Saturn has rings. They are made of ice and rock in thin bands."}']
+    (docs / "space" / "facts.jsonl").write_text("\n".join(facts))
+    texts = [*DOCS.values(), "The Moon has no air. Its craters keep their shape for ages.",
+             "Saturn has rings. They are made of ice and rock in thin bands."]
+    info = build([docs], tmp_path / "bench", Extractive(texts), ns=[1, 2], per_n=2, seed=0)
+    assert info["groups"] == "sub-folders" and info["groups_found"] == 3
+    corpus = {c["_id"]: c["category"] for c in read_jsonl(tmp_path / "bench" / "corpus.jsonl")}
+    assert corpus["moon-facts"] == corpus["space/facts.jsonl#1"] == corpus["space/mars.md"] == "space"
+
+
 def test_extractive_benchmark_reads_back_in_eval(docs, tmp_path):
     out = tmp_path / "bench"
     writer = Extractive(list(DOCS.values()))
@@ -334,6 +348,21 @@ def test_tune_on_a_beir_folder_whose_ids_are_the_indexed_documents(docs, tmp_pat
     index.add([{"id": r["_id"], "text": r["text"], "title": r["title"]} for r in rows])
     record = tune(index, out, ["standard"])
     assert record["documents_found"] == "6 of 6"
+
+
+def test_why_a_tuned_strategy_won_names_ties_and_the_built_in_default():
+    from mrag.cli_bench import why_chosen
+
+    table = {"segment-bm25": {"score": 0.595}, "mrag": {"score": 1.0}, "standard": {"score": 1.0},
+             "bm25": {"score": 0.9}}
+    record = {"strategy": "mrag", "score": 1.0, "margin": 0.0, "default_kept": None, "candidates": table}
+    assert why_chosen(record) == ("score 1.000; tied with standard, first in the order asked; "
+                                  "0.405 above the built-in segment-bm25")
+    table["standard"]["score"] = 0.95
+    assert why_chosen(record | {"margin": 0.05}) == ("score 1.000; ahead of the next by 0.050; "
+                                                      "0.405 above the built-in segment-bm25")
+    kept = record | {"strategy": "segment-bm25", "default_kept": "the best (mrag) is ahead by 0.010, ..."}
+    assert why_chosen(kept) == "kept: the best (mrag) is ahead by 0.010, ..."
 
 
 def test_bench_and_tune_commands(docs, tmp_path, reuse_minilm):

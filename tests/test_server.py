@@ -163,6 +163,8 @@ def test_fusion_search_with_given_or_written_subqueries(client):
         ("post", "/ask", {"json": {"question": "x", "strategey": "standard"}}, 422),
         ("post", "/documents/delete", {"json": {"ids": ["bees"], "missing_ok": True}, "headers": AUTH}, 422),
         ("post", "/ask", {"json": {"question": "x", "max_tokens": 0}}, 422),
+        ("post", "/search", {"json": {"query": "x", "k": True}}, 422),  # not a count of 1
+        ("post", "/ask", {"json": {"question": "x", "max_tokens": False}}, 422),
         ("post", "/documents", {"json": {}, "headers": AUTH}, 422),
         ("delete", "/documents/bees?dryrun=1", {"headers": AUTH}, 422),  # an option it lacks: nothing deleted
         ("post", "/documents/delete?dryrun=1", {"json": {"ids": ["bees"]}, "headers": AUTH}, 422),

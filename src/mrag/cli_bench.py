@@ -133,8 +133,21 @@ def tune(db: str, bench_dir: str | None, strategies: str | None, dry_run: bool, 
     if plain:
         click.echo("\n".join(summary_lines(record)))
         verb = "would become" if dry_run else "is now"
-        why = (f"kept: {record['default_kept']}" if record["default_kept"]
-               else f"score {record['score']:.3f}, ahead by {record['margin']:.3f}")
-        click.echo(f"\n{record['strategy']} {verb} the default ({why}).")
+        click.echo(f"\n{record['strategy']} {verb} the default ({why_chosen(record)}).")
     else:
         emit(record | {"saved": not dry_run})
+
+
+def why_chosen(record: dict[str, Any]) -> str:
+    """Why `mrag tune` chose its strategy, in words: kept as the built-in default, or its score against the
+    runner-up (or the strategies tied with it) and against the built-in default (the first candidate)."""
+    if record["default_kept"]:
+        return f"kept: {record['default_kept']}"
+    table, chosen = record["candidates"], record["strategy"]
+    tied = [s for s in table if s != chosen and table[s]["score"] == record["score"]]
+    why = [f"score {record['score']:.3f}", f"tied with {', '.join(tied)}, first in the order asked" if tied
+           else f"ahead of the next by {record['margin']:.3f}"]
+    built_in = next(iter(table))
+    if built_in != chosen:
+        why.append(f"{record['score'] - table[built_in]['score']:.3f} above the built-in {built_in}")
+    return "; ".join(why)

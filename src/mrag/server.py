@@ -24,7 +24,7 @@ import pydantic.dataclasses
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator
 
 from mrag.embed.base import Embeddings, HeadEmbedder, Kind
 from mrag.generate.backends import make_generator
@@ -136,17 +136,26 @@ Strategy = Field(None, description=f"One of: {', '.join(retrieve.strategy_names(
                                    f"(recorded by mrag tune), else {retrieve.DEFAULT_STRATEGY}.")
 
 
+def _no_bool(value: Any) -> Any:
+    if isinstance(value, bool):  # JSON true is no count (pydantic would take it as 1)
+        raise ValueError("must be a whole number, not true or false")
+    return value
+
+
+Count = Annotated[int, BeforeValidator(_no_bool)]  # a number of hits, tokens, ...: 3 or "3" (a GET), not true
+
+
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")  # a misspelt option (strategey=...) is refused, not ignored
 
     query: str = Field(min_length=1)
-    k: int = Field(5, ge=1, le=MAX_K)
+    k: Count = Field(5, ge=1, le=MAX_K)
     strategy: str | None = Strategy
     explain: bool = Field(False, description="Include the votes (space, rank, weight) behind each hit.")
-    c: int | None = Field(None, ge=1, le=10_000, description="Per-space depth (default max(k, 32)).")
+    c: Count | None = Field(None, ge=1, le=10_000, description="Per-space depth (default max(k, 32)).")
     subqueries: list[str] | None = Field(None, description="For fusion strategies; default: the LLM writes them.")
     exact: bool | None = Field(None, description="true: exact search; false: the ANN indexes; default: ANN if built.")
-    nprobes: int | None = Field(None, ge=1, le=100_000, description="IVF partitions per ANN search.")
+    nprobes: Count | None = Field(None, ge=1, le=100_000, description="IVF partitions per ANN search.")
     spaces: list[str] | str | None = Field(None, description="Only these voters: standard, heads, head:3, split, "
                                                              "bm25, a space's label (comma-separated, a list, or "
                                                              "spaces= repeated in a GET).")
@@ -176,10 +185,10 @@ class AskRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     question: str = Field(min_length=1)
-    k: int = Field(5, ge=1, le=MAX_K)
+    k: Count = Field(5, ge=1, le=MAX_K)
     strategy: str | None = Strategy
-    max_context_chars: int | None = Field(None, ge=1)
-    max_tokens: int = Field(DEFAULT_MAX_TOKENS, ge=1, le=8192)
+    max_context_chars: Count | None = Field(None, ge=1)
+    max_tokens: Count = Field(DEFAULT_MAX_TOKENS, ge=1, le=8192)
     stream: bool = Field(False, description="Server-sent events: context, token..., answer.")
     subqueries: list[str] | None = None
 

@@ -45,19 +45,28 @@ class Planned:
 
 
 def relative_id(doc: Document, roots: Sequence[Path]) -> str:
-    """A file's path below the folder it was found in ('history/rome.md'); records keep their id."""
-    if doc.id != doc.source:
-        return doc.id
-    path = Path(doc.source)
+    """A file's path below the folder it was found in ('history/rome.md'); a record's id, or without one the
+    file's and its place ('history/dates.jsonl#2')."""
+    if doc.id == doc.source:
+        return relative_path(doc.source, roots)
+    if doc.id.startswith(doc.source + "#"):
+        return relative_path(doc.source, roots) + doc.id[len(doc.source):]
+    return doc.id
+
+
+def relative_path(source: str, roots: Sequence[Path]) -> str:
+    """A file's path below the first of `roots` (folders given) that holds it, else its name."""
+    path = Path(source)
     for root in roots:
         if root.is_dir() and path.is_relative_to(root):
             return path.relative_to(root).as_posix()
     return path.name
 
 
-def folder_groups(ids: Sequence[str]) -> list[str] | None:
-    """The first folder of each relative id, when every document lies in one and there are two or more."""
-    firsts = [i.split("/", 1)[0] if "/" in i else None for i in ids]
+def folder_groups(places: Sequence[str]) -> list[str] | None:
+    """The first folder of each document's file below the folder given (`relative_path`), when every
+    document lies in one and there are two or more."""
+    firsts = [i.split("/", 1)[0] if "/" in i else None for i in places]
     if any(f is None for f in firsts) or len(set(firsts)) < 2:
         return None
     return [str(f) for f in firsts]
@@ -165,7 +174,8 @@ def build(
     ids = [relative_id(d, roots) for d in docs]
     if len(set(ids)) != len(ids):
         raise ValueError("two documents share an id; give each input once")
-    groups, how = find_groups(docs, ids, group_by, embed, max(ns), seed)
+    places = [relative_path(d.source, roots) for d in docs]
+    groups, how = find_groups(docs, ids, places, group_by, embed, max(ns), seed)
     corpus = [{"_id": i, "title": d.title, "text": d.text, "category": g, "doc_id": d.id}
               for i, d, g in zip(ids, docs, groups)]
     settings = {"n": list(ns), "per_n": per_n, "seed": seed, "generator": writer.name, "groups": how,
@@ -200,16 +210,17 @@ def build(
 
 
 def find_groups(
-    docs: Sequence[Document], ids: Sequence[str], group_by: str | None, embed: Embed | None, at_least: int,
-    seed: int,
+    docs: Sequence[Document], ids: Sequence[str], places: Sequence[str], group_by: str | None, embed: Embed | None,
+    at_least: int, seed: int,
 ) -> tuple[list[str], str]:
-    """Each document's group and how they were found: a metadata field, sub-folders, or clusters."""
+    """Each document's group and how they were found: a metadata field, the sub-folders of their files
+    (`places`: `relative_path`), or clusters."""
     if group_by:
         missing = [i for i, d in zip(ids, docs) if d.metadata.get(group_by) in (None, "")]
         if missing:
             raise ValueError(f"{len(missing)} document(s) have no {group_by!r} field, e.g. {missing[0]}")
         return [str(d.metadata[group_by]) for d in docs], f"metadata field {group_by!r}"
-    by_folder = folder_groups(ids)
+    by_folder = folder_groups(places)
     if by_folder is not None:
         return by_folder, "sub-folders"
     if embed is None:
