@@ -852,3 +852,53 @@ def test_nan_vectors_are_refused_and_nothing_is_written(db_path, monkeypatch):
     with pytest.raises(ValueError, match="NaN or infinite values for the query text 'broken rivers'"):
         index.search("broken rivers")
     assert index.search("Roman aqueducts carried water", k=1)[0].doc_id == "rome"  # the index still works
+
+
+def test_threads_asking_a_new_index_for_its_embedder_make_it_once(index, fake):
+    """8 threads' first searches on a freshly opened index: one model load (each made its own, and
+    transformers' lazy imports failed when several threads imported it at once)."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    made: list[FakeEmbedder] = []
+    start = threading.Barrier(8)
+
+    def make() -> FakeEmbedder:
+        time.sleep(0.05)  # a model takes a while to load
+        made.append(FakeEmbedder())
+        return made[-1]
+
+    fresh = Index(index.store, make)
+
+    def first_use(_: int) -> object:
+        start.wait()
+        return fresh.embedder
+
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(first_use, range(8)))
+    assert len(made) == 1 and all(e is made[0] for e in got)
+
+
+def test_a_commit_seen_in_the_middle_of_a_search_gives_the_search_of_one_commit(index, monkeypatch):
+    """Another thread's refresh between a search's read of the weights and its read of the rows (a commit of
+    another process): the search starts again, so its weights and rows are of one commit."""
+    import mrag.retrieve.search as search
+
+    index.add(DOCS[:2])
+    other = Index.open(index.store.uri, embedder=index.embedder)
+    real, calls = search.ranker_for, []
+
+    def meanwhile(store, *args, **kwargs):
+        calls.append(store.committed_version)
+        if len(calls) == 1:  # between the weights and the rows: a commit, seen by another thread's refresh
+            other.add(DOCS[2:])
+            store.refresh()
+        return real(store, *args, **kwargs)
+
+    monkeypatch.setattr(search, "ranker_for", meanwhile)
+    hits = index.search("Roman water and honeybees, chess and tides", k=4, strategy="mrag-paper")
+    assert len(calls) == 2 and calls[0] < calls[1]  # searched again, at the new commit
+    monkeypatch.setattr(search, "ranker_for", real)
+    again = index.search("Roman water and honeybees, chess and tides", k=4, strategy="mrag-paper")
+    assert [(h.id, h.score) for h in hits] == [(h.id, h.score) for h in again]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from mrag.embed.base import HeadEmbedder
 from mrag.embed.models import same_model
 from mrag.errors import StoreError
 from mrag.ingest import Document, not_an_id, read_paths
+from mrag.manifest import Manifest
 from mrag.retrieve import ann, fulltext, graph
 from mrag.retrieve import strategies as retrieve
 from mrag.retrieve.search import search_many
@@ -45,6 +47,7 @@ class Index:
         self.store = store
         self._make_embedder = make_embedder
         self._embedder: HeadEmbedder | None = None
+        self._embedder_lock = threading.Lock()
         self._spaces: dict[str, Space] = {}  # external spaces' live functions, created on first use
         self.ann_policy = AnnPolicy()  # when writes (re)build the ANN indexes
         self._fulltext_seen: int | None = None  # the committed version `_fulltext_default` was read at
@@ -128,8 +131,12 @@ class Index:
 
     @property
     def embedder(self) -> HeadEmbedder:
+        """The embedder, made on first use: once, whatever the threads asking (a model loaded once, and
+        transformers imported by one thread: its lazy imports fail when several threads race)."""
         if self._embedder is None:
-            self._embedder = self._make_embedder()
+            with self._embedder_lock:
+                if self._embedder is None:
+                    self._embedder = self._make_embedder()
         return self._embedder
 
     @property
@@ -338,11 +345,14 @@ class Index:
         full-text index stays. -> what was dropped, else None."""
         return upkeep.drop_ann(self.store)
 
-    def space_weights(self) -> retrieve.Scales:
-        """Committed scales, with each external space's weight: its own scale ("auto") or the one it was given."""
-        self.store.refresh(quick=True)
-        scales = self.store.committed_scales()
-        for entry in self.store.manifest.spaces:
+    def space_weights(self, manifest: Manifest | None = None) -> retrieve.Scales:
+        """Committed scales, with each external space's weight: its own scale ("auto") or the one it was given;
+        of `manifest` (a search reads everything from one), else of the latest committed one."""
+        if manifest is None:
+            self.store.refresh(quick=True)
+            manifest = self.store.manifest
+        scales = manifest.sums.scales()
+        for entry in manifest.spaces:
             if entry.get("weight", "auto") != "auto":
                 scales[f"space:{entry['name']}"] = np.array([float(entry["weight"])])
         return scales

@@ -10,6 +10,7 @@ from typing import Any, Protocol
 
 from mrag.embed.base import HeadEmbedder
 from mrag.locking import is_local
+from mrag.manifest import Manifest
 from mrag.retrieve import ann, fulltext, graph
 from mrag.retrieve import strategies as retrieve
 from mrag.retrieve.exact import Exact
@@ -17,7 +18,7 @@ from mrag.retrieve.rescore import RescoreRanker
 from mrag.retrieve.types import Hit
 from mrag.settings import DEFAULT_CANDIDATES, names
 from mrag.spaces import Space
-from mrag.store import READ_TRIES, Store
+from mrag.store import READ_TRIES, Store, StoreError
 
 
 class Searchable(Protocol):
@@ -31,9 +32,13 @@ class Searchable(Protocol):
     @property
     def spaces(self) -> list[Space]: ...
 
-    def space_weights(self) -> retrieve.Scales: ...
+    def space_weights(self, manifest: Manifest | None = None) -> retrieve.Scales: ...
 
 HIT_COLUMNS = ["text", "source", "title", "doc_id", "position", "metadata"]
+
+
+class Moved(Exception):  # noqa: N818 - a signal to search again, not an error
+    """A commit became visible to this process in the middle of a search's reads."""
 
 
 def search_many(
@@ -67,6 +72,10 @@ def search_many(
         seen = index.store.committed_version
         try:
             return _search_many(index, queries, k, strategy, c, subqueries, spaces, exact, nprobes, candidates)
+        except Moved:
+            if attempt == READ_TRIES - 1:
+                raise StoreError(f"the index changed during {READ_TRIES} tries of this search (writes at every "
+                                 "moment?): search again") from None
         except Exception:
             index.store.refresh()
             if index.store.committed_version == seen or attempt == READ_TRIES - 1:
@@ -97,12 +106,16 @@ def _search_many(
         raise ValueError(f"sub-queries are for the fusion strategies (fusion, mrag-fusion); {strategy!r} uses none")
     else:
         parts = [retrieve.query_parts(strategy, q) for q in queries]
-    scales = index.space_weights()  # first: it follows other processes' commits, which all below then reads
-    labels = list(index.store.committed_space_dims())
+    index.store.refresh(quick=True)  # first: it follows other processes' commits, which all below then reads
+    manifest = index.store.manifest  # every read below is of it: the weights of one commit, the rows of another
+    scales = index.space_weights(manifest)  # would give a result of no committed state
+    labels = list(manifest.space_dims())
     if spaces is not None:
         retrieve.check_selection(spaces, index.store.n_heads, len(scales["split"]), labels)
     ranker, fetch, count = ranker_for(index.store, plan, exact, nprobes, candidates,
                                       heads=retrieve.uses_heads(strategy, spaces))
+    if index.store.manifest is not manifest:  # another thread read a newer commit meanwhile: the ranker may be
+        raise Moved  # of it (a manifest is replaced, never changed): `search_many` searches again
     if not queries or count == 0:
         return [[] for _ in queries]  # nothing to rank: no need to embed the queries
     texts = [t for q, p in zip(queries, parts) for t in (p or [q])]  # a segmented query votes by its parts
