@@ -1,7 +1,8 @@
 """Retrieval-augmented answers: retrieve, number the chunks, let the generator answer, parse citations.
 
 `prepare()` does everything up to the prompt (no LLM needed unless the strategy is a fusion one),
-so a caller can show the context, stream the tokens itself and call `Prepared.answer(text)`.
+so a caller can show the context, stream the tokens (`Prepared.stream`: no LLM call when nothing was
+retrieved) and call `Prepared.answer(text)`.
 """
 
 from __future__ import annotations
