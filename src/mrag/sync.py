@@ -42,24 +42,37 @@ def index_files(index: Writable, paths: Sequence[str | Path], docs: list[Documen
     removed: list[str] | None = None
     changed: set[str] = set()  # files whose documents were left as committed, found under the write lock
 
-    def leave_out(moved: set[str]) -> set[str]:  # under the write lock, before the upsert's rows
-        stale = changed_files([d for d in docs if d.id in moved])
-        changed.update(stale)
-        return {d.id for d in docs if d.source in stale}  # the whole file: a record's text and its siblings'
-
     def after_rows() -> None:  # under the write lock, after the upsert's rows, in their commit
         nonlocal removed
         removed = settle(index.store, docs, skipped, paths, prune, changed)
 
-    report = index.upsert(docs, show_progress=show_progress, settle=after_rows, from_files=True, leave_out=leave_out)
+    report = index.upsert(docs, show_progress=show_progress, settle=after_rows, from_files=True,
+                          leave_out=leaving_out(docs, changed))
     if removed is None:  # nothing needed embedding: the deletes, if any, are a write of their own
         removed = delete_gone(index, docs, skipped, paths, prune, changed)
     elif removed and not report.chunks:  # deleted, but no row written: the upkeep a write of rows runs
         index.maintain_ann()
-    report.skipped = skipped + [Skipped(source, CHANGED) for source in sorted(changed)] + [
-        Skipped(path, UNKNOWN) for path in unknown]
+    report.skipped = skipped + changed_skips(changed) + [Skipped(path, UNKNOWN) for path in unknown]
     report.removed = removed
     return report
+
+
+def leaving_out(docs: list[Document], changed: set[str]) -> Callable[[set[str]], set[str]]:
+    """The `leave_out` of a write of `docs` read from files (`writing.retriage`): given the ids another run
+    wrote since they were looked up, the ids of every document of those files that also changed since they
+    were read (the whole file: a record's text and its siblings'), the files added to `changed`."""
+
+    def leave_out(moved: set[str]) -> set[str]:
+        stale = changed_files([d for d in docs if d.id in moved])
+        changed.update(stale)
+        return {d.id for d in docs if d.source in stale}
+
+    return leave_out
+
+
+def changed_skips(changed: set[str]) -> list[Skipped]:
+    """The files left as committed, as the report lists them."""
+    return [Skipped(source, CHANGED) for source in sorted(changed)]
 
 
 def changed_files(docs: list[Document]) -> set[str]:

@@ -147,12 +147,12 @@ def write(
                 continue
             if wanted is None:
                 held.enter_context(store.writing())
-                wanted = _retriage(store, todo, replace, report, seen, leave_out)
+                wanted = retriage(store, todo, replace, report, seen, leave_out)
             _append(store, staged, wanted, report)
             staged, staged_bytes = [], 0
         if wanted is None:
             held.enter_context(store.writing())
-            wanted = _retriage(store, todo, replace, report, seen, leave_out)
+            wanted = retriage(store, todo, replace, report, seen, leave_out)
         _append(store, staged, wanted, report)
         if settle is not None:
             settle()
@@ -191,11 +191,12 @@ def _embedded(
         )
 
 
-def _retriage(store: Store, todo: list[tuple[Document, str]], replace: bool, report: AddReport,
-              seen: dict[str, str], leave_out: Callable[[set[str]], set[str]] | None = None) -> set[str]:
-    """Under the write lock: the embedded documents against what is committed now (another process
+def retriage(store: Store, todo: list[tuple[Document, str]], replace: bool, report: AddReport,
+             seen: dict[str, str], leave_out: Callable[[set[str]], set[str]] | None = None) -> set[str]:
+    """Under the write lock: the documents to write against what is committed now (another process
     may have written some since `seen`, the digests looked at before embedding), less those `leave_out`
-    names of these. Deletes the old rows of changed ones; -> the ids to write."""
+    names of these. Deletes the old rows of changed ones; -> the ids to write (the report's added / updated /
+    unchanged follow). `mrag.distributed` runs it too."""
     fresh = AddReport()
     now = store.doc_hashes([d.id for d, _ in todo])
     if leave_out is not None:

@@ -27,13 +27,12 @@ from mrag.distributed.stages import (
 )
 from mrag.embed.base import Embeddings, HeadEmbedder
 from mrag.index import Index, embedder_factory
-from mrag.ingest import Document, Skipped, list_files
+from mrag.ingest import Document, list_files
 from mrag.retrieve import fulltext
-from mrag.rows import quote
 from mrag.scales import HeadStats
 from mrag.settings import AnnPolicy
 from mrag.store import Store
-from mrag.writing import chunk_settings, triage
+from mrag.writing import chunk_settings, retriage
 
 
 class RayJobError(RuntimeError):
@@ -171,7 +170,7 @@ def _run_job(
         if existing is not None:  # `delete_gone` looks first, and commits only where something is gone
             index = Index.open(uri, storage_options=storage_options, create=False)
             report.removed = sync.delete_gone(index, read, report.skipped, paths, False, changed)
-        report.skipped += [Skipped(source, sync.CHANGED) for source in sorted(changed)]
+        report.skipped += sync.changed_skips(changed)
         return report
     # the embedder's description, from a worker (the driver may have no GPU, nor the model's files)
     info = ray.get(ray.remote(_embedder_info).options(num_cpus=cpus, num_gpus=gpus).remote(make))
@@ -187,10 +186,13 @@ def _run_job(
     written: list[str] = []
     tags: list[dict[str, Any]] = []
     digests = {r["doc_id"]: r["digest"] for r in listing if not r["problem"]}
+    planned = [(d, digests[d.id]) for d in read if d.id in todo]
     with store.writing():
-        todo = _recheck(store, todo, read, hashes, digests, report, changed)
-        if report.updated:  # their rows now, so a document never has two copies
-            store.delete(f"doc_id IN ({quote(report.updated)})")
+        # under the lock, as `mrag index` does: files another run wrote (or pruned) since the plan, and that
+        # changed since this job read them, stay as committed; the rest against what is committed now (the
+        # old rows of changed ones deleted)
+        wanted = retriage(store, planned, True, report, hashes, sync.leaving_out(read, changed))
+        todo = {doc_id: n for doc_id, n in todo.items() if doc_id in wanted}
         before = HeadStats.from_json(store.sums.heads.to_json())
         for table in _embedded(ray, documents, todo, make, pool, batch_size, cpus, gpus) if todo else ():
             tags += [json.loads(t) for t in table[STATS_COLUMN].drop_null().to_pylist()]
@@ -201,28 +203,11 @@ def _run_job(
         check_complete(expected, written, before, store.sums.heads, [HeadStats.from_json(t) for t in tags])
         report.removed = sync.settle(store, read, report.skipped, paths, False, changed)  # in this same commit
         fulltext.keep(store.chunks)  # the full-text index, in this same commit
-    report.skipped += [Skipped(source, sync.CHANGED) for source in sorted(changed)]
+    report.skipped += sync.changed_skips(changed)
     report.chunks = len(written)
     report.workers = per_worker(tags)
     report.ann = index.maintain_ann() if written or report.removed else None
     return report
-
-
-def _recheck(store: Store, todo: dict[str, int], read: list[Document], hashes: dict[str, str],
-             digests: dict[str, str], report: RayIndexReport, changed: set[str]) -> dict[str, int]:
-    """Under the write lock: the planned documents against what is committed now. Files another run wrote
-    (or pruned) since the plan, and that changed since this job read them, stay as committed (added to
-    `changed`, `sync.changed_files`); the rest is triaged again (another run may have written the same
-    text). -> the documents to embed (doc id -> chunk count); the report's added / updated / unchanged follow."""
-    now = store.doc_hashes(list(todo))
-    changed.update(sync.changed_files([d for d in read if d.id in todo and now.get(d.id) != hashes.get(d.id)]))
-    left = {d.id for d in read if d.source in changed}
-    ids = [doc_id for doc_id in todo if doc_id not in left]
-    fresh = RayIndexReport()
-    chosen = triage([(i, digests[i]) for i in ids], {i: now[i] for i in ids if i in now}, fresh)
-    report.added, report.updated = fresh.added, fresh.updated
-    report.unchanged += fresh.unchanged
-    return {ids[j]: todo[ids[j]] for j in chosen}
 
 
 def _embedded(ray: Any, documents: Any, todo: dict[str, int], make: EmbedderFactory, pool: int, batch_size: int,
