@@ -325,7 +325,7 @@ def synthetic_part(
             with store.writing(maintain=False):
                 ann.build(store.chunks, columns, index_type,
                           lambda c: print("indexed", c, round(time.perf_counter() - start), flush=True))
-                store.manifest = store.manifest.replace(ann={**store.manifest.ann, "index_type": index_type})
+                store.stage(ann={**store.manifest.ann, "index_type": index_type})
             build_s = round(time.perf_counter() - start, 1)
             print(f"replaced the {index_type} indexes of {sorted(columns)} in {build_s} s", flush=True)
         index.store.matrix()

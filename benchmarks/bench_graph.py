@@ -58,7 +58,7 @@ from bench_ann_1m import CACHE, DATA, build_real, man_queries, real_queries, rec
 from bench_scale import ClusteredEmbedder, queries
 from bench_scale import build as build_synthetic
 
-from mrag.retrieve import fulltext, graph
+from mrag.retrieve import fulltext, graph, walk
 from mrag.retrieve import strategies as retrieve
 from mrag.retrieve.exact import Exact
 from mrag.retrieve.fulltext import FullTextRanker
@@ -141,7 +141,7 @@ def real_part(cache: Path, efs: list[int], strategies: list[str], man_query_coun
                              **percentiles_ms(times)})
                 print(rows[-1], flush=True)
                 for ef in efs:
-                    ranker = FullTextRanker(graph.GraphRanker(matrix, graphs, exact, ef), matrix.table,
+                    ranker = FullTextRanker(walk.GraphRanker(matrix, graphs, exact, ef), matrix.table,
                                             row_ids=matrix.row_ids, cache=True, memory=memory)
                     found, times = timed_votes(index, s, ranker, qs, matrix.ids)
                     untied = [i for i, t in enumerate(tied) if not t]
@@ -199,7 +199,7 @@ def deletes_part(cache: Path, efs: list[int], strategies: list[str], counts: lis
                     common = {"deleted": deleted, "removed nodes": place.removed, "queries": name, "strategy": s}
                     rows.append({**common, "path": "exact scan", "ef": "", "recall@10": 1.0, **percentiles_ms(times)})
                     for ef in efs:
-                        ranker = FullTextRanker(graph.GraphRanker(matrix, graphs, exact, ef), matrix.table,
+                        ranker = FullTextRanker(walk.GraphRanker(matrix, graphs, exact, ef), matrix.table,
                                                 row_ids=matrix.row_ids, cache=True)
                         found, times = timed_votes(index, s, ranker, qs, matrix.ids)
                         rows.append({**common, "path": "HNSW graphs", "ef": ef, "recall@10": recall(found, truth),
@@ -245,7 +245,7 @@ def synthetic_part(
         build_s = round(time.perf_counter() - start, 1)
         with store.writing(maintain=False):  # the manifest's record, as build_ann writes it
             record = {"index_type": "HNSW", "rows": n, "nprobes": graph.DEFAULT_EF}
-            store.manifest = store.manifest.replace(ann=record if heads else {**record, "spaces": ["standard"]})
+            store.stage(ann=record if heads else {**record, "spaces": ["standard"]})
         store.graphs = None
         index.search_many(texts[:1], 10, "mrag" if heads else "standard")  # reads the graphs it walks
         graphs_mb = round(rss_mb() - before - matrix_mb)
@@ -349,7 +349,7 @@ def main() -> None:
                f"Every space's graph (standard + heads) built by `Index.build_ann('HNSW')` in {r['build_s']} s; "
                f"graph files {r['graph_bytes'] / 2**20:.0f} MiB. Times: ranking and vote per query, query "
                "vectors precomputed, batch 1 (each query's full-text searches run once). A walk's ef is at least "
-               "2c = 64 (`graph.RESCORED`), so ef 32 walks as 64. 'Tied at the cut': queries whose exact 10th "
+               "2c = 64 (`walk.RESCORED`), so ef 32 walks as 64. 'Tied at the cut': queries whose exact 10th "
                "and 11th scores are within 1e-5, where the top 10 is decided by the last bits of the "
                "similarities (`tie_at_cut`). On the graphs, two stages alone (`stage_ms`): the query parts' "
                "full-text searches (the in-memory index), and the vote on the rankings already made; the rest of "

@@ -7,8 +7,8 @@ On the 141k real MiniLM rows of `bench_graph.py --real` (an index with every spa
 on the first run), the ranking and vote of each query (query vectors precomputed, full-text searches run
 each time, as a search runs them) is timed with four setups, interleaved round by round: the walks on
 faiss's default (every core) or on one thread, the full-text searches before them (a pool that runs them
-at once) or beside them, and the product's rule (`graph.one_thread`: the full text beside, and the walks
-on one thread where it runs beside them and a call has fewer than `graph.PARALLEL_WALKS` query parts,
+at once) or beside them, and the product's rule (`walk.one_thread`: the full text beside, and the walks
+on one thread where it runs beside them and a call has fewer than `walk.PARALLEL_WALKS` query parts,
 else on every core). Two conditions: a quiet machine, and one busy with a process that spins on a core.
 Batch 1 (`standard`, `segment+standard`, the default `segment-bm25`) and batch 32 (the default: 32
 queries' parts in one call).
@@ -33,12 +33,12 @@ from bench_ann_1m import CACHE, DATA, build_real, man_queries, real_queries
 from bench_scale import ClusteredEmbedder
 
 from mrag.index import Index
-from mrag.retrieve import fulltext, graph
+from mrag.retrieve import fulltext, graph, walk
 from mrag.retrieve import strategies as retrieve
 from mrag.retrieve.exact import Exact
 from mrag.retrieve.fulltext import FullTextRanker
 
-PRODUCT = graph.one_thread
+PRODUCT = walk.one_thread
 # setup -> (whether a call walks on one thread, full-text searches beside the walks)
 SETUPS = {"every core, full text first": (lambda parts: False, False),
           "one thread, full text first": (lambda parts: True, False),
@@ -86,12 +86,12 @@ def measure(index: Index, ranker: Any, query_sets: dict[str, list[Any]], rounds:
         for name, qs in query_sets.items():
             for strategy, batch in CASES:
                 for setup, (rule, beside) in SETUPS.items():
-                    graph.one_thread = rule  # type: ignore[assignment]
+                    walk.one_thread = rule  # type: ignore[assignment]
                     fulltext._pool = pool if beside else lambda memory=False: Inline()  # type: ignore[assignment]
                     per_query_seconds(index, ranker, strategy, batch, qs[:batch])  # warm
                     times.setdefault((name, strategy, batch, setup), []).extend(
                         per_query_seconds(index, ranker, strategy, batch, qs))
-    graph.one_thread, fulltext._pool = PRODUCT, pool  # type: ignore[assignment]
+    walk.one_thread, fulltext._pool = PRODUCT, pool  # type: ignore[assignment]
     return times
 
 
@@ -107,7 +107,7 @@ def main() -> None:
     matrix = index.store.matrix()
     graphs = graph.latest(graph.folder(index.store.uri), matrix)
     assert graphs is not None, "the index has no graphs that fit it"
-    ranker = FullTextRanker(graph.GraphRanker(matrix, graphs, Exact(matrix.standard, matrix.heads)), matrix.table,
+    ranker = FullTextRanker(walk.GraphRanker(matrix, graphs, Exact(matrix.standard, matrix.heads)), matrix.table,
                             row_ids=matrix.row_ids, memory=fulltext.in_memory(matrix, None))
     query_sets = {"wikipedia": real_queries(DATA, args.cache), "man pages": man_queries(args.cache, 128)}
     rows: list[dict[str, Any]] = []
@@ -126,7 +126,7 @@ def main() -> None:
     out = {"machine": machine(), "command": "python benchmarks/bench_walk_threads.py " + " ".join(sys.argv[1:]),
            "load_start": [round(x, 2) for x in load], "load_end": [round(x, 2) for x in os.getloadavg()],
            "seconds": round(time.perf_counter() - started), "rows": len(matrix.ids),
-           "faiss_threads": faiss.omp_get_max_threads(), "parallel_walks": graph.PARALLEL_WALKS, "table": rows}
+           "faiss_threads": faiss.omp_get_max_threads(), "parallel_walks": walk.PARALLEL_WALKS, "table": rows}
     md = [f"# Walk threads ({args.name})", "", f"command: `{out['command']}`", "",
           f"machine: {out['machine']}; load average at the start {out['load_start']}, at the end {out['load_end']}; "
           f"{out['seconds']} s", "",
@@ -135,7 +135,7 @@ def main() -> None:
           f"faiss's default threads ({out['faiss_threads']}, every core) or one; the query parts' in-memory "
           f"full-text searches before the walks or beside them on a pool thread; the product rule: the full text "
           f"beside, and the walks on one thread where it runs beside them and a call has fewer than "
-          f"{graph.PARALLEL_WALKS} query parts, else on every core (so `segment+standard`, with no full text, "
+          f"{walk.PARALLEL_WALKS} query parts, else on every core (so `segment+standard`, with no full text, "
           "walks on every core). Busy: another process spins on one core meanwhile. Batch 32: each query's time "
           "is its batch's over 32.", "",
           markdown_table(rows, ["machine", "queries", "strategy", "batch", "walks, full text", "p50_ms", "p99_ms",

@@ -16,7 +16,7 @@ from test_ann import QUERIES, SeededEmbedder, docs
 
 from mrag.index import Index
 from mrag.matrix import Matrix
-from mrag.retrieve import graph
+from mrag.retrieve import graph, walk
 from mrag.retrieve.exact import Exact
 from mrag.retrieve.nodes import DEAD, NodeIndex, placement, placement_after
 from mrag.retrieve.types import QueryVectors, Voter
@@ -75,7 +75,7 @@ def test_the_ranker_walks_graphs_and_scans_other_voters(graph_index):
     from mrag.retrieve.strategies import parse_strategy
 
     ranker, _, rows = ranker_for(graph_index.store, parse_strategy("mrag"), None)
-    assert rows == 150 and isinstance(ranker.inner, graph.GraphRanker)
+    assert rows == 150 and isinstance(ranker.inner, walk.GraphRanker)
     assert set(ranker.inner.graphs.files) == {"standard", "head:0", "head:1", "head:2", "head:3"}
     exact_ranker, _, _ = ranker_for(graph_index.store, parse_strategy("mrag"), True)
     assert isinstance(exact_ranker.inner, Exact)
@@ -175,7 +175,7 @@ def test_walk_by_hand():
     graph.extend(built, rows[:3])  # row 3 is past the graph: scanned
     graphs = graph.Graphs(1, graph.row_keys(matrix.ids[:3], rows), {"standard": Path("unused")}, {"standard": built})
     assert graphs.fits(matrix)
-    ranker = graph.GraphRanker(matrix, graphs, Exact(rows, matrix.heads))
+    ranker = walk.GraphRanker(matrix, graphs, Exact(rows, matrix.heads))
     query = QueryVectors(np.array([1.0, 0.0], dtype=np.float32), np.zeros((0, 0), dtype=np.float32))
     standard = [Voter("standard", "standard", 1.0)]
     ranking, sims = ranker(standard, [query], 5)
@@ -196,11 +196,11 @@ def test_walk_by_hand():
     for other, nodes, covered in placed_rows:
         place = graphs.place(other)
         assert place is not None and place.rows.tolist() == nodes and place.covered == covered
-        walked = graph.GraphRanker(other, graphs, Exact(other.standard, other.heads))(standard, [query], 4)
+        walked = walk.GraphRanker(other, graphs, Exact(other.standard, other.heads))(standard, [query], 4)
         scanned = Exact(other.standard, other.heads)(standard, [query], 4)
         assert walked[0].tolist() == scanned[0].tolist()
         np.testing.assert_allclose(walked[1], scanned[1], atol=1e-6)
-    ranking, _ = graph.GraphRanker(left, graphs, Exact(left.standard, left.heads))(standard, [query], 4)
+    ranking, _ = walk.GraphRanker(left, graphs, Exact(left.standard, left.heads))(standard, [query], 4)
     assert ranking[0, 0].tolist() == [1, 0, 2, -1]  # c, then a and d tied; node b never returned
 
 
@@ -522,7 +522,7 @@ def test_a_deleted_topic_is_walked_around():
     parts = [QueryVectors(q, np.zeros((0, 0), dtype=np.float32)) for q in queries]
     standard = [Voter("standard", "standard", 1.0)]
     truth = Exact(left.standard, left.heads)(standard, parts, 10)[0][:, 0]
-    walked = graph.GraphRanker(left, graphs, Exact(left.standard, left.heads))(standard, parts, 10)[0][:, 0]
+    walked = walk.GraphRanker(left, graphs, Exact(left.standard, left.heads))(standard, parts, 10)[0][:, 0]
     assert graphs.place(left).removed == 200
     assert np.mean([len(set(w) & set(t)) / 10 for w, t in zip(walked, truth)]) >= 0.95
     narrow = faiss_search_without_widening(built, graphs.place(left), queries, left.standard)
@@ -548,7 +548,7 @@ def test_graphs_that_lost_too_many_rows_are_scanned_until_rebuilt(graph_index, m
     from mrag.retrieve.strategies import parse_strategy
 
     ranker, _, _ = ranker_for(graph_index.store, parse_strategy("mrag"), None)
-    assert isinstance(ranker.inner, graph.GraphRanker) and not ranker.inner.walks
+    assert isinstance(ranker.inner, walk.GraphRanker) and not ranker.inner.walks
     for strategy in STRATEGIES:
         assert same(graph_index, strategy), strategy
 
@@ -633,15 +633,15 @@ def test_walks_beside_full_text_searches_take_one_thread_and_leave_the_threads_s
     import faiss
 
     before = faiss.omp_get_max_threads()
-    seen, few, many = ThreadsSeen(), np.zeros((3, 4), np.float32), np.zeros((graph.PARALLEL_WALKS, 4), np.float32)
+    seen, few, many = ThreadsSeen(), np.zeros((3, 4), np.float32), np.zeros((walk.PARALLEL_WALKS, 4), np.float32)
     try:
         faiss.omp_set_num_threads(2)
-        graph.search(seen, few, 5, None)
-        with graph.fulltext_beside():
-            assert graph.search(seen, few, 5, None).shape == (3, 5)
+        walk.search(seen, few, 5, None)
+        with walk.fulltext_beside():
+            assert walk.search(seen, few, 5, None).shape == (3, 5)
             assert faiss.omp_get_max_threads() == 2
-            graph.search(seen, many, 5, None)
-        graph.search(seen, few, 5, None)
+            walk.search(seen, many, 5, None)
+        walk.search(seen, few, 5, None)
         assert seen.threads == [2, 1, 2, 2]
     finally:
         faiss.omp_set_num_threads(before)
@@ -662,7 +662,7 @@ def test_a_full_text_search_runs_beside_the_graph_walks(tmp_path):
             return [(np.array([0]), np.array([1.0])) for _ in texts]
 
     def vectors(chosen, queries, c):
-        seen.append((graph.one_thread(len(queries)), started.wait(10)))
+        seen.append((walk.one_thread(len(queries)), started.wait(10)))
         return np.zeros((len(queries), len(chosen), c), np.int64), np.zeros((len(queries), len(chosen), c))
 
     ranker = FullTextRanker(vectors, None, row_ids=np.arange(1), memory=lambda: Memory())

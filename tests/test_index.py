@@ -902,3 +902,27 @@ def test_a_commit_seen_in_the_middle_of_a_search_gives_the_search_of_one_commit(
     monkeypatch.setattr(search, "ranker_for", real)
     again = index.search("Roman water and honeybees, chess and tides", k=4, strategy="mrag-paper")
     assert [(h.id, h.score) for h in hits] == [(h.id, h.score) for h in again]
+
+
+def test_manifest_changes_of_a_write_are_seen_only_once_committed(index, monkeypatch):
+    """A write's manifest changes (the default strategy, the ANN record) reach this process's readers only
+    at the commit: at the moment the manifest is written, another thread still reads the committed one, and a
+    failed write's staged change never reaches a later commit."""
+    index.add(DOCS[:2])
+    store, seen = index.store, []
+    write = store._manifest_table.add
+
+    def at_the_commit(*args, **kwargs):
+        seen.append(store.manifest.default_strategy)  # what a reader in another thread would read now
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(store._manifest_table, "add", at_the_commit)
+    index.set_default_strategy({"strategy": "standard"})
+    assert seen == [None] and index.default_strategy == "standard"
+
+    with pytest.raises(RuntimeError), store.writing(maintain=False):
+        store.stage(default_strategy={"strategy": "mrag-paper"})
+        raise RuntimeError("the write fails before its commit")
+    index.add(DOCS[2:3])  # the next commit: without the failed write's change
+    assert index.default_strategy == "standard"
+    assert Index.open(store.uri, embedder=index.embedder).default_strategy == "standard"

@@ -316,7 +316,7 @@ class Index:
         if record is not None:
             retrieve.check_strategy(record["strategy"])
         with self.store.writing(maintain=False):
-            self.store.manifest = self.store.manifest.replace(default_strategy=record)
+            self.store.stage(default_strategy=record)
 
     def maintain_ann(self, force: bool = False) -> dict[str, Any] | None:
         """(Re)build the ANN indexes when `ann_policy` says so (past its threshold, or once a quarter of the

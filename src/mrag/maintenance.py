@@ -44,7 +44,7 @@ class Store(Protocol):
 
     def disk_bytes(self) -> int | None: ...
 
-    def _save_manifest(self) -> None: ...
+    def _save_manifest(self, **changes: Any) -> None: ...
 
 
 def compaction_due(since: dict[str, int], rows: int, folder_bytes: int | None) -> bool:
@@ -86,14 +86,12 @@ def compact_and_prune(store: Store, keep: timedelta | None) -> None:
         store.chunks.optimize(cleanup_older_than=NEVER)
         if store.chunks.version == version:
             break
-    store.manifest = store.manifest.replace(maintenance={"writes": 0, "rows": 0})
-    store._save_manifest()
+    store._save_manifest(maintenance={"writes": 0, "rows": 0})
     prune(store.chunks, keep)
     prune(store._manifest_table, keep)
     # the commit again (pruning may write a version of its own), with the compacted size for `compaction_due`
     since = {"writes": 0, "rows": 0, "count": store.sums.heads.count, "bytes": store.disk_bytes() or 0}
-    store.manifest = store.manifest.replace(maintenance=since)
-    store._save_manifest()
+    store._save_manifest(maintenance=since)
 
 
 def prune(table: Any, keep: timedelta | None) -> None:

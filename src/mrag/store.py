@@ -79,6 +79,12 @@ class Store:
         # the writer's running sums and external spaces, committed by `_save_manifest`
         self.sums = manifest.sums.copy()
         self.spaces: list[dict[str, Any]] = list(manifest.spaces)
+        self.staged: dict[str, Any] = {}  # manifest fields the write in progress changes (`stage`)
+
+    def stage(self, **changes: Any) -> None:
+        """Change manifest fields (`ann`, `default_strategy`, ...) in the write in progress (inside
+        `writing()`): readers, other threads of this process included, see them at its commit, never before."""
+        self.staged |= changes
 
     def space_dims(self) -> dict[str, int]:
         return {s["name"]: int(s["dim"]) for s in self.spaces}
@@ -320,8 +326,7 @@ class Store:
                 raise
             since = self.manifest.maintenance
             since = since | {"writes": since["writes"] + 1, "rows": since["rows"] + self._changed}
-            self.manifest = self.manifest.replace(maintenance=since)
-            self._save_manifest()
+            self._save_manifest(maintenance=since)
             if maintain and since["writes"] % maintenance.MAINTAIN_EVERY == 0:
                 self._maintain(since)
 
@@ -452,11 +457,12 @@ class Store:
             self.spaces.append(dict(entry))
         self.chunks.add(table, mode="overwrite")  # a rewrite: LanceDB's vector indexes are gone with it
         if (self.manifest.ann or {}).get("index_type") != GRAPH_INDEX:  # HNSW graphs are rebuilt by maintenance
-            self.manifest = self.manifest.replace(ann=None)
+            self.stage(ann=None)
 
-    def _save_manifest(self) -> None:
-        """The commit point: record the table version and the sums that belong to it."""
-        manifest = self.manifest.replace(chunks_version=self.chunks.version, sums=self.sums.copy(),
-                                         spaces=list(self.spaces))
+    def _save_manifest(self, **changes: Any) -> None:
+        """The commit point: record the table version, the sums that belong to it, the staged fields and
+        `changes`; `self.manifest` (what this process's readers see) moves only once it is written."""
+        manifest = self.manifest.replace(**(self.staged | changes), chunks_version=self.chunks.version,
+                                         sums=self.sums.copy(), spaces=list(self.spaces))
         self._manifest_table.add([{"json": json.dumps(manifest.to_json())}], mode="overwrite")
-        self.manifest, self._manifest_version = manifest, self._manifest_table.version
+        self.manifest, self._manifest_version, self.staged = manifest, self._manifest_table.version, {}

@@ -62,7 +62,7 @@ def build_ann(store: Store, index_type: str = ann.DEFAULT_INDEX, nprobes: int | 
     with store.writing():
         ann.build(store.chunks, columns, index_type, progress)
         built = {"index_type": index_type, "rows": store.chunks.count_rows(), "nprobes": nprobes}
-        store.manifest = store.manifest.replace(ann=built)
+        store.stage(ann=built)
     return built
 
 
@@ -80,7 +80,7 @@ def drop_ann(store: Store) -> dict[str, Any] | None:
         for index in store.chunks.list_indices():
             if set(index.columns) <= columns:
                 store.chunks.drop_index(index.name)
-        store.manifest = store.manifest.replace(ann=None)
+        store.stage(ann=None)
         if built and built.get("index_type") == graph.INDEX_TYPE and is_local(store.uri):
             # under the lock, so graphs a later build writes stay; a reader of these scans exactly instead
             # (as do searches where the commit then fails: the next write's upkeep builds them again)

@@ -32,7 +32,7 @@ import numpy as np
 
 from mrag.connection import async_table, together
 from mrag.matrix import Matrix
-from mrag.retrieve import bm25, graph
+from mrag.retrieve import bm25, walk
 from mrag.retrieve.bm25 import Bm25
 from mrag.retrieve.types import QueryVectors, Ranker, Voter
 from mrag.settings import FULLTEXT
@@ -267,7 +267,7 @@ class FullTextRanker:
                 return list
             if memory is None:
                 return started(self.table, some, c, ids)
-            # beside one-thread graph walks (`graph.one_thread`)
+            # beside one-thread graph walks (`walk.one_thread`)
             return _pool(memory=True).submit(lambda: memory().search(some, c)).result
 
         if self._cache is None:
@@ -295,7 +295,7 @@ class FullTextRanker:
         ranking = np.full((len(queries), len(chosen), c), -1, dtype=np.int64)
         sims = np.full((len(queries), len(chosen), c), -np.inf)
         if vector:
-            with graph.fulltext_beside() if searching else nullcontext():  # graph walks leave a core to the full text
+            with walk.fulltext_beside() if searching else nullcontext():  # graph walks leave a core to the full text
                 inner_ranking, inner_sims = self.inner([chosen[s] for s in vector], queries, c)
             ranking[:, vector], sims[:, vector] = inner_ranking, inner_sims
         hits = wait()

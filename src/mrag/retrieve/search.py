@@ -11,7 +11,7 @@ from typing import Any, Protocol
 from mrag.embed.base import HeadEmbedder
 from mrag.locking import is_local
 from mrag.manifest import Manifest
-from mrag.retrieve import ann, fulltext, graph
+from mrag.retrieve import ann, fulltext, graph, walk
 from mrag.retrieve import strategies as retrieve
 from mrag.retrieve.exact import Exact
 from mrag.retrieve.rescore import RescoreRanker
@@ -179,7 +179,7 @@ def ranker_for(
     if graphs and not exact and is_local(store.uri):  # HNSW: the newest graphs that fit the matrix, if any
         store.graphs = graph.latest(graph.folder(store.uri), matrix, store.graphs)
         if store.graphs is not None:
-            ranked = graph.GraphRanker(matrix, store.graphs, ranked, nprobes or built.get("nprobes", graph.DEFAULT_EF))
+            ranked = walk.GraphRanker(matrix, store.graphs, ranked, nprobes or built.get("nprobes", graph.DEFAULT_EF))
 
     def by_row(rows: list[int]) -> dict[int, dict[str, Any]]:
         if matrix.row_ids is None:
