@@ -105,6 +105,10 @@ def test_parse_reply_keeps_one_clean_line():
     assert parse_reply("**Query:** what is silt") == "what is silt"
     assert parse_reply("   \n") is None
     assert parse_reply("Bees?") is None  # under three words
+    # a preamble is passed over; words that begin like a label or a number stay whole
+    assert parse_reply("Here is a question that needs both:\nHow do bees cool hives?") == "How do bees cool hives?"
+    assert parse_reply("Request-response patterns of web servers") == "Request-response patterns of web servers"
+    assert parse_reply("1.5 degrees of warming and the bees") == "1.5 degrees of warming and the bees"
 
 
 def test_prompt_names_the_documents_count_and_rules():
@@ -415,3 +419,27 @@ def test_tune_on_an_extractive_benchmark_leaves_full_text_rivals_out(docs, tmp_p
     chosen = tune(index, out, ["bm25", "mrag"], save=False)  # named candidates are compared as asked
     assert set(chosen["candidates"]) == {default, "bm25", "mrag"}  # with the default, favoured here: said so
     assert chosen["note"].endswith("the built-in default, which searches the full text too, is favoured")
+
+
+def test_read_jsonl_keeps_line_separators_skips_a_cut_last_line_and_refuses_a_broken_one(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"text": "one\u2028two"}\n{"text": "three"}\n{"text": "cut sh', encoding="utf-8")
+    assert read_jsonl(path) == [{"text": "one\u2028two"}, {"text": "three"}]  # a crash's last line: ignored
+    path.write_text('{"text": "one"}\n{"text": "bro\n{"text": "three"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match="rows.jsonl: invalid JSON at line 2"):
+        read_jsonl(path)
+
+
+def test_tune_maps_rows_by_the_longest_path_below_the_benchmark_folder(tmp_path):
+    """A folder indexed elsewhere: a row of /data/docs/a/b.txt is the benchmark's `a/b.txt`, never its `b.txt`
+    (a set's order decided it before, so the mapping changed with PYTHONHASHSEED)."""
+    from types import SimpleNamespace
+
+    from mrag.evaluate.tune import row_units
+
+    (tmp_path / "corpus.jsonl").write_text("")
+    ids = ["/data/docs/a/b.txt#0", "/data/docs/b.txt#0", "/data/docs/a/b.txt#1", "/elsewhere/c.txt#0"]
+    matrix = SimpleNamespace(ids=np.array(ids, dtype=object))
+    index = SimpleNamespace(store=SimpleNamespace(matrix=lambda: matrix))
+    got = row_units(index, tmp_path, {"b.txt", "a/b.txt", "docs/z.txt"})
+    assert list(got) == ["a/b.txt", "b.txt", "a/b.txt", "other:/elsewhere/c.txt"]

@@ -17,6 +17,22 @@ def test_split_sentences():
     assert split_sentences("Federal Center No. 1 opened. Ants work.") == ["Federal Center No. 1 opened.", "Ants work."]
 
 
+def test_sentences_of_other_scripts_and_typographic_quotes():
+    """A sentence starts with a capital of any script or a letter of a script without case; CJK writing ends
+    its sentences at 。！？ with no space after; typographic quotes open and close as straight ones do."""
+    assert split_sentences("Comment? Était-ce la gravité? Über Wasser. Как работали? Почему пчёлы?") == [
+        "Comment?", "Était-ce la gravité?", "Über Wasser.", "Как работали?", "Почему пчёлы?"]
+    assert split_sentences("Il est né à Paris. élevé à Lyon, lit. über alles.") == [
+        "Il est né à Paris. élevé à Lyon, lit. über alles."]  # a lower-case letter starts no sentence
+    assert split_sentences("ローマの水道橋は水を運んだ。ミツバチは巣を冷やす！「本当？」と彼は聞いた。") == [
+        "ローマの水道橋は水を運んだ。", "ミツバチは巣を冷やす！", "「本当？」と彼は聞いた。"]
+    assert split_sentences("She left. “Why?” he asked. «Non.» Done.") == [
+        "She left.", "“Why?” he asked.", "«Non.»", "Done."]
+    assert split_sentences("etc.\n\nthe next paragraph starts low.") == ["etc.", "the next paragraph starts low."]
+    assert split_sentences("كيف عملت القنوات؟ لماذا تبرد النحل الخلية؟") == [
+        "كيف عملت القنوات؟", "لماذا تبرد النحل الخلية؟"]
+
+
 def test_closing_quotes_and_brackets_stay_with_their_sentence():
     text = 'He said "Stop." Then he left. (See above.) Next one!'
     assert split_sentences(text) == ['He said "Stop."', "Then he left.", "(See above.)", "Next one!"]

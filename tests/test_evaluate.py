@@ -58,6 +58,7 @@ def test_wikipedia_loader_keeps_duplicate_titles_apart(tmp_path, compressed):
 
 def test_clean_fusion_strips_numbering_quotes_and_blanks():
     assert clean_fusion(["1. \"a b\"", " ", "2) c", "- d", "", "e"]) == ["a b", "c", "d", "e"]
+    assert clean_fusion(["1.5 degree warming targets", "3.14 digits"]) == ["1.5 degree warming targets", "3.14 digits"]
 
 
 def write_topics(root: Path) -> None:
@@ -90,6 +91,18 @@ def test_topic_layout_counts_passages_for_their_topic(tmp_path, packed):
     (query,) = bench.queries
     assert [sorted(a.categories) for a in query.aspects] == [["chemistry"], ["law"]]
     assert len(bench.skipped) == 1 and "unicorns" in bench.skipped[0]
+
+
+def test_topics_without_passages_and_queries_without_topics_are_skipped(tmp_path):
+    write_topics(tmp_path / "topics")
+    (tmp_path / "topics" / "law" / "torts.json").write_text(json.dumps([{"title": "t", "text": "  "}]))
+    queries = tmp_path / "queries.json"
+    queries.write_text(json.dumps({"2": [{"related": ["acids", "torts"], "text": "Vinegar and torts."},
+                                         {"related": [], "text": "Nothing at all."},
+                                         {"related": ["salts", "contracts"], "text": "Salts and contracts."}]}))
+    bench = load(tmp_path / "topics", queries)
+    assert [q.text for q in bench.queries] == ["Salts and contracts."]
+    assert bench.skipped == ["query 2/0: unknown topic(s) ['torts']", "query 2/1: no topics"]
 
 
 def test_topic_files_named_category_underscore_topic_as_the_paper_releases_them(tmp_path):
@@ -136,6 +149,24 @@ def test_beir_loader_reads_graded_qrels(tmp_path):
     assert not bench.has_categories and bench.skipped == ["query q9: no text or no known relevant document"]
 
 
+def test_beir_loader_reads_line_separators_in_text_and_title_only_documents(tmp_path):
+    """A JSONL line holds U+2028 / U+0085 as they are (mrag bench writes ensure_ascii=False): one record, not
+    a cut; a document with a title and no text is searched by its title, one with neither is skipped."""
+    (tmp_path / "qrels").mkdir()
+    rows = [{"_id": "a", "title": "", "text": "Bees fan\u2028their hive.\x85Cool air", "category": "x"},
+            {"_id": "b", "title": "Roman aqueducts", "text": "", "category": "y"},
+            {"_id": "c", "title": "", "text": "", "category": "y"}]
+    (tmp_path / "corpus.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n",
+                                          encoding="utf-8")
+    (tmp_path / "queries.jsonl").write_text(json.dumps({"_id": "q1", "text": "bees\u2028and water?"},
+                                                       ensure_ascii=False) + "\n", encoding="utf-8")
+    (tmp_path / "qrels" / "test.tsv").write_text("q1\ta\t1\nq1\tb\t1\nq2\tc\t1\n")
+    bench = load(tmp_path)
+    assert [(d.id, d.text) for d in bench.docs] == [("a", rows[0]["text"]), ("b", "Roman aqueducts")]
+    assert bench.has_categories and [q.text for q in bench.queries] == ["bees\u2028and water?"]
+    assert bench.skipped == ["document c: no text and no title", "query q2: no text or no known relevant document"]
+
+
 def test_loaders_name_missing_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such corpus"):
         load(tmp_path / "nope.json", tmp_path / "q.json")
@@ -163,10 +194,20 @@ def test_metrics_by_hand():
 
 def test_ndcg_uses_grades_and_counts_each_aspect_once():
     aspects = [Aspect(frozenset({"a", "a2"}), frozenset(), grade=2), Aspect(frozenset({"b"}), frozenset(), grade=1)]
-    # a2 satisfies the grade-2 aspect at rank 1; a at rank 2 earns nothing more; b at rank 3
-    dcg = 3 / math.log2(2) + 1 / math.log2(4)
-    ideal = 3 / math.log2(2) + 1 / math.log2(3)
+    # a2 satisfies the grade-2 aspect at rank 1; a at rank 2 earns nothing more; b at rank 3; gain = grade
+    dcg = 2 / math.log2(2) + 1 / math.log2(4)
+    ideal = 2 / math.log2(2) + 1 / math.log2(3)
     assert ndcg(["a2", "a", "b"], aspects) == pytest.approx(dcg / ideal)
+
+
+def test_ndcg_of_a_short_list_is_cut_against_the_ideal_of_k_places():
+    # three aspects, one unit fetched where k = 10 was asked: nDCG@10 = 1 / (1 + 1/log2 3 + 1/log2 4) = 0.4693,
+    # as for the same first unit followed by nine that miss; never 1.0 (the ideal cut at the list's length)
+    aspects = [Aspect(frozenset({u}), frozenset()) for u in ("r1", "r2", "r3")]
+    short = query_metrics(["r1"], aspects, {}, k_max=10)[-1]["ndcg"]
+    padded = query_metrics(["r1", *[f"x{i}" for i in range(9)]], aspects, {}, k_max=10)[-1]["ndcg"]
+    assert short == pytest.approx(1 / (1 + 1 / math.log2(3) + 1 / math.log2(4)))
+    assert round(short, 4) == 0.4693 and short == pytest.approx(padded)
 
 
 def test_k_counts_distinct_units_without_off_by_one():

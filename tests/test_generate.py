@@ -94,7 +94,10 @@ def test_budget_drops_the_lowest_ranked_chunks_first():
     one = len(header(ContextChunk(1, "h0", "", "T0", ""))) + 100  # header + text of one chunk
     context = build_context(hits, 3 * one + 10)
     assert [c.id for c in context] == ["h0", "h1", "h2"]
-    assert sum(len(header(c)) + len(c.text) for c in context) <= 3 * one + 10
+    assert len(format_context(context)) <= 3 * one + 10
+    # what format_context writes, line ends and blank lines between chunks included, is what the budget counts
+    for budget in range(one, 6 * one, 7):
+        assert len(format_context(build_context(hits[:4] * 2, budget))) <= budget
     # a short low-ranked chunk does not jump over a long better-ranked one
     hits = [FakeHit("best", "y" * 50), FakeHit("long", "z" * 500), FakeHit("short", "w")]
     assert [c.id for c in build_context(hits, 200)] == ["best"]
@@ -105,7 +108,10 @@ def test_a_single_overlong_chunk_is_truncated_not_refused():
     context = build_context(hits, 300)
     assert [c.id for c in context] == ["big"] and context[0].truncated
     assert context[0].text.endswith(TRUNCATED) and set(context[0].text[: -len(TRUNCATED)].split()) == {"word"}
-    assert len(header(context[0])) + len(context[0].text) <= 300
+    assert len(format_context(context)) <= 300
+    # a cut that falls just after a whole word keeps it: room for "aaaa bbbb" keeps "aaaa bbbb"
+    exact = build_context([FakeHit("a", "aaaa bbbb cccc", title="T")], len("[1] T\n") + 9 + len(TRUNCATED) + 1)
+    assert exact[0].text == "aaaa bbbb" + TRUNCATED
     with pytest.raises(ValueError, match="a context budget of 5 holds no source: the best one's header alone"):
         build_context(hits, 5)  # not even the header fits: an answer from no context is refused
     assert build_context([], 5) == []  # nothing found: no context, no error
@@ -136,6 +142,10 @@ def test_subqueries_are_parsed_from_numbered_quoted_and_bulleted_lines():
         "gravity water channels",
     ]
     assert parse_subqueries("", 4) == []
+    # a label ends with its mark or a space after it: words that begin like one stay whole
+    words = "Q-learning convergence\nQuery-by-example retrieval\nq.e.d. in proofs\nQ2. tides\nQuery: owls"
+    assert parse_subqueries(words, 5) == ["Q-learning convergence", "Query-by-example retrieval", "q.e.d. in proofs",
+                                          "tides", "owls"]
 
 
 def test_write_subqueries_keeps_the_question_first_and_asks_about_it():
@@ -281,6 +291,20 @@ def llm_server():
 def ollama_lines(*pieces: str) -> list[str]:
     out = [json.dumps({"model": "m", "message": {"role": "assistant", "content": p}, "done": False}) for p in pieces]
     return [*out, json.dumps({"model": "m", "message": {"role": "assistant", "content": ""}, "done": True})]
+
+
+def test_ollama_host_is_read_as_ollama_reads_it():
+    """Without a scheme the port is Ollama's 11434 unless given (OLLAMA_HOST=0.0.0.0 is a common server
+    setting: it went to port 80); with a scheme, as written."""
+    from mrag.generate.remote import ollama_url
+
+    assert ollama_url("0.0.0.0") == "http://0.0.0.0:11434"
+    assert ollama_url(" localhost:8080/ ") == "http://localhost:8080"
+    assert ollama_url(":9999") == "http://127.0.0.1:9999"
+    assert ollama_url("[::1]") == "http://[::1]:11434"
+    assert ollama_url("https://ollama.example.com") == "https://ollama.example.com"
+    with pytest.raises(ValueError, match="cannot read the Ollama host '::1'"):
+        ollama_url("::1")
 
 
 def test_ollama_streams_pieces_as_they_arrive(llm_server, monkeypatch):

@@ -92,6 +92,16 @@ def test_html_without_title_uses_the_file_name(tmp_path):
     assert html_to_text("<div>a<br>b</div><script>x</script>") == ("", "a\n\nb")
 
 
+def test_minified_html_keeps_words_of_neighbouring_elements_apart():
+    """Where a block ends or a cell starts the words are apart, as a browser shows them; an icon's <title>
+    is neither the page's title nor its text."""
+    page = ("<html><head><title>T</title></head><body><svg><title>icon</title></svg><h1>Heading</h1>Loose text."
+            "<table><tr><td>Alpha</td><td>Beta</td></tr></table><dl><dt>Term</dt><dd>Definition</dd></dl>"
+            "<blockquote>Quote.</blockquote><pre>code</pre><footer>Foot</footer></body></html>")
+    assert html_to_text(page) == ("T", "Heading\n\nLoose text.\n\nAlpha Beta\n\nTerm\n\nDefinition\n\nQuote."
+                                       "\n\ncode\n\nFoot")
+
+
 def test_json_list_of_records(tmp_path):
     rows = [
         {"id": 7, "text": "First record.", "title": "One", "year": 1999},

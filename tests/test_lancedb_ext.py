@@ -86,6 +86,21 @@ def test_merger_hand_worked_vote_and_rrf():
         MRAGReranker(method="sum")
     with pytest.raises(ValueError, match="no column 'id'"):
         MRAGReranker(key="id").merge([[{"text": "X"}]])
+    with pytest.raises(ValueError, match="k must be positive"):
+        MRAGReranker().merge([a], k=0)
+
+
+def test_a_set_votes_once_for_a_document_and_no_results_are_an_empty_table():
+    # set 0 holds X twice: one vote at its best rank (1), then Y at rank 1 (0.5); set 1: Y (1). Y = 1.5, X = 1
+    repeated = [{"text": "X"}, {"text": "X"}, {"text": "Y"}]
+    merged = MRAGReranker().merge([repeated, [{"text": "Y"}]])
+    assert [(r["text"], r["_score"]) for r in merged] == [("Y", 1.5), ("X", 1.0)]
+    # LanceDB asks a reranker for `_relevance_score` even when a full-text search matched nothing
+    empty = pa.table({"text": pa.array([], pa.string()), "_score": pa.array([], pa.float32())})
+    table = MRAGReranker().rerank_fts("zzzq", empty)
+    assert table.num_rows == 0 and table.column_names == ["text", "_relevance_score"]
+    vectors = pa.table({"text": ["a"], "_distance": pa.array([0.1], pa.float32())})
+    assert MRAGReranker().rerank_hybrid("q", vectors, empty).column("text").to_pylist() == ["a"]
 
 
 def test_merger_over_tables_one_per_space(tmp_path):

@@ -63,12 +63,16 @@ def test_parse_space_labels_options_and_weight():
     assert parse_space("openai").name == "openai" and parse_space("openai").options == {}
     assert parse_space("w=test-words:dim=8,weight=0.5") == SpaceSpec("w", "test-words", {"dim": 8}, 0.5)
     assert SpaceSpec.from_json(parse_space("w=test-words:weight=2").to_json()).weight == 2.0
+    # commas inside a JSON list, object or string belong to the value
+    assert parse_space('w=test-words:dims=[256,512],tag="a,b",dim=8').options == {
+        "dims": [256, 512], "tag": "a,b", "dim": 8}
 
 
 @pytest.mark.parametrize(
     "text, message",
     [(":name=x", "no embedding function"), ("test-words:dim", "not key=value"), ("standard=test-words", "reserved"),
-     ("Bad Label=test-words", "a-z, 0-9"), ("w=test-words:weight=-1", "weight")],
+     ("Bad Label=test-words", "a-z, 0-9"), ("w=test-words:weight=-1", "weight"),
+     ("w=test-words:weight=NaN", "finite"), ("w=test-words:weight=Infinity", "finite")],
 )
 def test_parse_space_refuses_bad_specs(text, message):
     with pytest.raises(SpaceError, match=message):

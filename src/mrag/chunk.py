@@ -5,12 +5,37 @@ from __future__ import annotations
 
 import re
 
-# A sentence ends at . ! or ? (optionally followed by up to two closing quotes/brackets, which stay
-# with it) before whitespace and an upper-case letter, digit or quote; or at a blank line.
+# A sentence ends at . ! or ? (Arabic's ؟ and the danda । too; with up to two closing quotes or brackets,
+# which stay with it) before whitespace and a sentence's first letter: a capital, a digit or a letter of a
+# script without case (after an opening quote or bracket); at 。！？ (CJK writing puts no space after them)
+# unless a closing quote follows (「本当？」と聞いた is one sentence); or at a blank line.
 # Abbreviations like "e.g. the" stay whole.
+_CLOSERS, _OPENERS = "\"')\\]”’»」』", "\"'(\\[“‘«¿¡「『"  # inside a [...] class: ] and [ escaped
 _SENTENCE_END = re.compile(
-    r"(?:(?<=[.!?])|(?<=[.!?][\"')\]])|(?<=[.!?][\"')\]]{2}))\s+(?=[\"'(\[]?[A-Z0-9])|\n\s*\n"
+    rf"[.!?؟।][{_CLOSERS}]{{0,2}}(\s+)(?=[{_OPENERS}]?(\w))|[。！？](?![{_CLOSERS}])\s*|\n\s*\n"
 )
+_BLANK_LINE = re.compile(r"\n\s*\n")
+
+
+def _starts_a_sentence(char: str) -> bool:
+    return char.isdigit() or (char.isalpha() and not char.islower())  # "É", "Б", "水": yes; "é", "б", "_": no
+
+
+def _pieces(text: str) -> list[str]:
+    """text cut at every sentence end (`_SENTENCE_END`); the end's punctuation stays with its piece."""
+    pieces, start = [], 0
+    for end in _SENTENCE_END.finditer(text):
+        if end.group(1) is not None:  # after . ! ? and the like: only where a sentence starts, or at a blank line
+            if not (_starts_a_sentence(end.group(2)) or _BLANK_LINE.search(end.group(1))):
+                continue
+            cut, resume = end.start(1), end.end(1)
+        elif text[end.start()] == "\n":
+            cut, resume = end.start(), end.end()
+        else:  # after 。！？
+            cut = resume = end.end()
+        pieces.append(text[start:cut])
+        start = resume
+    return [*pieces, text[start:]]
 
 
 # A piece ending in an initial or a title is no sentence end: "John F. Kennedy", "Mr. Krabs", "Vol. 53".
@@ -23,7 +48,7 @@ def split_sentences(text: str) -> list[str]:
     """'A b. C d! E?' -> ['A b.', 'C d!', 'E?']; whitespace-only pieces dropped; no split after an
     initial or a title ('Dr. J. Smith came.' is one sentence)."""
     sentences: list[str] = []
-    for piece in (s.strip() for s in _SENTENCE_END.split(text) if s and s.strip()):
+    for piece in (s.strip() for s in _pieces(text) if s and s.strip()):
         if sentences and _NOT_AN_END.search(sentences[-1]):
             sentences[-1] += " " + piece
         else:

@@ -245,8 +245,13 @@ def _read_pdf(path: Path) -> str:
 
 
 class _HTMLText(html.parser.HTMLParser):
-    SKIP = {"script", "style", "noscript", "template"}
-    BLOCK = {"p", "div", "br", "li", "h1", "h2", "h3", "h4", "h5", "h6", "tr", "section", "article"}
+    SKIP = {"script", "style", "noscript", "template", "svg"}  # an icon's <title> is no page title
+    # a paragraph break where one of these starts or ends (minified pages put no space between them)
+    BLOCK = {"p", "div", "br", "hr", "li", "ul", "ol", "dl", "dt", "dd", "h1", "h2", "h3", "h4", "h5", "h6",
+             "table", "thead", "tbody", "tfoot", "tr", "caption", "section", "article", "header", "footer", "nav",
+             "main", "aside", "blockquote", "pre", "figure", "figcaption", "address", "details", "summary",
+             "form", "fieldset"}
+    CELL = {"td", "th"}  # a space between cells
 
     def __init__(self) -> None:
         super().__init__()
@@ -256,18 +261,26 @@ class _HTMLText(html.parser.HTMLParser):
 
     def handle_starttag(self, tag: str, attrs: Any) -> None:
         self._stack.append(tag)
-        if tag in self.BLOCK:
-            self.parts.append("\n\n")
+        self._separate(tag)
 
     def handle_endtag(self, tag: str) -> None:
         if tag in self._stack:
             while self._stack and self._stack.pop() != tag:
                 pass
+        self._separate(tag)
+
+    def _separate(self, tag: str) -> None:
+        if tag in self.BLOCK:
+            self.parts.append("\n\n")
+        elif tag in self.CELL:
+            self.parts.append(" ")
 
     def handle_data(self, data: str) -> None:
+        if self.SKIP & set(self._stack):
+            return
         if "title" in self._stack:
             self.title += data.strip()
-        elif not self.SKIP & set(self._stack):
+        else:
             self.parts.append(data)
 
 

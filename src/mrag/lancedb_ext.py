@@ -224,6 +224,8 @@ class MRAGReranker(Reranker):
         sets = [_as_rows(r) for r in result_sets]
         if not sets:
             raise ValueError("no result sets to merge")
+        if k is not None and k <= 0:
+            raise ValueError(f"k must be positive, got {k}")
         if self.weights is not None and len(self.weights) != len(sets):
             raise ValueError(f"{len(self.weights)} weights for {len(sets)} result sets")
         key = self.key or ("id" if all(all("id" in row for row in s) for s in sets) else "text")
@@ -232,13 +234,16 @@ class MRAGReranker(Reranker):
         depth = max((len(s) for s in sets), default=0)
         ranking = np.full((len(sets), max(depth, 1)), -1, dtype=np.int64)  # (S, c)
         for s, rows in enumerate(sets):
-            for rank, row in enumerate(rows):
+            rank, seen = 0, set()
+            for row in rows:
                 if key not in row:
                     raise ValueError(f"result set {s} has no column {key!r} to match rows by")
                 item = ids.setdefault(row[key], len(ids))
                 if item == len(first):
                     first.append(row)
-                ranking[s, rank] = item
+                if item not in seen:  # a set votes once for a document, at its best rank
+                    seen.add(item)
+                    ranking[s, rank], rank = item, rank + 1
         if not ids:
             return []
         if self.method == "rrf":
@@ -254,23 +259,29 @@ class MRAGReranker(Reranker):
             for item, score, votes in zip(fused.ids, fused.scores, fused.votes)
         ]
 
-    def _to_table(self, rows: list[dict[str, Any]]) -> pa.Table:
-        scored = [{kk: v for kk, v in r.items() if kk not in ("_score", "_votes", "_relevance_score")}
-                  | {"_relevance_score": r["_score"]} for r in rows]
-        return pa.Table.from_pylist(scored)
+    def _to_table(self, sets: Sequence[Any]) -> pa.Table:
+        """The merged rows as LanceDB's rerankers return them; no rows: an empty table of the first input
+        table's columns (LanceDB asks for `_relevance_score` even then)."""
+        own = ("_score", "_votes", "_relevance_score")
+        rows = self.merge(sets)
+        if not rows:
+            like = next((t.schema for t in sets if isinstance(t, pa.Table)), pa.schema([]))
+            fields = [f for f in like if f.name not in own]
+            return pa.schema([*fields, pa.field("_relevance_score", pa.float32())]).empty_table()
+        return pa.Table.from_pylist([{kk: v for kk, v in r.items() if kk not in own}
+                                     | {"_relevance_score": r["_score"]} for r in rows])
 
     def rerank_multivector(self, vector_results: Any, query: Any = None, deduplicate: bool = False) -> pa.Table:
-        sets = vector_results if isinstance(vector_results, list) else [vector_results]
-        return self._to_table(self.merge(sets))
+        return self._to_table(vector_results if isinstance(vector_results, list) else [vector_results])
 
     def rerank_vector(self, query: Any, vector_results: pa.Table) -> pa.Table:
-        return self._to_table(self.merge([vector_results]))
+        return self._to_table([vector_results])
 
     def rerank_fts(self, query: Any, fts_results: pa.Table) -> pa.Table:
-        return self._to_table(self.merge([fts_results]))
+        return self._to_table([fts_results])
 
     def rerank_hybrid(self, query: Any, vector_results: pa.Table, fts_results: pa.Table) -> pa.Table:
-        return self._to_table(self.merge([vector_results, fts_results]))
+        return self._to_table([vector_results, fts_results])
 
 
 def _as_rows(result: Any) -> list[dict[str, Any]]:

@@ -19,6 +19,7 @@ size) is a `SpaceError` that names the space.
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -46,6 +47,13 @@ class SpaceSpec:
     function: str
     options: dict[str, Any] = field(default_factory=dict)
     weight: float | None = None  # None: computed from the corpus like a head scale
+
+    def __post_init__(self) -> None:
+        w = self.weight
+        if w is not None and (not isinstance(w, (int, float)) or isinstance(w, bool) or not 0 <= w < math.inf):
+            raise SpaceError(f"space {self.name!r}: weight must be a finite number >= 0 or 'auto', got {w!r}")
+        if w is not None:
+            object.__setattr__(self, "weight", float(w))  # frozen: set once, as a float
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "function": self.function, "options": self.options,
@@ -81,19 +89,37 @@ def parse_space(text: str) -> SpaceSpec:
     if not function:
         raise SpaceError(f"space {text!r}: no embedding function named (write FUNCTION[:key=value,...])")
     options: dict[str, Any] = {}
-    for item in filter(None, (p.strip() for p in rest.split(","))) if rest else []:
+    for item in filter(None, (p.strip() for p in split_options(rest))):
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
             raise SpaceError(f"space {text!r}: option {item!r} is not key=value")
         options[key.strip()] = _value(value.strip())
     weight = options.pop("weight", "auto")
-    if weight != "auto":
-        if not isinstance(weight, (int, float)) or isinstance(weight, bool) or weight < 0:
-            raise SpaceError(f"space {text!r}: weight must be a number >= 0 or 'auto', got {weight!r}")
-        weight = float(weight)
     name = label or default_label(function, options)
     check_label(name, text)
-    return SpaceSpec(name, function, options, None if weight == "auto" else weight)
+    try:
+        return SpaceSpec(name, function, options, None if weight == "auto" else weight)
+    except SpaceError:
+        raise SpaceError(f"space {text!r}: weight must be a finite number >= 0 or 'auto', got {weight!r}") from None
+
+
+def split_options(rest: str) -> list[str]:
+    """'a=1,dims=[256,512],b="x,y"' -> ['a=1', 'dims=[256,512]', 'b="x,y"']: commas inside a JSON list,
+    object or string belong to the value."""
+    items, depth, quoted, start = [], 0, False, 0
+    for i, char in enumerate(rest):
+        if quoted:
+            quoted = not (char == '"' and rest[i - 1] != "\\")
+        elif char == '"':
+            quoted = True
+        elif char in "[{":
+            depth += 1
+        elif char in "]}":
+            depth = max(depth - 1, 0)
+        elif char == "," and depth == 0:
+            items.append(rest[start:i])
+            start = i + 1
+    return [*items, rest[start:]]
 
 
 def default_label(function: str, options: dict[str, Any]) -> str:

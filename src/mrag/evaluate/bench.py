@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from mrag.evaluate.datasets import json_lines
 from mrag.evaluate.querygen import QueryWriter, content_words, quoted_words
 from mrag.ingest import Document, read_paths
 
@@ -130,15 +131,16 @@ def fingerprint(docs: Sequence[dict[str, Any]], settings: dict[str, Any]) -> str
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSONL file; a last line cut short by a crash is ignored."""
+    """Rows of a JSONL file; a last line cut short by a crash is ignored, a broken line before it refused."""
     if not path.exists():
         return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
+    lines, rows = json_lines(path.read_text(encoding="utf-8")), []
+    for number, line in enumerate(lines, 1):
         try:
             rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
+        except json.JSONDecodeError as e:
+            if number < len(lines):
+                raise ValueError(f"{path}: invalid JSON at line {number} ({e.msg})") from None
     return rows
 
 

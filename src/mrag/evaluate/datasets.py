@@ -68,6 +68,12 @@ def open_text(path: Path) -> str:
         return str(f.read())
 
 
+def json_lines(text: str) -> list[str]:
+    """The records of a JSON Lines text: its non-blank "\\n"-ended lines (str.splitlines would also cut at
+    U+2028 and U+0085, which a JSON string written with ensure_ascii=False holds as they are)."""
+    return [line for line in text.split("\n") if line.strip()]
+
+
 def load(corpus: str | Path, queries: str | Path | None = None) -> Benchmark:
     """Pick the loader from the corpus path: BEIR folder, topic folder/tarball, or Wikipedia JSON."""
     corpus, queries = Path(corpus), Path(queries) if queries else None
@@ -99,6 +105,9 @@ def load_wikipedia(articles: Path, queries: Path) -> Benchmark:
     out, skipped = [], []
     for i, q in enumerate(json.loads(open_text(queries))):
         missing = [t for t in q["topics"] if t not in by_title]
+        if not q["topics"]:
+            skipped.append(f"query {i}: no documents")
+            continue
         if missing:
             skipped.append(f"query {i}: unknown document(s) {missing}")
             continue
@@ -111,10 +120,11 @@ def load_wikipedia(articles: Path, queries: Path) -> Benchmark:
 
 
 def clean_fusion(subqueries: list[str]) -> list[str]:
-    """Drop blanks and list numbering ("1. ", "2) ", "- ") from LLM-written sub-queries."""
+    """Drop blanks and list numbering ("1. ", "2) ", "- ": a mark before a space; "1.5 degrees" keeps its
+    number) from LLM-written sub-queries."""
     import re
 
-    cleaned = [re.sub(r"^\s*(?:\d+[.)]|[-*•])\s*", "", s).strip().strip('"') for s in subqueries if s]
+    cleaned = [re.sub(r"^\s*(?:\d+[.)]|[-*•])(?=\s)\s*", "", s).strip().strip('"') for s in subqueries if s]
     return [s for s in cleaned if s]
 
 
@@ -152,10 +162,12 @@ def load_topics(corpus: Path, queries: Path) -> Benchmark:
     for path, (category, passages) in _topic_files(corpus).items():
         topic = topic_name(PurePosixPath(path).stem, category)
         unit = str(PurePosixPath(path).with_suffix(""))
-        by_topic[topic].append(unit)
+        held = len(docs)
         for j, p in enumerate(passages if isinstance(passages, list) else [passages]):
             if isinstance(p, dict) and str(p.get("text", "")).strip():
                 docs.append(BenchDoc(f"{unit}#{j}", p["text"], str(p.get("title", topic)), unit, category))
+        if len(docs) > held:  # a file of no usable passage is no topic: its queries are skipped, not unanswerable
+            by_topic[topic].append(unit)
     if not docs:
         raise ValueError(f"{corpus}: no topic files (category/topic.json) found")
     category_of = {d.unit: d.category for d in docs}
@@ -163,6 +175,9 @@ def load_topics(corpus: Path, queries: Path) -> Benchmark:
     for n, items in json.loads(open_text(queries)).items():
         for i, q in enumerate(items):
             missing = [t for t in q["related"] if t not in by_topic]
+            if not q["related"]:
+                skipped.append(f"query {n}/{i}: no topics")
+                continue
             if missing:
                 skipped.append(f"query {n}/{i}: unknown topic(s) {missing}")
                 continue
@@ -177,18 +192,16 @@ def load_topics(corpus: Path, queries: Path) -> Benchmark:
 def load_beir(folder: Path, split: str = "test") -> Benchmark:
     """BEIR: corpus.jsonl {_id,title,text}, queries.jsonl {_id,text}, qrels/<split>.tsv. When every document
     has a "category" (as `mrag bench` writes), it is the document's group and the category metric applies."""
-    docs = []
-    for line in open_text(folder / "corpus.jsonl").splitlines():
-        if line.strip():
-            r = json.loads(line)
-            category = str(r.get("category", ""))
-            docs.append(BenchDoc(str(r["_id"]), r["text"], r.get("title", ""), str(r["_id"]), category))
+    docs, skipped = [], []
+    for r in map(json.loads, json_lines(open_text(folder / "corpus.jsonl"))):
+        title = r.get("title") or ""
+        text = r.get("text") or title  # a title-only document (TREC-COVID has many) is searched by its title
+        if not text.strip():
+            skipped.append(f"document {r['_id']}: no text and no title")
+            continue
+        docs.append(BenchDoc(str(r["_id"]), text, title, str(r["_id"]), str(r.get("category", ""))))
     grouped = bool(docs) and all(d.category for d in docs)  # `mrag bench` folders record each document's group
-    texts = {}
-    for line in open_text(folder / "queries.jsonl").splitlines():
-        if line.strip():
-            r = json.loads(line)
-            texts[str(r["_id"])] = r["text"]
+    texts = {str(r["_id"]): r["text"] for r in map(json.loads, json_lines(open_text(folder / "queries.jsonl")))}
     qrels: dict[str, dict[str, int]] = defaultdict(dict)
     for i, line in enumerate(open_text(folder / "qrels" / f"{split}.tsv").splitlines()):
         parts = line.split("\t")
@@ -198,7 +211,7 @@ def load_beir(folder: Path, split: str = "test") -> Benchmark:
             qrels[parts[0]][parts[1]] = int(parts[-1])
     known = {d.unit for d in docs}
     category_of = {d.unit: d.category for d in docs}
-    out, skipped = [], []
+    out = []
     for qid, rel in qrels.items():
         if qid not in texts or not set(rel) & known:
             skipped.append(f"query {qid}: no text or no known relevant document")

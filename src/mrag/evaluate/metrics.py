@@ -6,7 +6,7 @@ For a query with aspects R (n = |R|) and fetched units F_k (the first k):
     category success  = every aspect's category among F_k's categories
     category ratio    = share of aspect categories found among F_k's categories
     weighted ratio    = (2 * success ratio + category ratio) / 3
-    recall@k          = success ratio;  nDCG@k with the aspects' grades (BEIR)
+    recall@k          = success ratio;  nDCG@k with the aspects' grades as gains (as trec_eval, BEIR's)
 """
 
 from __future__ import annotations
@@ -40,23 +40,25 @@ def query_metrics(
                 "category_success": int(all(cat_found)),
                 "category_ratio": cat_ratio,
                 "weighted_ratio": (2 * ratio + cat_ratio) / 3,
-                "ndcg": ndcg(top, aspects),
+                "ndcg": ndcg(top, aspects, k),
             }
         )
     return records
 
 
-def ndcg(fetched: Sequence[str], aspects: Sequence[Aspect]) -> float:
-    """nDCG of a ranked unit list; each aspect counts once (its first hit), gain 2^grade - 1."""
-    k = len(fetched)
+def ndcg(fetched: Sequence[str], aspects: Sequence[Aspect], k: int | None = None) -> float:
+    """nDCG@k of a ranked unit list (k: default its length); each aspect counts once (its first hit), its
+    grade the gain (trec_eval's, as BEIR reports). A list shorter than k is cut against the ideal of k places:
+    a strategy that returns fewer units never scores as if the missing places held the aspects left."""
+    k = len(fetched) if k is None else k
     dcg, credited = 0.0, set()
-    for rank, unit in enumerate(fetched):
+    for rank, unit in enumerate(fetched[:k]):
         for j, a in enumerate(aspects):
             if j not in credited and unit in a.units:
                 credited.add(j)
-                dcg += (2**a.grade - 1) / math.log2(rank + 2)
+                dcg += a.grade / math.log2(rank + 2)
                 break
-    ideal = sorted((2**a.grade - 1 for a in aspects), reverse=True)[:k]
+    ideal = sorted((a.grade for a in aspects), reverse=True)[:k]
     idcg = sum(g / math.log2(r + 2) for r, g in enumerate(ideal))
     return dcg / idcg if idcg else 0.0
 

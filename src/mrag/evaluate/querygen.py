@@ -52,7 +52,8 @@ def idf_table(texts: Sequence[str]) -> dict[str, float]:
 
 def salient_sentence(text: str, idf: dict[str, float], min_words: int = 6, max_words: int = 60) -> str:
     """The sentence whose distinct content words are rarest in the corpus (sum of idf / sqrt(length)).
-    The first sentence is passed over when there are others: it usually names the document's subject."""
+    The first sentence is passed over when there are at least three: it usually names the document's subject
+    (of two, both stay candidates)."""
     sentences = [s for s in split_sentences(text) if min_words <= len(words(s)) <= max_words]
     if len(sentences) > 2:
         sentences = sentences[1:]
@@ -153,10 +154,15 @@ def prompt(docs: Sequence[tuple[str, str]]) -> list[Message]:
 
 
 def parse_reply(reply: str) -> str | None:
-    """The first non-empty line, less a 'Question:' label, numbering and quotes; None if under 3 words."""
+    """The first non-empty line, less a 'Question:' label, numbering and quotes, past a preamble ending in ':'
+    ("Here is a question:"); None if under 3 words. A label's or a number's mark ends it or precedes a space
+    ("Request-response ...", "1.5 degrees ..." are the question's words)."""
     for line in reply.splitlines():
-        line = re.sub(r"^\s*(?:\*\*)?(?:question|query|request|q)\s*[:.-]\s*(?:\*\*)?", "", line, flags=re.I)
-        line = re.sub(r"^\s*(?:\d+[.)]|[-*•])\s*", "", line).strip().strip('"“”\'` ').strip()
+        line = re.sub(r"^\s*(?:\*\*)?(?:question|query|request|q)\s*(?::|[.-](?=\s))\s*(?:\*\*)?", "", line,
+                      flags=re.I)
+        line = re.sub(r"^\s*(?:\d+[.)]|[-*•])(?=\s)\s*", "", line).strip().strip('"“”\'` ').strip()
+        if line.rstrip("*").endswith(":"):
+            continue
         if line:
             return line if len(words(line)) >= 3 else None
     return None

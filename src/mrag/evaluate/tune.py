@@ -66,16 +66,18 @@ def row_units(index: Any, bench_dir: Path, units: set[str]) -> np.ndarray:
     """The benchmark document behind every row of the index's matrix ('other:<doc_id>' when none): the one
     whose `doc_id` field names the row's document, else the one whose `_id` is that document's id (a BEIR
     corpus indexed with its ids), else the one whose path ends that document's (a folder indexed
-    elsewhere)."""
+    elsewhere; the longest such path: `a/b.txt` before `b.txt`)."""
     by_doc_id = {str(r["doc_id"]): str(r["_id"]) for r in read_jsonl(bench_dir / "corpus.jsonl") if r.get("doc_id")}
-    out = []
-    for chunk_id in index.store.matrix().ids:
-        doc_id = str(chunk_id).rsplit("#", 1)[0]
-        unit = by_doc_id.get(doc_id) or (doc_id if doc_id in units else None)
-        if unit is None:  # indexed from another place: match the path below the benchmark's folder
-            unit = next((u for u in units if doc_id.endswith("/" + u)), None) if "/" in doc_id else None
-        out.append(unit if unit in units else f"other:{doc_id}")
-    return np.array(out, dtype=object)
+    doc_ids = [str(chunk_id).rsplit("#", 1)[0] for chunk_id in index.store.matrix().ids]
+    found: dict[str, str] = {}  # doc_id -> its unit, each document looked up once
+    for doc_id in doc_ids:
+        if doc_id not in found:
+            unit = by_doc_id.get(doc_id) or (doc_id if doc_id in units else None)
+            if unit is None:  # indexed from another place: the longest path below the benchmark's folder
+                parts = doc_id.split("/")
+                unit = next((s for s in ("/".join(parts[i:]) for i in range(1, len(parts))) if s in units), None)
+            found[doc_id] = unit if unit in units else f"other:{doc_id}"
+    return np.array([found[d] for d in doc_ids], dtype=object)
 
 
 def per_query(records: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float]]]:

@@ -25,7 +25,8 @@ DEFAULT_SUBQUERIES = 4
 SUBQUERY_MAX_TOKENS = 160
 
 _BULLET = re.compile(r"^\s*(?:[-*•]+|\(?\d{1,2}[.):]|\(?[a-z][.)])\s+")  # "- ", "2. ", "3) ", "b) "
-_LABEL = re.compile(r"^(?:(?:search\s+)?query|q)\s*\d*\s*[:.)-]\s*", re.I)  # "Query 3: ", "Q2. "
+# "Query 3: ", "Q2. ", "Q) ": a label's mark ends it, or precedes a space ("Q-learning", "q.e.d." are words)
+_LABEL = re.compile(r"^(?:(?:search\s+)?query|q)\s*\d*\s*(?::|[.)-](?=\s))\s*", re.I)
 
 
 def is_fusion(strategy: str) -> bool:

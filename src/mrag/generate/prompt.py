@@ -73,7 +73,8 @@ def build_context(
     """Number hits (objects with id, source, title, text and score) within a budget.
 
     `measure` sizes a text (characters by default; pass a tokenizer's length for tokens). Each
-    chunk costs its header plus its text. Best hits come first; the first one that does not fit
+    chunk costs what `format_context` writes of it: its header, its text, its line end and, after the
+    first, the blank line before it. Best hits come first; the first one that does not fit
     ends the context, except that a first hit too long on its own is truncated to fit (a budget that
     cannot hold even its header is refused).
     """
@@ -83,16 +84,18 @@ def build_context(
     left = max_chars
     for hit in hits:
         chunk = ContextChunk(len(out) + 1, hit.id, hit.source, hit.title, hit.text, float(getattr(hit, "score", 0.0)))
-        cost = measure(header(chunk)) + measure(chunk.text)
+        ends = measure("\n") * (2 if out else 1)  # the chunk's line end, and the blank line between chunks
+        cost = measure(header(chunk)) + measure(chunk.text) + ends
         if cost <= left:
             out.append(chunk)
             left -= cost
             continue
         if not out:
-            room = left - measure(header(chunk)) - measure(TRUNCATED)
+            frame = measure(header(chunk)) + measure(TRUNCATED) + ends
+            room = left - frame
             if room <= 0:  # an answer from no context at all would look like one from the index
                 raise ValueError(f"a context budget of {max_chars} holds no source: the best one's header alone "
-                                 f"takes {measure(header(chunk)) + measure(TRUNCATED)}; give a larger budget")
+                                 f"takes {frame}; give a larger budget")
             chunk.text = _prefix_within(chunk.text, room, measure) + TRUNCATED
             chunk.truncated = True
             out.append(chunk)
@@ -110,7 +113,7 @@ def _prefix_within(text: str, budget: int, measure: Callable[[str], int]) -> str
         else:
             hi = mid - 1
     prefix = text[:lo]
-    if lo < len(text) and " " in prefix:
+    if lo < len(text) and not text[lo].isspace() and " " in prefix:  # cut inside a word: back to its start
         prefix = prefix[: prefix.rindex(" ")]
     return prefix.rstrip()
 

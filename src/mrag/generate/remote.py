@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.parse
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -33,6 +34,22 @@ def _httpx() -> Any:
 def _with_scheme(host: str) -> str:
     host = host.strip().rstrip("/")
     return host if "://" in host else f"http://{host}"
+
+
+def ollama_url(host: str) -> str:
+    """OLLAMA_HOST as Ollama's own clients read it: without a scheme, http and port 11434 unless given
+    ("0.0.0.0" -> http://0.0.0.0:11434, ":8080" -> http://127.0.0.1:8080); with one, its port or the
+    scheme's."""
+    host = host.strip().rstrip("/")
+    if "://" in host:
+        return host
+    split = urllib.parse.urlsplit(f"//{host}")
+    try:
+        port = split.port or 11434
+    except ValueError as e:  # "::1" (an IPv6 address is written [::1]), "host:port1"
+        raise ValueError(f"cannot read the Ollama host {host!r}: {e}") from None
+    name = split.hostname or "127.0.0.1"
+    return f"http://{f'[{name}]' if ':' in name else name}:{port}"
 
 
 class HTTPGenerator(Generator):
@@ -64,7 +81,7 @@ class OllamaGenerator(HTTPGenerator):
     service = "Ollama"
 
     def __init__(self, model: str | None = None, host: str | None = None, timeout: float = TIMEOUT) -> None:
-        host = _with_scheme(host or os.environ.get("OLLAMA_HOST") or DEFAULT_OLLAMA_HOST)
+        host = ollama_url(host or os.environ.get("OLLAMA_HOST") or DEFAULT_OLLAMA_HOST)
         super().__init__(model or DEFAULT_OLLAMA_MODEL, host, timeout=timeout)
         self.name = f"ollama:{self.model}"
 
