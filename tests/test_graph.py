@@ -95,10 +95,13 @@ def test_appended_rows_are_found_before_the_graphs_catch_up(graph_index, monkeyp
 
 
 def test_writes_extend_the_graphs(graph_index):
+    assert graph_index.info()["ann"]["graph_nodes"] == 150
     graph_index.add(docs(170, 150))  # 20 rows: more than STALE_SHARE of 170
     found, place = placed(graph_index)
     assert len(found.nodes) == 170 and place.covered == 170
     assert all(found.graph(space).ntotal == 170 for space in found.files)
+    ann = graph_index.info()["ann"]  # `rows` as built; what the graphs cover now beside it
+    assert (ann["rows"], ann["graph_nodes"], ann["graph_version"]) == (150, 170, found.version)
 
 
 def test_no_stale_row_after_a_delete_or_an_upsert(graph_index, monkeypatch):

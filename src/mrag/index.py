@@ -15,6 +15,7 @@ from mrag.embed.base import HeadEmbedder
 from mrag.embed.models import same_model
 from mrag.errors import StoreError
 from mrag.ingest import Document, not_an_id, read_paths
+from mrag.locking import is_local
 from mrag.manifest import Manifest
 from mrag.retrieve import ann, fulltext, graph
 from mrag.retrieve import strategies as retrieve
@@ -376,6 +377,13 @@ class Index:
         are recomputed from the rows (`sums_drift` is their largest relative error, ~1e-12 when sound)."""
         return self.store.verify()
 
+    def _ann_info(self, built: dict[str, Any] | None) -> dict[str, Any] | None:
+        """The ANN record (`rows`: when built); for HNSW graphs, kept up by writes, also what they cover now."""
+        if not built or built.get("index_type") != graph.INDEX_TYPE or not is_local(self.store.uri):
+            return built
+        covered: dict[str, int | None] = {"graph_version": None, "graph_nodes": 0}  # none on disk: a failed build
+        return built | (graph.on_disk(self.store.uri) or covered)
+
     def info(self) -> dict[str, Any]:
         weights = self.space_weights()  # follows other processes' commits
         m = self.store.manifest
@@ -388,7 +396,7 @@ class Index:
             "spaces": [
                 e | {"scale": float(weights[f"space:{e['name']}"][0])} for e in m.spaces
             ],
-            "ann": m.ann,
+            "ann": self._ann_info(m.ann),
             "default_strategy": m.default_strategy or {"strategy": self.built_in_default(), "source": "built-in"},
             "strategies": retrieve.strategy_names(),
         }

@@ -182,6 +182,18 @@ def _complete_folders(root: Path) -> list[tuple[int, Path]]:
     return [(key[0], path) for key, path in sorted(found, reverse=True)]
 
 
+def on_disk(uri: str) -> dict[str, int] | None:
+    """What the newest complete graphs cover: {"graph_version", "graph_nodes"} (their nodes count the rows
+    removed since until a rebuild), or None when there are none (`mrag info`)."""
+    for _, path in _complete_folders(folder(uri)):
+        try:
+            meta = json.loads((path / "meta.json").read_text())
+            return {"graph_version": int(meta["version"]), "graph_nodes": int(meta["nodes"])}
+        except (OSError, ValueError, KeyError):
+            continue  # removed meanwhile by a newer update
+    return None
+
+
 def read(path: Path) -> Graphs:
     """A complete folder's graphs (read lazily); ValueError or KeyError where the folder is of another
     format or its node keys do not match its record."""
