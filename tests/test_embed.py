@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -325,11 +326,31 @@ def test_head_dim_from_the_config(tmp_path):
 
 
 def tiny_encoders_and_decoders():
-    from transformers import BertConfig, BertModel, GPT2Config, GPT2Model, MPNetConfig, MPNetModel
+    from transformers import (
+        BertConfig,
+        BertModel,
+        DistilBertConfig,
+        DistilBertModel,
+        GPT2Config,
+        GPT2Model,
+        ModernBertConfig,
+        ModernBertModel,
+        MPNetConfig,
+        MPNetModel,
+        PhiConfig,
+        PhiModel,
+    )
 
     small = {"vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
              "intermediate_size": 37}
+    ids = {"pad_token_id": 0, "bos_token_id": 101, "eos_token_id": 102, "cls_token_id": 101, "sep_token_id": 102}
     return {
+        "distilbert": (lambda: DistilBertModel(DistilBertConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4,
+                                                                hidden_dim=37)),
+                       lambda m, i: m.transformer.layer[i].attention.out_lin, "mean"),
+        "phi": (lambda: PhiModel(PhiConfig(**small)), lambda m, i: m.layers[i].self_attn.dense, "last"),
+        "modernbert": (lambda: ModernBertModel(ModernBertConfig(**small | {"intermediate_size": 48}, **ids)),
+                       lambda m, i: m.layers[i].attn.Wo, "mean"),
         "gpt2": (lambda: GPT2Model(GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64)),
                  lambda m, i: m.h[i].attn.c_proj, "last"),
         "bert": (lambda: BertModel(BertConfig(**small)),
@@ -338,13 +359,13 @@ def tiny_encoders_and_decoders():
     }
 
 
-@pytest.mark.parametrize("family", ["gpt2", "bert", "mpnet"])
+@pytest.mark.parametrize("family", ["gpt2", "bert", "mpnet", "distilbert", "phi", "modernbert"])
 def test_other_families_find_their_projection(tmp_path, family):
     build, projection_of, pooling = tiny_encoders_and_decoders()[family]
     torch.manual_seed(0)
     embedder = TransformerEmbedder(save_tiny(tmp_path, build()), layer=0, device="cpu")
     assert (embedder.n_heads, embedder.head_dim, embedder.dim) == (4, 8, 32)
-    assert embedder.pooling == pooling and embedder.is_decoder == (family == "gpt2")
+    assert embedder.pooling == pooling and embedder.is_decoder == (family in ("gpt2", "phi"))
     projection = projection_of(embedder.model, 0)
     assert embedder.projection is projection
 
@@ -368,3 +389,72 @@ def test_bidirectional_encoder_first_token_sees_the_rest(tmp_path):
     embedder = TransformerEmbedder(save_tiny(tmp_path, BertModel(config)), pooling="cls", device="cpu")
     a, b = embedder.embed_batch([SHORT]).heads[0], embedder.embed_batch([LONG]).heads[0]
     assert not np.allclose(a, b, atol=1e-4)
+
+
+# --- sentence-transformers folders: the standard vector is the model's own embedding -----------------
+
+
+def sentence_model(root: Path, tiny_llama: str, pooling: str, dense: int = 0, normalize: bool = False) -> Any:
+    """A sentence-transformers folder over the tiny Llama (written by the installed sentence-transformers)."""
+    st = pytest.importorskip("sentence_transformers")
+    from sentence_transformers import models
+
+    torch.manual_seed(1)
+    base = models.Transformer(tiny_llama)
+    width = 64  # the tiny Llama's hidden size
+    modules = [base, models.Pooling(width, pooling_mode=pooling)]
+    modules += [models.Dense(width, dense, activation_function=torch.nn.Tanh())] if dense else []
+    modules += [models.Normalize()] if normalize else []
+    model = st.SentenceTransformer(modules=modules, device="cpu")
+    model.save(str(root))
+    return model
+
+
+@pytest.mark.parametrize(("pooling", "dense", "normalize"), [
+    ("cls", 0, False), ("lasttoken", 0, False), ("max", 0, False), ("mean_sqrt_len_tokens", 0, False),
+    ("weightedmean", 0, False), ("mean", 24, True)])
+def test_the_standard_vector_is_the_sentence_transformers_embedding(tmp_path, tiny_llama, pooling, dense, normalize):
+    """Folders as sentence-transformers 6 saves them (`"pooling_mode": "cls"`, no max_seq_length): each
+    pooling, a Dense layer and the normalisation as `encode` applies them (mean pooling was used for all
+    before, the Dense layer dropped, and such a folder did not load: KeyError 'max_seq_length')."""
+    model = sentence_model(tmp_path, tiny_llama, pooling, dense, normalize)
+    embedder = TransformerEmbedder(str(tmp_path), device="cpu")
+    texts = [SHORT, LONG]
+    expected = model.encode(texts, convert_to_numpy=True)
+    got = embedder.embed_batch(texts)
+    assert embedder.dim == (dense or 64) and got.standard.shape == expected.shape
+    np.testing.assert_allclose(got.standard, expected, rtol=1e-4, atol=1e-5)
+    described = {"lasttoken": "last", "mean_sqrt_len_tokens": "mean_sqrt_len"}.get(pooling, pooling)
+    assert embedder.info()["standard"].startswith(described) and ("dense(64->24,Tanh)" in embedder.info()["standard"]
+                                                                 ) == bool(dense)
+
+
+def test_older_pooling_flags_are_read_and_a_concatenation_is_refused(tmp_path, tiny_llama):
+    import json
+
+    model = sentence_model(tmp_path, tiny_llama, "cls")
+    config = tmp_path / "1_Pooling" / "config.json"  # as sentence-transformers < 6 (and the Hub's models) write it
+    config.write_text(json.dumps({"word_embedding_dimension": 64, "pooling_mode_cls_token": True,
+                                  "pooling_mode_mean_tokens": False}))
+    got = TransformerEmbedder(str(tmp_path), device="cpu").embed_batch([SHORT, LONG]).standard
+    np.testing.assert_allclose(got, model.encode([SHORT, LONG]), rtol=1e-4, atol=1e-5)
+    config.write_text(json.dumps({"pooling_mode": ["cls", "mean"]}))
+    with pytest.raises(ValueError, match=r"pooling \['cls', 'mean'\] cannot be reproduced"):
+        TransformerEmbedder(str(tmp_path), device="cpu")
+
+
+def test_an_index_of_the_old_reading_of_a_folder_is_refused_not_mixed(tmp_path, tiny_llama):
+    """An index whose standard vectors an older mrag made with mean pooling from a CLS folder (it records no
+    `standard`): searching it with the folder's real embedding would mix two spaces, so it is refused."""
+    from mrag.errors import StoreError
+    from mrag.index import Index
+
+    sentence_model(tmp_path / "model", tiny_llama, "cls")
+    index = Index.open(tmp_path / "db", model=str(tmp_path / "model"), device="cpu")
+    index.add([{"id": "a", "text": SHORT}])
+    assert index.store.manifest.embedder["standard"] == "cls"
+    assert Index.open(tmp_path / "db", device="cpu").search(SHORT, k=1)[0].id.startswith("a")
+    with index.store.writing(maintain=False):  # the manifest as an older mrag wrote it
+        index.store.stage(embedder={k: v for k, v in index.store.manifest.embedder.items() if k != "standard"})
+    with pytest.raises(StoreError, match="made as 'mean'.* makes them as 'cls'.*index the files again"):
+        Index.open(tmp_path / "db", device="cpu").search(SHORT, k=1)

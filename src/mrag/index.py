@@ -10,9 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from mrag import settings, sync, upkeep, writing
+from mrag import fits, settings, sync, upkeep, writing
 from mrag.embed.base import HeadEmbedder
-from mrag.embed.models import same_model
 from mrag.errors import StoreError
 from mrag.ingest import Document, not_an_id, read_paths
 from mrag.locking import is_local
@@ -95,7 +94,7 @@ class Index:
         made = embedder or embedder_factory(model, layer, **embedder_options)()
         entries = [s.spec.to_json() | {"dim": s.dim} for s in live]
         store = Store.create(uri, made.info(), settings, storage_options, spaces=entries)
-        _check_created(store, made, entries, chunk_chars, overlap, uri)
+        fits.created(store, made, entries, chunk_chars, overlap, uri)
         index = cls(store, lambda: made)
         index._embedder = made
         index._spaces = {s.name: s for s in live}
@@ -115,7 +114,7 @@ class Index:
     ) -> Index:
         store = Store.open(uri, storage_options)
         recorded = store.manifest.embedder
-        _check_same(recorded, model, layer, embedder, uri)
+        fits.same(recorded, model, layer, embedder, uri)
         chunk_settings(uri, store, chunk_chars, overlap)  # refuses other settings
         for key in ("pooling", "max_length", "query_instruction", "document_instruction"):
             if key in embedder_options and embedder_options[key] != recorded.get(key):
@@ -128,7 +127,8 @@ class Index:
         options = {k: v for k, v in options.items() if v is not None} | {
             k: v for k, v in embedder_options.items() if k in ("device", "dtype")
         }
-        return cls(store, embedder_factory(recorded["model"], recorded.get("layer"), **options))
+        make = embedder_factory(recorded["model"], recorded.get("layer"), **options)
+        return cls(store, lambda: fits.standard(recorded, make(), uri))
 
     @property
     def embedder(self) -> HeadEmbedder:
@@ -400,45 +400,3 @@ class Index:
             "default_strategy": m.default_strategy or {"strategy": self.built_in_default(), "source": "built-in"},
             "strategies": retrieve.strategy_names(),
         }
-
-
-def _check_created(store: Store, made: HeadEmbedder, spaces: list[dict[str, Any]], chunk_chars: int | None,
-                   overlap: int | None, uri: str) -> None:
-    """Refuse an index that another process created at the same moment (`Store.create` then returns
-    theirs) with another embedder or other spaces: this one's vectors would not be theirs. Chunk settings
-    given and different are refused as on any existing index; not given, theirs are used."""
-    recorded, info = store.manifest.embedder, made.info()
-    # what shapes the vectors (not `revision` or `n_layers`: the same model by its id or its folder)
-    keys = ("dim", "n_heads", "head_dim", "layer", "pooling", "max_length", "query_instruction",
-            "document_instruction")
-    differ = [(key, recorded.get(key)) for key in keys if recorded.get(key) != info.get(key)]
-    if not same_model(str(info.get("model")), str(recorded.get("model"))):
-        differ.insert(0, ("model", recorded.get("model")))
-    if store.manifest.spaces != spaces:
-        differ.append(("spaces", [space["name"] for space in store.manifest.spaces]))
-    if differ:
-        raise StoreError(f"another process created the index at {uri} at the same moment, with another "
-                         f"{differ[0][0]} ({differ[0][1]!r}); nothing was written: run again without the option "
-                         "that differs to use that index's settings, or choose another --db")
-    chunk_settings(uri, store, chunk_chars, overlap)
-
-
-def _check_same(
-    recorded: dict[str, Any], model: str | None, layer: int | None, embedder: HeadEmbedder | None, uri: str
-) -> None:
-    if model is not None and not same_model(model, recorded["model"]):
-        raise StoreError(
-            f"the index at {uri} was built with {recorded['model']}, not {model}: use that model or another --db"
-        )
-    if layer is not None and recorded.get("layer") is not None:
-        n_layers = recorded.get("n_layers") or recorded["layer"] + 1
-        if not -n_layers <= layer < n_layers or layer % n_layers != recorded["layer"]:
-            raise StoreError(f"the index at {uri} holds layer {recorded['layer']}, not {layer}")
-    if embedder is not None:
-        info = embedder.info()
-        hooked = tuple(key for key in ("layer", "pooling") if key in info)  # when the embedder reports them
-        for key in ("model", "dim", "n_heads", "head_dim", *hooked):
-            if key == "model" and same_model(str(info.get(key)), str(recorded.get(key))):
-                continue
-            if info.get(key) != recorded.get(key):
-                raise StoreError(f"the index at {uri} was built with {key}={recorded.get(key)}, not {info.get(key)}")

@@ -9,14 +9,13 @@ sentence-transformers pooling when it ships one, else the same pooling of the la
 
 from __future__ import annotations
 
-import json
 import threading
 import warnings
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
+from mrag.embed import sentence_folder
 from mrag.embed.base import Embeddings, HeadEmbedder
 from mrag.embed.models import resolve_model
 from mrag.settings import cpu_has_bf16_kernels
@@ -33,6 +32,9 @@ OUTPUT_PROJECTIONS = (
     "self_attention.dense",  # Falcon, Bloom
     "attn.out_proj",  # GPT-Neo, GPT-J (attn.attention.out_proj handled by the suffix search)
     "attention.dense",  # GPT-NeoX
+    "attention.out_lin",  # DistilBERT
+    "self_attn.dense",  # Phi
+    "attn.Wo",  # ModernBERT
 )
 
 
@@ -77,7 +79,6 @@ class TransformerEmbedder(HeadEmbedder):
         self.n_heads = _config_value(config, "num_attention_heads", "n_head", "num_heads")
         hidden = _config_value(config, "hidden_size", "n_embd", "d_model")
         self.head_dim = getattr(config, "head_dim", None) or hidden // self.n_heads
-        self.dim = hidden
         layers = _find_layers(self.model, _config_value(config, "num_hidden_layers", "n_layer"))
         if not -len(layers) <= layer < len(layers):
             raise ValueError(
@@ -92,7 +93,11 @@ class TransformerEmbedder(HeadEmbedder):
             self.tokenizer.pad_token = self.tokenizer.eos_token
         # right padding: with causal attention the real tokens never see the pads
         self.tokenizer.padding_side = "right"
-        self.st_pooling, self.st_normalize = _sentence_transformers_pooling(spec.path)
+        # a sentence-transformers folder: the standard vector is its sentence embedding (`sentence_folder`)
+        self.sentence, self.standard_before = sentence_folder.read(spec.path)
+        dense = sentence_folder.dense_layers(spec.path, self.sentence) if self.sentence else []
+        self.dense = [module.to(self.device) for module in dense]
+        self.dim = self.sentence.dim(hidden) if self.sentence else hidden
         self.query_instruction = query_instruction
         self.document_instruction = document_instruction
         self._captured: list[Any] = []
@@ -117,8 +122,11 @@ class TransformerEmbedder(HeadEmbedder):
             )
         mask = batch["attention_mask"]  # (B, T)
         heads = pool(heads_in.float(), mask, self.pooling)  # (B, H*d)
-        standard = pool(hidden.float(), mask, self.st_pooling or self.pooling)  # (B, hidden)
-        if self.st_normalize:
+        standard = pool(hidden.float(), mask, self.sentence.pooling if self.sentence else self.pooling)  # (B, hidden)
+        with torch.inference_mode():
+            for dense in self.dense:
+                standard = dense(standard)  # (B, dim)
+        if self.sentence and self.sentence.normalize:
             standard = torch.nn.functional.normalize(standard, dim=-1)
         b = len(texts)
         return Embeddings(
@@ -133,7 +141,7 @@ class TransformerEmbedder(HeadEmbedder):
             "n_layers": self.n_layers,
             "pooling": self.pooling,
             "max_length": self.max_length,
-        }
+        } | ({"standard": self.sentence.describe()} if self.sentence else {})
 
 
 def pool(x: Any, mask: Any, how: str) -> Any:
@@ -142,6 +150,13 @@ def pool(x: Any, mask: Any, how: str) -> Any:
 
     if how == "cls":
         return x[:, 0]
+    if how == "max":  # sentence-transformers' other poolings (`sentence_folder`)
+        return x.masked_fill(mask.unsqueeze(-1) == 0, torch.finfo(x.dtype).min).max(dim=1).values
+    if how in ("mean_sqrt_len", "weightedmean"):
+        weights = mask.to(x.dtype) * (torch.arange(1, mask.shape[1] + 1, device=x.device, dtype=x.dtype)
+                                      if how == "weightedmean" else 1.0)  # (B, T): positions from 1
+        total = weights.sum(1, keepdim=True)
+        return (x * weights.unsqueeze(-1)).sum(1) / (total.sqrt() if how == "mean_sqrt_len" else total).clamp(min=1e-9)
     if how == "last":
         # index of the last real token, right or left padding alike
         positions = torch.arange(mask.shape[1], device=mask.device)
@@ -206,31 +221,10 @@ def _find_projection(block: Any) -> Any:
 
 
 def _default_max_length(path: str, tokenizer: Any, config: Any) -> int:
-    st_config = Path(path) / "sentence_bert_config.json"
-    if st_config.is_file():
-        return int(json.loads(st_config.read_text())["max_seq_length"])
+    given = sentence_folder.max_seq_length(path)
+    if given:
+        return given
     limits = [512, getattr(config, "max_position_embeddings", 512) or 512]
     if isinstance(tokenizer.model_max_length, int):
         limits.append(tokenizer.model_max_length)
     return min(limits)
-
-
-def _sentence_transformers_pooling(path: str) -> tuple[Pooling | None, bool]:
-    """The pooling and normalisation that a sentence-transformers model folder declares, if any."""
-    root = Path(path)
-    modules_file = root / "modules.json"
-    if not modules_file.is_file():
-        return None, False
-    modules = json.loads(modules_file.read_text())
-    normalize = any(m.get("type", "").endswith("Normalize") for m in modules)
-    pooling: Pooling | None = None
-    for m in modules:
-        if m.get("type", "").endswith("Pooling"):
-            cfg = json.loads((root / m["path"] / "config.json").read_text())
-            if cfg.get("pooling_mode_cls_token"):
-                pooling = "cls"
-            elif cfg.get("pooling_mode_lasttoken"):
-                pooling = "last"
-            else:
-                pooling = "mean"
-    return pooling, normalize

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import regex
 
 from mrag.matrix import Matrix, read_ranges, release_free_memory, stamps
 from mrag.retrieve.bm25_score import Lists, best_rows
@@ -44,6 +45,7 @@ from mrag.retrieve.bm25_score import Lists, best_rows
 K1, B = 1.2, 0.75  # LanceDB's BM25 parameters
 LONGEST = 40  # words of this many UTF-8 bytes or more are dropped (LanceDB's max_token_length)
 ASCII_WORD = re.compile(r"[A-Za-z0-9]+")  # a word of ASCII text: a run of letters and digits
+WORD = regex.compile(r"[\p{Alphabetic}\p{N}]+")  # any text's: Rust's is_alphanumeric, as LanceDB's tokenizer
 MAX_SEGMENTS = 8  # appended segments an index keeps before the next growth rebuilds it whole
 # texts cut into words at a time: a build holds one block's words (all 1M rows' at once peaked at 5.6 GB for
 # 413 MB of postings kept)
@@ -97,27 +99,20 @@ class Vocabulary:
 
 
 def split_words(text: str) -> list[str]:
-    """A text's words as LanceDB's simple tokenizer cuts them, in their own case: runs of alphanumeric
-    characters, combining marks counted in (Rust's `is_alphanumeric` keeps the vowel signs of Indic scripts,
-    Python's word class does not). 'Don't stop!' -> ['Don', 't', 'stop']."""
+    """A text's words as LanceDB's simple tokenizer cuts them, in their own case: runs of the characters Rust's
+    `is_alphanumeric` keeps, Unicode's Alphabetic and Numeric ones. A combining mark is in a word only when it
+    is Alphabetic (the vowel signs of Indic scripts are; a virama, a combining accent of decomposed text, a
+    Thai tone mark are not, and cut it, as in LanceDB). 'Don't stop!' -> ['Don', 't', 'stop']."""
     if text.isascii():
         return ASCII_WORD.findall(text)
-    found, word = [], []
-    for ch in text:
-        if ch.isalnum() or unicodedata.category(ch) in ("Mn", "Mc"):
-            word.append(ch)
-        elif word:
-            found.append("".join(word))
-            word = []
-    if word:
-        found.append("".join(word))
-    return found
+    return WORD.findall(text)  # type: ignore[no-any-return]
 
 
 def analyze(surface: list[str]) -> list[str | None]:
     """Words as cut -> their terms (None: dropped): 40 bytes or more (before lower-casing, as LanceDB checks),
     a stop word after lower-casing and stemming, or empty."""
-    lowered = [w.lower() for w in surface]
+    lowered = [w.lower() if w.isascii() else "".join(c.lower() for c in w) for w in surface]  # per character,
+    # as LanceDB: a word-final capital sigma is σ, not Python's ς
     stems = _stemmer().stemWords(lowered)
     return [None if not w or len(w.encode()) >= LONGEST or s in STOP_WORDS else fold(s) for w, s in zip(surface, stems)]
 

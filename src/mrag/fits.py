@@ -1,0 +1,69 @@
+"""Whether an embedder fits an index: the model, layer, sizes, pooling and instructions the index records,
+and how its standard vector is made. A different one is refused with the setting that differs, so that no
+index ever holds, or is searched with, vectors of two embedders."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mrag.embed.base import HeadEmbedder
+from mrag.embed.models import same_model
+from mrag.errors import StoreError
+from mrag.store import Store
+from mrag.writing import chunk_settings
+
+
+def created(store: Store, made: HeadEmbedder, spaces: list[dict[str, Any]], chunk_chars: int | None,
+                   overlap: int | None, uri: str) -> None:
+    """Refuse an index that another process created at the same moment (`Store.create` then returns
+    theirs) with another embedder or other spaces: this one's vectors would not be theirs. Chunk settings
+    given and different are refused as on any existing index; not given, theirs are used."""
+    recorded, info = store.manifest.embedder, made.info()
+    # what shapes the vectors (not `revision` or `n_layers`: the same model by its id or its folder)
+    keys = ("dim", "n_heads", "head_dim", "layer", "pooling", "max_length", "query_instruction",
+            "document_instruction", "standard")
+    differ = [(key, recorded.get(key)) for key in keys if recorded.get(key) != info.get(key)]
+    if not same_model(str(info.get("model")), str(recorded.get("model"))):
+        differ.insert(0, ("model", recorded.get("model")))
+    if store.manifest.spaces != spaces:
+        differ.append(("spaces", [space["name"] for space in store.manifest.spaces]))
+    if differ:
+        raise StoreError(f"another process created the index at {uri} at the same moment, with another "
+                         f"{differ[0][0]} ({differ[0][1]!r}); nothing was written: run again without the option "
+                         "that differs to use that index's settings, or choose another --db")
+    chunk_settings(uri, store, chunk_chars, overlap)
+
+
+def same(
+    recorded: dict[str, Any], model: str | None, layer: int | None, embedder: HeadEmbedder | None, uri: str
+) -> None:
+    if model is not None and not same_model(model, recorded["model"]):
+        raise StoreError(
+            f"the index at {uri} was built with {recorded['model']}, not {model}: use that model or another --db"
+        )
+    if layer is not None and recorded.get("layer") is not None:
+        n_layers = recorded.get("n_layers") or recorded["layer"] + 1
+        if not -n_layers <= layer < n_layers or layer % n_layers != recorded["layer"]:
+            raise StoreError(f"the index at {uri} holds layer {recorded['layer']}, not {layer}")
+    if embedder is not None:
+        info = embedder.info()
+        hooked = tuple(key for key in ("layer", "pooling") if key in info)  # when the embedder reports them
+        for key in ("model", "dim", "n_heads", "head_dim", *hooked):
+            if key == "model" and same_model(str(info.get(key)), str(recorded.get(key))):
+                continue
+            if info.get(key) != recorded.get(key):
+                raise StoreError(f"the index at {uri} was built with {key}={recorded.get(key)}, not {info.get(key)}")
+        standard(recorded, embedder, uri)
+
+
+def standard(recorded: dict[str, Any], embedder: HeadEmbedder, uri: str) -> HeadEmbedder:
+    """Refuse a model folder whose standard vectors differ from the index's: an index recorded before the
+    standard's making was (2026-12-07) has what mrag then made of a sentence-transformers folder (the pooling
+    of the old config flags, else mean; no Dense layer), which was not the model's embedding for some."""
+    now = embedder.info().get("standard")
+    was = recorded.get("standard", getattr(embedder, "standard_before", now))
+    if now != was:
+        raise StoreError(f"the index at {uri} holds standard vectors made as {was!r}, and this model folder makes "
+                         f"them as {now!r} (its sentence-transformers embedding; older mrag read it as {was!r}): "
+                         "index the files again into a new --db")
+    return embedder
