@@ -323,6 +323,60 @@ def test_a_folder_file_that_cannot_be_read_is_skipped_and_one_named_is_an_error(
         read_paths([folder / "locked.txt"])
 
 
+def without_root_permissions(tmp_path: Path, code: str) -> dict:
+    """Run `code` (which prints one JSON object) in a process that file permissions apply to: as this user, or
+    as root with the capabilities that bypass them dropped (setpriv); skipped where neither is possible."""
+    import json
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-c", code]
+    if os.geteuid() == 0:
+        if not shutil.which("setpriv"):
+            pytest.skip("root without setpriv: file permissions cannot be enforced")
+        drop = "-dac_override,-dac_read_search"
+        command = ["setpriv", f"--bounding-set={drop}", f"--inh-caps={drop}", *command]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    if done.returncode and "setpriv" in done.stderr:
+        pytest.skip(f"setpriv cannot drop capabilities here: {done.stderr.strip()}")
+    assert done.returncode == 0, done.stderr
+    return dict(json.loads(done.stdout))
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o000])
+def test_a_folder_that_cannot_be_entered_or_listed_is_skipped_and_one_named_is_an_error(tmp_path, mode):
+    """A sub-folder that can be listed but not entered (644: its files cannot be checked) or not listed at all
+    (000): the other files are read and it is listed as skipped, never failing the run (644 did, with a raw
+    errno message) nor silently missing (000 was). Named on its own, one that cannot be listed is an error."""
+    write(tmp_path / "docs" / "ok.txt", "Glaciers carve valleys.")
+    write(tmp_path / "docs" / "locked" / "owl.txt", "Owls hunt at night.")
+    (tmp_path / "docs" / "locked").chmod(mode)
+    code = """if True:
+        import json
+        from mrag.ingest import IngestError, read_paths
+        docs, skipped = read_paths(["docs"])
+        try:
+            read_paths(["docs/locked"])
+            alone = None
+        except IngestError as e:
+            alone = str(e)
+        print(json.dumps({"docs": [d.title for d in docs], "skipped": [[s.source, s.reason] for s in skipped],
+                          "alone": alone}))"""
+    try:
+        got = without_root_permissions(tmp_path, code)
+    finally:
+        (tmp_path / "docs" / "locked").chmod(0o755)
+    assert got["docs"] == ["ok"]
+    if mode == 0o644:
+        assert got["skipped"] == [["docs/locked/owl.txt", "cannot be read (Permission denied)"]]
+        assert got["alone"] is None  # listed: its files are skipped, as any folder's unreadable files
+    else:
+        assert got["skipped"] == [["docs/locked", "cannot be listed (Permission denied)"]]
+        assert got["alone"] == "docs/locked: cannot be listed (Permission denied)"
+
+
 def test_a_pipe_named_is_an_error(tmp_path):
     import os
 

@@ -385,12 +385,14 @@ class Index:
         return built | (graph.on_disk(self.store.uri) or covered)
 
     def info(self) -> dict[str, Any]:
-        weights = self.space_weights()  # follows other processes' commits
+        self.store.refresh(quick=True)  # follows other processes' commits
         m = self.store.manifest
+        weights = self.space_weights(m)
+        doc_ids = self.store.rows(columns=["doc_id"])["doc_id"].to_pylist()  # one read: both counts of one commit
         return {
             "path": self.store.uri,
-            "chunks": self.store.count(),
-            "documents": len(set(self.store.rows(columns=["doc_id"])["doc_id"].to_pylist())),
+            "chunks": len(doc_ids),
+            "documents": len(set(doc_ids)),
             "embedder": m.embedder,
             "settings": m.settings,
             "spaces": [

@@ -89,7 +89,8 @@ def list_files(paths: Iterable[str | Path]) -> list[tuple[str, bool]]:
             raise IngestError(f"no such file or folder: {raw}")
         if not path.is_file() and not path.is_dir():
             raise IngestError(f"not a file or folder (a pipe, a device?): {raw}")
-        found = [(path, True)] if path.is_file() else [(f, False) for f in sorted(walk_files(path))]
+        # a folder named that cannot be listed is an error, as a file named that cannot be read
+        found = [(path, True)] if path.is_file() else [(f, f == path) for f in sorted(walk_files(path))]
         for file, explicit in found:
             resolved = Path(os.path.realpath(file))  # not Path.resolve: a link loop raises there (Python < 3.13)
             first = out.setdefault(resolved, (str(file), explicit))
@@ -109,25 +110,37 @@ def unreadable_reason(error: IngestError, path: Path) -> str:
 def walk_files(folder: Path) -> Iterator[Path]:
     """The entries under `folder` with a readable kind of file's suffix, folders aside, but for hidden ones
     and those inside a LanceDB table (`*.lance`) or an mrag index (a folder holding `manifest.lance`:
-    `mrag index . --db idx` leaves `idx/` out)."""
-    index_folders: dict[Path, bool] = {}
+    `mrag index . --db idx` leaves `idx/` out); links to folders are not followed. A folder that cannot be
+    listed is yielded itself, and a file that cannot be checked too: `read_file` refuses them, so they are
+    listed as skipped (and their documents kept by a prune) instead of silently missing or failing the run."""
+    if _is_index(folder):
+        return
+    try:
+        with os.scandir(folder) as listing:
+            entries = sorted(listing, key=lambda entry: entry.name)
+    except OSError:
+        yield folder
+        return
+    for entry in entries:
+        path = folder / entry.name
+        if entry.name.startswith("."):
+            continue
+        try:
+            is_folder, is_link = entry.is_dir(), entry.is_symlink()
+        except OSError:
+            is_folder = is_link = False
+        if is_folder:
+            if not is_link and not entry.name.endswith(".lance"):
+                yield from walk_files(path)
+        elif path.suffix.lower() in SUFFIXES:
+            yield path  # a pipe or a link to nothing too: `read_paths` lists it as skipped
 
-    def in_index(parts: tuple[str, ...]) -> bool:  # the folders from `folder` down: `folder` itself, then each
-        for depth in range(len(parts) + 1):
-            at = folder.joinpath(*parts[:depth])
-            if at not in index_folders:
-                index_folders[at] = (at / "manifest.lance").is_dir()
-            if index_folders[at]:
-                return True
+
+def _is_index(folder: Path) -> bool:
+    try:
+        return (folder / "manifest.lance").is_dir()
+    except OSError:
         return False
-
-    for file in folder.rglob("*"):
-        parts = file.relative_to(folder).parts
-        if any(part.startswith(".") for part in parts) or file.suffix.lower() not in SUFFIXES:
-            continue
-        if file.is_dir() or any(part.endswith(".lance") for part in parts) or in_index(parts[:-1]):
-            continue
-        yield file  # a pipe or a link to nothing too: `read_paths` lists it as skipped
 
 
 def file_stamp(path: str | Path) -> tuple[int, int, int] | None:
@@ -142,10 +155,15 @@ def file_stamp(path: str | Path) -> tuple[int, int, int] | None:
 def read_file(path: Path, text_field: str = "text", id_field: str = "id", title_field: str = "title") -> list[Document]:
     """The documents of one file, each stamped with the file as it was before the read (`file_stamp`); a file
     that cannot be read (no permission, gone since it was listed) is an IngestError."""
-    if path.is_symlink() and not path.exists():
-        raise IngestError(f"{path}: a link to nothing (its target does not exist, or links back to it)")
-    if path.exists() and not path.is_file():  # never opened: a pipe would block the run
-        raise IngestError(f"{path}: not a regular file (a pipe, a socket, a device?)")
+    try:
+        if path.is_symlink() and not path.exists():
+            raise IngestError(f"{path}: a link to nothing (its target does not exist, or links back to it)")
+        if path.is_dir():  # a folder `walk_files` could not list
+            os.listdir(path)
+        if path.exists() and not path.is_file():  # never opened: a pipe would block the run
+            raise IngestError(f"{path}: not a regular file (a pipe, a socket, a device?)")
+    except OSError as e:  # in a folder that cannot be searched, or a folder that cannot be listed
+        raise IngestError(f"{path}: cannot be {'listed' if _is_folder(path) else 'read'} ({e.strerror or e})") from e
     stamp = file_stamp(path)
     try:
         docs = _read_file(path, text_field, id_field, title_field)
@@ -154,6 +172,13 @@ def read_file(path: Path, text_field: str = "text", id_field: str = "id", title_
     for doc in docs:
         doc.stamp = stamp
     return docs
+
+
+def _is_folder(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
 
 
 def _read_file(path: Path, text_field: str, id_field: str, title_field: str) -> list[Document]:

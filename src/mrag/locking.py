@@ -27,6 +27,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from mrag.errors import StoreError
+
 LOCK_FILE = ".mrag-write.lock"
 DEFAULT_TIMEOUT = 600.0  # seconds a writer waits for another one
 POLL = 0.05
@@ -110,7 +112,12 @@ def _flock(uri: str, timeout: float) -> Iterator[None]:
 
     path = local_path(uri) / LOCK_FILE
     deadline = time.monotonic() + timeout
-    with open(path, "a+") as handle:  # never truncated on open: the holder's note stays readable
+    try:
+        handle = open(path, "a+")  # never truncated on open: the holder's note stays readable
+    except OSError as e:  # a read-only file system, no permission: said as `mrag index` says it
+        raise StoreError(f"{uri} cannot be written ({path}: {e.strerror or e}): nothing was written; check the "
+                         "folder's permissions, or that its file system is writable") from e
+    with handle:
         while True:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
