@@ -117,7 +117,7 @@ def walk_files(folder: Path) -> Iterator[Path]:
         return
     try:
         with os.scandir(folder) as listing:
-            entries = sorted(listing, key=lambda entry: entry.name)
+            entries = list(listing)  # `list_files` sorts what the walk finds
     except OSError:
         yield folder
         return

@@ -117,7 +117,9 @@ class AnnRanker:
             with ThreadPoolExecutor(max_workers=min(8, len(chosen))) as pool:
                 found = list(pool.map(lambda v: self._search(v, queries, c), chosen))
         # number the rows found in Lance row-id order, which is the table's order: votes that tie
-        # then break as on the exact path, whose row numbers are table offsets
+        # then break as on the exact path, whose row numbers are table offsets. Which rows LanceDB returns
+        # when more than c tie at the c-th place (copies of one text) is its own choice, and a batch and a
+        # single query may get different ones
         chunk_of = {r: i for _, ids, _, lance_ids in found for i, r in zip(ids, lance_ids)}
         self.row_ids = sorted(chunk_of)
         self.ids = [chunk_of[r] for r in self.row_ids]
