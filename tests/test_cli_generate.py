@@ -126,7 +126,7 @@ def test_ask_json_with_mrag_fusion(db, ollama, monkeypatch):
 def test_serve_passes_its_options_to_uvicorn(db, monkeypatch):
     import uvicorn
 
-    from mrag.server import Guard
+    from mrag.server_guard import Guard
 
     ran: dict = {}
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: ran.update(app=app, **kw))

@@ -28,7 +28,7 @@ from mrag.generate.answer import ask
 from mrag.generate.base import as_messages
 from mrag.generate.fusion import fusion_search, subquery_messages
 from mrag.generate.prompt import TRUNCATED, cited_numbers, format_context, header
-from mrag.generate.remote import OllamaGenerator, OpenAIGenerator
+from mrag.generate.remote import OllamaGenerator, OpenAIGenerator, UpstreamError
 
 
 class ScriptedGenerator(Generator):
@@ -325,10 +325,10 @@ def test_ollama_streams_pieces_as_they_arrive(llm_server, monkeypatch):
 
 def test_ollama_error_answer_and_unreachable_host(llm_server):
     server = llm_server([json.dumps({"error": "model 'nope' not found"})], status=404)
-    with pytest.raises(ValueError, match="404.*model 'nope' not found"):
+    with pytest.raises(UpstreamError, match="404.*model 'nope' not found"):  # a ConnectionError: the server's 502
         OllamaGenerator("nope", host=server.url).generate("hi")
     server = llm_server([json.dumps({"error": "out of memory"})])
-    with pytest.raises(ValueError, match="out of memory"):
+    with pytest.raises(UpstreamError, match="out of memory"):
         OllamaGenerator("m", host=server.url).generate("hi")
     host = f"http://127.0.0.1:{free_port()}"
     with pytest.raises(ConnectionError, match=f"cannot reach Ollama at {host}"):
@@ -361,7 +361,7 @@ def test_openai_compatible_server_streams_server_sent_events(llm_server, monkeyp
 def test_openai_error_answer_and_unreachable_host(llm_server, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     server = llm_server([json.dumps({"error": {"message": "invalid api key"}})], status=401)
-    with pytest.raises(ValueError, match="401.*invalid api key"):
+    with pytest.raises(UpstreamError, match="401.*invalid api key"):
         OpenAIGenerator("m", base_url=server.url).generate("hi")
     assert "Authorization" not in server.requests[0]["headers"]
     base = f"http://127.0.0.1:{free_port()}/v1"

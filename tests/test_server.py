@@ -50,9 +50,11 @@ class ScriptedGenerator(Generator):
 
 
 @contextmanager
-def serving(settings: Settings) -> Iterator[str]:
-    """Run the app under uvicorn on a free loopback port; yield its base URL."""
-    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=free_port(), log_level="warning")
+def serving(settings: Settings, root_path: str = "") -> Iterator[str]:
+    """Run the app under uvicorn on a free loopback port (`root_path`: behind a proxy that strips that
+    prefix); yield its base URL."""
+    config = uvicorn.Config(create_app(settings), host="127.0.0.1", port=free_port(), log_level="warning",
+                            root_path=root_path)
     server = uvicorn.Server(config)
 
     def run() -> None:
@@ -576,3 +578,90 @@ def test_shutdown_waits_for_a_warm_up_still_running(tmp_path, monkeypatch, caplo
     finally:
         release.set()
     assert not [t for t in threading.enumerate() if t.name == "mrag-warm-up" and t.is_alive()]
+
+
+def test_writes_need_the_token_under_a_path_prefix_and_the_token_is_compared_as_sent(tmp_path):
+    """Behind a proxy with a root path (`uvicorn --root-path`), writes went through without the token; a
+    token read from a file with its newline, or one of UTF-8 letters, matched no header."""
+    make_index(tmp_path / "db", DOCS)
+    settings = Settings(db=str(tmp_path / "db"), embedder=FakeEmbedder(), token="clé-secrète\n")
+    doc = {"documents": [{"id": "evil", "text": "Written without the token."}]}
+    with serving(settings, root_path="/mrag") as base:
+        assert httpx.post(base + "/documents", json=doc, timeout=30).status_code == 401
+        assert httpx.delete(base + "/documents/roads", timeout=30).status_code == 401
+        wrong = {"Authorization": "Bearer clé".encode()}
+        assert httpx.post(base + "/documents", json=doc, headers=wrong, timeout=30).status_code == 403
+        right = {"Authorization": "Bearer clé-secrète".encode()}
+        assert httpx.post(base + "/documents", json=doc, headers=right, timeout=30).status_code == 200
+        assert httpx.get(base + "/search", params={"query": "bees"}, timeout=30).status_code == 200  # reads open
+
+
+class FailingGenerator(Generator):
+    """An LLM server that fails: with an error answer (`UpstreamError`), or with anything else mid-stream."""
+
+    name = "failing"
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def stream(self, messages, max_tokens=256) -> Iterator[str]:
+        yield "Half an"
+        raise self.error
+
+
+def test_a_failing_llm_is_a_502_told_briefly_and_a_stream_ends_with_an_error_event(tmp_path):
+    """An LLM server's error answer was a 400 quoting its body (it may quote a key); any other failure cut
+    a stream off without an error event, or gave a plain-text 500."""
+    from mrag.generate.remote import UpstreamError
+
+    make_index(tmp_path / "db", DOCS)
+    upstream = UpstreamError("Ollama at http://10.0.0.5:11434 answered 500: key sk-abc rejected", "Ollama answered 500")
+    question = {"question": "How do bees cool the hive?", "k": 2}
+    for error, status, detail in [(upstream, 502, "Ollama answered 500"),
+                                  (RuntimeError("CUDA out of memory"), 500, "the server failed (RuntimeError)")]:
+        settings = Settings(db=str(tmp_path / "db"), embedder=FakeEmbedder(), llm=FailingGenerator(error))
+        with serving(settings) as base:
+            r = httpx.post(base + "/ask", json=question, timeout=30)
+            assert r.status_code == status and r.json()["detail"].startswith(detail) and "sk-abc" not in r.text
+            with httpx.stream("POST", base + "/ask", json=question | {"stream": True}, timeout=30) as streamed:
+                events = sse_events(streamed.read().decode())
+        assert [e for e, _ in events] == ["context", "token", "error"]
+        assert events[-1][1]["detail"].startswith(detail.replace("the server failed", "generation failed"))
+
+
+class SlowGenerator(Generator):
+    """Many pieces, slowly; says when its stream was closed."""
+
+    name = "slow"
+
+    def __init__(self) -> None:
+        self.closed, self.pieces = threading.Event(), 0
+
+    def stream(self, messages, max_tokens=256) -> Iterator[str]:
+        try:
+            for _ in range(400):
+                self.pieces += 1
+                yield "word "
+                time.sleep(0.05)
+        finally:
+            self.closed.set()
+
+
+def test_a_client_that_leaves_a_stream_stops_the_generation(tmp_path):
+    """Starlette leaves a sync iterator open when the client goes: the generation ran on to max_tokens
+    (32 s of SmolLM2 seen), holding the model, until the garbage collector found it."""
+    import gc
+
+    make_index(tmp_path / "db", DOCS)
+    llm = SlowGenerator()
+    settings = Settings(db=str(tmp_path / "db"), embedder=FakeEmbedder(), llm=llm)
+    gc.disable()  # a quiet server: no collection to close it by chance
+    try:
+        with serving(settings) as base:
+            with httpx.stream("POST", base + "/ask", json={"question": "bees", "stream": True}, timeout=30) as r:
+                for line in r.iter_lines():
+                    if line.startswith("event: token"):
+                        break  # the client goes after its first piece
+            assert llm.closed.wait(10) and llm.pieces < 100
+    finally:
+        gc.enable()

@@ -10,11 +10,11 @@ turns under one lock, and the embedder (a torch model) is called by one thread a
 
 from __future__ import annotations
 
-import hmac
+import collections.abc
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib.metadata import version
@@ -32,10 +32,11 @@ from mrag.generate.base import DEFAULT_MAX_TOKENS, Generator
 from mrag.generate.prompt import DEFAULT_MAX_CONTEXT_CHARS
 from mrag.retrieve import strategies as retrieve
 from mrag.retrieve import types
+from mrag.server_guard import Guard
 from mrag.settings import names
 
 MAX_K = 1000
-WRITE_METHODS = {"POST", "PUT", "PATCH", "DELETE"}
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -110,8 +111,6 @@ def warm(index: Any, timeout_s: float) -> threading.Thread:
     answer would hold the start-up forever); past that, or on a failure, a warning is logged and the
     server starts: requests then report their own errors. -> the thread (the app's
     shutdown waits for it: a process that exits while it reads LanceDB may abort)."""
-    log = logging.getLogger(__name__)
-
     def search() -> None:
         from mrag.generate.fusion import is_fusion
 
@@ -250,9 +249,14 @@ def create_app(settings: Settings) -> FastAPI:
     async def bad_input(request: Request, exc: ValueError) -> JSONResponse:
         return JSONResponse({"detail": _one_line(exc)}, status_code=400)
 
-    @app.exception_handler(ConnectionError)
+    @app.exception_handler(ConnectionError)  # the LLM server: unreachable, or failing (`UpstreamError`)
     async def unreachable(request: Request, exc: ConnectionError) -> JSONResponse:
-        return JSONResponse({"detail": _one_line(exc)}, status_code=502)
+        return JSONResponse({"detail": _for_client(exc)}, status_code=502)
+
+    @app.exception_handler(Exception)
+    async def failed(request: Request, exc: Exception) -> JSONResponse:  # JSON, as every other error
+        log.exception("%s %s failed", request.method, request.url.path)
+        return JSONResponse({"detail": f"the server failed ({type(exc).__name__}); see its log"}, status_code=500)
 
     def state(request: Request) -> State:
         return request.app.state.mrag
@@ -293,20 +297,38 @@ def create_app(settings: Settings) -> FastAPI:
         if not body.stream:
             return prepared.generate(llm, body.max_tokens).to_dict()
 
-        def events() -> Iterator[str]:
+        def events() -> collections.abc.Generator[str, None, None]:
             yield _sse("context", {"strategy": prepared.strategy, "subqueries": prepared.subqueries,
                                    "context": [c.to_dict() for c in prepared.context]})
             pieces: list[str] = []
+            stream = prepared.stream(llm, body.max_tokens)
             try:
-                for piece in prepared.stream(llm, body.max_tokens):
+                for piece in stream:
                     pieces.append(piece)
                     yield _sse("token", {"text": piece})
             except (ValueError, OSError) as e:
-                yield _sse("error", {"detail": _one_line(e)})
+                yield _sse("error", {"detail": _for_client(e)})
                 return
+            except Exception as e:  # the stream ends with an error event, never cut off mid-way
+                log.exception("POST /ask stream failed")
+                yield _sse("error", {"detail": f"generation failed ({type(e).__name__}); see the server's log"})
+                return
+            finally:  # a client gone: the generation stops now, not when the collector finds it
+                getattr(stream, "close", lambda: None)()
             yield _sse("answer", prepared.answer("".join(pieces)).to_dict())
 
-        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        async def closing() -> AsyncIterator[str]:
+            """`events` from a worker thread, closed when the client goes (Starlette leaves a sync iterator open)."""
+            from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
+
+            made = events()
+            try:
+                async for event in iterate_in_threadpool(made):
+                    yield event
+            finally:
+                await run_in_threadpool(made.close)
+
+        return StreamingResponse(closing(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     @app.post("/documents", tags=["write"], dependencies=writes)
     def add_documents(request: Request, body: DocumentsRequest) -> dict[str, Any]:
@@ -363,55 +385,10 @@ def _sse(event: str, data: Any) -> str:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
 
 
-class Guard:
-    """ASGI middleware run before routing and body parsing: the write token, then the body size."""
-
-    def __init__(self, app: Any, token: str | None, max_bytes: int) -> None:
-        self.app, self.token, self.max_bytes = app, token, max_bytes
-
-    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        if self.token and scope["method"] in WRITE_METHODS and scope["path"].startswith("/documents"):
-            given = headers.get("authorization", "")
-            if not given.lower().startswith("bearer "):
-                return await _reply(send, 401, "a bearer token is needed to change the index",
-                                    [(b"www-authenticate", b"Bearer")])
-            if not hmac.compare_digest(given[7:].strip().encode(), self.token.encode()):
-                return await _reply(send, 403, "wrong token")
-        length = headers.get("content-length")
-        if length is not None:
-            if not length.isdigit():
-                return await _reply(send, 400, "bad Content-Length")
-            if int(length) > self.max_bytes:
-                return await _reply(send, 413, f"request body over {self.max_bytes} bytes")
-            return await self.app(scope, receive, send)
-        if "chunked" not in headers.get("transfer-encoding", ""):
-            return await self.app(scope, receive, send)
-        body, more = b"", True  # no length given: read it all here, counting
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return
-            body += message.get("body", b"")
-            more = message.get("more_body", False)
-            if len(body) > self.max_bytes:
-                return await _reply(send, 413, f"request body over {self.max_bytes} bytes")
-        sent = False
-
-        async def replay() -> dict[str, Any]:
-            nonlocal sent
-            if sent:
-                return await receive()
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-
-        return await self.app(scope, replay, send)
-
-
-async def _reply(send: Any, status: int, detail: str, extra: list[tuple[bytes, bytes]] | None = None) -> None:
-    payload = json.dumps({"detail": detail}).encode()
-    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(payload)).encode()), *(extra or [])]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": payload})
+def _for_client(error: Exception) -> str:
+    """An error's one line for an HTTP client; an LLM server's failure told briefly, its answer logged."""
+    brief = getattr(error, "brief", None)
+    if brief is None:
+        return _one_line(error)
+    log.warning("%s", error)
+    return str(brief)

@@ -101,7 +101,8 @@ class LocalGenerator(Generator):
                     yield piece
         finally:
             stop.set()  # the reader went away: stop generating
-            worker.join()
+            if threading.current_thread() is not worker:  # closed by the collector on that very thread
+                worker.join()
         if failure:
             raise failure[0]
 

@@ -3,7 +3,7 @@
 
 Ollama's host comes from OLLAMA_HOST (default http://localhost:11434). The OpenAI-compatible base
 URL comes from OPENAI_BASE_URL (default https://api.openai.com/v1) and the key from OPENAI_API_KEY.
-An unreachable server is a ConnectionError naming the host; an error answer is a ValueError.
+An unreachable server is a ConnectionError naming the host; an error answer an `UpstreamError` (one too).
 """
 
 from __future__ import annotations
@@ -29,6 +29,15 @@ def _httpx() -> Any:
     except ImportError as e:  # pragma: no cover - httpx comes with the extras
         raise ImportError("the ollama and openai generators need httpx: pip install 'mrag[server]'") from e
     return httpx
+
+
+class UpstreamError(ConnectionError):
+    """The LLM server answered, with an error: not the caller's fault (the HTTP server's 502). `brief` says
+    so without the server's address or its answer's text, which stay in the message (the log, the CLI)."""
+
+    def __init__(self, message: str, brief: str) -> None:
+        super().__init__(message)
+        self.brief = brief
 
 
 def _with_scheme(host: str) -> str:
@@ -71,7 +80,8 @@ class HTTPGenerator(Generator):
                 with client.stream("POST", url, json=body, headers=self.headers) as response:
                     if response.status_code >= 400:
                         detail = response.read().decode("utf-8", "replace").strip().replace("\n", " ")[:300]
-                        raise ValueError(f"{self.service} at {self.base_url} answered {response.status_code}: {detail}")
+                        raise UpstreamError(f"{self.service} at {self.base_url} answered {response.status_code}: "
+                                            f"{detail}", f"{self.service} answered {response.status_code}")
                     yield from response.iter_lines()
         except httpx.TransportError as e:
             raise ConnectionError(f"cannot reach {self.service} at {self.base_url}: {e or type(e).__name__}") from e
@@ -97,7 +107,7 @@ class OllamaGenerator(HTTPGenerator):
                 continue
             event = _json(line, self)
             if event.get("error"):
-                raise ValueError(f"Ollama at {self.base_url}: {event['error']}")
+                raise UpstreamError(f"Ollama at {self.base_url}: {event['error']}", "Ollama sent an error")
             piece = (event.get("message") or {}).get("content") or ""
             if piece:
                 yield piece
@@ -137,7 +147,8 @@ class OpenAIGenerator(HTTPGenerator):
                 return
             event = _json(data, self)
             if event.get("error"):
-                raise ValueError(f"{self.service} at {self.base_url}: {event['error']}")
+                raise UpstreamError(f"{self.service} at {self.base_url}: {event['error']}",
+                                    f"{self.service} sent an error")
             for choice in event.get("choices") or []:
                 piece = (choice.get("delta") or {}).get("content") or ""
                 if piece:
@@ -148,7 +159,9 @@ def _json(line: str, gen: HTTPGenerator) -> dict[str, Any]:
     try:
         event = json.loads(line)
     except json.JSONDecodeError:
-        raise ValueError(f"{gen.service} at {gen.base_url} sent something that is not JSON: {line[:100]!r}") from None
+        raise UpstreamError(f"{gen.service} at {gen.base_url} sent something that is not JSON: {line[:100]!r}",
+                            f"{gen.service} sent something that is not JSON") from None
     if not isinstance(event, dict):
-        raise ValueError(f"{gen.service} at {gen.base_url} sent {type(event).__name__}, not a JSON object")
+        raise UpstreamError(f"{gen.service} at {gen.base_url} sent {type(event).__name__}, not a JSON object",
+                            f"{gen.service} sent something that is not a JSON object")
     return event
