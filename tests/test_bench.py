@@ -390,6 +390,8 @@ def test_bench_and_tune_commands(docs, tmp_path, reuse_minilm):
         "default_strategy"]  # nothing forgotten
     reset = runner.invoke(cli, ["tune", "--db", str(db), "--reset"])
     assert json.loads(reset.stdout)["default_strategy"] == DEFAULT_STRATEGY
+    plain = runner.invoke(cli, ["tune", "--db", str(db), "--reset", "--plain"])  # --plain was ignored here
+    assert plain.stdout == f"default strategy: {DEFAULT_STRATEGY} (built-in)\n"
 
 
 def test_extractive_is_deterministic(docs, tmp_path):

@@ -249,6 +249,10 @@ def test_harness_embeds_once_and_scores_every_strategy(tmp_path):
     assert summary["standard"]["doc"] == pytest.approx(sum(at_n) / len(at_n))
     table = markdown_table(records, summary, "tiny")
     assert "| n | standard | mrag |" in table and "| mean n>=2 |" in table
+    multi = {r["query"] for r in records if r["strategy"] == "standard" and r["n"] >= 2}
+    fused = {r["query"] for r in records if r["strategy"] == "fusion" and r["n"] >= 2}
+    assert fused < multi  # fusion ran on fewer queries: the table says so, its cells are not paired
+    assert f"standard {len(multi)}, " in table and f"fusion {len(fused)}." in table
     assert {p.name for p in plot(records, tmp_path)} == {"gain_over_standard.png", "weighted_ratio_box.png"}
 
 

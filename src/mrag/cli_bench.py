@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import click
+from click.core import ParameterSource
 
 from mrag import settings
 from mrag.cli_common import CONTEXT, db_option, emit, model_option, plain_option, user_errors
@@ -77,6 +78,9 @@ def bench(paths: tuple[str, ...], out: str, backend: str, gen_model: str | None,
     sizes = parse_ns(ns)
     writer: QueryWriter
     if backend == "extractive":
+        if gen_model and click.get_current_context().get_parameter_source("gen_model") is ParameterSource.COMMANDLINE:
+            click.echo(f"warning: --gen-model {gen_model} is for the LLM generators; the extractive one writes "
+                       "queries by rule (add --generator local, ollama or openai)", err=True)
         docs, _ = read_paths(paths)
         writer = Extractive([d.text for d in docs])
     else:
@@ -125,7 +129,10 @@ def tune(db: str, bench_dir: str | None, strategies: str | None, dry_run: bool, 
     index = Index.open(db, create=False)
     if reset:
         index.set_default_strategy(None)
-        emit({"default_strategy": index.default_strategy, "source": "built-in"})
+        if plain:
+            click.echo(f"default strategy: {index.default_strategy} (built-in)")
+        else:
+            emit({"default_strategy": index.default_strategy, "source": "built-in"})
         return
     names = settings.names(strategies) if strategies else None
     assert bench_dir is not None

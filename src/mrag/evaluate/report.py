@@ -32,6 +32,10 @@ def markdown_table(records: list[dict[str, Any]], summary: dict[str, dict[str, f
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     means = [f"**{summary[s]['doc']:.3f} / {summary[s]['category']:.3f}**" if s in summary else "-" for s in strategies]
     lines.append("| mean n>=2 | " + " | ".join(means) + " |")
+    counts = {s: len({r["query"] for r in records if r["strategy"] == s and r["n"] >= 2}) for s in strategies}
+    if len(set(counts.values())) > 1:  # fusion runs only where a query has sub-queries: not a paired comparison
+        lines += ["", "Queries with n >= 2 differ by strategy (each cell averages its own): "
+                  + ", ".join(f"{s} {c}" for s, c in counts.items()) + "."]
     return "\n".join(lines) + "\n"
 
 
