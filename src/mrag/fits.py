@@ -14,7 +14,7 @@ from mrag.writing import chunk_settings
 
 
 def created(store: Store, made: HeadEmbedder, spaces: list[dict[str, Any]], chunk_chars: int | None,
-                   overlap: int | None, uri: str) -> None:
+            overlap: int | None, uri: str) -> None:
     """Refuse an index that another process created at the same moment (`Store.create` then returns
     theirs) with another embedder or other spaces: this one's vectors would not be theirs. Chunk settings
     given and different are refused as on any existing index; not given, theirs are used."""
@@ -63,7 +63,7 @@ def standard(recorded: dict[str, Any], embedder: HeadEmbedder, uri: str) -> Head
     now = embedder.info().get("standard")
     was = recorded.get("standard", getattr(embedder, "standard_before", now))
     if now != was:
+        why = "" if "standard" in recorded else f" (its sentence-transformers embedding; older mrag read it as {was!r})"
         raise StoreError(f"the index at {uri} holds standard vectors made as {was!r}, and this model folder makes "
-                         f"them as {now!r} (its sentence-transformers embedding; older mrag read it as {was!r}): "
-                         "index the files again into a new --db")
+                         f"them as {now!r}{why}: index the files again into a new --db")
     return embedder
