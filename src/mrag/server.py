@@ -319,6 +319,7 @@ def create_app(settings: Settings) -> FastAPI:
 
         async def closing() -> AsyncIterator[str]:
             """`events` from a worker thread, closed when the client goes (Starlette leaves a sync iterator open)."""
+            import anyio
             from starlette.concurrency import iterate_in_threadpool, run_in_threadpool
 
             made = events()
@@ -326,7 +327,8 @@ def create_app(settings: Settings) -> FastAPI:
                 async for event in iterate_in_threadpool(made):
                     yield event
             finally:
-                await run_in_threadpool(made.close)
+                with anyio.CancelScope(shield=True):  # cancelled by the client's leaving: close all the same
+                    await run_in_threadpool(made.close)
 
         return StreamingResponse(closing(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
