@@ -136,10 +136,10 @@ def racing_job(corpus: Path, db: Path, options: dict, edits: dict[str, str], mea
         (corpus / name).write_text(text)
     real = sync.refuse_taken
 
-    def check(store, read):  # in the driver, after the job read the files, before its lock
+    def check(store, read, skipped=()):  # in the driver, after the job read the files, before its lock
         sync.refuse_taken = real  # the other run's own check
         meanwhile()
-        return real(store, read)
+        return real(store, read, skipped)
 
     sync.refuse_taken = check
     try:

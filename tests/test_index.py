@@ -951,3 +951,31 @@ def test_info_counts_chunks_and_documents_of_one_commit(index, monkeypatch):
     monkeypatch.setattr(store, "rows", then_a_commit(store.rows))
     info = index.info()
     assert info["chunks"] == info["documents"] == 2
+
+
+def test_the_last_record_moved_out_of_a_file_moves_and_an_emptied_file_named_is_pruned(index, tmp_path):
+    """A file whose last record moved to another file holds no ids: the move is recorded (every run refused
+    it as "already indexed from another file", the file being empty or '[]'). With --prune, a file named on
+    its own that is now empty has its documents removed (it was refused as empty, the documents kept)."""
+    folder = tmp_path / "d"
+    folder.mkdir()
+    a, b = folder / "a.json", folder / "b.json"
+    record = {7: {"id": 7, "text": "Owls hunt at night."}, 8: {"id": 8, "text": "Bees fan their hive."}}
+    a.write_text(json.dumps([record[7]]))
+    b.write_text(json.dumps([record[8]]))
+    index.add_paths([folder])
+    for emptied in ("[]", ""):
+        a.write_text(emptied)
+        b.write_text(json.dumps([record[8], record[7]]))
+        report = index.add_paths([folder])
+        assert report.updated == ["7"] and [(s.source, s.reason) for s in report.skipped] == [
+            (str(a), "the file is empty" if not emptied else "no records")]
+        assert {r["id"]: r["source"] for r in table_rows(index)} == {"7#0": str(b), "8#0": str(b)}
+        a.write_text(json.dumps([record[7]]))  # back, for the second form
+        b.write_text(json.dumps([record[8]]))
+        index.add_paths([folder])
+    b.write_text("")
+    with pytest.raises(ingest.IngestError, match="b.json: the file is empty"):
+        index.add_paths([b])  # named without --prune: an error, as before
+    report = index.add_paths([b], prune=True)
+    assert report.removed == ["8"] and doc_ids(index) == ["7"]

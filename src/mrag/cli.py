@@ -132,8 +132,8 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
         idx = Index.open(db, create=False)
         idx.ann_policy = policy
     else:
-        docs, skipped = read_paths(sync.to_read(paths, prune), text_field=text_field, id_field=id_field) \
-            if paths else ([], [])
+        docs, skipped = read_paths(sync.to_read(paths, prune), text_field=text_field, id_field=id_field,
+                                   empty_ok=prune) if paths else ([], [])
         idx = Index.open(db, model=model, layer=layer, chunk_chars=chunk_chars, overlap=overlap, spaces=spaces,
                          create=bool(paths), **options)
         idx.ann_policy = policy  # the library's policy: upsert (re)builds the ANN indexes past the threshold

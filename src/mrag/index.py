@@ -209,7 +209,7 @@ class Index:
         under `paths` that no longer exist or are empty (a path that is gone and held no indexed file is listed
         as skipped, and refused when every path is one: a typo). An id already indexed from a file not read now
         is refused, and nothing is written."""
-        docs, skipped = read_paths(sync.to_read(paths, prune), **fields)
+        docs, skipped = read_paths(sync.to_read(paths, prune), **fields, empty_ok=prune)  # prune: an emptied file
         return sync.index_files(self, paths, docs, skipped, show_progress, prune)
 
     def delete(self, ids: Sequence[str | int | float] | str | int | float, missing_ok: bool = False) -> int:

@@ -62,18 +62,22 @@ class Skipped:
 
 
 def read_paths(
-    paths: Iterable[str | Path], text_field: str = "text", id_field: str = "id", title_field: str = "title"
+    paths: Iterable[str | Path], text_field: str = "text", id_field: str = "id", title_field: str = "title",
+    empty_ok: bool = False,
 ) -> tuple[list[Document], list[Skipped]]:
-    """Documents from files and folders (recursively), and the folder files skipped with why."""
+    """Documents from files and folders (recursively), and the folder files skipped with why. A file named
+    that cannot be read is an error; one that is empty or holds no records too, unless `empty_ok` (a prune:
+    its documents are then removed)."""
     docs: list[Document] = []
     skipped: list[Skipped] = []
     for file, explicit in list_files(paths):
         try:
             docs.extend(read_file(Path(file), text_field, id_field, title_field))
         except IngestError as e:
-            if explicit:
+            reason = unreadable_reason(e, Path(file))
+            if explicit and not (empty_ok and reason in (EMPTY, NO_RECORDS)):
                 raise
-            skipped.append(Skipped(file, unreadable_reason(e, Path(file))))
+            skipped.append(Skipped(file, reason))
     return docs, skipped
 
 

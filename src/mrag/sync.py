@@ -5,7 +5,7 @@ that are gone. `Index.add_paths` and `mrag index` run `index_files`; the choices
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -38,7 +38,7 @@ def index_files(index: Writable, paths: Sequence[str | Path], docs: list[Documen
     process may index it meanwhile)."""
     check_unique_ids([d.id for d in docs], [d.source for d in docs])  # naming the files
     unknown = unknown_paths(index.store, paths) if prune else []
-    refuse_taken(index.store, docs)
+    refuse_taken(index.store, docs, skipped)
     removed: list[str] | None = None
     changed: set[str] = set()  # files whose documents were left as committed, found under the write lock
 
@@ -87,7 +87,7 @@ def settle(store: Store, docs: list[Document], skipped: list[Skipped], paths: Se
            prune: bool, changed: set[str]) -> list[str]:
     """Under the write lock, in the commit of the rows of `docs`: refuse ids another process has indexed from
     another file meanwhile (`refuse_taken`), and delete what is gone (`drop_gone`); -> the ids deleted."""
-    refuse_taken(store, docs)
+    refuse_taken(store, docs, skipped)
     return drop_gone(store, docs, skipped, paths, prune, changed)
 
 
@@ -121,10 +121,12 @@ def drop_gone(store: Store, docs: list[Document], skipped: list[Skipped], paths:
     return found
 
 
-def refuse_taken(store: Store, docs: list[Document]) -> None:
-    """Refuse ids of `docs` that are indexed from another file (`taken_from_other_files`)."""
+def refuse_taken(store: Store, docs: list[Document], skipped: Sequence[Skipped] = ()) -> None:
+    """Refuse ids of `docs` that are indexed from another file (`taken_from_other_files`); a file read now and
+    skipped as empty or without records (in `skipped`) holds none, so its records may have moved."""
     ids = [d.id for d in docs]
-    taken = taken_from_other_files(sources(store, f"doc_id IN ({quote(ids)})") if ids else {}, docs)
+    emptied = {str(_real(s.source)) for s in skipped if s.reason in (EMPTY, NO_RECORDS)}
+    taken = taken_from_other_files(sources(store, f"doc_id IN ({quote(ids)})") if ids else {}, docs, emptied)
     if taken:
         raise ValueError(f"id(s) already indexed from another file, nothing written: {', '.join(taken[:5])} "
                          "(if the record moved here, index both files together; else give it another id here, "
@@ -176,14 +178,16 @@ def sources(store: Store, where: str | None, table: Any = None) -> dict[str, str
                                     rows["doc_hash"].to_pylist()) if not added(h)}
 
 
-def taken_from_other_files(indexed_sources: dict[str, str], docs: list[Document]) -> list[str]:
+def taken_from_other_files(indexed_sources: dict[str, str], docs: list[Document],
+                           emptied: Collection[str] = ()) -> list[str]:
     """Ids of `docs` (read from files) already indexed from another file that still exists and was not read
     this time (a record id given in two files): indexing them would silently move the document from that
     file. `indexed_sources`: id -> source of the indexed documents with those ids. A file read this time no
     longer holds the id (one batch holds an id once), and a file that is gone was renamed or moved, so
-    those ids move with their records; documents added without a source (the library's) are replaced as any
-    upsert does."""
-    read = {d.source for d in docs}
+    those ids move with their records, as from a file read now that holds none any more (`emptied`, its
+    resolved path: the last record moved out); documents added without a source (the library's) are replaced
+    as any upsert does."""
+    read = {d.source for d in docs} | set(emptied)
     return [d.id for d in docs if indexed_sources.get(d.id, d.source) not in (d.source, "")
             and indexed_sources[d.id] not in read and _exists(indexed_sources[d.id])]
 

@@ -164,7 +164,7 @@ def _run_job(
     read = [Document(r["doc_id"], "", r["source"], stamp=tuple(r["stamp"]) or None)  # what `mrag.sync` asks
             for r in listing if not r["problem"]]
     if existing is not None:
-        sync.refuse_taken(existing, read)
+        sync.refuse_taken(existing, read, report.skipped)
     changed: set[str] = set()  # files left as committed: another run wrote them since, and they changed
     if not todo:  # nothing new or changed: no model, and a commit only for records gone from their files
         if existing is not None:  # `delete_gone` looks first, and commits only where something is gone
