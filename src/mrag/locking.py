@@ -79,6 +79,13 @@ def unwritable(uri: str, inside: tuple[str, ...] = ()) -> str | None:
     return None
 
 
+def cannot_write(uri: str, reason: str, nothing: str) -> StoreError:
+    """The error of a write refused because the index cannot be written (`unwritable`'s reason); `nothing`:
+    what was not done ("written", "embedded or written")."""
+    return StoreError(f"{uri} cannot be written ({reason}): nothing was {nothing}; check the folder's "
+                      "permissions, or that its file system is writable")
+
+
 def _read_only(path: Path) -> bool:
     try:
         return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
@@ -115,8 +122,7 @@ def _flock(uri: str, timeout: float) -> Iterator[None]:
     try:
         handle = open(path, "a+")  # never truncated on open: the holder's note stays readable
     except OSError as e:  # a read-only file system, no permission: said as `mrag index` says it
-        raise StoreError(f"{uri} cannot be written ({path}: {e.strerror or e}): nothing was written; check the "
-                         "folder's permissions, or that its file system is writable") from e
+        raise cannot_write(uri, f"{path}: {e.strerror or e}", "written") from e
     with handle:
         while True:
             try:

@@ -35,6 +35,9 @@ RESERVED = {"standard", "heads", "split", "vector"}
 PROBE_TEXT = "dimension probe"
 
 
+BAD_WEIGHT = "weight must be a finite number >= 0 or 'auto'"
+
+
 class SpaceError(StoreError):
     """A space cannot be created or cannot compute its vectors; the message names the space."""
 
@@ -51,7 +54,7 @@ class SpaceSpec:
     def __post_init__(self) -> None:
         w = self.weight
         if w is not None and (not isinstance(w, (int, float)) or isinstance(w, bool) or not 0 <= w < math.inf):
-            raise SpaceError(f"space {self.name!r}: weight must be a finite number >= 0 or 'auto', got {w!r}")
+            raise SpaceError(f"space {self.name!r}: {BAD_WEIGHT}, got {w!r}")
         if w is not None:
             object.__setattr__(self, "weight", float(w))  # frozen: set once, as a float
 
@@ -99,8 +102,8 @@ def parse_space(text: str) -> SpaceSpec:
     check_label(name, text)
     try:
         return SpaceSpec(name, function, options, None if weight == "auto" else weight)
-    except SpaceError:
-        raise SpaceError(f"space {text!r}: weight must be a finite number >= 0 or 'auto', got {weight!r}") from None
+    except SpaceError:  # named by the spec as written
+        raise SpaceError(f"space {text!r}: {BAD_WEIGHT}, got {weight!r}") from None
 
 
 def split_options(rest: str) -> list[str]:

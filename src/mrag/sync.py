@@ -125,8 +125,8 @@ def refuse_taken(store: Store, docs: list[Document], skipped: Sequence[Skipped] 
     """Refuse ids of `docs` that are indexed from another file (`taken_from_other_files`); a file read now and
     skipped as empty or without records (in `skipped`) holds none, so its records may have moved."""
     ids = [d.id for d in docs]
-    emptied = {str(_real(s.source)) for s in skipped if s.reason in (EMPTY, NO_RECORDS)}
-    taken = taken_from_other_files(sources(store, f"doc_id IN ({quote(ids)})") if ids else {}, docs, emptied)
+    taken = taken_from_other_files(sources(store, f"doc_id IN ({quote(ids)})") if ids else {}, docs,
+                                   _emptied(skipped))
     if taken:
         raise ValueError(f"id(s) already indexed from another file, nothing written: {', '.join(taken[:5])} "
                          "(if the record moved here, index both files together; else give it another id here, "
@@ -222,16 +222,18 @@ def gone_from_files(indexed_sources: dict[str, str], docs: list[Document], skipp
     one of them (a record moved to another file). `indexed_sources`: id -> source of the indexed documents
     whose source is a file read now or, with `prune`, lies under `paths`."""
     read_ids, read = {d.id for d in docs}, {d.source for d in docs}
-    emptied = {s.source for s in skipped if s.reason in (EMPTY, NO_RECORDS)}
-    roots = [_real(p) for p in paths]
-
-    emptied = {str(_real(e)) for e in emptied}
+    emptied, roots = _emptied(skipped), [_real(p) for p in paths]
 
     def vanished(source: str) -> bool:
         return any(_under(source, root) for root in roots) and (source in emptied or not _exists(source))
 
     return sorted(i for i, source in indexed_sources.items() if from_a_file(i, source) and i not in read_ids and (
         source in read or (prune and vanished(source))))
+
+
+def _emptied(skipped: Iterable[Skipped]) -> set[str]:
+    """The resolved paths of the files read now that hold no document (empty, or no records)."""
+    return {str(_real(s.source)) for s in skipped if s.reason in (EMPTY, NO_RECORDS)}
 
 
 def _real(path: str | Path) -> Path:

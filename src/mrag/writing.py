@@ -15,7 +15,7 @@ from mrag.chunk import chunk_text
 from mrag.embed.base import HeadEmbedder
 from mrag.errors import StoreError
 from mrag.ingest import Document, Skipped, as_document, document_digest, partial, same_content
-from mrag.locking import unwritable
+from mrag.locking import cannot_write, unwritable
 from mrag.retrieve import fulltext
 from mrag.rows import build_rows, quote
 from mrag.spaces import Space
@@ -134,8 +134,7 @@ def write(
     if not chunks:
         return report
     if (reason := unwritable(store.uri, TABLES)) is not None:
-        raise StoreError(f"{store.uri} cannot be written ({reason}): nothing was embedded or written; check the "
-                         "folder's permissions, or that its file system is writable")
+        raise cannot_write(store.uri, reason, "embedded or written")
     staged: list[pa.Table] = []
     staged_bytes = 0
     with ExitStack() as held:

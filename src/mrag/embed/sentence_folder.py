@@ -80,8 +80,13 @@ def max_seq_length(path: str) -> int | None:
     return int(value) if value else None
 
 
+def activation(dense: dict[str, Any]) -> str:
+    """A Dense module's activation, as its config names it ('torch.nn.modules.activation.Tanh')."""
+    return str(dense.get("activation_function", "torch.nn.modules.linear.Identity"))
+
+
 def activation_name(dense: dict[str, Any]) -> str:
-    return str(dense.get("activation_function", "torch.nn.modules.linear.Identity")).rsplit(".", 1)[-1]
+    return activation(dense).rsplit(".", 1)[-1]
 
 
 def dense_layers(path: str, modules: SentenceModules) -> list[Any]:
@@ -92,7 +97,7 @@ def dense_layers(path: str, modules: SentenceModules) -> list[Any]:
     for d in modules.dense:
         linear = torch.nn.Linear(int(d["in_features"]), int(d["out_features"]), bias=bool(d.get("bias", True)))
         linear.load_state_dict({k.removeprefix("linear."): v for k, v in _weights(Path(path) / d["path"]).items()})
-        name = str(d.get("activation_function", "torch.nn.modules.linear.Identity"))
+        name = activation(d)
         module, _, cls = name.rpartition(".")
         if not module.startswith("torch.nn"):
             raise ValueError(f"{path}: Dense activation {name!r} is not a torch.nn module")

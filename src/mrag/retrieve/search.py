@@ -107,8 +107,10 @@ def _search_many(
     else:
         parts = [retrieve.query_parts(strategy, q) for q in queries]
     index.store.refresh(quick=True)  # first: it follows other processes' commits, which all below then reads
-    manifest = index.store.manifest  # every read below is of it: the weights of one commit, the rows of another
-    scales = index.space_weights(manifest)  # would give a result of no committed state
+    # every read below is of this one manifest: the weights of one commit with the rows of another would give
+    # a result of no committed state
+    manifest = index.store.manifest
+    scales = index.space_weights(manifest)
     labels = list(manifest.space_dims())
     if spaces is not None:
         retrieve.check_selection(spaces, index.store.n_heads, len(scales["split"]), labels)
