@@ -18,7 +18,7 @@ from mrag.index import Index
 from mrag.matrix import Matrix
 from mrag.retrieve import graph, walk
 from mrag.retrieve.exact import Exact
-from mrag.retrieve.nodes import DEAD, NodeIndex, placement, placement_after
+from mrag.retrieve.nodes import DEAD, NodeIndex, placement, placement_after, row_keys
 from mrag.retrieve.types import QueryVectors, Voter
 
 STRATEGIES = ["standard", "segment-bm25", "mrag", "mrag-paper", "split", "segment+mrag-decay"]
@@ -176,7 +176,7 @@ def test_walk_by_hand():
                     heads=no_heads)
     built = graph.new_graph(2)
     graph.extend(built, rows[:3])  # row 3 is past the graph: scanned
-    graphs = graph.Graphs(1, graph.row_keys(matrix.ids[:3], rows), {"standard": Path("unused")}, {"standard": built})
+    graphs = graph.Graphs(1, row_keys(matrix.ids[:3], rows), {"standard": Path("unused")}, {"standard": built})
     assert graphs.fits(matrix)
     ranker = walk.GraphRanker(matrix, graphs, Exact(rows, matrix.heads))
     query = QueryVectors(np.array([1.0, 0.0], dtype=np.float32), np.zeros((0, 0), dtype=np.float32))
@@ -224,7 +224,7 @@ def test_placement_by_hand():
     assert placement(np.array([a, a]), np.array([a])) is None  # two nodes with one key: neither is one
     place = placement(np.array([a, b, b, c]), np.array([a, b, c]))  # ... so b's row ends the covered run
     assert place.rows.tolist() == [0, -1, -1, -1] and place.covered == 1
-    keys = graph.row_keys(np.array(["x", "y"], dtype=object), np.eye(2, 9, dtype=np.float32))
+    keys = row_keys(np.array(["x", "y"], dtype=object), np.eye(2, 9, dtype=np.float32))
     assert keys.dtype == np.uint64 and keys[0] != keys[1] and (keys % 2 == 1).all()
 
 
@@ -518,7 +518,7 @@ def test_a_deleted_topic_is_walked_around():
     ids = np.array([f"r{i}" for i in range(4000)], dtype=object)
     built = graph.new_graph(64)
     graph.extend(built, rows)
-    graphs = graph.Graphs(1, graph.row_keys(ids, rows), {"standard": Path("unused")}, {"standard": built})
+    graphs = graph.Graphs(1, row_keys(ids, rows), {"standard": Path("unused")}, {"standard": built})
     keep = topic != 7
     left = Matrix(2, None, ids[keep], rows[keep], np.zeros((0, int(keep.sum()), 0), dtype=np.float32))
     queries = unit(centres[7] + 0.3 * unit(rng.standard_normal((20, 64))))
@@ -688,3 +688,49 @@ def test_a_graph_write_that_fails_leaves_no_staging_folder(tmp_path, monkeypatch
     with pytest.raises(OSError, match="No space left"):
         graph.write(tmp_path, 3, {"standard": made}, np.arange(8, dtype=np.uint64))
     assert list(tmp_path.iterdir()) == []
+
+
+class WindowEmbedder(SeededEmbedder):
+    """Sees the first 30 characters of a text only, as a model sees its window."""
+
+    def embed_batch(self, texts: list[str]):
+        return super().embed_batch([t[:30] for t in texts])
+
+
+def test_an_upsert_only_an_external_space_sees_keeps_no_stale_node(tmp_path):
+    """Text past the model's window changes an external space's vector alone: the chunk's id and its
+    standard vector stay, so its node key must hold the external vector too, or the upserted row
+    (where the old node was) would be taken as covered by a node of the old words."""
+    import test_spaces  # noqa: F401  (registers the "test-words" embedding function)
+
+    index = Index.open(tmp_path / "db", embedder=WindowEmbedder())
+    index.add_spaces(["words=test-words"])
+    index.add(docs(300))
+    index.build_ann("HNSW")
+    old = index.store.matrix()
+    index.upsert([{"id": "d299", "text": docs(300, 299)[0]["text"] + " Volcanoes, magma and crust."}])
+    matrix = index.store.matrix()
+    assert np.array_equal(matrix.standard[-1], old.standard[-1])  # the model saw no change
+    assert not np.array_equal(matrix.extra["words"][-1], old.extra["words"][-1])
+    _, place = placed(index)
+    assert place.removed == 1 and place.covered == 299  # the old node is dropped; the row is scanned
+    assert same(index, "spaces")
+
+
+def test_graphs_keyed_without_their_external_space_are_rebuilt_by_the_next_write(tmp_path):
+    """Graphs saved before node keys held the external spaces (keys of the standard vector alone) do not
+    fit: searches scan exactly, and the next write builds them anew."""
+    import test_spaces  # noqa: F401  (registers the "test-words" embedding function)
+
+    index = Index.open(tmp_path / "db", embedder=WindowEmbedder())
+    index.add_spaces(["words=test-words"])
+    index.add(docs(200))
+    index.build_ann("HNSW")
+    found, _ = placed(index)
+    matrix = index.store.matrix()
+    old = graph.write(root(index), found.version, {s: found.graph(s) for s in found.files},
+                      row_keys(matrix.ids, matrix.standard))  # the older keys, in a newer folder
+    assert graph.latest(root(index), matrix) is None and same(index, "spaces")
+    index.add(docs(201, 200))
+    rebuilt, place = placed(index)
+    assert rebuilt.path != old.path and place.covered == 201 and same(index, "spaces")

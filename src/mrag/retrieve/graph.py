@@ -3,9 +3,10 @@ space over the in-memory matrix's rows, so a query part costs a walk of a few th
 LanceDB's per-call work. `mrag.retrieve.walk.GraphRanker` searches them.
 
 A graph's nodes are rows of the matrix as it was when they were added, each saved with a key (its
-chunk id and its standard vector's first floats, `row_keys`). Graphs live in the index folder,
-`graphs/<version>-<ns>-<random>/` (a new one per build, never reused), written by `update` after a
-commit and read by every process; a folder is complete once its `meta.json` is there.
+chunk id and the first floats of its standard vector and of any external space graphed, `row_keys`).
+Graphs live in the index folder, `graphs/<version>-<ns>-<random>/` (a new one per build, never
+reused), written by `update` after a commit and read by every process; a folder is complete once its
+`meta.json` is there.
 
 A graph of an earlier version serves a matrix whose first rows are its surviving nodes in their order
 (`placement`): LanceDB keeps the order of the rows a delete leaves, through compaction too, and
@@ -35,7 +36,7 @@ import numpy as np
 
 from mrag.locking import is_local, local_path
 from mrag.matrix import Matrix
-from mrag.retrieve.nodes import DEAD, NodeIndex, Placed, Placement, place_in, row_keys
+from mrag.retrieve.nodes import DEAD, NodeIndex, Placed, Placement, matrix_keys, place_in
 from mrag.settings import DEFAULT_EF as DEFAULT_EF  # re-exported: the graphs' default ef
 from mrag.settings import GRAPH_INDEX
 
@@ -134,7 +135,7 @@ class Graphs:
         if placed is None or placed.version != matrix.version:
             if self.index is None:
                 self.index = NodeIndex.of(self.nodes)
-            placed = self.placed = place_in(matrix, self.nodes, self.index, placed)
+            placed = self.placed = place_in(matrix, self.files, self.nodes, self.index, placed)
         return placed.place
 
     def fits(self, matrix: Matrix) -> bool:
@@ -308,7 +309,7 @@ def update(
         extend(graph, space_vectors(matrix, space)[start:])
         if progress:
             progress(space)
-    nodes = np.concatenate([kept, row_keys(matrix.ids[start:], matrix.standard[start:])])
+    nodes = np.concatenate([kept, matrix_keys(matrix, spaces, start)])
     return write(root, matrix.version, graphs, nodes)
 
 

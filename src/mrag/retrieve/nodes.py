@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,18 +22,28 @@ FINGERPRINT = 8  # floats of each row's standard vector in its key
 DEAD = np.uint64(0)  # the key of a node removed before the graph was extended (row keys are odd)
 
 
-def row_keys(ids: np.ndarray, standard: np.ndarray) -> np.ndarray:
+def row_keys(ids: np.ndarray, standard: np.ndarray, *external: np.ndarray) -> np.ndarray:
     """Each row's key: a 64-bit hash of its chunk id mixed with the first FINGERPRINT floats of its
-    standard vector (an upsert keeps a chunk's id, not its vector); odd, never DEAD. Chunks of the
-    same text share their floats, so the ids alone must tell them apart: 64 bits, not 32 (a CRC-32
-    collides among 10k copies of a footer about once in a hundred indexes).
-    (N,) ids, (>= N, D) -> (N,) uint64"""
+    standard vector and of each `external` space's vector (an upsert keeps a chunk's id, not its
+    vectors; the model's heads change with its standard vector, while an external space's may change
+    alone: text past the model's window); odd, never DEAD. Chunks of the same text share their floats,
+    so the ids alone must tell them apart: 64 bits, not 32 (a CRC-32 collides among 10k copies of a
+    footer about once in a hundred indexes).
+    (N,) ids, (>= N, D), each (>= N, D_s) -> (N,) uint64"""
     hashed = b"".join(hashlib.blake2b(str(i).encode(), digest_size=8).digest() for i in ids)
     key = np.frombuffer(hashed, dtype=np.uint64).copy()
-    words = np.ascontiguousarray(standard[: len(ids), :FINGERPRINT], dtype=np.float32).view(np.uint32)
-    for word in words.T.astype(np.uint64):
-        key = _mix(key ^ word)
+    for vectors in (standard, *external):
+        words = np.ascontiguousarray(vectors[: len(ids), :FINGERPRINT], dtype=np.float32).view(np.uint32)
+        for word in words.T.astype(np.uint64):
+            key = _mix(key ^ word)
     return key | np.uint64(1)
+
+
+def matrix_keys(matrix: Matrix, spaces: Iterable[str], start: int = 0) -> np.ndarray:
+    """The keys of a matrix's rows from `start` on, for graphs of `spaces`: the external ones among them
+    (sorted) are mixed in. (N - start,) uint64"""
+    external = [matrix.extra[space][start:] for space in sorted(set(spaces) & set(matrix.extra))]
+    return row_keys(matrix.ids[start:], matrix.standard[start:], *external)
 
 
 def _mix(x: np.ndarray) -> np.ndarray:
@@ -139,13 +149,13 @@ class Placed:
     m: int
 
 
-def place_in(matrix: Matrix, nodes: np.ndarray, index: NodeIndex, before: Placed | None) -> Placed:
-    """Where the nodes are in `matrix`; when it grew from the matrix placed `before` (the same arrays,
-    `mrag.matrix.grown`), from the keys of its new rows alone."""
+def place_in(matrix: Matrix, spaces: Iterable[str], nodes: np.ndarray, index: NodeIndex,
+             before: Placed | None) -> Placed:
+    """Where the nodes of graphs of `spaces` are in `matrix`; when it grew from the matrix placed
+    `before` (the same arrays, `mrag.matrix.grown`), from the keys of its new rows alone."""
     n = len(matrix.ids)
     if before is not None and matrix.rows is not None and before.rows() is matrix.rows and before.m <= n:
-        keys = row_keys(matrix.ids[before.m:], matrix.standard[before.m:])
-        found = placement_after(nodes, index, before.place, before.m, keys)
+        found = placement_after(nodes, index, before.place, before.m, matrix_keys(matrix, spaces, before.m))
     else:
-        found = placement(nodes, row_keys(matrix.ids, matrix.standard), index)
+        found = placement(nodes, matrix_keys(matrix, spaces), index)
     return Placed(matrix.version, found, weakref.ref(matrix.rows) if matrix.rows is not None else lambda: None, n)
