@@ -258,7 +258,6 @@ BAD = {
     "non-utf8 file": (["index", "{tmp}/latin.txt"], "Error: {tmp}/latin.txt: not UTF-8 text (byte 0)"),
     "empty query": (["search", ""], "Error: the query is empty"),
     "blank query": (["search", "  \n"], "Error: the query is empty"),
-    "k=0": (["search", "bees", "-k", "0"], "Error: k must be positive, got 0"),
     "unknown strategy": (["search", "bees", "-s", "best"], "Error: unknown strategy 'best'; choose one of"),
     "unknown id": (["delete", "nope"], "Error: unknown id(s), nothing deleted: nope"),
     "other model": (["index", "{tmp}/corpus", "-m", "some/other-model"],
@@ -282,6 +281,17 @@ def test_bad_input_fails_with_one_line_and_changes_nothing(db, tmp_path, corpus,
     assert result.stdout == ""
     assert len(result.stderr.strip().splitlines()) == 1
     assert result.stderr.startswith(message.format(tmp=tmp_path, db=db))
+    assert snapshot(db) == before
+
+
+@pytest.mark.parametrize("args", [["search", "bees", "-k", "0"], ["search", "bees", "-c", "0"],
+                                  ["index", "{tmp}/corpus", "--chunk-chars", "0"],
+                                  ["index", "{tmp}/corpus", "--overlap", "-1"]])
+def test_option_values_out_of_range_are_usage_errors(db, tmp_path, corpus, args):
+    (corpus / "new.txt").write_text("A new file that must not be indexed by a refused command.")
+    before = snapshot(db)
+    result = mrag(*[a.format(tmp=tmp_path) for a in args], "--db", db, ok=False)
+    assert result.exit_code == 2 and "is not in the range" in result.stderr and result.stdout == ""
     assert snapshot(db) == before
 
 

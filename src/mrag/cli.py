@@ -35,8 +35,10 @@ def cli() -> None:
 @model_option
 @click.option("--layer", type=int, default=None, help="Layer whose heads are kept (default: last; -1 = last).")
 @click.option("--pooling", type=click.Choice(["mean", "cls", "last"]), default=None, help="Token pooling of the heads.")
-@click.option("--chunk-chars", type=int, default=None, help="Maximum chunk size in characters (default 1000).")
-@click.option("--overlap", type=int, default=None, help="Sentences shared by neighbouring chunks (default 1).")
+@click.option("--chunk-chars", type=click.IntRange(min=1), default=None,
+              help="Maximum chunk size in characters (default 1000).")
+@click.option("--overlap", type=click.IntRange(min=0), default=None,
+              help="Sentences shared by neighbouring chunks (default 1).")
 @click.option("--text-field", default="text", show_default=True, help="Text field of .json/.jsonl records.")
 @click.option("--id-field", default="id", show_default=True, help="Id field of .json/.jsonl records.")
 @click.option("--prune", is_flag=True,
@@ -68,7 +70,7 @@ def cli() -> None:
                    "are rebuilt as rows grow, at any size (0: not rebuilt either).")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="local", default=None, metavar="[ADDRESS]",
               help="Embed on a Ray cluster (ray://host:10001, auto); without ADDRESS a local one.")
-@click.option("--workers", type=int, default=2, show_default=True, help="Ray workers (with --ray).")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Ray workers (with --ray).")
 @output_options()
 @user_errors
 def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None, pooling: str | None,
@@ -159,11 +161,11 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
 @click.argument("query")
 @db_option
 @model_option
-@click.option("-k", type=int, default=5, show_default=True, help="Number of results.")
+@click.option("-k", type=click.IntRange(min=1), default=5, show_default=True, help="Number of results.")
 @click.option("--strategy", "-s", default=None,
               help=f"One of: {', '.join(settings.strategy_names())} (default: the index's, see mrag tune; else "
                    f"{settings.DEFAULT_STRATEGY}).")
-@click.option("-c", "depth", type=int, default=None, help="Per-space depth (default max(k, 32)).")
+@click.option("-c", "depth", type=click.IntRange(min=1), default=None, help="Per-space depth (default max(k, 32)).")
 @click.option("--explain", is_flag=True, help="Show which spaces voted for each hit.")
 @click.option("--spaces", "selection", default=None,
               help="Comma-separated voters to keep: standard, heads, head:I, split, bm25 (full text), "
@@ -339,7 +341,7 @@ def verify(db: str, plain: bool) -> None:
 
 @cli.command(context_settings=CONTEXT)
 @click.option("--db", envvar="MRAG_DEMO_DB", default=None, help="Where to build the demo index (default: temporary).")
-@click.option("-k", type=int, default=4, show_default=True, help="Results per strategy.")
+@click.option("-k", type=click.IntRange(min=1), default=4, show_default=True, help="Results per strategy.")
 @click.option("--strategy", "-s", default=settings.DEFAULT_STRATEGY, show_default=True, help="Compared with standard.")
 @output_options(plain=True)
 @user_errors
@@ -362,8 +364,10 @@ def demo(db: str | None, k: int, strategy: str, plain: bool) -> None:
 @click.option("--layer", type=int, default=-1, show_default=True, help="Layer whose heads vote.")
 @click.option("--pooling", type=click.Choice(["mean", "cls", "last"]), default=None, help="Token pooling of the heads.")
 @click.option("--strategies", default=None, help="Comma-separated (default: all without an LLM, plus fusion).")
-@click.option("-c", "depth", type=int, default=settings.DEFAULT_C, show_default=True, help="Per-space depth.")
-@click.option("--chunk-chars", type=int, default=0, help="Chunk documents (default 0: whole documents, as the paper).")
+@click.option("-c", "depth", type=click.IntRange(min=1), default=settings.DEFAULT_C, show_default=True,
+              help="Per-space depth.")
+@click.option("--chunk-chars", type=click.IntRange(min=0), default=0,
+              help="Chunk documents (default 0: whole documents, as the paper).")
 @click.option("--cache", envvar="MRAG_CACHE", default=None, help="Embedding cache folder (default ~/.cache/mrag/eval).")
 @click.option("--query-instruction", default="", help="Prefix for queries.")
 @click.option("--device", default="auto", show_default=True)

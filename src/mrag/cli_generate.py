@@ -26,15 +26,16 @@ gen_model_option = click.option(
 @click.argument("question")
 @db_option
 @model_option
-@click.option("-k", type=int, default=5, show_default=True, help="Chunks retrieved for the answer.")
+@click.option("-k", type=click.IntRange(min=1), default=5, show_default=True, help="Chunks retrieved for the answer.")
 @click.option("--strategy", "-s", default=None,
               help=f"One of: {', '.join(settings.strategy_names())} (default: the index's, see mrag tune; else "
                    f"{settings.DEFAULT_STRATEGY}). fusion/mrag-fusion let the LLM write sub-queries.")
 @generator_option
 @gen_model_option
-@click.option("--max-context-chars", type=int, default=DEFAULT_MAX_CONTEXT_CHARS, show_default=True,
+@click.option("--max-context-chars", type=click.IntRange(min=1), default=DEFAULT_MAX_CONTEXT_CHARS, show_default=True,
               help="Budget for the sources in the prompt; the lowest-ranked chunks are dropped first.")
-@click.option("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS, show_default=True, help="Longest answer.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=DEFAULT_MAX_TOKENS, show_default=True,
+              help="Longest answer.")
 @click.option("--no-generate", is_flag=True, help="Print the numbered context that would be sent; load no LLM.")
 @output_options(plain=True)
 @user_errors
@@ -105,11 +106,11 @@ def ask(question: str, db: str, model: str | None, k: int, strategy: str | None,
 @db_option
 @model_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
-@click.option("--port", type=int, default=8000, show_default=True)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
 @click.option("--token", envvar="MRAG_TOKEN", default=None, help="Bearer token required for writes (or MRAG_TOKEN).")
 @generator_option
 @gen_model_option
-@click.option("--max-request-bytes", type=int, default=10 * 1024 * 1024, show_default=True,
+@click.option("--max-request-bytes", type=click.IntRange(min=1), default=10 * 1024 * 1024, show_default=True,
               help="Larger request bodies are refused with 413.")
 @click.option("--create", is_flag=True, help="Create an empty index at DB if there is none (with --model).")
 @click.option("--warm/--no-warm", default=True, show_default=True,
