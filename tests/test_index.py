@@ -76,6 +76,25 @@ def test_add_then_search_finds_the_document(index, fake):
     assert index.search("Honeybees fan their wings", k=1)[0].metadata == {"era": "modern"}
 
 
+def test_metadata_values_are_stored_as_json_holds_them(index):
+    import datetime
+    import decimal
+
+    import numpy as np
+
+    given = {"n": np.int64(3), "x": np.float32(0.5), "v": np.array([1, 2]), "on": datetime.date(2026, 1, 2),
+             "at": datetime.datetime(2026, 1, 2, 3, 4), "tags": {"b", "a"}, "mixed": frozenset({1, "a"}),
+             "pair": (1, float("nan")), "price": decimal.Decimal("1.50"), "deep": {"s": {3, 1, 2}}}
+    index.add([{"id": "m", "text": "Honeybees fan their wings.", "metadata": given}])
+    assert index.search("bees", k=1)[0].metadata == {
+        "n": 3, "x": 0.5, "v": [1, 2], "on": "2026-01-02", "at": "2026-01-02T03:04:00", "tags": ["a", "b"],
+        "mixed": ["a", 1], "pair": [1, None], "price": "1.50", "deep": {"s": [1, 2, 3]}}
+    version = index.store.committed_version
+    with pytest.raises(ValueError, match="document 0: a metadata value is bytes"):
+        index.add([{"id": "b", "text": "Tides.", "blob": b"\x00"}])
+    assert index.store.committed_version == version and [h.doc_id for h in index.search("tides", k=5)] == ["m"]
+
+
 def test_search_votes_explain_the_score(index):
     index.add(DOCS)
     (hit,) = index.search("Deep Blue beat Kasparov at chess in 1997.", k=1, strategy="mrag-paper")

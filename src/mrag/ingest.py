@@ -7,6 +7,7 @@ written. Files found while walking a folder are skipped with a reason when they 
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import html.parser
 import json
@@ -16,6 +17,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst"}
 HTML_SUFFIXES = {".html", ".htm"}
@@ -326,25 +329,43 @@ def merged_metadata(record: dict[str, Any], named: tuple[str, ...], strict: bool
     `named` and "metadata", a field winning over a key of the same name. Records files, `Index.add` and the
     server all keep metadata so. {"text": .., "metadata": {"a": 1}, "b": 2} -> {"a": 1, "b": 2}. A "metadata"
     that is not an object is an error (`strict`), or a field like the others (a records file's own data).
-    NaN and infinities become null, as JSON has no words for them (pandas' missing values)."""
+    Values are made JSON's (`json_ready`)."""
     given = record.get("metadata")
     if given is not None and not isinstance(given, dict):
         if strict:
             raise ValueError(f"metadata must be an object (a dict), got {type(given).__name__}")
         given = {"metadata": given}
     fields = {k: v for k, v in record.items() if k not in named and k != "metadata"}
-    return _finite({**(given or {}), **fields})
+    return json_ready({**(given or {}), **fields})  # type: ignore[no-any-return]
 
 
-def _finite(value: Any) -> Any:
-    """`value` with every NaN or infinite float, however deep in lists and dicts, as None."""
+def json_ready(value: Any) -> Any:
+    """A metadata value as JSON holds it, however deep in lists and dicts: NaN and infinities as null (pandas'
+    missing values), numpy scalars and arrays as numbers and lists, tuples and sets as lists, dates and
+    times in ISO 8601; bytes are refused (no text of their own); other objects (Decimal, UUID, Path) as
+    their text.  {"n": np.int64(3), "on": date(2026, 1, 2), "tags": {"b", "a"}} -> {"n": 3, "on":
+    "2026-01-02", "tags": ["a", "b"]}"""
+    if isinstance(value, np.generic | np.ndarray):
+        value = value.tolist()
     if isinstance(value, float):
         return value if math.isfinite(value) else None
+    if value is None or isinstance(value, str | int):
+        return value
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: json_ready(v) for k, v in value.items()}
+    if isinstance(value, set | frozenset):
+        items = [json_ready(v) for v in value]
+        try:
+            return sorted(items)
+        except TypeError:
+            return sorted(items, key=lambda v: json.dumps(v, sort_keys=True))  # mixed kinds: a stable order
     if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
+        return [json_ready(v) for v in value]
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, bytes | bytearray | memoryview):
+        raise ValueError("a metadata value is bytes, which JSON cannot hold: decode it to text first")
+    return str(value)
 
 
 def as_document(doc: Document | dict[str, Any] | str, i: int) -> Document:
