@@ -23,8 +23,9 @@ from mrag.evaluate.datasets import Benchmark
 from mrag.evaluate.metrics import K_MAX, dedupe_units, query_metrics
 from mrag.index import Index
 from mrag.manifest import FORMAT_VERSION
-from mrag.retrieve import exact, fulltext
+from mrag.retrieve import fulltext
 from mrag.retrieve import strategies as retrieve
+from mrag.retrieve.device_scan import exact_ranker, scan_device
 from mrag.spaces import SpaceSpec
 
 WHOLE_DOCUMENTS = 10**9  # chunk size that keeps every document in one chunk (the paper's setting)
@@ -140,7 +141,8 @@ def evaluate(
     matrix = corpus.index.store.matrix()
     extra = {name: matrix.extra[name] for name in corpus.spaces}
     # BM25 on the same rows as a search answers it (in memory or through LanceDB's index); each text asked once
-    ranker = fulltext.FullTextRanker(exact.Exact(matrix.standard, matrix.heads, extra), matrix.table,
+    device = scan_device(getattr(corpus.index.embedder, "device", None))  # a GPU's when the embedder runs on one
+    ranker = fulltext.FullTextRanker(exact_ranker(matrix.standard, matrix.heads, extra, device), matrix.table,
                                      row_ids=matrix.row_ids, cache=True,
                                      memory=fulltext.in_memory(matrix, corpus.index.store.fulltext))
     scales = corpus.index.space_weights()
