@@ -79,6 +79,13 @@ def test_more_rows_wanted_than_the_matrix_has():
     same_as_cpu(*matrix(7), parts(2), 10)
 
 
+def test_a_copy_of_the_first_rows_of_larger_arrays():
+    heads, standard = np.random.default_rng(2).random((3, 10, 4), dtype=np.float32), np.eye(9, 5, dtype=np.float32)
+    view = heads[:, :7]  # as a matrix's heads: the first rows of arrays with room for more
+    assert torch.equal(device_scan.copied(view, "cpu"), torch.from_numpy(np.ascontiguousarray(view)))
+    assert torch.equal(device_scan.copied(standard[:6], "cpu"), torch.from_numpy(standard[:6]))
+
+
 def test_where_the_scan_runs(monkeypatch):
     monkeypatch.delenv(device_scan.SCAN_VARIABLE, raising=False)
     assert scan_device(None) == "cpu" and scan_device("cpu") == "cpu" and scan_device("mps") == "cpu"

@@ -68,9 +68,18 @@ def on_device(array: np.ndarray, device: str) -> torch.Tensor:
         found = _copies.get(key)
         if found is not None and found[0]() is array and found[1] == device:
             return found[2]
-        copy = torch.from_numpy(np.ascontiguousarray(array)).to(device)  # no reference to the array kept
+        copy = copied(array, device)
         _copies[key] = (weakref.ref(array, _forget(_copies, key)), device, copy)
         return copy
+
+
+def copied(array: np.ndarray, device: str) -> torch.Tensor:
+    """A copy of the array (N, D) or (H, N, d) on `device`, holding no reference to it; heads copied one
+    at a time (a matrix's heads are a view of larger arrays: a contiguous CPU copy of all would be made)."""
+    copy = torch.empty(array.shape, dtype=torch.float32, device=device)
+    for i, part in enumerate(array if array.ndim == 3 else [array]):
+        (copy[i] if array.ndim == 3 else copy).copy_(torch.from_numpy(np.ascontiguousarray(part, np.float32)))
+    return copy
 
 
 class DeviceExact:
