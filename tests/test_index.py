@@ -10,10 +10,10 @@ import pytest
 from conftest import FakeEmbedder
 
 import mrag.index
-from mrag import ingest, sync
+from mrag import documents, ingest, sync
+from mrag.documents import Document
 from mrag.errors import StoreError
 from mrag.index import Index
-from mrag.ingest import Document
 from mrag.scales import brute_force_scales
 from mrag.store import Store
 
@@ -761,8 +761,8 @@ def test_a_library_document_added_before_the_mark_is_still_unchanged(index):
     document again is no change (and no error)."""
     doc = {"id": "old", "text": "Written by an older mrag."}
     index.add([doc])
-    index.store.chunks.update(where="doc_id = 'old'", values={"doc_hash": ingest.document_digest(
-        ingest.as_document(doc, 0))})  # as an older version wrote it
+    index.store.chunks.update(where="doc_id = 'old'", values={"doc_hash": documents.document_digest(
+        documents.as_document(doc, 0))})  # as an older version wrote it
     assert index.add([doc]).unchanged == ["old"]
 
 

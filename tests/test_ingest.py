@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from mrag.ingest import Document, IngestError, Skipped, html_to_text, read_file, read_paths
+from mrag.documents import Document
+from mrag.ingest import IngestError, Skipped, html_to_text, read_file, read_paths
 
 
 def make_pdf(text: str) -> bytes:
@@ -134,7 +135,7 @@ def test_jsonl_with_custom_fields(tmp_path):
 
 
 def test_a_record_s_metadata_object_is_merged_as_index_add_merges_it(tmp_path):
-    from mrag.ingest import as_document
+    from mrag.documents import as_document
 
     record = {"id": "m1", "text": "Bees.", "metadata": {"topic": "bees", "lang": "fr"}, "lang": "en"}
     path = write(tmp_path / "r.jsonl", json.dumps(record) + "\n" + json.dumps({"text": "Ants.", "metadata": None}))
@@ -411,7 +412,7 @@ def test_skip_reason_when_the_path_holds_a_colon(tmp_path, monkeypatch):
 
 
 def test_a_library_document_s_id_may_be_0_and_its_metadata_must_be_a_dict():
-    from mrag.ingest import as_document
+    from mrag.documents import as_document
 
     assert as_document({"id": 0, "text": "zero"}, 0).id == "0"  # not a hash: 0 is an id
     assert as_document({"id": "", "text": "x"}, 0).id == as_document({"text": "x"}, 0).id  # "" as none: a hash

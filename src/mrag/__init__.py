@@ -15,10 +15,10 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from mrag.documents import Document
     from mrag.embed.base import Embeddings, HeadEmbedder
     from mrag.errors import StoreError
     from mrag.index import AddReport, Index
-    from mrag.ingest import Document
     from mrag.retrieve.types import Hit
 
 _WHERE = {

@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 
 from mrag import fits, settings, sync, upkeep, writing
+from mrag.documents import Document, not_an_id
 from mrag.embed.base import HeadEmbedder
 from mrag.errors import StoreError
-from mrag.ingest import Document, not_an_id, read_paths
+from mrag.ingest import read_paths
 from mrag.locking import is_local
 from mrag.manifest import Manifest
 from mrag.retrieve import ann, fulltext, graph

@@ -7,18 +7,15 @@ written. Files found while walking a folder are skipped with a reason when they 
 
 from __future__ import annotations
 
-import datetime
-import hashlib
 import html.parser
 import json
-import math
 import os
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from mrag.documents import Document, field_text, merged_metadata, not_an_id
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst"}
 HTML_SUFFIXES = {".html", ".htm"}
@@ -26,36 +23,11 @@ RECORD_SUFFIXES = {".json", ".jsonl"}
 SUFFIXES = TEXT_SUFFIXES | HTML_SUFFIXES | RECORD_SUFFIXES | {".pdf"}
 
 
-NOT_IDS = (bool, list, dict)  # values whose text is no one's id (str(True), str([1])): refused as ids
 EMPTY, NO_RECORDS = "the file is empty", "no records"  # why a file holds no document (`mrag.sync`)
-
-
-def field_text(value: Any) -> str:
-    """A title's or a source's text: none for null, false, NaN or infinity; a number as its text (0 -> "0")."""
-    if value is None or value is False or (isinstance(value, float) and not math.isfinite(value)):
-        return ""
-    return str(value)
-
-
-def not_an_id(given: Any) -> bool:
-    """A value whose text is no one's id: a boolean, list or object (str(True), str([1])), NaN or infinity."""
-    return isinstance(given, NOT_IDS) or (isinstance(given, float) and not math.isfinite(given))
 
 
 class IngestError(ValueError):
     """A file that was asked for by name cannot be indexed."""
-
-
-@dataclass
-class Document:
-    id: str
-    text: str
-    source: str
-    title: str = ""
-    metadata: dict[str, Any] = field(default_factory=dict)
-    # its file as `read_file` found it before reading (`file_stamp`): a write leaves the file's documents
-    # as committed when it changed since and another run wrote one of them meanwhile (`mrag.sync`)
-    stamp: tuple[int, int, int] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass
@@ -324,111 +296,3 @@ def html_to_text(markup: str) -> tuple[str, str]:
     return parser.title, "\n\n".join(line for line in lines if line)
 
 
-def merged_metadata(record: dict[str, Any], named: tuple[str, ...], strict: bool = True) -> dict[str, Any]:
-    """A record's metadata: the keys of its "metadata" object (none: null or absent) and its fields other than
-    `named` and "metadata", a field winning over a key of the same name. Records files, `Index.add` and the
-    server all keep metadata so. {"text": .., "metadata": {"a": 1}, "b": 2} -> {"a": 1, "b": 2}. A "metadata"
-    that is not an object is an error (`strict`), or a field like the others (a records file's own data).
-    Values are made JSON's (`json_ready`)."""
-    given = record.get("metadata")
-    if given is not None and not isinstance(given, dict):
-        if strict:
-            raise ValueError(f"metadata must be an object (a dict), got {type(given).__name__}")
-        given = {"metadata": given}
-    fields = {k: v for k, v in record.items() if k not in named and k != "metadata"}
-    return json_ready({**(given or {}), **fields})  # type: ignore[no-any-return]
-
-
-def json_ready(value: Any) -> Any:
-    """A metadata value as JSON holds it, however deep in lists and dicts: NaN and infinities as null (pandas'
-    missing values), numpy scalars and arrays as numbers and lists, tuples and sets as lists, dates and
-    times in ISO 8601; bytes are refused (no text of their own); other objects (Decimal, UUID, Path) as
-    their text.  {"n": np.int64(3), "on": date(2026, 1, 2), "tags": {"b", "a"}} -> {"n": 3, "on":
-    "2026-01-02", "tags": ["a", "b"]}"""
-    if isinstance(value, np.generic | np.ndarray):
-        value = value.tolist()
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if value is None or isinstance(value, str | int):
-        return value
-    if isinstance(value, dict):
-        return {k: json_ready(v) for k, v in value.items()}
-    if isinstance(value, set | frozenset):
-        items = [json_ready(v) for v in value]
-        try:
-            return sorted(items)
-        except TypeError:
-            return sorted(items, key=lambda v: json.dumps(v, sort_keys=True))  # mixed kinds: a stable order
-    if isinstance(value, list | tuple):
-        return [json_ready(v) for v in value]
-    if isinstance(value, datetime.date | datetime.time):
-        return value.isoformat()
-    if isinstance(value, bytes | bytearray | memoryview):
-        raise ValueError("a metadata value is bytes, which JSON cannot hold: decode it to text first")
-    return str(value)
-
-
-def as_document(doc: Document | dict[str, Any] | str, i: int) -> Document:
-    if isinstance(doc, Document):
-        d = doc
-    elif isinstance(doc, str):
-        d = Document(id=hashlib.sha256(doc.encode()).hexdigest()[:16], text=doc, source="")
-    elif isinstance(doc, dict):
-        if not isinstance(doc.get("text"), str):
-            raise ValueError(f"document {i} has no string 'text'")
-        try:
-            metadata = merged_metadata(doc, ("id", "text", "source", "title"))
-        except ValueError as e:
-            raise ValueError(f"document {i}: {e}") from None
-        given = doc.get("id")  # 0 is an id; None or "": a hash of the text
-        if not_an_id(given):  # as in a records file
-            raise ValueError(f"document {i}: the id must be a string or a number, not {json.dumps(given)}")
-        d = Document(
-            id=str(given) if given not in (None, "") else hashlib.sha256(doc["text"].encode()).hexdigest()[:16],
-            text=doc["text"],
-            source=field_text(doc.get("source")),
-            title=field_text(doc.get("title")),
-            metadata=metadata,
-        )
-    else:
-        raise TypeError(f"document {i}: expected Document, dict or str, got {type(doc).__name__}")
-    if not d.text.strip():
-        raise ValueError(f"document {d.id!r} is empty")
-    return d
-
-
-# a document's digest (its rows' doc_hash) with this prefix: the library or the server wrote it, and it never
-# follows a file whatever its source ...
-ADDED = "added:"
-# ... and this digest (after the prefix, if any) marks a document some of whose chunks were deleted: its next
-# write, unchanged or not, writes it whole again
-PARTIAL = "partial"
-
-
-def document_digest(doc: Document, added: bool = False) -> str:
-    """What decides whether a document changed: its text, title, source and metadata; `added`: written by the
-    library or the server, not by indexing files."""
-    payload = json.dumps([doc.text, doc.title, doc.source, doc.metadata], sort_keys=True, default=str)
-    return (ADDED if added else "") + hashlib.sha256(payload.encode()).hexdigest()
-
-
-def same_content(stored: str | None, digest: str) -> bool:
-    """Whether a document whose digest is `digest` is unchanged against the stored one: the same digest, or the
-    library's of a document indexing files wrote (or that an index written before `ADDED` holds). A file's
-    record of a document the library added is written again, so that it follows its file from then on."""
-    return stored == digest or (digest.startswith(ADDED) and stored == digest.removeprefix(ADDED))
-
-
-def added(stored: str | None) -> bool:
-    """Whether a stored digest says the library or the server wrote the document (`ADDED`)."""
-    return (stored or "").startswith(ADDED)
-
-
-def partial(stored: str | None) -> bool:
-    """Whether a stored digest marks a document some of whose chunks were deleted (`PARTIAL`)."""
-    return stored is not None and stored.removeprefix(ADDED) == PARTIAL
-
-
-def made_partial(stored: str | None) -> str:
-    """The digest of a document once some of its chunks are deleted: `PARTIAL`, the library's mark kept."""
-    return (ADDED if added(stored) else "") + PARTIAL

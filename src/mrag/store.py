@@ -33,8 +33,8 @@ import pyarrow as pa
 
 from mrag import maintenance
 from mrag.connection import connect
+from mrag.documents import made_partial, partial
 from mrag.errors import StoreError
-from mrag.ingest import made_partial, partial
 from mrag.locking import LOCK_FILE, Lease, is_local, local_path, write_lock
 from mrag.manifest import READABLE_FORMATS, Manifest
 from mrag.matrix import Matrix, grown, head_units, load_matrix, stamps
@@ -387,7 +387,7 @@ class Store:
 
     def mark_partial(self, doc_ids: list[str]) -> None:
         """Mark documents some of whose chunks were deleted (inside `writing()`): one remaining row each, its
-        first, gets the digest `ingest.made_partial` (that row written again, vectors unchanged; `doc_hashes`
+        first, gets the digest `documents.made_partial` (that row written again, vectors unchanged; `doc_hashes`
         reads a document with such a row as partial). Documents with no row left are passed over."""
         rows = self.rows(f"doc_id IN ({quote(doc_ids)})", ["id", "doc_id", "position", "doc_hash"],
                          table=self.chunks).to_pylist()

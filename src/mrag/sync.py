@@ -9,7 +9,8 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from mrag.ingest import EMPTY, NO_RECORDS, RECORD_SUFFIXES, Document, IngestError, Skipped, added, file_stamp
+from mrag.documents import Document, added
+from mrag.ingest import EMPTY, NO_RECORDS, RECORD_SUFFIXES, IngestError, Skipped, file_stamp
 from mrag.rows import quote
 from mrag.store import Store
 from mrag.writing import AddReport, check_unique_ids
@@ -171,7 +172,7 @@ def to_read(paths: Sequence[str | Path], prune: bool) -> list[str | Path]:
 
 def sources(store: Store, where: str | None, table: Any = None) -> dict[str, str]:
     """Document id -> source of the committed documents `where` selects (None: all) that indexing files wrote
-    (the library's and the server's are left alone, `ingest.ADDED`); `table`: of that table's rows instead (a
+    (the library's and the server's are left alone, `documents.ADDED`); `table`: of that table's rows instead (a
     write's, before its commit)."""
     rows = store.rows(where, ["doc_id", "source", "doc_hash"], table=table)
     return {i: s for i, s, h in zip(rows["doc_id"].to_pylist(), rows["source"].to_pylist(),

@@ -12,9 +12,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mrag.chunk import chunk_text
+from mrag.documents import Document, as_document, document_digest, partial, same_content
 from mrag.embed.base import HeadEmbedder
 from mrag.errors import StoreError
-from mrag.ingest import Document, Skipped, as_document, document_digest, partial, same_content
+from mrag.ingest import Skipped
 from mrag.locking import cannot_write, unwritable
 from mrag.retrieve import fulltext
 from mrag.rows import build_rows, quote
@@ -108,7 +109,7 @@ def write(
     leave_out: Callable[[set[str]], set[str]] | None = None,
 ) -> AddReport:
     """Add documents (`replace`: and replace changed ones); `from_files`: read from files by `mrag.sync`,
-    whose records follow their files (others' digests say they were added: `ingest.ADDED`). Embeds outside
+    whose records follow their files (others' digests say they were added: `documents.ADDED`). Embeds outside
     the write lock (other writers go on meanwhile), then, under it, triages again against what is committed now and
     writes. Past `STAGE_BYTES` of embedded rows the lock is taken early and the rest is written as
     it is embedded, so memory stays bounded. `embedder` is called only when there is work. `settle` runs

@@ -25,9 +25,10 @@ from mrag.distributed.stages import (
     plan,
     read_documents,
 )
+from mrag.documents import Document
 from mrag.embed.base import Embeddings, HeadEmbedder
 from mrag.index import Index, embedder_factory
-from mrag.ingest import Document, list_files
+from mrag.ingest import list_files
 from mrag.retrieve import fulltext
 from mrag.scales import HeadStats
 from mrag.settings import AnnPolicy

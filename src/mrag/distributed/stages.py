@@ -16,8 +16,9 @@ import numpy as np
 import pyarrow as pa
 
 from mrag.chunk import chunk_text
+from mrag.documents import document_digest
 from mrag.embed.base import Embeddings, HeadEmbedder
-from mrag.ingest import IngestError, Skipped, document_digest, read_file, unreadable_reason
+from mrag.ingest import IngestError, Skipped, read_file, unreadable_reason
 from mrag.rows import build_rows, chunk_schema
 from mrag.scales import HeadStats, split_unit
 from mrag.writing import AddReport, check_unique_ids, triage

@@ -27,9 +27,10 @@ from typing import Any
 
 import numpy as np
 
+from mrag.documents import Document
 from mrag.evaluate.datasets import json_lines
 from mrag.evaluate.querygen import QueryWriter, content_words, quoted_words
-from mrag.ingest import Document, read_paths
+from mrag.ingest import read_paths
 
 DEFAULT_NS = (1, 2, 3, 4, 6)
 DEFAULT_PER_N = 25
