@@ -174,6 +174,17 @@ def test_index_prune_deletes_the_documents_of_deleted_files(db, corpus):
     assert refused.exit_code == 2 and "--ray does not prune" in refused.stderr
 
 
+def test_ray_options_read_as_a_user_meant_them(tmp_path, corpus):
+    took = mrag("index", "--ray", corpus, "--db", tmp_path / "db", ok=False)  # --ray takes the next word
+    assert took.exit_code == 2 and "as the cluster's address: put --ray after the paths" in took.stderr
+    assert not (tmp_path / "db").exists()
+    pytest.importorskip("ray", reason="needs Ray: pip install 'mrag[ray]'")
+    (tmp_path / "empty").mkdir()
+    plain = mrag("index", tmp_path / "empty", "--db", tmp_path / "db", "--ray", "--plain")  # no file: no Ray
+    assert plain.stdout.startswith("added 0, updated 0, unchanged 0, removed 0 documents") and not (
+        tmp_path / "db").exists()
+
+
 def test_clear_errors_for_fusion_a_relative_path_and_tune_without_a_bench(db, corpus, monkeypatch):
     fused = mrag("search", "bees and aqueducts", "--db", db, "-s", "fusion", ok=False)
     assert fused.exit_code == 2 and "use `mrag ask`" in fused.stderr
@@ -373,6 +384,16 @@ def test_demo_json(tmp_path):
     assert found >= 0.5 * sum(len(r["expected"]) for r in rows)
     # a second run on the same folder re-embeds nothing and answers the same
     assert lines(mrag("demo", "--json", "--db", tmp_path / "demo")) == rows
+
+
+def test_demo_refuses_an_index_of_other_documents(tmp_path, reuse_minilm):
+    db = tmp_path / "mine"
+    (tmp_path / "note.txt").write_text("My own note on tides.")
+    mrag("index", tmp_path / "note.txt", "--db", db)
+    before = snapshot(db)
+    result = mrag("demo", "--db", db, ok=False)
+    assert result.exit_code == 1 and "holds documents other than the demo's (1, e.g. " in result.stderr
+    assert snapshot(db) == before
 
 
 @pytest.mark.slow

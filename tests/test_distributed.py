@@ -7,6 +7,7 @@ nothing leaves the machine. The child is this file run as a script; it prints a 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -68,6 +69,27 @@ class SlowEmbedder(FakeEmbedder):
         return super().embed_batch(texts)
 
 
+class LockProbeEmbedder(FakeEmbedder):
+    """The fake embedder that, on its first batch, notes in `<db>.probe` whether the index's write lock is free:
+    another process (this actor) trying it while the job embeds, as another writer would."""
+
+    def __init__(self, db: str) -> None:
+        super().__init__()
+        self.db = db
+
+    def embed_batch(self, texts: list[str]):
+        from mrag.locking import write_lock
+
+        probe = Path(self.db + ".probe")
+        if not probe.exists():
+            try:
+                with write_lock(self.db, timeout=0):
+                    probe.write_text("free")
+            except Exception as e:  # held by the job's driver
+                probe.write_text(f"held: {type(e).__name__}")
+        return super().embed_batch(texts)
+
+
 def manifest_versions(db: Path) -> int:
     return len(list((db / "manifest.lance" / "_versions").iterdir()))
 
@@ -81,12 +103,20 @@ def child(corpus: Path, db: Path) -> dict:
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=150 * 2**20)
     options = {"num_workers": 3, "cpus_per_worker": 0.5, "batch_size": 4}
     out = {"first": index_with_ray(db, [corpus], make_embedder=FakeEmbedder, **options).to_dict()}
+    out["fragments"] = len(list((db / "chunks.lance" / "data").iterdir()))  # the batches written as one
     versions = manifest_versions(db)
     os.chdir(corpus.parent)  # the same files by a relative path: the same documents, nothing to do
     out["again"] = index_with_ray(db, [corpus.name], make_embedder=FakeEmbedder, **options).to_dict()
     out["again_commits"] = manifest_versions(db) - versions
     (corpus / "note0.txt").write_text(TOPICS[3] + " Rewritten.")
-    out["changed"] = index_with_ray(db, [corpus], make_embedder=FakeEmbedder, **options).to_dict()
+    probe = functools.partial(LockProbeEmbedder, str(db))  # the lock is free while the workers embed
+    out["changed"] = index_with_ray(db, [corpus], make_embedder=probe, **options).to_dict()
+    out["lock_while_embedding"] = Path(f"{db}.probe").read_text()
+    try:  # GPUs the cluster does not have: refused (Ray would wait for them forever)
+        index_with_ray(db, [corpus], make_embedder=FakeEmbedder, gpus_per_worker=1, **options)
+        out["no_gpu"] = "no error"
+    except ValueError as e:
+        out["no_gpu"] = str(e)
     out["stale"] = stale_jobs(corpus, db, options)
     # a records file follows its file: rec0 changed and rec4 gone in one commit, then rec3 gone alone
     records = corpus / "records.jsonl"
@@ -111,6 +141,10 @@ def child(corpus: Path, db: Path) -> dict:
         out["poison"] = "no error"
     except Exception as e:  # the worker's error, unwrapped from Ray's
         out["poison"] = f"{type(e).__name__}: {e}"
+    try:  # a new index: a job that fails leaves none behind
+        index_with_ray(corpus.parent / "poison-db", [corpus], make_embedder=PoisonEmbedder, **options)
+    except Exception:
+        out["poison_created"] = (corpus.parent / "poison-db").exists()
     (corpus / "poison.txt").unlink()
     big = corpus.parent / "big.jsonl"  # one file of many records: still spread over the pool
     big.write_text("\n".join(json.dumps({"id": f"big{i}", "text": TOPICS[i % len(TOPICS)]}) for i in range(60)))
@@ -276,6 +310,10 @@ def test_ray_index_equals_single_process_index(tmp_path):
     assert (out["gone"]["removed"], out["gone"]["chunks"]) == (1, 0)  # nothing to embed: the delete alone
     assert out["taken"].startswith("id(s) already indexed from another file, nothing written: rec1")
     assert out["poison"] == "RayJobError: the Ray job failed, nothing was written: RuntimeError: poisoned chunk"
+    assert out["poison_created"] is False
+    assert out["fragments"] == 1  # every batch in one fragment (one per batch of 4 chunks before)
+    assert out["lock_while_embedding"] == "free"  # other writers go on while the workers embed
+    assert out["no_gpu"] == "gpus_per_worker=1, but the Ray cluster has 0 GPUs"
 
     distributed = Index.open(tmp_path / "ray-db", embedder=FakeEmbedder(), create=False)
     mine, theirs = rows_by_id(distributed), rows_by_id(single)
@@ -371,21 +409,23 @@ def test_listing_reading_and_planning_without_ray(tmp_path):
     assert chunk_rows(row, frozenset({"k1"})) == chunk_rows(row) and chunk_rows(row, frozenset({"other"})) == []
 
 
-def test_root_cause_unwraps_ray_style_wrappers():
-    from mrag.distributed.job import _root_cause
+def test_the_worker_failure_behind_ray_style_wrappers():
+    from mrag.distributed.job import _causes, _worker_failure
 
     class Wrapper(Exception):
-        def __init__(self, cause: object) -> None:
-            super().__init__("wrapped")
+        def __init__(self, cause: object, message: str = "wrapped") -> None:
+            super().__init__(message)
             self.cause = cause
 
     inner = KeyError("the worker's error")
-    assert _root_cause(Wrapper(inner)) is inner
+    assert _causes(Wrapper(inner))[-1] is inner
     chained = RuntimeError("outer")
     chained.__cause__ = Wrapper(inner)
-    assert _root_cause(chained) is inner
-    assert type(_root_cause(Wrapper("not an exception"))) is Wrapper  # a `cause` that is no exception
-    from mrag.distributed.job import _worker_failure
+    assert _causes(chained)[-1] is inner
+    assert len(_causes(Wrapper("not an exception"))) == 1  # a `cause` that is no exception
+    looped = Wrapper(None)
+    looped.cause = looped
+    assert _causes(looped) == [looped]
 
     class RayTaskError(Exception):  # the shape of what Ray raises when the worker's exception stayed remote
         pass
@@ -405,9 +445,15 @@ def test_root_cause_unwraps_ray_style_wrappers():
     )
     assert _worker_failure(RayTaskError(text)) == "RuntimeError: poisoned chunk"
     assert _worker_failure(Wrapper(inner)) == 'KeyError: "the worker\'s error"'
-    looped = Wrapper(None)
-    looped.cause = looped
-    assert _root_cause(looped) is looped
+    # an actor that died while starting: Ray's ActorDiedError (its text ends with the worker's error) around an
+    # empty SystemException
+    died = RayTaskError("The actor died because of an error raised in its creation task, ...\n"
+                        "  File \"embed.py\", line 9, in __init__\n"
+                        "RuntimeError: CUDA out of memory while loading the model")
+    empty = RayTaskError("")
+    empty.__cause__ = died
+    assert _worker_failure(empty) == "RuntimeError: CUDA out of memory while loading the model"
+    assert _worker_failure(RayTaskError("")) == "RayTaskError"
 
 
 def test_ray_refuses_an_index_with_extra_spaces_before_any_work(tmp_path):

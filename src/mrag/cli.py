@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,11 @@ def cli() -> None:
     mrag index docs/ --db idx                   # index your files
     mrag search "roman roads and bees" --db idx --explain
     """
+
+
+def ray_cluster_address(value: str) -> bool:
+    """Whether --ray's value reads as a cluster's address: auto, a URL (ray://host:10001), host:port."""
+    return value == "auto" or "://" in value or re.fullmatch(r"[\w.\-\[\]:]+:\d+", value) is not None
 
 
 @cli.command(context_settings=CONTEXT)
@@ -96,6 +102,9 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
     from mrag.ingest import read_paths
     from mrag.settings import AnnPolicy
 
+    if ray_address not in (None, "local") and Path(ray_address).exists() and not ray_cluster_address(ray_address):
+        raise click.UsageError(f"--ray took {ray_address!r}, a file or folder, as the cluster's address: put "
+                               "--ray after the paths (or give the address: --ray auto, --ray ray://host:10001)")
     if not paths and not build_ann and not drop_ann:
         raise click.UsageError("give files or folders to index (or --build-ann / --drop-ann for an existing index)")
     if build_ann and drop_ann:
@@ -126,13 +135,11 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
                                     num_workers=workers, model=model, layer=layer, chunk_chars=chunk_chars,
                                     overlap=overlap, show_progress=progress, ann_policy=policy,
                                     fields={"text_field": text_field, "id_field": id_field}, **options)
-        except RayJobError as e:
+        except (RayJobError, ImportError) as e:
             raise click.ClickException(str(e).splitlines()[0]) from e
-        if not Store.exists(db):  # nothing to index in a new index: none is created
-            emit(report.to_dict())
-            return
-        idx = Index.open(db, create=False)
-        idx.ann_policy = policy
+        idx = Index.open(db, create=False) if Store.exists(db) else None  # nothing to index: no new index
+        if idx is not None:
+            idx.ann_policy = policy
     else:
         docs, skipped = read_paths(sync.to_read(paths, prune), text_field=text_field, id_field=id_field,
                                    empty_ok=prune) if paths else ([], [])
@@ -140,11 +147,11 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
                          create=bool(paths), **options)
         idx.ann_policy = policy  # the library's policy: upsert (re)builds the ANN indexes past the threshold
         report = sync.index_files(idx, paths, docs, skipped, show_progress=sys.stderr.isatty(), prune=prune)
-    if build_ann and not report.ann:
+    if build_ann and not report.ann and idx is not None:
         report.ann = idx.maintain_ann(force=True)
     summary = report.to_dict()
     if drop_ann:
-        summary["ann_dropped"] = idx.drop_ann()
+        summary["ann_dropped"] = idx.drop_ann() if idx is not None else None
     if plain:
         click.echo(f"added {summary['added']}, updated {summary['updated']}, unchanged {summary['unchanged']}, "
                    f"removed {summary['removed']} documents ({summary['chunks']} chunks embedded)")

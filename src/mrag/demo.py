@@ -31,6 +31,10 @@ def run_demo(db: str | None, k: int, strategy: str, as_json: bool, echo: Callabl
     try:
         index = Index.open(db)
         docs = [{"id": d["id"], "text": d["text"], "title": d["title"], "topic": d["topic"]} for d in sample_corpus()]
+        others = set(index.store.rows(columns=["doc_id"])["doc_id"].to_pylist()) - {d["id"] for d in docs}
+        if others:  # an index of the user's own: the sample documents must not be written into it
+            raise ValueError(f"{db} holds documents other than the demo's ({len(others)}, e.g. {min(others)!r}): "
+                             "give a new folder, or none for a temporary one")
         report = index.upsert(docs)
         if not as_json:
             echo(f"Indexed {report.chunks} chunks from {len(docs)} sample documents into {db} "

@@ -6,12 +6,14 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from mrag import sync
 from mrag.distributed.stages import (
@@ -33,7 +35,7 @@ from mrag.retrieve import fulltext
 from mrag.scales import HeadStats
 from mrag.settings import AnnPolicy
 from mrag.store import Store
-from mrag.writing import chunk_settings, retriage
+from mrag.writing import STAGE_BYTES, chunk_settings, retriage
 
 
 class RayJobError(RuntimeError):
@@ -103,6 +105,9 @@ def index_with_ray(
         return RayIndexReport()
     make = make_embedder or _transformer_factory(uri, model, layer, storage_options, embedder_options)
     started = not ray.is_initialized()
+    if not started and address:
+        warnings.warn(f"address={address!r} is not used: this process is already connected to a Ray cluster, which "
+                      "runs the job (ray.shutdown() first to use another)", RuntimeWarning, stacklevel=2)
     if started:
         with warnings.catch_warnings():  # Ray starts its processes with fork + exec: no LanceDB code runs in them
             warnings.filterwarnings("ignore", "lancedb fork support is experimental", RuntimeWarning)
@@ -175,6 +180,10 @@ def _run_job(
         return report
     # the embedder's description, from a worker (the driver may have no GPU, nor the model's files)
     info = ray.get(ray.remote(_embedder_info).options(num_cpus=cpus, num_gpus=gpus).remote(make))
+    pool = num_workers if gpus == 0 else min(num_workers, max(1, int(ray.cluster_resources().get("GPU", 0) // gpus)))
+    # embedded before the write lock is taken (other writers go on meanwhile) and before a new index is made (a
+    # failed job leaves none); Ray holds the rows, spilling them to disk past its memory
+    embedded = _embedded(ray, documents, todo, make, pool, batch_size, cpus, gpus)
     index = Index.open(
         uri,
         embedder=_RecordedEmbedder(info),
@@ -183,7 +192,6 @@ def _run_job(
         overlap=chunking["overlap"],
     )
     index.ann_policy, store = ann_policy, index.store
-    pool = num_workers if gpus == 0 else min(num_workers, max(1, int(ray.cluster_resources().get("GPU", 0) // gpus)))
     written: list[str] = []
     tags: list[dict[str, Any]] = []
     digests = {r["doc_id"]: r["digest"] for r in listing if not r["problem"]}
@@ -193,15 +201,21 @@ def _run_job(
         # changed since this job read them, stay as committed; the rest against what is committed now (the
         # old rows of changed ones deleted)
         wanted = retriage(store, planned, True, report, hashes, sync.leaving_out(read, changed))
+        left_out = set(todo) - wanted  # embedded, not written
         todo = {doc_id: n for doc_id, n in todo.items() if doc_id in wanted}
         before = HeadStats.from_json(store.sums.heads.to_json())
-        for table in _embedded(ray, documents, todo, make, pool, batch_size, cpus, gpus) if todo else ():
+        for table in _gathered(embedded, STAGE_BYTES):  # one fragment each
             tags += [json.loads(t) for t in table[STATS_COLUMN].drop_null().to_pylist()]
             rows = table.drop_columns([STATS_COLUMN]).cast(store.chunks.schema)
-            store.add(rows)
-            written.extend(rows["id"].to_pylist())
+            if left_out:
+                rows = rows.filter(pc.is_in(rows["doc_id"], value_set=pa.array(sorted(wanted), pa.string())))
+            if rows.num_rows:
+                store.add(rows)
+                written.extend(rows["id"].to_pylist())
         expected = {f"{doc_id}#{i}" for doc_id, n in todo.items() for i in range(n)}
-        check_complete(expected, written, before, store.sums.heads, [HeadStats.from_json(t) for t in tags])
+        # the workers' sums hold the rows left out too: then the chunk ids alone are checked
+        check_complete(expected, written, before, store.sums.heads,
+                       None if left_out else [HeadStats.from_json(t) for t in tags])
         report.removed = sync.settle(store, read, report.skipped, paths, False, changed)  # in this same commit
         fulltext.keep(store.chunks)  # the full-text index, in this same commit
     report.skipped += sync.changed_skips(changed)
@@ -212,11 +226,12 @@ def _run_job(
 
 
 def _embedded(ray: Any, documents: Any, todo: dict[str, int], make: EmbedderFactory, pool: int, batch_size: int,
-              cpus: float, gpus: float) -> Iterator[pa.Table]:
-    """The store's rows of the chunks of `todo`'s documents, embedded by a pool of actors, as they come."""
+              cpus: float, gpus: float) -> Any:
+    """The store's rows of the chunks of `todo`'s documents, embedded by a pool of actors: a materialized
+    dataset."""
     blocks = max(1, -(-sum(todo.values()) // batch_size))  # ~batch_size chunks a block: work for every actor
     chunks = documents.flat_map(chunk_rows, fn_kwargs={"wanted": frozenset(todo)}).repartition(blocks).materialize()
-    embedded = chunks.map_batches(
+    return chunks.map_batches(
         EmbedChunks,
         fn_constructor_args=(make,),
         batch_size=batch_size,
@@ -224,13 +239,30 @@ def _embedded(ray: Any, documents: Any, todo: dict[str, int], make: EmbedderFact
         compute=ray.data.ActorPoolStrategy(size=pool, max_tasks_in_flight_per_actor=1),  # spread blocks
         num_cpus=cpus,
         num_gpus=gpus,
-    )
-    yield from embedded.iter_batches(batch_size=None, batch_format="pyarrow")
+    ).materialize()
+
+
+def _gathered(embedded: Any, most_bytes: int) -> Iterator[pa.Table]:
+    """A dataset's batches joined into tables of about `most_bytes` (a batch per table made a Lance fragment
+    each: 375 for 3,000 rows in batches of 8, every later search reading them all)."""
+    staged: list[pa.Table] = []
+    size = 0
+    for table in embedded.iter_batches(batch_size=None, batch_format="pyarrow"):
+        staged.append(table)
+        size += table.nbytes
+        if size >= most_bytes:
+            yield pa.concat_tables(staged)
+            staged, size = [], 0
+    if staged:
+        yield pa.concat_tables(staged)
 
 
 def _gpus(ray: Any, gpus_per_worker: float | None, embedder_options: dict[str, Any]) -> float:
     """GPUs per worker: as asked, else one where the cluster has GPUs and the device is not the CPU."""
     if gpus_per_worker is not None:
+        there = ray.cluster_resources().get("GPU", 0)
+        if gpus_per_worker > there:  # Ray would wait for them forever
+            raise ValueError(f"gpus_per_worker={gpus_per_worker}, but the Ray cluster has {there:g} GPUs")
         return gpus_per_worker
     if embedder_options.get("device") == "cpu":
         return 0.0
@@ -254,29 +286,32 @@ def _ray_data_quiet(ray: Any, quiet: bool) -> Iterator[None]:
 
 
 def _worker_failure(error: BaseException) -> str:
-    """'Type: message' of the exception behind Ray's wrappers. A worker's own exception may reach the
-    driver only as text, in the traceback Ray prints: then its line before "The above exception..."."""
-    cause = _root_cause(error)
-    if type(cause).__module__.startswith("ray."):
-        lines = str(error).splitlines()
-        for i, line in enumerate(lines):
-            if line.startswith("The above exception was the direct cause"):
-                raised = [x for x in lines[:i] if x.strip() and not x[0].isspace()]
-                if raised:
-                    return raised[-1]
-    message = str(cause).splitlines()[0] if str(cause) else ""  # Ray appends hints on retrying
-    return f"{type(cause).__name__}: {message}"
+    """'Type: message' of the exception behind Ray's wrappers: the innermost one of the chain with a message
+    of its own, else (a worker's exception may reach the driver only as text, in a traceback Ray prints)
+    the last 'Type: message' line of the chain's texts, else the innermost type."""
+    chain = _causes(error)
+    for cause in reversed(chain):
+        if not type(cause).__module__.startswith("ray.") and str(cause):
+            return f"{type(cause).__name__}: {str(cause).splitlines()[0]}"  # Ray appends hints on retrying
+    for cause in chain:
+        raised = [line for line in RAISED.findall(str(cause)) if not line.startswith("ray.")]  # not Ray's wrappers
+        if raised:
+            return str(raised[-1])
+    return type(chain[-1]).__name__
 
 
-def _root_cause(error: BaseException) -> BaseException:
-    """The innermost exception behind Ray's wrappers (`RayTaskError.cause`, `__cause__`)."""
-    seen = {id(error)}
+RAISED = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?[A-Za-z_]\w*(?:Error|Exception|Exit|Interrupt|Warning): \S.*$", re.M)
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    """The exception and those behind it, outermost first (`RayTaskError.cause`, `__cause__`)."""
+    chain = [error]
     while True:
         inner = getattr(error, "cause", None)
         inner = inner if isinstance(inner, BaseException) else error.__cause__
-        if inner is None or id(inner) in seen:
-            return error
-        seen.add(id(inner))
+        if inner is None or any(inner is seen for seen in chain):
+            return chain
+        chain.append(inner)
         error = inner
 
 
@@ -300,5 +335,5 @@ def _import_ray() -> Any:
         import ray
         import ray.data
     except ImportError:
-        raise ImportError("distributed indexing needs Ray Data: pip install 'ray[data]'") from None
+        raise ImportError("distributed indexing needs Ray Data: pip install 'mrag[ray]'") from None
     return ray

@@ -152,14 +152,16 @@ def plan(listing: list[dict[str, Any]], existing: dict[str, str]) -> tuple[RayIn
 
 
 def check_complete(
-    expected: set[str], written: list[str], before: HeadStats, after: HeadStats, worker_sums: list[HeadStats]
+    expected: set[str], written: list[str], before: HeadStats, after: HeadStats, worker_sums: list[HeadStats] | None
 ) -> None:
-    """No chunk lost or written twice, and the workers' head sums equal what the store folded in."""
+    """No chunk lost or written twice, and the workers' head sums (when given) equal what the store folded in."""
     if len(written) != len(set(written)) or set(written) != expected:
         twice = len(written) - len(set(written))
         raise RuntimeError(
             f"distributed write incomplete: {len(expected - set(written))} chunk(s) lost, {twice} written twice"
         )
+    if worker_sums is None:
+        return
     count = sum(s.count for s in worker_sums)
     norm_sum = sum((s.norm_sum for s in worker_sums), np.zeros_like(before.norm_sum))
     unit_sum = sum((s.unit_sum for s in worker_sums), np.zeros_like(before.unit_sum))
