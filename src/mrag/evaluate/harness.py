@@ -106,14 +106,16 @@ def embed_queries(
     }
 
 
-def split_label(label: str, spaces: Sequence[str] = ()) -> tuple[str, list[str] | None]:
-    """'mrag@heads+standard' -> ('mrag', ['heads', 'standard']); 'mrag' -> ('mrag', None). Checks both."""
+def split_label(label: str, spaces: Sequence[str] = (), n_heads: int | None = None,
+                n_slices: int | None = None) -> tuple[str, list[str] | None]:
+    """'mrag@heads+standard' -> ('mrag', ['heads', 'standard']); 'mrag' -> ('mrag', None). Checks both
+    (head:I and split:I against the index's numbers when given)."""
     strategy, at, selection = label.partition("@")
     retrieve.check_strategy(strategy)
     if not at:
         return strategy, None
     chosen = [s for s in selection.split("+") if s]
-    retrieve.check_selection(chosen, 10**6, 10**6, spaces)
+    retrieve.check_selection(chosen, n_heads, n_slices, spaces)
     return strategy, chosen
 
 
@@ -134,7 +136,8 @@ def evaluate(
     show_progress: bool = False,
 ) -> list[dict[str, Any]]:
     """One record per (query, strategy, k): the metrics of the first k distinct units."""
-    plans = {s: split_label(s, corpus.spaces) for s in strategies}
+    scales = corpus.index.space_weights()
+    plans = {s: split_label(s, corpus.spaces, corpus.index.store.n_heads, len(scales["split"])) for s in strategies}
     vectors = embed_queries(corpus, query_texts(bench), show_progress=show_progress)
     if any(retrieve.uses_fulltext(strategy, select) for strategy, select in plans.values()):
         corpus.index.maintain_fulltext()  # an index cached before the full-text space existed gets one
@@ -145,7 +148,6 @@ def evaluate(
     ranker = fulltext.FullTextRanker(exact_ranker(matrix.standard, matrix.heads, extra, device), matrix.table,
                                      row_ids=matrix.row_ids, cache=True,
                                      memory=fulltext.in_memory(matrix, corpus.index.store.fulltext))
-    scales = corpus.index.space_weights()
     category_of = bench.unit_category()
     chunks_per_unit = len(corpus.row_units) / max(len(set(corpus.row_units)), 1)
     depth = min(len(corpus.row_units), math.ceil(k_max * chunks_per_unit * 2))  # enough chunks for k_max units

@@ -10,23 +10,15 @@ with 1.2 in our tries. Left out: sampling, batching several prompts.
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
-import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from mrag.embed.models import ModelSpec, resolve_model
+from mrag.embed.models import ModelSpec, dequantized, models_dir, resolve_model
 from mrag.generate.base import DEFAULT_MAX_TOKENS, Generator, Message, as_messages, check_max_tokens
 
 DEFAULT_LOCAL_MODEL = "smollm2"
-
-
-def models_dir() -> Path:
-    return Path(os.environ.get("MRAG_MODELS_DIR") or Path.home() / ".cache" / "mrag" / "models").expanduser()
 
 
 class LocalGenerator(Generator):
@@ -133,39 +125,10 @@ def _load(spec: ModelSpec, cache_dir: Path, dtype: str) -> tuple[Any, Any]:
 
     path = spec.path
     if spec.gguf_file:
-        path = str(_safetensors_copy(spec, cache_dir))
+        path = str(dequantized(spec, cache_dir))
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype))
     except OSError as e:
         raise OSError(f"cannot load the generator model {spec.name}: {str(e).splitlines()[0]}") from e
     return model, tokenizer
-
-
-def _safetensors_copy(spec: ModelSpec, cache_dir: Path) -> Path:
-    """A folder with the GGUF model dequantised to safetensors, written once (atomically) and reused."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    assert spec.gguf_file
-    key = re.sub(r"[^A-Za-z0-9._-]+", "--", f"{spec.name}--{Path(spec.gguf_file).stem}").strip("-")
-    target = cache_dir / key
-    if (target / "config.json").is_file():
-        return target
-    model = AutoModelForCausalLM.from_pretrained(spec.path, gguf_file=spec.gguf_file)
-    tokenizer = AutoTokenizer.from_pretrained(spec.path, gguf_file=spec.gguf_file)
-    model.hf_quantizer = None  # type: ignore[assignment]  # GGUF models refuse save_pretrained with it
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache_dir))
-    try:
-        model.save_pretrained(staging)
-        tokenizer.save_pretrained(staging)
-        try:
-            staging.rename(target)
-        except OSError:  # another process got there first
-            if not (target / "config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target

@@ -133,13 +133,18 @@ def voters(
     return found
 
 
-def check_selection(select: Collection[str], n_heads: int, n_slices: int, extra: Collection[str]) -> None:
-    """Refuse space names an index does not have."""
-    known = {"standard", "heads", "split", FULLTEXT, *extra, *(f"head:{i}" for i in range(n_heads)),
-             *(f"split:{i}" for i in range(n_slices))}
-    unknown = sorted(set(select) - known)
+def check_selection(select: Collection[str], n_heads: int | None, n_slices: int | None, extra: Collection[str]) -> None:
+    """Refuse space names an index does not have (None: a number of heads or slices not known yet, any)."""
+
+    def numbered(name: str, prefix: str, count: int | None) -> bool:
+        number = name.removeprefix(prefix)
+        return name.startswith(prefix) and number.isdigit() and (count is None or int(number) < count)
+
+    unknown = sorted(name for name in set(select) - {"standard", "heads", "split", FULLTEXT, *extra}
+                     if not numbered(name, "head:", n_heads) and not numbered(name, "split:", n_slices))
     if unknown:
-        have = ", ".join(["standard", f"heads (head:0..head:{n_heads - 1})", "split", FULLTEXT, *sorted(extra)])
+        heads = "head:I" if n_heads is None else f"head:0..head:{n_heads - 1}"
+        have = ", ".join(["standard", f"heads ({heads})", "split", FULLTEXT, *sorted(extra)])
         raise ValueError(f"unknown space {unknown[0]!r}; this index has: {have}")
     if not select:
         raise ValueError("the space selection is empty")
