@@ -75,6 +75,17 @@ def test_ties_at_the_cut_go_to_the_smaller_row_and_nan_rows_never_rank():
     assert rows[0, 0].tolist() == [7, 100, 101, 102]
 
 
+def test_nan_rows_never_rank_where_fewer_rows_than_wanted_have_scores():
+    standard, heads, extra = matrix(6)
+    for rows in (standard, extra["words"]):
+        rows[[1, 3, 5]] = np.nan
+    heads[:, [1, 3, 5]] = np.nan
+    for c in (4, 5):  # the c-th best is -inf: a tie at the cut, ranked from the full row
+        same_as_cpu(standard, heads, extra, parts(1), c)
+        rows, _ = DeviceExact(standard, heads, extra, device="cpu")([VOTERS[0]], parts(1), c)
+        assert not set(rows[0, 0].tolist()) & {1, 3, 5}
+
+
 def test_more_rows_wanted_than_the_matrix_has():
     same_as_cpu(*matrix(7), parts(2), 10)
 
@@ -95,6 +106,9 @@ def test_where_the_scan_runs(monkeypatch):
     monkeypatch.setenv(device_scan.SCAN_VARIABLE, "gpu please")
     with pytest.raises(ValueError, match="MRAG_SCAN_DEVICE must name a torch device"):
         scan_device(None)
+    monkeypatch.setenv(device_scan.SCAN_VARIABLE, f"cuda:{torch.cuda.device_count()}")  # one past the last
+    with pytest.raises(ValueError, match="MRAG_SCAN_DEVICE=cuda:.*, but torch can use .* CUDA devices here"):
+        scan_device(None)
 
 
 def test_a_matrix_too_large_for_the_device_is_scanned_on_the_cpu(monkeypatch):
@@ -112,6 +126,21 @@ def test_a_matrix_too_large_for_the_device_is_scanned_on_the_cpu(monkeypatch):
     assert rows.tolist() == Exact(standard, heads, extra, precision="fp32")(VOTERS, parts(2), 5)[0].tolist()
     DeviceExact(standard, heads, extra, device="cuda")(VOTERS, parts(2), 5)  # the same matrix: no second try
     assert tries == ["cuda"]
+
+
+def test_the_servers_embedder_tells_its_device(fake):
+    from mrag.server import LockedEmbedder
+
+    fake.device = "cuda:1"
+    assert scan_device(LockedEmbedder(fake).device) == "cuda:1"
+
+
+def test_searching_an_empty_index_loads_no_model(tmp_path, monkeypatch):
+    monkeypatch.setenv(device_scan.SCAN_VARIABLE, "cpu:0")
+    store = Index.open(tmp_path / "db", embedder=SeededEmbedder()).store
+    loads = []
+    index = Index(store, lambda: loads.append(1) or SeededEmbedder())  # the embedder made on first use
+    assert index.search("anything") == [] and index.search_many([]) == [] and loads == []
 
 
 def test_index_searches_through_the_device_scan(tmp_path, monkeypatch):

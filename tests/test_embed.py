@@ -490,6 +490,19 @@ def test_a_gguf_embedder_loads_the_safetensors_copy_made_once(tmp_path, monkeypa
     assert first.name == "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
+def test_a_gguf_files_copy_is_named_after_the_file_itself(tmp_path):
+    from mrag.embed.models import ModelSpec, copy_name
+
+    for folder in ("b c", "b/c"):  # two paths that read the same once made safe for a folder name
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "x.gguf").write_bytes(b"GGUF one")
+    one, other = (ModelSpec("m", str(tmp_path / f), "x.gguf") for f in ("b c", "b/c"))
+    assert copy_name(one) != copy_name(other) and copy_name(one).startswith("m--x--")
+    before = copy_name(one)
+    (tmp_path / "b c" / "x.gguf").write_bytes(b"GGUF replaced")  # another file at the same path
+    assert copy_name(one) != before
+
+
 def test_a_model_that_cannot_be_found_says_what_was_looked_for(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network here: as it fails after the hub's retries
     with pytest.raises(OSError, match=r"cannot load model 'nosuch/model-xyz': not a local folder or file, an offline "

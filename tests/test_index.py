@@ -84,11 +84,14 @@ def test_metadata_values_are_stored_as_json_holds_them(index):
 
     given = {"n": np.int64(3), "x": np.float32(0.5), "v": np.array([1, 2]), "on": datetime.date(2026, 1, 2),
              "at": datetime.datetime(2026, 1, 2, 3, 4), "tags": {"b", "a"}, "mixed": frozenset({1, "a"}),
-             "pair": (1, float("nan")), "price": decimal.Decimal("1.50"), "deep": {"s": {3, 1, 2}}}
+             "pair": (1, float("nan")), "price": decimal.Decimal("1.50"), "deep": {"s": {3, 1, 2}},
+             "when": np.datetime64("2024-03-01T12:00:00.000000000"), "days": np.array(["2024-03-01"], "M8[D]"),
+             "took": np.timedelta64(1500, "ms")}
     index.add([{"id": "m", "text": "Honeybees fan their wings.", "metadata": given}])
     assert index.search("bees", k=1)[0].metadata == {
         "n": 3, "x": 0.5, "v": [1, 2], "on": "2026-01-02", "at": "2026-01-02T03:04:00", "tags": ["a", "b"],
-        "mixed": ["a", 1], "pair": [1, None], "price": "1.50", "deep": {"s": [1, 2, 3]}}
+        "mixed": ["a", 1], "pair": [1, None], "price": "1.50", "deep": {"s": [1, 2, 3]},
+        "when": "2024-03-01T12:00:00.000000000", "days": ["2024-03-01"], "took": "1500 milliseconds"}
     version = index.store.committed_version
     with pytest.raises(ValueError, match="document 0: a metadata value is bytes"):
         index.add([{"id": "b", "text": "Tides.", "blob": b"\x00"}])

@@ -340,6 +340,9 @@ def test_eval_labels_select_spaces():
     with pytest.raises(ValueError, match=r"unknown space 'nosuch'; this index has: standard, heads \(head:I\)"):
         split_label("mrag@nosuch")  # the index's heads not known yet
     assert split_label("mrag@head:40+split:3") == ("mrag", ["head:40", "split:3"])
+    for name in ("head:01", "head:\u00b2", "split:-1"):  # no voter is named so
+        with pytest.raises(ValueError, match=f"unknown space '{name}'"):
+            split_label(f"mrag@{name}")
     assert split_label("mrag") == ("mrag", None)
     assert split_label("mrag@heads+standard+mpnet", ["mpnet"]) == ("mrag", ["heads", "standard", "mpnet"])
     with pytest.raises(ValueError, match="unknown space 'mpnet'"):

@@ -62,6 +62,8 @@ def json_ready(value: Any) -> Any:
     times in ISO 8601; bytes are refused (no text of their own); other objects (Decimal, UUID, Path) as
     their text.  {"n": np.int64(3), "on": date(2026, 1, 2), "tags": {"b", "a"}} -> {"n": 3, "on":
     "2026-01-02", "tags": ["a", "b"]}"""
+    if isinstance(value, np.generic | np.ndarray) and value.dtype.kind in "mM":  # numpy dates (pandas'), durations
+        value = (np.datetime_as_string(value) if value.dtype.kind == "M" else value.astype(str)).tolist()  # type: ignore[arg-type]
     if isinstance(value, np.generic | np.ndarray):
         value = value.tolist()
     if isinstance(value, float):

@@ -63,6 +63,7 @@ class LockedEmbedder(HeadEmbedder):
         self.lock = threading.Lock()
         self.name, self.dim, self.n_heads, self.head_dim = inner.name, inner.dim, inner.n_heads, inner.head_dim
         self.query_instruction, self.document_instruction = inner.query_instruction, inner.document_instruction
+        self.device = getattr(inner, "device", None)  # where the exact scan runs too (`device_scan.scan_device`)
 
     def embed_batch(self, texts: list[str]) -> Embeddings:
         with self.lock:

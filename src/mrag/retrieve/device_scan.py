@@ -39,9 +39,12 @@ def scan_device(embedder_device: str | None = None) -> str:
     named = os.environ.get(SCAN_VARIABLE, "").strip()
     if named:
         try:
-            torch.device(named)
+            asked = torch.device(named)
         except RuntimeError:
             raise ValueError(f"{SCAN_VARIABLE} must name a torch device (cpu, cuda, cuda:1), got {named!r}") from None
+        usable = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if asked.type == "cuda" and (asked.index or 0) >= usable:
+            raise ValueError(f"{SCAN_VARIABLE}={named}, but torch can use {usable} CUDA devices here")
         return named
     device = str(embedder_device or "cpu")
     return device if device.startswith("cuda") else "cpu"
@@ -155,7 +158,7 @@ class DeviceExact:
         sims, n = self.similarity_source(voter, queries), self.heads.shape[1]
         step = block_step(len(queries))
         row = torch.cat([sims(start, min(start + step, n))[part] for start in range(0, n, step)])
-        return row.masked_fill(row.isnan(), -torch.inf).double().cpu().numpy()
+        return row.double().cpu().numpy()  # NaN kept, as `Exact.full_row`: `best_of` never picks it
 
 
 def block_step(p: int) -> int:

@@ -116,7 +116,7 @@ def _search_many(
         retrieve.check_selection(spaces, index.store.n_heads, len(scales["split"]), labels)
     ranker, fetch, count = ranker_for(index.store, plan, exact, nprobes, candidates,
                                       heads=retrieve.uses_heads(strategy, spaces),
-                                      device=scan_device(getattr(index.embedder, "device", None)))
+                                      device=lambda: scan_device(getattr(index.embedder, "device", None)))
     if index.store.manifest is not manifest:  # another thread read a newer commit meanwhile: the ranker may be
         raise Moved  # of it (a manifest is replaced, never changed): `search_many` searches again
     if not queries or count == 0:
@@ -148,13 +148,13 @@ def _search_many(
 
 def ranker_for(
     store: Store, plan: retrieve.Plan, exact: bool | None, nprobes: int | None = None, candidates: int | None = None,
-    heads: bool = True, device: str = "cpu",
+    heads: bool = True, device: Callable[[], str] | None = None,
 ) -> tuple[retrieve.Ranker, Callable[[list[int]], dict[int, dict[str, Any]]], int]:
     """How to find each space's nearest rows: the ANN indexes or the in-memory matrix, as the
     manifest last read records them; on the ANN path `candidates` per query part from the standard
     index re-scored in every space (`rescore`; None: the default, 0: one index per space, `ann`); without
     `heads` the in-memory matrix leaves the head vectors out; `device`: where the matrix is scanned
-    (`device_scan.scan_device`).
+    (`device_scan.scan_device`), asked only for a matrix with rows (it may load the embedder); None: the CPU.
     -> (ranker, fetch: row numbers -> stored rows, how many rows)."""
     built: dict[str, Any] = store.manifest.ann or {}
     graphs = built.get("index_type") == graph.INDEX_TYPE  # in-process graphs over the matrix, not LanceDB's
@@ -179,7 +179,8 @@ def ranker_for(
         # the full-text space joins the ANN ranker's numbering of the rows (`fulltext.FullTextRanker`)
         return fulltext.FullTextRanker(ranker, ranker.table, ann=ranker), by_row_id, ranker.table.count_rows()
     matrix = store.matrix(refresh=False, heads=heads)  # without the heads when no head votes
-    ranked: retrieve.Ranker = exact_ranker(matrix.standard, matrix.heads, matrix.extra, device)
+    where = device() if device is not None and len(matrix.ids) else "cpu"
+    ranked: retrieve.Ranker = exact_ranker(matrix.standard, matrix.heads, matrix.extra, where)
     if graphs and not exact and is_local(store.uri):  # HNSW: the newest graphs that fit the matrix, if any
         store.graphs = graph.latest(graph.folder(store.uri), matrix, store.graphs)
         if store.graphs is not None:

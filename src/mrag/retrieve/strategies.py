@@ -34,6 +34,7 @@ votes exactly as it did before spaces existed.
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Collection
 
 import numpy as np
@@ -136,9 +137,10 @@ def voters(
 def check_selection(select: Collection[str], n_heads: int | None, n_slices: int | None, extra: Collection[str]) -> None:
     """Refuse space names an index does not have (None: a number of heads or slices not known yet, any)."""
 
-    def numbered(name: str, prefix: str, count: int | None) -> bool:
+    def numbered(name: str, prefix: str, count: int | None) -> bool:  # "head:3", not "head:03" (no voter's name)
         number = name.removeprefix(prefix)
-        return name.startswith(prefix) and number.isdigit() and (count is None or int(number) < count)
+        canonical = re.fullmatch(r"0|[1-9][0-9]*", number, re.ASCII) is not None
+        return name.startswith(prefix) and canonical and (count is None or int(number) < count)
 
     unknown = sorted(name for name in set(select) - {"standard", "heads", "split", FULLTEXT, *extra}
                      if not numbered(name, "head:", n_heads) and not numbered(name, "split:", n_slices))
