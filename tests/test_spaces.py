@@ -153,6 +153,46 @@ def test_adding_a_space_backfills_every_row_in_one_commit(db_path, fake):
     assert index.store.matrix().extra["w"].shape == (len(DOCS) + 1, 16)
 
 
+def test_dropping_a_space_removes_its_column_scale_and_record(db_path, fake):
+    from mrag.settings import AnnPolicy
+    from mrag.store import StoreError
+
+    index = Index.open(db_path, embedder=fake, spaces=["w=test-words:dim=8", "v=test-words:dim=4"])
+    index.ann_policy = AnnPolicy(threshold=2, index_type="IVF_FLAT", nprobes=4)
+    index.add(DOCS)
+    before = {h.id for h in index.search("bees cool the hive", k=2, strategy="spaces", spaces=["v"], exact=True)}
+    version = index.store.committed_version
+    with pytest.raises(StoreError, match="has no space 'nope'; it has: w, v"):
+        index.drop_spaces(["w", "nope"])
+    assert index.store.committed_version == version and "space_w" in index.store.chunks.schema.names
+    assert index.drop_spaces(["w"]) == ["w"]
+    again = Index.open(db_path, embedder=fake, create=False)  # as another process sees it
+    assert [s["name"] for s in again.info()["spaces"]] == ["v"] and "space_w" not in again.store.chunks.schema.names
+    assert "space:w" not in again.store.committed_scales() and again.verify()["sums_drift"] < 1e-9
+    assert {i.name for i in again.store.chunks.list_indices()} >= {"space_v_idx", "vector_idx", "text_idx"}
+    for exact_search in (True, False):  # the other space, exactly and through its ANN index
+        hits = again.search("bees cool the hive", k=2, strategy="spaces", spaces=["v"], exact=exact_search)
+        assert {h.id for h in hits} == before
+    with pytest.raises(ValueError, match="unknown space 'w'"):
+        again.search("bees", strategy="spaces", spaces=["w"])
+    again.add([{"id": "new", "text": "Glaciers carve valleys."}])  # writes go on without it
+    assert again.store.matrix().extra.keys() == {"v"} and again.add_spaces(["w=test-words:dim=16"]) == ["w"]
+
+
+def test_dropping_a_graphed_space_rebuilds_the_graphs_without_it(db_path, fake):
+    pytest.importorskip("faiss")
+    index = Index.open(db_path, embedder=fake, spaces=["w=test-words:dim=8"])
+    index.add(DOCS)
+    index.build_ann("HNSW", spaces=["standard", "w"])
+    index.drop_spaces(["w"])
+    assert index.store.manifest.ann["spaces"] == ["standard"]
+    from mrag.retrieve import graph
+
+    built = graph.latest(graph.folder(index.store.uri), index.store.matrix())
+    assert built is not None and set(built.files) == {"standard"}
+    assert {h.id for h in index.search("bees cool the hive", k=2, strategy="standard")} >= {"bees#0"}
+
+
 def test_adding_a_space_rebuilds_the_dropped_ann_indexes_by_policy(db_path, fake):
     """The table rewrite drops LanceDB's indexes; the library's ANN policy builds them again at once."""
     from mrag.settings import AnnPolicy
@@ -318,6 +358,13 @@ def test_cli_index_and_search_with_spaces(tmp_path, reuse_minilm):
     assert hit["id"].endswith("bees.txt#0") and {v["space"] for v in hit["votes"]} == {"w"}
     unknown = runner.invoke(cli, ["search", "bees", "--db", db, "--spaces", "nope"])
     assert unknown.exit_code == 1 and "unknown space 'nope'" in unknown.output
+    both = runner.invoke(cli, ["index", "--db", db, "--drop-space", "w", "--space", "w=test-words:dim=8"])
+    assert both.exit_code == 2 and "name the same label" in both.output
+    missing = runner.invoke(cli, ["index", "--db", db, "--drop-space", "v"])
+    assert missing.exit_code == 1 and "has no space 'v'; it has: w" in missing.output
+    dropped = runner.invoke(cli, ["index", "--db", db, "--drop-space", "w"])
+    assert dropped.exit_code == 0 and json.loads(dropped.output)["spaces_dropped"] == ["w"]
+    assert json.loads(runner.invoke(cli, ["info", "--db", db]).output)["spaces"] == []
 
 
 def test_options_a_space_function_does_not_take_are_refused(db_path, fake):

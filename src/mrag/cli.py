@@ -58,6 +58,8 @@ def ray_cluster_address(value: str) -> bool:
 @click.option("--space", "spaces", multiple=True, metavar="[LABEL=]FUNCTION[:key=value,...]",
               help="Add an embedding space from LanceDB's registry, e.g. "
                    "'mpnet=sentence-transformers:name=/models/all-mpnet-base-v2' (repeatable; docs/spaces.md).")
+@click.option("--drop-space", "drop_spaces", multiple=True, metavar="LABEL",
+              help="Remove an embedding space from the index, its vectors and scale (repeatable), before indexing.")
 @click.option("--build-ann", is_flag=True, help="Build (or rebuild) the ANN indexes of every space now.")
 @click.option("--drop-ann", is_flag=True,
               help="Drop the ANN indexes: searches scan exactly (below 1M chunks the faster path for queries of "
@@ -81,7 +83,8 @@ def ray_cluster_address(value: str) -> bool:
 @user_errors
 def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None, pooling: str | None,
           chunk_chars: int | None, overlap: int | None, text_field: str, id_field: str, query_instruction: str,
-          document_instruction: str, device: str, dtype: str, spaces: tuple[str, ...], build_ann: bool, drop_ann: bool,
+          document_instruction: str, device: str, dtype: str, spaces: tuple[str, ...], drop_spaces: tuple[str, ...],
+          build_ann: bool, drop_ann: bool,
           ann_index: str | None, ann_nprobes: int | None, ann_spaces: str | None, ann_threshold: int,
           ray_address: str | None, workers: int, prune: bool, plain: bool) -> None:
     """Index files and folders (in folders: .txt .md .rst .html .json .jsonl .pdf) into DB.
@@ -105,8 +108,9 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
     if ray_address not in (None, "local") and Path(ray_address).exists() and not ray_cluster_address(ray_address):
         raise click.UsageError(f"--ray took {ray_address!r}, a file or folder, as the cluster's address: put "
                                "--ray after the paths (or give the address: --ray auto, --ray ray://host:10001)")
-    if not paths and not build_ann and not drop_ann:
-        raise click.UsageError("give files or folders to index (or --build-ann / --drop-ann for an existing index)")
+    if not paths and not build_ann and not drop_ann and not drop_spaces:
+        raise click.UsageError("give files or folders to index (or --build-ann / --drop-ann / --drop-space for an "
+                               "existing index)")
     if build_ann and drop_ann:
         raise click.UsageError("--build-ann and --drop-ann contradict each other: give one")
     options: dict[str, Any] = {"device": device, "dtype": dtype}
@@ -119,6 +123,9 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
         raise click.UsageError("--ann-spaces chooses the spaces of HNSW graphs: give it with --ann-index HNSW")
     chosen = tuple(settings.names(ann_spaces)) if ann_spaces is not None else None
     policy = AnnPolicy(ann_threshold, ann_index, ann_nprobes, chosen)
+    if set(drop_spaces) & {s.partition("=")[0] for s in spaces}:
+        raise click.UsageError("--drop-space and --space name the same label: give one")
+    dropped = None  # after the checks below: a usage error writes nothing
     if ray_address is not None:
         from mrag.distributed import RayJobError, index_with_ray
         from mrag.store import Store
@@ -129,6 +136,7 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
             raise click.UsageError("--ray does not prune: index without --ray to --prune")
         if spaces:
             raise click.UsageError("--ray does not embed extra spaces (--space): index without --ray")
+        dropped = Index.open(db, create=False).drop_spaces(drop_spaces) if drop_spaces else None
         progress = sys.stderr.isatty()
         try:
             report = index_with_ray(db, paths, address=None if ray_address == "local" else ray_address,
@@ -143,6 +151,7 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
     else:
         docs, skipped = read_paths(sync.to_read(paths, prune), text_field=text_field, id_field=id_field,
                                    empty_ok=prune) if paths else ([], [])
+        dropped = Index.open(db, create=False).drop_spaces(drop_spaces) if drop_spaces else None
         idx = Index.open(db, model=model, layer=layer, chunk_chars=chunk_chars, overlap=overlap, spaces=spaces,
                          create=bool(paths), **options)
         idx.ann_policy = policy  # the library's policy: upsert (re)builds the ANN indexes past the threshold
@@ -150,6 +159,8 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
     if build_ann and not report.ann and idx is not None:
         report.ann = idx.maintain_ann(force=True)
     summary = report.to_dict()
+    if dropped is not None:
+        summary["spaces_dropped"] = dropped
     if drop_ann:
         summary["ann_dropped"] = idx.drop_ann() if idx is not None else None
     if plain:
@@ -157,6 +168,8 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
                    f"removed {summary['removed']} documents ({summary['chunks']} chunks embedded)")
         for s in report.skipped:
             click.echo(f"skipped {s.source}: {s.reason}")
+        if dropped:
+            click.echo(f"dropped the spaces {', '.join(dropped)}")
         if drop_ann:
             dropped = summary["ann_dropped"]
             click.echo(f"dropped the {dropped['index_type']} ANN indexes" if dropped else "no ANN indexes to drop")

@@ -179,6 +179,16 @@ class Index:
             self.maintain_ann()  # none before: built when the policy says so
         return [s.name for s in live]
 
+    def drop_spaces(self, names: Sequence[str]) -> list[str]:
+        """Remove external spaces (their vectors, scales and records) in one committed write; -> the names.
+        A name the index has no space of is refused, and nothing is written."""
+        with self.store.writing():
+            self.store.drop_spaces(list(dict.fromkeys(names)))
+        for name in names:
+            self._spaces.pop(name, None)
+        self.maintain_ann()  # HNSW graphs of other spaces are built again (LanceDB's of other columns stay)
+        return list(dict.fromkeys(names))
+
     # --- writing -------------------------------------------------------------------------
 
     def add(self, docs: Iterable[Document | dict[str, Any] | str], show_progress: bool = False) -> AddReport:

@@ -459,6 +459,23 @@ class Store:
         if (self.manifest.ann or {}).get("index_type") != GRAPH_INDEX:  # HNSW graphs are rebuilt by maintenance
             self.stage(ann=None)
 
+    def drop_spaces(self, names: list[str]) -> None:
+        """Remove external spaces from every row (inside `writing()`): their columns (and LanceDB's indexes on
+        them), sums and manifest entries, and their names from the HNSW graphs' record."""
+        missing = sorted(set(names) - set(self.sums.spaces()))
+        if missing:  # checked under the lock: another process may have dropped it meanwhile
+            raise StoreError(f"the index at {self.uri} has no space {missing[0]!r}; it has: "
+                             f"{', '.join(self.sums.spaces()) or 'none'}")
+        self.chunks.drop_columns([space_column(name) for name in names])
+        for name in names:
+            del self.sums.groups[f"space:{name}"]
+        self.spaces = [entry for entry in self.spaces if entry["name"] not in names]
+        built = self.manifest.ann or {}
+        graphed = built.get("spaces")
+        if graphed and set(graphed) & set(names):
+            kept = [space for space in graphed if space not in names]
+            self.stage(ann={**built, "spaces": kept} if kept else None)
+
     def _save_manifest(self, **changes: Any) -> None:
         """The commit point: record the table version, the sums that belong to it, the staged fields and
         `changes`; `self.manifest` (what this process's readers see) moves only once it is written."""
