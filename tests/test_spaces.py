@@ -179,6 +179,46 @@ def test_dropping_a_space_removes_its_column_scale_and_record(db_path, fake):
     assert again.store.matrix().extra.keys() == {"v"} and again.add_spaces(["w=test-words:dim=16"]) == ["w"]
 
 
+def test_another_process_dropping_or_re_adding_a_space(db_path, fake):
+    """Two `Index` objects on one folder stand for two processes: one that searched and writes, one that drops
+    the space `w` and adds it back under the same label with another dimension."""
+    reader = Index.open(db_path, embedder=fake, spaces=["w=test-words:dim=8"])
+    reader.add(DOCS)
+    reader.search("bees", strategy="spaces", spaces=["w"])  # its space `w` (8 dims) made
+    other = Index.open(db_path, embedder=fake, create=False)
+    other.drop_spaces(["w"])
+    reader.search("bees")  # it follows the commit
+    reader.add([{"id": "late", "text": "Glaciers carve valleys."}])  # its rows without `w`, as committed
+    assert "space_w" not in reader.store.chunks.schema.names and reader.verify()["sums_drift"] < 1e-9
+    other.add_spaces(["w=test-words:dim=16"])
+    want = [h.id for h in other.search("bees cool the hive", strategy="spaces", spaces=["w"])]
+    assert [h.id for h in reader.search("bees cool the hive", strategy="spaces", spaces=["w"])] == want
+    reader.add([{"id": "later", "text": "Comets have tails."}])  # its `w` vectors from the 16-dim space
+    assert reader.store.matrix().extra["w"].shape == (len(DOCS) + 2, 16) and reader.verify()["sums_drift"] < 1e-9
+
+
+def test_a_space_added_while_documents_are_embedded_fails_the_write_cleanly(db_path, fake, monkeypatch):
+    from mrag import writing
+    from mrag.store import StoreError
+
+    index = Index.open(db_path, embedder=fake)
+    index.add(DOCS)
+    other = Index.open(db_path, embedder=fake, create=False)
+    real = writing._embedded
+
+    def racing(*args, **kwargs):  # another process adds a space after the rows were embedded, before the lock
+        yield from real(*args, **kwargs)
+        other.add_spaces(["v=test-words:dim=4"])
+
+    monkeypatch.setattr(writing, "_embedded", racing)
+    with pytest.raises(StoreError, match="spaces changed while these documents were embedded"):
+        index.add([{"id": "late", "text": "Glaciers carve valleys."}])
+    monkeypatch.setattr(writing, "_embedded", real)
+    assert index.store.count() == len(DOCS) and index.verify()["sums_drift"] < 1e-9
+    index.add([{"id": "late", "text": "Glaciers carve valleys."}])  # again: with the new space
+    assert index.store.matrix().extra["v"].shape == (len(DOCS) + 1, 4)
+
+
 def test_dropping_a_graphed_space_rebuilds_the_graphs_without_it(db_path, fake):
     pytest.importorskip("faiss")
     index = Index.open(db_path, embedder=fake, spaces=["w=test-words:dim=8"])
@@ -358,8 +398,9 @@ def test_cli_index_and_search_with_spaces(tmp_path, reuse_minilm):
     assert hit["id"].endswith("bees.txt#0") and {v["space"] for v in hit["votes"]} == {"w"}
     unknown = runner.invoke(cli, ["search", "bees", "--db", db, "--spaces", "nope"])
     assert unknown.exit_code == 1 and "unknown space 'nope'" in unknown.output
-    both = runner.invoke(cli, ["index", "--db", db, "--drop-space", "w", "--space", "w=test-words:dim=8"])
-    assert both.exit_code == 2 and "name the same label" in both.output
+    for others in (["--space", "w=test-words:dim=8"], [str(docs)], ["--ray"]):  # a drop runs on its own
+        both = runner.invoke(cli, ["index", "--db", db, "--drop-space", "w", *others])
+        assert both.exit_code == 2 and "--drop-space runs on its own" in both.output, others
     missing = runner.invoke(cli, ["index", "--db", db, "--drop-space", "v"])
     assert missing.exit_code == 1 and "has no space 'v'; it has: w" in missing.output
     dropped = runner.invoke(cli, ["index", "--db", db, "--drop-space", "w"])

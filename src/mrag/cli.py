@@ -59,7 +59,7 @@ def ray_cluster_address(value: str) -> bool:
               help="Add an embedding space from LanceDB's registry, e.g. "
                    "'mpnet=sentence-transformers:name=/models/all-mpnet-base-v2' (repeatable; docs/spaces.md).")
 @click.option("--drop-space", "drop_spaces", multiple=True, metavar="LABEL",
-              help="Remove an embedding space from the index, its vectors and scale (repeatable), before indexing.")
+              help="Remove an embedding space from the index, its vectors and scale (repeatable; on its own).")
 @click.option("--build-ann", is_flag=True, help="Build (or rebuild) the ANN indexes of every space now.")
 @click.option("--drop-ann", is_flag=True,
               help="Drop the ANN indexes: searches scan exactly (below 1M chunks the faster path for queries of "
@@ -123,9 +123,12 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
         raise click.UsageError("--ann-spaces chooses the spaces of HNSW graphs: give it with --ann-index HNSW")
     chosen = tuple(settings.names(ann_spaces)) if ann_spaces is not None else None
     policy = AnnPolicy(ann_threshold, ann_index, ann_nprobes, chosen)
-    if set(drop_spaces) & {s.partition("=")[0] for s in spaces}:
-        raise click.UsageError("--drop-space and --space name the same label: give one")
-    dropped = None  # after the checks below: a usage error writes nothing
+    dropped = None
+    if drop_spaces:  # a write of its own: a later step that failed would leave it done
+        if paths or spaces or ray_address is not None:
+            raise click.UsageError("--drop-space runs on its own (mrag index --drop-space LABEL --db DB), "
+                                   "without files, --space or --ray")
+        dropped = Index.open(db, create=False).drop_spaces(drop_spaces)
     if ray_address is not None:
         from mrag.distributed import RayJobError, index_with_ray
         from mrag.store import Store
@@ -136,7 +139,6 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
             raise click.UsageError("--ray does not prune: index without --ray to --prune")
         if spaces:
             raise click.UsageError("--ray does not embed extra spaces (--space): index without --ray")
-        dropped = Index.open(db, create=False).drop_spaces(drop_spaces) if drop_spaces else None
         progress = sys.stderr.isatty()
         try:
             report = index_with_ray(db, paths, address=None if ray_address == "local" else ray_address,
@@ -151,7 +153,6 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
     else:
         docs, skipped = read_paths(sync.to_read(paths, prune), text_field=text_field, id_field=id_field,
                                    empty_ok=prune) if paths else ([], [])
-        dropped = Index.open(db, create=False).drop_spaces(drop_spaces) if drop_spaces else None
         idx = Index.open(db, model=model, layer=layer, chunk_chars=chunk_chars, overlap=overlap, spaces=spaces,
                          create=bool(paths), **options)
         idx.ann_policy = policy  # the library's policy: upsert (re)builds the ANN indexes past the threshold

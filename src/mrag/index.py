@@ -144,10 +144,13 @@ class Index:
     @property
     def spaces(self) -> list[Space]:
         """The index's external spaces, their functions created on first use."""
-        self._spaces = {
-            e["name"]: self._spaces.get(e["name"]) or Space(SpaceSpec.from_json(e), int(e["dim"]))
-            for e in self.store.manifest.spaces
-        }
+        def live(entry: dict[str, Any]) -> Space:  # the one made before, unless the label now names another space
+            known, spec = self._spaces.get(entry["name"]), SpaceSpec.from_json(entry)
+            if known is not None and known.spec == spec and known.dim == int(entry["dim"]):
+                return known
+            return Space(spec, int(entry["dim"]))
+
+        self._spaces = {e["name"]: live(e) for e in self.store.manifest.spaces}
         return list(self._spaces.values())
 
     def add_spaces(self, specs: Sequence[str | SpaceSpec]) -> list[str]:
@@ -208,6 +211,7 @@ class Index:
     def _write(self, docs: Iterable[Document | dict[str, Any] | str], replace: bool, show_progress: bool,
                settle: Callable[[], None] | None = None, from_files: bool = False,
                leave_out: Callable[[set[str]], set[str]] | None = None) -> AddReport:
+        self.store.refresh()  # the spaces as committed now (another process may have added or dropped one)
         report = writing.write(self.store, lambda: self.embedder, self.spaces, docs, replace, show_progress, settle,
                                from_files, leave_out)
         report.ann = self.maintain_ann() if report.chunks else None

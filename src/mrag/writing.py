@@ -18,7 +18,7 @@ from mrag.errors import StoreError
 from mrag.ingest import Skipped
 from mrag.locking import cannot_write, unwritable
 from mrag.retrieve import fulltext
-from mrag.rows import build_rows, quote
+from mrag.rows import build_rows, chunk_schema, quote
 from mrag.spaces import Space
 from mrag.store import TABLES, Store
 
@@ -165,7 +165,9 @@ def _embedded(
     show_progress: bool,
 ) -> Iterator[pa.Table]:
     """Rows for the chunks, `WRITE_BATCH` at a time: one forward pass each (and each external space)."""
-    schema = store.schema()
+    # the layout of the spaces embedded here (the committed manifest's, as `Index.spaces` reads it); `_append`
+    # checks it under the lock against the table's
+    schema = chunk_schema(store.dim, store.n_heads, store.head_dim, {s.name: int(s.dim or 0) for s in spaces})
     starts = range(0, len(chunks), WRITE_BATCH)
     if show_progress:
         from tqdm import tqdm
@@ -216,6 +218,9 @@ def _append(store: Store, staged: list[pa.Table], wanted: set[str], report: AddR
     if not staged:
         return
     rows = pa.concat_tables(staged)
+    if rows.schema.names != store.schema().names:  # under the lock: the spaces as committed now
+        raise StoreError("the index's embedding spaces changed while these documents were embedded (another "
+                         "process added or dropped one); nothing written: write them again")
     if not set(rows["doc_id"].to_pylist()) <= wanted:
         rows = rows.filter(pc.is_in(rows["doc_id"], pa.array(sorted(wanted), pa.string())))
     store.add(rows)
