@@ -218,6 +218,16 @@ def test_a_space_added_while_documents_are_embedded_fails_the_write_cleanly(db_p
     index.add([{"id": "late", "text": "Glaciers carve valleys."}])  # again: with the new space
     assert index.store.matrix().extra["v"].shape == (len(DOCS) + 1, 4)
 
+    def relabelled(*args, **kwargs):  # ... the same label for a space of another width: the same column name
+        yield from real(*args, **kwargs)
+        other.drop_spaces(["v"])
+        other.add_spaces(["v=test-words:dim=6"])
+
+    monkeypatch.setattr(writing, "_embedded", relabelled)
+    with pytest.raises(StoreError, match="spaces changed while these documents were embedded"):
+        index.add([{"id": "later", "text": "Comets have tails."}])
+    assert index.store.count() == len(DOCS) + 1 and index.verify()["sums_drift"] < 1e-9
+
 
 def test_dropping_a_graphed_space_rebuilds_the_graphs_without_it(db_path, fake):
     pytest.importorskip("faiss")

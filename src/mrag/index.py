@@ -185,12 +185,13 @@ class Index:
     def drop_spaces(self, names: Sequence[str]) -> list[str]:
         """Remove external spaces (their vectors, scales and records) in one committed write; -> the names.
         A name the index has no space of is refused, and nothing is written."""
+        dropped = list(dict.fromkeys(names))
         with self.store.writing():
-            self.store.drop_spaces(list(dict.fromkeys(names)))
-        for name in names:
+            self.store.drop_spaces(dropped)
+        for name in dropped:
             self._spaces.pop(name, None)
         self.maintain_ann()  # HNSW graphs of other spaces are built again (LanceDB's of other columns stay)
-        return list(dict.fromkeys(names))
+        return dropped
 
     # --- writing -------------------------------------------------------------------------
 

@@ -218,7 +218,7 @@ def _append(store: Store, staged: list[pa.Table], wanted: set[str], report: AddR
     if not staged:
         return
     rows = pa.concat_tables(staged)
-    if rows.schema.names != store.schema().names:  # under the lock: the spaces as committed now
+    if not rows.schema.equals(store.schema()):  # under the lock: the spaces (and their widths) as committed now
         raise StoreError("the index's embedding spaces changed while these documents were embedded (another "
                          "process added or dropped one); nothing written: write them again")
     if not set(rows["doc_id"].to_pylist()) <= wanted:
