@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from mrag import fits, settings, sync, upkeep, writing
+from mrag import fits, settings, store_vectors, sync, upkeep, writing
 from mrag.documents import Document, not_an_id
 from mrag.embed.base import HeadEmbedder
 from mrag.errors import StoreError
@@ -173,7 +173,7 @@ class Index:
                     [space.embed(texts[i : i + WRITE_BATCH]) for i in range(0, len(texts), WRITE_BATCH)]
                 ) if texts else np.zeros((0, space.dim or 0), np.float32)
             entries = [s.spec.to_json() | {"dim": s.dim} for s in live]
-            self.store.add_spaces(entries, rows["id"].to_pylist(), vectors)
+            store_vectors.add_spaces(self.store, entries, rows["id"].to_pylist(), vectors)
             fulltext.keep(self.store.chunks)  # the rewrite dropped the table's full-text index
         self._spaces.update({s.name: s for s in live})
         if built and not self.store.manifest.ann:  # the rewrite dropped LanceDB's indexes: built again
@@ -187,7 +187,7 @@ class Index:
         A name the index has no space of is refused, and nothing is written."""
         dropped = list(dict.fromkeys(names))
         with self.store.writing():
-            self.store.drop_spaces(dropped)
+            store_vectors.drop_spaces(self.store, dropped)
         for name in dropped:
             self._spaces.pop(name, None)
         self.maintain_ann()  # HNSW graphs of other spaces are built again (LanceDB's of other columns stay)
@@ -391,7 +391,7 @@ class Index:
     def verify(self) -> dict[str, Any]:
         """Check the committed index: {"chunks", "duplicate_ids", "sums_drift"}; the head-scale sums
         are recomputed from the rows (`sums_drift` is their largest relative error, ~1e-12 when sound)."""
-        return self.store.verify()
+        return store_vectors.verify(self.store)
 
     def _ann_info(self, built: dict[str, Any] | None) -> dict[str, Any] | None:
         """The ANN record (`rows`: when built); for HNSW graphs, kept up by writes, also what they cover now."""

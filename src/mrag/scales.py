@@ -127,6 +127,20 @@ class ScaleSums:
         stats = self.groups[f"space:{name}"] = HeadStats(1, dim)
         return stats
 
+    def fold(self, head_norms: np.ndarray, head_units: np.ndarray, standard: np.ndarray,
+             spaces: dict[str, np.ndarray], sign: int = 1) -> None:
+        """Fold N rows into (sign=1) or out of (sign=-1) every group: the heads' norms (N, H) and unit
+        vectors (N, H, d), the raw standard vectors (N, D) and the external spaces' (name -> (N, D_s))."""
+        n = len(standard)
+        self.heads.add(head_norms, head_units, sign)
+        slice_norms, slice_units = split_unit(standard.reshape(n, self.split.n_heads, -1))
+        self.split.add(slice_norms, slice_units, sign)
+        norms, units = split_unit(standard)
+        self.standard.add(norms[:, None], units[:, None, :], sign)
+        for name, vectors in spaces.items():
+            norms, units = split_unit(vectors)
+            self.space(name).add(norms[:, None], units[:, None, :], sign)
+
     def scales(self) -> dict[str, np.ndarray]:
         """Every group's scales: "heads" (H,), "split" (S,), "standard" (1,), "space:NAME" (1,)."""
         return {name: stats.scales() for name, stats in self.groups.items()}

@@ -39,8 +39,7 @@ from mrag.locking import LOCK_FILE, Lease, is_local, local_path, write_lock
 from mrag.manifest import READABLE_FORMATS, Manifest
 from mrag.matrix import Matrix, grown, head_units, load_matrix, stamps
 from mrag.rows import VectorColumn, chunk_schema, fixed, quote, space_column, vector_columns
-from mrag.scales import ScaleSums, split_unit
-from mrag.settings import GRAPH_INDEX
+from mrag.scales import ScaleSums
 from mrag.versions import VersionsWatch
 
 __all__ = ["CHUNKS", "MANIFEST", "READ_TRIES", "Store", "StoreError"]
@@ -371,7 +370,7 @@ class Store:
 
     def add(self, rows: pa.Table) -> None:
         """Append rows (use inside `writing()`); the head-scale sums follow."""
-        self._fold(rows, sign=1)
+        self.fold(rows, sign=1)
         self.chunks.add(rows)
         self._changed += rows.num_rows
 
@@ -380,7 +379,7 @@ class Store:
         columns = [*(c.column for c in self.vector_columns()), "head_norms"]
         gone = self.rows(where, columns, table=self.chunks)
         if gone.num_rows:
-            self._fold(gone, sign=-1)
+            self.fold(gone, sign=-1)
             self.chunks.delete(where)
             self._changed += gone.num_rows
         return gone.num_rows
@@ -400,81 +399,15 @@ class Store:
             self.chunks.update(where=f"id IN ({quote(ids)})", values={"doc_hash": value})
             self._changed += len(ids)
 
-    def _fold(self, rows: pa.Table, sign: int, sums: ScaleSums | None = None) -> None:
+    def fold(self, rows: pa.Table, sign: int, sums: ScaleSums | None = None) -> None:
         """Fold rows into (sign=1) or out of (sign=-1) the sums (default: the writer's running ones)."""
         n = rows.num_rows
         if n == 0:
             return
         sums = self.sums if sums is None else sums
         units = head_units(rows, self.n_heads, self.head_dim, self.packed).transpose(1, 0, 2)  # (N, H, d)
-        sums.heads.add(fixed(rows["head_norms"], n, self.n_heads), units, sign)
-        slice_norms, slice_units = split_unit(fixed(rows["vector"], n, self.dim).reshape(n, sums.split.n_heads, -1))
-        sums.split.add(slice_norms, slice_units, sign)
-        std_norms, std_units = split_unit(fixed(rows["vector"], n, self.dim))
-        sums.standard.add(std_norms[:, None], std_units[:, None, :], sign)
-        for name in sums.spaces():
-            stats = sums.space(name)
-            norms, units = split_unit(fixed(rows[space_column(name)], n, stats.head_dim))
-            stats.add(norms[:, None], units[:, None, :], sign)
-
-    def verify(self) -> dict[str, Any]:
-        """Check the committed index: chunk ids unique, and the committed sums equal to sums recomputed
-        from the committed rows (`sums_drift`: the largest relative error, about 1e-12 when sound); and count
-        the documents some of whose chunks were deleted (`partial_documents`: their next write restores them)."""
-        self.refresh()
-        committed = self.manifest.sums
-        columns = [c.column for c in self.vector_columns(committed=True)]
-        rows = self.rows(columns=["id", "doc_id", "doc_hash", *columns, "head_norms"])
-        ids = rows["id"].to_pylist()
-        fresh = committed.zeros()
-        for batch in rows.to_batches(max_chunksize=65536):
-            self._fold(pa.Table.from_batches([batch]), 1, fresh)
-        cut = {d for d, h in zip(rows["doc_id"].to_pylist(), rows["doc_hash"].to_pylist()) if partial(h)}
-        return {"chunks": len(ids), "duplicate_ids": len(ids) - len(set(ids)), "sums_drift": committed.drift(fresh),
-                "partial_documents": len(cut)}
-
-    def add_spaces(self, entries: list[dict[str, Any]], ids: list[str], vectors: dict[str, np.ndarray]) -> None:
-        """Add external spaces to every row (inside `writing()`): one rewrite of the chunks table.
-
-        entries: manifest entries {name, function, options, dim, weight}; vectors: name -> (N, dim) raw,
-        row i belonging to chunk ids[i]. The rows stay as they are; only the new columns are added.
-        """
-        table = self.chunks.to_arrow()
-        position = {chunk_id: i for i, chunk_id in enumerate(ids)}
-        if len(position) != table.num_rows or set(table["id"].to_pylist()) != set(position):
-            raise StoreError("the rows changed while the new spaces were computed; nothing written")
-        order = np.array([position[i] for i in table["id"].to_pylist()], dtype=np.int64)
-        for entry in entries:
-            name, dim = entry["name"], int(entry["dim"])
-            if name in self.sums.spaces():
-                raise StoreError(f"the index already holds a space {name!r}")
-            values = np.asarray(vectors[name], dtype=np.float32).reshape(-1, dim)[order]
-            column = pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), dim)
-            table = table.append_column(pa.field(space_column(name), pa.list_(pa.float32(), dim)), column)
-            stats = self.sums.add_space(name, dim)
-            norms, units = split_unit(values)
-            stats.add(norms[:, None], units[:, None, :])
-            self.spaces.append(dict(entry))
-        self.chunks.add(table, mode="overwrite")  # a rewrite: LanceDB's vector indexes are gone with it
-        if (self.manifest.ann or {}).get("index_type") != GRAPH_INDEX:  # HNSW graphs are rebuilt by maintenance
-            self.stage(ann=None)
-
-    def drop_spaces(self, names: list[str]) -> None:
-        """Remove external spaces from every row (inside `writing()`): their columns (and LanceDB's indexes on
-        them), sums and manifest entries, and their names from the HNSW graphs' record."""
-        missing = sorted(set(names) - set(self.sums.spaces()))
-        if missing:  # checked under the lock: another process may have dropped it meanwhile
-            raise StoreError(f"the index at {self.uri} has no space {missing[0]!r}; it has: "
-                             f"{', '.join(self.sums.spaces()) or 'none'}")
-        self.chunks.drop_columns([space_column(name) for name in names])
-        for name in names:
-            del self.sums.groups[f"space:{name}"]
-        self.spaces = [entry for entry in self.spaces if entry["name"] not in names]
-        built = self.manifest.ann or {}
-        graphed = built.get("spaces")
-        if graphed and set(graphed) & set(names):
-            kept = [space for space in graphed if space not in names]
-            self.stage(ann={**built, "spaces": kept} if kept else None)
+        spaces = {name: fixed(rows[space_column(name)], n, sums.space(name).head_dim) for name in sums.spaces()}
+        sums.fold(fixed(rows["head_norms"], n, self.n_heads), units, fixed(rows["vector"], n, self.dim), spaces, sign)
 
     def _save_manifest(self, **changes: Any) -> None:
         """The commit point: record the table version, the sums that belong to it, the staged fields and
