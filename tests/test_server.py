@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +24,7 @@ from mrag.index import Index
 from mrag.server import Settings, create_app
 from mrag.settings import DEFAULT_STRATEGY
 
+PROCS = str(Path(__file__).with_name("procs.py"))
 TOKEN = "s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 DOCS = [
@@ -665,3 +668,124 @@ def test_a_client_that_leaves_a_stream_stops_the_generation(tmp_path):
             assert llm.closed.wait(10) and llm.pieces < 100
     finally:
         gc.enable()
+
+
+class GatedEmbedder(FakeEmbedder):
+    """The fake embedder whose document batches wait at a gate: batch i (from 1) signals `started[i]` and
+    waits for `go[i]`. Queries (one text, "Query: ...") pass at once."""
+
+    def __init__(self, gates: int) -> None:
+        super().__init__()
+        self.started = [threading.Event() for _ in range(gates + 1)]
+        self.go = [threading.Event() for _ in range(gates + 1)]
+        self.document_batches = 0
+
+    def embed_batch(self, texts):
+        if any(t.startswith("doc ") for t in texts):
+            self.document_batches += 1
+            i = self.document_batches
+            if i < len(self.go):
+                self.started[i].set()
+                assert self.go[i].wait(30), f"batch {i} was never let through"
+        return super().embed_batch(texts)
+
+
+def test_a_large_write_lets_searches_and_deletes_through_while_it_embeds(tmp_path):
+    """A search asked for while a write embeds waits for one batch of it, not all (the write's batches and
+    the searches take turns at the model); a delete, which embeds nothing, waits for none (the write
+    commits under the index's lock, taken only once its rows are embedded)."""
+    make_index(tmp_path / "db", DOCS)
+    gated = GatedEmbedder(gates=2)
+    settings = Settings(db=str(tmp_path / "db"), token=TOKEN, embedder=gated, warm=False)
+    docs = [{"id": f"d{i}", "text": f"doc {i} about volcanoes and lava"} for i in range(40)]  # 2 batches of 32
+    with serving(settings) as base, httpx.Client(base_url=base, timeout=60) as c:
+        release = [gated.go[1], gated.go[2]]
+        writing = threading.Thread(target=lambda: c.post("/documents", json={"documents": docs}, headers=AUTH))
+        writing.start()
+        assert gated.started[1].wait(30)  # the first batch is at the model
+        deleted = c.delete("/documents/chess", headers=AUTH)
+        assert deleted.status_code == 200 and deleted.json()["deleted_chunks"] == 1
+        found: dict[str, httpx.Response] = {}
+        searching = threading.Thread(target=lambda: found.setdefault("r", c.get("/search", params={"query": "wings"})))
+        searching.start()
+        time.sleep(0.2)  # the search is waiting for its turn at the model
+        gated.go[1].set()
+        searching.join(30)  # its turn comes before the write's second batch, which still waits
+        try:
+            assert not gated.go[2].is_set() and found["r"].status_code == 200
+            assert found["r"].json()["hits"][0]["doc_id"] == "bees"
+        finally:
+            for gate in release:
+                gate.set()
+        writing.join(30)
+        assert c.get("/info").json()["documents"] == len(DOCS) - 1 + len(docs)
+
+
+def test_a_query_longer_than_the_server_takes_is_refused(tmp_path):
+    make_index(tmp_path / "db", DOCS)
+    settings = Settings(db=str(tmp_path / "db"), embedder=FakeEmbedder(), max_query_chars=50, warm=False,
+                        llm=ScriptedGenerator("Bees [1]."))
+    with serving(settings) as base, httpx.Client(base_url=base, timeout=30) as c:
+        assert c.get("/search", params={"query": "x" * 50}).status_code == 200
+        for r in (c.get("/search", params={"query": "bees. " * 10}),
+                  c.post("/ask", json={"question": "bees. " * 10}),
+                  c.post("/search", json={"query": "x", "strategy": "fusion", "subqueries": ["y" * 51]})):
+            assert r.status_code == 400
+            assert "at most 50 (mrag serve --max-query-chars)" in r.json()["detail"]
+
+
+def test_text_utf8_cannot_hold_is_refused_naming_the_field(client):
+    """JSON's "\\ud800" decodes to a lone surrogate: a 422 naming where (its echo of the input made UTF-8),
+    not a 400 about the server's own response ("position 158")."""
+    before = client.get("/info").json()
+    for path, body, field, message in [
+        ("/search", {"query": "bees \ud800"}, "query", "valid string"),
+        ("/ask", {"question": "\udfff bees"}, "question", "valid string"),
+        ("/documents", {"documents": [{"id": "ok", "text": "fine"}, {"id": "s", "text": "a \ud800 b"}]}, "text",
+         "valid string"),
+        ("/documents", {"documents": [{"id": "m", "text": "fine", "lang": "x\ud800"}]}, 0,
+         "lang holds an unpaired surrogate (U+D800) at character 1"),
+        ("/documents", {"documents": [{"id": "m", "text": "fine", "metadata": {"a": ["\udc00"]}}]}, "metadata",
+         "metadata.a[0] holds an unpaired surrogate (U+DC00)"),
+        ("/documents/delete", {"ids": ["ok", "\ud800"]}, "ids", "ids[1] holds an unpaired surrogate"),
+    ]:
+        r = client.post(path, content=json.dumps(body), headers={"content-type": "application/json", **AUTH})
+        assert r.status_code == 422, r.text
+        (error,) = r.json()["detail"]
+        assert error["loc"][-1] == field and message in error["msg"]
+        assert "\ufffd" in json.dumps(error["input"], ensure_ascii=False)  # the echo, made UTF-8
+    assert client.get("/info").json() == before
+
+
+def test_a_search_that_other_commits_keep_moving_is_a_503_to_retry(client, monkeypatch):
+    from mrag.retrieve import search
+
+    tries = []
+
+    def moving(*args, **kwargs):
+        tries.append(time.monotonic())
+        raise search.Moved
+
+    monkeypatch.setattr(search, "_search_many", moving)
+    r = client.get("/search", params={"query": "bees"})
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    assert "search again" in r.json()["detail"] and len(tries) == search.MOVED_TRIES
+    waits = [b - a for a, b in zip(tries, tries[1:])]
+    assert all(w >= min(search.MOVED_WAIT_S * 2**i, 0.5) for i, w in enumerate(waits))  # each longer, to 0.5 s
+
+
+def test_a_write_that_waits_too_long_for_the_lock_is_a_503_naming_its_holder(url, monkeypatch, tmp_path):
+    db = tmp_path / "db"
+    holder = subprocess.Popen([sys.executable, PROCS, "hold", str(db), "20"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        monkeypatch.setenv("MRAG_LOCK_TIMEOUT", "0.5")
+        with httpx.Client(base_url=url, timeout=30) as c:
+            for r in (c.post("/documents", json={"documents": [{"id": "n", "text": "new"}]}, headers=AUTH),
+                      c.delete("/documents/bees", headers=AUTH)):
+                assert r.status_code == 503 and r.headers["retry-after"] == "5"
+                assert f"pid {holder.pid}" in r.json()["detail"] and "MRAG_LOCK_TIMEOUT" in r.json()["detail"]
+    finally:
+        holder.kill()
+        holder.wait()
+    assert Index.open(db, embedder=FakeEmbedder()).info()["documents"] == len(DOCS)

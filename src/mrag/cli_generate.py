@@ -112,12 +112,14 @@ def ask(question: str, db: str, model: str | None, k: int, strategy: str | None,
 @gen_model_option
 @click.option("--max-request-bytes", type=click.IntRange(min=1), default=10 * 1024 * 1024, show_default=True,
               help="Larger request bodies are refused with 413.")
+@click.option("--max-query-chars", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="Longer queries and questions are refused with 400 (each sentence of one is searched).")
 @click.option("--create", is_flag=True, help="Create an empty index at DB if there is none (with --model).")
 @click.option("--warm/--no-warm", default=True, show_default=True,
               help="Search once before listening, so the first request does not load the index into memory.")
 @user_errors
 def serve(db: str, model: str | None, host: str, port: int, token: str | None, backend: str, gen_model: str | None,
-          max_request_bytes: int, create: bool, warm: bool) -> None:
+          max_request_bytes: int, max_query_chars: int, create: bool, warm: bool) -> None:
     """Serve DB over HTTP: search, ask, add and delete documents (OpenAPI docs at /docs).
 
     \b
@@ -137,7 +139,8 @@ def serve(db: str, model: str | None, host: str, port: int, token: str | None, b
         raise StoreError(f"no mrag index at {db}: create one with `mrag index PATH --db {db}`, or pass --create")
     if not token and host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: serving {host} without a token: anyone who can reach it can change the index", err=True)
-    settings = Settings(db=db, token=token or None, max_request_bytes=max_request_bytes, generator=backend,
+    settings = Settings(db=db, token=token or None, max_request_bytes=max_request_bytes,
+                        max_query_chars=max_query_chars, generator=backend,
                         gen_model=gen_model, model=model, create=create, warm=warm)
     app = create_app(settings)
     # uvicorn's start-up lines say where it listens ("Uvicorn running on ..."); no line per request

@@ -4,8 +4,9 @@ Reads (search, ask, heads, info) are open; writes (/documents) need `Authorizati
 when a token is set, checked before the body is read (401 without it, 403 with a wrong one).
 Bodies over `max_request_bytes` get 413. The index opens in the lifespan, not at import, and is searched
 once there (`warm`), so the first request does not load what searches keep in memory. Endpoints are
-plain functions run in a thread pool: the store shows readers only committed writes, writers take
-turns under one lock, and the embedder (a torch model) is called by one thread at a time.
+plain functions run in a thread pool: the store shows readers only committed writes, writers embed side
+by side and commit in turn under the index's write lock, and the embedder (a torch model) runs one batch
+at a time, in the order asked for (`TurnLock`).
 """
 
 from __future__ import annotations
@@ -14,28 +15,28 @@ import collections.abc
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from importlib.metadata import version
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
-import pydantic.dataclasses
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPBearer
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat, StrictInt, StrictStr, field_validator
 
 from mrag.embed.base import Embeddings, HeadEmbedder, Kind
+from mrag.errors import Busy
 from mrag.generate.backends import make_generator
-from mrag.generate.base import DEFAULT_MAX_TOKENS, Generator
+from mrag.generate.base import Generator
 from mrag.generate.prompt import DEFAULT_MAX_CONTEXT_CHARS
+from mrag.locking import LockTimeout
 from mrag.retrieve import strategies as retrieve
-from mrag.retrieve import types
+from mrag.server_bodies import AskRequest, DeleteRequest, DocumentsRequest, Hit, SearchRequest, SearchResponse
 from mrag.server_guard import Guard
-from mrag.settings import names
 
-MAX_K = 1000
 log = logging.getLogger(__name__)
 
 
@@ -44,6 +45,7 @@ class Settings:
     db: str
     token: str | None = None  # None: writes are open
     max_request_bytes: int = 10 * 1024 * 1024
+    max_query_chars: int = 10_000  # a query or question, each sub-query: its sentences are searched one by one
     generator: str = "local"  # backend for /ask and fusion strategies
     gen_model: str | None = None
     model: str | None = None  # embedding model: checked against the index, or used by `create`
@@ -55,23 +57,47 @@ class Settings:
     warm_timeout_s: float = 120.0  # the most the start-up waits for that search
 
 
+class TurnLock:
+    """A lock taken in the order it was asked for: a write's batches and the queries asked meanwhile take turns
+    (a plain lock let the thread that released it take it straight back)."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._next = self._serving = 0  # tickets given, and the one whose turn it is
+
+    @contextmanager
+    def turn(self) -> Iterator[None]:
+        with self._changed:
+            ticket, self._next = self._next, self._next + 1
+            self._changed.wait_for(lambda: self._serving == ticket)
+        try:
+            yield
+        finally:
+            with self._changed:
+                self._serving += 1
+                self._changed.notify_all()
+
+
 class LockedEmbedder(HeadEmbedder):
-    """Another embedder, called by one thread at a time (torch modules with hooks are not thread-safe)."""
+    """Another embedder, called by one thread at a time (torch modules with hooks are not thread-safe), a
+    batch at a time: a search asked for during a large write waits for one of its batches, not all of them."""
 
     def __init__(self, inner: HeadEmbedder) -> None:
         self.inner = inner
-        self.lock = threading.Lock()
+        self.lock = TurnLock()
         self.name, self.dim, self.n_heads, self.head_dim = inner.name, inner.dim, inner.n_heads, inner.head_dim
         self.query_instruction, self.document_instruction = inner.query_instruction, inner.document_instruction
         self.device = getattr(inner, "device", None)  # where the exact scan runs too (`device_scan.scan_device`)
 
     def embed_batch(self, texts: list[str]) -> Embeddings:
-        with self.lock:
+        with self.lock.turn():
             return self.inner.embed_batch(texts)
 
     def embed(self, texts: Sequence[str], kind: Kind = "document", batch_size: int = 32,
               show_progress: bool = False) -> Embeddings:
-        with self.lock:
+        if type(self.inner).embed is HeadEmbedder.embed:  # batches through `embed_batch`: one turn each
+            return super().embed(texts, kind=kind, batch_size=batch_size, show_progress=show_progress)
+        with self.lock.turn():  # an embedder of its own way of batching: one turn for all
             return self.inner.embed(texts, kind=kind, batch_size=batch_size, show_progress=show_progress)
 
     def info(self) -> dict[str, Any]:
@@ -79,7 +105,7 @@ class LockedEmbedder(HeadEmbedder):
 
 
 class State:
-    """What the endpoints share: the index, the write lock, the generator (built on first use)."""
+    """What the endpoints share: the index and the generator (built on first use)."""
 
     def __init__(self, settings: Settings) -> None:
         from mrag.index import Index
@@ -91,7 +117,6 @@ class State:
             opened = Index.open(settings.db, model=settings.model, create=settings.create)
             embedder = LockedEmbedder(opened.embedder)  # loads the model now, not in the first request
             self.index = Index(opened.store, lambda: embedder)
-        self.write_lock = threading.Lock()
         self._llm = settings.llm
         self._llm_lock = threading.Lock()
         self.warming = warm(self.index, settings.warm_timeout_s) if settings.warm else None
@@ -130,94 +155,6 @@ def warm(index: Any, timeout_s: float) -> threading.Thread:
     return thread
 
 
-# --- request and response bodies ----------------------------------------------------------------
-
-Strategy = Field(None, description=f"One of: {', '.join(retrieve.strategy_names())}; default: the index's "
-                                   f"(recorded by mrag tune), else {retrieve.DEFAULT_STRATEGY}.")
-
-
-def _no_bool(value: Any) -> Any:
-    if isinstance(value, bool):  # JSON true is no count (pydantic would take it as 1)
-        raise ValueError("must be a whole number, not true or false")
-    return value
-
-
-Count = Annotated[int, BeforeValidator(_no_bool)]  # a number of hits, tokens, ...: 3 or "3" (a GET), not true
-
-
-class SearchRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # a misspelt option (strategey=...) is refused, not ignored
-
-    query: str = Field(min_length=1)
-    k: Count = Field(5, ge=1, le=MAX_K)
-    strategy: str | None = Strategy
-    explain: bool = Field(False, description="Include the votes (space, rank, weight) behind each hit.")
-    c: Count | None = Field(None, ge=1, le=10_000, description="Per-space depth (default max(k, 32)).")
-    subqueries: list[str] | None = Field(None, description="For fusion strategies; default: the LLM writes them.")
-    exact: bool | None = Field(None, description="true: exact search; false: the ANN indexes; default: ANN if built.")
-    nprobes: Count | None = Field(None, ge=1, le=100_000, description="IVF partitions per ANN search.")
-    spaces: list[str] | str | None = Field(None, description="Only these voters: standard, heads, head:3, split, "
-                                                             "bm25, a space's label (comma-separated, a list, or "
-                                                             "spaces= repeated in a GET).")
-
-    @field_validator("spaces")
-    @classmethod
-    def _split_spaces(cls, spaces: list[str] | str | None) -> list[str] | None:
-        """"standard,bm25" as two spaces, as `--spaces` takes them."""
-        return None if spaces is None else names(spaces)
-
-
-@pydantic.dataclasses.dataclass
-class Hit(types.Hit):
-    """The library's `Hit`; its votes only with `explain` (left out of the response otherwise)."""
-
-    votes: list[dict[str, Any]] | None = None  # type: ignore[assignment]
-
-
-class SearchResponse(BaseModel):
-    query: str
-    strategy: str
-    subqueries: list[str]
-    hits: list[Hit]
-
-
-class AskRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    question: str = Field(min_length=1)
-    k: Count = Field(5, ge=1, le=MAX_K)
-    strategy: str | None = Strategy
-    max_context_chars: Count | None = Field(None, ge=1)
-    max_tokens: Count = Field(DEFAULT_MAX_TOKENS, ge=1, le=8192)
-    stream: bool = Field(False, description="Server-sent events: context, token..., answer.")
-    subqueries: list[str] | None = None
-
-
-class DocumentIn(BaseModel):
-    model_config = ConfigDict(extra="allow")  # other fields are metadata, as `Index.add` keeps them
-
-    # as `Index.add` takes them: a number as its text, null as none
-    id: StrictStr | StrictInt | StrictFloat | None = Field(None, description="Default: a hash of the text.")
-    text: str = Field(min_length=1)
-    title: StrictStr | StrictInt | StrictFloat | None = ""
-    source: StrictStr | StrictInt | StrictFloat | None = ""
-    metadata: dict[str, Any] | None = None
-
-
-class DocumentsRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")  # a misspelt "mdoe" is refused, not the default mode taken
-
-    documents: list[DocumentIn] = Field(min_length=1)
-    mode: Literal["upsert", "add"] = Field("upsert", description="add refuses an existing id with other content.")
-
-
-class DeleteRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    ids: list[StrictStr | StrictInt | StrictFloat] = Field(min_length=1,
-                                                           description="Document or chunk ids; all must exist.")
-
-
 def no_query(request: Request) -> None:
     """Routes whose options are in the body (or the path) refuse query parameters, as `extra="forbid"`
     refuses unknown body fields: `DELETE /documents/x?dryrun=1` must not delete."""
@@ -230,6 +167,8 @@ def no_query(request: Request) -> None:
 def create_app(settings: Settings) -> FastAPI:
     if settings.max_request_bytes <= 0:
         raise ValueError(f"max_request_bytes must be positive, got {settings.max_request_bytes}")
+    if settings.max_query_chars <= 0:
+        raise ValueError(f"max_query_chars must be positive, got {settings.max_query_chars}")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -246,9 +185,21 @@ def create_app(settings: Settings) -> FastAPI:
     writes = [Security(HTTPBearer(auto_error=False, description="Needed for writes when the server has a token.")),
               Depends(no_query)]
 
+    @app.exception_handler(RequestValidationError)  # FastAPI's own 422, with text JSON can hold
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": jsonable_encoder(_utf8_safe(exc.errors()))}, status_code=422)
+
     @app.exception_handler(ValueError)
     async def bad_input(request: Request, exc: ValueError) -> JSONResponse:
         return JSONResponse({"detail": _one_line(exc)}, status_code=400)
+
+    @app.exception_handler(Busy)  # other writers, each time this search looked: a moment later it goes through
+    async def busy(request: Request, exc: Busy) -> JSONResponse:
+        return JSONResponse({"detail": _one_line(exc)}, status_code=503, headers={"Retry-After": "1"})
+
+    @app.exception_handler(LockTimeout)  # another writer (a long `mrag index`) holds the index
+    async def locked(request: Request, exc: LockTimeout) -> JSONResponse:
+        return JSONResponse({"detail": _one_line(exc)}, status_code=503, headers={"Retry-After": "5"})
 
     @app.exception_handler(ConnectionError)  # the LLM server: unreachable, or failing (`UpstreamError`)
     async def unreachable(request: Request, exc: ConnectionError) -> JSONResponse:
@@ -262,10 +213,18 @@ def create_app(settings: Settings) -> FastAPI:
     def state(request: Request) -> State:
         return request.app.state.mrag
 
+    def check_length(st: State, texts: list[str]) -> None:
+        """Refuse a query longer than the server takes (each of its sentences is embedded and searched)."""
+        longest = max(texts, key=len)
+        if len(longest) > st.settings.max_query_chars:
+            raise ValueError(f"the query has {len(longest)} characters; this server takes at most "
+                             f"{st.settings.max_query_chars} (mrag serve --max-query-chars)")
+
     def run_search(st: State, body: SearchRequest) -> SearchResponse:
         from mrag.generate.fusion import is_fusion, retrieve_for
 
         strategy = retrieve.check_strategy(body.strategy or st.index.default_strategy)
+        check_length(st, [body.query, *(body.subqueries or [])])
         llm = st.llm() if is_fusion(strategy) and not body.subqueries else None
         hits, used = retrieve_for(st.index, body.query, body.k, strategy, llm, c=body.c,
                                   subqueries=body.subqueries, exact=body.exact, nprobes=body.nprobes,
@@ -291,6 +250,7 @@ def create_app(settings: Settings) -> FastAPI:
         from mrag.generate.answer import prepare
 
         st = state(request)
+        check_length(st, [body.question, *(body.subqueries or [])])
         llm = st.llm()
         prepared = prepare(st.index, body.question, k=body.k, strategy=body.strategy, generator=llm,
                            max_context_chars=body.max_context_chars or st.settings.max_context_chars,
@@ -338,17 +298,16 @@ def create_app(settings: Settings) -> FastAPI:
         """Add or update documents (chunked and embedded); all of a request becomes visible at once."""
         st = state(request)
         docs = [d.model_dump() for d in body.documents]
-        with st.write_lock:
-            report = st.index.upsert(docs) if body.mode == "upsert" else st.index.add(docs)
+        # writes embed side by side and commit in turn under the index's write lock, as separate processes do
+        report = st.index.upsert(docs) if body.mode == "upsert" else st.index.add(docs)
         return report.to_dict() | {"ids": {"added": report.added, "updated": report.updated,
                                            "unchanged": report.unchanged}}
 
     def delete_ids(st: State, ids: list[str]) -> JSONResponse:
-        with st.write_lock:
-            try:
-                n = st.index.delete(ids)
-            except ValueError as e:  # unknown ids: nothing was deleted
-                return JSONResponse({"detail": _one_line(e)}, status_code=404)
+        try:
+            n = st.index.delete(ids)
+        except ValueError as e:  # unknown ids: nothing was deleted
+            return JSONResponse({"detail": _one_line(e)}, status_code=404)
         return JSONResponse({"deleted_chunks": n})
 
     @app.delete("/documents/{doc_id:path}", tags=["write"], dependencies=writes)
@@ -377,6 +336,17 @@ def create_app(settings: Settings) -> FastAPI:
         return {"status": "ok"}
 
     return app
+
+
+def _utf8_safe(value: Any) -> Any:
+    """Lone surrogates (a request's "\\ud800", echoed in its 422's errors) as U+FFFD: the response is UTF-8."""
+    if isinstance(value, str):
+        return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in value)
+    if isinstance(value, dict):
+        return {_utf8_safe(k): _utf8_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_utf8_safe(v) for v in value]
+    return value
 
 
 def _one_line(exc: BaseException) -> str:

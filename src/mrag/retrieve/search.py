@@ -5,10 +5,12 @@ ANN indexes), vote (`strategies`), and fetch the hits' rows. `Index.search` and
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from mrag.embed.base import HeadEmbedder
+from mrag.errors import Busy
 from mrag.locking import is_local
 from mrag.manifest import Manifest
 from mrag.retrieve import ann, fulltext, graph, walk
@@ -18,7 +20,7 @@ from mrag.retrieve.rescore import RescoreRanker
 from mrag.retrieve.types import Hit
 from mrag.settings import DEFAULT_CANDIDATES, names
 from mrag.spaces import Space
-from mrag.store import READ_TRIES, Store, StoreError
+from mrag.store import READ_TRIES, Store
 
 
 class Searchable(Protocol):
@@ -35,6 +37,8 @@ class Searchable(Protocol):
     def space_weights(self, manifest: Manifest | None = None) -> retrieve.Scales: ...
 
 HIT_COLUMNS = ["text", "source", "title", "doc_id", "position", "metadata"]
+MOVED_TRIES = 8  # a search that saw another commit mid-way tries again, up to this many times in all,
+MOVED_WAIT_S = 0.02  # first after this wait, then twice as long each time (at most 0.5 s): 1.6 s in all
 
 
 class Moved(Exception):  # noqa: N818 - a signal to search again, not an error
@@ -68,19 +72,25 @@ def search_many(
         raise ValueError(f"nprobes must be positive, got {nprobes}")
     if candidates is not None and candidates < 0:
         raise ValueError(f"candidates must be 0 (per-space indexes) or positive, got {candidates}")
-    for attempt in range(READ_TRIES):
+    moved = failed = 0  # tries that saw another commit mid-way, and that failed to read
+    while True:
         seen = index.store.committed_version
         try:
             return _search_many(index, queries, k, strategy, c, subqueries, spaces, exact, nprobes, candidates)
         except Moved:
-            if attempt == READ_TRIES - 1:
-                raise StoreError(f"the index changed during {READ_TRIES} tries of this search (writes at every "
-                                 "moment?): search again") from None
-        except Exception:
+            moved += 1
+            if moved == MOVED_TRIES:
+                raise Busy(f"the index changed during {MOVED_TRIES} tries of this search (writes at every "
+                           "moment?): search again") from None
+            time.sleep(min(MOVED_WAIT_S * 2 ** (moved - 1), 0.5))  # other threads are reading the newer commit
+        except Exception as e:
+            failed += 1
             index.store.refresh()
-            if index.store.committed_version == seen or attempt == READ_TRIES - 1:
-                raise  # not a version pruned by another process's commit: the same search would fail again
-    raise AssertionError("unreachable")
+            # a file of the version read is gone: a newer commit pruned it (its reads may have begun before `seen`
+            # was taken, as the full-text index's build from the matrix's version); else the same search fails again
+            gone = "lance error: Not found" in str(e)
+            if (index.store.committed_version == seen and not gone) or failed == READ_TRIES:
+                raise
 
 
 def _search_many(

@@ -1,0 +1,138 @@
+"""The HTTP API's request and response bodies (`mrag.server`): what a request may hold, checked before
+anything runs (422 otherwise, naming the field)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import pydantic.dataclasses
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
+
+from mrag.generate.base import DEFAULT_MAX_TOKENS
+from mrag.retrieve import strategies as retrieve
+from mrag.retrieve import types
+from mrag.settings import names
+
+MAX_K = 1000
+
+
+def _utf8(value: Any, where: str = "") -> Any:
+    """Text that UTF-8 can hold, in values pydantic does not check as text (metadata, ids): JSON's
+    "\\ud800" decodes to a lone surrogate, which no file, model or table takes."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"{where or 'the text'} holds an unpaired surrogate (U+{ord(value[e.start]):04X}) at "
+                             f"character {e.start}: not text UTF-8 can hold") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _utf8(key, f"the key {where + '.' if where else ''}{key!r}")
+            _utf8(item, f"{where + '.' if where else ''}{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _utf8(item, f"{where}[{i}]")
+    return value
+
+
+Strategy = Field(None, description=f"One of: {', '.join(retrieve.strategy_names())}; default: the index's "
+                                   f"(recorded by mrag tune), else {retrieve.DEFAULT_STRATEGY}.")
+
+
+def _no_bool(value: Any) -> Any:
+    if isinstance(value, bool):  # JSON true is no count (pydantic would take it as 1)
+        raise ValueError("must be a whole number, not true or false")
+    return value
+
+
+Count = Annotated[int, BeforeValidator(_no_bool)]  # a number of hits, tokens, ...: 3 or "3" (a GET), not true
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt option (strategey=...) is refused, not ignored
+
+    query: str = Field(min_length=1)
+    k: Count = Field(5, ge=1, le=MAX_K)
+    strategy: str | None = Strategy
+    explain: bool = Field(False, description="Include the votes (space, rank, weight) behind each hit.")
+    c: Count | None = Field(None, ge=1, le=10_000, description="Per-space depth (default max(k, 32)).")
+    subqueries: list[str] | None = Field(None, description="For fusion strategies; default: the LLM writes them.")
+    exact: bool | None = Field(None, description="true: exact search; false: the ANN indexes; default: ANN if built.")
+    nprobes: Count | None = Field(None, ge=1, le=100_000, description="IVF partitions per ANN search.")
+    spaces: list[str] | str | None = Field(None, description="Only these voters: standard, heads, head:3, split, "
+                                                             "bm25, a space's label (comma-separated, a list, or "
+                                                             "spaces= repeated in a GET).")
+
+    @field_validator("spaces")
+    @classmethod
+    def _split_spaces(cls, spaces: list[str] | str | None) -> list[str] | None:
+        """"standard,bm25" as two spaces, as `--spaces` takes them."""
+        return None if spaces is None else names(spaces)
+
+
+@pydantic.dataclasses.dataclass
+class Hit(types.Hit):
+    """The library's `Hit`; its votes only with `explain` (left out of the response otherwise)."""
+
+    votes: list[dict[str, Any]] | None = None  # type: ignore[assignment]
+
+
+class SearchResponse(BaseModel):
+    query: str
+    strategy: str
+    subqueries: list[str]
+    hits: list[Hit]
+
+
+class AskRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    question: str = Field(min_length=1)
+    k: Count = Field(5, ge=1, le=MAX_K)
+    strategy: str | None = Strategy
+    max_context_chars: Count | None = Field(None, ge=1)
+    max_tokens: Count = Field(DEFAULT_MAX_TOKENS, ge=1, le=8192)
+    stream: bool = Field(False, description="Server-sent events: context, token..., answer.")
+    subqueries: list[str] | None = None
+
+
+class DocumentIn(BaseModel):
+    model_config = ConfigDict(extra="allow")  # other fields are metadata, as `Index.add` keeps them
+
+    # as `Index.add` takes them: a number as its text, null as none
+    id: StrictStr | StrictInt | StrictFloat | None = Field(None, description="Default: a hash of the text.")
+    text: str = Field(min_length=1)
+    title: StrictStr | StrictInt | StrictFloat | None = ""
+    source: StrictStr | StrictInt | StrictFloat | None = ""
+    metadata: Annotated[dict[str, Any] | None, AfterValidator(lambda m: _utf8(m, "metadata"))] = None
+
+    @model_validator(mode="after")
+    def _utf8_fields(self) -> DocumentIn:
+        """The other fields (metadata) hold UTF-8 text too."""
+        _utf8(self.model_extra or {})
+        return self
+
+
+class DocumentsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")  # a misspelt "mdoe" is refused, not the default mode taken
+
+    documents: list[DocumentIn] = Field(min_length=1)
+    mode: Literal["upsert", "add"] = Field("upsert", description="add refuses an existing id with other content.")
+
+
+class DeleteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ids: Annotated[list[StrictStr | StrictInt | StrictFloat], AfterValidator(lambda i: _utf8(i, "ids"))] = Field(
+        min_length=1, description="Document or chunk ids; all must exist.")
