@@ -360,6 +360,18 @@ def test_search_without_an_index(tmp_path):
     assert not (tmp_path / "typo").exists()
 
 
+def test_a_folder_that_is_no_index_is_told_so_even_with_a_link_loop_in_it(tmp_path):
+    """--db given the documents' folder by mistake: LanceDB's listing walked it and failed on the loop, and
+    the message said the index was damaged (restore it from a backup)."""
+    folder = tmp_path / "notes"
+    folder.mkdir()
+    (folder / "a").symlink_to("b")
+    (folder / "b").symlink_to("a")
+    for command in (["search", "bees"], ["info"]):
+        result = mrag(*command, "--db", folder, ok=False)
+        assert result.exit_code == 1 and result.stderr.startswith(f"Error: no mrag index at {folder}"), result.stderr
+
+
 def test_missing_arguments_are_usage_errors(db):
     assert mrag("index", "--db", db, ok=False).exit_code == 2
     assert mrag("search", "bees", ok=False).exit_code == 2  # no --db and no MRAG_DB

@@ -422,3 +422,21 @@ def test_a_library_document_s_id_may_be_0_and_its_metadata_must_be_a_dict():
     for bad in ([1], False, {"a": 1}, float("nan"), float("inf")):  # as in a records file: no one's id
         with pytest.raises(ValueError, match="document 2: the id must be a string or a number"):
             as_document({"id": bad, "text": "x"}, 2)
+
+
+def test_a_file_reached_through_a_link_is_read_as_itself_whichever_name_comes_first(tmp_path):
+    """Its id is its own path, so its title and kind are its own too: the link's name gave the title
+    (a_link before zebra in sorted order), so the digest changed with how the file was named and an
+    unchanged file was embedded again."""
+    folder = tmp_path / "rt"
+    folder.mkdir()
+    (folder / "zebra.md").write_text("Zebras have black and white stripes.")
+    (folder / "a_link.md").symlink_to("zebra.md")
+    (folder / "b_records.txt").symlink_to("records.jsonl")  # a records file, listed under a text name
+    (folder / "records.jsonl").write_text('{"id": "r1", "text": "one"}\n{"id": "r2", "text": "two"}\n')
+    by_folder, _ = read_paths([folder])
+    by_file, _ = read_paths([folder / "zebra.md", folder / "a_link.md", folder / "b_records.txt"])
+    zebra = [d for d in by_folder if d.source.endswith("zebra.md")]
+    assert len(zebra) == 1 and zebra[0].title == "zebra"
+    assert sorted(d.id for d in by_folder) == sorted(d.id for d in by_file) == sorted(["r1", "r2", zebra[0].source])
+    assert {d.id: d.title for d in by_folder} == {d.id: d.title for d in by_file}

@@ -161,17 +161,18 @@ def _is_folder(path: Path) -> bool:
 
 
 def _read_file(path: Path, text_field: str, id_field: str, title_field: str) -> list[Document]:
-    suffix = path.suffix.lower()
-    source = str(path.resolve())
+    # the file itself, not a link to it: its kind and title, as its id, whichever name it was reached by
+    target = path.resolve()
+    suffix, source = target.suffix.lower(), str(target)
     if suffix == ".pdf":
-        return [_document(source, _read_pdf(path), path.stem)]
+        return [_document(source, _read_pdf(path), target.stem)]
     text = _read_text(path)
     if suffix in HTML_SUFFIXES:
         title, body = html_to_text(text)
-        return [_document(source, body, title or path.stem)]
+        return [_document(source, body, title or target.stem)]
     if suffix in RECORD_SUFFIXES:
         return _records(path, source, text, text_field, id_field, title_field)
-    return [_document(source, text, path.stem)]
+    return [_document(source, text, target.stem)]
 
 
 def _document(source: str, text: str, title: str) -> Document:
@@ -201,7 +202,7 @@ def _read_text(path: Path) -> str:
 
 
 def _records(path: Path, source: str, text: str, text_field: str, id_field: str, title_field: str) -> list[Document]:
-    jsonl = path.suffix.lower() == ".jsonl"
+    jsonl = Path(source).suffix.lower() == ".jsonl"  # the file linked to, as `_read_file` reads it
     # JSON Lines: a record a "\n"-ended line (str.splitlines would also cut at U+2028, which JSON strings may hold)
     pieces = text.split("\n") if jsonl else [text]
     rows: list[tuple[str, Any]] = []  # (where: the file's line or the array's record, from 1; the record)

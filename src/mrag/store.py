@@ -158,6 +158,8 @@ class Store:
         (`storage_options`: endpoint, keys, region, ... as Lance names them; or AWS_* variables)."""
         if "://" not in uri and not Path(uri).expanduser().is_dir():
             return False  # connecting would create the folder
+        if is_local(uri):  # LanceDB's listing walks the folder: a folder of documents with a link loop failed there
+            return (local_path(uri) / f"{MANIFEST}.lance").is_dir()
         return MANIFEST in connect(uri, storage_options).list_tables().tables
 
     @classmethod
