@@ -141,6 +141,23 @@ def test_serve_passes_its_options_to_uvicorn(db, monkeypatch):
     assert guard.kwargs == {"token": "t0k", "max_bytes": 99}
 
 
+def test_serve_refuses_an_address_in_use_before_loading_anything(db, monkeypatch):
+    import socket
+
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: pytest.fail("uvicorn started"))
+    monkeypatch.setattr("mrag.server.create_app", lambda settings: pytest.fail("the app was made"))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = mrag("serve", "--db", db, "--port", port, ok=False)
+    assert result.exit_code == 1 and f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    bad = mrag("serve", "--db", db, "--host", "999.1.1.1", ok=False)
+    assert bad.exit_code == 1 and "cannot listen on 999.1.1.1:8000" in bad.stderr
+
+
 def test_serve_refuses_a_missing_index(tmp_path):
     result = mrag("serve", "--db", tmp_path / "none", ok=False)
     assert result.exit_code == 1 and "no mrag index" in result.output and "--create" in result.output

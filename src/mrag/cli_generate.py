@@ -137,6 +137,7 @@ def serve(db: str, model: str | None, host: str, port: int, token: str | None, b
         raise ValueError(f"--max-request-bytes must be positive, got {max_request_bytes}")
     if not create and not Store.exists(db):
         raise StoreError(f"no mrag index at {db}: create one with `mrag index PATH --db {db}`, or pass --create")
+    check_listen(host, port)  # before the model loads: a port in use was told only after it
     if not token and host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: serving {host} without a token: anyone who can reach it can change the index", err=True)
     settings = Settings(db=db, token=token or None, max_request_bytes=max_request_bytes,
@@ -145,3 +146,19 @@ def serve(db: str, model: str | None, host: str, port: int, token: str | None, b
     app = create_app(settings)
     # uvicorn's start-up lines say where it listens ("Uvicorn running on ..."); no line per request
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+
+
+def check_listen(host: str, port: int) -> None:
+    """Refuse an address the server could not listen on (a port in use, a host no interface has): a socket
+    bound there and closed again. Port 0 (any free one) is left to uvicorn."""
+    import socket
+
+    if port == 0:
+        return
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds: a port in TIME_WAIT is free
+            probe.bind((host, port))
+    except OSError as e:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
