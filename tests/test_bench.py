@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator, Sequence
 from importlib import resources
 from pathlib import Path
@@ -221,6 +222,22 @@ def test_llm_queries_are_checked_and_the_run_resumes(docs, tmp_path):
     assert all(q["touches"] == q["n"] for q in kept) and info["touching_every_document"] == 4
 
 
+def test_a_run_cut_mid_line_resumes_into_a_whole_file(docs, tmp_path):
+    """A crash while writing a line leaves part of it, cut inside a character: the resumed run writes that
+    query again after the last whole line (it appended onto the partial one before: the file broke for good)."""
+    replies = [f"Which of honeybees, owls, aqueducts, the Nile, the Moon and Mars is Ünïcode {i}?" for i in range(6)]
+    whole = tmp_path / "whole"
+    build([docs], whole, Written(Scripted(replies)), ns=[1, 2], per_n=3, seed=0)
+    part = tmp_path / "part"
+    with pytest.raises(RuntimeError):
+        build([docs], part, Written(Scripted(replies, fail_after=4)), ns=[1, 2], per_n=3, seed=0)
+    lines = (whole / "queries.jsonl").read_bytes().splitlines(keepends=True)
+    (part / "queries.jsonl").write_bytes(b"".join(lines[:4]) + lines[4][:lines[4].index("Ü".encode()) + 1])
+    info = build([docs], part, Written(Scripted(replies[4:])), ns=[1, 2], per_n=3, seed=0)
+    assert (part / "queries.jsonl").read_bytes() == (whole / "queries.jsonl").read_bytes()
+    assert info["queries"] == 6 and len(load(part).queries) == 6
+
+
 def test_touched_counts_documents_sharing_a_content_word():
     relevant = ["Honeybees fan their wings.", "Owls hunt at night.", "The Moon raises tides."]
     assert touched("Why do owls and honeybees differ?", relevant) == 2
@@ -338,6 +355,9 @@ def test_tune_refuses_an_index_without_the_benchmarks_documents(docs, tmp_path, 
     build([docs], out, Extractive(list(DOCS.values())), ns=[1], per_n=2)
     index.add([{"id": "other", "text": "nothing to do with it"}])
     with pytest.raises(ValueError, match="holds none of the benchmark's documents"):
+        tune(index, out)
+    # a BEIR folder's corpus.jsonl indexed as it is: its rows are 'corpus.jsonl#0', ...; the message says how
+    with pytest.raises(ValueError, match=re.escape(f"mrag index {out / 'corpus.jsonl'} --id-field _id --db")):
         tune(index, out)
     assert index.default_strategy == DEFAULT_STRATEGY
 

@@ -146,7 +146,7 @@ def test_beir_loader_reads_graded_qrels(tmp_path):
     bench = load(tmp_path)
     (query,) = bench.queries
     assert [(sorted(a.units), a.grade) for a in query.aspects] == [(["a"], 2), (["b"], 1)]
-    assert not bench.has_categories and bench.skipped == ["query q9: no text or no known relevant document"]
+    assert not bench.has_categories and bench.skipped == ["query q9: not in queries.jsonl"]
 
 
 def test_beir_loader_reads_line_separators_in_text_and_title_only_documents(tmp_path):
@@ -164,7 +164,98 @@ def test_beir_loader_reads_line_separators_in_text_and_title_only_documents(tmp_
     bench = load(tmp_path)
     assert [(d.id, d.text) for d in bench.docs] == [("a", rows[0]["text"]), ("b", "Roman aqueducts")]
     assert bench.has_categories and [q.text for q in bench.queries] == ["bees\u2028and water?"]
-    assert bench.skipped == ["document c: no text and no title", "query q2: no text or no known relevant document"]
+    assert bench.skipped == ["document c: no text and no title", "query q2: not in queries.jsonl"]
+
+
+def write_beir(folder: Path, qrels: str, queries: list[dict] | None = None, corpus: list[dict] | None = None) -> Path:
+    """A BEIR folder: documents a, b, c (categories x, y, z), queries q1, q2 unless given, the qrels text."""
+    corpus = corpus or [{"_id": i, "title": "", "text": t, "category": c}
+                        for i, t, c in [("a", "alpha", "x"), ("b", "beta", "y"), ("c", "gamma", "z")]]
+    queries = queries or [{"_id": "q1", "text": "alpha and beta?"}, {"_id": "q2", "text": "gamma?"}]
+    (folder / "qrels").mkdir(parents=True, exist_ok=True)
+    (folder / "corpus.jsonl").write_text("".join(json.dumps(r) + "\n" for r in corpus))
+    (folder / "queries.jsonl").write_text("".join(json.dumps(r) + "\n" for r in queries))
+    (folder / "qrels" / "test.tsv").write_text(qrels)
+    return folder
+
+
+def test_beir_skips_a_query_naming_a_document_the_corpus_lacks(tmp_path):
+    """q1 needs a, b and atlantis: scored as needing two documents before; now skipped, as the other layouts do."""
+    bench = load(write_beir(tmp_path, "q1\ta\t1\nq1\tb\t1\nq1\tatlantis\t1\nq2\tc\t1\n"))
+    assert [(q.id, q.n) for q in bench.queries] == [("q2", 1)]
+    assert bench.skipped == ["query q1: unknown document(s) ['atlantis']"]
+
+
+def test_beir_refuses_a_repeated_query_id_and_skips_empty_texts(tmp_path):
+    twice = [{"_id": "q1", "text": "alpha and beta?"}, {"_id": "q2", "text": "gamma?"},
+             {"_id": "q1", "text": "kimchi?"}]
+    with pytest.raises(ValueError, match=r"queries.jsonl: line 3: query id 'q1' repeats line 1: give each query"):
+        load(write_beir(tmp_path / "twice", "q1\ta\t1\n", twice))
+    blank = [{"_id": "q1", "text": "  "}, {"_id": "q2", "text": "gamma?"}]
+    bench = load(write_beir(tmp_path / "blank", "q1\ta\t1\nq2\tc\t1\n", blank))
+    assert [q.id for q in bench.queries] == ["q2"] and bench.skipped == ["query q1: empty text"]
+    repeated_doc = [{"_id": "a", "text": "alpha"}, {"_id": "a", "text": "knitting"}]
+    with pytest.raises(ValueError, match=r"corpus.jsonl: line 2: document id 'a' repeats line 1"):
+        load(write_beir(tmp_path / "doc", "q1\ta\t1\n", corpus=repeated_doc))
+
+
+def test_wikipedia_and_topic_queries_with_empty_text_are_skipped(tmp_path):
+    articles, queries = write_wikipedia(tmp_path, False)
+    queries.write_text(json.dumps([QUERIES[0] | {"text": " "}, QUERIES[1]]))
+    bench = load(articles, queries)
+    assert [q.id for q in bench.queries] == ["q0001"] and bench.skipped == ["query 0: empty text"]
+    write_topics(tmp_path / "topics")
+    (tmp_path / "tq.json").write_text(json.dumps({"2": [{"related": ["acids", "salts"], "text": ""}]}))
+    assert load(tmp_path / "topics", tmp_path / "tq.json").skipped == ["query 2/0: empty text"]
+
+
+@pytest.mark.parametrize("name, content, message", [
+    ("queries.jsonl", '{"_id": "q1"}\n', r"queries.jsonl: line 1 has no 'text' field: every record needs one"),
+    ("corpus.jsonl", '{"text": "alpha"}\n', r"corpus.jsonl: line 1 has no '_id' field"),
+    ("corpus.jsonl", '{"_id": "a", "text": "alpha"}\n\n{"_id": "b", "text": \n',
+     r"corpus.jsonl: invalid JSON at line 3 \(Expecting value\): fix or remove the line"),
+    ("queries.jsonl", '["q1", "alpha?"]\n', r"queries.jsonl: line 1 is not a JSON object"),
+    ("qrels/test.tsv", "q1\ta\t1.5\n", r"test.tsv: line 1: grade '1.5' is not a whole number"),
+    ("qrels/test.tsv", "q1\ta\t1\nq1\tb\tx\t0\t1\n", r"test.tsv: line 2 has 5 columns \(line 1: 3\): qrels lines are"),
+])
+def test_beir_mistakes_are_one_line_errors_naming_file_and_line(tmp_path, name, content, message):
+    folder = write_beir(tmp_path, "q1\ta\t1\n")
+    (folder / name).write_text(content)
+    with pytest.raises(ValueError, match=message):
+        load(folder)
+
+
+def test_beir_text_must_be_utf8_and_may_start_with_a_byte_order_mark(tmp_path):
+    folder = write_beir(tmp_path, "q1\ta\t1\n")
+    (folder / "corpus.jsonl").write_bytes(b'{"_id": "a", "text": "alpha"}\n{"_id": "b", "text": "tr\xe8s"}\n')
+    with pytest.raises(ValueError, match=r"corpus.jsonl: not UTF-8 text \(line 2, byte 54\): save it as UTF-8"):
+        load(folder)
+    (folder / "corpus.jsonl").write_bytes(b"\xef\xbb\xbf" + '{"_id": "a", "text": "très"}\r\n'.encode())
+    assert [(d.id, d.text) for d in load(folder).docs] == [("a", "très")]
+
+
+@pytest.mark.parametrize("qrels", [
+    "query-id\tcorpus-id\tscore\nq1\ta\t1.0\nq1\tb\t2\nq2\tc\t0\n",  # a grade written 1.0
+    "query-id corpus-id score\nq1 a 1\nq1  b 2\nq2 c 0\n",  # spaces
+    "q1 0 a 1\nq1 0 b 2\nq2 0 c 0\n",  # TREC: query iteration document grade
+    "query-id\tQ0\tcorpus-id\tscore\nq1\t0\ta\t1\nq1\t0\tb\t2\n",
+])
+def test_beir_qrels_in_trec_and_space_separated_forms(tmp_path, qrels):
+    bench = load(write_beir(tmp_path, qrels))
+    (query,) = bench.queries
+    assert [(sorted(a.units), a.grade) for a in query.aspects] == [(["a"], 1), (["b"], 2)]
+
+
+def test_folders_missing_a_file_say_what_the_layouts_need(tmp_path):
+    folder = write_beir(tmp_path / "dev", "q1\ta\t1\n")
+    (folder / "qrels" / "test.tsv").rename(folder / "qrels" / "dev.tsv")
+    with pytest.raises(ValueError, match=r"has no qrels/test.tsv \(it has qrels/dev.tsv\): evaluation reads the test "):
+        load(folder)
+    folder = write_beir(tmp_path / "csv", "q1\ta\t1\n")
+    (folder / "corpus.jsonl").rename(folder / "corpus.csv")
+    with pytest.raises(ValueError, match=r"is no BEIR folder \(corpus.jsonl, queries.jsonl and qrels/test.tsv; "
+                                         r"it holds corpus.csv, qrels/, queries.jsonl\)"):
+        load(folder)
 
 
 def test_loaders_name_missing_files(tmp_path):
@@ -254,6 +345,66 @@ def test_harness_embeds_once_and_scores_every_strategy(tmp_path):
     assert fused < multi  # fusion ran on fewer queries: the table says so, its cells are not paired
     assert f"standard {len(multi)}, " in table and f"fusion {len(fused)}." in table
     assert {p.name for p in plot(records, tmp_path)} == {"gain_over_standard.png", "weighted_ratio_box.png"}
+
+
+def test_a_query_cache_cut_by_a_crash_is_computed_again(tmp_path):
+    """A cut .npz broke every later run with BadZipFile; it is now written whole or not at all, and one found
+    unreadable is computed again and replaced."""
+    bench = load(*write_wikipedia(tmp_path, False))
+    embedder = CountingEmbedder()
+    corpus = harness.embed_corpus(bench, embedder, tmp_path / "cache")
+    texts = harness.query_texts(bench)
+    first = harness.embed_queries(corpus, texts)
+    (cached,) = corpus.query_cache.glob("queries-*.npz")
+    assert [p.name for p in corpus.query_cache.iterdir() if p.suffix == ".tmp"] == []
+    whole = cached.read_bytes()
+    cached.write_bytes(whole[:len(whole) // 2])
+    used = embedder.texts
+    again = harness.embed_queries(corpus, texts)
+    assert embedder.texts > used and cached.read_bytes() == whole  # embedded again, the file whole again
+    assert all((again[t].standard == first[t].standard).all() for t in first)
+    harness.embed_queries(corpus, texts)
+    assert embedder.texts == used + len(set(texts))  # and read from then on
+
+
+class LayeredFake(FakeEmbedder):
+    """The fake embedder, reporting a layer and pooling as `mrag eval`'s title does."""
+
+    def info(self):
+        return super().info() | {"layer": -1, "pooling": "mean"}
+
+
+@pytest.fixture
+def fake_transformer(monkeypatch):
+    """`run_eval`'s TransformerEmbedder(...) is the fake: no model is loaded."""
+    import mrag.embed.transformer as transformer
+
+    monkeypatch.setattr(transformer, "TransformerEmbedder", lambda *args, **kwargs: LayeredFake())
+
+
+def test_a_strategy_named_twice_is_evaluated_once(tmp_path, fake_transformer):
+    from mrag.evaluate.run import run_eval
+
+    articles, queries = write_wikipedia(tmp_path, False)
+    out = run_eval(str(articles), str(queries), strategies=["standard", "mrag", "standard"], cache=str(tmp_path / "c"))
+    assert [r["strategy"] for r in out["records"] if r["k"] == 1] == ["standard", "mrag"] * 2
+    assert out["summary"]["standard"]["queries"] == 2 and out["table"].count("| n | standard | mrag |") == 1
+
+
+def test_a_set_without_categories_reports_no_category_numbers(tmp_path, fake_transformer):
+    """BEIR without a "category" per document: the summary and the table left a column of 0.000 before."""
+    from mrag.evaluate.run import run_eval
+
+    plain = [{"_id": i, "title": "", "text": t} for i, t in [("a", "alpha"), ("b", "beta"), ("c", "gamma")]]
+    folder = write_beir(tmp_path / "beir", "q1\ta\t1\nq1\tb\t1\nq2\tc\t1\n", corpus=plain)
+    out = run_eval(str(folder), None, strategies=["standard"], cache=str(tmp_path / "c"))
+    assert set(out["summary"]["standard"]) == {"doc", "ndcg", "queries"}
+    doc = out["summary"]["standard"]["doc"]
+    assert "documents; the set has no categories" in out["table"] and f"| **{doc:.3f}** |" in out["table"]
+    assert " / " not in out["table"].split("Single-aspect")[0].split("All queries")[0]
+    grouped = run_eval(str(write_beir(tmp_path / "grouped", "q1\ta\t1\nq1\tb\t1\n")), None,
+                       strategies=["standard"], cache=str(tmp_path / "c"))
+    assert "category" in grouped["summary"]["standard"] and "(documents / categories)" in grouped["table"]
 
 
 def test_eval_command_writes_records_table_plots(tmp_path, reuse_minilm):

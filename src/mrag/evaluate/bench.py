@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from mrag.documents import Document
-from mrag.evaluate.datasets import json_lines
+from mrag.evaluate.files import json_lines
 from mrag.evaluate.querygen import QueryWriter, content_words, quoted_words
 from mrag.ingest import read_paths
 
@@ -145,6 +145,17 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def drop_cut_line(path: Path) -> None:
+    """Cut a JSONL file back to its last complete ("\\n"-ended) line: a crash mid-write leaves a partial last
+    line, which `read_jsonl` ignores but an append would run on into, breaking the file for good."""
+    if not path.exists():
+        return
+    with path.open("rb+") as f:
+        data = f.read()
+        if data and not data.endswith(b"\n"):
+            f.truncate(data.rfind(b"\n") + 1)  # 0 when no line is complete
+
+
 def append_jsonl(path: Path, row: dict[str, Any]) -> None:
     with path.open("a", encoding="utf-8") as f:
         f.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -187,6 +198,8 @@ def build(
     key = fingerprint(corpus, settings)
     planned = plan(groups, ns, per_n, seed)  # refuses sizes the groups cannot fill, before anything is written
     start(folder, corpus, key)
+    for name in ("queries.jsonl", "dropped.jsonl"):
+        drop_cut_line(folder / name)  # a resumed run appends after the last whole line
     done = {r["_id"] for r in read_jsonl(folder / "queries.jsonl") + read_jsonl(folder / "dropped.jsonl")}
     todo = [p for p in planned if p.id not in done]
     vectors = embed([d.text for d in docs]) if embed is not None and todo and max_similarity < 1 else None

@@ -9,16 +9,15 @@ its category is its folder. Queries naming something missing are reported and sk
 
 from __future__ import annotations
 
-import bz2
-import gzip
-import io
-import json
-import lzma
 import tarfile
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+from mrag.evaluate.files import decode, jsonl_records, loads, parse_json, read_qrels, required, text_field
+
+BEIR_FILES = "corpus.jsonl, queries.jsonl and qrels/test.tsv"
 
 
 @dataclass(frozen=True)
@@ -61,19 +60,6 @@ class Benchmark:
         return {d.unit: d.category for d in self.docs}
 
 
-def open_text(path: Path) -> str:
-    """A text file, plain or compressed (.bz2, .gz, .xz)."""
-    opener = {".bz2": bz2.open, ".gz": gzip.open, ".xz": lzma.open}.get(path.suffix, open)
-    with opener(path, "rt", encoding="utf-8") as f:  # type: ignore[operator]
-        return str(f.read())
-
-
-def json_lines(text: str) -> list[str]:
-    """The records of a JSON Lines text: its non-blank "\\n"-ended lines (str.splitlines would also cut at
-    U+2028 and U+0085, which a JSON string written with ensure_ascii=False holds as they are)."""
-    return [line for line in text.split("\n") if line.strip()]
-
-
 def load(corpus: str | Path, queries: str | Path | None = None) -> Benchmark:
     """Pick the loader from the corpus path: BEIR folder, topic folder/tarball, or Wikipedia JSON."""
     corpus, queries = Path(corpus), Path(queries) if queries else None
@@ -83,6 +69,9 @@ def load(corpus: str | Path, queries: str | Path | None = None) -> Benchmark:
         raise FileNotFoundError(f"no such queries file: {queries}")
     if corpus.is_dir() and (corpus / "corpus.jsonl").exists():
         return load_beir(corpus)
+    if corpus.is_dir() and queries is None:
+        raise ValueError(f"{corpus} is no BEIR folder ({BEIR_FILES}; it holds {folder_listing(corpus)}), and "
+                         "the topic-folder layout (category/topic.json files) needs --queries")
     if corpus.is_dir() or corpus.name.endswith((".tar.bz2", ".tar.gz", ".tar", ".tgz")):
         if queries is None:
             raise ValueError("the topic-folder layout needs --queries")
@@ -92,30 +81,49 @@ def load(corpus: str | Path, queries: str | Path | None = None) -> Benchmark:
     return load_wikipedia(corpus, queries)
 
 
+def folder_listing(folder: Path, most: int = 8) -> str:
+    """The first names in a folder, for an error message ('corpus.csv, qrels/, queries.jsonl')."""
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir())
+    return ", ".join(names[:most]) + (", ..." if len(names) > most else "") if names else "nothing"
+
+
+def json_list(path: Path, what: str) -> list[dict[str, Any]]:
+    """A JSON file holding a list of objects (`what` names one, for the error)."""
+    rows = parse_json(path)
+    if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
+        raise ValueError(f"{path}: expected a JSON list of {what} objects")
+    return rows
+
+
 def load_wikipedia(articles: Path, queries: Path) -> Benchmark:
     """[{"title","text","label"}] and [{"topics": [titles], "text", "fusion": [...]}]."""
-    rows = json.loads(open_text(articles))
-    docs = [
-        BenchDoc(id=f"d{i:05d}", text=r["text"], title=r["title"], unit=f"d{i:05d}", category=str(r["label"]))
-        for i, r in enumerate(rows)
-    ]
+    docs = []
+    for i, r in enumerate(json_list(articles, "article")):
+        where = f"{articles}: record {i}"
+        docs.append(BenchDoc(id=f"d{i:05d}", text=text_field(r, "text", where), title=str(required(r, "title", where)),
+                             unit=f"d{i:05d}", category=str(required(r, "label", where))))
     by_title: dict[str, list[BenchDoc]] = defaultdict(list)
     for d in docs:
         by_title[d.title].append(d)
     out, skipped = [], []
-    for i, q in enumerate(json.loads(open_text(queries))):
-        missing = [t for t in q["topics"] if t not in by_title]
-        if not q["topics"]:
+    for i, q in enumerate(json_list(queries, "query")):
+        where = f"{queries}: record {i}"
+        topics, text = required(q, "topics", where), text_field(q, "text", where)
+        missing = [t for t in topics if t not in by_title]
+        if not topics:
             skipped.append(f"query {i}: no documents")
             continue
         if missing:
             skipped.append(f"query {i}: unknown document(s) {missing}")
             continue
+        if not text.strip():
+            skipped.append(f"query {i}: empty text")
+            continue
         aspects = [
             Aspect(frozenset(d.unit for d in by_title[t]), frozenset(d.category for d in by_title[t]))
-            for t in q["topics"]
+            for t in topics
         ]
-        out.append(BenchQuery(f"q{i:04d}", q["text"], aspects, clean_fusion(q.get("fusion", []))))
+        out.append(BenchQuery(f"q{i:04d}", text, aspects, clean_fusion(q.get("fusion", []))))
     return Benchmark(articles.name, docs, out, skipped)
 
 
@@ -135,7 +143,7 @@ def _topic_files(corpus: Path) -> dict[str, tuple[str, Any]]:
         for f in sorted(corpus.rglob("*.json")):
             parts = f.relative_to(corpus).parts
             if len(parts) >= 2:
-                files["/".join(parts)] = (parts[-2], json.loads(f.read_text(encoding="utf-8")))
+                files["/".join(parts)] = (parts[-2], parse_json(f))
         return files
     with tarfile.open(corpus) as tar:
         for member in sorted(tar.getmembers(), key=lambda m: m.name):
@@ -143,7 +151,8 @@ def _topic_files(corpus: Path) -> dict[str, tuple[str, Any]]:
             if member.isfile() and name.suffix == ".json" and len(name.parts) >= 2:
                 data = tar.extractfile(member)
                 if data is not None:
-                    files[member.name] = (name.parts[-2], json.load(io.TextIOWrapper(data, encoding="utf-8")))
+                    where = f"{corpus}: {member.name}"
+                    files[member.name] = (name.parts[-2], loads(decode(data.read(), where), where))
     return files
 
 
@@ -169,54 +178,105 @@ def load_topics(corpus: Path, queries: Path) -> Benchmark:
         if len(docs) > held:  # a file of no usable passage is no topic: its queries are skipped, not unanswerable
             by_topic[topic].append(unit)
     if not docs:
-        raise ValueError(f"{corpus}: no topic files (category/topic.json) found")
+        raise ValueError(f"{corpus}: no topic files (category/topic.json) found; a BEIR folder needs {BEIR_FILES}")
     category_of = {d.unit: d.category for d in docs}
     out, skipped = [], []
-    for n, items in json.loads(open_text(queries)).items():
+    by_size = parse_json(queries)
+    if not isinstance(by_size, dict):
+        raise ValueError(f'{queries}: expected a JSON object {{"<n>": [queries]}} (the topic layout\'s queries)')
+    for n, items in by_size.items():
         for i, q in enumerate(items):
-            missing = [t for t in q["related"] if t not in by_topic]
-            if not q["related"]:
+            where = f"{queries}: query {n}/{i}"
+            related, text = required(q, "related", where), text_field(q, "text", where)
+            missing = [t for t in related if t not in by_topic]
+            if not related:
                 skipped.append(f"query {n}/{i}: no topics")
                 continue
             if missing:
                 skipped.append(f"query {n}/{i}: unknown topic(s) {missing}")
                 continue
+            if not text.strip():
+                skipped.append(f"query {n}/{i}: empty text")
+                continue
             aspects = [
                 Aspect(frozenset(by_topic[t]), frozenset(category_of[u] for u in by_topic[t] if u in category_of))
-                for t in q["related"]
+                for t in related
             ]
-            out.append(BenchQuery(f"q{n}-{i}", q["text"], aspects, clean_fusion(q.get("fusion", []))))
+            out.append(BenchQuery(f"q{n}-{i}", text, aspects, clean_fusion(q.get("fusion", []))))
     return Benchmark(corpus.name, docs, out, skipped)
 
 
 def load_beir(folder: Path, split: str = "test") -> Benchmark:
     """BEIR: corpus.jsonl {_id,title,text}, queries.jsonl {_id,text}, qrels/<split>.tsv. When every document
-    has a "category" (as `mrag bench` writes), it is the document's group and the category metric applies."""
-    docs, skipped = [], []
-    for r in map(json.loads, json_lines(open_text(folder / "corpus.jsonl"))):
-        title = r.get("title") or ""
-        text = r.get("text") or title  # a title-only document (TREC-COVID has many) is searched by its title
-        if not text.strip():
-            skipped.append(f"document {r['_id']}: no text and no title")
-            continue
-        docs.append(BenchDoc(str(r["_id"]), text, title, str(r["_id"]), str(r.get("category", ""))))
+    has a "category" (as `mrag bench` writes), it is the document's group and the category metric applies.
+    A query is skipped (and said why) when it has no text or names a document the corpus lacks."""
+    docs, skipped = beir_docs(folder / "corpus.jsonl")
     grouped = bool(docs) and all(d.category for d in docs)  # `mrag bench` folders record each document's group
-    texts = {str(r["_id"]): r["text"] for r in map(json.loads, json_lines(open_text(folder / "queries.jsonl")))}
-    qrels: dict[str, dict[str, int]] = defaultdict(dict)
-    for i, line in enumerate(open_text(folder / "qrels" / f"{split}.tsv").splitlines()):
-        parts = line.split("\t")
-        if i == 0 and not parts[-1].strip().lstrip("-").isdigit():
-            continue  # header
-        if len(parts) >= 3 and int(parts[-1]) > 0:
-            qrels[parts[0]][parts[1]] = int(parts[-1])
-    known = {d.unit for d in docs}
+    texts = beir_queries(need(folder, "queries.jsonl"))
+    qrels = read_qrels(qrels_file(folder, split))
     category_of = {d.unit: d.category for d in docs}
     out = []
     for qid, rel in qrels.items():
-        if qid not in texts or not set(rel) & known:
-            skipped.append(f"query {qid}: no text or no known relevant document")
-            continue
-        aspects = [Aspect(frozenset([u]), frozenset([category_of[u]] if grouped else []), g)
-                   for u, g in sorted(rel.items()) if u in known]
-        out.append(BenchQuery(qid, texts[qid], aspects))
+        missing = sorted(u for u in rel if u not in category_of)
+        if qid not in texts:
+            skipped.append(f"query {qid}: not in queries.jsonl")
+        elif not texts[qid].strip():
+            skipped.append(f"query {qid}: empty text")
+        elif missing:
+            skipped.append(f"query {qid}: unknown document(s) {missing}")
+        else:
+            aspects = [Aspect(frozenset([u]), frozenset([category_of[u]] if grouped else []), g)
+                       for u, g in sorted(rel.items())]
+            out.append(BenchQuery(qid, texts[qid], aspects))
     return Benchmark(folder.name, docs, out, skipped, has_categories=grouped)
+
+
+def need(folder: Path, name: str) -> Path:
+    """A file a BEIR folder must hold."""
+    if not (folder / name).is_file():
+        raise ValueError(f"{folder} has no {name}: a BEIR folder needs {BEIR_FILES}")
+    return folder / name
+
+
+def qrels_file(folder: Path, split: str) -> Path:
+    """qrels/<split>.tsv, or an error naming the splits the folder has."""
+    path = folder / "qrels" / f"{split}.tsv"
+    if path.is_file():
+        return path
+    found = sorted(p.name for p in (folder / "qrels").glob("*.tsv")) if (folder / "qrels").is_dir() else []
+    if not found:
+        raise ValueError(f"{folder} has no qrels/{split}.tsv: a BEIR folder needs {BEIR_FILES}")
+    raise ValueError(f"{folder} has no qrels/{split}.tsv (it has qrels/{', qrels/'.join(found)}): evaluation reads "
+                     f"the {split} split; copy the split to score to qrels/{split}.tsv")
+
+
+def beir_docs(path: Path) -> tuple[list[BenchDoc], list[str]]:
+    """The documents of a corpus.jsonl, and why any was skipped; a repeated _id is refused."""
+    docs, skipped = [], []
+    line_of: dict[str, int] = {}
+    for number, r in jsonl_records(path):
+        doc_id = str(required(r, "_id", f"{path}: line {number}"))
+        if doc_id in line_of:
+            raise ValueError(f"{path}: line {number}: document id {doc_id!r} repeats line {line_of[doc_id]}: "
+                             "give each document its own _id")
+        line_of[doc_id] = number
+        title = r.get("title") or ""
+        text = r.get("text") or title  # a title-only document (TREC-COVID has many) is searched by its title
+        if not text.strip():
+            skipped.append(f"document {doc_id}: no text and no title")
+            continue
+        docs.append(BenchDoc(doc_id, text, title, doc_id, str(r.get("category", ""))))
+    return docs, skipped
+
+
+def beir_queries(path: Path) -> dict[str, str]:
+    """query id -> text of a queries.jsonl; a repeated _id is refused (the later text would replace the first)."""
+    texts: dict[str, str] = {}
+    line_of: dict[str, int] = {}
+    for number, r in jsonl_records(path):
+        where = f"{path}: line {number}"
+        qid = str(required(r, "_id", where))
+        if qid in line_of:
+            raise ValueError(f"{where}: query id {qid!r} repeats line {line_of[qid]}: give each query its own _id")
+        line_of[qid], texts[qid] = number, text_field(r, "text", where)
+    return texts

@@ -11,6 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import tempfile
+import zipfile
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,29 +85,52 @@ def embed_queries(
     unique = sorted(set(texts))
     digest = hashlib.sha256("\0".join(unique).encode()).hexdigest()[:16]
     path = (corpus.query_cache or Path()) / f"queries-{digest}.npz"
-    if corpus.query_cache is not None and path.exists():
-        data = np.load(path)
-        standard, heads = data["standard"], data["heads"]
+    cached = read_npz(path, len(unique)) if corpus.query_cache is not None else None
+    if cached is not None:
+        standard, heads = cached["standard"], cached["heads"]
     else:
         emb = corpus.index.embedder.embed(unique, kind="query", show_progress=show_progress)
         emb.check_queries(unique)
         standard, heads = retrieve.unit(emb.standard), retrieve.unit(emb.heads)
         if corpus.query_cache is not None:
-            np.savez(path, standard=standard, heads=heads)
+            write_npz(path, standard=standard, heads=heads)
     extra = {}
     for space in (s for s in corpus.index.spaces if s.name in corpus.spaces):
         spec = hashlib.sha256(json.dumps(space.spec.to_json(), sort_keys=True).encode()).hexdigest()[:8]
         space_path = path.with_name(f"{path.stem}-{space.name}-{spec}.npz")
-        if corpus.query_cache is not None and space_path.exists():
-            extra[space.name] = np.load(space_path)["vectors"]
+        vectors = read_npz(space_path, len(unique)) if corpus.query_cache is not None else None
+        if vectors is not None:
+            extra[space.name] = vectors["vectors"]
         else:
             extra[space.name] = retrieve.unit(space.embed(unique, kind="query"))
             if corpus.query_cache is not None:
-                np.savez(space_path, vectors=extra[space.name])
+                write_npz(space_path, vectors=extra[space.name])
     return {
         t: retrieve.QueryVectors(s, h, {name: v[i] for name, v in extra.items()}, t)
         for i, (t, s, h) in enumerate(zip(unique, standard, heads))
     }
+
+
+def read_npz(path: Path, rows: int) -> dict[str, np.ndarray] | None:
+    """The arrays of a cached .npz, each of `rows` rows; None when it is missing or unreadable (a file cut by
+    a crash, from an mrag that wrote in place): the caller computes the vectors again and overwrites it."""
+    try:
+        with np.load(path) as data:
+            arrays = {name: data[name] for name in data.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error):
+        return None
+    return arrays if arrays and all(len(a) == rows for a in arrays.values()) else None
+
+
+def write_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Write an .npz whole or not at all: into a temporary file beside it, then renamed over it."""
+    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as f:
+        try:
+            np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stubs type the keywords as its own options
+        except BaseException:
+            Path(f.name).unlink()
+            raise
+    os.replace(f.name, path)
 
 
 def split_label(label: str, spaces: Sequence[str] = (), n_heads: int | None = None,
@@ -135,7 +162,9 @@ def evaluate(
     k_max: int = K_MAX,
     show_progress: bool = False,
 ) -> list[dict[str, Any]]:
-    """One record per (query, strategy, k): the metrics of the first k distinct units."""
+    """One record per (query, strategy, k): the metrics of the first k distinct units (a strategy named twice
+    runs once)."""
+    strategies = list(dict.fromkeys(strategies))
     scales = corpus.index.space_weights()
     plans = {s: split_label(s, corpus.spaces, corpus.index.store.n_heads, len(scales["split"])) for s in strategies}
     vectors = embed_queries(corpus, query_texts(bench), show_progress=show_progress)
@@ -171,13 +200,16 @@ def evaluate(
     return records
 
 
-def summarize(records: list[dict[str, Any]], min_n: int = 2) -> dict[str, dict[str, float]]:
-    """Per strategy: mean over queries with n >= min_n at k = n (doc and category ratio)."""
+def summarize(records: list[dict[str, Any]], min_n: int = 2, categories: bool = True) -> dict[str, dict[str, float]]:
+    """Per strategy: mean over queries with n >= min_n at k = n (doc and, when the set has `categories`,
+    category ratio)."""
     out: dict[str, dict[str, list[float]]] = {}
     for r in records:
         if r["n"] >= min_n and r["k"] == r["n"]:
-            s = out.setdefault(r["strategy"], {"doc": [], "category": [], "ndcg": []})
+            s = out.setdefault(r["strategy"], {"doc": [], "category": [], "ndcg": []} if categories
+                               else {"doc": [], "ndcg": []})
             s["doc"].append(r["success_ratio"])
-            s["category"].append(r["category_ratio"])
             s["ndcg"].append(r["ndcg"])
+            if categories:
+                s["category"].append(r["category_ratio"])
     return {name: {m: float(np.mean(v)) for m, v in s.items()} | {"queries": len(s["doc"])} for name, s in out.items()}

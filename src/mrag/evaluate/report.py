@@ -19,18 +19,28 @@ def by_n_at_k_eq_n(records: list[dict[str, Any]]) -> dict[str, dict[int, tuple[f
     return {s: {n: tuple(np.mean(v, axis=0)) for n, v in sorted(per_n.items())} for s, per_n in acc.items()}  # type: ignore[misc]
 
 
-def markdown_table(records: list[dict[str, Any]], summary: dict[str, dict[str, float]], title: str) -> str:
-    """Rows n, columns strategies, cells 'doc / category' at k = n; last row the mean over n >= 2."""
+def cell(doc: float, category: float | None) -> str:
+    """'doc / category', or 'doc' for a set without categories."""
+    return f"{doc:.3f}" if category is None else f"{doc:.3f} / {category:.3f}"
+
+
+def markdown_table(records: list[dict[str, Any]], summary: dict[str, dict[str, float]], title: str,
+                   categories: bool = True) -> str:
+    """Rows n, columns strategies, cells 'doc / category' at k = n ('doc' alone for a set without
+    `categories`); last row the mean over n >= 2."""
     table = by_n_at_k_eq_n(records)
     strategies = list(table)
     ns = sorted({n for per_n in table.values() for n in per_n})
-    lines = [f"### {title}", "", "Success ratio (documents / categories) at k = n.", ""]
+    which = "documents / categories" if categories else "documents; the set has no categories"
+    lines = [f"### {title}", "", f"Success ratio ({which}) at k = n.", ""]
     lines.append("| n | " + " | ".join(strategies) + " |")
     lines.append("|---|" + "---|" * len(strategies))
     for n in ns:
-        cells = [f"{table[s][n][0]:.3f} / {table[s][n][1]:.3f}" if n in table[s] else "-" for s in strategies]
+        cells = [cell(table[s][n][0], table[s][n][1] if categories else None) if n in table[s] else "-"
+                 for s in strategies]
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
-    means = [f"**{summary[s]['doc']:.3f} / {summary[s]['category']:.3f}**" if s in summary else "-" for s in strategies]
+    means = [f"**{cell(summary[s]['doc'], summary[s]['category'] if categories else None)}**" if s in summary
+             else "-" for s in strategies]
     lines.append("| mean n>=2 | " + " | ".join(means) + " |")
     counts = {s: len({r["query"] for r in records if r["strategy"] == s and r["n"] >= 2}) for s in strategies}
     if len(set(counts.values())) > 1:  # fusion runs only where a query has sub-queries: not a paired comparison

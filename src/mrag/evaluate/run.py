@@ -59,7 +59,7 @@ def run_eval(
 ) -> dict[str, Any]:
     from mrag.embed.transformer import TransformerEmbedder
 
-    names = list(strategies or DEFAULT_STRATEGIES)
+    names = list(dict.fromkeys(strategies or DEFAULT_STRATEGIES))  # a strategy named twice runs once
     specs = [parse_space(s) for s in spaces]
     for s in names:
         split_label(s, [x.name for x in specs])
@@ -78,15 +78,15 @@ def run_eval(
     ran = {r["strategy"] for r in records}
     # a fusion strategy runs on the queries that carry sub-queries (the paper's do); say where none does
     left_out = [f"strategy {name}: no query carries the sub-queries it needs (the queries file's 'fusion')"
-                for name in dict.fromkeys(names) if name not in ran]  # fusion ones only: the others run on all
-    summary = summarize(records)
+                for name in names if name not in ran]  # fusion ones only: the others run on all
+    summary = summarize(records, categories=bench.has_categories)
     # one-aspect questions (n = 1), and for BEIR (no categories) the standard ranking metrics of all
     single = ranking_metrics(records, only_n=None if not bench.has_categories else 1)
     info = embedder.info()
     title = f"{bench.name}: {info['model']}, layer {info['layer']}, {info['pooling']} pooling, c = {c}"
     if specs:
         title += "; spaces: " + ", ".join(f"{x.name} ({x.function})" for x in specs)
-    table = markdown_table(records, summary, title) + single_table(
+    table = markdown_table(records, summary, title, bench.has_categories) + single_table(
         single, "Single-aspect queries (n = 1)" if bench.has_categories else "All queries (BEIR)")
     files: list[str] = []
     if out_dir:

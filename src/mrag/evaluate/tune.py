@@ -138,15 +138,16 @@ def tune(
     rows = row_units(index, folder, units)
     found = set(rows) & units
     if not found:
-        raise ValueError(f"the index at {index.store.uri} holds none of the benchmark's documents: "
-                         "index the same files first (mrag index DOCS --db ...)")
+        raise ValueError(f"the index at {index.store.uri} holds none of the benchmark's documents: index the same "
+                         "files first (mrag index DOCS --db ...); a BEIR folder's own corpus is found by its ids: "
+                         f"mrag index {folder / 'corpus.jsonl'} --id-field _id --db ...")
     usable = [q for q in bench.queries if all(a.units <= found for a in q.aspects)]
     if not usable:
         raise ValueError("no benchmark query has all its documents in the index")
     skipped = len(bench.skipped) + len(bench.queries) - len(usable)
     bench.queries = usable
     records = evaluate(bench, Corpus(index, rows), names, show_progress=show_progress)
-    multi = summarize(records)
+    multi = summarize(records, categories=bench.has_categories)
     single = ranking_metrics(records, only_n=1)
     scores = {name: score(multi.get(name, {}).get("doc"), single.get(name, {}).get("mrr@10")) for name in names}
     table = {
