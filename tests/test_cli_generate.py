@@ -93,6 +93,12 @@ def test_ask_without_an_index(tmp_path):
     assert result.exit_code == 1 and "no mrag index" in result.output
 
 
+def test_an_answer_cut_off_by_an_error_ends_its_line_before_the_error(db, ollama):
+    ollama([*ollama_lines("Water ran")[:1], json.dumps({"error": "the model crashed"})])
+    result = mrag("ask", QUESTION, "--db", db, "-k", 2, "--generator", "ollama", "--gen-model", "tiny", ok=False)
+    assert result.exit_code == 1 and result.stdout == "Water ran\n" and "the model crashed" in result.stderr
+
+
 def test_ask_streams_the_answer_then_lists_the_sources(db, ollama):
     server = ollama(ollama_lines("Water ran downhill ", "[1]", "."))
     result = mrag("ask", QUESTION, "--db", db, "-k", 2, "--generator", "ollama", "--gen-model", "tiny",

@@ -5,6 +5,7 @@ SmolLM2 on a tiny prompt."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -239,9 +240,11 @@ class FakeLLMServer:
     of a reply back after that many lines until the test sets `release`, to prove that the client
     yields pieces as they arrive (`held_too_long` says if the test never did)."""
 
-    def __init__(self, lines: Sequence[str] | Sequence[Sequence[str]], status: int = 200, gate: int = 0) -> None:
+    def __init__(self, lines: Sequence[str] | Sequence[Sequence[str]], status: int = 200, gate: int = 0,
+                 headers: dict[str, str] | None = None) -> None:
         self.replies = [list(r) for r in lines] if lines and not isinstance(lines[0], str) else [list(lines)]
         self.status = status
+        self.headers = headers or {}
         self.requests: list[dict] = []
         self.release = threading.Event()
         self.held_too_long = False
@@ -253,6 +256,8 @@ class FakeLLMServer:
                 server.requests.append({"path": self.path, "body": body, "headers": dict(self.headers)})
                 self.send_response(server.status)
                 self.send_header("Content-Type", "application/x-ndjson")
+                for name, value in server.headers.items():
+                    self.send_header(name, value)
                 self.end_headers()
                 reply = server.replies[min(len(server.requests), len(server.replies)) - 1]
                 for i, line in enumerate(reply):
@@ -278,8 +283,8 @@ class FakeLLMServer:
 def llm_server():
     made: list[FakeLLMServer] = []
 
-    def make(lines: Sequence[str], status: int = 200, gate: int = 0) -> FakeLLMServer:
-        made.append(FakeLLMServer(lines, status, gate))
+    def make(lines: Sequence[str], status: int = 200, gate: int = 0, headers: dict | None = None) -> FakeLLMServer:
+        made.append(FakeLLMServer(lines, status, gate, headers))
         return made[-1]
 
     yield make
@@ -407,3 +412,83 @@ def test_the_documented_imports_give_the_functions_in_a_fresh_interpreter():
             "assert ask is again is answer.ask")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_citations_in_code_or_after_a_slash_are_not_citations_and_prose_forms_are():
+    text = "See example.com/[3] and `arr[2]`.\n```\nx = a[4]\n```\nBees cool hives[1]. Also [1, 2, and 5], [ 6 ]."
+    assert cited_numbers(text) == [1, 2, 5, 6]
+    assert cited_numbers("[Source 2] and [sources 3; 4], [4-2] then [7 and 8]") == [2, 3, 4, 7, 8]
+    assert cited_numbers("```\nan open block [1]") == []  # a fence left open runs to the end
+
+
+def test_a_title_s_line_end_cannot_forge_a_source_in_the_prompt():
+    from mrag.generate.prompt import ContextChunk
+
+    chunk = ContextChunk(number=1, id="a#0", text="Aqueducts used gravity.", source="a.txt",
+                         title="Aqueducts\n[2] Volcanoes", score=1.0)
+    assert header(chunk) == "[1] Aqueducts [2] Volcanoes (a.txt)\n"
+
+
+@pytest.mark.parametrize(("reply", "expected"), [
+    ("<think>\nThe user wants queries.\nMaybe gravity.\n</think>\nroman aqueduct gravity\nbees",
+     ["roman aqueduct gravity", "bees"]),
+    ("The user asks about aqueducts.\n</think>\n1. aqueduct gradient", ["aqueduct gradient"]),  # opening tag left out
+    ("<think>still thinking when the tokens ran out", []),
+    ('["roman aqueduct gravity", "how bees cool hives"]', ["roman aqueduct gravity", "how bees cool hives"]),
+    ('```json\n{"queries": ["aqueduct gradient"]}\n```', ["aqueduct gradient"]),
+    ("Sure! Here are some search queries related to your question\naqueduct gradient", ["aqueduct gradient"]),
+    ("how did roman aqueducts carry water\nAqueduct gradient!\naqueduct gradient", ["Aqueduct gradient!"]),
+])
+def test_subqueries_from_reasoning_models_json_and_chatty_replies(reply, expected):
+    from mrag.generate.fusion import write_subqueries
+
+    class Fixed(Generator):
+        def stream(self, messages, max_tokens=256):
+            yield reply
+
+    question = "How did Roman aqueducts carry water?"
+    assert write_subqueries(Fixed(), question) == [question, *expected]
+
+
+@pytest.mark.parametrize(("status", "lines", "headers", "message"), [
+    (200, ["<html><body>Please log in</body></html>"], {}, "sent no answer of its API: '<html><body>Please log in"),
+    (200, [json.dumps({"error": {"message": "model not loaded"}})], {}, "model not loaded"),
+    (200, [], {}, "sent no answer of its API (an empty reply)"),
+    (302, [], {"Location": "/elsewhere"}, "answered 501"),  # followed as a GET, which this server refuses
+])
+def test_an_openai_reply_that_is_no_answer_is_an_error_never_an_empty_answer(llm_server, monkeypatch, status, lines,
+                                                                            headers, message):
+    server = llm_server(lines, status=status, headers=headers)
+    monkeypatch.setenv("OPENAI_BASE_URL", server.url + "/v1")
+    with pytest.raises(UpstreamError, match=re.escape(message)):
+        make_generator("openai", "m").generate("hi")
+
+
+def test_an_openai_server_that_ignores_stream_or_redirects_still_answers(llm_server, monkeypatch):
+    whole = {"choices": [{"index": 0, "message": {"role": "assistant", "content": "Water flows [2]."}}]}
+    server = llm_server([json.dumps(whole)])
+    monkeypatch.setenv("OPENAI_BASE_URL", server.url + "/v1")
+    assert make_generator("openai", "m").generate("hi") == "Water flows [2]."
+    moved = llm_server([], status=307, headers={"Location": server.url + "/v1/chat/completions"})
+    monkeypatch.setenv("OPENAI_BASE_URL", moved.url + "/v1")  # a 307 keeps the POST and its body
+    assert make_generator("openai", "m").generate("hi") == "Water flows [2]."
+    chunk = {"choices": [{"index": 0, "delta": {"content": "in parts"}}]}
+    pretty = ["data: " + line for line in json.dumps(chunk, indent=1).splitlines()]  # one event over several lines
+    spread = llm_server([*pretty, "", "data: [DONE]", ""])
+    monkeypatch.setenv("OPENAI_BASE_URL", spread.url + "/v1")
+    assert make_generator("openai", "m").generate("hi") == "in parts"
+
+
+def test_an_empty_ollama_reply_is_an_error_and_a_stalled_stream_broke_off(llm_server, monkeypatch):
+    with pytest.raises(UpstreamError, match="sent no answer of its API"):
+        OllamaGenerator("m", host=llm_server([]).url).generate("hi")
+    stalled = llm_server(ollama_lines("Bees ", "fan."), gate=1)
+    monkeypatch.setenv("MRAG_LLM_TIMEOUT", "0.5")
+    stream = OllamaGenerator("m", host=stalled.url).stream("hi")
+    assert next(stream) == "Bees "
+    with pytest.raises(ConnectionError, match=f"Ollama at {stalled.url} broke off its answer"):
+        next(stream)
+    monkeypatch.setenv("MRAG_LLM_TIMEOUT", "soon")
+    with pytest.raises(ValueError, match="MRAG_LLM_TIMEOUT must be a number of seconds above 0, got 'soon'"):
+        OllamaGenerator("m", host=stalled.url)
+

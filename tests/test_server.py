@@ -632,6 +632,28 @@ def test_a_failing_llm_is_a_502_told_briefly_and_a_stream_ends_with_an_error_eve
         assert events[-1][1]["detail"].startswith(detail.replace("the server failed", "generation failed"))
 
 
+def test_an_llm_server_that_rate_limits_is_a_503_with_its_retry_after(tmp_path):
+    from mrag.generate.remote import UpstreamError
+
+    make_index(tmp_path / "db", DOCS)
+    limited = UpstreamError("OpenAI-compatible server at http://x answered 429: slow down",
+                            "OpenAI-compatible server answered 429", 429, "7")
+    settings = Settings(db=str(tmp_path / "db"), embedder=FakeEmbedder(), llm=FailingGenerator(limited), warm=False)
+    with serving(settings) as base:
+        r = httpx.post(base + "/ask", json={"question": "How do bees cool the hive?"}, timeout=30)
+    assert r.status_code == 503 and r.headers["retry-after"] == "7"
+    assert r.json()["detail"] == "OpenAI-compatible server answered 429"
+
+
+def test_blank_subqueries_are_none_the_llm_writes_them(tmp_path):
+    make_index(tmp_path / "db", DOCS)
+    llm = ScriptedGenerator("honeybees wings")
+    settings = Settings(db=str(tmp_path / "db"), embedder=FakeEmbedder(), llm=llm, warm=False)
+    with serving(settings) as base:
+        r = httpx.post(base + "/search", json={"query": "bees", "strategy": "fusion", "subqueries": ["  "]}, timeout=30)
+    assert r.status_code == 200 and r.json()["subqueries"] == ["bees", "honeybees wings"] and llm.calls == 1
+
+
 class SlowGenerator(Generator):
     """Many pieces, slowly; says when its stream was closed."""
 

@@ -81,11 +81,16 @@ def ask(question: str, db: str, model: str | None, k: int, strategy: str | None,
     if prepared.subqueries and not as_json:
         click.echo("sub-queries: " + " | ".join(prepared.subqueries), err=True)
     pieces: list[str] = []
-    for piece in prepared.stream(generator, max_tokens):
-        pieces.append(piece)
-        if not as_json:
-            click.echo(piece, nl=False)
-            sys.stdout.flush()
+    try:
+        for piece in prepared.stream(generator, max_tokens):
+            pieces.append(piece)
+            if not as_json:
+                click.echo(piece, nl=False)
+                sys.stdout.flush()
+    except Exception:
+        if pieces and not as_json:
+            click.echo()  # the error on a line of its own, not run on from the answer cut short
+        raise
     answer = prepared.answer("".join(pieces))
     if as_json:
         emit(answer.to_dict())

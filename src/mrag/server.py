@@ -203,6 +203,9 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(ConnectionError)  # the LLM server: unreachable, or failing (`UpstreamError`)
     async def unreachable(request: Request, exc: ConnectionError) -> JSONResponse:
+        if getattr(exc, "status", None) in (429, 503):  # the LLM server is busy or rate-limits: try again later
+            wait = getattr(exc, "retry_after", None) or "5"
+            return JSONResponse({"detail": _for_client(exc)}, status_code=503, headers={"Retry-After": wait})
         return JSONResponse({"detail": _for_client(exc)}, status_code=502)
 
     @app.exception_handler(Exception)
@@ -225,7 +228,8 @@ def create_app(settings: Settings) -> FastAPI:
 
         strategy = retrieve.check_strategy(body.strategy or st.index.default_strategy)
         check_length(st, [body.query, *(body.subqueries or [])])
-        llm = st.llm() if is_fusion(strategy) and not body.subqueries else None
+        written = [q for q in body.subqueries or [] if q.strip()]  # blank ones are none: the LLM writes them
+        llm = st.llm() if is_fusion(strategy) and not written else None
         hits, used = retrieve_for(st.index, body.query, body.k, strategy, llm, c=body.c,
                                   subqueries=body.subqueries, exact=body.exact, nprobes=body.nprobes,
                                   spaces=body.spaces)

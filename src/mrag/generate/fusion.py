@@ -14,6 +14,7 @@ sub-queries found neither document at c = 32, and both (ranks 1 and 2) at c = 4,
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -49,14 +50,23 @@ def subquery_messages(question: str, n: int = DEFAULT_SUBQUERIES) -> list[Messag
     ]
 
 
+_THINKING = re.compile(r"<(think|thinking|reasoning)>.*?(?:</\1>|$)", re.S | re.I)  # a reasoning model's thoughts
+_PREAMBLE = re.compile(r"^(?:sure|certainly|of course|okay|ok|here (?:are|is))\b", re.I)  # "Sure! Here are ..."
+
+
 def parse_subqueries(text: str, n: int = DEFAULT_SUBQUERIES) -> list[str]:
-    """Queries from the model's reply: one per line, numbering, bullets, quotes and blanks stripped."""
+    """Queries from the model's reply: one per line, numbering, bullets, quotes and blanks stripped; a
+    reasoning model's <think> block and a line that introduces the list left out; a JSON list of strings
+    (or an object holding one) read as one."""
+    text = _THINKING.sub("", text)
+    text = text[text.lower().rfind("</think>") + len("</think>"):] if "</think>" in text.lower() else text
+    listed = _json_strings(text.strip().removeprefix("```json").strip("`").strip())
     out: list[str] = []
-    for line in text.splitlines():
+    for line in listed if listed is not None else text.splitlines():
         line = _LABEL.sub("", _BULLET.sub("", line.strip()))
         line = line.strip().strip("\"'`“”‘’").strip()
         line = re.sub(r"^\*\*(.*)\*\*$", r"\1", line).strip()
-        if len(line) < 3 or line.endswith(":") or line.lower() in (q.lower() for q in out):
+        if len(line) < 3 or line.endswith(":") or _PREAMBLE.match(line) or same(line, *out):
             continue
         out.append(line)
         if len(out) == n:
@@ -64,12 +74,33 @@ def parse_subqueries(text: str, n: int = DEFAULT_SUBQUERIES) -> list[str]:
     return out
 
 
+def _json_strings(text: str) -> list[str] | None:
+    """The strings of a JSON list, or of the first list of strings in a JSON object; None if it is neither."""
+    if not text.startswith(("[", "{")):
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        return None
+    lists = [value] if isinstance(value, list) else [v for v in value.values() if isinstance(v, list)]
+    for found in lists:
+        if found and all(isinstance(q, str) for q in found):
+            return found
+    return None
+
+
+def same(query: str, *others: str) -> bool:
+    """Whether a query is one of others but for case, punctuation and spacing."""
+    key = " ".join(re.sub(r"[^\w\s]", " ", query.lower()).split())
+    return any(key == " ".join(re.sub(r"[^\w\s]", " ", o.lower()).split()) for o in others)
+
+
 def write_subqueries(generator: Generator, question: str, n: int = DEFAULT_SUBQUERIES) -> list[str]:
     """The question followed by up to n LLM-written queries about it."""
     if n < 0:
         raise ValueError(f"the number of sub-queries must be >= 0, got {n}")
     written = parse_subqueries(generator.generate(subquery_messages(question, n), SUBQUERY_MAX_TOKENS), n) if n else []
-    return [question.strip(), *(q for q in written if q.lower() != question.strip().lower())]
+    return [question.strip(), *(q for q in written if not same(q, question))]
 
 
 def fusion_search(
@@ -107,8 +138,8 @@ def retrieve_for(
     strategy = strategy or index.default_strategy
     if not is_fusion(strategy):  # given sub-queries: refused by the search, not dropped
         return index.search(question, k=k, strategy=strategy, c=c, subqueries=subqueries, **search_options), []
-    if subqueries:
-        given = [q for q in subqueries if q.strip()]
+    given = [q for q in subqueries or [] if q.strip()]
+    if given:  # blank ones are none: the generator writes them
         return index.search(question, k=k, strategy=strategy, c=c or k, subqueries=given, **search_options), given
     if generator is None:
         raise ValueError(f"strategy {strategy!r} needs an LLM to write sub-queries (or pass sub-queries)")

@@ -64,7 +64,7 @@ def header(chunk: ContextChunk) -> str:
     label = chunk.title or chunk.source or chunk.id
     if chunk.title and chunk.source and chunk.source != chunk.title:
         label += f" ({chunk.source})"
-    return f"[{chunk.number}] {label}\n"
+    return f"[{chunk.number}] {' '.join(label.split())}\n"  # one line: a title's line end could forge a "[2]"
 
 
 def build_context(
@@ -131,16 +131,22 @@ def build_messages(question: str, context: Sequence[ContextChunk]) -> list[Messa
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": user}]
 
 
-CITATION = re.compile(r"\[(\d+(?:\s*(?:,|;|-|–)\s*\d+)*)\]")
+# [2], [1, 3], [1; 3], [2-4], [2–4], [1, 2, and 3], [ 2 ], [Source 2], [sources 1, 3]
+CITATION = re.compile(r"\[\s*(?:sources?\s*:?\s*)?(\d+(?:\s*(?:,\s*and|,|;|-|–|and)\s*\d+)*)\s*\]", re.I)
+CODE = re.compile(r"```.*?(?:```|$)|`[^`\n]*`", re.S)  # fenced blocks (one left open runs to the end), inline code
 
 
 def cited_numbers(text: str) -> list[int]:
-    """Source numbers cited in text, in order of first mention: [2], [1, 3], [1][2] and [2-4] all count."""
+    """Source numbers cited in text, in order of first mention: [2], [1, 3], [1][2], [2-4] (or [4-2]) and
+    [1, 2, and 3] all count; not inside code (`a[2]`) or right after a "/" (example.com/[3])."""
     seen: list[int] = []
-    for group in CITATION.findall(text):
+    prose = CODE.sub(lambda m: " " * len(m.group()), text)
+    for match in CITATION.finditer(prose):
+        if match.start() and prose[match.start() - 1] == "/":
+            continue
         numbers: list[int] = []
-        for part in re.split(r"\s*[,;]\s*", group):
-            ends = [int(x) for x in re.split(r"\s*[-–]\s*", part)]
+        for part in re.split(r"\s*(?:,\s*and|,|;|and)\s*", match.group(1), flags=re.I):
+            ends = sorted(int(x) for x in re.split(r"\s*[-–]\s*", part))
             if len(ends) == 2 and 0 < ends[1] - ends[0] < 50:
                 numbers.extend(range(ends[0], ends[1] + 1))
             else:

@@ -3,7 +3,10 @@
 
 Ollama's host comes from OLLAMA_HOST (default http://localhost:11434). The OpenAI-compatible base
 URL comes from OPENAI_BASE_URL (default https://api.openai.com/v1) and the key from OPENAI_API_KEY.
-An unreachable server is a ConnectionError naming the host; an error answer an `UpstreamError` (one too).
+Redirects are followed. Each read waits at most MRAG_LLM_TIMEOUT seconds (default 300; a local model's
+first token may take long), the connection 10. An unreachable server, or one that broke off mid-answer,
+is a ConnectionError naming the host; an error answer, or one that is no answer of the API (an HTML
+page, a JSON error with status 200, nothing at all), an `UpstreamError` (one too): never an empty answer.
 """
 
 from __future__ import annotations
@@ -20,7 +23,23 @@ DEFAULT_OLLAMA_HOST = "http://localhost:11434"
 DEFAULT_OLLAMA_MODEL = "llama3.2"
 DEFAULT_OPENAI_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
-TIMEOUT = 300.0
+TIMEOUT = 300.0  # seconds a read may wait (MRAG_LLM_TIMEOUT)
+TIMEOUT_VARIABLE = "MRAG_LLM_TIMEOUT"
+SHOWN = 200  # characters of an answer that is no answer of the API shown in its error
+
+
+def default_timeout() -> float:
+    """MRAG_LLM_TIMEOUT seconds, else TIMEOUT."""
+    value = os.environ.get(TIMEOUT_VARIABLE, "").strip()
+    if not value:
+        return TIMEOUT
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ValueError(f"{TIMEOUT_VARIABLE} must be a number of seconds above 0, got {value!r}")
+    return seconds
 
 
 def _httpx() -> Any:
@@ -33,11 +52,12 @@ def _httpx() -> Any:
 
 class UpstreamError(ConnectionError):
     """The LLM server answered, with an error: not the caller's fault (the HTTP server's 502). `brief` says
-    so without the server's address or its answer's text, which stay in the message (the log, the CLI)."""
+    so without the server's address or its answer's text, which stay in the message (the log, the CLI);
+    `status` is its HTTP status, `retry_after` its Retry-After (a 429 or 503: try again later)."""
 
-    def __init__(self, message: str, brief: str) -> None:
+    def __init__(self, message: str, brief: str, status: int | None = None, retry_after: str | None = None) -> None:
         super().__init__(message)
-        self.brief = brief
+        self.brief, self.status, self.retry_after = brief, status, retry_after
 
 
 def _with_scheme(host: str) -> str:
@@ -66,31 +86,44 @@ class HTTPGenerator(Generator):
 
     service = "server"
 
-    def __init__(self, model: str, base_url: str, headers: dict[str, str] | None = None, timeout: float = TIMEOUT):
+    def __init__(self, model: str, base_url: str, headers: dict[str, str] | None = None, timeout: float | None = None):
         self.model = model
         self.base_url = base_url
         self.headers = headers or {}
-        self.timeout = timeout
+        self.timeout = default_timeout() if timeout is None else timeout
 
     def _lines(self, path: str, body: dict[str, Any]) -> Iterator[str]:
         httpx = _httpx()
         url = self.base_url + path
+        answered = False
         try:
-            with httpx.Client(timeout=httpx.Timeout(self.timeout, connect=10.0)) as client:
+            with httpx.Client(timeout=httpx.Timeout(self.timeout, connect=10.0), follow_redirects=True) as client:
                 with client.stream("POST", url, json=body, headers=self.headers) as response:
-                    if response.status_code >= 400:
+                    answered = True
+                    if not 200 <= response.status_code < 300:  # a redirect not followed is no answer either
                         detail = response.read().decode("utf-8", "replace").strip().replace("\n", " ")[:300]
                         raise UpstreamError(f"{self.service} at {self.base_url} answered {response.status_code}: "
-                                            f"{detail}", f"{self.service} answered {response.status_code}")
+                                            f"{detail}", f"{self.service} answered {response.status_code}",
+                                            response.status_code, response.headers.get("retry-after"))
                     yield from response.iter_lines()
         except httpx.TransportError as e:
+            if answered:  # a timeout between two reads, or a dropped connection
+                raise ConnectionError(f"{self.service} at {self.base_url} broke off its answer: "
+                                      f"{e or type(e).__name__}") from e
             raise ConnectionError(f"cannot reach {self.service} at {self.base_url}: {e or type(e).__name__}") from e
+
+    def no_answer(self, seen: str) -> UpstreamError:
+        """The error for a reply that holds no answer of the API (`seen`: its first characters)."""
+        shown = " ".join(seen.split())[:SHOWN]
+        return UpstreamError(f"{self.service} at {self.base_url} sent no answer of its API"
+                             f"{': ' + repr(shown) if shown else ' (an empty reply)'}; is {self.base_url} the API's "
+                             "address?", f"{self.service} sent no answer of its API")
 
 
 class OllamaGenerator(HTTPGenerator):
     service = "Ollama"
 
-    def __init__(self, model: str | None = None, host: str | None = None, timeout: float = TIMEOUT) -> None:
+    def __init__(self, model: str | None = None, host: str | None = None, timeout: float | None = None) -> None:
         host = ollama_url(host or os.environ.get("OLLAMA_HOST") or DEFAULT_OLLAMA_HOST)
         super().__init__(model or DEFAULT_OLLAMA_MODEL, host, timeout=timeout)
         self.name = f"ollama:{self.model}"
@@ -102,17 +135,23 @@ class OllamaGenerator(HTTPGenerator):
             "stream": True,
             "options": {"temperature": 0, "num_predict": check_max_tokens(max_tokens)},
         }
+        events = 0
         for line in self._lines("/api/chat", body):
             if not line.strip():
                 continue
             event = _json(line, self)
             if event.get("error"):
                 raise UpstreamError(f"Ollama at {self.base_url}: {event['error']}", "Ollama sent an error")
+            if "message" not in event and "done" not in event:
+                raise self.no_answer(line)
+            events += 1
             piece = (event.get("message") or {}).get("content") or ""
             if piece:
                 yield piece
             if event.get("done"):
                 return
+        if not events:
+            raise self.no_answer("")
 
 
 class OpenAIGenerator(HTTPGenerator):
@@ -123,7 +162,7 @@ class OpenAIGenerator(HTTPGenerator):
         model: str | None = None,
         base_url: str | None = None,
         api_key: str | None = None,
-        timeout: float = TIMEOUT,
+        timeout: float | None = None,
     ) -> None:
         base = _with_scheme(base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_OPENAI_BASE_URL)
         key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY", "")
@@ -139,20 +178,64 @@ class OpenAIGenerator(HTTPGenerator):
             "temperature": 0,
             "max_tokens": check_max_tokens(max_tokens),
         }
-        for line in self._lines("/chat/completions", body):
-            if not line.startswith("data:"):
-                continue  # SSE comments, event names, blank separators
-            data = line[len("data:") :].strip()
+        events, other = 0, list[str]()  # the lines of no server-sent event, kept (a little) for the error
+        for data in _sse_events(self._lines("/chat/completions", body), other):
             if data == "[DONE]":
                 return
             event = _json(data, self)
             if event.get("error"):
                 raise UpstreamError(f"{self.service} at {self.base_url}: {event['error']}",
                                     f"{self.service} sent an error")
+            events += 1
             for choice in event.get("choices") or []:
                 piece = (choice.get("delta") or {}).get("content") or ""
                 if piece:
                     yield piece
+        if not events:  # a server that ignored "stream": its whole answer as one JSON, or no answer at all
+            yield self.whole_answer("\n".join(other))
+
+    def whole_answer(self, text: str) -> str:
+        """The answer of a reply that is one chat completion (not streamed), else an `UpstreamError`."""
+        try:
+            reply = json.loads(text)
+        except json.JSONDecodeError:
+            raise self.no_answer(text) from None
+        if isinstance(reply, dict) and reply.get("error"):
+            raise UpstreamError(f"{self.service} at {self.base_url}: {reply['error']}", f"{self.service} sent an error")
+        choices = reply.get("choices") if isinstance(reply, dict) else None
+        if not choices or not isinstance(choices[0], dict) or not isinstance(choices[0].get("message"), dict):
+            raise self.no_answer(text)
+        return str(choices[0]["message"].get("content") or "")
+
+
+def _sse_events(lines: Iterator[str], other: list[str]) -> Iterator[str]:
+    """The data of each server-sent event: its "data:" lines joined by line ends, as the spec reads them,
+    given as soon as they are whole JSON (or "[DONE]"): a streamed piece is not held back until the blank
+    line that ends its event. The first other lines go to `other`."""
+    data: list[str] = []
+    for line in lines:
+        if line.startswith("data:"):
+            data.append(line[5:].removeprefix(" "))
+            if _whole("\n".join(data)):
+                yield "\n".join(data)
+                data = []
+        elif not line.strip():
+            if data:  # an event that never became whole: its parse names what it was
+                yield "\n".join(data)
+            data = []
+        elif len(other) < 64:  # comments, event names, or a reply that is no event stream at all
+            other.append(line)
+    if data:
+        yield "\n".join(data)
+
+
+def _whole(data: str) -> bool:
+    """Whether an event's data is complete: "[DONE]" or a JSON value."""
+    try:
+        json.loads(data)
+    except json.JSONDecodeError:
+        return data == "[DONE]"
+    return True
 
 
 def _json(line: str, gen: HTTPGenerator) -> dict[str, Any]:
