@@ -379,6 +379,81 @@ def test_other_families_find_their_projection(tmp_path, family):
     np.testing.assert_allclose(out.heads[1], alone.heads[0], atol=1e-5)
 
 
+def more_families() -> dict[str, tuple[Any, Any, int]]:
+    """Families an architecture sweep found failing: family -> (model builder, the module whose input is
+    the chosen layer's heads (model, layer) -> module, and which of its calls in one pass is that layer's)."""
+    from transformers import (
+        AlbertConfig,
+        AlbertModel,
+        DPRConfig,
+        DPRQuestionEncoder,
+        OPTConfig,
+        OPTModel,
+        T5Config,
+        T5EncoderModel,
+    )
+
+    small = {"vocab_size": VOCAB, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "intermediate_size": 37, "pad_token_id": 0}
+    return {
+        # ALBERT's layers share one block (num_hidden_groups = 1): layer i is its (i+1)-th run
+        "albert": (lambda: AlbertModel(AlbertConfig(**small, embedding_size=16)),
+                   lambda m, i: m.encoder.albert_layer_groups[0].albert_layers[0].attention.dense, "run"),
+        # the folder sentence-t5 and GTR ship: saved as not encoder-decoder, an encoder alone
+        "t5-encoder": (lambda: T5EncoderModel(T5Config(vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=37, num_layers=2,
+                                                       num_heads=4, pad_token_id=0, eos_token_id=102)),
+                       lambda m, i: m.encoder.block[i].layer[0].SelfAttention.o, -1),
+        # an output with no last hidden state
+        "dpr": (lambda: DPRQuestionEncoder(DPRConfig(**small)),
+                lambda m, i: m.question_encoder.bert_model.encoder.layer[i].attention.output.dense, -1),
+        # the last hidden state projected to 16 (word_embed_proj_dim), not the hidden size
+        "opt-projected": (lambda: OPTModel(OPTConfig(**small | {"ffn_dim": 37}, word_embed_proj_dim=16)),
+                          lambda m, i: m.decoder.layers[i].self_attn.out_proj, -1),
+    }
+
+
+@pytest.mark.parametrize("family", ["albert", "t5-encoder", "dpr", "opt-projected"])
+@pytest.mark.parametrize("layer", [0, -1])
+def test_more_families_embed_their_chosen_layer_and_index(tmp_path, family, layer):
+    from mrag.index import Index
+
+    build, projection_of, call = more_families()[family]
+    torch.manual_seed(0)
+    model = build()
+    embedder = TransformerEmbedder(save_tiny(tmp_path / "m", model), layer=layer, device="cpu")
+    assert (embedder.n_heads, embedder.head_dim) == (4, 8)
+    assert embedder.pooling == ("last" if family == "opt-projected" else "mean")
+    chosen = layer % 2
+    projection = projection_of(embedder.model, chosen)
+    seen: list[torch.Tensor] = []
+    projection.register_forward_pre_hook(lambda _m, args: seen.append(args[0]))
+    out = embedder.embed_batch([LONG, SHORT])
+    mask = embedder.tokenizer([LONG, SHORT], padding=True, return_tensors="pt")["attention_mask"]
+    expected = pool(seen[chosen if call == "run" else call], mask, embedder.pooling).reshape(2, 4, 8).numpy()
+    np.testing.assert_allclose(out.heads, expected, atol=1e-6)
+    assert out.standard.shape == (2, embedder.dim) and embedder.dim == (16 if family == "opt-projected" else 32)
+    index = Index.open(tmp_path / "db", embedder=embedder)
+    index.add([{"id": "long", "text": LONG}, {"id": "short", "text": SHORT}])
+    assert {h.doc_id for h in index.search(SHORT, k=2, strategy="mrag")} == {"long", "short"}
+
+
+def test_a_multimodal_model_s_heads_are_its_language_model_s(tmp_path):
+    """Gemma 3's model holds a vision tower of as many layers as its language model, and its head size is
+    only in its text config: the tower's layers were hooked (no capture on text) and the size taken as 8."""
+    from transformers import Gemma3Config, Gemma3Model
+
+    text = {"vocab_size": VOCAB, "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16}
+    vision = {"hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "image_size": 28, "patch_size": 14}
+    torch.manual_seed(0)
+    model = Gemma3Model(Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4))
+    embedder = TransformerEmbedder(save_tiny(tmp_path, model), layer=1, device="cpu")
+    assert (embedder.n_heads, embedder.head_dim) == (4, 16)
+    assert embedder.projection is embedder.model.language_model.layers[1].self_attn.o_proj
+    assert embedder.embed_batch([SHORT]).heads.shape == (1, 4, 16)
+
+
 def test_bidirectional_encoder_first_token_sees_the_rest(tmp_path):
     # the contrast to test_llama_attention_is_causal: in BERT the [CLS] heads depend on the text
     from transformers import BertConfig, BertModel

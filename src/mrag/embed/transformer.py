@@ -35,6 +35,7 @@ OUTPUT_PROJECTIONS = (
     "attention.out_lin",  # DistilBERT
     "self_attn.dense",  # Phi
     "attn.Wo",  # ModernBERT
+    "layer.0.SelfAttention.o",  # T5's encoder
 )
 
 
@@ -54,7 +55,7 @@ class TransformerEmbedder(HeadEmbedder):
         revision: str | None = None,
     ) -> None:
         import torch
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoConfig, AutoModel, AutoModelForTextEncoding, AutoTokenizer
 
         spec = resolve_model(model)
         if dtype not in DTYPES:
@@ -64,7 +65,11 @@ class TransformerEmbedder(HeadEmbedder):
         weights = str(dequantized(spec)) if spec.gguf_file else spec.path  # a GGUF: its safetensors copy, made once
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(weights, **kwargs)
-            self.model = AutoModel.from_pretrained(weights, dtype=getattr(torch, dtype), **kwargs)
+            found = AutoConfig.from_pretrained(weights, **kwargs)
+            # T5's family: its encoder alone (a whole T5 would be refused as an encoder-decoder, and an encoder's
+            # folder, sentence-t5's or GTR's, would be read as a whole T5 with a random decoder)
+            loader = AutoModelForTextEncoding if _text_encoder(found.model_type) else AutoModel
+            self.model = loader.from_pretrained(weights, config=found, dtype=getattr(torch, dtype), **kwargs)
         except OSError as e:  # not found: on the hub, or no network to ask it (after its retries)
             raise OSError(f"cannot load model {spec.name!r}: not a local folder or file, an offline alias ("
                           f"{', '.join(sorted(a for a in PACKAGED if '/' not in a))}) nor a model in the Hugging "
@@ -77,22 +82,24 @@ class TransformerEmbedder(HeadEmbedder):
         config = self.model.config
         self.name = spec.name
         self.revision = revision or getattr(config, "_commit_hash", None)
-        self.is_decoder = _is_decoder(config)
+        self.is_decoder = _is_decoder(config, self.model)
         self.pooling: Pooling = pooling or ("last" if self.is_decoder else "mean")
         if self.pooling not in ("mean", "cls", "last"):
             raise ValueError(f"unknown pooling {self.pooling!r}; choose mean, cls or last")
         self.n_heads = _config_value(config, "num_attention_heads", "n_head", "num_heads")
         hidden = _config_value(config, "hidden_size", "n_embd", "d_model")
-        self.head_dim = getattr(config, "head_dim", None) or hidden // self.n_heads
-        layers = _find_layers(self.model, _config_value(config, "num_hidden_layers", "n_layer"))
-        if not -len(layers) <= layer < len(layers):
+        self.head_dim = _config_value(config, "head_dim", "d_kv", default=hidden // self.n_heads)  # T5: d_kv
+        self.n_layers = _config_value(config, "num_hidden_layers", "n_layer", "num_layers")
+        if not -self.n_layers <= layer < self.n_layers:
             raise ValueError(
-                f"layer {layer} is out of range: this model has {len(layers)} layers "
-                f"(0..{len(layers) - 1}, or -1 for the last)"
+                f"layer {layer} is out of range: this model has {self.n_layers} layers "
+                f"(0..{self.n_layers - 1}, or -1 for the last)"
             )
-        self.n_layers = len(layers)
-        self.layer = layer % len(layers)
-        self.projection = _find_projection(layers[self.layer])
+        self.layer = layer % self.n_layers
+        blocks, runs = _find_layers(self.model, self.n_layers, config)
+        # a block run `runs` times in a row (ALBERT's shared layers): its projection's capture of this layer's run
+        self.projection = _find_projection(blocks[self.layer // runs])
+        self._runs, self._run = runs, (self.layer % runs if runs > 1 else -1)
         self.max_length = max_length or _default_max_length(spec.path, self.tokenizer, config)
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
@@ -102,15 +109,19 @@ class TransformerEmbedder(HeadEmbedder):
         self.sentence, self.standard_before = sentence_folder.read(spec.path)
         dense = sentence_folder.dense_layers(spec.path, self.sentence) if self.sentence else []
         self.dense = [module.to(self.device) for module in dense]
-        self.dim = self.sentence.dim(hidden) if self.sentence else hidden
         self.query_instruction = query_instruction
         self.document_instruction = document_instruction
         self._captured: list[Any] = []
         self.projection.register_forward_pre_hook(lambda _m, args: self._captured.append(args[0]))
         # one forward pass at a time: threads share the hook's capture (and a fast tokenizer is not reentrant)
         self._lock = threading.Lock()
+        self._all_states = False  # the last hidden state from `hidden_states` (models whose output has none)
+        width = self._probe()  # the model's output width: OPT's projected one is not its hidden size
+        self.dim = self.sentence.dim(width) if self.sentence else width
 
-    def embed_batch(self, texts: list[str]) -> Embeddings:
+    def _forward(self, texts: list[str]) -> tuple[Any, Any, Any]:
+        """One forward pass: the batch, the last hidden state (B, T, W; None where the output has none) and
+        the hooked input (B, T, H*d)."""
         import torch
 
         with self._lock:
@@ -119,8 +130,26 @@ class TransformerEmbedder(HeadEmbedder):
             ).to(self.device)
             self._captured.clear()
             with torch.inference_mode():
-                hidden = self.model(**batch).last_hidden_state  # (B, T, hidden)
-            heads_in = self._captured[-1]  # (B, T, H*d)
+                out = self.model(**batch, output_hidden_states=self._all_states)
+            hidden = out.hidden_states[-1] if self._all_states else getattr(out, "last_hidden_state", None)
+            if len(self._captured) < self._runs:  # a block of another part of the model (a vision tower)
+                raise RuntimeError(f"layer {self.layer}'s attention did not run on text: the model's layers were "
+                                   "not found where they were looked for; try another --layer")
+            return batch, hidden, self._captured[self._run]
+
+    def _probe(self) -> int:
+        """One forward pass of a word: its last hidden state's width (OPT projects it to another than its
+        hidden size), taken from all the states where the output holds no last one (DPR's encoders)."""
+        hidden = self._forward(["probe"])[1]
+        if hidden is None:
+            self._all_states = True
+            hidden = self._forward(["probe"])[1]
+        return int(hidden.shape[-1])
+
+    def embed_batch(self, texts: list[str]) -> Embeddings:
+        import torch
+
+        batch, hidden, heads_in = self._forward(texts)  # (B, T, W), (B, T, H*d)
         if heads_in.shape[-1] != self.n_heads * self.head_dim:
             raise RuntimeError(
                 f"the hooked projection gets width {heads_in.shape[-1]}, not {self.n_heads} heads x {self.head_dim}"
@@ -183,31 +212,61 @@ def _pick_device(device: str) -> str:
     return "cpu"
 
 
-def _is_decoder(config: Any) -> bool:
-    """Encoders have a masked-LM head in transformers' registry; decoders do not."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+def _text_encoder(model_type: str) -> bool:
+    """Whether transformers loads this type's text encoder alone (T5's family), not the whole model."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_TEXT_ENCODING_MAPPING_NAMES
 
+    return MODEL_FOR_TEXT_ENCODING_MAPPING_NAMES.get(model_type, "").endswith("EncoderModel")
+
+
+def _is_decoder(config: Any, model: Any) -> bool:
+    """Decoders have a causal-LM head in transformers' registry and no masked-LM one; the rest (encoders, and
+    models with neither, such as DPR's) are read as encoders. Encoder-decoders are refused, their encoder
+    loaded alone aside."""
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+    )
+
+    if type(model).__name__.endswith("EncoderModel"):  # T5EncoderModel, ...
+        return False
     if getattr(config, "is_encoder_decoder", False):
         raise ValueError("encoder-decoder models are not supported: pass an encoder or a decoder")
-    return config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    kind = config.model_type
+    return kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 
-def _config_value(config: Any, *names: str) -> int:
+def _config_value(config: Any, *names: str, default: int | None = None) -> int:
+    """The first of `names` the config (or its text model's, `text_config`) gives as a number."""
     for source in (config, getattr(config, "text_config", None)):
         for n in names:
             value = getattr(source, n, None)
-            if isinstance(value, int):
+            if isinstance(value, int) and not isinstance(value, bool):
                 return value
+    if default is not None:
+        return default
     raise ValueError(f"the model config has none of {names}")
 
 
-def _find_layers(model: Any, n_layers: int) -> Any:
-    """The ModuleList holding the Transformer blocks (the first list of n_layers modules)."""
+def _find_layers(model: Any, n_layers: int, config: Any) -> tuple[Any, int]:
+    """The ModuleList holding the Transformer blocks (a list of n_layers modules; one of a language model
+    first, where the model also has a vision tower), and how many layers in a row each block runs (1; for
+    ALBERT, whose layers share `num_hidden_groups` blocks, n_layers / groups)."""
     import torch
 
-    for _, module in model.named_modules():
-        if isinstance(module, torch.nn.ModuleList) and len(module) == n_layers:
-            return module
+    lists = [(name, module) for name, module in model.named_modules() if isinstance(module, torch.nn.ModuleList)]
+    found = [(name, m) for name, m in lists if len(m) == n_layers]
+    if found:
+        textual = [(name, m) for name, m in found if "language_model" in name or "text" in name]
+        return (textual or found)[0][1], 1
+    groups = getattr(config, "num_hidden_groups", None)
+    if not isinstance(groups, int) or groups <= 0 or n_layers % groups:
+        raise ValueError(f"found no list of {n_layers} Transformer layers in {type(model).__name__}")
+    shared = [m for _, m in lists if len(m) == groups]
+    if shared:
+        if getattr(config, "inner_group_num", 1) != 1:
+            raise ValueError("ALBERT models with more than one layer per group (inner_group_num) are not supported")
+        return shared[0], n_layers // groups
     raise ValueError(f"found no list of {n_layers} Transformer layers in {type(model).__name__}")
 
 
