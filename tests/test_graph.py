@@ -440,6 +440,22 @@ def test_another_type_replaces_hnsw_only_when_built(graph_index):
     assert built == {"index_type": "IVF_FLAT", "rows": 155, "nprobes": 60}  # not HNSW's ef 128
 
 
+def test_a_type_that_replaces_another_removes_its_files(graph_index):
+    """HNSW -> IVF left the graphs' folder (2.7 GB at 1M rows), IVF -> HNSW LanceDB's indexes, which every
+    optimize then kept up though no search read them."""
+    from mrag.retrieve import graph
+
+    vector_indexes = lambda: sorted(i.name for i in graph_index.store.chunks.list_indices() if "text" not in i.columns)  # noqa: E731
+    assert graph.folder(graph_index.store.uri).exists() and vector_indexes() == []
+    graph_index.build_ann("IVF_FLAT")
+    assert not graph.folder(graph_index.store.uri).exists() and "vector_idx" in vector_indexes()
+    assert hits(graph_index, "mrag", None)  # searched through the IVF indexes
+    graph_index.build_ann(graph.INDEX_TYPE)
+    assert graph.folder(graph_index.store.uri).exists() and vector_indexes() == []
+    assert hits(graph_index, "mrag", None) == hits(graph_index, "mrag", None)
+    assert graph_index.verify()["sums_drift"] < 1e-9
+
+
 def test_graph_maintenance_leaves_a_default_readers_matrix_without_heads(graph_index):
     graph_index.search(QUERIES[0])  # the default strategy: the matrix without heads
     assert graph_index.store._matrix is not None and graph_index.store._matrix.heads.shape[2] == 0

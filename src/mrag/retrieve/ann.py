@@ -87,6 +87,13 @@ def build(
             progress(column)
 
 
+def drop_indexes(table: Any, columns: set[str]) -> None:
+    """Drop LanceDB's indexes on these columns (inside a write): the vector indexes, the full-text one stays."""
+    for index in table.list_indices():
+        if set(index.columns) <= columns:
+            table.drop_index(index.name)
+
+
 def trainable_rows(table: Any, column: str, dim: int) -> int:
     """Rows of `table` whose vector in `column` (dim floats) is not all zeros."""
     data = table.search().select([column]).limit(None).to_arrow()[column]

@@ -36,6 +36,7 @@ import numpy as np
 
 from mrag.locking import is_local, local_path
 from mrag.matrix import Matrix
+from mrag.retrieve.ann import drop_indexes
 from mrag.retrieve.nodes import DEAD, NodeIndex, Placed, Placement, matrix_keys, place_in
 from mrag.settings import DEFAULT_EF as DEFAULT_EF  # re-exported: the graphs' default ef
 from mrag.settings import GRAPH_INDEX
@@ -330,6 +331,9 @@ def build(store: Any, ef: int, progress: Any = None, only: Sequence[str] | None 
     with store.writing(maintain=False):
         built = {"index_type": INDEX_TYPE, "rows": store.chunks.count_rows(), "nprobes": ef}
         store.stage(ann=built if only is None else {**built, "spaces": spaces})
+        # LanceDB's vector indexes of another type are replaced: no search reads them, and each optimize
+        # would fold new rows into them
+        drop_indexes(store.chunks, {c.column for c in store.vector_columns()})
     maintain(store)  # rows another writer committed meanwhile
     return store.manifest.ann  # type: ignore[no-any-return]
 
