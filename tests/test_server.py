@@ -811,3 +811,40 @@ def test_a_write_that_waits_too_long_for_the_lock_is_a_503_naming_its_holder(url
         holder.kill()
         holder.wait()
     assert Index.open(db, embedder=FakeEmbedder()).info()["documents"] == len(DOCS)
+
+
+def test_the_model_s_turns_go_in_the_order_asked_and_a_waiter_that_fails_gives_up_its_turn():
+    from mrag.server import TurnLock
+
+    lock, order, release = TurnLock(), [], threading.Event()
+
+    def take(name: str, hold: threading.Event | None = None) -> None:
+        with lock.turn():
+            order.append(name)
+            if hold is not None:
+                hold.wait(10)
+
+    first = threading.Thread(target=take, args=("first", release))
+    first.start()
+    while lock._next < 1:
+        time.sleep(0.001)
+
+    class Interrupted(Exception):
+        pass
+
+    waits = lock._changed.wait_for
+    lock._changed.wait_for = lambda *a, **k: (_ for _ in ()).throw(Interrupted())  # the second waiter fails
+    with pytest.raises(Interrupted):
+        with lock.turn():
+            order.append("never")
+    lock._changed.wait_for = waits
+    later = []
+    for name in ("third", "fourth"):  # asked in this order, each once the one before holds its ticket
+        later.append(threading.Thread(target=take, args=(name,)))
+        later[-1].start()
+        while lock._next < 3 + len(later) - 1:
+            time.sleep(0.001)
+    release.set()
+    for thread in (first, *later):
+        thread.join(10)
+    assert order == ["first", "third", "fourth"] and lock._serving == lock._next == 4

@@ -64,18 +64,31 @@ class TurnLock:
     def __init__(self) -> None:
         self._changed = threading.Condition()
         self._next = self._serving = 0  # tickets given, and the one whose turn it is
+        self._gone: set[int] = set()  # tickets whose thread stopped waiting (an exception): their turn is skipped
 
     @contextmanager
     def turn(self) -> Iterator[None]:
         with self._changed:
             ticket, self._next = self._next, self._next + 1
-            self._changed.wait_for(lambda: self._serving == ticket)
+            try:
+                self._changed.wait_for(lambda: self._serving == ticket)
+            except BaseException:
+                self._gone.add(ticket)
+                self._advance()  # in case its turn came meanwhile
+                raise
         try:
             yield
         finally:
             with self._changed:
-                self._serving += 1
-                self._changed.notify_all()
+                self._gone.add(ticket)
+                self._advance()
+
+    def _advance(self) -> None:
+        """Move the turn past the tickets that are done or gone (under `_changed`)."""
+        while self._serving in self._gone:
+            self._gone.discard(self._serving)
+            self._serving += 1
+        self._changed.notify_all()
 
 
 class LockedEmbedder(HeadEmbedder):
