@@ -437,6 +437,25 @@ def test_more_families_embed_their_chosen_layer_and_index(tmp_path, family, laye
     assert {h.doc_id for h in index.search(SHORT, k=2, strategy="mrag")} == {"long", "short"}
 
 
+def test_decoders_are_the_types_without_a_masked_lm_head_but_encoders_by_their_class():
+    """Multimodal decoders (Mistral 3, Qwen2-VL) have no causal-LM entry of their own: they stay decoders
+    (last-token pooling), as before; DPR's encoders and T5's encoder are encoders by their class."""
+    from types import SimpleNamespace
+
+    from mrag.embed.transformer import _is_decoder
+
+    def model(name: str) -> object:
+        return type(name, (), {})()
+
+    for kind, cls, decoder in [("mistral3", "Mistral3Model", True), ("qwen2_vl_text", "Qwen2VLTextModel", True),
+                               ("llama", "LlamaModel", True), ("bert", "BertModel", False),
+                               ("dpr", "DPRQuestionEncoder", False), ("t5", "T5EncoderModel", False)]:
+        config = SimpleNamespace(model_type=kind, is_encoder_decoder=kind == "t5")
+        assert _is_decoder(config, model(cls)) is decoder, kind
+    with pytest.raises(ValueError, match="encoder-decoder models are not supported"):
+        _is_decoder(SimpleNamespace(model_type="bart", is_encoder_decoder=True), model("BartModel"))
+
+
 def test_a_multimodal_model_s_heads_are_its_language_model_s(tmp_path):
     """Gemma 3's model holds a vision tower of as many layers as its language model, and its head size is
     only in its text config: the tower's layers were hooked (no capture on text) and the size taken as 8."""

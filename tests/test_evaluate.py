@@ -445,3 +445,20 @@ def test_ranking_metrics_by_hand():
                       "recall@32": 1.0, "queries": 2}
     every = ranking_metrics(records)["s"]  # BEIR: all queries; q3 found nothing within 12
     assert every["queries"] == 3 and every["hit@5"] == pytest.approx(2 / 3) and every["mrr@10"] == pytest.approx(4 / 9)
+
+
+def test_the_query_cache_is_written_with_the_umask_s_mode(tmp_path):
+    """A cache shared between users stays readable: the temporary file was made by mkstemp, mode 0600."""
+    import os
+
+    import numpy as np
+
+    from mrag.evaluate.harness import read_npz, write_npz
+
+    old = os.umask(0o022)
+    try:
+        write_npz(tmp_path / "q.npz", standard=np.zeros((2, 3), np.float32))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "q.npz").stat().st_mode & 0o777 == 0o644 and list(tmp_path.iterdir()) == [tmp_path / "q.npz"]
+    assert read_npz(tmp_path / "q.npz", 2)["standard"].shape == (2, 3)

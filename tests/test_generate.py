@@ -419,6 +419,7 @@ def test_citations_in_code_or_after_a_slash_are_not_citations_and_prose_forms_ar
     assert cited_numbers(text) == [1, 2, 5, 6]
     assert cited_numbers("[Source 2] and [sources 3; 4], [4-2] then [7 and 8]") == [2, 3, 4, 7, 8]
     assert cited_numbers("```\nan open block [1]") == []  # a fence left open runs to the end
+    assert cited_numbers("Bees fan the hive [1]/[2].") == [1, 2]  # a "/" between citations is no path
 
 
 def test_a_title_s_line_end_cannot_forge_a_source_in_the_prompt():
@@ -438,6 +439,9 @@ def test_a_title_s_line_end_cannot_forge_a_source_in_the_prompt():
     ('```json\n{"queries": ["aqueduct gradient"]}\n```', ["aqueduct gradient"]),
     ("Sure! Here are some search queries related to your question\naqueduct gradient", ["aqueduct gradient"]),
     ("how did roman aqueducts carry water\nAqueduct gradient!\naqueduct gradient", ["Aqueduct gradient!"]),
+    ("OK Computer album reception\nSure Start funding\nHere Comes the Sun chords",  # queries, not preambles
+     ["OK Computer album reception", "Sure Start funding", "Here Comes the Sun chords"]),
+    ("C++ generics\nC# generics", ["C++ generics", "C# generics"]),  # not the same query
 ])
 def test_subqueries_from_reasoning_models_json_and_chatty_replies(reply, expected):
     from mrag.generate.fusion import write_subqueries
@@ -477,6 +481,11 @@ def test_an_openai_server_that_ignores_stream_or_redirects_still_answers(llm_ser
     spread = llm_server([*pretty, "", "data: [DONE]", ""])
     monkeypatch.setenv("OPENAI_BASE_URL", spread.url + "/v1")
     assert make_generator("openai", "m").generate("hi") == "in parts"
+    long = {"choices": [{"index": 0, "message": {"content": "Long."}, "logprobs": {"tokens": list("abcdefgh" * 20)}}]}
+    lines = json.dumps(long, indent=1).splitlines()  # a whole completion of many lines (over 64)
+    assert len(lines) > 64
+    monkeypatch.setenv("OPENAI_BASE_URL", llm_server(lines).url + "/v1")
+    assert make_generator("openai", "m").generate("hi") == "Long."
 
 
 def test_an_empty_ollama_reply_is_an_error_and_a_stalled_stream_broke_off(llm_server, monkeypatch):

@@ -425,18 +425,26 @@ def test_a_library_document_s_id_may_be_0_and_its_metadata_must_be_a_dict():
 
 
 def test_a_file_reached_through_a_link_is_read_as_itself_whichever_name_comes_first(tmp_path):
-    """Its id is its own path, so its title and kind are its own too: the link's name gave the title
-    (a_link before zebra in sorted order), so the digest changed with how the file was named and an
-    unchanged file was embedded again."""
+    """Its id is its own path; where the folder also reaches it by its own name, its title and kind are its
+    own too: the link's name gave the title (a_link before zebra in sorted order), so the digest changed with
+    how the file was named and an unchanged file was embedded again. Reached through links only (git-annex
+    keeps the files under keys without a suffix), it is read as the link names it."""
     folder = tmp_path / "rt"
     folder.mkdir()
     (folder / "zebra.md").write_text("Zebras have black and white stripes.")
     (folder / "a_link.md").symlink_to("zebra.md")
-    (folder / "b_records.txt").symlink_to("records.jsonl")  # a records file, listed under a text name
+    (folder / "b_records.txt").symlink_to("records.jsonl")  # a records file, also listed under a text name
     (folder / "records.jsonl").write_text('{"id": "r1", "text": "one"}\n{"id": "r2", "text": "two"}\n')
     by_folder, _ = read_paths([folder])
-    by_file, _ = read_paths([folder / "zebra.md", folder / "a_link.md", folder / "b_records.txt"])
+    named = [folder / n for n in ("zebra.md", "a_link.md", "b_records.txt", "records.jsonl")]
+    by_file, _ = read_paths(named)
     zebra = [d for d in by_folder if d.source.endswith("zebra.md")]
     assert len(zebra) == 1 and zebra[0].title == "zebra"
     assert sorted(d.id for d in by_folder) == sorted(d.id for d in by_file) == sorted(["r1", "r2", zebra[0].source])
     assert {d.id: d.title for d in by_folder} == {d.id: d.title for d in by_file}
+    annex = tmp_path / "annex"
+    (annex / "store").mkdir(parents=True)
+    (annex / "store" / "SHA256-s19--9d2c4e").write_text("<html><title>Bee guide</title>Bees fan the hive.</html>")
+    (annex / "bees.html").symlink_to("store/SHA256-s19--9d2c4e")
+    (doc,), _ = read_paths([annex])
+    assert (doc.title, doc.text.strip()) == ("Bee guide", "Bees fan the hive.")

@@ -73,8 +73,19 @@ def list_files(paths: Iterable[str | Path]) -> list[tuple[str, bool]]:
         for file, explicit in found:
             resolved = Path(os.path.realpath(file))  # not Path.resolve: a link loop raises there (Python < 3.13)
             first = out.setdefault(resolved, (str(file), explicit))
-            out[resolved] = (first[0], first[1] or explicit)
+            # read under the file's own name where it is reached by it (its kind and title then never depend
+            # on whether a link to it sorts first), else under the first link's (git-annex keeps only links)
+            out[resolved] = (str(file) if _is_itself(file, resolved) else first[0], first[1] or explicit)
     return list(out.values())
+
+
+def _is_itself(file: Path, resolved: Path) -> bool:
+    """Whether `file` names the file `resolved` itself, not a link to it (False where it cannot be looked at:
+    its reading then says why)."""
+    try:
+        return not file.is_symlink() and Path(os.path.realpath(file.parent)) / file.name == resolved
+    except OSError:
+        return False
 
 
 def unreadable_reason(error: IngestError, path: Path) -> str:
@@ -161,18 +172,17 @@ def _is_folder(path: Path) -> bool:
 
 
 def _read_file(path: Path, text_field: str, id_field: str, title_field: str) -> list[Document]:
-    # the file itself, not a link to it: its kind and title, as its id, whichever name it was reached by
-    target = path.resolve()
-    suffix, source = target.suffix.lower(), str(target)
+    suffix = path.suffix.lower()
+    source = str(path.resolve())
     if suffix == ".pdf":
-        return [_document(source, _read_pdf(path), target.stem)]
+        return [_document(source, _read_pdf(path), path.stem)]
     text = _read_text(path)
     if suffix in HTML_SUFFIXES:
         title, body = html_to_text(text)
-        return [_document(source, body, title or target.stem)]
+        return [_document(source, body, title or path.stem)]
     if suffix in RECORD_SUFFIXES:
         return _records(path, source, text, text_field, id_field, title_field)
-    return [_document(source, text, target.stem)]
+    return [_document(source, text, path.stem)]
 
 
 def _document(source: str, text: str, title: str) -> Document:
@@ -202,7 +212,7 @@ def _read_text(path: Path) -> str:
 
 
 def _records(path: Path, source: str, text: str, text_field: str, id_field: str, title_field: str) -> list[Document]:
-    jsonl = Path(source).suffix.lower() == ".jsonl"  # the file linked to, as `_read_file` reads it
+    jsonl = path.suffix.lower() == ".jsonl"
     # JSON Lines: a record a "\n"-ended line (str.splitlines would also cut at U+2028, which JSON strings may hold)
     pieces = text.split("\n") if jsonl else [text]
     rows: list[tuple[str, Any]] = []  # (where: the file's line or the array's record, from 1; the record)

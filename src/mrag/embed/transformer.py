@@ -220,20 +220,16 @@ def _text_encoder(model_type: str) -> bool:
 
 
 def _is_decoder(config: Any, model: Any) -> bool:
-    """Decoders have a causal-LM head in transformers' registry and no masked-LM one; the rest (encoders, and
-    models with neither, such as DPR's) are read as encoders. Encoder-decoders are refused, their encoder
-    loaded alone aside."""
-    from transformers.models.auto.modeling_auto import (
-        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
-    )
+    """Encoders have a masked-LM head in transformers' registry, or are an encoder by their class (T5's
+    encoder alone, DPR's encoders); the rest are decoders (multimodal ones too: Mistral 3, Qwen2-VL, LLaVA
+    have no causal-LM entry of their own). Encoder-decoders are refused, their encoder loaded alone aside."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
-    if type(model).__name__.endswith("EncoderModel"):  # T5EncoderModel, ...
+    if type(model).__name__.endswith(("EncoderModel", "Encoder")):  # T5EncoderModel, DPRQuestionEncoder, ...
         return False
     if getattr(config, "is_encoder_decoder", False):
         raise ValueError("encoder-decoder models are not supported: pass an encoder or a decoder")
-    kind = config.model_type
-    return kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    return config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
 
 
 def _config_value(config: Any, *names: str, default: int | None = None) -> int:

@@ -12,7 +12,7 @@ import hashlib
 import json
 import math
 import os
-import tempfile
+import threading
 import zipfile
 import zlib
 from collections.abc import Sequence
@@ -123,14 +123,16 @@ def read_npz(path: Path, rows: int) -> dict[str, np.ndarray] | None:
 
 
 def write_npz(path: Path, **arrays: np.ndarray) -> None:
-    """Write an .npz whole or not at all: into a temporary file beside it, then renamed over it."""
-    with tempfile.NamedTemporaryFile(dir=path.parent, prefix=path.name, suffix=".tmp", delete=False) as f:
-        try:
+    """Write an .npz whole or not at all: into a temporary file beside it, then renamed over it. Opened as any
+    file is, so the umask gives its mode (a cache shared between users stays readable; mkstemp's is 0600)."""
+    temporary = path.with_name(f"{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    try:
+        with temporary.open("wb") as f:
             np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stubs type the keywords as its own options
-        except BaseException:
-            Path(f.name).unlink()
-            raise
-    os.replace(f.name, path)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def split_label(label: str, spaces: Sequence[str] = (), n_heads: int | None = None,

@@ -51,7 +51,8 @@ def subquery_messages(question: str, n: int = DEFAULT_SUBQUERIES) -> list[Messag
 
 
 _THINKING = re.compile(r"<(think|thinking|reasoning)>.*?(?:</\1>|$)", re.S | re.I)  # a reasoning model's thoughts
-_PREAMBLE = re.compile(r"^(?:sure|certainly|of course|okay|ok|here (?:are|is))\b", re.I)  # "Sure! Here are ..."
+# a line introducing the list ("Sure! Here are some search queries ..."), not a query ("OK Computer album")
+_PREAMBLE = re.compile(r"^(?:(?:sure|certainly|of course|okay|ok)\s*[!,.]|here (?:are|is)\b.*\bquer(?:y|ies)\b)", re.I)
 
 
 def parse_subqueries(text: str, n: int = DEFAULT_SUBQUERIES) -> list[str]:
@@ -90,9 +91,12 @@ def _json_strings(text: str) -> list[str] | None:
 
 
 def same(query: str, *others: str) -> bool:
-    """Whether a query is one of others but for case, punctuation and spacing."""
-    key = " ".join(re.sub(r"[^\w\s]", " ", query.lower()).split())
-    return any(key == " ".join(re.sub(r"[^\w\s]", " ", o.lower()).split()) for o in others)
+    """Whether a query is one of others but for case, spacing and the punctuation that ends or wraps it
+    ("C++ generics" and "C# generics" stay two)."""
+    def key(text: str) -> str:
+        return " ".join(text.lower().strip().strip("\"'“”‘’").rstrip("?!.,;:").split())
+
+    return any(key(query) == key(o) for o in others)
 
 
 def write_subqueries(generator: Generator, question: str, n: int = DEFAULT_SUBQUERIES) -> list[str]:

@@ -142,8 +142,8 @@ def cited_numbers(text: str) -> list[int]:
     seen: list[int] = []
     prose = CODE.sub(lambda m: " " * len(m.group()), text)
     for match in CITATION.finditer(prose):
-        if match.start() and prose[match.start() - 1] == "/":
-            continue
+        if match.start() and prose[match.start() - 1] == "/" and prose[: match.start() - 1].rstrip()[-1:] != "]":
+            continue  # a path or URL's "[3]"; "[1]/[2]" cites both
         numbers: list[int] = []
         for part in re.split(r"\s*(?:,\s*and|,|;|and)\s*", match.group(1), flags=re.I):
             ends = sorted(int(x) for x in re.split(r"\s*[-–]\s*", part))

@@ -26,6 +26,7 @@ DEFAULT_OPENAI_MODEL = "gpt-4o-mini"
 TIMEOUT = 300.0  # seconds a read may wait (MRAG_LLM_TIMEOUT)
 TIMEOUT_VARIABLE = "MRAG_LLM_TIMEOUT"
 SHOWN = 200  # characters of an answer that is no answer of the API shown in its error
+OTHER_CHARS = 2**20  # characters kept of a reply's lines that are no server-sent event (a whole completion)
 
 
 def default_timeout() -> float:
@@ -223,7 +224,7 @@ def _sse_events(lines: Iterator[str], other: list[str]) -> Iterator[str]:
             if data:  # an event that never became whole: its parse names what it was
                 yield "\n".join(data)
             data = []
-        elif len(other) < 64:  # comments, event names, or a reply that is no event stream at all
+        elif sum(map(len, other)) < OTHER_CHARS:  # comments, event names, or a reply that is no event stream
             other.append(line)
     if data:
         yield "\n".join(data)
