@@ -770,6 +770,12 @@ def test_text_utf8_cannot_hold_is_refused_naming_the_field(client):
         ("/documents", {"documents": [{"id": "m", "text": "fine", "metadata": {"a": ["\udc00"]}}]}, "metadata",
          "metadata.a[0] holds an unpaired surrogate (U+DC00)"),
         ("/documents/delete", {"ids": ["ok", "\ud800"]}, "ids", "ids[1] holds an unpaired surrogate"),
+        ("/documents", {"documents": [{"id": "t", "text": "fine", "title": "\ud800"}]}, "title",
+         "title holds an unpaired surrogate"),
+        ("/documents", {"documents": [{"id": "x\ud800", "text": "fine"}]}, "id", "id holds an unpaired surrogate"),
+        ("/documents", {"documents": [{"text": "fine", "source": "\ud800"}]}, "source", "source holds an unpaired"),
+        ("/search", {"query": "bees", "strategy": "fusion", "subqueries": ["\ud800 x"]}, "subqueries",
+         "subqueries[0] holds an unpaired surrogate"),
     ]:
         r = client.post(path, content=json.dumps(body), headers={"content-type": "application/json", **AUTH})
         assert r.status_code == 422, r.text

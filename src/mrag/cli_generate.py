@@ -49,7 +49,9 @@ def ask(question: str, db: str, model: str | None, k: int, strategy: str | None,
         mrag ask "..." --db idx --no-generate      # just the numbered sources
 
     Fusion strategies need the LLM to write sub-queries, so they refuse --no-generate. With --json,
-    one object {answer, cited, context, strategy} once the answer is complete.
+    one object {answer, cited, context, strategy} once the answer is complete. Ollama's host comes from
+    OLLAMA_HOST, an OpenAI-compatible server's from OPENAI_BASE_URL (key: OPENAI_API_KEY); each read
+    from either waits at most MRAG_LLM_TIMEOUT seconds (default 300).
     """
     as_json = not plain
     from mrag.generate import make_generator, prepare

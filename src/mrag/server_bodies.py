@@ -46,6 +46,16 @@ def _utf8(value: Any, where: str = "") -> Any:
     return value
 
 
+def _utf8_as(where: str) -> AfterValidator:
+    """`_utf8` for one field, named `where` in its error (pydantic checks a plain str itself, not a StrictStr
+    or a list's items)."""
+    return AfterValidator(lambda value: _utf8(value, where))
+
+
+Subqueries = Annotated[list[str] | None, _utf8_as("subqueries")]
+Name = StrictStr | StrictInt | StrictFloat  # an id, a title or a source: a number as its text
+
+
 Strategy = Field(None, description=f"One of: {', '.join(retrieve.strategy_names())}; default: the index's "
                                    f"(recorded by mrag tune), else {retrieve.DEFAULT_STRATEGY}.")
 
@@ -67,7 +77,7 @@ class SearchRequest(BaseModel):
     strategy: str | None = Strategy
     explain: bool = Field(False, description="Include the votes (space, rank, weight) behind each hit.")
     c: Count | None = Field(None, ge=1, le=10_000, description="Per-space depth (default max(k, 32)).")
-    subqueries: list[str] | None = Field(None, description="For fusion strategies; default: the LLM writes them.")
+    subqueries: Subqueries = Field(None, description="For fusion strategies; default: the LLM writes them.")
     exact: bool | None = Field(None, description="true: exact search; false: the ANN indexes; default: ANN if built.")
     nprobes: Count | None = Field(None, ge=1, le=100_000, description="IVF partitions per ANN search.")
     spaces: list[str] | str | None = Field(None, description="Only these voters: standard, heads, head:3, split, "
@@ -104,18 +114,18 @@ class AskRequest(BaseModel):
     max_context_chars: Count | None = Field(None, ge=1)
     max_tokens: Count = Field(DEFAULT_MAX_TOKENS, ge=1, le=8192)
     stream: bool = Field(False, description="Server-sent events: context, token..., answer.")
-    subqueries: list[str] | None = None
+    subqueries: Subqueries = None
 
 
 class DocumentIn(BaseModel):
     model_config = ConfigDict(extra="allow")  # other fields are metadata, as `Index.add` keeps them
 
     # as `Index.add` takes them: a number as its text, null as none
-    id: StrictStr | StrictInt | StrictFloat | None = Field(None, description="Default: a hash of the text.")
+    id: Annotated[Name | None, _utf8_as("id")] = Field(None, description="Default: a hash of the text.")
     text: str = Field(min_length=1)
-    title: StrictStr | StrictInt | StrictFloat | None = ""
-    source: StrictStr | StrictInt | StrictFloat | None = ""
-    metadata: Annotated[dict[str, Any] | None, AfterValidator(lambda m: _utf8(m, "metadata"))] = None
+    title: Annotated[Name | None, _utf8_as("title")] = ""
+    source: Annotated[Name | None, _utf8_as("source")] = ""
+    metadata: Annotated[dict[str, Any] | None, _utf8_as("metadata")] = None
 
     @model_validator(mode="after")
     def _utf8_fields(self) -> DocumentIn:
@@ -134,5 +144,5 @@ class DocumentsRequest(BaseModel):
 class DeleteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    ids: Annotated[list[StrictStr | StrictInt | StrictFloat], AfterValidator(lambda i: _utf8(i, "ids"))] = Field(
+    ids: Annotated[list[Name], _utf8_as("ids")] = Field(
         min_length=1, description="Document or chunk ids; all must exist.")
