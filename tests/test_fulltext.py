@@ -105,7 +105,7 @@ def test_the_full_text_vote_by_hand():
     the default `segment-bm25` alike). In `hybrid` each votes 1 / (60 + rank), rank from 1."""
     scales = {"heads": np.array([1.0, 1.0]), "split": np.ones(2), "standard": np.array([0.5])}
     ranker = Lists({"standard": [2, 0, 1], retrieve.FULLTEXT: [0, 3], "head:0": [1], "head:1": [1]})
-    q = retrieve.QueryVectors(np.zeros(4), np.zeros((2, 2)), text="q")
+    q = retrieve.QueryVectors(np.ones(4), np.ones((2, 2)), text="q")  # any direction: the lists are given
     for strategy in ("mrag-bm25", "segment-bm25"):
         mine = retrieve.vote(strategy, q, 4, 3, scales, ranker, 2)
         assert mine.rows.tolist() == [0, 2, 3, 1]
@@ -124,7 +124,7 @@ def test_the_full_text_vote_by_hand():
     # a query of several parts, lists c = 3 deep: in `segment-bm25` each part fuses z-scores (standard and
     # BM25 alike sqrt(6), sqrt(1.5), 0 here: row 0 first in both parts); in `mrag-bm25` each part votes by
     # rank, w * 2**-rank (row 0: 0.25 + 0.5)
-    parts = [q, retrieve.QueryVectors(np.zeros(4), np.zeros((2, 2)), text="r")]
+    parts = [q, retrieve.QueryVectors(np.ones(4), np.ones((2, 2)), text="r")]
     several = retrieve.vote("segment-bm25", q, 2, 3, scales, ranker, 2, parts=parts)
     assert several.rows.tolist() == [0, 2]
     assert several.votes[0] == [{"space": "standard", "rank": 1, "weight": pytest.approx(1.5 ** 0.5), "part": 0},

@@ -119,6 +119,15 @@ def test_search_votes_explain_the_score(index):
     assert [v["space"] for v in hit.votes] == ["standard"] and hit.score == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize("strategy", ["standard", "mrag-paper", "mrag", "split", "hybrid", "segment-bm25"])
+def test_a_query_part_of_no_direction_votes_for_nothing(index, strategy):
+    """The fake embedder maps a text of no word to zero vectors: the exact scan ranked every row at 0 and
+    voted for the first rows (LanceDB's ANN path returned none); now no space votes for it."""
+    index.add(DOCS)
+    assert index.search("🐝 蜜蜂 !!", k=3, strategy=strategy, exact=True) == []
+    assert index.search("Honeybees. 🐝 蜜蜂 !!", k=3, strategy=strategy, exact=True)  # a part with words votes
+
+
 def test_search_on_an_empty_index(index):
     assert index.search("anything", k=3) == []
 

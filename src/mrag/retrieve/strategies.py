@@ -41,6 +41,7 @@ import numpy as np
 
 from mrag.chunk import segment_query, split_questions  # noqa: F401  (split_questions re-exported)
 from mrag.retrieve.types import QueryVectors, Ranker, Result, Scales, Voter  # noqa: F401  (re-exported)
+from mrag.scales import split_width
 from mrag.settings import (  # noqa: F401  (re-exported: retrieve is where callers look for them)
     ALIASES,
     BASE_STRATEGIES,
@@ -168,6 +169,22 @@ def vote(
     return vote_many(strategy, [(query, parts)], k, c, scales, ranker, n_heads, extra, select)[0]
 
 
+def _zero(voter: Voter, query: QueryVectors, n_heads: int) -> bool:
+    """Whether the query part's vector in the voter's space is all zeros (the full-text space has none)."""
+    if voter.group == FULLTEXT:
+        return False
+    if voter.group == "heads":
+        vector = query.heads[voter.index]
+    elif voter.group == "split":
+        width = split_width(len(query.standard), n_heads)
+        vector = query.standard[voter.index * width : (voter.index + 1) * width]
+    elif voter.group == "standard":
+        vector = query.standard
+    else:
+        vector = query.extra[voter.name]
+    return not np.any(vector)
+
+
 def vote_many(
     strategy: str,
     batch: list[tuple[QueryVectors, list[QueryVectors] | None]],
@@ -215,6 +232,11 @@ def vote_many(
     lone = lone if any(chosen[i].name == plan.one_part for i in lone) else []
     depth = max(k, c) if plan.base in ("standard", "bm25") or lone or plan.fulltext else c  # each space's list
     ranking, sims = ranker(chosen, [q for qs in searched for q in qs], depth)  # (P_total, S, depth)
+    # a part whose vector in a space is zero (no direction: a fake embedder's text of no word) votes nothing
+    # there, on every path: the exact scan ranked every row at 0 and voted for the first c, LanceDB's none
+    silent = np.array([[_zero(v, q, n_heads) for v in chosen] for qs in searched for q in qs], dtype=bool)
+    if silent.any():
+        ranking, sims = np.where(silent[..., None], -1, ranking), np.where(silent[..., None], -np.inf, sims)
     weights = np.array([v.weight for v in chosen])
     results, start = [], 0
     one_part = lone or list(range(len(chosen)))  # the voters of a query of one part
