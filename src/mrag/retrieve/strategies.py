@@ -169,20 +169,29 @@ def vote(
     return vote_many(strategy, [(query, parts)], k, c, scales, ranker, n_heads, extra, select)[0]
 
 
-def _zero(voter: Voter, query: QueryVectors, n_heads: int) -> bool:
-    """Whether the query part's vector in the voter's space is all zeros (the full-text space has none)."""
-    if voter.group == FULLTEXT:
-        return False
-    if voter.group == "heads":
-        vector = query.heads[voter.index]
-    elif voter.group == "split":
-        width = split_width(len(query.standard), n_heads)
-        vector = query.standard[voter.index * width : (voter.index + 1) * width]
-    elif voter.group == "standard":
-        vector = query.standard
-    else:
-        vector = query.extra[voter.name]
-    return not np.any(vector)
+def _silent(chosen: list[Voter], parts: list[QueryVectors], n_heads: int) -> np.ndarray:
+    """(P, S) bool: whether each part's vector in each voter's space is all zeros (the full-text space has
+    none). One test per group over all parts at once (a test per part and voter cost 0.23 ms a query)."""
+    groups = {v.group for v in chosen} - {FULLTEXT}
+    standard = np.stack([q.standard for q in parts]) if groups & {"standard", "split"} else None  # (P, D)
+    zero: dict[str, np.ndarray] = {}  # voter name -> (P,)
+    if "heads" in groups:
+        heads = _all_zero(np.stack([q.heads for q in parts]))  # (P, H)
+        zero |= {f"head:{i}": heads[:, i] for i in range(heads.shape[1])}
+    if "split" in groups and standard is not None:
+        slices = _all_zero(standard.reshape(len(parts), -1, split_width(standard.shape[1], n_heads)))  # (P, S)
+        zero |= {f"split:{i}": slices[:, i] for i in range(slices.shape[1])}
+    if "standard" in groups and standard is not None:
+        zero["standard"] = _all_zero(standard)
+    for name in groups - {"heads", "split", "standard"}:
+        zero[name] = _all_zero(np.stack([q.extra[name] for q in parts]))
+    nothing = np.zeros(len(parts), dtype=bool)
+    return np.stack([zero.get(v.name, nothing) for v in chosen], axis=1)
+
+
+def _all_zero(vectors: np.ndarray) -> np.ndarray:
+    """Whether each vector (along the last axis) is all zeros: (..., d) -> (...)."""
+    return np.asarray(np.count_nonzero(vectors, axis=-1) == 0)
 
 
 def vote_many(
@@ -234,7 +243,7 @@ def vote_many(
     ranking, sims = ranker(chosen, [q for qs in searched for q in qs], depth)  # (P_total, S, depth)
     # a part whose vector in a space is zero (no direction: a fake embedder's text of no word) votes nothing
     # there, on every path: the exact scan ranked every row at 0 and voted for the first c, LanceDB's none
-    silent = np.array([[_zero(v, q, n_heads) for v in chosen] for qs in searched for q in qs], dtype=bool)
+    silent = _silent(chosen, [q for qs in searched for q in qs], n_heads)  # (P_total, S)
     if silent.any():
         ranking, sims = np.where(silent[..., None], -1, ranking), np.where(silent[..., None], -np.inf, sims)
     weights = np.array([v.weight for v in chosen])
