@@ -394,3 +394,21 @@ def test_a_search_whose_read_found_a_file_gone_goes_again_even_at_the_same_commi
     mrag.retrieve.bm25._previous.clear()
     with pytest.raises(ZeroDivisionError):  # any other error: raised at once
         reader.search("glaciers", k=1, strategy="bm25")
+
+
+def test_a_store_read_that_found_a_file_gone_goes_again_even_at_the_same_commit(tmp_path, fake):
+    """As a search does: a read begun before a newer commit pruned its version fails with Lance's "Not found"
+    although the store may show no newer commit yet; other errors are final."""
+    index = Index.open(tmp_path / "db", embedder=fake)
+    index.add([{"id": "d0", "text": "document about glaciers"}])
+    tries = []
+
+    def gone_once(table):
+        tries.append(table.version)
+        if len(tries) == 1:
+            raise RuntimeError("lance error: Not found: db/chunks.lance/data/0101.lance, local.rs:273:40")
+        return table.count_rows()
+
+    assert index.store.reading(gone_once) == 1 and len(tries) == 2
+    with pytest.raises(ZeroDivisionError):
+        index.store.reading(lambda table: 1 / 0)

@@ -52,6 +52,12 @@ READ_TRIES = 5  # a read whose version was pruned meanwhile goes again at the la
 T = TypeVar("T")
 
 
+def pruned(error: BaseException) -> bool:
+    """Whether a read failed on a file that is gone: a newer commit's maintenance pruned the version read,
+    whether or not this process has seen that commit yet (the read may have begun before)."""
+    return "lance error: Not found" in str(error)
+
+
 class Store:
     def __init__(self, uri: str, db: Any, chunks: Any, manifest: Manifest,
                  storage_options: dict[str, str] | None = None) -> None:
@@ -146,9 +152,9 @@ class Store:
             seen = self.committed_version
             try:
                 return read(self.snapshot())
-            except Exception:
+            except Exception as e:
                 self.refresh()
-                if self.committed_version == seen or attempt == READ_TRIES - 1:
+                if (self.committed_version == seen and not pruned(e)) or attempt == READ_TRIES - 1:
                     raise  # not a pruned version: the same read would fail again
         raise AssertionError("unreachable")
 

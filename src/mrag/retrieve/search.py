@@ -20,7 +20,7 @@ from mrag.retrieve.rescore import RescoreRanker
 from mrag.retrieve.types import Hit
 from mrag.settings import DEFAULT_CANDIDATES, names
 from mrag.spaces import Space
-from mrag.store import READ_TRIES, Store
+from mrag.store import READ_TRIES, Store, pruned
 
 
 class Searchable(Protocol):
@@ -86,10 +86,9 @@ def search_many(
         except Exception as e:
             failed += 1
             index.store.refresh()
-            # a file of the version read is gone: a newer commit pruned it (its reads may have begun before `seen`
-            # was taken, as the full-text index's build from the matrix's version); else the same search fails again
-            gone = "lance error: Not found" in str(e)
-            if (index.store.committed_version == seen and not gone) or failed == READ_TRIES:
+            # a newer commit, or a file of the version read gone (its reads may have begun before `seen` was taken,
+            # as the full-text index's build from the matrix's version): else the same search fails again
+            if (index.store.committed_version == seen and not pruned(e)) or failed == READ_TRIES:
                 raise
 
 
