@@ -147,7 +147,7 @@ def test_reindexing_unchanged_files_does_nothing(db, corpus):
         {"added": 0, "updated": 1, "unchanged": 3, "removed": 0, "chunks": 1, "skipped": []}
     ]
     plain = mrag("index", corpus, "--db", db, "--plain").stdout
-    assert plain == "added 0, updated 0, unchanged 4, removed 0 documents (0 chunks embedded)\n"
+    assert plain == "added 0, updated 0, unchanged 4, removed 0 documents (0 chunks written)\n"
 
 
 def test_unreadable_files_in_a_folder_are_listed(tmp_path, corpus, reuse_minilm):
@@ -480,6 +480,17 @@ def test_a_full_disk_or_a_read_only_folder_is_not_called_a_damaged_index():
     graphs = lance_message("Error in faiss::FileIOWriter: write error in db/graphs/.staging-x/5.faiss "
                            "(No space left on device)")  # faiss, writing the HNSW graphs
     assert graphs.startswith("no space left") and "damaged" not in graphs
+    # an S3 server that went away (a reviewer's run: the write had committed): the store failed, not the index
+    outage = lance_message("lance error: LanceError(IO): Generic S3 error: Error performing list request: Error "
+                           "performing GET http://127.0.0.1:44485/mrag-test?list-type=2 in 444.2ms, after 3 "
+                           "retries, max_retries: 3, retry_timeout: 180s - HTTP error: error sending request)")
+    assert outage.startswith("the object store did not answer") and "damaged" not in outage
+    assert "whole or not at all" in outage
+    bucket = lance_message('Invalid input, Failed to connect to namespace: IO { source: Generic { store: "S3", '
+                           'source: ListRequest { source: RetryError(RetryErrorImpl { method: GET, ' + "x" * 600 +
+                           ' code: NoSuchBucket } } } }')
+    assert bucket.startswith("the object store did not answer or refused the request (NoSuchBucket: Invalid")
+    assert len(bucket) < 600
 
 
 def test_the_packaged_model_by_its_folder_is_the_same_model(db):

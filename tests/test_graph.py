@@ -621,6 +621,23 @@ def test_a_drop_removes_what_is_built_when_it_holds_the_lock(tmp_path, monkeypat
     assert first.store.manifest.ann is None and not root(first).exists()
 
 
+def test_graphs_a_writes_upkeep_built_while_a_drop_committed_are_removed(graph_index, monkeypatch):
+    """A write's graph upkeep runs after its commit, outside the lock: a drop that committed meanwhile
+    removed the folder, and the upkeep's graphs were written after it, left for good (2.7 GB at 1M rows)."""
+    other = Index.open(graph_index.store.uri, embedder=SeededEmbedder())
+    real_write = graph.write
+
+    def dropped_first(*args, **kwargs):
+        other.drop_ann()
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(graph, "write", dropped_first)
+    monkeypatch.setattr(graph, "STALE_SHARE", 0.0)  # any new row: the upkeep extends the graphs
+    graph_index.add([{"id": "later", "text": "written while the graphs were dropped"}])
+    graph_index.store.refresh()
+    assert graph_index.store.manifest.ann is None and not root(graph_index).exists()
+
+
 def test_dropping_the_graphs_removes_their_files_and_searches_scan_exactly(graph_index):
     from mrag.retrieve import graph
 

@@ -171,6 +171,28 @@ def test_an_index_made_again_in_the_same_folder_is_read_anew(db_path, fake):
     assert reader.store.manifest.index_id == again.store.manifest.index_id != None  # noqa: E711
 
 
+def test_an_index_made_again_at_the_same_version_is_read_anew(db_path, fake):
+    """The folder made again by another process with as many commits: the manifest's version number is
+    the one the open index last read. It searched the old rows (or failed on their files) and its next
+    write committed the old manifest, sums and settings over the new index (a reviewer's run)."""
+    reader = Index.open(db_path, embedder=fake)
+    reader.add([{"id": f"old{i}", "text": f"common words old index {i}"} for i in range(6)])
+    assert len(reader.search("common words", k=20, strategy="standard")) == 6
+    made = subprocess.run([sys.executable, "-c", (
+        "import shutil, sys; sys.path.insert(0, sys.argv[2]); from conftest import FakeEmbedder; "
+        "from mrag.index import Index; shutil.rmtree(sys.argv[1]); "
+        "Index.open(sys.argv[1], embedder=FakeEmbedder(), chunk_chars=500).add("
+        "[{'id': f'new{i}', 'text': f'common words new index {i}'} for i in range(4)])"),
+        str(db_path), str(Path(__file__).parent)], capture_output=True, text=True, timeout=300)
+    assert made.returncode == 0, made.stderr[-2000:]
+    hits = reader.search("common words", k=20, strategy="standard")
+    assert sorted(h.doc_id for h in hits) == [f"new{i}" for i in range(4)]
+    reader.add([{"id": "later", "text": "common words added by the reader"}])
+    fresh = Index.open(db_path, embedder=fake)
+    assert fresh.store.manifest.settings["chunk_chars"] == 500
+    assert fresh.store.count() == 5 and fresh.verify()["sums_drift"] < 1e-9
+
+
 def test_copies_of_an_index_swapped_under_a_reader_are_told_apart(tmp_path, fake):
     """A blue/green deploy: `cp -r live staging`, both take writes, then staging replaces live. Both
     copies give their new fragments the same ids, so their row ids agree where their rows do not; the

@@ -17,7 +17,7 @@ from conftest import FakeEmbedder
 
 from mrag.errors import StoreError
 from mrag.index import Index
-from mrag.locking import LOCK_FILE, LockTimeout, s3_client
+from mrag.locking import LOCK_FILE, LockTimeout, lock_key, s3_client
 from mrag.store import Store
 
 moto_server = pytest.importorskip("moto.server", reason="needs moto[server]: pip install 'moto[server]'")
@@ -157,12 +157,16 @@ def test_writers_in_several_processes_on_s3_take_turns(s3_uri, storage_options, 
 
 
 def test_a_dead_writers_lease_is_taken_over_and_a_live_one_waited_for(s3_uri, storage_options, fake, monkeypatch):
+    import mrag.locking
+
     index = Index.open(s3_uri, embedder=fake, storage_options=storage_options)
     client = s3_client(storage_options)
     bucket, _, prefix = s3_uri.removeprefix("s3://").partition("/")
     key = f"{prefix}/{LOCK_FILE}"
     dead = {"pid": 1, "host": "gone", "command": "mrag index", "since": "earlier", "expires": time.time() - 1}
     client.put_object(Bucket=bucket, Key=key, Body=json.dumps(dead).encode())
+    monkeypatch.setattr(mrag.locking, "LEASE", 2.0)
+    time.sleep(3.1)  # not renewed for a lease's time by the store's clock (whole seconds)
     index.add(DOCS[:1])  # the expired lease is taken over
     with pytest.raises(ClientError):  # and released when the write is done
         client.head_object(Bucket=bucket, Key=key)
@@ -174,6 +178,77 @@ def test_a_dead_writers_lease_is_taken_over_and_a_live_one_waited_for(s3_uri, st
         index.add(DOCS[1:2])
     client.delete_object(Bucket=bucket, Key=key)
     assert Index.open(s3_uri, embedder=FakeEmbedder(), storage_options=storage_options).store.count() == 1
+
+
+def test_the_scheme_in_capitals_takes_the_same_lock(s3_uri, storage_options, fake, monkeypatch):
+    """Lance opens `S3://` as `s3://`: a writer spelling it so waits for the same lease (it took none, and
+    its commit erased another writer's acknowledged write)."""
+    Index.open(s3_uri, embedder=fake, storage_options=storage_options).add(DOCS[:1])
+    shouting = "S3://" + s3_uri.removeprefix("s3://")
+    index = Index.open(shouting, embedder=FakeEmbedder(), storage_options=storage_options, create=False)
+    assert index.store.uri == s3_uri
+    client = s3_client(storage_options)
+    bucket, _, prefix = s3_uri.removeprefix("s3://").partition("/")
+    live = {"pid": 4242, "host": "busy", "command": "mrag index", "since": "now", "expires": time.time() + 60}
+    client.put_object(Bucket=bucket, Key=f"{prefix}/{LOCK_FILE}", Body=json.dumps(live).encode())
+    monkeypatch.setenv("MRAG_LOCK_TIMEOUT", "1")
+    with pytest.raises(LockTimeout, match="pid 4242 on busy"):
+        index.add(DOCS[1:2])
+    client.delete_object(Bucket=bucket, Key=f"{prefix}/{LOCK_FILE}")
+    index.add(DOCS[1:2])
+    assert Index.open(s3_uri, embedder=FakeEmbedder(), storage_options=storage_options).store.count() == 2
+
+
+def test_a_lease_renewed_by_a_writer_whose_clock_runs_late_is_not_taken(s3_uri, storage_options, fake, monkeypatch):
+    """A waiter whose clock ran two minutes ahead read the holder's `expires` as past and took a live lease:
+    a lease's age is the store's (its Last-Modified against the Date of the answer)."""
+    index = Index.open(s3_uri, embedder=fake, storage_options=storage_options)
+    client = s3_client(storage_options)
+    bucket, key = lock_key(s3_uri)
+    late = {"pid": 4242, "host": "slow-clock", "command": "mrag index", "since": "now", "expires": time.time() - 120}
+    client.put_object(Bucket=bucket, Key=key, Body=json.dumps(late).encode())  # just renewed
+    monkeypatch.setenv("MRAG_LOCK_TIMEOUT", "1")
+    with pytest.raises(LockTimeout, match="slow-clock"):
+        index.add(DOCS[:1])
+    client.delete_object(Bucket=bucket, Key=key)
+
+
+def test_the_lease_of_every_spelling_of_an_index_is_one_object():
+    assert lock_key("s3://b/a/db") == ("b", f"a/db/{LOCK_FILE}")
+    for spelling in ("S3://b/a/db/", "s3://b/a/./db", "s3://b//a/db", "s3://b/./a//db/."):
+        assert lock_key(spelling) == lock_key("s3://b/a/db"), spelling
+    assert lock_key("s3://b") == ("b", LOCK_FILE)
+
+
+class FlakyStore:
+    """An S3 client whose PUTs fail `failures` times (no answer), then succeed."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures, self.puts = failures, 0
+
+    def put_object(self, **request: object) -> dict[str, str]:
+        self.puts += 1
+        if self.failures:
+            self.failures -= 1
+            raise ConnectionError("no answer")
+        return {"ETag": f"etag-{self.puts}"}
+
+    def delete_object(self, **request: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("failures, lost", [(2, False), (1000, True)])
+def test_a_renewal_without_answer_is_tried_again_while_the_lease_lives(monkeypatch, failures, lost):
+    """A blip at a renewal lost a long write (the lease had 40 s left): renewals are tried again, and the
+    lease is given up only when most of it has passed without one."""
+    import mrag.locking
+
+    monkeypatch.setattr(mrag.locking, "LEASE", 1.2)  # renewed every 0.4 s, tried again every 0.1 s
+    client = FlakyStore(failures)
+    lease = mrag.locking.Lease(client, "b", "k", "etag-0", {})
+    time.sleep(1.6)
+    assert lease.lost is lost and client.puts >= 3
+    lease.release()
 
 
 def test_a_held_lease_is_renewed_and_a_taken_one_is_lost(s3_uri, storage_options, monkeypatch):

@@ -197,6 +197,25 @@ def test_another_process_dropping_or_re_adding_a_space(db_path, fake):
     assert reader.store.matrix().extra["w"].shape == (len(DOCS) + 2, 16) and reader.verify()["sums_drift"] < 1e-9
 
 
+def test_the_same_space_asked_for_by_two_writers_at_once_is_added_once(db_path, fake, monkeypatch):
+    """Two workers of an app starting up with the same `spaces=[...]`: the one that took the lock second
+    failed ("already holds a space") where an index that has the space passes it over."""
+    index = Index.open(db_path, embedder=fake)
+    index.add(DOCS)
+    other = Index.open(db_path, embedder=fake, create=False)
+    writing = index.store.writing
+
+    def after_the_other(*args, **kwargs):
+        other.add_spaces(["w=test-words:dim=8"])
+        return writing(*args, **kwargs)
+
+    monkeypatch.setattr(index.store, "writing", after_the_other)
+    assert index.add_spaces(["w=test-words:dim=8", "v=test-words:dim=4"]) == ["v"]
+    monkeypatch.setattr(index.store, "writing", writing)
+    assert index.add_spaces(["w=test-words:dim=8"]) == []
+    assert sorted(index.store.matrix().extra) == ["v", "w"] and index.verify()["sums_drift"] < 1e-9
+
+
 def test_a_space_added_while_documents_are_embedded_fails_the_write_cleanly(db_path, fake, monkeypatch):
     from mrag import writing
     from mrag.store import StoreError

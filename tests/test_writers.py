@@ -11,6 +11,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -110,7 +111,10 @@ def test_a_lock_timeout_that_is_no_wait_is_refused(tmp_path, fake, monkeypatch, 
     assert index.store.count() == 0
 
 
-def test_a_writer_waits_for_the_lock_then_names_its_holder(tmp_path, fake, monkeypatch):
+def test_a_writer_waits_for_the_lock_then_names_its_holder(tmp_path, fake, monkeypatch, caplog):
+    """... and says, while it waits, for whom (a run held up by another looked hung)."""
+    from mrag.locking import Waiting
+
     db = tmp_path / "db"
     index = Index.open(db, embedder=fake)
     index.add([{"id": "a", "text": "bees and honey"}])
@@ -118,8 +122,11 @@ def test_a_writer_waits_for_the_lock_then_names_its_holder(tmp_path, fake, monke
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         monkeypatch.setenv("MRAG_LOCK_TIMEOUT", "0.5")
+        monkeypatch.setattr(Waiting, "TELL_AFTER", 0.1)
         with pytest.raises(LockTimeout, match=f"pid {holder.pid} on .*procs.py hold"):
             index.add([{"id": "b", "text": "tides and the moon"}])
+        told = [r.getMessage() for r in caplog.records if r.name == "mrag.locking"]
+        assert len(told) == 1 and f"waiting for the write lock on {db}, held by pid {holder.pid}" in told[0]
         with pytest.raises(LockTimeout):
             index.delete(["a"])
     finally:
@@ -129,6 +136,33 @@ def test_a_writer_waits_for_the_lock_then_names_its_holder(tmp_path, fake, monke
     monkeypatch.setenv("MRAG_LOCK_TIMEOUT", "5")  # the kernel released the dead holder's lock
     index.add([{"id": "b", "text": "tides and the moon"}])
     assert index.info()["chunks"] == 2
+
+
+def test_a_writer_thread_waits_for_another_one_no_longer_than_the_timeout(tmp_path, fake, monkeypatch):
+    """Threads of one Index queued on its lock without end: a write stuck under it (a hung external space)
+    held every other writer thread, and MRAG_LOCK_TIMEOUT held between processes only."""
+    index = Index.open(tmp_path / "db", embedder=fake)
+    index.add([{"id": "a", "text": "bees and honey"}])
+    inside, leave = threading.Event(), threading.Event()
+
+    def stuck() -> None:
+        inside.set()
+        leave.wait(30)
+
+    slow = threading.Thread(target=lambda: index.upsert([{"id": "b", "text": "tides"}], settle=stuck), name="slow")
+    slow.start()
+    try:
+        assert inside.wait(30)
+        monkeypatch.setenv("MRAG_LOCK_TIMEOUT", "0.5")
+        started = time.monotonic()
+        with pytest.raises(LockTimeout, match="another thread of this process writes .*thread slow"):
+            index.add([{"id": "c", "text": "the moon"}])
+        assert time.monotonic() - started < 5
+    finally:
+        leave.set()
+        slow.join()
+    index.add([{"id": "c", "text": "the moon"}])
+    assert index.info()["chunks"] == 3
 
 
 def test_two_processes_creating_one_index_agree(tmp_path):

@@ -166,7 +166,7 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
         summary["ann_dropped"] = idx.drop_ann() if idx is not None else None
     if plain:
         click.echo(f"added {summary['added']}, updated {summary['updated']}, unchanged {summary['unchanged']}, "
-                   f"removed {summary['removed']} documents ({summary['chunks']} chunks embedded)")
+                   f"removed {summary['removed']} documents ({summary['chunks']} chunks written)")
         for s in report.skipped:
             click.echo(f"skipped {s.source}: {s.reason}")
         if dropped:

@@ -52,13 +52,23 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             where = re.sub(r", /\S+\.rs:\d+:\d+", "", str(e).splitlines()[0])  # less Lance's source line
             raise click.ClickException(lance_message(where)) from e
         except (ValueError, FileNotFoundError, TypeError, OSError) as e:
-            raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__) from e
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            if isinstance(e, ValueError) and re.search(OBJECT_STORE_TROUBLE, first):  # Lance connecting to a store
+                raise click.ClickException(lance_message(first)) from e
+            raise click.ClickException(first) from e
 
     return wrapper
 
 
 def no_space(message: str) -> bool:
     return os.strerror(errno.ENOSPC) in message or os.strerror(errno.EDQUOT) in message
+
+
+# Lance's words for an object store that failed (S3, GCS, Azure: unreachable, timed out, refused)
+OBJECT_STORE_TROUBLE = (r"Generic (S3|GCS|MicrosoftAzure|HTTP) error|error sending request|HTTP error|dns error|"
+                        r"Connection refused|connection reset|timed out|store: \"(S3|GCS|MicrosoftAzure)\"")
+STORE_CAUSES = (r"NoSuchBucket|InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied|Forbidden|Connection refused|"
+                r"dns error|timed out|error sending request")  # the words that say why, in a long Rust dump
 
 
 def lance_message(where: str) -> str:
@@ -72,6 +82,13 @@ def lance_message(where: str) -> str:
     if number in (errno.EACCES, errno.EPERM, errno.EROFS):
         return (f"the index's files cannot be written or read ({where}): nothing was committed; check the "
                 "folder's permissions, or that its file system is writable")
+    if re.search(OBJECT_STORE_TROUBLE, where, re.IGNORECASE):  # the store, not the index, failed
+        cause = re.search(STORE_CAUSES, where, re.IGNORECASE)
+        short = where if len(where) <= 240 else where[:240] + " ..."
+        return (f"the object store did not answer or refused the request ({cause.group(0) + ': ' if cause else ''}"
+                f"{short}): check its address, bucket, credentials and the network, then run again; a write cut "
+                "off so is in the index whole or not at all (indexing again is incremental, and `mrag verify` "
+                "checks the index)")
     return (f"the index's files could not be read ({where}): a file of the index is missing or damaged; "
             "restore the folder from a backup, or index the documents again into a new folder")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from mrag.documents import Document, not_an_id
 from mrag.embed.base import HeadEmbedder
 from mrag.errors import StoreError
 from mrag.ingest import read_paths
-from mrag.locking import is_local
+from mrag.locking import is_local, normal_uri
 from mrag.manifest import Manifest
 from mrag.retrieve import ann, fulltext, graph
 from mrag.retrieve import strategies as retrieve
@@ -77,7 +78,7 @@ class Index:
         `spaces` adds external embedding spaces ("LABEL=FUNCTION:key=value,..." or SpaceSpec, see
         `mrag.spaces`); spaces new to an existing index are computed for all its rows in one write.
         """
-        uri = str(path)
+        uri = normal_uri(str(path))
         specs = [s if isinstance(s, SpaceSpec) else parse_space(s) for s in spaces or []]
         check_unique(specs)
         if Store.exists(uri, storage_options):
@@ -165,22 +166,32 @@ class Index:
         live = open_spaces(parsed)
         built = self.store.manifest.ann
         with self.store.writing():
-            rows = self.store.rows(columns=["id", "text"], table=self.store.chunks)
-            texts = rows["text"].to_pylist()
-            vectors = {}
-            for space in live:
-                vectors[space.name] = np.concatenate(
-                    [space.embed(texts[i : i + WRITE_BATCH]) for i in range(0, len(texts), WRITE_BATCH)]
-                ) if texts else np.zeros((0, space.dim or 0), np.float32)
-            entries = [s.spec.to_json() | {"dim": s.dim} for s in live]
-            store_vectors.add_spaces(self.store, entries, rows["id"].to_pylist(), vectors)
-            fulltext.keep(self.store.chunks)  # the rewrite dropped the table's full-text index
+            # again under the lock: another writer may have added some of them meanwhile (the same: passed over)
+            still = {spec.name for spec in new_specs(self.store.manifest.spaces, parsed, self.store.uri)}
+            live = [space for space in live if space.name in still]
+            if live:
+                self._compute_spaces(live)
+        if not live:
+            return []
         self._spaces.update({s.name: s for s in live})
         if built and not self.store.manifest.ann:  # the rewrite dropped LanceDB's indexes: built again
             upkeep.build_like(self.store, self.ann_policy, built)
         else:
             self.maintain_ann()  # none before: built when the policy says so
         return [s.name for s in live]
+
+    def _compute_spaces(self, live: list[Space]) -> None:
+        """Compute new spaces for every row and add their columns (inside `writing()`)."""
+        rows = self.store.rows(columns=["id", "text"], table=self.store.chunks)
+        texts = rows["text"].to_pylist()
+        vectors = {}
+        for space in live:
+            vectors[space.name] = np.concatenate(
+                [space.embed(texts[i : i + WRITE_BATCH]) for i in range(0, len(texts), WRITE_BATCH)]
+            ) if texts else np.zeros((0, space.dim or 0), np.float32)
+        entries = [s.spec.to_json() | {"dim": s.dim} for s in live]
+        store_vectors.add_spaces(self.store, entries, rows["id"].to_pylist(), vectors)
+        fulltext.keep(self.store.chunks)  # the rewrite dropped the table's full-text index
 
     def drop_spaces(self, names: Sequence[str]) -> list[str]:
         """Remove external spaces (their vectors, scales and records) in one committed write; -> the names.
@@ -215,7 +226,11 @@ class Index:
         self.store.refresh()  # the spaces as committed now (another process may have added or dropped one)
         report = writing.write(self.store, lambda: self.embedder, self.spaces, docs, replace, show_progress, settle,
                                from_files, leave_out)
-        report.ann = self.maintain_ann() if report.chunks else None
+        try:
+            report.ann = self.maintain_ann() if report.chunks else None
+        except (OSError, RuntimeError) as e:  # the write is committed: its report stands (an S3 outage just after)
+            warnings.warn(f"the write to {self.store.uri} is committed, but the ANN upkeep after it failed "
+                          f"({str(e).splitlines()[0][:300]}); the next write tries again", RuntimeWarning, stacklevel=3)
         return report
 
     def add_paths(self, paths: Sequence[str | Path], show_progress: bool = False, prune: bool = False,
@@ -292,6 +307,9 @@ class Index:
         ANN search reads (default: what `build_ann` recorded); more is slower and closer to exact.
         `candidates`: on the ANN path, each query part's nearest rows in the standard index that every
         space then ranks exactly (default `DEFAULT_CANDIDATES`; 0 asks each space's own index instead).
+
+        Raises `mrag.errors.Busy` where other writers committed at every one of its tries (many commits a
+        second, as a writer in a tight loop makes): the same search goes through a moment later.
         """
         return self.search_many([query], k, strategy, c, [subqueries or []], spaces, exact, nprobes, candidates)[0]
 

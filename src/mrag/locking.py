@@ -5,9 +5,12 @@ exits, `kill -9` included, so a crashed writer never leaves the index locked.
 
 S3 (s3://bucket/prefix): a lease object `prefix/.mrag-write.lock`, created with a conditional PUT
 (If-None-Match: *), so exactly one writer creates it. Its holder renews the lease every third of
-`LEASE` seconds (a conditional PUT on its own ETag) and deletes it when done; a lease that expired
-(its holder died) is taken over by a conditional PUT on the dead holder's ETag, which only one
-waiter can win. A holder whose renewal fails has lost the lock and refuses to commit.
+`LEASE` seconds (a conditional PUT on its own ETag) and deletes it when done; a lease not renewed for
+`LEASE` seconds by the store's own clock (its Last-Modified against the Date of the answer, so clocks
+of the machines need not agree) is taken over by a conditional PUT on the dead holder's ETag, which only
+one waiter can win. A renewal that fails for want of an answer is tried again; a holder whose lease was
+taken, or that could not renew it for most of `LEASE` (all but `MARGIN` of it), has lost the lock and refuses
+to commit.
 
 Either way the lock names its holder (pid, host, command, since when), so a writer that times out
 can say who it waited for. Other object stores (gs://, az://) get no lock: one writer at a time.
@@ -17,13 +20,16 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
+import re
 import socket
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +39,7 @@ LOCK_FILE = ".mrag-write.lock"
 DEFAULT_TIMEOUT = 600.0  # seconds a writer waits for another one
 POLL = 0.05
 LEASE = 60.0  # seconds an object-store lock lives without renewal
+MARGIN = 1 / 6  # a holder that could not renew for LEASE x (1 - MARGIN) seconds (50 of 60) gives the lease up
 
 
 class LockTimeout(TimeoutError):
@@ -51,12 +58,20 @@ def lock_timeout() -> float:
     return seconds
 
 
+def normal_uri(uri: str) -> str:
+    """The URI with its scheme in lower case: Lance takes `S3://` as `s3://`, and so must the lock and the
+    checks for a local folder (an `S3://` writer took no lock). Paths without a scheme as they are."""
+    scheme, sep, rest = uri.partition("://")
+    return scheme.lower() + sep + rest if sep and re.fullmatch(r"[A-Za-z][A-Za-z0-9+.\-]*", scheme) else uri
+
+
 def is_local(uri: str) -> bool:
+    uri = normal_uri(uri)
     return "://" not in uri or uri.startswith("file://")
 
 
 def local_path(uri: str) -> Path:
-    return Path(uri.removeprefix("file://")).expanduser()
+    return Path(normal_uri(uri).removeprefix("file://")).expanduser()
 
 
 def unwritable(uri: str, inside: tuple[str, ...] = ()) -> str | None:
@@ -104,6 +119,7 @@ def write_lock(uri: str, timeout: float | None = None, storage_options: dict[str
     """Hold the index's write lock (blocking up to `timeout` seconds; None: `lock_timeout()`).
     Yields the S3 lease (check `lease.lost` before committing), else None."""
     timeout = lock_timeout() if timeout is None else timeout
+    uri = normal_uri(uri)
     if uri.startswith("s3://"):
         with s3_lock(uri, timeout, storage_options or {}) as lease:
             yield lease
@@ -112,6 +128,30 @@ def write_lock(uri: str, timeout: float | None = None, storage_options: dict[str
         yield None
         return
     yield from _flock(uri, timeout)
+
+
+class Waiting:
+    """Says once per wait, after TELL_AFTER seconds, that a writer waits for the lock and for whom (a log
+    warning: on stderr where logging is not set up), so a run held up does not look hung."""
+
+    TELL_AFTER = 2.0
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def tell(self, uri: str, holder: str, deadline: float) -> None:
+        now = time.monotonic()
+        began = getattr(self._local, "began", None)
+        if began is None or began[0] != deadline:  # a new wait
+            self._local.began = (deadline, now, False)
+        elif not began[2] and now - began[1] >= self.TELL_AFTER:
+            self._local.began = (deadline, began[1], True)
+            log.warning("mrag: waiting for the write lock on %s, held by %s (up to %.0f s more; MRAG_LOCK_TIMEOUT "
+                        "sets the wait)", uri, holder, deadline - now)
+
+
+waiting = Waiting()
+log = logging.getLogger("mrag.locking")
 
 
 def _flock(uri: str, timeout: float) -> Iterator[None]:
@@ -134,6 +174,7 @@ def _flock(uri: str, timeout: float) -> Iterator[None]:
                         f"another writer holds {uri} ({holder(path)}); waited {timeout:g} s "
                         "(MRAG_LOCK_TIMEOUT sets the wait)"
                     ) from None
+                waiting.tell(uri, holder(path), deadline)
                 time.sleep(POLL)
         try:
             handle.seek(0)
@@ -168,31 +209,76 @@ class Lease:
     def __init__(self, client: Any, bucket: str, key: str, etag: str, note: dict[str, Any]) -> None:
         self.client, self.bucket, self.key, self.etag, self.note = client, bucket, key, etag, note
         self.lost = False
+        self._renewed = time.monotonic()
         self._stop = threading.Event()
         self._renewer = threading.Thread(target=self._renew_until_released, daemon=True)
         self._renewer.start()
 
     def _renew_until_released(self) -> None:
-        while not self._stop.wait(LEASE / 3):
+        wait = LEASE / 3
+        while not self._stop.wait(wait):
             try:
                 self.etag = _put(self.client, self.bucket, self.key, self.note, IfMatch=self.etag)
-            except Exception:  # taken over (412) or unreachable: either way, no longer ours to commit
-                self.lost = True
-                return
+                self._renewed, wait = time.monotonic(), LEASE / 3
+            except Exception as e:
+                # taken over (412), or gone: no longer ours to commit; no answer: again, while the lease lives
+                left = LEASE * (1 - MARGIN) - (time.monotonic() - self._renewed)
+                if _code(e) in TAKEN or left <= 0:
+                    self.lost = True
+                    return
+                wait = min(LEASE / 12, left)
 
     def release(self) -> None:
         self._stop.set()
         self._renewer.join()
-        if not self.lost:
+        if self.lost:
+            return  # expired and taken over meanwhile: the lease is the taker's now
+        for attempt in range(3):  # a lease left behind holds the next writer up to LEASE seconds
             try:
                 self.client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=self.etag)
-            except Exception:
-                pass  # expired and taken over meanwhile: the lease is the taker's now
+                return
+            except Exception as e:
+                if _code(e) in TAKEN:
+                    return
+                time.sleep(0.5 * (attempt + 1))
+
+
+REFUSED = ("AccessDenied", "AllAccessDisabled", "NoSuchBucket", "InvalidAccessKeyId", "SignatureDoesNotMatch",
+           "InvalidBucketName", "AccountProblem")  # the lease cannot be written: the index cannot be either
+TAKEN = ("PreconditionFailed", "ConditionalRequestConflict", "NoSuchKey", "404")  # a lease that is not ours
+
+
+def _code(error: Exception) -> str:
+    """The S3 error code of a botocore ClientError, else ""."""
+    response = getattr(error, "response", None)
+    return str(response.get("Error", {}).get("Code", "")) if isinstance(response, dict) else ""
 
 
 def _put(client: Any, bucket: str, key: str, note: dict[str, Any], **condition: str) -> str:
-    body = json.dumps(note | {"expires": time.time() + LEASE}).encode()
+    body = json.dumps(note | {"expires": time.time() + LEASE}).encode()  # for people: takers go by the store's clock
     return str(client.put_object(Bucket=bucket, Key=key, Body=body, **condition)["ETag"])
+
+
+def expired(held: dict[str, Any], note: dict[str, Any]) -> bool:
+    """Whether a lease object (`get_object`'s answer) went LEASE seconds without renewal, by the store's
+    clock: its Last-Modified against the answer's Date; by this machine's clock against the holder's
+    `expires` where the store gave no date."""
+    date = held.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("date")
+    modified = held.get("LastModified")
+    if date and modified is not None:
+        try:
+            return (parsedate_to_datetime(date) - modified).total_seconds() > LEASE
+        except (TypeError, ValueError):
+            pass
+    return float(note.get("expires", 0)) < time.time()
+
+
+def lock_key(uri: str) -> tuple[str, str]:
+    """(bucket, key) of the lease object of an s3:// index, the path as the store resolves it: `a//b`,
+    `a/./b` and a trailing slash name the same index, so the same lease."""
+    bucket, _, prefix = normal_uri(uri).removeprefix("s3://").partition("/")
+    parts = [part for part in prefix.split("/") if part not in ("", ".")]
+    return bucket, "/".join([*parts, LOCK_FILE])
 
 
 def s3_client(storage_options: dict[str, str]) -> Any:
@@ -216,8 +302,7 @@ def s3_client(storage_options: dict[str, str]) -> Any:
 def s3_lock(uri: str, timeout: float, storage_options: dict[str, str]) -> Iterator[Lease]:
     from botocore.exceptions import ClientError
 
-    bucket, _, prefix = uri.removeprefix("s3://").partition("/")
-    key = f"{prefix.rstrip('/')}/{LOCK_FILE}".lstrip("/")
+    bucket, key = lock_key(uri)
     client, note = s3_client(storage_options), holder_note()
     deadline = time.monotonic() + timeout
     while True:
@@ -225,19 +310,24 @@ def s3_lock(uri: str, timeout: float, storage_options: dict[str, str]) -> Iterat
             lease = Lease(client, bucket, key, _put(client, bucket, key, note, IfNoneMatch="*"), note)
             break
         except ClientError as exc:
-            if exc.response.get("Error", {}).get("Code") not in ("PreconditionFailed", "ConditionalRequestConflict"):
+            if _code(exc) in REFUSED:  # read-only keys, no bucket: said in one line
+                raise StoreError(f"{uri} cannot be written (s3://{bucket}/{key}: {_code(exc)}): nothing was "
+                                 "written; check the bucket, and that the keys may put and delete objects") from None
+            if _code(exc) not in ("PreconditionFailed", "ConditionalRequestConflict"):
                 raise
         try:
             held = client.get_object(Bucket=bucket, Key=key)
             current = json.loads(held["Body"].read() or b"{}")
-            if current.get("expires", 0) < time.time():  # its holder died: take it over, one taker wins
+            if expired(held, current):  # its holder died: take it over, one taker wins
                 lease = Lease(client, bucket, key, _put(client, bucket, key, note, IfMatch=held["ETag"]), note)
                 break
         except ClientError:
             current = {}  # released or taken meanwhile: try again
+        waiting.tell(uri, describe(current), deadline)
         if time.monotonic() >= deadline:
             raise LockTimeout(f"another writer holds {uri} ({describe(current)}); waited {timeout:g} s "
-                              "(MRAG_LOCK_TIMEOUT sets the wait)")
+                              f"(MRAG_LOCK_TIMEOUT sets the wait; a lease its writer no longer renews frees "
+                              f"itself {LEASE:g} s after its last renewal)")
         time.sleep(POLL * 4)
     try:
         yield lease

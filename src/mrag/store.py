@@ -35,7 +35,7 @@ from mrag import maintenance
 from mrag.connection import connect
 from mrag.documents import made_partial, partial
 from mrag.errors import StoreError
-from mrag.locking import LOCK_FILE, Lease, is_local, local_path, write_lock
+from mrag.locking import LOCK_FILE, Lease, LockTimeout, is_local, local_path, lock_timeout, normal_uri, write_lock
 from mrag.manifest import READABLE_FORMATS, Manifest
 from mrag.matrix import Matrix, grown, head_units, load_matrix, stamps
 from mrag.rows import VectorColumn, chunk_schema, fixed, quote, space_column, vector_columns
@@ -67,6 +67,7 @@ class Store:
         self.chunks = chunks
         self._manifest_table = db.open_table(MANIFEST)
         self._manifest_version = -1  # the manifest table version `self.manifest` was read at
+        self._manifest_folder: tuple[int, int] | None = None  # and its `_versions` folder (`VersionsWatch.identity`)
         self._watch = VersionsWatch(uri, MANIFEST)
         self._refresh_lock = threading.Lock()
         self._load(manifest)
@@ -75,6 +76,7 @@ class Store:
         self.graphs: Any = None  # the HNSW graphs last read (`mrag.retrieve.graph`), reused while they fit
         self.fulltext: str | None = None  # who answers the full-text space on the exact path (`fulltext.engine`)
         self._write_lock = threading.Lock()
+        self._writer = ""  # the thread holding `_write_lock`, for another one that times out
         self._changed = 0
 
     def _load(self, manifest: Manifest) -> None:
@@ -98,10 +100,11 @@ class Store:
         """External space -> dimension, as the committed manifest (what readers see) records them."""
         return self.manifest.space_dims()
 
-    def vector_columns(self, committed: bool = False) -> list[VectorColumn]:
-        """The columns holding vectors: the writer's layout, or (`committed`) the one readers see.
-        Format 1 has one packed `heads` column in place of the heads' own."""
-        dims = self.committed_space_dims() if committed else self.space_dims()
+    def vector_columns(self, committed: bool = False, manifest: Manifest | None = None) -> list[VectorColumn]:
+        """The columns holding vectors: the writer's layout, or (`committed`) the one readers see, or the
+        one of `manifest`. Format 1 has one packed `heads` column in place of the heads' own."""
+        dims = (manifest.space_dims() if manifest is not None else
+                self.committed_space_dims() if committed else self.space_dims())
         columns = vector_columns(self.dim, 0 if self.packed else self.n_heads, self.head_dim, dims)
         if self.packed:
             columns.insert(1, VectorColumn("heads", "heads", self.n_heads * self.head_dim))
@@ -132,13 +135,16 @@ class Store:
             for attempt in range(READ_TRIES):
                 try:
                     stamp, checked = self._watch.stamp(), time.monotonic()  # before: a later commit changes it
+                    folder = self._watch.identity()
                     version = self._manifest_table.version  # read_consistency_interval=0: the latest version
-                    if version != self._manifest_version:
+                    # a folder made again (or swapped in) may have reached the same version number
+                    if version != self._manifest_version or folder != self._manifest_folder:
                         rows = self._manifest_table.to_arrow().to_pylist()
                         manifest = Manifest.from_json(json.loads(rows[0]["json"]))
                         if manifest.index_id != self.manifest.index_id:  # the folder was made again: other rows
                             self._matrix, self.graphs = None, None
                         self.manifest, self._manifest_version = manifest, version
+                        self._manifest_folder = folder
                     self._watch.checked(stamp, checked)
                     return
                 except Exception:  # a writer committed and pruned the version between the check and the read
@@ -162,6 +168,7 @@ class Store:
     def exists(uri: str, storage_options: dict[str, str] | None = None) -> bool:
         """Whether an index is at `uri`: a folder, or an object-store URI such as s3://bucket/path
         (`storage_options`: endpoint, keys, region, ... as Lance names them; or AWS_* variables)."""
+        uri = normal_uri(uri)
         if "://" not in uri and not Path(uri).expanduser().is_dir():
             return False  # connecting would create the folder
         if is_local(uri):  # LanceDB's listing walks the folder: a folder of documents with a link loop failed there
@@ -170,6 +177,7 @@ class Store:
 
     @classmethod
     def open(cls, uri: str, storage_options: dict[str, str] | None = None) -> Store:
+        uri = normal_uri(uri)
         if not cls.exists(uri, storage_options):
             raise StoreError(f"no mrag index at {uri}: create one with `mrag index PATH --db {uri}`")
         db = connect(uri, storage_options, read_consistency_interval=timedelta(0))
@@ -190,6 +198,7 @@ class Store:
     ) -> Store:
         """A new, empty index (or the one another process has just created there).
         `spaces`: external space entries {name, function, options, dim, weight}."""
+        uri = normal_uri(uri)
         if is_local(uri):
             folder = local_path(uri)
             foreign = sorted(p.name for p in folder.iterdir() if p.name not in OWN_ENTRIES) if folder.is_dir() else []
@@ -213,10 +222,10 @@ class Store:
 
     # --- reading -------------------------------------------------------------------------
 
-    def snapshot(self) -> Any:
-        """The chunks table as of the last committed write (never a half-written batch)."""
+    def snapshot(self, version: int | None = None) -> Any:
+        """The chunks table as of the last committed write (never a half-written batch), or at `version`."""
         table = self.db.open_table(CHUNKS)
-        table.checkout(self.committed_version)  # pinned: a table left at "latest" follows later writes
+        table.checkout(self.committed_version if version is None else version)  # pinned: "latest" would move
         return table
 
     def count(self) -> int:
@@ -343,13 +352,23 @@ class Store:
 
     @contextmanager
     def _locked(self) -> Iterator[Lease | None]:
-        """The write lock, the latest committed manifest and sums, and a dead write rolled back."""
-        with self._write_lock, write_lock(self.uri, storage_options=self.storage_options) as lease:
-            self.refresh()
-            self._load(self.manifest)
-            self._restore_committed()
-            self._changed = 0  # rows added or deleted by this write
-            yield lease
+        """The write lock, the latest committed manifest and sums, and a dead write rolled back. Threads
+        of this process take turns first; all waits together last at most `lock_timeout()`."""
+        timeout, start = lock_timeout(), time.monotonic()
+        if not self._write_lock.acquire(timeout=timeout):
+            raise LockTimeout(f"another thread of this process writes {self.uri} ({self._writer}); waited "
+                              f"{timeout:g} s (MRAG_LOCK_TIMEOUT sets the wait)")
+        try:
+            self._writer = f"thread {threading.current_thread().name}, since {time.strftime('%H:%M:%S')}"
+            left = max(timeout - (time.monotonic() - start), 0.0)
+            with write_lock(self.uri, timeout=left, storage_options=self.storage_options) as lease:
+                self.refresh()
+                self._load(self.manifest)
+                self._restore_committed()
+                self._changed = 0  # rows added or deleted by this write
+                yield lease
+        finally:
+            self._write_lock.release()
 
     def optimize(self, keep_versions: timedelta | None = None) -> dict[str, Any]:
         """Compact small fragments, fold new rows into the ANN and full-text indexes, and prune old

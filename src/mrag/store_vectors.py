@@ -14,7 +14,7 @@ from mrag.errors import StoreError
 from mrag.rows import space_column
 from mrag.scales import split_unit
 from mrag.settings import GRAPH_INDEX
-from mrag.store import Store
+from mrag.store import READ_TRIES, Store
 
 
 def add_spaces(store: Store, entries: list[dict[str, Any]], ids: list[str], vectors: dict[str, np.ndarray]) -> None:
@@ -66,10 +66,18 @@ def verify(store: Store) -> dict[str, Any]:
     """Check the committed index: chunk ids unique, and the committed sums equal to sums recomputed from
     the committed rows (`sums_drift`: the largest relative error, about 1e-12 when sound); and count the
     documents some of whose chunks were deleted (`partial_documents`: their next write restores them)."""
-    store.refresh()
-    committed = store.manifest.sums
-    columns = [c.column for c in store.vector_columns(committed=True)]
-    rows = store.rows(columns=["id", "doc_id", "doc_hash", *columns, "head_norms"])
+    for attempt in range(READ_TRIES):  # the sums and the rows of one commit (another thread's may come between)
+        store.refresh()
+        manifest = store.manifest
+        columns = [c.column for c in store.vector_columns(manifest=manifest)]
+        try:
+            rows = store.rows(columns=["id", "doc_id", "doc_hash", *columns, "head_norms"],
+                              table=store.snapshot(manifest.chunks_version))
+            break
+        except Exception:  # its version pruned by a newer commit meanwhile: again at that one
+            if attempt == READ_TRIES - 1:
+                raise
+    committed = manifest.sums
     ids = rows["id"].to_pylist()
     fresh = committed.zeros()
     for batch in rows.to_batches(max_chunksize=65536):

@@ -30,24 +30,29 @@ def maintain_ann(store: Store, policy: AnnPolicy, force: bool = False) -> dict[s
             return None  # are kept up as the rows grow
         if not ann.needs_ann(rows, built or None, policy.threshold, ann.unindexed_rows(store.snapshot())):
             return None
-    return build_like(store, policy, built)
+    return build_like(store, policy, built, None if force else built)
 
 
-def build_like(store: Store, policy: AnnPolicy, built: dict[str, Any]) -> dict[str, Any]:
-    """Build the ANN indexes as `policy` asks, else as `built` (the indexes before) were."""
+def build_like(store: Store, policy: AnnPolicy, built: dict[str, Any],
+               unless_rebuilt: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Build the ANN indexes as `policy` asks, else as `built` (the indexes before) were; see `build_ann`
+    for `unless_rebuilt`."""
     index_type = policy.index_type or built.get("index_type", ann.DEFAULT_INDEX)
     same = index_type == built.get("index_type")  # an IVF index's nprobes is no HNSW ef, and back
     return build_ann(store, index_type, policy.nprobes or (built.get("nprobes") if same else None),
-                     spaces=policy.spaces or (built.get("spaces") if same else None))
+                     spaces=policy.spaces or (built.get("spaces") if same else None), unless_rebuilt=unless_rebuilt)
 
 
 def build_ann(store: Store, index_type: str = ann.DEFAULT_INDEX, nprobes: int | None = None,
-              progress: Callable[[str], None] | None = None, spaces: Sequence[str] | None = None) -> dict[str, Any]:
+              progress: Callable[[str], None] | None = None, spaces: Sequence[str] | None = None,
+              unless_rebuilt: dict[str, Any] | None = None) -> dict[str, Any]:
     """Build (or rebuild) an ANN index on every space's column, in one committed write; `nprobes` is
     recorded as the searches' default (IVF partitions, or HNSW's ef; None: the type's default). HNSW builds
     in-process graphs beside the table, of every space or of those in `spaces` ("standard", "heads",
     "head:I", a label); the others are scanned exactly (the default strategy needs the standard vector's
-    graph alone)."""
+    graph alone). `unless_rebuilt`: the ANN record the caller decided on; where another writer changed it
+    by the time this one holds the lock (writers that crossed the threshold together), nothing is built
+    and the record now is returned."""
     if spaces is not None and index_type != graph.INDEX_TYPE:
         raise ValueError("choosing the spaces to index is for the HNSW type; LanceDB's indexes cover every space")
     if nprobes is None:
@@ -61,6 +66,8 @@ def build_ann(store: Store, index_type: str = ann.DEFAULT_INDEX, nprobes: int | 
         return graph.build(store, nprobes, progress, spaces)
     with store.writing():
         before = store.manifest.ann or {}  # under the lock: what this build replaces
+        if unless_rebuilt is not None and before != unless_rebuilt:
+            return before
         ann.build(store.chunks, columns, index_type, progress)
         built = {"index_type": index_type, "rows": store.chunks.count_rows(), "nprobes": nprobes}
         store.stage(ann=built)

@@ -28,15 +28,24 @@ class VersionsWatch:
         """(device, inode, mtime) of the folder; None on object storage, when it cannot be read, or when it
         changed less than SETTLED_NS ago (a file system's mtime ticks coarsely, so a second commit in the
         same tick could leave it as it was)."""
+        found = self._stat()
+        if found is None or time.time_ns() - found.st_mtime_ns < SETTLED_NS:
+            return None
+        return found.st_dev, found.st_ino, found.st_mtime_ns
+
+    def identity(self) -> tuple[int, int] | None:
+        """(device, inode) of the folder: another when the index was made again or swapped in (same version
+        numbers or not); None on object storage or when it cannot be read."""
+        found = self._stat()
+        return None if found is None else (found.st_dev, found.st_ino)
+
+    def _stat(self) -> os.stat_result | None:
         if self._folder is None:
             return None
         try:
-            found = os.stat(self._folder)
+            return os.stat(self._folder)
         except OSError:
             return None
-        if time.time_ns() - found.st_mtime_ns < SETTLED_NS:
-            return None
-        return found.st_dev, found.st_ino, found.st_mtime_ns
 
     def unchanged(self) -> bool:
         """Whether the folder is as the last check saw it, within QUICK_FOR seconds of that check."""

@@ -21,6 +21,7 @@ re-scored in fp32.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -175,12 +176,15 @@ def _complete_folders(root: Path) -> list[tuple[int, Path]]:
     <version>-<nanoseconds>-<random> (`write`), so a build at a version that has graphs adds a newer
     folder instead of replacing one that readers may hold."""
     found = []
-    if root.is_dir():
-        for path in root.iterdir():
-            version, _, written = path.name.partition("-")
-            if version.isdigit() and (path / "meta.json").is_file():
-                stamp = written.partition("-")[0]
-                found.append(((int(version), int(stamp) if stamp.isdigit() else 0), path))
+    try:
+        entries = list(root.iterdir())
+    except (FileNotFoundError, NotADirectoryError):  # none yet, or dropped meanwhile (`drop_graphs`)
+        entries = []
+    for path in entries:
+        version, _, written = path.name.partition("-")
+        if version.isdigit() and (path / "meta.json").is_file():
+            stamp = written.partition("-")[0]
+            found.append(((int(version), int(stamp) if stamp.isdigit() else 0), path))
     return [(key[0], path) for key, path in sorted(found, reverse=True)]
 
 
@@ -355,7 +359,15 @@ def maintain(store: Any, force: bool = False, progress: Any = None) -> Graphs | 
             if not len(lean.ids) or (found is not None and not stale(lean, found[1])):
                 return None
         matrix = store.matrix(refresh=False, heads=needs_heads(only), keep=False)
-        return update(root, matrix, force, progress, only, None if found is None else found[0])
+        written = update(root, matrix, force, progress, only, None if found is None else found[0])
+        store.refresh()
+        dropped = (store.manifest.ann or {}).get("index_type") != INDEX_TYPE
+        if written is not None and written.path is not None and dropped:
+            shutil.rmtree(written.path, ignore_errors=True)  # dropped (or replaced) while these were built
+            with contextlib.suppress(OSError):
+                root.rmdir()  # the folder `write` made again, when it holds nothing else
+            return None
+        return written
     except (ImportError, OSError, RuntimeError, ValueError) as error:
         if force:
             raise
