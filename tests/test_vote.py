@@ -179,6 +179,21 @@ def test_fuse_many_by_hand():
     assert nothing.ids.tolist() == [] and nothing.scores.dtype == np.float64
 
 
+def test_fuse_many_ties_at_the_cut_go_to_the_better_rank_then_the_smaller_id():
+    """Only each part's entries at or above its k-th largest total are sorted: every item tied at the
+    cut stays in, so the tie-break still decides. Part 0: items 10, 11, 12 each score 1.0 (11 and 12 at
+    best rank 0, 10 at 1), 7 scores 0.5; part 1: 10 and 12 score 1.5, both at best rank 0."""
+    ranking = np.array([[[12, 10, 7], [11, 12, 10]],
+                        [[12, 10, -1], [10, 12, -1]]])
+    weights = np.array([[[0.75, 0.5, 0.5], [1.0, 0.25, 0.5]],
+                        [[1.0, 0.5, 0.0], [1.0, 0.5, 0.0]]])
+    assert [ids.tolist() for ids, _ in fuse_many(ranking, weights, 1)] == [[11], [10]]
+    assert [ids.tolist() for ids, _ in fuse_many(ranking, weights, 2)] == [[11, 12], [10, 12]]
+    four = fuse_many(ranking, weights, 4)
+    assert [ids.tolist() for ids, _ in four] == [[11, 12, 10, 7], [10, 12]]
+    assert [s.tolist() for _, s in four] == [[1.0, 1.0, 1.0, 0.5], [1.5, 1.5]]
+
+
 def test_weights_of_several_rankings_are_each_ones():
     """Weights of a (P, S, c) stack are the weights of each (S, c) ranking."""
     rng = np.random.default_rng(0)

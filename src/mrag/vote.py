@@ -106,10 +106,30 @@ def fuse_many(ranking: np.ndarray, weights: np.ndarray, k: int) -> list[tuple[np
     best_rank = np.full(len(uniq), np.iinfo(np.int64).max)
     np.minimum.at(best_rank, inverse, ranks)
     owner, item = uniq // span, uniq % span
-    # lexsort sorts by the last key first: part, then score desc, then best rank asc, then id asc
-    order = np.lexsort((item, best_rank, -totals, owner))
+    order = _ranked(owner, totals, best_rank, item, k)
     bounds = np.searchsorted(owner[order], np.arange(len(ranking) + 1))
     return [(item[order[a:min(b, a + k)]], totals[order[a:min(b, a + k)]]) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def _ranked(owner: np.ndarray, totals: np.ndarray, best_rank: np.ndarray, item: np.ndarray, k: int) -> np.ndarray:
+    """Positions of distinct (owner, item) entries in the order by owner, then total descending, then best
+    rank, then item, each owner's k best first (all (U,), sorted by owner; an owner's entries below its
+    k-th largest total may be left out). Only entries at or above their owner's k-th
+    largest total are sorted (one partition per owner first): a lexsort of every entry was most of a
+    batch's vote (32 six-part queries, 13 spaces: 78k entries, 15 ms of lexsort).
+    Example: owners [0, 0, 0, 1], totals [1.0, 3.0, 2.0, 1.0], k 2 -> [1, 2, 3]."""
+    keep = np.arange(len(totals))
+    if len(totals) and np.isfinite(totals).all():
+        count = np.bincount(owner)
+        first = np.cumsum(count) - count
+        width = int(count.max())
+        if width > k:  # each owner's totals side by side, -inf after its last; its k-th largest
+            laid = np.full((len(count), width), -np.inf)
+            laid[owner, keep - first[owner]] = totals
+            kth = np.partition(laid, width - k, axis=1)[:, width - k]
+            keep = np.flatnonzero(totals >= kth[owner])
+    # lexsort sorts by the last key first: owner, then total desc, then best rank asc, then item asc
+    return keep[np.lexsort((item[keep], best_rank[keep], -totals[keep], owner[keep]))]
 
 
 def interleave(lists: list[np.ndarray], k: int) -> np.ndarray:

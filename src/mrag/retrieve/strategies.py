@@ -257,17 +257,20 @@ def vote_many(
         how = "zscore"
     else:
         how = "mrag-std" if lone else plan.base  # the lone voters' rank votes, or the base strategy's
-    each_part = "zscore" if plan.zscores else plan.base
-    for qs in searched:
-        if len(qs) == 1 and plan.expand != "fusion":
+    alone = [len(qs) == 1 and plan.expand != "fusion" for qs in searched]
+    # every part of the batch listed at once (one fusion pass: 32 six-part queries in one call, not 32)
+    lists, part_weights = ([], None) if all(alone) else _part_lists(
+        "zscore" if plan.zscores else plan.base, chosen, weights, ranking, sims, max(k, c))
+    for qs, one in zip(searched, alone):
+        end = start + len(qs)
+        if one:
             results.append(_tally(how, [chosen[i] for i in one_part], weights[one_part], ranking[start][one_part],
                                   sims[start][one_part], k))
         else:
-            part_ranking, part_sims = ranking[start:start + len(qs)], sims[start:start + len(qs)]
-            lists, part_weights = _part_lists(each_part, chosen, weights, part_ranking, part_sims, max(k, c))
-            votes_for = functools.partial(_part_votes, chosen, part_ranking, part_sims, part_weights)
-            results.append(_merge(plan.expand or "", lists, k, votes_for))
-        start += len(qs)
+            votes_for = functools.partial(_part_votes, chosen, ranking[start:end], sims[start:end],
+                                          None if part_weights is None else part_weights[start:end])
+            results.append(_merge(plan.expand or "", lists[start:end], k, votes_for))
+        start = end
     return results
 
 
