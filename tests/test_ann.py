@@ -241,20 +241,22 @@ def test_library_writes_keep_the_ann_indexes_by_policy(tmp_path):
     assert "ann" not in index.add(docs(141, 140)).to_dict()
 
 
-def test_writers_crossing_the_threshold_together_build_the_indexes_once(tmp_path, monkeypatch):
+@pytest.mark.parametrize("index_type", ["IVF_FLAT", "HNSW"])
+def test_writers_crossing_the_threshold_together_build_the_indexes_once(tmp_path, monkeypatch, index_type):
     """Each writer decided to build outside the lock, and each built every index again under it, one after
     another (minutes each at 1M rows): a writer that finds them rebuilt meanwhile builds nothing."""
     from mrag import upkeep
-    from mrag.retrieve import ann
+    from mrag.retrieve import ann, graph
     from mrag.settings import AnnPolicy
 
     index = Index.open(tmp_path / "db", embedder=SeededEmbedder())
     other = Index.open(tmp_path / "db", embedder=SeededEmbedder())
     for writer in (index, other):
-        writer.ann_policy = AnnPolicy(threshold=100, index_type="IVF_FLAT", nprobes=8)
+        writer.ann_policy = AnnPolicy(threshold=100, index_type=index_type, nprobes=8)
     index.add(docs(90))
-    builds, real_build, real_like = [], ann.build, upkeep.build_like
-    monkeypatch.setattr(ann, "build", lambda *a, **k: (builds.append(1), real_build(*a, **k))[1])
+    module = graph if index_type == "HNSW" else ann
+    builds, real_build, real_like = [], module.build, upkeep.build_like
+    monkeypatch.setattr(module, "build", lambda *a, **k: (builds.append(1), real_build(*a, **k))[1])
 
     def the_other_first(*args, **kwargs):  # the other writer commits and builds between our look and our lock
         monkeypatch.setattr(upkeep, "build_like", real_like)
@@ -264,7 +266,7 @@ def test_writers_crossing_the_threshold_together_build_the_indexes_once(tmp_path
     monkeypatch.setattr(upkeep, "build_like", the_other_first)
     report = index.add(docs(100, 90))
     assert len(builds) == 1 and report.ann == index.store.manifest.ann
-    assert index.store.manifest.ann == {"index_type": "IVF_FLAT", "rows": 110, "nprobes": 8}
+    assert index.store.manifest.ann == {"index_type": index_type, "rows": 110, "nprobes": 8}
 
 
 @pytest.mark.parametrize("index_type", ["IVF_FLAT", "IVF_PQ"])  # PQ: its refine re-ranks on full vectors

@@ -493,6 +493,29 @@ def test_a_full_disk_or_a_read_only_folder_is_not_called_a_damaged_index():
     assert len(bucket) < 600
 
 
+def test_only_lances_object_store_errors_are_told_as_the_store_failing():
+    """Lance's ValueError on connecting to a bucket is the store's; an external space's service that refused
+    a connection is the space's own error, as it was (a review found it told as an object store's)."""
+    import click
+
+    from mrag.cli_common import user_errors
+    from mrag.spaces import SpaceError
+
+    def failing(error: Exception):
+        @user_errors
+        def run() -> None:
+            raise error
+        with pytest.raises(click.ClickException) as caught:
+            run()
+        return caught.value.message
+
+    space = failing(SpaceError("space 'w' (ollama): cannot compute embeddings: Connection refused"))
+    assert space == "space 'w' (ollama): cannot compute embeddings: Connection refused"
+    bucket = failing(ValueError('Invalid input, Failed to connect to namespace: IO { source: Generic { store: "S3", '
+                                'source: Connection refused } }'))
+    assert bucket.startswith("the object store did not answer or refused the request (Connection refused")
+
+
 def test_the_packaged_model_by_its_folder_is_the_same_model(db):
     """An index built with the default model searches with --model naming the packaged weights' folder (it was
     refused as another model), and still refuses another model."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -633,6 +634,34 @@ def test_graphs_a_writes_upkeep_built_while_a_drop_committed_are_removed(graph_i
 
     monkeypatch.setattr(graph, "write", dropped_first)
     monkeypatch.setattr(graph, "STALE_SHARE", 0.0)  # any new row: the upkeep extends the graphs
+    graph_index.add([{"id": "later", "text": "written while the graphs were dropped"}])
+    graph_index.store.refresh()
+    assert graph_index.store.manifest.ann is None and not root(graph_index).exists()
+
+
+def test_graphs_written_while_a_drop_holds_the_lock_are_removed(graph_index, monkeypatch):
+    """The drop removes the folder under its lock and commits after: an upkeep that wrote its graphs in
+    between and looked at the manifest before that commit kept them. It looks under the lock now."""
+    from mrag import upkeep
+
+    other = Index.open(graph_index.store.uri, embedder=SeededEmbedder())
+    removed, commit = threading.Event(), threading.Event()
+    real_write, real_drop = graph.write, upkeep.drop_graphs
+
+    def drop_then_hold(store):
+        real_drop(store)
+        removed.set()
+        commit.wait(30)  # the drop's commit waits: the upkeep writes and looks meanwhile
+
+    def written_after_the_removal(*args, **kwargs):
+        monkeypatch.setattr(upkeep, "drop_graphs", drop_then_hold)
+        threading.Thread(target=other.drop_ann).start()
+        assert removed.wait(30)
+        threading.Timer(0.5, commit.set).start()  # the drop commits while the upkeep waits for the lock
+        return real_write(*args, **kwargs)
+
+    monkeypatch.setattr(graph, "write", written_after_the_removal)
+    monkeypatch.setattr(graph, "STALE_SHARE", 0.0)
     graph_index.add([{"id": "later", "text": "written while the graphs were dropped"}])
     graph_index.store.refresh()
     assert graph_index.store.manifest.ann is None and not root(graph_index).exists()

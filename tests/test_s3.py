@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -215,7 +216,7 @@ def test_a_lease_renewed_by_a_writer_whose_clock_runs_late_is_not_taken(s3_uri, 
 
 def test_the_lease_of_every_spelling_of_an_index_is_one_object():
     assert lock_key("s3://b/a/db") == ("b", f"a/db/{LOCK_FILE}")
-    for spelling in ("S3://b/a/db/", "s3://b/a/./db", "s3://b//a/db", "s3://b/./a//db/."):
+    for spelling in ("S3://b/a/db/", "s3://b/a/./db", "s3://b//a/db", "s3://b/./a//db/.", "s3://b/a/x/../db"):
         assert lock_key(spelling) == lock_key("s3://b/a/db"), spelling
     assert lock_key("s3://b") == ("b", LOCK_FILE)
 
@@ -235,6 +236,63 @@ class FlakyStore:
 
     def delete_object(self, **request: object) -> None:
         pass
+
+
+class Refused(Exception):
+    def __init__(self, code: str) -> None:
+        super().__init__(code)
+        self.response = {"Error": {"Code": code}}
+
+
+class AnswerLost(FlakyStore):
+    """The first renewal is applied but its answer lost; the next, on the old ETag, is refused (412)."""
+
+    def __init__(self) -> None:
+        super().__init__(0)
+        self.body, self.etag = b"", "etag-0"
+
+    def put_object(self, **request: object) -> dict[str, str]:
+        self.puts += 1
+        if request.get("IfMatch") not in (None, self.etag):
+            raise Refused("PreconditionFailed")
+        self.body, self.etag = request["Body"], f"etag-{self.puts}"  # type: ignore[assignment]
+        if self.puts == 1:
+            raise ConnectionError("the answer was lost")
+        return {"ETag": self.etag}
+
+    def get_object(self, **request: object) -> dict[str, object]:
+        return {"Body": io.BytesIO(self.body), "ETag": self.etag}
+
+
+class Hanging(FlakyStore):
+    def put_object(self, **request: object) -> dict[str, str]:
+        self.puts += 1
+        time.sleep(30)  # a store that never answers
+        return {"ETag": "late"}
+
+
+def test_a_renewal_applied_whose_answer_was_lost_keeps_the_lease(monkeypatch):
+    """The retry on the old ETag was refused and read as taken over: the lease object holds this holder's
+    token, so its ETag is taken on."""
+    import mrag.locking
+
+    monkeypatch.setattr(mrag.locking, "LEASE", 1.2)
+    client = AnswerLost()
+    lease = mrag.locking.Lease(client, "b", "k", "etag-0", {"token": "mine"})
+    time.sleep(1.0)
+    assert not lease.lost and client.puts >= 3 and lease.etag == client.etag
+    lease.release()
+
+
+def test_a_renewal_that_hangs_loses_the_lease_in_time(monkeypatch):
+    """A PUT that never answers raised nothing, so the writer could commit after its lease had expired."""
+    import mrag.locking
+
+    monkeypatch.setattr(mrag.locking, "LEASE", 1.2)  # given up 1.0 s after the last renewal sent
+    lease = mrag.locking.Lease(Hanging(0), "b", "k", "etag-0", {})
+    assert not lease.lost
+    time.sleep(1.3)
+    assert lease.lost
 
 
 @pytest.mark.parametrize("failures, lost", [(2, False), (1000, True)])

@@ -215,6 +215,14 @@ def test_the_same_space_asked_for_by_two_writers_at_once_is_added_once(db_path, 
     assert index.add_spaces(["w=test-words:dim=8"]) == []
     assert sorted(index.store.matrix().extra) == ["v", "w"] and index.verify()["sums_drift"] < 1e-9
 
+    def all_by_the_other(*args, **kwargs):  # every space asked for: nothing left, nothing committed
+        other.add_spaces(["u=test-words:dim=4"])
+        return writing(*args, **kwargs)
+
+    monkeypatch.setattr(index.store, "writing", all_by_the_other)
+    assert index.add_spaces(["u=test-words:dim=4"]) == []
+    assert index.store.manifest.maintenance == other.store.manifest.maintenance  # the other's commit the last
+
 
 def test_a_space_added_while_documents_are_embedded_fails_the_write_cleanly(db_path, fake, monkeypatch):
     from mrag import writing

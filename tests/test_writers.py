@@ -102,6 +102,15 @@ def test_an_open_index_sees_another_process_commit_at_once(tmp_path, fake):
     assert reader.head_scales() == Index.open(db, embedder=fake).head_scales()
 
 
+def test_a_lock_timeout_of_inf_waits_without_end(tmp_path, fake, monkeypatch):
+    """`inf` (or any wait past what a thread lock takes) failed every write with an OverflowError."""
+    index = Index.open(tmp_path / "db", embedder=fake)
+    for value in ("inf", "1e10"):
+        monkeypatch.setenv("MRAG_LOCK_TIMEOUT", value)
+        index.add([{"id": value, "text": "bees and honey"}])
+    assert index.store.count() == 2
+
+
 @pytest.mark.parametrize("value", ["-1", "nan", "soon"])
 def test_a_lock_timeout_that_is_no_wait_is_refused(tmp_path, fake, monkeypatch, value):
     index = Index.open(tmp_path / "db", embedder=fake)

@@ -17,6 +17,8 @@ from typing import Any
 
 import click
 
+from mrag.errors import StoreError
+
 CONTEXT: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
 
 
@@ -53,8 +55,8 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise click.ClickException(lance_message(where)) from e
         except (ValueError, FileNotFoundError, TypeError, OSError) as e:
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            if isinstance(e, ValueError) and re.search(OBJECT_STORE_TROUBLE, first):  # Lance connecting to a store
-                raise click.ClickException(lance_message(first)) from e
+            if isinstance(e, ValueError) and not isinstance(e, StoreError) and re.search(LANCE_STORE, first):
+                raise click.ClickException(lance_message(first)) from e  # Lance connecting to an object store
             raise click.ClickException(first) from e
 
     return wrapper
@@ -67,6 +69,7 @@ def no_space(message: str) -> bool:
 # Lance's words for an object store that failed (S3, GCS, Azure: unreachable, timed out, refused)
 OBJECT_STORE_TROUBLE = (r"Generic (S3|GCS|MicrosoftAzure|HTTP) error|error sending request|HTTP error|dns error|"
                         r"Connection refused|connection reset|timed out|store: \"(S3|GCS|MicrosoftAzure)\"")
+LANCE_STORE = r'Generic (S3|GCS|MicrosoftAzure|HTTP) error|store: "(S3|GCS|MicrosoftAzure)"'  # Lance's, not a space's
 STORE_CAUSES = (r"NoSuchBucket|InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied|Forbidden|Connection refused|"
                 r"dns error|timed out|error sending request")  # the words that say why, in a long Rust dump
 

@@ -42,6 +42,10 @@ def _load_transformer(model: str | None, layer: int, options: dict[str, Any]) ->
     return TransformerEmbedder(model, layer=layer, **options)
 
 
+class _NothingLeft(Exception):
+    """Leaves a write that found nothing left to do under the lock, committing nothing."""
+
+
 class Index:
     """A multi-head index in a LanceDB folder. The embedder is loaded on first use."""
 
@@ -165,13 +169,15 @@ class Index:
             return []
         live = open_spaces(parsed)
         built = self.store.manifest.ann
-        with self.store.writing():
-            # again under the lock: another writer may have added some of them meanwhile (the same: passed over)
-            still = {spec.name for spec in new_specs(self.store.manifest.spaces, parsed, self.store.uri)}
-            live = [space for space in live if space.name in still]
-            if live:
+        try:
+            with self.store.writing():
+                # again under the lock: another writer may have added some meanwhile (the same: passed over)
+                still = {spec.name for spec in new_specs(self.store.manifest.spaces, parsed, self.store.uri)}
+                live = [space for space in live if space.name in still]
+                if not live:
+                    raise _NothingLeft  # nothing to commit
                 self._compute_spaces(live)
-        if not live:
+        except _NothingLeft:
             return []
         self._spaces.update({s.name: s for s in live})
         if built and not self.store.manifest.ann:  # the rewrite dropped LanceDB's indexes: built again
@@ -228,7 +234,7 @@ class Index:
                                from_files, leave_out)
         try:
             report.ann = self.maintain_ann() if report.chunks else None
-        except (OSError, RuntimeError) as e:  # the write is committed: its report stands (an S3 outage just after)
+        except (OSError, RuntimeError, ValueError) as e:  # the write is committed: its report stands (an S3 outage)
             warnings.warn(f"the write to {self.store.uri} is committed, but the ANN upkeep after it failed "
                           f"({str(e).splitlines()[0][:300]}); the next write tries again", RuntimeWarning, stacklevel=3)
         return report

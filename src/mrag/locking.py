@@ -206,33 +206,53 @@ def describe(note: dict[str, Any]) -> str:
 class Lease:
     """A held S3 lock: its ETag, renewed by a background thread until `release`."""
 
-    def __init__(self, client: Any, bucket: str, key: str, etag: str, note: dict[str, Any]) -> None:
+    def __init__(self, client: Any, bucket: str, key: str, etag: str, note: dict[str, Any],
+                 sent: float | None = None) -> None:
+        """`note` holds a `token` of this holder's own; `sent`: when the PUT that took the lease was sent."""
         self.client, self.bucket, self.key, self.etag, self.note = client, bucket, key, etag, note
-        self.lost = False
-        self._renewed = time.monotonic()
+        self._taken = False
+        self._renewed = time.monotonic() if sent is None else sent  # when the last renewal that took was sent
         self._stop = threading.Event()
         self._renewer = threading.Thread(target=self._renew_until_released, daemon=True)
         self._renewer.start()
 
+    @property
+    def lost(self) -> bool:
+        """Taken by another writer, or not renewed for most of LEASE (a renewal may hang without answer)."""
+        return self._taken or time.monotonic() - self._renewed > LEASE * (1 - MARGIN)
+
     def _renew_until_released(self) -> None:
         wait = LEASE / 3
         while not self._stop.wait(wait):
+            sent = time.monotonic()
             try:
                 self.etag = _put(self.client, self.bucket, self.key, self.note, IfMatch=self.etag)
-                self._renewed, wait = time.monotonic(), LEASE / 3
+                self._renewed, wait = sent, LEASE / 3
             except Exception as e:
-                # taken over (412), or gone: no longer ours to commit; no answer: again, while the lease lives
-                left = LEASE * (1 - MARGIN) - (time.monotonic() - self._renewed)
-                if _code(e) in TAKEN or left <= 0:
-                    self.lost = True
+                if _code(e) in TAKEN and not self._still_ours():  # taken over, or gone: no longer ours to commit
+                    self._taken = True
                     return
-                wait = min(LEASE / 12, left)
+                if self.lost:
+                    return
+                wait = min(LEASE / 12, max(LEASE * (1 - MARGIN) - (time.monotonic() - self._renewed), 0.0))
+
+    def _still_ours(self) -> bool:
+        """Whether the lease object holds this holder's token (a renewal the store applied whose answer was
+        lost leaves another ETag, with our note): then its ETag is adopted."""
+        try:
+            held = self.client.get_object(Bucket=self.bucket, Key=self.key)
+            if json.loads(held["Body"].read() or b"{}").get("token") != self.note.get("token"):
+                return False
+        except Exception:
+            return False
+        self.etag = str(held["ETag"])
+        return True
 
     def release(self) -> None:
         self._stop.set()
         self._renewer.join()
-        if self.lost:
-            return  # expired and taken over meanwhile: the lease is the taker's now
+        if self._taken:
+            return  # taken over meanwhile: the lease is the taker's now
         for attempt in range(3):  # a lease left behind holds the next writer up to LEASE seconds
             try:
                 self.client.delete_object(Bucket=self.bucket, Key=self.key, IfMatch=self.etag)
@@ -275,9 +295,14 @@ def expired(held: dict[str, Any], note: dict[str, Any]) -> bool:
 
 def lock_key(uri: str) -> tuple[str, str]:
     """(bucket, key) of the lease object of an s3:// index, the path as the store resolves it: `a//b`,
-    `a/./b` and a trailing slash name the same index, so the same lease."""
+    `a/./b`, `a/x/../b` and a trailing slash name the same index, so the same lease."""
     bucket, _, prefix = normal_uri(uri).removeprefix("s3://").partition("/")
-    parts = [part for part in prefix.split("/") if part not in ("", ".")]
+    parts: list[str] = []
+    for part in prefix.split("/"):
+        if part == "..":
+            parts = parts[:-1]
+        elif part not in ("", "."):
+            parts.append(part)
     return bucket, "/".join([*parts, LOCK_FILE])
 
 
@@ -303,11 +328,12 @@ def s3_lock(uri: str, timeout: float, storage_options: dict[str, str]) -> Iterat
     from botocore.exceptions import ClientError
 
     bucket, key = lock_key(uri)
-    client, note = s3_client(storage_options), holder_note()
+    client, note = s3_client(storage_options), holder_note() | {"token": os.urandom(8).hex()}
     deadline = time.monotonic() + timeout
     while True:
+        sent = time.monotonic()
         try:
-            lease = Lease(client, bucket, key, _put(client, bucket, key, note, IfNoneMatch="*"), note)
+            lease = Lease(client, bucket, key, _put(client, bucket, key, note, IfNoneMatch="*"), note, sent)
             break
         except ClientError as exc:
             if _code(exc) in REFUSED:  # read-only keys, no bucket: said in one line
@@ -319,7 +345,8 @@ def s3_lock(uri: str, timeout: float, storage_options: dict[str, str]) -> Iterat
             held = client.get_object(Bucket=bucket, Key=key)
             current = json.loads(held["Body"].read() or b"{}")
             if expired(held, current):  # its holder died: take it over, one taker wins
-                lease = Lease(client, bucket, key, _put(client, bucket, key, note, IfMatch=held["ETag"]), note)
+                sent = time.monotonic()
+                lease = Lease(client, bucket, key, _put(client, bucket, key, note, IfMatch=held["ETag"]), note, sent)
                 break
         except ClientError:
             current = {}  # released or taken meanwhile: try again

@@ -67,7 +67,7 @@ class Store:
         self.chunks = chunks
         self._manifest_table = db.open_table(MANIFEST)
         self._manifest_version = -1  # the manifest table version `self.manifest` was read at
-        self._manifest_folder: tuple[int, int] | None = None  # and its `_versions` folder (`VersionsWatch.identity`)
+        self._manifest_folder: tuple[int, int, int] | None = None  # `VersionsWatch.identity` then
         self._watch = VersionsWatch(uri, MANIFEST)
         self._refresh_lock = threading.Lock()
         self._load(manifest)
@@ -355,7 +355,7 @@ class Store:
         """The write lock, the latest committed manifest and sums, and a dead write rolled back. Threads
         of this process take turns first; all waits together last at most `lock_timeout()`."""
         timeout, start = lock_timeout(), time.monotonic()
-        if not self._write_lock.acquire(timeout=timeout):
+        if not self._write_lock.acquire(timeout=-1 if timeout > threading.TIMEOUT_MAX else timeout):  # inf: no end
             raise LockTimeout(f"another thread of this process writes {self.uri} ({self._writer}); waited "
                               f"{timeout:g} s (MRAG_LOCK_TIMEOUT sets the wait)")
         try:

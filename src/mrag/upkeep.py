@@ -63,6 +63,9 @@ def build_ann(store: Store, index_type: str = ann.DEFAULT_INDEX, nprobes: int | 
     if store.count() == 0:
         raise ValueError("the index is empty: add documents before building ANN indexes")
     if index_type == graph.INDEX_TYPE:
+        store.refresh()
+        if unless_rebuilt is not None and (store.manifest.ann or {}) != unless_rebuilt:
+            return store.manifest.ann or {}  # built meanwhile by another writer (graphs build outside the lock)
         return graph.build(store, nprobes, progress, spaces)
     with store.writing():
         before = store.manifest.ann or {}  # under the lock: what this build replaces

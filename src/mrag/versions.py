@@ -33,11 +33,12 @@ class VersionsWatch:
             return None
         return found.st_dev, found.st_ino, found.st_mtime_ns
 
-    def identity(self) -> tuple[int, int] | None:
-        """(device, inode) of the folder: another when the index was made again or swapped in (same version
-        numbers or not); None on object storage or when it cannot be read."""
+    def identity(self) -> tuple[int, int, int] | None:
+        """(device, inode, ctime) of the folder: another when the index was made again or swapped in (same
+        version numbers or not; ctime too, as a file system may give a freed inode again at once), or after
+        a commit or a prune; None on object storage or when it cannot be read."""
         found = self._stat()
-        return None if found is None else (found.st_dev, found.st_ino)
+        return None if found is None else (found.st_dev, found.st_ino, found.st_ctime_ns)
 
     def _stat(self) -> os.stat_result | None:
         if self._folder is None:

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from mrag.locking import is_local, local_path
+from mrag.locking import is_local, local_path, write_lock
 from mrag.matrix import Matrix
 from mrag.retrieve.ann import drop_indexes
 from mrag.retrieve.nodes import DEAD, NodeIndex, Placed, Placement, matrix_keys, place_in
@@ -360,13 +360,15 @@ def maintain(store: Any, force: bool = False, progress: Any = None) -> Graphs | 
                 return None
         matrix = store.matrix(refresh=False, heads=needs_heads(only), keep=False)
         written = update(root, matrix, force, progress, only, None if found is None else found[0])
-        store.refresh()
-        dropped = (store.manifest.ann or {}).get("index_type") != INDEX_TYPE
-        if written is not None and written.path is not None and dropped:
-            shutil.rmtree(written.path, ignore_errors=True)  # dropped (or replaced) while these were built
-            with contextlib.suppress(OSError):
-                root.rmdir()  # the folder `write` made again, when it holds nothing else
-            return None
+        if written is None or written.path is None:
+            return written
+        with write_lock(store.uri, storage_options=store.storage_options):  # a drop removes graphs under it
+            store.refresh()
+            if (store.manifest.ann or {}).get("index_type") != INDEX_TYPE:
+                shutil.rmtree(written.path, ignore_errors=True)  # dropped (or replaced) while these were built
+                with contextlib.suppress(OSError):
+                    root.rmdir()  # the folder `write` made again, when it holds nothing else
+                return None
         return written
     except (ImportError, OSError, RuntimeError, ValueError) as error:
         if force:
