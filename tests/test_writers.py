@@ -122,7 +122,7 @@ def test_a_lock_timeout_that_is_no_wait_is_refused(tmp_path, fake, monkeypatch, 
 
 def test_a_writer_waits_for_the_lock_then_names_its_holder(tmp_path, fake, monkeypatch, caplog):
     """... and says, while it waits, for whom (a run held up by another looked hung)."""
-    from mrag.locking import Waiting
+    import mrag.locking
 
     db = tmp_path / "db"
     index = Index.open(db, embedder=fake)
@@ -131,7 +131,7 @@ def test_a_writer_waits_for_the_lock_then_names_its_holder(tmp_path, fake, monke
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         monkeypatch.setenv("MRAG_LOCK_TIMEOUT", "0.5")
-        monkeypatch.setattr(Waiting, "TELL_AFTER", 0.1)
+        monkeypatch.setattr(mrag.locking, "TELL_AFTER", 0.1)
         with pytest.raises(LockTimeout, match=f"pid {holder.pid} on .*procs.py hold"):
             index.add([{"id": "b", "text": "tides and the moon"}])
         told = [r.getMessage() for r in caplog.records if r.name == "mrag.locking"]

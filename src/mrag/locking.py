@@ -38,6 +38,8 @@ from mrag.errors import StoreError
 LOCK_FILE = ".mrag-write.lock"
 DEFAULT_TIMEOUT = 600.0  # seconds a writer waits for another one
 POLL = 0.05
+log = logging.getLogger(__name__)
+TELL_AFTER = 2.0  # seconds a writer waits for the lock before it says for whom
 LEASE = 60.0  # seconds an object-store lock lives without renewal
 MARGIN = 1 / 6  # a holder that could not renew for LEASE x (1 - MARGIN) seconds (50 of 60) gives the lease up
 
@@ -130,35 +132,20 @@ def write_lock(uri: str, timeout: float | None = None, storage_options: dict[str
     yield from _flock(uri, timeout)
 
 
-class Waiting:
-    """Says once per wait, after TELL_AFTER seconds, that a writer waits for the lock and for whom (a log
-    warning: on stderr where logging is not set up), so a run held up does not look hung."""
-
-    TELL_AFTER = 2.0
-
-    def __init__(self) -> None:
-        self._local = threading.local()
-
-    def tell(self, uri: str, holder: str, deadline: float) -> None:
-        now = time.monotonic()
-        began = getattr(self._local, "began", None)
-        if began is None or began[0] != deadline:  # a new wait
-            self._local.began = (deadline, now, False)
-        elif not began[2] and now - began[1] >= self.TELL_AFTER:
-            self._local.began = (deadline, began[1], True)
-            log.warning("mrag: waiting for the write lock on %s, held by %s (up to %.0f s more; MRAG_LOCK_TIMEOUT "
-                        "sets the wait)", uri, holder, deadline - now)
-
-
-waiting = Waiting()
-log = logging.getLogger("mrag.locking")
+def tell_waiting(uri: str, holder: str, deadline: float) -> bool:
+    """Say that a writer waits for the lock and for whom (a log warning: on stderr where logging is not set
+    up), so a run held up does not look hung; -> True. Once a wait, TELL_AFTER seconds into it."""
+    log.warning("mrag: waiting for the write lock on %s, held by %s (up to %.0f s more; MRAG_LOCK_TIMEOUT sets the "
+                "wait)", uri, holder, deadline - time.monotonic())
+    return True
 
 
 def _flock(uri: str, timeout: float) -> Iterator[None]:
     import fcntl
 
     path = local_path(uri) / LOCK_FILE
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline, told = started + timeout, False
     try:
         handle = open(path, "a+")  # never truncated on open: the holder's note stays readable
     except OSError as e:  # a read-only file system, no permission: said as `mrag index` says it
@@ -174,7 +161,8 @@ def _flock(uri: str, timeout: float) -> Iterator[None]:
                         f"another writer holds {uri} ({holder(path)}); waited {timeout:g} s "
                         "(MRAG_LOCK_TIMEOUT sets the wait)"
                     ) from None
-                waiting.tell(uri, holder(path), deadline)
+                if not told and time.monotonic() - started >= TELL_AFTER:
+                    told = tell_waiting(uri, holder(path), deadline)
                 time.sleep(POLL)
         try:
             handle.seek(0)
@@ -329,7 +317,8 @@ def s3_lock(uri: str, timeout: float, storage_options: dict[str, str]) -> Iterat
 
     bucket, key = lock_key(uri)
     client, note = s3_client(storage_options), holder_note() | {"token": os.urandom(8).hex()}
-    deadline = time.monotonic() + timeout
+    started = time.monotonic()
+    deadline, told = started + timeout, False
     while True:
         sent = time.monotonic()
         try:
@@ -350,7 +339,8 @@ def s3_lock(uri: str, timeout: float, storage_options: dict[str, str]) -> Iterat
                 break
         except ClientError:
             current = {}  # released or taken meanwhile: try again
-        waiting.tell(uri, describe(current), deadline)
+        if not told and time.monotonic() - started >= TELL_AFTER:
+            told = tell_waiting(uri, describe(current), deadline)
         if time.monotonic() >= deadline:
             raise LockTimeout(f"another writer holds {uri} ({describe(current)}); waited {timeout:g} s "
                               f"(MRAG_LOCK_TIMEOUT sets the wait; a lease its writer no longer renews frees "
