@@ -152,15 +152,20 @@ class Store:
                         raise
 
     def reading(self, read: Callable[[Any], T]) -> T:
-        """`read(snapshot)` at the committed version. When it fails and a newer commit exists (whose
-        maintenance may have pruned the version being read), again at the latest committed one."""
+        """`read(snapshot)` at the committed version (see `reading_with`)."""
+        return self.reading_with(lambda snapshot, _: read(snapshot))
+
+    def reading_with(self, read: Callable[[Any, Manifest], T]) -> T:
+        """`read(snapshot, manifest)` of one commit: the committed manifest and the rows it committed (another
+        thread may refresh meanwhile). When it fails and a newer commit exists (whose maintenance may have
+        pruned the version being read), again at the latest committed one."""
         for attempt in range(READ_TRIES):
-            seen = self.committed_version
+            manifest = self.manifest
             try:
-                return read(self.snapshot())
+                return read(self.snapshot(manifest.chunks_version), manifest)
             except Exception as e:
                 self.refresh()
-                if (self.committed_version == seen and not pruned(e)) or attempt == READ_TRIES - 1:
+                if (self.committed_version == manifest.chunks_version and not pruned(e)) or attempt == READ_TRIES - 1:
                     raise  # not a pruned version: the same read would fail again
         raise AssertionError("unreachable")
 

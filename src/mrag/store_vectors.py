@@ -11,10 +11,11 @@ import pyarrow as pa
 
 from mrag.documents import partial
 from mrag.errors import StoreError
+from mrag.manifest import Manifest
 from mrag.rows import space_column
 from mrag.scales import split_unit
 from mrag.settings import GRAPH_INDEX
-from mrag.store import READ_TRIES, Store
+from mrag.store import Store
 
 
 def add_spaces(store: Store, entries: list[dict[str, Any]], ids: list[str], vectors: dict[str, np.ndarray]) -> None:
@@ -66,17 +67,12 @@ def verify(store: Store) -> dict[str, Any]:
     """Check the committed index: chunk ids unique, and the committed sums equal to sums recomputed from
     the committed rows (`sums_drift`: the largest relative error, about 1e-12 when sound); and count the
     documents some of whose chunks were deleted (`partial_documents`: their next write restores them)."""
-    for attempt in range(READ_TRIES):  # the sums and the rows of one commit (another thread's may come between)
-        store.refresh()
-        manifest = store.manifest
+    def committed_rows(snapshot: Any, manifest: Manifest) -> tuple[pa.Table, Manifest]:
         columns = [c.column for c in store.vector_columns(manifest=manifest)]
-        try:
-            rows = store.rows(columns=["id", "doc_id", "doc_hash", *columns, "head_norms"],
-                              table=store.snapshot(manifest.chunks_version))
-            break
-        except Exception:  # its version pruned by a newer commit meanwhile: again at that one
-            if attempt == READ_TRIES - 1:
-                raise
+        return store.rows(columns=["id", "doc_id", "doc_hash", *columns, "head_norms"], table=snapshot), manifest
+
+    store.refresh()
+    rows, manifest = store.reading_with(committed_rows)  # the sums and the rows of one commit
     committed = manifest.sums
     ids = rows["id"].to_pylist()
     fresh = committed.zeros()
