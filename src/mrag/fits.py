@@ -12,6 +12,8 @@ from mrag.errors import StoreError
 from mrag.store import Store
 from mrag.writing import chunk_settings
 
+RECORDED_OPTIONS = ("pooling", "max_length", "query_instruction", "document_instruction")  # shape the vectors
+
 
 def created(store: Store, made: HeadEmbedder, spaces: list[dict[str, Any]], chunk_chars: int | None,
             overlap: int | None, uri: str) -> None:
@@ -67,3 +69,13 @@ def standard(recorded: dict[str, Any], embedder: HeadEmbedder, uri: str) -> Head
         raise StoreError(f"the index at {uri} holds standard vectors made as {was!r}, and this model folder makes "
                          f"them as {now!r}{why}: index the files again into a new --db")
     return embedder
+
+
+def loading_options(recorded: dict[str, Any], asked: dict[str, Any], uri: str) -> dict[str, Any]:
+    """The options to load an index's embedder with: those the index records (another value asked for is
+    refused), and the device and dtype asked for (they do not change the vectors)."""
+    for key in RECORDED_OPTIONS:
+        if key in asked and asked[key] != recorded.get(key):
+            raise StoreError(f"the index at {uri} was built with {key}={recorded.get(key)!r}, not {asked[key]!r}")
+    options = {key: recorded[key] for key in RECORDED_OPTIONS if recorded.get(key) is not None}
+    return options | {key: value for key, value in asked.items() if key in ("device", "dtype")}

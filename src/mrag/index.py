@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from mrag import fits, settings, store_vectors, sync, upkeep, writing
-from mrag.documents import Document, not_an_id
+from mrag.documents import Document
 from mrag.embed.base import HeadEmbedder
 from mrag.errors import StoreError
 from mrag.ingest import read_paths
@@ -22,7 +22,6 @@ from mrag.retrieve import ann, fulltext, graph
 from mrag.retrieve import strategies as retrieve
 from mrag.retrieve.search import search_many
 from mrag.retrieve.types import Hit
-from mrag.rows import quote
 from mrag.settings import AnnPolicy
 from mrag.spaces import Space, SpaceSpec, check_unique, new_specs, open_spaces, parse_space
 from mrag.store import Store
@@ -122,17 +121,9 @@ class Index:
         recorded = store.manifest.embedder
         fits.same(recorded, model, layer, embedder, uri)
         chunk_settings(uri, store, chunk_chars, overlap)  # refuses other settings
-        for key in ("pooling", "max_length", "query_instruction", "document_instruction"):
-            if key in embedder_options and embedder_options[key] != recorded.get(key):
-                raise StoreError(
-                    f"the index at {uri} was built with {key}={recorded.get(key)!r}, not {embedder_options[key]!r}"
-                )
+        options = fits.loading_options(recorded, embedder_options, uri)
         if embedder is not None:
             return cls(store, lambda: embedder)
-        options = {k: recorded.get(k) for k in ("pooling", "max_length", "query_instruction", "document_instruction")}
-        options = {k: v for k, v in options.items() if v is not None} | {
-            k: v for k, v in embedder_options.items() if k in ("device", "dtype")
-        }
         make = embedder_factory(recorded["model"], recorded.get("layer"), **options)
         return cls(store, lambda: fits.standard(recorded, make(), uri))
 
@@ -254,33 +245,7 @@ class Index:
         it); all ids must exist, else nothing is deleted (`missing_ok`: those that do not are passed over). An
         id that names a document deletes that document only, even where it is also another document's chunk
         id (document "x#0" and chunk 0 of document "x")."""
-        if isinstance(ids, str | int | float):
-            ids = [ids]
-        if not ids:
-            raise ValueError("no ids given")
-        bad = [i for i in ids if not isinstance(i, str | int | float) or not_an_id(i)]
-        if bad:
-            raise ValueError(f"ids are strings or numbers, got {bad[:3]}")
-        asked = list(dict.fromkeys(str(i) for i in ids))
-        with self.store.writing():  # checked under the lock: another process may have deleted some
-            found = self.store.rows(f"id IN ({quote(asked)}) OR doc_id IN ({quote(asked)})", ["id", "doc_id"],
-                                    table=self.store.chunks)
-            documents = sorted(set(found["doc_id"].to_pylist()) & set(asked))
-            chunks = sorted((set(found["id"].to_pylist()) & set(asked)) - set(documents))
-            missing = [i for i in asked if i not in documents and i not in chunks]
-            if missing and not missing_ok:
-                raise ValueError(f"unknown id(s), nothing deleted: {', '.join(missing[:5])}")
-            if not documents and not chunks:
-                return 0
-            where = " OR ".join([*([f"doc_id IN ({quote(documents)})"] if documents else []),
-                                 *([f"id IN ({quote(chunks)})"] if chunks else [])])
-            deleted = self.store.delete(where)
-            # a document left without some of its chunks is written whole at its next write, unchanged or not
-            # (indexing its file again restores them)
-            named = set(chunks)
-            cut = {d for i, d in zip(found["id"].to_pylist(), found["doc_id"].to_pylist()) if i in named}
-            if cut - set(documents):
-                self.store.mark_partial(sorted(cut - set(documents)))
+        deleted = writing.delete(self.store, [ids] if isinstance(ids, str | int | float) else ids, missing_ok)
         if (self.store.manifest.ann or {}).get("index_type") == graph.INDEX_TYPE:
             graph.maintain(self.store)  # graphs skip removed rows; rebuilt once not `graph.walkable`
         return deleted

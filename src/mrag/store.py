@@ -33,7 +33,7 @@ import pyarrow as pa
 
 from mrag import maintenance
 from mrag.connection import connect
-from mrag.documents import made_partial, partial
+from mrag.documents import partial
 from mrag.errors import StoreError
 from mrag.locking import LOCK_FILE, Lease, LockTimeout, is_local, local_path, lock_timeout, normal_uri, write_lock
 from mrag.manifest import READABLE_FORMATS, Manifest
@@ -269,7 +269,7 @@ class Store:
         return {r["id"]: r for r in query.select(["id", *columns]).to_arrow().to_pylist()}
 
     def doc_hashes(self, doc_ids: list[str]) -> dict[str, str]:
-        """Document id -> its rows' digest, or the partial mark where one row has it (`mark_partial`)."""
+        """Document id -> its rows' digest, or the partial mark where one row has it (`writing.delete`)."""
         if not doc_ids:
             return {}
         table = self.rows(f"doc_id IN ({quote(doc_ids)})", ["doc_id", "doc_hash"])
@@ -326,7 +326,7 @@ class Store:
         any error the chunks table is restored and the sums are untouched. One writer at a time, across
         threads and processes: under the lock the manifest is read again, so the sums fold onto the
         latest committed ones, and rows newer than the committed version can only be a dead write's,
-        rolled back first. After the commit, maintenance by policy (`_maintain`; `maintain=False`: none)."""
+        rolled back first. After the commit, maintenance by policy (`maintenance.maintain`; `maintain=False`: none)."""
         if self.packed:
             raise StoreError(
                 f"{self.uri} was written by mrag format 1 (all heads in one column): it can be searched "
@@ -349,11 +349,7 @@ class Store:
             since = since | {"writes": since["writes"] + 1, "rows": since["rows"] + self._changed}
             self._save_manifest(maintenance=since)
             if maintain and since["writes"] % maintenance.MAINTAIN_EVERY == 0:
-                self._maintain(since)
-
-    def _maintain(self, since: dict[str, int]) -> None:
-        """The automatic pass after a commit (`mrag.maintenance.maintain`)."""
-        maintenance.maintain(self, since)
+                maintenance.maintain(self, since)
 
     @contextmanager
     def _locked(self) -> Iterator[Lease | None]:
@@ -381,12 +377,8 @@ class Store:
         readers and other writers."""
         before = self.disk_bytes()
         with self._locked():
-            self._optimize(keep_versions)
+            maintenance.compact_and_prune(self, keep_versions)
         return {"version": self.committed_version, "bytes_before": before, "bytes_after": self.disk_bytes()}
-
-    def _optimize(self, keep: timedelta | None) -> None:
-        """Under the write lock (`mrag.maintenance.compact_and_prune`)."""
-        maintenance.compact_and_prune(self, keep)
 
     def disk_bytes(self) -> int | None:
         """The index folder's size on disk (None for object storage)."""
@@ -416,20 +408,10 @@ class Store:
             self._changed += gone.num_rows
         return gone.num_rows
 
-    def mark_partial(self, doc_ids: list[str]) -> None:
-        """Mark documents some of whose chunks were deleted (inside `writing()`): one remaining row each, its
-        first, gets the digest `documents.made_partial` (that row written again, vectors unchanged; `doc_hashes`
-        reads a document with such a row as partial). Documents with no row left are passed over."""
-        rows = self.rows(f"doc_id IN ({quote(doc_ids)})", ["id", "doc_id", "position", "doc_hash"],
-                         table=self.chunks).to_pylist()
-        first: dict[str, dict[str, Any]] = {}
-        for row in sorted(rows, key=lambda r: r["position"], reverse=True):
-            first[row["doc_id"]] = row
-        marks = {row["id"]: made_partial(row["doc_hash"]) for row in first.values()}
-        for value in sorted(set(marks.values())):
-            ids = sorted(i for i, v in marks.items() if v == value)
-            self.chunks.update(where=f"id IN ({quote(ids)})", values={"doc_hash": value})
-            self._changed += len(ids)
+    def update(self, ids: list[str], values: dict[str, Any]) -> None:
+        """Set columns of the rows with these chunk ids (inside `writing()`), their vectors unchanged."""
+        self.chunks.update(where=f"id IN ({quote(ids)})", values=values)
+        self._changed += len(ids)
 
     def fold(self, rows: pa.Table, sign: int, sums: ScaleSums | None = None) -> None:
         """Fold rows into (sign=1) or out of (sign=-1) the sums (default: the writer's running ones)."""

@@ -1,5 +1,6 @@
 """Writing documents: which to embed (`triage`), embedding them outside the write lock, and the
-all-or-nothing commit under it (`write`). `Index.add` / `upsert` and the Ray job use these."""
+all-or-nothing commit under it (`write`); deleting them (`delete`). `Index.add` / `upsert` / `delete` and
+the Ray job use these."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mrag.chunk import chunk_text
-from mrag.documents import Document, as_document, document_digest, partial, same_content
+from mrag.documents import Document, as_document, document_digest, made_partial, not_an_id, partial, same_content
 from mrag.embed.base import HeadEmbedder
 from mrag.errors import StoreError
 from mrag.ingest import Skipped
@@ -225,3 +226,47 @@ def _append(store: Store, staged: list[pa.Table], wanted: set[str], report: AddR
         rows = rows.filter(pc.is_in(rows["doc_id"], pa.array(sorted(wanted), pa.string())))
     store.add(rows)
     report.chunks += rows.num_rows
+
+
+def delete(store: Store, ids: Sequence[str | int | float], missing_ok: bool) -> int:
+    """Delete documents or chunks by id, in one commit (`Index.delete`); -> the rows deleted."""
+    if not ids:
+        raise ValueError("no ids given")
+    bad = [i for i in ids if not isinstance(i, str | int | float) or not_an_id(i)]
+    if bad:
+        raise ValueError(f"ids are strings or numbers, got {bad[:3]}")
+    asked = list(dict.fromkeys(str(i) for i in ids))
+    with store.writing():  # checked under the lock: another process may have deleted some
+        found = store.rows(f"id IN ({quote(asked)}) OR doc_id IN ({quote(asked)})", ["id", "doc_id"],
+                           table=store.chunks)
+        documents = sorted(set(found["doc_id"].to_pylist()) & set(asked))
+        chunks = sorted((set(found["id"].to_pylist()) & set(asked)) - set(documents))
+        missing = [i for i in asked if i not in documents and i not in chunks]
+        if missing and not missing_ok:
+            raise ValueError(f"unknown id(s), nothing deleted: {', '.join(missing[:5])}")
+        if not documents and not chunks:
+            return 0
+        where = " OR ".join([*([f"doc_id IN ({quote(documents)})"] if documents else []),
+                             *([f"id IN ({quote(chunks)})"] if chunks else [])])
+        deleted = store.delete(where)
+        # a document left without some of its chunks is written whole at its next write, unchanged or not
+        # (indexing its file again restores them)
+        named = set(chunks)
+        cut = {d for i, d in zip(found["id"].to_pylist(), found["doc_id"].to_pylist()) if i in named}
+        if cut - set(documents):
+            _mark_partial(store, sorted(cut - set(documents)))
+    return deleted
+
+
+def _mark_partial(store: Store, doc_ids: list[str]) -> None:
+    """Mark documents some of whose chunks were deleted: one remaining row each, its first, gets the digest
+    `documents.made_partial` (`Store.doc_hashes` reads a document with such a row as partial). Documents with
+    no row left are passed over."""
+    rows = store.rows(f"doc_id IN ({quote(doc_ids)})", ["id", "doc_id", "position", "doc_hash"],
+                      table=store.chunks).to_pylist()
+    first: dict[str, dict[str, Any]] = {}
+    for row in sorted(rows, key=lambda r: r["position"], reverse=True):
+        first[row["doc_id"]] = row
+    marks = {row["id"]: made_partial(row["doc_hash"]) for row in first.values()}
+    for value in sorted(set(marks.values())):
+        store.update(sorted(i for i, v in marks.items() if v == value), {"doc_hash": value})
