@@ -4,6 +4,7 @@
     python tests/procs.py searcher DB LOG SECONDS SEED   # searches until the time is up
     python tests/procs.py hold DB SECONDS                # holds the write lock (for the timeout test)
     python tests/procs.py slow-index DB FOLDER GO        # indexes FOLDER (--prune), embedding once GO exists
+    python tests/procs.py parts DB FOLDER EVERY STOP     # indexes FOLDER in parts; stops at its STOP-th embedding
 
 A writer logs every operation as a JSON line before it starts ("try") and after it returns ("ok"), so
 a check afterwards knows which writes were acknowledged, even when the writer was killed with -9.
@@ -170,14 +171,44 @@ def slow_index(db: str, folder: str, go: str) -> None:
     from mrag.index import Index
 
     class Waits(FakeEmbedder):
+        waiting = False  # in the run, not at the index's opening (its probe)
+
         def embed_batch(self, texts: list[str]) -> Any:
-            print("embedding", flush=True)
-            deadline = time.monotonic() + 120
-            while not os.path.exists(go) and time.monotonic() < deadline:
-                time.sleep(0.02)
+            if self.waiting:
+                print("embedding", flush=True)
+                deadline = time.monotonic() + 120
+                while not os.path.exists(go) and time.monotonic() < deadline:
+                    time.sleep(0.02)
             return super().embed_batch(texts)
 
-    print(json.dumps(Index.open(db, embedder=Waits()).add_paths([folder], prune=True).to_dict()), flush=True)
+    embedder = Waits()
+    index = Index.open(db, embedder=embedder)
+    embedder.waiting = True
+    print(json.dumps(index.add_paths([folder], prune=True).to_dict()), flush=True)
+
+
+def index_in_parts(db: str, folder: str, every: int, stop: int) -> None:
+    """`mrag index FOLDER --commit-every EVERY` that prints "embedding N" before its N-th embedding and, at the
+    STOP-th, waits there (to be killed)."""
+    sys.path.insert(0, str(HERE))
+    from conftest import FakeEmbedder
+
+    from mrag.index import Index
+
+    class Stops(FakeEmbedder):
+        counting = False  # from the run on, not the index's probe at its opening
+
+        def embed_batch(self, texts: list[str]) -> Any:
+            if self.counting:
+                print(f"embedding {self.batches + 1}", flush=True)
+                if self.batches + 1 == stop:
+                    time.sleep(300)
+            return super().embed_batch(texts)
+
+    embedder = Stops()
+    index = Index.open(db, embedder=embedder)
+    embedder.counting, embedder.batches = True, 0
+    print(json.dumps(index.add_paths([folder], commit_every=every).to_dict()), flush=True)
 
 
 if __name__ == "__main__":
@@ -192,5 +223,7 @@ if __name__ == "__main__":
         hold(args[0], float(args[1]))
     elif role == "slow-index":
         slow_index(args[0], args[1], args[2])
+    elif role == "parts":
+        index_in_parts(args[0], args[1], int(args[2]), int(args[3]))
     else:
         raise SystemExit(f"unknown role {role}")

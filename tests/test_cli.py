@@ -174,6 +174,16 @@ def test_index_prune_deletes_the_documents_of_deleted_files(db, corpus):
     assert refused.exit_code == 2 and "--ray does not prune" in refused.stderr
 
 
+def test_index_commits_a_long_run_in_parts(tmp_path, corpus, reuse_minilm):
+    from mrag.index import Index
+
+    assert lines(mrag("index", corpus, "--db", tmp_path / "parts", "--commit-every", 1))[0]["chunks"] == 4
+    assert lines(mrag("index", corpus, "--db", tmp_path / "one", "--commit-every", 0))[0]["chunks"] == 4
+    writes = [Index.open(tmp_path / n, create=False).store.manifest.maintenance["writes"] for n in ("parts", "one")]
+    assert writes == [4, 1]  # a commit a chunk, and one in all
+    assert mrag("index", corpus, "--db", tmp_path / "x", "--commit-every", -1, ok=False).exit_code == 2
+
+
 def test_ray_options_read_as_a_user_meant_them(tmp_path, corpus):
     took = mrag("index", "--ray", corpus, "--db", tmp_path / "db", ok=False)  # --ray takes the next word
     assert took.exit_code == 2 and "as the cluster's address: put --ray after the paths" in took.stderr

@@ -164,6 +164,14 @@ def test_serve_refuses_an_address_in_use_before_loading_anything(db, monkeypatch
     assert bad.exit_code == 1 and "cannot listen on 999.1.1.1:8000" in bad.stderr
 
 
+def test_serve_refuses_another_model_in_a_line_before_starting(db, monkeypatch):
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: pytest.fail("uvicorn started"))
+    result = mrag("serve", "--db", db, "--model", "sentence-transformers/all-mpnet-base-v2", ok=False)
+    assert result.exit_code == 1 and "was built with" in result.stderr and "Traceback" not in result.output
+
+
 def test_serve_refuses_a_missing_index(tmp_path):
     result = mrag("serve", "--db", tmp_path / "none", ok=False)
     assert result.exit_code == 1 and "no mrag index" in result.output and "--create" in result.output

@@ -603,3 +603,21 @@ def test_a_model_that_cannot_be_found_says_what_was_looked_for(monkeypatch):
                                       r"alias \(all-minilm-l6-v2, minilm, smollm2\) nor a model in the Hugging Face "
                                       r"cache \(.*\); without a network, HF_HUB_OFFLINE=1 fails at once"):
         TransformerEmbedder("nosuch/model-xyz")
+
+
+def test_a_device_this_torch_cannot_use_is_refused_before_loading(tmp_path):
+    from click.testing import CliRunner
+
+    from mrag.cli import cli
+    from mrag.embed.transformer import _pick_device
+
+    assert _pick_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match="not a device"):
+        _pick_device("nonsense")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="sees no CUDA device"):
+            _pick_device("cuda")
+    (tmp_path / "a.txt").write_text("Bees fan their hives.")
+    result = CliRunner().invoke(cli, ["index", str(tmp_path / "a.txt"), "--db", str(tmp_path / "db"),
+                                      "--device", "nonsense"])
+    assert result.exit_code == 1 and "not a device" in result.output and not (tmp_path / "db").exists()

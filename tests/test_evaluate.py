@@ -347,6 +347,19 @@ def test_harness_embeds_once_and_scores_every_strategy(tmp_path):
     assert {p.name for p in plot(records, tmp_path)} == {"gain_over_standard.png", "weighted_ratio_box.png"}
 
 
+def test_the_cache_follows_the_model_s_vectors_not_only_its_name(tmp_path):
+    """A model folder whose files were replaced under its name kept serving the old model's cached vectors."""
+    bench = load(*write_wikipedia(tmp_path, False))
+
+    class Retrained(FakeEmbedder):  # the same name and sizes, other vectors
+        def vectors(self, text):
+            return super().vectors(text + " retrained")
+
+    first = harness.embed_corpus(bench, FakeEmbedder(), tmp_path / "cache")
+    assert harness.embed_corpus(bench, FakeEmbedder(), tmp_path / "cache").query_cache == first.query_cache
+    assert harness.embed_corpus(bench, Retrained(), tmp_path / "cache").query_cache != first.query_cache
+
+
 def test_a_query_cache_cut_by_a_crash_is_computed_again(tmp_path):
     """A cut .npz broke every later run with BadZipFile; it is now written whole or not at all, and one found
     unreadable is computed again and replaced."""

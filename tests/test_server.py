@@ -785,6 +785,21 @@ def test_text_utf8_cannot_hold_is_refused_naming_the_field(client):
     assert client.get("/info").json() == before
 
 
+def test_nan_and_infinity_literals_are_a_422_naming_the_field(client):
+    """Python's JSON reads NaN and Infinity: the 422 echoing one failed to be written (a 400 naming neither the
+    field nor the problem), and an id NaN was looked up as "nan"."""
+    before = client.get("/info").json()
+    for path, body, field in [("/search", '{"query": "bees", "k": NaN}', "k"),
+                              ("/search", '{"query": NaN}', "query"),
+                              ("/search", '{"query": "bees", "c": Infinity}', "c"),
+                              ("/documents/delete", '{"ids": [NaN]}', "ids"),
+                              ("/documents", '{"documents": [{"id": -Infinity, "text": "fine"}]}', "id")]:
+        r = client.post(path, content=body, headers={"content-type": "application/json", **AUTH})
+        assert r.status_code == 422, (body, r.text)
+        assert any(str(field) in map(str, error["loc"]) for error in r.json()["detail"]), (body, r.text)
+    assert client.get("/info").json() == before
+
+
 def test_a_search_that_other_commits_keep_moving_is_a_503_to_retry(client, monkeypatch):
     from mrag.retrieve import search
 

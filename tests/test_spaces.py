@@ -68,6 +68,18 @@ def test_parse_space_labels_options_and_weight():
         "dims": [256, 512], "tag": "a,b", "dim": 8}
 
 
+def test_a_relative_model_path_is_recorded_as_the_folder_it_names_now(tmp_path, monkeypatch):
+    """A space added from one working directory and searched or written from another used another folder of
+    that relative name (another model's vectors in the space), or none."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models" / "b").mkdir(parents=True)
+    spec = parse_space("b=sentence-transformers:name=models/b,device=cpu")
+    assert spec.options == {"name": str((tmp_path / "models" / "b").resolve()), "device": "cpu"}  # no folder "cpu"
+    assert parse_space("o=ollama:name=llama3").options == {"name": "llama3"}  # no such folder: a model's name
+    recorded = SpaceSpec("b", "sentence-transformers", {"name": "models/b", "device": "cpu"})  # an older index's
+    assert recorded.same_space(spec)
+
+
 @pytest.mark.parametrize(
     "text, message",
     [(":name=x", "no embedding function"), ("test-words:dim", "not key=value"), ("standard=test-words", "reserved"),

@@ -10,7 +10,7 @@ import click
 from click.core import ParameterSource
 
 from mrag import settings
-from mrag.cli_common import CONTEXT, db_option, emit, model_option, plain_option, user_errors
+from mrag.cli_common import CONTEXT, FiniteFloat, db_option, emit, model_option, plain_option, user_errors
 
 if TYPE_CHECKING:
     import numpy as np
@@ -55,7 +55,7 @@ def lazy_embedder(model: str | None) -> Callable[[list[str]], np.ndarray]:
 @model_option
 @click.option("--max-quote", type=click.IntRange(min=1), default=8, show_default=True,
               help="Drop queries repeating this many consecutive words of a document.")
-@click.option("--max-similarity", type=click.FloatRange(0, 1), default=0.95, show_default=True,
+@click.option("--max-similarity", type=FiniteFloat(0, 1), default=0.95, show_default=True,
               help="Drop queries whose embedding is this close to a relevant document's (1: no check).")
 @plain_option
 @user_errors

@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import functools
 import json
+import math
 import os
 import re
 from collections.abc import Callable
@@ -18,9 +19,21 @@ from typing import Any
 import click
 
 from mrag.errors import StoreError
+from mrag.settings import parse_strategy
 
 CONTEXT: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
 
+
+class FiniteFloat(click.FloatRange):
+    """click's FloatRange, which lets NaN and the infinities through ("nan" passes any bound): refused here."""
+
+    name = "finite number"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
 
 def _quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
@@ -120,3 +133,15 @@ plain_option = output_options()  # JSON by default
 
 def emit(obj: Any) -> None:
     click.echo(json.dumps(obj, ensure_ascii=False))
+
+
+def refuse_fusion(strategy: str | None) -> None:
+    """Refuse an unknown strategy, or one that fuses sub-queries an LLM writes, where a command has no LLM."""
+    if strategy is not None and parse_strategy(strategy).expand == "fusion":
+        raise click.UsageError(f"strategy {strategy!r} fuses sub-queries an LLM writes: use `mrag ask` (or the "
+                               "server's /search with \"subqueries\")")
+
+
+def one_line(text: str) -> str:
+    """A name as `--plain` prints it on one line: its line breaks as spaces."""
+    return " ".join(text.splitlines()) if "\n" in text or "\r" in text else text

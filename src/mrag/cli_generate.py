@@ -137,6 +137,7 @@ def serve(db: str, model: str | None, host: str, port: int, token: str | None, b
     """
     import uvicorn
 
+    from mrag.index import Index
     from mrag.server import Settings, create_app
     from mrag.store import Store, StoreError
 
@@ -147,9 +148,11 @@ def serve(db: str, model: str | None, host: str, port: int, token: str | None, b
     check_listen(host, port)  # before the model loads: a port in use was told only after it
     if not token and host not in ("127.0.0.1", "localhost", "::1"):
         click.echo(f"warning: serving {host} without a token: anyone who can reach it can change the index", err=True)
+    # the index and its model checked here, so that a wrong one is told in a line, not in the server's start-up
+    embedder = Index.open(db, model=model, create=create).embedder
     settings = Settings(db=db, token=token or None, max_request_bytes=max_request_bytes,
                         max_query_chars=max_query_chars, generator=backend,
-                        gen_model=gen_model, model=model, create=create, warm=warm)
+                        gen_model=gen_model, model=model, create=create, warm=warm, embedder=embedder)
     app = create_app(settings)
     # uvicorn's start-up lines say where it listens ("Uvicorn running on ..."); no line per request
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)

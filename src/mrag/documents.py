@@ -17,6 +17,31 @@ import numpy as np
 NOT_IDS = (bool, list, dict)  # values whose text is no one's id (str(True), str([1])): refused as ids
 
 
+def check_utf8(value: Any, where: str = "") -> Any:
+    """`value` (text, or a JSON value holding text), refused where it holds text UTF-8 cannot hold: JSON's
+    "\\ud800" decodes to a lone surrogate, and a file name or an argument that is not UTF-8 to surrogate
+    escapes, which no file, model or table takes."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ValueError(f"{where or 'the text'} holds an unpaired surrogate (U+{ord(value[e.start]):04X}) at "
+                             f"character {e.start}: not text UTF-8 can hold") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_utf8(key, f"the key {where + '.' if where else ''}{key!r}")
+            check_utf8(item, f"{where + '.' if where else ''}{key}")
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            check_utf8(item, f"{where}[{i}]")
+    return value
+
+
+def shown(text: str) -> str:
+    """Text as it can be printed: what UTF-8 cannot hold (a file name's bytes that are not UTF-8) as U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def field_text(value: Any) -> str:
     """A title's or a source's text: none for null, false, NaN or infinity; a number as its text (0 -> "0")."""
     if value is None or value is False or (isinstance(value, float) and not math.isfinite(value)):
@@ -112,7 +137,9 @@ def as_document(doc: Document | dict[str, Any] | str, i: int) -> Document:
     else:
         raise TypeError(f"document {i}: expected Document, dict or str, got {type(doc).__name__}")
     if not d.text.strip():
-        raise ValueError(f"document {d.id!r} is empty")
+        raise ValueError(f"document {shown(d.id)!r} is empty")
+    for name in ("id", "text", "title", "source", "metadata"):
+        check_utf8(getattr(d, name), f"document {i}: its {name}")
     return d
 
 

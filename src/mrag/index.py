@@ -98,7 +98,7 @@ class Index:
         live = open_spaces(specs)  # unknown function, bad options, unreachable model: fail before writing
         made = embedder or embedder_factory(model, layer, **embedder_options)()
         entries = [s.spec.to_json() | {"dim": s.dim} for s in live]
-        store = Store.create(uri, made.info(), settings, storage_options, spaces=entries)
+        store = Store.create(uri, made.info() | {"probe": made.probe()}, settings, storage_options, spaces=entries)
         fits.created(store, made, entries, chunk_chars, overlap, uri)
         index = cls(store, lambda: made)
         index._embedder = made
@@ -125,7 +125,7 @@ class Index:
         if embedder is not None:
             return cls(store, lambda: embedder)
         make = embedder_factory(recorded["model"], recorded.get("layer"), **options)
-        return cls(store, lambda: fits.standard(recorded, make(), uri))
+        return cls(store, lambda: fits.loaded(recorded, make(), uri))
 
     @property
     def embedder(self) -> HeadEmbedder:
@@ -209,20 +209,24 @@ class Index:
 
     def upsert(self, docs: Iterable[Document | dict[str, Any] | str], show_progress: bool = False,
                settle: Callable[[], None] | None = None, from_files: bool = False,
-               leave_out: Callable[[set[str]], set[str]] | None = None) -> AddReport:
+               leave_out: Callable[[set[str]], set[str]] | None = None, part: bool = False,
+               stored: dict[str, str] | None = None) -> AddReport:
         """Add new documents and replace changed ones (same id, other content); unchanged: no work. `settle`:
         run under the write lock after the rows, in their commit, where any document needed embedding;
         `from_files`: documents `read_paths` read, which follow their files; `leave_out`: under the lock, given
-        the ids another writer changed since, those not to write after all (`writing.write`; `mrag.sync`)."""
+        the ids another writer changed since, those not to write after all; `part`: a part of a longer run,
+        whose last part catches up the full-text index; `stored`: the documents' indexed digests, as the caller
+        has just looked them up (`writing.write`; `mrag.sync`)."""
         return self._write(docs, replace=True, show_progress=show_progress, settle=settle, from_files=from_files,
-                           leave_out=leave_out)
+                           leave_out=leave_out, part=part, stored=stored)
 
     def _write(self, docs: Iterable[Document | dict[str, Any] | str], replace: bool, show_progress: bool,
                settle: Callable[[], None] | None = None, from_files: bool = False,
-               leave_out: Callable[[set[str]], set[str]] | None = None) -> AddReport:
+               leave_out: Callable[[set[str]], set[str]] | None = None, part: bool = False,
+               stored: dict[str, str] | None = None) -> AddReport:
         self.store.refresh()  # the spaces as committed now (another process may have added or dropped one)
         report = writing.write(self.store, lambda: self.embedder, self.spaces, docs, replace, show_progress, settle,
-                               from_files, leave_out)
+                               from_files, leave_out, part, stored)
         try:
             report.ann = self.maintain_ann() if report.chunks else None
         except (OSError, RuntimeError, ValueError) as e:  # the write is committed: its report stands (an S3 outage)
@@ -231,14 +235,16 @@ class Index:
         return report
 
     def add_paths(self, paths: Sequence[str | Path], show_progress: bool = False, prune: bool = False,
-                  **fields: str) -> AddReport:
+                  commit_every: int = sync.COMMIT_EVERY, **fields: str) -> AddReport:
         """Index files and folders (upsert: re-indexing unchanged files does nothing). A file's records are its
         documents: records gone from a file read are deleted; `prune` also deletes the documents of files
         under `paths` that no longer exist or are empty (a path that is gone and held no indexed file is listed
         as skipped, and refused when every path is one: a typo). An id already indexed from a file not read now
-        is refused, and nothing is written."""
+        is refused, and nothing is written. One commit, or where more than `commit_every` chunks need embedding
+        (0: never), one per part of about that many, the pruning in the last: a run stopped midway keeps the
+        parts it committed, and the next run skips them."""
         docs, skipped = read_paths(sync.to_read(paths, prune), **fields, empty_ok=prune)  # prune: an emptied file
-        return sync.index_files(self, paths, docs, skipped, show_progress, prune)
+        return sync.index_files(self, paths, docs, skipped, show_progress, prune, commit_every)
 
     def delete(self, ids: Sequence[str | int | float] | str | int | float, missing_ok: bool = False) -> int:
         """Delete documents or chunks by id (one id alone, or several; a number as its text, as `add` stores

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mrag.documents import Document, field_text, merged_metadata, not_an_id
+from mrag.documents import Document, check_utf8, field_text, merged_metadata, not_an_id, shown
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst"}
 HTML_SUFFIXES = {".html", ".htm"}
@@ -24,6 +24,7 @@ SUFFIXES = TEXT_SUFFIXES | HTML_SUFFIXES | RECORD_SUFFIXES | {".pdf"}
 
 
 EMPTY, NO_RECORDS = "the file is empty", "no records"  # why a file holds no document (`mrag.sync`)
+NOT_UTF8_NAME = "its name is not UTF-8 (bytes shown as U+FFFD): rename the file to index it"
 
 
 class IngestError(ValueError):
@@ -46,6 +47,11 @@ def read_paths(
     docs: list[Document] = []
     skipped: list[Skipped] = []
     for file, explicit in list_files(paths):
+        if shown(file) != file:  # a name that is not UTF-8: no id, source or filter could hold it
+            if explicit:
+                raise IngestError(f"{shown(file)}: {NOT_UTF8_NAME}")
+            skipped.append(Skipped(shown(file), NOT_UTF8_NAME))
+            continue
         try:
             docs.extend(read_file(Path(file), text_field, id_field, title_field))
         except IngestError as e:
@@ -240,6 +246,10 @@ def _records(path: Path, source: str, text: str, text_field: str, id_field: str,
         if not_an_id(given) or given == "":
             raise IngestError(f"{path}: {where}: the id {id_field!r} must be a string or a number, "
                               f"not {json.dumps(given)}")
+        try:
+            check_utf8(row)
+        except ValueError as e:
+            raise IngestError(f"{path}: {where}: {e}") from None
         doc_id = str(given) if given is not None else f"{source}#{i}"
         metadata = merged_metadata(row, (text_field, id_field, title_field), strict=False)
         docs.append(Document(doc_id, row[text_field], source, field_text(row.get(title_field)), metadata))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import collections.abc
 import json
 import logging
+import math
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
@@ -200,7 +201,7 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)  # FastAPI's own 422, with text JSON can hold
     async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": jsonable_encoder(_utf8_safe(exc.errors()))}, status_code=422)
+        return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
 
     @app.exception_handler(ValueError)
     async def bad_input(request: Request, exc: ValueError) -> JSONResponse:
@@ -355,14 +356,17 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
-def _utf8_safe(value: Any) -> Any:
-    """Lone surrogates (a request's "\\ud800", echoed in its 422's errors) as U+FFFD: the response is UTF-8."""
+def _json_safe(value: Any) -> Any:
+    """What a request's 422 echoes, as JSON can hold it: lone surrogates (its "\\ud800") as U+FFFD (the
+    response is UTF-8), and NaN or an infinity (its NaN literal, which Python's JSON reads) as their text."""
     if isinstance(value, str):
         return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"  # as the request wrote it
     if isinstance(value, dict):
-        return {_utf8_safe(k): _utf8_safe(v) for k, v in value.items()}
+        return {_json_safe(k): _json_safe(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_utf8_safe(v) for v in value]
+        return [_json_safe(v) for v in value]
     return value
 
 

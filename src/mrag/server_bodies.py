@@ -19,6 +19,7 @@ from pydantic import (
     model_validator,
 )
 
+from mrag.documents import check_utf8
 from mrag.generate.base import DEFAULT_MAX_TOKENS
 from mrag.retrieve import strategies as retrieve
 from mrag.retrieve import types
@@ -27,33 +28,15 @@ from mrag.settings import names
 MAX_K = 1000
 
 
-def _utf8(value: Any, where: str = "") -> Any:
-    """Text that UTF-8 can hold, in values pydantic does not check as text (metadata, ids): JSON's
-    "\\ud800" decodes to a lone surrogate, which no file, model or table takes."""
-    if isinstance(value, str):
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError as e:
-            raise ValueError(f"{where or 'the text'} holds an unpaired surrogate (U+{ord(value[e.start]):04X}) at "
-                             f"character {e.start}: not text UTF-8 can hold") from None
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _utf8(key, f"the key {where + '.' if where else ''}{key!r}")
-            _utf8(item, f"{where + '.' if where else ''}{key}")
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            _utf8(item, f"{where}[{i}]")
-    return value
-
-
 def _utf8_as(where: str) -> AfterValidator:
-    """`_utf8` for one field, named `where` in its error (pydantic checks a plain str itself, not a StrictStr
+    """`check_utf8` for one field, named `where` in its error (pydantic checks a plain str itself, not a StrictStr
     or a list's items)."""
-    return AfterValidator(lambda value: _utf8(value, where))
+    return AfterValidator(lambda value: check_utf8(value, where))
 
 
 Subqueries = Annotated[list[str] | None, _utf8_as("subqueries")]
-Name = StrictStr | StrictInt | StrictFloat  # an id, a title or a source: a number as its text
+# an id, a title or a source: a number as its text (not NaN or an infinity: "nan" is no one's id)
+Name = StrictStr | StrictInt | Annotated[StrictFloat, Field(allow_inf_nan=False)]
 
 
 Strategy = Field(None, description=f"One of: {', '.join(retrieve.strategy_names())}; default: the index's "
@@ -130,7 +113,7 @@ class DocumentIn(BaseModel):
     @model_validator(mode="after")
     def _utf8_fields(self) -> DocumentIn:
         """The other fields (metadata) hold UTF-8 text too."""
-        _utf8(self.model_extra or {})
+        check_utf8(self.model_extra or {})
         return self
 
 

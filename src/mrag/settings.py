@@ -1,5 +1,6 @@
 """Search settings and their defaults: strategy names and how they parse, the ANN index types and
-thresholds. Plain Python, so the CLI builds its help from them without loading numpy, LanceDB or torch."""
+thresholds, and the parts a long indexing run commits in. Plain Python, so the CLI builds its help from them
+without loading numpy, LanceDB or torch."""
 
 from __future__ import annotations
 
@@ -86,6 +87,8 @@ DEFAULT_INDEX = "IVF_FLAT"  # measured best for 32-dim heads: fast build, recall
 ANN_THRESHOLD = 1_000_000
 DEFAULT_CANDIDATES = 0  # ANN: 0 asks one index per space; N re-scores each part's N nearest standard rows (ann-1m.md)
 DEFAULT_EF = 128  # HNSW: rows a search walks (efSearch); the default's recall@10 0.994, 141k real rows (graph-141k.md)
+# chunks embedded per commit of a long `mrag index` run (`mrag.sync.commit_parts`)
+COMMIT_EVERY = 10_000
 DEFAULT_NPROBES = 60  # recall of the final mrag top 10 >= 0.96 at 1M even with overlapping clusters (scale-hard.md)
 
 

@@ -70,8 +70,21 @@ class SpaceSpec:
                    None if weight == "auto" else float(weight))
 
     def same_space(self, other: SpaceSpec) -> bool:
-        """Same function and options (the weight may differ)."""
-        return self.function == other.function and self.options == other.options
+        """Same function and options (the weight may differ; a relative path as the absolute one it names here,
+        as an index made before paths were recorded absolute holds it)."""
+        return self.function == other.function and absolute(self.options) == absolute(other.options)
+
+
+def absolute(options: dict[str, Any]) -> dict[str, Any]:
+    """The options with each relative path that exists here (a model folder) made absolute: the index records
+    what the path names now, not what it will name from another working directory."""
+    def resolved(value: Any) -> Any:
+        if not isinstance(value, str) or not value or Path(value).is_absolute() or "://" in value:
+            return value
+        path = Path(value).expanduser()
+        return str(path.resolve()) if path.exists() else value
+
+    return {key: resolved(value) for key, value in options.items()}
 
 
 def _value(text: str) -> Any:
@@ -102,7 +115,7 @@ def parse_space(text: str) -> SpaceSpec:
     name = label or default_label(function, options)
     check_label(name, text)
     try:
-        return SpaceSpec(name, function, options, None if weight == "auto" else weight)
+        return SpaceSpec(name, function, absolute(options), None if weight == "auto" else weight)
     except SpaceError:  # named by the spec as written
         raise SpaceError(f"space {text!r}: {BAD_WEIGHT}, got {weight!r}") from None
 

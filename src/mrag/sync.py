@@ -1,6 +1,11 @@
 """Indexing files into an index and keeping it in step with them: a file's records are its documents, so
 what a file no longer holds is deleted when it is indexed again, and `prune` deletes the documents of files
-that are gone. `Index.add_paths` and `mrag index` run `index_files`; the choices are pure functions."""
+that are gone. `Index.add_paths` and `mrag index` run `index_files`; the choices are pure functions.
+
+A run that embeds more than `COMMIT_EVERY` chunks commits as it goes, in parts of about that many (a run
+stopped midway keeps the parts committed; the next run skips them as unchanged), and deletes what it deletes
+in the last; a run below it is one commit.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +14,10 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from mrag.documents import Document, added
+from mrag.documents import Document, added, document_digest, same_content
 from mrag.ingest import EMPTY, NO_RECORDS, RECORD_SUFFIXES, IngestError, Skipped, file_stamp
 from mrag.rows import quote
+from mrag.settings import COMMIT_EVERY
 from mrag.store import Store
 from mrag.writing import AddReport, check_unique_ids
 
@@ -26,36 +32,87 @@ class Writable(Protocol):
 
     def upsert(self, docs: list[Document], show_progress: bool = False,
                settle: Callable[[], None] | None = None, from_files: bool = False,
-               leave_out: Callable[[set[str]], set[str]] | None = None) -> AddReport: ...
+               leave_out: Callable[[set[str]], set[str]] | None = None, part: bool = False,
+               stored: dict[str, str] | None = None) -> AddReport: ...
 
     def maintain_ann(self, force: bool = False) -> dict[str, Any] | None: ...
 
 
 def index_files(index: Writable, paths: Sequence[str | Path], docs: list[Document], skipped: list[Skipped],
-                show_progress: bool = False, prune: bool = False) -> AddReport:
+                show_progress: bool = False, prune: bool = False, commit_every: int = COMMIT_EVERY) -> AddReport:
     """Upsert the documents `read_paths` read from `paths` and delete the indexed documents their files no
-    longer hold (`gone_from_files`), in one commit. An id already indexed from a file not read now is
-    refused, and nothing is written: checked before the embedding, and again under the write lock (another
-    process may index it meanwhile)."""
+    longer hold (`gone_from_files`), in one commit, or where more than `commit_every` chunks need embedding
+    (0: never), in one commit per part of about that many (`commit_parts`), the deletions with the last.
+    An id already indexed from a file not read now is refused, and nothing is written: checked before the
+    embedding, and again under the write lock (another process may index it meanwhile)."""
     check_unique_ids([d.id for d in docs], [d.source for d in docs])  # naming the files
     unknown = unknown_paths(index.store, paths) if prune else []
     refuse_taken(index.store, docs, skipped)
-    removed: list[str] | None = None
     changed: set[str] = set()  # files whose documents were left as committed, found under the write lock
+    report = AddReport()
+    parts, stored = commit_parts(index.store, docs, commit_every)
+    for number, part in enumerate(parts):
+        done = _index_part(index, paths, docs, part, skipped, show_progress, prune, changed, number == len(parts) - 1,
+                           stored)
+        report.added += done.added
+        report.updated += done.updated
+        report.unchanged += done.unchanged
+        report.removed += done.removed
+        report.chunks += done.chunks
+        report.ann = done.ann or report.ann
+    report.skipped = skipped + changed_skips(changed) + [Skipped(path, UNKNOWN) for path in unknown]
+    return report
+
+
+def _index_part(index: Writable, paths: Sequence[str | Path], docs: list[Document], part: list[Document],
+                skipped: list[Skipped], show_progress: bool, prune: bool, changed: set[str], last: bool,
+                stored: dict[str, str] | None) -> AddReport:
+    """One commit of `index_files`: the documents of `part` (of the run's `docs`), and in the `last` (the
+    whole run, or its last part) the deletions of the whole run (`settle`). `stored`: the indexed digests
+    `commit_parts` looked up, if it did."""
+    removed: list[str] | None = None
 
     def after_rows() -> None:  # under the write lock, after the upsert's rows, in their commit
         nonlocal removed
-        removed = settle(index.store, docs, skipped, paths, prune, changed)
+        if last:
+            removed = settle(index.store, docs, skipped, paths, prune, changed, part)
+        else:
+            refuse_taken(index.store, part, skipped, docs)
+            removed = []
 
-    report = index.upsert(docs, show_progress=show_progress, settle=after_rows, from_files=True,
-                          leave_out=leaving_out(docs, changed))
+    report = index.upsert(part, show_progress=show_progress, settle=after_rows, from_files=True,
+                          leave_out=leaving_out(part, changed), part=not last, stored=stored)
     if removed is None:  # nothing needed embedding: the deletes, if any, are a write of their own
-        removed = delete_gone(index, docs, skipped, paths, prune, changed)
+        removed = delete_gone(index, docs, skipped, paths, prune, changed) if last else []
     elif removed and not report.chunks:  # deleted, but no row written: the upkeep a write of rows runs
         index.maintain_ann()
-    report.skipped = skipped + changed_skips(changed) + [Skipped(path, UNKNOWN) for path in unknown]
     report.removed = removed
     return report
+
+
+def commit_parts(store: Store, docs: list[Document], commit_every: int
+                 ) -> tuple[list[list[Document]], dict[str, str] | None]:
+    """`docs` in runs of consecutive documents, each ending once the documents to embed in it (new, changed,
+    partial) reach about `commit_every` chunks, or a quarter of the rows committed before it where that is
+    more (a part's commit reads the table a few times: parts that grow with it keep those reads a fixed share
+    of the run; a run stopped midway loses at most that much). A document counts its text over the chunk size,
+    rounded up (chunking every document twice cost more than the parts). One run when all of them are fewer,
+    or `commit_every` is 0. A file's records may fall in two parts (`index_files` deletes in the last).
+    -> the parts, and the indexed digests of `docs` where it looked them up (the parts' writes use them)."""
+    size = int(store.manifest.settings["chunk_chars"])
+    if not commit_every or sum(-(-len(d.text) // size) for d in docs) <= commit_every:
+        return [docs], None
+    stored, rows = store.doc_hashes([d.id for d in docs]), store.count()
+    parts: list[list[Document]] = [[]]
+    count = 0
+    for doc in docs:
+        parts[-1].append(doc)
+        if not same_content(stored.get(doc.id), document_digest(doc)):
+            count += max(1, -(-len(doc.text) // size))
+        if count >= max(commit_every, rows // 4) and doc is not docs[-1]:
+            parts.append([])
+            rows, count = rows + count, 0
+    return parts, stored
 
 
 def leaving_out(docs: list[Document], changed: set[str]) -> Callable[[set[str]], set[str]]:
@@ -85,10 +142,11 @@ def changed_files(docs: list[Document]) -> set[str]:
 
 
 def settle(store: Store, docs: list[Document], skipped: list[Skipped], paths: Sequence[str | Path],
-           prune: bool, changed: set[str]) -> list[str]:
-    """Under the write lock, in the commit of the rows of `docs`: refuse ids another process has indexed from
-    another file meanwhile (`refuse_taken`), and delete what is gone (`drop_gone`); -> the ids deleted."""
-    refuse_taken(store, docs, skipped)
+           prune: bool, changed: set[str], part: list[Document] | None = None) -> list[str]:
+    """Under the write lock, in the commit of the rows of `docs` (or of their last `part`): refuse ids another
+    process has indexed from another file meanwhile (`refuse_taken`), and delete what is gone (`drop_gone`);
+    -> the ids deleted."""
+    refuse_taken(store, docs if part is None else part, skipped, docs)
     return drop_gone(store, docs, skipped, paths, prune, changed)
 
 
@@ -122,12 +180,15 @@ def drop_gone(store: Store, docs: list[Document], skipped: list[Skipped], paths:
     return found
 
 
-def refuse_taken(store: Store, docs: list[Document], skipped: Sequence[Skipped] = ()) -> None:
-    """Refuse ids of `docs` that are indexed from another file (`taken_from_other_files`); a file read now and
-    skipped as empty or without records (in `skipped`) holds none, so its records may have moved."""
+def refuse_taken(store: Store, docs: list[Document], skipped: Sequence[Skipped] = (),
+                 read: Sequence[Document] = ()) -> None:
+    """Refuse ids of `docs` that are indexed from another file (`taken_from_other_files`) not read in this run
+    (the files of `docs` and `read`); a file read now and skipped as empty or without records (in `skipped`)
+    holds none, so its records may have moved."""
     ids = [d.id for d in docs]
+    also = {d.source for d in read}
     taken = taken_from_other_files(sources(store, f"doc_id IN ({quote(ids)})") if ids else {}, docs,
-                                   _emptied(skipped))
+                                   _emptied(skipped) | also)
     if taken:
         raise ValueError(f"id(s) already indexed from another file, nothing written: {', '.join(taken[:5])} "
                          "(if the record moved here, index both files together; else give it another id here, "

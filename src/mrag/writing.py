@@ -13,7 +13,17 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from mrag.chunk import chunk_text
-from mrag.documents import Document, as_document, document_digest, made_partial, not_an_id, partial, same_content
+from mrag.documents import (
+    Document,
+    as_document,
+    check_utf8,
+    document_digest,
+    made_partial,
+    not_an_id,
+    partial,
+    same_content,
+    shown,
+)
 from mrag.embed.base import HeadEmbedder
 from mrag.errors import StoreError
 from mrag.ingest import Skipped
@@ -108,6 +118,8 @@ def write(
     settle: Callable[[], None] | None = None,
     from_files: bool = False,
     leave_out: Callable[[set[str]], set[str]] | None = None,
+    part: bool = False,
+    stored: dict[str, str] | None = None,
 ) -> AddReport:
     """Add documents (`replace`: and replace changed ones); `from_files`: read from files by `mrag.sync`,
     whose records follow their files (others' digests say they were added: `documents.ADDED`). Embeds outside
@@ -118,13 +130,17 @@ def write(
     needed embedding (even if the check under the lock then leaves no row to write), and never otherwise:
     `mrag.sync`'s checks and deletes. `leave_out` runs under the lock before any row is written, given the
     ids of the documents to write that another writer changed since this one looked: -> those not to write
-    after all (`mrag.sync`: their files also changed since they were read)."""
+    after all (`mrag.sync`: their files also changed since they were read). The full-text index is built or
+    caught up in the same commit; a `part` of a longer run builds only a table's first one (its last part
+    catches up: a build at every part cost more than the rest of the parts' commits, `commit-parts.md`).
+    `stored`: the indexed digests of (at least) these documents, looked up just before by the caller (else
+    here; under the lock they are looked up again)."""
     documents = [as_document(d, i) for i, d in enumerate(docs)]
     ids = [d.id for d in documents]
     check_unique_ids(ids)
     digests = [document_digest(d, added=not from_files) for d in documents]
     report = AddReport()
-    seen = store.doc_hashes(ids)
+    seen = store.doc_hashes(ids) if stored is None else {i: stored[i] for i in ids if i in stored}
     chosen = triage(list(zip(ids, digests)), seen, report, replace)
     todo = [(documents[i], digests[i]) for i in chosen]
     settings = store.manifest.settings
@@ -141,7 +157,8 @@ def write(
     staged_bytes = 0
     with ExitStack() as held:
         wanted: set[str] | None = None  # documents still to write, once under the lock
-        for rows in _embedded(store, embedder(), spaces, chunks, show_progress):
+        model = embedder()
+        for rows in _embedded(store, model, spaces, chunks, show_progress):
             staged.append(rows)
             staged_bytes += rows.nbytes
             if staged_bytes < STAGE_BYTES:
@@ -157,7 +174,10 @@ def write(
         _append(store, staged, wanted, report)
         if settle is not None:
             settle()
-        fulltext.keep(store.chunks)  # the full-text index, built or caught up in this same commit
+        if "probe" not in store.manifest.embedder:  # an index made before probes: its next write records one
+            store.stage(embedder=store.manifest.embedder | {"probe": model.probe()})
+        if not part or not fulltext.has_index(store.chunks):  # a part: only an index's first
+            fulltext.keep(store.chunks)  # the full-text index, built or caught up in this same commit
     return report
 
 
@@ -235,6 +255,8 @@ def delete(store: Store, ids: Sequence[str | int | float], missing_ok: bool) -> 
     bad = [i for i in ids if not isinstance(i, str | int | float) or not_an_id(i)]
     if bad:
         raise ValueError(f"ids are strings or numbers, got {bad[:3]}")
+    for i in ids:
+        check_utf8(i, f"the id {shown(str(i))!r}")
     asked = list(dict.fromkeys(str(i) for i in ids))
     with store.writing():  # checked under the lock: another process may have deleted some
         found = store.rows(f"id IN ({quote(asked)}) OR doc_id IN ({quote(asked)})", ["id", "doc_id"],

@@ -54,7 +54,10 @@ class _RecordedEmbedder(HeadEmbedder):
         raise RuntimeError("in a Ray job the workers embed, not the driver")
 
     def info(self) -> dict[str, Any]:
-        return self._info
+        return {k: v for k, v in self._info.items() if k != "probe"}
+
+    def probe(self) -> dict[str, list[float]]:
+        return dict(self._info["probe"])  # the workers' (`_embedder_info`)
 
 
 def index_with_ray(
@@ -316,7 +319,8 @@ def _causes(error: BaseException) -> list[BaseException]:
 
 
 def _embedder_info(make: EmbedderFactory) -> dict[str, Any]:
-    return make().info()
+    embedder = make()
+    return embedder.info() | {"probe": embedder.probe()}
 
 
 def _transformer_factory(

@@ -10,6 +10,10 @@ from typing import Any, Literal
 import numpy as np
 
 Kind = Literal["query", "document"]
+# what an index records of its embedder's output (`HeadEmbedder.probe`): longer than a short max_length
+PROBE = ("The Roman aqueducts carried water downhill into the city, and honeybees fan their wings to cool "
+         "the hive on hot summer days.")
+PROBE_VALUES = 16  # of the standard vector; and a quarter as many of each head
 
 
 @dataclass
@@ -72,6 +76,19 @@ class HeadEmbedder(ABC):
         inverse = np.empty(len(order), dtype=np.int64)
         inverse[order] = np.arange(len(order))
         return Embeddings(out.standard[inverse], out.heads[inverse])
+
+    def probe(self) -> dict[str, list[float]]:
+        """A fingerprint of the weights, layer and settings: the first values of the standard vector and of each
+        head for `PROBE` as a document. An index records it and refuses an embedder whose own differs
+        (`mrag.fits.loaded`): a model folder whose files were replaced keeps its name. Made once per embedder."""
+        made: dict[str, list[float]] | None = getattr(self, "_probe_made", None)
+        if made is None:
+            out = self.embed([PROBE], kind="document")
+            heads = out.heads[0, :, : max(1, PROBE_VALUES // 4)].reshape(-1)
+            made = {"standard": [round(float(v), 6) for v in out.standard[0, :PROBE_VALUES]],
+                    "heads": [round(float(v), 6) for v in heads]}
+            self._probe_made = made
+        return dict(made)
 
     def info(self) -> dict[str, Any]:
         """What an index records about the embedder, to refuse a different one later."""

@@ -201,9 +201,19 @@ def pool(x: Any, mask: Any, how: str) -> Any:
 
 
 def _pick_device(device: str) -> str:
+    """`device`, checked against what this torch can use (a CPU-only wheel has no CUDA), or for "auto" the
+    best there is."""
     import torch
 
     if device != "auto":
+        try:
+            kind = torch.device(device).type
+        except (RuntimeError, TypeError):
+            raise ValueError(f"device {device!r}: not a device (cpu, cuda, cuda:1, mps or auto)") from None
+        available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+        if not available.get(kind, True):
+            raise ValueError(f"device {device!r}: this torch ({torch.__version__}) sees no {kind.upper()} device; "
+                             "use --device cpu or auto")
         return device
     if torch.cuda.is_available():
         return "cuda"

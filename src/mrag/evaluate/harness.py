@@ -46,9 +46,12 @@ class Corpus:
 
 
 def cache_key(bench: Benchmark, embedder_info: dict[str, Any], chunk_chars: int) -> str:
+    """The cache folder of a benchmark's embeddings: its documents, the chunk size and what makes the vectors,
+    the embedder's probe included (a model folder's files replaced under its name: other vectors)."""
     h = hashlib.sha256()
-    settings = {k: embedder_info.get(k) for k in ("model", "revision", "layer", "pooling", "max_length",
-                                                  "query_instruction", "document_instruction")}
+    settings = {k: embedder_info.get(k) for k in ("model", "revision", "layer", "n_layers", "pooling", "max_length",
+                                                  "query_instruction", "document_instruction", "dim", "n_heads",
+                                                  "head_dim", "probe")}
     h.update(json.dumps([settings, chunk_chars, FORMAT_VERSION], sort_keys=True).encode())
     for d in bench.docs:
         h.update(d.id.encode() + b"\0" + d.text.encode() + b"\0")
@@ -66,7 +69,7 @@ def embed_corpus(
     """Index the benchmark's documents (once per key) and map matrix rows to units.
 
     External `spaces` are added to the cached index (computed once per label); only these vote."""
-    folder = Path(cache_dir) / cache_key(bench, embedder.info(), chunk_chars)
+    folder = Path(cache_dir) / cache_key(bench, embedder.info() | {"probe": embedder.probe()}, chunk_chars)
     index = Index.open(folder / "index", embedder=embedder, chunk_chars=chunk_chars, overlap=1)
     docs = [{"id": d.id, "text": d.text, "title": d.title, "source": bench.name} for d in bench.docs]
     index.upsert(docs, show_progress=show_progress)

@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from mrag.documents import check_utf8
 from mrag.embed.base import HeadEmbedder
 from mrag.errors import Busy
 from mrag.locking import is_local
@@ -64,6 +65,8 @@ def search_many(
         spaces = names(spaces)
     if any(not q or not q.strip() for q in queries):
         raise ValueError("the query is empty")
+    for query in queries:
+        check_utf8(query, "the query")  # bytes that are not UTF-8 in an argument: no tokenizer takes them
     if c is not None and c <= 0:
         raise ValueError(f"the per-space depth c must be positive, got {c}")
     if k <= 0:
