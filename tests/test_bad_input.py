@@ -85,3 +85,17 @@ def test_demo_refuses_its_strategy_before_indexing(tmp_path):
 def test_plain_names_stay_on_one_line():
     assert one_line("/notes/a\nb.txt#0") == "/notes/a b.txt#0" and one_line("plain") == "plain"
     assert json.loads(json.dumps(one_line("x\r\ny"))) == "x y"
+
+
+def test_a_question_that_is_not_utf8_is_refused_before_an_llm_is_asked(index):
+    from mrag.generate import prepare
+
+    class Unasked:
+        def complete(self, *args, **kwargs):
+            raise AssertionError("the LLM was asked")
+
+        stream = complete
+
+    index.add([{"id": "bees", "text": "Honeybees fan their wings."}])
+    with pytest.raises(ValueError, match="the question holds an unpaired surrogate"):
+        prepare(index, "\udcff bees", k=1, strategy="fusion", generator=Unasked())

@@ -8,10 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import FakeEmbedder
 
+from mrag import sync
 from mrag.chunk import chunk_text
 from mrag.documents import Document
+from mrag.embed.base import PROBE
 from mrag.index import Index
 from mrag.retrieve import fulltext
 from mrag.sync import commit_parts
@@ -118,3 +121,69 @@ def test_a_run_killed_midway_keeps_its_parts_and_the_next_run_embeds_the_rest(tm
     clean = Index.open(tmp_path / "clean", embedder=FakeEmbedder())
     clean.add_paths([folder])
     assert rows(index) == rows(clean) and index.verify()["sums_drift"] < 1e-6
+
+
+class Meddling(FakeEmbedder):
+    """Runs `meanwhile` at its first embedding of documents (not the index's probe at its opening)."""
+
+    def __init__(self, meanwhile) -> None:
+        super().__init__()
+        self.meanwhile = meanwhile
+
+    def embed_batch(self, texts: list[str]):
+        if self.meanwhile is not None and texts != [PROBE]:
+            meanwhile, self.meanwhile = self.meanwhile, None
+            meanwhile()
+        return super().embed_batch(texts)
+
+
+def test_a_file_another_run_wrote_meanwhile_is_left_as_committed_in_every_later_part(tmp_path):
+    """A part that finds a file changed since it was read and written by another run leaves it as committed;
+    the parts after it wrote that file's other records from the stale read (a record the file no longer holds
+    was indexed)."""
+    folder = tmp_path / "files"
+    folder.mkdir()
+    first = {f"a{i}": f"Record a{i} about owls." for i in range(6)}
+    write(folder / "a.jsonl", first)
+    Index.open(tmp_path / "db", embedder=FakeEmbedder()).add_paths([folder])
+    write(folder / "a.jsonl", first | {"a0": "Record a0, edited once.", "a_new": "A new record about comets."})
+
+    def edited_again_and_indexed() -> None:
+        write(folder / "a.jsonl", first | {"a0": "Record a0, edited twice, a_new dropped."})
+        Index.open(tmp_path / "db", embedder=FakeEmbedder()).add_paths([folder])
+
+    index = Index.open(tmp_path / "db", embedder=Meddling(edited_again_and_indexed))
+    report = index.add_paths([folder], commit_every=1)
+    assert [s.reason for s in report.skipped] == [sync.CHANGED] and report.added == []
+    texts = {r[1]: r[4] for r in rows(index)}
+    assert "a_new" not in texts and texts["a0"] == "Record a0, edited twice, a_new dropped."
+
+
+def test_an_id_taken_between_parts_is_refused_saying_what_was_kept(tmp_path):
+    folder = tmp_path / "files"
+    folder.mkdir()
+    write(folder / "a.jsonl", {f"a{i}": f"Record a{i} about owls." for i in range(4)})
+    write(folder / "b.jsonl", {f"b{i}": f"Record b{i} about bats." for i in range(4)})
+    (tmp_path / "c.jsonl").write_text(json.dumps({"id": "b3", "text": "Another b3."}))
+    taken = []
+
+    class TakenMeanwhile(FakeEmbedder):
+        def embed_batch(self, texts: list[str]):
+            if texts != [PROBE] and self.batches == 2 and not taken:  # the second part's embedding
+                taken.append(Index.open(tmp_path / "db", embedder=FakeEmbedder()).add_paths([tmp_path / "c.jsonl"]))
+            return super().embed_batch(texts)
+
+    with pytest.raises(ValueError, match="b3 .*; part 2 of 2: the 4 documents of the parts before are committed"):
+        Index.open(tmp_path / "db", embedder=TakenMeanwhile()).add_paths([folder], commit_every=4)
+    assert len(rows(Index.open(tmp_path / "db", embedder=FakeEmbedder()))) == 5  # a0-a3, and the other run's b3
+
+
+def test_the_last_part_catches_the_full_text_index_up_even_with_nothing_to_embed(tmp_path):
+    folder = tmp_path / "files"
+    folder.mkdir()
+    (folder / "z.txt").write_text("A note about glaciers.")
+    Index.open(tmp_path / "db", embedder=FakeEmbedder()).add_paths([folder])
+    write(folder / "a.jsonl", {f"r{i}": f"Record {i} about owls." for i in range(1200)})
+    index = Index.open(tmp_path / "db", embedder=FakeEmbedder())
+    index.add_paths([folder], commit_every=300)  # the last part, z.txt, is unchanged
+    assert index.store.reading(fulltext.unindexed_rows) == 0

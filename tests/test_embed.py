@@ -614,6 +614,9 @@ def test_a_device_this_torch_cannot_use_is_refused_before_loading(tmp_path):
     assert _pick_device("cpu") == "cpu"
     with pytest.raises(ValueError, match="not a device"):
         _pick_device("nonsense")
+    for kind in ("xpu", "meta", "hpu"):  # devices torch names, where mrag does not run: tracebacks before
+        with pytest.raises(ValueError, match="mrag runs on cpu, cuda"):
+            _pick_device(kind)
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="sees no CUDA device"):
             _pick_device("cuda")

@@ -91,3 +91,19 @@ def test_an_index_made_before_probes_records_one_at_its_next_write(index):
     assert "probe" not in index.store.manifest.embedder
     index.add(DOCS[1:])
     assert index.store.manifest.embedder["probe"] == recorded["probe"] == FakeEmbedder().probe()
+
+
+def test_an_index_another_process_created_with_other_vectors_is_refused(tmp_path):
+    """`Store.create` returns the index another process made at the same moment; one whose embedder has this
+    one's name, sizes and settings but makes other vectors was taken as this one's."""
+    from mrag import fits
+
+    class Retrained(FakeEmbedder):  # the same name, sizes and settings; other weights
+        def vectors(self, text):
+            standard, heads = super().vectors(text)
+            return standard[::-1].copy(), heads[:, ::-1].copy()
+
+    theirs = Index.open(tmp_path / "db", embedder=FakeEmbedder())
+    fits.created(theirs.store, FakeEmbedder(), [], None, None, "db")  # the same: taken
+    with pytest.raises(StoreError, match="with another probe"):
+        fits.created(theirs.store, Retrained(), [], None, None, "db")

@@ -78,6 +78,10 @@ def test_a_relative_model_path_is_recorded_as_the_folder_it_names_now(tmp_path, 
     assert parse_space("o=ollama:name=llama3").options == {"name": "llama3"}  # no such folder: a model's name
     recorded = SpaceSpec("b", "sentence-transformers", {"name": "models/b", "device": "cpu"})  # an older index's
     assert recorded.same_space(spec)
+    (tmp_path / "cpu").mkdir()  # a folder that is not a model option's, and a file named as a hosted model
+    (tmp_path / "text-embedding-3-small").write_text("")
+    assert parse_space("b=sentence-transformers:name=models/b,device=cpu").options["device"] == "cpu"
+    assert parse_space("o=openai:name=text-embedding-3-small").options == {"name": "text-embedding-3-small"}
 
 
 @pytest.mark.parametrize(

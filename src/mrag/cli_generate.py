@@ -54,6 +54,7 @@ def ask(question: str, db: str, model: str | None, k: int, strategy: str | None,
     from either waits at most MRAG_LLM_TIMEOUT seconds (default 300).
     """
     as_json = not plain
+    from mrag.documents import check_utf8
     from mrag.generate import make_generator, prepare
     from mrag.generate.fusion import is_fusion
     from mrag.index import Index
@@ -61,6 +62,7 @@ def ask(question: str, db: str, model: str | None, k: int, strategy: str | None,
 
     if not question.strip():
         raise ValueError("the question is empty")
+    check_utf8(question, "the question")  # before a model loads
     if max_tokens <= 0:
         raise ValueError(f"--max-tokens must be positive, got {max_tokens}")
     if strategy is not None:

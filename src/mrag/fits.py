@@ -25,13 +25,15 @@ def created(store: Store, made: HeadEmbedder, spaces: list[dict[str, Any]], chun
     """Refuse an index that another process created at the same moment (`Store.create` then returns
     theirs) with another embedder or other spaces: this one's vectors would not be theirs. Chunk settings
     given and different are refused as on any existing index; not given, theirs are used."""
-    recorded, info = store.manifest.embedder, made.info()
+    recorded, info = store.manifest.embedder, made.info() | {"probe": made.probe()}
     # what shapes the vectors (not `revision` or `n_layers`: the same model by its id or its folder)
     keys = ("dim", "n_heads", "head_dim", "layer", "pooling", "max_length", "query_instruction",
             "document_instruction", "standard")
     differ = [(key, recorded.get(key)) for key in keys if recorded.get(key) != info.get(key)]
     if not same_model(str(info.get("model")), str(recorded.get("model"))):
         differ.insert(0, ("model", recorded.get("model")))
+    if "probe" in recorded and "probe" in info and _probe_differs(recorded["probe"], info["probe"]):
+        differ.append(("probe", "other vectors"))
     if store.manifest.spaces != spaces:
         differ.append(("spaces", [space["name"] for space in store.manifest.spaces]))
     if differ:
@@ -70,14 +72,17 @@ def loaded(recorded: dict[str, Any], embedder: HeadEmbedder, uri: str) -> HeadEm
         if key in info and key in recorded and info[key] != recorded[key]:
             raise StoreError(f"the index at {uri} was built with {key}={recorded[key]!r}, not {info[key]!r} (the "
                              f"model {recorded.get('model')} as it is now): use that model as it was, or another --db")
-    if "probe" in recorded:
-        now = embedder.probe()
-        for part in ("standard", "heads"):
-            if _cosine(recorded["probe"][part], now[part]) < PROBE_MATCH:
-                raise StoreError(f"the model {recorded.get('model')} makes other vectors ({part}) than the ones the "
-                                 f"index at {uri} was built with: its weights changed since (or another model took "
-                                 "its name); use the model as it was, or index into another --db")
+    part = _probe_differs(recorded["probe"], embedder.probe()) if "probe" in recorded else None
+    if part is not None:
+        raise StoreError(f"the model {recorded.get('model')} makes other vectors ({part}) than the ones the index at "
+                         f"{uri} was built with: its weights changed since (or another model took its name); use the "
+                         "model as it was, or index into another --db")
     return standard(recorded, embedder, uri)
+
+
+def _probe_differs(recorded: dict[str, list[float]], now: dict[str, list[float]]) -> str | None:
+    """The part ("standard" or "heads") of two probes further apart than `PROBE_MATCH`, else None."""
+    return next((part for part in ("standard", "heads") if _cosine(recorded[part], now[part]) < PROBE_MATCH), None)
 
 
 def _cosine(a: list[float], b: list[float]) -> float:

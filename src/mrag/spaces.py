@@ -75,16 +75,19 @@ class SpaceSpec:
         return self.function == other.function and absolute(self.options) == absolute(other.options)
 
 
+MODEL_OPTIONS = ("name", "model", "model_name", "path", "model_path")  # options that may name a model folder
+
+
 def absolute(options: dict[str, Any]) -> dict[str, Any]:
-    """The options with each relative path that exists here (a model folder) made absolute: the index records
-    what the path names now, not what it will name from another working directory."""
-    def resolved(value: Any) -> Any:
-        if not isinstance(value, str) or not value or Path(value).is_absolute() or "://" in value:
+    """The options with a model option naming a folder here by a relative path made absolute: the index
+    records the folder the path names now, not what it names from another working directory."""
+    def resolved(key: str, value: Any) -> Any:
+        if key not in MODEL_OPTIONS or not isinstance(value, str) or not value or "://" in value:
             return value
         path = Path(value).expanduser()
-        return str(path.resolve()) if path.exists() else value
+        return str(path.resolve()) if not path.is_absolute() and path.is_dir() else value
 
-    return {key: resolved(value) for key, value in options.items()}
+    return {key: resolved(key, value) for key, value in options.items()}
 
 
 def _value(text: str) -> Any:

@@ -37,6 +37,8 @@ class Writable(Protocol):
 
     def maintain_ann(self, force: bool = False) -> dict[str, Any] | None: ...
 
+    def maintain_fulltext(self, force: bool = False) -> bool: ...
+
 
 def index_files(index: Writable, paths: Sequence[str | Path], docs: list[Document], skipped: list[Skipped],
                 show_progress: bool = False, prune: bool = False, commit_every: int = COMMIT_EVERY) -> AddReport:
@@ -52,14 +54,23 @@ def index_files(index: Writable, paths: Sequence[str | Path], docs: list[Documen
     report = AddReport()
     parts, stored = commit_parts(index.store, docs, commit_every)
     for number, part in enumerate(parts):
-        done = _index_part(index, paths, docs, part, skipped, show_progress, prune, changed, number == len(parts) - 1,
-                           stored)
+        try:
+            done = _index_part(index, paths, docs, part, skipped, show_progress, prune, changed,
+                               number == len(parts) - 1, stored)
+        except ValueError as e:  # an id taken meanwhile: the parts before stay
+            if number == 0:
+                raise
+            raise ValueError(f"{str(e).replace('nothing written', 'nothing of this part written', 1)}; part "
+                             f"{number + 1} of {len(parts)}: the {len(report.added) + len(report.updated)} documents "
+                             "of the parts before are committed, and nothing was deleted") from e
         report.added += done.added
         report.updated += done.updated
         report.unchanged += done.unchanged
         report.removed += done.removed
         report.chunks += done.chunks
         report.ann = done.ann or report.ann
+    if len(parts) > 1 and not done.chunks:  # the last part wrote no row: its catching up of the full-text index
+        index.maintain_fulltext()
     report.skipped = skipped + changed_skips(changed) + [Skipped(path, UNKNOWN) for path in unknown]
     return report
 
@@ -118,12 +129,12 @@ def commit_parts(store: Store, docs: list[Document], commit_every: int
 def leaving_out(docs: list[Document], changed: set[str]) -> Callable[[set[str]], set[str]]:
     """The `leave_out` of a write of `docs` read from files (`writing.retriage`): given the ids another run
     wrote since they were looked up, the ids of every document of those files that also changed since they
-    were read (the whole file: a record's text and its siblings'), the files added to `changed`."""
+    were read (the whole file: a record's text and its siblings'), the files added to `changed`, and of the
+    files already in it (an earlier part of the run found them so)."""
 
     def leave_out(moved: set[str]) -> set[str]:
-        stale = changed_files([d for d in docs if d.id in moved])
-        changed.update(stale)
-        return {d.id for d in docs if d.source in stale}
+        changed.update(changed_files([d for d in docs if d.id in moved]))
+        return {d.id for d in docs if d.source in changed}  # an earlier part's finds too
 
     return leave_out
 

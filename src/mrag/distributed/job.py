@@ -221,6 +221,8 @@ def _run_job(
                        None if left_out else [HeadStats.from_json(t) for t in tags])
         report.removed = sync.settle(store, read, report.skipped, paths, False, changed)  # in this same commit
         fulltext.keep(store.chunks)  # the full-text index, in this same commit
+        if "probe" not in store.manifest.embedder:  # an index made before probes: the workers' (`writing.write`)
+            store.stage(embedder=store.manifest.embedder | {"probe": info["probe"]})
     report.skipped += sync.changed_skips(changed)
     report.chunks = len(written)
     report.workers = per_worker(tags)

@@ -210,8 +210,10 @@ def _pick_device(device: str) -> str:
             kind = torch.device(device).type
         except (RuntimeError, TypeError):
             raise ValueError(f"device {device!r}: not a device (cpu, cuda, cuda:1, mps or auto)") from None
-        available = {"cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
-        if not available.get(kind, True):
+        available = {"cpu": True, "cuda": torch.cuda.is_available(), "mps": torch.backends.mps.is_available()}
+        if kind not in available:
+            raise ValueError(f"device {device!r}: mrag runs on cpu, cuda (cuda:N) or mps, or picks one (auto)")
+        if not available[kind]:
             raise ValueError(f"device {device!r}: this torch ({torch.__version__}) sees no {kind.upper()} device; "
                              "use --device cpu or auto")
         return device

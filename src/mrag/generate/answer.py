@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mrag.documents import check_utf8
 from mrag.generate.base import DEFAULT_MAX_TOKENS, Generator, Message
 from mrag.generate.fusion import retrieve_for
 from mrag.generate.prompt import (
@@ -71,6 +72,7 @@ def prepare(
     `strategy` None is the index's default."""
     if not question or not question.strip():
         raise ValueError("the question is empty")
+    check_utf8(question, "the question")  # before an LLM is asked for sub-queries
     if k <= 0:
         raise ValueError(f"k must be positive, got {k}")
     if max_context_chars <= 0:
