@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -44,6 +45,7 @@ def main() -> None:
     args = parser.parse_args()
     settings = [int(x) for x in args.every.split(",")]
     runs: dict[int, list[dict[str, Any]]] = {every: [] for every in settings}
+    load = [os.getloadavg()]
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "docs"
         folder.mkdir()
@@ -55,6 +57,7 @@ def main() -> None:
                 db = Path(tmp) / f"db-{every}-{r}"
                 runs[every].append(one_run(folder, db, every))
                 print(every, runs[every][-1], flush=True)
+    load.append(os.getloadavg())
     base = median([x["first_s"] for x in runs[settings[0]]])
     rows = []
     for every in settings:
@@ -67,10 +70,11 @@ def main() -> None:
     columns = list(rows[0])
     text = (f"# A long indexing run committed in parts (`--commit-every`)\n\nmachine: {machine()}\n\n"
             f"{__doc__.strip().splitlines()[2]} {' '.join(__doc__.strip().splitlines()[3:6])}\n\n"
+            f"Load average (1/5/15 min) at start and end: {[tuple(round(x, 2) for x in v) for v in load]}.\n\n"
             + markdown_table(rows, columns))
     print(text)
-    write_results("commit-parts", {"machine": machine(), "rows": rows, "runs": {str(k): v for k, v in runs.items()}},
-                  text)
+    write_results("commit-parts", {"machine": machine(), "load": load, "rows": rows,
+                                   "runs": {str(k): v for k, v in runs.items()}}, text)
 
 
 if __name__ == "__main__":
