@@ -247,3 +247,20 @@ def test_changes_behind_mrags_back_are_invisible_then_rolled_back(index, db_path
     assert reopened.store.manifest.chunks_version == lancedb.connect(db_path).open_table(CHUNKS).version
     assert_scales_match_corpus(reopened, fake)
     assert Index.open(db_path, embedder=fake).head_scales() == reopened.head_scales()
+
+
+def test_a_copy_swapped_in_at_the_same_version_is_read_anew(tmp_path, fake):
+    """A copy of an index (the same index id) that took another write than the live one, swapped in at the same
+    version: an open index kept searching the live one's rows in memory (stale hits, or "Not found")."""
+    import shutil
+
+    live = Index.open(tmp_path / "live", embedder=fake)
+    live.add([{"id": "bees", "text": "honeybees cool the hive"}])
+    shutil.copytree(tmp_path / "live", tmp_path / "staging")
+    live.add([{"id": "live", "text": "glaciers carve valleys"}])
+    Index.open(tmp_path / "staging", embedder=fake).add([{"id": "staged", "text": "comets have tails"}])
+    reader = Index.open(tmp_path / "live", embedder=fake)
+    assert {h.doc_id for h in reader.search("glaciers comets bees", k=5, strategy="standard")} == {"bees", "live"}
+    (tmp_path / "live").rename(tmp_path / "old")
+    (tmp_path / "staging").rename(tmp_path / "live")
+    assert {h.doc_id for h in reader.search("glaciers comets bees", k=5, strategy="standard")} == {"bees", "staged"}

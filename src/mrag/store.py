@@ -141,7 +141,11 @@ class Store:
                     if version != self._manifest_version or folder != self._manifest_folder:
                         rows = self._manifest_table.to_arrow().to_pylist()
                         manifest = Manifest.from_json(json.loads(rows[0]["json"]))
-                        if manifest.index_id != self.manifest.index_id:  # the folder was made again: other rows
+                        # the folder made again or a copy swapped in (the same index id, or none in an index
+                        # made before ids; another inode: a commit changes only the ctime): other rows
+                        was = self._manifest_folder
+                        moved = was is not None and folder is not None and folder[:2] != was[:2]
+                        if moved or manifest.index_id != self.manifest.index_id:
                             self._matrix, self.graphs = None, None
                         self.manifest, self._manifest_version = manifest, version
                         self._manifest_folder = folder
