@@ -15,6 +15,7 @@ from mrag.store import Store
 from mrag.writing import chunk_settings
 
 RECORDED_OPTIONS = ("pooling", "max_length", "query_instruction", "document_instruction")  # shape the vectors
+SHAPE = ("dim", "n_heads", "head_dim", "layer")  # the sizes and the layer hooked
 # cosine of a recorded probe and the embedder's own, of the standard values and of the heads', at least: bf16
 # weights against fp32 gave 0.99995 (MiniLM), its layer 4 against 5 0.19 (heads), max_length 8 against its default 0.34
 PROBE_MATCH = 0.99
@@ -27,8 +28,7 @@ def created(store: Store, made: HeadEmbedder, spaces: list[dict[str, Any]], chun
     given and different are refused as on any existing index; not given, theirs are used."""
     recorded, info = store.manifest.embedder, made.info() | {"probe": made.probe()}
     # what shapes the vectors (not `revision` or `n_layers`: the same model by its id or its folder)
-    keys = ("dim", "n_heads", "head_dim", "layer", "pooling", "max_length", "query_instruction",
-            "document_instruction", "standard")
+    keys = (*SHAPE, *RECORDED_OPTIONS, "standard")
     differ = [(key, recorded.get(key)) for key in keys if recorded.get(key) != info.get(key)]
     if not same_model(str(info.get("model")), str(recorded.get("model"))):
         differ.insert(0, ("model", recorded.get("model")))
@@ -66,9 +66,7 @@ def loaded(recorded: dict[str, Any], embedder: HeadEmbedder, uri: str) -> HeadEm
     instructions than the index records (those it reports), another probe (`HeadEmbedder.probe`: other
     weights under the same name, a model folder whose files were replaced), or another standard vector."""
     info = embedder.info()
-    keys = ("dim", "n_heads", "head_dim", "layer", "n_layers", "pooling", "max_length", "query_instruction",
-            "document_instruction")
-    for key in keys:
+    for key in (*SHAPE, "n_layers", *RECORDED_OPTIONS):
         if key in info and key in recorded and info[key] != recorded[key]:
             raise StoreError(f"the index at {uri} was built with {key}={recorded[key]!r}, not {info[key]!r} (the "
                              f"model {recorded.get('model')} as it is now): use that model as it was, or another --db")
