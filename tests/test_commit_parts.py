@@ -18,6 +18,7 @@ from mrag.embed.base import PROBE
 from mrag.index import Index
 from mrag.retrieve import fulltext
 from mrag.sync import commit_parts
+from mrag.writing import FromFiles
 
 PROCS = str(Path(__file__).with_name("procs.py"))
 LONG = "One two three. Four five six. Seven eight nine."  # three chunks of at most 20 characters
@@ -33,9 +34,9 @@ def test_parts_end_once_the_chunks_to_embed_reach_the_limit(tmp_path):
     a, b, long, d = doc("a", "Alpha here."), doc("b", "Beta here."), doc("long", LONG), doc("d", "Delta.")
     ids = [[x.id for x in part] for part in commit_parts(index.store, [a, b, long, d], 2)[0]]
     assert ids == [["a", "b"], ["long"], ["d"]]  # 1 + 1 chunks, then 3, then the last 1
-    assert commit_parts(index.store, [a, b, long, d], 0) == ([[a, b, long, d]], None)  # 0: one commit
-    assert commit_parts(index.store, [a, b], 100) == ([[a, b]], None)  # fewer characters than the limit
-    index.upsert([a, b], from_files=True)  # unchanged now: nothing to embed, so no part ends on them
+    assert commit_parts(index.store, [a, b, long, d], 0) == ([[a, b, long, d]], None, None)  # 0: one commit
+    assert commit_parts(index.store, [a, b], 100) == ([[a, b]], None, None)  # fewer characters than the limit
+    index.upsert([a, b], files=FromFiles())  # unchanged now: nothing to embed, so no part ends on them
     assert [[x.id for x in part] for part in commit_parts(index.store, [a, b, long, d], 2)[0]] == [
         ["a", "b", "long"], ["d"]]
     index.add([f"Filler {i}." for i in range(38)])  # 40 rows: a part ends at a quarter of the rows before it

@@ -25,6 +25,7 @@ import mrag.store
 import mrag.versions
 from mrag.index import Index
 from mrag.locking import LockTimeout
+from mrag.writing import FromFiles
 
 PROCS = str(Path(__file__).with_name("procs.py"))
 
@@ -158,7 +159,8 @@ def test_a_writer_thread_waits_for_another_one_no_longer_than_the_timeout(tmp_pa
         inside.set()
         leave.wait(30)
 
-    slow = threading.Thread(target=lambda: index.upsert([{"id": "b", "text": "tides"}], settle=stuck), name="slow")
+    slow = threading.Thread(target=lambda: index.upsert([{"id": "b", "text": "tides"}], files=FromFiles(stuck)),
+                            name="slow")
     slow.start()
     try:
         assert inside.wait(30)

@@ -208,25 +208,15 @@ class Index:
         return self._write(docs, replace=False, show_progress=show_progress)
 
     def upsert(self, docs: Iterable[Document | dict[str, Any] | str], show_progress: bool = False,
-               settle: Callable[[], None] | None = None, from_files: bool = False,
-               leave_out: Callable[[set[str]], set[str]] | None = None, part: bool = False,
-               stored: dict[str, str] | None = None) -> AddReport:
-        """Add new documents and replace changed ones (same id, other content); unchanged: no work. `settle`:
-        run under the write lock after the rows, in their commit, where any document needed embedding;
-        `from_files`: documents `read_paths` read, which follow their files; `leave_out`: under the lock, given
-        the ids another writer changed since, those not to write after all; `part`: a part of a longer run,
-        whose last part catches up the full-text index; `stored`: the documents' indexed digests, as the caller
-        has just looked them up (`writing.write`; `mrag.sync`)."""
-        return self._write(docs, replace=True, show_progress=show_progress, settle=settle, from_files=from_files,
-                           leave_out=leave_out, part=part, stored=stored)
+               files: writing.FromFiles | None = None) -> AddReport:
+        """Add new documents and replace changed ones (same id, other content); unchanged: no work. `files`:
+        documents read from files, as `mrag.sync` writes them (`writing.FromFiles`)."""
+        return self._write(docs, replace=True, show_progress=show_progress, files=files)
 
     def _write(self, docs: Iterable[Document | dict[str, Any] | str], replace: bool, show_progress: bool,
-               settle: Callable[[], None] | None = None, from_files: bool = False,
-               leave_out: Callable[[set[str]], set[str]] | None = None, part: bool = False,
-               stored: dict[str, str] | None = None) -> AddReport:
+               files: writing.FromFiles | None = None) -> AddReport:
         self.store.refresh()  # the spaces as committed now (another process may have added or dropped one)
-        report = writing.write(self.store, lambda: self.embedder, self.spaces, docs, replace, show_progress, settle,
-                               from_files, leave_out, part, stored)
+        report = writing.write(self.store, lambda: self.embedder, self.spaces, docs, replace, show_progress, files)
         try:
             report.ann = self.maintain_ann() if report.chunks else None
         except (OSError, RuntimeError, ValueError) as e:  # the write is committed: its report stands (an S3 outage)

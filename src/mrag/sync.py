@@ -9,6 +9,7 @@ in the last; a run below it is one commit.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Collection, Iterable, Sequence
 from pathlib import Path
@@ -19,7 +20,7 @@ from mrag.ingest import EMPTY, NO_RECORDS, RECORD_SUFFIXES, IngestError, Skipped
 from mrag.rows import quote
 from mrag.settings import COMMIT_EVERY
 from mrag.store import Store
-from mrag.writing import AddReport, check_unique_ids
+from mrag.writing import AddReport, FromFiles, check_unique_ids
 
 CHANGED = "changed or removed while it was being indexed: index it again"  # a file `changed_files` finds
 UNKNOWN = "no such file or folder, and no document indexed from there"  # a path to prune (`unknown_paths`)
@@ -30,10 +31,8 @@ class Writable(Protocol):
 
     store: Store
 
-    def upsert(self, docs: list[Document], show_progress: bool = False,
-               settle: Callable[[], None] | None = None, from_files: bool = False,
-               leave_out: Callable[[set[str]], set[str]] | None = None, part: bool = False,
-               stored: dict[str, str] | None = None) -> AddReport: ...
+    def upsert(self, docs: list[Document], show_progress: bool = False, files: FromFiles | None = None
+               ) -> AddReport: ...
 
     def maintain_ann(self, force: bool = False) -> dict[str, Any] | None: ...
 
@@ -52,11 +51,11 @@ def index_files(index: Writable, paths: Sequence[str | Path], docs: list[Documen
     refuse_taken(index.store, docs, skipped)
     changed: set[str] = set()  # files whose documents were left as committed, found under the write lock
     report = AddReport()
-    parts, stored = commit_parts(index.store, docs, commit_every)
+    parts, stored, digests = commit_parts(index.store, docs, commit_every)
     for number, part in enumerate(parts):
         try:
             done = _index_part(index, paths, docs, part, skipped, show_progress, prune, changed,
-                               number == len(parts) - 1, stored)
+                               number == len(parts) - 1, FromFiles(stored=stored, digests=digests))
         except ValueError as e:  # an id taken meanwhile: the parts before stay
             if number == 0:
                 raise
@@ -77,10 +76,10 @@ def index_files(index: Writable, paths: Sequence[str | Path], docs: list[Documen
 
 def _index_part(index: Writable, paths: Sequence[str | Path], docs: list[Document], part: list[Document],
                 skipped: list[Skipped], show_progress: bool, prune: bool, changed: set[str], last: bool,
-                stored: dict[str, str] | None) -> AddReport:
+                looked: FromFiles) -> AddReport:
     """One commit of `index_files`: the documents of `part` (of the run's `docs`), and in the `last` (the
-    whole run, or its last part) the deletions of the whole run (`settle`). `stored`: the indexed digests
-    `commit_parts` looked up, if it did."""
+    whole run, or its last part) the deletions of the whole run (`settle`). `looked`: the indexed and new
+    digests `commit_parts` computed, if it did."""
     removed: list[str] | None = None
 
     def after_rows() -> None:  # under the write lock, after the upsert's rows, in their commit
@@ -91,8 +90,8 @@ def _index_part(index: Writable, paths: Sequence[str | Path], docs: list[Documen
             refuse_taken(index.store, part, skipped, docs)
             removed = []
 
-    report = index.upsert(part, show_progress=show_progress, settle=after_rows, from_files=True,
-                          leave_out=leaving_out(part, changed), part=not last, stored=stored)
+    report = index.upsert(part, show_progress=show_progress, files=FromFiles(
+        after_rows, leaving_out(part, changed), not last, looked.stored, looked.digests))
     if removed is None:  # nothing needed embedding: the deletes, if any, are a write of their own
         removed = delete_gone(index, docs, skipped, paths, prune, changed) if last else []
     elif removed and not report.chunks:  # deleted, but no row written: the upkeep a write of rows runs
@@ -102,28 +101,30 @@ def _index_part(index: Writable, paths: Sequence[str | Path], docs: list[Documen
 
 
 def commit_parts(store: Store, docs: list[Document], commit_every: int
-                 ) -> tuple[list[list[Document]], dict[str, str] | None]:
+                 ) -> tuple[list[list[Document]], dict[str, str] | None, dict[str, str] | None]:
     """`docs` in runs of consecutive documents, each ending once the documents to embed in it (new, changed,
     partial) reach about `commit_every` chunks, or a quarter of the rows committed before it where that is
     more (a part's commit reads the table a few times: parts that grow with it keep those reads a fixed share
     of the run; a run stopped midway loses at most that much). A document counts its text over the chunk size,
     rounded up (chunking every document twice cost more than the parts). One run when all of them are fewer,
     or `commit_every` is 0. A file's records may fall in two parts (`index_files` deletes in the last).
-    -> the parts, and the indexed digests of `docs` where it looked them up (the parts' writes use them)."""
+    -> the parts, and where it looked them up, the indexed and the new digests of `docs` by id (the parts'
+    writes use them)."""
     size = int(store.manifest.settings["chunk_chars"])
     if not commit_every or sum(-(-len(d.text) // size) for d in docs) <= commit_every:
-        return [docs], None
+        return [docs], None, None
     stored, rows = store.doc_hashes([d.id for d in docs]), store.count()
+    digests = {d.id: document_digest(d) for d in docs}
     parts: list[list[Document]] = [[]]
     count = 0
     for doc in docs:
         parts[-1].append(doc)
-        if not same_content(stored.get(doc.id), document_digest(doc)):
+        if not same_content(stored.get(doc.id), digests[doc.id]):
             count += max(1, -(-len(doc.text) // size))
         if count >= max(commit_every, rows // 4) and doc is not docs[-1]:
             parts.append([])
             rows, count = rows + count, 0
-    return parts, stored
+    return parts, stored, digests
 
 
 def leaving_out(docs: list[Document], changed: set[str]) -> Callable[[set[str]], set[str]]:
@@ -271,7 +272,13 @@ def from_a_file(doc_id: str, source: str) -> bool:
     follow their files; a document the library added with a file's path as its source and an id of its own is
     left alone (`sources` leaves out those whose digest says so; this tells the others apart in an index
     written before that mark)."""
-    return bool(source) and (doc_id == source or Path(source).suffix.lower() in RECORD_SUFFIXES)
+    return bool(source) and (doc_id == source or _records_file(source))
+
+
+@functools.lru_cache(maxsize=4096)
+def _records_file(source: str) -> bool:
+    """Whether `source` names a .json/.jsonl file (asked once a document: a file's records share it)."""
+    return Path(source).suffix.lower() in RECORD_SUFFIXES
 
 
 def _under(source: str, root: Path) -> bool:

@@ -60,6 +60,23 @@ class AddReport:
         } | ({"ann": self.ann} if self.ann else {})
 
 
+@dataclass
+class FromFiles:
+    """How `mrag.sync` writes documents read from files (`write`; `Index.upsert(files=...)`): their records
+    follow their files (their digests are not marked as added by the library, `documents.ADDED`).
+    `settle`: run under the write lock after the rows, in their commit, where any document needed embedding;
+    `leave_out`: under the lock, given the ids another writer changed since they were looked up, those not to
+    write after all; `part`: a part of a longer run (its last part catches the full-text index up);
+    `stored` and `digests`: the documents' indexed and new digests by id, as the caller has just computed
+    them (looked up again under the lock)."""
+
+    settle: Callable[[], None] | None = None
+    leave_out: Callable[[set[str]], set[str]] | None = None
+    part: bool = False
+    stored: dict[str, str] | None = None
+    digests: dict[str, str] | None = None
+
+
 def chunk_settings(uri: str, store: Store | None, chunk_chars: int | None, overlap: int | None) -> dict[str, int]:
     """The chunk settings: an existing index's (others are refused), else the given ones or the defaults."""
     if store is not None:
@@ -115,32 +132,25 @@ def write(
     docs: Iterable[Document | dict[str, Any] | str],
     replace: bool,
     show_progress: bool = False,
-    settle: Callable[[], None] | None = None,
-    from_files: bool = False,
-    leave_out: Callable[[set[str]], set[str]] | None = None,
-    part: bool = False,
-    stored: dict[str, str] | None = None,
+    files: FromFiles | None = None,
 ) -> AddReport:
-    """Add documents (`replace`: and replace changed ones); `from_files`: read from files by `mrag.sync`,
-    whose records follow their files (others' digests say they were added: `documents.ADDED`). Embeds outside
-    the write lock (other writers go on meanwhile), then, under it, triages again against what is committed now and
-    writes. Past `STAGE_BYTES` of embedded rows the lock is taken early and the rest is written as
-    it is embedded, so memory stays bounded. `embedder` is called only when there is work. `settle` runs
-    under the lock after the rows, in the same commit (an error there writes nothing), where any document
-    needed embedding (even if the check under the lock then leaves no row to write), and never otherwise:
-    `mrag.sync`'s checks and deletes. `leave_out` runs under the lock before any row is written, given the
-    ids of the documents to write that another writer changed since this one looked: -> those not to write
-    after all (`mrag.sync`: their files also changed since they were read). The full-text index is built or
-    caught up in the same commit; a `part` of a longer run builds only a table's first one (its last part
-    catches up: a build at every part cost more than the rest of the parts' commits, `commit-parts.md`).
-    `stored`: the indexed digests of (at least) these documents, looked up just before by the caller (else
-    here; under the lock they are looked up again)."""
+    """Add documents (`replace`: and replace changed ones); `files`: documents read from files by `mrag.sync`
+    (`FromFiles`). Embeds outside the write lock (other writers go on meanwhile), then, under it, triages again
+    against what is committed now and writes. Past `STAGE_BYTES` of embedded rows the lock is taken early and
+    the rest is written as it is embedded, so memory stays bounded. `embedder` is called only when there is
+    work. `files.settle` runs under the lock after the rows, in the same commit (an error there writes
+    nothing), where any document needed embedding (even if the check under the lock then leaves no row to
+    write), and never otherwise. The full-text index is built or caught up in the same commit; a `part` of a
+    longer run builds only a table's first one (its last part catches up: a build at every part cost more
+    than the rest of the parts' commits, `commit-parts.md`)."""
     documents = [as_document(d, i) for i, d in enumerate(docs)]
     ids = [d.id for d in documents]
     check_unique_ids(ids)
-    digests = [document_digest(d, added=not from_files) for d in documents]
+    how = files or FromFiles()
+    given = how.digests or {}
+    digests = [given.get(d.id) or document_digest(d, added=files is None) for d in documents]
     report = AddReport()
-    seen = store.doc_hashes(ids) if stored is None else {i: stored[i] for i in ids if i in stored}
+    seen = store.doc_hashes(ids) if how.stored is None else {i: how.stored[i] for i in ids if i in how.stored}
     chosen = triage(list(zip(ids, digests)), seen, report, replace)
     todo = [(documents[i], digests[i]) for i in chosen]
     settings = store.manifest.settings
@@ -165,18 +175,18 @@ def write(
                 continue
             if wanted is None:
                 held.enter_context(store.writing())
-                wanted = retriage(store, todo, replace, report, seen, leave_out)
+                wanted = retriage(store, todo, replace, report, seen, how.leave_out)
             _append(store, staged, wanted, report)
             staged, staged_bytes = [], 0
         if wanted is None:
             held.enter_context(store.writing())
-            wanted = retriage(store, todo, replace, report, seen, leave_out)
+            wanted = retriage(store, todo, replace, report, seen, how.leave_out)
         _append(store, staged, wanted, report)
-        if settle is not None:
-            settle()
+        if how.settle is not None:
+            how.settle()
         if "probe" not in store.manifest.embedder:  # an index made before probes: its next write records one
             store.stage(embedder=store.manifest.embedder | {"probe": model.probe()})
-        if not part or not fulltext.has_index(store.chunks):  # a part: only an index's first
+        if not how.part or not fulltext.has_index(store.chunks):  # a part: only an index's first
             fulltext.keep(store.chunks)  # the full-text index, built or caught up in this same commit
     return report
 
