@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 from click.testing import CliRunner
@@ -99,3 +101,18 @@ def test_a_question_that_is_not_utf8_is_refused_before_an_llm_is_asked(index):
     index.add([{"id": "bees", "text": "Honeybees fan their wings."}])
     with pytest.raises(ValueError, match="the question holds an unpaired surrogate"):
         prepare(index, "\udcff bees", k=1, strategy="fusion", generator=Unasked())
+
+
+def test_ctrl_c_exits_with_the_shells_status_130(tmp_path):
+    """A real SIGINT while a command runs: click's "Aborted!" exited 1, the status of an error; shells and
+    schedulers read 130 as interrupted."""
+    Index.open(tmp_path / "db", embedder=FakeEmbedder()).add(["bees"])
+    script = ("import os, signal, sys\n"
+              "import mrag.index\n"
+              "mrag.index.Index.open = lambda *a, **k: os.kill(os.getpid(), signal.SIGINT)\n"
+              "from mrag.cli import main\n"
+              f"sys.argv = ['mrag', 'info', '--db', {str(tmp_path / 'db')!r}]\n"
+              "main()\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 130, done.stderr
+    assert "interrupted" in done.stderr and "Traceback" not in done.stderr

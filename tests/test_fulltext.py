@@ -463,3 +463,18 @@ def test_lance_row_ids_to_matrix_rows_by_hand():
     assert index.rows(compacted, [9, 2**33, 4, 2**34]).tolist() == [2, 0, -1, -1]
     assert index.rows(compacted, []).tolist() == []
     assert index.rows(np.zeros(0, dtype=np.uint64), [7]).tolist() == [-1]
+
+
+def test_the_full_text_space_alone_loads_no_model(db_path, fake):
+    """`-s bm25` (or a selection of the full-text space alone) embeds nothing: it loaded the model first."""
+    Index.open(db_path, embedder=fake).add(DOCS)
+
+    def no_model() -> FakeEmbedder:
+        raise AssertionError("the model was loaded")
+
+    index = Index(Index.open(db_path, embedder=FakeEmbedder()).store, no_model)
+    assert ids(index.search("Kasparov", k=1, strategy="bm25")) == ["chess"]
+    assert ids(index.search("Kasparov. Deep Blue.", k=1, strategy="segment+bm25")) == ["chess"]
+    assert ids(index.search("Kasparov", k=1, strategy="mrag-bm25", spaces=["bm25"])) == ["chess"]
+    with pytest.raises(AssertionError, match="the model was loaded"):
+        index.search("Kasparov", k=1, strategy="hybrid")  # the standard vector votes too

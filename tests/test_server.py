@@ -281,6 +281,14 @@ def test_ids_with_slashes_can_be_deleted(client):
     assert client.delete("/documents//home/me/a.md", headers=AUTH).json() == {"deleted_chunks": 1}
 
 
+def test_ids_with_line_breaks_can_be_deleted_by_url(client):
+    """Starlette's `path` stops at a line break: such an id was a 404, though POST /documents/delete took it."""
+    client.post("/documents", json={"documents": [{"id": "two\nlines", "text": "a record id with a break"}]},
+                headers=AUTH)
+    assert client.delete("/documents/two%0Alines", headers=AUTH).json() == {"deleted_chunks": 1}
+    assert client.delete("/documents/two%0Alines", headers=AUTH).status_code == 404  # gone now
+
+
 def test_large_bodies_are_refused_with_413(client):
     big = {"query": "x" * 5000}
     assert client.post("/search", json=big).status_code == 413

@@ -13,6 +13,7 @@ import json
 import math
 import os
 import re
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -50,7 +51,7 @@ def _quiet_libraries() -> None:
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the library's errors on bad input into one-line messages and exit status 1."""
+    """Turn the library's errors on bad input into one-line messages and exit status 1 (Ctrl-C: 130)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -59,6 +60,9 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         except BrokenPipeError:  # the reader left (`| head`): click ends quietly
             raise
+        except KeyboardInterrupt:  # Ctrl-C: the shell's status for SIGINT (click's would be 1, as for an error)
+            click.echo("\ninterrupted: what was committed before stays (a write cut off commits nothing)", err=True)
+            raise SystemExit(128 + signal.SIGINT) from None
         except RuntimeError as e:  # Lance's storage errors: a damaged index, not a bug of ours
             if no_space(str(e)):  # faiss writing the HNSW graphs, too
                 raise click.ClickException(lance_message(str(e).splitlines()[0])) from e

@@ -328,7 +328,7 @@ def create_app(settings: Settings) -> FastAPI:
             return JSONResponse({"detail": _one_line(e)}, status_code=404)
         return JSONResponse({"deleted_chunks": n})
 
-    @app.delete("/documents/{doc_id:path}", tags=["write"], dependencies=writes)
+    @app.delete("/documents/{doc_id:anyid}", tags=["write"], dependencies=writes)
     def delete_document(request: Request, doc_id: str) -> JSONResponse:
         """Delete a document (all its chunks) or one chunk by id."""
         return delete_ids(state(request), [doc_id])

@@ -18,6 +18,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from starlette.convertors import Convertor, register_url_convertor
 
 from mrag.documents import check_utf8
 from mrag.generate.base import DEFAULT_MAX_TOKENS
@@ -26,6 +27,22 @@ from mrag.retrieve import types
 from mrag.settings import names
 
 MAX_K = 1000
+
+
+class AnyId(Convertor[str]):
+    """An id in a URL's path (`/documents/{doc_id:anyid}`): any text, with slashes and line breaks (Starlette's
+    `path` stops at a line break: such an id was a 404 that `POST /documents/delete` deleted)."""
+
+    regex = "(?s:.+)"
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("anyid", AnyId())
 
 
 def _utf8_as(where: str) -> AfterValidator:

@@ -9,8 +9,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+import numpy as np
+
 from mrag.documents import check_utf8
-from mrag.embed.base import HeadEmbedder
+from mrag.embed.base import Embeddings, HeadEmbedder
 from mrag.errors import Busy
 from mrag.locking import is_local
 from mrag.manifest import Manifest
@@ -126,16 +128,23 @@ def _search_many(
     labels = list(manifest.space_dims())
     if spaces is not None:
         retrieve.check_selection(spaces, index.store.n_heads, len(scales["split"]), labels)
+    embeds = retrieve.uses_vectors(strategy, spaces)  # else the full-text space alone: no model to load
     ranker, fetch, count = ranker_for(index.store, plan, exact, nprobes, candidates,
                                       heads=retrieve.uses_heads(strategy, spaces),
-                                      device=lambda: scan_device(getattr(index.embedder, "device", None)))
+                                      device=(lambda: scan_device(getattr(index.embedder, "device", None))) if embeds
+                                      else None)
     if index.store.manifest is not manifest:  # another thread read a newer commit meanwhile: the ranker may be
         raise Moved  # of it (a manifest is replaced, never changed): `search_many` searches again
     if not queries or count == 0:
         return [[] for _ in queries]  # nothing to rank: no need to embed the queries
     texts = [t for q, p in zip(queries, parts) for t in (p or [q])]  # a segmented query votes by its parts
-    emb = index.embedder.embed(texts, kind="query")
-    emb.check_queries(texts)
+    if embeds:
+        emb = index.embedder.embed(texts, kind="query")
+        emb.check_queries(texts)
+    else:  # vectors of no direction, which no voter of these reads
+        store = index.store
+        emb = Embeddings(np.zeros((len(texts), store.dim), np.float32),
+                         np.zeros((len(texts), store.n_heads, store.head_dim), np.float32))
     live = [s for s in index.spaces if plan.base in retrieve.EXTRA_SPACE_STRATEGIES and s.name in (spaces or labels)]
     extra = {s.name: retrieve.unit(s.embed(texts, kind="query")) for s in live}
     vectors = [

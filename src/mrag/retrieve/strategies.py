@@ -77,6 +77,13 @@ def uses_heads(strategy: str, select: Collection[str] | None = None) -> bool:
     return select is None or "heads" in select or any(str(s).startswith("head:") for s in select)
 
 
+def uses_vectors(strategy: str, select: Collection[str] | None = None) -> bool:
+    """Whether a strategy (with its selection of spaces) votes with any vector space: the full-text space
+    alone (`bm25`, or a selection of it alone) needs no query embedding, so no model is loaded."""
+    alone = parse_strategy(strategy).base == "bm25" or (select is not None and set(select) == {FULLTEXT})
+    return not alone
+
+
 def uses_fulltext(strategy: str, select: Collection[str] | None = None) -> bool:
     """Whether a strategy (with its selection of spaces) asks the full-text space."""
     plan = parse_strategy(strategy)
