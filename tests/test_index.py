@@ -848,7 +848,7 @@ def test_prune_deletes_the_documents_of_deleted_and_emptied_files_under_the_path
     other.mkdir()
     texts = {folder / "keep.txt": "Glaciers carve valleys.", folder / "sub" / "gone.txt": "Volcanoes erupt magma.",
              folder / "empty.md": "Lemurs live on Madagascar.", folder / "broken.txt": "Bees fan their hives.",
-             other / "outside.txt": "Tides follow the Moon."}
+             other / "outside.txt": "Tides follow the Moon.", other / "stays.txt": "Owls hunt at night."}
     for path, text in texts.items():
         path.write_text(text)
     index.add_paths([folder, other])
@@ -861,7 +861,7 @@ def test_prune_deletes_the_documents_of_deleted_and_emptied_files_under_the_path
     report = index.add_paths([folder], prune=True)
     assert report.removed == sorted(str((folder / f).resolve()) for f in ("empty.md", "sub/gone.txt"))
     assert doc_ids(index) == sorted(str(p.resolve()) for p in (folder / "keep.txt", folder / "broken.txt",
-                                                                other / "outside.txt"))
+                                                                other / "outside.txt", other / "stays.txt"))
     assert all("Volcanoes" not in h.text for h in index.search("volcano magma", k=5))
     import shutil
 
@@ -879,6 +879,32 @@ def test_prune_deletes_the_documents_of_deleted_and_emptied_files_under_the_path
     report = index.add_paths([other, folder], prune=True)  # a scheduled run over both goes on, saying so
     assert report.removed == [str((other / "outside.txt").resolve())]
     assert [(s.source, s.reason) for s in report.skipped] == [(str(folder), sync.UNKNOWN)]
+
+
+def test_prune_leaves_the_documents_under_an_empty_folder_given_a_share_not_mounted(index, tmp_path):
+    """A share not mounted leaves its mount point empty: `mrag index SHARE --prune` deleted every document
+    indexed from it (exit 0), and the next run embedded them all again."""
+    root = tmp_path / "root"
+    share, other = root / "share", root / "other"
+    (share / "sub").mkdir(parents=True)
+    other.mkdir()
+    (share / "a.txt").write_text("Glaciers carve valleys.")
+    (share / "sub" / "b.txt").write_text("Volcanoes erupt magma.")
+    (other / "c.txt").write_text("Tides follow the Moon.")
+    (other / "d.txt").write_text("Owls hunt at night.")
+    index.add_paths([share, other])
+    (share / "a.txt").rename(root / "a.txt")  # "unmounted": the mount point stays, empty
+    (share / "sub" / "b.txt").unlink()
+    (share / "sub").rmdir()
+    (other / "c.txt").unlink()
+    report = index.add_paths([share, other], prune=True)
+    assert report.removed == [str((other / "c.txt").resolve())]  # the other folder's deleted file goes
+    assert [(s.source, s.reason) for s in report.skipped] == [(str(share), sync.EMPTY_FOLDER)]
+    assert doc_ids(index) == sorted([*(str((share / f).resolve()) for f in ("a.txt", "sub/b.txt")),
+                                     str((other / "d.txt").resolve())])
+    report = index.add_paths([root], prune=True)  # the folder above is not empty: what is gone under it goes
+    assert report.removed == sorted(str((share / f).resolve()) for f in ("a.txt", "sub/b.txt"))
+    assert doc_ids(index) == sorted(str((root / f).resolve()) for f in ("a.txt", "other/d.txt"))
 
 
 def test_prune_deletes_a_file_of_another_kind_named_on_its_own(index, tmp_path):

@@ -14,6 +14,7 @@ import math
 import os
 import re
 import signal
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -41,13 +42,11 @@ def _quiet_libraries() -> None:
     os.environ.setdefault("LANCE_LOG", "error")
     os.environ.setdefault("LANCEDB_LOG", "error")  # lancedb's own Rust log (LANCE_LOG is pylance's)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    try:
-        import transformers
-
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' bars too, once it is imported
+    transformers = sys.modules.get("transformers")  # imported already (the environment is read at its import):
+    if transformers is not None:  # importing it here cost every command a second or more, a search by BM25 too
         transformers.utils.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
-    except ImportError:
-        pass
 
 
 def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -34,7 +34,8 @@ def ray_cluster_address(value: str) -> bool:
 @click.option("--text-field", default="text", show_default=True, help="Text field of .json/.jsonl records.")
 @click.option("--id-field", default="id", show_default=True, help="Id field of .json/.jsonl records.")
 @click.option("--prune", is_flag=True,
-              help="Also delete the documents of files under PATHS that no longer exist or are now empty.")
+              help="Also delete the documents of files under PATHS that no longer exist or are now empty (a PATH "
+                   "that is an empty folder, a share not mounted, prunes nothing).")
 @click.option("--commit-every", type=click.IntRange(min=0), default=COMMIT_EVERY, show_default=True, metavar="CHUNKS",
               help="Commit a long run in parts of about this many chunks embedded, or a quarter of the rows "
                    "indexed before, where more (a run stopped midway keeps them; the next skips them); 0: one commit.")

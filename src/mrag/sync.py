@@ -24,6 +24,8 @@ from mrag.writing import AddReport, FromFiles, check_unique_ids
 
 CHANGED = "changed or removed while it was being indexed: index it again"  # a file `changed_files` finds
 UNKNOWN = "no such file or folder, and no document indexed from there"  # a path to prune (`unknown_paths`)
+EMPTY_FOLDER = ("an empty folder (a share not mounted?) under which documents are indexed: nothing pruned there "
+                "(to prune them, delete the folder, or prune from the folder above it)")  # `empty_folders`
 
 
 class Writable(Protocol):
@@ -48,13 +50,15 @@ def index_files(index: Writable, paths: Sequence[str | Path], docs: list[Documen
     embedding, and again under the write lock (another process may index it meanwhile)."""
     check_unique_ids([d.id for d in docs], [d.source for d in docs])  # naming the files
     unknown = unknown_paths(index.store, paths) if prune else []
+    held = empty_folders(index.store, paths) if prune else []
+    roots = [p for p in paths if str(p) not in held]  # where documents of files gone are pruned
     refuse_taken(index.store, docs, skipped)
     changed: set[str] = set()  # files whose documents were left as committed, found under the write lock
     report = AddReport()
     parts, stored, digests = commit_parts(index.store, docs, commit_every)
     for number, part in enumerate(parts):
         try:
-            done = _index_part(index, paths, docs, part, skipped, show_progress, prune, changed,
+            done = _index_part(index, roots, docs, part, skipped, show_progress, prune, changed,
                                number == len(parts) - 1, FromFiles(stored=stored, digests=digests))
         except ValueError as e:  # an id taken meanwhile: the parts before stay
             if number == 0:
@@ -70,7 +74,8 @@ def index_files(index: Writable, paths: Sequence[str | Path], docs: list[Documen
         report.ann = done.ann or report.ann
     if len(parts) > 1 and not done.chunks:  # the last part wrote no row: its catching up of the full-text index
         index.maintain_fulltext()
-    report.skipped = skipped + changed_skips(changed) + [Skipped(path, UNKNOWN) for path in unknown]
+    report.skipped = skipped + changed_skips(changed) + [Skipped(path, UNKNOWN) for path in unknown] + [
+        Skipped(path, EMPTY_FOLDER) for path in held]
     return report
 
 
@@ -235,6 +240,25 @@ def unknown_paths(store: Store, paths: Sequence[str | Path]) -> list[str]:
     if unknown and len(unknown) == len(paths):
         raise IngestError(f"no such file or folder, and no document indexed from there to prune: {unknown[0]}")
     return unknown
+
+
+def empty_folders(store: Store, paths: Sequence[str | Path]) -> list[str]:
+    """The folders given to prune that hold nothing at all and under which documents are indexed: a share not
+    mounted leaves its mount point so, and pruning it deleted every document indexed from the share (the next
+    run embedded them all again). A folder that is gone is pruned (deleted on purpose, or prune the one above)."""
+    empty = [str(p) for p in paths if _empty_folder(Path(p).expanduser())]
+    if not empty:
+        return []
+    indexed = set(sources(store, None).values()) - {""}
+    return [p for p in empty if any(_under(s, _real(p)) for s in indexed)]
+
+
+def _empty_folder(path: Path) -> bool:
+    try:
+        with os.scandir(path) as entries:
+            return next(entries, None) is None
+    except OSError:  # not a folder, gone, or not readable
+        return False
 
 
 def to_read(paths: Sequence[str | Path], prune: bool) -> list[str | Path]:
