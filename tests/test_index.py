@@ -431,6 +431,17 @@ def test_a_first_open_that_another_process_beat_to_the_creation_must_match_its_s
     assert Index.open(db_path, embedder=LayeredFake()).store.count() == 1  # nothing written by the refused ones
 
 
+def test_other_settings_for_an_index_that_holds_nothing_yet_say_how_to_start_again(db_path, fake):
+    """A first run stopped before its first commit (Ctrl-C, a wrong option) leaves an empty index that pins
+    its settings: the refusal says it holds nothing, so deleting the folder loses nothing."""
+    Index.open(db_path, embedder=fake, chunk_chars=300)
+    with pytest.raises(StoreError, match="built with chunk_chars=300, not 500 .it holds no documents yet: delete"):
+        Index.open(db_path, embedder=fake, chunk_chars=500)
+    Index.open(db_path, embedder=fake).add(DOCS)
+    with pytest.raises(StoreError, match="built with chunk_chars=300, not 500$"):  # documents: no such advice
+        Index.open(db_path, embedder=fake, chunk_chars=500)
+
+
 def test_reopening_with_other_embedder_options_is_refused(index, db_path, fake):
     index.add(DOCS)
     for options in ({"pooling": "cls"}, {"query_instruction": "query: "}, {"max_length": 64}):

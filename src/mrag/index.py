@@ -119,9 +119,14 @@ class Index:
     ) -> Index:
         store = Store.open(uri, storage_options)
         recorded = store.manifest.embedder
-        fits.same(recorded, model, layer, embedder, uri)
-        chunk_settings(uri, store, chunk_chars, overlap)  # refuses other settings
-        options = fits.loading_options(recorded, embedder_options, uri)
+        try:
+            fits.same(recorded, model, layer, embedder, uri)
+            chunk_settings(uri, store, chunk_chars, overlap)  # refuses other settings
+            options = fits.loading_options(recorded, embedder_options, uri)
+        except StoreError as e:  # a first run stopped before its first commit (Ctrl-C, a typo) made the index
+            if store.count():
+                raise
+            raise StoreError(f"{e} (it holds no documents yet: delete the folder to start again)") from e
         if embedder is not None:
             return cls(store, lambda: embedder)
         make = embedder_factory(recorded["model"], recorded.get("layer"), **options)
