@@ -14,7 +14,7 @@ from click.testing import CliRunner
 from conftest import FakeEmbedder
 
 from mrag.cli import cli
-from mrag.cli_common import one_line
+from mrag.cli_common import json_line, one_line
 from mrag.index import Index
 from mrag.ingest import NOT_UTF8_NAME, IngestError, read_paths
 
@@ -87,6 +87,16 @@ def test_demo_refuses_its_strategy_before_indexing(tmp_path):
 def test_plain_names_stay_on_one_line():
     assert one_line("/notes/a\nb.txt#0") == "/notes/a b.txt#0" and one_line("plain") == "plain"
     assert json.loads(json.dumps(one_line("x\r\ny"))) == "x y"
+    # a document's carriage returns overwrote the line on a terminal; its escape sequences reached the terminal
+    assert one_line("list\r apples\r pears") == "list  apples  pears" and one_line("a\x1b[31mred\x07") == "a [31mred "
+
+
+def test_json_lines_split_by_unicode_line_rules_stay_whole():
+    """U+2028, U+2029 and U+0085 from a document came out raw: a reader splitting by `str.splitlines` cut one
+    hit's line in two, neither part JSON."""
+    line = json_line({"text": "one\u2028two\u2029three\x85four", "title": "Zürich"})
+    assert line.splitlines() == [line] and json.loads(line)["text"] == "one\u2028two\u2029three\x85four"
+    assert "Zürich" in line  # non-ASCII text stays as it is
 
 
 def test_a_question_that_is_not_utf8_is_refused_before_an_llm_is_asked(index):

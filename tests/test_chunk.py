@@ -33,6 +33,21 @@ def test_sentences_of_other_scripts_and_typographic_quotes():
         "كيف عملت القنوات؟", "لماذا تبرد النحل الخلية؟"]
 
 
+def test_questions_typed_in_lower_case_and_the_full_stops_of_more_scripts():
+    """"how did X? why do Y?" was one part (a lower-case letter started no sentence even after a question
+    mark); Georgian (its letters count as lower case), Urdu, Armenian, Ethiopic and Burmese full stops and the
+    half-width ｡ never ended a sentence, so their documents' chunks shared no sentence and cut mid-sentence."""
+    assert split_sentences("how did aqueducts work? why do bees fan their hive?") == [
+        "how did aqueducts work?", "why do bees fan their hive?"]
+    assert split_sentences("Yahoo! is a company. e.g. this stays.") == ["Yahoo! is a company. e.g. this stays."]
+    assert split_sentences("ეს პირველია. ეს მეორეა.") == ["ეს პირველია.", "ეს მეორეა."]
+    assert split_sentences("یہ پہلا ہے۔ یہ دوسرا ہے۔") == ["یہ پہلا ہے۔", "یہ دوسرا ہے۔"]
+    assert split_sentences("Առաջին նախադասություն։ Երկրորդը։") == ["Առաջին նախադասություն։", "Երկրորդը։"]
+    assert split_sentences("መጀመሪያ ነው። ሁለተኛ ነው።") == ["መጀመሪያ ነው።", "ሁለተኛ ነው።"]
+    assert split_sentences("ပထမ ဝါကျ။ ဒုတိယ ဝါကျ။") == ["ပထမ ဝါကျ။", "ဒုတိယ ဝါကျ။"]
+    assert split_sentences("これは｡あれは｡") == ["これは｡", "あれは｡"]
+
+
 def test_closing_quotes_and_brackets_stay_with_their_sentence():
     text = 'He said "Stop." Then he left. (See above.) Next one!'
     assert split_sentences(text) == ['He said "Stop."', "Then he left.", "(See above.)", "Next one!"]

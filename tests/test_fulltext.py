@@ -3,6 +3,8 @@ vote beside the vector spaces, and the `bm25` / `hybrid` strategies, on real Lan
 
 from __future__ import annotations
 
+import unicodedata
+
 import numpy as np
 import pytest
 from conftest import FakeEmbedder
@@ -478,3 +480,25 @@ def test_the_full_text_space_alone_loads_no_model(db_path, fake):
     assert ids(index.search("Kasparov", k=1, strategy="mrag-bm25", spaces=["bm25"])) == ["chess"]
     with pytest.raises(AssertionError, match="the model was loaded"):
         index.search("Kasparov", k=1, strategy="hybrid")  # the standard vector votes too
+
+
+@pytest.mark.parametrize("engine", ["memory", "lancedb"])
+def test_composed_and_decomposed_text_and_invisible_characters_find_each_other(db_path, fake, engine):
+    """Text is indexed and searched in Unicode's composed form, less the invisible characters that cut words:
+    a decomposed "Zu\u0308rich" (macOS, PDFs) was cut in two, so no "Zürich" typed found it, nor "cooperation"
+    a page's "coop&shy;eration"."""
+    nfd = unicodedata.normalize("NFD", "Zürich's old bridge over the Limmat, and crème brûlée.")
+    index = Index.open(db_path, embedder=fake)
+    index.add([{"id": "nfd", "text": nfd, "title": unicodedata.normalize("NFD", "Brücke")},
+               {"id": "shy", "text": "International coop\u00aderation on hydro\u200bgen."}, *DOCS])
+    index.store.fulltext = engine
+    assert ids(index.search("Zürich bridge", k=1, strategy="bm25")) == ["nfd"]
+    assert ids(index.search(unicodedata.normalize("NFD", "brûlée"), k=1, strategy="bm25")) == ["nfd"]
+    assert ids(index.search("cooperation", k=1, strategy="bm25")) == ["shy"]
+    assert ids(index.search("hydrogen", k=1, strategy="bm25")) == ["shy"]
+    hit = index.search("Zürich", k=1, strategy="bm25")[0]
+    assert hit.title == "Brücke" and hit.text.startswith("Zürich")  # composed, as typed
+    with pytest.raises(ValueError, match="the query is empty"):
+        index.search("\u200b\u00ad", strategy="bm25")
+    report = index.upsert([{"id": "nfd", "text": nfd, "title": "Brücke"}])
+    assert report.unchanged == ["nfd"]  # the same text in either form: the same document

@@ -77,6 +77,11 @@ def test_citation_ranges_and_separators():
     assert parse_citations("See [3].", chunks(2)) == []
 
 
+def test_citations_in_the_brackets_and_commas_of_cjk_answers():
+    """A Chinese answer citing 【1】 was told it "cites none of the sources"."""
+    assert cited_numbers("长城全长两万多公里【1】。熊猫吃竹子［2］，见[3，4]与[5、6]。") == [1, 2, 3, 4, 5, 6]
+
+
 # --- the context and its budget -----------------------------------------------------------------
 
 def test_context_numbers_hits_in_vote_order_with_title_and_source():

@@ -76,6 +76,16 @@ def test_utf8_bom_is_dropped(tmp_path):
     assert read_file(path)[0].text == "Café au lait."
 
 
+def test_text_is_read_composed_and_a_file_of_invisible_characters_is_empty(tmp_path):
+    path = write(tmp_path / "nfd.txt", "Cafe\u0301 au lait, soft\u00adly.")
+    assert read_file(path)[0].text == "Café au lait, softly."
+    with pytest.raises(IngestError, match="the file is empty"):
+        read_file(write(tmp_path / "zwsp.txt", "\u200b\u200b \u00ad"))
+    records = write(tmp_path / "r.jsonl", json.dumps({"id": 1, "text": "\u200b"}))
+    with pytest.raises(IngestError, match="line 1 has an empty 'text'"):
+        read_file(records)
+
+
 def test_html_title_and_visible_text(tmp_path):
     page = """<!doctype html><html><head><title> Hive  heat </title><meta charset="utf-8">
     <style>body { color: red }</style><script>var secret = "do not index";</script></head>

@@ -5,30 +5,38 @@ from __future__ import annotations
 
 import re
 
-# A sentence ends at . ! or ? (Arabic's ؟ and the danda । too; with up to two closing quotes or brackets,
-# which stay with it) before whitespace and a sentence's first letter: a capital, a digit or a letter of a
-# script without case (after an opening quote or bracket); at 。！？ (CJK writing puts no space after them)
-# unless a closing quote follows (「本当？」と聞いた is one sentence); or at a blank line.
-# Abbreviations like "e.g. the" stay whole.
+# A sentence ends at . ! or ? (and other scripts' full stops and question marks: Arabic's ؟, Urdu's ۔, the
+# dandas । ॥, Armenian ։, Ethiopic ።, Burmese ။; with up to two closing quotes or brackets, which stay with
+# it) before whitespace and a sentence's first letter: a capital, a digit or a letter of a script without case
+# (after an opening quote or bracket), or right after a question mark any letter ("how? why?" as people type;
+# '"Why?" he asked.' stays whole); at 。！？｡ (CJK writing puts no space after them) unless a closing quote
+# follows (「本当？」と聞いた is one sentence); or at a blank line. Abbreviations like "e.g. the" stay whole.
 _CLOSERS, _OPENERS = "\"')\\]”’»」』", "\"'(\\[“‘«¿¡「『"  # inside a [...] class: ] and [ escaped
 _SENTENCE_END = re.compile(
-    rf"[.!?؟।][{_CLOSERS}]{{0,2}}(\s+)(?=[{_OPENERS}]?(\w))|[。！？](?![{_CLOSERS}])\s*|\n\s*\n"
+    rf"([.!?؟।॥۔։።။])[{_CLOSERS}]{{0,2}}(\s+)(?=[{_OPENERS}]?(\w))|[。！？｡](?![{_CLOSERS}])\s*|\n\s*\n"
 )
 _BLANK_LINE = re.compile(r"\n\s*\n")
+_QUESTION_MARKS = {"?", "؟"}
 
 
-def _starts_a_sentence(char: str) -> bool:
-    return char.isdigit() or (char.isalpha() and not char.islower())  # "É", "Б", "水": yes; "é", "б", "_": no
+def _starts_a_sentence(char: str, after: str) -> bool:
+    """Whether a sentence may begin with `char` after the punctuation `after` ("" where a closing quote or
+    bracket came between): "É", "Б", "水", a digit, a Georgian letter (a script whose capitals are not used
+    so); right after a question mark "é" too; never "_"."""
+    if char.isdigit() or (char.isalpha() and (not char.islower() or after in _QUESTION_MARKS)):
+        return True
+    return "\u10d0" <= char <= "\u10ff"  # Georgian's Mkhedruli letters count as lower case
 
 
 def _pieces(text: str) -> list[str]:
     """text cut at every sentence end (`_SENTENCE_END`); the end's punctuation stays with its piece."""
     pieces, start = [], 0
     for end in _SENTENCE_END.finditer(text):
-        if end.group(1) is not None:  # after . ! ? and the like: only where a sentence starts, or at a blank line
-            if not (_starts_a_sentence(end.group(2)) or _BLANK_LINE.search(end.group(1))):
+        if end.group(2) is not None:  # after . ! ? and the like: only where a sentence starts, or at a blank line
+            after = end.group(1) if end.start(2) == end.end(1) else ""  # '"Why?" he asked' is one sentence
+            if not (_starts_a_sentence(end.group(3), after) or _BLANK_LINE.search(end.group(2))):
                 continue
-            cut, resume = end.start(1), end.end(1)
+            cut, resume = end.start(2), end.end(2)
         elif text[end.start()] == "\n":
             cut, resume = end.start(), end.end()
         else:  # after 。！？

@@ -16,6 +16,7 @@ from mrag.cli_common import (
     FiniteFloat,
     db_option,
     emit,
+    json_line,
     model_option,
     one_line,
     output_options,
@@ -73,7 +74,7 @@ def search(query: str, db: str, model: str | None, k: int, strategy: str | None,
     for rank, hit in enumerate(hits, 1):
         if plain:
             click.echo(f"{rank}. [{hit.score:.4f}] {one_line(hit.title or hit.doc_id)}  ({one_line(hit.id)})")
-            click.echo("   " + hit.text[:200].replace("\n", " "))
+            click.echo("   " + one_line(hit.text[:200]))
             if explain:
                 click.echo("   votes: " + ", ".join(f"{v['space']}@{v['rank']}={v['weight']:.3g}" for v in hit.votes))
         else:
@@ -117,7 +118,7 @@ def info(db: str, plain: bool) -> None:
         for name, value in _lines(facts):
             click.echo(f"{name}: {value}")
     else:
-        click.echo(json.dumps(facts, ensure_ascii=False))
+        click.echo(json_line(facts))
 
 
 def _lines(facts: dict[str, Any], prefix: str = "") -> list[tuple[str, str]]:

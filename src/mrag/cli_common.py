@@ -135,7 +135,18 @@ plain_option = output_options()  # JSON by default
 
 
 def emit(obj: Any) -> None:
-    click.echo(json.dumps(obj, ensure_ascii=False))
+    click.echo(json_line(obj))
+
+
+def json_line(obj: Any) -> str:
+    """`obj` as one line of JSON, non-ASCII text as it is but for the separators a reader that splits lines
+    by Unicode's rules (Python's `str.splitlines`) cuts at: U+2028, U+2029 and U+0085 escaped."""
+    return json.dumps(obj, ensure_ascii=False).translate(LINE_SEPARATORS)
+
+
+LINE_SEPARATORS = {0x2028: "\\u2028", 0x2029: "\\u2029", 0x85: "\\u0085"}
+# line breaks and the other control characters (a document's carriage returns, a terminal's escape sequences)
+CONTROL = re.compile("\r\n|[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 
 
 def refuse_fusion(strategy: str | None) -> None:
@@ -146,5 +157,6 @@ def refuse_fusion(strategy: str | None) -> None:
 
 
 def one_line(text: str) -> str:
-    """A name as `--plain` prints it on one line: its line breaks as spaces."""
-    return " ".join(text.splitlines()) if "\n" in text or "\r" in text else text
+    """Text as `--plain` prints it on one line: its line breaks and other control characters as spaces (a
+    carriage return overwrote the line on a terminal, an escape sequence of a document's reached it)."""
+    return CONTROL.sub(" ", text)

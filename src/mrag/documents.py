@@ -9,12 +9,26 @@ import datetime
 import hashlib
 import json
 import math
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 NOT_IDS = (bool, list, dict)  # values whose text is no one's id (str(True), str([1])): refused as ids
+# invisible characters that cut a word for the full-text space: soft hyphen, zero-width space, word joiner, and a
+# byte-order mark inside the text (zero-width joiners stay: emoji sequences and some scripts' spelling need them)
+INVISIBLE = dict.fromkeys(map(ord, "\u00ad\u200b\u2060\ufeff"))
+
+
+def clean_text(text: str) -> str:
+    """A document's or a query's text as it is indexed and searched: Unicode's composed form (NFC: macOS file
+    names and PDFs often give "u" + a combining diaeresis for "ü", which the full-text space cut in two and no
+    query typed as "ü" found) and no invisible characters that cut words (`INVISIBLE`)."""
+    if text.isascii():
+        return text
+    text = text.translate(INVISIBLE)
+    return text if unicodedata.is_normalized("NFC", text) else unicodedata.normalize("NFC", text)
 
 
 def check_utf8(value: Any, where: str = "") -> Any:
@@ -64,6 +78,12 @@ class Document:
     # its file as `read_file` found it before reading (`file_stamp`): a write leaves the file's documents
     # as committed when it changed since and another run wrote one of them meanwhile (`mrag.sync`)
     stamp: tuple[int, int, int] | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:  # the text and title as indexed and searched (a file's path is left alone)
+        if isinstance(self.text, str):
+            self.text = clean_text(self.text)
+        if isinstance(self.title, str):
+            self.title = clean_text(self.title)
 
 
 def merged_metadata(record: dict[str, Any], named: tuple[str, ...], strict: bool = True) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mrag.documents import Document, check_utf8, field_text, merged_metadata, not_an_id, shown
+from mrag.documents import Document, check_utf8, clean_text, field_text, merged_metadata, not_an_id, shown
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst"}
 HTML_SUFFIXES = {".html", ".htm"}
@@ -192,7 +192,7 @@ def _read_file(path: Path, text_field: str, id_field: str, title_field: str) -> 
 
 
 def _document(source: str, text: str, title: str) -> Document:
-    if not text.strip():
+    if not clean_text(text).strip():  # invisible characters only: no text
         raise IngestError(f"{source}: {EMPTY}")
     return Document(id=source, text=text, source=source, title=title)
 
@@ -240,7 +240,7 @@ def _records(path: Path, source: str, text: str, text_field: str, id_field: str,
             raise IngestError(f"{path}: {where} is not a JSON object (a record holds {text_field!r} and its fields)")
         if not isinstance(row.get(text_field), str):
             raise IngestError(f"{path}: {where} has no string field {text_field!r}")
-        if not row[text_field].strip():
+        if not clean_text(row[text_field]).strip():
             raise IngestError(f"{path}: {where} has an empty {text_field!r}")
         given = row.get(id_field)
         if not_an_id(given) or given == "":

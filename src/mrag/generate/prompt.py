@@ -132,20 +132,22 @@ def build_messages(question: str, context: Sequence[ContextChunk]) -> list[Messa
 
 
 # [2], [1, 3], [1; 3], [2-4], [2–4], [1, 2, and 3], [ 2 ], [Source 2], [sources 1, 3]
-CITATION = re.compile(r"\[\s*(?:sources?\s*:?\s*)?(\d+(?:\s*(?:,\s*and|,|;|-|–|and)\s*\d+)*)\s*\]", re.I)
+# [1], [1, 2], [2-4]; CJK answers' brackets and commas too: 【1】, ［1］, [1，2], [1、3]
+CITATION = re.compile(r"[\[【［]\s*(?:sources?\s*:?\s*)?(\d+(?:\s*(?:,\s*and|,|;|-|–|and|，|、|；)\s*\d+)*)\s*[\]】］]",
+                      re.I)
 CODE = re.compile(r"```.*?(?:```|$)|`[^`\n]*`", re.S)  # fenced blocks (one left open runs to the end), inline code
 
 
 def cited_numbers(text: str) -> list[int]:
-    """Source numbers cited in text, in order of first mention: [2], [1, 3], [1][2], [2-4] (or [4-2]) and
-    [1, 2, and 3] all count; not inside code (`a[2]`) or right after a "/" (example.com/[3])."""
+    """Source numbers cited in text, in order of first mention: [2], [1, 3], [1][2], [2-4] (or [4-2]),
+    [1, 2, and 3], 【1】 and [1、3] all count; not inside code (`a[2]`) or right after a "/" (example.com/[3])."""
     seen: list[int] = []
     prose = CODE.sub(lambda m: " " * len(m.group()), text)
     for match in CITATION.finditer(prose):
         if match.start() and prose[match.start() - 1] == "/" and prose[: match.start() - 1].rstrip()[-1:] != "]":
             continue  # a path or URL's "[3]"; "[1]/[2]" cites both
         numbers: list[int] = []
-        for part in re.split(r"\s*(?:,\s*and|,|;|and)\s*", match.group(1), flags=re.I):
+        for part in re.split(r"\s*(?:,\s*and|,|;|and|，|、|；)\s*", match.group(1), flags=re.I):
             ends = sorted(int(x) for x in re.split(r"\s*[-–]\s*", part))
             if len(ends) == 2 and 0 < ends[1] - ends[0] < 50:
                 numbers.extend(range(ends[0], ends[1] + 1))

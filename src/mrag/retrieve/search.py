@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from mrag.documents import check_utf8
+from mrag.documents import check_utf8, clean_text
 from mrag.embed.base import Embeddings, HeadEmbedder
 from mrag.errors import Busy
 from mrag.locking import is_local
@@ -65,10 +65,13 @@ def search_many(
         raise TypeError("queries must be a list of strings, not one string (use Index.search)")
     if isinstance(spaces, str):  # "standard,bm25", as --spaces takes them
         spaces = names(spaces)
-    if any(not q or not q.strip() for q in queries):
-        raise ValueError("the query is empty")
     for query in queries:
         check_utf8(query, "the query")  # bytes that are not UTF-8 in an argument: no tokenizer takes them
+    queries = [clean_text(q) if isinstance(q, str) else q for q in queries]  # as the documents' text is indexed
+    subqueries = None if subqueries is None else [[clean_text(q) if isinstance(q, str) else q for q in subs]
+                                                   for subs in subqueries]
+    if any(not q or not q.strip() for q in queries):
+        raise ValueError("the query is empty")
     if c is not None and c <= 0:
         raise ValueError(f"the per-space depth c must be positive, got {c}")
     if k <= 0:
