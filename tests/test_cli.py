@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 from pathlib import Path
 
@@ -501,6 +502,24 @@ def test_a_full_disk_or_a_read_only_folder_is_not_called_a_damaged_index():
                            ' code: NoSuchBucket } } } }')
     assert bucket.startswith("the object store did not answer or refused the request (NoSuchBucket: Invalid")
     assert len(bucket) < 600
+    # Python's own errors (the graphs' folder, the lock file) and Lance's source lines (a reviewer's full disk)
+    assert "permissions" in lance_message("[Errno 30] Read-only file system: '/ro/idx/graphs'")
+    cut = lance_message("lance error: IO error: No space left on device (os error 28), /root/.cargo/registry/src/"
+                        "index.crates.io-1/lance-file-13.0.0/src/writer/structural.rs:258:9")
+    assert cut.startswith("no space left") and ".rs" not in cut and ".cargo" not in cut
+
+
+def test_os_errors_of_a_full_disk_or_a_read_only_folder_say_what_to_do(db, monkeypatch):
+    """`--build-ann HNSW` on a full disk, or the lock file there: "Error: [Errno 28] No space left on device"."""
+    from mrag.index import Index
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Index, "open", full)
+    result = mrag("info", "--db", db, ok=False)
+    assert result.exit_code == 1 and "no space left for the index's files" in result.stderr
+    assert "free some space and run again" in result.stderr
 
 
 def test_only_lances_object_store_errors_are_told_as_the_store_failing():

@@ -21,8 +21,10 @@ from conftest import FakeEmbedder, free_port
 
 from mrag.generate import Generator
 from mrag.index import Index
+from mrag.locking import LOCK_FILE
 from mrag.server import Settings, create_app
 from mrag.settings import DEFAULT_STRATEGY
+from mrag.store import Store
 
 PROCS = str(Path(__file__).with_name("procs.py"))
 TOKEN = "s3cret"
@@ -287,6 +289,32 @@ def test_ids_with_line_breaks_can_be_deleted_by_url(client):
                 headers=AUTH)
     assert client.delete("/documents/two%0Alines", headers=AUTH).json() == {"deleted_chunks": 1}
     assert client.delete("/documents/two%0Alines", headers=AUTH).status_code == 404  # gone now
+
+
+def test_an_index_that_cannot_be_written_is_503_and_a_full_disk_507(tmp_path, monkeypatch):
+    """A read-only index answered DELETE with a 404 (as if the id were unknown) and POST with a 400; a full disk
+    was a bare 500 "see its log", with two tracebacks a request there."""
+    make_index(tmp_path / "db", DOCS)
+    lock = tmp_path / "db" / LOCK_FILE
+    with serving(Settings(db=str(tmp_path / "db"), token=TOKEN, embedder=FakeEmbedder())) as base, httpx.Client(
+            base_url=base, timeout=30) as client:
+        lock.unlink(missing_ok=True)
+        lock.mkdir()  # a lock file that cannot be opened for writing: the index cannot be written
+        for r in (client.delete("/documents/bees", headers=AUTH),
+                  client.post("/documents", json={"documents": [{"text": "new"}]}, headers=AUTH)):
+            assert r.status_code == 503 and "cannot be written" in r.json()["detail"]
+        lock.rmdir()
+
+        def full(self: Store, rows: object) -> None:
+            raise RuntimeError("lance error: IO error: Unable to copy data to file: No space left on device (os "
+                               "error 28), /root/.cargo/registry/src/lance-13.0.0/src/io/commit.rs:1663:50")
+
+        monkeypatch.setattr(Store, "add", full)
+        r = client.post("/documents", json={"documents": [{"text": "new"}]}, headers=AUTH)
+        assert r.status_code == 507 and r.json()["detail"].startswith("no space left for the index's files")
+        assert ".rs:" not in r.json()["detail"] and "nothing was committed" in r.json()["detail"]
+        r = client.post("/search", json={"query": "honeybees", "k": 1, "strategy": "standard"})
+        assert r.status_code == 200 and r.json()["hits"][0]["doc_id"] == "bees"  # searches go on
 
 
 def test_large_bodies_are_refused_with_413(client):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import lancedb
 import numpy as np
@@ -35,6 +36,24 @@ def test_a_new_index_is_not_made_among_other_files(tmp_path, fake):
     (tmp_path / "half" / "chunks.lance").mkdir(parents=True)
     (tmp_path / "half" / ".mrag-write.lock").touch()
     Index.open(tmp_path / "half", embedder=fake).add(DOCS)
+
+
+def test_a_creation_cut_off_is_made_again_and_a_manifest_lost_under_rows_refused(tmp_path, fake):
+    """A full disk between the two tables' first commits left a manifest table with no version: every later
+    command said "Table 'manifest' was not found", for good (an `mrag eval` cache too)."""
+    db = tmp_path / "db"
+    Index.open(db, embedder=fake)
+    shutil.rmtree(db / f"{MANIFEST}.lance" / "_versions")  # its data written, its commit cut off
+    with pytest.raises(StoreError, match="no mrag index"):
+        Index.open(db, embedder=fake, create=False)
+    index = Index.open(db, embedder=fake, chunk_chars=500)  # made again, with the settings asked now
+    assert index.store.count() == 0 and index.store.manifest.settings["chunk_chars"] == 500
+    index.add(DOCS)
+    assert Index.open(db, embedder=fake).store.count() == len(DOCS)
+    shutil.rmtree(db / f"{MANIFEST}.lance")  # rows without their manifest: not replaced
+    with pytest.raises(StoreError, match=f"holds {len(DOCS)} indexed chunks but no manifest: a damaged index"):
+        Index.open(db, embedder=fake)
+    assert (db / f"{CHUNKS}.lance").exists()
 
 
 def test_quote():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -182,6 +183,21 @@ def test_two_processes_creating_one_index_agree(tmp_path):
     for proc in procs:
         finish(proc)
     check_index(str(db), [tmp_path / "c0.log", tmp_path / "c1.log"])
+
+
+def test_optimize_removes_a_data_file_no_version_refers_to(tmp_path, fake):
+    """A write that failed on a full disk left a data file the size of the write, which no later write or
+    `mrag optimize` removed (LanceDB keeps unreferenced files for 7 days): "free some space and run again"
+    needed twice the space, for good."""
+    index = Index.open(tmp_path / "db", embedder=fake)
+    index.add(["bees fan the hive", "tides follow the moon"])
+    data = tmp_path / "db" / "chunks.lance" / "data"
+    (first,) = data.iterdir()
+    stray = data / ("0" * 10 + first.name[10:])  # as a failed write leaves it: written, never committed
+    shutil.copy(first, stray)
+    index.optimize()
+    assert not stray.exists() and list(data.iterdir()) == [first]
+    assert [h.text for h in index.search("bees", k=1, strategy="standard")] == ["bees fan the hive"]
 
 
 def test_small_writes_are_compacted_and_old_versions_pruned(tmp_path, fake, monkeypatch):

@@ -7,7 +7,6 @@ people read first, print text by default.
 
 from __future__ import annotations
 
-import errno
 import functools
 import json
 import math
@@ -20,7 +19,7 @@ from typing import Any
 
 import click
 
-from mrag.errors import StoreError
+from mrag.errors import LANCE_STORE, STORAGE_ERRNOS, StoreError, lance_message, no_space
 from mrag.settings import parse_strategy
 
 CONTEXT: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
@@ -67,49 +66,16 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
                 raise click.ClickException(lance_message(str(e).splitlines()[0])) from e
             if not str(e).startswith("lance error"):
                 raise
-            where = re.sub(r", /\S+\.rs:\d+:\d+", "", str(e).splitlines()[0])  # less Lance's source line
-            raise click.ClickException(lance_message(where)) from e
+            raise click.ClickException(lance_message(str(e).splitlines()[0])) from e
         except (ValueError, FileNotFoundError, TypeError, OSError) as e:
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
             if isinstance(e, ValueError) and not isinstance(e, StoreError) and re.search(LANCE_STORE, first):
                 raise click.ClickException(lance_message(first)) from e  # Lance connecting to an object store
+            if isinstance(e, OSError) and e.errno in STORAGE_ERRNOS:  # the graphs' folder, the lock file
+                raise click.ClickException(lance_message(first)) from e
             raise click.ClickException(first) from e
 
     return wrapper
-
-
-def no_space(message: str) -> bool:
-    return os.strerror(errno.ENOSPC) in message or os.strerror(errno.EDQUOT) in message
-
-
-# Lance's words for an object store that failed (S3, GCS, Azure: unreachable, timed out, refused)
-OBJECT_STORE_TROUBLE = (r"Generic (S3|GCS|MicrosoftAzure|HTTP) error|error sending request|HTTP error|dns error|"
-                        r"Connection refused|connection reset|timed out|store: \"(S3|GCS|MicrosoftAzure)\"")
-LANCE_STORE = r'Generic (S3|GCS|MicrosoftAzure|HTTP) error|store: "(S3|GCS|MicrosoftAzure)"'  # Lance's, not a space's
-STORE_CAUSES = (r"NoSuchBucket|InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied|Forbidden|Connection refused|"
-                r"dns error|timed out|error sending request")  # the words that say why, in a long Rust dump
-
-
-def lance_message(where: str) -> str:
-    """What to tell of a Lance storage error, or faiss's writing the graphs (`where`: its first line): a full
-    disk or a folder that cannot be written is not a damaged index (a write that fails commits nothing)."""
-    code = re.search(r"os error (\d+)", where)
-    number = int(code.group(1)) if code else 0
-    if number in (errno.ENOSPC, errno.EDQUOT) or no_space(where):
-        return (f"no space left for the index's files ({where}): nothing was committed, the index is as it was; "
-                "free some space and run again")
-    if number in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return (f"the index's files cannot be written or read ({where}): nothing was committed; check the "
-                "folder's permissions, or that its file system is writable")
-    if re.search(OBJECT_STORE_TROUBLE, where, re.IGNORECASE):  # the store, not the index, failed
-        cause = re.search(STORE_CAUSES, where, re.IGNORECASE)
-        short = where if len(where) <= 240 else where[:240] + " ..."
-        return (f"the object store did not answer or refused the request ({cause.group(0) + ': ' if cause else ''}"
-                f"{short}): check its address, bucket, credentials and the network, then run again; a write cut "
-                "off so is in the index whole or not at all (indexing again is incremental, and `mrag verify` "
-                "checks the index)")
-    return (f"the index's files could not be read ({where}): a file of the index is missing or damaged; "
-            "restore the folder from a backup, or index the documents again into a new folder")
 
 
 db_option: Callable[..., Any] = click.option(

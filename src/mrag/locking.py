@@ -33,7 +33,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 
-from mrag.errors import StoreError
+from mrag.errors import Unwritable
 
 LOCK_FILE = ".mrag-write.lock"
 DEFAULT_TIMEOUT = 600.0  # seconds a writer waits for another one
@@ -96,10 +96,10 @@ def unwritable(uri: str, inside: tuple[str, ...] = ()) -> str | None:
     return None
 
 
-def cannot_write(uri: str, reason: str, nothing: str) -> StoreError:
+def cannot_write(uri: str, reason: str, nothing: str) -> Unwritable:
     """The error of a write refused because the index cannot be written (`unwritable`'s reason); `nothing`:
     what was not done ("written", "embedded or written")."""
-    return StoreError(f"{uri} cannot be written ({reason}): nothing was {nothing}; check the folder's "
+    return Unwritable(f"{uri} cannot be written ({reason}): nothing was {nothing}; check the folder's "
                       "permissions, or that its file system is writable")
 
 
@@ -326,7 +326,7 @@ def s3_lock(uri: str, timeout: float, storage_options: dict[str, str]) -> Iterat
             break
         except ClientError as exc:
             if _code(exc) in REFUSED:  # read-only keys, no bucket: said in one line
-                raise StoreError(f"{uri} cannot be written (s3://{bucket}/{key}: {_code(exc)}): nothing was "
+                raise Unwritable(f"{uri} cannot be written (s3://{bucket}/{key}: {_code(exc)}): nothing was "
                                  "written; check the bucket, and that the keys may put and delete objects") from None
             if _code(exc) not in ("PreconditionFailed", "ConditionalRequestConflict"):
                 raise

@@ -95,8 +95,10 @@ def compact_and_prune(store: Store, keep: timedelta | None) -> None:
 
 
 def prune(table: Any, keep: timedelta | None) -> None:
-    """LanceDB's optimize with versions older than `keep` pruned (None: all but the latest). Its
-    warning for keep = 0 is about readers on old versions: ours retry at the latest one."""
+    """LanceDB's optimize with versions older than `keep` pruned (None: all but the latest), and the data files
+    no version refers to (a write that failed on a full disk left one the size of the write, which LanceDB
+    keeps for 7 days lest it belong to a write in progress: every write here holds the lock this runs under).
+    Its warning for keep = 0 is about readers on old versions: ours retry at the latest one."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*cleanup_older_than=0.*")
-        table.optimize(cleanup_older_than=LATEST_ONLY if keep is None else keep)
+        table.optimize(cleanup_older_than=LATEST_ONLY if keep is None else keep, delete_unverified=True)

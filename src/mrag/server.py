@@ -12,6 +12,7 @@ at a time, in the order asked for (`TurnLock`).
 from __future__ import annotations
 
 import collections.abc
+import errno
 import json
 import logging
 import math
@@ -29,7 +30,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPBearer
 
 from mrag.embed.base import Embeddings, HeadEmbedder, Kind
-from mrag.errors import Busy
+from mrag.errors import STORAGE_ERRNOS, Busy, Unwritable, lance_message, no_space
 from mrag.generate.backends import make_generator
 from mrag.generate.base import Generator
 from mrag.generate.prompt import DEFAULT_MAX_CONTEXT_CHARS
@@ -215,12 +216,26 @@ def create_app(settings: Settings) -> FastAPI:
     async def locked(request: Request, exc: LockTimeout) -> JSONResponse:
         return JSONResponse({"detail": _one_line(exc)}, status_code=503, headers={"Retry-After": "5"})
 
+    @app.exception_handler(Unwritable)  # permissions, a read-only file system: the server's state, not the request
+    async def unwritable(request: Request, exc: Unwritable) -> JSONResponse:
+        return JSONResponse({"detail": _one_line(exc)}, status_code=503)
+
     @app.exception_handler(ConnectionError)  # the LLM server: unreachable, or failing (`UpstreamError`)
     async def unreachable(request: Request, exc: ConnectionError) -> JSONResponse:
         if getattr(exc, "status", None) in (429, 503):  # the LLM server is busy or rate-limits: try again later
             wait = getattr(exc, "retry_after", None) or "5"
             return JSONResponse({"detail": _for_client(exc)}, status_code=503, headers={"Retry-After": wait})
         return JSONResponse({"detail": _for_client(exc)}, status_code=502)
+
+    @app.exception_handler(RuntimeError)  # Lance's and faiss's storage errors
+    @app.exception_handler(OSError)
+    async def storage(request: Request, exc: Exception) -> JSONResponse:
+        first, code = str(exc).splitlines()[0] if str(exc) else "", getattr(exc, "errno", None)
+        if not (no_space(first) or code in STORAGE_ERRNOS):
+            return await failed(request, exc)
+        log.warning("%s %s: %s", request.method, request.url.path, first)  # told as the CLI tells it
+        full = no_space(first) or code in (errno.ENOSPC, errno.EDQUOT)  # 507: a full disk; else 503
+        return JSONResponse({"detail": lance_message(first)}, status_code=507 if full else 503)
 
     @app.exception_handler(Exception)
     async def failed(request: Request, exc: Exception) -> JSONResponse:  # JSON, as every other error
@@ -324,6 +339,8 @@ def create_app(settings: Settings) -> FastAPI:
     def delete_ids(st: State, ids: list[str]) -> JSONResponse:
         try:
             n = st.index.delete(ids)
+        except Unwritable:  # not that the ids are unknown: the index cannot be written (`unwritable`, 503)
+            raise
         except ValueError as e:  # unknown ids: nothing was deleted
             return JSONResponse({"detail": _one_line(e)}, status_code=404)
         return JSONResponse({"deleted_chunks": n})

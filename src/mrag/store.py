@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -50,6 +51,28 @@ TABLES = (f"{CHUNKS}.lance", f"{MANIFEST}.lance")
 OWN_ENTRIES = {*TABLES, LOCK_FILE, "graphs"}  # what an index folder holds
 READ_TRIES = 5  # a read whose version was pruned meanwhile goes again at the latest committed one
 T = TypeVar("T")
+
+
+def _committed(table: Path) -> bool:
+    """Whether a local table's folder holds a committed version (a creation cut off leaves one without)."""
+    return any((table / "_versions").glob("*.manifest"))
+
+
+def _clear_half_made(db: Any, folder: Path) -> None:
+    """Under the write lock, before creating an index in `folder`: remove what a creation cut off left (a
+    full disk, a kill between its two tables), which every later command refused ("Table 'manifest' was not
+    found"): a manifest table without a committed version, and a chunks table with no row. A chunks table
+    with rows and no manifest is a damaged index, refused rather than replaced."""
+    chunks, manifest = folder / f"{CHUNKS}.lance", folder / f"{MANIFEST}.lance"
+    if manifest.exists() and not _committed(manifest):
+        shutil.rmtree(manifest)
+    if chunks.exists() and _committed(chunks):
+        rows = db.open_table(CHUNKS).count_rows()
+        if rows:
+            raise StoreError(f"{folder} holds {rows} indexed chunks but no manifest: a damaged index; restore it "
+                             "from a backup, or index the documents into a new folder")
+    if chunks.exists():
+        shutil.rmtree(chunks)
 
 
 def pruned(error: BaseException) -> bool:
@@ -181,7 +204,7 @@ class Store:
         if "://" not in uri and not Path(uri).expanduser().is_dir():
             return False  # connecting would create the folder
         if is_local(uri):  # LanceDB's listing walks the folder: a folder of documents with a link loop failed there
-            return (local_path(uri) / f"{MANIFEST}.lance").is_dir()
+            return _committed(local_path(uri) / f"{MANIFEST}.lance")
         return MANIFEST in connect(uri, storage_options).list_tables().tables
 
     @classmethod
@@ -219,6 +242,8 @@ class Store:
             if cls.exists(uri, storage_options):  # another process created it first
                 return cls.open(uri, storage_options)
             db = connect(uri, storage_options, read_consistency_interval=timedelta(0))
+            if is_local(uri):
+                _clear_half_made(db, local_path(uri))
             h, d, dim = embedder_info["n_heads"], embedder_info["head_dim"], embedder_info["dim"]
             space_dims = {s["name"]: int(s["dim"]) for s in spaces or []}
             chunks = db.create_table(CHUNKS, schema=chunk_schema(dim, h, d, space_dims), exist_ok=True)
