@@ -7,6 +7,7 @@ Real processes (`tests/procs.py`), not threads: a file lock and a lost update on
 from __future__ import annotations
 
 import os
+import pickle
 import random
 import shutil
 import signal
@@ -17,6 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import FakeEmbedder
 from procs import check_index, expected_documents
 
 import mrag.connection
@@ -24,6 +26,7 @@ import mrag.maintenance
 import mrag.retrieve.search
 import mrag.store
 import mrag.versions
+from mrag.errors import StoreError
 from mrag.index import Index
 from mrag.locking import LockTimeout
 from mrag.writing import FromFiles
@@ -473,3 +476,38 @@ def test_a_store_read_that_found_a_file_gone_goes_again_even_at_the_same_commit(
     assert index.store.reading(gone_once) == 1 and len(tries) == 2
     with pytest.raises(ZeroDivisionError):
         index.store.reading(lambda table: 1 / 0)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX's")
+@pytest.mark.filterwarnings("ignore::RuntimeWarning", "ignore::DeprecationWarning")  # LanceDB's and Python's on fork
+def test_a_child_forked_after_the_index_was_used_is_refused_not_crashed(tmp_path, fake):
+    """Children forked after the parent had used an index crashed (SIGSEGV) or hung in LanceDB or torch, one
+    holding the index's write lock for good: a search, a write or an open there is refused at once."""
+    index = Index.open(tmp_path / "db", embedder=fake)
+    index.add(["bees fan the hive", "tides follow the moon"])
+    index.search("bees", k=1)
+    uses = {"search": lambda: index.search("bees", k=1), "write": lambda: index.add(["owls hunt at night"]),
+            "open": lambda: Index.open(tmp_path / "db", embedder=FakeEmbedder()).search("bees")}
+    for name, use in uses.items():
+        pid = os.fork()
+        if pid == 0:  # the child: only Python runs before the refusal
+            try:
+                use()
+            except StoreError as e:
+                os._exit(7 if "forked from one that had opened an mrag index" in str(e) else 3)
+            os._exit(0)
+        deadline = time.monotonic() + 60
+        while not (done := os.waitpid(pid, os.WNOHANG))[0] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not done[0]:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        assert done[0] and os.waitstatus_to_exitcode(done[1]) == 7, name
+    assert [h.text for h in index.search("owls", k=1, strategy="bm25")] == []  # the child wrote nothing
+    assert index.add(["owls hunt at night"]).added  # and the parent writes on: no lock left held
+
+
+def test_an_index_is_not_pickled_and_says_how_to_share_it(tmp_path, fake):
+    """A spawn Pool given an Index failed with "cannot pickle 'builtins.Connection' object"."""
+    with pytest.raises(TypeError, match="pass its path to the worker and call Index.open there"):
+        pickle.dumps(Index.open(tmp_path / "db", embedder=fake))

@@ -59,7 +59,7 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except BrokenPipeError:  # the reader left (`| head`): click ends quietly
             raise
         except KeyboardInterrupt:  # Ctrl-C: the shell's status for SIGINT (click's would be 1, as for an error)
-            click.echo("\ninterrupted: what was committed before stays (a write cut off commits nothing)", err=True)
+            click.echo("\ninterrupted: what was committed stays, and a write cut off is whole or not at all", err=True)
             raise SystemExit(128 + signal.SIGINT) from None
         except RuntimeError as e:  # Lance's storage errors: a damaged index, not a bug of ours
             if no_space(str(e)):  # faiss writing the HNSW graphs, too

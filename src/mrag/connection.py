@@ -17,6 +17,17 @@ CACHE_VARIABLES = {"index": "MRAG_INDEX_CACHE_MB", "metadata": "MRAG_METADATA_CA
 IN_FLIGHT = 16  # queries of one batch LanceDB runs at once: each holds ~100 KB until its result is read
 _session: Any = None
 _session_lock = threading.Lock()
+_used_in: int | None = None  # the process that made the session: a child forked after it may not use it
+FORKED = ("this process was forked from one that had opened an mrag index: LanceDB's runtime and torch's threads "
+          "do not survive fork (such children crashed, or hung holding the index's write lock); open indexes in "
+          "processes that multiprocessing starts with 'spawn' or 'forkserver', or fork before the first one is opened")
+
+
+def check_process() -> None:
+    """Refuse to go on in a child forked from a process that had used LanceDB (`FORKED`): asked before every
+    search and write (`Store.refresh`, `Store.writing`) and connection."""
+    if _used_in is not None and _used_in != os.getpid():
+        raise StoreError(FORKED)
 
 
 def cache_limits() -> dict[str, int | None]:
@@ -34,9 +45,11 @@ def cache_limits() -> dict[str, int | None]:
 def session() -> Any:
     """The process's LanceDB session, shared by every connection: one index cache (the ANN indexes'
     partitions, read on first use) and one metadata cache, sized by `cache_limits` when first made."""
-    global _session
+    global _session, _used_in
+    check_process()
     with _session_lock:
         if _session is None:
+            _used_in = os.getpid()
             import lancedb
 
             limits = cache_limits()

@@ -58,6 +58,9 @@ class Index:
         self._fulltext_seen: int | None = None  # the committed version `_fulltext_default` was read at
         self._fulltext_default = settings.VECTOR_DEFAULT
 
+    def __reduce__(self) -> Any:  # LanceDB's connection is no value to copy ("cannot pickle 'builtins.Connection'")
+        raise TypeError("an Index cannot be pickled: pass its path to the worker and call Index.open there")
+
     @classmethod
     def open(
         cls,

@@ -33,7 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from mrag import maintenance
-from mrag.connection import connect
+from mrag.connection import check_process, connect
 from mrag.documents import partial
 from mrag.errors import StoreError
 from mrag.locking import LOCK_FILE, Lease, LockTimeout, is_local, local_path, lock_timeout, normal_uri, write_lock
@@ -152,6 +152,7 @@ class Store:
         """Pick up writes committed since (by this or another process): a version check, and a
         read of the manifest only when it moved. `quick` (searches, never writers): on a local index,
         no check while the manifest's version folder is as the last check left it (`mrag.versions`)."""
+        check_process()  # not in a child forked after this process used LanceDB: it would crash or hang there
         if quick and self._manifest_version >= 0 and self._watch.unchanged():
             return
         with self._refresh_lock:  # one check at a time: a slower one could pair an older manifest with a newer stamp
@@ -361,6 +362,7 @@ class Store:
                 f"{self.uri} was written by mrag format 1 (all heads in one column): it can be searched "
                 "but not changed; index the files again into a new folder"
             )
+        check_process()
         with self._locked() as lease:
             try:
                 yield
