@@ -164,6 +164,25 @@ def test_unreadable_files_in_a_folder_are_listed(tmp_path, corpus, reuse_minilm)
     }]
 
 
+def test_index_warns_of_chunks_the_model_cannot_read_whole(tmp_path, reuse_minilm):
+    """MiniLM reads 256 tokens and English: a chunk past that, or in Thai, was embedded in silence (its vector
+    saw the chunk's start, or nothing but unknown tokens)."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "long.txt").write_text(" ".join(f"Aqueduct number {i} carried water into the city." for i in range(60)))
+    (folder / "thai.txt").write_text("มวยไทยเป็นศิลปะการต่อสู้ของประเทศไทย")
+    (folder / "bees.txt").write_text("Honeybees fan their wings to cool the hive.")
+    out = lines(mrag("index", folder, "--db", tmp_path / "idx", "--chunk-chars", 4000))[0]
+    assert out["chunks"] == 3 and out["warnings"] == [
+        "1 of 3 chunks are longer than the model reads (256 tokens): their vectors see only their start (a "
+        "smaller --chunk-chars, or a model that reads more)",
+        "1 of 3 chunks are mostly words the model cannot read (its unknown token): their vectors say little; "
+        "index their language with a model that reads it (--model)"]
+    (folder / "bees.txt").write_text("Honeybees fan their wings on hot days.")
+    plain = mrag("index", folder, "--db", tmp_path / "idx", "--plain")
+    assert "warning" not in plain.stderr and "1 chunks written" in plain.stdout  # of this write's chunks only
+
+
 def test_index_prune_deletes_the_documents_of_deleted_files(db, corpus):
     gone = sorted(corpus.iterdir())[0]
     gone.unlink()

@@ -160,6 +160,8 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
                    f"removed {summary['removed']} documents ({summary['chunks']} chunks written)")
         for s in report.skipped:
             click.echo(f"skipped {s.source}: {s.reason}")
+        for warning in report.warnings:
+            click.echo(f"warning: {warning}", err=True)
         if dropped:
             click.echo(f"dropped the spaces {', '.join(dropped)}")
         if drop_ann:

@@ -71,6 +71,7 @@ def index_files(index: Writable, paths: Sequence[str | Path], docs: list[Documen
         report.unchanged += done.unchanged
         report.removed += done.removed
         report.chunks += done.chunks
+        report.warnings += done.warnings  # a part's own: "N of this part's M chunks"
         report.ann = done.ann or report.ann
     if len(parts) > 1 and not done.chunks:  # the last part wrote no row: its catching up of the full-text index
         index.maintain_fulltext()

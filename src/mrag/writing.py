@@ -48,6 +48,7 @@ class AddReport:
     removed: list[str] = field(default_factory=list)  # documents gone from their files (`Index.add_paths`)
     chunks: int = 0
     ann: dict[str, Any] | None = None  # the ANN indexes this write (re)built, by policy
+    warnings: list[str] = field(default_factory=list)  # what the model could not read of the chunks written
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -57,7 +58,7 @@ class AddReport:
             "removed": len(self.removed),
             "chunks": self.chunks,
             "skipped": [asdict(s) for s in self.skipped],
-        } | ({"ann": self.ann} if self.ann else {})
+        } | ({"ann": self.ann} if self.ann else {}) | ({"warnings": self.warnings} if self.warnings else {})
 
 
 @dataclass
@@ -168,7 +169,8 @@ def write(
     with ExitStack() as held:
         wanted: set[str] | None = None  # documents still to write, once under the lock
         model = embedder()
-        for rows in _embedded(store, model, spaces, chunks, show_progress):
+        unread = [0, 0]  # chunks past the model's length, chunks mostly of tokens it cannot read
+        for rows in _embedded(store, model, spaces, chunks, show_progress, unread):
             staged.append(rows)
             staged_bytes += rows.nbytes
             if staged_bytes < STAGE_BYTES:
@@ -184,6 +186,7 @@ def write(
         _append(store, staged, wanted, report)
         if how.settle is not None:
             how.settle()
+        report.warnings = unread_warnings(unread[0], unread[1], len(chunks), getattr(model, "max_length", None))
         if "probe" not in store.manifest.embedder:  # an index made before probes: its next write records one
             store.stage(embedder=store.manifest.embedder | {"probe": model.probe()})
         if not how.part or not fulltext.has_index(store.chunks):  # a part: only an index's first
@@ -191,11 +194,24 @@ def write(
     return report
 
 
+def unread_warnings(long: int, unreadable: int, chunks: int, max_length: int | None) -> list[str]:
+    """What a write tells of the chunks its model could not read whole (`HeadEmbedder.unread`)."""
+    told = []
+    if long:
+        told.append(f"{long} of {chunks} chunks are longer than the model reads ({max_length} tokens): their vectors "
+                    "see only their start (a smaller --chunk-chars, or a model that reads more)")
+    if unreadable:
+        told.append(f"{unreadable} of {chunks} chunks are mostly words the model cannot read (its unknown token): "
+                    "their vectors say little; index their language with a model that reads it (--model)")
+    return told
+
+
 def _embedded(
     store: Store, embedder: HeadEmbedder, spaces: list[Space], chunks: list[tuple[Document, str, int, str]],
-    show_progress: bool,
+    show_progress: bool, unread: list[int],
 ) -> Iterator[pa.Table]:
-    """Rows for the chunks, `WRITE_BATCH` at a time: one forward pass each (and each external space)."""
+    """Rows for the chunks, `WRITE_BATCH` at a time: one forward pass each (and each external space);
+    `unread` counts what the model could not read (`HeadEmbedder.unread`)."""
     # the layout of the spaces embedded here (the committed manifest's, as `Index.spaces` reads it); `_append`
     # checks it under the lock against the table's
     schema = chunk_schema(store.dim, store.n_heads, store.head_dim, {s.name: int(s.dim or 0) for s in spaces})
@@ -208,6 +224,7 @@ def _embedded(
         batch = chunks[start : start + WRITE_BATCH]
         texts = [c[3] for c in batch]
         emb = embedder.embed(texts, kind="document")
+        unread[:] = [a + b for a, b in zip(unread, embedder.unread(texts))]
         yield build_rows(
             ids=[f"{d.id}#{i}" for d, _, i, _ in batch],
             doc_ids=[d.id for d, _, _, _ in batch],

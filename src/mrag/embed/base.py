@@ -77,6 +77,11 @@ class HeadEmbedder(ABC):
         inverse[order] = np.arange(len(order))
         return Embeddings(out.standard[inverse], out.heads[inverse])
 
+    def unread(self, texts: Sequence[str]) -> tuple[int, int]:
+        """Of these documents' texts, (how many are longer than the model reads, how many are mostly tokens it
+        cannot read): what a write warns of. An embedder without a tokenizer tells none."""
+        return 0, 0
+
     def probe(self) -> dict[str, list[float]]:
         """A fingerprint of the weights, layer and settings: the first values of the standard vector and of each
         head for `PROBE` as a document. An index records it and refuses an embedder whose own differs

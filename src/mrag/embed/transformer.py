@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import threading
 import warnings
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -145,6 +146,15 @@ class TransformerEmbedder(HeadEmbedder):
             self._all_states = True
             hidden = self._forward(["probe"])[1]
         return int(hidden.shape[-1])
+
+    def unread(self, texts: Sequence[str]) -> tuple[int, int]:
+        """(texts longer than `max_length` tokens, whose vectors see their start only; texts more than half
+        of whose tokens are the unknown token: a language the vocabulary lacks, near-identical vectors)."""
+        ids = self.tokenizer([self.document_instruction + t for t in texts], add_special_tokens=True)["input_ids"]
+        unknown, special = self.tokenizer.unk_token_id, len(self.tokenizer("")["input_ids"])  # [CLS] [SEP]: 2
+        long = sum(len(i) > self.max_length for i in ids)
+        unreadable = 0 if unknown is None else sum(2 * i.count(unknown) > max(1, len(i) - special) for i in ids)
+        return long, unreadable
 
     def embed_batch(self, texts: list[str]) -> Embeddings:
         import torch
