@@ -86,15 +86,33 @@ def test_text_is_read_composed_and_a_file_of_invisible_characters_is_empty(tmp_p
         read_file(records)
 
 
+def test_markdown_front_matter_gives_the_title_and_is_not_indexed(tmp_path):
+    """Jekyll, Hugo and Obsidian notes: the front matter was indexed as the text's start, its title ignored."""
+    yaml = write(tmp_path / "bees.md", '---\ntitle: "Über Bienen"\ndate: 2024-05-01\ntags: [bees]\n---\n# Bees\n\n'
+                                        'Honeybees fan their wings.')
+    assert [(d.title, d.text) for d in read_file(yaml)] == [("Über Bienen", "# Bees\n\nHoneybees fan their wings.")]
+    toml = write(tmp_path / "hugo.md", "+++\ntitle = 'Tides'\n+++\nThe Moon raises the tides.")
+    assert [(d.title, d.text) for d in read_file(toml)] == [("Tides", "The Moon raises the tides.")]
+    untitled = write(tmp_path / "notes.md", "---\ntags: [x]\n---\nOwls hunt at night.")
+    assert [(d.title, d.text) for d in read_file(untitled)] == [("notes", "Owls hunt at night.")]
+    rule = "---\n\nA thematic break, then text.\n\n---\nMore."  # no key: not front matter
+    assert read_file(write(tmp_path / "rule.md", rule))[0].text == rule
+    assert read_file(write(tmp_path / "plain.txt", "---\ntitle: x\n---\nBody"))[0].text.startswith("---")
+
+
 def test_html_title_and_visible_text(tmp_path):
     page = """<!doctype html><html><head><title> Hive  heat </title><meta charset="utf-8">
     <style>body { color: red }</style><script>var secret = "do not index";</script></head>
     <body><h1>Bees</h1><p>Workers   fan
     their wings.</p><noscript>enable js</noscript><ul><li>one</li><li>two &amp; three</li></ul></body></html>"""
     (doc,) = read_file(write(tmp_path / "page.html", page))
-    assert doc.title == "Hive  heat"
+    assert doc.title == "Hive heat"  # one line, spaces as one
     assert doc.text == "Bees\n\nWorkers fan their wings.\n\none\n\ntwo & three"
     assert "secret" not in doc.text and "color" not in doc.text and "enable js" not in doc.text
+
+
+def test_an_html_title_is_one_line():
+    assert html_to_text("<title>Café &amp; Menü\n   Spéciale</title><p>Soup.</p>")[0] == "Café & Menü Spéciale"
 
 
 def test_html_without_title_uses_the_file_name(tmp_path):
@@ -224,7 +242,8 @@ def test_pdf_without_pypdf_names_the_extra(tmp_path, monkeypatch):
 
 BAD_FILES = {
     "binary.txt": (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "a binary file, not text"),
-    "latin1.txt": ("café".encode("latin-1"), "not UTF-8 text (byte 3)"),
+    "latin1.txt": ("café".encode("latin-1"),
+                   "not UTF-8 text (byte 3): save it as UTF-8 (iconv -f latin1 -t utf-8, for one)"),
     "empty.md": (b"  \n\t\n", "the file is empty"),
 }
 

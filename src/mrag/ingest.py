@@ -10,6 +10,7 @@ from __future__ import annotations
 import html.parser
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Any
 from mrag.documents import Document, check_utf8, clean_text, field_text, merged_metadata, not_an_id, shown
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst"}
+MARKDOWN_SUFFIXES = {".md", ".markdown"}
 HTML_SUFFIXES = {".html", ".htm"}
 RECORD_SUFFIXES = {".json", ".jsonl"}
 SUFFIXES = TEXT_SUFFIXES | HTML_SUFFIXES | RECORD_SUFFIXES | {".pdf"}
@@ -188,7 +190,30 @@ def _read_file(path: Path, text_field: str, id_field: str, title_field: str) -> 
         return [_document(source, body, title or path.stem)]
     if suffix in RECORD_SUFFIXES:
         return _records(path, source, text, text_field, id_field, title_field)
+    if suffix in MARKDOWN_SUFFIXES:
+        title, text = front_matter(text)
+        return [_document(source, text, title or path.stem)]
     return [_document(source, text, path.stem)]
+
+
+# a Markdown file's front matter (Jekyll, Hugo, Obsidian): YAML between "---" lines, or TOML between "+++"
+# lines, at the very start, holding at least one key; its title is the document's
+FRONT_MATTER = re.compile(r"\A(---|\+\+\+)[ \t]*\r?\n(.*?)\r?\n(?:\1|\.\.\.)[ \t]*(?:\r?\n|\Z)", re.S)
+FRONT_KEY = re.compile(r"^[\w-]+[ \t]*[:=]", re.M)
+FRONT_TITLE = re.compile(r"^title[ \t]*[:=][ \t]*(.*?)[ \t]*$", re.M | re.I)
+
+
+def front_matter(text: str) -> tuple[str, str]:
+    """(the front matter's title, or "", the text without its front matter); text with none as it is.
+    '---\ntitle: "Über Bienen"\n---\n# Bees' -> ('Über Bienen', '# Bees')."""
+    found = FRONT_MATTER.match(text)
+    if found is None or not FRONT_KEY.search(found.group(2)):  # a thematic break, not front matter
+        return "", text
+    title = FRONT_TITLE.search(found.group(2))
+    value = title.group(1).strip() if title else ""
+    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+        value = value[1:-1]
+    return value, text[found.end():]
 
 
 def _document(source: str, text: str, title: str) -> Document:
@@ -209,7 +234,8 @@ def _read_text(path: Path) -> str:
     except UnicodeDecodeError as e:
         if b"\x00" in data and encoding == "utf-8-sig":
             raise IngestError(f"{path}: a binary file, not text") from None
-        raise IngestError(f"{path}: not {encoding.upper().removesuffix('-SIG')} text (byte {e.start})") from None
+        hint = ": save it as UTF-8 (iconv -f latin1 -t utf-8, for one)" if encoding == "utf-8-sig" else ""
+        raise IngestError(f"{path}: not {encoding.upper().removesuffix('-SIG')} text (byte {e.start}){hint}") from None
     if "\x00" in text:  # anywhere: text has no NUL
         raise IngestError(f"{path}: a binary file, not text")
     if not text.strip():
@@ -314,6 +340,6 @@ def html_to_text(markup: str) -> tuple[str, str]:
     parser = _HTMLText()
     parser.feed(markup)
     lines = [" ".join(line.split()) for line in "".join(parser.parts).split("\n\n")]
-    return parser.title, "\n\n".join(line for line in lines if line)
+    return " ".join(parser.title.split()), "\n\n".join(line for line in lines if line)  # a title on one line
 
 
