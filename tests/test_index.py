@@ -913,6 +913,14 @@ def test_prune_leaves_the_documents_under_an_empty_folder_given_a_share_not_moun
     assert [(s.source, s.reason) for s in report.skipped] == [(str(share), sync.EMPTY_FOLDER)]
     assert doc_ids(index) == sorted([*(str((share / f).resolve()) for f in ("a.txt", "sub/b.txt")),
                                      str((other / "d.txt").resolve())])
+    (share / "sub").mkdir()
+    (share / "sub" / "b.txt").write_text("Volcanoes erupt magma.")
+    index.add_paths([share / "sub"])
+    (share / "sub" / "b.txt").unlink()
+    (share / "sub").rmdir()  # `mrag index /mnt/share/sub --prune` with the share not mounted: sub is gone
+    report = index.add_paths([share / "sub"], prune=True)
+    assert report.removed == [] and [(s.source, s.reason) for s in report.skipped] == [
+        (str(share / "sub"), sync.EMPTY_FOLDER)]
     report = index.add_paths([root], prune=True)  # the folder above is not empty: what is gone under it goes
     assert report.removed == sorted(str((share / f).resolve()) for f in ("a.txt", "sub/b.txt"))
     assert doc_ids(index) == sorted(str((root / f).resolve()) for f in ("a.txt", "other/d.txt"))
@@ -1078,3 +1086,19 @@ def test_the_last_record_moved_out_of_a_file_moves_and_an_emptied_file_named_is_
         index.add_paths([b])  # named without --prune: an error, as before
     report = index.add_paths([b], prune=True)
     assert report.removed == ["8"] and doc_ids(index) == ["7"]
+
+
+def test_add_after_the_text_cleaning_writes_an_older_digest_again_not_refuses(db_path, fake, monkeypatch):
+    """An index written before text was cleaned (NFC, soft hyphens) holds the raw text's digest: `add` of the
+    same document then said "already exists with other content" (upsert and indexing files wrote it again)."""
+    raw = "coop\u00aderation in Zu\u0308rich"
+    with monkeypatch.context() as before:
+        before.setattr(documents, "clean_text", lambda text: text)  # as an older mrag wrote it
+        Index.open(db_path, embedder=fake).add([{"id": "a", "text": raw}, {"id": "b", "text": "plain"}])
+    index = Index.open(db_path, embedder=fake)
+    report = index.add([{"id": "a", "text": raw}, {"id": "b", "text": "plain"}])
+    assert (report.updated, report.unchanged) == (["a"], ["b"])
+    assert index.add([{"id": "a", "text": raw}]).unchanged == ["a"]  # once
+    assert [h.doc_id for h in index.search("Zürich cooperation", k=1, strategy="bm25")] == ["a"]
+    with pytest.raises(ValueError, match="already exists with other content"):
+        index.add([{"id": "b", "text": "other"}])  # a change of content is still refused

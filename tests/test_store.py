@@ -50,10 +50,10 @@ def test_a_creation_cut_off_is_made_again_and_a_manifest_lost_under_rows_refused
     assert index.store.count() == 0 and index.store.manifest.settings["chunk_chars"] == 500
     index.add(DOCS)
     assert Index.open(db, embedder=fake).store.count() == len(DOCS)
-    shutil.rmtree(db / f"{MANIFEST}.lance")  # rows without their manifest: not replaced
+    shutil.rmtree(db / f"{MANIFEST}.lance" / "_versions")  # rows without their manifest: not replaced, and
     with pytest.raises(StoreError, match=f"holds {len(DOCS)} indexed chunks but no manifest: a damaged index"):
         Index.open(db, embedder=fake)
-    assert (db / f"{CHUNKS}.lance").exists()
+    assert (db / f"{CHUNKS}.lance").exists() and (db / f"{MANIFEST}.lance" / "data").exists()  # nothing removed
 
 
 def test_quote():

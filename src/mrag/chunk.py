@@ -8,9 +8,10 @@ import re
 # A sentence ends at . ! or ? (and other scripts' full stops and question marks: Arabic's ؟, Urdu's ۔, the
 # dandas । ॥, Armenian ։, Ethiopic ።, Burmese ။; with up to two closing quotes or brackets, which stay with
 # it) before whitespace and a sentence's first letter: a capital, a digit or a letter of a script without case
-# (after an opening quote or bracket), or right after a question mark any letter ("how? why?" as people type;
-# '"Why?" he asked.' stays whole); at 。！？｡ (CJK writing puts no space after them) unless a closing quote
-# follows (「本当？」と聞いた is one sentence); or at a blank line. Abbreviations like "e.g. the" stay whole.
+# (after an opening quote or bracket), or after a word's question mark any letter ("how? why?" as people type;
+# '"Why?" he asked.', 'a ? b : c' and 'id = ? and' stay whole); at 。！？｡ (CJK writing puts no space after
+# them) unless a closing quote follows (「本当？」と聞いた is one sentence); or at a blank line. Abbreviations
+# like "e.g. the" stay whole.
 _CLOSERS, _OPENERS = "\"')\\]”’»」』", "\"'(\\[“‘«¿¡「『"  # inside a [...] class: ] and [ escaped
 _SENTENCE_END = re.compile(
     rf"([.!?؟।॥۔։።။])[{_CLOSERS}]{{0,2}}(\s+)(?=[{_OPENERS}]?(\w))|[。！？｡](?![{_CLOSERS}])\s*|\n\s*\n"
@@ -33,7 +34,10 @@ def _pieces(text: str) -> list[str]:
     pieces, start = [], 0
     for end in _SENTENCE_END.finditer(text):
         if end.group(2) is not None:  # after . ! ? and the like: only where a sentence starts, or at a blank line
-            after = end.group(1) if end.start(2) == end.end(1) else ""  # '"Why?" he asked' is one sentence
+            # a question mark that ends a word, right before the space and a letter: '"Why?" he asked', 'a ? b',
+            # 'id = ? and', 'ok? (yes)' stay whole
+            word_end = end.start(1) > 0 and text[end.start(1) - 1].isalnum() and text[end.end(2)] == end.group(3)
+            after = end.group(1) if end.start(2) == end.end(1) and word_end else ""
             if not (_starts_a_sentence(end.group(3), after) or _BLANK_LINE.search(end.group(2))):
                 continue
             cut, resume = end.start(2), end.end(2)

@@ -79,11 +79,17 @@ class Document:
     # as committed when it changed since and another run wrote one of them meanwhile (`mrag.sync`)
     stamp: tuple[int, int, int] | None = field(default=None, compare=False, repr=False)
 
+    # its text or title changed form here (`clean_text`): an index written before this cleaning holds another
+    # digest for the same document, which `Index.add` then writes again rather than refusing as changed
+    reformed: bool = field(default=False, compare=False, repr=False)
+
     def __post_init__(self) -> None:  # the text and title as indexed and searched (a file's path is left alone)
+        given = (self.text, self.title)
         if isinstance(self.text, str):
             self.text = clean_text(self.text)
         if isinstance(self.title, str):
             self.title = clean_text(self.title)
+        self.reformed = self.reformed or given != (self.text, self.title)
 
 
 def merged_metadata(record: dict[str, Any], named: tuple[str, ...], strict: bool = True) -> dict[str, Any]:

@@ -24,8 +24,9 @@ from mrag.writing import AddReport, FromFiles, check_unique_ids
 
 CHANGED = "changed or removed while it was being indexed: index it again"  # a file `changed_files` finds
 UNKNOWN = "no such file or folder, and no document indexed from there"  # a path to prune (`unknown_paths`)
-EMPTY_FOLDER = ("an empty folder (a share not mounted?) under which documents are indexed: nothing pruned there "
-                "(to prune them, delete the folder, or prune from the folder above it)")  # `empty_folders`
+EMPTY_FOLDER = ("an empty folder, or gone from one (a share not mounted?), under which documents are indexed: "
+                "nothing pruned there (to prune them, delete the empty folder, or prune from the folder above "
+                "it)")  # `empty_folders`
 
 
 class Writable(Protocol):
@@ -244,14 +245,23 @@ def unknown_paths(store: Store, paths: Sequence[str | Path]) -> list[str]:
 
 
 def empty_folders(store: Store, paths: Sequence[str | Path]) -> list[str]:
-    """The folders given to prune that hold nothing at all and under which documents are indexed: a share not
-    mounted leaves its mount point so, and pruning it deleted every document indexed from the share (the next
-    run embedded them all again). A folder that is gone is pruned (deleted on purpose, or prune the one above)."""
-    empty = [str(p) for p in paths if _empty_folder(Path(p).expanduser())]
+    """The paths given to prune that are folders holding nothing at all, or gone from one (the nearest folder
+    above them that exists is empty), and under which documents are indexed: a share not mounted leaves its
+    mount point so (`/mnt/share/docs` is gone, `/mnt/share` empty), and pruning there deleted every document
+    indexed from the share (the next run embedded them all again). A path gone from a folder that holds
+    something else is pruned (deleted on purpose)."""
+    empty = [str(p) for p in paths if _empty_folder(_nearest(Path(p).expanduser()))]
     if not empty:
         return []
     indexed = set(sources(store, None).values()) - {""}
     return [p for p in empty if any(_under(s, _real(p)) for s in indexed)]
+
+
+def _nearest(path: Path) -> Path:
+    """`path`, or where it is gone, the nearest folder above it that exists."""
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return path
 
 
 def _empty_folder(path: Path) -> bool:

@@ -4,7 +4,7 @@ the Ray job use these."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -109,17 +109,20 @@ def check_unique_ids(ids: Sequence[str], sources: Sequence[str] | None = None) -
 
 
 def triage(
-    docs: Sequence[tuple[str, str]], existing: dict[str, str], report: AddReport, replace: bool = True
+    docs: Sequence[tuple[str, str]], existing: dict[str, str], report: AddReport, replace: bool = True,
+    reformed: Collection[str] = (),
 ) -> list[int]:
     """Documents as (id, content digest) against the indexed digests (id -> digest): fills the report's
     added / updated / unchanged and returns the positions of the documents to embed. A changed
-    document is an error unless `replace`."""
+    document is an error unless `replace`, or it is `reformed` (`Document.reformed`: its digest before this
+    version's cleaning of text may be the one indexed)."""
     todo = []
     for position, (doc_id, digest) in enumerate(docs):
         if same_content(existing.get(doc_id), digest):
             report.unchanged.append(doc_id)
             continue
-        if doc_id in existing and not replace and not partial(existing[doc_id]):  # a partial one: written whole
+        # a partial document is written whole, and a reformed one may hold its digest from before the cleaning
+        if doc_id in existing and not replace and not partial(existing[doc_id]) and doc_id not in reformed:
             raise ValueError(f"document {doc_id!r} already exists with other content: use upsert")
         (report.updated if doc_id in existing else report.added).append(doc_id)
         todo.append(position)
@@ -152,7 +155,7 @@ def write(
     digests = [given.get(d.id) or document_digest(d, added=files is None) for d in documents]
     report = AddReport()
     seen = store.doc_hashes(ids) if how.stored is None else {i: how.stored[i] for i in ids if i in how.stored}
-    chosen = triage(list(zip(ids, digests)), seen, report, replace)
+    chosen = triage(list(zip(ids, digests)), seen, report, replace, {d.id for d in documents if d.reformed})
     todo = [(documents[i], digests[i]) for i in chosen]
     settings = store.manifest.settings
     chunks = [
@@ -253,7 +256,8 @@ def retriage(store: Store, todo: list[tuple[Document, str]], replace: bool, repo
         left = leave_out({d.id for d, _ in todo if now.get(d.id) != seen.get(d.id)})
         todo = [(d, h) for d, h in todo if d.id not in left]
     ids = [d.id for d, _ in todo]
-    chosen = triage([(d.id, h) for d, h in todo], {i: now[i] for i in ids if i in now}, fresh, replace)
+    chosen = triage([(d.id, h) for d, h in todo], {i: now[i] for i in ids if i in now}, fresh, replace,
+                    {d.id for d, _ in todo if d.reformed})
     if fresh.updated:
         store.delete(f"doc_id IN ({quote(fresh.updated)})")
     report.added, report.updated = fresh.added, fresh.updated

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from mrag.documents import clean_text
 from mrag.evaluate.files import decode, jsonl_records, loads, parse_json, read_qrels, required, text_field
 
 BEIR_FILES = "corpus.jsonl, queries.jsonl and qrels/test.tsv"
@@ -42,6 +43,10 @@ class BenchQuery:
     text: str
     aspects: list[Aspect]
     fusion: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:  # searched as `Index.search` searches a query (`documents.clean_text`)
+        self.text = clean_text(self.text)
+        self.fusion = [clean_text(q) for q in self.fusion]
 
     @property
     def n(self) -> int:
