@@ -43,6 +43,9 @@ def test_questions_typed_in_lower_case_and_the_full_stops_of_more_scripts():
     for whole in ("What does a ? b : c mean in C?", "select * where id = ? and name = ? order by id.",
                   "Use ? as a wildcard.", "Is it ok? (yes) and no.", "Is a ?? b the same?"):
         assert split_sentences(whole) == [whole]  # a question mark that ends no word, or before a bracket
+    assert split_sentences("¿qué es un acueducto? ¿por qué?") == ["¿qué es un acueducto?", "¿por qué?"]
+    assert split_sentences("who wrote “Dune”? when was it? is it C++? or 5%? yes") == [
+        "who wrote “Dune”?", "when was it?", "is it C++?", "or 5%?", "yes"]
     assert split_sentences("ეს პირველია. ეს მეორეა.") == ["ეს პირველია.", "ეს მეორეა."]
     assert split_sentences("یہ پہلا ہے۔ یہ دوسرا ہے۔") == ["یہ پہلا ہے۔", "یہ دوسرا ہے۔"]
     assert split_sentences("Առաջին նախադասություն։ Երկրորդը։") == ["Առաջին նախադասություն։", "Երկրորդը։"]

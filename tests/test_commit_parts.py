@@ -188,3 +188,27 @@ def test_the_last_part_catches_the_full_text_index_up_even_with_nothing_to_embed
     index = Index.open(tmp_path / "db", embedder=FakeEmbedder())
     index.add_paths([folder], commit_every=300)  # the last part, z.txt, is unchanged
     assert index.store.reading(fulltext.unindexed_rows) == 0
+
+
+class ShortSighted(FakeEmbedder):
+    """Reads 8 "tokens": a text of more than 20 characters is longer than it reads."""
+
+    max_length = 8
+
+    def unread(self, texts):
+        return sum(len(t) > 20 for t in texts), 0
+
+
+def test_a_run_in_parts_warns_once_with_the_runs_totals(tmp_path):
+    """Each part repeated its own warning ("1 of 1 chunks ..." four times): the run's totals, once."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    for i in range(4):
+        (folder / f"long{i}.txt").write_text(f"A long text about aqueducts number {i}.")
+    (folder / "short.txt").write_text("Bees.")
+    index = Index.open(tmp_path / "db", embedder=ShortSighted())
+    report = index.add_paths([folder], commit_every=1)
+    assert index.store.manifest.maintenance["writes"] > 1 and report.to_dict()["warnings"] == [
+        "4 of 5 chunks are longer than the model reads (8 tokens): their vectors see only their start (a smaller "
+        "--chunk-chars, or a model that reads more)"]
+    assert "warnings" not in index.add_paths([folder]).to_dict()  # nothing written: nothing to warn of

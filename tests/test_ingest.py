@@ -98,6 +98,16 @@ def test_markdown_front_matter_gives_the_title_and_is_not_indexed(tmp_path):
     rule = "---\n\nA thematic break, then text.\n\n---\nMore."  # no key: not front matter
     assert read_file(write(tmp_path / "rule.md", rule))[0].text == rule
     assert read_file(write(tmp_path / "plain.txt", "---\ntitle: x\n---\nBody"))[0].text.startswith("---")
+    # text between two rules that only looks like keys is text (it was dropped as front matter)
+    for text in ("---\n\nNote: a draft.\n\nBees fan their wings.\n\n---\n\nAqueducts.",
+                 "---\nhttps://example.com\n---\nLinks.", "---\nx = 5\n---\nMaths."):
+        assert read_file(write(tmp_path / "text.md", text))[0].text == text
+    titles = {"title: 'It''s bees'": "It's bees", 'title: "Say \\"hi\\""': 'Say "hi"', "title: Bees # draft": "Bees",
+              "title: >-\n  Folded": "t"}  # a block scalar: the file's name
+    for line, title in titles.items():
+        assert read_file(write(tmp_path / "t.md", f"---\n{line}\n---\nBody."))[0].title == title
+    alone = read_file(write(tmp_path / "card.md", "---\ntitle: Honeybees\ntags: [bees]\n---\n"))
+    assert [(d.title, d.text) for d in alone] == [("Honeybees", "Honeybees")]  # front matter alone: its title
 
 
 def test_html_title_and_visible_text(tmp_path):

@@ -905,3 +905,22 @@ def test_the_model_s_turns_go_in_the_order_asked_and_a_waiter_that_fails_gives_u
     for thread in (first, *later):
         thread.join(10)
     assert order == ["first", "third", "fourth"] and lock._serving == lock._next == 4
+
+
+def test_a_write_tells_what_its_model_could_not_read(tmp_path):
+    """The server's embedder wrapper did not pass `unread` on: POST /documents never warned."""
+
+    class ShortSighted(FakeEmbedder):
+        max_length = 8
+
+        def unread(self, texts):
+            return sum(len(t) > 20 for t in texts), 0
+
+    make_index(tmp_path / "db", DOCS)
+    with serving(Settings(db=str(tmp_path / "db"), token=TOKEN, embedder=ShortSighted())) as base, httpx.Client(
+            base_url=base, timeout=30) as client:
+        r = client.post("/documents", json={"documents": [{"text": "A long text about Roman aqueducts."}]},
+                        headers=AUTH)
+    assert r.status_code == 200 and r.json()["warnings"] == [
+        "1 of 1 chunks are longer than the model reads (8 tokens): their vectors see only their start (a smaller "
+        "--chunk-chars, or a model that reads more)"]

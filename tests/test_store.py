@@ -54,6 +54,10 @@ def test_a_creation_cut_off_is_made_again_and_a_manifest_lost_under_rows_refused
     with pytest.raises(StoreError, match=f"holds {len(DOCS)} indexed chunks but no manifest: a damaged index"):
         Index.open(db, embedder=fake)
     assert (db / f"{CHUNKS}.lance").exists() and (db / f"{MANIFEST}.lance" / "data").exists()  # nothing removed
+    shutil.rmtree(db / f"{CHUNKS}.lance" / "_versions")  # neither table's versions: the rows' data still there
+    with pytest.raises(StoreError, match="holds the data of indexed chunks but no manifest: a damaged index"):
+        Index.open(db, embedder=fake)
+    assert any((db / f"{CHUNKS}.lance" / "data").iterdir())
 
 
 def test_quote():

@@ -34,9 +34,10 @@ def _pieces(text: str) -> list[str]:
     pieces, start = [], 0
     for end in _SENTENCE_END.finditer(text):
         if end.group(2) is not None:  # after . ! ? and the like: only where a sentence starts, or at a blank line
-            # a question mark that ends a word, right before the space and a letter: '"Why?" he asked', 'a ? b',
-            # 'id = ? and', 'ok? (yes)' stay whole
-            word_end = end.start(1) > 0 and text[end.start(1) - 1].isalnum() and text[end.end(2)] == end.group(3)
+            # a question mark that ends a word ("Dune"? C++? 5%?), not before a bracket: '"Why?" he asked',
+            # 'a ? b', 'id = ? and', 'ok? (yes)' stay whole
+            before = text[end.start(1) - 1] if end.start(1) else " "
+            word_end = (before.isalnum() or before in _CLOSERS or before in "%+#") and text[end.end(2)] not in "(["
             after = end.group(1) if end.start(2) == end.end(1) and word_end else ""
             if not (_starts_a_sentence(end.group(3), after) or _BLANK_LINE.search(end.group(2))):
                 continue

@@ -79,9 +79,9 @@ class Document:
     # as committed when it changed since and another run wrote one of them meanwhile (`mrag.sync`)
     stamp: tuple[int, int, int] | None = field(default=None, compare=False, repr=False)
 
-    # its text or title changed form here (`clean_text`): an index written before this cleaning holds another
-    # digest for the same document, which `Index.add` then writes again rather than refusing as changed
-    reformed: bool = field(default=False, compare=False, repr=False)
+    # its text and title as given, where they changed form here (`clean_text`): an index written before this
+    # cleaning holds their digest, and `Index.add` writes such a document again rather than refusing it as changed
+    given: tuple[str, str] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:  # the text and title as indexed and searched (a file's path is left alone)
         given = (self.text, self.title)
@@ -89,7 +89,8 @@ class Document:
             self.text = clean_text(self.text)
         if isinstance(self.title, str):
             self.title = clean_text(self.title)
-        self.reformed = self.reformed or given != (self.text, self.title)
+        if self.given is None and given != (self.text, self.title):
+            self.given = given
 
 
 def merged_metadata(record: dict[str, Any], named: tuple[str, ...], strict: bool = True) -> dict[str, Any]:
@@ -177,10 +178,12 @@ ADDED = "added:"
 PARTIAL = "partial"
 
 
-def document_digest(doc: Document, added: bool = False) -> str:
+def document_digest(doc: Document, added: bool = False, as_given: bool = False) -> str:
     """What decides whether a document changed: its text, title, source and metadata; `added`: written by the
-    library or the server, not by indexing files."""
-    payload = json.dumps([doc.text, doc.title, doc.source, doc.metadata], sort_keys=True, default=str)
+    library or the server, not by indexing files; `as_given`: of its text and title before `clean_text` (the
+    digest an older mrag recorded)."""
+    text, title = doc.given if as_given and doc.given is not None else (doc.text, doc.title)
+    payload = json.dumps([text, title, doc.source, doc.metadata], sort_keys=True, default=str)
     return (ADDED if added else "") + hashlib.sha256(payload.encode()).hexdigest()
 
 

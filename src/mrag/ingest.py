@@ -197,23 +197,40 @@ def _read_file(path: Path, text_field: str, id_field: str, title_field: str) -> 
 
 
 # a Markdown file's front matter (Jekyll, Hugo, Obsidian): YAML between "---" lines, or TOML between "+++"
-# lines, at the very start, holding at least one key; its title is the document's
+# lines, at the very start; every line of it a key and its value (or a list item, a comment, a continuation
+# indented): else it is a thematic break and text. Its title is the document's
 FRONT_MATTER = re.compile(r"\A(---|\+\+\+)[ \t]*\r?\n(.*?)\r?\n(?:\1|\.\.\.)[ \t]*(?:\r?\n|\Z)", re.S)
-FRONT_KEY = re.compile(r"^[\w-]+[ \t]*[:=]", re.M)
+FRONT_LINE = {"---": re.compile(r"[\w-]+:(?:\s|$)|- |#|\s"), "+++": re.compile(r"[\w.\"'-]+\s*=|\[|#|\s")}
 FRONT_TITLE = re.compile(r"^title[ \t]*[:=][ \t]*(.*?)[ \t]*$", re.M | re.I)
 
 
 def front_matter(text: str) -> tuple[str, str]:
     """(the front matter's title, or "", the text without its front matter); text with none as it is.
-    '---\ntitle: "Über Bienen"\n---\n# Bees' -> ('Über Bienen', '# Bees')."""
+    '---\ntitle: "Über Bienen"\n---\n# Bees' -> ('Über Bienen', '# Bees'). A note of front matter alone is
+    its title."""
     found = FRONT_MATTER.match(text)
-    if found is None or not FRONT_KEY.search(found.group(2)):  # a thematic break, not front matter
+    lines = [line for line in found.group(2).splitlines() if line.strip()] if found else []
+    if found is None or not lines or not all(FRONT_LINE[found.group(1)].match(line) for line in lines):
         return "", text
     title = FRONT_TITLE.search(found.group(2))
-    value = title.group(1).strip() if title else ""
-    if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
-        value = value[1:-1]
-    return value, text[found.end():]
+    value = _scalar(title.group(1)) if title else ""
+    body = text[found.end():]
+    return value, body if body.strip() else value
+
+
+def _scalar(value: str) -> str:
+    """A YAML or TOML title's text: quotes taken off ('It''s', "Say \\"hi\\""), a comment after it dropped;
+    a block scalar (> or |, on the lines below) as none."""
+    if value[:1] == '"':
+        try:
+            return str(json.JSONDecoder().raw_decode(value)[0])
+        except ValueError:
+            return value.strip('"')
+    if value[:1] == "'":
+        end = re.match(r"'((?:[^']|'')*)'", value)
+        return end.group(1).replace("''", "'") if end else value.strip("'")
+    value = re.sub(r"\s+#.*$", "", value)
+    return "" if value[:1] in ("|", ">") else value
 
 
 def _document(source: str, text: str, title: str) -> Document:

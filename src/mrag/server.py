@@ -103,6 +103,7 @@ class LockedEmbedder(HeadEmbedder):
         self.name, self.dim, self.n_heads, self.head_dim = inner.name, inner.dim, inner.n_heads, inner.head_dim
         self.query_instruction, self.document_instruction = inner.query_instruction, inner.document_instruction
         self.device = getattr(inner, "device", None)  # where the exact scan runs too (`device_scan.scan_device`)
+        self.max_length = getattr(inner, "max_length", None)  # what a write's warnings name
 
     def embed_batch(self, texts: list[str]) -> Embeddings:
         with self.lock.turn():
@@ -117,6 +118,10 @@ class LockedEmbedder(HeadEmbedder):
 
     def info(self) -> dict[str, Any]:
         return self.inner.info()
+
+    def unread(self, texts: Sequence[str]) -> tuple[int, int]:  # the tokenizer: one thread at a time too
+        with self.lock.turn():
+            return self.inner.unread(texts)
 
 
 class State:

@@ -72,7 +72,8 @@ def index_files(index: Writable, paths: Sequence[str | Path], docs: list[Documen
         report.unchanged += done.unchanged
         report.removed += done.removed
         report.chunks += done.chunks
-        report.warnings += done.warnings  # a part's own: "N of this part's M chunks"
+        report.unread = (report.unread[0] + done.unread[0], report.unread[1] + done.unread[1])
+        report.max_length = done.max_length or report.max_length
         report.ann = done.ann or report.ann
     if len(parts) > 1 and not done.chunks:  # the last part wrote no row: its catching up of the full-text index
         index.maintain_fulltext()
@@ -237,8 +238,8 @@ def unknown_paths(store: Store, paths: Sequence[str | Path]) -> list[str]:
     missing = [p for p in paths if not Path(p).expanduser().exists()]
     if not missing:
         return []
-    indexed = set(sources(store, None).values()) - {""}
-    unknown = [str(raw) for raw in missing if not any(_under(s, _real(raw)) for s in indexed)]
+    held = _folders_of(sources(store, None).values())
+    unknown = [str(raw) for raw in missing if str(_real(raw)) not in held]
     if unknown and len(unknown) == len(paths):
         raise IngestError(f"no such file or folder, and no document indexed from there to prune: {unknown[0]}")
     return unknown
@@ -253,8 +254,19 @@ def empty_folders(store: Store, paths: Sequence[str | Path]) -> list[str]:
     empty = [str(p) for p in paths if _empty_folder(_nearest(Path(p).expanduser()))]
     if not empty:
         return []
-    indexed = set(sources(store, None).values()) - {""}
-    return [p for p in empty if any(_under(s, _real(p)) for s in indexed)]
+    held = _folders_of(sources(store, None).values())
+    return [p for p in empty if str(_real(p)) in held]
+
+
+def _folders_of(indexed: Iterable[str]) -> set[str]:
+    """Every indexed source and every folder above one: a path is in it when documents are indexed from it or
+    under it (`_under`), looked up at once for each of many paths."""
+    found: set[str] = set()
+    for source in set(indexed) - {""}:
+        path = Path(source)
+        found.add(str(path))
+        found.update(str(folder) for folder in path.parents)
+    return found
 
 
 def _nearest(path: Path) -> Path:

@@ -4,7 +4,7 @@ the Ray job use these."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -48,7 +48,13 @@ class AddReport:
     removed: list[str] = field(default_factory=list)  # documents gone from their files (`Index.add_paths`)
     chunks: int = 0
     ann: dict[str, Any] | None = None  # the ANN indexes this write (re)built, by policy
-    warnings: list[str] = field(default_factory=list)  # what the model could not read of the chunks written
+    unread: tuple[int, int] = (0, 0)  # chunks written longer than the model reads, mostly of unknown tokens
+    max_length: int | None = None  # the model's length in tokens, for `warnings`
+
+    @property
+    def warnings(self) -> list[str]:
+        """What the model could not read of the chunks written (`HeadEmbedder.unread`)."""
+        return unread_warnings(*self.unread, self.chunks, self.max_length)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -110,19 +116,20 @@ def check_unique_ids(ids: Sequence[str], sources: Sequence[str] | None = None) -
 
 def triage(
     docs: Sequence[tuple[str, str]], existing: dict[str, str], report: AddReport, replace: bool = True,
-    reformed: Collection[str] = (),
+    earlier: dict[str, str] | None = None,
 ) -> list[int]:
     """Documents as (id, content digest) against the indexed digests (id -> digest): fills the report's
     added / updated / unchanged and returns the positions of the documents to embed. A changed
-    document is an error unless `replace`, or it is `reformed` (`Document.reformed`: its digest before this
-    version's cleaning of text may be the one indexed)."""
+    document is an error unless `replace`, or unless the indexed digest is its `earlier` one (id -> the digest
+    of its text as given, before `clean_text`: an older mrag wrote the same document so)."""
     todo = []
     for position, (doc_id, digest) in enumerate(docs):
         if same_content(existing.get(doc_id), digest):
             report.unchanged.append(doc_id)
             continue
-        # a partial document is written whole, and a reformed one may hold its digest from before the cleaning
-        if doc_id in existing and not replace and not partial(existing[doc_id]) and doc_id not in reformed:
+        # a partial document is written whole, and so is one indexed by an older mrag before the text's cleaning
+        if (doc_id in existing and not replace and not partial(existing[doc_id])
+                and not same_content(existing[doc_id], (earlier or {}).get(doc_id, ""))):
             raise ValueError(f"document {doc_id!r} already exists with other content: use upsert")
         (report.updated if doc_id in existing else report.added).append(doc_id)
         todo.append(position)
@@ -155,7 +162,7 @@ def write(
     digests = [given.get(d.id) or document_digest(d, added=files is None) for d in documents]
     report = AddReport()
     seen = store.doc_hashes(ids) if how.stored is None else {i: how.stored[i] for i in ids if i in how.stored}
-    chosen = triage(list(zip(ids, digests)), seen, report, replace, {d.id for d in documents if d.reformed})
+    chosen = triage(list(zip(ids, digests)), seen, report, replace, earlier_digests(documents, files is None))
     todo = [(documents[i], digests[i]) for i in chosen]
     settings = store.manifest.settings
     chunks = [
@@ -189,7 +196,7 @@ def write(
         _append(store, staged, wanted, report)
         if how.settle is not None:
             how.settle()
-        report.warnings = unread_warnings(unread[0], unread[1], len(chunks), getattr(model, "max_length", None))
+        report.unread, report.max_length = (unread[0], unread[1]), getattr(model, "max_length", None)
         if "probe" not in store.manifest.embedder:  # an index made before probes: its next write records one
             store.stage(embedder=store.manifest.embedder | {"probe": model.probe()})
         if not how.part or not fulltext.has_index(store.chunks):  # a part: only an index's first
@@ -199,7 +206,8 @@ def write(
 
 def unread_warnings(long: int, unreadable: int, chunks: int, max_length: int | None) -> list[str]:
     """What a write tells of the chunks its model could not read whole (`HeadEmbedder.unread`)."""
-    told = []
+    # counted over the chunks embedded, of which the lock's checks may have left some out
+    told, long, unreadable = [], min(long, chunks), min(unreadable, chunks)
     if long:
         told.append(f"{long} of {chunks} chunks are longer than the model reads ({max_length} tokens): their vectors "
                     "see only their start (a smaller --chunk-chars, or a model that reads more)")
@@ -207,6 +215,11 @@ def unread_warnings(long: int, unreadable: int, chunks: int, max_length: int | N
         told.append(f"{unreadable} of {chunks} chunks are mostly words the model cannot read (its unknown token): "
                     "their vectors say little; index their language with a model that reads it (--model)")
     return told
+
+
+def earlier_digests(documents: Sequence[Document], added: bool) -> dict[str, str]:
+    """Id -> the digest an older mrag recorded for each document whose text `clean_text` changed."""
+    return {d.id: document_digest(d, added, as_given=True) for d in documents if d.given is not None}
 
 
 def _embedded(
@@ -257,7 +270,7 @@ def retriage(store: Store, todo: list[tuple[Document, str]], replace: bool, repo
         todo = [(d, h) for d, h in todo if d.id not in left]
     ids = [d.id for d, _ in todo]
     chosen = triage([(d.id, h) for d, h in todo], {i: now[i] for i in ids if i in now}, fresh, replace,
-                    {d.id for d, _ in todo if d.reformed})
+                    earlier_digests([d for d, _ in todo], True))
     if fresh.updated:
         store.delete(f"doc_id IN ({quote(fresh.updated)})")
     report.added, report.updated = fresh.added, fresh.updated

@@ -150,10 +150,13 @@ class TransformerEmbedder(HeadEmbedder):
     def unread(self, texts: Sequence[str]) -> tuple[int, int]:
         """(texts longer than `max_length` tokens, whose vectors see their start only; texts more than half
         of whose tokens are the unknown token: a language the vocabulary lacks, near-identical vectors)."""
-        ids = self.tokenizer([self.document_instruction + t for t in texts], add_special_tokens=True)["input_ids"]
-        unknown, special = self.tokenizer.unk_token_id, len(self.tokenizer("")["input_ids"])  # [CLS] [SEP]: 2
+        # cut one token past the length (enough to tell a longer text; transformers warns of a longer one)
+        ids = self.tokenizer([self.document_instruction + t for t in texts], truncation=True,
+                             max_length=self.max_length + 1)["input_ids"]
+        unknown = self.tokenizer.unk_token_id
+        fixed = len(self.tokenizer(self.document_instruction)["input_ids"])  # [CLS] [SEP] and the instruction
         long = sum(len(i) > self.max_length for i in ids)
-        unreadable = 0 if unknown is None else sum(2 * i.count(unknown) > max(1, len(i) - special) for i in ids)
+        unreadable = 0 if unknown is None else sum(2 * i.count(unknown) > max(1, len(i) - fixed) for i in ids)
         return long, unreadable
 
     def embed_batch(self, texts: list[str]) -> Embeddings:
