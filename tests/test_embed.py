@@ -624,3 +624,13 @@ def test_a_device_this_torch_cannot_use_is_refused_before_loading(tmp_path):
     result = CliRunner().invoke(cli, ["index", str(tmp_path / "a.txt"), "--db", str(tmp_path / "db"),
                                       "--device", "nonsense"])
     assert result.exit_code == 1 and "not a device" in result.output and not (tmp_path / "db").exists()
+
+
+def test_unread_counts_long_and_unknown_chunks_without_a_tokenizer_warning(minilm, capfd, monkeypatch):
+    """MiniLM reads 256 tokens and English. Counting a chunk past 512 tokens made transformers warn of
+    "indexing errors" in library use; an instruction's tokens counted in the unknown share."""
+    english, thai = "Honeybees fan their wings to cool the hive.", "มวยไทยเป็นศิลปะการต่อสู้"
+    assert minilm.unread([english, "word " * 600, thai]) == (1, 1)
+    assert "Token indices sequence length" not in capfd.readouterr().err
+    monkeypatch.setattr(minilm, "document_instruction", "Represent this document for retrieval: ")
+    assert minilm.unread([english, thai]) == (0, 1)  # the instruction's words are not the chunk's
