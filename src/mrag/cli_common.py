@@ -61,10 +61,8 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except KeyboardInterrupt:  # Ctrl-C: the shell's status for SIGINT (click's would be 1, as for an error)
             click.echo("\ninterrupted: what was committed stays, and a write cut off is whole or not at all", err=True)
             raise SystemExit(128 + signal.SIGINT) from None
-        except RuntimeError as e:  # Lance's storage errors: a damaged index, not a bug of ours
-            if no_space(str(e)):  # faiss writing the HNSW graphs, too
-                raise click.ClickException(lance_message(str(e).splitlines()[0])) from e
-            if not str(e).startswith("lance error"):
+        except RuntimeError as e:  # Lance's storage errors (a damaged index, not a bug of ours), and a full disk
+            if not (str(e).startswith("lance error") or no_space(str(e))):  # faiss's, writing the HNSW graphs
                 raise
             raise click.ClickException(lance_message(str(e).splitlines()[0])) from e
         except (ValueError, FileNotFoundError, TypeError, OSError) as e:

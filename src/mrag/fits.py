@@ -26,7 +26,7 @@ def created(store: Store, made: HeadEmbedder, spaces: list[dict[str, Any]], chun
     """Refuse an index that another process created at the same moment (`Store.create` then returns
     theirs) with another embedder or other spaces: this one's vectors would not be theirs. Chunk settings
     given and different are refused as on any existing index; not given, theirs are used."""
-    recorded, info = store.manifest.embedder, made.info() | {"probe": made.probe()}
+    recorded, info = store.manifest.embedder, made.recorded()
     # what shapes the vectors (not `revision` or `n_layers`: the same model by its id or its folder)
     keys = (*SHAPE, *RECORDED_OPTIONS, "standard")
     differ = [(key, recorded.get(key)) for key in keys if recorded.get(key) != info.get(key)]

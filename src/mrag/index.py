@@ -101,7 +101,7 @@ class Index:
         live = open_spaces(specs)  # unknown function, bad options, unreachable model: fail before writing
         made = embedder or embedder_factory(model, layer, **embedder_options)()
         entries = [s.spec.to_json() | {"dim": s.dim} for s in live]
-        store = Store.create(uri, made.info() | {"probe": made.probe()}, settings, storage_options, spaces=entries)
+        store = Store.create(uri, made.recorded(), settings, storage_options, spaces=entries)
         fits.created(store, made, entries, chunk_chars, overlap, uri)
         index = cls(store, lambda: made)
         index._embedder = made

@@ -234,9 +234,10 @@ def _scalar(value: str) -> str:
 
 
 def _document(source: str, text: str, title: str) -> Document:
-    if not clean_text(text).strip():  # invisible characters only: no text
+    doc = Document(id=source, text=text, source=source, title=title)  # its text cleaned (`clean_text`)
+    if not doc.text.strip():  # invisible characters only: no text
         raise IngestError(f"{source}: {EMPTY}")
-    return Document(id=source, text=text, source=source, title=title)
+    return doc
 
 
 def _read_text(path: Path) -> str:

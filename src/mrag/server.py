@@ -236,10 +236,10 @@ def create_app(settings: Settings) -> FastAPI:
     @app.exception_handler(OSError)
     async def storage(request: Request, exc: Exception) -> JSONResponse:
         first, code = str(exc).splitlines()[0] if str(exc) else "", getattr(exc, "errno", None)
-        if not (no_space(first) or code in STORAGE_ERRNOS):
+        full = no_space(first) or code in (errno.ENOSPC, errno.EDQUOT)  # 507: a full disk; else 503
+        if not (full or code in STORAGE_ERRNOS):
             return await failed(request, exc)
         log.warning("%s %s: %s", request.method, request.url.path, first, exc_info=exc)  # told as the CLI tells it
-        full = no_space(first) or code in (errno.ENOSPC, errno.EDQUOT)  # 507: a full disk; else 503
         return JSONResponse({"detail": lance_message(first)}, status_code=507 if full else 503)
 
     @app.exception_handler(Exception)

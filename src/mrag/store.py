@@ -64,8 +64,9 @@ def _clear_half_made(db: Any, folder: Path) -> None:
     found"): a manifest table without a committed version, and a chunks table with no row. A chunks table
     with rows and no manifest is a damaged index, refused rather than replaced."""
     chunks, manifest = folder / f"{CHUNKS}.lance", folder / f"{MANIFEST}.lance"
-    rows = db.open_table(CHUNKS).count_rows() if chunks.exists() and _committed(chunks) else 0
-    if rows or (chunks.exists() and not _committed(chunks) and any((chunks / "data").glob("*"))):
+    committed = chunks.exists() and _committed(chunks)
+    rows = db.open_table(CHUNKS).count_rows() if committed else 0
+    if rows or (chunks.exists() and not committed and any((chunks / "data").glob("*"))):
         # first: nothing is removed from a damaged index (rows, or data files whose versions are gone)
         raise StoreError(f"{folder} holds {f'{rows} indexed chunks' if rows else 'the data of indexed chunks'} but "
                          "no manifest: a damaged index; restore it from a backup, or index the documents into a new "

@@ -50,8 +50,9 @@ def index_files(index: Writable, paths: Sequence[str | Path], docs: list[Documen
     An id already indexed from a file not read now is refused, and nothing is written: checked before the
     embedding, and again under the write lock (another process may index it meanwhile)."""
     check_unique_ids([d.id for d in docs], [d.source for d in docs])  # naming the files
-    unknown = unknown_paths(index.store, paths) if prune else []
-    held = empty_folders(index.store, paths) if prune else []
+    indexed = functools.cache(lambda: _folders_of(sources(index.store, None).values()))  # read once, if asked
+    unknown = unknown_paths(paths, indexed) if prune else []
+    held = empty_folders(paths, indexed) if prune else []
     roots = [p for p in paths if str(p) not in held]  # where documents of files gone are pruned
     refuse_taken(index.store, docs, skipped)
     changed: set[str] = set()  # files whose documents were left as committed, found under the write lock
@@ -231,31 +232,30 @@ def _indexed(store: Store, docs: list[Document], prune: bool, live: bool) -> dic
     return sources(store, where, store.chunks if live else None) if prune or read else {}
 
 
-def unknown_paths(store: Store, paths: Sequence[str | Path]) -> list[str]:
+def unknown_paths(paths: Sequence[str | Path], indexed: Callable[[], set[str]]) -> list[str]:
     """The paths to prune that are neither on disk nor where an indexed file was (a file's source, or a folder
     above one): a typo, or a folder pruned already. Refused when every path is one (nothing to do: `mrag index
-    TYPO --prune`), else listed as skipped (a scheduled run over several folders goes on)."""
+    TYPO --prune`), else listed as skipped (a scheduled run over several folders goes on). `indexed`: the
+    indexed sources and the folders above them (`_folders_of`), read when first asked."""
     missing = [p for p in paths if not Path(p).expanduser().exists()]
     if not missing:
         return []
-    held = _folders_of(sources(store, None).values())
-    unknown = [str(raw) for raw in missing if str(_real(raw)) not in held]
+    unknown = [str(raw) for raw in missing if str(_real(raw)) not in indexed()]
     if unknown and len(unknown) == len(paths):
         raise IngestError(f"no such file or folder, and no document indexed from there to prune: {unknown[0]}")
     return unknown
 
 
-def empty_folders(store: Store, paths: Sequence[str | Path]) -> list[str]:
+def empty_folders(paths: Sequence[str | Path], indexed: Callable[[], set[str]]) -> list[str]:
     """The paths given to prune that are folders holding nothing at all, or gone from one (the nearest folder
     above them that exists is empty), and under which documents are indexed: a share not mounted leaves its
     mount point so (`/mnt/share/docs` is gone, `/mnt/share` empty), and pruning there deleted every document
     indexed from the share (the next run embedded them all again). A path gone from a folder that holds
-    something else is pruned (deleted on purpose)."""
+    something else is pruned (deleted on purpose). `indexed` as `unknown_paths` takes it."""
     empty = [str(p) for p in paths if _empty_folder(_nearest(Path(p).expanduser()))]
     if not empty:
         return []
-    held = _folders_of(sources(store, None).values())
-    return [p for p in empty if str(_real(p)) in held]
+    return [p for p in empty if str(_real(p)) in indexed()]
 
 
 def _folders_of(indexed: Iterable[str]) -> set[str]:

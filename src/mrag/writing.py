@@ -162,7 +162,8 @@ def write(
     digests = [given.get(d.id) or document_digest(d, added=files is None) for d in documents]
     report = AddReport()
     seen = store.doc_hashes(ids) if how.stored is None else {i: how.stored[i] for i in ids if i in how.stored}
-    chosen = triage(list(zip(ids, digests)), seen, report, replace, earlier_digests(documents, files is None))
+    earlier = earlier_digests(documents, files is None)  # where an older mrag may have indexed them otherwise
+    chosen = triage(list(zip(ids, digests)), seen, report, replace, earlier)
     todo = [(documents[i], digests[i]) for i in chosen]
     settings = store.manifest.settings
     chunks = [
@@ -187,12 +188,12 @@ def write(
                 continue
             if wanted is None:
                 held.enter_context(store.writing())
-                wanted = retriage(store, todo, replace, report, seen, how.leave_out)
+                wanted = retriage(store, todo, replace, report, seen, how.leave_out, earlier)
             _append(store, staged, wanted, report)
             staged, staged_bytes = [], 0
         if wanted is None:
             held.enter_context(store.writing())
-            wanted = retriage(store, todo, replace, report, seen, how.leave_out)
+            wanted = retriage(store, todo, replace, report, seen, how.leave_out, earlier)
         _append(store, staged, wanted, report)
         if how.settle is not None:
             how.settle()
@@ -258,19 +259,19 @@ def _embedded(
 
 
 def retriage(store: Store, todo: list[tuple[Document, str]], replace: bool, report: AddReport,
-             seen: dict[str, str], leave_out: Callable[[set[str]], set[str]] | None = None) -> set[str]:
+             seen: dict[str, str], leave_out: Callable[[set[str]], set[str]] | None = None,
+             earlier: dict[str, str] | None = None) -> set[str]:
     """Under the write lock: the documents to write against what is committed now (another process
     may have written some since `seen`, the digests looked at before embedding), less those `leave_out`
     names of these. Deletes the old rows of changed ones; -> the ids to write (the report's added / updated /
-    unchanged follow). `mrag.distributed` runs it too."""
+    unchanged follow; `earlier` as `triage` takes it). `mrag.distributed` runs it too."""
     fresh = AddReport()
     now = store.doc_hashes([d.id for d, _ in todo])
     if leave_out is not None:
         left = leave_out({d.id for d, _ in todo if now.get(d.id) != seen.get(d.id)})
         todo = [(d, h) for d, h in todo if d.id not in left]
     ids = [d.id for d, _ in todo]
-    chosen = triage([(d.id, h) for d, h in todo], {i: now[i] for i in ids if i in now}, fresh, replace,
-                    earlier_digests([d for d, _ in todo], True))
+    chosen = triage([(d.id, h) for d, h in todo], {i: now[i] for i in ids if i in now}, fresh, replace, earlier)
     if fresh.updated:
         store.delete(f"doc_id IN ({quote(fresh.updated)})")
     report.added, report.updated = fresh.added, fresh.updated

@@ -322,7 +322,7 @@ def _causes(error: BaseException) -> list[BaseException]:
 
 def _embedder_info(make: EmbedderFactory) -> dict[str, Any]:
     embedder = make()
-    return embedder.info() | {"probe": embedder.probe()}
+    return embedder.recorded()
 
 
 def _transformer_factory(

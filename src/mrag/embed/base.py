@@ -95,6 +95,10 @@ class HeadEmbedder(ABC):
             self._probe_made = made
         return dict(made)
 
+    def recorded(self) -> dict[str, Any]:
+        """What an index records of the embedder: its `info` and its `probe`."""
+        return self.info() | {"probe": self.probe()}
+
     def info(self) -> dict[str, Any]:
         """What an index records about the embedder, to refuse a different one later."""
         return {

@@ -69,7 +69,7 @@ def embed_corpus(
     """Index the benchmark's documents (once per key) and map matrix rows to units.
 
     External `spaces` are added to the cached index (computed once per label); only these vote."""
-    folder = Path(cache_dir) / cache_key(bench, embedder.info() | {"probe": embedder.probe()}, chunk_chars)
+    folder = Path(cache_dir) / cache_key(bench, embedder.recorded(), chunk_chars)
     index = Index.open(folder / "index", embedder=embedder, chunk_chars=chunk_chars, overlap=1)
     docs = [{"id": d.id, "text": d.text, "title": d.title, "source": bench.name} for d in bench.docs]
     index.upsert(docs, show_progress=show_progress)
