@@ -339,8 +339,8 @@ def test_the_ranker_searches_each_text_once_with_its_cache(index, monkeypatch):
     table = index.store.snapshot()
     asked: list[tuple[list[str], bool]] = []
     real = fulltext.started
-    monkeypatch.setattr(fulltext, "started", lambda t, texts, c, ids=True: asked.append((list(texts), ids))
-                        or real(t, texts, c, ids))
+    monkeypatch.setattr(fulltext, "started", lambda t, texts, c, ids=True, where=None:
+                        asked.append((list(texts), ids)) or real(t, texts, c, ids))
     matrix = index.store.matrix()
     ranker = fulltext.FullTextRanker(lambda chosen, queries, c: None, table, row_ids=matrix.row_ids, cache=True)
     voters = retrieve.voters("bm25", 0, index.space_weights())
@@ -366,7 +366,8 @@ def test_the_in_memory_ranker_caches_as_lancedb_s_does_and_builds_only_when_aske
     searched: list[list[str]] = []
     built = bm25.for_matrix(matrix)
     real = built.search
-    built.search = lambda texts, c: searched.append(list(texts)) or real(texts, c)  # type: ignore[method-assign]
+    built.search = (  # type: ignore[method-assign]
+        lambda texts, c, allowed=None: searched.append(list(texts)) or real(texts, c, allowed))
     memory = lambda: built  # noqa: E731
 
     inner = lambda chosen, queries, c: None  # noqa: E731 (only the full-text voter is asked)

@@ -722,7 +722,7 @@ def test_a_full_text_search_runs_beside_the_graph_walks(tmp_path):
     started, seen = threading.Event(), []
 
     class Memory:
-        def search(self, texts, c):
+        def search(self, texts, c, allowed=None):
             started.set()
             return [(np.array([0]), np.array([1.0])) for _ in texts]
 

@@ -22,6 +22,7 @@ from mrag.cli_common import (
     output_options,
     refuse_fusion,
     user_errors,
+    where_option,
 )
 
 
@@ -54,14 +55,16 @@ def cli() -> None:
               help="Exact search in memory, or the ANN indexes (default: ANN when the index has them).")
 @click.option("--nprobes", type=click.IntRange(min=1), default=None,
               help="IVF partitions (HNSW: ef) per ANN search (default: the index's).")
+@where_option
 @output_options()
 @user_errors
 def search(query: str, db: str, model: str | None, k: int, strategy: str | None, depth: int | None, explain: bool,
-           selection: str | None, exact: bool | None, nprobes: int | None, plain: bool) -> None:
+           selection: str | None, exact: bool | None, nprobes: int | None, where: str | None, plain: bool) -> None:
     """Search DB; prints one JSON object per hit.
 
     \b
         mrag search "How did Roman aqueducts work, and why do bees fan their hives?" --db idx -k 4
+        mrag search "bees" --db idx --where "source LIKE 'notes/%' AND position < 3"
     """
     from mrag.index import Index
     from mrag.retrieve import fulltext
@@ -70,7 +73,8 @@ def search(query: str, db: str, model: str | None, k: int, strategy: str | None,
     chosen = settings.names(selection) if selection is not None else None
     index = Index.open(db, model=model, create=False)
     fulltext.searching_once(index.store)
-    hits = index.search(query, k=k, strategy=strategy, c=depth, spaces=chosen, exact=exact, nprobes=nprobes)
+    hits = index.search(query, k=k, strategy=strategy, c=depth, spaces=chosen, exact=exact, nprobes=nprobes,
+                        where=where)
     for rank, hit in enumerate(hits, 1):
         if plain:
             click.echo(f"{rank}. [{hit.score:.4f}] {one_line(hit.title or hit.doc_id)}  ({one_line(hit.id)})")

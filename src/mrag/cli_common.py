@@ -82,6 +82,12 @@ db_option: Callable[..., Any] = click.option(
 model_option: Callable[..., Any] = click.option(
     "--model", "-m", envvar="MRAG_MODEL", default=None, help="Hugging Face id or path (or MRAG_MODEL)."
 )
+where_option: Callable[..., Any] = click.option(
+    "--where", metavar="SQL", default=None,
+    help="Only chunks this SQL filter keeps, as LanceDB takes it: columns id, doc_id, source, title, position, "
+         "text, metadata (JSON text); e.g. \"source LIKE 'notes/%'\".")
+
+
 def output_options(plain: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """`--json` and `--plain`/`-p` as one boolean parameter, `plain` (the last flag given wins);
     `plain=True`: text unless --json."""

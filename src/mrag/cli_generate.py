@@ -7,7 +7,7 @@ import sys
 import click
 
 from mrag import settings
-from mrag.cli_common import CONTEXT, db_option, emit, model_option, output_options, user_errors
+from mrag.cli_common import CONTEXT, db_option, emit, model_option, output_options, user_errors, where_option
 from mrag.generate.backends import BACKENDS
 from mrag.generate.base import DEFAULT_MAX_TOKENS
 from mrag.generate.prompt import DEFAULT_MAX_CONTEXT_CHARS, header
@@ -37,10 +37,11 @@ gen_model_option = click.option(
 @click.option("--max-tokens", type=click.IntRange(min=1), default=DEFAULT_MAX_TOKENS, show_default=True,
               help="Longest answer.")
 @click.option("--no-generate", is_flag=True, help="Print the numbered context that would be sent; load no LLM.")
+@where_option
 @output_options(plain=True)
 @user_errors
 def ask(question: str, db: str, model: str | None, k: int, strategy: str | None, backend: str, gen_model: str | None,
-        max_context_chars: int, max_tokens: int, no_generate: bool, plain: bool) -> None:
+        max_context_chars: int, max_tokens: int, no_generate: bool, where: str | None, plain: bool) -> None:
     """Answer QUESTION from DB with numbered citations; the answer streams as it is written.
 
     \b
@@ -74,7 +75,7 @@ def ask(question: str, db: str, model: str | None, k: int, strategy: str | None,
         raise ValueError(f"strategy {strategy!r} needs the LLM to write sub-queries: drop --no-generate")
     generator = None if no_generate else make_generator(backend, gen_model)
     prepared = prepare(index, question, k=k, strategy=strategy, generator=generator,
-                       max_context_chars=max_context_chars)
+                       max_context_chars=max_context_chars, where=where)
     if generator is None:
         if as_json:
             context = [c.to_dict() for c in prepared.context]

@@ -267,6 +267,7 @@ class Index:
         exact: bool | None = None,
         nprobes: int | None = None,
         candidates: int | None = None,
+        where: str | None = None,
     ) -> list[Hit]:
         """The top k chunks for a query; each hit carries the votes that put it there. `strategy`: None
         is the index's default (`default_strategy`: what `mrag tune` recorded, else `built_in_default`).
@@ -282,11 +283,14 @@ class Index:
         ANN search reads (default: what `build_ann` recorded); more is slower and closer to exact.
         `candidates`: on the ANN path, each query part's nearest rows in the standard index that every
         space then ranks exactly (default `DEFAULT_CANDIDATES`; 0 asks each space's own index instead).
+        `where`: only the chunks this SQL filter keeps, as LanceDB takes it (`"source LIKE 'notes/%'"`; columns
+        id, doc_id, source, title, position, text, metadata as JSON text), in every space (`retrieve.filtered`).
 
         Raises `mrag.errors.Busy` where other writers committed at every one of its tries (many commits a
         second, as a writer in a tight loop makes): the same search goes through a moment later.
         """
-        return self.search_many([query], k, strategy, c, [subqueries or []], spaces, exact, nprobes, candidates)[0]
+        return self.search_many([query], k, strategy, c, [subqueries or []], spaces, exact, nprobes, candidates,
+                                where)[0]
 
     def search_many(
         self,
@@ -299,10 +303,11 @@ class Index:
         exact: bool | None = None,
         nprobes: int | None = None,
         candidates: int | None = None,
+        where: str | None = None,
     ) -> list[list[Hit]]:
         """`search` for a batch of queries: one embedding pass, and every space searched once for all."""
         return search_many(self, queries, k, strategy or self.default_strategy, c, subqueries, spaces, exact, nprobes,
-                           candidates)
+                           candidates, where)
 
     @property
     def default_strategy(self) -> str:

@@ -24,6 +24,7 @@ from mrag.documents import check_utf8
 from mrag.generate.base import DEFAULT_MAX_TOKENS
 from mrag.retrieve import strategies as retrieve
 from mrag.retrieve import types
+from mrag.retrieve.filtered import MAX_WHERE_CHARS
 from mrag.settings import names
 
 MAX_K = 1000
@@ -67,6 +68,9 @@ def _no_bool(value: Any) -> Any:
 
 
 Count = Annotated[int, BeforeValidator(_no_bool)]  # a number of hits, tokens, ...: 3 or "3" (a GET), not true
+Where = Annotated[str | None, Field(min_length=1, max_length=MAX_WHERE_CHARS, description=(
+    "Only chunks this SQL filter keeps, as LanceDB takes it: columns id, doc_id, source, title, position, text, "
+    "metadata (JSON text); e.g. \"source LIKE 'notes/%'\"."))]
 
 
 class SearchRequest(BaseModel):
@@ -83,6 +87,7 @@ class SearchRequest(BaseModel):
     spaces: list[str] | str | None = Field(None, description="Only these voters: standard, heads, head:3, split, "
                                                              "bm25, a space's label (comma-separated, a list, or "
                                                              "spaces= repeated in a GET).")
+    where: Where = None
 
     @field_validator("spaces")
     @classmethod
@@ -115,6 +120,7 @@ class AskRequest(BaseModel):
     max_tokens: Count = Field(DEFAULT_MAX_TOKENS, ge=1, le=8192)
     stream: bool = Field(False, description="Server-sent events: context, token..., answer.")
     subqueries: Subqueries = None
+    where: Where = None
 
 
 class DocumentIn(BaseModel):

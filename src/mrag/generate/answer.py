@@ -23,6 +23,7 @@ from mrag.generate.prompt import (
     format_context,
     parse_citations,
 )
+from mrag.retrieve import filtered
 from mrag.retrieve import strategies as retrieve
 
 # the answer when nothing was retrieved: no LLM is asked, as its answer from no sources would read like one from
@@ -67,9 +68,10 @@ def prepare(
     max_context_chars: int = DEFAULT_MAX_CONTEXT_CHARS,
     c: int | None = None,
     subqueries: Sequence[str] | None = None,
+    where: str | None = None,
 ) -> Prepared:
     """Retrieve and build the prompt. Fusion strategies ask `generator` for sub-queries unless given;
-    `strategy` None is the index's default."""
+    `strategy` None is the index's default; `where` keeps the chunks a filter keeps (`Index.search`)."""
     if not question or not question.strip():
         raise ValueError("the question is empty")
     check_utf8(question, "the question")  # before an LLM is asked for sub-queries
@@ -77,8 +79,9 @@ def prepare(
         raise ValueError(f"k must be positive, got {k}")
     if max_context_chars <= 0:
         raise ValueError(f"the context budget must be positive, got {max_context_chars}")
+    filtered.check_where(where)  # before an LLM is asked for sub-queries
     strategy = retrieve.check_strategy(strategy or index.default_strategy)
-    hits, used = retrieve_for(index, question, k, strategy, generator, c=c, subqueries=subqueries)
+    hits, used = retrieve_for(index, question, k, strategy, generator, c=c, subqueries=subqueries, where=where)
     context = build_context(hits, max_context_chars)
     return Prepared(question, strategy, context, used, build_messages(question, context))
 
@@ -92,7 +95,9 @@ def ask(
     max_context_chars: int = DEFAULT_MAX_CONTEXT_CHARS,
     max_tokens: int = DEFAULT_MAX_TOKENS,
     c: int | None = None,
+    where: str | None = None,
 ) -> Answer:
     """Answer a question from the index with numbered citations (not streamed); nothing retrieved: NO_SOURCES,
-    without asking the generator."""
-    return prepare(index, question, k, strategy, generator, max_context_chars, c).generate(generator, max_tokens)
+    without asking the generator. `where`: only the chunks a filter keeps (`Index.search`)."""
+    return prepare(index, question, k, strategy, generator, max_context_chars, c,
+                   where=where).generate(generator, max_tokens)

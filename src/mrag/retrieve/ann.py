@@ -104,12 +104,14 @@ class AnnRanker:
     """A `types.Ranker` over a table's ANN indexes: each space is asked once for all query
     parts (LanceDB takes several query vectors at once), every space's query sent together.
 
-    Its rankings number rows locally; `ids[i]` is local row i's chunk id."""
+    Its rankings number rows locally; `ids[i]` is local row i's chunk id. `where`: only the rows this filter
+    keeps (`mrag.retrieve.filtered`), applied before the indexes are searched."""
 
     def __init__(
-        self, table: Any, columns: dict[str, str], nprobes: int = DEFAULT_NPROBES, refine: int | None = None
+        self, table: Any, columns: dict[str, str], nprobes: int = DEFAULT_NPROBES, refine: int | None = None,
+        where: str | None = None,
     ) -> None:
-        self.table, self.columns, self.nprobes, self.refine = table, columns, nprobes, refine
+        self.table, self.columns, self.nprobes, self.refine, self.where = table, columns, nprobes, refine, where
         self.ids: list[str] = []  # local row number -> chunk id
         self.row_ids: list[int] = []  # local row number -> Lance row id (to fetch the row)
 
@@ -155,6 +157,8 @@ class AnnRanker:
             .select(["id", "_distance"])  # named: LanceDB warns on every search otherwise
             .with_row_id(True)
         )
+        if self.where is not None:
+            query = query.where(self.where, prefilter=True)
         return _found((query.refine_factor(self.refine) if self.refine else query).to_arrow())
 
     async def _search_async(
@@ -173,6 +177,8 @@ class AnnRanker:
             .select(["id", "_distance"])
             .with_row_id()
         )
+        if self.where is not None:  # before the index is searched, as the asynchronous API filters by default
+            query = query.where(self.where)
         return _found(await (query.refine_factor(self.refine) if self.refine else query).to_arrow())
 
     @staticmethod

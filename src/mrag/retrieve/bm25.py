@@ -224,12 +224,14 @@ class Bm25:
                 segments = (Segment.merged(segments, len(self.vocabulary.ids)),)
         return Bm25(self.vocabulary, segments, lengths)
 
-    def search(self, texts: list[str], c: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    def search(self, texts: list[str], c: int,
+               allowed: np.ndarray | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
         """Each text's best c rows and their BM25 scores, best first, ties to the smaller row:
-        (rows int64, scores float64) per text; a text with no known word finds nothing."""
-        return [self._search_one(text, c) for text in texts]
+        (rows int64, scores float64) per text; a text with no known word finds nothing. `allowed` (n,) bool:
+        only those rows are ranked (a filtered search; the statistics stay those of every row)."""
+        return [self._search_one(text, c, allowed) for text in texts]
 
-    def _search_one(self, text: str, c: int) -> tuple[np.ndarray, np.ndarray]:
+    def _search_one(self, text: str, c: int, allowed: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """One text's best c rows: its distinct terms' posting lists in each segment, weighed by idf x how often
         the text gives the term (terms of later growths left out), summed by row (`bm25_score.best_rows`)."""
         known = [t for t in self.vocabulary.lookup(split_words(text)) if t < self.n_terms]
@@ -240,7 +242,7 @@ class Bm25:
             held = terms[has]
             factors = (repeats[has] * self.idf[held]).astype(np.float32)
             lists.append(Lists(segment.rows, impact, segment.starts[held], segment.starts[held + 1], factors))
-        return best_rows(lists, len(self.lengths), c)
+        return best_rows(lists, len(self.lengths), c, allowed)
 
 
 def _renumbered(segment: Segment, position: np.ndarray) -> Segment:

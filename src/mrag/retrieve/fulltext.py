@@ -159,17 +159,19 @@ def _query(table: Any, text: str, c: int) -> Hits:
     return started(table, [text], c)()[0]
 
 
-def started(table: Any, texts: list[str], c: int, ids: bool = True) -> Callable[[], list[Hits]]:
+def started(table: Any, texts: list[str], c: int, ids: bool = True, where: str | None = None
+            ) -> Callable[[], list[Hits]]:
     """Start the full-text searches of `texts` on `table`; -> a call that waits for their hits, in order.
     A local table's searches go to LanceDB together (`connection.together`); other tables' (none that
     mrag opens) run on a pool through the synchronous API. Without `ids` the hits carry no chunk ids
-    (an empty list): reading them cost a fifth of a story's searches at 141k rows (`FullTextRanker`)."""
+    (an empty list): reading them cost a fifth of a story's searches at 141k rows (`FullTextRanker`).
+    `where`: only the rows this filter keeps (`mrag.retrieve.filtered`), applied before ranking."""
     inner = async_table(table)
     if inner is None:
         pool = _pool()
-        pending = [pool.submit(_query_sync, table, text, c, ids) for text in texts]
+        pending = [pool.submit(_query_sync, table, text, c, ids, where) for text in texts]
         return lambda: [f.result() for f in pending]
-    return together([_query_async(inner, text, c, ids) for text in texts])
+    return together([_query_async(inner, text, c, ids, where) for text in texts])
 
 
 def _match(text: str) -> Any:
@@ -180,20 +182,21 @@ def _match(text: str) -> Any:
     return MatchQuery(text, COLUMN)  # type: ignore[call-arg]  # a pydantic dataclass: mypy misses its defaults
 
 
-def _query_sync(table: Any, text: str, c: int, ids: bool = True) -> Hits:
+def _query_sync(table: Any, text: str, c: int, ids: bool = True, where: str | None = None) -> Hits:
     """One search through LanceDB's synchronous API (tables without an AsyncTable)."""
     if not text.strip() or c <= 0:
         return [], [], np.zeros(0)
     query = table.search(_match(text), query_type="fts").select(_columns(ids)).with_row_id(True).limit(c)
-    return _hits(query.to_arrow())
+    return _hits((query if where is None else query.where(where, prefilter=True)).to_arrow())
 
 
-async def _query_async(inner: Any, text: str, c: int, ids: bool = True) -> Hits:
-    """One search on the AsyncTable: the query the synchronous API builds, in one call."""
+async def _query_async(inner: Any, text: str, c: int, ids: bool = True, where: str | None = None) -> Hits:
+    """One search on the AsyncTable: the query the synchronous API builds, in one call (its filter applied
+    before ranking, as the asynchronous API does unless told otherwise)."""
     if not text.strip() or c <= 0:
         return [], [], np.zeros(0)
     query = inner.query().nearest_to_text(_match(text)).select(_columns(ids)).with_row_id().limit(c)
-    return _hits(await query.to_arrow())
+    return _hits(await (query if where is None else query.where(where)).to_arrow())
 
 
 def _columns(ids: bool) -> list[str]:
@@ -238,21 +241,30 @@ class _RowIndex:
 _ROWS = _RowIndex()
 
 
+def matrix_rows(row_ids: np.ndarray, found: Any) -> np.ndarray:
+    """The matrix row of each found Lance row id, -1 where the matrix (its `row_ids`) has none."""
+    return _ROWS.rows(row_ids, found)
+
+
 class FullTextRanker:
     """A `mrag.retrieve.types.Ranker`: the `bm25` voter by full-text search on `table`, the others by `inner`.
 
     Exact search numbers rows by their position in the matrix: the hits are placed by the matrix's
     Lance row ids (`row_ids`), and their chunk ids are not read. The ANN ranker (`ann`) numbers the
     rows it found in Lance row-id order, and the full-text hits join that numbering. `cache` keeps
-    each text's full-text ranking (the evaluation asks the same text for several strategies)."""
+    each text's full-text ranking (the evaluation asks the same text for several strategies). A filtered
+    search (`mrag.retrieve.filtered`) gives LanceDB its filter (`where`), the in-memory index the rows it
+    keeps (`allowed`, (N,) bool)."""
 
     def __init__(self, inner: Ranker, table: Any, row_ids: np.ndarray | None = None, ann: Any = None,
-                 cache: bool = False, memory: Callable[[], Bm25] | None = None) -> None:
+                 cache: bool = False, memory: Callable[[], Bm25] | None = None, where: str | None = None,
+                 allowed: np.ndarray | None = None) -> None:
         if (row_ids is None) == (ann is None):
             raise ValueError("give either the matrix's row ids (exact search) or the ANN ranker")
         if memory is not None and ann is not None:
             raise ValueError("the in-memory full-text index numbers the matrix's rows: exact search only")
         self.inner, self.table, self.row_ids, self.ann, self.memory = inner, table, row_ids, ann, memory
+        self.where, self.allowed = where, allowed
         self._cache: dict[tuple[str, int], Any] | None = {} if cache else None  # (text, c) -> its hits
         self._checked = False
 
@@ -260,15 +272,15 @@ class FullTextRanker:
         """The texts' full-text hits, through the cache where kept; -> a call that waits for them all. They
         start now and run beside the vector ranking: LanceDB's queries (`started`), which give `Hits`, or the
         in-memory index's on a pool thread (numba's loops let go of the GIL), which give (matrix rows, scores)."""
-        memory, ids = self.memory, self.row_ids is None  # the ANN ranker numbers rows by chunk id
+        memory, ids, allowed = self.memory, self.row_ids is None, self.allowed  # ANN: rows by chunk id
 
         def start(some: list[str]) -> Callable[[], list[Any]]:
             if not some:  # nothing to search: the index is not even built
                 return list
             if memory is None:
-                return started(self.table, some, c, ids)
+                return started(self.table, some, c, ids, self.where)
             # beside one-thread graph walks (`walk.one_thread`)
-            return _pool(memory=True).submit(lambda: memory().search(some, c)).result
+            return _pool(memory=True).submit(lambda: memory().search(some, c, allowed)).result
 
         if self._cache is None:
             return start(texts), bool(texts)

@@ -33,7 +33,8 @@ class RescoreRanker:
 
     Its rankings number rows locally, in Lance row-id order (the table's order, so ties break as on the
     exact path); `ids[i]` is local row i's chunk id and `row_ids[i]` its Lance row id. All the parts of a
-    call share one pool of candidates (each part's `candidates` nearest standard vectors)."""
+    call share one pool of candidates (each part's `candidates` nearest standard vectors); `where` keeps the
+    candidates to the rows a filter keeps."""
 
     def __init__(
         self,
@@ -42,10 +43,11 @@ class RescoreRanker:
         nprobes: int = DEFAULT_NPROBES,
         candidates: int = DEFAULT_CANDIDATES,
         refine: int | None = None,
+        where: str | None = None,
     ) -> None:
         if candidates <= 0:
             raise ValueError(f"candidates must be positive, got {candidates}")
-        self.table, self.columns, self.nprobes, self.refine = table, columns, nprobes, refine
+        self.table, self.columns, self.nprobes, self.refine, self.where = table, columns, nprobes, refine, where
         self.candidates = candidates
         self.ids: list[str] = []
         self.row_ids: list[int] = []
@@ -72,6 +74,8 @@ class RescoreRanker:
             .select(["_distance"])  # named: LanceDB warns on every search otherwise
             .with_row_id(True)
         )
+        if self.where is not None:  # only the rows the filter keeps are candidates (`mrag.retrieve.filtered`)
+            query = query.where(self.where, prefilter=True)
         result = (query.refine_factor(self.refine) if self.refine else query).to_arrow()
         return sorted({int(r) for r in result["_rowid"].to_pylist()})
 

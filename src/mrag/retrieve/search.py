@@ -16,7 +16,7 @@ from mrag.embed.base import Embeddings, HeadEmbedder
 from mrag.errors import Busy
 from mrag.locking import is_local
 from mrag.manifest import Manifest
-from mrag.retrieve import ann, fulltext, graph, walk
+from mrag.retrieve import ann, filtered, fulltext, graph, walk
 from mrag.retrieve import strategies as retrieve
 from mrag.retrieve.device_scan import exact_ranker, scan_device
 from mrag.retrieve.rescore import RescoreRanker
@@ -59,6 +59,7 @@ def search_many(
     exact: bool | None = None,
     nprobes: int | None = None,
     candidates: int | None = None,
+    where: str | None = None,
 ) -> list[list[Hit]]:
     """The top k hits of each query (see `Index.search`)."""
     if isinstance(queries, str):
@@ -80,11 +81,12 @@ def search_many(
         raise ValueError(f"nprobes must be positive, got {nprobes}")
     if candidates is not None and candidates < 0:
         raise ValueError(f"candidates must be 0 (per-space indexes) or positive, got {candidates}")
+    where = filtered.check_where(where)
     moved = failed = 0  # tries that saw another commit mid-way, and that failed to read
     while True:
         seen = index.store.committed_version
         try:
-            return _search_many(index, queries, k, strategy, c, subqueries, spaces, exact, nprobes, candidates)
+            return _search_many(index, queries, k, strategy, c, subqueries, spaces, exact, nprobes, candidates, where)
         except Moved:
             moved += 1
             if moved == MOVED_TRIES:
@@ -111,6 +113,7 @@ def _search_many(
     exact: bool | None,
     nprobes: int | None,
     candidates: int | None = None,
+    where: str | None = None,
 ) -> list[list[Hit]]:
     """One try of `search_many` at the committed version it reads first; it fails when that version is
     pruned meanwhile (another process's maintenance), and `search_many` tries the latest one."""
@@ -135,7 +138,7 @@ def _search_many(
     ranker, fetch, count = ranker_for(index.store, plan, exact, nprobes, candidates,
                                       heads=retrieve.uses_heads(strategy, spaces),
                                       device=(lambda: scan_device(getattr(index.embedder, "device", None))) if embeds
-                                      else None)
+                                      else None, where=where)
     if index.store.manifest is not manifest:  # another thread read a newer commit meanwhile: the ranker may be
         raise Moved  # of it (a manifest is replaced, never changed): `search_many` searches again
     if not queries or count == 0:
@@ -172,15 +175,17 @@ def _search_many(
 
 def ranker_for(
     store: Store, plan: retrieve.Plan, exact: bool | None, nprobes: int | None = None, candidates: int | None = None,
-    heads: bool = True, device: Callable[[], str] | None = None,
+    heads: bool = True, device: Callable[[], str] | None = None, where: str | None = None,
 ) -> tuple[retrieve.Ranker, Callable[[list[int]], dict[int, dict[str, Any]]], int]:
     """How to find each space's nearest rows: the ANN indexes or the in-memory matrix, as the
     manifest last read records them; on the ANN path `candidates` per query part from the standard
     index re-scored in every space (`rescore`; None: the default, 0: one index per space, `ann`); without
     `heads` the in-memory matrix leaves the head vectors out; `device`: where the matrix is scanned
     (`device_scan.scan_device`), asked only for a matrix with rows (it may load the embedder); None: the CPU.
-    -> (ranker, fetch: row numbers -> stored rows, how many rows)."""
+    `where`: only the rows this filter keeps are ranked (`filtered`; in memory, never through the graphs).
+    -> (ranker, fetch: row numbers -> stored rows, how many rows it ranks)."""
     built: dict[str, Any] = store.manifest.ann or {}
+    sql = None if where is None else filtered.sql(where)  # as LanceDB is given it
     graphs = built.get("index_type") == graph.INDEX_TYPE  # in-process graphs over the matrix, not LanceDB's
     covered = bool(built) and not graphs and not plan.base.startswith("split")  # split slices have no ANN column
     if exact is False and not covered and not graphs:
@@ -192,8 +197,8 @@ def ranker_for(
         probes = nprobes or built.get("nprobes", ann.DEFAULT_NPROBES)
         pool = DEFAULT_CANDIDATES if candidates is None else candidates
         ranker: ann.AnnRanker | RescoreRanker = (
-            RescoreRanker(store.snapshot(), columns, probes, pool, refine) if pool and plan.base != "standard"
-            else ann.AnnRanker(store.snapshot(), columns, probes, refine)
+            RescoreRanker(store.snapshot(), columns, probes, pool, refine, sql) if pool and plan.base != "standard"
+            else ann.AnnRanker(store.snapshot(), columns, probes, refine, sql)
         )
 
         def by_row_id(rows: list[int]) -> dict[int, dict[str, Any]]:
@@ -201,11 +206,17 @@ def ranker_for(
             return {r: found[ranker.ids[r]] for r in rows}
 
         # the full-text space joins the ANN ranker's numbering of the rows (`fulltext.FullTextRanker`)
-        return fulltext.FullTextRanker(ranker, ranker.table, ann=ranker), by_row_id, ranker.table.count_rows()
+        # (the rows a filter keeps counted as the exact path finds them: LanceDB's count_rows refused `_rowid = 3`)
+        rows = ranker.table.count_rows() if where is None else len(filtered.matching_row_ids(ranker.table, where))
+        return fulltext.FullTextRanker(ranker, ranker.table, ann=ranker, where=sql), by_row_id, rows
     matrix = store.matrix(refresh=False, heads=heads)  # without the heads when no head votes
-    where = device() if device is not None and len(matrix.ids) else "cpu"
-    ranked: retrieve.Ranker = exact_ranker(matrix.standard, matrix.heads, matrix.extra, where)
-    if graphs and not exact and is_local(store.uri):  # HNSW: the newest graphs that fit the matrix, if any
+    scan_on = device() if device is not None and len(matrix.ids) else "cpu"
+    ranked: retrieve.Ranker = exact_ranker(matrix.standard, matrix.heads, matrix.extra, scan_on)
+    keep = None if where is None else filtered.allowed(matrix, where, fulltext.matrix_rows)
+    if keep is not None:
+        ranked = filtered.Filtered(ranked, keep, len(matrix.ids), lambda rows: exact_ranker(
+            matrix.standard[rows], matrix.heads[:, rows], {s: v[rows] for s, v in matrix.extra.items()}, scan_on))
+    elif graphs and not exact and is_local(store.uri):  # HNSW: the newest graphs that fit the matrix, if any
         store.graphs = graph.latest(graph.folder(store.uri), matrix, store.graphs)
         if store.graphs is not None:
             ranked = walk.GraphRanker(matrix, store.graphs, ranked, nprobes or built.get("nprobes", graph.DEFAULT_EF))
@@ -219,8 +230,9 @@ def ranker_for(
 
     # the full-text space in memory (`bm25`) or through LanceDB's index, as `fulltext.engine` decides
     hits = fulltext.FullTextRanker(ranked, matrix.table, row_ids=matrix.row_ids,
-                                   memory=fulltext.in_memory(matrix, store.fulltext))
-    return hits, by_row, len(matrix.ids)
+                                   memory=fulltext.in_memory(matrix, store.fulltext), where=sql,
+                                   allowed=None if keep is None else keep.mask)
+    return hits, by_row, len(matrix.ids) if keep is None else len(keep.rows)
 
 
 def _hit(row: dict[str, Any], score: float, votes: list[dict[str, Any]]) -> Hit:
