@@ -274,3 +274,11 @@ def test_a_table_made_again_at_the_same_path_is_never_carried_over(db_path):
     again = Index.open(db_path, embedder=FakeEmbedder())
     again.add([{"id": f"n{i}", "text": f"Kasparov {'clocks ' * i}and endgame{i}"} for i in range(4)])
     assert [i for i, _ in found(Index.open(db_path, embedder=FakeEmbedder()))] == ["n3#0", "n2#0", "n1#0", "n0#0"]
+
+
+def test_the_stop_words_follow_the_lancedb_that_builds_the_index():
+    # LanceDB 0.41 keeps "not", "no", "nor" and the pieces of contractions ("don't" -> don, t); both drop "the"
+    old, new = bm25.stop_words("0.40.0"), bm25.stop_words("0.41.0")
+    assert {"not", "no", "nor", "don", "t", "the", "and"} <= old
+    assert old - new == bm25.KEPT_SINCE_041 and {"the", "and", "re"} <= new and not {"not", "don", "t"} & new
+    assert bm25.stop_words("0.41.2") == bm25.stop_words("1.0") == new and bm25.stop_words("0.20.0") == old

@@ -12,20 +12,22 @@ growing by at most 758 MB meanwhile), and a later version of the table carries i
 rows still there keep their postings, renumbered, and only the rows written since are read and added as a
 segment of their own; the statistics (N, df, average length) are always those of all rows.
 
-It ranks as LanceDB's default English index does: the same words (split where a character is neither
-letter nor digit, lower-cased, words of 40 bytes or more dropped, Snowball-stemmed, stop words dropped
-after stemming, accents folded) and LanceDB's BM25 (k1 = 1.2, b = 0.75, idf = ln(1 + (N - df + 0.5) /
-(df + 0.5)), lengths counted after the stop words go, rows without a word left out of N and the
-average, a word given twice in the query counts twice). On the paper's Wikipedia rows (sentences and
-windows, bm25-memory.md; and the 1,250 whole articles of `mrag eval`) it put the same row first for
-every query sentence and shared 0.999-1.0 of LanceDB's top 10; the articles' top scores differed from
-LanceDB's by a median 8e-5 of themselves (at most 2.3%), so rows that nearly tie may come in another
-order. (Rows written after LanceDB's index was last built are scored by LanceDB with other statistics
-until an optimize; here every row counts.) Ties go to the smaller row.
+It ranks as LanceDB's default English index does: the same words (split where a character is neither letter
+nor digit, lower-cased, words of 40 bytes or more dropped, Snowball-stemmed, stop words dropped after stemming
+(the installed LanceDB's: `stop_words`), accents folded) and LanceDB's BM25 (k1 = 1.2, b = 0.75, idf = ln(1 +
+(N - df + 0.5) / (df + 0.5)), lengths counted after the stop words go, rows without a word left out of N and
+the average, a word given twice in the query counts twice). On the paper's Wikipedia rows (sentences and
+windows, bm25-memory.md; and the 1,250 whole articles of `mrag eval`) it put the same row first for every
+query sentence and shared 0.999-1.0 of LanceDB's top 10; the articles' top scores differed from LanceDB's by a
+median 8e-5 of themselves (at most 2.3%), so rows that nearly tie may come in another order. (Rows written
+after LanceDB's index was last built are scored by LanceDB with other statistics until an optimize; here every
+row counts.) Ties go to the smaller row.
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import re
 import threading
 import unicodedata
@@ -60,6 +62,23 @@ our ours ourselves out over own re s same shan she should shouldn so some such t
 them themselves then there these they this those through to too under until up ve very was wasn we were
 weren what when where which while who whom why will with won wouldn y you your yours yourself yourselves
 """.split())
+# ... less these since LanceDB 0.41 (lance 14): the pieces contractions leave and no, nor, not (measured: 0.41 drops
+# the other words of the list and adds none; its scores are otherwise 0.40's)
+KEPT_SINCE_041 = frozenset("""
+ain aren couldn d didn doesn don hadn hasn haven isn ll m ma mightn mustn needn no nor not o s shan shouldn t ve
+wasn weren won wouldn y
+""".split())
+
+
+@functools.cache
+def stop_words(version: str | None = None) -> frozenset[str]:
+    """The stop words of the LanceDB `version` (default: the one installed), whose full-text index this engine
+    matches: an index LanceDB builds drops them, and so does this one."""
+    version = version or importlib.metadata.version("lancedb")
+    major_minor = tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+    return STOP_WORDS - KEPT_SINCE_041 if major_minor >= (0, 41) else STOP_WORDS
+
+
 # letters that folding to ASCII spells with other letters (accents are dropped by decomposition)
 _local = threading.local()
 _SPELLED = str.maketrans({"ß": "ss", "æ": "ae", "Æ": "AE", "œ": "oe", "Œ": "OE", "ø": "o", "Ø": "O", "đ": "d",
@@ -114,7 +133,8 @@ def analyze(surface: list[str]) -> list[str | None]:
     lowered = [w.lower() if w.isascii() else "".join(c.lower() for c in w) for w in surface]  # per character,
     # as LanceDB: a word-final capital sigma is σ, not Python's ς
     stems = _stemmer().stemWords(lowered)
-    return [None if not w or len(w.encode()) >= LONGEST or s in STOP_WORDS else fold(s) for w, s in zip(surface, stems)]
+    stop = stop_words()
+    return [None if not w or len(w.encode()) >= LONGEST or s in stop else fold(s) for w, s in zip(surface, stems)]
 
 
 def _stemmer() -> Any:
