@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,7 +23,7 @@ from test_server import TOKEN, ScriptedGenerator, serving
 
 from mrag.cli import cli
 from mrag.index import Index
-from mrag.retrieve import filtered
+from mrag.retrieve import filter_sql, filtered
 from mrag.retrieve.bm25 import Bm25
 from mrag.retrieve.exact import Exact
 from mrag.retrieve.types import QueryVectors, Voter
@@ -98,17 +99,18 @@ def test_the_filtered_ranking_is_the_full_one_with_other_rows_struck_out(monkeyp
     assert made == ([m] if share == 1.0 and 0 < m < n else [])  # one copy, only of few rows
 
 
-def test_lines_that_fall_short_are_ranked_again_over_a_copy(monkeypatch):
-    # the rows kept are the 300 of 400 farthest from part 0 in the standard space (75%: ranked deeper, 2 x c x n / m
-    # = 2 x 7 x 2 = 28 rows, which hold none of them for that line); its part and voter are ranked again over a
-    # copy of the kept rows, the other lines stand
+@pytest.mark.parametrize("m, again", [(150, ("copy", 1, ["standard"], 7)), (300, ("full", 1, ["standard"], 400))])
+def test_lines_that_fall_short_are_ranked_again(m, again):
+    # the rows kept are the m of 400 farthest from part 0 in the standard space (more than a quarter: ranked deeper,
+    # 2 x c x ceil(n / m) rows, which hold none of them for that line); that part and voter are ranked again, over a
+    # copy of the kept rows, or where the copy would hold more than half the matrix over every row
     rng = np.random.default_rng(7)
     n, h, d, dim = 400, 2, 4, 12
     standard = unit(rng.standard_normal((n, dim))).astype(np.float32)
     heads = unit(rng.standard_normal((h, n, d))).astype(np.float32)
     queries = [QueryVectors(unit(rng.standard_normal(dim)).astype(np.float32),
                             unit(rng.standard_normal((h, d))).astype(np.float32)) for _ in range(2)]
-    rows = np.sort(np.argsort(standard @ queries[0].standard)[:300])
+    rows = np.sort(np.argsort(standard @ queries[0].standard)[:m])
     mask = np.zeros(n, bool)
     mask[rows] = True
     full = Exact(standard, heads, precision="fp32")
@@ -126,17 +128,37 @@ def test_lines_that_fall_short_are_ranked_again_over_a_copy(monkeypatch):
     got = ranker(chosen, queries, 7)
     want = struck_out(full, mask, n)(chosen, queries, 7)
     assert got[0].tolist() == want[0].tolist() and np.allclose(got[1], want[1], rtol=0, atol=1e-6)
-    assert asked == [("full", 2, ["standard", "head:0", "head:1"], 28), ("copy", 1, ["standard"], 7)]
+    assert asked == [("full", 2, ["standard", "head:0", "head:1"], 2 * 7 * -(-n // m)), again]
 
 
 def test_the_functions_a_filter_calls():
-    # names before a bracket, outside strings and quoted names, less SQL's words (IN, NOT, ...), once each
+    # names before a bracket, outside strings, comments and quoted names, less SQL's words (IN, NOT, ...)
     where = ("""lower(source) LIKE 'repeat(%' AND "odd(name" = 1 AND id IN ('a') AND NOT (Length (text) > 3) """
-             "OR lower(x)")
-    assert filtered.functions(where) == ["lower", "length"]
+             "/* note(1) */ OR lower(x) -- see abs(2)\n OR position IS DISTINCT FROM (1)")
+    assert filter_sql.functions(where) == ["lower", "length"]
     filtered.check_served(where)
-    with pytest.raises(ValueError, match=r"no repeat\(\) in a filter"):
-        filtered.check_served("length(repeat(text, 4000)) > 0")
+    for called in ["length(repeat(text, 4000)) > 0", "length(repeat/**/(text, 9)) > 0", 'length("repeat"(text, 9)) > 0',
+                   "length(`repeat`(text, 9)) > 0", "source = 'a' -- it's\nOR length(repeat(text, 3)) > 0 -- '\n"]:
+        with pytest.raises(ValueError, match=r"no repeat\(\) in a filter"):
+            filtered.check_served(called)
+    with pytest.raises(ValueError, match=r"no `\|\|`"):
+        filtered.check_served("text || text || text = 'x'")
+
+
+@pytest.mark.parametrize("where, told", [
+    ("position" + " + 1" * 700 + " > 0", "701 operators; at most 400"),  # 700 crashed LanceDB (SIGSEGV)
+    ("(" * 70 + "position > 0" + ")" * 70, "nests brackets 70 deep"),
+    ("source = $$x$$", "`$` outside its strings"),  # LanceDB's planner panicked
+    ("source = E'x'", "prefixed string"),
+])
+def test_filters_lancedb_cannot_take_safely_are_refused_first(where, told):
+    with pytest.raises(ValueError, match=re.escape(told)):
+        filtered.check_where(where)
+
+
+def test_a_filter_may_end_with_a_comment_and_take_its_strings_as_they_are():
+    assert filtered.check_where("source LIKE '%$%' -- it's 'quoted' (x)") is not None
+    assert filter_sql.bare("a = 'it''s' AND \"we\"\"ird\" = /* x /* y */ z */ 1 -- t") == "a = '' AND we__ird =   1  "
 
 
 def test_full_text_in_memory_ranks_only_the_rows_kept():
@@ -257,6 +279,14 @@ def test_a_bad_filter_is_a_clear_error_and_changes_nothing(seeded, where, told):
     with pytest.raises(filtered.BadFilter, match=told):
         seeded.search(QUERY, where=where)
     assert ids(seeded.search(QUERY, k=5, exact=True)) == before and seeded.store.count() == 150
+
+
+def test_a_comment_at_the_end_and_row_text_that_sounds_like_storage(seeded):
+    hits = seeded.search(QUERY, k=5, where="source LIKE 'part1/%' -- the first part")
+    assert hits and all(h.source.startswith("part1/") for h in hits)
+    seeded.add([{"id": "odd", "text": "the upload timed out after 30 s (os error 110)"}])
+    with pytest.raises(filtered.BadFilter, match="Cannot cast"):
+        seeded.search(QUERY, where="CAST(text AS INT) > 3", exact=True)
 
 
 def test_a_filter_must_be_sql_text(index):

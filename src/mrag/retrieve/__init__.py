@@ -11,6 +11,7 @@
                     every write, and a ranker that answers the `bm25` voter beside either ranker
     bm25.py         the full-text space in memory: the same BM25 over the loaded matrix's rows
     filtered.py     a search's SQL filter (`where`): only the rows it keeps are ranked, in every space
+    filter_sql.py   the filter's text checked first: what LanceDB can take safely, what the server takes
     types.py        the data passed along: QueryVectors, Voter, Scales, Ranker, Result, Hit
 
 Query segmentation is text code (`mrag.chunk`); the strategy names and their parsing are

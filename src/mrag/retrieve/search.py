@@ -213,6 +213,8 @@ def ranker_for(
     scan_on = device() if device is not None and len(matrix.ids) else "cpu"
     ranked: retrieve.Ranker = exact_ranker(matrix.standard, matrix.heads, matrix.extra, scan_on)
     keep = None if where is None else filtered.allowed(matrix, where, fulltext.matrix_rows)
+    if keep is None:
+        filtered.forget_gone()  # what filters kept of older matrices goes with them (their copies of rows)
     if keep is not None:
         ranked = filtered.Filtered(ranked, keep, len(matrix.ids), lambda rows: exact_ranker(
             matrix.standard[rows], matrix.heads[:, rows], {s: v[rows] for s, v in matrix.extra.items()}, scan_on))
