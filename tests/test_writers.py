@@ -6,6 +6,7 @@ Real processes (`tests/procs.py`), not threads: a file lock and a lost update on
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import random
@@ -68,6 +69,12 @@ def test_writers_and_searchers_in_several_processes(tmp_path, fake):
         assert searches(tmp_path / f"s{i}.log")["searches"] > 0
 
 
+def acknowledged(log: Path) -> int:
+    """How many writes a writer's log says were acknowledged."""
+    return sum(json.loads(line)["state"] == "ok" for line in (log.read_text() if log.exists() else "").splitlines()
+               if line.endswith("}"))  # (a line cut by the kill is not one)
+
+
 def test_killed_writers_lose_nothing_acknowledged(tmp_path, fake):
     """One writer runs through; another is killed with -9 at random moments and restarted each time."""
     db = tmp_path / "db"
@@ -79,14 +86,14 @@ def test_killed_writers_lose_nothing_acknowledged(tmp_path, fake):
         logs.append(tmp_path / f"victim{kill}.log")
         victim = start("writer", db, logs[-1], f"victim{kill}", 1000, 100 + kill)
         deadline = time.monotonic() + 60
-        while not (logs[-1].exists() and logs[-1].read_text()) and time.monotonic() < deadline:
-            time.sleep(0.05)  # started: it has begun its first write
-        time.sleep(rng.uniform(0.0, 1.5))
+        while acknowledged(logs[-1]) == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)  # it has committed a write (on a loaded machine that takes seconds)
+        time.sleep(rng.uniform(0.0, 1.5))  # ... and is somewhere in the next ones
         victim.send_signal(signal.SIGKILL)
         victim.wait()
     finish(steady)
-    counts = check_index(str(db), logs)
-    assert counts["acknowledged"] > 30
+    counts = check_index(str(db), logs)  # nothing acknowledged lost, nothing deleted back
+    assert all(acknowledged(log) for log in logs) and counts["acknowledged"] > 0
     # and the index takes writes again, whatever the dead writers left behind
     index = Index.open(db, embedder=fake)
     index.add([{"id": "after", "text": "written after the crashes"}])
