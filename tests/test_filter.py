@@ -62,7 +62,7 @@ def test_a_hand_worked_filter():
     standard = np.stack([np.cos(angles), np.sin(angles)], axis=1).astype(np.float32)
     heads = np.zeros((1, 5, 0), np.float32)
     keep = filtered.Allowed(np.array([1, 3]), np.array([False, True, False, True, False]))
-    ranker = filtered.Filtered(Exact(standard, heads, precision="fp32"), keep, 5,
+    ranker = filtered.Filtered(Exact(standard, heads, precision="fp32"), keep,
                                lambda rows: Exact(standard[rows], heads[:, rows], precision="fp32"))
     query = QueryVectors(np.array([1, 0], np.float32), np.zeros((1, 0), np.float32))
     rows, sims = ranker([Voter("standard", "standard", 1.0)], [query], 3)
@@ -88,7 +88,7 @@ def test_the_filtered_ranking_is_the_full_one_with_other_rows_struck_out(monkeyp
         made.append(len(kept))
         return Exact(standard[kept], heads[:, kept], precision="fp32")
 
-    ranker = filtered.Filtered(full, filtered.Allowed(rows, mask), n, subset)
+    ranker = filtered.Filtered(full, filtered.Allowed(rows, mask), subset)
     chosen = [Voter("standard", "standard", 1.0)] + [Voter(f"head:{i}", "heads", 1.0) for i in range(h)]
     queries = [QueryVectors(unit(rng.standard_normal(dim)).astype(np.float32),
                             unit(rng.standard_normal((h, d))).astype(np.float32)) for _ in range(3)]
@@ -123,7 +123,7 @@ def test_lines_that_fall_short_are_ranked_again(m, again):
                 chosen, parts, c)
         return rank
 
-    ranker = filtered.Filtered(spy("full"), filtered.Allowed(rows, mask), n, lambda kept: spy("copy"))
+    ranker = filtered.Filtered(spy("full"), filtered.Allowed(rows, mask), lambda kept: spy("copy"))
     chosen = [Voter("standard", "standard", 1.0)] + [Voter(f"head:{i}", "heads", 1.0) for i in range(h)]
     got = ranker(chosen, queries, 7)
     want = struck_out(full, mask, n)(chosen, queries, 7)
@@ -136,13 +136,13 @@ def test_the_functions_a_filter_calls():
     where = ("""lower(source) LIKE 'repeat(%' AND "odd(name" = 1 AND id IN ('a') AND NOT (Length (text) > 3) """
              "/* note(1) */ OR lower(x) -- see abs(2)\n OR position IS DISTINCT FROM (1)")
     assert filter_sql.functions(where) == ["lower", "length"]
-    filtered.check_served(where)
+    filter_sql.check_served(where)
     for called in ["length(repeat(text, 4000)) > 0", "length(repeat/**/(text, 9)) > 0", 'length("repeat"(text, 9)) > 0',
                    "length(`repeat`(text, 9)) > 0", "source = 'a' -- it's\nOR length(repeat(text, 3)) > 0 -- '\n"]:
         with pytest.raises(ValueError, match=r"no repeat\(\) in a filter"):
-            filtered.check_served(called)
+            filter_sql.check_served(called)
     with pytest.raises(ValueError, match=r"no `\|\|`"):
-        filtered.check_served("text || text || text = 'x'")
+        filter_sql.check_served("text || text || text = 'x'")
 
 
 @pytest.mark.parametrize("where, told", [
@@ -153,11 +153,11 @@ def test_the_functions_a_filter_calls():
 ])
 def test_filters_lancedb_cannot_take_safely_are_refused_first(where, told):
     with pytest.raises(ValueError, match=re.escape(told)):
-        filtered.check_where(where)
+        filter_sql.check_where(where)
 
 
 def test_a_filter_may_end_with_a_comment_and_take_its_strings_as_they_are():
-    assert filtered.check_where("source LIKE '%$%' -- it's 'quoted' (x)") is not None
+    assert filter_sql.check_where("source LIKE '%$%' -- it's 'quoted' (x)") is not None
     assert filter_sql.bare("a = 'it''s' AND \"we\"\"ird\" = /* x /* y */ z */ 1 -- t") == "a = '' AND we__ird =   1  "
 
 

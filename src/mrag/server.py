@@ -35,7 +35,7 @@ from mrag.generate.backends import make_generator
 from mrag.generate.base import Generator
 from mrag.generate.prompt import DEFAULT_MAX_CONTEXT_CHARS
 from mrag.locking import LockTimeout
-from mrag.retrieve import filtered
+from mrag.retrieve import filter_sql
 from mrag.retrieve import strategies as retrieve
 from mrag.server_bodies import AskRequest, DeleteRequest, DocumentsRequest, Hit, SearchRequest, SearchResponse
 from mrag.server_guard import Guard
@@ -263,7 +263,7 @@ def create_app(settings: Settings) -> FastAPI:
 
         strategy = retrieve.check_strategy(body.strategy or st.index.default_strategy)
         check_length(st, [body.query, *(body.subqueries or [])])
-        filtered.check_served(body.where)
+        filter_sql.check_served(body.where)
         written = [q for q in body.subqueries or [] if q.strip()]  # blank ones are none: the LLM writes them
         llm = st.llm() if is_fusion(strategy) and not written else None
         hits, used = retrieve_for(st.index, body.query, body.k, strategy, llm, c=body.c,
@@ -291,7 +291,7 @@ def create_app(settings: Settings) -> FastAPI:
 
         st = state(request)
         check_length(st, [body.question, *(body.subqueries or [])])
-        filtered.check_served(body.where)
+        filter_sql.check_served(body.where)
         llm = st.llm()
         prepared = prepare(st.index, body.question, k=body.k, strategy=body.strategy, generator=llm,
                            max_context_chars=body.max_context_chars or st.settings.max_context_chars,

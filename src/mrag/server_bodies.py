@@ -24,7 +24,7 @@ from mrag.documents import check_utf8
 from mrag.generate.base import DEFAULT_MAX_TOKENS
 from mrag.retrieve import strategies as retrieve
 from mrag.retrieve import types
-from mrag.retrieve.filtered import MAX_WHERE_CHARS
+from mrag.retrieve.filter_sql import MAX_WHERE_CHARS
 from mrag.settings import names
 
 MAX_K = 1000

@@ -23,7 +23,7 @@ from mrag.generate.prompt import (
     format_context,
     parse_citations,
 )
-from mrag.retrieve import filtered
+from mrag.retrieve import filter_sql
 from mrag.retrieve import strategies as retrieve
 
 # the answer when nothing was retrieved: no LLM is asked, as its answer from no sources would read like one from
@@ -79,7 +79,7 @@ def prepare(
         raise ValueError(f"k must be positive, got {k}")
     if max_context_chars <= 0:
         raise ValueError(f"the context budget must be positive, got {max_context_chars}")
-    filtered.check_where(where)  # before an LLM is asked for sub-queries
+    filter_sql.check_where(where)  # before an LLM is asked for sub-queries
     strategy = retrieve.check_strategy(strategy or index.default_strategy)
     hits, used = retrieve_for(index, question, k, strategy, generator, c=c, subqueries=subqueries, where=where)
     context = build_context(hits, max_context_chars)

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from mrag.generate.base import Generator, Message
-from mrag.retrieve import filtered
+from mrag.retrieve import filter_sql, filtered
 from mrag.retrieve import strategies as retrieve
 
 DEFAULT_SUBQUERIES = 4
@@ -124,7 +124,7 @@ def fusion_search(
         raise ValueError(f"{strategy!r} is not a fusion strategy; use one of {', '.join(retrieve.FUSION)}")
     if not question.strip():
         raise ValueError("the question is empty")
-    where = filtered.check_where(search_options.get("where"))
+    where = filter_sql.check_where(search_options.get("where"))
     if where is not None and not index.store.reading(lambda table: len(filtered.matching_row_ids(table, where))):
         return [], []  # the filter keeps no row (or is refused): the LLM is not asked
     subqueries = write_subqueries(generator, question, n)

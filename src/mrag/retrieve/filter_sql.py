@@ -46,8 +46,9 @@ def check_where(where: Any) -> str | None:
     if operators > MAX_OPERATORS:
         raise ValueError(f"the filter has {operators} operators; at most {MAX_OPERATORS} are taken (a long list "
                          "of values is `IN ('a', 'b', ...)`)")
-    if depth(text) > MAX_DEPTH:
-        raise ValueError(f"the filter nests brackets {depth(text)} deep; at most {MAX_DEPTH} are taken")
+    nested = depth(text)
+    if nested > MAX_DEPTH:
+        raise ValueError(f"the filter nests brackets {nested} deep; at most {MAX_DEPTH} are taken")
     if "$" in text:
         raise ValueError("the filter has a `$` outside its strings: write strings in single quotes ('it''s')")
     return where

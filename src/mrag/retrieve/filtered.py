@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from mrag.errors import OBJECT_STORE_TROUBLE, RUST_SOURCE
-from mrag.retrieve.filter_sql import MAX_WHERE_CHARS, check_served, check_where, sql  # noqa: F401  (re-exported)
+from mrag.retrieve.filter_sql import sql
 from mrag.retrieve.types import QueryVectors, Ranker, Voter
 
 SUBSET_SHARE = 0.25  # a filter that keeps at most this share of the rows ranks a copy of their vectors
@@ -128,9 +128,10 @@ def forget_gone() -> None:
         _purge()
 
 
-def _within_budget(made: Allowed, n: int) -> None:
+def _within_budget(made: Allowed) -> None:
     """Drop the copies of the same matrix's filters used least recently (not `made`'s) while its copies hold
-    more than COPIED_SHARE of its `n` rows."""
+    more than COPIED_SHARE of its rows."""
+    n = len(made.mask)
     with _cache_lock:
         copies = [entry for _, entry in _cache.values()
                   if entry.owner == made.owner and entry.subset is not None and entry is not made]
@@ -143,10 +144,11 @@ def _within_budget(made: Allowed, n: int) -> None:
 
 class Filtered:
     """A `types.Ranker` of the rows `keep.rows` alone, numbering rows as the matrix does: the ranker `subset`
-    makes over a copy of their vectors where they are few, else `full` (all `n` rows) ranked deeper."""
+    makes over a copy of their vectors where they are few, else `full` (all the matrix's rows) ranked deeper."""
 
-    def __init__(self, full: Ranker, keep: Allowed, n: int, subset: Callable[[np.ndarray], Ranker]) -> None:
-        self.full, self.keep, self.n, self.make_subset = full, keep, n, subset
+    def __init__(self, full: Ranker, keep: Allowed, subset: Callable[[np.ndarray], Ranker]) -> None:
+        self.full, self.keep, self.make_subset = full, keep, subset
+        self.n = len(keep.mask)  # the matrix's rows
 
     def __call__(self, chosen: list[Voter], queries: list[QueryVectors], c: int) -> tuple[np.ndarray, np.ndarray]:
         m = len(self.keep.rows)
@@ -165,7 +167,7 @@ class Filtered:
             subset = self.keep.subset  # (another search's budget may drop it meanwhile: this one keeps it)
             if subset is None:
                 subset = self.keep.subset = self.make_subset(self.keep.rows)
-                _within_budget(self.keep, self.n)
+                _within_budget(self.keep)
         ranking, sims = subset(chosen, queries, c)
         return np.where(ranking >= 0, self.keep.rows[np.maximum(ranking, 0)], -1), sims
 

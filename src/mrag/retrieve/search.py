@@ -16,7 +16,7 @@ from mrag.embed.base import Embeddings, HeadEmbedder
 from mrag.errors import Busy
 from mrag.locking import is_local
 from mrag.manifest import Manifest
-from mrag.retrieve import ann, filtered, fulltext, graph, walk
+from mrag.retrieve import ann, filter_sql, filtered, fulltext, graph, walk
 from mrag.retrieve import strategies as retrieve
 from mrag.retrieve.device_scan import exact_ranker, scan_device
 from mrag.retrieve.rescore import RescoreRanker
@@ -81,7 +81,7 @@ def search_many(
         raise ValueError(f"nprobes must be positive, got {nprobes}")
     if candidates is not None and candidates < 0:
         raise ValueError(f"candidates must be 0 (per-space indexes) or positive, got {candidates}")
-    where = filtered.check_where(where)
+    where = filter_sql.check_where(where)
     moved = failed = 0  # tries that saw another commit mid-way, and that failed to read
     while True:
         seen = index.store.committed_version
@@ -185,7 +185,7 @@ def ranker_for(
     `where`: only the rows this filter keeps are ranked (`filtered`; in memory, never through the graphs).
     -> (ranker, fetch: row numbers -> stored rows, how many rows it ranks)."""
     built: dict[str, Any] = store.manifest.ann or {}
-    sql = None if where is None else filtered.sql(where)  # as LanceDB is given it
+    sql = None if where is None else filter_sql.sql(where)  # as LanceDB is given it
     graphs = built.get("index_type") == graph.INDEX_TYPE  # in-process graphs over the matrix, not LanceDB's
     covered = bool(built) and not graphs and not plan.base.startswith("split")  # split slices have no ANN column
     if exact is False and not covered and not graphs:
@@ -213,15 +213,16 @@ def ranker_for(
     scan_on = device() if device is not None and len(matrix.ids) else "cpu"
     ranked: retrieve.Ranker = exact_ranker(matrix.standard, matrix.heads, matrix.extra, scan_on)
     keep = None if where is None else filtered.allowed(matrix, where, fulltext.matrix_rows)
-    if keep is None:
-        filtered.forget_gone()  # what filters kept of older matrices goes with them (their copies of rows)
     if keep is not None:
-        ranked = filtered.Filtered(ranked, keep, len(matrix.ids), lambda rows: exact_ranker(
+        ranked = filtered.Filtered(ranked, keep, lambda rows: exact_ranker(
             matrix.standard[rows], matrix.heads[:, rows], {s: v[rows] for s, v in matrix.extra.items()}, scan_on))
-    elif graphs and not exact and is_local(store.uri):  # HNSW: the newest graphs that fit the matrix, if any
-        store.graphs = graph.latest(graph.folder(store.uri), matrix, store.graphs)
-        if store.graphs is not None:
-            ranked = walk.GraphRanker(matrix, store.graphs, ranked, nprobes or built.get("nprobes", graph.DEFAULT_EF))
+    else:
+        filtered.forget_gone()  # what filters kept of older matrices goes with them (their copies of rows)
+        if graphs and not exact and is_local(store.uri):  # HNSW: the newest graphs that fit the matrix, if any
+            store.graphs = graph.latest(graph.folder(store.uri), matrix, store.graphs)
+            if store.graphs is not None:
+                ranked = walk.GraphRanker(matrix, store.graphs, ranked,
+                                          nprobes or built.get("nprobes", graph.DEFAULT_EF))
 
     def by_row(rows: list[int]) -> dict[int, dict[str, Any]]:
         if matrix.row_ids is None:
