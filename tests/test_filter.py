@@ -23,7 +23,7 @@ from test_server import TOKEN, ScriptedGenerator, serving
 
 from mrag.cli import cli
 from mrag.index import Index
-from mrag.retrieve import filter_sql, filtered
+from mrag.retrieve import ann, filter_sql, filtered
 from mrag.retrieve.bm25 import Bm25
 from mrag.retrieve.exact import Exact
 from mrag.retrieve.types import QueryVectors, Voter
@@ -249,6 +249,20 @@ def test_ann_indexes_and_graphs_filter_as_exact_search_does(seeded):
     seeded.build_ann("HNSW")  # a filtered search ranks the rows kept exactly, not through the graphs
     for strategy, want in exact.items():
         assert ids(seeded.search(QUERY, k=6, strategy=strategy, where=where)) == want, strategy
+
+
+def test_ann_search_with_a_filter_finds_k_rows_however_few_partitions_it_probes(seeded, monkeypatch):
+    where = "source LIKE 'part3/%'"  # 37 rows of 150, spread over the 12 partitions
+    exact = {s: ids(seeded.search(QUERY, k=6, strategy=s, where=where, exact=True)) for s in ("standard", "mrag")}
+    seeded.build_ann("IVF_FLAT", nprobes=1)  # one partition holds about 3 of the rows kept
+    for strategy, want in exact.items():  # few rows kept: ranked exactly, no index asked
+        assert ids(seeded.search(QUERY, k=6, strategy=strategy, where=where)) == want, strategy
+        assert ids(seeded.search(QUERY, k=6, strategy=strategy, where=where, candidates=0)) == want, strategy
+    monkeypatch.setattr(ann, "EXACT_KEPT", 10)  # more kept than that: the indexes probe on until c rows are found
+    for strategy in exact:
+        for candidates in (None, 0, 20):
+            hits = seeded.search(QUERY, k=6, strategy=strategy, where=where, candidates=candidates)
+            assert len(hits) == 6 and all(h.source.startswith("part3/") for h in hits), (strategy, candidates)
 
 
 def test_a_filter_sees_the_rows_written_after_it_was_first_used(seeded):

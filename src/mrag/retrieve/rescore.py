@@ -34,7 +34,8 @@ class RescoreRanker:
     Its rankings number rows locally, in Lance row-id order (the table's order, so ties break as on the
     exact path); `ids[i]` is local row i's chunk id and `row_ids[i]` its Lance row id. All the parts of a
     call share one pool of candidates (each part's `candidates` nearest standard vectors); `where` keeps the
-    candidates to the rows a filter keeps."""
+    candidates to the rows a filter keeps. `rows`: the candidates themselves (Lance row ids, the few rows a
+    filter keeps), ranked exactly in every space with no index asked."""
 
     def __init__(
         self,
@@ -44,11 +45,13 @@ class RescoreRanker:
         candidates: int = DEFAULT_CANDIDATES,
         refine: int | None = None,
         where: str | None = None,
+        rows: np.ndarray | None = None,
     ) -> None:
-        if candidates <= 0:
+        if candidates <= 0 and rows is None:
             raise ValueError(f"candidates must be positive, got {candidates}")
         self.table, self.columns, self.nprobes, self.refine, self.where = table, columns, nprobes, refine, where
         self.candidates = candidates
+        self.rows = None if rows is None else sorted(int(r) for r in rows)
         self.ids: list[str] = []
         self.row_ids: list[int] = []
 
@@ -56,7 +59,7 @@ class RescoreRanker:
         missing = [v.name for v in [Voter("standard", "standard", 1.0), *chosen] if v.name not in self.columns]
         if missing:
             raise ValueError(f"space {missing[0]!r} has no ANN column; search it exactly")
-        self.row_ids = self._propose(queries, max(c, self.candidates))
+        self.row_ids = self._propose(queries, max(c, self.candidates)) if self.rows is None else self.rows
         columns = list(dict.fromkeys(self.columns[v.name] for v in chosen))
         rows = self._take(self.row_ids, columns)
         self.ids = rows.pop("id")
@@ -75,7 +78,7 @@ class RescoreRanker:
             .with_row_id(True)
         )
         if self.where is not None:  # only the rows the filter keeps are candidates (`mrag.retrieve.filtered`)
-            query = query.where(self.where, prefilter=True)
+            query = query.where(self.where, prefilter=True).maximum_nprobes(0)  # `ann.AnnRanker`: probe on to `limit`
         result = (query.refine_factor(self.refine) if self.refine else query).to_arrow()
         return sorted({int(r) for r in result["_rowid"].to_pylist()})
 

@@ -196,9 +196,14 @@ def ranker_for(
         columns = {c.space: c.column for c in store.vector_columns(committed=True)}
         probes = nprobes or built.get("nprobes", ann.DEFAULT_NPROBES)
         pool = DEFAULT_CANDIDATES if candidates is None else candidates
+        table = store.snapshot()
+        # the rows a filter keeps, as the exact path finds them (LanceDB's count_rows refused `_rowid = 3`)
+        kept = None if where is None else filtered.matching_row_ids(table, where)
         ranker: ann.AnnRanker | RescoreRanker = (
-            RescoreRanker(store.snapshot(), columns, probes, pool, refine, sql) if pool and plan.base != "standard"
-            else ann.AnnRanker(store.snapshot(), columns, probes, refine, sql)
+            RescoreRanker(table, columns, probes, refine=refine, rows=kept)  # few: ranked exactly, no index asked
+            if kept is not None and len(kept) <= ann.EXACT_KEPT
+            else RescoreRanker(table, columns, probes, pool, refine, sql) if pool and plan.base != "standard"
+            else ann.AnnRanker(table, columns, probes, refine, sql)
         )
 
         def by_row_id(rows: list[int]) -> dict[int, dict[str, Any]]:
@@ -206,9 +211,8 @@ def ranker_for(
             return {r: found[ranker.ids[r]] for r in rows}
 
         # the full-text space joins the ANN ranker's numbering of the rows (`fulltext.FullTextRanker`)
-        # (the rows a filter keeps counted as the exact path finds them: LanceDB's count_rows refused `_rowid = 3`)
-        rows = ranker.table.count_rows() if where is None else len(filtered.matching_row_ids(ranker.table, where))
-        return fulltext.FullTextRanker(ranker, ranker.table, ann=ranker, where=sql), by_row_id, rows
+        rows = table.count_rows() if kept is None else len(kept)
+        return fulltext.FullTextRanker(ranker, table, ann=ranker, where=sql), by_row_id, rows
     matrix = store.matrix(refresh=False, heads=heads)  # without the heads when no head votes
     scan_on = device() if device is not None and len(matrix.ids) else "cpu"
     ranked: retrieve.Ranker = exact_ranker(matrix.standard, matrix.heads, matrix.extra, scan_on)
