@@ -380,6 +380,11 @@ def test_server_search_and_ask_take_a_filter(tmp_path):
         assert r.status_code == 400 and "no repeat() in a filter" in r.json()["detail"]
         r = client.get("/search", params={"query": "bees", "where": "lower(source) LIKE 'nature/%'"})
         assert r.status_code == 200 and [h["id"] for h in r.json()["hits"]] == ["bees#0"]
+        two = [("query", "water and bees"), ("where", "source LIKE 'nature/%'"), ("where", "position >= 0")]
+        r = client.get("/search", params=two)  # the last one kept the rows the first would drop
+        assert r.status_code == 422 and "more than once: where" in r.json()["detail"]
+        r = client.get("/search", params=[("query", "bees"), ("spaces", "standard"), ("spaces", "bm25")])
+        assert r.status_code == 200 and r.json()["hits"]
 
 
 WRITER = """

@@ -183,6 +183,15 @@ def no_query(request: Request) -> None:
         raise HTTPException(422, detail=f"unknown query parameter(s): {', '.join(sorted(request.query_params))}")
 
 
+def once(request: Request) -> None:
+    """A GET's options given once each (`subqueries` and `spaces` may repeat): `where` twice kept the last,
+    dropping a filter without a word."""
+    keys = [key for key, _ in request.query_params.multi_items()]
+    twice = sorted({key for key in keys if keys.count(key) > 1} - {"subqueries", "spaces"})
+    if twice:
+        raise HTTPException(422, detail=f"query parameter(s) given more than once: {', '.join(twice)}")
+
+
 # --- the app ------------------------------------------------------------------------------------
 
 def create_app(settings: Settings) -> FastAPI:
@@ -272,7 +281,8 @@ def create_app(settings: Settings) -> FastAPI:
         return SearchResponse(query=body.query, strategy=strategy, subqueries=used,
                               hits=[Hit(**h.to_dict(explain=body.explain)) for h in hits])
 
-    @app.get("/search", response_model=SearchResponse, response_model_exclude_none=True, tags=["read"])
+    @app.get("/search", response_model=SearchResponse, response_model_exclude_none=True, tags=["read"],
+             dependencies=[Depends(once)])
     def search_get(request: Request, params: Annotated[SearchRequest, Query()]) -> SearchResponse:
         """The top k chunks for a query (`subqueries` may repeat)."""
         return run_search(state(request), params)
