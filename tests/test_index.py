@@ -587,6 +587,11 @@ def test_an_id_indexed_from_another_file_is_refused_unless_both_are_read(index, 
     twice.write_text("\n".join(json.dumps({"id": "t", "text": t}) for t in ("one", "two")))
     with pytest.raises(ValueError, match=f"t \\(2 times in {twice.resolve()}\\)"):
         index.add_paths([twice])
+    first.write_text('[{"id": "a2", "text": "Lemurs."')  # a1 moved to the other, this one left broken
+    with pytest.raises(ValueError, match=f"a1 \\(indexed from {first.resolve()}, which could not be read now: "
+                                         "invalid JSON at line 1"):  # not "index both files together": it was
+        index.add_paths([tmp_path / "a", tmp_path / "b"])
+    assert index.store.chunks.version == version and table_rows(index) == rows
     first.write_text(json.dumps([{"id": "a2", "text": "Lemurs live on Madagascar."}]))  # a1 moved to the other
     report = index.add_paths([tmp_path / "a", tmp_path / "b"])
     assert sorted(report.added) == ["a2"] and report.updated == ["a1"] and report.removed == []
@@ -853,6 +858,31 @@ def test_a_document_missing_deleted_chunks_is_written_whole_again(db_path, fake,
     assert "lib" not in doc_ids(index) and index.store.chunks.version == version + 1
 
 
+def test_prune_deletes_the_documents_of_a_file_or_folder_now_a_link(index, tmp_path):
+    """A path that is now a link (or lies under one) is no longer the file its document was read from: a link to
+    a file is indexed under its target's path, a link to a folder is not followed; the old text stayed for ever."""
+    import shutil
+
+    folder, moved = tmp_path / "docs", tmp_path / "moved"
+    (folder / "sub").mkdir(parents=True)
+    (folder / "a.txt").write_text("Old text of a.")
+    (folder / "sub" / "x.txt").write_text("Old text of x.")
+    (folder / "keep.txt").write_text("Kept.")
+    index.add_paths([folder])
+    a, _, x = doc_ids(index)  # their resolved paths, sorted: a.txt, keep.txt, sub/x.txt
+    moved.mkdir()
+    shutil.move(folder / "a.txt", moved / "a.txt")
+    (moved / "a.txt").write_text("New text of a.")
+    (folder / "a.txt").symlink_to(moved / "a.txt")
+    shutil.move(folder / "sub", moved / "sub")
+    (folder / "sub").symlink_to(moved / "sub")
+    assert index.add_paths([folder]).removed == []  # without --prune: nothing
+    report = index.add_paths([folder], prune=True)
+    assert report.removed == [a, x]
+    texts = {r["text"] for r in index.store.rows(None, ["text"]).to_pylist()}
+    assert texts == {"New text of a.", "Kept."}
+
+
 def test_prune_deletes_the_documents_of_deleted_and_emptied_files_under_the_paths(index, tmp_path):
     folder, other = tmp_path / "docs", tmp_path / "elsewhere"
     (folder / "sub").mkdir(parents=True)
@@ -920,7 +950,8 @@ def test_prune_leaves_the_documents_under_an_empty_folder_given_a_share_not_moun
     (share / "sub").rmdir()  # `mrag index /mnt/share/sub --prune` with the share not mounted: sub is gone
     report = index.add_paths([share / "sub"], prune=True)
     assert report.removed == [] and [(s.source, s.reason) for s in report.skipped] == [
-        (str(share / "sub"), sync.EMPTY_FOLDER)]
+        (str(share / "sub"), sync.GONE_FROM_EMPTY.format(folder=share))]
+    assert f"nearest folder above it, {share}, is empty" in report.skipped[0].reason
     report = index.add_paths([root], prune=True)  # the folder above is not empty: what is gone under it goes
     assert report.removed == sorted(str((share / f).resolve()) for f in ("a.txt", "sub/b.txt"))
     assert doc_ids(index) == sorted(str((root / f).resolve()) for f in ("a.txt", "other/d.txt"))

@@ -60,13 +60,13 @@ _NOT_AN_END = re.compile(
 def split_sentences(text: str) -> list[str]:
     """'A b. C d! E?' -> ['A b.', 'C d!', 'E?']; whitespace-only pieces dropped; no split after an
     initial or a title ('Dr. J. Smith came.' is one sentence)."""
-    sentences: list[str] = []
-    for piece in (s.strip() for s in _pieces(text) if s and s.strip()):
-        if sentences and _NOT_AN_END.search(sentences[-1]):
-            sentences[-1] += " " + piece
+    sentences: list[list[str]] = []  # each sentence's pieces: its end is its last piece's (joining as it went
+    for piece in (s.strip() for s in _pieces(text) if s and s.strip()):  # and reading it again was quadratic)
+        if sentences and _NOT_AN_END.search(sentences[-1][-1]):
+            sentences[-1].append(piece)
         else:
-            sentences.append(piece)
-    return sentences
+            sentences.append([piece])
+    return [" ".join(pieces) for pieces in sentences]
 
 
 def chunk_text(text: str, max_chars: int = 1000, overlap: int = 1) -> list[str]:

@@ -186,7 +186,10 @@ def _read_file(path: Path, text_field: str, id_field: str, title_field: str) -> 
         return [_document(source, _read_pdf(path), path.stem)]
     text = _read_text(path)
     if suffix in HTML_SUFFIXES:
-        title, body = html_to_text(text)
+        try:
+            title, body = html_to_text(text)
+        except AssertionError as e:  # what Python's parser cannot read is this file's fault, not the run's
+            raise IngestError(f"{path}: unreadable HTML ({e})") from None
         return [_document(source, body, title or path.stem)]
     if suffix in RECORD_SUFFIXES:
         return _records(path, source, text, text_field, id_field, title_field)
@@ -353,10 +356,16 @@ class _HTMLText(html.parser.HTMLParser):
             self.parts.append(data)
 
 
+# `<![ ... ]>` but CDATA: Word's and Outlook's `<![if !supportLists]>`, text-free; Python's parser stopped with an
+# AssertionError on the forms it does not know (`<![ if gte mso 9]>`), so they go first (to their `>`, if any)
+_MARKED_SECTION = re.compile(r"<!\[(?!CDATA\[)(?:[^<>]*>)?", re.IGNORECASE)
+
+
 def html_to_text(markup: str) -> tuple[str, str]:
     """(title, visible text) of an HTML page."""
     parser = _HTMLText()
-    parser.feed(markup)
+    parser.feed(_MARKED_SECTION.sub("", markup))
+    parser.close()  # the text after the last tag, held back while an `&` near its end might begin a reference
     lines = [" ".join(line.split()) for line in "".join(parser.parts).split("\n\n")]
     return " ".join(parser.title.split()), "\n\n".join(line for line in lines if line)  # a title on one line
 

@@ -24,9 +24,10 @@ from mrag.writing import AddReport, FromFiles, check_unique_ids
 
 CHANGED = "changed or removed while it was being indexed: index it again"  # a file `changed_files` finds
 UNKNOWN = "no such file or folder, and no document indexed from there"  # a path to prune (`unknown_paths`)
-EMPTY_FOLDER = ("an empty folder, or gone from one (a share not mounted?), under which documents are indexed: "
-                "nothing pruned there (to prune them, delete the empty folder, or prune from the folder above "
-                "it)")  # `empty_folders`
+EMPTY_FOLDER = ("an empty folder (a share not mounted?) under which documents are indexed: nothing pruned there "
+                "(to prune them, delete the empty folder, or prune from the folder above it)")  # `empty_folders`
+GONE_FROM_EMPTY = ("gone, and the nearest folder above it, {folder}, is empty (a share not mounted?): nothing pruned "
+                   "(to prune its documents, delete that empty folder, or prune from the folder above it)")
 
 
 class Writable(Protocol):
@@ -79,7 +80,7 @@ def index_files(index: Writable, paths: Sequence[str | Path], docs: list[Documen
     if len(parts) > 1 and not done.chunks:  # the last part wrote no row: its catching up of the full-text index
         index.maintain_fulltext()
     report.skipped = skipped + changed_skips(changed) + [Skipped(path, UNKNOWN) for path in unknown] + [
-        Skipped(path, EMPTY_FOLDER) for path in held]
+        Skipped(path, held_reason(path)) for path in held]
     return report
 
 
@@ -208,12 +209,17 @@ def refuse_taken(store: Store, docs: list[Document], skipped: Sequence[Skipped] 
     holds none, so its records may have moved."""
     ids = [d.id for d in docs]
     also = {d.source for d in read}
-    taken = taken_from_other_files(sources(store, f"doc_id IN ({quote(ids)})") if ids else {}, docs,
-                                   _emptied(skipped) | also)
-    if taken:
-        raise ValueError(f"id(s) already indexed from another file, nothing written: {', '.join(taken[:5])} "
-                         "(if the record moved here, index both files together; else give it another id here, "
-                         "or delete the id first)")
+    indexed = sources(store, f"doc_id IN ({quote(ids)})") if ids else {}
+    taken = taken_from_other_files(indexed, docs, _emptied(skipped) | also)
+    if not taken:
+        return
+    # a file skipped as unreadable now still holds its records as indexed: "index both files together" was done
+    unread = {str(_real(s.source)): s.reason for s in skipped}
+    broken = next((indexed[i] for i in taken if indexed[i] in unread), None)
+    raise ValueError(f"id(s) already indexed from another file, nothing written: {', '.join(taken[:5])} " + (
+        f"(indexed from {broken}, which could not be read now: {unread[broken]}; mend it and index again)" if broken
+        else "(if the record moved here, index both files together; else give it another id here, or delete the "
+             "id first)"))
 
 
 def gone(store: Store, docs: list[Document], skipped: list[Skipped], paths: Sequence[str | Path],
@@ -256,6 +262,12 @@ def empty_folders(paths: Sequence[str | Path], indexed: Callable[[], set[str]]) 
     if not empty:
         return []
     return [p for p in empty if str(_real(p)) in indexed()]
+
+
+def held_reason(path: str | Path) -> str:
+    """Why `empty_folders` held a path: an empty folder, or gone from one (a file deleted on purpose too)."""
+    found = Path(path).expanduser()
+    return EMPTY_FOLDER if found.exists() else GONE_FROM_EMPTY.format(folder=_nearest(found))
 
 
 def _folders_of(indexed: Iterable[str]) -> set[str]:
@@ -345,14 +357,16 @@ def gone_from_files(indexed_sources: dict[str, str], docs: list[Document], skipp
                     paths: Iterable[str | Path], prune: bool) -> list[str]:
     """Ids of indexed documents to delete after indexing `paths`: a file's records are its documents, so the
     ones a file read this time no longer holds; with `prune`, also the documents of files under `paths` that
-    no longer exist or are now empty (files skipped as unreadable keep theirs). A document read now is never
+    no longer exist, are now empty or are now links, or lie under a link (a link to a file is read as its target,
+    one to a folder is not followed; files skipped as unreadable keep theirs). A document read now is never
     one of them (a record moved to another file). `indexed_sources`: id -> source of the indexed documents
     whose source is a file read now or, with `prune`, lies under `paths`."""
     read_ids, read = {d.id for d in docs}, {d.source for d in docs}
     emptied, roots = _emptied(skipped), [_real(p) for p in paths]
 
-    def vanished(source: str) -> bool:
-        return any(_under(source, root) for root in roots) and (source in emptied or not _exists(source))
+    def vanished(source: str) -> bool:  # gone, emptied, or now a link (or under one): not the file it was read from
+        return any(_under(source, root) for root in roots) and (
+            source in emptied or not _exists(source) or str(_real(source)) != source)
 
     return sorted(i for i, source in indexed_sources.items() if from_a_file(i, source) and i not in read_ids and (
         source in read or (prune and vanished(source))))
