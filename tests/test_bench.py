@@ -385,6 +385,9 @@ def test_why_a_tuned_strategy_won_names_ties_and_the_built_in_default():
     table["standard"]["score"] = 0.95
     assert why_chosen(record | {"margin": 0.05}) == ("score 1.000; ahead of the next by 0.050; "
                                                       "0.405 above the built-in segment-bm25")
+    table["bm25"]["score"] = table["segment-bm25"]["score"]  # the built-in default, not asked for, tied
+    assert why_chosen(record | {"strategy": "segment-bm25", "score": 0.595}).startswith(
+        "score 0.595; tied with bm25, the built-in default first")
     kept = record | {"strategy": "segment-bm25", "default_kept": "the best (mrag) is ahead by 0.010, ..."}
     assert why_chosen(kept) == "kept: the best (mrag) is ahead by 0.010, ..."
 

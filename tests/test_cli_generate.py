@@ -111,6 +111,16 @@ def test_ask_streams_the_answer_then_lists_the_sources(db, ollama):
     assert body["model"] == "tiny" and FILES["rome.txt"] in body["messages"][1]["content"]
 
 
+def test_ask_says_which_cited_numbers_name_no_source(db, ollama):
+    """SmolLM2 answered "The answer is: [4]." from three sources, and was told only that it cites none."""
+    ollama(ollama_lines("Water ran downhill [1][4]", "; bees [7]."))
+    result = mrag("ask", QUESTION, "--db", db, "-k", 2, "--generator", "ollama", "--gen-model", "tiny")
+    assert result.stdout.endswith("\n(the answer cites [4], [7]: no sources)\n")
+    ollama(ollama_lines("Water ran downhill [3]."))
+    answer = json.loads(mrag("ask", QUESTION, "--db", db, "-k", 2, "--generator", "ollama", "--json").stdout)
+    assert answer["cited"] == [] and answer["not_sources"] == [3]
+
+
 def test_ask_with_nothing_retrieved_asks_no_llm(db, ollama):
     server = ollama(ollama_lines("Made ", "up."))
     result = mrag("ask", "zzzqqq xylophone", "--db", db, "--generator", "ollama", "--strategy", "bm25")

@@ -276,6 +276,7 @@ def test_a_filter_sees_the_rows_written_after_it_was_first_used(seeded):
 
 @pytest.mark.parametrize("where, told", [
     ("nope = 1", "No field named nope"),
+    ('title = "bees"', "No field named bees; a string takes single quotes: 'bees'"),  # SQL's "..." name a column
     ("position > 'x'", "could not convert"),
     ("CAST(text AS INT) > 3", "Cannot cast"),  # fails while it runs
     ("metadata.tag = 'odd'", "Cannot access field"),  # metadata is text, not a struct: fails while it runs
@@ -288,7 +289,7 @@ def test_a_bad_filter_is_a_clear_error_and_changes_nothing(seeded, where, told):
     for exact in (True, None):
         with pytest.raises(filtered.BadFilter, match="is not valid on the chunk table") as e:
             seeded.search(QUERY, where=where, exact=exact)
-        assert told in str(e.value) and ".rs:" not in str(e.value)
+        assert told in str(e.value) and ".rs:" not in str(e.value) and "head_norms" not in str(e.value)
     seeded.build_ann("IVF_FLAT")
     with pytest.raises(filtered.BadFilter, match=told):
         seeded.search(QUERY, where=where)
@@ -356,6 +357,8 @@ def test_cli_search_and_ask_take_a_filter(tmp_path, monkeypatch):
     result = runner.invoke(cli, ["search", "bees", "--db", str(db), "--where", "sauce = 'x'"])
     assert result.exit_code == 1 and "the filter \"sauce = 'x'\" is not valid" in result.stderr
     assert "Traceback" not in result.output
+    result = runner.invoke(cli, ["search", "bees", "--db", str(db), "--where", "source LIKE 'x/%'", "--plain"])
+    assert result.exit_code == 0 and result.stdout.startswith("no hits (does the filter keep any chunk?")
 
 
 def test_server_search_and_ask_take_a_filter(tmp_path):

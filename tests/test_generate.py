@@ -196,6 +196,7 @@ def test_ask_numbers_context_parses_citations_and_lists_uncited(index):
         assert f"[{c.number}] {c.title}" in sent and c.text in sent
     out = answer.to_dict()
     assert set(out) == {"answer", "cited", "context", "strategy", "subqueries"} and out["strategy"] == "standard"
+    assert answer.not_sources == []
 
 
 def test_nothing_retrieved_is_said_so_without_asking_the_llm(index):

@@ -858,6 +858,21 @@ def test_a_document_missing_deleted_chunks_is_written_whole_again(db_path, fake,
     assert "lib" not in doc_ids(index) and index.store.chunks.version == version + 1
 
 
+def test_a_folder_holding_no_file_of_a_kind_read_is_a_warning(index, tmp_path):
+    """Its .csv, .docx and suffix-less files were left out without a word (`"added": 0`, nothing skipped)."""
+    odd, good, empty = tmp_path / "odd", tmp_path / "good", tmp_path / "empty"
+    for folder in (odd, good, empty):
+        folder.mkdir()
+    (odd / "data.csv").write_text("a,b\n1,2\n")
+    (odd / "README").write_text("Read me.")
+    (good / "bees.txt").write_text("Bees fan their hives.")
+    report = index.add_paths([odd, good, empty])
+    assert report.added == [str((good / "bees.txt").resolve())]
+    assert [w.split(" holds")[0] for w in report.warnings] == [str(odd), str(empty)]
+    assert "holds no file mrag reads (.htm .html .json" in report.to_dict()["warnings"][0]
+    assert index.add_paths([odd / "README"]).warnings == []  # named on its own: read as text
+
+
 def test_prune_deletes_the_documents_of_a_file_or_folder_now_a_link(index, tmp_path):
     """A path that is now a link (or lies under one) is no longer the file its document was read from: a link to
     a file is indexed under its target's path, a link to a folder is not followed; the old text stayed for ever."""

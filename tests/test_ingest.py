@@ -246,9 +246,13 @@ def test_pdf(tmp_path):
     assert (doc.title, doc.text.strip()) == ("tides", "The Moon raises the tides.")
 
 
-def test_broken_and_empty_pdf(tmp_path):
+def test_broken_and_empty_pdf(tmp_path, caplog):
     with pytest.raises(IngestError, match="unreadable PDF"):
         read_file(write(tmp_path / "broken.pdf", b"this is not a PDF at all"))
+    with pytest.raises(IngestError, match="unreadable PDF"):
+        read_file(write(tmp_path / "cut.pdf", b"%PDF-1.4\nbroken"))
+    # pypdf's warning ("EOF marker not found") went to stderr before the one line that says why
+    assert not [r for r in caplog.records if r.name.startswith("pypdf")]
     from pypdf import PdfWriter
 
     blank = PdfWriter()

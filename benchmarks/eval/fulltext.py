@@ -56,12 +56,13 @@ NAMES = (STRATEGIES + [f"{s} [{rule}]" for rule in RULES for s in RULE_STRATEGIE
 
 def with_rank_votes(bench: Any, embedded: Any) -> list[dict[str, Any]]:
     """RANK_VOTES' records with rank votes wherever they fuse z-scores."""
-    tally = strategies._tally
-    strategies._tally = lambda how, *rest: tally("mrag-std" if how == "zscore" else how, *rest)  # type: ignore
+    # the one place every path takes its vote weights (`_tally` for one part, `_part_lists` for several)
+    weigh = strategies._vote_weights
+    strategies._vote_weights = lambda how, *rest: weigh("mrag-std" if how == "zscore" else how, *rest)  # type: ignore
     try:
         return [r | {"strategy": f"{r['strategy']} [rank votes]"} for r in evaluate(bench, embedded, RANK_VOTES)]
     finally:
-        strategies._tally = tally  # type: ignore[assignment]
+        strategies._vote_weights = weigh  # type: ignore[assignment]
 
 
 def half(query_id: str) -> str:

@@ -64,7 +64,7 @@ def search(query: str, db: str, model: str | None, k: int, strategy: str | None,
 
     \b
         mrag search "How did Roman aqueducts work, and why do bees fan their hives?" --db idx -k 4
-        mrag search "bees" --db idx --where "source LIKE 'notes/%' AND position < 3"
+        mrag search "bees" --db idx --where "source LIKE '%/notes/%' AND position < 3"
     """
     from mrag.index import Index
     from mrag.retrieve import fulltext
@@ -83,6 +83,9 @@ def search(query: str, db: str, model: str | None, k: int, strategy: str | None,
                 click.echo("   votes: " + ", ".join(f"{v['space']}@{v['rank']}={v['weight']:.3g}" for v in hit.votes))
         else:
             emit(hit.to_dict(explain=explain))
+    if plain and not hits:
+        click.echo("no hits" + (" (does the filter keep any chunk? a file's source is its absolute path)"
+                                if where is not None else ""))
 
 
 @cli.command(context_settings=CONTEXT)

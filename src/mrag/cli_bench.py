@@ -152,9 +152,10 @@ def why_chosen(record: dict[str, Any]) -> str:
         return f"kept: {record['default_kept']}"
     table, chosen = record["candidates"], record["strategy"]
     tied = [s for s in table if s != chosen and table[s]["score"] == record["score"]]
-    why = [f"score {record['score']:.3f}", f"tied with {', '.join(tied)}, first in the order asked" if tied
-           else f"ahead of the next by {record['margin']:.3f}"]
     built_in = next(iter(table))
+    first = "the built-in default first" if chosen == built_in else "first in the order asked"
+    why = [f"score {record['score']:.3f}", f"tied with {', '.join(tied)}, {first}" if tied
+           else f"ahead of the next by {record['margin']:.3f}"]
     if built_in != chosen:
         why.append(f"{record['score'] - table[built_in]['score']:.3f} above the built-in {built_in}")
     return "; ".join(why)

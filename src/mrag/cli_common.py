@@ -84,8 +84,8 @@ model_option: Callable[..., Any] = click.option(
 )
 where_option: Callable[..., Any] = click.option(
     "--where", metavar="SQL", default=None,
-    help="Only chunks this SQL filter keeps, as LanceDB takes it: columns id, doc_id, source, title, position, "
-         "text, metadata (JSON text); e.g. \"source LIKE 'notes/%'\".")
+    help="Only chunks this SQL filter keeps, as LanceDB takes it: columns id, doc_id, source (a file's absolute "
+         "path), title, position, text, metadata (JSON text); e.g. \"source LIKE '%/notes/%'\".")
 
 
 def output_options(plain: bool = False) -> Callable[[Callable[..., Any]], Callable[..., Any]]:

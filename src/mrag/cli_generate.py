@@ -110,6 +110,9 @@ def ask(question: str, db: str, model: str | None, k: int, strategy: str | None,
         click.echo(mark + header(c).rstrip())  # as the context labels it
     if answer.context and not answer.cited:
         click.echo("(the answer cites none of the sources)")
+    if answer.not_sources:
+        numbers = ", ".join(f"[{n}]" for n in answer.not_sources)
+        click.echo(f"(the answer cites {numbers}: {'not a source' if len(answer.not_sources) == 1 else 'no sources'})")
 
 
 @click.command(context_settings=CONTEXT)

@@ -39,8 +39,11 @@ def check_utf8(value: Any, where: str = "") -> Any:
         try:
             value.encode("utf-8")
         except UnicodeEncodeError as e:
-            raise ValueError(f"{where or 'the text'} holds an unpaired surrogate (U+{ord(value[e.start]):04X}) at "
-                             f"character {e.start}: not text UTF-8 can hold") from None
+            code = ord(value[e.start])
+            byte = (f" (the byte 0x{code - 0xDC00:02X}, not UTF-8: an argument or a name in another encoding?)"
+                    if 0xDC80 <= code <= 0xDCFF else "")  # how Python keeps bytes it could not decode
+            raise ValueError(f"{where or 'the text'} holds an unpaired surrogate (U+{code:04X}) at "
+                             f"character {e.start}: not text UTF-8 can hold{byte}") from None
     elif isinstance(value, dict):
         for key, item in value.items():
             check_utf8(key, f"the key {where + '.' if where else ''}{key!r}")

@@ -283,7 +283,7 @@ class Index:
         ANN search reads (default: what `build_ann` recorded); more is slower and closer to exact.
         `candidates`: on the ANN path, each query part's nearest rows in the standard index that every
         space then ranks exactly (default `DEFAULT_CANDIDATES`; 0 asks each space's own index instead).
-        `where`: only the chunks this SQL filter keeps, as LanceDB takes it (`"source LIKE 'notes/%'"`; columns
+        `where`: only the chunks this SQL filter keeps, as LanceDB takes it (`"source LIKE '%/notes/%'"`; columns
         id, doc_id, source, title, position, text, metadata as JSON text), in every space (`retrieve.filtered`).
 
         Raises `mrag.errors.Busy` where other writers committed at every one of its tries (many commits a

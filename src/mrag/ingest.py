@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html.parser
 import json
+import logging
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -310,10 +311,15 @@ def _read_pdf(path: Path) -> str:
         from pypdf import PdfReader
     except ImportError:
         raise IngestError(f"{path}: PDF support needs the pdf extra: pip install 'mrag[pdf]'") from None
+    logger = logging.getLogger("pypdf")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # its warnings on a broken file went to stderr before our one line
     try:
         return "\n\n".join(page.extract_text() or "" for page in PdfReader(path).pages)
     except Exception as e:  # pypdf raises many types on broken files
         raise IngestError(f"{path}: unreadable PDF ({e})") from None
+    finally:
+        logger.setLevel(level)
 
 
 class _HTMLText(html.parser.HTMLParser):

@@ -70,7 +70,7 @@ def _no_bool(value: Any) -> Any:
 Count = Annotated[int, BeforeValidator(_no_bool)]  # a number of hits, tokens, ...: 3 or "3" (a GET), not true
 Where = Annotated[str | None, Field(min_length=1, max_length=MAX_WHERE_CHARS, description=(
     "Only chunks this SQL filter keeps, as LanceDB takes it: columns id, doc_id, source, title, position, text, "
-    "metadata (JSON text); e.g. \"source LIKE 'notes/%'\"."))]
+    "metadata (JSON text); e.g. \"source LIKE '%/notes/%'\"."))]
 
 
 class SearchRequest(BaseModel):

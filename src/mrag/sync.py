@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mrag.documents import Document, added, document_digest, same_content
-from mrag.ingest import EMPTY, NO_RECORDS, RECORD_SUFFIXES, IngestError, Skipped, file_stamp
+from mrag.ingest import EMPTY, NO_RECORDS, RECORD_SUFFIXES, IngestError, Skipped, file_stamp, walk_files
 from mrag.rows import quote
 from mrag.settings import COMMIT_EVERY
 from mrag.store import Store
@@ -81,7 +81,14 @@ def index_files(index: Writable, paths: Sequence[str | Path], docs: list[Documen
         index.maintain_fulltext()
     report.skipped = skipped + changed_skips(changed) + [Skipped(path, UNKNOWN) for path in unknown] + [
         Skipped(path, held_reason(path)) for path in held]
+    report.bare_folders = [str(p) for p in paths if str(p) not in held and bare_folder(Path(p).expanduser())]
     return report
+
+
+def bare_folder(path: Path) -> bool:
+    """Whether `path` is a folder holding nothing `read_paths` reads there (one that cannot be listed is read,
+    and skipped with why)."""
+    return path.is_dir() and next(walk_files(path), None) is None
 
 
 def _index_part(index: Writable, paths: Sequence[str | Path], docs: list[Document], part: list[Document],

@@ -26,7 +26,7 @@ from mrag.documents import (
 )
 from mrag.embed.base import HeadEmbedder
 from mrag.errors import StoreError
-from mrag.ingest import Skipped
+from mrag.ingest import SUFFIXES, Skipped
 from mrag.locking import cannot_write, unwritable
 from mrag.retrieve import fulltext
 from mrag.rows import build_rows, chunk_schema, quote
@@ -50,11 +50,16 @@ class AddReport:
     ann: dict[str, Any] | None = None  # the ANN indexes this write (re)built, by policy
     unread: tuple[int, int] = (0, 0)  # chunks written longer than the model reads, mostly of unknown tokens
     max_length: int | None = None  # the model's length in tokens, for `warnings`
+    bare_folders: list[str] = field(default_factory=list)  # folders given that hold no file of a kind read
 
     @property
     def warnings(self) -> list[str]:
-        """What the model could not read of the chunks written (`HeadEmbedder.unread`)."""
-        return unread_warnings(*self.unread, self.chunks, self.max_length)
+        """What the model could not read of the chunks written (`HeadEmbedder.unread`), and the folders given
+        that hold no file of a kind mrag reads (their other files were left out without a word)."""
+        kinds = " ".join(sorted(SUFFIXES))
+        return unread_warnings(*self.unread, self.chunks, self.max_length) + [
+            f"{folder} holds no file mrag reads ({kinds}); a file of another kind named on its own is read as text"
+            for folder in self.bare_folders]
 
     def to_dict(self) -> dict[str, Any]:
         return {

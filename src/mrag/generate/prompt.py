@@ -50,6 +50,12 @@ class Answer:
     strategy: str = ""
     subqueries: list[str] = field(default_factory=list)
 
+    @property
+    def not_sources(self) -> list[int]:
+        """The numbers the answer cites that name no source it was shown (a small model's [4] of three)."""
+        shown = {c.number for c in self.context}
+        return [n for n in cited_numbers(self.text) if n not in shown]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "answer": self.text,
@@ -57,7 +63,7 @@ class Answer:
             "context": [c.to_dict() for c in self.context],
             "strategy": self.strategy,
             "subqueries": self.subqueries,
-        }
+        } | ({"not_sources": self.not_sources} if self.not_sources else {})
 
 
 def header(chunk: ContextChunk) -> str:

@@ -49,9 +49,14 @@ def bad_filter(where: str, error: Exception) -> BadFilter:
     message = str(error).replace(sql(where), f"({where})")  # the filter as given, on its line
     told = RUST_SOURCE.sub("", message.splitlines()[0] if message else type(error).__name__)
     told = re.sub(r"^(lance error: |Invalid input, )+", "", told).strip()
+    told = re.sub(r"\s*Valid fields are [^;]*?\.(?=\)?$)", "", told)  # the stored columns, vectors and all
+    missing = re.search(r"No field named (\"[^\"]*\"|\S+?)\.?$", told)
+    name = missing.group(1).strip('"') if missing else ""
+    if missing and f'"{name}"' in where:  # `title = "bees"`: double quotes name a column in SQL
+        told = f"{told.rstrip('.')}; a string takes single quotes: '{name}'"
     return BadFilter(f"the filter {where!r} is not valid on the chunk table ({told}); it is SQL over the columns "
                      "id, doc_id, source, title, position, text and metadata (JSON text), e.g. "
-                     "\"source LIKE 'notes/%' AND position < 3\"")
+                     "\"source LIKE '%/notes/%' AND position < 3\"")
 
 
 def refused(where: str, error: Exception) -> bool:
