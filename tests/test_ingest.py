@@ -110,6 +110,18 @@ def test_markdown_front_matter_gives_the_title_and_is_not_indexed(tmp_path):
     assert [(d.title, d.text) for d in alone] == [("Honeybees", "Honeybees")]  # front matter alone: its title
 
 
+def test_markdown_front_matter_fields_are_metadata(tmp_path):
+    """Its fields but the title were dropped (author, tags, date: what `--where` would filter on)."""
+    yaml = write(tmp_path / "bees.md", "---\ntitle: Bees\ndate: 2024-05-01\ntags: [bees, hives]\nauthor: me\n"
+                                       "1: one\n---\nHoneybees fan their wings.")
+    assert read_file(yaml)[0].metadata == {"date": "2024-05-01", "tags": ["bees", "hives"], "author": "me", "1": "one"}
+    toml = write(tmp_path / "hugo.md", "+++\ntitle = 'Tides'\ndraft = true\n[params]\nlang = 'en'\n+++\nMoon.")
+    assert read_file(toml)[0].metadata == {"draft": True, "params": {"lang": "en"}}
+    broken = write(tmp_path / "odd.md", "---\ntitle: Odd\ntags: [unclosed\n---\nText.")  # no YAML: the title alone
+    assert [(d.title, d.metadata) for d in read_file(broken)] == [("Odd", {})]
+    assert read_file(write(tmp_path / "plain.md", "No front matter."))[0].metadata == {}
+
+
 def test_html_title_and_visible_text(tmp_path):
     page = """<!doctype html><html><head><title> Hive  heat </title><meta charset="utf-8">
     <style>body { color: red }</style><script>var secret = "do not index";</script></head>

@@ -17,7 +17,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mrag.documents import Document, check_utf8, clean_text, field_text, merged_metadata, not_an_id, shown
+from mrag.documents import (
+    Document,
+    check_utf8,
+    clean_text,
+    field_text,
+    json_ready,
+    merged_metadata,
+    not_an_id,
+    shown,
+)
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".rst"}
 MARKDOWN_SUFFIXES = {".md", ".markdown"}
@@ -195,8 +204,8 @@ def _read_file(path: Path, text_field: str, id_field: str, title_field: str) -> 
     if suffix in RECORD_SUFFIXES:
         return _records(path, source, text, text_field, id_field, title_field)
     if suffix in MARKDOWN_SUFFIXES:
-        title, text = front_matter(text)
-        return [_document(source, text, title or path.stem)]
+        title, text, fields = front_matter(text)
+        return [_document(source, text, title or path.stem, fields)]
     return [_document(source, text, path.stem)]
 
 
@@ -208,18 +217,40 @@ FRONT_LINE = {"---": re.compile(r"[\w-]+:(?:\s|$)|- |#|\s"), "+++": re.compile(r
 FRONT_TITLE = re.compile(r"^title[ \t]*[:=][ \t]*(.*?)[ \t]*$", re.M | re.I)
 
 
-def front_matter(text: str) -> tuple[str, str]:
-    """(the front matter's title, or "", the text without its front matter); text with none as it is.
-    '---\ntitle: "Über Bienen"\n---\n# Bees' -> ('Über Bienen', '# Bees'). A note of front matter alone is
-    its title."""
+def front_matter(text: str) -> tuple[str, str, dict[str, Any]]:
+    """(the front matter's title, or "", the text without its front matter, its other fields); text with none
+    as it is. '---\ntitle: "Über Bienen"\ntags: [bees]\n---\n# Bees' -> ('Über Bienen', '# Bees', {'tags':
+    ['bees']}). A note of front matter alone is its title."""
     found = FRONT_MATTER.match(text)
     lines = [line for line in found.group(2).splitlines() if line.strip()] if found else []
     if found is None or not lines or not all(FRONT_LINE[found.group(1)].match(line) for line in lines):
-        return "", text
+        return "", text, {}
     title = FRONT_TITLE.search(found.group(2))
     value = _scalar(title.group(1)) if title else ""
     body = text[found.end():]
-    return value, body if body.strip() else value
+    return value, body if body.strip() else value, front_fields(found.group(1), found.group(2))
+
+
+def front_fields(fence: str, block: str) -> dict[str, Any]:
+    """A front matter's fields but its title, as a document's metadata (YAML's dates in ISO 8601, keys as
+    text); none where it is no mapping YAML (`---`) or TOML (`+++`) reads."""
+    try:
+        if fence == "---":
+            import yaml
+
+            parsed = yaml.safe_load(block)
+        else:
+            import tomllib  # Python 3.11 on; on 3.10 a TOML front matter gives its title only
+
+            parsed = tomllib.loads(block)
+        if not isinstance(parsed, dict):
+            return {}
+        # through JSON: every key as text (YAML's `1:` and `2024-01-02:` keys too), as the stored metadata reads
+        fields = json.loads(json.dumps(json_ready({k: v for k, v in parsed.items() if str(k).lower() != "title"}),
+                                       default=str))
+    except Exception:  # YAML or TOML the line check let through, or keys JSON cannot hold: the title alone
+        return {}
+    return fields if isinstance(fields, dict) else {}
 
 
 def _scalar(value: str) -> str:
@@ -237,8 +268,8 @@ def _scalar(value: str) -> str:
     return "" if value[:1] in ("|", ">") else value
 
 
-def _document(source: str, text: str, title: str) -> Document:
-    doc = Document(id=source, text=text, source=source, title=title)  # its text cleaned (`clean_text`)
+def _document(source: str, text: str, title: str, metadata: dict[str, Any] | None = None) -> Document:
+    doc = Document(id=source, text=text, source=source, title=title, metadata=metadata or {})  # text cleaned
     if not doc.text.strip():  # invisible characters only: no text
         raise IngestError(f"{source}: {EMPTY}")
     return doc
