@@ -117,3 +117,10 @@ def test_a_new_index_prints_nothing_and_import_installs_no_warnings_filter(tmp_p
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert done.returncode == 0, done.stderr
     assert done.stderr == ""
+
+
+def test_opening_an_index_imports_no_torch():
+    """`mrag info`, `delete`, `verify` and `heads` never embed or scan: torch's import (1.2 s of `mrag info`'s 4.5 s
+    here) waits for the first search or embedding."""
+    code = "import sys, mrag.cli, mrag.index; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -20,7 +20,6 @@ from mrag.locking import is_local, normal_uri
 from mrag.manifest import Manifest
 from mrag.retrieve import ann, fulltext, graph
 from mrag.retrieve import strategies as retrieve
-from mrag.retrieve.search import search_many
 from mrag.retrieve.types import Hit
 from mrag.settings import AnnPolicy
 from mrag.spaces import Space, SpaceSpec, check_unique, new_specs, open_spaces, parse_space
@@ -306,6 +305,8 @@ class Index:
         where: str | None = None,
     ) -> list[list[Hit]]:
         """`search` for a batch of queries: one embedding pass, and every space searched once for all."""
+        from mrag.retrieve.search import search_many  # here: it imports torch (1.2 s), which `mrag info` never needs
+
         return search_many(self, queries, k, strategy or self.default_strategy, c, subqueries, spaces, exact, nprobes,
                            candidates, where)
 
