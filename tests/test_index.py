@@ -896,6 +896,19 @@ def test_prune_deletes_the_documents_of_a_file_or_folder_now_a_link(index, tmp_p
     assert report.removed == [a, x]
     texts = {r["text"] for r in index.store.rows(None, ["text"]).to_pylist()}
     assert texts == {"New text of a.", "Kept."}
+    # the folder itself moved and linked back, indexed by its old path (which now resolves elsewhere)
+    old_keep = str((folder / "keep.txt").resolve())
+    shutil.move(folder, moved / "docs")
+    folder.symlink_to(moved / "docs")
+    assert index.add_paths([folder], prune=True).removed == [old_keep]
+    assert str((moved / "docs" / "keep.txt").resolve()) in doc_ids(index)
+    # a records file now a link to another holding the same ids: the ids move with it (they were refused)
+    (tmp_path / "recs.jsonl").write_text('{"id": "r1", "text": "One."}\n')
+    index.add_paths([tmp_path / "recs.jsonl"])
+    (tmp_path / "recs-v2.jsonl").write_text('{"id": "r1", "text": "One, again."}\n')
+    (tmp_path / "recs.jsonl").unlink()
+    (tmp_path / "recs.jsonl").symlink_to(tmp_path / "recs-v2.jsonl")
+    assert index.add_paths([tmp_path / "recs.jsonl"]).updated == ["r1"]
 
 
 def test_prune_deletes_the_documents_of_deleted_and_emptied_files_under_the_paths(index, tmp_path):

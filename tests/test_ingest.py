@@ -153,21 +153,32 @@ def test_minified_html_keeps_words_of_neighbouring_elements_apart():
                                        "\n\ncode\n\nFoot")
 
 
-def test_html_text_after_the_last_tag_and_marked_sections(tmp_path):
+def test_html_text_after_the_last_tag_and_marked_sections(tmp_path, monkeypatch):
     """Python's parser held back the text after the last tag while an `&` near its end might begin a reference
-    (the file then read as empty), and stopped with an AssertionError at a marked section it does not know."""
+    (the file then read as empty), and stopped with an AssertionError at a marked section it does not know; what
+    a file cuts off (a comment, a tag) is dropped, as a browser drops it, and Word's conditional comments stay
+    comments."""
     assert html_to_text("<p>First.</p>\n<p>AT&T. See R&D") == ("", "First.\n\nAT&T. See R&D")
-    assert html_to_text("no tags at all, AT&T") == ("", "no tags at all, AT&T")
+    assert html_to_text("no tags at all, AT&T &copy 2020") == ("", "no tags at all, AT&T © 2020")
     word = "<p>Bad <![ if gte mso 9]>here</p><![if !supportLists]>-<![endif]><p>x <![x y</p>"
-    assert html_to_text(word) == ("", "Bad here\n\n-\n\nx x y")
+    assert html_to_text(word) == ("", "Bad here\n\n-\n\nx")  # `<![x y</p>` a bogus comment, as browsers read it
+    memo = ("<html><head><title>Memo</title><!--[if gte mso 9]><xml><o:Author>Jane Doe</o:Author></xml><![endif]-->"
+            "</head><body><p>The budget is approved.</p><!--[if !mso]><!--><p>Web.</p><!--<![endif]-->"
+            "<!--[if mso]><p>Outlook.</p><![endif]--></body></html>")
+    assert html_to_text(memo) == ("Memo", "The budget is approved.\n\nWeb.")
+    for cut in ("<!-- tracking secret", '<img src="x.png" alt="logo', "<!DOCTYPE html", "<![CDATA[ abc", "</"):
+        assert html_to_text("<p>Body.</p>" + cut) == ("", "Body."), cut
     folder = tmp_path / "pages"
     write(folder / "good.html", "<p>Good page.</p>")
     write(folder / "word.html", word)
-    write(folder / "odd.html", '<p>odd</p><!<![["x')  # what the parser still cannot read: this file's error
-    with pytest.raises(IngestError, match="odd.html: unreadable HTML"):
+    write(folder / "odd.html", "<p>odd</p>")
+    real = html_to_text
+    monkeypatch.setattr("mrag.ingest.html_to_text", lambda markup: real(markup) if "odd" not in markup else
+                        (_ for _ in ()).throw(AssertionError("expected name token")))
+    with pytest.raises(IngestError, match="odd.html: unreadable HTML"):  # what the parser may still not read
         read_file(folder / "odd.html")
     docs, skipped = read_paths([folder])  # in a folder: skipped, the others read
-    assert sorted(d.text for d in docs) == ["Bad here\n\n-\n\nx x y", "Good page."]
+    assert sorted(d.text for d in docs) == ["Bad here\n\n-\n\nx", "Good page."]
     assert [Path(s.source).name for s in skipped] == ["odd.html"]
 
 
@@ -287,7 +298,12 @@ def test_pdf_without_pypdf_names_the_extra(tmp_path, monkeypatch):
 BAD_FILES = {
     "binary.txt": (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "a binary file, not text"),
     "latin1.txt": ("café".encode("latin-1"),
-                   "not UTF-8 text (byte 3): save it as UTF-8 (iconv -f latin1 -t utf-8, for one)"),
+                   "not UTF-8 text (byte 3): save it as UTF-8 (iconv -f ENCODING -t utf-8, the ENCODING it was "
+                   "written in: latin1, cp1252, shift_jis, gbk, ...)"),
+    "utf16.txt": ("Bees fan their wings.\n".encode("utf-16-le"),  # Windows' "Unicode" without its byte-order mark
+                  "UTF-16 text without a byte-order mark, it seems: save it as UTF-8 (iconv -f utf-16le -t utf-8)"),
+    "utf16be.md": ("Owls.".encode("utf-16-be"),
+                   "UTF-16 text without a byte-order mark, it seems: save it as UTF-8 (iconv -f utf-16be -t utf-8)"),
     "empty.md": (b"  \n\t\n", "the file is empty"),
 }
 

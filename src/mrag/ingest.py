@@ -286,14 +286,35 @@ def _read_text(path: Path) -> str:
         text = data.decode(encoding)
     except UnicodeDecodeError as e:
         if b"\x00" in data and encoding == "utf-8-sig":
-            raise IngestError(f"{path}: a binary file, not text") from None
-        hint = ": save it as UTF-8 (iconv -f latin1 -t utf-8, for one)" if encoding == "utf-8-sig" else ""
+            raise _not_text(path, data) from None
+        hint = (": save it as UTF-8 (iconv -f ENCODING -t utf-8, the ENCODING it was written in: latin1, cp1252, "
+                "shift_jis, gbk, ...)") if encoding == "utf-8-sig" else ""
         raise IngestError(f"{path}: not {encoding.upper().removesuffix('-SIG')} text (byte {e.start}){hint}") from None
     if "\x00" in text:  # anywhere: text has no NUL
-        raise IngestError(f"{path}: a binary file, not text")
+        raise _not_text(path, data)
     if not text.strip():
         raise IngestError(f"{path}: {EMPTY}")
     return text
+
+
+def _not_text(path: Path, data: bytes) -> IngestError:
+    """A file holding NUL bytes: binary, or UTF-16 saved without its byte-order mark (`_bare_utf16`)."""
+    for name in ("utf-16le", "utf-16be"):
+        if _bare_utf16(data, name):
+            return IngestError(f"{path}: UTF-16 text without a byte-order mark, it seems: save it as UTF-8 "
+                               f"(iconv -f {name} -t utf-8)")
+    return IngestError(f"{path}: a binary file, not text")
+
+
+def _bare_utf16(data: bytes, name: str) -> bool:
+    """Whether `data` reads as UTF-16 (`name`) of Latin script: a zero byte in each character ("a" is 61 00 in
+    UTF-16LE), the other byte not, and printable text."""
+    if len(data) < 8 or len(data) % 2:
+        return False
+    high, low = (data[1::2], data[0::2]) if name == "utf-16le" else (data[0::2], data[1::2])
+    text = data.decode(name, "replace")
+    return (high.count(0) >= 0.9 * len(high) and low.count(0) <= 0.1 * len(low)
+            and sum(c.isprintable() or c.isspace() for c in text) >= 0.9 * len(text))
 
 
 def _records(path: Path, source: str, text: str, text_field: str, id_field: str, title_field: str) -> list[Document]:
@@ -384,6 +405,15 @@ class _HTMLText(html.parser.HTMLParser):
         elif tag in self.CELL:
             self.parts.append(" ")
 
+    def parse_marked_section(self, i: int, report: bool = True) -> int:
+        """`<![ ... ]>`: Word's and Outlook's `<![if !supportLists]>` and the like hold no text; Python's parser
+        stopped the whole run with an AssertionError at the forms it does not know (`<![ if gte mso 9]>`)."""
+        try:
+            return super().parse_marked_section(i, report)
+        except AssertionError:
+            end = self.rawdata.find(">", i + 3)
+            return -1 if end < 0 else end + 1
+
     def handle_data(self, data: str) -> None:
         if self.SKIP & set(self._stack):
             return
@@ -393,16 +423,14 @@ class _HTMLText(html.parser.HTMLParser):
             self.parts.append(data)
 
 
-# `<![ ... ]>` but CDATA: Word's and Outlook's `<![if !supportLists]>`, text-free; Python's parser stopped with an
-# AssertionError on the forms it does not know (`<![ if gte mso 9]>`), so they go first (to their `>`, if any)
-_MARKED_SECTION = re.compile(r"<!\[(?!CDATA\[)(?:[^<>]*>)?", re.IGNORECASE)
-
-
 def html_to_text(markup: str) -> tuple[str, str]:
     """(title, visible text) of an HTML page."""
     parser = _HTMLText()
-    parser.feed(_MARKED_SECTION.sub("", markup))
-    parser.close()  # the text after the last tag, held back while an `&` near its end might begin a reference
+    parser.feed(markup)
+    # what the parser held back: text in which an `&` near its end might begin a reference (`AT&T` was lost), or
+    # a tag, comment or declaration the file cuts off, dropped as a browser drops it (`close` made it text)
+    if parser.rawdata and not parser.rawdata.startswith("<"):
+        parser.handle_data(html.unescape(parser.rawdata))
     lines = [" ".join(line.split()) for line in "".join(parser.parts).split("\n\n")]
     return " ".join(parser.title.split()), "\n\n".join(line for line in lines if line)  # a title on one line
 

@@ -323,13 +323,13 @@ def taken_from_other_files(indexed_sources: dict[str, str], docs: list[Document]
     """Ids of `docs` (read from files) already indexed from another file that still exists and was not read
     this time (a record id given in two files): indexing them would silently move the document from that
     file. `indexed_sources`: id -> source of the indexed documents with those ids. A file read this time no
-    longer holds the id (one batch holds an id once), and a file that is gone was renamed or moved, so
+    longer holds the id (one batch holds an id once), and a file that is gone (or now a link) was renamed or moved, so
     those ids move with their records, as from a file read now that holds none any more (`emptied`, its
     resolved path: the last record moved out); documents added without a source (the library's) are replaced
     as any upsert does."""
     read = {d.source for d in docs} | set(emptied)
     return [d.id for d in docs if indexed_sources.get(d.id, d.source) not in (d.source, "")
-            and indexed_sources[d.id] not in read and _exists(indexed_sources[d.id])]
+            and indexed_sources[d.id] not in read and _still_there(indexed_sources[d.id])]
 
 
 def from_a_file(doc_id: str, source: str) -> bool:
@@ -369,14 +369,25 @@ def gone_from_files(indexed_sources: dict[str, str], docs: list[Document], skipp
     one of them (a record moved to another file). `indexed_sources`: id -> source of the indexed documents
     whose source is a file read now or, with `prune`, lies under `paths`."""
     read_ids, read = {d.id for d in docs}, {d.source for d in docs}
-    emptied, roots = _emptied(skipped), [_real(p) for p in paths]
+    # each path as given too: a folder moved and linked back, indexed by its old path, resolves elsewhere
+    emptied, roots = _emptied(skipped), [root for p in paths for root in (_real(p), _absolute(p))]
 
     def vanished(source: str) -> bool:  # gone, emptied, or now a link (or under one): not the file it was read from
-        return any(_under(source, root) for root in roots) and (
-            source in emptied or not _exists(source) or str(_real(source)) != source)
+        return any(_under(source, root) for root in roots) and (source in emptied or not _still_there(source))
 
     return sorted(i for i, source in indexed_sources.items() if from_a_file(i, source) and i not in read_ids and (
         source in read or (prune and vanished(source))))
+
+
+def _still_there(source: str) -> bool:
+    """Whether the file a document was read from is there as it was: not gone, and not now a link or under one
+    (a link to a file is read as its target, one to a folder is not followed)."""
+    return _exists(source) and str(_real(source)) == source
+
+
+def _absolute(path: str | Path) -> Path:
+    """The path made absolute, its links as they are."""
+    return Path(os.path.abspath(Path(path).expanduser()))
 
 
 def _emptied(skipped: Iterable[Skipped]) -> set[str]:

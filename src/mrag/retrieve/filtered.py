@@ -52,8 +52,9 @@ def bad_filter(where: str, error: Exception) -> BadFilter:
     told = re.sub(r"\s*Valid fields are [^;]*?\.(?=\)?$)", "", told)  # the stored columns, vectors and all
     missing = re.search(r"No field named (\"[^\"]*\"|\S+?)\.?$", told)
     name = missing.group(1).strip('"') if missing else ""
-    if missing and f'"{name}"' in where:  # `title = "bees"`: double quotes name a column in SQL
-        told = f"{told.rstrip('.')}; a string takes single quotes: '{name}'"
+    compared = rf'(?:[=<>]|\bLIKE|\bIN\s*\(|,)\s*"{re.escape(name)}"'  # `title = "bees"`: "..." names a column in SQL
+    if missing and re.search(compared, where, re.IGNORECASE):
+        told = f"{told.rstrip('.')}; a string takes single quotes: '{name.replace(chr(39), chr(39) * 2)}'"
     return BadFilter(f"the filter {where!r} is not valid on the chunk table ({told}); it is SQL over the columns "
                      "id, doc_id, source, title, position, text and metadata (JSON text), e.g. "
                      "\"source LIKE '%/notes/%' AND position < 3\"")
