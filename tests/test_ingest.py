@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 from mrag.documents import Document
-from mrag.ingest import IngestError, Skipped, html_to_text, read_file, read_paths
+from mrag.formats import html_to_text
+from mrag.ingest import IngestError, Skipped, read_file, read_paths
 
 
 def make_pdf(text: str) -> bytes:
