@@ -909,6 +909,16 @@ def test_prune_deletes_the_documents_of_a_file_or_folder_now_a_link(index, tmp_p
     (tmp_path / "recs.jsonl").unlink()
     (tmp_path / "recs.jsonl").symlink_to(tmp_path / "recs-v2.jsonl")
     assert index.add_paths([tmp_path / "recs.jsonl"]).updated == ["r1"]
+    # but a records file still there behind a link, not read now, still holds its ids: another file may not
+    # take one (its record was replaced in silence)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "r.jsonl").write_text('{"id": "r2", "text": "Bees."}\n')
+    index.add_paths([tmp_path / "data"])
+    shutil.move(tmp_path / "data", moved / "data")
+    (tmp_path / "data").symlink_to(moved / "data")
+    (tmp_path / "new.jsonl").write_text('{"id": "r2", "text": "Taxes."}\n')
+    with pytest.raises(ValueError, match="already indexed from another file, nothing written: r2"):
+        index.add_paths([tmp_path / "new.jsonl"])
 
 
 def test_prune_deletes_the_documents_of_deleted_and_emptied_files_under_the_paths(index, tmp_path):

@@ -120,6 +120,17 @@ def test_markdown_front_matter_fields_are_metadata(tmp_path):
     assert read_file(toml)[0].metadata == {"draft": True, "params": {"lang": "en"}}
     broken = write(tmp_path / "odd.md", "---\ntitle: Odd\ntags: [unclosed\n---\nText.")  # no YAML: the title alone
     assert [(d.title, d.metadata) for d in read_file(broken)] == [("Odd", {})]
+    # as the note's author sees them (YAML 1.1 read 630, 5349, false and a key true), a date key as text, a value
+    # JSON cannot hold leaving out its field alone (one dropped them all)
+    typed = write(tmp_path / "typed.md", "---\ntime: 10:30\nzip: 012345\ncountry: NO\non: yes\nn: 12\nx: 1.5\n"
+                                         "ok: true\n2024-01-02: shipped\nthumb: !!binary aGVsbG8=\n---\nText.")
+    assert read_file(typed)[0].metadata == {"time": "10:30", "zip": "012345", "country": "NO", "on": "yes", "n": 12,
+                                            "x": 1.5, "ok": True, "2024-01-02": "shipped"}
+    # aliases are not read (each expanded again into JSON: 495 bytes of nine levels took over a minute and 2 GB)
+    levels = ["a0: &a0 [" + ", ".join(["lol"] * 10) + "]"] + [
+        f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    bomb = write(tmp_path / "bomb.md", "---\ntitle: Bomb\n" + "\n".join(levels) + "\n---\nText.")
+    assert [(d.title, d.metadata) for d in read_file(bomb)] == [("Bomb", {})]
     assert read_file(write(tmp_path / "plain.md", "No front matter."))[0].metadata == {}
 
 

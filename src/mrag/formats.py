@@ -3,6 +3,8 @@ page's title and visible text. Pure text in, text out: `mrag.ingest` reads the f
 
 from __future__ import annotations
 
+import datetime
+import functools
 import html.parser
 import json
 import re
@@ -33,25 +35,75 @@ def front_matter(text: str) -> tuple[str, str, dict[str, Any]]:
 
 
 def front_fields(fence: str, block: str) -> dict[str, Any]:
-    """A front matter's fields but its title, as a document's metadata (YAML's dates in ISO 8601, keys as
-    text); none where it is no mapping YAML (`---`) or TOML (`+++`) reads."""
+    """A front matter's fields but its title, as a document's metadata (dates in ISO 8601, keys as text); none
+    where it is no mapping YAML (`---`, `_yaml`) or TOML (`+++`) reads. A value JSON cannot hold (YAML's
+    `!!binary`) leaves out its field alone."""
     try:
         if fence == "---":
             import yaml
 
-            parsed = yaml.safe_load(block)
+            parsed = yaml.load(block, Loader=_yaml_loader())  # noqa: S506  (a SafeLoader, see `_yaml_loader`)
         else:
             import tomllib  # Python 3.11 on; on 3.10 a TOML front matter gives its title only
 
             parsed = tomllib.loads(block)
-        if not isinstance(parsed, dict):
-            return {}
-        # through JSON: every key as text (YAML's `1:` and `2024-01-02:` keys too), as the stored metadata reads
-        fields = json.loads(json.dumps(json_ready({k: v for k, v in parsed.items() if str(k).lower() != "title"}),
-                                       default=str))
-    except Exception:  # YAML or TOML the line check let through, or keys JSON cannot hold: the title alone
+    except Exception:  # YAML or TOML the line check let through, aliases, nesting past Python's stack
         return {}
-    return fields if isinstance(fields, dict) else {}
+    if not isinstance(parsed, dict):
+        return {}
+    fields: dict[str, Any] = {}
+    for key, value in parsed.items():
+        name = _text_key(key)
+        if name.lower() == "title":
+            continue
+        try:
+            fields[name] = json.loads(json.dumps(_plain(value)))
+        except (TypeError, ValueError, RecursionError):
+            continue
+    return fields
+
+
+def _plain(value: Any) -> Any:
+    """A YAML or TOML value as JSON holds it, however deep: keys as text (`_text_key`), the rest `json_ready`."""
+    if isinstance(value, dict):
+        return {_text_key(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return json_ready(value)
+
+
+def _text_key(key: Any) -> str:
+    """A mapping key as text: YAML's `2024-01-02:` key is a date, its `1:` an int."""
+    return key.isoformat() if isinstance(key, datetime.date | datetime.time) else str(key)
+
+
+@functools.cache
+def _yaml_loader() -> Any:
+    """PyYAML's SafeLoader reading scalars as a note's author sees them: `10:30`, `012345`, `NO` and `on` stay
+    text (YAML 1.1 made them 630, 5349, false and true; a number has no leading zero); and no aliases (each
+    `*a` expanded again when the fields are made JSON: nine levels of ten in 495 bytes took over a minute and 2
+    GB in a reviewer's run)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                raise yaml.YAMLError("a front matter with aliases is read for its title only")
+            return super().compose_node(parent, index)
+
+    retyped = {"tag:yaml.org,2002:bool", "tag:yaml.org,2002:int", "tag:yaml.org,2002:float"}
+    Loader.yaml_implicit_resolvers = {first: [(tag, rule) for tag, rule in rules if tag not in retyped]
+                                      for first, rules in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+    Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                 list("tTfF"))
+    Loader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^[-+]?(?:0|[1-9][0-9]*)$"),
+                                 list("-+0123456789"))
+    Loader.add_implicit_resolver(
+        "tag:yaml.org,2002:float",
+        re.compile(r"^(?:[-+]?(?:(?:\.[0-9]+|[0-9]+\.[0-9]*)(?:[eE][-+]?[0-9]+)?|[0-9]+[eE][-+]?[0-9]+)"
+                   r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),  # a dot or an exponent: `012345` stays text
+        list("-+0123456789."))
+    return Loader
 
 
 def _scalar(value: str) -> str:

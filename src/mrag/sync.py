@@ -323,13 +323,17 @@ def taken_from_other_files(indexed_sources: dict[str, str], docs: list[Document]
     """Ids of `docs` (read from files) already indexed from another file that still exists and was not read
     this time (a record id given in two files): indexing them would silently move the document from that
     file. `indexed_sources`: id -> source of the indexed documents with those ids. A file read this time no
-    longer holds the id (one batch holds an id once), and a file that is gone (or now a link) was renamed or moved, so
+    longer holds the id (one batch holds an id once), and a file that is gone (or now a link to one read) was moved, so
     those ids move with their records, as from a file read now that holds none any more (`emptied`, its
     resolved path: the last record moved out); documents added without a source (the library's) are replaced
     as any upsert does."""
     read = {d.source for d in docs} | set(emptied)
+
+    def elsewhere(source: str) -> bool:  # a file there and not read now (one now a link to a file read now is read)
+        return source not in read and _exists(source) and str(_real(source)) not in read
+
     return [d.id for d in docs if indexed_sources.get(d.id, d.source) not in (d.source, "")
-            and indexed_sources[d.id] not in read and _still_there(indexed_sources[d.id])]
+            and elsewhere(indexed_sources[d.id])]
 
 
 def from_a_file(doc_id: str, source: str) -> bool:
