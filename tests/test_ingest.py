@@ -6,7 +6,7 @@ import pytest
 
 from mrag.documents import Document
 from mrag.formats import html_to_text
-from mrag.ingest import IngestError, Skipped, read_file, read_paths
+from mrag.ingest import NO_PDF_TEXT, IngestError, Skipped, read_file, read_paths
 
 
 def make_pdf(text: str) -> bytes:
@@ -293,8 +293,10 @@ def test_broken_and_empty_pdf(tmp_path, caplog):
     blank = PdfWriter()
     blank.add_blank_page(100, 100)
     blank.write(tmp_path / "blank.pdf")
-    with pytest.raises(IngestError, match="the file is empty"):
-        read_file(tmp_path / "blank.pdf")
+    with pytest.raises(IngestError, match=r"blank.pdf: a PDF with no text to extract \(a scan\?"):
+        read_file(tmp_path / "blank.pdf")  # it said "the file is empty" of a scan of any size
+    docs, skipped = read_paths([tmp_path / "blank.pdf"], empty_ok=True)  # a prune: as an emptied file
+    assert docs == [] and [s.reason for s in skipped] == [NO_PDF_TEXT]
 
 
 def test_pdf_without_pypdf_names_the_extra(tmp_path, monkeypatch):

@@ -33,7 +33,9 @@ RECORD_SUFFIXES = {".json", ".jsonl"}
 SUFFIXES = TEXT_SUFFIXES | HTML_SUFFIXES | RECORD_SUFFIXES | {".pdf"}
 
 
-EMPTY, NO_RECORDS = "the file is empty", "no records"  # why a file holds no document (`mrag.sync`)
+EMPTY, NO_RECORDS = "the file is empty", "no records"
+NO_PDF_TEXT = "a PDF with no text to extract (a scan? give it a text layer first, with ocrmypdf for one)"
+HOLDS_NOTHING = (EMPTY, NO_RECORDS, NO_PDF_TEXT)  # why a file holds no document (`mrag.sync`)
 NOT_UTF8_NAME = "its name is not UTF-8 (bytes shown as U+FFFD): rename the file to index it"
 
 
@@ -66,7 +68,7 @@ def read_paths(
             docs.extend(read_file(Path(file), text_field, id_field, title_field))
         except IngestError as e:
             reason = unreadable_reason(e, Path(file))
-            if explicit and not (empty_ok and reason in (EMPTY, NO_RECORDS)):
+            if explicit and not (empty_ok and reason in HOLDS_NOTHING):
                 raise
             skipped.append(Skipped(file, reason))
     return docs, skipped
@@ -191,7 +193,10 @@ def _read_file(path: Path, text_field: str, id_field: str, title_field: str) -> 
     suffix = path.suffix.lower()
     source = str(path.resolve())
     if suffix == ".pdf":
-        return [_document(source, _read_pdf(path), path.stem)]
+        text = _read_pdf(path)
+        if not text.strip():  # pages of images: a scan ("the file is empty" said of a 5 MB file)
+            raise IngestError(f"{source}: {NO_PDF_TEXT}")
+        return [_document(source, text, path.stem)]
     text = _read_text(path)
     if suffix in HTML_SUFFIXES:
         try:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mrag.documents import Document, added, document_digest, same_content
-from mrag.ingest import EMPTY, NO_RECORDS, RECORD_SUFFIXES, IngestError, Skipped, file_stamp, walk_files
+from mrag.ingest import HOLDS_NOTHING, RECORD_SUFFIXES, IngestError, Skipped, file_stamp, walk_files
 from mrag.rows import quote
 from mrag.settings import COMMIT_EVERY
 from mrag.store import Store
@@ -396,7 +396,7 @@ def _absolute(path: str | Path) -> Path:
 
 def _emptied(skipped: Iterable[Skipped]) -> set[str]:
     """The resolved paths of the files read now that hold no document (empty, or no records)."""
-    return {str(_real(s.source)) for s in skipped if s.reason in (EMPTY, NO_RECORDS)}
+    return {str(_real(s.source)) for s in skipped if s.reason in HOLDS_NOTHING}
 
 
 def _real(path: str | Path) -> Path:
