@@ -57,8 +57,8 @@ def front_fields(fence: str, block: str) -> dict[str, Any]:
         if name.lower() == "title":
             continue
         try:
-            fields[name] = json.loads(json.dumps(_plain(value)))
-        except (TypeError, ValueError, RecursionError):
+            fields[name] = _plain(value)
+        except (ValueError, RecursionError):  # bytes; nesting past Python's stack
             continue
     return fields
 
