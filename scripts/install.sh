@@ -6,6 +6,11 @@ set -euo pipefail
 export PIP_NO_CACHE_DIR=1
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+# the venv takes about 2.9 GB and the install up to 3.1 GB; say so before a full disk stops pip half-way
+free_mb=$(df -Pm . | awk 'NR == 2 {print $4}')
+if [ "${free_mb:-0}" -lt 4000 ]; then
+    echo "warning: $free_mb MB free on $(df -P . | awk 'NR == 2 {print $6}'); the install needs about 3,100 MB and the tests a few hundred more" >&2
+fi
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
