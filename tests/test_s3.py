@@ -21,7 +21,7 @@ from mrag.index import Index
 from mrag.locking import LOCK_FILE, LockTimeout, lock_key, s3_client
 from mrag.store import Store
 
-moto_server = pytest.importorskip("moto.server", reason="needs moto's S3 server: pip install 'moto[s3]' flask flask-cors")
+moto_server = pytest.importorskip("moto.server", reason="needs moto's S3 server: pip install 'moto[s3]' flask")
 boto3 = pytest.importorskip("boto3")
 from botocore.exceptions import ClientError  # noqa: E402
 from procs import check_index  # noqa: E402
