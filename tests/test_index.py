@@ -129,6 +129,18 @@ def test_metadata_values_are_stored_as_json_holds_them(index):
     assert index.store.committed_version == version and [h.doc_id for h in index.search("tides", k=5)] == ["m"]
 
 
+def test_metadata_keys_are_text_as_json_writes_them(index):
+    import datetime
+
+    import numpy as np
+
+    # mixed keys used to stop the add with "'<' not supported between instances of 'int' and 'datetime.date'"
+    given = {"seen": {datetime.date(2026, 1, 2): "first", 3: "x", None: 1, True: "t", np.int64(7): 2, 1.5: "f"}}
+    index.add([{"id": "k", "text": "Honeybees fan their wings.", "metadata": given}])
+    assert index.search("bees", k=1)[0].metadata == {
+        "seen": {"2026-01-02": "first", "3": "x", "null": 1, "true": "t", "7": 2, "1.5": "f"}}
+
+
 def test_search_votes_explain_the_score(index):
     index.add(DOCS)
     (hit,) = index.search("Deep Blue beat Kasparov at chess in 1997.", k=1, strategy="mrag-paper")

@@ -115,8 +115,8 @@ def json_ready(value: Any) -> Any:
     """A metadata value as JSON holds it, however deep in lists and dicts: NaN and infinities as null (pandas'
     missing values), numpy scalars and arrays as numbers and lists, tuples and sets as lists, dates and
     times in ISO 8601; bytes are refused (no text of their own); other objects (Decimal, UUID, Path) as
-    their text.  {"n": np.int64(3), "on": date(2026, 1, 2), "tags": {"b", "a"}} -> {"n": 3, "on":
-    "2026-01-02", "tags": ["a", "b"]}"""
+    their text; keys as text, as JSON writes them.  {"n": np.int64(3), "on": date(2026, 1, 2), "tags": {"b", "a"},
+    1: None} -> {"n": 3, "on": "2026-01-02", "tags": ["a", "b"], "1": None}"""
     if isinstance(value, np.generic | np.ndarray) and value.dtype.kind in "mM":  # numpy dates (pandas'), durations
         value = (np.datetime_as_string(value) if value.dtype.kind == "M" else value.astype(str)).tolist()  # type: ignore[arg-type]
     if isinstance(value, np.generic | np.ndarray):
@@ -126,7 +126,7 @@ def json_ready(value: Any) -> Any:
     if value is None or isinstance(value, str | int):
         return value
     if isinstance(value, dict):
-        return {k: json_ready(v) for k, v in value.items()}
+        return {json_key(k): json_ready(v) for k, v in value.items()}
     if isinstance(value, set | frozenset):
         items = [json_ready(v) for v in value]
         try:
@@ -140,6 +140,20 @@ def json_ready(value: Any) -> Any:
     if isinstance(value, bytes | bytearray | memoryview):
         raise ValueError("a metadata value is bytes, which JSON cannot hold: decode it to text first")
     return str(value)
+
+
+def json_key(key: Any) -> str:
+    """A mapping key as text, as `json.dumps` writes it (1 -> "1", None -> "null", True -> "true"); a date's or a
+    time's in ISO 8601 (YAML's `2024-01-02:` key is a date)."""
+    if isinstance(key, np.generic):
+        key = key.item()
+    if isinstance(key, str):
+        return key
+    if key is None or isinstance(key, bool | int | float):
+        return json.dumps(key)
+    if isinstance(key, datetime.date | datetime.time):
+        return key.isoformat()
+    return str(key)
 
 
 def as_document(doc: Document | dict[str, Any] | str, i: int) -> Document:

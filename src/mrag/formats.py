@@ -3,14 +3,13 @@ page's title and visible text. Pure text in, text out: `mrag.ingest` reads the f
 
 from __future__ import annotations
 
-import datetime
 import functools
 import html.parser
 import json
 import re
 from typing import Any
 
-from mrag.documents import json_ready
+from mrag.documents import json_key, json_ready
 
 # a Markdown file's front matter (Jekyll, Hugo, Obsidian): YAML between "---" lines, or TOML between "+++"
 # lines, at the very start; every line of it a key and its value (or a list item, a comment, a continuation
@@ -53,28 +52,14 @@ def front_fields(fence: str, block: str) -> dict[str, Any]:
         return {}
     fields: dict[str, Any] = {}
     for key, value in parsed.items():
-        name = _text_key(key)
+        name = json_key(key)
         if name.lower() == "title":
             continue
         try:
-            fields[name] = _plain(value)
+            fields[name] = json_ready(value)
         except (ValueError, RecursionError):  # bytes; nesting past Python's stack
             continue
     return fields
-
-
-def _plain(value: Any) -> Any:
-    """A YAML or TOML value as JSON holds it, however deep: keys as text (`_text_key`), the rest `json_ready`."""
-    if isinstance(value, dict):
-        return {_text_key(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return json_ready(value)
-
-
-def _text_key(key: Any) -> str:
-    """A mapping key as text: YAML's `2024-01-02:` key is a date, its `1:` an int."""
-    return key.isoformat() if isinstance(key, datetime.date | datetime.time) else str(key)
 
 
 @functools.cache
