@@ -23,9 +23,10 @@ from test_server import TOKEN, ScriptedGenerator, serving
 
 from mrag.cli import cli
 from mrag.index import Index
-from mrag.retrieve import ann, filter_sql, filtered
+from mrag.retrieve import ann, filter_sql, filtered, search
 from mrag.retrieve.bm25 import Bm25
 from mrag.retrieve.exact import Exact
+from mrag.retrieve.rescore import RescoreRanker
 from mrag.retrieve.types import QueryVectors, Voter
 from mrag.server import Settings
 
@@ -263,6 +264,18 @@ def test_ann_search_with_a_filter_finds_k_rows_however_few_partitions_it_probes(
         for candidates in (None, 0, 20):
             hits = seeded.search(QUERY, k=6, strategy=strategy, where=where, candidates=candidates)
             assert len(hits) == 6 and all(h.source.startswith("part3/") for h in hits), (strategy, candidates)
+    # a depth c of at least the rows kept: ranked exactly too (the indexes would probe every partition for c)
+    asked = []
+
+    def spy(*args, **kwargs):
+        asked.append(kwargs.get("rows"))
+        return RescoreRanker(*args, **kwargs)
+
+    monkeypatch.setattr(search, "RescoreRanker", spy)
+    for strategy in exact:
+        want = ids(seeded.search(QUERY, k=6, strategy=strategy, where=where, c=37, exact=True))
+        assert ids(seeded.search(QUERY, k=6, strategy=strategy, where=where, c=37)) == want, strategy
+    assert len(asked) == 2 and all(rows is not None and len(rows) == 37 for rows in asked)
 
 
 def test_a_filter_sees_the_rows_written_after_it_was_first_used(seeded):

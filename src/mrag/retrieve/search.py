@@ -138,7 +138,7 @@ def _search_many(
     ranker, fetch, count = ranker_for(index.store, plan, exact, nprobes, candidates,
                                       heads=retrieve.uses_heads(strategy, spaces),
                                       device=(lambda: scan_device(getattr(index.embedder, "device", None))) if embeds
-                                      else None, where=where)
+                                      else None, where=where, depth=c or max(k, retrieve.DEFAULT_C))
     if index.store.manifest is not manifest:  # another thread read a newer commit meanwhile: the ranker may be
         raise Moved  # of it (a manifest is replaced, never changed): `search_many` searches again
     if not queries or count == 0:
@@ -175,14 +175,15 @@ def _search_many(
 
 def ranker_for(
     store: Store, plan: retrieve.Plan, exact: bool | None, nprobes: int | None = None, candidates: int | None = None,
-    heads: bool = True, device: Callable[[], str] | None = None, where: str | None = None,
+    heads: bool = True, device: Callable[[], str] | None = None, where: str | None = None, depth: int = 0,
 ) -> tuple[retrieve.Ranker, Callable[[list[int]], dict[int, dict[str, Any]]], int]:
     """How to find each space's nearest rows: the ANN indexes or the in-memory matrix, as the
     manifest last read records them; on the ANN path `candidates` per query part from the standard
     index re-scored in every space (`rescore`; None: the default, 0: one index per space, `ann`); without
     `heads` the in-memory matrix leaves the head vectors out; `device`: where the matrix is scanned
     (`device_scan.scan_device`), asked only for a matrix with rows (it may load the embedder); None: the CPU.
-    `where`: only the rows this filter keeps are ranked (`filtered`; in memory, never through the graphs).
+    `where`: only the rows this filter keeps are ranked (`filtered`; in memory, never through the graphs); on the
+    ANN path exactly, no index asked, where they are at most `ann.EXACT_KEPT` or the per-part `depth` searched.
     -> (ranker, fetch: row numbers -> stored rows, how many rows it ranks)."""
     built: dict[str, Any] = store.manifest.ann or {}
     sql = None if where is None else filter_sql.sql(where)  # as LanceDB is given it
@@ -201,7 +202,7 @@ def ranker_for(
         kept = None if where is None else filtered.matching_row_ids(table, where)
         ranker: ann.AnnRanker | RescoreRanker = (
             RescoreRanker(table, columns, probes, refine=refine, rows=kept)  # few: ranked exactly, no index asked
-            if kept is not None and len(kept) <= ann.EXACT_KEPT
+            if kept is not None and len(kept) <= max(ann.EXACT_KEPT, depth)
             else RescoreRanker(table, columns, probes, pool, refine, sql) if pool and plan.base != "standard"
             else ann.AnnRanker(table, columns, probes, refine, sql)
         )
