@@ -16,7 +16,7 @@ from mrag.cli import cli
 from mrag.evaluate import harness
 from mrag.evaluate.datasets import Aspect, clean_fusion, load
 from mrag.evaluate.metrics import dedupe_units, ndcg, query_metrics
-from mrag.evaluate.report import markdown_table, plot
+from mrag.evaluate.report import markdown_table, paired_gain, plot
 
 ARTICLES = [
     {"title": "Aqueduct", "text": "Roman aqueducts carried water with gravity.", "label": "rome"},
@@ -283,6 +283,34 @@ def test_metrics_by_hand():
     assert k2["ndcg"] == pytest.approx((1 / math.log2(3)) / (1 + 1 / math.log2(3)))
 
 
+def test_aspects_of_one_category_count_it_once_and_a_topic_named_twice_is_one_aspect(tmp_path):
+    # aspects tax/A, tax/B, env/C; fetched tax/D: one of the two categories {tax, env} -> 1/2 (was 2/3, per aspect)
+    aspects = [Aspect(frozenset({u}), frozenset({c})) for u, c in (("A", "tax"), ("B", "tax"), ("C", "env"))]
+    (k1,) = query_metrics(["D"], aspects, {"A": "tax", "B": "tax", "C": "env", "D": "tax"}, k_max=1)
+    assert (k1["category_ratio"], k1["category_success"], k1["success_ratio"]) == (0.5, 0, 0.0)
+    articles, queries = write_wikipedia(tmp_path, False)
+    queries.write_text(json.dumps([{"topics": ["Aqueduct", "Aqueduct", "Honeybee"], "text": "Aqueducts and bees."}]))
+    (query,) = load(articles, queries).queries
+    assert query.n == 2 and [sorted(a.units) for a in query.aspects] == [["d00000"], ["d00002"]]
+
+
+def test_a_query_of_more_aspects_than_k_max_is_scored_up_to_n_plus_10(tmp_path):
+    # 26 articles of one query: records stopped at k = 32 (K_MAX), so n = 26 had no k = n + 10 (nor would n = 33)
+    articles = [{"title": f"T{i}", "text": f"Topic {i} text number {i}.", "label": f"c{i}"} for i in range(40)]
+    (tmp_path / "a.json").write_text(json.dumps(articles))
+    (tmp_path / "q.json").write_text(json.dumps([{"topics": [f"T{i}" for i in range(26)], "text": "Topics."}]))
+    bench = load(tmp_path / "a.json", tmp_path / "q.json")
+    corpus = harness.embed_corpus(bench, FakeEmbedder(), tmp_path / "cache")
+    records = harness.evaluate(bench, corpus, ["standard"])
+    assert [r["k"] for r in records] == list(range(1, 37))
+
+
+def test_the_gain_plot_pairs_each_strategy_with_the_baseline_on_its_own_queries():
+    # fusion answered q0 alone: its gain is q0's, not its mean minus the baseline's over q0 and q1
+    assert paired_gain({"q0": 0.5}, {"q0": 0.0, "q1": 1.0}) == 0.5
+    assert paired_gain({"a": 0.5, "b": 1.0}, {"a": 0.0, "b": 1.0, "c": 0.0}) == 0.25
+
+
 def test_ndcg_uses_grades_and_counts_each_aspect_once():
     aspects = [Aspect(frozenset({"a", "a2"}), frozenset(), grade=2), Aspect(frozenset({"b"}), frozenset(), grade=1)]
     # a2 satisfies the grade-2 aspect at rank 1; a at rank 2 earns nothing more; b at rank 3; gain = grade
@@ -339,7 +367,7 @@ def test_harness_embeds_once_and_scores_every_strategy(tmp_path):
     at_n = [r["success_ratio"] for r in records if r["strategy"] == "standard" and r["k"] == r["n"]]
     assert summary["standard"]["doc"] == pytest.approx(sum(at_n) / len(at_n))
     table = markdown_table(records, summary, "tiny")
-    assert "| n | standard | mrag |" in table and "| mean n>=2 |" in table
+    assert "| n | standard | mrag |" in table and "| mean n>=2 (over queries) |" in table
     multi = {r["query"] for r in records if r["strategy"] == "standard" and r["n"] >= 2}
     fused = {r["query"] for r in records if r["strategy"] == "fusion" and r["n"] >= 2}
     assert fused < multi  # fusion ran on fewer queries: the table says so, its cells are not paired

@@ -113,7 +113,7 @@ def load_wikipedia(articles: Path, queries: Path) -> Benchmark:
     out, skipped = [], []
     for i, q in enumerate(json_list(queries, "query")):
         where = f"{queries}: record {i}"
-        topics, text = required(q, "topics", where), text_field(q, "text", where)
+        topics, text = list(dict.fromkeys(required(q, "topics", where))), text_field(q, "text", where)  # once each
         missing = [t for t in topics if t not in by_title]
         if not topics:
             skipped.append(f"query {i}: no documents")
@@ -192,7 +192,7 @@ def load_topics(corpus: Path, queries: Path) -> Benchmark:
     for n, items in by_size.items():
         for i, q in enumerate(items):
             where = f"{queries}: query {n}/{i}"
-            related, text = required(q, "related", where), text_field(q, "text", where)
+            related, text = list(dict.fromkeys(required(q, "related", where))), text_field(q, "text", where)
             missing = [t for t in related if t not in by_topic]
             if not related:
                 skipped.append(f"query {n}/{i}: no topics")

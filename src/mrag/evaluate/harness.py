@@ -164,12 +164,15 @@ def evaluate(
     corpus: Corpus,
     strategies: Sequence[str],
     c: int = retrieve.DEFAULT_C,
-    k_max: int = K_MAX,
+    k_max: int | None = None,
     show_progress: bool = False,
 ) -> list[dict[str, Any]]:
     """One record per (query, strategy, k): the metrics of the first k distinct units (a strategy named twice
-    runs once)."""
+    runs once); k up to `k_max`, by default `K_MAX` or n + 10 of the query of most aspects (the paper's plots
+    go to k = n + 10, and a query of n > k_max would have no k = n)."""
     strategies = list(dict.fromkeys(strategies))
+    if k_max is None:
+        k_max = max(K_MAX, max((q.n for q in bench.queries), default=0) + 10)
     scales = corpus.index.space_weights()
     plans = {s: split_label(s, corpus.spaces, corpus.index.store.n_heads, len(scales["split"])) for s in strategies}
     vectors = embed_queries(corpus, query_texts(bench), show_progress=show_progress)

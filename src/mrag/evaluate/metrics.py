@@ -4,7 +4,7 @@ For a query with aspects R (n = |R|) and fetched units F_k (the first k):
     success           = every aspect found in F_k                (1 or 0)
     success ratio     = |aspects found| / n
     category success  = every aspect's category among F_k's categories
-    category ratio    = share of aspect categories found among F_k's categories
+    category ratio    = share of R's categories found among F_k's categories (aspects of one category count once)
     weighted ratio    = (2 * success ratio + category ratio) / 3
     recall@k          = success ratio;  nDCG@k with the aspects' grades as gains (as trec_eval, BEIR's)
 """
@@ -29,9 +29,9 @@ def query_metrics(
         units = set(top)
         categories = {category_of.get(u, "") for u in top}
         found = [bool(a.units & units) for a in aspects]
-        cat_found = [bool(a.categories & categories) for a in aspects]
+        cat_found = [bool(wanted & categories) for wanted in dict.fromkeys(a.categories for a in aspects)]
         ratio = sum(found) / len(aspects)
-        cat_ratio = sum(cat_found) / len(aspects)
+        cat_ratio = sum(cat_found) / len(cat_found)
         records.append(
             {
                 "k": k,

@@ -41,11 +41,15 @@ def markdown_table(records: list[dict[str, Any]], summary: dict[str, dict[str, f
         lines.append(f"| {n} | " + " | ".join(cells) + " |")
     means = [f"**{cell(summary[s]['doc'], summary[s]['category'] if categories else None)}**" if s in summary
              else "-" for s in strategies]
-    lines.append("| mean n>=2 | " + " | ".join(means) + " |")
+    lines.append("| mean n>=2 (over queries) | " + " | ".join(means) + " |")
     counts = {s: len({r["query"] for r in records if r["strategy"] == s and r["n"] >= 2}) for s in strategies}
     if len(set(counts.values())) > 1:  # fusion runs only where a query has sub-queries: not a paired comparison
         lines += ["", "Queries with n >= 2 differ by strategy (each cell averages its own): "
                   + ", ".join(f"{s} {c}" for s, c in counts.items()) + "."]
+    per_n = {n: len({r["query"] for r in records if r["n"] == n}) for n in ns if n >= 2}
+    if len(set(per_n.values())) > 1:  # the paper's mean is over n: the same only where every n has as many queries
+        lines += ["", "The mean weighs every query alike, and n has queries in different numbers: "
+                  + ", ".join(f"n = {n}: {c}" for n, c in per_n.items()) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -62,9 +66,9 @@ def plot(records: list[dict[str, Any]], out_dir: Path, baseline: str = "standard
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    weighted: dict[tuple[str, int, int], list[float]] = defaultdict(list)
+    weighted: dict[tuple[str, int, int], dict[str, float]] = defaultdict(dict)  # -> query -> its weighted ratio
     for r in records:
-        weighted[(r["strategy"], r["n"], r["k"])].append(r["weighted_ratio"])
+        weighted[(r["strategy"], r["n"], r["k"])][r["query"]] = r["weighted_ratio"]
     strategies = sorted({r["strategy"] for r in records})
     ns = sorted({r["n"] for r in records if r["n"] >= 2})
     paths = []
@@ -77,7 +81,7 @@ def plot(records: list[dict[str, Any]], out_dir: Path, baseline: str = "standard
             for s in strategies:
                 if s == baseline or (s, n, ks[0] if ks else 0) not in weighted:
                     continue
-                gain = [np.mean(weighted[(s, n, k)]) - np.mean(weighted[(baseline, n, k)]) for k in ks]
+                gain = [paired_gain(weighted[(s, n, k)], weighted[(baseline, n, k)]) for k in ks]
                 ax.plot(ks, gain, marker="o", markersize=3, label=s)
             ax.axhline(0, color="grey", linewidth=0.8)
             ax.set_title(f"n = {n} aspects")
@@ -103,3 +107,10 @@ def plot(records: list[dict[str, Any]], out_dir: Path, baseline: str = "standard
         fig.savefig(paths[-1], dpi=110)
         plt.close(fig)
     return paths
+
+
+def paired_gain(ours: dict[str, float], baseline: dict[str, float]) -> float:
+    """Mean of ours - baseline over the queries both answered (fusion answers only queries with sub-queries).
+    {"a": 0.5, "b": 1.0} against {"a": 0.0, "b": 1.0, "c": 0.0} -> 0.25"""
+    both = [q for q in ours if q in baseline]
+    return float(np.mean([ours[q] - baseline[q] for q in both])) if both else float("nan")
