@@ -924,3 +924,40 @@ def test_a_write_tells_what_its_model_could_not_read(tmp_path):
     assert r.status_code == 200 and r.json()["warnings"] == [
         "1 of 1 chunks are longer than the model reads (8 tokens): their vectors see only their start (a smaller "
         "--chunk-chars, or a model that reads more)"]
+
+
+REBUILD = """
+import shutil, sys
+sys.path.insert(0, {tests!r})
+from conftest import FakeEmbedder
+from mrag.index import Index
+
+class Other(FakeEmbedder):  # another model of the same sizes: other vectors
+    name = {model!r}
+
+shutil.rmtree({db!r})
+Index.open({db!r}, embedder=Other()).add([{{"id": "volcano", "text": "Volcanoes erupt molten lava."}}])
+"""
+
+
+@pytest.mark.parametrize("model", ["other-model", FakeEmbedder.name])
+def test_an_index_made_again_by_another_process_is_followed_only_with_the_same_model(tmp_path, model):
+    # the server ranked with the old model's query vectors and stored its vectors in the new index, in silence
+    db = str(tmp_path / "db")
+    make_index(tmp_path / "db", DOCS)
+    settings = Settings(db=db, token=TOKEN, embedder=FakeEmbedder(), llm=ScriptedGenerator("Lava [1]."))
+    with serving(settings) as base, httpx.Client(base_url=base, timeout=30) as client:
+        assert client.get("/search", params={"query": "bees"}).status_code == 200  # the model loaded
+        script = REBUILD.format(tests=str(Path(__file__).parent), model=model, db=db)
+        subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+        search = client.get("/search", params={"query": "volcanoes lava", "strategy": "standard"})
+        add = client.post("/documents", json={"documents": [{"id": "zebra", "text": "Zebras graze."}]},
+                          headers={"Authorization": f"Bearer {TOKEN}"})
+        if model == FakeEmbedder.name:
+            assert search.status_code == 200 and [h["doc_id"] for h in search.json()["hits"]] == ["volcano"]
+            assert add.status_code == 200
+        else:
+            for r in (search, add, client.post("/ask", json={"question": "lava"})):
+                assert r.status_code == 503 and "made again with another model ('other-model')" in r.json()["detail"]
+    kept = Store.open(db).rows(columns=["doc_id"])["doc_id"].to_pylist()
+    assert sorted(kept) == (["volcano"] if model != FakeEmbedder.name else ["volcano", "zebra"])

@@ -16,6 +16,11 @@ class Unwritable(StoreError):
     """The index cannot be written here (permissions, a read-only file system): nothing was done."""
 
 
+class MadeAgain(StoreError):
+    """Another process made the index again, with another embedder, while it was open here: its vectors are not
+    this process's (a search would rank with the old model's query vectors, a write store them)."""
+
+
 class Busy(StoreError):
     """Other writers committed every time a read looked: the same request goes through a moment later."""
 

@@ -26,21 +26,28 @@ def created(store: Store, made: HeadEmbedder, spaces: list[dict[str, Any]], chun
     """Refuse an index that another process created at the same moment (`Store.create` then returns
     theirs) with another embedder or other spaces: this one's vectors would not be theirs. Chunk settings
     given and different are refused as on any existing index; not given, theirs are used."""
-    recorded, info = store.manifest.embedder, made.recorded()
-    # what shapes the vectors (not `revision` or `n_layers`: the same model by its id or its folder)
-    keys = (*SHAPE, *RECORDED_OPTIONS, "standard")
-    differ = [(key, recorded.get(key)) for key in keys if recorded.get(key) != info.get(key)]
-    if not same_model(str(info.get("model")), str(recorded.get("model"))):
-        differ.insert(0, ("model", recorded.get("model")))
-    if "probe" in recorded and "probe" in info and _probe_differs(recorded["probe"], info["probe"]):
-        differ.append(("probe", "other vectors"))
-    if store.manifest.spaces != spaces:
-        differ.append(("spaces", [space["name"] for space in store.manifest.spaces]))
+    differ = differs(store.manifest.embedder, made.recorded())
+    if differ is None and store.manifest.spaces != spaces:
+        differ = ("spaces", [space["name"] for space in store.manifest.spaces])
     if differ:
         raise StoreError(f"another process created the index at {uri} at the same moment, with another "
-                         f"{differ[0][0]} ({differ[0][1]!r}); nothing was written: run again without the option "
+                         f"{differ[0]} ({differ[1]!r}); nothing was written: run again without the option "
                          "that differs to use that index's settings, or choose another --db")
     chunk_settings(uri, store, chunk_chars, overlap)
+
+
+def differs(recorded: dict[str, Any], info: dict[str, Any]) -> tuple[str, Any] | None:
+    """The first thing that shapes the vectors in which an embedder's record (`HeadEmbedder.recorded`) differs
+    from an index's, as (key, the index's value); None: the same vectors. Not `revision` or `n_layers`: the same
+    model by its id or its folder."""
+    if not same_model(str(info.get("model")), str(recorded.get("model"))):
+        return "model", recorded.get("model")
+    for key in (*SHAPE, *RECORDED_OPTIONS, "standard"):
+        if recorded.get(key) != info.get(key):
+            return key, recorded.get(key)
+    if "probe" in recorded and "probe" in info and _probe_differs(recorded["probe"], info["probe"]):
+        return "probe", "other vectors"
+    return None
 
 
 def same(

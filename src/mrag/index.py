@@ -14,7 +14,7 @@ import numpy as np
 from mrag import fits, settings, store_vectors, sync, upkeep, writing
 from mrag.documents import Document
 from mrag.embed.base import HeadEmbedder
-from mrag.errors import StoreError
+from mrag.errors import MadeAgain, StoreError
 from mrag.ingest import read_paths
 from mrag.locking import is_local, normal_uri
 from mrag.manifest import Manifest
@@ -56,6 +56,8 @@ class Index:
         self.ann_policy = AnnPolicy()  # when writes (re)build the ANN indexes
         self._fulltext_seen: int | None = None  # the committed version `_fulltext_default` was read at
         self._fulltext_default = settings.VECTOR_DEFAULT
+        self._opened_for = store.manifest.embedder  # the embedder record the index held when opened here
+        store.on_new_index = self._check_made_again
 
     def __reduce__(self) -> Any:  # LanceDB's connection is no value to copy ("cannot pickle 'builtins.Connection'")
         raise TypeError("an Index cannot be pickled: pass its path to the worker and call Index.open there")
@@ -133,6 +135,17 @@ class Index:
             return cls(store, lambda: embedder)
         make = embedder_factory(recorded["model"], recorded.get("layer"), **options)
         return cls(store, lambda: fits.loaded(recorded, make(), uri))
+
+    def _check_made_again(self, manifest: Manifest) -> None:
+        """Another process made the index again in its folder while it was open here (`Store.on_new_index`): it
+        is followed where this Index's embedder (made, or the one it would make) makes its vectors; else every
+        search and write is refused (`MadeAgain`) until the index is opened again."""
+        made = self._embedder.recorded() if self._embedder is not None else self._opened_for
+        differ = fits.differs(manifest.embedder, made)
+        if differ is not None:
+            raise MadeAgain(f"the index at {self.store.uri} was made again with another {differ[0]} "
+                            f"({differ[1]!r}) while it was open here: open it again (restart the server) to use "
+                            "it; nothing was searched or written")
 
     @property
     def embedder(self) -> HeadEmbedder:

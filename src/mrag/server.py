@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPBearer
 
 from mrag.embed.base import Embeddings, HeadEmbedder, Kind
-from mrag.errors import STORAGE_ERRNOS, Busy, Unwritable, lance_message, no_space
+from mrag.errors import STORAGE_ERRNOS, Busy, MadeAgain, Unwritable, lance_message, no_space
 from mrag.generate.backends import make_generator
 from mrag.generate.base import Generator
 from mrag.generate.prompt import DEFAULT_MAX_CONTEXT_CHARS
@@ -231,6 +231,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def locked(request: Request, exc: LockTimeout) -> JSONResponse:
         return JSONResponse({"detail": _one_line(exc)}, status_code=503, headers={"Retry-After": "5"})
 
+    @app.exception_handler(MadeAgain)  # another process made the index again with another model: restart
     @app.exception_handler(Unwritable)  # permissions, a read-only file system: the server's state, not the request
     async def unwritable(request: Request, exc: Unwritable) -> JSONResponse:
         return JSONResponse({"detail": _one_line(exc)}, status_code=503)

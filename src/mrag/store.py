@@ -35,7 +35,7 @@ import pyarrow as pa
 from mrag import maintenance
 from mrag.connection import check_process, connect
 from mrag.documents import partial
-from mrag.errors import StoreError
+from mrag.errors import MadeAgain, StoreError
 from mrag.locking import LOCK_FILE, Lease, LockTimeout, is_local, local_path, lock_timeout, normal_uri, write_lock
 from mrag.manifest import READABLE_FORMATS, Manifest
 from mrag.matrix import Matrix, grown, head_units, load_matrix, stamps
@@ -103,6 +103,9 @@ class Store:
         self._write_lock = threading.Lock()
         self._writer = ""  # the thread holding `_write_lock`, for another one that times out
         self._changed = 0
+        # called with the manifest of an index made again in this folder (a new index id) before it is followed;
+        # it may refuse it (`Index` checks its embedder: `MadeAgain`), and then nothing here changes
+        self.on_new_index: Callable[[Manifest], None] | None = None
 
     def _load(self, manifest: Manifest) -> None:
         self.manifest = manifest  # the committed one: what readers see
@@ -171,12 +174,16 @@ class Store:
                         # made before ids; another inode: a commit changes only the ctime): other rows
                         was = self._manifest_folder
                         moved = was is not None and folder is not None and folder[:2] != was[:2]
+                        if manifest.index_id != self.manifest.index_id and self.on_new_index is not None:
+                            self.on_new_index(manifest)
                         if moved or manifest.index_id != self.manifest.index_id:
                             self._matrix, self.graphs = None, None
                         self.manifest, self._manifest_version = manifest, version
                         self._manifest_folder = folder
                     self._watch.checked(stamp, checked)
                     return
+                except MadeAgain:
+                    raise
                 except Exception:  # a writer committed and pruned the version between the check and the read
                     if attempt == READ_TRIES - 1:
                         raise
