@@ -346,6 +346,35 @@ def test_ollama_error_answer_and_unreachable_host(llm_server):
         OllamaGenerator("m", host=host).generate("hi")
 
 
+@pytest.mark.parametrize("reply", [
+    "<think>Source [1] is about aqueducts, [3] about tides; only [2] is about bees.</think>Bees fan their wings [2].",
+    "Source [1] is about aqueducts, [3] about tides.\n</think>\nBees fan their wings [2].",  # opened by the template
+])
+def test_a_reasoning_model_s_thoughts_are_no_part_of_the_answer_or_its_citations(index, reply):
+    # the sources it weighed in its thoughts were listed as cited, first, and the thoughts were the answer's text
+    index.add(DOCS)
+    answer = ask(index, "Roman aqueducts water and honeybees cool hive", ScriptedGenerator(reply), k=3,
+                 strategy="standard")
+    assert answer.text == "Bees fan their wings [2]." and [c.number for c in answer.cited] == [2]
+
+
+def test_a_reasoning_model_that_sends_thoughts_and_no_answer_is_an_error(llm_server, monkeypatch):
+    # an empty answer, with status 200, as if the model had answered nothing
+    chunk = lambda delta, stop=None: "data: " + json.dumps(  # noqa: E731
+        {"choices": [{"index": 0, "delta": delta, "finish_reason": stop}]})
+    server = llm_server([chunk({"reasoning_content": "Source [1] is about"}), "",
+                         chunk({"reasoning_content": " aqueducts"}, "length"), "", "data: [DONE]", ""])
+    with pytest.raises(UpstreamError, match=r"sent its reasoning and no answer \(it stopped at max_tokens = 9"):
+        OpenAIGenerator("r1", base_url=server.url).generate("hi", max_tokens=9)
+    thinking = [json.dumps({"message": {"role": "assistant", "content": "", "thinking": "Hmm"}, "done": False}),
+                json.dumps({"message": {"role": "assistant", "content": ""}, "done": True, "done_reason": "length"})]
+    server = llm_server(thinking)
+    with pytest.raises(UpstreamError, match="sent its reasoning and no answer"):
+        OllamaGenerator("qwen3", host=server.url).generate("hi")
+    server = llm_server([thinking[0], *ollama_lines("Bees [1].")])  # thoughts, then the answer: as before
+    assert OllamaGenerator("qwen3", host=server.url).generate("hi") == "Bees [1]."
+
+
 def openai_lines(*pieces: str) -> list[str]:
     chunk = lambda delta: "data: " + json.dumps({"choices": [{"index": 0, "delta": delta}]})  # noqa: E731
     return [": keep-alive", chunk({"role": "assistant"}), "", *(x for p in pieces for x in (chunk({"content": p}), "")),

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mrag.documents import check_utf8
-from mrag.generate.base import DEFAULT_MAX_TOKENS, Generator, Message
+from mrag.generate.base import DEFAULT_MAX_TOKENS, Generator, Message, without_thinking
 from mrag.generate.fusion import retrieve_for
 from mrag.generate.prompt import (
     DEFAULT_MAX_CONTEXT_CHARS,
@@ -40,7 +40,9 @@ class Prepared:
     messages: list[Message]
 
     def answer(self, text: str) -> Answer:
-        text = text.strip()
+        """The answer to `text`, the model's reply: a reasoning model's thoughts left out (its citations of
+        sources it weighed and dropped are none of the answer's), its citations parsed."""
+        text = without_thinking(text).strip()
         return Answer(text, parse_citations(text, self.context), self.context, self.strategy, self.subqueries)
 
     def stream(self, generator: Generator, max_tokens: int = DEFAULT_MAX_TOKENS) -> Iterator[str]:

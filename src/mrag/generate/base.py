@@ -5,6 +5,7 @@ A backend implements `stream`; `generate` joins it. `mrag.generate.backends` bui
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from typing import TypedDict
@@ -16,6 +17,7 @@ class Message(TypedDict):
 
 
 DEFAULT_MAX_TOKENS = 256
+THINKING = re.compile(r"<(think|thinking|reasoning)>.*?(?:</\1>|$)", re.S | re.I)  # a reasoning model's thoughts
 
 
 class Generator(ABC):
@@ -45,6 +47,15 @@ def as_messages(prompt: str | Sequence[Message]) -> list[Message]:
     if not out:
         raise ValueError("no messages to answer")
     return out
+
+
+def without_thinking(text: str) -> str:
+    """A reasoning model's reply less its thoughts: each <think>...</think> block (one left open: to the end),
+    and all before a lone </think> (a chat template that opens the block itself).
+    "<think>Is [3] about bees? No.</think>Bees fan [2]." -> "Bees fan [2]." """
+    text = THINKING.sub("", text)
+    end = text.lower().rfind("</think>")
+    return text[end + len("</think>"):] if end >= 0 else text
 
 
 def check_max_tokens(max_tokens: int) -> int:

@@ -19,7 +19,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from mrag.generate.base import Generator, Message
+from mrag.generate.base import Generator, Message, without_thinking
 from mrag.retrieve import filter_sql, filtered
 from mrag.retrieve import strategies as retrieve
 
@@ -51,7 +51,6 @@ def subquery_messages(question: str, n: int = DEFAULT_SUBQUERIES) -> list[Messag
     ]
 
 
-_THINKING = re.compile(r"<(think|thinking|reasoning)>.*?(?:</\1>|$)", re.S | re.I)  # a reasoning model's thoughts
 # a line introducing the list ("Sure! Here are some search queries ..."), not a query ("OK Computer album")
 _PREAMBLE = re.compile(r"^(?:(?:sure|certainly|of course|okay|ok)\s*[!,.]|here (?:are|is)\b.*\bquer(?:y|ies)\b)", re.I)
 
@@ -60,8 +59,7 @@ def parse_subqueries(text: str, n: int = DEFAULT_SUBQUERIES) -> list[str]:
     """Queries from the model's reply: one per line, numbering, bullets, quotes and blanks stripped; a
     reasoning model's <think> block and a line that introduces the list left out; a JSON list of strings
     (or an object holding one) read as one."""
-    text = _THINKING.sub("", text)
-    text = text[text.lower().rfind("</think>") + len("</think>"):] if "</think>" in text.lower() else text
+    text = without_thinking(text)
     listed = _json_strings(text.strip().removeprefix("```json").strip("`").strip())
     out: list[str] = []
     for line in listed if listed is not None else text.splitlines():

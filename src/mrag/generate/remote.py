@@ -121,6 +121,14 @@ class HTTPGenerator(Generator):
                              "address?", f"{self.service} sent no answer of its API")
 
 
+    def only_thinking(self, stop: str | None, max_tokens: int) -> UpstreamError:
+        """The error for a reasoning model that sent its thoughts and no answer (an empty answer, as it was,
+        reads as the model's)."""
+        why = f"it stopped at max_tokens = {max_tokens}: allow it more" if stop == "length" else f"stop: {stop}"
+        return UpstreamError(f"{self.service} at {self.base_url}: the model {self.model} sent its reasoning and no "
+                             f"answer ({why})", f"the model {self.model} sent its reasoning and no answer")
+
+
 class OllamaGenerator(HTTPGenerator):
     service = "Ollama"
 
@@ -136,7 +144,7 @@ class OllamaGenerator(HTTPGenerator):
             "stream": True,
             "options": {"temperature": 0, "num_predict": check_max_tokens(max_tokens)},
         }
-        events = 0
+        events, answered, reasoned = 0, False, False
         for line in self._lines("/api/chat", body):
             if not line.strip():
                 continue
@@ -146,10 +154,15 @@ class OllamaGenerator(HTTPGenerator):
             if "message" not in event and "done" not in event:
                 raise self.no_answer(line)
             events += 1
-            piece = (event.get("message") or {}).get("content") or ""
+            message = event.get("message") or {}
+            piece = message.get("content") or ""
+            reasoned = reasoned or bool(message.get("thinking"))  # a thinking model's thoughts, sent apart
             if piece:
+                answered = True
                 yield piece
             if event.get("done"):
+                if reasoned and not answered:
+                    raise self.only_thinking(event.get("done_reason"), max_tokens)
                 return
         if not events:
             raise self.no_answer("")
@@ -180,20 +193,28 @@ class OpenAIGenerator(HTTPGenerator):
             "max_tokens": check_max_tokens(max_tokens),
         }
         events, other = 0, list[str]()  # the lines of no server-sent event, kept (a little) for the error
+        answered, reasoned, stop = False, False, None
         for data in _sse_events(self._lines("/chat/completions", body), other):
             if data == "[DONE]":
-                return
+                break
             event = _json(data, self)
             if event.get("error"):
                 raise UpstreamError(f"{self.service} at {self.base_url}: {event['error']}",
                                     f"{self.service} sent an error")
             events += 1
             for choice in event.get("choices") or []:
-                piece = (choice.get("delta") or {}).get("content") or ""
+                delta = choice.get("delta") or {}
+                piece = delta.get("content") or ""
+                # a reasoning model's thoughts, sent apart (vLLM, DeepSeek: reasoning_content; others: reasoning)
+                reasoned = reasoned or bool(delta.get("reasoning_content") or delta.get("reasoning"))
+                stop = choice.get("finish_reason") or stop
                 if piece:
+                    answered = True
                     yield piece
         if not events:  # a server that ignored "stream": its whole answer as one JSON, or no answer at all
             yield self.whole_answer("\n".join(other))
+        elif reasoned and not answered:
+            raise self.only_thinking(stop, max_tokens)
 
     def whole_answer(self, text: str) -> str:
         """The answer of a reply that is one chat completion (not streamed), else an `UpstreamError`."""
