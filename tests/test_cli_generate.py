@@ -157,6 +157,20 @@ def test_serve_passes_its_options_to_uvicorn(db, monkeypatch):
     assert guard.kwargs == {"token": "t0k", "max_bytes": 99}
 
 
+@pytest.mark.parametrize("env, told", [({"MRAG_LLM_TIMEOUT": "5m"}, "MRAG_LLM_TIMEOUT must be a number of seconds"),
+                                        ({"OLLAMA_HOST": "::1"}, "cannot read the Ollama host '::1'")])
+def test_serve_refuses_a_bad_generator_setting_before_starting(db, monkeypatch, env, told):
+    # it started, and every client of /ask was told the server's setting as their own 400
+    import uvicorn
+
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: pytest.fail("uvicorn started"))
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    backend = "ollama" if "OLLAMA_HOST" in env else "openai"
+    result = mrag("serve", "--db", db, "--generator", backend, ok=False)
+    assert result.exit_code == 1 and told in result.stderr
+
+
 def test_serve_refuses_an_address_in_use_before_loading_anything(db, monkeypatch):
     import socket
 

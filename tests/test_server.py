@@ -695,12 +695,12 @@ class SlowGenerator(Generator):
 
     name = "slow"
 
-    def __init__(self) -> None:
-        self.closed, self.pieces = threading.Event(), 0
+    def __init__(self, count: int = 400) -> None:
+        self.closed, self.pieces, self.count = threading.Event(), 0, count
 
     def stream(self, messages, max_tokens=256) -> Iterator[str]:
         try:
-            for _ in range(400):
+            for _ in range(self.count):
                 self.pieces += 1
                 yield "word "
                 time.sleep(0.05)
@@ -870,6 +870,35 @@ def test_a_write_that_waits_too_long_for_the_lock_is_a_503_naming_its_holder(url
     assert Index.open(db, embedder=FakeEmbedder()).info()["documents"] == len(DOCS)
 
 
+def test_searches_are_answered_while_many_writes_wait_for_another_process_s_lock(url, monkeypatch, tmp_path):
+    # 40 writes waiting for the lock held every thread of the pool reads share: a search waited as long as they
+    holder = subprocess.Popen([sys.executable, PROCS, "hold", str(tmp_path / "db"), "60"], stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        monkeypatch.setenv("MRAG_LOCK_TIMEOUT", "60")
+        statuses: list[int] = []
+        with httpx.Client(base_url=url, timeout=120, limits=httpx.Limits(max_connections=100)) as c:
+            def write(i: int) -> None:
+                statuses.append(c.post("/documents", json={"documents": [{"id": f"w{i}", "text": "new"}]},
+                                       headers=AUTH).status_code)
+
+            writes = [threading.Thread(target=write, args=(i,), daemon=True) for i in range(48)]
+            for w in writes:
+                w.start()
+            time.sleep(1)  # the writes are in: all waiting for the lock
+            r = c.get("/search", params={"query": "bees", "strategy": "standard"})
+            assert r.status_code == 200 and holder.poll() is None and statuses == []  # while the lock is held
+            holder.kill()
+            for w in writes:
+                w.join(60)
+        assert statuses == [200] * 48
+    finally:
+        holder.kill()
+        holder.wait()
+    assert Index.open(tmp_path / "db", embedder=FakeEmbedder()).info()["documents"] == len(DOCS) + 48
+
+
 def test_the_model_s_turns_go_in_the_order_asked_and_a_waiter_that_fails_gives_up_its_turn():
     from mrag.server import TurnLock
 
@@ -961,3 +990,47 @@ def test_an_index_made_again_by_another_process_is_followed_only_with_the_same_m
                 assert r.status_code == 503 and "made again with another model ('other-model')" in r.json()["detail"]
     kept = Store.open(db).rows(columns=["doc_id"])["doc_id"].to_pylist()
     assert sorted(kept) == (["volcano"] if model != FakeEmbedder.name else ["volcano", "zebra"])
+
+
+def test_an_index_folder_removed_under_the_server_is_a_503_health_included_and_followed_when_made_again(tmp_path):
+    # a 500 "the server failed (RuntimeError)" on every read, while /health said ok
+    import shutil
+
+    make_index(tmp_path / "db", DOCS)
+    settings = Settings(db=str(tmp_path / "db"), embedder=FakeEmbedder(), llm=ScriptedGenerator("x"))
+    with serving(settings) as base, httpx.Client(base_url=base, timeout=30) as client:
+        assert client.get("/health").json() == {"status": "ok"}
+        shutil.rmtree(tmp_path / "db")
+        for path in ("/search?query=bees", "/info", "/health"):
+            r = client.get(path)
+            assert r.status_code == 503 and "the index's files could not be read" in r.json()["detail"], path
+        make_index(tmp_path / "db", DOCS[:1])
+        assert client.get("/health").status_code == 200 and client.get("/info").json()["documents"] == 1
+
+
+def test_an_answer_with_a_lone_surrogate_is_sent_whole_with_a_replacement_character(tmp_path):
+    # an emoji's halves escaped in two pieces of an LLM's stream: the answer was a 400 blaming the client, and
+    # the stream was cut off after its last token with no error event
+    make_index(tmp_path / "db", DOCS)
+    settings = Settings(db=str(tmp_path / "db"), embedder=FakeEmbedder(), llm=ScriptedGenerator("Bees \ud83d fan [1]."))
+    with serving(settings) as base, httpx.Client(base_url=base, timeout=30) as client:
+        body = {"question": "honeybees hive", "k": 2, "strategy": "standard"}
+        r = client.post("/ask", json=body)
+        assert r.status_code == 200 and r.json()["answer"] == "Bees \ufffd fan [1]."
+        events = re.findall(r"event: (\w+)\ndata: (.*)\n", client.post("/ask", json=body | {"stream": True}).text)
+        assert [e for e, _ in events][-1] == "answer" and json.loads(events[-1][1])["answer"] == "Bees \ufffd fan [1]."
+
+
+def test_a_client_that_leaves_a_whole_answer_stops_its_generation(tmp_path):
+    # the non-streamed answer ran on to max_tokens (the local model's other answers waiting behind it)
+    make_index(tmp_path / "db", DOCS)
+    slow = SlowGenerator(60)
+    settings = Settings(db=str(tmp_path / "db"), embedder=FakeEmbedder(), llm=slow)
+    with serving(settings) as base:
+        with pytest.raises(httpx.ReadTimeout), httpx.Client(base_url=base, timeout=0.8) as client:
+            client.post("/ask", json={"question": "honeybees hive", "k": 2, "strategy": "standard"})
+        assert slow.closed.wait(10) and slow.pieces < 60
+        slow.closed.clear()
+        with httpx.Client(base_url=base, timeout=30) as client:  # one that waits gets the whole answer
+            r = client.post("/ask", json={"question": "honeybees hive", "k": 2, "strategy": "standard"})
+        assert r.status_code == 200 and r.json()["answer"] == ("word " * 60).strip() and slow.closed.is_set()

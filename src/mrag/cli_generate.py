@@ -143,6 +143,7 @@ def serve(db: str, model: str | None, host: str, port: int, token: str | None, b
     """
     import uvicorn
 
+    from mrag.generate import make_generator
     from mrag.index import Index
     from mrag.server import Settings, create_app
     from mrag.store import Store, StoreError
@@ -156,9 +157,12 @@ def serve(db: str, model: str | None, host: str, port: int, token: str | None, b
         click.echo(f"warning: serving {host} without a token: anyone who can reach it can change the index", err=True)
     # the index and its model checked here, so that a wrong one is told in a line, not in the server's start-up
     embedder = Index.open(db, model=model, create=create).embedder
+    # the generator too (its weights load at the first answer): a bad setting (MRAG_LLM_TIMEOUT=5m) was told to
+    # every client of /ask as their 400
+    llm = make_generator(backend, gen_model)
     settings = Settings(db=db, token=token or None, max_request_bytes=max_request_bytes,
-                        max_query_chars=max_query_chars, generator=backend,
-                        gen_model=gen_model, model=model, create=create, warm=warm, embedder=embedder)
+                        max_query_chars=max_query_chars, generator=backend, gen_model=gen_model, model=model,
+                        create=create, warm=warm, embedder=embedder, llm=llm)
     app = create_app(settings)
     # uvicorn's start-up lines say where it listens ("Uvicorn running on ..."); no line per request
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)

@@ -3,41 +3,38 @@
 Reads (search, ask, heads, info) are open; writes (/documents) need `Authorization: Bearer <token>`
 when a token is set, checked before the body is read (401 without it, 403 with a wrong one).
 Bodies over `max_request_bytes` get 413. The index opens in the lifespan, not at import, and is searched
-once there (`warm`), so the first request does not load what searches keep in memory. Endpoints are
-plain functions run in a thread pool: the store shows readers only committed writes, writers embed side
-by side and commit in turn under the index's write lock, and the embedder (a torch model) runs one batch
-at a time, in the order asked for (`TurnLock`).
+once there (`warm`), so the first request does not load what searches keep in memory. Reads are plain
+functions run in a thread pool, writes run on threads of their own (at most `WRITERS` at once): the store
+shows readers only committed writes, writers embed side by side and commit in turn under the index's write
+lock, and the embedder (a torch model) runs one batch at a time, in the order asked for (`TurnLock`).
+Errors become JSON responses in `mrag.server_errors`.
 """
 
 from __future__ import annotations
 
 import collections.abc
-import errno
 import json
 import logging
-import math
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from importlib.metadata import version
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Security
-from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import HTTPBearer
 
 from mrag.embed.base import Embeddings, HeadEmbedder, Kind
-from mrag.errors import STORAGE_ERRNOS, Busy, MadeAgain, Unwritable, lance_message, no_space
+from mrag.errors import Unwritable
 from mrag.generate.backends import make_generator
 from mrag.generate.base import Generator
 from mrag.generate.prompt import DEFAULT_MAX_CONTEXT_CHARS
-from mrag.locking import LockTimeout
 from mrag.retrieve import filter_sql
 from mrag.retrieve import strategies as retrieve
 from mrag.server_bodies import AskRequest, DeleteRequest, DocumentsRequest, Hit, SearchRequest, SearchResponse
+from mrag.server_errors import add_error_handlers, for_client, one_line
 from mrag.server_guard import Guard
 
 log = logging.getLogger(__name__)
@@ -58,6 +55,10 @@ class Settings:
     llm: Generator | None = None  # a ready generator instead of building `generator`
     warm: bool = True  # search once at start-up (`warm`), so the first request does not load the matrix
     warm_timeout_s: float = 120.0  # the most the start-up waits for that search
+
+
+T = TypeVar("T")
+WRITERS = 4  # writes run at once; the others wait without a thread (`create_app.writing`)
 
 
 class TurnLock:
@@ -126,7 +127,7 @@ class LockedEmbedder(HeadEmbedder):
 
 
 class State:
-    """What the endpoints share: the index and the generator (built on first use)."""
+    """What the endpoints share: the index and the generator (its weights loaded on first use)."""
 
     def __init__(self, settings: Settings) -> None:
         from mrag.index import Index
@@ -138,15 +139,12 @@ class State:
             opened = Index.open(settings.db, model=settings.model, create=settings.create)
             embedder = LockedEmbedder(opened.embedder)  # loads the model now, not in the first request
             self.index = Index(opened.store, lambda: embedder)
-        self._llm = settings.llm
-        self._llm_lock = threading.Lock()
+        # made now (its weights load at the first answer): a bad setting stops the start-up, not each /ask
+        self._llm = settings.llm or make_generator(settings.generator, settings.gen_model)
         self.warming = warm(self.index, settings.warm_timeout_s) if settings.warm else None
 
     def llm(self) -> Generator:
-        with self._llm_lock:
-            if self._llm is None:
-                self._llm = make_generator(self.settings.generator, self.settings.gen_model)
-            return self._llm
+        return self._llm
 
 
 def warm(index: Any, timeout_s: float) -> threading.Thread:
@@ -166,7 +164,7 @@ def warm(index: Any, timeout_s: float) -> threading.Thread:
             parts = [["warm up"]] if is_fusion(strategy) else None  # given sub-queries: no LLM call
             index.search_many(["Warm up. Warm up the index."], k=1, strategy=strategy, subqueries=parts)
         except Exception as e:  # noqa: BLE001 - the server still starts; each request reports its own error
-            log.warning("mrag: the warm-up search failed: %s", _one_line(e), exc_info=True)
+            log.warning("mrag: the warm-up search failed: %s", one_line(e), exc_info=True)
 
     thread = threading.Thread(target=search, name="mrag-warm-up", daemon=True)
     thread.start()
@@ -202,9 +200,11 @@ def create_app(settings: Settings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        import anyio
         from starlette.concurrency import run_in_threadpool
 
         app.state.mrag = await run_in_threadpool(State, settings)
+        app.state.writers = anyio.CapacityLimiter(WRITERS)
         yield
         if app.state.mrag.warming is not None:  # still warming up: exit after it, not in the middle of a read
             await run_in_threadpool(app.state.mrag.warming.join, settings.warm_timeout_s)
@@ -215,48 +215,7 @@ def create_app(settings: Settings) -> FastAPI:
     writes = [Security(HTTPBearer(auto_error=False, description="Needed for writes when the server has a token.")),
               Depends(no_query)]
 
-    @app.exception_handler(RequestValidationError)  # FastAPI's own 422, with text JSON can hold
-    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)
-
-    @app.exception_handler(ValueError)
-    async def bad_input(request: Request, exc: ValueError) -> JSONResponse:
-        return JSONResponse({"detail": _one_line(exc)}, status_code=400)
-
-    @app.exception_handler(Busy)  # other writers, each time this search looked: a moment later it goes through
-    async def busy(request: Request, exc: Busy) -> JSONResponse:
-        return JSONResponse({"detail": _one_line(exc)}, status_code=503, headers={"Retry-After": "1"})
-
-    @app.exception_handler(LockTimeout)  # another writer (a long `mrag index`) holds the index
-    async def locked(request: Request, exc: LockTimeout) -> JSONResponse:
-        return JSONResponse({"detail": _one_line(exc)}, status_code=503, headers={"Retry-After": "5"})
-
-    @app.exception_handler(MadeAgain)  # another process made the index again with another model: restart
-    @app.exception_handler(Unwritable)  # permissions, a read-only file system: the server's state, not the request
-    async def unwritable(request: Request, exc: Unwritable) -> JSONResponse:
-        return JSONResponse({"detail": _one_line(exc)}, status_code=503)
-
-    @app.exception_handler(ConnectionError)  # the LLM server: unreachable, or failing (`UpstreamError`)
-    async def unreachable(request: Request, exc: ConnectionError) -> JSONResponse:
-        if getattr(exc, "status", None) in (429, 503):  # the LLM server is busy or rate-limits: try again later
-            wait = getattr(exc, "retry_after", None) or "5"
-            return JSONResponse({"detail": _for_client(exc)}, status_code=503, headers={"Retry-After": wait})
-        return JSONResponse({"detail": _for_client(exc)}, status_code=502)
-
-    @app.exception_handler(RuntimeError)  # Lance's and faiss's storage errors
-    @app.exception_handler(OSError)
-    async def storage(request: Request, exc: Exception) -> JSONResponse:
-        first, code = str(exc).splitlines()[0] if str(exc) else "", getattr(exc, "errno", None)
-        full = no_space(first) or code in (errno.ENOSPC, errno.EDQUOT)  # 507: a full disk; else 503
-        if not (full or code in STORAGE_ERRNOS):
-            return await failed(request, exc)
-        log.warning("%s %s: %s", request.method, request.url.path, first, exc_info=exc)  # told as the CLI tells it
-        return JSONResponse({"detail": lance_message(first)}, status_code=507 if full else 503)
-
-    @app.exception_handler(Exception)
-    async def failed(request: Request, exc: Exception) -> JSONResponse:  # JSON, as every other error
-        log.exception("%s %s failed", request.method, request.url.path)
-        return JSONResponse({"detail": f"the server failed ({type(exc).__name__}); see its log"}, status_code=500)
+    add_error_handlers(app)
 
     def state(request: Request) -> State:
         return request.app.state.mrag
@@ -294,6 +253,22 @@ def create_app(settings: Settings) -> FastAPI:
         """The top k chunks for a query; each hit can carry the votes that put it there."""
         return run_search(state(request), body)
 
+    def whole_answer(request: Request, prepared: Any, llm: Generator, max_tokens: int) -> Any:
+        """An answer not streamed, generated piece by piece as a stream is: a client that leaves stops it (it ran
+        on to max_tokens, and the local model's other answers waited behind it)."""
+        import anyio.from_thread
+
+        pieces: list[str] = []
+        stream = prepared.stream(llm, max_tokens)
+        try:
+            for piece in stream:
+                pieces.append(piece)
+                if anyio.from_thread.run(request.is_disconnected):
+                    return JSONResponse({"detail": "the client left: the answer was stopped"}, status_code=499)
+        finally:
+            getattr(stream, "close", lambda: None)()
+        return prepared.answer("".join(pieces)).to_dict()
+
     @app.post("/ask", tags=["read"], responses={200: {"content": {"text/event-stream": {}}}},
               dependencies=[Depends(no_query)])
     def ask(request: Request, body: AskRequest) -> Any:
@@ -308,7 +283,7 @@ def create_app(settings: Settings) -> FastAPI:
                            max_context_chars=body.max_context_chars or st.settings.max_context_chars,
                            subqueries=body.subqueries, where=body.where)
         if not body.stream:
-            return prepared.generate(llm, body.max_tokens).to_dict()
+            return whole_answer(request, prepared, llm, body.max_tokens)
 
         def events() -> collections.abc.Generator[str, None, None]:
             yield _sse("context", {"strategy": prepared.strategy, "subqueries": prepared.subqueries,
@@ -320,7 +295,7 @@ def create_app(settings: Settings) -> FastAPI:
                     pieces.append(piece)
                     yield _sse("token", {"text": piece})
             except (ValueError, OSError) as e:
-                yield _sse("error", {"detail": _for_client(e)})
+                yield _sse("error", {"detail": for_client(e)})
                 return
             except Exception as e:  # the stream ends with an error event, never cut off mid-way
                 log.exception("POST /ask stream failed")
@@ -345,13 +320,20 @@ def create_app(settings: Settings) -> FastAPI:
 
         return StreamingResponse(closing(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
+    async def writing(request: Request, write: Callable[[], T]) -> T:
+        """`write()` on a thread, at most `WRITERS` at once: a write may wait minutes for another process's lock
+        (a long `mrag index`), and in the thread pool all reads share, 40 waiting writes held every search."""
+        import anyio.to_thread
+
+        return await anyio.to_thread.run_sync(write, limiter=request.app.state.writers)
+
     @app.post("/documents", tags=["write"], dependencies=writes)
-    def add_documents(request: Request, body: DocumentsRequest) -> dict[str, Any]:
+    async def add_documents(request: Request, body: DocumentsRequest) -> dict[str, Any]:
         """Add or update documents (chunked and embedded); all of a request becomes visible at once."""
         st = state(request)
         docs = [d.model_dump() for d in body.documents]
         # writes embed side by side and commit in turn under the index's write lock, as separate processes do
-        report = st.index.upsert(docs) if body.mode == "upsert" else st.index.add(docs)
+        report = await writing(request, lambda: st.index.upsert(docs) if body.mode == "upsert" else st.index.add(docs))
         return report.to_dict() | {"ids": {"added": report.added, "updated": report.updated,
                                            "unchanged": report.unchanged}}
 
@@ -361,18 +343,20 @@ def create_app(settings: Settings) -> FastAPI:
         except Unwritable:  # not that the ids are unknown: the index cannot be written (`unwritable`, 503)
             raise
         except ValueError as e:  # unknown ids: nothing was deleted
-            return JSONResponse({"detail": _one_line(e)}, status_code=404)
+            return JSONResponse({"detail": one_line(e)}, status_code=404)
         return JSONResponse({"deleted_chunks": n})
 
     @app.delete("/documents/{doc_id:anyid}", tags=["write"], dependencies=writes)
-    def delete_document(request: Request, doc_id: str) -> JSONResponse:
+    async def delete_document(request: Request, doc_id: str) -> JSONResponse:
         """Delete a document (all its chunks) or one chunk by id."""
-        return delete_ids(state(request), [doc_id])
+        st = state(request)
+        return await writing(request, lambda: delete_ids(st, [doc_id]))
 
     @app.post("/documents/delete", tags=["write"], dependencies=writes)
-    def delete_documents(request: Request, body: DeleteRequest) -> JSONResponse:
+    async def delete_documents(request: Request, body: DeleteRequest) -> JSONResponse:
         """Delete documents or chunks by id; if any id is unknown nothing is deleted (404)."""
-        return delete_ids(state(request), [str(i) for i in body.ids])  # a number as its text, as ids are written
+        st, ids = state(request), [str(i) for i in body.ids]  # a number as its text, as ids are written
+        return await writing(request, lambda: delete_ids(st, ids))
 
     @app.get("/heads", tags=["read"])
     def heads(request: Request) -> list[dict[str, Any]]:
@@ -386,39 +370,13 @@ def create_app(settings: Settings) -> FastAPI:
         return st.index.info() | {"generator": st.settings.generator, "auth": st.settings.token is not None}
 
     @app.get("/health", tags=["read"])
-    def health() -> dict[str, str]:
+    def health(request: Request) -> dict[str, str]:
+        """ok while the index can be read (its latest commit checked): else the error's status, as a search's."""
+        state(request).index.store.refresh(quick=True)
         return {"status": "ok"}
 
     return app
 
 
-def _json_safe(value: Any) -> Any:
-    """What a request's 422 echoes, as JSON can hold it: lone surrogates (its "\\ud800") as U+FFFD (the
-    response is UTF-8), and NaN or an infinity (its NaN literal, which Python's JSON reads) as their text."""
-    if isinstance(value, str):
-        return "".join("\ufffd" if "\ud800" <= ch <= "\udfff" else ch for ch in value)
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else "Infinity" if value > 0 else "-Infinity"  # as the request wrote it
-    if isinstance(value, dict):
-        return {_json_safe(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc)
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
 def _sse(event: str, data: Any) -> str:
     return f"event: {event}\ndata: {json.dumps(data, ensure_ascii=False)}\n\n"
-
-
-def _for_client(error: Exception) -> str:
-    """An error's one line for an HTTP client; an LLM server's failure told briefly, its answer logged."""
-    brief = getattr(error, "brief", None)
-    if brief is None:
-        return _one_line(error)
-    log.warning("%s", error)
-    return str(brief)

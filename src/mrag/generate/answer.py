@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mrag.documents import check_utf8
-from mrag.generate.base import DEFAULT_MAX_TOKENS, Generator, Message, without_thinking
+from mrag.generate.base import DEFAULT_MAX_TOKENS, Generator, Message, well_formed, without_thinking
 from mrag.generate.fusion import retrieve_for
 from mrag.generate.prompt import (
     DEFAULT_MAX_CONTEXT_CHARS,
@@ -51,11 +51,12 @@ class Prepared:
         if not self.context:
             yield NO_SOURCES
             return
-        yield from generator.stream(self.messages, max_tokens)
+        for piece in generator.stream(self.messages, max_tokens):
+            yield well_formed(piece)  # a lone surrogate cut a streamed answer off mid-way, and was a 400 whole
 
     def generate(self, generator: Generator, max_tokens: int = DEFAULT_MAX_TOKENS) -> Answer:
         """The whole answer from `generator` (NO_SOURCES when nothing was retrieved), its citations parsed."""
-        return self.answer(generator.generate(self.messages, max_tokens) if self.context else NO_SOURCES)
+        return self.answer(well_formed(generator.generate(self.messages, max_tokens)) if self.context else NO_SOURCES)
 
     def context_text(self) -> str:
         return format_context(self.context)

@@ -58,6 +58,14 @@ def without_thinking(text: str) -> str:
     return text[end + len("</think>"):] if end >= 0 else text
 
 
+def well_formed(text: str) -> str:
+    """Text UTF-8 can hold: a pair of surrogates joined, a lone one (an emoji's halves escaped in two pieces of a
+    stream) as U+FFFD. "a\ud83d" -> "a\ufffd" """
+    if text.isascii():
+        return text
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 def check_max_tokens(max_tokens: int) -> int:
     if max_tokens <= 0:
         raise ValueError(f"max_tokens must be positive, got {max_tokens}")
