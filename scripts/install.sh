@@ -7,10 +7,13 @@ export PIP_NO_CACHE_DIR=1
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 # the venv takes about 2.9 GB and the install up to 3.1 GB; say so before a full disk stops pip half-way
-free_mb=$(df -Pm . | awk 'NR == 2 {print $4}')
-if [ "${free_mb:-0}" -lt 4000 ]; then
-    echo "warning: $free_mb MB free on $(df -P . | awk 'NR == 2 {print $6}'); the install needs about 3,100 MB and the tests a few hundred more" >&2
-fi
+free_mb=$(df -Pm . 2>/dev/null | awk 'NR == 2 {print $4}') || free_mb=""  # advisory: a df that fails says nothing
+case $free_mb in
+    '' | *[!0-9]*) ;;
+    *) if [ "$free_mb" -lt 4000 ]; then
+           echo "warning: $free_mb MB free here; the install needs about 3,100 MB and the tests a few hundred more" >&2
+       fi ;;
+esac
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip

@@ -305,6 +305,16 @@ def test_a_query_of_more_aspects_than_k_max_is_scored_up_to_n_plus_10(tmp_path):
     assert [r["k"] for r in records] == list(range(1, 37))
 
 
+def test_recall_at_k_max_is_read_at_k_max_when_records_go_further():
+    from mrag.evaluate.metrics import K_MAX, ranking_metrics
+
+    # the relevant unit at place 34: records to k = 35 (n + 10 of a larger query) must not count it at 32
+    fetched = [f"x{i}" for i in range(33)] + ["r"] + ["y"]
+    records = [r | {"query": "q", "n": 1, "strategy": "s"}
+               for r in query_metrics(fetched, [Aspect(frozenset({"r"}), frozenset())], {}, k_max=35)]
+    assert ranking_metrics(records)["s"][f"recall@{K_MAX}"] == 0.0
+
+
 def test_the_gain_plot_pairs_each_strategy_with_the_baseline_on_its_own_queries():
     # fusion answered q0 alone: its gain is q0's, not its mean minus the baseline's over q0 and q1
     assert paired_gain({"q0": 0.5}, {"q0": 0.0, "q1": 1.0}) == 0.5

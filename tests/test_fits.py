@@ -107,3 +107,13 @@ def test_an_index_another_process_created_with_other_vectors_is_refused(tmp_path
     fits.created(theirs.store, FakeEmbedder(), [], None, None, "db")  # the same: taken
     with pytest.raises(StoreError, match="with another probe"):
         fits.created(theirs.store, Retrained(), [], None, None, "db")
+
+
+def test_a_key_an_older_record_lacks_is_no_difference_between_records():
+    from mrag.fits import differs
+
+    # an index recorded before the "standard" key: the same model's record today has it
+    old = {"model": "m", "dim": 4, "n_heads": 2, "head_dim": 2, "layer": 1}
+    assert differs(old, old | {"standard": "mean"}) is None
+    assert differs(old | {"standard": "cls"}, old | {"standard": "mean"}) == ("standard", "cls")
+    assert differs(old, old | {"model": "other"}) == ("model", "m")

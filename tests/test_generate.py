@@ -358,6 +358,22 @@ def test_a_reasoning_model_s_thoughts_are_no_part_of_the_answer_or_its_citations
     assert answer.text == "Bees fan their wings [2]." and [c.number for c in answer.cited] == [2]
 
 
+@pytest.mark.parametrize("reply", ["The </think> tag closes a model's reasoning, as in [1] and [2].",
+                                   "Wrap tokens in <think></think>; the answer follows [1] and [2].",
+                                   "R1 puts its thoughts between <think> and </think> tags [1] and [2]."])
+def test_an_answer_that_mentions_the_thinking_tags_keeps_them(index, reply):
+    index.add(DOCS)
+    answer = ask(index, "Roman aqueducts water and honeybees cool hive", ScriptedGenerator(reply), k=3,
+                 strategy="standard")
+    assert answer.text == reply and [c.number for c in answer.cited] == [1, 2]
+
+
+def test_a_reasoning_model_whose_tokens_ran_out_while_it_thought_gave_no_answer(index):
+    index.add(DOCS)
+    with pytest.raises(UpstreamError, match="sent its reasoning and no answer"):
+        ask(index, "bees", ScriptedGenerator("<think>Is [1] about bees? It mentions hives, so"), k=3)
+
+
 def test_a_reasoning_model_that_sends_thoughts_and_no_answer_is_an_error(llm_server, monkeypatch):
     # an empty answer, with status 200, as if the model had answered nothing
     chunk = lambda delta, stop=None: "data: " + json.dumps(  # noqa: E731

@@ -139,6 +139,10 @@ def test_metadata_keys_are_text_as_json_writes_them(index):
     index.add([{"id": "k", "text": "Honeybees fan their wings.", "metadata": given}])
     assert index.search("bees", k=1)[0].metadata == {
         "seen": {"2026-01-02": "first", "3": "x", "null": 1, "true": "t", "7": 2, "1.5": "f"}}
+    version = index.store.committed_version
+    with pytest.raises(ValueError, match="two metadata keys are both '1' as JSON text"):  # not one lost in silence
+        index.add([{"id": "two", "text": "Tides.", "metadata": {1: "a", "1": "b"}}])
+    assert index.store.committed_version == version
 
 
 def test_search_votes_explain_the_score(index):

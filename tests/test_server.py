@@ -1034,3 +1034,45 @@ def test_a_client_that_leaves_a_whole_answer_stops_its_generation(tmp_path):
         with httpx.Client(base_url=base, timeout=30) as client:  # one that waits gets the whole answer
             r = client.post("/ask", json={"question": "honeybees hive", "k": 2, "strategy": "standard"})
         assert r.status_code == 200 and r.json()["answer"] == ("word " * 60).strip() and slow.closed.is_set()
+
+
+
+class PiecesGenerator(Generator):
+    """Replies with the given pieces, as a stream sends them."""
+
+    name = "pieces"
+
+    def __init__(self, *pieces: str) -> None:
+        self.pieces = pieces
+
+    def stream(self, messages, max_tokens=256) -> Iterator[str]:
+        yield from self.pieces
+
+
+def test_an_emoji_whose_halves_come_in_two_pieces_is_answered_whole(tmp_path):
+    # each piece was made well-formed alone: two U+FFFD for one emoji
+    make_index(tmp_path / "db", DOCS)
+    llm = PiecesGenerator("Bees fan [1] ", "\ud83d", "\ude00", ".")
+    settings = Settings(db=str(tmp_path / "db"), embedder=FakeEmbedder(), llm=llm)
+    with serving(settings) as base, httpx.Client(base_url=base, timeout=30) as client:
+        body = {"question": "honeybees hive", "k": 2, "strategy": "standard"}
+        assert client.post("/ask", json=body).json()["answer"] == "Bees fan [1] \U0001f600."
+        events = re.findall(r"event: (\w+)\ndata: (.*)\n", client.post("/ask", json=body | {"stream": True}).text)
+        assert json.loads(events[-1][1])["answer"] == "Bees fan [1] \U0001f600."
+
+
+def test_an_object_store_that_fails_is_a_503_not_a_500():
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from mrag.server_errors import add_error_handlers
+
+    app = FastAPI()
+    add_error_handlers(app)
+
+    @app.get("/s3")
+    def s3() -> None:
+        raise RuntimeError("LanceError(IO): Generic S3 error: error sending request for url (http://127.0.0.1:9/b)")
+
+    r = TestClient(app).get("/s3")
+    assert r.status_code == 503 and r.json()["detail"].startswith("the object store did not answer")

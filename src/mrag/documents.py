@@ -126,7 +126,13 @@ def json_ready(value: Any) -> Any:
     if value is None or isinstance(value, str | int):
         return value
     if isinstance(value, dict):
-        return {json_key(k): json_ready(v) for k, v in value.items()}
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            text = json_key(key)
+            if text in out:  # {1: ..., "1": ...}: one would be lost in silence
+                raise ValueError(f"two metadata keys are both {text!r} as JSON text ({key!r} and another): rename one")
+            out[text] = json_ready(item)
+        return out
     if isinstance(value, set | frozenset):
         items = [json_ready(v) for v in value]
         try:

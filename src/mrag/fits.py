@@ -42,9 +42,9 @@ def differs(recorded: dict[str, Any], info: dict[str, Any]) -> tuple[str, Any] |
     model by its id or its folder."""
     if not same_model(str(info.get("model")), str(recorded.get("model"))):
         return "model", recorded.get("model")
-    for key in (*SHAPE, *RECORDED_OPTIONS, "standard"):
-        if recorded.get(key) != info.get(key):
-            return key, recorded.get(key)
+    for key in (*SHAPE, *RECORDED_OPTIONS, "standard"):  # a key one record lacks (an older index's) is no difference
+        if key in recorded and key in info and recorded[key] != info[key]:
+            return key, recorded[key]
     if "probe" in recorded and "probe" in info and _probe_differs(recorded["probe"], info["probe"]):
         return "probe", "other vectors"
     return None

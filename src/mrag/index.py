@@ -56,7 +56,6 @@ class Index:
         self.ann_policy = AnnPolicy()  # when writes (re)build the ANN indexes
         self._fulltext_seen: int | None = None  # the committed version `_fulltext_default` was read at
         self._fulltext_default = settings.VECTOR_DEFAULT
-        self._opened_for = store.manifest.embedder  # the embedder record the index held when opened here
         store.on_new_index = self._check_made_again
 
     def __reduce__(self) -> Any:  # LanceDB's connection is no value to copy ("cannot pickle 'builtins.Connection'")
@@ -140,8 +139,7 @@ class Index:
         """Another process made the index again in its folder while it was open here (`Store.on_new_index`): it
         is followed where this Index's embedder (made, or the one it would make) makes its vectors; else every
         search and write is refused (`MadeAgain`) until the index is opened again."""
-        made = self._embedder.recorded() if self._embedder is not None else self._opened_for
-        differ = fits.differs(manifest.embedder, made)
+        differ = fits.differs(manifest.embedder, self.embedder.recorded())  # made now if not yet (seldom: a rebuild)
         if differ is not None:
             raise MadeAgain(f"the index at {self.store.uri} was made again with another {differ[0]} "
                             f"({differ[1]!r}) while it was open here: open it again (restart the server) to use "

@@ -31,6 +31,7 @@ from mrag.errors import Unwritable
 from mrag.generate.backends import make_generator
 from mrag.generate.base import Generator
 from mrag.generate.prompt import DEFAULT_MAX_CONTEXT_CHARS
+from mrag.locking import is_local
 from mrag.retrieve import filter_sql
 from mrag.retrieve import strategies as retrieve
 from mrag.server_bodies import AskRequest, DeleteRequest, DocumentsRequest, Hit, SearchRequest, SearchResponse
@@ -294,6 +295,7 @@ def create_app(settings: Settings) -> FastAPI:
                 for piece in stream:
                     pieces.append(piece)
                     yield _sse("token", {"text": piece})
+                answer = prepared.answer("".join(pieces))  # a model that only thought: an error event
             except (ValueError, OSError) as e:
                 yield _sse("error", {"detail": for_client(e)})
                 return
@@ -303,7 +305,7 @@ def create_app(settings: Settings) -> FastAPI:
                 return
             finally:  # a client gone: the generation stops now, not when the collector finds it
                 getattr(stream, "close", lambda: None)()
-            yield _sse("answer", prepared.answer("".join(pieces)).to_dict())
+            yield _sse("answer", answer.to_dict())
 
         async def closing() -> AsyncIterator[str]:
             """`events` from a worker thread, closed when the client goes (Starlette leaves a sync iterator open)."""
@@ -371,8 +373,11 @@ def create_app(settings: Settings) -> FastAPI:
 
     @app.get("/health", tags=["read"])
     def health(request: Request) -> dict[str, str]:
-        """ok while the index can be read (its latest commit checked): else the error's status, as a search's."""
-        state(request).index.store.refresh(quick=True)
+        """ok while the index can be read (on a local disk its latest commit is checked): else the error's status,
+        as a search's."""
+        store = state(request).index.store
+        if is_local(store.uri):  # an object store's check is a listing, and one that fails takes its retries
+            store.refresh(quick=True)
         return {"status": "ok"}
 
     return app

@@ -6,6 +6,7 @@ from __future__ import annotations
 import errno
 import logging
 import math
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -13,7 +14,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
-from mrag.errors import STORAGE_ERRNOS, Busy, MadeAgain, Unwritable, lance_message, no_space
+from mrag.errors import OBJECT_STORE_TROUBLE, STORAGE_ERRNOS, Busy, MadeAgain, Unwritable, lance_message, no_space
 from mrag.locking import LockTimeout
 
 log = logging.getLogger("mrag.server")  # the server's own logger
@@ -54,6 +55,7 @@ def add_error_handlers(app: FastAPI) -> None:
         first, code = str(exc).splitlines()[0] if str(exc) else "", getattr(exc, "errno", None)
         full = no_space(first) or code in (errno.ENOSPC, errno.EDQUOT)  # 507: a full disk; else 503
         gone = "Not found" in first  # Lance's: a file of the index missing (its folder removed, to be made again?)
+        gone = gone or re.search(OBJECT_STORE_TROUBLE, first, re.IGNORECASE) is not None  # the object store failed
         if not (full or gone or code in STORAGE_ERRNOS):
             return await failed(request, exc)
         log.warning("%s %s: %s", request.method, request.url.path, first, exc_info=exc)  # told as the CLI tells it

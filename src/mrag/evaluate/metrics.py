@@ -92,5 +92,5 @@ def ranking_metrics(records: Sequence[dict], only_n: int | None = None) -> dict[
         m["hit@5"].append(float(first is not None and first <= 5))
         m["mrr@10"].append(1.0 / first if first is not None and first <= 10 else 0.0)
         m["ndcg@10"].append(float(by_k.get(10, deepest)["ndcg"]))
-        m[f"recall@{K_MAX}"].append(float(deepest["success_ratio"]))
+        m[f"recall@{K_MAX}"].append(float(by_k.get(K_MAX, deepest)["success_ratio"]))  # records go past K_MAX
     return {name: {k: sum(v) / len(v) for k, v in m.items()} | {"queries": len(m["hit@1"])} for name, m in out.items()}

@@ -42,7 +42,13 @@ class Prepared:
     def answer(self, text: str) -> Answer:
         """The answer to `text`, the model's reply: a reasoning model's thoughts left out (its citations of
         sources it weighed and dropped are none of the answer's), its citations parsed."""
-        text = without_thinking(text).strip()
+        answered = without_thinking(text).strip()
+        if not answered and text.strip():  # its tokens ran out while it thought
+            from mrag.generate.remote import UpstreamError
+
+            raise UpstreamError("the model sent its reasoning and no answer (it may have stopped at max_tokens: "
+                                "allow it more)", "the model sent its reasoning and no answer")
+        text = answered
         return Answer(text, parse_citations(text, self.context), self.context, self.strategy, self.subqueries)
 
     def stream(self, generator: Generator, max_tokens: int = DEFAULT_MAX_TOKENS) -> Iterator[str]:
@@ -51,8 +57,14 @@ class Prepared:
         if not self.context:
             yield NO_SOURCES
             return
+        held = ""  # a high surrogate ending a piece: its low half may start the next (an emoji escaped in two)
         for piece in generator.stream(self.messages, max_tokens):
-            yield well_formed(piece)  # a lone surrogate cut a streamed answer off mid-way, and was a 400 whole
+            piece = held + piece
+            held = piece[-1] if piece and "\ud800" <= piece[-1] <= "\udbff" else ""
+            if piece[: len(piece) - len(held)]:
+                yield well_formed(piece[: len(piece) - len(held)])  # a lone surrogate was a 400, or cut a stream off
+        if held:
+            yield well_formed(held)
 
     def generate(self, generator: Generator, max_tokens: int = DEFAULT_MAX_TOKENS) -> Answer:
         """The whole answer from `generator` (NO_SOURCES when nothing was retrieved), its citations parsed."""

@@ -17,7 +17,10 @@ class Message(TypedDict):
 
 
 DEFAULT_MAX_TOKENS = 256
-THINKING = re.compile(r"<(think|thinking|reasoning)>.*?(?:</\1>|$)", re.S | re.I)  # a reasoning model's thoughts
+# a reasoning model's thoughts: a block the reply opens with (one left open runs to the end), or all before a lone
+# </think> that ends its line (a chat template that opened the block itself); never a tag the answer mentions
+THINKING = re.compile(r"\A\s*<(think|thinking|reasoning)>.*?(?:</\1>|\Z)", re.S | re.I)
+LONE_END = re.compile(r"\A(?:(?!<think>).)*?</think>[ \t]*(?:\r?\n|\Z)", re.S | re.I)
 
 
 class Generator(ABC):
@@ -50,12 +53,10 @@ def as_messages(prompt: str | Sequence[Message]) -> list[Message]:
 
 
 def without_thinking(text: str) -> str:
-    """A reasoning model's reply less its thoughts: each <think>...</think> block (one left open: to the end),
-    and all before a lone </think> (a chat template that opens the block itself).
-    "<think>Is [3] about bees? No.</think>Bees fan [2]." -> "Bees fan [2]." """
-    text = THINKING.sub("", text)
-    end = text.lower().rfind("</think>")
-    return text[end + len("</think>"):] if end >= 0 else text
+    """A reasoning model's reply less its thoughts (`THINKING`, `LONE_END`); an answer that mentions the tags
+    keeps them.  "<think>Is [3] about bees? No.</think>Bees fan [2]." -> "Bees fan [2]." """
+    stripped = THINKING.sub("", text, count=1)
+    return LONE_END.sub("", stripped, count=1) if stripped == text else stripped
 
 
 def well_formed(text: str) -> str:
