@@ -346,10 +346,29 @@ def test_a_write_that_lost_its_lease_commits_nothing(s3_uri, storage_options, fa
         return real(texts)
 
     monkeypatch.setattr(fake, "embed_batch", stalls_under_the_lock)
-    with pytest.raises(StoreError, match="expired before the commit"):
+    with pytest.raises(StoreError, match="expired during the write"):  # its next rows are refused: not committed
         index.add(DOCS[1:3])
     reopened = Index.open(s3_uri, embedder=FakeEmbedder(), storage_options=storage_options, create=False)
     assert reopened.store.count() == 1 and reopened.store.committed_scales()["heads"].shape == (4,)
+
+
+@pytest.mark.parametrize("endpoint, region", [("endpoint_url", "aws_default_region"), ("aws_endpoint_url", "region")])
+def test_the_lock_reads_every_spelling_of_the_store_s_options_that_lance_reads(s3_uri, storage_options, fake,
+                                                                                endpoint, region):
+    # LanceDB wrote to the endpoint given as endpoint_url, and the lock went to AWS's own (a botocore traceback)
+    options = {endpoint: storage_options["aws_endpoint"], region: REGION, "access_key_id": KEY,
+               "secret_access_key": SECRET, "allow_http": "true"}
+    Index.open(s3_uri, embedder=fake, storage_options=options).add(DOCS[:1])
+    assert Index.open(s3_uri, embedder=fake, storage_options=storage_options, create=False).store.count() == 1
+
+
+def test_a_renewal_gives_up_waiting_in_time_for_another_try_within_the_lease():
+    import mrag.locking
+
+    # botocore's own 60 s read and its retries: one renewal left unanswered lost a 60 s lease (given up at 50)
+    config = s3_client({"aws_region": REGION})._client_config
+    waits = (config.connect_timeout + config.read_timeout) * (config.retries or {}).get("total_max_attempts", 5)
+    assert waits < mrag.locking.LEASE * (1 - mrag.locking.MARGIN) - mrag.locking.LEASE / 3
 
 
 def test_missing_index_on_s3_is_a_clear_error(s3_uri, storage_options):

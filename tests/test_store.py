@@ -193,6 +193,34 @@ def test_writing_restores_rows_and_sums_on_any_error(index, fake):
     assert (table_rows(index), index.head_scales(), store.sums.heads.count, store.sums.split.count) == before
 
 
+STRAY = """
+import sys, lancedb
+table = lancedb.connect(sys.argv[1]).open_table("chunks")
+row = table.to_arrow().slice(0, 1).to_pylist()[0] | {"id": "stray#0", "doc_id": "stray"}
+table.add([row])
+"""
+
+
+def test_rows_another_process_adds_during_a_write_stop_its_commit(index, db_path):
+    # a writer that lost its S3 lease wrote on after another took it over: the other committed its rows, and the
+    # head-scale sums drifted (0.48 in a reviewer's run)
+    import subprocess
+    import sys
+
+    index.add(DOCS[:2])
+    store = index.store
+    before = (table_rows(index), index.head_scales())
+    extra = store.rows(columns=None).slice(0, 1).to_pylist()[0] | {"id": "copy#0", "doc_id": "copy"}
+    with pytest.raises(StoreError, match="rows this write did not make appeared"):
+        with store.writing():
+            store.add(pa.Table.from_pylist([extra], schema=store.chunks.schema))
+            subprocess.run([sys.executable, "-c", STRAY, str(db_path)], check=True, timeout=60)
+    assert (table_rows(index), index.head_scales()) == before
+    index.add(DOCS[2:3])  # the next write goes through, and the stray row is gone
+    assert sorted({r["doc_id"] for r in table_rows(index)}) == sorted(d["id"] for d in DOCS[:3])
+    assert index.verify()["sums_drift"] < 1e-9
+
+
 def test_missing_index_is_not_created(tmp_path):
     where = tmp_path / "typo"
     assert not Store.exists(str(where))

@@ -300,14 +300,22 @@ def s3_client(storage_options: dict[str, str]) -> Any:
         import boto3
     except ImportError:
         raise RuntimeError("writing to an s3:// index takes a lock through boto3: pip install 'mrag[s3]'") from None
-    get = storage_options.get
+    from botocore.config import Config
+
+    def get(*names: str) -> str | None:  # every spelling Lance (object_store) takes for the option
+        return next((storage_options[n] for n in names if storage_options.get(n)), None)
+
     return boto3.client(
         "s3",
-        endpoint_url=get("aws_endpoint") or get("endpoint") or os.environ.get("AWS_ENDPOINT"),
-        aws_access_key_id=get("aws_access_key_id") or get("access_key_id"),
-        aws_secret_access_key=get("aws_secret_access_key") or get("secret_access_key"),
-        aws_session_token=get("aws_session_token") or get("session_token"),
-        region_name=get("aws_region") or get("region") or os.environ.get("AWS_REGION"),
+        endpoint_url=get("aws_endpoint", "endpoint", "aws_endpoint_url", "endpoint_url")
+        or os.environ.get("AWS_ENDPOINT"),
+        aws_access_key_id=get("aws_access_key_id", "access_key_id"),
+        aws_secret_access_key=get("aws_secret_access_key", "secret_access_key"),
+        aws_session_token=get("aws_session_token", "session_token", "aws_token", "token"),
+        region_name=get("aws_region", "region", "aws_default_region", "default_region") or os.environ.get("AWS_REGION"),
+        # a renewal that hangs must give up in time for the next try within the lease (botocore waits 60 s a read,
+        # then tries again: one unanswered renewal lost the lease)
+        config=Config(connect_timeout=5, read_timeout=max(5.0, LEASE / 8), retries={"total_max_attempts": 2}),
     )
 
 

@@ -103,6 +103,8 @@ class Store:
         self._write_lock = threading.Lock()
         self._writer = ""  # the thread holding `_write_lock`, for another one that times out
         self._changed = 0
+        self._rows = 0  # inside `writing()`: the rows the chunks table holds by this write's own changes
+        self._lease: Lease | None = None  # inside `writing()` on an object store: the lock's lease
         # called with the manifest of an index made again in this folder (a new index id) before it is followed;
         # it may refuse it (`Index` checks its embedder: `MadeAgain`), and then nothing here changes
         self.on_new_index: Callable[[Manifest], None] | None = None
@@ -378,6 +380,9 @@ class Store:
                 if lease is not None and lease.lost:
                     raise StoreError(f"the write lock on {self.uri} expired before the commit (a stall of over "
                                      "a minute?) and another writer may hold it now; nothing was committed")
+                if self.chunks.count_rows() != self._rows:  # a writer that lost its lease wrote on meanwhile
+                    raise StoreError(f"rows this write did not make appeared in {self.uri} while it ran (another "
+                                     "writer whose lock expired?); nothing was committed: run it again")
             except BaseException:
                 self._manifest_version = -1  # drop anything the failed write set on the manifest
                 self.refresh()
@@ -407,8 +412,11 @@ class Store:
                 self._load(self.manifest)
                 self._restore_committed()
                 self._changed = 0  # rows added or deleted by this write
+                self._rows = self.chunks.count_rows()  # the rows the table must hold at the commit
+                self._lease = lease
                 yield lease
         finally:
+            self._lease = None
             self._write_lock.release()
 
     def optimize(self, keep_versions: timedelta | None = None) -> dict[str, Any]:
@@ -434,22 +442,33 @@ class Store:
 
     def add(self, rows: pa.Table) -> None:
         """Append rows (use inside `writing()`); the head-scale sums follow."""
+        self._check_lease()
         self.fold(rows, sign=1)
         self.chunks.add(rows)
         self._changed += rows.num_rows
+        self._rows += rows.num_rows
+
+    def _check_lease(self) -> None:
+        """Inside `writing()`: refuse a change once the lock's lease is lost (another writer may hold it)."""
+        if self._lease is not None and self._lease.lost:
+            raise StoreError(f"the write lock on {self.uri} expired during the write (a stall of over a minute?) "
+                             "and another writer may hold it now; nothing was committed")
 
     def delete(self, where: str) -> int:
         """Delete the rows matching a filter (inside `writing()`); returns how many."""
+        self._check_lease()
         columns = [*(c.column for c in self.vector_columns()), "head_norms"]
         gone = self.rows(where, columns, table=self.chunks)
         if gone.num_rows:
             self.fold(gone, sign=-1)
             self.chunks.delete(where)
             self._changed += gone.num_rows
+            self._rows -= gone.num_rows
         return gone.num_rows
 
     def update(self, ids: list[str], values: dict[str, Any]) -> None:
         """Set columns of the rows with these chunk ids (inside `writing()`), their vectors unchanged."""
+        self._check_lease()
         self.chunks.update(where=f"id IN ({quote(ids)})", values=values)
         self._changed += len(ids)
 
