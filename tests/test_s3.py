@@ -371,6 +371,26 @@ def test_a_renewal_gives_up_waiting_in_time_for_another_try_within_the_lease():
     assert waits < mrag.locking.LEASE * (1 - mrag.locking.MARGIN) - mrag.locking.LEASE / 3
 
 
+def test_a_creation_cut_off_on_s3_is_made_again_with_another_model(s3_uri, storage_options):
+    # its empty chunks table was reopened as it was: "Provided schema does not match existing table schema"
+    from mrag.connection import connect
+    from mrag.rows import chunk_schema
+    from mrag.store import CHUNKS
+
+    class Wider(FakeEmbedder):
+        name, dim = "wider", 64
+
+    connect(s3_uri, storage_options).create_table(CHUNKS, schema=chunk_schema(32, 4, 8, {}))  # no manifest
+    index = Index.open(s3_uri, embedder=Wider(), storage_options=storage_options)
+    index.add(DOCS[:1])
+    assert index.store.count() == 1 and index.store.dim == 64
+    other = s3_uri + "2"  # one with rows and no manifest is a damaged index: refused, not replaced
+    Index.open(other, embedder=FakeEmbedder(), storage_options=storage_options).add(DOCS[:1])
+    connect(other, storage_options).drop_table("manifest")
+    with pytest.raises(StoreError, match="holds 1 indexed chunks but no manifest"):
+        Index.open(other, embedder=FakeEmbedder(), storage_options=storage_options)
+
+
 def test_missing_index_on_s3_is_a_clear_error(s3_uri, storage_options):
     with pytest.raises(StoreError, match="no mrag index at s3://"):
         Index.open(s3_uri, storage_options=storage_options, create=False)

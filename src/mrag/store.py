@@ -58,11 +58,21 @@ def _committed(table: Path) -> bool:
     return any((table / "_versions").glob("*.manifest"))
 
 
-def _clear_half_made(db: Any, folder: Path) -> None:
-    """Under the write lock, before creating an index in `folder`: remove what a creation cut off left (a
+def _clear_half_made(db: Any, uri: str) -> None:
+    """Under the write lock, before creating an index at `uri`: remove what a creation cut off left (a
     full disk, a kill between its two tables), which every later command refused ("Table 'manifest' was not
-    found"): a manifest table without a committed version, and a chunks table with no row. A chunks table
-    with rows and no manifest is a damaged index, refused rather than replaced."""
+    found", or on an object store the old chunks table reopened: "Provided schema does not match"): a manifest
+    table without a committed version, and a chunks table with no row. A chunks table with rows and no
+    manifest is a damaged index, refused rather than replaced."""
+    if not is_local(uri):
+        if CHUNKS in db.list_tables().tables:
+            rows = db.open_table(CHUNKS).count_rows()
+            if rows:
+                raise StoreError(f"{uri} holds {rows} indexed chunks but no manifest: a damaged index; restore it "
+                                 "from a backup, or index the documents into a new prefix")
+            db.drop_table(CHUNKS)
+        return
+    folder = local_path(uri)
     chunks, manifest = folder / f"{CHUNKS}.lance", folder / f"{MANIFEST}.lance"
     committed = chunks.exists() and _committed(chunks)
     rows = db.open_table(CHUNKS).count_rows() if committed else 0
@@ -254,8 +264,7 @@ class Store:
             if cls.exists(uri, storage_options):  # another process created it first
                 return cls.open(uri, storage_options)
             db = connect(uri, storage_options, read_consistency_interval=timedelta(0))
-            if is_local(uri):
-                _clear_half_made(db, local_path(uri))
+            _clear_half_made(db, uri)
             h, d, dim = embedder_info["n_heads"], embedder_info["head_dim"], embedder_info["dim"]
             space_dims = {s["name"]: int(s["dim"]) for s in spaces or []}
             chunks = db.create_table(CHUNKS, schema=chunk_schema(dim, h, d, space_dims), exist_ok=True)
