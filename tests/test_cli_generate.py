@@ -111,6 +111,20 @@ def test_ask_streams_the_answer_then_lists_the_sources(db, ollama):
     assert body["model"] == "tiny" and FILES["rome.txt"] in body["messages"][1]["content"]
 
 
+def test_ask_prints_a_reasoning_model_s_answer_without_its_thoughts(db, ollama):
+    # the thoughts (and the sources they cite) were printed as the answer, above a Sources list that left them out
+    ollama(ollama_lines("<thi", "nk>Is [2] about water? No.", "</think>", "Water ran downhill [1]."))
+    result = mrag("ask", QUESTION, "--db", db, "-k", 2, "--generator", "ollama", "--gen-model", "r1")
+    assert result.stdout.split("\n\nSources:\n")[0] == "Water ran downhill [1]."
+    # a block the chat template opened: the thoughts are printed until the lone </think>, the answer apart
+    ollama(ollama_lines("Is [2] about water? No.", "\n</think>\n", "Water ran downhill [1]."))
+    result = mrag("ask", QUESTION, "--db", db, "-k", 2, "--generator", "ollama", "--gen-model", "r1")
+    assert result.stdout.split("\n\nSources:\n")[0] == "Is [2] about water? No.\n\nWater ran downhill [1]."
+    ollama(ollama_lines("<think>Is [2] about water? Still thinking"))  # its tokens ran out while it thought
+    result = mrag("ask", QUESTION, "--db", db, "-k", 2, "--generator", "ollama", "--gen-model", "r1", ok=False)
+    assert result.exit_code == 1 and result.stdout == "" and "sent its reasoning and no answer" in result.stderr
+
+
 def test_ask_says_which_cited_numbers_name_no_source(db, ollama):
     """SmolLM2 answered "The answer is: [4]." from three sources, and was told only that it cites none."""
     ollama(ollama_lines("Water ran downhill [1][4]", "; bees [7]."))

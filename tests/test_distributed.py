@@ -339,6 +339,8 @@ def test_cli_ray_index_equals_cli_index(tmp_path, reuse_minilm):
     assert out["exit"] == 0, out["stderr"]
     report = json.loads(out["output"])
     assert "Dataset" not in out["stderr"] and "Progress bars" not in out["stderr"]  # Ray Data kept quiet
+    for said in ("Started a local Ray instance", "Token authentication", "minimum number of concurrent actors"):
+        assert said not in out["stderr"], said  # the local Ray instance's start-up and hints too
     done = CliRunner().invoke(cli, ["index", str(corpus), "--db", str(tmp_path / "cli-single")])
     assert done.exit_code == 0, done.output
     assert out["bad"] == {

@@ -284,6 +284,43 @@ def test_a_renewal_applied_whose_answer_was_lost_keeps_the_lease(monkeypatch):
     lease.release()
 
 
+class SlowFirstPut:
+    """A store that applies the lease's first PUT but whose answer never comes in time (a read timeout)."""
+
+    def __init__(self) -> None:
+        self.body: bytes | None = None
+        self.etag, self.puts = "", 0
+
+    def put_object(self, **request: object) -> dict[str, str]:
+        from botocore.exceptions import ClientError, ReadTimeoutError
+
+        self.puts += 1
+        taken = request.get("IfNoneMatch") == "*" and self.body is not None
+        if taken or request.get("IfMatch", self.etag) != self.etag:
+            raise ClientError({"Error": {"Code": "PreconditionFailed"}}, "PutObject")
+        self.body, self.etag = request["Body"], f"etag-{self.puts}"  # type: ignore[assignment]
+        if self.puts == 1:
+            raise ReadTimeoutError(endpoint_url="http://store")
+        return {"ETag": self.etag}
+
+    def get_object(self, **request: object) -> dict[str, object]:
+        return {"Body": io.BytesIO(self.body or b""), "ETag": self.etag}
+
+    def delete_object(self, **request: object) -> None:
+        self.body = None
+
+
+def test_a_lease_put_applied_whose_answer_came_too_late_is_the_writer_s_own(monkeypatch):
+    # the writer waited for its own lease, named its own pid in a LockTimeout, and left the lease behind
+    import mrag.locking
+
+    store = SlowFirstPut()
+    monkeypatch.setattr(mrag.locking, "s3_client", lambda options: store)
+    with mrag.locking.s3_lock("s3://b/db", timeout=5, storage_options={}) as lease:
+        assert lease.etag == store.etag == "etag-1" and store.puts == 1  # adopted: no second PUT
+    assert store.body is None  # released
+
+
 def test_a_renewal_that_hangs_loses_the_lease_in_time(monkeypatch):
     """A PUT that never answers raised nothing, so the writer could commit after its lease had expired."""
     import mrag.locking

@@ -112,9 +112,10 @@ def index_with_ray(
         warnings.warn(f"address={address!r} is not used: this process is already connected to a Ray cluster, which "
                       "runs the job (ray.shutdown() first to use another)", RuntimeWarning, stacklevel=2)
     if started:
-        with warnings.catch_warnings():  # Ray starts its processes with fork + exec: no LanceDB code runs in them
+        with warnings.catch_warnings(), _local_ray_quiet(not address):  # Ray forks + execs: no LanceDB code runs there
             warnings.filterwarnings("ignore", "lancedb fork support is experimental", RuntimeWarning)
-            ray.init(address=address, **({} if address else {"include_dashboard": False, "log_to_driver": False}))
+            ray.init(address=address, **({} if address else {"include_dashboard": False, "log_to_driver": False,
+                                                             "logging_level": logging.ERROR}))
     try:
         with _ray_data_quiet(ray, not show_progress):
             return _run_job(
@@ -275,6 +276,21 @@ def _gpus(ray: Any, gpus_per_worker: float | None, embedder_options: dict[str, A
 
 
 @contextlib.contextmanager
+def _local_ray_quiet(quiet: bool) -> Iterator[None]:
+    """A local Ray instance started for one job says nothing of itself: its start-up lines ("Started a local Ray
+    instance", the token notice) and its core's log lines on stderr (an "E ... core_worker" line on a job that
+    went well read as a failure). A cluster's (`address`) are left as they are."""
+    logger = logging.getLogger("ray")
+    saved = logger.level
+    if quiet:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(saved)
+
+
+@contextlib.contextmanager
 def _ray_data_quiet(ray: Any, quiet: bool) -> Iterator[None]:
     """Ray Data's progress bars and console messages off for the job (restored after) when `quiet`."""
     context = ray.data.DataContext.get_current()
@@ -284,7 +300,10 @@ def _ray_data_quiet(ray: Any, quiet: bool) -> Iterator[None]:
         context.enable_progress_bars = context.print_on_execution_start = False
         logger.setLevel(logging.ERROR)
     try:
-        yield
+        with warnings.catch_warnings():
+            if quiet:  # a job of few files, fewer blocks than actors: Ray Data's hint is none of the user's
+                warnings.filterwarnings("ignore", "The minimum number of concurrent actors", UserWarning)
+            yield
     finally:
         context.enable_progress_bars, context.print_on_execution_start = saved[:2]
         logger.setLevel(saved[2])

@@ -201,10 +201,11 @@ def _all_zero(vectors: np.ndarray) -> np.ndarray:
     return np.asarray(np.count_nonzero(vectors, axis=-1) == 0)
 
 
-# z-score fusion (`vote.zscore_weights`) standardises each list over this many times c places (64 at c = 32):
-# its weights depended on the k asked, so searches (k = 5: 32 places) ranked otherwise than the evaluation (k = 64),
-# 0.933 against 0.946 MRR@10 on the snippet queries (benchmarks/results/eval/zscore-places/)
-ZSCORE_PLACES = 2
+# z-score fusion (`vote.zscore_weights`) standardises each list over its first ZSCORE_PLACES places, whatever the
+# k and c asked (a place past them votes nothing there): its weights depended on k, so searches (k = 5: 32 places)
+# ranked otherwise than the evaluation (k = 64), 0.933 against 0.946 MRR@10 on the snippet queries
+# (benchmarks/results/eval/zscore-places/)
+ZSCORE_PLACES = 2 * DEFAULT_C
 
 
 def vote_many(
@@ -253,8 +254,8 @@ def vote_many(
     lone = [i for i, v in enumerate(chosen) if v.name == plan.one_part or v.group == FULLTEXT]
     lone = lone if any(chosen[i].name == plan.one_part for i in lone) else []
     depth = max(k, c) if plan.base in ("standard", "bm25") or lone or plan.fulltext else c  # each space's list
-    if plan.zscores:  # z-scores standardised over 2c places: a search of k = 5 ranks as the evaluation's k = 64
-        depth = max(k, ZSCORE_PLACES * c)
+    if plan.zscores:  # z-scores standardised over ZSCORE_PLACES: a search of k = 5 ranks as one of k = 100
+        depth = max(depth, ZSCORE_PLACES)
     ranking, sims = ranker(chosen, [q for qs in searched for q in qs], depth)  # (P_total, S, depth)
     # a part whose vector in a space is zero (no direction: a fake embedder's text of no word) votes nothing
     # there, on every path: the exact scan ranked every row at 0 and voted for the first c, LanceDB's none
@@ -318,7 +319,11 @@ def _vote_weights(
     if strategy == "hybrid":
         return rrf_weights(ranking)
     if strategy == "zscore":
-        return zscore_weights(ranking, sims, np.array([0.0 if v.group == FULLTEXT else np.nan for v in chosen]))
+        empty = np.array([0.0 if v.group == FULLTEXT else np.nan for v in chosen])
+        places = min(ranking.shape[-1], ZSCORE_PLACES)
+        w = np.zeros(ranking.shape)
+        w[..., :places] = zscore_weights(ranking[..., :places], sims[..., :places], empty)
+        return w
     return rank_weights(ranking, weights)
 
 
