@@ -317,8 +317,25 @@ def test_a_lease_put_applied_whose_answer_came_too_late_is_the_writer_s_own(monk
     store = SlowFirstPut()
     monkeypatch.setattr(mrag.locking, "s3_client", lambda options: store)
     with mrag.locking.s3_lock("s3://b/db", timeout=5, storage_options={}) as lease:
-        assert lease.etag == store.etag == "etag-1" and store.puts == 1  # adopted: no second PUT
+        assert lease.etag == store.etag == "etag-2" and store.puts == 2  # adopted, renewed on its own ETag
     assert store.body is None  # released
+
+
+def test_a_store_that_refuses_connections_is_told_at_once_not_as_another_writer(monkeypatch):
+    # every botocore error was polled on: a wrong endpoint waited MRAG_LOCK_TIMEOUT for "another writer holds"
+    from botocore.exceptions import EndpointConnectionError
+
+    import mrag.locking
+
+    class Down(SlowFirstPut):
+        def put_object(self, **request: object) -> dict[str, str]:
+            raise EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
+
+    monkeypatch.setattr(mrag.locking, "s3_client", lambda options: Down())
+    started = time.monotonic()
+    with pytest.raises(EndpointConnectionError), mrag.locking.s3_lock("s3://b/db", timeout=30, storage_options={}):
+        pass
+    assert time.monotonic() - started < 5
 
 
 def test_a_renewal_that_hangs_loses_the_lease_in_time(monkeypatch):

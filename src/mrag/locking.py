@@ -321,7 +321,7 @@ def s3_client(storage_options: dict[str, str]) -> Any:
 
 @contextmanager
 def s3_lock(uri: str, timeout: float, storage_options: dict[str, str]) -> Iterator[Lease]:
-    from botocore.exceptions import BotoCoreError, ClientError
+    from botocore.exceptions import ClientError, ConnectTimeoutError, ReadTimeoutError
 
     bucket, key = lock_key(uri)
     client, note = s3_client(storage_options), holder_note() | {"token": os.urandom(8).hex()}
@@ -338,20 +338,21 @@ def s3_lock(uri: str, timeout: float, storage_options: dict[str, str]) -> Iterat
                                  "written; check the bucket, and that the keys may put and delete objects") from None
             if _code(exc) not in ("PreconditionFailed", "ConditionalRequestConflict"):
                 raise
-        except BotoCoreError:  # no answer in time (a slow store): the PUT may have been applied, as looked at below
+        except (ReadTimeoutError, ConnectTimeoutError):  # a slow store: the PUT may have been applied, looked at below
             pass
         try:
             held = client.get_object(Bucket=bucket, Key=key)
             current = json.loads(held["Body"].read() or b"{}")
-            if current.get("token") == note["token"]:  # ours: a PUT applied whose answer never came
-                lease = Lease(client, bucket, key, str(held["ETag"]), note, sent)
+            if current.get("token") == note["token"] and not expired(held, current):  # ours: its answer came late
+                sent = time.monotonic()  # renewed now, so its age is known
+                lease = Lease(client, bucket, key, _put(client, bucket, key, note, IfMatch=held["ETag"]), note, sent)
                 break
             if expired(held, current):  # its holder died: take it over, one taker wins
                 sent = time.monotonic()
                 lease = Lease(client, bucket, key, _put(client, bucket, key, note, IfMatch=held["ETag"]), note, sent)
                 break
-        except (ClientError, BotoCoreError):
-            current = {}  # released or taken meanwhile, or no answer: try again
+        except (ClientError, ReadTimeoutError, ConnectTimeoutError):
+            current = {}  # released or taken meanwhile, or no answer in time: try again
         if not told and time.monotonic() - started >= TELL_AFTER:
             told = tell_waiting(uri, describe(current), deadline)
         if time.monotonic() >= deadline:

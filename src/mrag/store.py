@@ -260,7 +260,7 @@ class Store:
                 raise StoreError(f"{uri} holds other files ({', '.join(foreign[:3])}): a new index needs a "
                                  "folder of its own (a new or empty one)")
             folder.mkdir(parents=True, exist_ok=True)  # the lock file lives in the folder
-        with write_lock(uri, storage_options=storage_options):
+        with write_lock(uri, storage_options=storage_options) as lease:
             if cls.exists(uri, storage_options):  # another process created it first
                 return cls.open(uri, storage_options)
             db = connect(uri, storage_options, read_consistency_interval=timedelta(0))
@@ -271,6 +271,9 @@ class Store:
             manifest = Manifest(embedder=embedder_info, settings=settings, chunks_version=chunks.version,
                                 sums=ScaleSums.empty(dim, h, d, space_dims), spaces=list(spaces or []),
                                 index_id=secrets.token_hex(8))
+            if lease is not None and lease.lost:  # stalled past its lease: another creator may have made its own
+                raise StoreError(f"the write lock on {uri} expired while the index was being created; nothing was "
+                                 "committed: run again")
             # new: the folder had no manifest
             db.create_table(MANIFEST, data=[{"json": json.dumps(manifest.to_json())}])
             return cls(uri, db, chunks, manifest, storage_options)
