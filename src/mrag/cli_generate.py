@@ -179,9 +179,10 @@ def answer_so_far(text: str) -> str | None:
     """What of a reply streaming in is its answer so far: None while it may still open with a reasoning model's
     thinking block (`<thi` may be one), the reply less the block once it closes."""
     head = text.lstrip().lower()
-    if any(tag.startswith(head) or (head.startswith(tag) and without_thinking(text) == "") for tag in THINKING_TAGS):
+    if any(tag.startswith(head) for tag in THINKING_TAGS):
         return None
-    return without_thinking(text)
+    answer = without_thinking(text)
+    return None if answer == "" and head.startswith(THINKING_TAGS) else answer  # a block still open
 
 
 def check_listen(host: str, port: int) -> None:

@@ -61,8 +61,9 @@ class Prepared:
         for piece in generator.stream(self.messages, max_tokens):
             piece = held + piece
             held = piece[-1] if piece and "\ud800" <= piece[-1] <= "\udbff" else ""
-            if piece[: len(piece) - len(held)]:
-                yield well_formed(piece[: len(piece) - len(held)])  # a lone surrogate was a 400, or cut a stream off
+            whole = piece[: len(piece) - len(held)]
+            if whole:
+                yield well_formed(whole)  # a lone surrogate was a 400, or cut a stream off
         if held:
             yield well_formed(held)
 

@@ -120,7 +120,6 @@ class HTTPGenerator(Generator):
                              f"{': ' + repr(shown) if shown else ' (an empty reply)'}; is {self.base_url} the API's "
                              "address?", f"{self.service} sent no answer of its API")
 
-
     def only_thinking(self, stop: str | None, max_tokens: int) -> UpstreamError:
         """The error for a reasoning model that sent its thoughts and no answer (an empty answer, as it was,
         reads as the model's)."""

@@ -135,10 +135,11 @@ def _search_many(
     if spaces is not None:
         retrieve.check_selection(spaces, index.store.n_heads, len(scales["split"]), labels)
     embeds = retrieve.uses_vectors(strategy, spaces)  # else the full-text space alone: no model to load
+    per_part = c or max(k, retrieve.DEFAULT_C)  # each space's depth for a query part
     ranker, fetch, count = ranker_for(index.store, plan, exact, nprobes, candidates,
                                       heads=retrieve.uses_heads(strategy, spaces),
                                       device=(lambda: scan_device(getattr(index.embedder, "device", None))) if embeds
-                                      else None, where=where, depth=c or max(k, retrieve.DEFAULT_C))
+                                      else None, where=where, depth=per_part)
     if index.store.manifest is not manifest:  # another thread read a newer commit meanwhile: the ranker may be
         raise Moved  # of it (a manifest is replaced, never changed): `search_many` searches again
     if not queries or count == 0:
@@ -162,7 +163,7 @@ def _search_many(
         mine = vectors[start : start + max(1, len(p))]
         batch.append((mine[0], mine if p else None))
         start += len(mine)
-    depth = min(c or max(k, retrieve.DEFAULT_C), count)  # never deeper than the index has rows
+    depth = min(per_part, count)  # never deeper than the index has rows
     results = retrieve.vote_many(  # every label: a strategy that votes with none of the selected names says so
         strategy, batch, min(k, count), depth, scales, ranker, index.store.n_heads, labels, spaces
     )
