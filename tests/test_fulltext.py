@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import FakeEmbedder
 
-from mrag import connection
+from mrag import connection, vote
 from mrag.index import Index
 from mrag.retrieve import fulltext
 from mrag.retrieve import strategies as retrieve
@@ -105,8 +105,8 @@ def test_the_full_text_vote_by_hand(monkeypatch):
     sqrt(1.5), 0 (mean 0.75, sd sqrt(1 / 24)); BM25 8 / sqrt(11), 4 / sqrt(11) (mean 3/8, sd sqrt(11) / 8).
     Row 0 gets sqrt(1.5) + 8 / sqrt(11), row 2 sqrt(6), row 3 4 / sqrt(11), row 1 0 (`mrag-bm25`). The
     default `segment-bm25` standardises over `ZSCORE_PLACES` places (6 here): BM25's four empty slots give mean
-    1/4, sd sqrt(7 / 48), so rows 0 and 3 weigh sqrt(48 / 7) and sqrt(12 / 7). In `hybrid` each votes
-    1 / (60 + rank), rank from 1."""
+    1/4, sd sqrt(7 / 48), so rows 0 and 3 weigh sqrt(48 / 7) and sqrt(12 / 7). (Each listed row also adds a
+    tie-break under 1e-9, `vote.TIE_BREAK`.) In `hybrid` each votes 1 / (60 + rank), rank from 1."""
     monkeypatch.setattr(retrieve, "ZSCORE_PLACES", 6)
     scales = {"heads": np.array([1.0, 1.0]), "split": np.ones(2), "standard": np.array([0.5])}
     ranker = Lists({"standard": [2, 0, 1], retrieve.FULLTEXT: [0, 3], "head:0": [1], "head:1": [1]})
@@ -115,7 +115,7 @@ def test_the_full_text_vote_by_hand(monkeypatch):
                                   ("segment-bm25", (48 / 7) ** 0.5, (12 / 7) ** 0.5)):
         mine = retrieve.vote(strategy, q, 4, 3, scales, ranker, 2)
         assert mine.rows.tolist() == [0, 2, 3, 1]
-        np.testing.assert_allclose(mine.scores, [1.5 ** 0.5 + top, 6 ** 0.5, second, 0.0])
+        np.testing.assert_allclose(mine.scores, [1.5 ** 0.5 + top, 6 ** 0.5, second, 0.0], atol=3e-9)
         assert mine.votes[0] == [{"space": "standard", "rank": 1, "weight": pytest.approx(1.5 ** 0.5)},
                                  {"space": "bm25", "rank": 0, "weight": pytest.approx(top)}]
     hybrid = retrieve.vote("hybrid", q, 4, 3, scales, ranker, 2)
@@ -137,6 +137,23 @@ def test_the_full_text_vote_by_hand(monkeypatch):
                                 {"space": "bm25", "rank": 0, "weight": pytest.approx((48 / 7) ** 0.5), "part": 0}]
     heads = retrieve.vote("mrag-bm25", q, 2, 3, scales, ranker, 2, parts=parts)
     assert {"space": "bm25", "rank": 0, "weight": 0.5, "part": 0} in heads.votes[heads.rows.tolist().index(0)]
+
+
+def test_the_default_ranks_rows_past_its_standardised_places_by_their_scores(monkeypatch):
+    """k = 9 from lists of 5 whose z-scores are standardised over ZSCORE_PLACES = 2 places: both lists score
+    1, 0.875, 0.75, 0.625, 0.5, so z is 1, -1, -3, -5, -7 and the votes 2, 0 and 0 past place 2. Each listed row
+    adds a tie-break of 1e-9 * exp(min(z + 1, 0)): row 4, third in BM25 and fifth in the standard list, adds
+    e^-2 + e^-6 and passes row 2 (third in the standard list: e^-2); rows 3 and 7 (fourth: e^-4) pass row 8.
+    Before, every row past place 2 tied at 0 and went by its best rank, then its id: 2, 4, 3, 7, 8."""
+    monkeypatch.setattr(retrieve, "ZSCORE_PLACES", 2)
+    scales = {"heads": np.array([1.0, 1.0]), "split": np.ones(2), "standard": np.array([0.5])}
+    ranker = Lists({"standard": [0, 1, 2, 3, 4], retrieve.FULLTEXT: [5, 6, 4, 7, 8], "head:0": [1], "head:1": [1]})
+    q = retrieve.QueryVectors(np.ones(4), np.ones((2, 2)), text="q")
+    found = retrieve.vote("segment-bm25", q, 9, 3, scales, ranker, 2)
+    assert found.rows.tolist() == [0, 5, 1, 6, 4, 2, 3, 7, 8]
+    tie = vote.TIE_BREAK
+    np.testing.assert_allclose(found.scores, [2 + tie, 2 + tie, tie, tie, tie * (np.exp(-2) + np.exp(-6)),
+                                              tie * np.exp(-2), tie * np.exp(-4), tie * np.exp(-4), tie * np.exp(-6)])
 
 
 def test_bm25_and_hybrid_rank_as_lancedb_does(index, fake):

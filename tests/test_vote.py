@@ -3,7 +3,18 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mrag.vote import RRF_K, Vote, consensus, fuse, fuse_many, interleave, rank_weights, rrf_weights, zscore_weights
+from mrag.vote import (
+    RRF_K,
+    TIE_BREAK,
+    Vote,
+    consensus,
+    fuse,
+    fuse_many,
+    interleave,
+    rank_weights,
+    rrf_weights,
+    zscore_weights,
+)
 
 
 def test_mrag_vote_by_hand():
@@ -238,3 +249,16 @@ def test_zscore_weights_by_hand():
     # a list whose slots all score alike adds nothing; so does a list of one row
     assert zscore_weights(np.array([[4, 5]]), np.array([[0.5, 0.5]]), np.array([np.nan])).tolist() == [[0, 0]]
     assert zscore_weights(np.array([[4, -1]]), np.array([[0.5, -np.inf]]), np.array([np.nan])).tolist() == [[0, 0]]
+
+
+def test_zscore_weights_over_the_first_places_by_hand():
+    """places = 2 of scores 0.9, 0.8, 0.7, 0.6: mean 0.85, sd 0.05, so z 1, -1, -3, -5 and shifted 2, 0, -2, -4.
+    The first places weigh their shift, past them 0; each listed row adds TIE_BREAK * exp(min(shift, 0))."""
+    ranking = np.array([[3, 1, 4, 2]])
+    w = zscore_weights(ranking, np.array([[0.9, 0.8, 0.7, 0.6]]), np.array([np.nan]), places=2)
+    np.testing.assert_allclose(w, [[2 + TIE_BREAK, TIE_BREAK, TIE_BREAK * np.exp(-2), TIE_BREAK * np.exp(-4)]],
+                               rtol=1e-12)
+    # places past the list: every slot standardised, as without them, plus the tie-break
+    ranking, scores = np.array([[2, 0, 1]]), np.array([[0.9, 0.8, 0.7]])
+    np.testing.assert_allclose(zscore_weights(ranking, scores, np.array([np.nan]), places=8),
+                               zscore_weights(ranking, scores, np.array([np.nan])) + TIE_BREAK, rtol=1e-12)

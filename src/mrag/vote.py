@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+TIE_BREAK = 1e-9  # `zscore_weights`: far below any vote, far above float64 rounding of a sum of votes
 RRF_K = 60  # Cormack, Clarke & Buettcher (SIGIR 2009), "Reciprocal rank fusion outperforms ..."
 
 
@@ -53,7 +54,9 @@ def rrf_weights(ranking: np.ndarray, k: int = RRF_K) -> np.ndarray:
     return np.where(ranking >= 0, weights, 0.0)
 
 
-def zscore_weights(ranking: np.ndarray, scores: np.ndarray, empty: np.ndarray) -> np.ndarray:
+def zscore_weights(
+    ranking: np.ndarray, scores: np.ndarray, empty: np.ndarray, places: int | None = None
+) -> np.ndarray:
     """Score fusion with no tuning (CombSUM of z-scores): each list's scores standardised over its
     slots, then shifted so its lowest slot weighs 0, as does every row the list leaves out. Lists on
     different scales (cosine, BM25) weigh alike, and a list whose first row stands far above the rest
@@ -61,16 +64,25 @@ def zscore_weights(ranking: np.ndarray, scores: np.ndarray, empty: np.ndarray) -
     empty (S,): the score an empty slot (-1) stands for (BM25: 0, a chunk matching no query word), or
     NaN to leave empty slots out (a vector list is short only when the corpus is); a list whose slots
     all score alike weighs 0.  ranking, scores (..., S, c) -> (..., S, c).
+    `places`: standardise over the first `places` slots only (a deeper list then weighs its first places
+    as a shorter one does), and let every listed row add a tie-break of at most TIE_BREAK, smaller the
+    lower it scores: the rows past every list's first places, which weigh 0, rank by their scores.
     Example: scores [0.9, 0.8, 0.7] -> z [1.22, 0, -1.22] -> weights [2.45, 1.22, 0]."""
     valid = ranking >= 0
     filled = np.where(valid, np.asarray(scores, dtype=np.float64), np.asarray(empty, dtype=np.float64)[:, None])
     counted = ~np.isnan(filled)
+    if places is not None:
+        counted[..., places:] = False
     n = np.maximum(counted.sum(-1, keepdims=True), 1)
     mean = np.where(counted, filled, 0.0).sum(-1, keepdims=True) / n  # (..., S, 1)
     sd = np.sqrt(np.where(counted, (filled - mean) ** 2, 0.0).sum(-1, keepdims=True) / n)
-    z = np.where(counted & (sd > 0), (filled - mean) / np.where(sd > 0, sd, 1.0), 0.0)  # (..., S, c)
+    z = np.where(~np.isnan(filled) & (sd > 0), (filled - mean) / np.where(sd > 0, sd, 1.0), 0.0)  # (..., S, c)
     lowest = np.where(counted, z, np.inf).min(-1, keepdims=True)
-    return np.where(valid, z - np.where(np.isfinite(lowest), lowest, 0.0), 0.0)
+    shifted = z - np.where(np.isfinite(lowest), lowest, 0.0)  # (..., S, c): <= 0 only past the first places
+    if places is None:
+        return np.where(valid, shifted, 0.0)
+    tie_break = TIE_BREAK * np.exp(np.minimum(shifted, 0.0))  # (0, TIE_BREAK]: lower the further below
+    return np.where(valid, np.maximum(shifted, 0.0) + tie_break, 0.0)
 
 
 def fuse(ranking: np.ndarray, weights: np.ndarray, k: int, with_votes: bool = True) -> Fused:
