@@ -9,8 +9,9 @@ import click
 from mrag import settings
 from mrag.cli_common import CONTEXT, db_option, emit, model_option, output_options, user_errors, where_option
 from mrag.generate.backends import BACKENDS
-from mrag.generate.base import DEFAULT_MAX_TOKENS, without_thinking
+from mrag.generate.base import DEFAULT_MAX_TOKENS
 from mrag.generate.prompt import DEFAULT_MAX_CONTEXT_CHARS, header
+from mrag.generate.thinking import AnswerStream
 
 generator_option = click.option(
     "--generator", "-g", "backend", type=click.Choice(sorted(BACKENDS)), envvar="MRAG_GENERATOR", default="local",
@@ -86,19 +87,21 @@ def ask(question: str, db: str, model: str | None, k: int, strategy: str | None,
     if prepared.subqueries and not as_json:
         click.echo("sub-queries: " + " | ".join(prepared.subqueries), err=True)
     pieces: list[str] = []
-    shown = ""  # what was printed: the answer as far as it is known, a reasoning model's thoughts left out
+    shown = AnswerStream()  # what is printed: the answer as it comes, a reasoning model's thoughts left out
+    printed = False
     try:
         for piece in prepared.stream(generator, max_tokens):
             pieces.append(piece)
-            visible = None if as_json else answer_so_far("".join(pieces))
-            if visible is not None and visible != shown:
-                # a lone </think> ends thoughts already printed: the answer on a line of its own
-                click.echo(visible[len(shown):] if visible.startswith(shown) else "\n\n" + visible, nl=False)
+            if not as_json and (text := shown.feed(piece)):
+                click.echo(text, nl=False)
                 sys.stdout.flush()
-                shown = visible
+                printed = True
         answer = prepared.answer("".join(pieces))
+        if not as_json and (text := shown.finish()):
+            click.echo(text, nl=False)
+            printed = True
     except Exception:
-        if shown and not as_json:
+        if printed:
             click.echo()  # the error on a line of its own, not run on from the answer cut short
         raise
     if as_json:
@@ -170,19 +173,6 @@ def serve(db: str, model: str | None, host: str, port: int, token: str | None, b
     app = create_app(settings)
     # uvicorn's start-up lines say where it listens ("Uvicorn running on ..."); no line per request
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
-
-
-THINKING_TAGS = ("<think>", "<thinking>", "<reasoning>")
-
-
-def answer_so_far(text: str) -> str | None:
-    """What of a reply streaming in is its answer so far: None while it may still open with a reasoning model's
-    thinking block (`<thi` may be one), the reply less the block once it closes."""
-    head = text.lstrip().lower()
-    if any(tag.startswith(head) for tag in THINKING_TAGS):
-        return None
-    answer = without_thinking(text)
-    return None if answer == "" and head.startswith(THINKING_TAGS) else answer  # a block still open
 
 
 def check_listen(host: str, port: int) -> None:

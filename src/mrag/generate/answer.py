@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mrag.documents import check_utf8
-from mrag.generate.base import DEFAULT_MAX_TOKENS, Generator, Message, well_formed, without_thinking
+from mrag.generate.base import DEFAULT_MAX_TOKENS, Generator, Message, well_formed
 from mrag.generate.fusion import retrieve_for
 from mrag.generate.prompt import (
     DEFAULT_MAX_CONTEXT_CHARS,
@@ -23,6 +23,7 @@ from mrag.generate.prompt import (
     format_context,
     parse_citations,
 )
+from mrag.generate.thinking import without_thinking
 from mrag.retrieve import filter_sql
 from mrag.retrieve import strategies as retrieve
 

@@ -5,7 +5,6 @@ A backend implements `stream`; `generate` joins it. `mrag.generate.backends` bui
 
 from __future__ import annotations
 
-import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from typing import TypedDict
@@ -17,10 +16,7 @@ class Message(TypedDict):
 
 
 DEFAULT_MAX_TOKENS = 256
-# a reasoning model's thoughts: a block the reply opens with (one left open runs to the end), or all before a lone
-# </think> that ends its line (a chat template that opened the block itself); never a tag the answer mentions
-THINKING = re.compile(r"\A\s*<(think|thinking|reasoning)>.*?(?:</\1>|\Z)", re.S | re.I)
-LONE_END = re.compile(r"\A(?:(?!<think>).)*?</think>[ \t]*(?:\r?\n|\Z)", re.S | re.I)
+
 
 
 class Generator(ABC):
@@ -50,13 +46,6 @@ def as_messages(prompt: str | Sequence[Message]) -> list[Message]:
     if not out:
         raise ValueError("no messages to answer")
     return out
-
-
-def without_thinking(text: str) -> str:
-    """A reasoning model's reply less its thoughts (`THINKING`, `LONE_END`); an answer that mentions the tags
-    keeps them.  "<think>Is [3] about bees? No.</think>Bees fan [2]." -> "Bees fan [2]." """
-    stripped = THINKING.sub("", text, count=1)
-    return LONE_END.sub("", stripped, count=1) if stripped == text else stripped
 
 
 def well_formed(text: str) -> str:

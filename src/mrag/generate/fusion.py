@@ -19,7 +19,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from mrag.generate.base import Generator, Message, without_thinking
+from mrag.generate.base import Generator, Message
+from mrag.generate.thinking import without_thinking
 from mrag.retrieve import filter_sql, filtered
 from mrag.retrieve import strategies as retrieve
 
