@@ -61,6 +61,12 @@ class PoisonEmbedder(FakeEmbedder):
         return super().embed_batch(texts)
 
 
+class OtherPoisonEmbedder(PoisonEmbedder):
+    """Another model, failing as `PoisonEmbedder` does: which error a job gives tells whether it embedded."""
+
+    name = "other-bow"
+
+
 class SlowEmbedder(FakeEmbedder):
     """The fake embedder taking 0.2 s a batch, as a model would: the pool's actors all start meanwhile."""
 
@@ -141,6 +147,11 @@ def child(corpus: Path, db: Path) -> dict:
         out["poison"] = "no error"
     except Exception as e:  # the worker's error, unwrapped from Ray's
         out["poison"] = f"{type(e).__name__}: {e}"
+    try:  # another model than the index's: refused before any chunk is embedded (before, after all of them)
+        index_with_ray(db, [corpus], make_embedder=OtherPoisonEmbedder, **options)
+        out["other_model"] = "no error"
+    except Exception as e:
+        out["other_model"] = f"{type(e).__name__}: {e}"
     try:  # a new index: a job that fails leaves none behind
         index_with_ray(corpus.parent / "poison-db", [corpus], make_embedder=PoisonEmbedder, **options)
     except Exception:
@@ -311,6 +322,7 @@ def test_ray_index_equals_single_process_index(tmp_path):
     assert out["taken"].startswith("id(s) already indexed from another file, nothing written: rec1")
     assert out["poison"] == "RayJobError: the Ray job failed, nothing was written: RuntimeError: poisoned chunk"
     assert out["poison_created"] is False
+    assert out["other_model"].startswith("StoreError: ") and "built with fake-bow, not other-bow" in out["other_model"]
     assert out["fragments"] == 1  # every batch in one fragment (one per batch of 4 chunks before)
     assert out["lock_while_embedding"] == "free"  # other writers go on while the workers embed
     assert out["no_gpu"] == "gpus_per_worker=1, but the Ray cluster has 0 GPUs"

@@ -4,6 +4,7 @@ and commits once (the design: `mrag.distributed`)."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import re
@@ -185,16 +186,14 @@ def _run_job(
     # the embedder's description, from a worker (the driver may have no GPU, nor the model's files)
     info = ray.get(ray.remote(_embedder_info).options(num_cpus=cpus, num_gpus=gpus).remote(make))
     pool = num_workers if gpus == 0 else min(num_workers, max(1, int(ray.cluster_resources().get("GPU", 0) // gpus)))
+    opened = functools.partial(Index.open, uri, embedder=_RecordedEmbedder(info), storage_options=storage_options,
+                               chunk_chars=chunking["chunk_chars"], overlap=chunking["overlap"])
+    # an index there refuses another model's vectors before any is embedded
+    index = opened() if existing is not None else None
     # embedded before the write lock is taken (other writers go on meanwhile) and before a new index is made (a
     # failed job leaves none); Ray holds the rows, spilling them to disk past its memory
     embedded = _embedded(ray, documents, todo, make, pool, batch_size, cpus, gpus)
-    index = Index.open(
-        uri,
-        embedder=_RecordedEmbedder(info),
-        storage_options=storage_options,
-        chunk_chars=chunking["chunk_chars"],
-        overlap=chunking["overlap"],
-    )
+    index = index or opened()
     index.ann_policy, store = ann_policy, index.store
     written: list[str] = []
     tags: list[dict[str, Any]] = []
