@@ -189,11 +189,11 @@ def _run_job(
     opened = functools.partial(Index.open, uri, embedder=_RecordedEmbedder(info), storage_options=storage_options,
                                chunk_chars=chunking["chunk_chars"], overlap=chunking["overlap"])
     # an index there refuses another model's vectors before any is embedded
-    index = opened() if existing is not None else None
+    checked = opened() if existing is not None else None
     # embedded before the write lock is taken (other writers go on meanwhile) and before a new index is made (a
     # failed job leaves none); Ray holds the rows, spilling them to disk past its memory
     embedded = _embedded(ray, documents, todo, make, pool, batch_size, cpus, gpus)
-    index = index or opened()
+    index = checked or opened()
     index.ann_policy, store = ann_policy, index.store
     written: list[str] = []
     tags: list[dict[str, Any]] = []
