@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -36,55 +35,18 @@ from mrag import maintenance
 from mrag.connection import check_process, connect
 from mrag.documents import partial
 from mrag.errors import MadeAgain, StoreError
-from mrag.locking import LOCK_FILE, Lease, LockTimeout, is_local, local_path, lock_timeout, normal_uri, write_lock
+from mrag.locking import Lease, LockTimeout, is_local, local_path, lock_timeout, normal_uri, write_lock
 from mrag.manifest import READABLE_FORMATS, Manifest
 from mrag.matrix import Matrix, grown, head_units, load_matrix, stamps
 from mrag.rows import VectorColumn, chunk_schema, fixed, quote, space_column, vector_columns
 from mrag.scales import ScaleSums
+from mrag.store_setup import CHUNKS, MANIFEST, clear_half_made, committed, own_folder
 from mrag.versions import VersionsWatch
 
 __all__ = ["CHUNKS", "MANIFEST", "READ_TRIES", "Store", "StoreError"]
 
-CHUNKS = "chunks"
-MANIFEST = "manifest"
-TABLES = (f"{CHUNKS}.lance", f"{MANIFEST}.lance")
-OWN_ENTRIES = {*TABLES, LOCK_FILE, "graphs"}  # what an index folder holds
 READ_TRIES = 5  # a read whose version was pruned meanwhile goes again at the latest committed one
 T = TypeVar("T")
-
-
-def _committed(table: Path) -> bool:
-    """Whether a local table's folder holds a committed version (a creation cut off leaves one without)."""
-    return any((table / "_versions").glob("*.manifest"))
-
-
-def _clear_half_made(db: Any, uri: str) -> None:
-    """Under the write lock, before creating an index at `uri`: remove what a creation cut off left (a
-    full disk, a kill between its two tables), which every later command refused ("Table 'manifest' was not
-    found", or on an object store the old chunks table reopened: "Provided schema does not match"): a manifest
-    table without a committed version, and a chunks table with no row. A chunks table with rows and no
-    manifest is a damaged index, refused rather than replaced."""
-    if not is_local(uri):
-        if CHUNKS in db.list_tables().tables:
-            rows = db.open_table(CHUNKS).count_rows()
-            if rows:
-                raise StoreError(f"{uri} holds {rows} indexed chunks but no manifest: a damaged index; restore it "
-                                 "from a backup, or index the documents into a new prefix")
-            db.drop_table(CHUNKS)
-        return
-    folder = local_path(uri)
-    chunks, manifest = folder / f"{CHUNKS}.lance", folder / f"{MANIFEST}.lance"
-    committed = chunks.exists() and _committed(chunks)
-    rows = db.open_table(CHUNKS).count_rows() if committed else 0
-    if rows or (chunks.exists() and not committed and any((chunks / "data").glob("*"))):
-        # first: nothing is removed from a damaged index (rows, or data files whose versions are gone)
-        raise StoreError(f"{folder} holds {f'{rows} indexed chunks' if rows else 'the data of indexed chunks'} but "
-                         "no manifest: a damaged index; restore it from a backup, or index the documents into a new "
-                         "folder")
-    if manifest.exists() and not _committed(manifest):
-        shutil.rmtree(manifest)
-    if chunks.exists():
-        shutil.rmtree(chunks)
 
 
 def pruned(error: BaseException) -> bool:
@@ -226,7 +188,7 @@ class Store:
         if "://" not in uri and not Path(uri).expanduser().is_dir():
             return False  # connecting would create the folder
         if is_local(uri):  # LanceDB's listing walks the folder: a folder of documents with a link loop failed there
-            return _committed(local_path(uri) / f"{MANIFEST}.lance")
+            return committed(local_path(uri) / f"{MANIFEST}.lance")
         return MANIFEST in connect(uri, storage_options).list_tables().tables
 
     @classmethod
@@ -254,17 +216,12 @@ class Store:
         `spaces`: external space entries {name, function, options, dim, weight}."""
         uri = normal_uri(uri)
         if is_local(uri):
-            folder = local_path(uri)
-            foreign = sorted(p.name for p in folder.iterdir() if p.name not in OWN_ENTRIES) if folder.is_dir() else []
-            if foreign:  # e.g. --db given the documents' folder: the index would write among them
-                raise StoreError(f"{uri} holds other files ({', '.join(foreign[:3])}): a new index needs a "
-                                 "folder of its own (a new or empty one)")
-            folder.mkdir(parents=True, exist_ok=True)  # the lock file lives in the folder
+            own_folder(uri)
         with write_lock(uri, storage_options=storage_options) as lease:
             if cls.exists(uri, storage_options):  # another process created it first
                 return cls.open(uri, storage_options)
             db = connect(uri, storage_options, read_consistency_interval=timedelta(0))
-            _clear_half_made(db, uri)
+            clear_half_made(db, uri)
             h, d, dim = embedder_info["n_heads"], embedder_info["head_dim"], embedder_info["dim"]
             space_dims = {s["name"]: int(s["dim"]) for s in spaces or []}
             chunks = db.create_table(CHUNKS, schema=chunk_schema(dim, h, d, space_dims), exist_ok=True)

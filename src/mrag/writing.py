@@ -31,7 +31,8 @@ from mrag.locking import cannot_write, unwritable
 from mrag.retrieve import fulltext
 from mrag.rows import build_rows, chunk_schema, quote
 from mrag.spaces import Space
-from mrag.store import TABLES, Store
+from mrag.store import Store
+from mrag.store_setup import TABLES
 
 DEFAULT_CHUNK_CHARS = 1000
 DEFAULT_OVERLAP = 1
