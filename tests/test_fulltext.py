@@ -141,19 +141,44 @@ def test_the_full_text_vote_by_hand(monkeypatch):
 
 def test_the_default_ranks_rows_past_its_standardised_places_by_their_scores(monkeypatch):
     """k = 9 from lists of 5 whose z-scores are standardised over ZSCORE_PLACES = 2 places: both lists score
-    1, 0.875, 0.75, 0.625, 0.5, so z is 1, -1, -3, -5, -7 and the votes 2, 0 and 0 past place 2. Each listed row
-    adds a tie-break of 1e-9 * exp(min(z + 1, 0)): row 4, third in BM25 and fifth in the standard list, adds
-    e^-2 + e^-6 and passes row 2 (third in the standard list: e^-2); rows 3 and 7 (fourth: e^-4) pass row 8.
-    Before, every row past place 2 tied at 0 and went by its best rank, then its id: 2, 4, 3, 7, 8."""
+    1, 0.875, 0.75, 0.625, 0.5, so z is 1, -1, -3, -5, -7, the shift 2, 0, -2, -4, -6 and the votes 2, 0 and 0
+    past place 2. A row of the first places adds a tie-break t = 1e-9; one listed only past them adds
+    t / (2 lists) / (1 - shift) a list: row 4, third in BM25 and fifth in the standard list, adds t/4 (1/3 + 1/7)
+    and passes row 2 (third in the standard list: t/12); rows 3 and 7 (t/20) pass row 8 (t/28). Before, every
+    row past place 2 tied at 0 and went by its best rank, then its id: 2, 4, 3, 7, 8."""
     monkeypatch.setattr(retrieve, "ZSCORE_PLACES", 2)
     scales = {"heads": np.array([1.0, 1.0]), "split": np.ones(2), "standard": np.array([0.5])}
     ranker = Lists({"standard": [0, 1, 2, 3, 4], retrieve.FULLTEXT: [5, 6, 4, 7, 8], "head:0": [1], "head:1": [1]})
     q = retrieve.QueryVectors(np.ones(4), np.ones((2, 2)), text="q")
     found = retrieve.vote("segment-bm25", q, 9, 3, scales, ranker, 2)
     assert found.rows.tolist() == [0, 5, 1, 6, 4, 2, 3, 7, 8]
-    tie = vote.TIE_BREAK
-    np.testing.assert_allclose(found.scores, [2 + tie, 2 + tie, tie, tie, tie * (np.exp(-2) + np.exp(-6)),
-                                              tie * np.exp(-2), tie * np.exp(-4), tie * np.exp(-4), tie * np.exp(-6)])
+    t = vote.TIE_BREAK
+    np.testing.assert_allclose(found.scores, [2 + t, 2 + t, t, t, t / 4 * (1 / 3 + 1 / 7), t / 12, t / 20, t / 20,
+                                              t / 28], rtol=1e-9)
+
+
+def test_rows_past_the_standardised_places_do_not_reorder_the_first_ones(monkeypatch):
+    """Rows X = 1 and Y = 2 hold the same text: the standard list scores them alike (places 0 and 1 of 2
+    standardised), and BM25 lists X at its last standardised place and Y just past it, with the same score.
+    Each of X's two listed first places adds the tie-break; Y has one, and its BM25 slot past the places adds
+    nothing, as Y is in the standard list's first places: X leads at every depth. (A reviewer's run: X first
+    at k = 2, Y first at k = 4, where Y's slot past the places added as much as X's.)"""
+    monkeypatch.setattr(retrieve, "ZSCORE_PLACES", 2)
+    scales = {"heads": np.array([1.0, 1.0]), "split": np.ones(2), "standard": np.array([0.5])}
+
+    def ranker(chosen, queries, c):
+        lists = {"standard": ([2, 1, 10, 11], [1.0, 1.0, 0.5, 0.4]), retrieve.FULLTEXT: ([20, 1, 2, 21], [10, 4, 4, 1])}
+        ranking = np.full((len(queries), len(chosen), c), -1, dtype=np.int64)
+        sims = np.full(ranking.shape, -np.inf)
+        for s, voter in enumerate(chosen):
+            rows, scores = lists.get(voter.name, ([1], [1.0]))
+            ranking[:, s, :min(c, len(rows))], sims[:, s, :min(c, len(rows))] = rows[:c], scores[:c]
+        return ranking, sims
+
+    q = retrieve.QueryVectors(np.ones(4), np.ones((2, 2)), text="q")
+    shallow, deep = (retrieve.vote("segment-bm25", q, k, 2, scales, ranker, 2) for k in (2, 4))
+    assert shallow.rows.tolist() == [20, 1] and deep.rows.tolist()[:2] == [20, 1]
+    assert deep.rows.tolist()[2] == 2
 
 
 def test_bm25_and_hybrid_rank_as_lancedb_does(index, fake):

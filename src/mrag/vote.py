@@ -65,8 +65,10 @@ def zscore_weights(
     NaN to leave empty slots out (a vector list is short only when the corpus is); a list whose slots
     all score alike weighs 0.  ranking, scores (..., S, c) -> (..., S, c).
     `places`: standardise over the first `places` slots only (a deeper list then weighs its first places
-    as a shorter one does), and let every listed row add a tie-break of at most TIE_BREAK, smaller the
-    lower it scores: the rows past every list's first places, which weigh 0, rank by their scores.
+    as a shorter one does). Every row listed there adds a tie-break of TIE_BREAK, smaller the lower it scores;
+    a row listed only past them (it weighs 0) adds at most TIE_BREAK / (2 S) a list, so such rows rank by their
+    scores, below every row of the first places, and the order of those does not depend on how deep lists go.
+    A slot whose score is NaN weighs 0.
     Example: scores [0.9, 0.8, 0.7] -> z [1.22, 0, -1.22] -> weights [2.45, 1.22, 0]."""
     valid = ranking >= 0
     filled = np.where(valid, np.asarray(scores, dtype=np.float64), np.asarray(empty, dtype=np.float64)[:, None])
@@ -76,13 +78,18 @@ def zscore_weights(
     n = np.maximum(counted.sum(-1, keepdims=True), 1)
     mean = np.where(counted, filled, 0.0).sum(-1, keepdims=True) / n  # (..., S, 1)
     sd = np.sqrt(np.where(counted, (filled - mean) ** 2, 0.0).sum(-1, keepdims=True) / n)
-    z = np.where(~np.isnan(filled) & (sd > 0), (filled - mean) / np.where(sd > 0, sd, 1.0), 0.0)  # (..., S, c)
+    z = np.where(sd > 0, (filled - mean) / np.where(sd > 0, sd, 1.0), 0.0)  # (..., S, c); NaN where filled is
     lowest = np.where(counted, z, np.inf).min(-1, keepdims=True)
-    shifted = z - np.where(np.isfinite(lowest), lowest, 0.0)  # (..., S, c): <= 0 only past the first places
+    shifted = z - np.where(np.isfinite(lowest), lowest, 0.0)  # (..., S, c): < 0 only past the first places
+    scored = valid & ~np.isnan(filled)
     if places is None:
-        return np.where(valid, shifted, 0.0)
-    tie_break = TIE_BREAK * np.exp(np.minimum(shifted, 0.0))  # (0, TIE_BREAK]: lower the further below
-    return np.where(valid, np.maximum(shifted, 0.0) + tie_break, 0.0)
+        return np.where(scored, shifted, 0.0)
+    s, c = ranking.shape[-2:]
+    lists = ranking.reshape(-1, s, c)  # (P, S, c): a part's lists, whose rows' votes add up
+    first = np.stack([np.isin(r, r[:, :places]) for r in lists]).reshape(ranking.shape)  # listed in first places
+    share = np.where(np.arange(c) < places, TIE_BREAK, np.where(first, 0.0, TIE_BREAK / (2 * s)))  # (..., S, c)
+    tie_break = share / (1.0 + np.maximum(-np.nan_to_num(shifted), 0.0))  # lower the further below: no underflow
+    return np.where(scored, np.maximum(shifted, 0.0) + tie_break, 0.0)
 
 
 def fuse(ranking: np.ndarray, weights: np.ndarray, k: int, with_votes: bool = True) -> Fused:
