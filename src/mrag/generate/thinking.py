@@ -9,8 +9,19 @@ import re
 # </think> that ends its line (a chat template that opened the block itself); never a tag the answer mentions
 THINKING = re.compile(r"\A\s*<(think|thinking|reasoning)>.*?(?:</\1>|\Z)", re.S | re.I)
 LONE_END = re.compile(r"\A(?:(?!<think>).)*?</think>[ \t]*(?:\r?\n|\Z)", re.S | re.I)
-OPENING_TAGS = ("<think>", "<thinking>", "<reasoning>")
 END, OPENING = re.compile("</think>", re.I), re.compile("<think>", re.I)
+OPENS = re.compile(r"\s*<(think|thinking|reasoning)>", re.I)  # as THINKING begins
+CLOSES = re.compile(r"<(think|thinking|reasoning)>.*?</\1>", re.S | re.I)  # as THINKING ends: its opening tag first
+
+
+def _proper_prefixes(*tags: str) -> re.Pattern[str]:
+    """A pattern whose `fullmatch` tells a start of one of `tags`, not all of it, compared as `re.I` compares
+    (İ and ı match i there, not in str.lower())."""
+    return re.compile("|".join(re.escape(tag[:i]) for tag in tags for i in range(1, len(tag))), re.I)
+
+
+MAY_OPEN = _proper_prefixes("<think>", "<thinking>", "<reasoning>")
+MAY_BE_TAG = _proper_prefixes("</think>", "<think>")
 
 
 def without_thinking(text: str) -> str:
@@ -36,45 +47,50 @@ class AnswerStream:
     def __init__(self) -> None:
         self.phase = "start"  # start -> block -> answer, or start -> text (-> answer at a lone </think>)
         self.pending = ""  # text come and not shown yet
-        self.closing: re.Pattern[str] | None = None  # the closing tag of the block the reply opened
+        self.opening = ""  # the tag of the block the reply opened, as written
         self.lone_end = True  # in "text": a lone </think> may still end the thoughts (no <think> came first)
-        self.held = ""  # white space at the end of what was shown: shown once text follows it
+        self.held: list[str] = []  # white space at the end of what was shown: shown once text follows it
+        self.awaiting = False  # `pending` is a </think> and spaces: only its line's end, or text, decides it
+        self.spaces: list[str] = []  # spaces and tabs come meanwhile (a list: a long run costs no copies)
         self.started = False  # whether the text or the answer has shown anything (white space it opens with is not)
         self.gap = False  # the answer follows shown thoughts: a blank line first
 
     def feed(self, piece: str) -> str:
         """The text to show now that `piece` came."""
-        self.pending += piece
+        if self.awaiting and not piece.strip(" \t"):
+            self.spaces.append(piece)
+            return ""
+        self.pending += "".join(self.spaces) + piece
+        self.spaces = []
         return self._advance(final=False)
 
     def finish(self) -> str:
         """The text left to show once the reply has ended."""
+        self.pending += "".join(self.spaces)
         return self._advance(final=True)
 
     def _advance(self, final: bool) -> str:
         shown = ""
         if self.phase == "start":
-            start = self.pending.lstrip().lower()
-            if not final and any(tag.startswith(start) and tag != start for tag in OPENING_TAGS):
+            self.pending = self.pending.lstrip()  # white space the reply opens with is never shown
+            if not final and (not self.pending or MAY_OPEN.fullmatch(self.pending)):
                 return ""  # "<thi" may open a block: wait
-            opened = next((tag for tag in OPENING_TAGS if start.startswith(tag)), None)
+            opened = OPENS.match(self.pending)
             if opened is None:
                 self.phase = "text"
             else:
-                self.phase, self.closing = "block", re.compile(re.escape("</" + opened[1:]), re.I)
-                self.pending = self.pending.lstrip()[len(opened):]
+                self.phase, self.opening, self.pending = "block", opened.group(0), self.pending[opened.end():]
         if self.phase == "block":
-            assert self.closing is not None
-            end = self.closing.search(self.pending)
-            if end is None:
-                self.pending = "" if final else self.pending[-len(self.closing.pattern):]  # a tag cut in two is found
+            block = CLOSES.match(self.opening + self.pending)  # its closing tag read as THINKING reads it
+            if block is None:
+                self.pending = "" if final else self.pending[-len(self.opening):]  # a tag cut in two is found
                 return ""
-            self.phase, self.pending = "answer", self.pending[end.end():]
+            self.phase, self.pending = "answer", (self.opening + self.pending)[block.end():]
         if self.phase == "text":
             text, ended = self._text(final)
             shown = self._show(text)
             if ended:
-                self.phase, self.held, self.started, self.gap = "answer", "", False, self.started
+                self.phase, self.held, self.started, self.gap = "answer", [], False, self.started
         if self.phase == "answer":
             shown += self._show(self.pending)
             self.pending = ""
@@ -83,7 +99,7 @@ class AnswerStream:
     def _text(self, final: bool) -> tuple[str, bool]:
         """From `pending`, the text decided (up to where a lone </think> may still start) and whether it is
         thoughts that such a tag ended (the answer is left in `pending`)."""
-        decided = ""
+        decided, self.awaiting = "", False
         while self.lone_end:
             end, opening = END.search(self.pending), OPENING.search(self.pending)
             if opening is not None and (end is None or opening.start() < end.start()):
@@ -96,6 +112,7 @@ class AnswerStream:
             rest = self.pending[end.end():].lstrip(" \t")
             if not final and rest in ("", "\r"):  # its line has not ended yet
                 decided, self.pending = decided + self.pending[:end.start()], self.pending[end.start():]
+                self.awaiting = rest == ""
                 return decided, False
             if rest == "" or rest.startswith(("\n", "\r\n")):  # a lone </think>: the thoughts end here
                 decided, self.pending = decided + self.pending[:end.start()], rest[rest.find("\n") + 1:]
@@ -107,21 +124,19 @@ class AnswerStream:
 
     def _partial_tag(self) -> int:
         """Where a tail that may be the start of a tag begins ("... <thi"), else the end."""
-        cut = self.pending.rfind("<")
-        if cut >= 0 and any(tag.startswith(self.pending[cut:].lower()) for tag in ("</think>", "<think>")):
-            return cut
-        return len(self.pending)
+        cut = self.pending.rfind("<")  # a tag's start holds one "<", its first character
+        return cut if cut >= 0 and MAY_BE_TAG.fullmatch(self.pending, cut) else len(self.pending)
 
     def _show(self, text: str) -> str:
         """`text` as shown: white space it opens with left out at the start of the text or the answer, and white
         space at its end held until more text comes."""
         if not self.started:
             text = text.lstrip()
-        joined = self.held + text
-        shown = joined.rstrip()
-        self.held = joined[len(shown):]
+        shown = text.rstrip()
         if not shown:
+            self.held.append(text)
             return ""
+        shown, self.held = "".join(self.held) + shown, [text[len(shown):]]
         if self.gap:
             shown, self.gap = "\n\n" + shown, False
         self.started = True
