@@ -103,16 +103,17 @@ def test_the_full_text_vote_by_hand(monkeypatch):
     0.5) and BM25 rows 0, 3 (scores 1, 0.5; its two empty slots count 0: rows matching no query word).
     Their scores are fused as z-scores shifted to 0 at each list's lowest slot: standard sqrt(6),
     sqrt(1.5), 0 (mean 0.75, sd sqrt(1 / 24)); BM25 8 / sqrt(11), 4 / sqrt(11) (mean 3/8, sd sqrt(11) / 8).
-    Row 0 gets sqrt(1.5) + 8 / sqrt(11), row 2 sqrt(6), row 3 4 / sqrt(11), row 1 0 (`mrag-bm25`). The
-    default `segment-bm25` standardises over `ZSCORE_PLACES` places (6 here): BM25's four empty slots give mean
-    1/4, sd sqrt(7 / 48), so rows 0 and 3 weigh sqrt(48 / 7) and sqrt(12 / 7). (Each listed row also adds a
-    tie-break under 1e-9, `vote.TIE_BREAK`.) In `hybrid` each votes 1 / (60 + rank), rank from 1."""
+    Row 0 gets sqrt(1.5) + 8 / sqrt(11), row 2 sqrt(6), row 3 4 / sqrt(11), row 1 0, were the lists standardised
+    over their 4 places; `mrag-bm25` and the default `segment-bm25` standardise over `ZSCORE_PLACES` places (6
+    here) whatever k: BM25's four empty slots give mean 1/4, sd sqrt(7 / 48), so rows 0 and 3 weigh sqrt(48 / 7)
+    and sqrt(12 / 7). (Each listed row also adds a tie-break under 1e-9, `vote.TIE_BREAK`.) In `hybrid` each
+    votes 1 / (60 + rank), rank from 1."""
     monkeypatch.setattr(retrieve, "ZSCORE_PLACES", 6)
     scales = {"heads": np.array([1.0, 1.0]), "split": np.ones(2), "standard": np.array([0.5])}
     ranker = Lists({"standard": [2, 0, 1], retrieve.FULLTEXT: [0, 3], "head:0": [1], "head:1": [1]})
     q = retrieve.QueryVectors(np.ones(4), np.ones((2, 2)), text="q")  # any direction: the lists are given
-    for strategy, top, second in (("mrag-bm25", 8 / 11 ** 0.5, 4 / 11 ** 0.5),
-                                  ("segment-bm25", (48 / 7) ** 0.5, (12 / 7) ** 0.5)):
+    for strategy in ("mrag-bm25", "segment-bm25"):
+        top, second = (48 / 7) ** 0.5, (12 / 7) ** 0.5
         mine = retrieve.vote(strategy, q, 4, 3, scales, ranker, 2)
         assert mine.rows.tolist() == [0, 2, 3, 1]
         np.testing.assert_allclose(mine.scores, [1.5 ** 0.5 + top, 6 ** 0.5, second, 0.0], atol=3e-9)
@@ -561,6 +562,7 @@ def test_the_default_ranks_the_first_k_as_a_deeper_search_does(db_path):
     index = Index.open(db_path, embedder=SeededEmbedder())
     index.add([{"id": f"d{i}", "text": " ".join(rng.choice(words, 6))} for i in range(200)])
     for query in ["roman bee chess", "tide moon comet river", "glacier valley road", "hive engine orbit delta"]:
-        first = [h.id for h in index.search(query, k=5, strategy="segment-bm25")]
-        for k, c in ((64, None), (100, None), (64, retrieve.DEFAULT_C)):  # c None: max(k, 32) per space
-            assert [h.id for h in index.search(query, k=k, c=c, strategy="segment-bm25")][:5] == first, (query, k, c)
+        for strategy in ("segment-bm25", "mrag-bm25"):  # mrag-bm25 on a query of one part: its lists' z-scores
+            first = [h.id for h in index.search(query, k=5, strategy=strategy)]
+            for k, c in ((64, None), (100, None), (64, retrieve.DEFAULT_C)):  # c None: max(k, 32) per space
+                assert [h.id for h in index.search(query, k=k, c=c, strategy=strategy)][:5] == first, (query, k, c)

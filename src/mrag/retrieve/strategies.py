@@ -254,7 +254,7 @@ def vote_many(
     lone = [i for i, v in enumerate(chosen) if v.name == plan.one_part or v.group == FULLTEXT]
     lone = lone if any(chosen[i].name == plan.one_part for i in lone) else []
     depth = max(k, c) if plan.base in ("standard", "bm25") or lone or plan.fulltext else c  # each space's list
-    if plan.zscores:  # z-scores standardised over ZSCORE_PLACES: a search of k = 5 ranks as one of k = 100
+    if plan.zscores or (plan.fulltext and lone):  # z-scores over ZSCORE_PLACES: k = 5 ranks as the top of k = 100
         depth = max(depth, ZSCORE_PLACES)
     ranking, sims = ranker(chosen, [q for qs in searched for q in qs], depth)  # (P_total, S, depth)
     # a part whose vector in a space is zero (no direction: a fake embedder's text of no word) votes nothing
