@@ -490,3 +490,19 @@ def test_eval_labels_select_spaces():
         split_label("spaces@mpnet", [])
     with pytest.raises(ValueError, match="unknown strategy"):
         split_label("nonsense@heads")
+
+
+def test_an_external_space_ranks_by_cosine_on_every_path(db_path, fake):
+    """test-words stores 3 per word, so a longer text has a longer vector. "comet" matches the query
+    "comet" at cosine 1; the longer text at about 0.89 but 4x its dot product. The ANN path that ranks
+    candidates exactly (a filter keeping few rows, `candidates=`) took the stored vectors as they are and
+    ranked the longer text first; the exact scan and LanceDB's index rank by cosine."""
+    index = Index.open(db_path, embedder=fake, spaces=["w=test-words"])
+    index.add([{"id": "one", "text": "comet"}, {"id": "many", "text": "comet comet comet comet ice river stone arch"}]
+              + [{"id": f"f{i}", "text": f"filler{i} queen flower"} for i in range(60)])
+    index.build_ann("IVF_FLAT", nprobes=1000)
+    for options in ({"exact": True}, {"exact": False}, {"exact": False, "where": "id != 'x'"},
+                    {"exact": False, "candidates": 50}):
+        hits = index.search("comet", k=2, strategy="spaces", spaces=["w"], **options)
+        assert [h.id for h in hits] == ["one#0", "many#0"], options
+        assert hits[0].votes[0]["space"] == "w"

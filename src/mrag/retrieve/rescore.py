@@ -25,6 +25,8 @@ import numpy as np
 
 from mrag.retrieve.ann import query_vector
 from mrag.retrieve.types import QueryVectors, Voter
+from mrag.rows import space_column
+from mrag.scales import split_unit
 from mrag.settings import DEFAULT_CANDIDATES, DEFAULT_NPROBES
 
 
@@ -92,7 +94,9 @@ class RescoreRanker:
         for column in columns:
             values = found[column].combine_chunks()
             width = values.type.list_size
-            out[column] = values.values.to_numpy(zero_copy_only=False).reshape(-1, width)[order].astype(np.float32)
+            vectors = values.values.to_numpy(zero_copy_only=False).reshape(-1, width)[order].astype(np.float32)
+            # an external space's vectors are stored as its function made them: made unit, as the matrix has them
+            out[column] = split_unit(vectors)[1] if column.startswith(space_column("")) else vectors
         return out
 
 
