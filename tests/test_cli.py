@@ -183,6 +183,16 @@ def test_index_warns_of_chunks_the_model_cannot_read_whole(tmp_path, reuse_minil
     assert "warning" not in plain.stderr and "1 chunks written" in plain.stdout  # of this write's chunks only
 
 
+def test_index_plain_prints_a_skipped_file_on_one_line(tmp_path):
+    """A file name holding a line break split its `skipped` line in two (search --plain had one_line already)."""
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    (folder / "bees.txt").write_text("Honeybees fan their wings to cool the hive.")
+    (folder / "bad\nname.txt").write_bytes(b"bin\x00")
+    plain = mrag("index", folder, "--db", tmp_path / "idx", "--plain").stdout.splitlines()
+    assert plain[1:] == [f"skipped {folder}/bad name.txt: a binary file, not text"]
+
+
 def test_index_prune_deletes_the_documents_of_deleted_files(db, corpus):
     gone = sorted(corpus.iterdir())[0]
     gone.unlink()

@@ -551,3 +551,40 @@ def test_a_file_reached_through_a_link_is_read_as_itself_whichever_name_comes_fi
     (annex / "bees.html").symlink_to("store/SHA256-s19--9d2c4e")
     (doc,), _ = read_paths([annex])
     assert (doc.title, doc.text.strip()) == ("Bee guide", "Bees fan the hive.")
+
+
+def test_a_file_python_cannot_parse_is_skipped_in_a_folder_and_an_error_alone(tmp_path):
+    """JSON nested 500 deep (Python's recursion limit), and numbers of over 4,300 digits (in a JSON record, in an
+    HTML character reference) raised RecursionError and ValueError: a traceback or an error that named no file,
+    and none of the folder's other files indexed."""
+    folder = tmp_path / "notes"
+    write(folder / "ok.txt", "Roman roads")
+    write(folder / "deep.json", '{"text": "t", "m": ' + "[" * 500 + "]" * 500 + "}")
+    write(folder / "big.jsonl", '{"text": "a doc", "n": ' + "9" * 5000 + "}")
+    write(folder / "page.html", "<html><title>T</title><body>hello &#" + "1" * 5000 + "; world</body></html>")
+    docs, skipped = read_paths([folder])
+    assert [Path(d.source).name for d in docs] == ["ok.txt"]
+    reasons = {Path(s.source).name: s.reason for s in skipped}
+    assert reasons["deep.json"] == "cannot be parsed (nested too deeply)"
+    assert reasons["big.jsonl"].startswith("cannot be parsed (Exceeds the limit (4300 digits)")
+    assert reasons["page.html"].startswith("cannot be parsed (Exceeds the limit (4300 digits)")
+    with pytest.raises(IngestError, match=r"deep\.json: cannot be parsed \(nested too deeply\)"):
+        read_file(folder / "deep.json")
+
+
+@pytest.mark.parametrize(("title", "expected"), [("Rome", "Rome"), (7, "7"), (True, ""), (False, ""), (None, "")])
+def test_a_record_s_title_is_text_or_a_number(tmp_path, title, expected):
+    """A list or an object became its Python repr ("['x', 'y']"), and true "True" while false was no title."""
+    path = write(tmp_path / "r.jsonl", json.dumps({"id": "a", "text": "Roman roads", "title": title}))
+    assert read_file(path)[0].title == expected
+
+
+@pytest.mark.parametrize("title", [["x", "y"], {"a": 1}])
+def test_a_record_s_title_that_is_a_list_or_an_object_is_refused(tmp_path, title):
+    path = write(tmp_path / "r.jsonl", json.dumps({"id": "a", "text": "Roman roads", "title": title}))
+    with pytest.raises(IngestError, match=r"r\.jsonl: line 1: the title 'title' must be text or a number"):
+        read_file(path)
+    from mrag.documents import as_document
+
+    with pytest.raises(ValueError, match="document 0: its source and title must be text or a number"):
+        as_document({"id": "a", "text": "Roman roads", "title": title}, 0)

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from mrag import settings
-from mrag.cli_common import CONTEXT, db_option, emit, model_option, output_options, user_errors
+from mrag.cli_common import CONTEXT, db_option, emit, model_option, one_line, output_options, user_errors
 from mrag.settings import ANN_THRESHOLD, COMMIT_EVERY, DEFAULT_EF, DEFAULT_NPROBES
 from mrag.settings import DEFAULT_INDEX as DEFAULT_ANN_INDEX
 from mrag.settings import INDEX_TYPES as ANN_INDEX_TYPES
@@ -159,9 +159,9 @@ def index(paths: tuple[str, ...], db: str, model: str | None, layer: int | None,
         click.echo(f"added {summary['added']}, updated {summary['updated']}, unchanged {summary['unchanged']}, "
                    f"removed {summary['removed']} documents ({summary['chunks']} chunks written)")
         for s in report.skipped:
-            click.echo(f"skipped {s.source}: {s.reason}")
+            click.echo(one_line(f"skipped {s.source}: {s.reason}"))
         for warning in report.warnings:
-            click.echo(f"warning: {warning}", err=True)
+            click.echo(one_line(f"warning: {warning}"), err=True)
         if dropped:
             click.echo(f"dropped the spaces {', '.join(dropped)}")
         if drop_ann:

@@ -60,9 +60,12 @@ def shown(text: str) -> str:
 
 
 def field_text(value: Any) -> str:
-    """A title's or a source's text: none for null, false, NaN or infinity; a number as its text (0 -> "0")."""
-    if value is None or value is False or (isinstance(value, float) and not math.isfinite(value)):
+    """A title's or a source's text: none for null, a boolean, NaN or infinity; a number as its text (0 -> "0").
+    A list or an object is refused (its Python repr was the title)."""
+    if value is None or isinstance(value, bool) or (isinstance(value, float) and not math.isfinite(value)):
         return ""
+    if isinstance(value, (list, dict)):
+        raise ValueError(f"must be text or a number, not {json.dumps(value, default=str)[:80]}")
     return str(value)
 
 
@@ -177,11 +180,15 @@ def as_document(doc: Document | dict[str, Any] | str, i: int) -> Document:
         given = doc.get("id")  # 0 is an id; None or "": a hash of the text
         if not_an_id(given):  # as in a records file
             raise ValueError(f"document {i}: the id must be a string or a number, not {json.dumps(given)}")
+        try:
+            source, title = field_text(doc.get("source")), field_text(doc.get("title"))
+        except ValueError as e:
+            raise ValueError(f"document {i}: its source and title {e}") from None
         d = Document(
             id=str(given) if given not in (None, "") else hashlib.sha256(doc["text"].encode()).hexdigest()[:16],
             text=doc["text"],
-            source=field_text(doc.get("source")),
-            title=field_text(doc.get("title")),
+            source=source,
+            title=title,
             metadata=metadata,
         )
     else:

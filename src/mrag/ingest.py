@@ -177,6 +177,13 @@ def read_file(path: Path, text_field: str = "text", id_field: str = "id", title_
         docs = _read_file(path, text_field, id_field, title_field)
     except OSError as e:
         raise IngestError(f"{path}: cannot be read ({e.strerror or e})") from e
+    except IngestError:
+        raise
+    except RecursionError:  # JSON nested some hundreds deep: the file's fault, not the run's
+        raise IngestError(f"{path}: cannot be parsed (nested too deeply)") from None
+    except ValueError as e:  # a number of over 4,300 digits in JSON, or in an HTML character reference
+        why = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise IngestError(f"{path}: cannot be parsed ({why})") from None
     for doc in docs:
         doc.stamp = stamp
     return docs
@@ -294,6 +301,9 @@ def _records(path: Path, source: str, text: str, text_field: str, id_field: str,
             check_utf8(row)
         except ValueError as e:
             raise IngestError(f"{path}: {where}: {e}") from None
+        if isinstance(row.get(title_field), (list, dict)):
+            raise IngestError(f"{path}: {where}: the title {title_field!r} must be text or a number, "
+                              f"not {json.dumps(row[title_field])[:80]}")
         doc_id = str(given) if given is not None else f"{source}#{i}"
         metadata = merged_metadata(row, (text_field, id_field, title_field), strict=False)
         docs.append(Document(doc_id, row[text_field], source, field_text(row.get(title_field)), metadata))
