@@ -254,18 +254,27 @@ def test_zscore_weights_by_hand():
 def test_zscore_weights_over_the_first_places_by_hand():
     """places = 2 of scores 0.9, 0.8, 0.7, 0.6: mean 0.85, sd 0.05, so z 1, -1, -3, -5 and the shift 2, 0, -2, -4.
     The first places weigh their shift plus t = TIE_BREAK; rows listed only past them t / 2 (one list) / (1 - shift).
-    A NaN score weighs 0."""
+    A NaN score weighs 0. Standardised over the same places, a list weighs its first places alike at any depth, to
+    the last bit (summed over all slots, their sums rounded otherwise at another depth: ties swapped)."""
     ranking = np.array([[3, 1, 4, 2]])
-    w = zscore_weights(ranking, np.array([[0.9, 0.8, 0.7, 0.6]]), np.array([np.nan]), places=2)
+    w = zscore_weights(ranking, np.array([[0.9, 0.8, 0.7, 0.6]]), np.array([np.nan]), places=2, tie_breaks=True)
     t = TIE_BREAK
     np.testing.assert_allclose(w, [[2 + t, t, t / 2 / 3, t / 2 / 5]], rtol=1e-12)
     # a row past the places that another list has in its first places adds nothing there
     two = zscore_weights(np.array([[3, 1, 4, 2], [4, 3, -1, -1]]), np.array([[0.9, 0.8, 0.7, 0.6], [2, 1, 0, 0]]),
-                         np.array([np.nan, 0.0]), places=2)
+                         np.array([np.nan, 0.0]), places=2, tie_breaks=True)
     np.testing.assert_allclose(two[0], [2 + t, t, 0, t / 4 / 5], rtol=1e-12)
     # places past the list: every slot standardised, as without them, plus the tie-break
     ranking, scores = np.array([[2, 0, 1]]), np.array([[0.9, 0.8, 0.7]])
-    np.testing.assert_allclose(zscore_weights(ranking, scores, np.array([np.nan]), places=8),
+    np.testing.assert_allclose(zscore_weights(ranking, scores, np.array([np.nan]), places=8, tie_breaks=True),
                                zscore_weights(ranking, scores, np.array([np.nan])) + TIE_BREAK, rtol=1e-12)
-    nan = zscore_weights(np.array([[0, 1, 2, 3, 4]]), np.array([[0.9, 0.8, 0.7, np.nan, 0.5]]), np.array([np.nan]), 3)
+    nan = zscore_weights(np.array([[0, 1, 2, 3, 4]]), np.array([[0.9, 0.8, 0.7, np.nan, 0.5]]), np.array([np.nan]), 3,
+                         tie_breaks=True)
     assert nan[0, 3] == 0 and nan[0, 4] > 0
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        ranking = np.stack([rng.permutation(12) for _ in range(3)])
+        scores = -np.sort(-rng.choice([0.1, 0.4, 0.5, 0.6, 0.9], (3, 12)), axis=-1)
+        deep = zscore_weights(ranking, scores, np.array([0.0, np.nan, 0.0]), places=4)
+        shallow = zscore_weights(ranking[:, :4], scores[:, :4], np.array([0.0, np.nan, 0.0]), places=4)
+        assert np.array_equal(deep[:, :4], shallow)

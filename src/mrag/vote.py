@@ -55,7 +55,7 @@ def rrf_weights(ranking: np.ndarray, k: int = RRF_K) -> np.ndarray:
 
 
 def zscore_weights(
-    ranking: np.ndarray, scores: np.ndarray, empty: np.ndarray, places: int | None = None
+    ranking: np.ndarray, scores: np.ndarray, empty: np.ndarray, places: int | None = None, tie_breaks: bool = False
 ) -> np.ndarray:
     """Score fusion with no tuning (CombSUM of z-scores): each list's scores standardised over its
     slots, then shifted so its lowest slot weighs 0, as does every row the list leaves out. Lists on
@@ -65,31 +65,39 @@ def zscore_weights(
     NaN to leave empty slots out (a vector list is short only when the corpus is); a list whose slots
     all score alike weighs 0.  ranking, scores (..., S, c) -> (..., S, c).
     `places`: standardise over the first `places` slots only (a deeper list then weighs its first places
-    as a shorter one does). Every row listed there adds a tie-break of TIE_BREAK, smaller the lower it scores;
-    a row listed only past them (it weighs 0) adds at most TIE_BREAK / (2 S) a list, so such rows rank by their
-    scores, below every row of the first places, and the order of those does not depend on how deep lists go.
-    A slot whose score is NaN weighs 0.
+    as a shorter one does). `tie_breaks`: every row listed there adds TIE_BREAK; a row listed only past them
+    (it weighs 0) adds at most TIE_BREAK / (2 S) a list, smaller the lower it scores, so such rows rank by
+    their scores, below every row of the first places, and the order of those does not depend on how deep
+    lists go. A slot whose score is NaN weighs 0.
     Example: scores [0.9, 0.8, 0.7] -> z [1.22, 0, -1.22] -> weights [2.45, 1.22, 0]."""
     valid = ranking >= 0
     filled = np.where(valid, np.asarray(scores, dtype=np.float64), np.asarray(empty, dtype=np.float64)[:, None])
-    counted = ~np.isnan(filled)
-    if places is not None:
-        counted[..., places:] = False
+    s, c = ranking.shape[-2:]
+    places = c if places is None else min(places, c)
+    first = filled[..., :places]  # the slots standardised: sliced, so their sums round alike at any depth
+    counted = ~np.isnan(first)
     n = np.maximum(counted.sum(-1, keepdims=True), 1)
-    mean = np.where(counted, filled, 0.0).sum(-1, keepdims=True) / n  # (..., S, 1)
-    sd = np.sqrt(np.where(counted, (filled - mean) ** 2, 0.0).sum(-1, keepdims=True) / n)
+    mean = np.where(counted, first, 0.0).sum(-1, keepdims=True) / n  # (..., S, 1)
+    sd = np.sqrt(np.where(counted, (first - mean) ** 2, 0.0).sum(-1, keepdims=True) / n)
     z = np.where(sd > 0, (filled - mean) / np.where(sd > 0, sd, 1.0), 0.0)  # (..., S, c); NaN where filled is
-    lowest = np.where(counted, z, np.inf).min(-1, keepdims=True)
+    lowest = np.where(counted, z[..., :places], np.inf).min(-1, keepdims=True)
     shifted = z - np.where(np.isfinite(lowest), lowest, 0.0)  # (..., S, c): < 0 only past the first places
     scored = valid & ~np.isnan(filled)
-    if places is None:
-        return np.where(scored, shifted, 0.0)
-    s, c = ranking.shape[-2:]
-    lists = ranking.reshape(-1, s, c)  # (P, S, c): a part's lists, whose rows' votes add up
-    first = np.stack([np.isin(r, r[:, :places]) for r in lists]).reshape(ranking.shape)  # listed in first places
-    share = np.where(np.arange(c) < places, TIE_BREAK, np.where(first, 0.0, TIE_BREAK / (2 * s)))  # (..., S, c)
+    if not tie_breaks or c <= places:  # every slot standardised: a listed row's shift is >= 0, its tie-break 1
+        return np.where(scored, shifted + (TIE_BREAK if tie_breaks else 0.0), 0.0)
+    share = np.full(ranking.shape, TIE_BREAK)  # rows listed only past the first places: a share, none elsewhere
+    share[..., places:] = np.where(_in_first_places(ranking, places)[..., places:], 0.0, TIE_BREAK / (2 * s))
     tie_break = share / (1.0 + np.maximum(-np.nan_to_num(shifted), 0.0))  # lower the further below: no underflow
     return np.where(scored, np.maximum(shifted, 0.0) + tie_break, 0.0)
+
+
+def _in_first_places(ranking: np.ndarray, places: int) -> np.ndarray:
+    """Whether each slot's row is in the first `places` slots of a list of its part: (..., S, c) -> (..., S, c).
+    Rows are told apart by part (one `isin` for a batch of parts, not one per part)."""
+    s, c = ranking.shape[-2:]
+    lists = ranking.reshape(-1, s, c).astype(np.int64) + 1  # (P, S, c), padding 0
+    keys = lists + (int(lists.max(initial=0)) + 1) * np.arange(len(lists))[:, None, None]
+    return np.isin(keys, keys[..., :places]).reshape(ranking.shape)
 
 
 def fuse(ranking: np.ndarray, weights: np.ndarray, k: int, with_votes: bool = True) -> Fused:

@@ -320,7 +320,7 @@ def _vote_weights(
         return rrf_weights(ranking)
     if strategy == "zscore":
         empty = np.array([0.0 if v.group == FULLTEXT else np.nan for v in chosen])
-        return zscore_weights(ranking, sims, empty, places=ZSCORE_PLACES)
+        return zscore_weights(ranking, sims, empty, places=ZSCORE_PLACES, tie_breaks=True)
     return rank_weights(ranking, weights)
 
 
