@@ -370,6 +370,19 @@ def test_ask_streams_server_sent_events(client):
     assert len(events[0][1]["context"]) == 2 and events[-1][1]["cited"][0]["number"] == 1
 
 
+def test_ask_streams_a_reasoning_model_s_answer_without_its_thoughts(tmp_path):
+    """The token events carried the raw reply, its <think> block included; only the answer event left it out."""
+    make_index(tmp_path / "db", DOCS)
+    llm = ScriptedGenerator("<think>Private thoughts about [2].</think> Bees fan their wings [1].")
+    with serving(Settings(db=str(tmp_path / "db"), embedder=FakeEmbedder(), llm=llm)) as base:
+        with httpx.stream("POST", base + "/ask", json={"question": "honeybees hive", "k": 2, "stream": True},
+                          timeout=30) as r:
+            events = sse_events(r.read().decode())
+    tokens = [d["text"] for e, d in events if e == "token"]
+    assert "".join(tokens) == events[-1][1]["answer"] == "Bees fan their wings [1]."
+    assert not any("think" in t for t in tokens)
+
+
 def test_ask_with_nothing_retrieved_says_so_without_the_llm(tmp_path):
     make_index(tmp_path / "db", DOCS)
     llm = ScriptedGenerator("Made up.")

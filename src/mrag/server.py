@@ -31,6 +31,7 @@ from mrag.errors import Unwritable
 from mrag.generate.backends import make_generator
 from mrag.generate.base import Generator
 from mrag.generate.prompt import DEFAULT_MAX_CONTEXT_CHARS
+from mrag.generate.thinking import AnswerStream
 from mrag.locking import is_local
 from mrag.retrieve import filter_sql
 from mrag.retrieve import strategies as retrieve
@@ -290,12 +291,16 @@ def create_app(settings: Settings) -> FastAPI:
             yield _sse("context", {"strategy": prepared.strategy, "subqueries": prepared.subqueries,
                                    "context": [c.to_dict() for c in prepared.context]})
             pieces: list[str] = []
+            shown = AnswerStream()  # the tokens as `mrag ask` prints them: a reasoning model's thoughts left out
             stream = prepared.stream(llm, body.max_tokens)
             try:
                 for piece in stream:
                     pieces.append(piece)
-                    yield _sse("token", {"text": piece})
+                    if text := shown.feed(piece):
+                        yield _sse("token", {"text": text})
                 answer = prepared.answer("".join(pieces))  # a model that only thought: an error event
+                if text := shown.finish():
+                    yield _sse("token", {"text": text})
             except (ValueError, OSError) as e:
                 yield _sse("error", {"detail": for_client(e)})
                 return
