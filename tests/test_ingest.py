@@ -586,5 +586,8 @@ def test_a_record_s_title_that_is_a_list_or_an_object_is_refused(tmp_path, title
         read_file(path)
     from mrag.documents import as_document
 
-    with pytest.raises(ValueError, match="document 0: its source and title must be text or a number"):
+    with pytest.raises(ValueError, match="document 0: its title must be text or a number"):
         as_document({"id": "a", "text": "Roman roads", "title": title}, 0)
+    for odd in (("a", "b"), {"a"}, b"x"):  # a library user's: their reprs were titles too
+        with pytest.raises(ValueError, match="document 0: its source must be text or a number"):
+            as_document({"id": "a", "text": "Roman roads", "source": odd}, 0)

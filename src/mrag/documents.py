@@ -9,6 +9,7 @@ import datetime
 import hashlib
 import json
 import math
+import numbers
 import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,12 +62,14 @@ def shown(text: str) -> str:
 
 def field_text(value: Any) -> str:
     """A title's or a source's text: none for null, a boolean, NaN or infinity; a number as its text (0 -> "0").
-    A list or an object is refused (its Python repr was the title)."""
-    if value is None or isinstance(value, bool) or (isinstance(value, float) and not math.isfinite(value)):
+    Anything else is refused (a list's Python repr was the title)."""
+    if value is None or isinstance(value, (bool, np.bool_)):
         return ""
-    if isinstance(value, (list, dict)):
-        raise ValueError(f"must be text or a number, not {json.dumps(value, default=str)[:80]}")
-    return str(value)
+    if isinstance(value, numbers.Real):  # numpy's too
+        return str(value) if math.isfinite(value) else ""
+    if not isinstance(value, str):
+        raise ValueError(f"must be text or a number, not {json.dumps(value, default=repr)[:80]}")
+    return value
 
 
 def not_an_id(given: Any) -> bool:
@@ -180,10 +183,13 @@ def as_document(doc: Document | dict[str, Any] | str, i: int) -> Document:
         given = doc.get("id")  # 0 is an id; None or "": a hash of the text
         if not_an_id(given):  # as in a records file
             raise ValueError(f"document {i}: the id must be a string or a number, not {json.dumps(given)}")
-        try:
-            source, title = field_text(doc.get("source")), field_text(doc.get("title"))
-        except ValueError as e:
-            raise ValueError(f"document {i}: its source and title {e}") from None
+        named = {}
+        for field in ("source", "title"):
+            try:
+                named[field] = field_text(doc.get(field))
+            except ValueError as e:
+                raise ValueError(f"document {i}: its {field} {e}") from None
+        source, title = named["source"], named["title"]
         d = Document(
             id=str(given) if given not in (None, "") else hashlib.sha256(doc["text"].encode()).hexdigest()[:16],
             text=doc["text"],
