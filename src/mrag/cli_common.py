@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from mrag.errors import LANCE_STORE, STORAGE_ERRNOS, StoreError, lance_message, no_space
-from mrag.settings import parse_strategy
+from mrag.settings import Plan, parse_strategy
 
 CONTEXT: dict[str, Any] = {"help_option_names": ["-h", "--help"]}
 
@@ -119,9 +119,17 @@ LINE_SEPARATORS = {0x2028: "\\u2028", 0x2029: "\\u2029", 0x85: "\\u0085"}
 CONTROL = re.compile("\r\n|[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")
 
 
+def usage_strategy(strategy: str) -> Plan:
+    """A strategy's plan; an unknown one is a usage error (exit 2), as a bad option is."""
+    try:
+        return parse_strategy(strategy)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+
+
 def refuse_fusion(strategy: str | None) -> None:
     """Refuse an unknown strategy, or one that fuses sub-queries an LLM writes, where a command has no LLM."""
-    if strategy is not None and parse_strategy(strategy).expand == "fusion":
+    if strategy is not None and usage_strategy(strategy).expand == "fusion":
         raise click.UsageError(f"strategy {strategy!r} fuses sub-queries an LLM writes: use `mrag ask` (or the "
                                "server's /search with \"subqueries\")")
 

@@ -7,7 +7,16 @@ import sys
 import click
 
 from mrag import settings
-from mrag.cli_common import CONTEXT, db_option, emit, model_option, output_options, user_errors, where_option
+from mrag.cli_common import (
+    CONTEXT,
+    db_option,
+    emit,
+    model_option,
+    output_options,
+    usage_strategy,
+    user_errors,
+    where_option,
+)
 from mrag.generate.backends import BACKENDS
 from mrag.generate.base import DEFAULT_MAX_TOKENS
 from mrag.generate.prompt import DEFAULT_MAX_CONTEXT_CHARS, header
@@ -68,12 +77,12 @@ def ask(question: str, db: str, model: str | None, k: int, strategy: str | None,
     if max_tokens <= 0:
         raise ValueError(f"--max-tokens must be positive, got {max_tokens}")
     if strategy is not None:
-        settings.check_strategy(strategy)
+        usage_strategy(strategy)
     index = Index.open(db, model=model, create=False)
     fulltext.searching_once(index.store)
     strategy = strategy or index.default_strategy
     if no_generate and is_fusion(strategy):
-        raise ValueError(f"strategy {strategy!r} needs the LLM to write sub-queries: drop --no-generate")
+        raise click.UsageError(f"strategy {strategy!r} needs the LLM to write sub-queries: drop --no-generate")
     generator = None if no_generate else make_generator(backend, gen_model)
     prepared = prepare(index, question, k=k, strategy=strategy, generator=generator,
                        max_context_chars=max_context_chars, where=where)

@@ -200,7 +200,9 @@ def build(
     start(folder, corpus, key)
     for name in ("queries.jsonl", "dropped.jsonl"):
         drop_cut_line(folder / name)  # a resumed run appends after the last whole line
-    done = {r["_id"] for r in read_jsonl(folder / "queries.jsonl") + read_jsonl(folder / "dropped.jsonl")}
+    kept = read_jsonl(folder / "queries.jsonl")
+    done = {r["_id"] for r in kept + read_jsonl(folder / "dropped.jsonl")}
+    texts = {r["text"] for r in kept}  # a query written twice (few documents, the same ones drawn) is kept once
     todo = [p for p in planned if p.id not in done]
     vectors = embed([d.text for d in docs]) if embed is not None and todo and max_similarity < 1 else None
     rng = Random(seed)
@@ -214,6 +216,8 @@ def build(
         draft = writer.write([(docs[i].title, docs[i].text) for i in p.docs], rng)
         text = draft.text if draft else ""
         refusal = check(text, [docs[i].text for i in p.docs], max_quote)
+        if refusal is None and text in texts:
+            refusal = ("duplicate", "the text of an earlier query")
         if refusal is None and vectors is not None and embed is not None:
             refusal = near_copy(embed([text])[0], vectors[p.docs], max_similarity)
         row = {"_id": p.id, "text": text, "n": p.n, "relevant": [ids[i] for i in p.docs],
@@ -221,6 +225,7 @@ def build(
         if refusal:
             append_jsonl(folder / "dropped.jsonl", row | {"reason": refusal[0], "detail": refusal[1]})
         else:
+            texts.add(text)
             append_jsonl(folder / "queries.jsonl", row | {"form": draft.form if draft else ""})
     return finish(folder, planned, settings | {"documents": len(docs), "fingerprint": key})
 
