@@ -472,7 +472,7 @@ def test_eval_command_writes_records_table_plots(tmp_path, reuse_minilm):
     records = [json.loads(line) for line in (tmp_path / "out" / "records.jsonl").read_text().splitlines()]
     assert {r["k"] for r in records} == set(range(1, 33))
     bad = CliRunner().invoke(cli, [*args[:5], "--strategies", "nonsense"])
-    assert bad.exit_code == 1 and "unknown strategy" in bad.output
+    assert bad.exit_code == 2 and "unknown strategy" in bad.output  # a usage error
     bare = tmp_path / "bare.json"  # no query carries sub-queries: fusion is said to be left out, not missing
     bare.write_text(json.dumps([q | {"fusion": []} for q in QUERIES]))
     fused = CliRunner().invoke(cli, ["eval", "--corpus", str(articles), "--queries", str(bare), "--strategies",

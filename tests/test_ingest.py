@@ -588,6 +588,12 @@ def test_a_record_s_title_that_is_a_list_or_an_object_is_refused(tmp_path, title
 
     with pytest.raises(ValueError, match="document 0: its title must be text or a number"):
         as_document({"id": "a", "text": "Roman roads", "title": title}, 0)
+    from decimal import Decimal
+    from fractions import Fraction
+
+    for number, text in ((10 ** 400, "1" + "0" * 400), (Decimal("1.5"), "1.5"), (Decimal("NaN"), ""),
+                         (Fraction(10 ** 400, 3), str(Fraction(10 ** 400, 3)))):  # OverflowError, Decimal refused
+        assert as_document({"id": "a", "text": "Roman roads", "title": number}, 0).title == text
     for odd in (("a", "b"), {"a"}, b"x"):  # a library user's: their reprs were titles too
         with pytest.raises(ValueError, match="document 0: its source must be text or a number"):
             as_document({"id": "a", "text": "Roman roads", "source": odd}, 0)

@@ -271,6 +271,8 @@ def test_zscore_weights_over_the_first_places_by_hand():
     nan = zscore_weights(np.array([[0, 1, 2, 3, 4]]), np.array([[0.9, 0.8, 0.7, np.nan, 0.5]]), np.array([np.nan]), 3,
                          tie_breaks=True)
     assert nan[0, 3] == 0 and nan[0, 4] > 0
+    plain = zscore_weights(np.array([[0, 1, 2, 3, 4]]), np.array([[0.9, 0.8, 0.7, 0.6, 0.5]]), np.array([np.nan]), 3)
+    np.testing.assert_allclose(plain, [[1.5 ** 0.5 * 2, 1.5 ** 0.5, 0, 0, 0]])  # past the places: 0, not below
     rng = np.random.default_rng(7)
     for _ in range(200):
         ranking = np.stack([rng.permutation(12) for _ in range(3)])

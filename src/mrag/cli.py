@@ -21,6 +21,7 @@ from mrag.cli_common import (
     one_line,
     output_options,
     refuse_fusion,
+    usage_strategy,
     user_errors,
     where_option,
 )
@@ -279,6 +280,8 @@ def eval_(corpus: str, queries: str | None, model: str | None, layer: int, pooli
     from mrag.evaluate.run import run_eval
 
     names = settings.names(strategies) if strategies else None
+    for name in names or []:
+        usage_strategy(name)  # an unknown one: a usage error, before anything is embedded
     result = run_eval(
         corpus, queries, model=model, layer=layer, pooling=pooling, strategies=names, c=depth,
         chunk_chars=chunk_chars, cache=cache, query_instruction=query_instruction, device=device, dtype=dtype,

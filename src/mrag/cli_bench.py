@@ -10,7 +10,16 @@ import click
 from click.core import ParameterSource
 
 from mrag import settings
-from mrag.cli_common import CONTEXT, FiniteFloat, db_option, emit, model_option, plain_option, user_errors
+from mrag.cli_common import (
+    CONTEXT,
+    FiniteFloat,
+    db_option,
+    emit,
+    model_option,
+    plain_option,
+    usage_strategy,
+    user_errors,
+)
 
 if TYPE_CHECKING:
     import numpy as np
@@ -135,6 +144,10 @@ def tune(db: str, bench_dir: str | None, strategies: str | None, dry_run: bool, 
             emit({"default_strategy": index.default_strategy, "source": "built-in"})
         return
     names = settings.names(strategies) if strategies else None
+    for name in names or []:  # a usage error, before the index opens
+        if usage_strategy(name).expand == "fusion":
+            raise click.UsageError(f"strategy {name!r} needs an LLM to write sub-queries at search time: it cannot "
+                                   "be a default")
     assert bench_dir is not None
     record = run_tune(index, bench_dir, names, save=not dry_run, show_progress=sys.stderr.isatty())
     if plain:

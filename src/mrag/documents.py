@@ -6,6 +6,7 @@ changed since it was written (`document_digest`). `mrag.ingest` reads them from 
 from __future__ import annotations
 
 import datetime
+import decimal
 import hashlib
 import json
 import math
@@ -65,11 +66,21 @@ def field_text(value: Any) -> str:
     Anything else is refused (a list's Python repr was the title)."""
     if value is None or isinstance(value, (bool, np.bool_)):
         return ""
-    if isinstance(value, numbers.Real):  # numpy's too
-        return str(value) if math.isfinite(value) else ""
+    if isinstance(value, numbers.Integral):  # numpy's too; any size
+        return str(int(value))
+    if isinstance(value, (numbers.Real, decimal.Decimal)):  # a database's NUMERIC is a Decimal
+        finite = value.is_finite() if isinstance(value, decimal.Decimal) else _finite(value)
+        return str(value) if finite else ""
     if not isinstance(value, str):
-        raise ValueError(f"must be text or a number, not {json.dumps(value, default=repr)[:80]}")
-    return value
+        raise ValueError(f"must be text or a number, not {repr(value)[:80]}")
+    return str(value)
+
+
+def _finite(value: numbers.Real) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # a Fraction past a float's range is a number all the same
+        return True
 
 
 def not_an_id(given: Any) -> bool:

@@ -83,8 +83,8 @@ def zscore_weights(
     lowest = np.where(counted, z[..., :places], np.inf).min(-1, keepdims=True)
     shifted = z - np.where(np.isfinite(lowest), lowest, 0.0)  # (..., S, c): < 0 only past the first places
     scored = valid & ~np.isnan(filled)
-    if not tie_breaks or c <= places:  # every slot standardised: a listed row's shift is >= 0, its tie-break 1
-        return np.where(scored, shifted + (TIE_BREAK if tie_breaks else 0.0), 0.0)
+    if not tie_breaks or c <= places:  # past the first places 0; there a listed row's tie-break is TIE_BREAK
+        return np.where(scored, np.maximum(shifted, 0.0) + (TIE_BREAK if tie_breaks else 0.0), 0.0)
     share = np.full(ranking.shape, TIE_BREAK)  # rows listed only past the first places: a share, none elsewhere
     share[..., places:] = np.where(_in_first_places(ranking, places)[..., places:], 0.0, TIE_BREAK / (2 * s))
     tie_break = share / (1.0 + np.maximum(-np.nan_to_num(shifted), 0.0))  # lower the further below: no underflow

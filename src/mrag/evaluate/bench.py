@@ -193,7 +193,8 @@ def build(
     corpus = [{"_id": i, "title": d.title, "text": d.text, "category": g, "doc_id": d.id}
               for i, d, g in zip(ids, docs, groups)]
     settings = {"n": list(ns), "per_n": per_n, "seed": seed, "generator": writer.name, "groups": how,
-                "max_quote": max_quote, "max_similarity": max_similarity if embed else None}
+                "max_quote": max_quote, "max_similarity": max_similarity if embed else None,
+                "duplicates": "dropped"}  # a folder begun before the rule is not resumed under it
     folder = Path(out)
     key = fingerprint(corpus, settings)
     planned = plan(groups, ns, per_n, seed)  # refuses sizes the groups cannot fill, before anything is written
