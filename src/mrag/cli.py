@@ -272,7 +272,7 @@ def eval_(corpus: str, queries: str | None, model: str | None, layer: int, pooli
           out_dir: str | None, spaces: tuple[str, ...], plain: bool) -> None:
     """Evaluate retrieval strategies on a multi-aspect benchmark (the MRAG paper's format or BEIR).
 
-    Embeds the corpus once (cached), then scores every strategy at every k from 1 to 32.
+    Embeds the corpus once (cached), then scores every strategy at every k from 1 to 32 (to n + 10 past n = 22).
 
     \b
         mrag eval --corpus wikipedia_articles_v1.json.bz2 --queries wikipedia_queries_v1.json.bz2 -o results/
