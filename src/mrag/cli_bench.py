@@ -17,7 +17,6 @@ from mrag.cli_common import (
     emit,
     model_option,
     plain_option,
-    usage_strategy,
     user_errors,
 )
 
@@ -127,7 +126,7 @@ def tune(db: str, bench_dir: str | None, strategies: str | None, dry_run: bool, 
 
     search, ask and serve use it when no --strategy is given.
     """
-    from mrag.evaluate.tune import summary_lines
+    from mrag.evaluate.tune import candidates, summary_lines
     from mrag.evaluate.tune import tune as run_tune
     from mrag.index import Index
 
@@ -135,6 +134,11 @@ def tune(db: str, bench_dir: str | None, strategies: str | None, dry_run: bool, 
         raise click.UsageError("Missing option '--bench' (or --reset, to forget the recorded default).")
     if reset and (bench_dir is not None or strategies is not None or dry_run):
         raise click.UsageError("--reset forgets the recorded default: it takes no --bench, --strategies or --dry-run")
+    names = settings.names(strategies) if strategies else None
+    try:
+        candidates(names)  # an unknown strategy, or a fusion one: a usage error, before the index opens
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
     index = Index.open(db, create=False)
     if reset:
         index.set_default_strategy(None)
@@ -143,11 +147,6 @@ def tune(db: str, bench_dir: str | None, strategies: str | None, dry_run: bool, 
         else:
             emit({"default_strategy": index.default_strategy, "source": "built-in"})
         return
-    names = settings.names(strategies) if strategies else None
-    for name in names or []:  # a usage error, before the index opens
-        if usage_strategy(name).expand == "fusion":
-            raise click.UsageError(f"strategy {name!r} needs an LLM to write sub-queries at search time: it cannot "
-                                   "be a default")
     assert bench_dir is not None
     record = run_tune(index, bench_dir, names, save=not dry_run, show_progress=sys.stderr.isatty())
     if plain:

@@ -301,12 +301,13 @@ def _records(path: Path, source: str, text: str, text_field: str, id_field: str,
             check_utf8(row)
         except ValueError as e:
             raise IngestError(f"{path}: {where}: {e}") from None
-        if isinstance(row.get(title_field), (list, dict)):
-            raise IngestError(f"{path}: {where}: the title {title_field!r} must be text or a number, "
-                              f"not {json.dumps(row[title_field])[:80]}")
+        try:
+            title = field_text(row.get(title_field))
+        except ValueError as e:  # a list or an object
+            raise IngestError(f"{path}: {where}: the title {title_field!r} {e}") from None
         doc_id = str(given) if given is not None else f"{source}#{i}"
         metadata = merged_metadata(row, (text_field, id_field, title_field), strict=False)
-        docs.append(Document(doc_id, row[text_field], source, field_text(row.get(title_field)), metadata))
+        docs.append(Document(doc_id, row[text_field], source, title, metadata))
     if not docs:
         raise IngestError(f"{path}: {NO_RECORDS}")
     return docs

@@ -18,7 +18,6 @@ class Message(TypedDict):
 DEFAULT_MAX_TOKENS = 256
 
 
-
 class Generator(ABC):
     """An LLM that answers chat messages. `name` says which backend and model, for reports."""
 
